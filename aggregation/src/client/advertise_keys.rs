@@ -1,0 +1,152 @@
+//! Stage 0, AdvertiseKeys (Bonawitz et al. round 0), and the client's half of
+//! stage 1, ShareKeys.
+//!
+//! The client generates two X25519 key pairs and a self-mask seed `b`, sends
+//! the public keys, and waits for the server to relay its neighbours' keys.
+//! With those it Shamir-shares `s_sk` and `b` among its live neighbours and
+//! itself (threshold t) and seals each neighbour's shares under a key agreed
+//! with that neighbour's `c_pk`, so the server that routes them learns
+//! nothing.
+
+use chacha20::ChaCha20Rng;
+use rand_core::Rng;
+use zeroize::Zeroizing;
+
+use super::share_keys::ShareKeys;
+use super::{Context, Violation, strictly_ascending};
+use crate::ClientId;
+use crate::keys::{ClientKeys, PublicKeys, pairwise_mask_seed};
+use crate::messages::{ClientBody, ClientMessage, SealedBundle};
+use crate::shamir;
+
+/// Waiting for the neighbours' public keys.
+pub(super) struct AdvertiseKeys {
+    keys: ClientKeys,
+    self_mask_secret: Zeroizing<[u8; 32]>,
+}
+
+impl AdvertiseKeys {
+    pub(super) fn start(ctx: &Context, rng: &mut ChaCha20Rng) -> (Self, ClientMessage) {
+        let keys = ClientKeys::generate(rng);
+        let mut self_mask_secret = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut self_mask_secret[..]);
+        let advert = ctx.message(ClientBody::AdvertiseKeys(keys.public()));
+        (
+            AdvertiseKeys {
+                keys,
+                self_mask_secret,
+            },
+            advert,
+        )
+    }
+
+    /// Checks the relayed keys, shares the secrets and seals the shares.
+    pub(super) fn handle_neighbour_keys(
+        self,
+        ctx: &Context,
+        neighbour_keys: Vec<(ClientId, PublicKeys)>,
+        rng: &mut ChaCha20Rng,
+    ) -> Result<(ShareKeys, ClientMessage), Violation> {
+        if !strictly_ascending(&neighbour_keys, |(id, _)| *id) {
+            return Err(Violation::Unsorted("NeighbourKeys"));
+        }
+        let own = self.keys.public();
+        for (id, keys) in &neighbour_keys {
+            if *id == ctx.id {
+                return Err(Violation::ListsSelf);
+            }
+            if !ctx.is_neighbour(*id) {
+                return Err(Violation::NotANeighbour(*id));
+            }
+            // Bonawitz et al. require all advertised keys to differ: a server
+            // replaying one client's keys as another's would otherwise get
+            // two clients' shares sealed under keys it chose.
+            if keys.c_pk == keys.s_pk || keys.c_pk == own.c_pk || keys.s_pk == own.s_pk {
+                return Err(Violation::DuplicateKey(*id));
+            }
+        }
+        let mut all_keys: Vec<[u8; 32]> = neighbour_keys
+            .iter()
+            .flat_map(|(_, k)| [k.c_pk, k.s_pk])
+            .collect();
+        all_keys.sort_unstable();
+        if let Some(w) = all_keys.windows(2).find(|w| w[0] == w[1]) {
+            let dup = neighbour_keys
+                .iter()
+                .find(|(_, k)| k.c_pk == w[0] || k.s_pk == w[0])
+                .map_or(ctx.id, |(id, _)| *id);
+            return Err(Violation::DuplicateKey(dup));
+        }
+        let holders = neighbour_keys.len() as u32 + 1;
+        if holders < ctx.config.threshold {
+            return Err(Violation::BelowThreshold {
+                have: holders,
+                threshold: ctx.config.threshold,
+            });
+        }
+
+        // Share holders: the live neighbours and this client, ascending, so
+        // the share for holder i is at index i of the split.
+        let mut holder_ids: Vec<ClientId> = neighbour_keys.iter().map(|(id, _)| *id).collect();
+        let own_pos = holder_ids.partition_point(|id| *id < ctx.id);
+        holder_ids.insert(own_pos, ctx.id);
+        let xs: Vec<u32> = holder_ids.iter().map(|id| id.share_x()).collect();
+        let t = ctx.config.threshold as usize;
+        let masking_key_shares = shamir::split(&self.keys.masking_secret_bytes(), t, &xs, rng)
+            .expect("threshold and holders were validated");
+        let self_mask_shares = shamir::split(&self.self_mask_secret, t, &xs, rng)
+            .expect("threshold and holders were validated");
+
+        let mut bundles = Vec::with_capacity(neighbour_keys.len());
+        let mut open_keys = Vec::with_capacity(neighbour_keys.len());
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(2 * shamir::SHARE_BYTES));
+        for (i, id) in holder_ids.iter().enumerate() {
+            if *id == ctx.id {
+                continue;
+            }
+            let their_keys = &neighbour_keys[if i < own_pos { i } else { i - 1 }].1;
+            let (seal_key, open_key) = self
+                .keys
+                .share_keys_with(&their_keys.c_pk, ctx.config.round_id, ctx.id, *id)
+                .map_err(|source| Violation::BadKey {
+                    client: *id,
+                    source,
+                })?;
+            plaintext.clear();
+            plaintext.extend_from_slice(&masking_key_shares[i].to_bytes());
+            plaintext.extend_from_slice(&self_mask_shares[i].to_bytes());
+            bundles.push(SealedBundle {
+                peer: *id,
+                ciphertext: seal_key.seal(&plaintext),
+            });
+            open_keys.push((*id, open_key));
+        }
+        // The pairwise seeds are derived now, while the keys are checked, so
+        // a low-order s_pk is refused before any share leaves this client.
+        let mut pairwise = Vec::with_capacity(neighbour_keys.len());
+        for (id, their_keys) in &neighbour_keys {
+            let seed = pairwise_mask_seed(
+                self.keys.masking_secret(),
+                &their_keys.s_pk,
+                ctx.config.round_id,
+                ctx.id,
+                *id,
+            )
+            .map_err(|source| Violation::BadKey {
+                client: *id,
+                source,
+            })?;
+            pairwise.push((*id, seed));
+        }
+        let message = ctx.message(ClientBody::ShareKeys(bundles));
+        // Every use of the secret keys is done: `self.keys` is dropped (and
+        // zeroized) here, before any bundle reaches a neighbour.
+        let next = ShareKeys::new(
+            self.self_mask_secret,
+            open_keys,
+            pairwise,
+            self_mask_shares[own_pos].clone(),
+        );
+        Ok((next, message))
+    }
+}

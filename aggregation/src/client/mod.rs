@@ -1,0 +1,602 @@
+//! The client side of a round, as a state machine with no IO.
+//!
+//! A [`ClientSession`] follows quinn-proto's contract. Call, in a loop:
+//! - [`ClientSession::handle_message`] with each message from the server,
+//!   [`ClientSession::handle_timeout`] when [`ClientSession::poll_timeout`]'s
+//!   instant has passed;
+//! - [`ClientSession::submit_input`] (a command) with the encoded vector, at
+//!   any time before the masked input stage (the session asks for it with
+//!   [`ClientEvent::InputNeeded`] if it has none when it gets there);
+//! - then drain [`ClientSession::poll_transmit`] (messages to send to the
+//!   server) and [`ClientSession::poll_event`].
+//!
+//! Each round state is its own type in its own file and each transition
+//! consumes the old state, so a secret that a stage no longer needs is dropped
+//! (and zeroized) with it:
+//! [`advertise_keys`] -> [`share_keys`] -> [`masked_input`] ->
+//! ([`consistency_check`]) -> [`unmasking`] -> finished.
+//!
+//! The client is where the protocol's privacy is enforced against a curious
+//! server: it answers one unmasking request per round, never reveals both
+//! secrets of one neighbour, and refuses requests that name too few
+//! survivors. A refusal ends the session: an honest client does not go on
+//! with a server that broke the protocol.
+
+mod advertise_keys;
+mod consistency_check;
+mod masked_input;
+mod share_keys;
+mod unmasking;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use chacha20::ChaCha20Rng;
+use rand_core::{CryptoRng, SeedableRng};
+
+use crate::config::{ConfigError, RoundConfig};
+use crate::graph::NeighbourGraph;
+use crate::keys::KeyError;
+use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
+use crate::{ClientId, Stage};
+
+/// What a client knows about its round that never changes during it.
+#[derive(Debug)]
+struct Context {
+    config: RoundConfig,
+    id: ClientId,
+    /// This client's neighbours in the round's graph, ascending.
+    neighbours: Vec<ClientId>,
+}
+
+impl Context {
+    fn is_neighbour(&self, other: ClientId) -> bool {
+        self.neighbours.binary_search(&other).is_ok()
+    }
+
+    fn message(&self, body: ClientBody) -> ClientMessage {
+        ClientMessage {
+            round_id: self.config.round_id,
+            body,
+        }
+    }
+}
+
+/// One client's participation in one round.
+///
+/// ```
+/// use std::time::Instant;
+/// use tessera_aggregation::{ClientId, ClientSession, RoundConfig};
+/// use tessera_aggregation::messages::ClientBody;
+///
+/// let config = RoundConfig::new(1, 3, 4);
+/// let mut rng = chacha20::ChaCha20Rng::from_seed([7; 32]);
+/// # use rand_core::SeedableRng;
+/// let mut client = ClientSession::new(config, ClientId(0), Instant::now(), &mut rng).unwrap();
+/// // The first thing a client sends is its public keys.
+/// let advert = client.poll_transmit().unwrap();
+/// assert!(matches!(advert.body, ClientBody::AdvertiseKeys(_)));
+/// // An input of the wrong length is refused at once.
+/// assert!(client.submit_input(vec![0; 3]).is_err());
+/// ```
+pub struct ClientSession {
+    ctx: Context,
+    state: State,
+    /// The encoded input, until the masked input stage consumes it.
+    input: Option<Vec<u32>>,
+    rng: ChaCha20Rng,
+    outbox: VecDeque<ClientMessage>,
+    events: VecDeque<ClientEvent>,
+    deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for ClientSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSession")
+            .field("id", &self.ctx.id)
+            .field("round_id", &self.ctx.config.round_id)
+            .field("state", &self.state.name())
+            .finish_non_exhaustive()
+    }
+}
+
+enum State {
+    AdvertiseKeys(advertise_keys::AdvertiseKeys),
+    ShareKeys(share_keys::ShareKeys),
+    MaskedInput(masked_input::MaskedInput),
+    ConsistencyCheck(consistency_check::ConsistencyCheck),
+    Unmasking(unmasking::Unmasking),
+    Finished,
+    Aborted(AbortReason),
+    TimedOut,
+    Refused,
+    /// Only seen while a transition is in progress.
+    Transitioning,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AdvertiseKeys(_) => "advertise-keys",
+            State::ShareKeys(_) => "share-keys",
+            State::MaskedInput(_) => "masked-input",
+            State::ConsistencyCheck(_) => "consistency-check",
+            State::Unmasking(_) => "unmasking",
+            State::Finished => "finished",
+            State::Aborted(_) => "aborted",
+            State::TimedOut => "timed-out",
+            State::Refused => "refused",
+            State::Transitioning => "transitioning",
+        }
+    }
+}
+
+/// Something the driver of a client session should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientEvent {
+    /// The session reached the masked input stage without an input: call
+    /// [`ClientSession::submit_input`].
+    InputNeeded,
+    /// The masked input is queued for sending.
+    MaskedInputSent,
+    /// The client answered the unmasking request: its part of the round is
+    /// done.
+    Completed,
+    /// The server ended the round without a result.
+    Aborted(AbortReason),
+    /// The server fell silent for longer than twice the stage timeout.
+    TimedOut,
+}
+
+/// A message or command the client session refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server broke the protocol; the session refuses the rest of the
+    /// round.
+    #[error("the server broke the protocol: {0}")]
+    ServerMisbehaved(#[from] Violation),
+    /// A message for another round (stale or replayed); ignored, the session
+    /// goes on.
+    #[error("message for round {got}, this session is round {expected}")]
+    WrongRound {
+        /// This session's round.
+        expected: u64,
+        /// The message's round.
+        got: u64,
+    },
+    /// The round configuration cannot work.
+    #[error("invalid round configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// API misuse: the client id is not in the round.
+    #[error("{id} is not in a round of {n} clients")]
+    UnknownClient {
+        /// The id given.
+        id: ClientId,
+        /// Clients in the round.
+        n: u32,
+    },
+    /// API misuse: the input has the wrong length.
+    #[error("input has {got} values, the round expects {expected}")]
+    InputLength {
+        /// The round's dimension.
+        expected: usize,
+        /// The input's length.
+        got: usize,
+    },
+    /// API misuse: an input value does not fit the round's modulus.
+    #[error("input value at index {index} does not fit in {bits} bits")]
+    InputOutOfRange {
+        /// First offending index.
+        index: usize,
+        /// The round's bits.
+        bits: u8,
+    },
+    /// API misuse: the input was already submitted or already masked.
+    #[error("the input was already submitted for this round")]
+    InputAlreadySubmitted,
+    /// API misuse or a late message: the session has ended.
+    #[error("the session has ended ({state})")]
+    SessionEnded {
+        /// The state it ended in.
+        state: &'static str,
+    },
+}
+
+/// How a server broke the protocol, as seen by a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Violation {
+    /// A message that does not belong to the client's current stage.
+    #[error("unexpected {message} message during {stage}")]
+    UnexpectedMessage {
+        /// The client's stage.
+        stage: &'static str,
+        /// The message kind received.
+        message: &'static str,
+    },
+    /// A list that is not strictly ascending (unsorted or with duplicates).
+    #[error("{0} is not strictly ascending by client id")]
+    Unsorted(&'static str),
+    /// The message names a client that is not this client's neighbour.
+    #[error("{0} is not a neighbour of this client")]
+    NotANeighbour(ClientId),
+    /// The message names this client where only others belong.
+    #[error("the message lists this client among its neighbours")]
+    ListsSelf,
+    /// Too few neighbours remain for the threshold.
+    #[error("only {have} share holders remain, the threshold is {threshold}")]
+    BelowThreshold {
+        /// Holders (or survivors) counted, including this client.
+        have: u32,
+        /// The round's threshold.
+        threshold: u32,
+    },
+    /// Two clients advertised the same public key.
+    #[error("{0} advertised a public key that another client also uses")]
+    DuplicateKey(ClientId),
+    /// A neighbour's public key is unusable.
+    #[error("public key of {client}: {source}")]
+    BadKey {
+        /// Whose key.
+        client: ClientId,
+        /// What is wrong with it.
+        source: KeyError,
+    },
+    /// A sealed bundle failed to decrypt or does not hold two valid shares.
+    #[error("the share bundle from {0} is forged, re-addressed or malformed")]
+    BadBundle(ClientId),
+    /// A share bundle from a client that did not advertise keys to us.
+    #[error("share bundle from {0}, which advertised no keys to this client")]
+    UnknownSender(ClientId),
+    /// The request names a client both as survivor and as dropped.
+    #[error("{0} is named both as a survivor and as dropped")]
+    SurvivorAndDropped(ClientId),
+    /// The request names a client this client holds no shares of.
+    #[error("{0} is named in the request but never shared keys with this client")]
+    NoSharesHeld(ClientId),
+    /// The request leaves out a neighbour this client holds shares of.
+    #[error("the request does not say whether {0} survived")]
+    Unaccounted(ClientId),
+    /// The request says this client dropped although it is answering.
+    #[error("the request does not list this client as a survivor")]
+    SelfNotSurvivor,
+    /// The unmasking request's survivors differ from the confirmed set.
+    #[error(
+        "the unmasking request's survivors differ from the set confirmed in the consistency check"
+    )]
+    InconsistentSurvivors,
+    /// A second unmasking request in one round.
+    #[error("a second unmasking request in the same round (only one is ever answered)")]
+    SecondUnmaskRequest,
+}
+
+impl ClientSession {
+    /// Starts client `id`'s part in a round: generates its key pairs and
+    /// self-mask seed and queues its AdvertiseKeys message.
+    ///
+    /// The caller's CSPRNG seeds a ChaCha20 generator owned by the session,
+    /// which then draws every later random value (Shamir polynomials), so
+    /// handling messages needs no RNG argument.
+    pub fn new<R: CryptoRng + ?Sized>(
+        config: RoundConfig,
+        id: ClientId,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Self, ClientError> {
+        config.validate()?;
+        let graph = config.neighbour_graph()?;
+        Self::with_graph(config, &graph, id, now, rng)
+    }
+
+    /// As [`ClientSession::new`], reusing a neighbour graph built once for
+    /// the round (a simulator runs thousands of clients of one round).
+    pub fn with_graph<R: CryptoRng + ?Sized>(
+        config: RoundConfig,
+        graph: &NeighbourGraph,
+        id: ClientId,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Self, ClientError> {
+        config.validate()?;
+        if !config.contains(id) {
+            return Err(ClientError::UnknownClient {
+                id,
+                n: config.num_clients,
+            });
+        }
+        let neighbours = graph.neighbours(id.0).into_iter().map(ClientId).collect();
+        let ctx = Context {
+            config,
+            id,
+            neighbours,
+        };
+        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut seed[..]);
+        let mut session_rng = ChaCha20Rng::from_seed(*seed);
+        let (state, advert) = advertise_keys::AdvertiseKeys::start(&ctx, &mut session_rng);
+        let mut session = ClientSession {
+            ctx,
+            state: State::AdvertiseKeys(state),
+            input: None,
+            rng: session_rng,
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            deadline: None,
+        };
+        session.outbox.push_back(advert);
+        session.wait_from(now);
+        Ok(session)
+    }
+
+    /// This client's id.
+    pub fn id(&self) -> ClientId {
+        self.ctx.id
+    }
+
+    /// The round's configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.ctx.config
+    }
+
+    /// This client's neighbours in the round's graph.
+    pub fn neighbours(&self) -> &[ClientId] {
+        &self.ctx.neighbours
+    }
+
+    /// The stage the client is in, or `None` once its session has ended.
+    pub fn stage(&self) -> Option<Stage> {
+        match self.state {
+            State::AdvertiseKeys(_) => Some(Stage::AdvertiseKeys),
+            State::ShareKeys(_) => Some(Stage::ShareKeys),
+            State::MaskedInput(_) => Some(Stage::MaskedInput),
+            State::ConsistencyCheck(_) => Some(Stage::ConsistencyCheck),
+            State::Unmasking(_) => Some(Stage::Unmasking),
+            _ => None,
+        }
+    }
+
+    /// Why the server aborted the round, if it did.
+    pub fn abort_reason(&self) -> Option<AbortReason> {
+        match self.state {
+            State::Aborted(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// True once the client has answered the unmasking request.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+
+    /// True while the session waits for [`ClientSession::submit_input`] to
+    /// mask and send.
+    pub fn is_awaiting_input(&self) -> bool {
+        matches!(self.state, State::MaskedInput(_))
+    }
+
+    /// True when [`ClientSession::poll_transmit`] has a message.
+    pub fn has_transmit(&self) -> bool {
+        !self.outbox.is_empty()
+    }
+
+    /// True once the session can do nothing more.
+    pub fn is_closed(&self) -> bool {
+        self.stage().is_none()
+    }
+
+    /// Hands the session the encoded input (values mod 2^bits, length `dim`).
+    pub fn submit_input(&mut self, input: Vec<u32>) -> Result<(), ClientError> {
+        let config = &self.ctx.config;
+        if input.len() != config.dim as usize {
+            return Err(ClientError::InputLength {
+                expected: config.dim as usize,
+                got: input.len(),
+            });
+        }
+        if config.bits < 32 {
+            let limit = 1u32 << config.bits;
+            if let Some(index) = input.iter().position(|&v| v >= limit) {
+                return Err(ClientError::InputOutOfRange {
+                    index,
+                    bits: config.bits,
+                });
+            }
+        }
+        match self.state {
+            State::AdvertiseKeys(_) | State::ShareKeys(_) if self.input.is_none() => {
+                self.input = Some(input);
+                Ok(())
+            }
+            State::MaskedInput(_) => {
+                let State::MaskedInput(state) =
+                    std::mem::replace(&mut self.state, State::Transitioning)
+                else {
+                    unreachable!("checked above")
+                };
+                self.mask(state, input);
+                Ok(())
+            }
+            State::AdvertiseKeys(_) | State::ShareKeys(_) => {
+                Err(ClientError::InputAlreadySubmitted)
+            }
+            State::ConsistencyCheck(_) | State::Unmasking(_) | State::Finished => {
+                Err(ClientError::InputAlreadySubmitted)
+            }
+            _ => Err(ClientError::SessionEnded {
+                state: self.state.name(),
+            }),
+        }
+    }
+
+    /// Feeds one message from the server.
+    ///
+    /// A message for another round is refused and ignored. A message that
+    /// breaks the protocol is refused and ends the session: the client sends
+    /// nothing more in this round.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        message: ServerMessage,
+    ) -> Result<(), ClientError> {
+        if message.round_id != self.ctx.config.round_id {
+            return Err(ClientError::WrongRound {
+                expected: self.ctx.config.round_id,
+                got: message.round_id,
+            });
+        }
+        if let ServerBody::Aborted(reason) = message.body {
+            // A client that already answered still learns that the round
+            // produced nothing.
+            if !self.is_closed() || matches!(self.state, State::Finished) {
+                self.state = State::Aborted(reason);
+                self.deadline = None;
+                self.events.push_back(ClientEvent::Aborted(reason));
+            }
+            return Ok(());
+        }
+        let state = std::mem::replace(&mut self.state, State::Transitioning);
+        let result = self.transition(now, state, message.body);
+        // A violation ends the session, except a second unmasking request:
+        // the client already did its part and stays finished.
+        if let Err(ClientError::ServerMisbehaved(v)) = &result
+            && *v != Violation::SecondUnmaskRequest
+        {
+            self.state = State::Refused;
+            self.deadline = None;
+            self.outbox.clear();
+        }
+        result
+    }
+
+    fn transition(
+        &mut self,
+        now: Instant,
+        state: State,
+        body: ServerBody,
+    ) -> Result<(), ClientError> {
+        let unexpected = |state: &State, body: &ServerBody| Violation::UnexpectedMessage {
+            stage: state.name(),
+            message: body_name(body),
+        };
+        match (state, body) {
+            (State::AdvertiseKeys(state), ServerBody::NeighbourKeys(keys)) => {
+                let (next, message) =
+                    state.handle_neighbour_keys(&self.ctx, keys, &mut self.rng)?;
+                self.outbox.push_back(message);
+                self.state = State::ShareKeys(next);
+                self.wait_from(now);
+                Ok(())
+            }
+            (State::ShareKeys(state), ServerBody::SealedShares(bundles)) => {
+                let next = state.handle_sealed_shares(&self.ctx, bundles)?;
+                match self.input.take() {
+                    Some(input) => self.mask(next, input),
+                    None => {
+                        self.state = State::MaskedInput(next);
+                        self.events.push_back(ClientEvent::InputNeeded);
+                    }
+                }
+                self.wait_from(now);
+                Ok(())
+            }
+            (State::ConsistencyCheck(state), ServerBody::ConsistencyCheck { survivors }) => {
+                let (next, message) = state.handle_survivors(&self.ctx, survivors)?;
+                self.outbox.push_back(message);
+                self.state = State::Unmasking(next);
+                self.wait_from(now);
+                Ok(())
+            }
+            (State::Unmasking(state), ServerBody::UnmaskRequest { survivors, dropped }) => {
+                let message = state.handle_request(&self.ctx, survivors, dropped)?;
+                self.outbox.push_back(message);
+                self.state = State::Finished;
+                self.deadline = None;
+                self.events.push_back(ClientEvent::Completed);
+                Ok(())
+            }
+            (State::Finished, ServerBody::UnmaskRequest { .. }) => {
+                // The client already revealed shares once; a second request
+                // could ask for the other secret of some neighbour. It is
+                // refused, but the round the client took part in stands.
+                self.state = State::Finished;
+                Err(Violation::SecondUnmaskRequest.into())
+            }
+            (
+                state @ (State::Finished | State::Aborted(_) | State::TimedOut | State::Refused),
+                _,
+            ) => {
+                let name = state.name();
+                self.state = state;
+                Err(ClientError::SessionEnded { state: name })
+            }
+            (state, body) => Err(unexpected(&state, &body).into()),
+        }
+    }
+
+    fn mask(&mut self, state: masked_input::MaskedInput, input: Vec<u32>) {
+        let (next, message) = state.mask(&self.ctx, input);
+        self.outbox.push_back(message);
+        self.events.push_back(ClientEvent::MaskedInputSent);
+        self.state = match next {
+            masked_input::Next::ConsistencyCheck(s) => State::ConsistencyCheck(s),
+            masked_input::Next::Unmasking(s) => State::Unmasking(s),
+        };
+    }
+
+    /// Tells the session the time; past its deadline it gives up on the
+    /// round.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.deadline = None;
+            self.state = State::TimedOut;
+            self.outbox.clear();
+            self.events.push_back(ClientEvent::TimedOut);
+        }
+    }
+
+    /// When the driver should call [`ClientSession::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The next message to send to the server.
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.outbox.pop_front()
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    fn wait_from(&mut self, now: Instant) {
+        self.deadline = Some(now + self.ctx.config.stage_timeout * 2);
+    }
+}
+
+fn body_name(body: &ServerBody) -> &'static str {
+    match body {
+        ServerBody::NeighbourKeys(_) => "NeighbourKeys",
+        ServerBody::SealedShares(_) => "SealedShares",
+        ServerBody::ConsistencyCheck { .. } => "ConsistencyCheck",
+        ServerBody::UnmaskRequest { .. } => "UnmaskRequest",
+        ServerBody::Aborted(_) => "Aborted",
+    }
+}
+
+/// Checks that ids are strictly ascending: sorted without duplicates.
+fn strictly_ascending<T>(items: &[T], id: impl Fn(&T) -> ClientId) -> bool {
+    items.windows(2).all(|w| id(&w[0]) < id(&w[1]))
+}
+
+/// The shares a client holds after ShareKeys, and for whom: what it may later
+/// reveal, one secret per neighbour.
+struct HeldShares {
+    /// This client's own share of its self-mask seed.
+    own_self_mask: crate::shamir::Share,
+    /// For each neighbour that sealed shares for this client, ascending:
+    /// (neighbour, share of its masking key, share of its self-mask seed).
+    from_neighbours: Vec<(ClientId, crate::shamir::Share, crate::shamir::Share)>,
+}

@@ -1,0 +1,196 @@
+//! The round configuration: everything every participant must agree on before
+//! a round starts.
+//!
+//! The server chooses a [`RoundConfig`] and hands the same value to every
+//! client (in a deployment, in the round's opening message). Nothing in it is
+//! secret: the graph seed is public so every client derives the same
+//! neighbour graph, and the PRG name makes clients and server expand masks
+//! with the same stream cipher.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ClientId;
+use crate::graph::{GraphKind, NeighbourGraph};
+use crate::mask::Prg;
+use crate::params::ThreatModel;
+
+/// Parameters of one secure aggregation round, shared by the server and every
+/// client.
+///
+/// Build one with [`RoundConfig::new`] and adjust fields, then call
+/// [`RoundConfig::validate`]; both session types validate on construction.
+///
+/// ```
+/// use tessera_aggregation::config::RoundConfig;
+/// let mut config = RoundConfig::new(7, 100, 1000);
+/// config.threshold = 60;
+/// assert!(config.validate().is_ok());
+/// config.threshold = 1; // a threshold of 1 hands every neighbour the secrets
+/// assert!(config.validate().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundConfig {
+    /// Identifies the round; bound into every key derivation, share
+    /// encryption and message so nothing from one round is accepted in another.
+    pub round_id: u64,
+    /// Number of clients invited to the round (`n`). Clients are numbered
+    /// `0..n`; the Shamir x-coordinate of client `i` is `i + 1`.
+    pub num_clients: u32,
+    /// Shamir threshold `t`: how many share holders must answer to rebuild a
+    /// secret, and how many clients must survive every stage.
+    pub threshold: u32,
+    /// Who shares keys and masks with whom: the complete graph (SecAgg) or a
+    /// Harary graph of even degree `k` (SecAgg+).
+    pub graph: GraphKind,
+    /// Public seed of the random permutation under the Harary graph.
+    pub graph_seed: [u8; 32],
+    /// Length `d` of every input vector.
+    pub dim: u32,
+    /// Inputs and masks live in `Z_{2^bits}`, `1 <= bits <= 32`.
+    pub bits: u8,
+    /// The stream cipher that expands mask seeds.
+    pub prg: Prg,
+    /// `SemiMalicious` adds the ConsistencyCheck stage, in which survivors
+    /// confirm the survivor set before anyone reveals a share.
+    pub threat_model: ThreatModel,
+    /// How long the server waits for a stage's messages before it closes the
+    /// stage with whoever answered (or aborts below the threshold). Clients
+    /// give up after twice this without hearing from the server.
+    #[serde(with = "duration_millis")]
+    pub stage_timeout: Duration,
+}
+
+impl RoundConfig {
+    /// A configuration with the defaults: complete graph, `t = n/2 + 1`,
+    /// 32-bit arithmetic, AES-128-CTR masks, semi-honest model, 30 s stages.
+    pub fn new(round_id: u64, num_clients: u32, dim: u32) -> Self {
+        RoundConfig {
+            round_id,
+            num_clients,
+            threshold: num_clients / 2 + 1,
+            graph: GraphKind::Complete,
+            graph_seed: [0; 32],
+            dim,
+            bits: 32,
+            prg: Prg::default(),
+            threat_model: ThreatModel::SemiHonest,
+            stage_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Checks that the parameters can make a correct, private round.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.num_clients;
+        if n < 2 {
+            return Err(ConfigError::TooFewClients(n));
+        }
+        if self.dim == 0 {
+            return Err(ConfigError::EmptyVector);
+        }
+        if !(1..=32).contains(&self.bits) {
+            return Err(ConfigError::Bits(self.bits));
+        }
+        let holders = self.share_holders_per_client()?;
+        if self.threshold < 2 || self.threshold > holders {
+            return Err(ConfigError::Threshold {
+                threshold: self.threshold,
+                holders,
+            });
+        }
+        if self.stage_timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
+        }
+        Ok(())
+    }
+
+    /// How many clients hold a share of each client's secrets: its neighbours
+    /// and itself.
+    pub fn share_holders_per_client(&self) -> Result<u32, ConfigError> {
+        match self.graph {
+            GraphKind::Complete => Ok(self.num_clients),
+            GraphKind::Harary { k } => {
+                if k < 2 || k % 2 == 1 || k >= self.num_clients {
+                    Err(ConfigError::Degree {
+                        k,
+                        n: self.num_clients,
+                    })
+                } else {
+                    Ok(k + 1)
+                }
+            }
+        }
+    }
+
+    /// The neighbour graph this configuration describes.
+    pub fn neighbour_graph(&self) -> Result<NeighbourGraph, ConfigError> {
+        NeighbourGraph::new(self.num_clients, self.graph, &self.graph_seed)
+            .map_err(|e| ConfigError::Graph(e.to_string()))
+    }
+
+    /// True when `client` is one of the round's invited clients.
+    pub fn contains(&self, client: ClientId) -> bool {
+        client.0 < self.num_clients
+    }
+
+    /// Whether this round runs the ConsistencyCheck stage.
+    pub fn has_consistency_check(&self) -> bool {
+        self.threat_model == ThreatModel::SemiMalicious
+    }
+}
+
+/// A [`RoundConfig`] that cannot make a correct, private round.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Aggregating fewer than two inputs reveals the input.
+    #[error("a round needs at least 2 clients, got {0}")]
+    TooFewClients(u32),
+    /// Nothing to aggregate.
+    #[error("the input vector length (dim) must be at least 1")]
+    EmptyVector,
+    /// Outside the supported modulus range.
+    #[error("bits must be between 1 and 32, got {0}")]
+    Bits(u8),
+    /// The threshold cannot be met or gives secrets away.
+    #[error(
+        "threshold {threshold} must be at least 2 and at most the {holders} share holders per client (neighbours + self)"
+    )]
+    Threshold {
+        /// The requested threshold.
+        threshold: u32,
+        /// Share holders per client.
+        holders: u32,
+    },
+    /// A Harary degree that does not make a graph.
+    #[error(
+        "Harary degree k = {k} must be even, at least 2 and less than n = {n} (use the complete graph otherwise)"
+    )]
+    Degree {
+        /// Requested degree.
+        k: u32,
+        /// Number of clients.
+        n: u32,
+    },
+    /// The graph could not be built.
+    #[error("neighbour graph: {0}")]
+    Graph(String),
+    /// A stage could never end with messages.
+    #[error("stage_timeout must be positive")]
+    ZeroTimeout,
+}
+
+mod duration_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis().min(u64::MAX as u128) as u64)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}

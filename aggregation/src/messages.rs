@@ -1,0 +1,722 @@
+//! The messages of a round and their canonical byte encoding.
+//!
+//! Clients only ever talk to the server (Bonawitz et al. route everything
+//! through it), so there are two message families: [`ClientMessage`] and
+//! [`ServerMessage`]. Each carries the round id, so a message replayed from
+//! another round is refused before it is looked at.
+//!
+//! The encoding is hand-rolled rather than a serde format because it must be
+//! canonical (one byte string per message): fixed-width little-endian
+//! integers, `u32` length prefixes, id lists strictly ascending. The decoder
+//! rejects trailing bytes, wrong lengths, unknown tags and unsorted or
+//! duplicated ids, and never allocates more than the input could hold.
+//!
+//! ```text
+//! message  = version:u8 (=1) round_id:u64 tag:u8 body
+//! ```
+
+use crate::ClientId;
+use crate::keys::PublicKeys;
+use crate::shamir::{SHARE_BYTES, Share};
+
+/// Version byte at the start of every encoded message.
+pub const WIRE_VERSION: u8 = 1;
+
+/// A message from a client to the server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientMessage {
+    /// The round this message belongs to.
+    pub round_id: u64,
+    /// What the client says.
+    pub body: ClientBody,
+}
+
+/// What a client sends at each stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClientBody {
+    /// Stage 0, AdvertiseKeys: the client's two public keys.
+    AdvertiseKeys(PublicKeys),
+    /// Stage 1, ShareKeys: one sealed share bundle per live neighbour,
+    /// `peer` = the receiver, ascending.
+    ShareKeys(Vec<SealedBundle>),
+    /// Stage 2, MaskedInputCollection: the masked vector packed at the
+    /// round's `bits`.
+    MaskedInput(Vec<u8>),
+    /// Stage 3, ConsistencyCheck: the client confirms the survivor set it was
+    /// sent (signatures arrive with the malicious-server work).
+    ConsistencyCheck,
+    /// Stage 4, Unmasking: the shares the server asked for.
+    Unmasking(UnmaskResponse),
+}
+
+/// A message from the server to one client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerMessage {
+    /// The round this message belongs to.
+    pub round_id: u64,
+    /// What the server says.
+    pub body: ServerBody,
+}
+
+/// What the server sends a client at the end of each stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerBody {
+    /// End of AdvertiseKeys: the public keys of the client's neighbours that
+    /// advertised, ascending by id.
+    NeighbourKeys(Vec<(ClientId, PublicKeys)>),
+    /// End of ShareKeys: the bundles the client's neighbours sealed for it,
+    /// `peer` = the sender, ascending.
+    SealedShares(Vec<SealedBundle>),
+    /// ConsistencyCheck (semi-malicious model): the survivors among the
+    /// client's neighbours and itself.
+    ConsistencyCheck {
+        /// Clients whose masked input reached the server.
+        survivors: Vec<ClientId>,
+    },
+    /// Unmasking: which neighbours survived (send the self-mask share) and
+    /// which dropped after sharing keys (send the masking-key share).
+    UnmaskRequest {
+        /// Neighbours (and the client) whose masked input arrived.
+        survivors: Vec<ClientId>,
+        /// Neighbours that shared keys but sent no masked input.
+        dropped: Vec<ClientId>,
+    },
+    /// The round is over without a result.
+    Aborted(AbortReason),
+}
+
+/// A Shamir share bundle sealed with ChaCha20-Poly1305 for one receiver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedBundle {
+    /// The other end: the receiver in a client's ShareKeys message, the
+    /// sender in the server's SealedShares message.
+    pub peer: ClientId,
+    /// Ciphertext and tag.
+    pub ciphertext: Vec<u8>,
+}
+
+/// A survivor's answer to the unmasking request.
+#[derive(Clone, Debug, Default)]
+pub struct UnmaskResponse {
+    /// Shares of the self-mask seed `b` of surviving neighbours, ascending by
+    /// owner.
+    pub self_mask_shares: Vec<(ClientId, Share)>,
+    /// Shares of the masking secret key `s_sk` of dropped neighbours,
+    /// ascending by owner.
+    pub masking_key_shares: Vec<(ClientId, Share)>,
+}
+
+impl PartialEq for UnmaskResponse {
+    /// Compares the shares in constant time: they are secret material.
+    fn eq(&self, other: &Self) -> bool {
+        fn same(a: &[(ClientId, Share)], b: &[(ClientId, Share)]) -> bool {
+            use subtle::ConstantTimeEq;
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .fold(subtle::Choice::from(1), |acc, ((ia, sa), (ib, sb))| {
+                        acc & subtle::Choice::from((ia == ib) as u8)
+                            & sa.to_bytes().ct_eq(&sb.to_bytes())
+                    })
+                    .into()
+        }
+        same(&self.self_mask_shares, &other.self_mask_shares)
+            && same(&self.masking_key_shares, &other.masking_key_shares)
+    }
+}
+
+impl Eq for UnmaskResponse {}
+
+/// Why a round ended without a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum AbortReason {
+    /// Fewer than the threshold of clients survived a stage.
+    BelowThreshold,
+    /// Some client's secret could not be rebuilt from the shares that
+    /// arrived.
+    SharesMissing,
+    /// Too many clients misbehaved for the round to go on.
+    Misbehaviour,
+}
+
+impl std::fmt::Display for AbortReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AbortReason::BelowThreshold => "fewer than the threshold of clients survived a stage",
+            AbortReason::SharesMissing => "too few shares arrived to rebuild a needed secret",
+            AbortReason::Misbehaviour => "too many clients misbehaved",
+        })
+    }
+}
+
+/// Why bytes are not a well-formed message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The message ended early.
+    #[error("message truncated: needed {needed} more bytes at offset {offset}")]
+    Truncated {
+        /// Where decoding stopped.
+        offset: usize,
+        /// How many bytes were missing.
+        needed: usize,
+    },
+    /// Bytes after the end of the message.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// Another wire version.
+    #[error("unsupported wire version {0} (this build speaks version {WIRE_VERSION})")]
+    Version(u8),
+    /// An unknown message or enum tag.
+    #[error("unknown tag {tag} for {what}")]
+    Tag {
+        /// What was being decoded.
+        what: &'static str,
+        /// The tag found.
+        tag: u8,
+    },
+    /// Ids not strictly ascending (unsorted or duplicated).
+    #[error("ids in {0} are not strictly ascending")]
+    Unsorted(&'static str),
+    /// A malformed share.
+    #[error("malformed share: {0}")]
+    Share(String),
+}
+
+// Tags of the message bodies; distinct between the two families so a message
+// sent the wrong way is refused.
+const TAG_ADVERTISE_KEYS: u8 = 0x01;
+const TAG_SHARE_KEYS: u8 = 0x02;
+const TAG_MASKED_INPUT: u8 = 0x03;
+const TAG_CONSISTENCY: u8 = 0x04;
+const TAG_UNMASKING: u8 = 0x05;
+const TAG_NEIGHBOUR_KEYS: u8 = 0x81;
+const TAG_SEALED_SHARES: u8 = 0x82;
+const TAG_CONSISTENCY_CHECK: u8 = 0x84;
+const TAG_UNMASK_REQUEST: u8 = 0x85;
+const TAG_ABORTED: u8 = 0x86;
+
+impl ClientMessage {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(self.round_id, self.encoded_hint());
+        match &self.body {
+            ClientBody::AdvertiseKeys(keys) => {
+                w.u8(TAG_ADVERTISE_KEYS);
+                w.bytes32(&keys.c_pk);
+                w.bytes32(&keys.s_pk);
+            }
+            ClientBody::ShareKeys(bundles) => {
+                w.u8(TAG_SHARE_KEYS);
+                w.bundles(bundles);
+            }
+            ClientBody::MaskedInput(packed) => {
+                w.u8(TAG_MASKED_INPUT);
+                w.var_bytes(packed);
+            }
+            ClientBody::ConsistencyCheck => w.u8(TAG_CONSISTENCY),
+            ClientBody::Unmasking(response) => {
+                w.u8(TAG_UNMASKING);
+                w.shares(&response.self_mask_shares);
+                w.shares(&response.masking_key_shares);
+            }
+        }
+        w.0
+    }
+
+    /// Decodes a canonical encoding; anything else is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let round_id = r.header()?;
+        let body = match r.u8()? {
+            TAG_ADVERTISE_KEYS => ClientBody::AdvertiseKeys(PublicKeys {
+                c_pk: r.bytes32()?,
+                s_pk: r.bytes32()?,
+            }),
+            TAG_SHARE_KEYS => ClientBody::ShareKeys(r.bundles("ShareKeys")?),
+            TAG_MASKED_INPUT => ClientBody::MaskedInput(r.var_bytes()?.to_vec()),
+            TAG_CONSISTENCY => ClientBody::ConsistencyCheck,
+            TAG_UNMASKING => ClientBody::Unmasking(UnmaskResponse {
+                self_mask_shares: r.shares("self-mask shares")?,
+                masking_key_shares: r.shares("masking-key shares")?,
+            }),
+            tag => {
+                return Err(DecodeError::Tag {
+                    what: "client message",
+                    tag,
+                });
+            }
+        };
+        r.finish()?;
+        Ok(ClientMessage { round_id, body })
+    }
+
+    fn encoded_hint(&self) -> usize {
+        match &self.body {
+            ClientBody::MaskedInput(p) => p.len() + 4,
+            ClientBody::ShareKeys(b) => b.len() * 120,
+            _ => 128,
+        }
+    }
+}
+
+impl ServerMessage {
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(self.round_id, 128);
+        match &self.body {
+            ServerBody::NeighbourKeys(keys) => {
+                w.u8(TAG_NEIGHBOUR_KEYS);
+                w.u32(keys.len() as u32);
+                for (id, k) in keys {
+                    w.u32(id.0);
+                    w.bytes32(&k.c_pk);
+                    w.bytes32(&k.s_pk);
+                }
+            }
+            ServerBody::SealedShares(bundles) => {
+                w.u8(TAG_SEALED_SHARES);
+                w.bundles(bundles);
+            }
+            ServerBody::ConsistencyCheck { survivors } => {
+                w.u8(TAG_CONSISTENCY_CHECK);
+                w.ids(survivors);
+            }
+            ServerBody::UnmaskRequest { survivors, dropped } => {
+                w.u8(TAG_UNMASK_REQUEST);
+                w.ids(survivors);
+                w.ids(dropped);
+            }
+            ServerBody::Aborted(reason) => {
+                w.u8(TAG_ABORTED);
+                w.u8(match reason {
+                    AbortReason::BelowThreshold => 1,
+                    AbortReason::SharesMissing => 2,
+                    AbortReason::Misbehaviour => 3,
+                });
+            }
+        }
+        w.0
+    }
+
+    /// Decodes a canonical encoding; anything else is an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let round_id = r.header()?;
+        let body = match r.u8()? {
+            TAG_NEIGHBOUR_KEYS => {
+                let count = r.count(4 + 64)?;
+                let mut keys = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let id = ClientId(r.u32()?);
+                    if keys.last().is_some_and(|(last, _)| *last >= id) {
+                        return Err(DecodeError::Unsorted("NeighbourKeys"));
+                    }
+                    keys.push((
+                        id,
+                        PublicKeys {
+                            c_pk: r.bytes32()?,
+                            s_pk: r.bytes32()?,
+                        },
+                    ));
+                }
+                ServerBody::NeighbourKeys(keys)
+            }
+            TAG_SEALED_SHARES => ServerBody::SealedShares(r.bundles("SealedShares")?),
+            TAG_CONSISTENCY_CHECK => ServerBody::ConsistencyCheck {
+                survivors: r.ids("survivors")?,
+            },
+            TAG_UNMASK_REQUEST => ServerBody::UnmaskRequest {
+                survivors: r.ids("survivors")?,
+                dropped: r.ids("dropped")?,
+            },
+            TAG_ABORTED => ServerBody::Aborted(match r.u8()? {
+                1 => AbortReason::BelowThreshold,
+                2 => AbortReason::SharesMissing,
+                3 => AbortReason::Misbehaviour,
+                tag => {
+                    return Err(DecodeError::Tag {
+                        what: "abort reason",
+                        tag,
+                    });
+                }
+            }),
+            tag => {
+                return Err(DecodeError::Tag {
+                    what: "server message",
+                    tag,
+                });
+            }
+        };
+        r.finish()?;
+        Ok(ServerMessage { round_id, body })
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn with_header(round_id: u64, hint: usize) -> Self {
+        let mut w = Writer(Vec::with_capacity(hint + 10));
+        w.u8(WIRE_VERSION);
+        w.0.extend_from_slice(&round_id.to_le_bytes());
+        w
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn bytes32(&mut self, v: &[u8; 32]) {
+        self.0.extend_from_slice(v);
+    }
+    fn var_bytes(&mut self, v: &[u8]) {
+        self.u32(u32::try_from(v.len()).expect("message field over 4 GiB"));
+        self.0.extend_from_slice(v);
+    }
+    fn ids(&mut self, ids: &[ClientId]) {
+        self.u32(ids.len() as u32);
+        for id in ids {
+            self.u32(id.0);
+        }
+    }
+    fn bundles(&mut self, bundles: &[SealedBundle]) {
+        self.u32(bundles.len() as u32);
+        for b in bundles {
+            self.u32(b.peer.0);
+            self.var_bytes(&b.ciphertext);
+        }
+    }
+    fn shares(&mut self, shares: &[(ClientId, Share)]) {
+        self.u32(shares.len() as u32);
+        for (owner, share) in shares {
+            self.u32(owner.0);
+            self.0.extend_from_slice(&share.to_bytes());
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, offset: 0 }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let rest = self.bytes.len() - self.offset;
+        if rest < n {
+            return Err(DecodeError::Truncated {
+                offset: self.offset,
+                needed: n - rest,
+            });
+        }
+        let out = &self.bytes[self.offset..self.offset + n];
+        self.offset += n;
+        Ok(out)
+    }
+
+    fn header(&mut self) -> Result<u64, DecodeError> {
+        let version = self.u8()?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn bytes32(&mut self) -> Result<[u8; 32], DecodeError> {
+        Ok(self.take(32)?.try_into().expect("32 bytes"))
+    }
+
+    fn var_bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32()? as usize;
+        self.take(len)
+    }
+
+    /// A list length, checked against what the remaining bytes could hold so
+    /// a forged count cannot make us allocate.
+    fn count(&mut self, min_item_len: usize) -> Result<usize, DecodeError> {
+        let count = self.u32()? as usize;
+        let rest = self.bytes.len() - self.offset;
+        if count.saturating_mul(min_item_len) > rest {
+            return Err(DecodeError::Truncated {
+                offset: self.offset,
+                needed: count * min_item_len - rest,
+            });
+        }
+        Ok(count)
+    }
+
+    fn ids(&mut self, what: &'static str) -> Result<Vec<ClientId>, DecodeError> {
+        let count = self.count(4)?;
+        let mut ids: Vec<ClientId> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = ClientId(self.u32()?);
+            if ids.last().is_some_and(|last| *last >= id) {
+                return Err(DecodeError::Unsorted(what));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn bundles(&mut self, what: &'static str) -> Result<Vec<SealedBundle>, DecodeError> {
+        let count = self.count(8)?;
+        let mut bundles: Vec<SealedBundle> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let peer = ClientId(self.u32()?);
+            if bundles.last().is_some_and(|last| last.peer >= peer) {
+                return Err(DecodeError::Unsorted(what));
+            }
+            let ciphertext = self.var_bytes()?.to_vec();
+            bundles.push(SealedBundle { peer, ciphertext });
+        }
+        Ok(bundles)
+    }
+
+    fn shares(&mut self, what: &'static str) -> Result<Vec<(ClientId, Share)>, DecodeError> {
+        let count = self.count(4 + SHARE_BYTES)?;
+        let mut shares: Vec<(ClientId, Share)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let owner = ClientId(self.u32()?);
+            if shares.last().is_some_and(|(last, _)| *last >= owner) {
+                return Err(DecodeError::Unsorted(what));
+            }
+            let share = Share::from_bytes(self.take(SHARE_BYTES)?)
+                .map_err(|e| DecodeError::Share(e.to_string()))?;
+            shares.push((owner, share));
+        }
+        Ok(shares)
+    }
+
+    fn finish(self) -> Result<(), DecodeError> {
+        match self.bytes.len() - self.offset {
+            0 => Ok(()),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(x: u32, seed: u64) -> Share {
+        let mut bytes = [0u8; SHARE_BYTES];
+        bytes[..4].copy_from_slice(&x.to_le_bytes());
+        for i in 0..(SHARE_BYTES - 4) / 8 {
+            let v = seed
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .wrapping_add(i as u64)
+                >> 4;
+            bytes[4 + 8 * i..12 + 8 * i].copy_from_slice(&v.to_le_bytes());
+        }
+        Share::from_bytes(&bytes).expect("values below 2^60 are field elements")
+    }
+
+    fn client_messages() -> Vec<ClientMessage> {
+        let keys = PublicKeys {
+            c_pk: [1; 32],
+            s_pk: [2; 32],
+        };
+        [
+            ClientBody::AdvertiseKeys(keys),
+            ClientBody::ShareKeys(vec![
+                SealedBundle {
+                    peer: ClientId(1),
+                    ciphertext: vec![5; 104],
+                },
+                SealedBundle {
+                    peer: ClientId(4),
+                    ciphertext: vec![6; 104],
+                },
+            ]),
+            ClientBody::MaskedInput(vec![9, 8, 7]),
+            ClientBody::ConsistencyCheck,
+            ClientBody::Unmasking(UnmaskResponse {
+                self_mask_shares: vec![(ClientId(0), share(3, 1)), (ClientId(2), share(3, 2))],
+                masking_key_shares: vec![(ClientId(5), share(3, 3))],
+            }),
+        ]
+        .into_iter()
+        .map(|body| ClientMessage { round_id: 77, body })
+        .collect()
+    }
+
+    fn server_messages() -> Vec<ServerMessage> {
+        [
+            ServerBody::NeighbourKeys(vec![(
+                ClientId(3),
+                PublicKeys {
+                    c_pk: [3; 32],
+                    s_pk: [4; 32],
+                },
+            )]),
+            ServerBody::SealedShares(vec![SealedBundle {
+                peer: ClientId(2),
+                ciphertext: vec![1, 2, 3],
+            }]),
+            ServerBody::ConsistencyCheck {
+                survivors: vec![ClientId(0), ClientId(9)],
+            },
+            ServerBody::UnmaskRequest {
+                survivors: vec![ClientId(1)],
+                dropped: vec![ClientId(0), ClientId(2)],
+            },
+            ServerBody::Aborted(AbortReason::SharesMissing),
+        ]
+        .into_iter()
+        .map(|body| ServerMessage { round_id: 5, body })
+        .collect()
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in client_messages() {
+            assert_eq!(ClientMessage::decode(&m.encode()).unwrap(), m);
+        }
+        for m in server_messages() {
+            assert_eq!(ServerMessage::decode(&m.encode()).unwrap(), m);
+        }
+    }
+
+    #[test]
+    fn advertise_keys_layout_byte_by_byte() {
+        let m = ClientMessage {
+            round_id: 0x0102_0304_0506_0708,
+            body: ClientBody::AdvertiseKeys(PublicKeys {
+                c_pk: [0xaa; 32],
+                s_pk: [0xbb; 32],
+            }),
+        };
+        let mut expected = vec![WIRE_VERSION]; // version
+        expected.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]); // round id, LE
+        expected.push(0x01); // tag: AdvertiseKeys
+        expected.extend_from_slice(&[0xaa; 32]); // c_pk
+        expected.extend_from_slice(&[0xbb; 32]); // s_pk
+        assert_eq!(m.encode(), expected);
+    }
+
+    #[test]
+    fn unmask_request_layout_byte_by_byte() {
+        let m = ServerMessage {
+            round_id: 1,
+            body: ServerBody::UnmaskRequest {
+                survivors: vec![ClientId(2)],
+                dropped: vec![],
+            },
+        };
+        let expected = [
+            1, // version
+            1, 0, 0, 0, 0, 0, 0, 0,    // round id
+            0x85, // tag: UnmaskRequest
+            1, 0, 0, 0, // one survivor
+            2, 0, 0, 0, // client 2
+            0, 0, 0, 0, // no dropped clients
+        ];
+        assert_eq!(m.encode(), expected);
+    }
+
+    #[test]
+    fn every_truncation_and_every_extension_is_rejected() {
+        for m in client_messages() {
+            let bytes = m.encode();
+            for len in 0..bytes.len() {
+                assert!(
+                    ClientMessage::decode(&bytes[..len]).is_err(),
+                    "{m:?} cut at {len}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(
+                ClientMessage::decode(&longer),
+                Err(DecodeError::TrailingBytes(1))
+            );
+        }
+        for m in server_messages() {
+            let bytes = m.encode();
+            for len in 0..bytes.len() {
+                assert!(
+                    ServerMessage::decode(&bytes[..len]).is_err(),
+                    "{m:?} cut at {len}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(&[0, 0]);
+            assert_eq!(
+                ServerMessage::decode(&longer),
+                Err(DecodeError::TrailingBytes(2))
+            );
+        }
+    }
+
+    #[test]
+    fn non_canonical_forms_are_rejected() {
+        // Wrong version.
+        let mut bytes = client_messages()[0].encode();
+        bytes[0] = 2;
+        assert_eq!(ClientMessage::decode(&bytes), Err(DecodeError::Version(2)));
+        // A server message is not a client message.
+        let bytes = server_messages()[0].encode();
+        assert!(matches!(
+            ClientMessage::decode(&bytes),
+            Err(DecodeError::Tag { .. })
+        ));
+        // Unsorted or duplicated ids.
+        for survivors in [
+            vec![ClientId(2), ClientId(1)],
+            vec![ClientId(1), ClientId(1)],
+        ] {
+            let m = ServerMessage {
+                round_id: 1,
+                body: ServerBody::ConsistencyCheck { survivors },
+            };
+            assert_eq!(
+                ServerMessage::decode(&m.encode()),
+                Err(DecodeError::Unsorted("survivors"))
+            );
+        }
+        // A share value outside the field.
+        let m = &client_messages()[4];
+        let mut bytes = m.encode();
+        let first_value = 1 + 8 + 1 + 4 + 4 + 4;
+        bytes[first_value..first_value + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            ClientMessage::decode(&bytes),
+            Err(DecodeError::Share(_))
+        ));
+    }
+
+    #[test]
+    fn a_forged_count_does_not_allocate() {
+        let mut bytes = vec![WIRE_VERSION];
+        bytes.extend_from_slice(&1u64.to_le_bytes());
+        bytes.push(0x85);
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            ServerMessage::decode(&bytes),
+            Err(DecodeError::Truncated { .. })
+        ));
+    }
+}

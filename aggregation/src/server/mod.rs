@@ -1,0 +1,728 @@
+//! The server side of a round, as a state machine with no IO.
+//!
+//! A [`ServerSession`] follows quinn-proto's contract. The driver calls, in a
+//! loop:
+//! - [`ServerSession::handle_message`] with each client message (the driver
+//!   knows which client sent it: the transport authenticates clients);
+//! - [`ServerSession::handle_timeout`] once [`ServerSession::poll_timeout`]'s
+//!   instant has passed;
+//! - [`ServerSession::poll_transmit`] until it returns `None`, sending each
+//!   message to its client;
+//! - [`ServerSession::poll_event`]; on [`ServerEvent::UnmaskingReady`] it
+//!   calls [`ServerSession::unmask`], the one heavy step (Shamir
+//!   reconstruction, key agreement and mask expansion on rayon), which an
+//!   async driver runs on a blocking thread.
+//!
+//! A stage closes when every client still in the round has answered, or when
+//! its deadline passes; if fewer than t clients made it, the round aborts and
+//! the server has learnt nothing (the running sum of masked inputs is
+//! discarded without ever being unmasked). The server's memory is O(d + n k):
+//! masked inputs are added into one running sum as they arrive.
+//!
+//! A client that sends a malformed or out-of-place message gets a precise
+//! [`ServerError`] and is dropped from the round; the round goes on for the
+//! others.
+
+mod advertise_keys;
+mod consistency_check;
+mod masked_input;
+mod share_keys;
+mod unmasking;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::config::{ConfigError, RoundConfig};
+use crate::graph::NeighbourGraph;
+use crate::keys::PublicKeys;
+use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
+use crate::{ClientId, Stage};
+
+pub use unmasking::RoundOutput;
+
+/// Proof that a stage closed with at least t clients. Only
+/// [`ThresholdMet::check`] makes one, and every transition to a later stage
+/// takes one, so "go on below the threshold" cannot be written.
+#[derive(Debug, Clone, Copy)]
+struct ThresholdMet {
+    survivors: u32,
+}
+
+impl ThresholdMet {
+    fn check(survivors: u32, threshold: u32) -> Result<Self, AbortReason> {
+        if survivors >= threshold {
+            Ok(ThresholdMet { survivors })
+        } else {
+            Err(AbortReason::BelowThreshold)
+        }
+    }
+}
+
+/// How far each client got, and the keys it advertised. Shared by all stage
+/// states.
+#[derive(Debug)]
+struct Roster {
+    /// Stages completed: 0 = none, 1 = keys advertised, 2 = shares sent,
+    /// 3 = masked input received, 4 = survivor set confirmed, 5 = shares
+    /// revealed.
+    level: Vec<u8>,
+    /// Dropped from the round for misbehaving.
+    evicted: Vec<bool>,
+    keys: Vec<Option<PublicKeys>>,
+}
+
+const LEVEL_ADVERTISED: u8 = 1;
+const LEVEL_SHARED: u8 = 2;
+const LEVEL_MASKED: u8 = 3;
+const LEVEL_CONFIRMED: u8 = 4;
+const LEVEL_ANSWERED: u8 = 5;
+
+impl Roster {
+    fn count_at_least(&self, level: u8) -> u32 {
+        self.level
+            .iter()
+            .zip(&self.evicted)
+            .filter(|(l, e)| **l >= level && !**e)
+            .count() as u32
+    }
+
+    fn reached(&self, id: ClientId, level: u8) -> bool {
+        self.level[id.index()] >= level
+    }
+}
+
+/// The server's side of one round.
+pub struct ServerSession {
+    config: RoundConfig,
+    graph: NeighbourGraph,
+    roster: Roster,
+    state: State,
+    broadcast: Option<Broadcast>,
+    events: VecDeque<ServerEvent>,
+    deadline: Option<Instant>,
+    /// Clients still expected to send in the current stage.
+    pending: u32,
+}
+
+impl std::fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSession")
+            .field("round_id", &self.config.round_id)
+            .field("state", &self.state.name())
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+enum State {
+    AdvertiseKeys,
+    ShareKeys(share_keys::ShareKeys),
+    MaskedInput(masked_input::MaskedInput),
+    ConsistencyCheck(consistency_check::ConsistencyCheck),
+    Unmasking(unmasking::Unmasking),
+    UnmaskingReady(unmasking::UnmaskingReady),
+    Completed,
+    Aborted(AbortReason),
+    Transitioning,
+}
+
+impl State {
+    fn name(&self) -> &'static str {
+        match self {
+            State::AdvertiseKeys => "advertise-keys",
+            State::ShareKeys(_) => "share-keys",
+            State::MaskedInput(_) => "masked-input",
+            State::ConsistencyCheck(_) => "consistency-check",
+            State::Unmasking(_) => "unmasking",
+            State::UnmaskingReady(_) => "unmasking-ready",
+            State::Completed => "completed",
+            State::Aborted(_) => "aborted",
+            State::Transitioning => "transitioning",
+        }
+    }
+
+    fn stage(&self) -> Option<Stage> {
+        match self {
+            State::AdvertiseKeys => Some(Stage::AdvertiseKeys),
+            State::ShareKeys(_) => Some(Stage::ShareKeys),
+            State::MaskedInput(_) => Some(Stage::MaskedInput),
+            State::ConsistencyCheck(_) => Some(Stage::ConsistencyCheck),
+            State::Unmasking(_) => Some(Stage::Unmasking),
+            _ => None,
+        }
+    }
+}
+
+/// A message to every client at some level, built one at a time in
+/// [`ServerSession::poll_transmit`] so the server never holds n copies of
+/// the neighbour keys or share bundles.
+#[derive(Debug)]
+struct Broadcast {
+    kind: BroadcastKind,
+    /// Next client index to consider.
+    next: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BroadcastKind {
+    NeighbourKeys,
+    SealedShares,
+    ConsistencyCheck,
+    UnmaskRequest,
+    Aborted(AbortReason),
+}
+
+/// Something the driver of a server session should know about.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ServerEvent {
+    /// A stage closed with enough clients; the next one has started.
+    StageCompleted {
+        /// The stage that closed.
+        stage: Stage,
+        /// Clients that completed it.
+        survivors: u32,
+        /// Clients that were expected in it but did not complete it.
+        dropped: u32,
+    },
+    /// Every share is in: call [`ServerSession::unmask`] (on a blocking
+    /// thread in an async driver).
+    UnmaskingReady,
+    /// The round produced its sum.
+    Completed(RoundOutput),
+    /// The round ended without a result; nothing was unmasked.
+    Aborted {
+        /// The stage in which it ended.
+        stage: Stage,
+        /// Why.
+        reason: AbortReason,
+        /// Clients that completed the stage.
+        survivors: u32,
+    },
+}
+
+/// A client message the server refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The client broke the protocol and has been dropped from the round.
+    #[error("{client} broke the protocol and was dropped from the round: {violation}")]
+    ClientMisbehaved {
+        /// Who.
+        client: ClientId,
+        /// What it did.
+        violation: ClientViolation,
+    },
+    /// A message for another round (stale or replayed); ignored.
+    #[error("{client} sent a message for round {got}, this is round {expected}")]
+    WrongRound {
+        /// Who.
+        client: ClientId,
+        /// This round.
+        expected: u64,
+        /// The message's round.
+        got: u64,
+    },
+    /// The sender is not one of the round's clients.
+    #[error("{client} is not in this round of {n} clients")]
+    UnknownClient {
+        /// The id claimed.
+        client: ClientId,
+        /// Clients in the round.
+        n: u32,
+    },
+    /// The message's stage has closed; the client was counted as dropped.
+    #[error("{client} sent a {stage} message after that stage closed")]
+    Late {
+        /// Who.
+        client: ClientId,
+        /// The stage of the message.
+        stage: Stage,
+    },
+    /// The client dropped out (or was dropped) in an earlier stage.
+    #[error("{client} is no longer part of this round")]
+    NotInRound {
+        /// Who.
+        client: ClientId,
+    },
+    /// The round is over.
+    #[error("the round is over ({state})")]
+    RoundOver {
+        /// Its final state.
+        state: &'static str,
+    },
+    /// The round configuration cannot work.
+    #[error("invalid round configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// How a client broke the protocol, as seen by the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientViolation {
+    /// A message for a stage that has not started.
+    #[error("sent a {got} message during {current}")]
+    WrongStage {
+        /// The message's stage.
+        got: Stage,
+        /// The round's stage.
+        current: Stage,
+    },
+    /// A second message for the same stage.
+    #[error("sent a second {0} message")]
+    Duplicate(Stage),
+    /// A share bundle list that does not cover exactly the live neighbours.
+    #[error("share bundles must go to exactly the live neighbours, ascending; {0}")]
+    Bundles(String),
+    /// A masked input of the wrong size.
+    #[error("masked input: {0}")]
+    MaskedInput(String),
+    /// An unmasking response that is not what was asked.
+    #[error("unmasking response: {0}")]
+    Response(String),
+}
+
+impl ServerSession {
+    /// Opens a round at `now`: the AdvertiseKeys stage starts and its
+    /// deadline is `now + stage_timeout`.
+    pub fn new(config: RoundConfig, now: Instant) -> Result<Self, ServerError> {
+        config.validate()?;
+        let graph = config.neighbour_graph()?;
+        Ok(Self::with_graph(config, graph, now))
+    }
+
+    /// As [`ServerSession::new`] with a graph already built from `config`.
+    pub fn with_graph(config: RoundConfig, graph: NeighbourGraph, now: Instant) -> Self {
+        let n = config.num_clients as usize;
+        ServerSession {
+            deadline: Some(now + config.stage_timeout),
+            pending: config.num_clients,
+            roster: Roster {
+                level: vec![0; n],
+                evicted: vec![false; n],
+                keys: vec![None; n],
+            },
+            config,
+            graph,
+            state: State::AdvertiseKeys,
+            broadcast: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// The round's configuration.
+    pub fn config(&self) -> &RoundConfig {
+        &self.config
+    }
+
+    /// The neighbour graph of the round.
+    pub fn graph(&self) -> &NeighbourGraph {
+        &self.graph
+    }
+
+    /// The stage in progress, or `None` once the round has ended or is
+    /// waiting for [`ServerSession::unmask`].
+    pub fn stage(&self) -> Option<Stage> {
+        self.state.stage()
+    }
+
+    /// True once the round has completed or aborted.
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Completed | State::Aborted(_))
+    }
+
+    /// Why the round aborted, if it did.
+    pub fn abort_reason(&self) -> Option<AbortReason> {
+        match self.state {
+            State::Aborted(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Feeds one message from client `from`.
+    pub fn handle_message(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        message: ClientMessage,
+    ) -> Result<(), ServerError> {
+        if !self.config.contains(from) {
+            return Err(ServerError::UnknownClient {
+                client: from,
+                n: self.config.num_clients,
+            });
+        }
+        if message.round_id != self.config.round_id {
+            return Err(ServerError::WrongRound {
+                client: from,
+                expected: self.config.round_id,
+                got: message.round_id,
+            });
+        }
+        let Some(current) = self.state.stage() else {
+            return Err(ServerError::RoundOver {
+                state: self.state.name(),
+            });
+        };
+        let stage = message_stage(&message.body);
+        if self.roster.evicted[from.index()] {
+            return Err(ServerError::NotInRound { client: from });
+        }
+        if stage < current {
+            return Err(
+                if self.roster.level[from.index()] > stage_level(stage, &self.config) {
+                    self.misbehaved(now, from, ClientViolation::Duplicate(stage))
+                } else {
+                    ServerError::Late {
+                        client: from,
+                        stage,
+                    }
+                },
+            );
+        }
+        if stage > current {
+            return Err(self.misbehaved(
+                now,
+                from,
+                ClientViolation::WrongStage {
+                    got: stage,
+                    current,
+                },
+            ));
+        }
+        let level = self.roster.level[from.index()];
+        let required = stage_level(stage, &self.config);
+        if level > required {
+            return Err(self.misbehaved(now, from, ClientViolation::Duplicate(stage)));
+        }
+        if level < required {
+            return Err(ServerError::NotInRound { client: from });
+        }
+
+        let accepted = match (&mut self.state, message.body) {
+            (State::AdvertiseKeys, ClientBody::AdvertiseKeys(keys)) => {
+                advertise_keys::accept(&mut self.roster, from, keys);
+                Ok(())
+            }
+            (State::ShareKeys(state), ClientBody::ShareKeys(bundles)) => {
+                state.accept(&self.graph, &self.roster, from, bundles)
+            }
+            (State::MaskedInput(state), ClientBody::MaskedInput(packed)) => {
+                state.accept(&self.config, &packed)
+            }
+            (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck) => Ok(()),
+            (State::Unmasking(state), ClientBody::Unmasking(response)) => {
+                state.accept(&self.graph, &self.roster, from, response)
+            }
+            _ => unreachable!("message stage matched the current stage"),
+        };
+        match accepted {
+            Ok(()) => {
+                self.roster.level[from.index()] = required + 1;
+                if stage == Stage::Unmasking {
+                    self.roster.level[from.index()] = LEVEL_ANSWERED;
+                }
+                self.pending -= 1;
+                if self.pending == 0 {
+                    self.close_stage(now);
+                }
+                Ok(())
+            }
+            Err(violation) => Err(self.misbehaved(now, from, violation)),
+        }
+    }
+
+    fn misbehaved(
+        &mut self,
+        now: Instant,
+        client: ClientId,
+        violation: ClientViolation,
+    ) -> ServerError {
+        let i = client.index();
+        if !self.roster.evicted[i] {
+            self.roster.evicted[i] = true;
+            // A client still expected in this stage will not answer now.
+            if let Some(stage) = self.state.stage()
+                && self.roster.level[i] == stage_level(stage, &self.config)
+            {
+                self.pending -= 1;
+                if self.pending == 0 {
+                    self.close_stage(now);
+                }
+            }
+        }
+        ServerError::ClientMisbehaved { client, violation }
+    }
+
+    /// Tells the session the time; a stage past its deadline closes with
+    /// whoever answered.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.deadline.is_some_and(|d| now >= d) && self.state.stage().is_some() {
+            self.close_stage(now);
+        }
+    }
+
+    /// When the driver should call [`ServerSession::handle_timeout`].
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The next event for the driver.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// The next message to send, with its recipient.
+    pub fn poll_transmit(&mut self) -> Option<(ClientId, ServerMessage)> {
+        let broadcast = self.broadcast.as_mut()?;
+        let n = self.config.num_clients;
+        while broadcast.next < n {
+            let id = ClientId(broadcast.next);
+            broadcast.next += 1;
+            if self.roster.evicted[id.index()] {
+                continue;
+            }
+            let level = self.roster.level[id.index()];
+            let body = match broadcast.kind {
+                BroadcastKind::NeighbourKeys if level == LEVEL_ADVERTISED => {
+                    advertise_keys::neighbour_keys(&self.graph, &self.roster, id)
+                }
+                BroadcastKind::SealedShares if level == LEVEL_SHARED => {
+                    let State::MaskedInput(state) = &self.state else {
+                        unreachable!("shares are relayed during the masked input stage")
+                    };
+                    state.sealed_shares_for(&self.graph, &self.roster, id)
+                }
+                BroadcastKind::ConsistencyCheck if level == LEVEL_MASKED => {
+                    ServerBody::ConsistencyCheck {
+                        survivors: survivors_around(&self.graph, &self.roster, id),
+                    }
+                }
+                BroadcastKind::UnmaskRequest if level == unmask_level(&self.config) => {
+                    let (survivors, dropped) = unmask_request_for(&self.graph, &self.roster, id);
+                    ServerBody::UnmaskRequest { survivors, dropped }
+                }
+                BroadcastKind::Aborted(reason) if level >= LEVEL_ADVERTISED => {
+                    ServerBody::Aborted(reason)
+                }
+                _ => continue,
+            };
+            return Some((
+                id,
+                ServerMessage {
+                    round_id: self.config.round_id,
+                    body,
+                },
+            ));
+        }
+        self.broadcast = None;
+        None
+    }
+
+    /// Closes the current stage: on to the next one with at least t clients,
+    /// otherwise abort.
+    fn close_stage(&mut self, now: Instant) {
+        let Some(stage) = self.state.stage() else {
+            return;
+        };
+        let done_level = stage_level(stage, &self.config) + 1;
+        let done_level = if stage == Stage::Unmasking {
+            LEVEL_ANSWERED
+        } else {
+            done_level
+        };
+        let survivors = self.roster.count_at_least(done_level);
+        let expected =
+            self.roster.count_at_least(stage_level(stage, &self.config)) + self.evicted_in(stage);
+        let met = match ThresholdMet::check(survivors, self.config.threshold) {
+            Ok(met) => met,
+            Err(reason) => return self.abort(stage, reason, survivors),
+        };
+        self.events.push_back(ServerEvent::StageCompleted {
+            stage,
+            survivors: met.survivors,
+            dropped: expected.saturating_sub(met.survivors),
+        });
+        // Before anyone is asked for a share, make sure every secret the sum
+        // needs can get t of them from the clients that will be asked; in a
+        // sparse graph a neighbourhood can fall below t while the round as a
+        // whole does not. Aborting here reveals nothing.
+        let responders = match stage {
+            Stage::MaskedInput => Some(LEVEL_MASKED),
+            Stage::ConsistencyCheck => Some(LEVEL_CONFIRMED),
+            _ => None,
+        };
+        if let Some(level) = responders
+            && !unmasking::feasible(&self.graph, &self.roster, level, self.config.threshold)
+        {
+            return self.abort(stage, AbortReason::SharesMissing, survivors);
+        }
+        let state = std::mem::replace(&mut self.state, State::Transitioning);
+        let (next, broadcast) = match state {
+            State::AdvertiseKeys => (
+                State::ShareKeys(share_keys::ShareKeys::new(met, self.config.num_clients)),
+                Some(BroadcastKind::NeighbourKeys),
+            ),
+            State::ShareKeys(state) => (
+                State::MaskedInput(state.into_masked_input(met, self.config.dim)),
+                Some(BroadcastKind::SealedShares),
+            ),
+            State::MaskedInput(state) if self.config.has_consistency_check() => (
+                State::ConsistencyCheck(state.into_consistency_check(met)),
+                Some(BroadcastKind::ConsistencyCheck),
+            ),
+            State::MaskedInput(state) => (
+                State::Unmasking(state.into_unmasking(met, self.config.num_clients)),
+                Some(BroadcastKind::UnmaskRequest),
+            ),
+            State::ConsistencyCheck(state) => (
+                State::Unmasking(state.into_unmasking(met, self.config.num_clients)),
+                Some(BroadcastKind::UnmaskRequest),
+            ),
+            State::Unmasking(state) => {
+                match state.into_ready(met, &self.graph, &self.roster, self.config.threshold) {
+                    Ok(ready) => {
+                        self.events.push_back(ServerEvent::UnmaskingReady);
+                        (State::UnmaskingReady(ready), None)
+                    }
+                    Err(reason) => return self.abort(stage, reason, survivors),
+                }
+            }
+            other => (other, None),
+        };
+        self.state = next;
+        self.broadcast = broadcast.map(|kind| Broadcast { kind, next: 0 });
+        match self.state.stage() {
+            Some(next_stage) => {
+                self.pending = self
+                    .roster
+                    .count_at_least(stage_level(next_stage, &self.config));
+                self.deadline = Some(now + self.config.stage_timeout);
+            }
+            None => self.deadline = None,
+        }
+    }
+
+    /// Clients evicted while they were expected in `stage` (they count as
+    /// dropped there).
+    fn evicted_in(&self, stage: Stage) -> u32 {
+        let level = stage_level(stage, &self.config);
+        self.roster
+            .level
+            .iter()
+            .zip(&self.roster.evicted)
+            .filter(|(l, e)| **e && **l == level)
+            .count() as u32
+    }
+
+    fn abort(&mut self, stage: Stage, reason: AbortReason, survivors: u32) {
+        // Dropping the stage state discards the running sum and every share
+        // received: nothing is unmasked.
+        self.state = State::Aborted(reason);
+        self.deadline = None;
+        self.broadcast = Some(Broadcast {
+            kind: BroadcastKind::Aborted(reason),
+            next: 0,
+        });
+        self.events.push_back(ServerEvent::Aborted {
+            stage,
+            reason,
+            survivors,
+        });
+    }
+
+    /// Rebuilds the secrets and removes every leftover mask from the sum: the
+    /// one heavy step of the round. Call it once [`ServerEvent::UnmaskingReady`]
+    /// has been polled; it parallelises over rayon's pool.
+    ///
+    /// Returns the output (also queued as [`ServerEvent::Completed`]), or
+    /// `None` if the session was not ready or the round aborted because a
+    /// rebuilt key did not match the key its owner advertised.
+    pub fn unmask(&mut self) -> Option<&RoundOutput> {
+        let State::UnmaskingReady(_) = self.state else {
+            return None;
+        };
+        let State::UnmaskingReady(ready) = std::mem::replace(&mut self.state, State::Transitioning)
+        else {
+            unreachable!("checked above")
+        };
+        let survivors = self.roster.count_at_least(LEVEL_ANSWERED);
+        match ready.unmask(&self.config, &self.graph, &self.roster) {
+            Ok(output) => {
+                self.state = State::Completed;
+                self.events.push_back(ServerEvent::Completed(output));
+                match self.events.back() {
+                    Some(ServerEvent::Completed(output)) => Some(output),
+                    _ => None,
+                }
+            }
+            Err(reason) => {
+                self.abort(Stage::Unmasking, reason, survivors);
+                None
+            }
+        }
+    }
+}
+
+/// The stage a client message belongs to.
+fn message_stage(body: &ClientBody) -> Stage {
+    match body {
+        ClientBody::AdvertiseKeys(_) => Stage::AdvertiseKeys,
+        ClientBody::ShareKeys(_) => Stage::ShareKeys,
+        ClientBody::MaskedInput(_) => Stage::MaskedInput,
+        ClientBody::ConsistencyCheck => Stage::ConsistencyCheck,
+        ClientBody::Unmasking(_) => Stage::Unmasking,
+    }
+}
+
+/// The level a client must have reached to take part in `stage`.
+fn stage_level(stage: Stage, config: &RoundConfig) -> u8 {
+    match stage {
+        Stage::AdvertiseKeys => 0,
+        Stage::ShareKeys => LEVEL_ADVERTISED,
+        Stage::MaskedInput => LEVEL_SHARED,
+        Stage::ConsistencyCheck => LEVEL_MASKED,
+        Stage::Unmasking => unmask_level(config),
+    }
+}
+
+/// Who is asked for shares: survivors that confirmed the survivor set in the
+/// semi-malicious model, survivors whose masked input arrived otherwise.
+fn unmask_level(config: &RoundConfig) -> u8 {
+    if config.has_consistency_check() {
+        LEVEL_CONFIRMED
+    } else {
+        LEVEL_MASKED
+    }
+}
+
+/// The survivors (masked input received) among `id`'s neighbours and `id`.
+fn survivors_around(graph: &NeighbourGraph, roster: &Roster, id: ClientId) -> Vec<ClientId> {
+    let mut survivors: Vec<ClientId> = graph
+        .neighbours(id.0)
+        .into_iter()
+        .map(ClientId)
+        .filter(|v| roster.reached(*v, LEVEL_MASKED))
+        .collect();
+    let pos = survivors.partition_point(|v| *v < id);
+    survivors.insert(pos, id);
+    survivors
+}
+
+/// What `id` is asked to reveal: self-mask shares of the survivors around it,
+/// masking-key shares of its neighbours that shared keys but sent no masked
+/// input.
+fn unmask_request_for(
+    graph: &NeighbourGraph,
+    roster: &Roster,
+    id: ClientId,
+) -> (Vec<ClientId>, Vec<ClientId>) {
+    let survivors = survivors_around(graph, roster, id);
+    let dropped = graph
+        .neighbours(id.0)
+        .into_iter()
+        .map(ClientId)
+        .filter(|v| roster.level[v.index()] == LEVEL_SHARED)
+        .collect();
+    (survivors, dropped)
+}

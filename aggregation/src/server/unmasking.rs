@@ -1,0 +1,308 @@
+//! Stage 4, Unmasking, server side (Bonawitz et al. round 4).
+//!
+//! Survivors reveal shares of the self-mask seed `b` of every survivor around
+//! them and of the masking key `s_sk` of every neighbour that shared keys but
+//! sent no masked input. With t shares of each, the server rebuilds
+//! - each survivor's `b`, and subtracts its self-mask `PRG(b)`;
+//! - each dropped client's `s_sk`, checks it against the `s_pk` the client
+//!   advertised, and removes the pairwise masks its surviving neighbours added
+//!   for it (`-PRG(s_uv)` for `u < d`, `+PRG(s_uv)` otherwise).
+//!
+//! What remains is the sum of the survivors' inputs mod 2^bits. The Lagrange
+//! coefficients are computed once per set of share holders and reused for
+//! every secret that set holds; reconstruction, key agreement and mask
+//! expansion run on rayon.
+
+use std::collections::HashMap;
+
+use rayon::prelude::*;
+use x25519_dalek::StaticSecret;
+use zeroize::Zeroize;
+
+use super::{
+    ClientViolation, LEVEL_MASKED, LEVEL_SHARED, Roster, ThresholdMet, unmask_request_for,
+};
+use crate::ClientId;
+use crate::config::RoundConfig;
+use crate::graph::NeighbourGraph;
+use crate::keys::{pairwise_mask_seed, public_of, self_mask_seed};
+use crate::mask::{MaskSeed, MaskSign, apply_masks_parallel};
+use crate::messages::{AbortReason, UnmaskResponse};
+use crate::shamir::{LagrangeBasis, Share};
+
+/// The result of a completed round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoundOutput {
+    /// The sum of the contributors' inputs, mod 2^bits.
+    pub sum: Vec<u32>,
+    /// Clients whose inputs are in the sum, ascending.
+    pub contributors: Vec<ClientId>,
+    /// Clients that shared keys but whose input is not in the sum (their
+    /// leftover pairwise masks were removed), ascending.
+    pub dropped_after_sharing: Vec<ClientId>,
+}
+
+/// Collecting shares.
+pub(super) struct Unmasking {
+    sum: Vec<u32>,
+    /// Revealed shares of each survivor's self-mask seed, by owner.
+    self_mask_shares: Vec<Vec<Share>>,
+    /// Revealed shares of each dropped client's masking key, by owner.
+    masking_key_shares: Vec<Vec<Share>>,
+}
+
+/// Every needed secret has at least t shares: ready for
+/// [`super::ServerSession::unmask`].
+pub(super) struct UnmaskingReady {
+    inner: Unmasking,
+}
+
+impl Drop for Unmasking {
+    fn drop(&mut self) {
+        // The masked sum is no secret on its own, but an aborted round must
+        // leave nothing behind that a later bug could unmask.
+        self.sum.zeroize();
+    }
+}
+
+impl Unmasking {
+    pub(super) fn new(sum: Vec<u32>, num_clients: u32) -> Self {
+        let n = num_clients as usize;
+        Unmasking {
+            sum,
+            self_mask_shares: vec![Vec::new(); n],
+            masking_key_shares: vec![Vec::new(); n],
+        }
+    }
+
+    pub(super) fn accept(
+        &mut self,
+        graph: &NeighbourGraph,
+        roster: &Roster,
+        from: ClientId,
+        response: UnmaskResponse,
+    ) -> Result<(), ClientViolation> {
+        let (survivors, dropped) = unmask_request_for(graph, roster, from);
+        check_owners("self-mask", &survivors, &response.self_mask_shares, from)?;
+        check_owners("masking-key", &dropped, &response.masking_key_shares, from)?;
+        for (owner, share) in response.self_mask_shares {
+            self.self_mask_shares[owner.index()].push(share);
+        }
+        for (owner, share) in response.masking_key_shares {
+            self.masking_key_shares[owner.index()].push(share);
+        }
+        Ok(())
+    }
+
+    /// Checks that t shares arrived for every secret the sum needs.
+    pub(super) fn into_ready(
+        self,
+        _met: ThresholdMet,
+        graph: &NeighbourGraph,
+        roster: &Roster,
+        threshold: u32,
+    ) -> Result<UnmaskingReady, AbortReason> {
+        let t = threshold as usize;
+        for (i, level) in roster.level.iter().enumerate() {
+            let enough = if *level >= LEVEL_MASKED {
+                self.self_mask_shares[i].len() >= t
+            } else if *level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i) {
+                self.masking_key_shares[i].len() >= t
+            } else {
+                true
+            };
+            if !enough {
+                return Err(AbortReason::SharesMissing);
+            }
+        }
+        Ok(UnmaskingReady { inner: self })
+    }
+}
+
+/// Whether every secret the sum needs has at least `threshold` holders among
+/// the clients at `responder_level` (not evicted): each survivor's self-mask
+/// seed is held by it and its neighbours, each dropped client's masking key by
+/// its neighbours.
+pub(super) fn feasible(
+    graph: &NeighbourGraph,
+    roster: &Roster,
+    responder_level: u8,
+    threshold: u32,
+) -> bool {
+    let responds = |v: usize| roster.level[v] >= responder_level && !roster.evicted[v];
+    roster.level.iter().enumerate().all(|(i, level)| {
+        let holders = || {
+            graph
+                .neighbours(i as u32)
+                .into_iter()
+                .filter(|v| responds(*v as usize))
+                .count() as u32
+        };
+        if *level >= LEVEL_MASKED {
+            holders() + u32::from(responds(i)) >= threshold
+        } else if *level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i) {
+            holders() >= threshold
+        } else {
+            true
+        }
+    })
+}
+
+fn has_surviving_neighbour(graph: &NeighbourGraph, roster: &Roster, i: usize) -> bool {
+    graph
+        .neighbours(i as u32)
+        .into_iter()
+        .any(|v| roster.level[v as usize] >= LEVEL_MASKED)
+}
+
+fn check_owners(
+    what: &str,
+    expected: &[ClientId],
+    got: &[(ClientId, Share)],
+    from: ClientId,
+) -> Result<(), ClientViolation> {
+    if got.len() != expected.len() || got.iter().zip(expected).any(|((owner, _), e)| owner != e) {
+        return Err(ClientViolation::Response(format!(
+            "{what} shares for {} clients do not match the {} requested",
+            got.len(),
+            expected.len()
+        )));
+    }
+    if let Some((owner, _)) = got.iter().find(|(_, share)| share.x() != from.share_x()) {
+        return Err(ClientViolation::Response(format!(
+            "the {what} share of {owner} is not evaluated at the sender's point"
+        )));
+    }
+    Ok(())
+}
+
+/// One secret to rebuild: whose, which, and the t shares used.
+struct Job<'a> {
+    owner: ClientId,
+    masking_key: bool,
+    shares: Vec<&'a Share>,
+    basis: usize,
+}
+
+impl UnmaskingReady {
+    pub(super) fn unmask(
+        mut self,
+        config: &RoundConfig,
+        graph: &NeighbourGraph,
+        roster: &Roster,
+    ) -> Result<RoundOutput, AbortReason> {
+        let t = config.threshold as usize;
+        let inner = &mut self.inner;
+        let mut contributors = Vec::new();
+        let mut dropped = Vec::new();
+
+        // Pick t shares per secret, lowest x first, so clients with the same
+        // holders share one Lagrange basis.
+        for shares in inner
+            .self_mask_shares
+            .iter_mut()
+            .chain(inner.masking_key_shares.iter_mut())
+        {
+            shares.sort_unstable_by_key(|s| s.x());
+        }
+        let mut bases: Vec<LagrangeBasis> = Vec::new();
+        let mut basis_index: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut jobs: Vec<Job<'_>> = Vec::new();
+        for (i, level) in roster.level.iter().enumerate() {
+            let owner = ClientId(i as u32);
+            let (masking_key, shares) = if *level >= LEVEL_MASKED {
+                contributors.push(owner);
+                (false, &inner.self_mask_shares[i])
+            } else if *level == LEVEL_SHARED {
+                dropped.push(owner);
+                if !has_surviving_neighbour(graph, roster, i) {
+                    continue;
+                }
+                (true, &inner.masking_key_shares[i])
+            } else {
+                continue;
+            };
+            let chosen: Vec<&Share> = shares.iter().take(t).collect();
+            let xs: Vec<u32> = chosen.iter().map(|s| s.x()).collect();
+            let basis = match basis_index.get(&xs) {
+                Some(&b) => b,
+                None => {
+                    let basis = LagrangeBasis::new(&xs).map_err(|_| AbortReason::Misbehaviour)?;
+                    bases.push(basis);
+                    basis_index.insert(xs, bases.len() - 1);
+                    bases.len() - 1
+                }
+            };
+            jobs.push(Job {
+                owner,
+                masking_key,
+                shares: chosen,
+                basis,
+            });
+        }
+
+        // Rebuild every secret and turn it into the masks to remove.
+        let seeds: Vec<Vec<(MaskSeed, MaskSign)>> = jobs
+            .par_iter()
+            .map(|job| {
+                let mut secret = bases[job.basis]
+                    .reconstruct(&job.shares)
+                    .map_err(|_| AbortReason::Misbehaviour)?;
+                let seeds = if job.masking_key {
+                    let s_sk = StaticSecret::from(secret);
+                    let advertised =
+                        roster.keys[job.owner.index()].expect("sharers advertised keys");
+                    // A wrong share would rebuild a different key; the
+                    // advertised public key catches it before it corrupts
+                    // the sum.
+                    if public_of(&s_sk) != advertised.s_pk {
+                        secret.zeroize();
+                        return Err(AbortReason::Misbehaviour);
+                    }
+                    graph
+                        .neighbours(job.owner.0)
+                        .into_iter()
+                        .map(ClientId)
+                        .filter(|u| roster.level[u.index()] >= LEVEL_MASKED)
+                        .map(|u| {
+                            let s_pk = roster.keys[u.index()]
+                                .expect("survivors advertised keys")
+                                .s_pk;
+                            let seed =
+                                pairwise_mask_seed(&s_sk, &s_pk, config.round_id, job.owner, u)
+                                    .map_err(|_| AbortReason::Misbehaviour)?;
+                            // u added +PRG(s_ud) when u < d: take it away.
+                            let sign = if u < job.owner {
+                                MaskSign::Subtract
+                            } else {
+                                MaskSign::Add
+                            };
+                            Ok((seed, sign))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?
+                } else {
+                    vec![(
+                        self_mask_seed(&secret, config.round_id, job.owner),
+                        MaskSign::Subtract,
+                    )]
+                };
+                secret.zeroize();
+                Ok(seeds)
+            })
+            .collect::<Result<_, AbortReason>>()?;
+
+        let refs: Vec<(&MaskSeed, MaskSign)> = seeds
+            .iter()
+            .flatten()
+            .map(|(seed, sign)| (seed, *sign))
+            .collect();
+        drop(jobs);
+        let mut sum = std::mem::take(&mut self.inner.sum);
+        apply_masks_parallel(config.prg, &refs, config.bits, &mut sum);
+        Ok(RoundOutput {
+            sum,
+            contributors,
+            dropped_after_sharing: dropped,
+        })
+    }
+}

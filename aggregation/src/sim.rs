@@ -1,0 +1,477 @@
+//! The in-process round simulator: many clients and one server, driven
+//! through the same state machines a deployment uses, with dropouts injected
+//! at any stage and virtual time.
+//!
+//! Every message goes through its canonical byte encoding and back, so the
+//! byte counts are the wire's and the codec is exercised on every run. Time
+//! is virtual: when dropped clients leave a stage short, the simulator jumps
+//! the clock to the stage deadline instead of waiting. The wall clock is read
+//! only to report how long the computation took; the protocol never sees it.
+//!
+//! Clients run in parallel on rayon. Masked inputs stream to the server
+//! through a bounded channel and are summed as they arrive, so a round with
+//! 10,000 clients of 100,000 values never holds more than a few dozen masked
+//! vectors at once. Each client's input is generated from the run's seed when
+//! it is needed; the simulator adds the inputs the server accepted into a
+//! plain sum and checks the unmasked sum against it (`verified`).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::mpsc::sync_channel;
+use std::time::{Duration, Instant};
+
+use chacha20::{ChaCha8Rng, ChaCha20Rng};
+use rand_core::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::client::{ClientEvent, ClientSession};
+use crate::config::RoundConfig;
+use crate::graph::GraphKind;
+use crate::mask::Prg;
+use crate::messages::{AbortReason, ClientMessage, ServerMessage};
+use crate::params::ThreatModel;
+use crate::server::{ServerEvent, ServerSession};
+use crate::{ClientId, Stage};
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Clients invited to each round.
+    pub clients: u32,
+    /// Length of each input vector.
+    pub dim: u32,
+    /// Complete graph or Harary graph of degree k.
+    pub graph: GraphKind,
+    /// Shamir threshold t.
+    pub threshold: u32,
+    /// Arithmetic modulus 2^bits.
+    pub bits: u8,
+    /// Mask PRG.
+    pub prg: Prg,
+    /// Adds the ConsistencyCheck stage when semi-malicious.
+    pub threat_model: ThreatModel,
+    /// Fraction of the clients still in the round that drop out just before
+    /// sending their message of each stage.
+    pub drops: BTreeMap<Stage, f64>,
+    /// Seed of everything random in the run (keys, inputs, who drops).
+    pub seed: u64,
+}
+
+/// How a simulated round ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The server produced a sum.
+    Completed,
+    /// The server aborted.
+    Aborted,
+}
+
+/// Figures of one simulated round.
+#[derive(Clone, Debug, Serialize)]
+pub struct RoundReport {
+    /// Round number within the run, from 0.
+    pub round: u32,
+    /// Completed or aborted.
+    pub outcome: Outcome,
+    /// For an aborted round: the stage and the reason.
+    pub abort_stage: Option<Stage>,
+    /// For an aborted round: why.
+    pub abort_reason: Option<AbortReason>,
+    /// True only when the round completed and the unmasked sum equals the
+    /// plain sum of the inputs the server accepted, from exactly those
+    /// clients.
+    pub verified: bool,
+    /// Clients whose input is in the sum (0 if aborted).
+    pub survivors: u32,
+    /// Clients dropped at each stage (by the injected dropouts).
+    pub dropped: BTreeMap<Stage, u32>,
+    /// Neighbours per client.
+    pub k: u32,
+    /// Threshold.
+    pub t: u32,
+    /// Wall time of each stage, seconds.
+    pub stage_seconds: BTreeMap<Stage, f64>,
+    /// Median wall time for one client to mask its input, seconds.
+    pub client_mask_seconds_median: f64,
+    /// Wall time of the server's unmasking step, seconds.
+    pub server_unmask_seconds: f64,
+    /// Wall time of the whole round, seconds.
+    pub total_seconds: f64,
+    /// Mean bytes sent by a client that took part in every stage.
+    pub bytes_sent_per_client: f64,
+    /// Mean bytes received by such a client.
+    pub bytes_received_per_client: f64,
+    /// Bytes the server received in all.
+    pub server_bytes_received: u64,
+    /// Bytes the server sent in all.
+    pub server_bytes_sent: u64,
+    /// The packed masked vector's size, for comparing overheads.
+    pub packed_vector_bytes: u64,
+    /// Peak resident memory of the process, filled in by the caller that can
+    /// read it (`None` here: the protocol crate does no IO).
+    pub peak_rss_bytes: Option<u64>,
+}
+
+/// Progress of a round, for progress bars.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    /// The stage being simulated.
+    pub stage: Stage,
+    /// Clients processed in it so far.
+    pub done: u64,
+    /// Clients to process in it.
+    pub total: u64,
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The round parameters are invalid.
+    #[error("invalid round configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A dropout fraction outside [0, 1].
+    #[error("dropout fraction for {stage} must be in [0, 1], got {fraction}")]
+    DropFraction {
+        /// Stage.
+        stage: Stage,
+        /// The fraction given.
+        fraction: f64,
+    },
+    /// A session refused something an honest party sent: a bug.
+    #[error("protocol error between honest parties: {0}")]
+    Protocol(String),
+}
+
+/// One simulated client: its session, whether it is still in the round, and
+/// its traffic.
+struct SimClient {
+    session: ClientSession,
+    alive: bool,
+    bytes_sent: u64,
+    bytes_received: u64,
+    mask_seconds: Option<f64>,
+}
+
+impl SimConfig {
+    /// The round configuration of round `round` of this run.
+    pub fn round_config(&self, round: u32) -> RoundConfig {
+        let mut config = RoundConfig::new(round as u64, self.clients, self.dim);
+        config.threshold = self.threshold;
+        config.graph = self.graph;
+        config.graph_seed = derive_seed(self.seed, round, b"graph");
+        config.bits = self.bits;
+        config.prg = self.prg;
+        config.threat_model = self.threat_model;
+        config
+    }
+}
+
+fn derive_seed(seed: u64, round: u32, label: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera/v1/sim");
+    h.update(seed.to_le_bytes());
+    h.update(round.to_le_bytes());
+    h.update(label);
+    h.finalize().into()
+}
+
+/// The simulated input of `client` in `round`: uniform values mod 2^bits
+/// from a seeded generator (inputs are data, not secrets, so a fast
+/// reduced-round ChaCha is fine here).
+pub fn client_input(seed: u64, round: u32, client: ClientId, dim: u32, bits: u8) -> Vec<u32> {
+    let mut key = derive_seed(seed, round, b"input");
+    key[..4].copy_from_slice(&client.0.to_le_bytes());
+    let mut rng = ChaCha8Rng::from_seed(key);
+    let mask = if bits == 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits) - 1
+    };
+    (0..dim).map(|_| rng.next_u32() & mask).collect()
+}
+
+/// Runs one round and reports its figures.
+pub fn run_round(
+    sim: &SimConfig,
+    round: u32,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<RoundReport, SimError> {
+    for (stage, fraction) in &sim.drops {
+        if !(0.0..=1.0).contains(fraction) {
+            return Err(SimError::DropFraction {
+                stage: *stage,
+                fraction: *fraction,
+            });
+        }
+    }
+    let config = sim.round_config(round);
+    config.validate()?;
+    let graph = config.neighbour_graph()?;
+    let n = config.num_clients;
+    let round_start = Instant::now();
+    // Virtual time: the protocol sees `base + virtual_offset`.
+    let base = round_start;
+    let mut virtual_offset = Duration::ZERO;
+
+    let mut report = RoundReport {
+        round,
+        outcome: Outcome::Aborted,
+        abort_stage: None,
+        abort_reason: None,
+        verified: false,
+        survivors: 0,
+        dropped: BTreeMap::new(),
+        k: graph.degree(),
+        t: config.threshold,
+        stage_seconds: BTreeMap::new(),
+        client_mask_seconds_median: 0.0,
+        server_unmask_seconds: 0.0,
+        total_seconds: 0.0,
+        bytes_sent_per_client: 0.0,
+        bytes_received_per_client: 0.0,
+        server_bytes_received: 0,
+        server_bytes_sent: 0,
+        packed_vector_bytes: crate::encoding::packed_len(config.dim as usize, config.bits) as u64,
+        peak_rss_bytes: None,
+    };
+
+    let mut server = ServerSession::with_graph(config.clone(), graph.clone(), base);
+    let mut seed_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"clients"));
+    let client_seeds: Vec<[u8; 32]> = (0..n)
+        .map(|_| {
+            let mut s = [0u8; 32];
+            seed_rng.fill_bytes(&mut s);
+            s
+        })
+        .collect();
+    let mut clients: Vec<SimClient> = client_seeds
+        .into_par_iter()
+        .enumerate()
+        .map(|(i, seed)| {
+            let mut rng = ChaCha20Rng::from_seed(seed);
+            let session = ClientSession::with_graph(
+                config.clone(),
+                &graph,
+                ClientId(i as u32),
+                base,
+                &mut rng,
+            )
+            .expect("configuration validated above");
+            SimClient {
+                session,
+                alive: true,
+                bytes_sent: 0,
+                bytes_received: 0,
+                mask_seconds: None,
+            }
+        })
+        .collect();
+    let mut drop_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"drops"));
+    let plain_sum = Mutex::new(vec![0u32; config.dim as usize]);
+    let mut accepted: Vec<ClientId> = Vec::new();
+
+    let stages: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| *s != Stage::ConsistencyCheck || config.has_consistency_check())
+        .collect();
+    for stage in stages {
+        let stage_start = Instant::now();
+        // Deliver what the server sent at the end of the previous stage.
+        if stage != Stage::AdvertiseKeys {
+            let mut inbox: Vec<Vec<u8>> = vec![Vec::new(); n as usize];
+            while let Some((to, message)) = server.poll_transmit() {
+                let bytes = message.encode();
+                report.server_bytes_sent += bytes.len() as u64;
+                inbox[to.index()] = bytes;
+            }
+            let now = base + virtual_offset;
+            clients
+                .par_iter_mut()
+                .zip(inbox.into_par_iter())
+                .try_for_each(|(client, bytes)| {
+                    if !client.alive || bytes.is_empty() {
+                        return Ok(());
+                    }
+                    client.bytes_received += bytes.len() as u64;
+                    let message = ServerMessage::decode(&bytes)
+                        .map_err(|e| SimError::Protocol(format!("server message: {e}")))?;
+                    client
+                        .session
+                        .handle_message(now, message)
+                        .map_err(|e| SimError::Protocol(format!("{}: {e}", client.session.id())))
+                })?;
+        }
+
+        // Inject this stage's dropouts among the clients about to send.
+        let about_to_send: Vec<usize> = clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.alive && (c.session.has_transmit() || c.session.is_awaiting_input()))
+            .map(|(i, _)| i)
+            .collect();
+        let fraction = sim.drops.get(&stage).copied().unwrap_or(0.0);
+        let to_drop = (fraction * about_to_send.len() as f64).round() as usize;
+        let mut dropping = about_to_send.clone();
+        partial_shuffle(&mut dropping, to_drop, &mut drop_rng);
+        for &i in &dropping[..to_drop] {
+            clients[i].alive = false;
+        }
+        report.dropped.insert(stage, to_drop as u32);
+
+        // Clients that stay send their message; the server takes each as it
+        // arrives. Masked inputs are large, so they stream through a bounded
+        // channel while other clients are still masking.
+        let total = (about_to_send.len() - to_drop) as u64;
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let (tx, rx) = sync_channel::<(ClientId, Vec<u8>)>(32);
+        let now = base + virtual_offset;
+        let mut server_error = None;
+        std::thread::scope(|scope| {
+            let clients = &mut clients;
+            let plain_sum = &plain_sum;
+            let done = &done;
+            let producer = scope.spawn(move || {
+                clients.par_iter_mut().for_each_with(tx, |tx, client| {
+                    if !client.alive {
+                        return;
+                    }
+                    if client.session.is_awaiting_input() {
+                        let id = client.session.id();
+                        let input = client_input(sim.seed, round, id, config.dim, config.bits);
+                        let started = Instant::now();
+                        let needed =
+                            matches!(client.session.poll_event(), Some(ClientEvent::InputNeeded));
+                        debug_assert!(needed, "the session asks for its input");
+                        client
+                            .session
+                            .submit_input(input)
+                            .expect("input has the round's shape");
+                        client.mask_seconds = Some(started.elapsed().as_secs_f64());
+                    }
+                    while let Some(message) = client.session.poll_transmit() {
+                        let bytes = message.encode();
+                        client.bytes_sent += bytes.len() as u64;
+                        if tx.send((client.session.id(), bytes)).is_err() {
+                            return;
+                        }
+                    }
+                    while client.session.poll_event().is_some() {}
+                    let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    if d.is_multiple_of(64) || d == total {
+                        progress(Progress {
+                            stage,
+                            done: d,
+                            total,
+                        });
+                    }
+                });
+            });
+            for (from, bytes) in rx {
+                report.server_bytes_received += bytes.len() as u64;
+                let outcome = ClientMessage::decode(&bytes)
+                    .map_err(|e| format!("{from}: {e}"))
+                    .and_then(|m| {
+                        server
+                            .handle_message(now, from, m)
+                            .map_err(|e| e.to_string())
+                    });
+                match outcome {
+                    Ok(()) if stage == Stage::MaskedInput => {
+                        accepted.push(from);
+                        let input = client_input(sim.seed, round, from, config.dim, config.bits);
+                        let mut sum = plain_sum.lock().expect("no panics hold the lock");
+                        for (acc, v) in sum.iter_mut().zip(input) {
+                            *acc = acc.wrapping_add(v);
+                        }
+                    }
+                    Ok(()) => {}
+                    Err(e) => server_error = Some(e),
+                }
+            }
+            producer.join().expect("client workers do not panic");
+        });
+        if let Some(e) = server_error {
+            return Err(SimError::Protocol(e));
+        }
+        // Dropped clients never answer: jump to the deadline.
+        if server.stage() == Some(stage) {
+            let deadline = server.poll_timeout().expect("an open stage has a deadline");
+            virtual_offset = deadline.duration_since(base);
+            server.handle_timeout(deadline);
+        }
+        report
+            .stage_seconds
+            .insert(stage, stage_start.elapsed().as_secs_f64());
+
+        let mut finished = false;
+        while let Some(event) = server.poll_event() {
+            match event {
+                ServerEvent::Aborted { stage, reason, .. } => {
+                    report.abort_stage = Some(stage);
+                    report.abort_reason = Some(reason);
+                    finished = true;
+                }
+                ServerEvent::UnmaskingReady => {
+                    let started = Instant::now();
+                    server.unmask();
+                    report.server_unmask_seconds = started.elapsed().as_secs_f64();
+                    *report.stage_seconds.entry(Stage::Unmasking).or_default() +=
+                        report.server_unmask_seconds;
+                }
+                ServerEvent::Completed(output) => {
+                    report.outcome = Outcome::Completed;
+                    report.survivors = output.contributors.len() as u32;
+                    accepted.sort_unstable();
+                    let expected = plain_sum.lock().expect("no panics hold the lock");
+                    let mask = if config.bits == 32 {
+                        u32::MAX
+                    } else {
+                        (1u32 << config.bits) - 1
+                    };
+                    report.verified = output.contributors == accepted
+                        && output.sum.len() == expected.len()
+                        && output
+                            .sum
+                            .iter()
+                            .zip(expected.iter())
+                            .all(|(a, b)| *a == (*b & mask));
+                    finished = true;
+                }
+                _ => {}
+            }
+        }
+        if finished {
+            break;
+        }
+    }
+
+    let mut mask_times: Vec<f64> = clients.iter().filter_map(|c| c.mask_seconds).collect();
+    mask_times.sort_by(f64::total_cmp);
+    report.client_mask_seconds_median =
+        mask_times.get(mask_times.len() / 2).copied().unwrap_or(0.0);
+    let full: Vec<&SimClient> = clients
+        .iter()
+        .filter(|c| c.alive && c.session.is_closed() && c.mask_seconds.is_some())
+        .collect();
+    if !full.is_empty() {
+        report.bytes_sent_per_client =
+            full.iter().map(|c| c.bytes_sent as f64).sum::<f64>() / full.len() as f64;
+        report.bytes_received_per_client =
+            full.iter().map(|c| c.bytes_received as f64).sum::<f64>() / full.len() as f64;
+    }
+    report.total_seconds = round_start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Moves `count` uniformly chosen items to the front (Fisher-Yates, stopped
+/// early).
+fn partial_shuffle<T, R: Rng>(items: &mut [T], count: usize, rng: &mut R) {
+    for i in 0..count.min(items.len()) {
+        let j = i + crate::graph::uniform_below(rng, (items.len() - i) as u32) as usize;
+        items.swap(i, j);
+    }
+}

@@ -1,0 +1,176 @@
+//! A small hand-driven network for the protocol tests: real client sessions
+//! and a real server session, messages passed through their byte encodings,
+//! virtual time. Tests can stop it at any stage and play the server's part
+//! themselves.
+#![allow(dead_code, unreachable_pub)]
+
+use std::time::{Duration, Instant};
+
+use chacha20::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tessera_aggregation::messages::{ClientMessage, ServerMessage};
+use tessera_aggregation::server::RoundOutput;
+use tessera_aggregation::{ClientId, ClientSession, RoundConfig, ServerEvent, ServerSession};
+
+pub struct Net {
+    pub config: RoundConfig,
+    pub clients: Vec<ClientSession>,
+    pub server: ServerSession,
+    pub base: Instant,
+    pub now: Instant,
+    /// Clients that stopped talking (dropped out).
+    pub dead: Vec<bool>,
+    pub inputs: Vec<Vec<u32>>,
+}
+
+pub fn config(n: u32, t: u32, dim: u32) -> RoundConfig {
+    let mut config = RoundConfig::new(11, n, dim);
+    config.threshold = t;
+    config.stage_timeout = Duration::from_secs(10);
+    config
+}
+
+impl Net {
+    pub fn new(config: RoundConfig, seed: u8) -> Self {
+        let base = Instant::now();
+        let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+        let n = config.num_clients;
+        let clients: Vec<ClientSession> = (0..n)
+            .map(|i| ClientSession::new(config.clone(), ClientId(i), base, &mut rng).unwrap())
+            .collect();
+        let mask = if config.bits == 32 {
+            u32::MAX
+        } else {
+            (1 << config.bits) - 1
+        };
+        let inputs = (0..n)
+            .map(|i| {
+                (0..config.dim)
+                    .map(|j| {
+                        (i.wrapping_mul(7919) ^ j.wrapping_mul(104_729)).wrapping_mul(2_654_435_761)
+                            & mask
+                    })
+                    .collect()
+            })
+            .collect();
+        let server = ServerSession::new(config.clone(), base).unwrap();
+        Net {
+            config,
+            clients,
+            server,
+            base,
+            now: base,
+            dead: vec![false; n as usize],
+            inputs,
+        }
+    }
+
+    pub fn kill(&mut self, ids: &[u32]) {
+        for id in ids {
+            self.dead[*id as usize] = true;
+        }
+    }
+
+    /// Every live client hands its queued messages to the server (through
+    /// the byte encoding); inputs are submitted when asked for.
+    pub fn clients_send(&mut self) {
+        for (i, client) in self.clients.iter_mut().enumerate() {
+            if self.dead[i] {
+                continue;
+            }
+            if client.is_awaiting_input() {
+                client.submit_input(self.inputs[i].clone()).unwrap();
+            }
+            while let Some(message) = client.poll_transmit() {
+                let message = ClientMessage::decode(&message.encode()).unwrap();
+                self.server
+                    .handle_message(self.now, ClientId(i as u32), message)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Closes `stage` by its deadline if dropped clients left it open.
+    pub fn expire_stage(&mut self, stage: Option<tessera_aggregation::Stage>) {
+        if let Some(deadline) = self.server.poll_timeout()
+            && stage.is_some()
+            && self.server.stage() == stage
+        {
+            self.now = deadline;
+            self.server.handle_timeout(deadline);
+        }
+    }
+
+    /// Everything the server wants to send, encoded and decoded.
+    pub fn server_outbox(&mut self) -> Vec<(ClientId, ServerMessage)> {
+        let mut out = Vec::new();
+        while let Some((to, message)) = self.server.poll_transmit() {
+            out.push((to, ServerMessage::decode(&message.encode()).unwrap()));
+        }
+        out
+    }
+
+    /// Delivers server messages to live clients.
+    pub fn deliver(&mut self, messages: Vec<(ClientId, ServerMessage)>) {
+        for (to, message) in messages {
+            if !self.dead[to.index()] {
+                self.clients[to.index()]
+                    .handle_message(self.now, message)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// One stage: clients send, the stage closes, the server's answers are
+    /// delivered.
+    pub fn step(&mut self) {
+        let stage = self.server.stage();
+        self.clients_send();
+        self.expire_stage(stage);
+        let out = self.server_outbox();
+        self.deliver(out);
+    }
+
+    /// Runs the round to its end with `drops[s]` clients killed just before
+    /// they send their stage-`s` message; returns the output, or `None` if
+    /// the round aborted.
+    pub fn run(&mut self, drops: &[(tessera_aggregation::Stage, &[u32])]) -> Option<RoundOutput> {
+        for _ in 0..6 {
+            if let Some(stage) = self.server.stage() {
+                for (s, ids) in drops {
+                    if *s == stage {
+                        self.kill(ids);
+                    }
+                }
+            }
+            self.step();
+            while let Some(event) = self.server.poll_event() {
+                match event {
+                    ServerEvent::UnmaskingReady => {
+                        self.server.unmask();
+                    }
+                    ServerEvent::Completed(output) => return Some(output),
+                    ServerEvent::Aborted { .. } => return None,
+                    _ => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// The plain sum of the given clients' inputs mod 2^bits.
+    pub fn plain_sum(&self, contributors: &[ClientId]) -> Vec<u32> {
+        let mask = if self.config.bits == 32 {
+            u32::MAX
+        } else {
+            (1 << self.config.bits) - 1
+        };
+        let mut sum = vec![0u32; self.config.dim as usize];
+        for id in contributors {
+            for (acc, v) in sum.iter_mut().zip(&self.inputs[id.index()]) {
+                *acc = acc.wrapping_add(*v);
+            }
+        }
+        sum.iter().map(|v| v & mask).collect()
+    }
+}

@@ -1,0 +1,247 @@
+//! Whole rounds: the unmasked sum equals the plain sum of the survivors'
+//! inputs whatever stage clients drop out in, and a round aborts, revealing
+//! nothing, whenever fewer than t clients survive a stage.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Net, config};
+use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::mask::Prg;
+use tessera_aggregation::params::ThreatModel;
+use tessera_aggregation::sim::{Outcome, SimConfig, run_round};
+use tessera_aggregation::{ClientId, ServerEvent, Stage};
+
+fn ids(range: std::ops::Range<u32>) -> Vec<ClientId> {
+    range.map(ClientId).collect()
+}
+
+#[test]
+fn no_dropouts_gives_the_exact_sum() {
+    let mut net = Net::new(config(6, 4, 1000), 1);
+    let output = net.run(&[]).expect("round completes");
+    assert_eq!(output.contributors, ids(0..6));
+    assert!(output.dropped_after_sharing.is_empty());
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+}
+
+#[test]
+fn dropouts_at_each_stage_still_give_the_exact_sum() {
+    // n = 8, t = 4: two clients drop at one stage.
+    for stage in Stage::ALL {
+        for threat_model in [ThreatModel::SemiHonest, ThreatModel::SemiMalicious] {
+            if stage == Stage::ConsistencyCheck && threat_model == ThreatModel::SemiHonest {
+                continue;
+            }
+            let mut cfg = config(8, 4, 300);
+            cfg.threat_model = threat_model;
+            let mut net = Net::new(cfg, 2);
+            let output = net
+                .run(&[(stage, &[2, 5])])
+                .unwrap_or_else(|| panic!("round aborted with drops at {stage}"));
+            let expected_contributors: Vec<ClientId> = if stage <= Stage::MaskedInput {
+                ids(0..8)
+                    .into_iter()
+                    .filter(|c| c.0 != 2 && c.0 != 5)
+                    .collect()
+            } else {
+                // Dropping after the masked input arrived does not remove the
+                // input from the sum.
+                ids(0..8)
+            };
+            assert_eq!(
+                output.contributors, expected_contributors,
+                "drops at {stage}"
+            );
+            assert_eq!(
+                output.sum,
+                net.plain_sum(&output.contributors),
+                "drops at {stage}, {threat_model:?}"
+            );
+            let dropped_after_sharing: Vec<ClientId> = if stage == Stage::MaskedInput {
+                vec![ClientId(2), ClientId(5)]
+            } else {
+                vec![]
+            };
+            assert_eq!(output.dropped_after_sharing, dropped_after_sharing);
+        }
+    }
+}
+
+#[test]
+fn dropouts_combined_across_stages() {
+    let mut cfg = config(12, 5, 257);
+    cfg.threat_model = ThreatModel::SemiMalicious;
+    cfg.bits = 20;
+    let mut net = Net::new(cfg, 3);
+    let output = net
+        .run(&[
+            (Stage::AdvertiseKeys, &[0]),
+            (Stage::ShareKeys, &[11]),
+            (Stage::MaskedInput, &[3, 4]),
+            (Stage::ConsistencyCheck, &[6]),
+            (Stage::Unmasking, &[7, 8]),
+        ])
+        .expect("5 clients survive every stage");
+    let expected: Vec<ClientId> = [1, 2, 5, 6, 7, 8, 9, 10].map(ClientId).to_vec();
+    assert_eq!(output.contributors, expected);
+    assert_eq!(output.dropped_after_sharing, vec![ClientId(3), ClientId(4)]);
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+    assert!(output.sum.iter().all(|v| *v < 1 << 20));
+}
+
+#[test]
+fn harary_graph_round_with_dropouts_before_and_after_masking() {
+    let mut cfg = config(30, 4, 500);
+    cfg.graph = GraphKind::Harary { k: 8 };
+    cfg.graph_seed = [9; 32];
+    let mut net = Net::new(cfg, 4);
+    let output = net
+        .run(&[
+            (Stage::ShareKeys, &[1]),
+            (Stage::MaskedInput, &[5, 17, 29]),
+            (Stage::Unmasking, &[20]),
+        ])
+        .expect("round completes");
+    assert_eq!(output.contributors.len(), 26);
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+}
+
+/// Clients needed to survive a stage is t; one fewer aborts the round there,
+/// and the server never produces a sum.
+#[test]
+fn below_threshold_at_any_stage_aborts_and_reveals_nothing() {
+    for stage in Stage::ALL {
+        let mut cfg = config(6, 4, 64);
+        cfg.threat_model = ThreatModel::SemiMalicious;
+        let mut net = Net::new(cfg, 5);
+        // 3 of 6 survive: below t = 4.
+        net.kill(&[]);
+        let mut killed = false;
+        let mut events = Vec::new();
+        for _ in 0..6 {
+            if net.server.stage() == Some(stage) && !killed {
+                net.kill(&[0, 1, 2]);
+                killed = true;
+            }
+            net.step();
+            while let Some(event) = net.server.poll_event() {
+                if matches!(event, ServerEvent::UnmaskingReady) {
+                    net.server.unmask();
+                }
+                events.push(event);
+            }
+        }
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Aborted { stage: s, .. } if *s == stage)),
+            "no abort at {stage}: {events:?}"
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Completed(_))),
+            "a sum was produced below the threshold at {stage}"
+        );
+        assert!(net.server.is_finished());
+        assert!(
+            net.server.unmask().is_none(),
+            "unmask after abort must do nothing"
+        );
+        // Surviving clients were told.
+        for i in 3..6 {
+            assert_eq!(
+                net.clients[i].abort_reason(),
+                Some(tessera_aggregation::messages::AbortReason::BelowThreshold),
+                "client {i} at {stage}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exactly_t_survivors_complete() {
+    let mut net = Net::new(config(6, 4, 64), 6);
+    let output = net
+        .run(&[(Stage::MaskedInput, &[0, 1])])
+        .expect("t survivors suffice");
+    assert_eq!(output.contributors, ids(2..6));
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+}
+
+fn sim(
+    clients: u32,
+    graph: GraphKind,
+    threshold: u32,
+    drops: &[(Stage, f64)],
+    prg: Prg,
+) -> SimConfig {
+    SimConfig {
+        clients,
+        dim: 2000,
+        graph,
+        threshold,
+        bits: 24,
+        prg,
+        threat_model: ThreatModel::SemiHonest,
+        drops: drops.iter().copied().collect::<BTreeMap<_, _>>(),
+        seed: 7,
+    }
+}
+
+#[test]
+fn simulator_verifies_sums_for_both_prgs_and_graphs() {
+    for prg in [Prg::Aes128Ctr, Prg::ChaCha20] {
+        for (graph, t) in [(GraphKind::Complete, 30), (GraphKind::Harary { k: 12 }, 6)] {
+            let config = sim(
+                60,
+                graph,
+                t,
+                &[
+                    (Stage::AdvertiseKeys, 0.05),
+                    (Stage::ShareKeys, 0.05),
+                    (Stage::MaskedInput, 0.1),
+                ],
+                prg,
+            );
+            let report = run_round(&config, 0, &|_| {}).unwrap();
+            assert_eq!(report.outcome, Outcome::Completed, "{prg:?} {graph:?}");
+            assert!(report.verified, "{prg:?} {graph:?}");
+            assert_eq!(report.dropped[&Stage::AdvertiseKeys], 3);
+            assert!(report.survivors < 60 && report.survivors >= t);
+        }
+    }
+}
+
+#[test]
+fn simulator_reports_abort_below_threshold() {
+    let config = sim(
+        20,
+        GraphKind::Complete,
+        15,
+        &[(Stage::ShareKeys, 0.5)],
+        Prg::Aes128Ctr,
+    );
+    let report = run_round(&config, 0, &|_| {}).unwrap();
+    assert_eq!(report.outcome, Outcome::Aborted);
+    assert!(!report.verified);
+    assert_eq!(report.abort_stage, Some(Stage::ShareKeys));
+}
+
+#[test]
+fn simulator_is_reproducible_from_its_seed() {
+    let config = sim(
+        25,
+        GraphKind::Harary { k: 6 },
+        4,
+        &[(Stage::MaskedInput, 0.2)],
+        Prg::Aes128Ctr,
+    );
+    let a = run_round(&config, 3, &|_| {}).unwrap();
+    let b = run_round(&config, 3, &|_| {}).unwrap();
+    assert_eq!(a.dropped, b.dropped);
+    assert_eq!(a.survivors, b.survivors);
+    assert_eq!(a.server_bytes_received, b.server_bytes_received);
+}
