@@ -1,0 +1,556 @@
+//! Where `tessera simulate` writes its reports: a human table on stdout, JSON
+//! lines on stdout, a CSV file, and a summary; plus the peak-memory reading
+//! the protocol crate cannot do itself (it does no IO).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use tessera_aggregation::Stage;
+use tessera_aggregation::sim::{Outcome, RoundReport};
+
+use crate::params::graph_name;
+use crate::simulate::Plan;
+
+/// Peak resident set size of this process so far (`VmHWM` in
+/// /proc/self/status), in bytes; `None` where that file does not exist or
+/// does not parse (non-Linux systems).
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_vm_hwm(&status)
+}
+
+/// The `VmHWM:   1234 kB` line of a /proc status file, in bytes.
+fn parse_vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut fields = line["VmHWM:".len()..].split_whitespace();
+    let value: u64 = fields.next()?.parse().ok()?;
+    match fields.next() {
+        Some("kB") => value.checked_mul(1024),
+        _ => None,
+    }
+}
+
+/// A byte count for people: binary units with one decimal.
+pub(crate) fn format_bytes(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{value:.0} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// A short name for a stage, to keep the dropped column narrow.
+fn stage_abbreviation(stage: Stage) -> &'static str {
+    match stage {
+        Stage::AdvertiseKeys => "adv",
+        Stage::ShareKeys => "shr",
+        Stage::MaskedInput => "msk",
+        Stage::ConsistencyCheck => "chk",
+        Stage::Unmasking => "unm",
+    }
+}
+
+/// The configuration line printed before the table, and where the finder or
+/// a flag decided the parameters.
+pub(crate) fn write_header(
+    out: &mut impl Write,
+    plan: &Plan,
+    rounds: u32,
+    threads: usize,
+) -> std::io::Result<()> {
+    let sim = &plan.sim;
+    let drops = sim
+        .drops
+        .iter()
+        .map(|(stage, fraction)| format!("{stage}={fraction}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    writeln!(
+        out,
+        "n={} d={} graph={} k={} t={} bits={} prg={} threat-model={} drops=[{}] rounds={} seed={} threads={}",
+        sim.clients,
+        sim.dim,
+        graph_name(sim.graph),
+        plan.k,
+        sim.threshold,
+        sim.bits,
+        plan.prg_name,
+        sim.threat_model,
+        drops,
+        rounds,
+        sim.seed,
+        threads
+    )?;
+    writeln!(out, "  {}", plan.origin)
+}
+
+/// One column of the human table.
+#[derive(Debug)]
+struct Column {
+    /// Heading.
+    title: String,
+    /// Left-aligned (text) or right-aligned (numbers).
+    left: bool,
+    /// Width of the column: the heading's, or the widest expected cell.
+    width: usize,
+}
+
+/// The human table: fixed columns, one row per round as it finishes.
+#[derive(Debug)]
+pub(crate) struct Table {
+    /// The stages the rounds run, for the dropped column.
+    stages: Vec<Stage>,
+    /// Column headings and alignment.
+    columns: Vec<Column>,
+}
+
+impl Table {
+    /// A table for rounds that run `stages`.
+    pub(crate) fn new(stages: &[Stage]) -> Self {
+        let dropped = format!(
+            "dropped {}",
+            stages
+                .iter()
+                .map(|s| stage_abbreviation(*s))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        // Minimum widths fit the usual cells ("completed", "1023.9 KiB").
+        let columns = [
+            ("round", false, 0),
+            ("outcome", true, 9),
+            ("verified", true, 0),
+            ("survivors", false, 0),
+            (dropped.as_str(), true, 0),
+            ("total s", false, 0),
+            ("mask ms (median)", false, 0),
+            ("unmask ms", false, 0),
+            ("sent/client", false, 0),
+            ("server received", false, 0),
+            ("peak RSS MiB", false, 0),
+        ]
+        .into_iter()
+        .map(|(title, left, min_width)| Column {
+            title: title.to_owned(),
+            left,
+            width: title.len().max(min_width),
+        })
+        .collect();
+        Table {
+            stages: stages.to_vec(),
+            columns,
+        }
+    }
+
+    /// Writes the column headings.
+    pub(crate) fn write_heading(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let titles: Vec<String> = self.columns.iter().map(|c| c.title.clone()).collect();
+        self.write_cells(out, &titles)
+    }
+
+    /// Writes one round's row.
+    pub(crate) fn write_row(
+        &self,
+        out: &mut impl Write,
+        report: &RoundReport,
+    ) -> std::io::Result<()> {
+        let dropped = self
+            .stages
+            .iter()
+            .map(|s| match report.dropped.get(s) {
+                Some(count) => count.to_string(),
+                None => "-".to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let completed = report.outcome == Outcome::Completed;
+        let cells = [
+            report.round.to_string(),
+            outcome_name(report.outcome).to_owned(),
+            if report.verified { "yes" } else { "no" }.to_owned(),
+            report.survivors.to_string(),
+            dropped,
+            format!("{:.3}", report.total_seconds),
+            if report.dropped.contains_key(&Stage::MaskedInput) {
+                format!("{:.2}", report.client_mask_seconds_median * 1e3)
+            } else {
+                "-".to_owned()
+            },
+            if completed {
+                format!("{:.2}", report.server_unmask_seconds * 1e3)
+            } else {
+                "-".to_owned()
+            },
+            if completed {
+                format_bytes(report.bytes_sent_per_client)
+            } else {
+                "-".to_owned()
+            },
+            format_bytes(report.server_bytes_received as f64),
+            match report.peak_rss_bytes {
+                Some(bytes) => format!("{:.1}", bytes as f64 / (1024.0 * 1024.0)),
+                None => "-".to_owned(),
+            },
+        ];
+        self.write_cells(out, &cells)
+    }
+
+    /// Writes cells padded to the headings' widths, two spaces apart.
+    fn write_cells(&self, out: &mut impl Write, cells: &[String]) -> std::io::Result<()> {
+        let mut line = String::new();
+        for (i, (column, cell)) in self.columns.iter().zip(cells).enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            let width = column.width;
+            if column.left {
+                line.push_str(&format!("{cell:<width$}"));
+            } else {
+                line.push_str(&format!("{cell:>width$}"));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
+    }
+}
+
+/// The outcome as the JSON output spells it.
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Completed => "completed",
+        Outcome::Aborted => "aborted",
+    }
+}
+
+/// Writes one round as a single JSON line (the `--json` output).
+pub(crate) fn write_json_line(out: &mut impl Write, report: &RoundReport) -> anyhow::Result<()> {
+    let line = serde_json::to_string(report).context("serialising a round report")?;
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+/// Totals over the run, printed after the table.
+#[derive(Debug, Default)]
+pub(crate) struct Summary {
+    /// Rounds run.
+    rounds: u32,
+    /// Rounds that produced a sum.
+    completed: u32,
+    /// Completed rounds whose sum matched the plain sum.
+    verified: u32,
+    /// Completed rounds whose sum did not match: a bug.
+    pub(crate) unverified: u32,
+    /// Wall time of the completed rounds.
+    completed_seconds: f64,
+    /// Aborted rounds by stage and reason.
+    aborts: BTreeMap<(String, String), Vec<u32>>,
+}
+
+impl Summary {
+    /// Counts one round.
+    pub(crate) fn add(&mut self, report: &RoundReport) {
+        self.rounds += 1;
+        match report.outcome {
+            Outcome::Completed => {
+                self.completed += 1;
+                self.completed_seconds += report.total_seconds;
+                if report.verified {
+                    self.verified += 1;
+                } else {
+                    self.unverified += 1;
+                }
+            }
+            Outcome::Aborted => {
+                let stage = report
+                    .abort_stage
+                    .map_or_else(|| "an unknown stage".to_owned(), |s| s.to_string());
+                let reason = report
+                    .abort_reason
+                    .map_or_else(|| "no reason given".to_owned(), |r| r.to_string());
+                self.aborts
+                    .entry((stage, reason))
+                    .or_default()
+                    .push(report.round);
+            }
+        }
+    }
+
+    /// Writes the summary lines.
+    pub(crate) fn write(&self, out: &mut impl Write) -> std::io::Result<()> {
+        let aborted = self.rounds - self.completed;
+        write!(
+            out,
+            "{} round{}: {} completed ({} verified), {} aborted",
+            self.rounds,
+            if self.rounds == 1 { "" } else { "s" },
+            self.completed,
+            self.verified,
+            aborted
+        )?;
+        if self.completed > 0 {
+            write!(
+                out,
+                "; mean completed round {:.3} s",
+                self.completed_seconds / f64::from(self.completed)
+            )?;
+        }
+        writeln!(out)?;
+        for ((stage, reason), rounds) in &self.aborts {
+            let list = rounds
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(out, "  aborted at {stage} ({reason}): round {list}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `rounds.csv`: one row per round, written and flushed as each round ends
+/// so a long run that is interrupted keeps its finished rounds.
+#[derive(Debug)]
+pub(crate) struct CsvWriter {
+    /// The open file.
+    file: BufWriter<File>,
+    /// Its path, for error messages.
+    path: PathBuf,
+}
+
+/// Every stage, in order: the CSV always has a column per stage so files
+/// from different threat models line up; a stage a round did not run is an
+/// empty cell.
+const CSV_STAGES: [Stage; 5] = Stage::ALL;
+
+impl CsvWriter {
+    /// Creates `dir` if needed and `dir/rounds.csv` with its header.
+    pub(crate) fn create(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the output directory {}", dir.display()))?;
+        let path = dir.join("rounds.csv");
+        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut writer = CsvWriter {
+            file: BufWriter::new(file),
+            path,
+        };
+        let header = csv_header().join(",");
+        writer.write_line(&header)?;
+        Ok(writer)
+    }
+
+    /// Appends one round.
+    pub(crate) fn write_row(&mut self, report: &RoundReport) -> anyhow::Result<()> {
+        let line = csv_row(report).join(",");
+        self.write_line(&line)
+    }
+
+    /// Writes and flushes a line.
+    fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
+        writeln!(self.file, "{line}")
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+}
+
+/// A stage's name in a CSV column: snake case, like the other columns.
+fn csv_stage(stage: Stage) -> String {
+    stage.name().replace('-', "_")
+}
+
+/// The CSV column names: the JSON keys, with the per-stage objects spread
+/// into `dropped_<stage>` and `seconds_<stage>` columns.
+pub(crate) fn csv_header() -> Vec<String> {
+    let mut header: Vec<String> = ["round", "outcome", "verified", "survivors", "k", "t"]
+        .map(str::to_owned)
+        .into();
+    header.extend(CSV_STAGES.map(|s| format!("dropped_{}", csv_stage(s))));
+    header.extend(CSV_STAGES.map(|s| format!("seconds_{}", csv_stage(s))));
+    header.extend(
+        [
+            "client_mask_seconds_median",
+            "server_unmask_seconds",
+            "total_seconds",
+            "bytes_sent_per_client",
+            "bytes_received_per_client",
+            "server_bytes_received",
+            "server_bytes_sent",
+            "packed_vector_bytes",
+            "peak_rss_bytes",
+            "abort_stage",
+            "abort_reason",
+        ]
+        .map(str::to_owned),
+    );
+    header
+}
+
+/// One round's CSV cells, in [`csv_header`] order. Every cell is a number, a
+/// boolean or a kebab-case name, so nothing needs quoting.
+fn csv_row(report: &RoundReport) -> Vec<String> {
+    let mut row = vec![
+        report.round.to_string(),
+        outcome_name(report.outcome).to_owned(),
+        report.verified.to_string(),
+        report.survivors.to_string(),
+        report.k.to_string(),
+        report.t.to_string(),
+    ];
+    row.extend(CSV_STAGES.map(|s| {
+        report
+            .dropped
+            .get(&s)
+            .map_or_else(String::new, u32::to_string)
+    }));
+    row.extend(CSV_STAGES.map(|s| {
+        report
+            .stage_seconds
+            .get(&s)
+            .map_or_else(String::new, f64::to_string)
+    }));
+    row.extend([
+        report.client_mask_seconds_median.to_string(),
+        report.server_unmask_seconds.to_string(),
+        report.total_seconds.to_string(),
+        report.bytes_sent_per_client.to_string(),
+        report.bytes_received_per_client.to_string(),
+        report.server_bytes_received.to_string(),
+        report.server_bytes_sent.to_string(),
+        report.packed_vector_bytes.to_string(),
+        report
+            .peak_rss_bytes
+            .map_or_else(String::new, |b| b.to_string()),
+        report
+            .abort_stage
+            .map_or_else(String::new, |s| s.name().to_owned()),
+        report.abort_reason.map_or_else(String::new, |r| {
+            // The kebab-case name the JSON output uses, not the sentence.
+            serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        }),
+    ]);
+    row
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_aggregation::messages::AbortReason;
+
+    /// A report with distinct, easily recognised values.
+    fn sample(outcome: Outcome) -> RoundReport {
+        RoundReport {
+            round: 3,
+            outcome,
+            abort_stage: (outcome == Outcome::Aborted).then_some(Stage::ShareKeys),
+            abort_reason: (outcome == Outcome::Aborted).then_some(AbortReason::BelowThreshold),
+            verified: outcome == Outcome::Completed,
+            survivors: 9,
+            dropped: BTreeMap::from([(Stage::AdvertiseKeys, 0), (Stage::ShareKeys, 1)]),
+            k: 8,
+            t: 5,
+            stage_seconds: BTreeMap::from([(Stage::AdvertiseKeys, 0.5), (Stage::ShareKeys, 0.25)]),
+            client_mask_seconds_median: 0.001,
+            server_unmask_seconds: 0.002,
+            total_seconds: 1.0,
+            bytes_sent_per_client: 1000.0,
+            bytes_received_per_client: 2000.0,
+            server_bytes_received: 10_000,
+            server_bytes_sent: 20_000,
+            packed_vector_bytes: 400,
+            peak_rss_bytes: Some(1 << 20),
+        }
+    }
+
+    #[test]
+    fn vm_hwm_is_read_in_kib() {
+        let status = "Name:\ttessera\nVmPeak:\t  9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
+        assert_eq!(parse_vm_hwm("VmRSS:\t 1 kB\n"), None);
+        assert_eq!(parse_vm_hwm("VmHWM:\t 12 MB\n"), None);
+        // On Linux the real file has the line, and a running process has
+        // touched at least a page.
+        if cfg!(target_os = "linux") {
+            assert!(peak_rss_bytes().is_some_and(|b| b >= 4096));
+        }
+    }
+
+    #[test]
+    fn bytes_use_binary_units() {
+        assert_eq!(format_bytes(0.0), "0 B");
+        assert_eq!(format_bytes(1023.0), "1023 B");
+        assert_eq!(format_bytes(1536.0), "1.5 KiB");
+        assert_eq!(format_bytes(3.0 * 1024.0 * 1024.0), "3.0 MiB");
+    }
+
+    #[test]
+    fn csv_rows_match_the_header_and_leave_unrun_stages_empty() {
+        let header = csv_header();
+        for outcome in [Outcome::Completed, Outcome::Aborted] {
+            let row = csv_row(&sample(outcome));
+            assert_eq!(row.len(), header.len());
+            assert!(row.iter().all(|cell| !cell.contains(',')));
+            let cell = |name: &str| &row[header.iter().position(|h| h == name).unwrap()];
+            assert_eq!(cell("dropped_share_keys"), "1");
+            assert_eq!(cell("dropped_unmasking"), "");
+            assert_eq!(cell("seconds_advertise_keys"), "0.5");
+            assert_eq!(cell("peak_rss_bytes"), "1048576");
+        }
+        let aborted = csv_row(&sample(Outcome::Aborted));
+        assert_eq!(aborted[header.len() - 2], "share-keys");
+        assert_eq!(aborted[header.len() - 1], "below-threshold");
+        let completed = csv_row(&sample(Outcome::Completed));
+        assert_eq!(completed[header.len() - 1], "");
+    }
+
+    #[test]
+    fn json_uses_the_documented_keys_and_stage_names() {
+        let mut buffer = Vec::new();
+        write_json_line(&mut buffer, &sample(Outcome::Aborted)).unwrap();
+        let text = String::from_utf8(buffer).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["outcome"], "aborted");
+        assert_eq!(value["abort_stage"], "share-keys");
+        assert_eq!(value["abort_reason"], "below-threshold");
+        assert_eq!(value["dropped"]["share-keys"], 1);
+        assert_eq!(value["stage_seconds"]["advertise-keys"], 0.5);
+        assert_eq!(value["peak_rss_bytes"], 1 << 20);
+    }
+
+    #[test]
+    fn table_rows_line_up_with_the_heading() {
+        let stages = [
+            Stage::AdvertiseKeys,
+            Stage::ShareKeys,
+            Stage::MaskedInput,
+            Stage::Unmasking,
+        ];
+        let table = Table::new(&stages);
+        let mut buffer = Vec::new();
+        table.write_heading(&mut buffer).unwrap();
+        table
+            .write_row(&mut buffer, &sample(Outcome::Completed))
+            .unwrap();
+        let text = String::from_utf8(buffer).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("dropped adv/shr/msk/unm"));
+        // The right edge of the round column and the verified cell line up.
+        assert_eq!(
+            lines[0].find("round").unwrap() + 5,
+            lines[1].find('3').unwrap() + 1
+        );
+        assert!(lines[1].contains("0/1/-/-"));
+        assert_eq!(lines[0].find("verified"), lines[1].find("yes"));
+    }
+}

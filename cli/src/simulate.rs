@@ -1,0 +1,572 @@
+//! `tessera simulate`: whole rounds in process, with dropouts injected at
+//! chosen stages, and what they cost.
+//!
+//! Each round runs every client and the server through the library's state
+//! machines ([`tessera_aggregation::sim::run_round`]), checks the unmasked sum
+//! against the plain sum of the accepted inputs, and reports stage times,
+//! traffic and memory. This module turns flags into a
+//! [`SimConfig`] (asking the parameter finder for whatever the user left
+//! out), runs the rounds, and hands each report to the
+//! [`crate::report`] sinks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Mutex, PoisonError};
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tessera_aggregation::Stage;
+use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::params::{Params, ParamsRequest, ThreatModel, find_params};
+use tessera_aggregation::sim::{self, Progress, SimConfig, SimError};
+
+use crate::args::{GraphArg, PrgArg, ThreatArg, parse_drop, parse_rate};
+use crate::report::{self, CsvWriter, Summary, Table};
+use crate::{UsageError, usage};
+
+/// One-line description of the subcommand, for `tessera --help`.
+pub(crate) const ABOUT: &str = "Run secure aggregation rounds in process and report their cost";
+
+/// The paragraph `tessera simulate --help` opens with.
+pub(crate) const LONG_ABOUT: &str = "Runs whole secure aggregation rounds in this process: every client and the \
+        server go through the same state machines and wire encoding a deployment uses, with \
+        the chosen fraction of clients dropping out just before they send at each stage. For \
+        each round it prints whether the round completed and whether the unmasked sum equals \
+        the plain sum of the accepted inputs (verified), who survived, per-stage wall time, \
+        client masking and server unmasking time, bytes on the wire and peak memory. With no \
+        flags: 100 clients, vectors of 100,000 32-bit values, the graph and threshold the \
+        parameter finder picks for a 10% dropout and 5% corrupt rate, AES-CTR masks, and 10% \
+        of clients dropping at masked-input, one round, seed 42. Exit code 0 also when a \
+        round aborts (a normal outcome); 2 for bad flags; 1 if a completed round's sum is \
+        wrong or the protocol fails.";
+
+/// The examples `tessera simulate --help` ends with.
+pub(crate) const EXAMPLES: &str = "Examples:\n  \
+        tessera simulate\n  \
+        tessera simulate --clients 1000 --dim 10000 --drop share-keys=0.05 --drop masked-input=0.1 --rounds 5\n  \
+        tessera simulate --graph harary --neighbours 40 --threshold 21 --prg chacha20 --json\n  \
+        tessera simulate --rounds 10 --out results/   # writes results/rounds.csv and results/stage_times.svg";
+
+/// Flags of `tessera simulate`.
+#[derive(Debug, Args)]
+pub(crate) struct SimulateArgs {
+    /// Clients invited to each round (at least 2).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    clients: u32,
+    /// Length of each client's input vector.
+    #[arg(long, value_name = "D", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    dim: u32,
+    /// Neighbour graph [default: what the parameter finder picks; harary
+    /// when --neighbours is given].
+    #[arg(long, value_enum)]
+    graph: Option<GraphArg>,
+    /// Neighbours per client for the Harary graph: even, at least 2, less
+    /// than --clients [default: the parameter finder's k].
+    #[arg(long, value_name = "K")]
+    neighbours: Option<u32>,
+    /// Shamir threshold t, between 2 and the share holders per client (k + 1)
+    /// [default: the parameter finder's t when it chose the same graph, else
+    /// a majority of the share holders].
+    #[arg(long, value_name = "T")]
+    threshold: Option<u32>,
+    /// Dropout rate the parameter finder sizes k and t for.
+    #[arg(long, value_name = "RATE", default_value = "0.1", value_parser = parse_rate)]
+    dropout_rate: f64,
+    /// Corrupt rate the parameter finder sizes k and t for.
+    #[arg(long, value_name = "RATE", default_value = "0.05", value_parser = parse_rate)]
+    corrupt_rate: f64,
+    /// Who the round must stay private against (semi-malicious adds the
+    /// consistency-check stage).
+    #[arg(long, value_enum, default_value_t = ThreatArg::SemiHonest)]
+    threat_model: ThreatArg,
+    /// Fraction of the clients still in the round that drop out just before
+    /// sending at STAGE (advertise-keys, share-keys, masked-input,
+    /// consistency-check, unmasking). Repeatable; giving any replaces the
+    /// default. `--drop masked-input=0` for no dropouts.
+    #[arg(long = "drop", value_name = "STAGE=FRACTION", default_value = "masked-input=0.1",
+          value_parser = parse_drop)]
+    drops: Vec<(Stage, f64)>,
+    /// Arithmetic modulus 2^BITS of inputs and masks (1 to 32).
+    #[arg(long, value_name = "B", default_value_t = 32,
+          value_parser = clap::value_parser!(u8).range(1..=32))]
+    bits: u8,
+    /// Stream cipher expanding the masks.
+    #[arg(long, value_enum, default_value_t = PrgArg::Aes)]
+    prg: PrgArg,
+    /// Rounds to run, each with fresh keys, inputs and dropouts.
+    #[arg(long, value_name = "R", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Seed of everything random (keys, inputs, who drops), so runs
+    /// reproduce.
+    #[arg(long, value_name = "S", default_value_t = 42)]
+    seed: u64,
+    /// Worker threads [default: one per core].
+    #[arg(long, value_name = "N",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    threads: Option<usize>,
+    /// Directory to write rounds.csv (one row per round) and
+    /// stage_times.svg (per-stage wall time of each round) into; created if
+    /// missing.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print one JSON object per round on stdout, one per line, and nothing
+    /// else there (no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+/// The round parameters after defaults are filled in, with where each came
+/// from (printed, so a user knows whether the finder or a flag decided).
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// The simulator's configuration.
+    pub(crate) sim: SimConfig,
+    /// Neighbours per client.
+    pub(crate) k: u32,
+    /// The stages the round runs, in order.
+    pub(crate) stages: Vec<Stage>,
+    /// Where the graph, k and t came from (a flag or the parameter finder),
+    /// said in the header so nobody mistakes a default for a choice.
+    pub(crate) origin: String,
+    /// A warning for the user, if the flags ask for something likely to
+    /// abort.
+    pub(crate) warning: Option<String>,
+    /// `--prg` as typed, for the header.
+    pub(crate) prg_name: &'static str,
+}
+
+/// Runs `tessera simulate`.
+pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let plan = plan(&args)?;
+    if let Some(threads) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("starting the worker threads")?;
+    }
+    if let Some(warning) = &plan.warning {
+        eprintln!("warning: {warning}");
+    }
+
+    let mut csv = match &args.out {
+        Some(dir) => Some(CsvWriter::create(dir)?),
+        None => None,
+    };
+    let mut out = std::io::stdout().lock();
+    let table = Table::new(&plan.stages);
+    if !args.json {
+        report::write_header(&mut out, &plan, args.rounds, rayon::current_num_threads())?;
+        table.write_heading(&mut out)?;
+    }
+
+    let mut reports = Vec::with_capacity(args.rounds as usize);
+    let mut summary = Summary::default();
+    for round in 0..args.rounds {
+        let bar = progress_bar(args.json, round, args.rounds);
+        // Rayon workers report out of order: keep the bar moving forward
+        // within a stage.
+        let stage = Mutex::new(None);
+        let on_progress = |p: Progress| {
+            let mut stage = stage.lock().unwrap_or_else(PoisonError::into_inner);
+            if *stage != Some(p.stage) {
+                *stage = Some(p.stage);
+                bar.set_position(0);
+                bar.set_length(p.total);
+                bar.set_message(p.stage.name());
+            }
+            if p.done > bar.position() {
+                bar.set_position(p.done);
+            }
+        };
+        let result = sim::run_round(&plan.sim, round, &on_progress);
+        bar.finish_and_clear();
+        let mut report = result.map_err(|e| sim_error(e, round))?;
+        report.peak_rss_bytes = report::peak_rss_bytes();
+
+        if args.json {
+            report::write_json_line(&mut out, &report)?;
+        } else {
+            table.write_row(&mut out, &report)?;
+        }
+        if let Some(csv) = &mut csv {
+            csv.write_row(&report)?;
+        }
+        summary.add(&report);
+        reports.push(report);
+    }
+
+    if let Some(dir) = &args.out {
+        let path = dir.join("stage_times.svg");
+        crate::chart::write_stage_chart(&path, &reports, &plan)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !args.json {
+        summary.write(&mut out)?;
+        if let Some(dir) = &args.out {
+            use std::io::Write;
+            writeln!(
+                out,
+                "wrote {} and {}",
+                dir.join("rounds.csv").display(),
+                dir.join("stage_times.svg").display()
+            )?;
+        }
+    }
+    if summary.unverified > 0 {
+        anyhow::bail!(
+            "{} completed round(s) produced a sum that differs from the sum of the accepted inputs",
+            summary.unverified
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr for one round: done/total clients of the current
+/// stage. Hidden with `--json` (scripts read stdout; a bar would still be
+/// noise in their logs) and, by indicatif, when stderr is not a terminal.
+fn progress_bar(json: bool, round: u32, rounds: u32) -> ProgressBar {
+    if json {
+        return ProgressBar::hidden();
+    }
+    let style = ProgressStyle::with_template(
+        "{prefix} {elapsed:>4} {wide_bar:.cyan/blue} {pos}/{len} clients {msg:<17}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    // Until the first stage reports: the clients are generating their keys.
+    let bar = ProgressBar::new(1).with_style(style);
+    bar.set_prefix(format!("round {}/{}", round + 1, rounds));
+    bar.set_message("starting");
+    bar
+}
+
+/// Maps a simulator error: configuration problems are the user's (exit 2),
+/// anything else is a failure of the run (exit 1).
+fn sim_error(error: SimError, round: u32) -> anyhow::Error {
+    match error {
+        SimError::Config(_) | SimError::DropFraction { .. } => {
+            anyhow::Error::new(UsageError(error.to_string()))
+        }
+        other => anyhow::Error::new(other).context(format!("round {round} failed")),
+    }
+}
+
+/// Fills in the graph, k and t the user left out and checks the flags that
+/// only make sense together.
+pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
+    let n = args.clients;
+    let threat_model: ThreatModel = args.threat_model.into();
+    let request = ParamsRequest {
+        clients: n,
+        dropout_rate: args.dropout_rate,
+        corrupt_rate: args.corrupt_rate,
+        threat_model,
+    };
+    let rates = format!(
+        "dropout rate {}, corrupt rate {}, {}",
+        args.dropout_rate, args.corrupt_rate, threat_model
+    );
+    let asked_finder = std::cell::Cell::new(false);
+    // Asked only when a flag is missing, so explicit parameters never fail
+    // because the finder finds the rates infeasible.
+    let finder = || {
+        asked_finder.set(true);
+        find_params(&request)
+    };
+    let finder_says = |p: &Params| match p.graph {
+        GraphKind::Complete => "the complete graph".to_owned(),
+        GraphKind::Harary { k } => format!("harary with k = {k}"),
+    };
+
+    let graph_arg = match (args.graph, args.neighbours) {
+        (Some(GraphArg::Complete), Some(_)) => {
+            usage!("--neighbours applies only to --graph harary (the complete graph has k = n - 1)")
+        }
+        (None, Some(_)) => Some(GraphArg::Harary),
+        (graph, _) => graph,
+    };
+
+    let (graph, finder_params, graph_source) = match (graph_arg, args.neighbours) {
+        (Some(GraphArg::Complete), _) => (GraphKind::Complete, None, "graph from --graph"),
+        (_, Some(k)) => {
+            if k < 2 || k % 2 == 1 || k >= n {
+                usage!(
+                    "--neighbours {k} must be even, at least 2 and less than --clients {n} \
+                     (use --graph complete for k = n - 1)"
+                );
+            }
+            (GraphKind::Harary { k }, None, "k from --neighbours")
+        }
+        (Some(GraphArg::Harary), None) => match finder() {
+            Ok(p) if matches!(p.graph, GraphKind::Harary { .. }) => {
+                (p.graph, Some(p), "k from the parameter finder")
+            }
+            Ok(_) => usage!(
+                "--graph harary needs --neighbours K: the parameter finder chose the complete \
+                 graph for n = {n} ({rates})"
+            ),
+            Err(e) => {
+                usage!("--graph harary needs --neighbours K: the parameter finder failed: {e}")
+            }
+        },
+        (None, None) => match finder() {
+            Ok(p) => (p.graph, Some(p), "graph and k from the parameter finder"),
+            Err(e) => usage!(
+                "{e}; pass --graph and --threshold (and --neighbours for harary) to choose \
+                 the parameters yourself, or change --dropout-rate / --corrupt-rate"
+            ),
+        },
+    };
+    let k = match graph {
+        GraphKind::Complete => n - 1,
+        GraphKind::Harary { k } => k,
+    };
+    let holders = k + 1;
+    let majority = holders / 2 + 1;
+    let majority_name = match graph {
+        GraphKind::Complete => "n/2+1",
+        GraphKind::Harary { .. } => "K/2+1",
+    };
+
+    let (threshold, threshold_source) = match args.threshold {
+        Some(t) => {
+            if t < 2 || t > holders {
+                usage!(
+                    "--threshold {t} must be between 2 and {holders}, the share holders per \
+                     client (its {k} neighbours and itself)"
+                );
+            }
+            (t, "t from --threshold".to_owned())
+        }
+        None => {
+            // The finder was already asked if it chose the graph; otherwise
+            // ask it now whether it would have chosen the same one.
+            let finder_result = match finder_params {
+                Some(p) => Ok(p),
+                None => finder(),
+            };
+            match finder_result {
+                Ok(p) if p.graph == graph => (p.threshold, FINDER_T.to_owned()),
+                Ok(p) => (
+                    majority,
+                    format!(
+                        "t = {majority_name} = {majority} (the parameter finder chose {})",
+                        finder_says(&p)
+                    ),
+                ),
+                Err(e) => (
+                    majority,
+                    format!("t = {majority_name} = {majority} (the parameter finder failed: {e})"),
+                ),
+            }
+        }
+    };
+
+    let stages: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|s| *s != Stage::ConsistencyCheck || threat_model == ThreatModel::SemiMalicious)
+        .collect();
+    let mut drops = BTreeMap::new();
+    for &(stage, fraction) in &args.drops {
+        if !stages.contains(&stage) {
+            usage!(
+                "--drop {stage}=...: the {stage} stage runs only with --threat-model semi-malicious"
+            );
+        }
+        if drops.insert(stage, fraction).is_some() {
+            usage!("--drop given twice for {stage}");
+        }
+    }
+
+    let threshold_from_finder = threshold_source == FINDER_T;
+    let warning = drop_warning(
+        n,
+        threshold,
+        &drops,
+        &stages,
+        threshold_from_finder,
+        args.dropout_rate,
+    );
+    let mut origin = match (graph_source, threshold_from_finder) {
+        ("graph and k from the parameter finder", true) => {
+            "graph, k and t from the parameter finder".to_owned()
+        }
+        ("k from the parameter finder", true) => "k and t from the parameter finder".to_owned(),
+        _ => format!("{graph_source}; {threshold_source}"),
+    };
+    if asked_finder.get() {
+        origin.push_str(&format!(" [finder inputs: {rates}]"));
+    }
+
+    let sim = SimConfig {
+        clients: n,
+        dim: args.dim,
+        graph,
+        threshold,
+        bits: args.bits,
+        prg: args.prg.into(),
+        threat_model,
+        drops,
+        seed: args.seed,
+    };
+    Ok(Plan {
+        sim,
+        k,
+        stages,
+        origin,
+        warning,
+        prg_name: args.prg.name(),
+    })
+}
+
+/// How the header says t came from the finder.
+const FINDER_T: &str = "t from the parameter finder";
+
+/// A warning when the drops asked for will, or may well, abort every round:
+/// the user probably wants to know before waiting for them.
+fn drop_warning(
+    n: u32,
+    threshold: u32,
+    drops: &BTreeMap<Stage, f64>,
+    stages: &[Stage],
+    threshold_from_finder: bool,
+    dropout_rate: f64,
+) -> Option<String> {
+    // The simulator drops round(fraction * clients still in) at each stage.
+    let mut remaining = n;
+    for stage in stages {
+        let fraction = drops.get(stage).copied().unwrap_or(0.0);
+        remaining -= (fraction * f64::from(remaining)).round() as u32;
+    }
+    if remaining < threshold {
+        return Some(format!(
+            "--drop leaves {remaining} of the {n} clients, fewer than t = {threshold}: \
+             every round will abort"
+        ));
+    }
+    let lost = 1.0 - f64::from(remaining) / f64::from(n);
+    (threshold_from_finder && lost > dropout_rate + 1e-9).then(|| {
+        format!(
+            "--drop removes {:.1}% of the clients over a round, more than the \
+                 --dropout-rate {dropout_rate} that t was chosen for: rounds may abort",
+            lost * 100.0,
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// Parses `tessera simulate <flags>` the way the binary does.
+    #[derive(Debug, Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    /// The plan for `tessera simulate <flags>`.
+    fn plan_for(flags: &str) -> anyhow::Result<Plan> {
+        let argv = std::iter::once("simulate").chain(flags.split_whitespace());
+        let wrapper = Wrapper::try_parse_from(argv).expect("flags parse");
+        plan(&wrapper.args)
+    }
+
+    /// The message of the usage error `flags` must cause.
+    fn usage_message(flags: &str) -> String {
+        let error = plan_for(flags).expect_err("flags should be refused");
+        assert!(error.downcast_ref::<UsageError>().is_some(), "{error}");
+        error.to_string()
+    }
+
+    #[test]
+    fn defaults_come_from_the_finder() {
+        let plan = plan_for("").unwrap();
+        let expected = find_params(&ParamsRequest {
+            clients: 100,
+            dropout_rate: 0.1,
+            corrupt_rate: 0.05,
+            threat_model: ThreatModel::SemiHonest,
+        })
+        .unwrap();
+        assert_eq!(plan.sim.graph, expected.graph);
+        assert_eq!(plan.k, expected.k);
+        assert_eq!(plan.sim.threshold, expected.threshold);
+        assert_eq!(plan.sim.drops, BTreeMap::from([(Stage::MaskedInput, 0.1)]));
+        assert_eq!(
+            (plan.sim.dim, plan.sim.bits, plan.sim.seed),
+            (100_000, 32, 42)
+        );
+        assert!(!plan.stages.contains(&Stage::ConsistencyCheck));
+        assert!(plan.warning.is_none());
+    }
+
+    #[test]
+    fn explicit_harary_without_threshold_uses_a_majority_unless_the_finder_agrees() {
+        let finder = find_params(&ParamsRequest {
+            clients: 1000,
+            dropout_rate: 0.1,
+            corrupt_rate: 0.05,
+            threat_model: ThreatModel::SemiHonest,
+        })
+        .unwrap();
+        let GraphKind::Harary { k } = finder.graph else {
+            panic!("n = 1000 should get a Harary graph");
+        };
+        let same = plan_for(&format!("--clients 1000 --neighbours {k}")).unwrap();
+        assert_eq!(same.sim.threshold, finder.threshold);
+        assert!(
+            same.origin
+                .starts_with("k from --neighbours; t from the parameter finder")
+        );
+
+        let other = k + 2;
+        let different = plan_for(&format!("--clients 1000 --neighbours {other}")).unwrap();
+        assert_eq!(different.sim.threshold, other / 2 + 1);
+        assert!(
+            different.origin.contains("t = K/2+1"),
+            "{}",
+            different.origin
+        );
+    }
+
+    #[test]
+    fn complete_graph_without_threshold_takes_a_majority_when_the_finder_prefers_harary() {
+        let plan = plan_for("--clients 1000 --graph complete").unwrap();
+        assert_eq!(plan.sim.graph, GraphKind::Complete);
+        assert_eq!(plan.k, 999);
+        assert_eq!(plan.sim.threshold, 501);
+    }
+
+    #[test]
+    fn bad_combinations_name_the_flag() {
+        assert!(usage_message("--clients 10 --neighbours 3").contains("--neighbours"));
+        assert!(usage_message("--clients 10 --neighbours 10").contains("--neighbours"));
+        assert!(usage_message("--graph complete --neighbours 4").contains("--neighbours"));
+        assert!(
+            usage_message("--clients 10 --graph complete --threshold 11").contains("--threshold")
+        );
+        assert!(
+            usage_message("--clients 10 --graph complete --threshold 1").contains("--threshold")
+        );
+        assert!(usage_message("--drop consistency-check=0.1").contains("semi-malicious"));
+        assert!(usage_message("--drop share-keys=0.1 --drop share-keys=0.2").contains("twice"));
+    }
+
+    #[test]
+    fn heavy_drops_warn_when_the_finder_chose_t() {
+        // 100 clients: 20 drop at share-keys, then 8 of the 80 left.
+        let plan = plan_for("--drop share-keys=0.2 --drop masked-input=0.1").unwrap();
+        assert!(plan.warning.unwrap().contains("28.0%"));
+        let explicit = plan_for("--graph complete --threshold 20 --drop share-keys=0.5").unwrap();
+        assert!(explicit.warning.is_none());
+        let doomed = plan_for("--graph complete --threshold 60 --drop share-keys=0.5").unwrap();
+        assert!(doomed.warning.unwrap().contains("leaves 50 of the 100"));
+    }
+}

@@ -1,0 +1,365 @@
+//! Runs the built `tessera` binary as a user would and checks its exit codes
+//! and outputs: JSON lines scripts rely on, aborted rounds, bad flags, the
+//! parameter finder, and the files `--out` writes.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// Runs `tessera <args>` to completion.
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("the tessera binary runs")
+}
+
+/// Standard output as text.
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("stdout is UTF-8")
+}
+
+/// Standard error as text.
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).expect("stderr is UTF-8")
+}
+
+/// Every stdout line parsed as JSON (fails on any line that is not).
+fn json_lines(output: &Output) -> Vec<Value> {
+    stdout(output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// A fresh directory for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The keys scripts rely on in every `--json` line.
+const REQUIRED_KEYS: [&str; 18] = [
+    "round",
+    "outcome",
+    "verified",
+    "survivors",
+    "dropped",
+    "k",
+    "t",
+    "stage_seconds",
+    "client_mask_seconds_median",
+    "server_unmask_seconds",
+    "total_seconds",
+    "bytes_sent_per_client",
+    "bytes_received_per_client",
+    "server_bytes_received",
+    "server_bytes_sent",
+    "peak_rss_bytes",
+    "abort_stage",
+    "abort_reason",
+];
+
+#[test]
+fn simulate_json_prints_one_verified_line_per_round() {
+    let output = tessera(&[
+        "simulate",
+        "--clients",
+        "30",
+        "--dim",
+        "1000",
+        "--drop",
+        "masked-input=0.1",
+        "--rounds",
+        "2",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rounds = json_lines(&output);
+    assert_eq!(rounds.len(), 2, "one line per round and nothing else");
+    for (i, round) in rounds.iter().enumerate() {
+        for key in REQUIRED_KEYS {
+            assert!(round.get(key).is_some(), "missing {key} in {round}");
+        }
+        assert_eq!(round["round"], i as u64);
+        assert_eq!(round["outcome"], "completed");
+        assert_eq!(round["verified"], true);
+        assert_eq!(round["abort_stage"], Value::Null);
+        assert_eq!(round["abort_reason"], Value::Null);
+        // 10% of 30 drop at masked-input; nobody else does.
+        assert_eq!(round["dropped"]["masked-input"], 3);
+        assert_eq!(round["dropped"]["share-keys"], 0);
+        assert_eq!(round["survivors"], 27);
+        assert!(round["stage_seconds"]["unmasking"].as_f64().unwrap() > 0.0);
+        // A client's masked vector alone is 4 bytes per value.
+        assert!(round["bytes_sent_per_client"].as_f64().unwrap() >= 4000.0);
+        if cfg!(target_os = "linux") {
+            assert!(round["peak_rss_bytes"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
+#[test]
+fn a_round_below_threshold_aborts_with_exit_code_zero() {
+    let output = tessera(&[
+        "simulate",
+        "--clients",
+        "30",
+        "--dim",
+        "100",
+        "--graph",
+        "complete",
+        "--threshold",
+        "25",
+        "--drop",
+        "share-keys=0.5",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rounds = json_lines(&output);
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(rounds[0]["outcome"], "aborted");
+    assert_eq!(rounds[0]["verified"], false);
+    assert_eq!(rounds[0]["abort_stage"], "share-keys");
+    assert_eq!(rounds[0]["t"], 25);
+    // The doomed configuration is announced on stderr, not stdout.
+    assert!(
+        stderr(&output).contains("will abort"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn human_output_has_a_header_a_row_per_round_and_a_summary() {
+    let output = tessera(&[
+        "simulate",
+        "--clients",
+        "20",
+        "--dim",
+        "500",
+        "--graph",
+        "harary",
+        "--neighbours",
+        "6",
+        "--rounds",
+        "2",
+        "--prg",
+        "chacha20",
+        "--bits",
+        "20",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("n=20 d=500 graph=harary k=6 t="),
+        "{text}"
+    );
+    assert!(lines[0].contains("bits=20 prg=chacha20"), "{text}");
+    // The threshold's origin is stated.
+    assert!(
+        lines[1].starts_with("  k from --neighbours; t from the parameter finder")
+            || lines[1].starts_with("  k from --neighbours; t = K/2+1 = 4"),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("round"), "{text}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("completed  yes"))
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(
+        text.contains("2 rounds: 2 completed (2 verified), 0 aborted"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_stage_is_a_usage_error() {
+    let output = tessera(&["simulate", "--drop", "bogus=0.1"]);
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("--drop") && message.contains("bogus"),
+        "{message}"
+    );
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn fraction_above_one_is_a_usage_error() {
+    let output = tessera(&["simulate", "--drop", "masked-input=1.5"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--drop"), "{}", stderr(&output));
+}
+
+#[test]
+fn inconsistent_parameters_are_usage_errors_naming_the_flag() {
+    for (flags, flag) in [
+        (
+            &["--clients", "10", "--neighbours", "3"][..],
+            "--neighbours",
+        ),
+        (
+            &["--clients", "10", "--neighbours", "10"][..],
+            "--neighbours",
+        ),
+        (
+            &[
+                "--clients",
+                "10",
+                "--graph",
+                "complete",
+                "--threshold",
+                "11",
+            ][..],
+            "--threshold",
+        ),
+        (
+            &["--clients", "10", "--graph", "complete", "--threshold", "1"][..],
+            "--threshold",
+        ),
+        (&["--bits", "33"][..], "--bits"),
+        (&["--bits", "0"][..], "--bits"),
+        (&["--clients", "1"][..], "--clients"),
+        (&["--dim", "0"][..], "--dim"),
+        (&["--dropout-rate", "1"][..], "--dropout-rate"),
+        (&["--drop", "consistency-check=0.1"][..], "--drop"),
+    ] {
+        let mut args = vec!["simulate"];
+        args.extend_from_slice(flags);
+        let output = tessera(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let message = stderr(&output);
+        assert!(message.contains(flag), "{args:?}: {message}");
+        assert_eq!(
+            message
+                .trim()
+                .lines()
+                .next()
+                .map(|l| l.starts_with("error:")),
+            Some(true)
+        );
+    }
+}
+
+#[test]
+fn params_reproduces_the_published_secagg_plus_row() {
+    // shared/reference/secagg_plus_params.csv (Bell et al. 2020, table 2):
+    // n = 1000, 5% corrupt, 5% dropout, semi-honest -> k = 30, t <= 17.
+    let output = tessera(&[
+        "params",
+        "--clients",
+        "1000",
+        "--dropout-rate",
+        "0.05",
+        "--corrupt-rate",
+        "0.05",
+        "--threat-model",
+        "semi-honest",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let answer = json_lines(&output);
+    assert_eq!(answer.len(), 1);
+    assert_eq!(answer[0]["k"], 30);
+    assert_eq!(answer[0]["graph"], "harary");
+    let t = answer[0]["t"].as_u64().unwrap();
+    assert!((2..=17).contains(&t), "t = {t}");
+}
+
+#[test]
+fn params_rejects_infeasible_input_with_the_library_message() {
+    let output = tessera(&["params", "--clients", "1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("at least 2 clients"),
+        "{}",
+        stderr(&output)
+    );
+    let output = tessera(&["params", "--clients", "100", "--corrupt-rate", "1.5"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("corrupt_rate"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn out_writes_a_csv_row_per_round_and_an_svg_chart() {
+    let dir = scratch_dir("out");
+    let output = tessera(&[
+        "simulate",
+        "--clients",
+        "12",
+        "--dim",
+        "200",
+        "--rounds",
+        "3",
+        "--drop",
+        "masked-input=0.2",
+        "--json",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(json_lines(&output).len(), 3);
+
+    let csv = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "header and one row per round:\n{csv}");
+    let header: Vec<&str> = lines[0].split(',').collect();
+    for column in [
+        "round",
+        "outcome",
+        "verified",
+        "survivors",
+        "total_seconds",
+        "peak_rss_bytes",
+    ] {
+        assert!(header.contains(&column), "missing {column}: {}", lines[0]);
+    }
+    assert!(header.contains(&"dropped_masked_input") && header.contains(&"seconds_unmasking"));
+    for (i, row) in lines[1..].iter().enumerate() {
+        let cells: Vec<&str> = row.split(',').collect();
+        assert_eq!(cells.len(), header.len(), "{row}");
+        assert_eq!(cells[0], i.to_string());
+        assert_eq!(cells[1], "completed");
+        assert_eq!(cells[2], "true");
+    }
+
+    let svg = std::fs::read_to_string(dir.join("stage_times.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("</svg>"));
+    assert!(svg.contains("<rect"), "the bars are drawn");
+    assert!(svg.contains("masked-input"), "the legend names the stages");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_and_version() {
+    let output = tessera(&["--version"]);
+    assert!(output.status.success());
+    assert!(stdout(&output).starts_with("tessera "));
+    for args in [
+        &["--help"][..],
+        &["simulate", "--help"],
+        &["params", "--help"],
+    ] {
+        let output = tessera(args);
+        assert!(output.status.success(), "{args:?}");
+        let text = stdout(&output);
+        assert!(
+            text.contains("Examples:") && text.contains("tessera "),
+            "{args:?}: {text}"
+        );
+    }
+    let text = stdout(&tessera(&["simulate", "--help"]));
+    assert!(text.contains("[default: 100]") && text.contains("[default: masked-input=0.1]"));
+}
