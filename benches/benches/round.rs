@@ -32,8 +32,9 @@ fn server_ready_to_unmask(n: u32, dim: u32, dropped: u32, prg: Prg) -> ServerSes
     loop {
         let stage = server.stage();
         for (i, client) in clients.iter_mut().enumerate() {
-            // The last `dropped` clients vanish after sharing keys.
-            if stage == Some(Stage::MaskedInput) && i as u32 >= n - dropped {
+            // The last `dropped` clients vanish after sharing keys, for good.
+            let vanished = matches!(stage, Some(s) if s >= Stage::MaskedInput) || stage.is_none();
+            if vanished && i as u32 >= n - dropped {
                 continue;
             }
             if client.is_awaiting_input() {
