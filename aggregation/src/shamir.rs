@@ -643,13 +643,15 @@ mod tests {
     impl TryRng for ScriptedRng {
         type Error = Infallible;
         fn try_next_u32(&mut self) -> Result<u32, Infallible> {
-            unimplemented!("split draws u64s only")
+            // `split` draws whole u64 words; a u32 draw would mean the
+            // scripted coefficients no longer line up, so fail loudly.
+            panic!("split is expected to draw u64 words only")
         }
         fn try_next_u64(&mut self) -> Result<u64, Infallible> {
             Ok(self.0.remove(0))
         }
         fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), Infallible> {
-            unimplemented!("split draws u64s only")
+            panic!("split is expected to draw u64 words only")
         }
     }
     // Only for tests: it is of course not unpredictable.

@@ -427,3 +427,25 @@ fn an_unmasking_response_with_the_wrong_shares_is_refused() {
         })
     ));
 }
+
+#[test]
+fn a_client_gives_up_when_the_server_falls_silent() {
+    let mut net = Net::new(config(4, 3, 8), 71);
+    let client = &mut net.clients[0];
+    let deadline = client
+        .poll_timeout()
+        .expect("a waiting client has a deadline");
+    assert_eq!(deadline, net.base + net.config.stage_timeout * 2);
+    client.handle_timeout(deadline - std::time::Duration::from_millis(1));
+    assert!(!client.is_closed(), "not before the deadline");
+    client.handle_timeout(deadline);
+    assert!(client.is_closed());
+    assert_eq!(
+        client.poll_event(),
+        Some(tessera_aggregation::ClientEvent::TimedOut)
+    );
+    assert!(
+        client.poll_transmit().is_none(),
+        "a timed-out client sends nothing"
+    );
+}
