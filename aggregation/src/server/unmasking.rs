@@ -176,6 +176,14 @@ fn check_owners(
     Ok(())
 }
 
+/// A rebuilt secret, ready to remove masks with.
+enum Rebuilt {
+    /// A survivor's self-mask seed.
+    SelfMask(MaskSeed),
+    /// A dropped client's masking key.
+    MaskingKey(ClientId, StaticSecret),
+}
+
 /// One secret to rebuild: whose, which, and the t shares used.
 struct Job<'a> {
     owner: ClientId,
@@ -242,13 +250,15 @@ impl UnmaskingReady {
         }
 
         // Rebuild every secret and turn it into the masks to remove.
-        let seeds: Vec<Vec<(MaskSeed, MaskSign)>> = jobs
+        // Rebuild every secret. Self-mask seeds are ready at once; masking
+        // keys still need one key agreement per surviving neighbour.
+        let rebuilt: Vec<Rebuilt> = jobs
             .par_iter()
             .map(|job| {
                 let mut secret = bases[job.basis]
                     .reconstruct(&job.shares)
                     .map_err(|_| AbortReason::Misbehaviour)?;
-                let seeds = if job.masking_key {
+                let rebuilt = if job.masking_key {
                     let s_sk = StaticSecret::from(secret);
                     let advertised =
                         roster.keys[job.owner.index()].expect("sharers advertised keys");
@@ -259,45 +269,69 @@ impl UnmaskingReady {
                         secret.zeroize();
                         return Err(AbortReason::Misbehaviour);
                     }
-                    graph
-                        .neighbours(job.owner.0)
-                        .into_iter()
-                        .map(ClientId)
-                        .filter(|u| roster.level[u.index()] >= LEVEL_MASKED)
-                        .map(|u| {
-                            let s_pk = roster.keys[u.index()]
-                                .expect("survivors advertised keys")
-                                .s_pk;
-                            let seed =
-                                pairwise_mask_seed(&s_sk, &s_pk, config.round_id, job.owner, u)
-                                    .map_err(|_| AbortReason::Misbehaviour)?;
-                            // u added +PRG(s_ud) when u < d: take it away.
-                            let sign = if u < job.owner {
-                                MaskSign::Subtract
-                            } else {
-                                MaskSign::Add
-                            };
-                            Ok((seed, sign))
-                        })
-                        .collect::<Result<Vec<_>, _>>()?
+                    Rebuilt::MaskingKey(job.owner, s_sk)
                 } else {
-                    vec![(
-                        self_mask_seed(&secret, config.round_id, job.owner),
-                        MaskSign::Subtract,
-                    )]
+                    Rebuilt::SelfMask(self_mask_seed(&secret, config.round_id, job.owner))
                 };
                 secret.zeroize();
-                Ok(seeds)
+                Ok(rebuilt)
             })
             .collect::<Result<_, AbortReason>>()?;
-
-        let refs: Vec<(&MaskSeed, MaskSign)> = seeds
-            .iter()
-            .flatten()
-            .map(|(seed, sign)| (seed, *sign))
-            .collect();
         drop(jobs);
+
+        // One task per (dropped client, surviving neighbour) pair, so the
+        // key agreements spread evenly over the pool.
+        let pairs: Vec<(&StaticSecret, ClientId, ClientId)> = rebuilt
+            .iter()
+            .filter_map(|r| match r {
+                Rebuilt::MaskingKey(owner, s_sk) => Some((owner, s_sk)),
+                Rebuilt::SelfMask(_) => None,
+            })
+            .flat_map(|(owner, s_sk)| {
+                graph
+                    .neighbours(owner.0)
+                    .into_iter()
+                    .map(ClientId)
+                    .filter(|u| roster.level[u.index()] >= LEVEL_MASKED)
+                    .map(move |u| (s_sk, *owner, u))
+            })
+            .collect();
+        let self_masks: Vec<(&MaskSeed, MaskSign)> = rebuilt
+            .iter()
+            .filter_map(|r| match r {
+                Rebuilt::SelfMask(seed) => Some((seed, MaskSign::Subtract)),
+                Rebuilt::MaskingKey(..) => None,
+            })
+            .collect();
+
+        // Expand the self-masks while the pairwise seeds are agreed: the two
+        // share the pool, so neither waits for the other to finish.
         let mut sum = std::mem::take(&mut self.inner.sum);
+        let (_, pairwise) = rayon::join(
+            || apply_masks_parallel(config.prg, &self_masks, config.bits, &mut sum),
+            || {
+                pairs
+                    .par_iter()
+                    .map(|(s_sk, dropped, u)| {
+                        let s_pk = roster.keys[u.index()]
+                            .expect("survivors advertised keys")
+                            .s_pk;
+                        let seed = pairwise_mask_seed(s_sk, &s_pk, config.round_id, *dropped, *u)
+                            .map_err(|_| AbortReason::Misbehaviour)?;
+                        // u added +PRG(s_ud) when u < d: take it away.
+                        let sign = if u < dropped {
+                            MaskSign::Subtract
+                        } else {
+                            MaskSign::Add
+                        };
+                        Ok((seed, sign))
+                    })
+                    .collect::<Result<Vec<_>, AbortReason>>()
+            },
+        );
+        let pairwise = pairwise?;
+        let refs: Vec<(&MaskSeed, MaskSign)> =
+            pairwise.iter().map(|(seed, sign)| (seed, *sign)).collect();
         apply_masks_parallel(config.prg, &refs, config.bits, &mut sum);
         Ok(RoundOutput {
             sum,
