@@ -30,6 +30,7 @@
 
 pub mod client;
 pub mod config;
+pub mod dp;
 pub mod encoding;
 pub mod graph;
 pub mod keys;

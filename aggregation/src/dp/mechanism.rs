@@ -1,0 +1,637 @@
+//! The DP mechanisms of a round: clipping, central Gaussian noise,
+//! distributed integer noise, conditional randomized rounding and the ring
+//! width that keeps a noised sum from wrapping.
+//!
+//! Where each step runs:
+//! 1. Every client clips its update to L2 norm `C` ([`clip_l2`]): the
+//!    sensitivity of the sum to one client is then `C`.
+//! 2. Central DP: the server adds `N(0, (zC)²)` to each coordinate of the
+//!    unmasked sum ([`add_central_gaussian`]) before it publishes.
+//! 3. Distributed DP (Kairouz, Liu, Steinke 2021, "The Distributed Discrete
+//!    Gaussian Mechanism for Federated Learning with Secure Aggregation"):
+//!    the client optionally rotates ([`super::rotation`]), scales by `2^f`,
+//!    rounds with [`conditional_round`] so the integer vector's norm stays
+//!    bounded, adds its share of integer noise ([`DistributedDp::add_noise`])
+//!    and only then encodes into the ring and masks. The ring is sized with
+//!    [`choose_bits_with_noise`].
+
+use rand_core::CryptoRng;
+
+use super::sampler::{
+    MAX_GAUSSIAN_DEN, MAX_GAUSSIAN_SIGMA_SQ, MAX_POISSON_MEAN, Rational, sample_discrete_gaussian,
+    sample_gaussian_f64, sample_skellam,
+};
+
+/// Why a DP parameter was rejected or a mechanism could not run.
+///
+/// No variant carries update values or noise: both are private.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DpError {
+    /// A noise or clipping parameter is NaN, infinite, negative or zero where
+    /// it must be positive.
+    #[error("invalid DP parameter {name} = {value}")]
+    InvalidParameter {
+        /// Which parameter.
+        name: &'static str,
+        /// Its rejected value.
+        value: f64,
+    },
+    /// `min_survivors` is zero: no set of survivors would carry the noise.
+    #[error("min_survivors must be at least 1")]
+    NoSurvivors,
+    /// The per-client noise variance is outside what the exact samplers
+    /// support (see [`super::sampler`]).
+    #[error("per-client noise variance {variance} is outside the supported range of the sampler")]
+    VarianceOutOfRange {
+        /// The per-client variance asked for.
+        variance: f64,
+    },
+    /// Conditional rounding drew `tries` roundings and none had a norm within
+    /// the bound.
+    #[error("conditional rounding found no rounding within the norm bound in {tries} tries")]
+    RoundingFailed {
+        /// How many roundings were drawn.
+        tries: u32,
+    },
+    /// Even a 32-bit ring cannot hold the noised sum with the asked
+    /// probability.
+    #[error(
+        "the noised sum can reach {bound} in magnitude, more than a 32-bit ring holds \
+         (2^31 - 1); use fewer clients, a smaller clip norm or fewer fractional bits"
+    )]
+    TooManyBits {
+        /// The magnitude the sum may reach with the stated probability.
+        bound: f64,
+    },
+}
+
+/// The outcome of clipping one update, reported so the clip norm can be
+/// tuned (the fraction of clipped updates is a training metric).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClipReport {
+    /// The L2 norm before clipping, computed in `f64`.
+    pub norm: f32,
+    /// Whether the update was scaled down.
+    pub clipped: bool,
+}
+
+fn check_positive(name: &'static str, value: f64) -> Result<(), DpError> {
+    if value.is_finite() && value > 0.0 {
+        Ok(())
+    } else {
+        Err(DpError::InvalidParameter { name, value })
+    }
+}
+
+/// Scales `update` in place to L2 norm at most `clip_norm`, which bounds the
+/// sensitivity of the sum to any one client by `clip_norm`.
+///
+/// The norm is accumulated in `f64` so long vectors of `f32` do not lose
+/// precision. A vector within the norm is left untouched.
+///
+/// # Panics
+/// If `clip_norm` is not finite and positive.
+pub fn clip_l2(update: &mut [f32], clip_norm: f32) -> ClipReport {
+    assert!(
+        clip_norm.is_finite() && clip_norm > 0.0,
+        "clip norm must be finite and positive"
+    );
+    let norm = update
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt();
+    let c = f64::from(clip_norm);
+    let clipped = norm > c;
+    if clipped {
+        let scale = c / norm;
+        for v in update.iter_mut() {
+            *v = (f64::from(*v) * scale) as f32;
+        }
+    }
+    ClipReport {
+        norm: norm as f32,
+        clipped,
+    }
+}
+
+/// Central DP: adds `N(0, (z C)²)` to every coordinate of the unmasked sum,
+/// the Gaussian mechanism of DP-FedAvg (McMahan et al. 2018) with noise
+/// multiplier `z` and clip norm `C` (the sensitivity).
+///
+/// The server runs this on a sum it already sees, so a float sampler is used
+/// (see [`sample_gaussian_f64`]).
+pub fn add_central_gaussian<R: CryptoRng + ?Sized>(
+    sum: &mut [f32],
+    noise_multiplier: f64,
+    clip_norm: f64,
+    rng: &mut R,
+) -> Result<(), DpError> {
+    check_positive("noise_multiplier", noise_multiplier)?;
+    check_positive("clip_norm", clip_norm)?;
+    let std = noise_multiplier * clip_norm;
+    for v in sum.iter_mut() {
+        *v = (f64::from(*v) + sample_gaussian_f64(rng, std)) as f32;
+    }
+    Ok(())
+}
+
+/// The integer noise distribution of distributed DP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseKind {
+    /// The discrete Gaussian (Kairouz, Liu, Steinke 2021). Sums of discrete
+    /// Gaussians are close to, not exactly, discrete Gaussian; the accountant
+    /// accounts for that.
+    DiscreteGaussian,
+    /// Skellam (Agarwal, Kairouz, Liu 2021): sums of Skellams are exactly
+    /// Skellam.
+    Skellam,
+}
+
+/// Distributed DP parameters of a round, in the integer domain (after
+/// scaling by `2^f`).
+///
+/// Calibration is dropout-aware: every client adds noise of variance
+/// `target_sigma² / min_survivors`, so any `min_survivors` survivors (the
+/// least the round accepts) together carry variance at least
+/// `target_sigma²`; more survivors only add noise. Dropped clients' noise is
+/// simply absent from the sum, which is why the calibration cannot assume
+/// all `n` clients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DistributedDp {
+    /// Which integer noise clients add.
+    pub noise: NoiseKind,
+    /// The standard deviation the total noise must reach, in the integer
+    /// domain (after scaling by `2^f`).
+    pub target_sigma: f64,
+    /// The fewest survivors whose inputs the server will sum.
+    pub min_survivors: u32,
+}
+
+impl DistributedDp {
+    /// Each client's noise variance: `target_sigma² / min_survivors`, so any
+    /// `min_survivors` survivors carry at least `target_sigma²`.
+    pub fn per_client_variance(&self) -> f64 {
+        self.target_sigma * self.target_sigma / f64::from(self.min_survivors)
+    }
+
+    /// The standard deviation of the noise in a sum over `survivors`
+    /// clients: `sqrt(survivors · per_client_variance)`, at least
+    /// `target_sigma` when `survivors >= min_survivors`. The accountant uses
+    /// this, not the target, for the round actually run.
+    pub fn actual_sigma(&self, survivors: u32) -> f64 {
+        (f64::from(survivors) * self.per_client_variance()).sqrt()
+    }
+
+    /// The per-client noise parameter as the exact samplers take it: `σ²`
+    /// for the discrete Gaussian, `μ = σ²/2` for Skellam (variance `2μ`),
+    /// rounded *up* to a multiple of `2^-20` so the noise never falls short.
+    fn sampler_parameter(&self) -> Result<Rational, DpError> {
+        check_positive("target_sigma", self.target_sigma)?;
+        if self.min_survivors == 0 {
+            return Err(DpError::NoSurvivors);
+        }
+        let variance = self.per_client_variance();
+        let (param, max) = match self.noise {
+            NoiseKind::DiscreteGaussian => (variance, MAX_GAUSSIAN_SIGMA_SQ),
+            NoiseKind::Skellam => (variance / 2.0, MAX_POISSON_MEAN),
+        };
+        match Rational::from_f64_ceil(param, MAX_GAUSSIAN_DEN) {
+            Some(r) if r.num != 0 && r.num / r.den < max => Ok(r),
+            _ => Err(DpError::VarianceOutOfRange { variance }),
+        }
+    }
+
+    /// Adds this client's share of the noise to its integer vector, one
+    /// independent exact sample per coordinate.
+    ///
+    /// `values` are the scaled, rounded update in the integer domain, before
+    /// they are mapped into the ring and masked. Errors if the parameters are
+    /// invalid or outside the samplers' range; `values` are then untouched.
+    pub fn add_noise<R: CryptoRng + ?Sized>(
+        &self,
+        values: &mut [i64],
+        rng: &mut R,
+    ) -> Result<(), DpError> {
+        let param = self.sampler_parameter()?;
+        for v in values.iter_mut() {
+            let noise = match self.noise {
+                NoiseKind::DiscreteGaussian => sample_discrete_gaussian(rng, param),
+                NoiseKind::Skellam => sample_skellam(rng, param),
+            };
+            *v = v.saturating_add(noise);
+        }
+        Ok(())
+    }
+}
+
+/// The norm bound of conditional randomized rounding (Kairouz, Liu, Steinke
+/// 2021, section 4.1):
+/// `sqrt(c² + d/4 + sqrt(2 ln(1/β)) (c + sqrt(d)/2))`.
+///
+/// `c` is the norm of the scaled input (`C 2^f`) and `d` the dimension.
+/// Unbiased randomized rounding of a vector of norm `c` exceeds this with
+/// probability at most `β`, so [`conditional_round`] needs about
+/// `1 / (1 - β)` tries.
+pub fn conditional_rounding_bound(c: f64, dim: usize, beta: f64) -> Result<f64, DpError> {
+    if !(c.is_finite() && c >= 0.0) {
+        return Err(DpError::InvalidParameter {
+            name: "c",
+            value: c,
+        });
+    }
+    if !(beta > 0.0 && beta < 1.0) {
+        return Err(DpError::InvalidParameter {
+            name: "beta",
+            value: beta,
+        });
+    }
+    let d = dim as f64;
+    Ok((c * c + d / 4.0 + (2.0 * (1.0 / beta).ln()).sqrt() * (c + d.sqrt() / 2.0)).sqrt())
+}
+
+/// Conditional randomized rounding: rounds every coordinate of `scaled` up
+/// with probability equal to its fractional part (so each coordinate is
+/// unbiased), and repeats the whole rounding until the integer vector's L2
+/// norm is at most `norm_bound` (use [`conditional_rounding_bound`]).
+///
+/// Bounding the norm after rounding keeps the sensitivity of the integer
+/// sum, which the noise is calibrated to, at `norm_bound`. Errors after
+/// `max_tries` roundings above the bound.
+pub fn conditional_round<R: CryptoRng + ?Sized>(
+    scaled: &[f64],
+    norm_bound: f64,
+    rng: &mut R,
+    max_tries: u32,
+) -> Result<Vec<i64>, DpError> {
+    if !(norm_bound.is_finite() && norm_bound >= 0.0) {
+        return Err(DpError::InvalidParameter {
+            name: "norm_bound",
+            value: norm_bound,
+        });
+    }
+    if let Some(&bad) = scaled
+        .iter()
+        .find(|v| !v.is_finite() || v.abs() >= 2f64.powi(62))
+    {
+        return Err(DpError::InvalidParameter {
+            name: "scaled coordinate",
+            // Only reached for non-finite or absurdly large inputs, which
+            // are not meaningful private data.
+            value: bad,
+        });
+    }
+    let mut out = vec![0i64; scaled.len()];
+    for _ in 0..max_tries {
+        let mut norm_sq = 0.0f64;
+        for (o, &v) in out.iter_mut().zip(scaled) {
+            let floor = v.floor();
+            let frac = v - floor;
+            let u = (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+            let r = if u < frac { floor + 1.0 } else { floor };
+            norm_sq += r * r;
+            *o = r as i64;
+        }
+        if norm_sq.sqrt() <= norm_bound {
+            return Ok(out);
+        }
+    }
+    Err(DpError::RoundingFailed { tries: max_tries })
+}
+
+/// The magnitude `x` the total noise exceeds with probability at most `p`:
+/// `x = L/3 + sqrt(L²/9 + 2 L σ²)` with `L = ln(2/p)`, the solution of
+/// `2 exp(-x² / (2(σ² + x/3))) = p`.
+///
+/// That is Bernstein's two-sided tail, which holds for Skellam (its
+/// cumulant `2μ(cosh s - 1) <= σ² s² / (2(1 - s/3))`) and, being weaker
+/// than the sub-Gaussian tail `2 exp(-x²/(2σ²))`, for the discrete Gaussian
+/// and sums of them too; one formula serves both noise kinds.
+fn noise_tail(sigma_total: f64, p: f64) -> f64 {
+    let l = (2.0 / p).ln();
+    l / 3.0 + (l * l / 9.0 + 2.0 * l * sigma_total * sigma_total).sqrt()
+}
+
+/// Ring width for distributed DP: the smallest `bits` such that one
+/// coordinate of the noised sum leaves the signed range with probability at
+/// most `per_coordinate_bound`.
+///
+/// Formula: each of the `n = clients` inputs has L2 norm, hence every
+/// coordinate, at most `B = clip_norm_scaled` (the rounded norm bound, e.g.
+/// from [`conditional_rounding_bound`]); the total noise exceeds
+/// `x = L/3 + sqrt(L²/9 + 2 L σ²)`, `L = ln(2/p)`, with probability at most
+/// `p` (Bernstein tail, see the module); so the sum stays within
+/// `n B + x` except with probability `p`, and we need
+/// `n B + x <= 2^(bits-1) - 1`. Over all `dim` coordinates the union bound
+/// gives a wrap probability of at most `dim · p` ([`wrap_probability`]).
+pub fn choose_bits_with_noise(
+    clients: u32,
+    clip_norm_scaled: f64,
+    sigma_total: f64,
+    dim: usize,
+    per_coordinate_bound: f64,
+) -> Result<u8, DpError> {
+    check_inputs(clients, clip_norm_scaled, sigma_total, dim)?;
+    if !(per_coordinate_bound > 0.0 && per_coordinate_bound < 1.0) {
+        return Err(DpError::InvalidParameter {
+            name: "per_coordinate_bound",
+            value: per_coordinate_bound,
+        });
+    }
+    let bound = f64::from(clients) * clip_norm_scaled.ceil()
+        + noise_tail(sigma_total, per_coordinate_bound);
+    (1u8..=32)
+        .find(|&bits| bound <= ((1u64 << (bits - 1)) - 1) as f64)
+        .ok_or(DpError::TooManyBits { bound })
+}
+
+fn check_inputs(
+    clients: u32,
+    clip_norm_scaled: f64,
+    sigma_total: f64,
+    dim: usize,
+) -> Result<(), DpError> {
+    if clients == 0 {
+        return Err(DpError::InvalidParameter {
+            name: "clients",
+            value: 0.0,
+        });
+    }
+    if dim == 0 {
+        return Err(DpError::InvalidParameter {
+            name: "dim",
+            value: 0.0,
+        });
+    }
+    if !(clip_norm_scaled.is_finite() && clip_norm_scaled >= 0.0) {
+        return Err(DpError::InvalidParameter {
+            name: "clip_norm_scaled",
+            value: clip_norm_scaled,
+        });
+    }
+    if !(sigma_total.is_finite() && sigma_total >= 0.0) {
+        return Err(DpError::InvalidParameter {
+            name: "sigma_total",
+            value: sigma_total,
+        });
+    }
+    Ok(())
+}
+
+/// An upper bound on the probability that any of the `dim` coordinates of
+/// the noised sum wraps a `bits`-bit ring: `dim · 2 exp(-m² / (2(σ² + m/3)))`
+/// with margin `m = 2^(bits-1) - 1 - n B` (1 if the margin is not positive),
+/// by the same Bernstein tail and a union bound over coordinates.
+pub fn wrap_probability(
+    clients: u32,
+    clip_norm_scaled: f64,
+    sigma_total: f64,
+    dim: usize,
+    bits: u8,
+) -> Result<f64, DpError> {
+    check_inputs(clients, clip_norm_scaled, sigma_total, dim)?;
+    if !(1..=32).contains(&bits) {
+        return Err(DpError::InvalidParameter {
+            name: "bits",
+            value: f64::from(bits),
+        });
+    }
+    let margin = ((1u64 << (bits - 1)) - 1) as f64 - f64::from(clients) * clip_norm_scaled.ceil();
+    if margin <= 0.0 {
+        return Ok(1.0);
+    }
+    let s2 = sigma_total * sigma_total;
+    let per = 2.0 * (-margin * margin / (2.0 * (s2 + margin / 3.0))).exp();
+    Ok((dim as f64 * per).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    fn rng(seed: u8) -> ChaCha20Rng {
+        ChaCha20Rng::from_seed([seed; 32])
+    }
+
+    #[test]
+    fn clip_scales_long_vectors_only() {
+        let mut v = [3.0f32, 4.0];
+        let r = clip_l2(&mut v, 1.0);
+        assert_eq!(
+            r,
+            ClipReport {
+                norm: 5.0,
+                clipped: true
+            }
+        );
+        assert!((v[0] - 0.6).abs() < 1e-7 && (v[1] - 0.8).abs() < 1e-7);
+        let mut w = [0.3f32, 0.4];
+        let r = clip_l2(&mut w, 1.0);
+        assert!(!r.clipped && (r.norm - 0.5).abs() < 1e-7);
+        assert_eq!(w, [0.3, 0.4]);
+        // f64 accumulation: 10^6 coordinates of 1e-3 have norm exactly 1.
+        let mut long = vec![1e-3f32; 1_000_000];
+        let r = clip_l2(&mut long, 2.0);
+        assert!((r.norm - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn central_noise_has_std_z_c() {
+        let mut sum = vec![1.0f32; 50_000];
+        add_central_gaussian(&mut sum, 1.5, 2.0, &mut rng(1)).unwrap();
+        let n = sum.len() as f64;
+        let mean = sum.iter().map(|&v| f64::from(v) - 1.0).sum::<f64>() / n;
+        let var = sum
+            .iter()
+            .map(|&v| (f64::from(v) - 1.0 - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
+        assert!(mean.abs() < 5.0 * 3.0 / n.sqrt());
+        assert!((var - 9.0).abs() < 5.0 * (2.0 * 81.0 / n).sqrt(), "{var}");
+        assert!(add_central_gaussian(&mut sum, -1.0, 2.0, &mut rng(1)).is_err());
+        assert!(add_central_gaussian(&mut sum, 1.0, f64::NAN, &mut rng(1)).is_err());
+    }
+
+    #[test]
+    fn calibration_arithmetic() {
+        let dp = DistributedDp {
+            noise: NoiseKind::DiscreteGaussian,
+            target_sigma: 70.0,
+            min_survivors: 7,
+        };
+        assert_eq!(dp.per_client_variance(), 700.0);
+        assert_eq!(dp.actual_sigma(7), 70.0);
+        assert!((dp.actual_sigma(10) - 7000f64.sqrt()).abs() < 1e-9);
+        let bad = DistributedDp {
+            min_survivors: 0,
+            ..dp
+        };
+        assert_eq!(
+            bad.add_noise(&mut [0], &mut rng(0)),
+            Err(DpError::NoSurvivors)
+        );
+        let huge = DistributedDp {
+            target_sigma: 1e13,
+            ..dp
+        };
+        assert!(matches!(
+            huge.add_noise(&mut [0], &mut rng(0)),
+            Err(DpError::VarianceOutOfRange { .. })
+        ));
+    }
+
+    /// n = 10 clients calibrated for t_min = 7: the sum of 7 clients' noise
+    /// has variance σ² (at least, within sampling error), the sum of all 10
+    /// has 10/7 σ².
+    fn survivors_carry_variance(noise: NoiseKind, seed: u8) {
+        let sigma = 6.0;
+        let dp = DistributedDp {
+            noise,
+            target_sigma: sigma,
+            min_survivors: 7,
+        };
+        let trials = 20_000;
+        let mut r = rng(seed);
+        let mut sums7 = Vec::with_capacity(trials);
+        let mut sums10 = Vec::with_capacity(trials);
+        for _ in 0..trials {
+            let mut clients = [0i64; 10];
+            dp.add_noise(&mut clients, &mut r).unwrap();
+            sums7.push(clients[..7].iter().sum::<i64>() as f64);
+            sums10.push(clients.iter().sum::<i64>() as f64);
+        }
+        for (sums, k) in [(sums7, 7.0), (sums10, 10.0)] {
+            let n = trials as f64;
+            let mean = sums.iter().sum::<f64>() / n;
+            let var = sums.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            let want = k * dp.per_client_variance();
+            // The sums are close to Gaussian: se of the sample variance is
+            // about want * sqrt(2/n).
+            let se = want * (2.0 / n).sqrt();
+            assert!(
+                mean.abs() < 5.0 * (want / n).sqrt(),
+                "{noise:?} mean {mean}"
+            );
+            assert!(
+                (var - want).abs() < 5.0 * se,
+                "{noise:?} {k}: {var} vs {want}"
+            );
+            if k == 7.0 {
+                assert!(var > sigma * sigma - 5.0 * se);
+            }
+            assert!((dp.actual_sigma(k as u32).powi(2) - want).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn survivors_carry_promised_variance_discrete_gaussian() {
+        survivors_carry_variance(NoiseKind::DiscreteGaussian, 2);
+    }
+
+    #[test]
+    fn survivors_carry_promised_variance_skellam() {
+        survivors_carry_variance(NoiseKind::Skellam, 3);
+    }
+
+    #[test]
+    fn rounding_bound_formula() {
+        // c = 3, d = 16, β = e^-2: sqrt(9 + 4 + sqrt(4) (3 + 2)) = sqrt(23).
+        let b = conditional_rounding_bound(3.0, 16, (-2.0f64).exp()).unwrap();
+        assert!((b - 23f64.sqrt()).abs() < 1e-12);
+        assert!(conditional_rounding_bound(3.0, 16, 0.0).is_err());
+        assert!(conditional_rounding_bound(3.0, 16, 1.0).is_err());
+    }
+
+    #[test]
+    fn conditional_round_is_unbiased_and_bounded() {
+        let x = [0.25f64, -1.75, 3.5, 0.0];
+        let c = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+        let bound = conditional_rounding_bound(c, x.len(), 1e-3).unwrap();
+        let mut r = rng(4);
+        let trials = 20_000;
+        let mut mean = [0f64; 4];
+        for _ in 0..trials {
+            let v = conditional_round(&x, bound, &mut r, 10).unwrap();
+            let norm = v.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(norm <= bound);
+            for (i, (&a, &xi)) in v.iter().zip(&x).enumerate() {
+                assert!(a == xi.floor() as i64 || a == xi.ceil() as i64);
+                mean[i] += a as f64 / trials as f64;
+            }
+        }
+        for (m, xi) in mean.iter().zip(&x) {
+            // Bernoulli rounding: sd at most 0.5 / sqrt(trials). The bound
+            // is loose enough that conditioning barely biases.
+            assert!(
+                (m - xi).abs() < 5.0 * 0.5 / (trials as f64).sqrt(),
+                "{m} vs {xi}"
+            );
+        }
+        // A bound below every possible rounding fails after max_tries.
+        assert_eq!(
+            conditional_round(&[0.5, 0.5], 0.1, &mut r, 5),
+            Err(DpError::RoundingFailed { tries: 5 })
+        );
+        // A tight bound forces the short rounding: [0.5, 0.5] rounds to a
+        // vector of norm <= 1 only as [0,0], [1,0] or [0,1].
+        let v = conditional_round(&[0.5, 0.5], 1.0, &mut r, 1000).unwrap();
+        assert!(v.iter().sum::<i64>() <= 1);
+        assert!(conditional_round(&[f64::NAN], 1.0, &mut r, 1).is_err());
+    }
+
+    #[test]
+    fn choose_bits_by_hand() {
+        // n = 10, B = 100, σ = 50, p = 2e-6: L = ln(1e6) = 13.8155...,
+        // x = L/3 + sqrt(L²/9 + 2 L 2500) = 4.6052 + sqrt(21.21 + 69077.6)
+        //   = 4.6052 + 262.87 = 267.47; n B + x = 1267.5.
+        // 2^10 - 1 = 1023 < 1267.5 <= 2047 = 2^11 - 1, so 12 bits.
+        let l = 1e6f64.ln();
+        let x = l / 3.0 + (l * l / 9.0 + 2.0 * l * 2500.0).sqrt();
+        assert!((x - 267.47).abs() < 0.01, "{x}");
+        assert_eq!(choose_bits_with_noise(10, 100.0, 50.0, 1000, 2e-6), Ok(12));
+        // Without noise: 1000 <= 1023, 11 bits.
+        assert_eq!(choose_bits_with_noise(10, 100.0, 0.0, 1000, 2e-6), Ok(11));
+        // The wrap probability at 12 bits: margin 2047 - 1000 = 1047,
+        // per coordinate 2 exp(-1047² / (2 (2500 + 349))) ≈ 2e-84.
+        let p12 = wrap_probability(10, 100.0, 50.0, 1000, 12).unwrap();
+        assert!(p12 < 1e-80);
+        // At 11 bits the margin 23 is under half a σ: near certain.
+        assert_eq!(wrap_probability(10, 100.0, 50.0, 1000, 11), Ok(1.0));
+        assert_eq!(wrap_probability(10, 100.0, 50.0, 1000, 10), Ok(1.0));
+        assert!(matches!(
+            choose_bits_with_noise(1 << 20, 1e4, 1.0, 1, 1e-6),
+            Err(DpError::TooManyBits { .. })
+        ));
+        assert!(choose_bits_with_noise(0, 1.0, 1.0, 1, 1e-6).is_err());
+        assert!(choose_bits_with_noise(1, 1.0, 1.0, 1, 0.0).is_err());
+    }
+
+    #[test]
+    fn choose_bits_holds_empirically() {
+        // The wrap bound is an upper bound: simulate the worst-case input
+        // sum n B plus Skellam noise of σ_total and count exceedances.
+        let (n, b, sigma) = (5u32, 40.0, 8.0);
+        let p = 1e-3;
+        let bits = choose_bits_with_noise(n, b, sigma, 1, p).unwrap();
+        let limit = ((1i64 << (bits - 1)) - 1) as f64;
+        let dp = DistributedDp {
+            noise: NoiseKind::Skellam,
+            target_sigma: sigma,
+            min_survivors: n,
+        };
+        let mut noise = vec![0i64; 20_000];
+        let mut r = rng(5);
+        for _ in 0..n {
+            dp.add_noise(&mut noise, &mut r).unwrap();
+        }
+        let over = noise
+            .iter()
+            .filter(|&&e| f64::from(n) * b + e as f64 > limit)
+            .count();
+        // Expected at most p * 20000 = 20; the tail bound is loose.
+        assert!(over <= 20, "{over} wraps");
+    }
+}
