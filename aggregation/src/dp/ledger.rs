@@ -1,1 +1,842 @@
-//! In progress.
+//! The privacy ledger: the server's durable, append-only record of how much
+//! differential privacy each published model has spent.
+//!
+//! Every published aggregate is one DP release. Before a round starts the
+//! server asks [`PrivacyLedger::can_spend`] whether one more such round stays
+//! within the job's ε budget (at the job's δ); after it publishes, it calls
+//! [`PrivacyLedger::record`], which composes the round's Rényi DP curve with
+//! all earlier rounds (RDP adds up per order) and stores the ε spent so far.
+//! The ledger keeps the accumulated RDP per order over
+//! [`DEFAULT_ORDERS`], so recording is O(orders), not O(rounds).
+//!
+//! # JSON layout (version 1)
+//!
+//! The ledger serialises (with any serde format; the server uses JSON) as:
+//!
+//! ```text
+//! {
+//!   "version": 1,
+//!   "budget_epsilon": 8.0,
+//!   "delta": 1e-5,
+//!   "entries": [
+//!     { "round": 1,
+//!       "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 0.01 },
+//!       "epsilon_spent": 0.21 },
+//!     { "round": 2,
+//!       "mechanism": { "kind": "discrete-gaussian", "sigma": 3.0, "l2_sensitivity": 1.0 },
+//!       "epsilon_spent": 1.9 },
+//!     { "round": 5,
+//!       "mechanism": { "kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0 },
+//!       "epsilon_spent": 2.3 }
+//!   ]
+//! }
+//! ```
+//!
+//! `epsilon_spent` is the cumulative ε after that round, at `delta`, as
+//! computed when the round was recorded. The accumulated RDP is not stored:
+//! loading recomputes it from the entries (a pure function of them), so a
+//! hand-edited or truncated file cannot carry an RDP curve that disagrees
+//! with its entries. Loading refuses an unknown `version`, invalid
+//! parameters and rounds that are not strictly increasing.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::accountant::{
+    DEFAULT_ORDERS, discrete_gaussian_rho, rdp_subsampled_gaussian, rdp_to_epsilon, skellam_rdp,
+};
+
+/// The JSON layout version this code writes and reads.
+pub const LEDGER_VERSION: u32 = 1;
+
+/// The DP mechanism used in one published round, with the parameters the
+/// accountant needs. Serialised internally tagged by `"kind"`
+/// (`"gaussian"`, `"discrete-gaussian"`, `"skellam"`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// Central DP: Poisson-subsampled Gaussian noise of std
+    /// `noise_multiplier × clip norm` added by the server.
+    Gaussian {
+        /// Noise std divided by the L2 clipping norm (`z`).
+        noise_multiplier: f64,
+        /// Probability each client is sampled into the round (`q`).
+        sampling_rate: f64,
+    },
+    /// Distributed DP with discrete Gaussian noise; ρ = Δ²/(2σ²) zCDP.
+    DiscreteGaussian {
+        /// Scale of the discrete Gaussian in the released sum.
+        sigma: f64,
+        /// L2 sensitivity of one client's integer vector.
+        l2_sensitivity: f64,
+    },
+    /// Distributed DP with Skellam noise (Agarwal, Kairouz, Liu 2021).
+    Skellam {
+        /// Variance of the Skellam noise per coordinate in the released sum.
+        mu: f64,
+        /// L1 sensitivity of one client's integer vector.
+        l1: f64,
+        /// L2 sensitivity of one client's integer vector.
+        l2: f64,
+    },
+}
+
+impl Mechanism {
+    /// RDP of one round of this mechanism at `order`.
+    fn rdp(&self, order: f64) -> f64 {
+        match *self {
+            Self::Gaussian {
+                noise_multiplier,
+                sampling_rate,
+            } => rdp_subsampled_gaussian(sampling_rate, noise_multiplier, order),
+            Self::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            } => discrete_gaussian_rho(sigma, l2_sensitivity) * order,
+            Self::Skellam { mu, l1, l2 } => skellam_rdp(mu, l1, l2, order),
+        }
+    }
+
+    fn validate(&self) -> Result<(), LedgerError> {
+        let positive = |name: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(LedgerError::InvalidMechanism { name, value: v })
+            }
+        };
+        match *self {
+            Self::Gaussian {
+                noise_multiplier,
+                sampling_rate,
+            } => {
+                positive("noise_multiplier", noise_multiplier)?;
+                positive("sampling_rate", sampling_rate)?;
+                if sampling_rate > 1.0 {
+                    return Err(LedgerError::InvalidMechanism {
+                        name: "sampling_rate",
+                        value: sampling_rate,
+                    });
+                }
+                Ok(())
+            }
+            Self::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            } => {
+                positive("sigma", sigma)?;
+                positive("l2_sensitivity", l2_sensitivity)
+            }
+            Self::Skellam { mu, l1, l2 } => {
+                positive("mu", mu)?;
+                positive("l1", l1)?;
+                positive("l2", l2)
+            }
+        }
+    }
+}
+
+/// One published round in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The round number (strictly increasing along the ledger; gaps are
+    /// rounds that published nothing).
+    pub round: u64,
+    /// The mechanism and parameters of that round's release.
+    pub mechanism: Mechanism,
+    /// Cumulative ε after this round, at the ledger's δ.
+    pub epsilon_spent: f64,
+}
+
+/// Why the ledger refused an operation.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The ε budget was not a positive finite number.
+    #[error("privacy budget epsilon must be finite and > 0, got {0}")]
+    InvalidBudget(f64),
+    /// δ was outside `(0, 1)`.
+    #[error("delta must be in (0, 1), got {0}")]
+    InvalidDelta(f64),
+    /// A mechanism parameter was out of range.
+    #[error(
+        "mechanism parameter {name} is invalid: {value} (must be finite and > 0; sampling_rate <= 1)"
+    )]
+    InvalidMechanism {
+        /// The parameter's name.
+        name: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A round was recorded at or before the last recorded round: the ledger
+    /// is append-only.
+    #[error("round {round} is not after the last recorded round {last}")]
+    RoundNotIncreasing {
+        /// The round that was offered.
+        round: u64,
+        /// The last round already in the ledger.
+        last: u64,
+    },
+    /// A serialised ledger had a layout version this code does not know.
+    #[error("unsupported ledger version {0} (this build reads version {LEDGER_VERSION})")]
+    UnsupportedVersion(u32),
+}
+
+/// The append-only privacy ledger of one training job.
+///
+/// ```
+/// use tessera_aggregation::dp::ledger::{Mechanism, PrivacyLedger};
+/// let mut ledger = PrivacyLedger::new(2.0, 1e-5)?;
+/// let round = Mechanism::Gaussian { noise_multiplier: 1.0, sampling_rate: 0.01 };
+/// let mut r = 0;
+/// while ledger.can_spend(&round) {
+///     r += 1;
+///     ledger.record(r, round)?;
+/// }
+/// assert!(ledger.spent() <= 2.0);
+/// // Rounds only move forward.
+/// assert!(ledger.record(r, round).is_err());
+/// # Ok::<(), tessera_aggregation::dp::ledger::LedgerError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "LedgerJson", into = "LedgerJson")]
+pub struct PrivacyLedger {
+    budget_epsilon: f64,
+    delta: f64,
+    entries: Vec<LedgerEntry>,
+    /// Accumulated RDP of all entries, per order of [`DEFAULT_ORDERS`].
+    rdp: Vec<f64>,
+}
+
+impl PrivacyLedger {
+    /// An empty ledger for a job allowed to spend `budget_epsilon` at
+    /// `delta`.
+    pub fn new(budget_epsilon: f64, delta: f64) -> Result<Self, LedgerError> {
+        if !(budget_epsilon.is_finite() && budget_epsilon > 0.0) {
+            return Err(LedgerError::InvalidBudget(budget_epsilon));
+        }
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(LedgerError::InvalidDelta(delta));
+        }
+        Ok(Self {
+            budget_epsilon,
+            delta,
+            entries: Vec::new(),
+            rdp: vec![0.0; DEFAULT_ORDERS.len()],
+        })
+    }
+
+    /// The job's ε budget.
+    pub fn budget_epsilon(&self) -> f64 {
+        self.budget_epsilon
+    }
+
+    /// The δ at which every ε in the ledger is stated.
+    pub fn delta(&self) -> f64 {
+        self.delta
+    }
+
+    /// The recorded rounds, oldest first.
+    pub fn entries(&self) -> &[LedgerEntry] {
+        &self.entries
+    }
+
+    /// The accumulated RDP per order of
+    /// [`DEFAULT_ORDERS`].
+    pub fn rdp(&self) -> &[f64] {
+        &self.rdp
+    }
+
+    /// ε spent so far at the ledger's δ (0 for an empty ledger).
+    pub fn spent(&self) -> f64 {
+        self.entries.last().map_or(0.0, |e| e.epsilon_spent)
+    }
+
+    /// The accumulated curve plus one round of `mechanism`.
+    fn composed_with(&self, mechanism: &Mechanism) -> Vec<f64> {
+        self.rdp
+            .iter()
+            .zip(DEFAULT_ORDERS)
+            .map(|(acc, &order)| acc + mechanism.rdp(order))
+            .collect()
+    }
+
+    /// Whether one more round of `next` keeps the total within budget: the
+    /// question a server asks before starting a round, so a job stops
+    /// before it would pass its budget. Invalid parameters answer `false`.
+    pub fn can_spend(&self, next: &Mechanism) -> bool {
+        if next.validate().is_err() {
+            return false;
+        }
+        let rdp = self.composed_with(next);
+        rdp_to_epsilon(DEFAULT_ORDERS, &rdp, self.delta).0 <= self.budget_epsilon
+    }
+
+    /// The ledger is append-only: refuses a round at or before the last one.
+    fn check_next_round(&self, round: u64) -> Result<(), LedgerError> {
+        match self.entries.last() {
+            Some(last) if round <= last.round => Err(LedgerError::RoundNotIncreasing {
+                round,
+                last: last.round,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a published round and returns its entry (with the
+    /// cumulative ε). The round is recorded even if it passes the budget:
+    /// the release has happened and the ledger must say so; use
+    /// [`can_spend`](Self::can_spend) beforehand to avoid that.
+    pub fn record(&mut self, round: u64, mechanism: Mechanism) -> Result<LedgerEntry, LedgerError> {
+        mechanism.validate()?;
+        self.check_next_round(round)?;
+        let rdp = self.composed_with(&mechanism);
+        let (epsilon_spent, _) = rdp_to_epsilon(DEFAULT_ORDERS, &rdp, self.delta);
+        let entry = LedgerEntry {
+            round,
+            mechanism,
+            epsilon_spent,
+        };
+        self.rdp = rdp;
+        self.entries.push(entry);
+        Ok(entry)
+    }
+}
+
+/// The serialised form (see the module docs for the layout).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LedgerJson {
+    version: u32,
+    budget_epsilon: f64,
+    delta: f64,
+    entries: Vec<LedgerEntry>,
+}
+
+impl From<PrivacyLedger> for LedgerJson {
+    fn from(l: PrivacyLedger) -> Self {
+        Self {
+            version: LEDGER_VERSION,
+            budget_epsilon: l.budget_epsilon,
+            delta: l.delta,
+            entries: l.entries,
+        }
+    }
+}
+
+impl TryFrom<LedgerJson> for PrivacyLedger {
+    type Error = LedgerError;
+
+    /// Rebuilds the ledger, re-validating every entry and recomputing the
+    /// accumulated RDP; the stored `epsilon_spent` values are kept as
+    /// written (they are the historical record).
+    fn try_from(j: LedgerJson) -> Result<Self, LedgerError> {
+        if j.version != LEDGER_VERSION {
+            return Err(LedgerError::UnsupportedVersion(j.version));
+        }
+        let mut ledger = PrivacyLedger::new(j.budget_epsilon, j.delta)?;
+        for e in &j.entries {
+            e.mechanism.validate()?;
+            ledger.check_next_round(e.round)?;
+            ledger.rdp = ledger.composed_with(&e.mechanism);
+            ledger.entries.push(*e);
+        }
+        Ok(ledger)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dp::accountant::{epsilon, zcdp_to_epsilon};
+
+    /// A minimal self-describing serde data model (a JSON-shaped value tree),
+    /// so the serialisation test needs no JSON crate: it checks exactly what
+    /// `serde_json` would emit as object keys and values.
+    mod tree {
+        use serde::de::value::{MapDeserializer, SeqDeserializer};
+        use serde::de::{self, IntoDeserializer, Visitor};
+        use serde::ser::{self, Impossible, Serialize};
+        use std::fmt;
+
+        #[derive(Debug, Clone, PartialEq)]
+        pub(super) enum Value {
+            U64(u64),
+            F64(f64),
+            Str(String),
+            Seq(Vec<Value>),
+            Map(Vec<(String, Value)>),
+        }
+
+        impl Value {
+            pub(super) fn get(&self, key: &str) -> Option<&Value> {
+                match self {
+                    Value::Map(m) => m.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+                    _ => None,
+                }
+            }
+            pub(super) fn keys(&self) -> Vec<&str> {
+                match self {
+                    Value::Map(m) => m.iter().map(|(k, _)| k.as_str()).collect(),
+                    _ => Vec::new(),
+                }
+            }
+        }
+
+        #[derive(Debug)]
+        pub(super) struct Error(String);
+        impl fmt::Display for Error {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl std::error::Error for Error {}
+        impl ser::Error for Error {
+            fn custom<T: fmt::Display>(msg: T) -> Self {
+                Error(msg.to_string())
+            }
+        }
+        impl de::Error for Error {
+            fn custom<T: fmt::Display>(msg: T) -> Self {
+                Error(msg.to_string())
+            }
+        }
+
+        fn unsupported<T>(what: &str) -> Result<T, Error> {
+            Err(Error(format!("unsupported in test tree: {what}")))
+        }
+
+        pub(super) struct Ser;
+        pub(super) struct SeqSer(Vec<Value>);
+        pub(super) struct StructSer(Vec<(String, Value)>);
+
+        impl ser::Serializer for Ser {
+            type Ok = Value;
+            type Error = Error;
+            type SerializeSeq = SeqSer;
+            type SerializeTuple = Impossible<Value, Error>;
+            type SerializeTupleStruct = Impossible<Value, Error>;
+            type SerializeTupleVariant = Impossible<Value, Error>;
+            type SerializeMap = Impossible<Value, Error>;
+            type SerializeStruct = StructSer;
+            type SerializeStructVariant = Impossible<Value, Error>;
+
+            fn serialize_bool(self, _: bool) -> Result<Value, Error> {
+                unsupported("bool")
+            }
+            fn serialize_i8(self, v: i8) -> Result<Value, Error> {
+                self.serialize_i64(v.into())
+            }
+            fn serialize_i16(self, v: i16) -> Result<Value, Error> {
+                self.serialize_i64(v.into())
+            }
+            fn serialize_i32(self, v: i32) -> Result<Value, Error> {
+                self.serialize_i64(v.into())
+            }
+            fn serialize_i64(self, v: i64) -> Result<Value, Error> {
+                u64::try_from(v)
+                    .map(Value::U64)
+                    .map_err(|_| Error("negative".into()))
+            }
+            fn serialize_u8(self, v: u8) -> Result<Value, Error> {
+                Ok(Value::U64(v.into()))
+            }
+            fn serialize_u16(self, v: u16) -> Result<Value, Error> {
+                Ok(Value::U64(v.into()))
+            }
+            fn serialize_u32(self, v: u32) -> Result<Value, Error> {
+                Ok(Value::U64(v.into()))
+            }
+            fn serialize_u64(self, v: u64) -> Result<Value, Error> {
+                Ok(Value::U64(v))
+            }
+            fn serialize_f32(self, v: f32) -> Result<Value, Error> {
+                Ok(Value::F64(v.into()))
+            }
+            fn serialize_f64(self, v: f64) -> Result<Value, Error> {
+                Ok(Value::F64(v))
+            }
+            fn serialize_char(self, v: char) -> Result<Value, Error> {
+                Ok(Value::Str(v.to_string()))
+            }
+            fn serialize_str(self, v: &str) -> Result<Value, Error> {
+                Ok(Value::Str(v.to_owned()))
+            }
+            fn serialize_bytes(self, _: &[u8]) -> Result<Value, Error> {
+                unsupported("bytes")
+            }
+            fn serialize_none(self) -> Result<Value, Error> {
+                unsupported("none")
+            }
+            fn serialize_some<T: ?Sized + Serialize>(self, v: &T) -> Result<Value, Error> {
+                v.serialize(self)
+            }
+            fn serialize_unit(self) -> Result<Value, Error> {
+                unsupported("unit")
+            }
+            fn serialize_unit_struct(self, _: &'static str) -> Result<Value, Error> {
+                unsupported("unit struct")
+            }
+            fn serialize_unit_variant(
+                self,
+                _: &'static str,
+                _: u32,
+                v: &'static str,
+            ) -> Result<Value, Error> {
+                Ok(Value::Str(v.to_owned()))
+            }
+            fn serialize_newtype_struct<T: ?Sized + Serialize>(
+                self,
+                _: &'static str,
+                v: &T,
+            ) -> Result<Value, Error> {
+                v.serialize(self)
+            }
+            fn serialize_newtype_variant<T: ?Sized + Serialize>(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: &T,
+            ) -> Result<Value, Error> {
+                unsupported("newtype variant")
+            }
+            fn serialize_seq(self, len: Option<usize>) -> Result<SeqSer, Error> {
+                Ok(SeqSer(Vec::with_capacity(len.unwrap_or(0))))
+            }
+            fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Error> {
+                unsupported("tuple")
+            }
+            fn serialize_tuple_struct(
+                self,
+                _: &'static str,
+                _: usize,
+            ) -> Result<Self::SerializeTupleStruct, Error> {
+                unsupported("tuple struct")
+            }
+            fn serialize_tuple_variant(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: usize,
+            ) -> Result<Self::SerializeTupleVariant, Error> {
+                unsupported("tuple variant")
+            }
+            fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
+                unsupported("map")
+            }
+            fn serialize_struct(self, _: &'static str, len: usize) -> Result<StructSer, Error> {
+                Ok(StructSer(Vec::with_capacity(len)))
+            }
+            fn serialize_struct_variant(
+                self,
+                _: &'static str,
+                _: u32,
+                _: &'static str,
+                _: usize,
+            ) -> Result<Self::SerializeStructVariant, Error> {
+                unsupported("struct variant")
+            }
+        }
+
+        impl ser::SerializeSeq for SeqSer {
+            type Ok = Value;
+            type Error = Error;
+            fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+                self.0.push(v.serialize(Ser)?);
+                Ok(())
+            }
+            fn end(self) -> Result<Value, Error> {
+                Ok(Value::Seq(self.0))
+            }
+        }
+
+        impl ser::SerializeStruct for StructSer {
+            type Ok = Value;
+            type Error = Error;
+            fn serialize_field<T: ?Sized + Serialize>(
+                &mut self,
+                key: &'static str,
+                v: &T,
+            ) -> Result<(), Error> {
+                self.0.push((key.to_owned(), v.serialize(Ser)?));
+                Ok(())
+            }
+            fn end(self) -> Result<Value, Error> {
+                Ok(Value::Map(self.0))
+            }
+        }
+
+        impl<'de> de::Deserializer<'de> for Value {
+            type Error = Error;
+            fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                match self {
+                    Value::U64(v) => visitor.visit_u64(v),
+                    Value::F64(v) => visitor.visit_f64(v),
+                    Value::Str(v) => visitor.visit_string(v),
+                    Value::Seq(v) => visitor.visit_seq(SeqDeserializer::new(v.into_iter())),
+                    Value::Map(v) => visitor.visit_map(MapDeserializer::new(v.into_iter())),
+                }
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+                bytes byte_buf option unit unit_struct newtype_struct seq tuple
+                tuple_struct map struct enum identifier ignored_any
+            }
+        }
+
+        impl IntoDeserializer<'_, Error> for Value {
+            type Deserializer = Value;
+            fn into_deserializer(self) -> Value {
+                self
+            }
+        }
+    }
+
+    use tree::Value;
+
+    fn to_tree<T: Serialize>(v: &T) -> Value {
+        v.serialize(tree::Ser).expect("serialisable")
+    }
+
+    fn from_tree(v: Value) -> Result<PrivacyLedger, tree::Error> {
+        PrivacyLedger::deserialize(v)
+    }
+
+    fn sample_ledger() -> PrivacyLedger {
+        let mut l = PrivacyLedger::new(50.0, 1e-5).unwrap();
+        l.record(
+            1,
+            Mechanism::Gaussian {
+                noise_multiplier: 1.1,
+                sampling_rate: 0.01,
+            },
+        )
+        .unwrap();
+        l.record(
+            2,
+            Mechanism::DiscreteGaussian {
+                sigma: 3.0,
+                l2_sensitivity: 1.0,
+            },
+        )
+        .unwrap();
+        l.record(
+            5,
+            Mechanism::Skellam {
+                mu: 400.0,
+                l1: 30.0,
+                l2: 1.0,
+            },
+        )
+        .unwrap();
+        l
+    }
+
+    #[test]
+    fn gaussian_rounds_match_the_accountant() {
+        let m = Mechanism::Gaussian {
+            noise_multiplier: 1.1,
+            sampling_rate: 0.01,
+        };
+        let mut l = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        for r in 1..=50 {
+            let e = l.record(r * 2, m).unwrap();
+            let want = epsilon(1.1, 0.01, r, 1e-5).unwrap().epsilon;
+            assert!(
+                (e.epsilon_spent - want).abs() <= 1e-12 * want,
+                "round {r}: {} vs {want}",
+                e.epsilon_spent
+            );
+        }
+        assert_eq!(l.spent(), l.entries().last().unwrap().epsilon_spent);
+    }
+
+    #[test]
+    fn discrete_gaussian_rounds_compose_as_zcdp() {
+        // T rounds of σ = 2: ρ = T / 8, checked against the zCDP conversion.
+        let m = Mechanism::DiscreteGaussian {
+            sigma: 2.0,
+            l2_sensitivity: 1.0,
+        };
+        let mut l = PrivacyLedger::new(100.0, 1e-6).unwrap();
+        for t in 1..=10u32 {
+            let e = l.record(u64::from(t), m).unwrap();
+            let want = zcdp_to_epsilon(f64::from(t) / 8.0, 1e-6).0;
+            assert!((e.epsilon_spent - want).abs() < 1e-9 * want);
+        }
+        // Reference value (dp_zcdp_discrete_reference.csv: sigma=2, T=10,
+        // delta=1e-6, eps_rdp = 8.84687).
+        assert!((l.spent() - 8.84687).abs() < 1e-4);
+    }
+
+    #[test]
+    fn can_spend_stops_before_the_budget() {
+        let m = Mechanism::Gaussian {
+            noise_multiplier: 1.0,
+            sampling_rate: 0.05,
+        };
+        let mut l = PrivacyLedger::new(2.0, 1e-5).unwrap();
+        let mut r = 0;
+        while l.can_spend(&m) {
+            r += 1;
+            l.record(r, m).unwrap();
+        }
+        let t = crate::dp::accountant::max_rounds(1.0, 0.05, 2.0, 1e-5).unwrap();
+        assert_eq!(r, t, "ledger and max_rounds disagree");
+        assert!(l.spent() <= 2.0);
+        // Recording past the budget is still recorded (it happened).
+        let e = l.record(r + 1, m).unwrap();
+        assert!(e.epsilon_spent > 2.0);
+        assert!(!l.can_spend(&Mechanism::Gaussian {
+            noise_multiplier: -1.0,
+            sampling_rate: 0.01
+        }));
+    }
+
+    #[test]
+    fn rounds_must_increase_and_parameters_be_valid() {
+        let mut l = sample_ledger();
+        let m = Mechanism::Gaussian {
+            noise_multiplier: 1.0,
+            sampling_rate: 0.1,
+        };
+        assert_eq!(
+            l.record(5, m),
+            Err(LedgerError::RoundNotIncreasing { round: 5, last: 5 })
+        );
+        assert_eq!(
+            l.record(3, m),
+            Err(LedgerError::RoundNotIncreasing { round: 3, last: 5 })
+        );
+        let before = l.clone();
+        assert!(matches!(
+            l.record(
+                6,
+                Mechanism::Gaussian {
+                    noise_multiplier: 1.0,
+                    sampling_rate: 1.5
+                }
+            ),
+            Err(LedgerError::InvalidMechanism {
+                name: "sampling_rate",
+                ..
+            })
+        ));
+        assert!(matches!(
+            l.record(
+                6,
+                Mechanism::Skellam {
+                    mu: f64::NAN,
+                    l1: 1.0,
+                    l2: 1.0
+                }
+            ),
+            Err(LedgerError::InvalidMechanism { name: "mu", .. })
+        ));
+        assert_eq!(l, before, "a refused record must not change the ledger");
+        assert_eq!(
+            PrivacyLedger::new(0.0, 1e-5),
+            Err(LedgerError::InvalidBudget(0.0))
+        );
+        assert_eq!(
+            PrivacyLedger::new(1.0, 1.0),
+            Err(LedgerError::InvalidDelta(1.0))
+        );
+    }
+
+    #[test]
+    fn serde_round_trip_with_documented_field_names() {
+        let l = sample_ledger();
+        let v = to_tree(&l);
+        assert_eq!(v.keys(), ["version", "budget_epsilon", "delta", "entries"]);
+        assert_eq!(v.get("version"), Some(&Value::U64(1)));
+        assert_eq!(v.get("budget_epsilon"), Some(&Value::F64(50.0)));
+        assert_eq!(v.get("delta"), Some(&Value::F64(1e-5)));
+        let Some(Value::Seq(entries)) = v.get("entries") else {
+            panic!("entries is not a list: {v:?}")
+        };
+        assert_eq!(entries.len(), 3);
+        for e in entries {
+            assert_eq!(e.keys(), ["round", "mechanism", "epsilon_spent"]);
+        }
+        let mech: Vec<_> = entries
+            .iter()
+            .map(|e| e.get("mechanism").unwrap())
+            .collect();
+        assert_eq!(
+            mech[0].keys(),
+            ["kind", "noise_multiplier", "sampling_rate"]
+        );
+        assert_eq!(mech[0].get("kind"), Some(&Value::Str("gaussian".into())));
+        assert_eq!(mech[1].keys(), ["kind", "sigma", "l2_sensitivity"]);
+        assert_eq!(
+            mech[1].get("kind"),
+            Some(&Value::Str("discrete-gaussian".into()))
+        );
+        assert_eq!(mech[2].keys(), ["kind", "mu", "l1", "l2"]);
+        assert_eq!(mech[2].get("kind"), Some(&Value::Str("skellam".into())));
+        assert_eq!(entries[2].get("round"), Some(&Value::U64(5)));
+
+        let back = from_tree(v).expect("deserialises");
+        assert_eq!(back, l);
+        assert_eq!(back.rdp(), l.rdp());
+    }
+
+    #[test]
+    fn json_round_trip_is_stable() {
+        let l = sample_ledger();
+        let json = serde_json::to_string(&l).unwrap();
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l);
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["version"], 1);
+        for key in ["budget_epsilon", "delta", "entries"] {
+            assert!(value.get(key).is_some(), "missing {key}: {json}");
+        }
+        let entry = &value["entries"][0];
+        for key in ["round", "mechanism", "epsilon_spent"] {
+            assert!(entry.get(key).is_some(), "missing {key}: {json}");
+        }
+        assert!(entry["mechanism"]["kind"].is_string());
+        // Serialising the decoded ledger gives the same bytes.
+        assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    }
+
+    #[test]
+    fn deserialisation_rejects_bad_ledgers() {
+        let v = to_tree(&sample_ledger());
+        let Value::Map(fields) = v else {
+            unreachable!()
+        };
+        let with = |key: &str, val: Value| {
+            Value::Map(
+                fields
+                    .iter()
+                    .map(|(k, x)| (k.clone(), if k == key { val.clone() } else { x.clone() }))
+                    .collect(),
+            )
+        };
+        let err = from_tree(with("version", Value::U64(2))).unwrap_err();
+        assert!(
+            err.to_string().contains("unsupported ledger version 2"),
+            "{err}"
+        );
+        let err = from_tree(with("delta", Value::F64(0.0))).unwrap_err();
+        assert!(err.to_string().contains("delta"), "{err}");
+        // Swap the first two entries: rounds no longer increase.
+        let Some((_, Value::Seq(mut entries))) =
+            fields.iter().find(|(k, _)| k == "entries").cloned()
+        else {
+            unreachable!()
+        };
+        entries.swap(0, 1);
+        let err = from_tree(with("entries", Value::Seq(entries))).unwrap_err();
+        assert!(err.to_string().contains("not after"), "{err}");
+        // Unknown fields are refused rather than silently dropped.
+        let mut extra = fields.clone();
+        extra.push(("rdp".into(), Value::Seq(vec![])));
+        assert!(from_tree(Value::Map(extra)).is_err());
+    }
+}
