@@ -1,10 +1,11 @@
 //! `tessera`, the one command users type.
 //!
-//! Today it has two subcommands: `simulate` runs whole secure aggregation
-//! rounds in process (every client and the server, through the same state
-//! machines a deployment uses) and reports their cost, and `params` asks the
-//! SecAgg+ parameter finder which neighbour graph and threshold a round of n
-//! clients needs.
+//! Its subcommands: `simulate` runs whole secure aggregation rounds in
+//! process (every client and the server, through the same state machines a
+//! deployment uses) and reports their cost; `params` asks the SecAgg+
+//! parameter finder which neighbour graph and threshold a round of n clients
+//! needs; `privacy` answers the privacy accountant's questions (epsilon,
+//! noise multiplier, rounds).
 //!
 //! Exit codes: 0 on success (an aborted round is a normal outcome of the
 //! protocol, not a failure of the command), 2 for bad flags or parameters
@@ -14,6 +15,7 @@
 mod args;
 mod chart;
 mod params;
+mod privacy;
 mod report;
 mod simulate;
 
@@ -56,11 +58,13 @@ pub(crate) use usage;
         else, even when clients drop out mid-round: the protocol of Bonawitz et al. (CCS 2017) \
         with the sparse neighbour graphs of SecAgg+ (Bell et al., CCS 2020). This command runs \
         whole rounds in process to measure their cost (`simulate`) and chooses the neighbour \
-        graph and Shamir threshold for a round (`params`).",
+        graph and Shamir threshold for a round (`params`), and accounts for the differential \
+        privacy a training job spends (`privacy`).",
     after_help = "Examples:\n  \
         tessera simulate                                   # 100 clients, d = 100,000, 10% drop at masked-input\n  \
         tessera simulate --clients 1000 --rounds 5 --out results/\n  \
-        tessera params --clients 1000 --dropout-rate 0.05 --corrupt-rate 0.05"
+        tessera params --clients 1000 --dropout-rate 0.05 --corrupt-rate 0.05\n  \
+        tessera privacy epsilon --noise-multiplier 1.1 --sampling-rate 0.01 --rounds 1000 --delta 1e-5"
 )]
 struct Cli {
     /// What to do.
@@ -85,6 +89,13 @@ enum Command {
         after_help = params::EXAMPLES
     )]
     Params(params::ParamsArgs),
+    /// Account for differential privacy.
+    #[command(
+        about = privacy::ABOUT,
+        long_about = privacy::LONG_ABOUT,
+        after_help = privacy::EXAMPLES
+    )]
+    Privacy(privacy::PrivacyArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(args),
         Command::Params(args) => params::run(args),
+        Command::Privacy(args) => privacy::run(args),
     };
     match result {
         Ok(code) => code,

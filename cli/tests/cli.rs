@@ -363,3 +363,157 @@ fn help_and_version() {
     let text = stdout(&tessera(&["simulate", "--help"]));
     assert!(text.contains("[default: 100]") && text.contains("[default: masked-input=0.1]"));
 }
+
+/// The first JSON line's number at `key`.
+fn json_number(output: &Output, key: &str) -> f64 {
+    let lines = json_lines(output);
+    assert_eq!(lines.len(), 1, "one JSON line: {}", stdout(output));
+    lines[0][key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no number at {key}: {}", stdout(output)))
+}
+
+#[test]
+fn privacy_epsilon_matches_google_dp_accounting() {
+    // shared/reference/dp_accounting_reference.csv: z = 0.8, q = 0.01,
+    // T = 1000, delta = 1e-5: eps_rdp = 3.695613193 (dp-accounting 0.6.0,
+    // default orders), eps_pld = 3.141018318 (a tighter accountant).
+    let output = tessera(&[
+        "privacy",
+        "epsilon",
+        "--noise-multiplier",
+        "0.8",
+        "--sampling-rate",
+        "0.01",
+        "--rounds",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let epsilon = json_number(&output, "epsilon");
+    assert!(epsilon <= 3.695613193 * (1.0 + 1e-6), "{epsilon}");
+    assert!(epsilon >= 3.141018318 - 1e-3, "{epsilon}");
+    assert!(json_number(&output, "order") > 1.0);
+}
+
+#[test]
+fn privacy_noise_and_rounds_invert_epsilon() {
+    let output = tessera(&[
+        "privacy",
+        "noise",
+        "--target-epsilon",
+        "3.7",
+        "--sampling-rate",
+        "0.01",
+        "--rounds",
+        "1000",
+        "--delta",
+        "1e-5",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let z = json_number(&output, "noise_multiplier");
+    // z = 0.8 gives 3.6956 < 3.7, so the smallest z is just below 0.8.
+    assert!(z < 0.8 && z > 0.78, "{z}");
+
+    let output = tessera(&[
+        "privacy",
+        "rounds",
+        "--noise-multiplier",
+        "0.8",
+        "--sampling-rate",
+        "0.01",
+        "--target-epsilon",
+        "3.7",
+        "--delta",
+        "1e-5",
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let rounds = json_number(&output, "rounds");
+    assert!(
+        rounds >= 1000.0,
+        "1000 rounds spend 3.6956 < 3.7, got {rounds}"
+    );
+    assert!(rounds < 1100.0, "{rounds}");
+}
+
+#[test]
+fn privacy_rejects_bad_input_with_exit_code_two() {
+    let cases: [&[&str]; 5] = [
+        &[
+            "epsilon",
+            "--noise-multiplier",
+            "0",
+            "--sampling-rate",
+            "0.01",
+            "--rounds",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "1.5",
+            "--rounds",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "0.01",
+            "--rounds",
+            "10",
+            "--delta",
+            "1",
+        ],
+        &[
+            "epsilon",
+            "--noise-multiplier",
+            "1",
+            "--sampling-rate",
+            "0.01",
+            "--rounds",
+            "0",
+            "--delta",
+            "1e-5",
+        ],
+        &[
+            "noise",
+            "--target-epsilon",
+            "-1",
+            "--sampling-rate",
+            "0.01",
+            "--rounds",
+            "10",
+            "--delta",
+            "1e-5",
+        ],
+    ];
+    for case in cases {
+        let args: Vec<&str> = std::iter::once("privacy")
+            .chain(case.iter().copied())
+            .collect();
+        let output = tessera(&args);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).starts_with("error: "),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
