@@ -718,8 +718,10 @@ fn assert_pack_bits(bits: u8) {
     );
 }
 
-/// `2^bits - 1` for `bits` in `1..=32`.
-fn value_mask(bits: u8) -> u32 {
+/// `2^bits - 1` for `bits` in `1..=32`: the mask that reduces a `u32`
+/// modulo `2^bits` (wrapping `u32` arithmetic is then arithmetic mod
+/// `2^bits`, since `2^bits` divides `2^32`).
+pub fn value_mask(bits: u8) -> u32 {
     u32::MAX >> (32 - u32::from(bits))
 }
 

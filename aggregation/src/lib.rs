@@ -26,6 +26,10 @@
 //!    survivor set.
 //! 4. Unmasking: survivors reveal the shares the server needs; the server
 //!    removes the leftover masks and obtains the sum.
+//!
+//! [`dp`] adds differential privacy on top: the noise mechanisms (central and
+//! distributed) and the accountant that says how much privacy a training job
+//! has spent.
 #![forbid(unsafe_code)]
 
 pub mod client;

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::client::{ClientEvent, ClientSession};
 use crate::config::RoundConfig;
+use crate::encoding::value_mask;
 use crate::graph::GraphKind;
 use crate::mask::Prg;
 use crate::messages::{AbortReason, ClientMessage, ServerMessage};
@@ -186,11 +187,7 @@ pub fn client_input(seed: u64, round: u32, client: ClientId, dim: u32, bits: u8)
     let mut key = derive_seed(seed, round, b"input");
     key[..4].copy_from_slice(&client.0.to_le_bytes());
     let mut rng = ChaCha8Rng::from_seed(key);
-    let mask = if bits == 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits) - 1
-    };
+    let mask = value_mask(bits);
     (0..dim).map(|_| rng.next_u32() & mask).collect()
 }
 
@@ -427,11 +424,7 @@ pub fn run_round(
                     report.survivors = output.contributors.len() as u32;
                     accepted.sort_unstable();
                     let expected = plain_sum.lock().expect("no panics hold the lock");
-                    let mask = if config.bits == 32 {
-                        u32::MAX
-                    } else {
-                        (1u32 << config.bits) - 1
-                    };
+                    let mask = value_mask(config.bits);
                     report.verified = output.contributors == accepted
                         && output.sum.len() == expected.len()
                         && output

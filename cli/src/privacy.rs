@@ -54,18 +54,12 @@ enum Question {
         /// Noise multiplier z: the noise std over the clip norm (> 0).
         #[arg(long, value_name = "Z")]
         noise_multiplier: f64,
-        /// Probability q that a client takes part in a round, in (0, 1].
-        #[arg(long, value_name = "Q")]
-        sampling_rate: f64,
         /// Number of rounds T (at least 1).
         #[arg(long, value_name = "T")]
         rounds: u64,
-        /// Delta of the (epsilon, delta) guarantee, in (0, 1).
-        #[arg(long, value_name = "D")]
-        delta: f64,
-        /// Print one JSON object (keys `epsilon`, `order`).
-        #[arg(long)]
-        json: bool,
+        /// Sampling rate, delta, output format.
+        #[command(flatten)]
+        common: Common,
     },
     /// The smallest noise multiplier that keeps T rounds within a target epsilon.
     #[command(
@@ -75,18 +69,12 @@ enum Question {
         /// The epsilon not to exceed (> 0).
         #[arg(long, value_name = "E")]
         target_epsilon: f64,
-        /// Probability q that a client takes part in a round, in (0, 1].
-        #[arg(long, value_name = "Q")]
-        sampling_rate: f64,
         /// Number of rounds T (at least 1).
         #[arg(long, value_name = "T")]
         rounds: u64,
-        /// Delta of the (epsilon, delta) guarantee, in (0, 1).
-        #[arg(long, value_name = "D")]
-        delta: f64,
-        /// Print one JSON object (key `noise_multiplier`).
-        #[arg(long)]
-        json: bool,
+        /// Sampling rate, delta, output format.
+        #[command(flatten)]
+        common: Common,
     },
     /// How many rounds fit in a target epsilon.
     #[command(
@@ -96,19 +84,28 @@ enum Question {
         /// Noise multiplier z (> 0).
         #[arg(long, value_name = "Z")]
         noise_multiplier: f64,
-        /// Probability q that a client takes part in a round, in (0, 1].
-        #[arg(long, value_name = "Q")]
-        sampling_rate: f64,
         /// The epsilon not to exceed (> 0).
         #[arg(long, value_name = "E")]
         target_epsilon: f64,
-        /// Delta of the (epsilon, delta) guarantee, in (0, 1).
-        #[arg(long, value_name = "D")]
-        delta: f64,
-        /// Print one JSON object (key `rounds`).
-        #[arg(long)]
-        json: bool,
+        /// Sampling rate, delta, output format.
+        #[command(flatten)]
+        common: Common,
     },
+}
+
+/// Flags every question takes.
+#[derive(Debug, Args)]
+struct Common {
+    /// Probability q that a client takes part in a round, in (0, 1].
+    #[arg(long, value_name = "Q")]
+    sampling_rate: f64,
+    /// Delta of the (epsilon, delta) guarantee, in (0, 1).
+    #[arg(long, value_name = "D")]
+    delta: f64,
+    /// Print one JSON object instead of text (keys: `epsilon` and `order`;
+    /// `noise_multiplier`; `rounds`).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `tessera privacy epsilon --json`.
@@ -136,10 +133,13 @@ pub(crate) fn run(args: PrivacyArgs) -> anyhow::Result<ExitCode> {
     match args.question {
         Question::Epsilon {
             noise_multiplier,
-            sampling_rate,
             rounds,
-            delta,
-            json,
+            common:
+                Common {
+                    sampling_rate,
+                    delta,
+                    json,
+                },
         } => {
             let report = match accountant::epsilon(noise_multiplier, sampling_rate, rounds, delta) {
                 Ok(report) => report,
@@ -165,10 +165,13 @@ pub(crate) fn run(args: PrivacyArgs) -> anyhow::Result<ExitCode> {
         }
         Question::Noise {
             target_epsilon,
-            sampling_rate,
             rounds,
-            delta,
-            json,
+            common:
+                Common {
+                    sampling_rate,
+                    delta,
+                    json,
+                },
         } => {
             let z = match accountant::noise_multiplier(target_epsilon, sampling_rate, rounds, delta)
             {
@@ -193,10 +196,13 @@ pub(crate) fn run(args: PrivacyArgs) -> anyhow::Result<ExitCode> {
         }
         Question::Rounds {
             noise_multiplier,
-            sampling_rate,
             target_epsilon,
-            delta,
-            json,
+            common:
+                Common {
+                    sampling_rate,
+                    delta,
+                    json,
+                },
         } => {
             let rounds = match accountant::max_rounds(
                 noise_multiplier,

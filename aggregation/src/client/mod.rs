@@ -13,8 +13,8 @@
 //! Each round state is its own type in its own file and each transition
 //! consumes the old state, so a secret that a stage no longer needs is dropped
 //! (and zeroized) with it:
-//! [`advertise_keys`] -> [`share_keys`] -> [`masked_input`] ->
-//! ([`consistency_check`]) -> [`unmasking`] -> finished.
+//! `advertise_keys` -> `share_keys` -> `masked_input` ->
+//! (`consistency_check`) -> `unmasking` -> finished (one file each).
 //!
 //! The client is where the protocol's privacy is enforced against a curious
 //! server: it answers one unmasking request per round, never reveals both
@@ -395,14 +395,12 @@ impl ClientSession {
                 got: input.len(),
             });
         }
-        if config.bits < 32 {
-            let limit = 1u32 << config.bits;
-            if let Some(index) = input.iter().position(|&v| v >= limit) {
-                return Err(ClientError::InputOutOfRange {
-                    index,
-                    bits: config.bits,
-                });
-            }
+        let mask = crate::encoding::value_mask(config.bits);
+        if let Some(index) = input.iter().position(|&v| v > mask) {
+            return Err(ClientError::InputOutOfRange {
+                index,
+                bits: config.bits,
+            });
         }
         match self.state {
             State::AdvertiseKeys(_) | State::ShareKeys(_) if self.input.is_none() => {
@@ -418,12 +416,11 @@ impl ClientSession {
                 self.mask(state, input);
                 Ok(())
             }
-            State::AdvertiseKeys(_) | State::ShareKeys(_) => {
-                Err(ClientError::InputAlreadySubmitted)
-            }
-            State::ConsistencyCheck(_) | State::Unmasking(_) | State::Finished => {
-                Err(ClientError::InputAlreadySubmitted)
-            }
+            State::AdvertiseKeys(_)
+            | State::ShareKeys(_)
+            | State::ConsistencyCheck(_)
+            | State::Unmasking(_)
+            | State::Finished => Err(ClientError::InputAlreadySubmitted),
             _ => Err(ClientError::SessionEnded {
                 state: self.state.name(),
             }),

@@ -28,7 +28,7 @@ use rand_core::CryptoRng;
 /// A non-negative rational `num / den`, the exact parameter type of the
 /// integer samplers.
 ///
-/// Privacy parameters arrive as `f64`; [`Rational::from_f64`] fixes them to a
+/// Privacy parameters arrive as `f64`; [`Rational::from_f64_ceil`] fixes them to a
 /// rational with a chosen denominator once, so the sampler's arithmetic is
 /// exact from then on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

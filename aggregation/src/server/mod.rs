@@ -418,10 +418,7 @@ impl ServerSession {
         };
         match accepted {
             Ok(()) => {
-                self.roster.level[from.index()] = required + 1;
-                if stage == Stage::Unmasking {
-                    self.roster.level[from.index()] = LEVEL_ANSWERED;
-                }
+                self.roster.level[from.index()] = done_level(stage, &self.config);
                 self.pending -= 1;
                 if self.pending == 0 {
                     self.close_stage(now);
@@ -525,13 +522,7 @@ impl ServerSession {
         let Some(stage) = self.state.stage() else {
             return;
         };
-        let done_level = stage_level(stage, &self.config) + 1;
-        let done_level = if stage == Stage::Unmasking {
-            LEVEL_ANSWERED
-        } else {
-            done_level
-        };
-        let survivors = self.roster.count_at_least(done_level);
+        let survivors = self.roster.count_at_least(done_level(stage, &self.config));
         let expected =
             self.roster.count_at_least(stage_level(stage, &self.config)) + self.evicted_in(stage);
         let met = match ThresholdMet::check(survivors, self.config.threshold) {
@@ -683,6 +674,16 @@ fn stage_level(stage: Stage, config: &RoundConfig) -> u8 {
         Stage::MaskedInput => LEVEL_SHARED,
         Stage::ConsistencyCheck => LEVEL_MASKED,
         Stage::Unmasking => unmask_level(config),
+    }
+}
+
+/// The level a client reaches by completing `stage`. Answering the
+/// unmasking request is the last step whichever level it was asked at (the
+/// semi-honest model skips the consistency check).
+fn done_level(stage: Stage, config: &RoundConfig) -> u8 {
+    match stage {
+        Stage::Unmasking => LEVEL_ANSWERED,
+        _ => stage_level(stage, config) + 1,
     }
 }
 

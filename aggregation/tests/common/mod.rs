@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
+use tessera_aggregation::encoding::value_mask;
 use tessera_aggregation::messages::{ClientMessage, ServerMessage};
 use tessera_aggregation::server::RoundOutput;
 use tessera_aggregation::{ClientId, ClientSession, RoundConfig, ServerEvent, ServerSession};
@@ -38,11 +39,7 @@ impl Net {
         let clients: Vec<ClientSession> = (0..n)
             .map(|i| ClientSession::new(config.clone(), ClientId(i), base, &mut rng).unwrap())
             .collect();
-        let mask = if config.bits == 32 {
-            u32::MAX
-        } else {
-            (1 << config.bits) - 1
-        };
+        let mask = value_mask(config.bits);
         let inputs = (0..n)
             .map(|i| {
                 (0..config.dim)
@@ -160,11 +157,7 @@ impl Net {
 
     /// The plain sum of the given clients' inputs mod 2^bits.
     pub fn plain_sum(&self, contributors: &[ClientId]) -> Vec<u32> {
-        let mask = if self.config.bits == 32 {
-            u32::MAX
-        } else {
-            (1 << self.config.bits) - 1
-        };
+        let mask = value_mask(self.config.bits);
         let mut sum = vec![0u32; self.config.dim as usize];
         for id in contributors {
             for (acc, v) in sum.iter_mut().zip(&self.inputs[id.index()]) {
