@@ -70,6 +70,33 @@ fn dropouts_at_each_stage_still_give_the_exact_sum() {
 }
 
 #[test]
+fn reported_dropouts_close_a_stage_without_waiting_for_its_deadline() {
+    // n = 6, t = 4: clients 1 and 4 disconnect before sharing keys; the
+    // driver reports it, so the stage closes as soon as the other four
+    // answered, well before the deadline, and the sum is exact.
+    let mut net = Net::new(config(6, 4, 200), 4);
+    net.step(); // AdvertiseKeys, all six.
+    assert_eq!(net.server.stage(), Some(Stage::ShareKeys));
+    net.kill(&[1, 4]);
+    net.server.handle_dropout(net.now, ClientId(1));
+    net.server.handle_dropout(net.now, ClientId(4));
+    net.server.handle_dropout(net.now, ClientId(4)); // idempotent
+    net.server.handle_dropout(net.now, ClientId(99)); // unknown: ignored
+    net.clients_send();
+    // Closed by the last answer, not by a timeout: the clock never moved.
+    assert_eq!(net.now, net.base);
+    assert_eq!(net.server.stage(), Some(Stage::MaskedInput));
+    let out = net.server_outbox();
+    net.deliver(out);
+    let output = net.run(&[]).expect("round completes");
+    assert_eq!(
+        output.contributors,
+        vec![ClientId(0), ClientId(2), ClientId(3), ClientId(5)]
+    );
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+}
+
+#[test]
 fn dropouts_combined_across_stages() {
     let mut cfg = config(12, 5, 257);
     cfg.threat_model = ThreatModel::SemiMalicious;

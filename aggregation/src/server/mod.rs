@@ -429,12 +429,33 @@ impl ServerSession {
         }
     }
 
+    /// Tells the session that `client` is gone (its connection closed or it
+    /// was refused by the transport): the current stage stops waiting for
+    /// it, and it is sent nothing more.
+    ///
+    /// Without this a driver could only let the stage run into its deadline;
+    /// with it, a stage whose remaining clients all answered or left closes
+    /// at once. A client whose masked input is already in the sum stays a
+    /// contributor (its self-mask is rebuilt from its neighbours' shares),
+    /// exactly as if it had dropped out silently. Unknown clients and ended
+    /// rounds are ignored.
+    pub fn handle_dropout(&mut self, now: Instant, client: ClientId) {
+        if self.config.contains(client) && self.state.stage().is_some() {
+            self.evict(now, client);
+        }
+    }
+
     fn misbehaved(
         &mut self,
         now: Instant,
         client: ClientId,
         violation: ClientViolation,
     ) -> ServerError {
+        self.evict(now, client);
+        ServerError::ClientMisbehaved { client, violation }
+    }
+
+    fn evict(&mut self, now: Instant, client: ClientId) {
         let i = client.index();
         if !self.roster.evicted[i] {
             self.roster.evicted[i] = true;
@@ -448,7 +469,6 @@ impl ServerSession {
                 }
             }
         }
-        ServerError::ClientMisbehaved { client, violation }
     }
 
     /// Tells the session the time; a stage past its deadline closes with

@@ -1,0 +1,196 @@
+//! Conversions between the protobuf mirrors and the core's types.
+//!
+//! A round's opening parameters cross the wire as typed protobuf fields (so
+//! other-language clients can read them); both ends convert through here so
+//! the server and every client agree on the same [`RoundConfig`] and
+//! [`FixedPoint`] or refuse the round.
+
+use std::time::Duration;
+
+use tessera_aggregation::config::RoundConfig;
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::messages::AbortReason;
+
+use crate::v1;
+
+/// A protobuf round parameter the core cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// A field is missing or out of range.
+    #[error("round parameter {field}: {problem}")]
+    Field {
+        /// The protobuf field.
+        field: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+fn field(field: &'static str, problem: impl Into<String>) -> ConvertError {
+    ConvertError::Field {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl From<&RoundConfig> for v1::RoundConfig {
+    fn from(c: &RoundConfig) -> Self {
+        v1::RoundConfig {
+            round_id: c.round_id,
+            num_clients: c.num_clients,
+            threshold: c.threshold,
+            harary_k: match c.graph {
+                GraphKind::Complete => 0,
+                GraphKind::Harary { k } => k,
+            },
+            graph_seed: c.graph_seed.to_vec(),
+            dim: c.dim,
+            bits: u32::from(c.bits),
+            prg: c.prg.name().to_owned(),
+            threat_model: c.threat_model.to_string(),
+            stage_timeout_ms: u64::try_from(c.stage_timeout.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+impl TryFrom<&v1::RoundConfig> for RoundConfig {
+    type Error = ConvertError;
+
+    /// Converts and validates: a configuration the core would refuse is an
+    /// error here, before any key is generated.
+    fn try_from(c: &v1::RoundConfig) -> Result<Self, ConvertError> {
+        let graph_seed: [u8; 32] = c.graph_seed.as_slice().try_into().map_err(|_| {
+            field(
+                "graph_seed",
+                format!("{} bytes, expected 32", c.graph_seed.len()),
+            )
+        })?;
+        let bits = u8::try_from(c.bits).map_err(|_| field("bits", format!("{}", c.bits)))?;
+        let config = RoundConfig {
+            round_id: c.round_id,
+            num_clients: c.num_clients,
+            threshold: c.threshold,
+            graph: if c.harary_k == 0 {
+                GraphKind::Complete
+            } else {
+                GraphKind::Harary { k: c.harary_k }
+            },
+            graph_seed,
+            dim: c.dim,
+            bits,
+            prg: c.prg.parse().map_err(|e| field("prg", format!("{e}")))?,
+            threat_model: c
+                .threat_model
+                .parse()
+                .map_err(|e| field("threat_model", format!("{e}")))?,
+            stage_timeout: Duration::from_millis(c.stage_timeout_ms),
+        };
+        config
+            .validate()
+            .map_err(|e| field("config", e.to_string()))?;
+        Ok(config)
+    }
+}
+
+impl From<&FixedPoint> for v1::FixedPoint {
+    fn from(f: &FixedPoint) -> Self {
+        v1::FixedPoint {
+            clip_norm: f.clip_norm,
+            frac_bits: u32::from(f.frac_bits),
+            bits: u32::from(f.bits),
+        }
+    }
+}
+
+impl TryFrom<&v1::FixedPoint> for FixedPoint {
+    type Error = ConvertError;
+
+    fn try_from(f: &v1::FixedPoint) -> Result<Self, ConvertError> {
+        let frac_bits =
+            u8::try_from(f.frac_bits).map_err(|_| field("frac_bits", f.frac_bits.to_string()))?;
+        let bits = u8::try_from(f.bits).map_err(|_| field("bits", f.bits.to_string()))?;
+        FixedPoint::new(f.clip_norm, frac_bits, bits)
+            .map_err(|e| field("fixed_point", e.to_string()))
+    }
+}
+
+/// The kebab-case name of an abort reason, as `RoundResult.abort_reason`
+/// carries it.
+pub fn abort_reason_name(reason: AbortReason) -> &'static str {
+    match reason {
+        AbortReason::BelowThreshold => "below-threshold",
+        AbortReason::SharesMissing => "shares-missing",
+        AbortReason::Misbehaviour => "misbehaviour",
+        _ => "other",
+    }
+}
+
+/// Parses [`abort_reason_name`]'s output.
+pub fn parse_abort_reason(name: &str) -> Option<AbortReason> {
+    match name {
+        "below-threshold" => Some(AbortReason::BelowThreshold),
+        "shares-missing" => Some(AbortReason::SharesMissing),
+        "misbehaviour" => Some(AbortReason::Misbehaviour),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_config_round_trips() {
+        let mut config = RoundConfig::new(9, 40, 1000);
+        config.graph = GraphKind::Harary { k: 10 };
+        config.threshold = 7;
+        config.graph_seed = [3; 32];
+        config.bits = 20;
+        config.prg = "chacha20".parse().unwrap();
+        config.stage_timeout = Duration::from_millis(1500);
+        let wire = v1::RoundConfig::from(&config);
+        assert_eq!(RoundConfig::try_from(&wire).unwrap(), config);
+    }
+
+    #[test]
+    fn invalid_round_config_is_refused() {
+        let mut wire = v1::RoundConfig::from(&RoundConfig::new(1, 10, 5));
+        wire.threshold = 1;
+        assert!(RoundConfig::try_from(&wire).is_err());
+        let mut wire = v1::RoundConfig::from(&RoundConfig::new(1, 10, 5));
+        wire.graph_seed.pop();
+        let err = RoundConfig::try_from(&wire).unwrap_err();
+        assert!(err.to_string().contains("graph_seed"), "{err}");
+        let mut wire = v1::RoundConfig::from(&RoundConfig::new(1, 10, 5));
+        wire.prg = "rc4".into();
+        assert!(RoundConfig::try_from(&wire).is_err());
+    }
+
+    #[test]
+    fn fixed_point_round_trips_and_validates() {
+        let fp = FixedPoint::new(1.0, 16, 24).unwrap();
+        assert_eq!(
+            FixedPoint::try_from(&v1::FixedPoint::from(&fp)).unwrap(),
+            fp
+        );
+        let bad = v1::FixedPoint {
+            clip_norm: 1.0,
+            frac_bits: 16,
+            bits: 300,
+        };
+        assert!(FixedPoint::try_from(&bad).is_err());
+    }
+
+    #[test]
+    fn abort_reasons_round_trip() {
+        for r in [
+            AbortReason::BelowThreshold,
+            AbortReason::SharesMissing,
+            AbortReason::Misbehaviour,
+        ] {
+            assert_eq!(parse_abort_reason(abort_reason_name(r)), Some(r));
+        }
+    }
+}

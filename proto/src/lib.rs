@@ -1,0 +1,23 @@
+//! The gRPC schema of Tessera (`proto/tessera.proto`) and the code tonic and
+//! prost generate from it.
+//!
+//! The schema is deliberately thin: the secure aggregation messages travel as
+//! the canonical byte encodings of `tessera-aggregation` (one codec, tested
+//! byte by byte there), and protobuf carries only what the state machines do
+//! not define: joining, the round's opening parameters, the round's result,
+//! model download and machine-readable error details.
+//!
+//! The code is generated at build time by `protox` (a pure-Rust `.proto`
+//! parser) and `tonic-prost-build`, so no `protoc` binary is needed.
+
+/// The protocol version this build speaks. A client and a server with
+/// different versions refuse each other at Join with `VERSION_MISMATCH`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Generated messages and service stubs of package `tessera.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod v1 {
+    tonic::include_proto!("tessera.v1");
+}
+
+pub mod convert;
