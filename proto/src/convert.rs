@@ -184,6 +184,20 @@ mod tests {
     }
 
     #[test]
+    fn error_details_survive_a_status() {
+        let detail = v1::ErrorDetail {
+            kind: v1::ErrorKind::WrongLength as i32,
+            server_protocol_version: 0,
+            round_id: 4,
+            expected: 1000,
+        };
+        let status =
+            crate::status_with_detail(tonic::Code::InvalidArgument, "update of 3 values", &detail);
+        assert_eq!(crate::error_detail(&status), Some(detail));
+        assert_eq!(crate::error_detail(&tonic::Status::internal("x")), None);
+    }
+
+    #[test]
     fn abort_reasons_round_trip() {
         for r in [
             AbortReason::BelowThreshold,

@@ -21,3 +21,23 @@ pub mod v1 {
 }
 
 pub mod convert;
+
+/// Attaches a machine-readable [`v1::ErrorDetail`] to a status, as every
+/// refusal from the server carries one.
+pub fn status_with_detail(
+    code: tonic::Code,
+    message: impl Into<String>,
+    detail: &v1::ErrorDetail,
+) -> tonic::Status {
+    use prost::Message;
+    tonic::Status::with_details(code, message, detail.encode_to_vec().into())
+}
+
+/// The [`v1::ErrorDetail`] of a status, if it carries one.
+pub fn error_detail(status: &tonic::Status) -> Option<v1::ErrorDetail> {
+    use prost::Message;
+    if status.details().is_empty() {
+        return None;
+    }
+    v1::ErrorDetail::decode(status.details()).ok()
+}
