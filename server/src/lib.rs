@@ -1,0 +1,345 @@
+//! `tessera-server`: the aggregation service.
+//!
+//! Clients dial in over gRPC (one bidirectional stream per client per
+//! round), wait in a lobby until `min_clients` are there, and then run one
+//! secure aggregation round driven by a [`tessera_aggregation::ServerSession`].
+//! After each completed round the server applies FedAvg to the unmasked
+//! average update, adds central DP noise if configured, records the privacy
+//! spent and publishes the new global model to its data directory, in that
+//! order and crash-safely.
+//!
+//! ```text
+//!  clients ──gRPC──▶ service ──▶ lobby ──▶ scheduler ──▶ RoundDriver(ServerSession)
+//!                      │                       │              └─ unmask on the blocking pool
+//!                      └── GetModel ◀── store ◀┘ FedAvg, DP noise, ledger, publish
+//! ```
+//!
+//! Start one with [`start`]; the `tessera serve` command is a thin wrapper.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_proto::v1;
+use tessera_proto::v1::aggregator_server::AggregatorServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+pub mod auth;
+pub mod config;
+pub mod fedavg;
+mod lobby;
+pub mod metrics;
+mod round;
+mod scheduler;
+pub mod service;
+pub mod store;
+pub mod tls;
+
+pub use config::ServerConfig;
+
+use crate::config::DpMode;
+use crate::fedavg::{FedAvg, Model};
+use crate::store::{ModelEntry, Store};
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory cannot be used.
+    #[error("data directory: {0}")]
+    Store(#[from] store::StoreError),
+    /// The tokens file cannot be used.
+    #[error("tokens file: {0}")]
+    Auth(#[from] auth::AuthError),
+    /// The TLS files cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The metrics endpoint cannot start.
+    #[error("metrics: {0}")]
+    Metrics(#[from] metrics::MetricsError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The stored model does not match the configuration.
+    #[error("{0}")]
+    Model(String),
+    /// A round could not be run or published.
+    #[error("round: {0}")]
+    Round(String),
+    /// The gRPC transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// State shared by the service, the scheduler and the round drivers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    /// The model dimension every update must have.
+    pub(crate) dim: u32,
+    pub(crate) tokens: Option<auth::TokenStore>,
+    pub(crate) lobby: lobby::Lobby,
+    pub(crate) store: Arc<Mutex<Store>>,
+    latest: RwLock<Option<Arc<v1::GetModelResponse>>>,
+    stopped: RwLock<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn latest(&self) -> Option<Arc<v1::GetModelResponse>> {
+        self.latest.read().expect("latest lock").clone()
+    }
+
+    pub(crate) fn set_latest(&self, entry: &ModelEntry, model: &Model) {
+        *self.latest.write().expect("latest lock") = Some(Arc::new(model_response(entry, model)));
+    }
+
+    /// Why no more rounds open, if so.
+    pub(crate) fn not_accepting(&self) -> Option<String> {
+        self.stopped.read().expect("stopped lock").clone()
+    }
+
+    pub(crate) fn stop_accepting(&self, why: &str) {
+        *self.stopped.write().expect("stopped lock") = Some(why.to_owned());
+        self.lobby.close_all(&tessera_proto::status_with_detail(
+            tonic::Code::Unavailable,
+            why.to_owned(),
+            &v1::ErrorDetail {
+                kind: v1::ErrorKind::Unavailable as i32,
+                server_protocol_version: tessera_proto::PROTOCOL_VERSION,
+                round_id: 0,
+                expected: 0,
+            },
+        ));
+    }
+}
+
+/// The wire form of a published model.
+pub(crate) fn model_response(entry: &ModelEntry, model: &Model) -> v1::GetModelResponse {
+    let mut offset = 0;
+    let tensors = model
+        .tensors
+        .iter()
+        .map(|t| {
+            let len: usize = t.shape.iter().product();
+            let values = model.params[offset..offset + len].to_vec();
+            offset += len;
+            v1::Tensor {
+                name: t.name.clone(),
+                shape: t.shape.iter().map(|&d| d as u64).collect(),
+                values,
+            }
+        })
+        .collect();
+    v1::GetModelResponse {
+        version: entry.version,
+        round: entry.round,
+        epsilon: entry.epsilon,
+        delta: entry.delta,
+        tensors,
+    }
+}
+
+/// The largest frame the server accepts: a packed 32-bit vector of the
+/// model's dimension or the share bundles of a full complete-graph round,
+/// whichever is larger, plus headroom. Anything bigger is refused with
+/// `RESOURCE_EXHAUSTED` before it is buffered.
+fn max_frame_bytes(dim: u32, max_clients: u32) -> usize {
+    let vector = 4 * dim as usize;
+    // A sealed bundle holds two Shamir shares and the AEAD tag.
+    let bundle = 2 * tessera_aggregation::shamir::SHARE_BYTES + tessera_aggregation::keys::TAG_LEN;
+    let bundles = max_clients as usize * (bundle + 8);
+    vector.max(bundles) + 64 * 1024
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    serve: JoinHandle<Result<(), ServeError>>,
+    scheduler: JoinHandle<Result<(), ServeError>>,
+}
+
+impl RunningServer {
+    /// The address the server listens on (with the real port when the
+    /// configuration asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the scheduler stops (round limit, privacy budget, or a
+    /// fatal storage error), then shuts the listener down.
+    pub async fn wait(self) -> Result<(), ServeError> {
+        let scheduled = self.scheduler.await.expect("scheduler does not panic");
+        let _ = self.shutdown.send(true);
+        let served = self.serve.await.expect("server does not panic");
+        scheduled.and(served)
+    }
+
+    /// Stops accepting, ends the running round (its clients are told the
+    /// server is going away) and waits for both tasks.
+    pub async fn shutdown(self) -> Result<(), ServeError> {
+        let _ = self.shutdown.send(true);
+        let scheduled = self.scheduler.await.expect("scheduler does not panic");
+        let served = self.serve.await.expect("server does not panic");
+        scheduled.and(served)
+    }
+}
+
+/// Validates the configuration, opens the data directory, binds the
+/// listener and starts serving. Must be called inside a tokio runtime.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    config.validate()?;
+    if config.insecure_dev {
+        warn!(
+            "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {} can join rounds. Never use this outside a local experiment.",
+            config.listen
+        );
+    }
+    let tokens = config
+        .tokens_file
+        .as_deref()
+        .map(auth::TokenStore::load)
+        .transpose()?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_tls_config(&tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.tls_client_ca.clone(),
+        })?),
+        _ => None,
+    };
+
+    let data_dir = config.data_dir.clone();
+    let mut store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .expect("store open does not panic")?;
+    let (entry, model) = match store.latest_model() {
+        Some((entry, model)) => {
+            if let Some(dim) = config.dim
+                && dim as usize != model.dim()
+            {
+                return Err(ServeError::Model(format!(
+                    "the data directory {} holds a model of dimension {}, the configuration asks for {dim}; use another data directory",
+                    config.data_dir.display(),
+                    model.dim()
+                )));
+            }
+            (entry, model)
+        }
+        None => {
+            let dim = config.dim.ok_or_else(|| {
+                ServeError::Model(format!(
+                    "the data directory {} holds no model yet: give the model dimension (dim)",
+                    config.data_dir.display()
+                ))
+            })?;
+            let model = Model::zeros_flat(dim as usize);
+            let entry = store.init_model(&model)?;
+            (entry, model)
+        }
+    };
+    let ledger = match (config.dp, store.ledger()) {
+        (DpMode::Central, Some(ledger)) => Some(ledger.clone()),
+        (DpMode::Central, None) => Some(
+            PrivacyLedger::new(config.epsilon_budget, config.delta)
+                .map_err(|e| ServeError::Model(format!("privacy ledger: {e}")))?,
+        ),
+        (DpMode::Off, _) => None,
+    };
+    let mut fedavg = FedAvg::new(config.server_lr, config.server_momentum)
+        .map_err(|e| ServeError::Model(e.to_string()))?;
+    if config.server_momentum.is_some()
+        && let Some(velocity) = store.velocity()
+    {
+        fedavg.set_velocity(velocity);
+    }
+    let dim = model.dim() as u32;
+    let training = scheduler::Training {
+        version: entry.version,
+        model,
+        fedavg,
+        ledger,
+        rng: StdRng::try_from_rng(&mut rand::rngs::SysRng)
+            .map_err(|e| ServeError::Round(format!("OS randomness unavailable: {e}")))?,
+    };
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    if let Some(addr) = config.metrics_listen {
+        metrics::install_prometheus(addr)?;
+    }
+
+    let max_frame = max_frame_bytes(dim, config.max_clients);
+    let shared = Arc::new(Shared {
+        dim,
+        tokens,
+        lobby: lobby::Lobby::default(),
+        store: Arc::new(Mutex::new(store)),
+        latest: RwLock::new(None),
+        stopped: RwLock::new(None),
+        config,
+    });
+    shared.set_latest(&entry, &training.model);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let service = AggregatorServer::new(service::AggregatorService::new(Arc::clone(&shared)))
+        .max_decoding_message_size(max_frame)
+        .max_encoding_message_size(max_frame.max(8 * dim as usize + 64 * 1024));
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AggregatorServer<service::AggregatorService>>()
+        .await;
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)));
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder.add_service(health_service).add_service(service);
+    let mut stop = shutdown_rx.clone();
+    let serve = tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+            .map_err(ServeError::from)
+    });
+    let scheduler_shared = Arc::clone(&shared);
+    let scheduler = tokio::spawn(async move {
+        let result = scheduler::run(scheduler_shared, training, shutdown_rx).await;
+        if let Err(e) = &result {
+            scheduler::report_fatal(e);
+        }
+        result
+    });
+    info!(addr = %local_addr, dim, "serving");
+    Ok(RunningServer {
+        local_addr,
+        shutdown,
+        serve,
+        scheduler,
+    })
+}

@@ -1,0 +1,268 @@
+//! Prometheus metrics: round outcomes, stage latency and survivors, bytes,
+//! dropouts and refused messages, so an operator can see how rounds go
+//! without reading logs.
+//!
+//! The server calls the typed helpers below ([`round_started`],
+//! [`stage_closed`], …). They go through the `metrics` facade: until
+//! [`install_prometheus`] installs a recorder they do nothing, so tests and
+//! embedders that never install one pay only a few instructions. No helper
+//! takes anything secret; labels are stage names, abort reasons and message
+//! kinds chosen by the server, never client data.
+
+use std::net::SocketAddr;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
+
+/// Counter: rounds the server opened.
+pub const ROUNDS_STARTED: &str = "tessera_rounds_started_total";
+/// Counter: rounds that published an aggregate.
+pub const ROUNDS_COMPLETED: &str = "tessera_rounds_completed_total";
+/// Counter, label [`LABEL_REASON`]: rounds that ended without an aggregate.
+pub const ROUNDS_ABORTED: &str = "tessera_rounds_aborted_total";
+/// Histogram, label [`LABEL_STAGE`]: seconds from a stage's start to its close.
+pub const STAGE_SECONDS: &str = "tessera_stage_seconds";
+/// Gauge, label [`LABEL_STAGE`]: clients still in the round when the stage
+/// last closed.
+pub const CLIENTS_PER_STAGE: &str = "tessera_clients_per_stage";
+/// Counter: payload bytes received from clients.
+pub const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
+/// Counter: payload bytes sent to clients.
+pub const BYTES_SENT: &str = "tessera_bytes_sent_total";
+/// Counter, label [`LABEL_STAGE`]: clients that dropped out during a stage.
+pub const DROPOUTS: &str = "tessera_dropouts_total";
+/// Counter, label [`LABEL_KIND`]: messages refused (late, malformed,
+/// unauthenticated, …).
+pub const REJECTED_MESSAGES: &str = "tessera_rejected_messages_total";
+/// Gauge: clients connected and waiting for the next round.
+pub const LOBBY_CLIENTS: &str = "tessera_lobby_clients";
+
+/// Label naming the protocol stage.
+pub const LABEL_STAGE: &str = "stage";
+/// Label naming why a round aborted.
+pub const LABEL_REASON: &str = "reason";
+/// Label naming what kind of message was refused.
+pub const LABEL_KIND: &str = "kind";
+
+/// Bucket bounds (seconds) for [`STAGE_SECONDS`]: from a fast local stage to
+/// a stage that waits out a ten-minute deadline for slow devices.
+pub const STAGE_SECONDS_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Why the Prometheus exporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// The listener could not bind, or a recorder was already installed.
+    #[error("cannot start the Prometheus exporter on {addr}: {source}")]
+    Install {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the exporter reported.
+        source: BuildError,
+    },
+}
+
+/// Installs the process-wide Prometheus recorder and serves it over HTTP on
+/// `addr` (any path, conventionally `/metrics`).
+///
+/// Binds before returning, so a busy port is reported here. Works inside a
+/// tokio runtime (the exporter runs as a task on it) or outside one (the
+/// exporter gets its own thread). Only one recorder can exist per process: a
+/// second call fails.
+pub fn install_prometheus(addr: SocketAddr) -> Result<(), MetricsError> {
+    let err = |source| MetricsError::Install { addr, source };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            Matcher::Full(STAGE_SECONDS.to_owned()),
+            STAGE_SECONDS_BUCKETS,
+        )
+        .map_err(err)?
+        .install()
+        .map_err(err)?;
+    describe();
+    Ok(())
+}
+
+/// Registers the HELP text of every metric with the installed recorder.
+fn describe() {
+    describe_counter!(ROUNDS_STARTED, "Rounds the server opened.");
+    describe_counter!(ROUNDS_COMPLETED, "Rounds that published an aggregate.");
+    describe_counter!(
+        ROUNDS_ABORTED,
+        "Rounds that ended without an aggregate, by reason."
+    );
+    describe_histogram!(
+        STAGE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time from a stage's start to its close, by stage."
+    );
+    describe_gauge!(
+        CLIENTS_PER_STAGE,
+        "Clients still in the round when the stage last closed, by stage."
+    );
+    describe_counter!(
+        BYTES_RECEIVED,
+        metrics::Unit::Bytes,
+        "Payload bytes received from clients."
+    );
+    describe_counter!(
+        BYTES_SENT,
+        metrics::Unit::Bytes,
+        "Payload bytes sent to clients."
+    );
+    describe_counter!(
+        DROPOUTS,
+        "Clients that dropped out during a stage, by stage."
+    );
+    describe_counter!(REJECTED_MESSAGES, "Messages refused, by kind.");
+    describe_gauge!(
+        LOBBY_CLIENTS,
+        "Clients connected and waiting for the next round."
+    );
+}
+
+/// Records that a round opened.
+pub fn round_started() {
+    counter!(ROUNDS_STARTED).increment(1);
+}
+
+/// Records that a round published its aggregate.
+pub fn round_completed() {
+    counter!(ROUNDS_COMPLETED).increment(1);
+}
+
+/// Records that a round ended without an aggregate. `reason` should come from
+/// a small fixed set (e.g. "too_few_clients", "deadline") to keep the number
+/// of series bounded.
+pub fn round_aborted(reason: &str) {
+    counter!(ROUNDS_ABORTED, LABEL_REASON => reason.to_owned()).increment(1);
+}
+
+/// Records a stage's close: how long it took, how many clients are still in
+/// the round, and how many dropped out during it.
+pub fn stage_closed(stage: &str, seconds: f64, survivors: u32, dropped: u32) {
+    histogram!(STAGE_SECONDS, LABEL_STAGE => stage.to_owned()).record(seconds);
+    gauge!(CLIENTS_PER_STAGE, LABEL_STAGE => stage.to_owned()).set(f64::from(survivors));
+    counter!(DROPOUTS, LABEL_STAGE => stage.to_owned()).increment(u64::from(dropped));
+}
+
+/// Adds to the bytes received from clients.
+pub fn bytes_received(n: u64) {
+    counter!(BYTES_RECEIVED).increment(n);
+}
+
+/// Adds to the bytes sent to clients.
+pub fn bytes_sent(n: u64) {
+    counter!(BYTES_SENT).increment(n);
+}
+
+/// Records a refused message. `kind` should come from a small fixed set (e.g.
+/// "late", "malformed", "unauthenticated").
+pub fn message_rejected(kind: &str) {
+    counter!(REJECTED_MESSAGES, LABEL_KIND => kind.to_owned()).increment(1);
+}
+
+/// Sets the number of clients waiting in the lobby.
+pub fn lobby(n: u32) {
+    gauge!(LOBBY_CLIENTS).set(f64::from(n));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read as _, Write as _};
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    use std::time::Duration;
+
+    fn scrape(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    fn line_value(body: &str, series: &str) -> Option<f64> {
+        body.lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The only test in the crate that installs the global recorder.
+    #[test]
+    fn prometheus_endpoint_serves_recorded_metrics() {
+        // The exporter does not report the port it bound, so pick a free one.
+        let addr = {
+            let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+            probe.local_addr().unwrap()
+        };
+        install_prometheus(addr).unwrap();
+        let again = install_prometheus(addr).unwrap_err();
+        assert!(again.to_string().contains(&addr.to_string()), "{again}");
+
+        round_started();
+        round_started();
+        round_completed();
+        round_aborted("too_few_clients");
+        stage_closed("share_keys", 0.3, 9, 1);
+        stage_closed("masked_input", 12.0, 7, 2);
+        bytes_received(1000);
+        bytes_received(24);
+        bytes_sent(512);
+        message_rejected("late");
+        lobby(5);
+
+        let body = scrape(addr);
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        let expect = [
+            ("tessera_rounds_started_total", 2.0),
+            ("tessera_rounds_completed_total", 1.0),
+            (
+                "tessera_rounds_aborted_total{reason=\"too_few_clients\"}",
+                1.0,
+            ),
+            ("tessera_clients_per_stage{stage=\"share_keys\"}", 9.0),
+            ("tessera_clients_per_stage{stage=\"masked_input\"}", 7.0),
+            ("tessera_dropouts_total{stage=\"share_keys\"}", 1.0),
+            ("tessera_dropouts_total{stage=\"masked_input\"}", 2.0),
+            ("tessera_bytes_received_total", 1024.0),
+            ("tessera_bytes_sent_total", 512.0),
+            ("tessera_rejected_messages_total{kind=\"late\"}", 1.0),
+            ("tessera_lobby_clients", 5.0),
+            (
+                "tessera_stage_seconds_bucket{stage=\"share_keys\",le=\"0.5\"}",
+                1.0,
+            ),
+            (
+                "tessera_stage_seconds_bucket{stage=\"masked_input\",le=\"10\"}",
+                0.0,
+            ),
+            (
+                "tessera_stage_seconds_bucket{stage=\"masked_input\",le=\"30\"}",
+                1.0,
+            ),
+            ("tessera_stage_seconds_sum{stage=\"masked_input\"}", 12.0),
+            ("tessera_stage_seconds_count{stage=\"share_keys\"}", 1.0),
+        ];
+        for (series, value) in expect {
+            assert_eq!(
+                line_value(&body, series),
+                Some(value),
+                "{series} in:\n{body}"
+            );
+        }
+        assert!(body.contains("# HELP tessera_lobby_clients"), "{body}");
+    }
+}

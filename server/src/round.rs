@@ -1,0 +1,416 @@
+//! The driver of one round: owns the [`ServerSession`] and moves bytes
+//! between it and the clients' streams.
+//!
+//! Like quinn's `ConnectionDriver`, one task loops: feed what arrived
+//! (`handle_message`, or `handle_dropout` when a stream ends or a client is
+//! refused), flush `poll_transmit`, react to `poll_event`, and sleep until
+//! the next frame or `poll_timeout`. The state machine decides everything
+//! about the protocol; this file only decides what a transport failure
+//! means. Unmasking, the one heavy step, runs on the blocking pool (rayon
+//! inside) so the executor keeps serving other clients.
+//!
+//! Every refused message gets its sender a precise gRPC status with an
+//! [`ErrorDetail`](tessera_proto::v1::ErrorDetail) and removes that client
+//! from the round; the round goes on for the others.
+
+use std::time::{Duration, Instant};
+
+use tessera_aggregation::messages::{AbortReason, ClientMessage};
+use tessera_aggregation::server::{ClientViolation, RoundOutput, ServerError};
+use tessera_aggregation::{ClientId, RoundConfig, ServerEvent, ServerSession, Stage};
+use tessera_proto::v1::{self, ErrorKind, client_frame, server_frame};
+use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tonic::{Code, Status};
+use tracing::{debug, info, warn};
+
+use crate::lobby::{FrameSender, Participant};
+use crate::metrics;
+
+/// How a round ended, for the scheduler.
+#[derive(Debug)]
+pub(crate) enum RoundEnd {
+    /// The sum was unmasked.
+    Completed(RoundOutput),
+    /// No sum.
+    Aborted {
+        /// Where it stopped.
+        stage: Stage,
+        /// Why.
+        reason: AbortReason,
+        /// Clients that completed that stage.
+        survivors: u32,
+    },
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// What a client's reader task reports.
+#[derive(Debug)]
+enum Inbound {
+    Frame(ClientId, v1::ClientFrame),
+    Failed(ClientId, Status),
+    Closed(ClientId),
+}
+
+/// A round in progress and its clients' streams.
+#[derive(Debug)]
+pub(crate) struct RoundDriver {
+    session: Option<ServerSession>,
+    round_id: u64,
+    senders: Vec<Option<FrameSender>>,
+    identities: Vec<String>,
+    inbound: mpsc::Receiver<Inbound>,
+    readers: JoinSet<()>,
+    stage_started: Instant,
+    /// Survivor count per closed stage, for the round record.
+    pub(crate) stages: Vec<(Stage, u32, u32, f64)>,
+}
+
+/// The gRPC status for a message the session refused, and the kind it
+/// carries.
+fn refusal(error: &ServerError) -> Option<(Code, ErrorKind)> {
+    Some(match error {
+        ServerError::ClientMisbehaved { violation, .. } => match violation {
+            ClientViolation::WrongStage { .. } => (Code::FailedPrecondition, ErrorKind::WrongStage),
+            ClientViolation::Duplicate(_) => (Code::AlreadyExists, ErrorKind::DuplicateMessage),
+            ClientViolation::Bundles(_) => (Code::InvalidArgument, ErrorKind::BadShares),
+            ClientViolation::MaskedInput(_) => (Code::InvalidArgument, ErrorKind::WrongLength),
+            _ => (Code::InvalidArgument, ErrorKind::ProtocolViolation),
+        },
+        ServerError::WrongRound { .. } => (Code::FailedPrecondition, ErrorKind::WrongRound),
+        ServerError::Late { .. } => (Code::DeadlineExceeded, ErrorKind::Late),
+        ServerError::NotInRound { .. } | ServerError::UnknownClient { .. } => {
+            (Code::FailedPrecondition, ErrorKind::ProtocolViolation)
+        }
+        // After the round's end a straggler is simply ignored.
+        ServerError::RoundOver { .. } => return None,
+        _ => (Code::Internal, ErrorKind::Unspecified),
+    })
+}
+
+fn detail(kind: ErrorKind, round_id: u64) -> v1::ErrorDetail {
+    v1::ErrorDetail {
+        kind: kind as i32,
+        server_protocol_version: PROTOCOL_VERSION,
+        round_id,
+        expected: 0,
+    }
+}
+
+/// The status for a stream that failed on the server's side of decoding:
+/// an oversized frame, or bytes that are not a frame.
+pub(crate) fn stream_error_status(status: &Status, round_id: u64) -> Status {
+    match status.code() {
+        Code::OutOfRange | Code::ResourceExhausted => status_with_detail(
+            Code::ResourceExhausted,
+            format!("message too large: {}", status.message()),
+            &detail(ErrorKind::TooLarge, round_id),
+        ),
+        _ => status_with_detail(
+            Code::InvalidArgument,
+            format!("malformed frame: {}", status.message()),
+            &detail(ErrorKind::Malformed, round_id),
+        ),
+    }
+}
+
+impl RoundDriver {
+    /// Opens the round: sends every participant its RoundStart and starts
+    /// one reader task per stream.
+    pub(crate) fn open(
+        config: RoundConfig,
+        fixed_point: v1::FixedPoint,
+        model_version: u64,
+        participants: Vec<Participant>,
+    ) -> Result<RoundDriver, ServerError> {
+        let now = Instant::now();
+        let session = ServerSession::new(config.clone(), now)?;
+        let (in_tx, inbound) = mpsc::channel(4 * participants.len() + 16);
+        let mut readers = JoinSet::new();
+        let mut senders = Vec::with_capacity(participants.len());
+        let mut identities = Vec::with_capacity(participants.len());
+        let wire_config = v1::RoundConfig::from(&config);
+        for (i, p) in participants.into_iter().enumerate() {
+            let id = ClientId(i as u32);
+            let start = v1::ServerFrame {
+                frame: Some(server_frame::Frame::RoundStart(v1::RoundStart {
+                    protocol_version: PROTOCOL_VERSION,
+                    client_id: id.0,
+                    config: Some(wire_config.clone()),
+                    fixed_point: Some(fixed_point),
+                    model_version,
+                })),
+            };
+            let sent = p.tx.try_send(Ok(start)).is_ok();
+            senders.push(sent.then_some(p.tx));
+            identities.push(p.identity);
+            let tx = in_tx.clone();
+            let mut stream = p.inbound;
+            readers.spawn(async move {
+                loop {
+                    match stream.message().await {
+                        Ok(Some(frame)) => {
+                            if tx.send(Inbound::Frame(id, frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            let _ = tx.send(Inbound::Failed(id, status)).await;
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(Inbound::Closed(id)).await;
+            });
+        }
+        let mut driver = RoundDriver {
+            session: Some(session),
+            round_id: config.round_id,
+            senders,
+            identities,
+            inbound,
+            readers,
+            stage_started: now,
+            stages: Vec::new(),
+        };
+        // Clients whose stream closed before the round opened are dropouts
+        // from the first instant.
+        for i in 0..driver.senders.len() {
+            if driver.senders[i].is_none() {
+                driver.session_mut().handle_dropout(now, ClientId(i as u32));
+            }
+        }
+        Ok(driver)
+    }
+
+    fn session_mut(&mut self) -> &mut ServerSession {
+        self.session
+            .as_mut()
+            .expect("session present outside unmasking")
+    }
+
+    /// The identities of the round's clients, indexed by client id.
+    pub(crate) fn identities(&self) -> &[String] {
+        &self.identities
+    }
+
+    /// Runs the round to its end.
+    pub(crate) async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> RoundEnd {
+        loop {
+            self.flush();
+            while let Some(event) = self.session_mut().poll_event() {
+                match event {
+                    ServerEvent::StageCompleted {
+                        stage,
+                        survivors,
+                        dropped,
+                    } => self.stage_closed(stage, survivors, dropped),
+                    ServerEvent::UnmaskingReady => {
+                        let mut session = self.session.take().expect("session present");
+                        let started = Instant::now();
+                        // Shamir reconstruction and mask expansion: CPU-bound,
+                        // parallel on rayon, off the async executor.
+                        let session = tokio::task::spawn_blocking(move || {
+                            session.unmask();
+                            session
+                        })
+                        .await
+                        .expect("unmasking does not panic");
+                        debug!(
+                            round = self.round_id,
+                            seconds = started.elapsed().as_secs_f64(),
+                            "unmasked"
+                        );
+                        self.session = Some(session);
+                    }
+                    ServerEvent::Completed(output) => {
+                        self.flush();
+                        return RoundEnd::Completed(output);
+                    }
+                    ServerEvent::Aborted {
+                        stage,
+                        reason,
+                        survivors,
+                    } => {
+                        // Tell the clients (the session queued an Aborted
+                        // message for each) before handing back.
+                        self.flush();
+                        return RoundEnd::Aborted {
+                            stage,
+                            reason,
+                            survivors,
+                        };
+                    }
+                    _ => {}
+                }
+            }
+            let deadline = self.session_mut().poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                inbound = self.inbound.recv() => match inbound {
+                    Some(inbound) => self.handle(inbound),
+                    None => std::future::pending::<()>().await,
+                },
+                () = sleep => self.session_mut().handle_timeout(Instant::now()),
+                _ = shutdown.changed() => return RoundEnd::Shutdown,
+            }
+        }
+    }
+
+    fn stage_closed(&mut self, stage: Stage, survivors: u32, dropped: u32) {
+        let seconds = self.stage_started.elapsed().as_secs_f64();
+        self.stage_started = Instant::now();
+        info!(
+            round = self.round_id,
+            stage = stage.name(),
+            survivors,
+            dropped,
+            seconds,
+            "stage closed"
+        );
+        metrics::stage_closed(stage.name(), seconds, survivors, dropped);
+        self.stages.push((stage, survivors, dropped, seconds));
+    }
+
+    /// Sends what the session queued; a client whose stream is gone or
+    /// hopelessly behind is a dropout.
+    fn flush(&mut self) {
+        let Some(session) = self.session.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut gone = Vec::new();
+        while let Some((to, message)) = session.poll_transmit() {
+            let Some(Some(tx)) = self.senders.get(to.index()) else {
+                continue;
+            };
+            let bytes = message.encode();
+            let len = bytes.len();
+            let frame = v1::ServerFrame {
+                frame: Some(server_frame::Frame::Message(bytes)),
+            };
+            if tx.try_send(Ok(frame)).is_ok() {
+                metrics::bytes_sent(len as u64);
+            } else {
+                gone.push(to);
+            }
+        }
+        for id in gone {
+            debug!(round = self.round_id, client = id.0, "stream gone or full");
+            self.senders[id.index()] = None;
+            session.handle_dropout(now, id);
+        }
+    }
+
+    fn handle(&mut self, inbound: Inbound) {
+        let now = Instant::now();
+        match inbound {
+            Inbound::Frame(id, frame) => match frame.frame {
+                Some(client_frame::Frame::Message(bytes)) => {
+                    metrics::bytes_received(bytes.len() as u64);
+                    let message = match ClientMessage::decode(&bytes) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            return self.refuse(
+                                id,
+                                Code::InvalidArgument,
+                                ErrorKind::Malformed,
+                                format!("message does not decode: {e}"),
+                            );
+                        }
+                    };
+                    if let Err(e) = self.session_mut().handle_message(now, id, message)
+                        && let Some((code, kind)) = refusal(&e)
+                    {
+                        self.refuse(id, code, kind, e.to_string());
+                    }
+                }
+                Some(client_frame::Frame::Join(_)) => self.refuse(
+                    id,
+                    Code::InvalidArgument,
+                    ErrorKind::ExpectedJoin,
+                    "a second Join on the same stream".into(),
+                ),
+                None => self.refuse(
+                    id,
+                    Code::InvalidArgument,
+                    ErrorKind::Malformed,
+                    "an empty frame".into(),
+                ),
+            },
+            Inbound::Failed(id, status) => {
+                let reply = stream_error_status(&status, self.round_id);
+                let kind = tessera_proto::error_detail(&reply)
+                    .map(|d| d.kind().as_str_name())
+                    .unwrap_or("UNSPECIFIED");
+                metrics::message_rejected(kind);
+                warn!(round = self.round_id, client = id.0, kind, "stream failed");
+                if let Some(tx) = self.senders[id.index()].take() {
+                    let _ = tx.try_send(Err(reply));
+                }
+                self.session_mut().handle_dropout(now, id);
+            }
+            Inbound::Closed(id) => {
+                if self.senders[id.index()].take().is_some() {
+                    debug!(round = self.round_id, client = id.0, "stream closed");
+                }
+                self.session_mut().handle_dropout(now, id);
+            }
+        }
+    }
+
+    /// Refuses a client's message: it gets the status, and leaves the round.
+    fn refuse(&mut self, id: ClientId, code: Code, kind: ErrorKind, message: String) {
+        warn!(
+            round = self.round_id,
+            client = id.0,
+            kind = kind.as_str_name(),
+            "refused a client message: {message}"
+        );
+        metrics::message_rejected(kind.as_str_name());
+        if let Some(tx) = self.senders[id.index()].take() {
+            let _ = tx.try_send(Err(status_with_detail(
+                code,
+                message,
+                &detail(kind, self.round_id),
+            )));
+        }
+        self.session_mut().handle_dropout(Instant::now(), id);
+    }
+
+    /// Ends every client's stream with `status` (the server is shutting
+    /// down mid-round).
+    pub(crate) fn fail_all(&mut self, status: &Status) {
+        for tx in self.senders.iter_mut().filter_map(Option::take) {
+            let _ = tx.try_send(Err(status.clone()));
+        }
+        self.readers.abort_all();
+    }
+
+    /// Sends every still-connected client the round's result and closes the
+    /// streams.
+    pub(crate) fn finish(mut self, result: &v1::RoundResult, grace: Duration) {
+        for tx in self.senders.iter_mut().filter_map(Option::take) {
+            let _ = tx.try_send(Ok(v1::ServerFrame {
+                frame: Some(server_frame::Frame::Result(result.clone())),
+            }));
+        }
+        // Readers end when their clients close; give them a moment, then
+        // drop them (dropping the JoinSet aborts the rest).
+        let mut readers = std::mem::take(&mut self.readers);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(grace, async {
+                while readers.join_next().await.is_some() {}
+            })
+            .await;
+        });
+    }
+}

@@ -1,0 +1,336 @@
+//! The round scheduler: opens a round whenever enough clients wait, runs it
+//! with a [`RoundDriver`], then applies FedAvg to the unmasked sum, accounts
+//! its privacy and publishes the new global model, durably, before the next
+//! round opens.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use rand::RngExt;
+use rand::rngs::StdRng;
+use tessera_aggregation::RoundConfig;
+use tessera_aggregation::dp::ledger::{Mechanism, PrivacyLedger};
+use tessera_aggregation::dp::mechanism::add_central_gaussian;
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::server::RoundOutput;
+use tessera_proto::convert::abort_reason_name;
+use tessera_proto::v1::{self, ErrorKind};
+use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
+use tokio::sync::watch;
+use tonic::Code;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::config::DpMode;
+use crate::fedavg::{FedAvg, Model};
+use crate::lobby::Participant;
+use crate::metrics;
+use crate::round::{RoundDriver, RoundEnd};
+use crate::store::{Publication, RoundOutcome, RoundRecord};
+use crate::{ServeError, Shared};
+
+/// How long finished clients' streams get to close on their own.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The global model and everything that updates it; moved onto the blocking
+/// pool for each publication.
+#[derive(Debug)]
+pub(crate) struct Training {
+    pub(crate) model: Model,
+    pub(crate) version: u64,
+    pub(crate) fedavg: FedAvg,
+    pub(crate) ledger: Option<PrivacyLedger>,
+    pub(crate) rng: StdRng,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs rounds until the round limit, the privacy budget or shutdown.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut training: Training,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let config = &shared.config;
+    let mut rounds_run = 0u64;
+    loop {
+        if config.rounds.is_some_and(|limit| rounds_run >= limit) {
+            info!(rounds = rounds_run, "round limit reached");
+            shared.stop_accepting("the server has run its configured number of rounds");
+            return Ok(());
+        }
+        if let Some(ledger) = &training.ledger
+            && !ledger.can_spend(&central_mechanism(config.noise_multiplier))
+        {
+            let spent = ledger.spent();
+            warn!(
+                spent,
+                budget = ledger.budget_epsilon(),
+                "privacy budget would be exceeded by another round; no more rounds"
+            );
+            shared.stop_accepting(&format!(
+                "the privacy budget is spent (epsilon {spent:.3} of {:.3}); no more rounds",
+                ledger.budget_epsilon()
+            ));
+            return Ok(());
+        }
+        let Some(participants) = gather(&shared, &mut shutdown).await else {
+            return Ok(());
+        };
+        training = run_round(&shared, training, participants, &mut shutdown).await?;
+        rounds_run += 1;
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+fn central_mechanism(noise_multiplier: f64) -> Mechanism {
+    // Every waiting client is taken into the round; the population behind
+    // the lobby is unknown, so no amplification by sampling is claimed.
+    Mechanism::Gaussian {
+        noise_multiplier,
+        sampling_rate: 1.0,
+    }
+}
+
+/// Waits for `min_clients`, then up to `join_window` more for stragglers,
+/// and takes the round's participants from the lobby.
+async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<Participant>> {
+    let config = &shared.config;
+    let min = config.min_clients as usize;
+    let max = config.max_clients as usize;
+    loop {
+        let waiting = shared.lobby.waiting();
+        metrics::lobby(waiting as u32);
+        if waiting >= min {
+            let window = tokio::time::Instant::now() + config.join_window;
+            while shared.lobby.waiting() < max {
+                tokio::select! {
+                    () = shared.lobby.changed() => {}
+                    () = tokio::time::sleep_until(window) => break,
+                    _ = shutdown.changed() => return None,
+                }
+            }
+            let participants = shared.lobby.take(max);
+            if participants.len() >= min {
+                return Some(participants);
+            }
+            // Some hung up in the window; wait for more.
+            shared.lobby.put_back(participants);
+            continue;
+        }
+        tokio::select! {
+            () = shared.lobby.changed() => {}
+            // Hung-up clients are noticed by polling.
+            () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task does not panic")
+}
+
+async fn run_round(
+    shared: &Arc<Shared>,
+    mut training: Training,
+    participants: Vec<Participant>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Training, ServeError> {
+    let config = &shared.config;
+    let n = participants.len() as u32;
+    let round_id = shared.store.lock().expect("store lock").next_round_id();
+    let started = Instant::now();
+    let started_at = unix_ms();
+
+    let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
+    let bits = config.bits_for(n).map_err(ServeError::Config)?;
+    let fixed_point = FixedPoint::new(config.clip_norm, config.frac_bits, bits)
+        .map_err(|e| ServeError::Round(e.to_string()))?;
+    let mut round_config = RoundConfig::new(round_id, n, training.model.dim() as u32);
+    round_config.threshold = threshold;
+    round_config.graph = graph;
+    round_config.graph_seed = training.rng.random();
+    round_config.bits = bits;
+    round_config.prg = config.prg;
+    round_config.threat_model = config.threat_model;
+    round_config.stage_timeout = config.stage_timeout;
+
+    let mut record = RoundRecord {
+        round: round_id,
+        outcome: RoundOutcome::Started,
+        clients: n,
+        survivors: 0,
+        dropped: 0,
+        threshold,
+        stage: None,
+        reason: None,
+        model_version: None,
+        started_at_unix_ms: started_at,
+        seconds: 0.0,
+    };
+    // The round id is on disk before any key is derived from it, so a
+    // restarted server never reuses it.
+    write_record(shared, record.clone()).await?;
+    metrics::round_started();
+    let span = info_span!("round", round = round_id, clients = n, threshold, graph = %graph);
+    info!(parent: &span, bits, "round opened");
+
+    let mut driver = match RoundDriver::open(
+        round_config,
+        v1::FixedPoint::from(&fixed_point),
+        training.version,
+        participants,
+    ) {
+        Ok(driver) => driver,
+        Err(e) => return Err(ServeError::Round(e.to_string())),
+    };
+    let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
+    let identities = driver.identities().to_vec();
+    let result = match end {
+        RoundEnd::Completed(output) => {
+            let contributors = output.contributors.len() as u32;
+            let (next, published) =
+                publish(shared, training, output, fixed_point, round_id, n).await?;
+            training = next;
+            record.outcome = RoundOutcome::Completed;
+            record.survivors = contributors;
+            record.dropped = n - contributors;
+            record.model_version = Some(published);
+            metrics::round_completed();
+            info!(parent: &span, survivors = contributors, version = published, seconds = started.elapsed().as_secs_f64(), "round completed, model published");
+            v1::RoundResult {
+                round_id,
+                outcome: v1::Outcome::Completed as i32,
+                survivors: contributors,
+                model_version: published,
+                abort_reason: String::new(),
+            }
+        }
+        RoundEnd::Aborted {
+            stage,
+            reason,
+            survivors,
+        } => {
+            record.outcome = RoundOutcome::Aborted;
+            record.survivors = survivors;
+            record.dropped = n - survivors;
+            record.stage = Some(stage.name().to_owned());
+            record.reason = Some(abort_reason_name(reason).to_owned());
+            metrics::round_aborted(abort_reason_name(reason));
+            warn!(parent: &span, stage = stage.name(), reason = abort_reason_name(reason), survivors, "round aborted");
+            v1::RoundResult {
+                round_id,
+                outcome: v1::Outcome::Aborted as i32,
+                survivors,
+                model_version: 0,
+                abort_reason: abort_reason_name(reason).to_owned(),
+            }
+        }
+        RoundEnd::Shutdown => {
+            // The record stays `started`; the next start marks it
+            // interrupted. Clients hear that the server is going away.
+            let status = status_with_detail(
+                Code::Unavailable,
+                "the server is shutting down",
+                &v1::ErrorDetail {
+                    kind: ErrorKind::Unavailable as i32,
+                    server_protocol_version: PROTOCOL_VERSION,
+                    round_id,
+                    expected: 0,
+                },
+            );
+            driver.fail_all(&status);
+            shared.lobby.release(identities.iter().map(String::as_str));
+            return Ok(training);
+        }
+    };
+    record.seconds = started.elapsed().as_secs_f64();
+    write_record(shared, record).await?;
+    driver.finish(&result, CLOSE_GRACE);
+    shared.lobby.release(identities.iter().map(String::as_str));
+    Ok(training)
+}
+
+async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), ServeError> {
+    let store = Arc::clone(&shared.store);
+    blocking(move || store.lock().expect("store lock").record_round(&record))
+        .await
+        .map_err(ServeError::Store)
+}
+
+/// Decodes the sum, adds central DP noise, applies FedAvg, records the
+/// privacy spent and publishes the model: ledger first, model and manifest
+/// after (the store orders the writes), all on the blocking pool.
+async fn publish(
+    shared: &Arc<Shared>,
+    mut training: Training,
+    output: RoundOutput,
+    fixed_point: FixedPoint,
+    round_id: u64,
+    clients: u32,
+) -> Result<(Training, u64), ServeError> {
+    let config = shared.config.clone();
+    let store = Arc::clone(&shared.store);
+    let (training, entry) = blocking(move || -> Result<_, ServeError> {
+        let contributors = output.contributors.len() as u32;
+        let mut decoded = fixed_point.decode_sum(&output.sum, contributors);
+        let mut epsilon = 0.0;
+        if config.dp == DpMode::Central {
+            add_central_gaussian(
+                &mut decoded.sum,
+                config.noise_multiplier,
+                f64::from(config.clip_norm),
+                &mut training.rng,
+            )
+            .map_err(|e| ServeError::Round(e.to_string()))?;
+            let ledger = training.ledger.as_mut().expect("central DP keeps a ledger");
+            ledger
+                .record(round_id, central_mechanism(config.noise_multiplier))
+                .map_err(|e| ServeError::Round(e.to_string()))?;
+            epsilon = ledger.spent();
+        }
+        let mean = decoded.mean();
+        training
+            .fedavg
+            .apply(&mut training.model, &mean)
+            .map_err(|e| ServeError::Round(e.to_string()))?;
+        let entry = store
+            .lock()
+            .expect("store lock")
+            .publish(&Publication {
+                model: &training.model,
+                round: round_id,
+                survivors: contributors,
+                dropped: clients - contributors,
+                epsilon,
+                delta: if config.dp == DpMode::Central {
+                    config.delta
+                } else {
+                    0.0
+                },
+                ledger: training.ledger.as_ref(),
+                velocity: training.fedavg.velocity(),
+            })
+            .map_err(ServeError::Store)?;
+        training.version = entry.version;
+        Ok((training, entry))
+    })
+    .await?;
+    shared.set_latest(&entry, &training.model);
+    Ok((training, entry.version))
+}
+
+/// Logs a failure to publish; the scheduler stops rather than run rounds it
+/// cannot record.
+pub(crate) fn report_fatal(e: &ServeError) {
+    error!("scheduler stopped: {e}");
+}

@@ -1,0 +1,653 @@
+//! TLS for the gRPC service: rustls (with the `ring` provider) through tonic.
+//!
+//! The server reads its certificate chain and key from PEM files
+//! ([`server_tls_config`]); with a client CA configured it requires every
+//! client to present a certificate signed by that CA (mutual TLS), the
+//! alternative to per-client bearer tokens. Files are parsed and checked here,
+//! before the server starts, so an operator sees which file is wrong instead
+//! of a handshake failure on the first connection.
+//!
+//! [`generate_self_signed`] and [`write_self_signed`] make a fresh
+//! certificate for demos and tests on one machine; [`CertificateAuthority`]
+//! mints a CA and certificates signed by it, for mutual-TLS tests.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::RootCertStore;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use zeroize::Zeroizing;
+
+/// Why TLS material could not be loaded or made. Messages name the file at
+/// fault; none carries key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("cannot read {what} file {}: {source}", path.display())]
+    Read {
+        /// Which file this is: "certificate", "private key" or "client CA".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// A certificate or client-CA file holds no usable certificate.
+    #[error("{what} file {} holds no valid PEM certificate: {reason}", path.display())]
+    BadCertificate {
+        /// "certificate" or "client CA".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The key file holds no private key that rustls can use. The reason is
+    /// deliberately vague: parser details could quote key bytes.
+    #[error(
+        "private key file {} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1, ECDSA/Ed25519/RSA)",
+        path.display()
+    )]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The private key does not belong to the certificate.
+    #[error("private key {} does not match certificate {}: {reason}", key.display(), cert.display())]
+    KeyMismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls reported.
+        reason: String,
+    },
+    /// rcgen could not make a key or certificate (for example an invalid host
+    /// name).
+    #[error("cannot generate certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A generated file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// Where the server's TLS material lives, as an operator configures it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key for the leaf certificate.
+    pub key: PathBuf,
+    /// PEM CA certificate(s) that sign client certificates. When set, every
+    /// client must present a certificate signed by one of them (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Makes sure rustls has a process-wide crypto provider (ring), so that no
+/// other crate in the build enabling rustls' `aws-lc-rs` feature can turn
+/// tonic's server setup into a panic ("could not automatically determine the
+/// process-level CryptoProvider"). Idempotent; safe to call from any thread.
+///
+/// With only `ring` enabled in rustls (the case in this workspace) rustls
+/// installs ring by itself, so calling this is cheap insurance rather than a
+/// requirement. Call it once at startup, before building TLS configurations.
+pub fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race to another installer is fine: some provider is set.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse_certificates(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bad = |reason: String| TlsError::BadCertificate {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no `BEGIN CERTIFICATE` section found".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Reads and checks the server's PEM files and turns them into tonic's
+/// configuration: the certificate chain parses, the key is one rustls can sign
+/// with, and the key belongs to the leaf certificate. With
+/// [`TlsFiles::client_ca`] set, client certificates become mandatory.
+/// Calls [`install_crypto_provider`] first.
+pub fn server_tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
+    install_crypto_provider();
+    let cert_pem = read_file("certificate", &files.cert)?;
+    let key_pem = Zeroizing::new(read_file("private key", &files.key)?);
+    let chain = parse_certificates("certificate", &files.cert, &cert_pem)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::BadKey {
+        path: files.key.clone(),
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
+        rustls::Error::General(_) => TlsError::BadKey {
+            path: files.key.clone(),
+        },
+        other => TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            reason: other.to_string(),
+        },
+    })?;
+    drop(certified);
+
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &*key_pem));
+    if let Some(ca_path) = &files.client_ca {
+        let ca_pem = read_file("client CA", ca_path)?;
+        let mut roots = RootCertStore::empty();
+        for cert in parse_certificates("client CA", ca_path, &ca_pem)? {
+            roots.add(cert).map_err(|e| TlsError::BadCertificate {
+                what: "client CA",
+                path: ca_path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        config = config
+            .client_ca_root(Certificate::from_pem(ca_pem))
+            .client_auth_optional(false);
+    }
+    Ok(config)
+}
+
+/// Builds a client's TLS configuration: trust only `ca_pem` (the server's
+/// CA, or its self-signed certificate), expect the server to be `domain`,
+/// and present `client_identity` (certificate PEM, key PEM) when the server
+/// wants mutual TLS.
+///
+/// tonic checks the PEM only when connecting; an invalid one fails then.
+/// Calls [`install_crypto_provider`] first.
+pub fn client_tls_config(
+    ca_pem: &[u8],
+    domain: &str,
+    client_identity: Option<(&[u8], &[u8])>,
+) -> ClientTlsConfig {
+    install_crypto_provider();
+    let config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(domain);
+    match client_identity {
+        Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+        None => config,
+    }
+}
+
+/// A certificate and its private key in PEM form. `Debug` redacts the key,
+/// and the key text is wiped from memory when dropped.
+pub struct SelfSigned {
+    /// The certificate, which is also the trust anchor clients must use.
+    pub cert_pem: String,
+    /// The PKCS#8 private key, wiped from memory on drop.
+    pub key_pem: Zeroizing<String>,
+}
+
+impl fmt::Debug for SelfSigned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelfSigned")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Makes a fresh self-signed server certificate (ECDSA P-256) valid for
+/// `hosts` (DNS names or IP addresses), for demos and tests where no CA
+/// exists. Clients trust it by using its certificate as their CA.
+///
+/// ```
+/// let pair = tessera_server::tls::generate_self_signed(&["localhost".into()]).unwrap();
+/// assert!(pair.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+/// assert!(!format!("{pair:?}").contains("PRIVATE KEY"));
+/// ```
+pub fn generate_self_signed(hosts: &[String]) -> Result<SelfSigned, TlsError> {
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "tessera self-signed server");
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(SelfSigned {
+        cert_pem: cert.pem(),
+        key_pem: Zeroizing::new(key.serialize_pem()),
+    })
+}
+
+/// Writes a fresh self-signed certificate to `dir/cert.pem` and
+/// `dir/key.pem` (the key with mode 0600 on unix), creating `dir` if needed
+/// and replacing older files, and returns their paths with no client CA.
+pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
+    let pair = generate_self_signed(hosts)?;
+    fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let files = TlsFiles {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        client_ca: None,
+    };
+    write_file(&files.cert, pair.cert_pem.as_bytes(), false)?;
+    write_file(&files.key, pair.key_pem.as_bytes(), true)?;
+    Ok(files)
+}
+
+/// Writes `contents` to `path`; a `private` file is made owner-only before any
+/// byte of the key is written, even if the file already existed with wider
+/// permissions.
+fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
+    let err = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    file.write_all(contents).map_err(err)?;
+    file.sync_all().map_err(err)
+}
+
+/// A throwaway certificate authority that signs server and client
+/// certificates, for mutual-TLS tests and demos. Its key lives only in memory.
+pub struct CertificateAuthority {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("cert_pem", &self.cert_pem)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CertificateAuthority {
+    /// Makes a new CA (ECDSA P-256) with the given common name.
+    pub fn new(common_name: &str) -> Result<Self, TlsError> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// The CA certificate: what servers use as `client_ca` and clients as
+    /// their trust anchor.
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// Signs a server certificate valid for `hosts`.
+    pub fn issue_server(&self, hosts: &[String]) -> Result<SelfSigned, TlsError> {
+        let mut params = CertificateParams::new(hosts.to_vec())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tessera server");
+        self.issue(params, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// Signs a client certificate whose common name is `client_name`.
+    pub fn issue_client(&self, client_name: &str) -> Result<SelfSigned, TlsError> {
+        let mut params = CertificateParams::new(Vec::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, client_name);
+        self.issue(params, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<SelfSigned, TlsError> {
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(SelfSigned {
+            cert_pem: cert.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tonic::codegen::Service as _;
+    use tonic::codegen::http;
+    use tonic::transport::{Endpoint, Server};
+
+    fn scratch_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("tessera-tls-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn localhost() -> Vec<String> {
+        vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    }
+
+    #[test]
+    fn generated_pems_load_into_both_configs() {
+        let dir = scratch_dir("load");
+        let files = write_self_signed(&dir, &localhost()).unwrap();
+        server_tls_config(&files).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&files.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let ca = fs::read(&files.cert).unwrap();
+        let _client = client_tls_config(&ca, "localhost", None);
+
+        // Rewriting over an existing, world-readable key file tightens it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&files.key, fs::Permissions::from_mode(0o644)).unwrap();
+            let again = write_self_signed(&dir, &localhost()).unwrap();
+            let mode = fs::metadata(&again.key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_and_garbage_files_are_named() {
+        let dir = scratch_dir("bad");
+        let good = write_self_signed(&dir, &localhost()).unwrap();
+        let garbage = dir.join("garbage.pem");
+        fs::write(&garbage, b"this is not PEM\n").unwrap();
+        let missing = dir.join("missing.pem");
+
+        let case = |cert: &Path, key: &Path, ca: Option<&Path>| {
+            server_tls_config(&TlsFiles {
+                cert: cert.to_path_buf(),
+                key: key.to_path_buf(),
+                client_ca: ca.map(Path::to_path_buf),
+            })
+            .unwrap_err()
+        };
+        let err = case(&missing, &good.key, None);
+        assert!(
+            matches!(
+                err,
+                TlsError::Read {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+
+        let err = case(&good.cert, &missing, None);
+        assert!(
+            matches!(
+                err,
+                TlsError::Read {
+                    what: "private key",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        let err = case(&garbage, &good.key, None);
+        assert!(
+            matches!(
+                err,
+                TlsError::BadCertificate {
+                    what: "certificate",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("garbage.pem"), "{err}");
+
+        let err = case(&good.cert, &garbage, None);
+        assert!(matches!(err, TlsError::BadKey { .. }), "{err}");
+        assert!(err.to_string().contains("garbage.pem"), "{err}");
+
+        // A certificate passed as the key file is not a key.
+        let err = case(&good.cert, &good.cert, None);
+        assert!(matches!(err, TlsError::BadKey { .. }), "{err}");
+
+        let err = case(&good.cert, &good.key, Some(&garbage));
+        assert!(
+            matches!(
+                err,
+                TlsError::BadCertificate {
+                    what: "client CA",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = case(&good.cert, &good.key, Some(&missing));
+        assert!(
+            matches!(
+                err,
+                TlsError::Read {
+                    what: "client CA",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // Someone else's key with our certificate.
+        let other = generate_self_signed(&localhost()).unwrap();
+        let other_key = dir.join("other-key.pem");
+        fs::write(&other_key, other.key_pem.as_bytes()).unwrap();
+        let err = case(&good.cert, &other_key, None);
+        assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
+
+        assert!(matches!(
+            generate_self_signed(&["bücher.example".to_owned()]),
+            Err(TlsError::Generate(_))
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Serves an empty router over TLS on 127.0.0.1:0 until the returned
+    /// sender is dropped.
+    async fn serve(config: ServerTlsConfig) -> (u16, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = Server::builder()
+            .tls_config(config)
+            .unwrap()
+            .add_routes(tonic::service::Routes::default());
+        tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        (port, stop)
+    }
+
+    /// Connects and sends one gRPC request to a method nobody serves: a
+    /// completed TLS handshake shows as the gRPC status `12` (unimplemented);
+    /// a refused one as an error.
+    async fn probe(port: u16, config: ClientTlsConfig) -> Result<String, String> {
+        let endpoint = Endpoint::from_shared(format!("https://localhost:{port}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .tls_config(config)
+            .map_err(|e| e.to_string())?;
+        let mut channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
+        std::future::poll_fn(|cx| channel.poll_ready(cx))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let request = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://localhost:{port}/tessera.Nothing/Here"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(tonic::body::Body::empty())
+            .unwrap();
+        let response = channel.call(request).await.map_err(|e| format!("{e:?}"))?;
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .unwrap_or_else(|| format!("http {}", response.status()));
+        Ok(status)
+    }
+
+    #[tokio::test]
+    async fn tls_handshake_succeeds_only_with_the_right_ca() {
+        let dir = scratch_dir("e2e");
+        let files = write_self_signed(&dir, &localhost()).unwrap();
+        let (port, _stop) = serve(server_tls_config(&files).unwrap()).await;
+        let right_ca = fs::read(&files.cert).unwrap();
+        let wrong_ca = generate_self_signed(&localhost()).unwrap().cert_pem;
+
+        let ok = probe(port, client_tls_config(&right_ca, "localhost", None)).await;
+        assert_eq!(ok.as_deref(), Ok("12"));
+        let refused = probe(
+            port,
+            client_tls_config(wrong_ca.as_bytes(), "localhost", None),
+        )
+        .await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("InvalidCertificate")),
+            "{refused:?}"
+        );
+        let wrong_name = probe(port, client_tls_config(&right_ca, "example.org", None)).await;
+        assert!(
+            wrong_name
+                .as_ref()
+                .is_err_and(|e| e.contains("NotValidForName")),
+            "{wrong_name:?}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_requires_a_client_certificate_from_the_ca() {
+        let dir = scratch_dir("mtls");
+        let ca = CertificateAuthority::new("tessera test CA").unwrap();
+        let server = ca.issue_server(&localhost()).unwrap();
+        let files = TlsFiles {
+            cert: dir.join("server.pem"),
+            key: dir.join("server-key.pem"),
+            client_ca: Some(dir.join("ca.pem")),
+        };
+        fs::write(&files.cert, &server.cert_pem).unwrap();
+        fs::write(&files.key, server.key_pem.as_bytes()).unwrap();
+        fs::write(files.client_ca.as_ref().unwrap(), ca.cert_pem()).unwrap();
+        let (port, _stop) = serve(server_tls_config(&files).unwrap()).await;
+        let trust = ca.cert_pem().as_bytes();
+
+        let alice = ca.issue_client("alice").unwrap();
+        let ok = probe(
+            port,
+            client_tls_config(
+                trust,
+                "localhost",
+                Some((alice.cert_pem.as_bytes(), alice.key_pem.as_bytes())),
+            ),
+        )
+        .await;
+        assert_eq!(ok.as_deref(), Ok("12"));
+
+        let anonymous = probe(port, client_tls_config(trust, "localhost", None)).await;
+        assert!(
+            anonymous
+                .as_ref()
+                .is_err_and(|e| e.contains("CertificateRequired")),
+            "{anonymous:?}"
+        );
+
+        let stranger_ca = CertificateAuthority::new("someone else").unwrap();
+        let mallory = stranger_ca.issue_client("mallory").unwrap();
+        let forged = probe(
+            port,
+            client_tls_config(
+                trust,
+                "localhost",
+                Some((mallory.cert_pem.as_bytes(), mallory.key_pem.as_bytes())),
+            ),
+        )
+        .await;
+        assert!(
+            forged.as_ref().is_err_and(|e| e.contains("UnknownCA")),
+            "{forged:?}"
+        );
+        assert!(!format!("{ca:?}").contains("PRIVATE"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
