@@ -5,7 +5,8 @@
 //! deployment uses) and reports their cost; `params` asks the SecAgg+
 //! parameter finder which neighbour graph and threshold a round of n clients
 //! needs; `privacy` answers the privacy accountant's questions (epsilon,
-//! noise multiplier, rounds).
+//! noise multiplier, rounds); `serve`, `join` and `inspect` run and examine
+//! a real server and clients over gRPC; `token` and `cert` make credentials.
 //!
 //! Exit codes: 0 on success (an aborted round is a normal outcome of the
 //! protocol, not a failure of the command), 2 for bad flags or parameters
@@ -14,9 +15,13 @@
 
 mod args;
 mod chart;
+mod inspect;
+mod join;
+mod keys;
 mod params;
 mod privacy;
 mod report;
+mod serve;
 mod simulate;
 
 use std::process::ExitCode;
@@ -59,12 +64,17 @@ pub(crate) use usage;
         with the sparse neighbour graphs of SecAgg+ (Bell et al., CCS 2020). This command runs \
         whole rounds in process to measure their cost (`simulate`) and chooses the neighbour \
         graph and Shamir threshold for a round (`params`), and accounts for the differential \
-        privacy a training job spends (`privacy`).",
+        privacy a training job spends (`privacy`). `serve` runs the aggregation server for real \
+        clients over gRPC, `join` is a command-line client, `inspect` reads a server's data \
+        directory, and `token` / `cert` make the credentials a server needs.",
     after_help = "Examples:\n  \
         tessera simulate                                   # 100 clients, d = 100,000, 10% drop at masked-input\n  \
         tessera simulate --clients 1000 --rounds 5 --out results/\n  \
         tessera params --clients 1000 --dropout-rate 0.05 --corrupt-rate 0.05\n  \
-        tessera privacy epsilon --noise-multiplier 1.1 --sampling-rate 0.01 --rounds 1000 --delta 1e-5"
+        tessera privacy epsilon --noise-multiplier 1.1 --sampling-rate 0.01 --rounds 1000 --delta 1e-5\n  \
+        tessera serve --listen 127.0.0.1:0 --data-dir /tmp/t --dim 1000 --min-clients 3 --insecure-dev\n  \
+        tessera join --server http://127.0.0.1:PORT --random 1000 --rounds 2\n  \
+        tessera inspect --data-dir /tmp/t"
 )]
 struct Cli {
     /// What to do.
@@ -96,6 +106,21 @@ enum Command {
         after_help = privacy::EXAMPLES
     )]
     Privacy(privacy::PrivacyArgs),
+    /// Run the aggregation server.
+    #[command(about = serve::ABOUT, long_about = serve::LONG_ABOUT, after_help = serve::EXAMPLES)]
+    Serve(Box<serve::ServeArgs>),
+    /// Join rounds as a client.
+    #[command(about = join::ABOUT, long_about = join::LONG_ABOUT, after_help = join::EXAMPLES)]
+    Join(join::JoinArgs),
+    /// Inspect a server's data directory.
+    #[command(about = inspect::ABOUT, long_about = inspect::LONG_ABOUT, after_help = inspect::EXAMPLES)]
+    Inspect(inspect::InspectArgs),
+    /// Create a client token.
+    #[command(about = keys::TOKEN_ABOUT, long_about = keys::TOKEN_LONG_ABOUT, after_help = keys::TOKEN_EXAMPLES)]
+    Token(keys::TokenArgs),
+    /// Write a self-signed TLS certificate.
+    #[command(about = keys::CERT_ABOUT, long_about = keys::CERT_LONG_ABOUT, after_help = keys::CERT_EXAMPLES)]
+    Cert(keys::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -104,6 +129,11 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Params(args) => params::run(args),
         Command::Privacy(args) => privacy::run(args),
+        Command::Serve(args) => serve::run(*args),
+        Command::Join(args) => join::run(args),
+        Command::Inspect(args) => inspect::run(args),
+        Command::Token(args) => keys::run_token(args),
+        Command::Cert(args) => keys::run_cert(args),
     };
     match result {
         Ok(code) => code,

@@ -13,7 +13,7 @@ use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::Shared;
 use crate::lobby::Participant;
@@ -176,7 +176,7 @@ impl Aggregator for AggregatorService {
                 format!("{identity} is already waiting or in a round"),
             )
         })?;
-        debug!(client = %identity, waiting, "joined the lobby");
+        info!(client = %identity, waiting, "joined the lobby");
         let _ = tx.try_send(Ok(v1::ServerFrame {
             frame: Some(server_frame::Frame::Lobby(v1::Lobby {
                 waiting: waiting as u32,

@@ -1,0 +1,229 @@
+//! `tessera join`: a command-line client. It joins `--rounds` rounds of a
+//! running `tessera serve`, each with the update from `--update FILE.npy`
+//! or a random one of `--random D` values, and prints one line per round.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use rand::{RngExt, SeedableRng};
+use tessera_client::{Client, ClientError, RetryPolicy};
+
+use crate::usage;
+
+pub(crate) const ABOUT: &str = "Join rounds of a running server as a client";
+pub(crate) const LONG_ABOUT: &str = "Connects to a Tessera server, joins the next round with an \
+    update vector and runs it to the end, --rounds times. The update comes from a NumPy .npy \
+    file (float32 or float64, any shape, flattened in C order) or is random (--random D, \
+    uniform in [-0.5, 0.5)/sqrt(D) per coordinate so its norm stays below 1). Prints one line \
+    per round (or JSON with --json). Exit code 0 when every round completed, 1 otherwise.";
+pub(crate) const EXAMPLES: &str = "Examples:\n  \
+    tessera join --server http://127.0.0.1:7443 --random 1000 --rounds 3\n  \
+    tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy";
+
+/// Flags of `tessera join`.
+#[derive(Debug, Args)]
+pub(crate) struct JoinArgs {
+    /// Server URL: http://HOST:PORT (insecure-dev servers) or https://HOST:PORT.
+    #[arg(long, value_name = "URL")]
+    server: String,
+    /// Bearer token (prefer --token-file: command lines are visible to other users).
+    #[arg(long, value_name = "T", conflicts_with = "token_file")]
+    token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) to verify an https server with.
+    #[arg(long, value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// Server name to verify in its certificate (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    tls_domain: Option<String>,
+    /// The update, as a NumPy .npy file.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "random",
+        required_unless_present = "random"
+    )]
+    update: Option<PathBuf>,
+    /// A random update of D values.
+    #[arg(long, value_name = "D")]
+    random: Option<u32>,
+    /// Rounds to join, one after the other.
+    #[arg(long, default_value_t = 1, value_name = "R")]
+    rounds: u32,
+    /// Seed for --random (default: fresh randomness).
+    #[arg(long, value_name = "SEED")]
+    seed: Option<u64>,
+    /// Longest wait for one round, lobby included, in seconds.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    round_timeout: u64,
+    /// Print one JSON object per round.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads a little-endian float32/float64 .npy file (format 1.0-3.0, C order).
+///
+/// Written here rather than pulled from a crate: the client needs one
+/// dtype family of one layout, which is a 40-line header parse.
+pub(crate) fn read_npy(path: &Path) -> anyhow::Result<Vec<f32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bad = |why: &str| anyhow::anyhow!("{} is not a supported .npy file: {why}", path.display());
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("missing the \\x93NUMPY magic"));
+    }
+    let (header_len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(&format!("format version {v}"))),
+    };
+    let header = bytes
+        .get(start..start + header_len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or_else(|| bad("truncated header"))?;
+    if header.contains("'fortran_order': True") {
+        return Err(bad("Fortran order; save it with np.ascontiguousarray"));
+    }
+    let data = &bytes[start + header_len..];
+    let values: Vec<f32> = if header.contains("'<f4'") {
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect()
+    } else if header.contains("'<f8'") {
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect()
+    } else {
+        return Err(bad(
+            "dtype must be little-endian float32 ('<f4') or float64 ('<f8')",
+        ));
+    };
+    if values.is_empty() {
+        return Err(bad("no values"));
+    }
+    Ok(values)
+}
+
+fn random_update(dim: u32, rng: &mut impl RngExt) -> Vec<f32> {
+    let scale = 1.0 / (dim as f32).sqrt();
+    (0..dim)
+        .map(|_| (rng.random::<f32>() - 0.5) * scale)
+        .collect()
+}
+
+pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
+    if args.rounds == 0 {
+        usage!("--rounds must be at least 1");
+    }
+    if args.random == Some(0) {
+        usage!("--random must be at least 1");
+    }
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the token file {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let fixed_update = match &args.update {
+        Some(path) => Some(read_npy(path)?),
+        None => None,
+    };
+    let mut builder = Client::builder(args.server.clone())
+        .round_timeout(Duration::from_secs(args.round_timeout))
+        .retry(RetryPolicy {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        });
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    if let Some(ca) = &args.ca_cert {
+        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        builder = builder.tls_ca_pem(pem);
+    }
+    if let Some(domain) = &args.tls_domain {
+        builder = builder.tls_domain(domain.clone());
+    }
+    let client = match builder.build() {
+        Ok(c) => c,
+        Err(e) => usage!("{e}"),
+    };
+    let mut rng = match args.seed {
+        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+        None => rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
+            .context("OS randomness unavailable")?,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let mut failed = 0u32;
+    for round in 1..=args.rounds {
+        let update = match (&fixed_update, args.random) {
+            (Some(u), _) => u.clone(),
+            (None, Some(d)) => random_update(d, &mut rng),
+            (None, None) => unreachable!("clap requires --update or --random"),
+        };
+        match runtime.block_on(client.participate(&update)) {
+            Ok(outcome) => {
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "attempt": round,
+                            "round": outcome.round_id,
+                            "outcome": "completed",
+                            "client_id": outcome.client_id,
+                            "survivors": outcome.survivors,
+                            "model_version": outcome.model_version,
+                            "clipped": outcome.clipped,
+                        })
+                    );
+                } else {
+                    println!(
+                        "round {}: completed as client {} with {} survivors; model version {} published{}",
+                        outcome.round_id,
+                        outcome.client_id,
+                        outcome.survivors,
+                        outcome.model_version,
+                        if outcome.clipped {
+                            " (update clipped)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+            Err(e @ ClientError::RoundAborted { .. }) => {
+                failed += 1;
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"attempt": round, "outcome": "aborted", "error": e.to_string()})
+                    );
+                } else {
+                    println!("attempt {round}: {e}");
+                }
+            }
+            Err(e) => {
+                // Unreachable, refused credentials, version mismatch, wrong
+                // length: another attempt would fail the same way.
+                return Err(anyhow::Error::new(e).context(format!("joining round attempt {round}")));
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

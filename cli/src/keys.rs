@@ -1,0 +1,77 @@
+//! `tessera token` and `tessera cert`: the credentials an operator hands
+//! out. A token is printed once and only its SHA-256 goes into the tokens
+//! file; a self-signed certificate lets a small deployment or a demo run TLS
+//! without a CA.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use rand::SeedableRng;
+use tessera_server::{auth, tls};
+
+pub(crate) const TOKEN_ABOUT: &str =
+    "Create a client's bearer token and add its hash to a tokens file";
+pub(crate) const TOKEN_LONG_ABOUT: &str = "Generates a random bearer token for client NAME, \
+    appends `NAME sha256:HASH` to the tokens file (created with mode 0600 if missing) and \
+    prints the token once on stdout. The server stores and compares only hashes; give the \
+    token to the client (tessera join --token-file).";
+pub(crate) const TOKEN_EXAMPLES: &str = "Example:\n  \
+    tessera token --tokens-file tokens.txt hospital-7 > hospital-7.token";
+
+/// Flags of `tessera token`.
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    /// The tokens file the server reads (--tokens-file of `tessera serve`).
+    #[arg(long, value_name = "FILE")]
+    tokens_file: PathBuf,
+    /// The client's name: 1-64 characters of A-Z a-z 0-9 . _ -
+    #[arg(value_name = "NAME")]
+    name: String,
+}
+
+pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let mut rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
+        .context("OS randomness unavailable")?;
+    let token = auth::generate_token(&mut rng);
+    if let Err(e) = auth::append_token(&args.tokens_file, &args.name, &token) {
+        crate::usage!("{e}");
+    }
+    println!("{}", token.expose());
+    eprintln!(
+        "added {} to {}; the token above is shown only now",
+        args.name,
+        args.tokens_file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) const CERT_ABOUT: &str = "Write a self-signed TLS certificate and key for the server";
+pub(crate) const CERT_LONG_ABOUT: &str = "Writes cert.pem and key.pem (mode 0600) into --out for \
+    the given host names, for `tessera serve --tls-cert --tls-key`. Clients verify the server \
+    with the same cert.pem (`tessera join --ca-cert`). For production, use a certificate from \
+    your CA.";
+pub(crate) const CERT_EXAMPLES: &str = "Example:\n  \
+    tessera cert --out tls/ --host localhost --host agg.internal";
+
+/// Flags of `tessera cert`.
+#[derive(Debug, Args)]
+pub(crate) struct CertArgs {
+    /// Directory to write cert.pem and key.pem into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Host names (or IP addresses) the certificate is valid for.
+    #[arg(long = "host", value_name = "HOST", default_value = "localhost")]
+    hosts: Vec<String>,
+}
+
+pub(crate) fn run_cert(args: CertArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let files =
+        tls::write_self_signed(&args.out, &args.hosts).context("writing the certificate")?;
+    println!("{}", files.cert.display());
+    println!("{}", files.key.display());
+    Ok(ExitCode::SUCCESS)
+}

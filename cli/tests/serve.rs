@@ -1,0 +1,223 @@
+//! `tessera serve`, `tessera join` and `tessera inspect` as real processes
+//! on loopback: the scriptable contract operators rely on, and crash safety
+//! under SIGKILL.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// A `tessera serve` process, its address, and its stderr lines.
+struct Server {
+    child: Child,
+    addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Server {
+    fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(["--dim", "20", "--insecure-dev", "--log", "info"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tessera serve starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("first line");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("first line is {first:?}"))
+            .to_owned();
+        let (tx, log) = mpsc::channel();
+        let stderr: ChildStderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Server { child, addr, log }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for(&self, needle: &str) {
+        loop {
+            let line = self
+                .log
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no log line with {needle:?} within 60 s"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    }
+}
+
+fn join(addr: &str, rounds: u32) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "join",
+            "--server",
+            &format!("http://{addr}"),
+            "--random",
+            "20",
+        ])
+        .args(["--rounds", &rounds.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tessera join starts")
+}
+
+fn inspect(data_dir: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("tessera inspect runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+}
+
+#[test]
+fn serve_and_three_joins_complete_rounds_and_inspect_shows_them() {
+    let dir = scratch_dir("three");
+    let mut server = Server::start(&dir, &["--min-clients", "3", "--rounds", "2"]);
+    let joins: Vec<Child> = (0..3).map(|_| join(&server.addr, 2)).collect();
+    for j in joins {
+        let out = j.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "join failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.matches("completed as client").count(), 2, "{text}");
+    }
+    assert!(
+        server.child.wait().unwrap().success(),
+        "server exits after --rounds 2"
+    );
+    let state = inspect(&dir);
+    let models = state["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3, "the initial model and one per round");
+    for (i, m) in models.iter().enumerate() {
+        assert_eq!(m["version"], i as u64 + 1);
+        assert_eq!(m["round"], i as u64);
+        assert_eq!(m["epsilon"], 0.0);
+    }
+    let rounds = state["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for r in rounds {
+        assert_eq!(r["outcome"], "completed");
+        assert_eq!(r["survivors"], 3);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sigkill_mid_round_loses_no_published_model_and_a_restart_completes_a_round() {
+    let dir = scratch_dir("crash");
+    let mut server = Server::start(&dir, &["--min-clients", "3", "--stage-timeout-ms", "60000"]);
+    // Round 1 completes: models v1 (initial) and v2.
+    for j in (0..3).map(|_| join(&server.addr, 1)).collect::<Vec<_>>() {
+        assert!(j.wait_with_output().unwrap().status.success());
+    }
+    server.wait_for("round completed");
+    let before = inspect(&dir);
+    assert_eq!(before["models"].as_array().unwrap().len(), 2);
+
+    // Round 2 opens with a client that stopped answering (SIGSTOP while it
+    // waits in the lobby), so the round hangs in its first stage.
+    let mut stalled = join(&server.addr, 1);
+    server.wait_for("joined the lobby");
+    let pid = stalled.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let others: Vec<Child> = (0..2).map(|_| join(&server.addr, 1)).collect();
+    server.wait_for("round opened");
+    server.child.kill().expect("SIGKILL the server");
+    server.child.wait().unwrap();
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let _ = stalled.wait();
+    for mut o in others {
+        let _ = o.kill();
+        let _ = o.wait();
+    }
+
+    // Everything published before the crash is intact.
+    let after = inspect(&dir);
+    assert_eq!(after["models"], before["models"]);
+    let rounds = after["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    assert_eq!(rounds[1]["outcome"], "started", "inspect does not rewrite");
+
+    // A restart on the same data dir verifies the models, marks round 2
+    // interrupted and runs round 3.
+    let mut server = Server::start(&dir, &["--min-clients", "3", "--rounds", "1"]);
+    for j in (0..3).map(|_| join(&server.addr, 1)).collect::<Vec<_>>() {
+        assert!(j.wait_with_output().unwrap().status.success());
+    }
+    assert!(server.child.wait().unwrap().success());
+    let last = inspect(&dir);
+    let models = last["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    assert_eq!(
+        &models[..2],
+        before["models"].as_array().unwrap().as_slice()
+    );
+    let outcomes: Vec<&str> = last["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["completed", "interrupted", "completed"]);
+    assert_eq!(models[2]["round"], 3);
+}
+
+#[test]
+fn insecure_dev_is_refused_off_loopback() {
+    let dir = scratch_dir("public");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--dim",
+            "5",
+            "--insecure-dev",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a loopback"), "{err}");
+}

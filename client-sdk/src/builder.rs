@@ -1,0 +1,440 @@
+//! Configuring a [`Client`]: the server's URL, credentials, TLS, limits and
+//! the retry policy, all checked once in [`ClientBuilder::build`] so a
+//! misconfigured client fails at start-up rather than at its first round.
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
+use zeroize::Zeroizing;
+
+use crate::error::{ClientError, source_chain};
+use crate::{Client, ClientInner};
+
+/// How often to retry when the server cannot be reached.
+///
+/// Only [`ClientError::Unreachable`] is retried, and only before a round
+/// starts: a client never rejoins a round it may have partly run (its
+/// masked input could then be counted twice, or its shares revealed to two
+/// different requests).
+///
+/// ```
+/// use std::time::Duration;
+/// use tessera_client::RetryPolicy;
+///
+/// let policy = RetryPolicy {
+///     max_attempts: 5,
+///     initial_backoff: Duration::from_millis(200),
+///     max_backoff: Duration::from_secs(5),
+/// };
+/// // Waits double after each failed attempt, up to max_backoff.
+/// assert_eq!(policy.backoff(1), Some(Duration::from_millis(200)));
+/// assert_eq!(policy.backoff(2), Some(Duration::from_millis(400)));
+/// assert_eq!(policy.backoff(4), Some(Duration::from_millis(1600)));
+/// // No wait after the last attempt: the error is returned.
+/// assert_eq!(policy.backoff(5), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Connection attempts in all, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The wait after the first failed attempt.
+    pub initial_backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry: for callers that run their own retry loop.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_attempts: 1,
+        initial_backoff: Duration::ZERO,
+        max_backoff: Duration::ZERO,
+    };
+
+    /// The wait after failed attempt number `attempt` (1-based), or `None`
+    /// if that was the last attempt.
+    pub fn backoff(&self, attempt: u32) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let doublings = attempt.saturating_sub(1).min(30);
+        let wait = self.initial_backoff.saturating_mul(1 << doublings);
+        Some(wait.min(self.max_backoff))
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Three attempts, waiting 500 ms then 1 s: rides out a server restart
+    /// without hiding a wrong address for long.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The bearer token, wiped from memory when dropped and never shown.
+#[derive(Clone)]
+pub(crate) struct Token(Zeroizing<String>);
+
+impl Token {
+    /// The `authorization` header value, marked sensitive so HTTP/2 header
+    /// compression does not index it.
+    pub(crate) fn header(&self) -> Result<tonic::metadata::AsciiMetadataValue, ClientError> {
+        let text = Zeroizing::new(format!("Bearer {}", self.0.as_str()));
+        let mut value = tonic::metadata::AsciiMetadataValue::try_from(text.as_str())
+            .map_err(|_| ClientError::InvalidToken)?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Collects a client's settings; [`ClientBuilder::build`] checks them.
+///
+/// Made by [`Client::builder`].
+pub struct ClientBuilder {
+    url: String,
+    token: Option<Token>,
+    tls_ca_pem: Option<Vec<u8>>,
+    tls_domain: Option<String>,
+    tls_identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+    connect_timeout: Duration,
+    round_timeout: Duration,
+    retry: RetryPolicy,
+    max_message_bytes: usize,
+    rng_seed: Option<Zeroizing<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .field("tls_domain", &self.tls_domain)
+            .field(
+                "tls_identity",
+                &self.tls_identity.as_ref().map(|_| "[redacted]"),
+            )
+            .field("connect_timeout", &self.connect_timeout)
+            .field("round_timeout", &self.round_timeout)
+            .field("retry", &self.retry)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("rng_seed", &self.rng_seed.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// Default [`ClientBuilder::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`ClientBuilder::round_timeout`].
+pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default [`ClientBuilder::max_message_bytes`]: room for a packed
+/// 32-bit vector of 16 million values.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+impl ClientBuilder {
+    pub(crate) fn new(url: String) -> Self {
+        ClientBuilder {
+            url,
+            token: None,
+            tls_ca_pem: None,
+            tls_domain: None,
+            tls_identity: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            round_timeout: DEFAULT_ROUND_TIMEOUT,
+            retry: RetryPolicy::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            rng_seed: None,
+        }
+    }
+
+    /// The per-client token the server checks (sent as
+    /// `authorization: Bearer <token>`). It is wiped from memory when the
+    /// client is dropped and never appears in `Debug` output, logs or errors.
+    pub fn token(mut self, token: String) -> Self {
+        self.token = Some(Token(Zeroizing::new(token)));
+        self
+    }
+
+    /// The PEM certificate(s) of the authority that signed the server's
+    /// certificate. Required for `https` URLs: the SDK trusts no system
+    /// root store, only the deployment's own authority.
+    pub fn tls_ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.tls_ca_pem = Some(pem);
+        self
+    }
+
+    /// The name the server's certificate must carry, when it is not the
+    /// URL's host (e.g. connecting by IP address).
+    pub fn tls_domain(mut self, domain: String) -> Self {
+        self.tls_domain = Some(domain);
+        self
+    }
+
+    /// A client certificate and its private key (PEM), for servers that
+    /// authenticate clients by mutual TLS. The key is wiped from the
+    /// builder's memory when it is dropped.
+    pub fn tls_identity(mut self, cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Self {
+        self.tls_identity = Some((cert_pem, Zeroizing::new(key_pem)));
+        self
+    }
+
+    /// How long one connection attempt (TCP and TLS) may take. Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long [`Client::participate`] may take in all: connecting and
+    /// retries, the lobby and the round. Default 10 minutes.
+    pub fn round_timeout(mut self, timeout: Duration) -> Self {
+        self.round_timeout = timeout;
+        self
+    }
+
+    /// Retries of connection failures; see [`RetryPolicy`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The largest gRPC message sent or accepted. Default 64 MiB; a masked
+    /// input of `d` values at `bits` bits is about `d * bits / 8` bytes.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Seeds the client's random generator, for tests only: it makes runs
+    /// reproducible, and makes the client's keys and masks predictable to
+    /// anyone who knows the seed. Without it (the default) the generator is
+    /// seeded from the operating system.
+    pub fn rng_seed(mut self, seed: [u8; 32]) -> Self {
+        self.rng_seed = Some(Zeroizing::new(seed));
+        self
+    }
+
+    /// Checks the settings and makes the client. Nothing is sent over the
+    /// network until the first call.
+    ///
+    /// ```
+    /// use tessera_client::{Client, ClientError};
+    ///
+    /// assert!(Client::builder("http://127.0.0.1:7000").build().is_ok());
+    /// // A CA certificate only makes sense with https.
+    /// let err = Client::builder("http://127.0.0.1:7000")
+    ///     .tls_ca_pem(b"-----BEGIN CERTIFICATE-----".to_vec())
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(matches!(err, ClientError::InvalidTls(_)));
+    /// // https needs the deployment's CA.
+    /// assert!(Client::builder("https://fl.example.org").build().is_err());
+    /// assert!(matches!(
+    ///     Client::builder("ftp://x").build(),
+    ///     Err(ClientError::InvalidUrl { .. })
+    /// ));
+    /// ```
+    pub fn build(self) -> Result<Client, ClientError> {
+        let invalid_url = |reason: &str| ClientError::InvalidUrl {
+            url: self.url.clone(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = self
+            .url
+            .parse()
+            .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid_url(&e.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            Some(other) => {
+                return Err(invalid_url(&format!(
+                    "scheme '{other}' is not supported (use http or https)"
+                )));
+            }
+            None => return Err(invalid_url("no scheme (use http:// or https://)")),
+        };
+        let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
+            return Err(invalid_url("no host"));
+        };
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(invalid_url(
+                "a path or query is not supported; give scheme://host:port",
+            ));
+        }
+        for (setting, zero) in [
+            ("connect_timeout", self.connect_timeout.is_zero()),
+            ("round_timeout", self.round_timeout.is_zero()),
+            ("max_message_bytes", self.max_message_bytes == 0),
+            ("retry", self.retry.max_attempts == 0),
+        ] {
+            if zero {
+                return Err(ClientError::InvalidSetting {
+                    setting,
+                    problem: "must be above zero".into(),
+                });
+            }
+        }
+        if let Some(token) = &self.token {
+            token.header()?;
+        }
+
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| invalid_url(&source_chain(&e)))?
+            .connect_timeout(self.connect_timeout);
+        let has_tls_setting =
+            self.tls_ca_pem.is_some() || self.tls_domain.is_some() || self.tls_identity.is_some();
+        if https {
+            let Some(ca) = &self.tls_ca_pem else {
+                return Err(ClientError::InvalidTls(
+                    "an https URL needs tls_ca_pem: the SDK trusts only the \
+                     deployment's own certificate authority"
+                        .into(),
+                ));
+            };
+            // rustls skips text that is not PEM, so a wrong file would
+            // otherwise give a client that trusts nothing and fails every
+            // handshake with a puzzling error.
+            if !contains(ca, b"-----BEGIN CERTIFICATE-----") {
+                return Err(ClientError::InvalidTls(
+                    "tls_ca_pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+                ));
+            }
+            if let Some((cert, key)) = &self.tls_identity {
+                if !contains(cert, b"-----BEGIN CERTIFICATE-----") {
+                    return Err(ClientError::InvalidTls(
+                        "tls_identity's certificate holds no PEM certificate".into(),
+                    ));
+                }
+                if !contains(key, b"PRIVATE KEY-----") {
+                    return Err(ClientError::InvalidTls(
+                        "tls_identity's key holds no PEM private key".into(),
+                    ));
+                }
+            }
+            let domain = self.tls_domain.clone().unwrap_or_else(|| {
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned()
+            });
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca))
+                .domain_name(domain)
+                .timeout(self.connect_timeout);
+            if let Some((cert, key)) = &self.tls_identity {
+                tls = tls.identity(Identity::from_pem(cert, key.as_slice()));
+            }
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| ClientError::InvalidTls(source_chain(&e)))?;
+        } else if has_tls_setting {
+            return Err(ClientError::InvalidTls(format!(
+                "TLS settings were given for the plain-text URL '{}'; use https://",
+                self.url
+            )));
+        }
+
+        let rng = match &self.rng_seed {
+            Some(seed) => StdRng::from_seed(**seed),
+            None => StdRng::try_from_rng(&mut rand::rngs::SysRng)
+                .map_err(|e| ClientError::OsRandomness(e.to_string()))?,
+        };
+        Ok(Client {
+            inner: ClientInner {
+                url: self.url.clone(),
+                endpoint,
+                token: self.token.clone(),
+                round_timeout: self.round_timeout,
+                retry: self.retry,
+                max_message_bytes: self.max_message_bytes,
+                rng: std::sync::Mutex::new(rng),
+            },
+        })
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_stops() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(350),
+        };
+        let waits: Vec<_> = (1..=10).map(|a| p.backoff(a)).collect();
+        assert_eq!(waits[0], Some(Duration::from_millis(100)));
+        assert_eq!(waits[1], Some(Duration::from_millis(200)));
+        assert_eq!(waits[2], Some(Duration::from_millis(350)));
+        assert_eq!(waits[8], Some(Duration::from_millis(350)));
+        assert_eq!(waits[9], None);
+        assert_eq!(RetryPolicy::NONE.backoff(1), None);
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let builder = Client::builder("http://127.0.0.1:1")
+            .token("hunter2-secret".into())
+            .rng_seed([9; 32]);
+        let text = format!("{builder:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
+        let client = builder.build().unwrap();
+        let text = format!("{client:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_their_name() {
+        let err = Client::builder("http://127.0.0.1:1")
+            .round_timeout(Duration::ZERO)
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("round_timeout"), "{err}");
+        let err = Client::builder("127.0.0.1:7000").build().unwrap_err();
+        assert!(matches!(err, ClientError::InvalidUrl { .. }), "{err}");
+        let err = Client::builder("http://127.0.0.1:1/v1/x")
+            .build()
+            .unwrap_err();
+        assert!(err.to_string().contains("path"), "{err}");
+        let err = Client::builder("http://127.0.0.1:1")
+            .tls_domain("fl.example.org".into())
+            .build()
+            .unwrap_err();
+        assert!(matches!(err, ClientError::InvalidTls(_)), "{err}");
+        let err = Client::builder("http://127.0.0.1:1")
+            .token("two\nlines".into())
+            .build()
+            .unwrap_err();
+        assert_eq!(err, ClientError::InvalidToken);
+        assert!(!err.to_string().contains("lines"));
+    }
+
+    #[test]
+    fn a_pem_that_does_not_parse_fails_the_build() {
+        let err = Client::builder("https://127.0.0.1:1")
+            .tls_ca_pem(b"not a certificate".to_vec())
+            .build();
+        assert!(matches!(err, Err(ClientError::InvalidTls(_))), "{err:?}");
+        let err = Client::builder("https://127.0.0.1:1")
+            .tls_ca_pem(b"-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n".to_vec())
+            .build();
+        assert!(matches!(err, Err(ClientError::InvalidTls(_))), "{err:?}");
+    }
+}

@@ -1,0 +1,379 @@
+//! Running one round over one `Participate` stream: the async driver around
+//! [`tessera_aggregation::ClientSession`], in the manner of quinn's
+//! connection driver around quinn-proto.
+//!
+//! 1. Send `Join` (protocol version and update length), then wait through
+//!    the server's `Lobby` frames for `RoundStart`.
+//! 2. Check the round's parameters against this client (protocol version,
+//!    dimension), encode the update in the round's fixed point, start a
+//!    session and hand it the encoded input at once.
+//! 3. Loop: send what the session wants sent, act on its events, then wait
+//!    for the next server frame or the session's deadline, whichever comes
+//!    first, and feed it in.
+//! 4. The `RoundResult` frame ends the round.
+//!
+//! The session enforces the protocol's privacy against the server (one
+//! unmasking answer per round, never both secrets of a neighbour); when it
+//! refuses a message the client stops taking part.
+
+use std::time::Instant;
+
+use rand::rngs::StdRng;
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::{
+    ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage,
+    client::ClientError as SessionError,
+};
+use tessera_proto::v1::{self, client_frame, server_frame};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+use tracing::Instrument;
+
+use crate::ClientInner;
+use crate::error::{ClientError, Phase, from_status};
+
+/// What a client learns from a round it took part in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundOutcome {
+    /// The round.
+    pub round_id: u64,
+    /// This client's id in the round.
+    pub client_id: u32,
+    /// How many clients' inputs are in the aggregate.
+    pub survivors: u32,
+    /// The model version the server published from this round.
+    pub model_version: u64,
+    /// Whether the update was scaled down to the round's clip norm; the
+    /// fraction of clipped updates tells an application whether its clip
+    /// norm is too tight.
+    pub clipped: bool,
+    /// The update's L2 norm before clipping.
+    pub update_norm: f32,
+}
+
+/// Frames queued towards the server; the protocol sends one per stage, so a
+/// few suffice.
+const OUTBOX: usize = 8;
+
+/// Joins over `grpc` and runs the round to its end.
+pub(crate) async fn participate(
+    client: &ClientInner,
+    mut grpc: v1::aggregator_client::AggregatorClient<Channel>,
+    update: &[f32],
+    rng: &mut StdRng,
+) -> Result<RoundOutcome, ClientError> {
+    let update_len = update.len();
+    let join_phase = Phase::Join { update_len };
+    let dim = u32::try_from(update_len).map_err(|_| ClientError::UpdateLength {
+        expected: u64::from(u32::MAX),
+        got: update_len as u64,
+    })?;
+    let (tx, rx) = mpsc::channel(OUTBOX);
+    tx.try_send(v1::ClientFrame {
+        frame: Some(client_frame::Frame::Join(v1::Join {
+            protocol_version: tessera_proto::PROTOCOL_VERSION,
+            dim,
+        })),
+    })
+    .expect("a fresh channel has room for the Join");
+    let request = client.request(ReceiverStream::new(rx))?;
+    let mut inbound = grpc
+        .participate(request)
+        .await
+        .map_err(|status| from_status(&status, &client.url, join_phase))?
+        .into_inner();
+
+    let start = loop {
+        let frame = inbound
+            .message()
+            .await
+            .map_err(|status| from_status(&status, &client.url, join_phase))?;
+        match frame.and_then(|f| f.frame) {
+            Some(server_frame::Frame::Lobby(lobby)) => {
+                tracing::debug!(
+                    waiting = lobby.waiting,
+                    min_clients = lobby.min_clients,
+                    "waiting in the lobby"
+                );
+            }
+            Some(server_frame::Frame::RoundStart(start)) => break start,
+            Some(other) => {
+                return Err(ClientError::ServerMisbehaved {
+                    round_id: None,
+                    problem: format!("sent a {} frame before RoundStart", frame_name(&other)),
+                });
+            }
+            None => {
+                return Err(ClientError::ConnectionLost {
+                    round_id: None,
+                    message: "the server closed the stream before a round started".into(),
+                });
+            }
+        }
+    };
+
+    let round = Round::start(&start, update, rng)?;
+    let span = tracing::info_span!(
+        "round",
+        round_id = round.round_id,
+        client_id = start.client_id,
+        stage = tracing::field::Empty,
+    );
+    round.run(client, tx, inbound).instrument(span).await
+}
+
+/// A round this client is in, from `RoundStart` to `RoundResult`.
+struct Round {
+    round_id: u64,
+    session: ClientSession,
+    clipped: bool,
+    update_norm: f32,
+    /// The session's latest stage, kept because the session itself has
+    /// none once it gave up.
+    stage: Option<&'static str>,
+}
+
+impl Round {
+    /// Checks the round's parameters, encodes the update and starts the
+    /// session with it.
+    fn start(
+        start: &v1::RoundStart,
+        update: &[f32],
+        rng: &mut StdRng,
+    ) -> Result<Round, ClientError> {
+        if start.protocol_version != tessera_proto::PROTOCOL_VERSION {
+            return Err(ClientError::VersionMismatch {
+                ours: tessera_proto::PROTOCOL_VERSION,
+                server: start.protocol_version,
+            });
+        }
+        let bad = |round_id: Option<u64>, problem: String| ClientError::ServerMisbehaved {
+            round_id,
+            problem,
+        };
+        let wire_config = start
+            .config
+            .as_ref()
+            .ok_or_else(|| bad(None, "RoundStart without a round configuration".into()))?;
+        let round_id = Some(wire_config.round_id);
+        if wire_config.dim as usize != update.len() {
+            return Err(ClientError::UpdateLength {
+                expected: u64::from(wire_config.dim),
+                got: update.len() as u64,
+            });
+        }
+        let config =
+            RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
+        let fixed_point = start
+            .fixed_point
+            .as_ref()
+            .ok_or_else(|| bad(round_id, "RoundStart without a fixed-point format".into()))?;
+        let fixed_point =
+            FixedPoint::try_from(fixed_point).map_err(|e| bad(round_id, e.to_string()))?;
+        if fixed_point.bits != config.bits {
+            return Err(bad(
+                round_id,
+                format!(
+                    "the fixed-point format has {} bits, the round {}",
+                    fixed_point.bits, config.bits
+                ),
+            ));
+        }
+        // Only NaN or infinity can fail here, and participate checked those.
+        let encoded = fixed_point
+            .encode(update, rng)
+            .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?;
+        let mut session = ClientSession::new(
+            config.clone(),
+            ClientId(start.client_id),
+            Instant::now(),
+            rng,
+        )
+        .map_err(|e| bad(round_id, e.to_string()))?;
+        session
+            .submit_input(encoded.values)
+            .map_err(|e| bad(round_id, e.to_string()))?;
+        tracing::info!(
+            round_id = config.round_id,
+            client_id = start.client_id,
+            num_clients = config.num_clients,
+            threshold = config.threshold,
+            dim = config.dim,
+            base_model_version = start.model_version,
+            clipped = encoded.clipped,
+            "round started"
+        );
+        Ok(Round {
+            round_id: config.round_id,
+            session,
+            clipped: encoded.clipped,
+            update_norm: encoded.norm,
+            stage: None,
+        })
+    }
+
+    /// Drives the session until the server's `RoundResult`.
+    async fn run(
+        mut self,
+        client: &ClientInner,
+        tx: mpsc::Sender<v1::ClientFrame>,
+        mut inbound: tonic::Streaming<v1::ServerFrame>,
+    ) -> Result<RoundOutcome, ClientError> {
+        let round_id = self.round_id;
+        let misbehaved = |problem: String| ClientError::ServerMisbehaved {
+            round_id: Some(round_id),
+            problem,
+        };
+        let mut completed = false;
+        self.note_stage();
+        loop {
+            while let Some(message) = self.session.poll_transmit() {
+                let frame = v1::ClientFrame {
+                    frame: Some(client_frame::Frame::Message(message.encode())),
+                };
+                // A closed stream is reported by the receiving side, with
+                // the server's status.
+                if tx.send(frame).await.is_err() {
+                    tracing::debug!("the outgoing stream is closed");
+                }
+            }
+            while let Some(event) = self.session.poll_event() {
+                match event {
+                    ClientEvent::MaskedInputSent => tracing::debug!("masked input sent"),
+                    ClientEvent::Completed => {
+                        tracing::debug!("unmasking answered; waiting for the result");
+                        completed = true;
+                    }
+                    ClientEvent::Aborted(reason) => {
+                        return Err(ClientError::RoundAborted {
+                            round_id,
+                            reason: Some(reason),
+                        });
+                    }
+                    ClientEvent::TimedOut => {
+                        return Err(ClientError::ServerSilent {
+                            round_id,
+                            stage: self.stage.unwrap_or("unknown"),
+                        });
+                    }
+                    // The input was submitted at the start.
+                    _ => {}
+                }
+            }
+
+            let deadline = self.session.poll_timeout();
+            // `Streaming::message` is cancel-safe (a poll of the stream), so
+            // a deadline that wins the race loses no frame.
+            let frame = tokio::select! {
+                frame = inbound.message() => frame,
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.session.handle_timeout(Instant::now());
+                    continue;
+                }
+            };
+            let frame = frame
+                .map_err(|status| from_status(&status, &client.url, Phase::Round { round_id }))?;
+            match frame.and_then(|f| f.frame) {
+                Some(server_frame::Frame::Message(bytes)) => {
+                    let message = ServerMessage::decode(&bytes)
+                        .map_err(|e| misbehaved(format!("malformed protocol message: {e}")))?;
+                    match self.session.handle_message(Instant::now(), message) {
+                        Ok(()) => self.note_stage(),
+                        Err(SessionError::ServerMisbehaved(violation)) => {
+                            return Err(misbehaved(violation.to_string()));
+                        }
+                        // Stale (another round) or after the session ended:
+                        // nothing to act on.
+                        Err(other) => tracing::debug!(error = %other, "ignored a server message"),
+                    }
+                }
+                Some(server_frame::Frame::Result(result)) => {
+                    return self.finish(&result, completed);
+                }
+                Some(other) => {
+                    return Err(misbehaved(format!(
+                        "sent a {} frame during the round",
+                        frame_name(&other)
+                    )));
+                }
+                None => {
+                    return Err(ClientError::ConnectionLost {
+                        round_id: Some(round_id),
+                        message: "the server closed the stream before the round's result".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records the session's stage in the round's span when it changes.
+    fn note_stage(&mut self) {
+        let stage = self.session.stage().map(|s| s.name());
+        if stage.is_some() && stage != self.stage {
+            self.stage = stage;
+            tracing::Span::current().record("stage", stage);
+            tracing::debug!("stage started");
+        }
+    }
+
+    fn finish(
+        &self,
+        result: &v1::RoundResult,
+        completed: bool,
+    ) -> Result<RoundOutcome, ClientError> {
+        let round_id = self.round_id;
+        if result.round_id != round_id {
+            return Err(ClientError::ServerMisbehaved {
+                round_id: Some(round_id),
+                problem: format!("sent the result of round {}", result.round_id),
+            });
+        }
+        match result.outcome() {
+            v1::Outcome::Completed if completed => {
+                tracing::info!(
+                    survivors = result.survivors,
+                    model_version = result.model_version,
+                    "round completed"
+                );
+                Ok(RoundOutcome {
+                    round_id,
+                    client_id: self.session.id().0,
+                    survivors: result.survivors,
+                    model_version: result.model_version,
+                    clipped: self.clipped,
+                    update_norm: self.update_norm,
+                })
+            }
+            v1::Outcome::Completed => {
+                tracing::info!("round completed without this client");
+                Err(ClientError::LeftOut { round_id })
+            }
+            v1::Outcome::Aborted => {
+                let reason = tessera_proto::convert::parse_abort_reason(&result.abort_reason);
+                tracing::info!(reason = %result.abort_reason, "round aborted");
+                Err(ClientError::RoundAborted { round_id, reason })
+            }
+            v1::Outcome::Unspecified => Err(ClientError::ServerMisbehaved {
+                round_id: Some(round_id),
+                problem: "sent a RoundResult without an outcome".into(),
+            }),
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn frame_name(frame: &server_frame::Frame) -> &'static str {
+    match frame {
+        server_frame::Frame::Lobby(_) => "Lobby",
+        server_frame::Frame::RoundStart(_) => "RoundStart",
+        server_frame::Frame::Message(_) => "protocol message",
+        server_frame::Frame::Result(_) => "RoundResult",
+    }
+}

@@ -1,0 +1,269 @@
+//! The Tessera client SDK: contribute an `f32` model update to a secure
+//! aggregation round, so the server learns only the sum of many clients'
+//! updates, never yours.
+//!
+//! An application (a phone, a hospital's training job, an edge device
+//! behind NAT) builds one [`Client`] with the server's URL and its
+//! credentials, and for each round it wants to take part in calls
+//! [`Client::participate`] with its update. The SDK dials the server, waits
+//! in its lobby until a round opens, runs the secure aggregation protocol of
+//! `tessera-aggregation` (key agreement, secret sharing, masking, unmasking)
+//! over one gRPC stream, and returns the round's [`RoundOutcome`].
+//! [`Client::latest_model`] downloads the model to train from.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), tessera_client::ClientError> {
+//! use std::time::Duration;
+//! use tessera_client::{Client, RetryPolicy};
+//!
+//! let client = Client::builder("https://fl.example.org:7443")
+//!     .tls_ca_pem(std::fs::read("ca.pem").expect("CA file"))
+//!     .token(std::env::var("TESSERA_TOKEN").expect("token"))
+//!     .retry(RetryPolicy {
+//!         max_attempts: 5,
+//!         initial_backoff: Duration::from_millis(500),
+//!         max_backoff: Duration::from_secs(10),
+//!     })
+//!     .build()?;
+//! let global = client.latest_model().await?;
+//! let mut local = global.flatten();
+//! // ... train `local` on private data ...
+//! let update: Vec<f32> = local.iter().zip(global.flatten()).map(|(l, g)| l - g).collect();
+//! let outcome = client.participate(&update).await?;
+//! println!("round {}: {} clients, clipped: {}", outcome.round_id, outcome.survivors, outcome.clipped);
+//! # Ok(()) }
+//! ```
+//!
+//! The client keeps its randomness (a CSPRNG seeded from the operating
+//! system) and its token to itself: neither appears in logs, errors or
+//! `Debug` output, nor does the update. Logs are `tracing` spans per round
+//! with the round id, client id and stage.
+#![forbid(unsafe_code)]
+
+mod builder;
+mod driver;
+mod error;
+mod model;
+
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tessera_proto::v1;
+use tonic::transport::{Channel, Endpoint};
+
+pub use builder::{
+    ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROUND_TIMEOUT,
+    RetryPolicy,
+};
+pub use driver::RoundOutcome;
+pub use error::ClientError;
+pub use model::{GlobalModel, NamedTensor};
+
+use builder::Token;
+use error::{Phase, from_status};
+
+/// A connection profile to one aggregation server: where it is, how to
+/// prove who this client is, and how long to wait.
+///
+/// One `Client` serves any number of calls; each call opens its own
+/// connection, so a long pause between rounds holds nothing open.
+pub struct Client {
+    inner: ClientInner,
+}
+
+/// The settings [`ClientBuilder::build`] checked.
+struct ClientInner {
+    url: String,
+    endpoint: Endpoint,
+    token: Option<Token>,
+    round_timeout: Duration,
+    retry: RetryPolicy,
+    max_message_bytes: usize,
+    /// Forked once per round, so concurrent calls never wait on each other
+    /// for randomness.
+    rng: std::sync::Mutex<StdRng>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("Client")
+            .field("url", &inner.url)
+            .field("token", &inner.token.as_ref().map(|_| "[redacted]"))
+            .field("round_timeout", &inner.round_timeout)
+            .field("retry", &inner.retry)
+            .field("max_message_bytes", &inner.max_message_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client of the server at `url`
+    /// (`http://host:port`, or `https://host:port` with
+    /// [`ClientBuilder::tls_ca_pem`]).
+    pub fn builder(url: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(url.into())
+    }
+
+    /// The server URL this client talks to.
+    pub fn url(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// Joins the server's next round with `update` and runs it to the end.
+    ///
+    /// The update is clipped to the round's L2 clip norm and encoded in its
+    /// fixed-point format (randomized rounding, so the server's average is
+    /// unbiased); [`RoundOutcome::clipped`] and [`RoundOutcome::update_norm`]
+    /// say what clipping did. Connection failures before the round starts
+    /// are retried per [`ClientBuilder::retry`]; nothing is retried once a
+    /// round has started. The whole call is bounded by
+    /// [`ClientBuilder::round_timeout`].
+    ///
+    /// An update the protocol cannot carry is refused before any connection:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tessera_client::{Client, ClientError};
+    ///
+    /// let client = Client::builder("http://127.0.0.1:9").build().unwrap();
+    /// let err = client.participate(&[0.5, f32::NAN]).await.unwrap_err();
+    /// assert_eq!(err, ClientError::NonFiniteUpdate { index: 1 });
+    /// assert_eq!(client.participate(&[]).await.unwrap_err(), ClientError::EmptyUpdate);
+    /// # }
+    /// ```
+    pub async fn participate(&self, update: &[f32]) -> Result<RoundOutcome, ClientError> {
+        if update.is_empty() {
+            return Err(ClientError::EmptyUpdate);
+        }
+        if let Some(index) = update.iter().position(|x| !x.is_finite()) {
+            return Err(ClientError::NonFiniteUpdate { index });
+        }
+        let mut rng = self.fork_rng();
+        let inner = &self.inner;
+        let attempts = async {
+            let mut attempt = 1;
+            loop {
+                let result = match inner.connect().await {
+                    Ok(grpc) => driver::participate(inner, grpc, update, &mut rng).await,
+                    Err(e) => Err(e),
+                };
+                match inner.retry_after(result, &mut attempt).await {
+                    Some(result) => return result,
+                    None => continue,
+                }
+            }
+        };
+        tokio::time::timeout(inner.round_timeout, attempts)
+            .await
+            .unwrap_or(Err(ClientError::RoundTimeout {
+                after: inner.round_timeout,
+            }))
+    }
+
+    /// Downloads the latest published model.
+    pub async fn latest_model(&self) -> Result<GlobalModel, ClientError> {
+        self.fetch_model(0).await
+    }
+
+    /// Downloads published model `version` (0 asks for the latest, as on
+    /// the wire). A version the server never published is
+    /// [`ClientError::NoSuchModel`].
+    pub async fn model(&self, version: u64) -> Result<GlobalModel, ClientError> {
+        self.fetch_model(version).await
+    }
+
+    async fn fetch_model(&self, version: u64) -> Result<GlobalModel, ClientError> {
+        let inner = &self.inner;
+        let mut attempt = 1;
+        loop {
+            let result = async {
+                let mut grpc = inner.connect().await?;
+                let request = inner.request(v1::GetModelRequest { version })?;
+                let response = grpc
+                    .get_model(request)
+                    .await
+                    .map_err(|s| from_status(&s, &inner.url, Phase::Model { version }))?;
+                GlobalModel::try_from(response.into_inner())
+            }
+            .await;
+            if let Some(result) = inner.retry_after(result, &mut attempt).await {
+                return result;
+            }
+        }
+    }
+
+    /// A generator for one call, seeded from the client's: a round's keys
+    /// come from a stream no other call shares.
+    fn fork_rng(&self) -> StdRng {
+        // A poisoned lock still holds a usable generator: no invariant of
+        // StdRng spans a panic.
+        let mut rng = self
+            .inner
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        StdRng::from_rng(&mut *rng)
+    }
+}
+
+impl ClientInner {
+    /// Opens a connection (TCP, and TLS for https).
+    async fn connect(
+        &self,
+    ) -> Result<v1::aggregator_client::AggregatorClient<Channel>, ClientError> {
+        let channel = self
+            .endpoint
+            .connect()
+            .await
+            .map_err(|e| error::unreachable(&self.url, &e))?;
+        Ok(v1::aggregator_client::AggregatorClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+
+    /// A request carrying the client's credentials.
+    fn request<T>(&self, message: T) -> Result<tonic::Request<T>, ClientError> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.header()?);
+        }
+        Ok(request)
+    }
+
+    /// Decides on an attempt's result: `Some` to return it, `None` after
+    /// waiting out the backoff when it was a connection failure worth
+    /// retrying. [`ClientError::Unreachable`] only arises before a round
+    /// starts, so a round is never rejoined.
+    async fn retry_after<T>(
+        &self,
+        result: Result<T, ClientError>,
+        attempt: &mut u32,
+    ) -> Option<Result<T, ClientError>> {
+        let Err(ClientError::Unreachable { url, message, .. }) = result else {
+            return Some(result);
+        };
+        match self.retry.backoff(*attempt) {
+            Some(wait) => {
+                tracing::warn!(
+                    attempt = *attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    error = %message,
+                    "server unreachable; retrying"
+                );
+                tokio::time::sleep(wait).await;
+                *attempt += 1;
+                None
+            }
+            None => Some(Err(ClientError::Unreachable {
+                url,
+                attempts: *attempt,
+                message,
+            })),
+        }
+    }
+}

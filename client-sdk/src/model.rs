@@ -1,0 +1,157 @@
+//! Published global models, as [`Client::latest_model`](crate::Client::latest_model)
+//! downloads them: a client trains from the latest model and sends
+//! `local - global` as its update, so the flat vector it updates must have
+//! the same layout as [`GlobalModel::flatten`].
+
+use tessera_proto::v1;
+
+use crate::error::ClientError;
+
+/// One named tensor of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// The parameter's name, as the training code knows it.
+    pub name: String,
+    /// Its shape; the product is `values.len()`.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A model the server published, with the privacy spent to make it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GlobalModel {
+    /// The model's version; each completed round publishes the next.
+    pub version: u64,
+    /// The round that produced it (0 for the initial model).
+    pub round: u64,
+    /// Differential privacy spent up to and including this version (0
+    /// without DP).
+    pub epsilon: f64,
+    /// The delta of `epsilon`.
+    pub delta: f64,
+    /// The parameters, in the order of the flat update vector.
+    pub tensors: Vec<NamedTensor>,
+}
+
+impl GlobalModel {
+    /// All values in one vector, tensors in order: the layout of the update
+    /// [`Client::participate`](crate::Client::participate) takes.
+    ///
+    /// ```
+    /// use tessera_client::{GlobalModel, NamedTensor};
+    ///
+    /// let model = GlobalModel {
+    ///     version: 3,
+    ///     round: 2,
+    ///     epsilon: 0.0,
+    ///     delta: 0.0,
+    ///     tensors: vec![
+    ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
+    ///         NamedTensor { name: "b".into(), shape: vec![1], values: vec![3.0] },
+    ///     ],
+    /// };
+    /// assert_eq!(model.flatten(), [1.0, 2.0, 3.0]);
+    /// assert_eq!(model.dim(), 3);
+    /// ```
+    pub fn flatten(&self) -> Vec<f32> {
+        let mut flat = Vec::with_capacity(self.dim());
+        for tensor in &self.tensors {
+            flat.extend_from_slice(&tensor.values);
+        }
+        flat
+    }
+
+    /// The number of parameters: the length updates must have.
+    pub fn dim(&self) -> usize {
+        self.tensors.iter().map(|t| t.values.len()).sum()
+    }
+}
+
+impl TryFrom<v1::GetModelResponse> for GlobalModel {
+    type Error = ClientError;
+
+    /// Converts and checks that each tensor's shape matches its values.
+    fn try_from(response: v1::GetModelResponse) -> Result<Self, ClientError> {
+        let bad = |problem: String| ClientError::ServerMisbehaved {
+            round_id: None,
+            problem,
+        };
+        let tensors = response
+            .tensors
+            .into_iter()
+            .map(|t| {
+                let shape = t
+                    .shape
+                    .iter()
+                    .map(|&d| usize::try_from(d))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|_| bad(format!("tensor '{}' has a dimension above usize", t.name)))?;
+                let size = shape
+                    .iter()
+                    .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+                    .ok_or_else(|| bad(format!("tensor '{}' has an overflowing shape", t.name)))?;
+                if size != t.values.len() {
+                    return Err(bad(format!(
+                        "tensor '{}' has shape {:?} ({size} values) but {} values",
+                        t.name,
+                        shape,
+                        t.values.len()
+                    )));
+                }
+                Ok(NamedTensor {
+                    name: t.name,
+                    shape,
+                    values: t.values,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(GlobalModel {
+            version: response.version,
+            round: response.round,
+            epsilon: response.epsilon,
+            delta: response.delta,
+            tensors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shape_that_does_not_match_the_values_is_refused() {
+        let response = v1::GetModelResponse {
+            version: 1,
+            round: 0,
+            epsilon: 0.0,
+            delta: 0.0,
+            tensors: vec![v1::Tensor {
+                name: "w".into(),
+                shape: vec![2, 3],
+                values: vec![0.0; 5],
+            }],
+        };
+        let err = GlobalModel::try_from(response).unwrap_err();
+        assert!(err.to_string().contains("tensor 'w'"), "{err}");
+    }
+
+    #[test]
+    fn scalars_have_an_empty_shape() {
+        let response = v1::GetModelResponse {
+            version: 1,
+            round: 0,
+            epsilon: 1.5,
+            delta: 1e-5,
+            tensors: vec![v1::Tensor {
+                name: "scale".into(),
+                shape: vec![],
+                values: vec![2.0],
+            }],
+        };
+        let model = GlobalModel::try_from(response).unwrap();
+        assert_eq!(model.flatten(), [2.0]);
+        assert_eq!(model.epsilon, 1.5);
+    }
+}

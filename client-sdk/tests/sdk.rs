@@ -1,0 +1,723 @@
+//! The SDK against test doubles of the aggregation server, over real gRPC on
+//! loopback sockets: one real round with a real `ServerSession`, and each
+//! way a server can refuse a client.
+
+use std::time::{Duration, Instant};
+
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::messages::AbortReason;
+use tessera_aggregation::{ClientId, ClientMessage, RoundConfig, ServerEvent, ServerSession};
+use tessera_client::{Client, ClientError, RetryPolicy};
+use tessera_proto::v1::aggregator_server::{Aggregator, AggregatorServer};
+use tessera_proto::v1::{self, client_frame, server_frame};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+
+const TOKEN: &str = "s3cret-token";
+
+/// A server running on 127.0.0.1 until dropped.
+struct Running {
+    url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Serves `service` on a fresh loopback port, over TLS when `tls` holds the
+/// server's certificate and key (PEM).
+async fn serve<S: Aggregator>(service: S, tls: Option<(String, String)>) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (shutdown, signal) = oneshot::channel::<()>();
+    let mut builder = Server::builder();
+    let scheme = if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder = builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .unwrap();
+        "https"
+    } else {
+        "http"
+    };
+    let router = builder.add_service(AggregatorServer::new(service));
+    tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = signal.await;
+            })
+            .await
+            .unwrap();
+    });
+    Running {
+        url: format!("{scheme}://{addr}"),
+        shutdown: Some(shutdown),
+    }
+}
+
+fn check_token<T>(request: &Request<T>) -> Result<(), Status> {
+    let expected = format!("Bearer {TOKEN}");
+    match request.metadata().get("authorization") {
+        Some(value) if value.to_str().ok() == Some(expected.as_str()) => Ok(()),
+        _ => Err(tessera_proto::status_with_detail(
+            tonic::Code::Unauthenticated,
+            "unknown client",
+            &detail(v1::ErrorKind::Unauthenticated),
+        )),
+    }
+}
+
+fn detail(kind: v1::ErrorKind) -> v1::ErrorDetail {
+    v1::ErrorDetail {
+        kind: kind as i32,
+        ..Default::default()
+    }
+}
+
+fn test_model() -> v1::GetModelResponse {
+    v1::GetModelResponse {
+        version: 5,
+        round: 4,
+        epsilon: 0.75,
+        delta: 1e-6,
+        tensors: vec![
+            v1::Tensor {
+                name: "dense.weight".into(),
+                shape: vec![2, 2],
+                values: vec![1.0, 2.0, 3.0, 4.0],
+            },
+            v1::Tensor {
+                name: "dense.bias".into(),
+                shape: vec![2],
+                values: vec![-1.0, -2.0],
+            },
+        ],
+    }
+}
+
+type FrameStream = ReceiverStream<Result<v1::ServerFrame, Status>>;
+
+async fn first_join(inbound: &mut Streaming<v1::ClientFrame>) -> Result<v1::Join, Status> {
+    match inbound.message().await?.and_then(|f| f.frame) {
+        Some(client_frame::Frame::Join(join)) => Ok(join),
+        _ => Err(Status::invalid_argument("expected Join")),
+    }
+}
+
+fn frame(frame: server_frame::Frame) -> Result<v1::ServerFrame, Status> {
+    Ok(v1::ServerFrame { frame: Some(frame) })
+}
+
+// ---------------------------------------------------------------------------
+// A real round.
+
+/// Accepts joins and hands them to the round task.
+struct RoundDouble {
+    joins: mpsc::Sender<Joined>,
+}
+
+struct Joined {
+    join: v1::Join,
+    inbound: Streaming<v1::ClientFrame>,
+    out: mpsc::Sender<Result<v1::ServerFrame, Status>>,
+}
+
+#[tonic::async_trait]
+impl Aggregator for RoundDouble {
+    type ParticipateStream = FrameStream;
+
+    async fn participate(
+        &self,
+        request: Request<Streaming<v1::ClientFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        check_token(&request)?;
+        let mut inbound = request.into_inner();
+        let join = first_join(&mut inbound).await?;
+        let (out, rx) = mpsc::channel(16);
+        self.joins
+            .send(Joined { join, inbound, out })
+            .await
+            .map_err(|_| Status::unavailable("round over"))?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_model(
+        &self,
+        _: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::GetModelResponse>, Status> {
+        Err(Status::unimplemented("not in this double"))
+    }
+}
+
+/// Runs one round of `n` clients with a real `ServerSession`; returns the
+/// decoded mean and the number of contributors.
+async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32) {
+    let mut clients: Vec<Joined> = Vec::new();
+    while clients.len() < n as usize {
+        let joined = joins.recv().await.unwrap();
+        assert_eq!(
+            joined.join.protocol_version,
+            tessera_proto::PROTOCOL_VERSION
+        );
+        clients.push(joined);
+        for c in &clients {
+            let lobby = v1::Lobby {
+                waiting: clients.len() as u32,
+                min_clients: n,
+            };
+            let _ = c.out.send(frame(server_frame::Frame::Lobby(lobby))).await;
+        }
+    }
+    let dim = clients[0].join.dim;
+    let fp = FixedPoint::for_clients(n, 4.0, 16).unwrap();
+    let mut config = RoundConfig::new(7, n, dim);
+    config.bits = fp.bits;
+    config.threshold = 3;
+    config.stage_timeout = Duration::from_secs(5);
+    let mut session = ServerSession::new(config.clone(), Instant::now()).unwrap();
+
+    let (messages_tx, mut messages) = mpsc::channel::<(ClientId, Vec<u8>)>(64);
+    let mut outs = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        let start = v1::RoundStart {
+            protocol_version: tessera_proto::PROTOCOL_VERSION,
+            client_id: i as u32,
+            config: Some((&config).into()),
+            fixed_point: Some((&fp).into()),
+            model_version: 4,
+        };
+        c.out
+            .send(frame(server_frame::Frame::RoundStart(start)))
+            .await
+            .unwrap();
+        outs.push(c.out);
+        let (mut inbound, tx) = (c.inbound, messages_tx.clone());
+        tokio::spawn(async move {
+            while let Ok(Some(f)) = inbound.message().await {
+                if let Some(client_frame::Frame::Message(bytes)) = f.frame {
+                    let _ = tx.send((ClientId(i as u32), bytes)).await;
+                }
+            }
+        });
+    }
+
+    loop {
+        while let Some((to, message)) = session.poll_transmit() {
+            let f = frame(server_frame::Frame::Message(message.encode()));
+            let _ = outs[to.index()].send(f).await;
+        }
+        while let Some(event) = session.poll_event() {
+            match event {
+                ServerEvent::UnmaskingReady => {
+                    session.unmask();
+                }
+                ServerEvent::Completed(output) => {
+                    let survivors = output.contributors.len() as u32;
+                    for out in &outs {
+                        let result = v1::RoundResult {
+                            round_id: 7,
+                            outcome: v1::Outcome::Completed as i32,
+                            survivors,
+                            model_version: 5,
+                            abort_reason: String::new(),
+                        };
+                        let _ = out.send(frame(server_frame::Frame::Result(result))).await;
+                    }
+                    return (fp.decode_sum(&output.sum, survivors).mean(), survivors);
+                }
+                ServerEvent::Aborted { reason, stage, .. } => {
+                    panic!("the round aborted in {stage}: {reason}")
+                }
+                _ => {}
+            }
+        }
+        let deadline = session.poll_timeout();
+        tokio::select! {
+            Some((from, bytes)) = messages.recv() => {
+                let message = ClientMessage::decode(&bytes).unwrap();
+                session.handle_message(Instant::now(), from, message).unwrap();
+            }
+            () = tokio::time::sleep_until(deadline.unwrap().into()), if deadline.is_some() => {
+                session.handle_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_clients_complete_a_real_round() {
+    let (joins_tx, joins_rx) = mpsc::channel(8);
+    let server = serve(RoundDouble { joins: joins_tx }, None).await;
+    let round = tokio::spawn(run_round(joins_rx, 4));
+
+    let dim = 50;
+    let updates: Vec<Vec<f32>> = (0..4)
+        .map(|c| {
+            (0..dim)
+                .map(|i| ((c * 7 + i * 3) % 11) as f32 / 40.0 - 0.12)
+                .collect()
+        })
+        .collect();
+    let mut calls = Vec::new();
+    for (c, update) in updates.iter().cloned().enumerate() {
+        let client = Client::builder(server.url.clone())
+            .token(TOKEN.into())
+            .round_timeout(Duration::from_secs(8))
+            .rng_seed([c as u8; 32])
+            .build()
+            .unwrap();
+        calls.push(tokio::spawn(
+            async move { client.participate(&update).await },
+        ));
+    }
+    let mut client_ids = Vec::new();
+    for call in calls {
+        let outcome = call.await.unwrap().expect("participate");
+        assert_eq!(outcome.round_id, 7);
+        assert_eq!(outcome.survivors, 4);
+        assert_eq!(outcome.model_version, 5);
+        assert!(!outcome.clipped, "norm {} is under 4", outcome.update_norm);
+        assert!(outcome.update_norm > 0.0);
+        client_ids.push(outcome.client_id);
+    }
+    client_ids.sort_unstable();
+    assert_eq!(client_ids, [0, 1, 2, 3]);
+
+    let (mean, survivors) = round.await.unwrap();
+    assert_eq!(survivors, 4);
+    assert_eq!(mean.len(), dim);
+    // Each client's randomized rounding errs by under one step 2^-16, so
+    // the mean does too.
+    let step = 1.0 / 65536.0;
+    for (i, m) in mean.iter().enumerate() {
+        let expected = updates.iter().map(|u| u[i]).sum::<f32>() / 4.0;
+        assert!(
+            (m - expected).abs() <= step,
+            "coordinate {i}: {m} vs {expected}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Refusals.
+
+/// What the scripted double does with a Join.
+#[derive(Clone)]
+enum Script {
+    /// Answers with this status (code, kind and detail fields).
+    Refuse(tonic::Code, v1::ErrorDetail),
+    /// Starts round 12 (client 2 of 3, stages of 50 ms), sends these frames,
+    /// then holds the stream open until the client hangs up.
+    StartThen(Vec<server_frame::Frame>),
+    /// Keeps the client in the lobby.
+    LobbyForever,
+}
+
+impl Script {
+    fn start_then_abort() -> Script {
+        Script::StartThen(vec![server_frame::Frame::Result(v1::RoundResult {
+            round_id: 12,
+            outcome: v1::Outcome::Aborted as i32,
+            survivors: 1,
+            model_version: 0,
+            abort_reason: "below-threshold".into(),
+        })])
+    }
+}
+
+struct ScriptDouble {
+    script: Script,
+}
+
+#[tonic::async_trait]
+impl Aggregator for ScriptDouble {
+    type ParticipateStream = FrameStream;
+
+    async fn participate(
+        &self,
+        request: Request<Streaming<v1::ClientFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        check_token(&request)?;
+        let mut inbound = request.into_inner();
+        let join = first_join(&mut inbound).await?;
+        let (out, rx) = mpsc::channel(8);
+        match &self.script {
+            Script::Refuse(code, detail) => {
+                return Err(tessera_proto::status_with_detail(
+                    *code,
+                    "refused by the script",
+                    detail,
+                ));
+            }
+            Script::StartThen(frames) => {
+                let mut config = RoundConfig::new(12, 3, join.dim);
+                config.stage_timeout = Duration::from_millis(50);
+                let fp = FixedPoint::new(1.0, 16, 32).unwrap();
+                let start = v1::RoundStart {
+                    protocol_version: tessera_proto::PROTOCOL_VERSION,
+                    client_id: 2,
+                    config: Some((&config).into()),
+                    fixed_point: Some((&fp).into()),
+                    model_version: 1,
+                };
+                out.send(frame(server_frame::Frame::RoundStart(start)))
+                    .await
+                    .unwrap();
+                for f in frames {
+                    out.send(frame(f.clone())).await.unwrap();
+                }
+            }
+            Script::LobbyForever => {
+                let lobby = v1::Lobby {
+                    waiting: 1,
+                    min_clients: 100,
+                };
+                out.send(frame(server_frame::Frame::Lobby(lobby)))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Read (and drop) the client's frames; the stream to the client
+        // stays open until the client hangs up.
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = inbound.message().await {}
+            drop(out);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::GetModelResponse>, Status> {
+        check_token(&request)?;
+        match request.get_ref().version {
+            0 | 5 => Ok(Response::new(test_model())),
+            _ => Err(tessera_proto::status_with_detail(
+                tonic::Code::NotFound,
+                "no such version",
+                &detail(v1::ErrorKind::NoSuchModel),
+            )),
+        }
+    }
+}
+
+async fn scripted(script: Script) -> Running {
+    serve(ScriptDouble { script }, None).await
+}
+
+fn client(url: &str) -> Client {
+    Client::builder(url)
+        .token(TOKEN.into())
+        .round_timeout(Duration::from_secs(5))
+        .retry(RetryPolicy::NONE)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_retried_then_reported() {
+    // A port that was just free: nothing listens on it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let client = Client::builder(url.clone())
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(10),
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let err = client.participate(&[0.1, 0.2]).await.unwrap_err();
+    let ClientError::Unreachable {
+        url: err_url,
+        attempts,
+        message,
+    } = &err
+    else {
+        panic!("expected Unreachable, got {err:?}");
+    };
+    assert_eq!(err_url, &url);
+    assert_eq!(*attempts, 3);
+    assert!(!message.is_empty());
+    // Two backoffs of 10 ms between the three attempts.
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert!(err.to_string().contains("after 3 attempt"), "{err}");
+    // Model downloads are retried the same way.
+    let err = client.latest_model().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unreachable { attempts: 3, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_auth_refused_and_never_shown() {
+    let server = scripted(Script::start_then_abort()).await;
+    let client = Client::builder(server.url.clone())
+        .token("not-the-token".into())
+        .retry(RetryPolicy::NONE)
+        .build()
+        .unwrap();
+    let err = client.participate(&[0.5; 4]).await.unwrap_err();
+    assert!(matches!(err, ClientError::AuthRefused { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?}").contains("not-the-token"));
+    let err = client.latest_model().await.unwrap_err();
+    assert!(matches!(err, ClientError::AuthRefused { .. }), "{err:?}");
+    // No token at all: refused the same way.
+    let anonymous = Client::builder(server.url.clone()).build().unwrap();
+    let err = anonymous.latest_model().await.unwrap_err();
+    assert!(matches!(err, ClientError::AuthRefused { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_version_mismatch_names_both_versions() {
+    let server = scripted(Script::Refuse(
+        tonic::Code::FailedPrecondition,
+        v1::ErrorDetail {
+            kind: v1::ErrorKind::VersionMismatch as i32,
+            server_protocol_version: 99,
+            ..Default::default()
+        },
+    ))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 4])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::VersionMismatch {
+            ours: tessera_proto::PROTOCOL_VERSION,
+            server: 99
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_update_length_names_the_model_dimension() {
+    let server = scripted(Script::Refuse(
+        tonic::Code::InvalidArgument,
+        v1::ErrorDetail {
+            kind: v1::ErrorKind::WrongLength as i32,
+            expected: 10,
+            ..Default::default()
+        },
+    ))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::UpdateLength {
+            expected: 10,
+            got: 3
+        }
+    );
+}
+
+#[tokio::test]
+async fn other_refusals_keep_their_kind_and_unavailable_is_typed() {
+    let server = scripted(Script::Refuse(
+        tonic::Code::AlreadyExists,
+        detail(v1::ErrorKind::DuplicateClient),
+    ))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Rejected {
+                code: tonic::Code::AlreadyExists,
+                kind: v1::ErrorKind::DuplicateClient,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let server = scripted(Script::Refuse(
+        tonic::Code::Unavailable,
+        detail(v1::ErrorKind::Unavailable),
+    ))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::ServerUnavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_aborted_round_reports_its_reason() {
+    let server = scripted(Script::start_then_abort()).await;
+    let err = client(&server.url)
+        .participate(&[0.5; 6])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::RoundAborted {
+            round_id: 12,
+            reason: Some(AbortReason::BelowThreshold)
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_non_finite_update_fails_before_connecting() {
+    // Nothing listens here; a connection attempt would be Unreachable.
+    let client = Client::builder("http://127.0.0.1:9").build().unwrap();
+    assert_eq!(
+        client.participate(&[0.0, 1.0, f32::INFINITY]).await,
+        Err(ClientError::NonFiniteUpdate { index: 2 })
+    );
+    assert_eq!(
+        client.participate(&[f32::NAN]).await,
+        Err(ClientError::NonFiniteUpdate { index: 0 })
+    );
+}
+
+#[tokio::test]
+async fn latest_model_downloads_and_flattens() {
+    let server = scripted(Script::start_then_abort()).await;
+    let client = client(&server.url);
+    let model = client.latest_model().await.unwrap();
+    assert_eq!(model.version, 5);
+    assert_eq!(model.round, 4);
+    assert_eq!(model.epsilon, 0.75);
+    assert_eq!(model.tensors[0].name, "dense.weight");
+    assert_eq!(model.tensors[0].shape, [2, 2]);
+    assert_eq!(model.flatten(), [1.0, 2.0, 3.0, 4.0, -1.0, -2.0]);
+    assert_eq!(model.dim(), 6);
+    assert_eq!(client.model(5).await.unwrap(), model);
+    assert_eq!(
+        client.model(77).await.unwrap_err(),
+        ClientError::NoSuchModel { version: 77 }
+    );
+}
+
+#[tokio::test]
+async fn tls_with_the_deployment_ca_and_a_failed_handshake() {
+    let server_key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_pem = server_key.cert.pem();
+    let tls = (cert_pem.clone(), server_key.signing_key.serialize_pem());
+    let server = serve(
+        ScriptDouble {
+            script: Script::start_then_abort(),
+        },
+        Some(tls),
+    )
+    .await;
+    // Connecting by IP address: the certificate names "localhost".
+    let trusted = Client::builder(server.url.clone())
+        .tls_ca_pem(cert_pem.into_bytes())
+        .tls_domain("localhost".into())
+        .token(TOKEN.into())
+        .retry(RetryPolicy::NONE)
+        .build()
+        .unwrap();
+    assert_eq!(trusted.latest_model().await.unwrap().version, 5);
+
+    let other_ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let untrusting = Client::builder(server.url.clone())
+        .tls_ca_pem(other_ca.cert.pem().into_bytes())
+        .tls_domain("localhost".into())
+        .token(TOKEN.into())
+        .retry(RetryPolicy::NONE)
+        .build()
+        .unwrap();
+    let err = untrusting.latest_model().await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Unreachable { attempts: 1, .. }),
+        "{err:?}"
+    );
+    // A plain-text client cannot talk to a TLS server either.
+    let plain = client(&server.url.replace("https", "http"));
+    assert!(plain.latest_model().await.is_err());
+}
+
+#[tokio::test]
+async fn a_silent_server_times_the_round_out() {
+    // Stages of 50 ms: the client gives up after 100 ms without a message.
+    let server = scripted(Script::StartThen(vec![])).await;
+    let started = Instant::now();
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::ServerSilent {
+            round_id: 12,
+            stage: "advertise-keys"
+        }
+    );
+    assert!(started.elapsed() >= Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn the_round_timeout_bounds_the_lobby() {
+    let server = scripted(Script::LobbyForever).await;
+    let client = Client::builder(server.url.clone())
+        .token(TOKEN.into())
+        .round_timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    let err = client.participate(&[0.5; 3]).await.unwrap_err();
+    assert_eq!(
+        err,
+        ClientError::RoundTimeout {
+            after: Duration::from_millis(150)
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_breaks_the_protocol_is_refused() {
+    // Garbage where a protocol message belongs.
+    let server = scripted(Script::StartThen(vec![server_frame::Frame::Message(
+        vec![0xff; 7],
+    )]))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::ServerMisbehaved {
+                round_id: Some(12),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // A Lobby frame in the middle of the round.
+    let server = scripted(Script::StartThen(vec![server_frame::Frame::Lobby(
+        v1::Lobby::default(),
+    )]))
+    .await;
+    let err = client(&server.url)
+        .participate(&[0.5; 3])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("Lobby frame during the round"),
+        "{err}"
+    );
+}

@@ -1,0 +1,433 @@
+//! The end-to-end test harness: a real `tessera-server` on 127.0.0.1 and
+//! clients over real gRPC sockets.
+//!
+//! Honest clients are the real SDK ([`tessera_client::Client`]). A
+//! [`ScriptedClient`] drives a real [`ClientSession`] over the same wire
+//! protocol but can misbehave on cue: hang up before a stage (a dropout),
+//! send garbage, replay, send for the wrong round or stage, truncate its
+//! vector or a share ciphertext, or send an oversized frame. Tests use it
+//! to show what the server does to the one bad client and that the round
+//! goes on for the others.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use tessera_aggregation::encoding::{FixedPoint, packed_len};
+use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerMessage};
+use tessera_aggregation::{ClientId, ClientSession, RoundConfig, Stage};
+use tessera_proto::v1::aggregator_client::AggregatorClient;
+use tessera_proto::v1::{self, client_frame, server_frame};
+use tessera_proto::{PROTOCOL_VERSION, error_detail};
+use tessera_server::{RunningServer, ServerConfig, auth, tls};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+/// A server under test with its credentials.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The running server.
+    pub server: RunningServer,
+    /// `http://` or `https://` URL of the server.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// The CA certificate clients trust (TLS servers).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client tokens, by index (servers with a tokens file).
+    pub tokens: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Model dimension.
+    pub dim: u32,
+    /// Clients per round.
+    pub min_clients: u32,
+    /// TLS with a fresh self-signed certificate, and this many tokens.
+    pub tls_tokens: Option<usize>,
+    /// Stage deadline.
+    pub stage_timeout: Duration,
+    /// Rounds before the server stops by itself.
+    pub rounds: Option<u64>,
+    /// Graph rule (`complete`, `harary:K`, `auto`).
+    pub graph: &'static str,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            dim: 100,
+            min_clients: 5,
+            tls_tokens: None,
+            stage_timeout: Duration::from_secs(10),
+            rounds: None,
+            graph: "complete",
+        }
+    }
+}
+
+impl TestServer {
+    /// Starts a server on 127.0.0.1:0 in a fresh temporary data directory.
+    pub async fn start(options: ServerOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data_dir = dir.path().join("data");
+        let mut config = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            data_dir: data_dir.clone(),
+            dim: Some(options.dim),
+            min_clients: options.min_clients,
+            max_clients: options.min_clients,
+            join_window: Duration::from_millis(0),
+            graph: options.graph.parse().expect("graph"),
+            stage_timeout: options.stage_timeout,
+            rounds: options.rounds,
+            ..ServerConfig::default()
+        };
+        let mut tokens = Vec::new();
+        let mut ca_pem = None;
+        match options.tls_tokens {
+            None => config.insecure_dev = true,
+            Some(count) => {
+                let files =
+                    tls::write_self_signed(dir.path(), &["localhost".to_owned()]).expect("cert");
+                ca_pem = Some(std::fs::read(&files.cert).expect("read cert"));
+                config.tls_cert = Some(files.cert);
+                config.tls_key = Some(files.key);
+                let tokens_file = dir.path().join("tokens.txt");
+                let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+                for i in 0..count {
+                    let token = auth::generate_token(&mut rng);
+                    auth::append_token(&tokens_file, &format!("client-{i}"), &token)
+                        .expect("append token");
+                    tokens.push(token.expose().to_owned());
+                }
+                config.tokens_file = Some(tokens_file);
+            }
+        }
+        let server = tessera_server::start(config).await.expect("server starts");
+        let port = server.local_addr().port();
+        let url = if ca_pem.is_some() {
+            format!("https://localhost:{port}")
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
+        TestServer {
+            server,
+            url,
+            data_dir,
+            ca_pem,
+            tokens,
+            _dir: dir,
+        }
+    }
+
+    /// An SDK client; `token` indexes [`TestServer::tokens`].
+    pub fn client(&self, token: Option<usize>) -> tessera_client::Client {
+        let mut builder = tessera_client::Client::builder(self.url.clone())
+            .round_timeout(Duration::from_secs(120));
+        if let Some(ca) = &self.ca_pem {
+            builder = builder.tls_ca_pem(ca.clone());
+        }
+        if let Some(i) = token {
+            builder = builder.token(self.tokens[i].clone());
+        }
+        builder.build().expect("client builds")
+    }
+
+    /// A raw gRPC channel for scripted clients.
+    pub async fn channel(&self) -> Channel {
+        let mut endpoint = Endpoint::from_shared(self.url.clone()).expect("url");
+        if let Some(ca) = &self.ca_pem {
+            endpoint = endpoint
+                .tls_config(tls::client_tls_config(ca, "localhost", None))
+                .expect("tls");
+        }
+        endpoint.connect().await.expect("connect")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// How a scripted client misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Behaves.
+    None,
+    /// Hangs up (drops the stream) instead of sending its message for this
+    /// stage.
+    DieBefore(Stage),
+    /// Sends random bytes instead of its AdvertiseKeys message.
+    Garbage,
+    /// Joins with another protocol version.
+    WrongVersion,
+    /// Sends its AdvertiseKeys message with the next round's id.
+    WrongRound,
+    /// Sends a masked input during AdvertiseKeys.
+    WrongStage,
+    /// Sends its AdvertiseKeys message again during ShareKeys.
+    Replay,
+    /// Sends a masked input one value short.
+    ShortVector,
+    /// Sends a ShareKeys message with one ciphertext cut short.
+    BadShareCiphertext,
+    /// Sends a frame larger than the server accepts.
+    Oversized,
+    /// Connects without credentials.
+    NoToken,
+}
+
+/// How a scripted client's participation ended.
+#[derive(Debug)]
+pub struct ScriptedOutcome {
+    /// The status the server ended the stream with, if any.
+    pub status: Option<tonic::Status>,
+    /// The kind in the status's ErrorDetail, if any.
+    pub kind: Option<v1::ErrorKind>,
+    /// The round's result, if the server sent one.
+    pub result: Option<v1::RoundResult>,
+}
+
+/// A client that runs the real client state machine over raw gRPC and
+/// misbehaves as told.
+#[derive(Debug)]
+pub struct ScriptedClient {
+    /// The fault to inject.
+    pub fault: Fault,
+    /// Bearer token, if the server wants one.
+    pub token: Option<String>,
+    /// The update.
+    pub update: Vec<f32>,
+    /// Seed of the client's randomness.
+    pub seed: u64,
+    /// Told when the server has accepted the Join (the first frame back).
+    pub joined: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+fn stage_of(body: &ClientBody) -> Stage {
+    match body {
+        ClientBody::AdvertiseKeys(_) => Stage::AdvertiseKeys,
+        ClientBody::ShareKeys(_) => Stage::ShareKeys,
+        ClientBody::MaskedInput(_) => Stage::MaskedInput,
+        ClientBody::ConsistencyCheck => Stage::ConsistencyCheck,
+        _ => Stage::Unmasking,
+    }
+}
+
+fn frame(bytes: Vec<u8>) -> v1::ClientFrame {
+    v1::ClientFrame {
+        frame: Some(client_frame::Frame::Message(bytes)),
+    }
+}
+
+impl ScriptedClient {
+    /// An honest scripted client.
+    pub fn new(update: Vec<f32>, seed: u64) -> Self {
+        ScriptedClient {
+            fault: Fault::None,
+            token: None,
+            update,
+            seed,
+            joined: None,
+        }
+    }
+
+    /// Runs until the server ends the stream (or the fault hangs up).
+    pub async fn run(mut self, channel: Channel) -> ScriptedOutcome {
+        let (tx, rx) = mpsc::channel::<v1::ClientFrame>(16);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.token
+            && self.fault != Fault::NoToken
+        {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+        }
+        let version = if self.fault == Fault::WrongVersion {
+            PROTOCOL_VERSION + 98
+        } else {
+            PROTOCOL_VERSION
+        };
+        tx.send(v1::ClientFrame {
+            frame: Some(client_frame::Frame::Join(v1::Join {
+                protocol_version: version,
+                dim: self.update.len() as u32,
+            })),
+        })
+        .await
+        .expect("queue join");
+        let mut client = AggregatorClient::new(channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let ended = |status: tonic::Status| ScriptedOutcome {
+            kind: error_detail(&status).map(|d| d.kind()),
+            status: Some(status),
+            result: None,
+        };
+        let mut inbound = match client.participate(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return ended(status),
+        };
+        if let Some(joined) = self.joined.take() {
+            let _ = joined.send(());
+        }
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(self.seed);
+        let mut session: Option<ClientSession> = None;
+        let mut config: Option<RoundConfig> = None;
+        let mut sent_advertise: Option<Vec<u8>> = None;
+        loop {
+            if let Some(s) = session.as_mut() {
+                while let Some(message) = s.poll_transmit() {
+                    let stage = stage_of(&message.body);
+                    let cfg = config.as_ref().expect("config with session");
+                    if self.fault == Fault::DieBefore(stage) {
+                        return ScriptedOutcome {
+                            status: None,
+                            kind: None,
+                            result: None,
+                        };
+                    }
+                    let bytes = message.encode();
+                    let out: Vec<Vec<u8>> = match (self.fault, stage) {
+                        (Fault::Garbage, Stage::AdvertiseKeys) => {
+                            vec![b"\x07not a protocol message at all".to_vec()]
+                        }
+                        (Fault::WrongRound, Stage::AdvertiseKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            m.round_id += 1;
+                            vec![m.encode()]
+                        }
+                        (Fault::WrongStage, Stage::AdvertiseKeys) => vec![
+                            ClientMessage {
+                                round_id: cfg.round_id,
+                                body: ClientBody::MaskedInput(vec![
+                                    0;
+                                    packed_len(
+                                        cfg.dim as usize,
+                                        cfg.bits
+                                    )
+                                ]),
+                            }
+                            .encode(),
+                        ],
+                        (Fault::Replay, Stage::ShareKeys) => {
+                            vec![sent_advertise.clone().expect("advertised before")]
+                        }
+                        (Fault::ShortVector, Stage::MaskedInput) => {
+                            let short = packed_len(cfg.dim as usize - 1, cfg.bits);
+                            vec![
+                                ClientMessage {
+                                    round_id: cfg.round_id,
+                                    body: ClientBody::MaskedInput(vec![0; short]),
+                                }
+                                .encode(),
+                            ]
+                        }
+                        (Fault::BadShareCiphertext, Stage::ShareKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            if let ClientBody::ShareKeys(bundles) = &mut m.body {
+                                bundles[0].ciphertext.truncate(10);
+                            }
+                            vec![m.encode()]
+                        }
+                        (Fault::Oversized, Stage::AdvertiseKeys) => vec![vec![0u8; 64 << 20]],
+                        _ => vec![bytes.clone()],
+                    };
+                    if stage == Stage::AdvertiseKeys {
+                        sent_advertise = Some(bytes);
+                    }
+                    for b in out {
+                        if tx.send(frame(b)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            let deadline = session.as_ref().and_then(ClientSession::poll_timeout);
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                () = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(s) = session.as_mut() {
+                        s.handle_timeout(Instant::now());
+                    }
+                    continue;
+                }
+            };
+            let frame = match next {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    return ScriptedOutcome {
+                        status: None,
+                        kind: None,
+                        result: None,
+                    };
+                }
+                Err(status) => return ended(status),
+            };
+            match frame.frame {
+                Some(server_frame::Frame::Lobby(_)) | None => {}
+                Some(server_frame::Frame::RoundStart(start)) => {
+                    let cfg = RoundConfig::try_from(start.config.as_ref().expect("config"))
+                        .expect("valid config");
+                    let fp = FixedPoint::try_from(start.fixed_point.as_ref().expect("fixed point"))
+                        .expect("valid fixed point");
+                    let mut s = ClientSession::new(
+                        cfg.clone(),
+                        ClientId(start.client_id),
+                        Instant::now(),
+                        &mut rng,
+                    )
+                    .expect("session");
+                    let encoded = fp.encode(&self.update, &mut rng).expect("encode");
+                    s.submit_input(encoded.values).expect("input");
+                    session = Some(s);
+                    config = Some(cfg);
+                }
+                Some(server_frame::Frame::Message(bytes)) => {
+                    let message = ServerMessage::decode(&bytes).expect("server message decodes");
+                    if let Some(s) = session.as_mut() {
+                        let _ = s.handle_message(Instant::now(), message);
+                    }
+                }
+                Some(server_frame::Frame::Result(result)) => {
+                    return ScriptedOutcome {
+                        status: None,
+                        kind: None,
+                        result: Some(result),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A random update of norm below 1 (so it is never clipped), reproducible
+/// from `seed`.
+pub fn update(dim: u32, seed: u64) -> Vec<f32> {
+    use rand::RngExt;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let scale = 1.0 / (dim as f32).sqrt();
+    (0..dim)
+        .map(|_| (rng.random::<f32>() - 0.5) * scale)
+        .collect()
+}
+
+/// The plain average of some updates.
+pub fn mean(updates: &[Vec<f32>]) -> Vec<f32> {
+    let n = updates.len() as f64;
+    (0..updates[0].len())
+        .map(|i| (updates.iter().map(|u| f64::from(u[i])).sum::<f64>() / n) as f32)
+        .collect()
+}
