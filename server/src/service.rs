@@ -1,6 +1,6 @@
 //! The gRPC service: authenticates a client, checks its Join, and hands its
 //! stream to the lobby; serves published models. Core errors become
-//! `tonic::Status` values here and in [`crate::round`], nowhere else.
+//! `tonic::Status` values here and in the round driver, nowhere else.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
