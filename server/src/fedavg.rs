@@ -27,6 +27,9 @@ pub enum ModelError {
     /// A value is NaN or infinite.
     #[error("value at index {0} is not finite")]
     NonFinite(usize),
+    /// Applying the update would push a value to infinity.
+    #[error("the step overflows at value {0}")]
+    Overflow(usize),
     /// A hyperparameter is out of range.
     #[error("{name} = {value} is out of range")]
     Hyper {
@@ -59,7 +62,9 @@ impl TensorSpec {
 }
 
 /// The global model: named tensors laid end to end in `params`.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// `Debug` prints the tensor list and the dimension, not a million values.
+#[derive(Clone, PartialEq)]
 pub struct Model {
     /// The tensors, in the order their values appear in `params`.
     pub tensors: Vec<TensorSpec>,
@@ -67,27 +72,54 @@ pub struct Model {
     pub params: Vec<f32>,
 }
 
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("tensors", &self.tensors)
+            .field("dim", &self.params.len())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Model {
     /// Checks that the shapes cover `params` exactly, names are unique and
     /// non-empty, and every value is finite.
     pub fn new(tensors: Vec<TensorSpec>, params: Vec<f32>) -> Result<Model, ModelError> {
-        let expected: usize = tensors.iter().map(TensorSpec::len).sum();
-        if expected != params.len() {
+        let model = Model { tensors, params };
+        model.validate()?;
+        Ok(model)
+    }
+
+    /// The checks of [`Model::new`], for a model whose public fields were
+    /// built or changed by hand: the store runs them before it writes, so
+    /// it never publishes a model it would refuse to read back.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let expected = self
+            .tensors
+            .iter()
+            .try_fold(0usize, |acc, t| {
+                t.shape
+                    .iter()
+                    .try_fold(1usize, |n, &d| n.checked_mul(d))
+                    .and_then(|n| acc.checked_add(n))
+            })
+            .unwrap_or(usize::MAX);
+        if expected != self.params.len() {
             return Err(ModelError::Length {
                 expected,
-                got: params.len(),
+                got: self.params.len(),
             });
         }
         let mut names = std::collections::HashSet::new();
-        for t in &tensors {
+        for t in &self.tensors {
             if t.name.is_empty() || !names.insert(t.name.as_str()) {
                 return Err(ModelError::Name(t.name.clone()));
             }
         }
-        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
-            return Err(ModelError::NonFinite(i));
+        match self.params.iter().position(|v| !v.is_finite()) {
+            Some(i) => Err(ModelError::NonFinite(i)),
+            None => Ok(()),
         }
-        Ok(Model { tensors, params })
     }
 
     /// A model of `dim` zeros in one tensor named `params`: the starting
@@ -108,8 +140,11 @@ impl Model {
     }
 }
 
-/// FedAvg's server step.
-#[derive(Clone, Debug)]
+/// FedAvg's server step: turns a round's average client update into the
+/// next global model.
+///
+/// `Debug` shows the hyperparameters and the velocity's length only.
+#[derive(Clone)]
 pub struct FedAvg {
     /// Server learning rate: 1 applies the average update as is.
     pub server_lr: f32,
@@ -118,8 +153,19 @@ pub struct FedAvg {
     velocity: Option<Vec<f32>>,
 }
 
+impl std::fmt::Debug for FedAvg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FedAvg")
+            .field("server_lr", &self.server_lr)
+            .field("momentum", &self.momentum)
+            .field("velocity_len", &self.velocity.as_ref().map(Vec::len))
+            .finish()
+    }
+}
+
 impl FedAvg {
-    /// Checks the hyperparameters.
+    /// Checks the hyperparameters: `server_lr` finite and positive,
+    /// `momentum` in `[0, 1)` (at 1 the velocity never decays).
     pub fn new(server_lr: f32, momentum: Option<f32>) -> Result<FedAvg, ModelError> {
         if !(server_lr.is_finite() && server_lr > 0.0) {
             return Err(ModelError::Hyper {
@@ -142,45 +188,65 @@ impl FedAvg {
         })
     }
 
-    /// The momentum buffer, for persisting across restarts.
+    /// The momentum buffer, so the store can persist it with each model.
     pub fn velocity(&self) -> Option<&[f32]> {
         self.velocity.as_deref()
     }
 
-    /// Restores a persisted momentum buffer.
+    /// Restores a persisted momentum buffer after a restart. A buffer whose
+    /// length does not match the model is dropped at the next
+    /// [`apply`](Self::apply) (momentum restarts from zero, with a warning).
     pub fn set_velocity(&mut self, velocity: Vec<f32>) {
         self.velocity = Some(velocity);
     }
 
     /// Applies a round's average update: `w += lr * u`, or with momentum
-    /// `v = beta v + u; w += lr * v`. On error the model is untouched.
+    /// beta `v = beta v + u; w += lr * v` (FedAvgM).
+    ///
+    /// A length mismatch, a non-finite update, or a step that would
+    /// overflow a weight to infinity is an error and leaves the model and
+    /// the velocity untouched: the new values are checked in a first pass
+    /// and written in a second.
     pub fn apply(&mut self, model: &mut Model, mean_update: &[f32]) -> Result<(), ModelError> {
-        if mean_update.len() != model.dim() {
+        let dim = model.dim();
+        if mean_update.len() != dim {
             return Err(ModelError::Length {
-                expected: model.dim(),
+                expected: dim,
                 got: mean_update.len(),
             });
         }
         if let Some(i) = mean_update.iter().position(|v| !v.is_finite()) {
             return Err(ModelError::NonFinite(i));
         }
-        let step: &[f32] = match self.momentum {
-            None => mean_update,
-            Some(beta) => {
-                let v = self
-                    .velocity
-                    .get_or_insert_with(|| vec![0.0; mean_update.len()]);
-                if v.len() != mean_update.len() {
-                    *v = vec![0.0; mean_update.len()];
-                }
-                for (v, u) in v.iter_mut().zip(mean_update) {
-                    *v = beta * *v + u;
-                }
-                v
+        let lr = self.server_lr;
+        let Some(beta) = self.momentum else {
+            let w = &mut model.params;
+            if let Some(i) = (0..dim).find(|&i| !(w[i] + lr * mean_update[i]).is_finite()) {
+                return Err(ModelError::Overflow(i));
             }
+            for (w, &u) in w.iter_mut().zip(mean_update) {
+                *w += lr * u;
+            }
+            return Ok(());
         };
-        for (w, s) in model.params.iter_mut().zip(step) {
-            *w += self.server_lr * s;
+        if self.velocity.as_ref().is_some_and(|v| v.len() != dim) {
+            tracing::warn!(
+                dim,
+                "momentum buffer has another dimension; restarting it at zero"
+            );
+            self.velocity = None;
+        }
+        let v = self.velocity.get_or_insert_with(|| vec![0.0; dim]);
+        let w = &mut model.params;
+        if let Some(i) = (0..dim).find(|&i| {
+            let vi = beta * v[i] + mean_update[i];
+            !(vi.is_finite() && (w[i] + lr * vi).is_finite())
+        }) {
+            return Err(ModelError::Overflow(i));
+        }
+        for ((v, &u), w) in v.iter_mut().zip(mean_update).zip(w.iter_mut()) {
+            *v = beta * *v + u;
+            *w += lr * *v;
         }
         Ok(())
     }
@@ -190,45 +256,114 @@ impl FedAvg {
 mod tests {
     use super::*;
 
+    fn spec(name: &str, shape: &[usize]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
     #[test]
     fn plain_fedavg_adds_the_scaled_average() {
-        let mut model = Model::zeros_flat(3);
-        model.params = vec![1.0, 2.0, 3.0];
+        let mut model = Model::new(vec![spec("w", &[3])], vec![1.0, 2.0, 3.0]).unwrap();
         let mut f = FedAvg::new(0.5, None).unwrap();
         f.apply(&mut model, &[2.0, -2.0, 0.0]).unwrap();
         assert_eq!(model.params, vec![2.0, 1.0, 3.0]);
+        assert_eq!(f.velocity(), None, "no momentum, no buffer");
     }
 
     #[test]
-    fn momentum_accumulates() {
-        // beta = 0.5, lr = 1, constant update 1: v = 1, 1.5, 1.75;
-        // w = 1, 2.5, 4.25.
-        let mut model = Model::zeros_flat(1);
-        let mut f = FedAvg::new(1.0, Some(0.5)).unwrap();
-        let mut seen = Vec::new();
-        for _ in 0..3 {
-            f.apply(&mut model, &[1.0]).unwrap();
-            seen.push(model.params[0]);
-        }
-        assert_eq!(seen, vec![1.0, 2.5, 4.25]);
-        assert_eq!(f.velocity(), Some(&[1.75f32][..]));
-    }
-
-    #[test]
-    fn bad_input_leaves_the_model_alone() {
+    fn momentum_over_three_steps_matches_hand_computed_values() {
+        // lr = 0.5, beta = 0.5 (exact in binary), updates u1..u3:
+        // v1 = (1, 2)       w1 = (0.5, 1)
+        // v2 = (-1.5, 1)    w2 = (-0.25, 1.5)
+        // v3 = (3.25, 1.5)  w3 = (1.375, 2.25)
+        // Plain FedAvg would end at (1.5, 1.5).
         let mut model = Model::zeros_flat(2);
-        let mut f = FedAvg::new(1.0, None).unwrap();
-        assert!(f.apply(&mut model, &[1.0]).is_err());
-        assert!(f.apply(&mut model, &[1.0, f32::NAN]).is_err());
-        assert_eq!(model.params, vec![0.0, 0.0]);
+        let mut f = FedAvg::new(0.5, Some(0.5)).unwrap();
+        let updates = [[1.0, 2.0], [-2.0, 0.0], [4.0, 1.0]];
+        let expected = [[0.5, 1.0], [-0.25, 1.5], [1.375, 2.25]];
+        for (u, w) in updates.iter().zip(expected) {
+            f.apply(&mut model, u).unwrap();
+            assert_eq!(model.params, w);
+        }
+        assert_eq!(f.velocity(), Some(&[3.25f32, 1.5][..]));
+
+        // A restored buffer continues where it left off.
+        let mut g = FedAvg::new(0.5, Some(0.5)).unwrap();
+        g.set_velocity(vec![3.25, 1.5]);
+        let mut m2 = model.clone();
+        f.apply(&mut model, &[0.0, 0.0]).unwrap();
+        g.apply(&mut m2, &[0.0, 0.0]).unwrap();
+        assert_eq!(model, m2);
+        assert_eq!(model.params, vec![1.375 + 0.8125, 2.25 + 0.375]);
+    }
+
+    #[test]
+    fn bad_updates_leave_model_and_velocity_alone() {
+        let mut model = Model::zeros_flat(2);
+        let mut f = FedAvg::new(2.0, Some(0.5)).unwrap();
+        f.apply(&mut model, &[1.0, 1.0]).unwrap();
+        let (before, velocity) = (model.clone(), f.velocity().unwrap().to_vec());
+        assert_eq!(
+            f.apply(&mut model, &[1.0]),
+            Err(ModelError::Length {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            f.apply(&mut model, &[1.0, f32::NAN]),
+            Err(ModelError::NonFinite(1))
+        );
+        // Finite input whose step (2 * f32::MAX) overflows the second weight.
+        assert_eq!(
+            f.apply(&mut model, &[0.0, f32::MAX]),
+            Err(ModelError::Overflow(1))
+        );
+        assert_eq!(model, before);
+        assert_eq!(f.velocity().unwrap(), velocity.as_slice());
+
+        let mut plain = FedAvg::new(2.0, None).unwrap();
+        assert_eq!(
+            plain.apply(&mut model, &[f32::MAX, 0.0]),
+            Err(ModelError::Overflow(0))
+        );
+        assert_eq!(model, before);
+    }
+
+    #[test]
+    fn hyperparameters_and_models_are_checked() {
         assert!(FedAvg::new(0.0, None).is_err());
+        assert!(FedAvg::new(f32::INFINITY, None).is_err());
         assert!(FedAvg::new(1.0, Some(1.0)).is_err());
-        let spec = |n: &str, s: usize| TensorSpec {
-            name: n.into(),
-            shape: vec![s],
-        };
-        assert!(Model::new(vec![spec("a", 2), spec("a", 1)], vec![0.0; 3]).is_err());
-        assert!(Model::new(vec![spec("a", 2)], vec![0.0; 3]).is_err());
-        assert!(Model::new(vec![spec("a", 2), spec("b", 1)], vec![0.0; 3]).is_ok());
+        assert!(FedAvg::new(1.0, Some(-0.1)).is_err());
+        assert!(FedAvg::new(1.0, Some(0.0)).is_ok());
+
+        let two = || vec![spec("a", &[2]), spec("b", &[1])];
+        assert!(Model::new(two(), vec![0.0; 3]).is_ok());
+        assert_eq!(
+            Model::new(vec![spec("a", &[2]), spec("a", &[1])], vec![0.0; 3]),
+            Err(ModelError::Name("a".into()))
+        );
+        assert_eq!(
+            Model::new(vec![spec("", &[3])], vec![0.0; 3]),
+            Err(ModelError::Name(String::new()))
+        );
+        assert_eq!(
+            Model::new(two(), vec![0.0; 4]),
+            Err(ModelError::Length {
+                expected: 3,
+                got: 4
+            })
+        );
+        assert_eq!(
+            Model::new(two(), vec![0.0, f32::INFINITY, 0.0]),
+            Err(ModelError::NonFinite(1))
+        );
+        // Shapes whose product overflows cannot match any vector.
+        assert!(Model::new(vec![spec("a", &[usize::MAX, 2])], vec![]).is_err());
+        assert_eq!(Model::zeros_flat(5).dim(), 5);
+        assert!(!format!("{:?}", Model::zeros_flat(5)).contains("0.0"));
     }
 }
