@@ -63,10 +63,11 @@ pub(crate) struct ServeArgs {
     /// Shamir threshold rule: majority, a fraction such as 0.66, or a count.
     #[arg(long, value_name = "RULE")]
     threshold: Option<ThresholdRule>,
-    /// Expected dropout fraction (for --graph auto).
+    /// Expected dropout fraction (for --graph auto) [default: 0.1].
     #[arg(long, value_name = "RATE")]
     dropout_rate: Option<f64>,
-    /// Fraction of clients that may collude with the server (for --graph auto).
+    /// Fraction of clients that may collude with the server (for --graph auto)
+    /// [default: 0.05].
     #[arg(long, value_name = "RATE")]
     corrupt_rate: Option<f64>,
     /// Threat model every round runs under.

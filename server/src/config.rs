@@ -237,7 +237,9 @@ pub struct ServerConfig {
     /// Expected dropout fraction, for `graph = "auto"`.
     pub dropout_rate: f64,
     /// Fraction of clients that may collude with the server, for
-    /// `graph = "auto"`.
+    /// `graph = "auto"`. Default 0.05, as `tessera params`: at 0 the finder
+    /// may pick a threshold as low as 2, private only if no client at all
+    /// colludes with the server.
     pub corrupt_rate: f64,
     /// The threat model every round runs under.
     pub threat_model: ThreatModel,
@@ -295,7 +297,7 @@ impl Default for ServerConfig {
             graph: GraphChoice::Auto,
             threshold: ThresholdRule::Majority,
             dropout_rate: 0.1,
-            corrupt_rate: 0.0,
+            corrupt_rate: 0.05,
             threat_model: ThreatModel::SemiHonest,
             prg: Prg::Aes128Ctr,
             bits: None,

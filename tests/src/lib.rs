@@ -73,6 +73,14 @@ impl Default for ServerOptions {
 impl TestServer {
     /// Starts a server on 127.0.0.1:0 in a fresh temporary data directory.
     pub async fn start(options: ServerOptions) -> TestServer {
+        // Server and client logs, for a failing test: `RUST_LOG=info cargo
+        // test ... -- --nocapture`. Silent unless RUST_LOG is set.
+        if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let mut config = ServerConfig {

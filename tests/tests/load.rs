@@ -40,24 +40,35 @@ async fn a_thousand_clients_complete_a_secagg_plus_round() {
         .clone()
         .unwrap_or_else(|| local.as_ref().expect("local server").url.clone());
     let started = Instant::now();
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|i| {
-            let client = tessera_client::Client::builder(url.clone())
-                .round_timeout(std::time::Duration::from_secs(600))
-                .build()
-                .expect("client");
-            let u = update(DIM, u64::from(i));
-            tokio::spawn(async move { client.participate(&u).await })
-        })
-        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        let client = tessera_client::Client::builder(url.clone())
+            .round_timeout(std::time::Duration::from_secs(600))
+            .build()
+            .expect("client");
+        let u = update(DIM, u64::from(i));
+        tasks.spawn(async move { (i, client.participate(&u).await) });
+    }
+    // Results in the order they come, so the first failing client fails
+    // the test at once with its own error instead of leaving the others
+    // to wait for a round that cannot start.
     let mut survivors = Vec::new();
-    for t in tasks {
-        survivors.push(t.await.unwrap().expect("client completes").survivors);
+    while let Some(joined) = tasks.join_next().await {
+        let (i, outcome) = joined.expect("client task");
+        match outcome {
+            Ok(o) => survivors.push(o.survivors),
+            Err(e) => panic!(
+                "client {i} failed after {:?}: {e} ({e:?})",
+                started.elapsed()
+            ),
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     assert!(survivors.iter().all(|&s| s == CLIENTS), "{survivors:?}");
     if let Some(ts) = local {
-        let rounds = tessera_server::store::inspect(ts.data_dir()).unwrap().rounds;
+        let rounds = tessera_server::store::inspect(ts.data_dir())
+            .unwrap()
+            .rounds;
         assert_eq!(rounds.len(), 1);
         assert_eq!(rounds[0].survivors, CLIENTS);
         ts.server.shutdown().await.unwrap();
@@ -66,6 +77,10 @@ async fn a_thousand_clients_complete_a_secagg_plus_round() {
         "load: {CLIENTS} clients, d = {DIM}: round in {seconds:.2} s (join to result); \
          peak RSS of this process {:.0} MiB{}",
         peak_rss_mib().unwrap_or(f64::NAN),
-        if external.is_some() { " (clients only)" } else { " (server and clients)" }
+        if external.is_some() {
+            " (clients only)"
+        } else {
+            " (server and clients)"
+        }
     );
 }
