@@ -50,6 +50,19 @@ pub enum ClientBody {
     Unmasking(UnmaskResponse),
 }
 
+impl ClientBody {
+    /// The stage this message belongs to.
+    pub fn stage(&self) -> crate::Stage {
+        match self {
+            ClientBody::AdvertiseKeys(_) => crate::Stage::AdvertiseKeys,
+            ClientBody::ShareKeys(_) => crate::Stage::ShareKeys,
+            ClientBody::MaskedInput(_) => crate::Stage::MaskedInput,
+            ClientBody::ConsistencyCheck => crate::Stage::ConsistencyCheck,
+            ClientBody::Unmasking(_) => crate::Stage::Unmasking,
+        }
+    }
+}
+
 /// A message from the server to one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerMessage {

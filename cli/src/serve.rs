@@ -94,10 +94,16 @@ pub(crate) struct ServeArgs {
     /// FedAvgM server momentum in [0, 1).
     #[arg(long, value_name = "BETA")]
     server_momentum: Option<f32>,
-    /// Differential privacy: off or central.
+    /// Differential privacy: off, central (the server adds Gaussian noise)
+    /// or distributed (clients add integer noise; the server never sees an
+    /// un-noised sum).
     #[arg(long, value_name = "MODE")]
     dp: Option<DpMode>,
-    /// Central DP noise multiplier z (noise std = z * clip norm).
+    /// Distributed DP noise: discrete-gaussian (default) or skellam.
+    #[arg(long, value_enum)]
+    dp_noise: Option<NoiseArg>,
+    /// DP noise multiplier z: noise std over the sensitivity (central: z *
+    /// clip norm; distributed: carried by any threshold survivors).
     #[arg(long, value_name = "Z")]
     noise_multiplier: Option<f64>,
     /// Total epsilon the server may spend.
@@ -130,6 +136,22 @@ pub(crate) struct ServeArgs {
     /// Log filter (e.g. info, debug, tessera_server=debug); default info, or RUST_LOG.
     #[arg(long, value_name = "FILTER")]
     log: Option<String>,
+}
+
+/// `--dp-noise` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum NoiseArg {
+    DiscreteGaussian,
+    Skellam,
+}
+
+impl From<NoiseArg> for tessera_aggregation::dp::mechanism::NoiseKind {
+    fn from(n: NoiseArg) -> Self {
+        match n {
+            NoiseArg::DiscreteGaussian => Self::DiscreteGaussian,
+            NoiseArg::Skellam => Self::Skellam,
+        }
+    }
 }
 
 impl ServeArgs {
@@ -172,6 +194,9 @@ impl ServeArgs {
         }
         if let Some(t) = self.threat_model {
             c.threat_model = t.into();
+        }
+        if let Some(n) = self.dp_noise {
+            c.dp_noise = n.into();
         }
         if let Some(p) = self.prg {
             c.prg = p.into();

@@ -18,10 +18,11 @@
 
 use std::time::Instant;
 
+use prost::Message as _;
 use rand::rngs::StdRng;
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::{
-    ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage,
+    ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
     client::ClientError as SessionError,
 };
 use tessera_proto::v1::{self, client_frame, server_frame};
@@ -50,19 +51,46 @@ pub struct RoundOutcome {
     pub clipped: bool,
     /// The update's L2 norm before clipping.
     pub update_norm: f32,
+    /// Bytes of gRPC frames this client sent in the round (protobuf
+    /// encoding, Join included; HTTP/2 and TLS framing excluded).
+    pub bytes_sent: u64,
+    /// Bytes of gRPC frames this client received, counted the same way.
+    pub bytes_received: u64,
+}
+
+/// How a call of [`Client::participate_or_drop`](crate::Client::participate_or_drop)
+/// ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Participation {
+    /// The client took part to the end.
+    Completed(RoundOutcome),
+    /// The client hung up, as asked, instead of sending its message of
+    /// `stage`: to the server it is a dropout at that stage.
+    Dropped {
+        /// The round it left.
+        round_id: u64,
+        /// Its id in the round.
+        client_id: u32,
+        /// The stage whose message it did not send.
+        stage: Stage,
+        /// Bytes sent before it hung up, counted as in [`RoundOutcome`].
+        bytes_sent: u64,
+    },
 }
 
 /// Frames queued towards the server; the protocol sends one per stage, so a
 /// few suffice.
 const OUTBOX: usize = 8;
 
-/// Joins over `grpc` and runs the round to its end.
+/// Joins over `grpc` and runs the round to its end, or until it would send
+/// its message of `drop_before`.
 pub(crate) async fn participate(
     client: &ClientInner,
     mut grpc: v1::aggregator_client::AggregatorClient<Channel>,
     update: &[f32],
+    drop_before: Option<Stage>,
     rng: &mut StdRng,
-) -> Result<RoundOutcome, ClientError> {
+) -> Result<Participation, ClientError> {
     let update_len = update.len();
     let join_phase = Phase::Join { update_len };
     let dim = u32::try_from(update_len).map_err(|_| ClientError::UpdateLength {
@@ -70,13 +98,18 @@ pub(crate) async fn participate(
         got: update_len as u64,
     })?;
     let (tx, rx) = mpsc::channel(OUTBOX);
-    tx.try_send(v1::ClientFrame {
+    let join = v1::ClientFrame {
         frame: Some(client_frame::Frame::Join(v1::Join {
             protocol_version: tessera_proto::PROTOCOL_VERSION,
             dim,
         })),
-    })
-    .expect("a fresh channel has room for the Join");
+    };
+    let mut bytes = Bytes {
+        sent: join.encoded_len() as u64,
+        received: 0,
+    };
+    tx.try_send(join)
+        .expect("a fresh channel has room for the Join");
     let request = client.request(ReceiverStream::new(rx))?;
     let mut inbound = grpc
         .participate(request)
@@ -89,6 +122,7 @@ pub(crate) async fn participate(
             .message()
             .await
             .map_err(|status| from_status(&status, &client.url, join_phase))?;
+        bytes.received += frame.as_ref().map_or(0, |f| f.encoded_len() as u64);
         match frame.and_then(|f| f.frame) {
             Some(server_frame::Frame::Lobby(lobby)) => {
                 tracing::debug!(
@@ -113,14 +147,24 @@ pub(crate) async fn participate(
         }
     };
 
-    let round = Round::start(&start, update, rng)?;
+    let round = Round::start(&start, update, bytes, rng)?;
     let span = tracing::info_span!(
         "round",
         round_id = round.round_id,
         client_id = start.client_id,
         stage = tracing::field::Empty,
     );
-    round.run(client, tx, inbound).instrument(span).await
+    round
+        .run(client, tx, inbound, drop_before)
+        .instrument(span)
+        .await
+}
+
+/// Frame bytes of one round, each way.
+#[derive(Clone, Copy, Debug)]
+struct Bytes {
+    sent: u64,
+    received: u64,
 }
 
 /// A round this client is in, from `RoundStart` to `RoundResult`.
@@ -132,6 +176,7 @@ struct Round {
     /// The session's latest stage, kept because the session itself has
     /// none once it gave up.
     stage: Option<&'static str>,
+    bytes: Bytes,
 }
 
 impl Round {
@@ -140,6 +185,7 @@ impl Round {
     fn start(
         start: &v1::RoundStart,
         update: &[f32],
+        bytes: Bytes,
         rng: &mut StdRng,
     ) -> Result<Round, ClientError> {
         if start.protocol_version != tessera_proto::PROTOCOL_VERSION {
@@ -180,10 +226,25 @@ impl Round {
                 ),
             ));
         }
-        // Only NaN or infinity can fail here, and participate checked those.
-        let encoded = fixed_point
-            .encode(update, rng)
-            .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?;
+        // With distributed DP the client adds its share of the noise before
+        // masking; the parameters come from the server but are checked
+        // (a server cannot make the sampler loop or the rounding fail
+        // silently). Only NaN or infinity could fail the encoding itself,
+        // and participate checked those.
+        let distributed = start
+            .distributed_dp
+            .as_ref()
+            .map(|dp| tessera_proto::convert::distributed_encoding(dp, fixed_point))
+            .transpose()
+            .map_err(|e| bad(round_id, e.to_string()))?;
+        let encoded = match &distributed {
+            None => fixed_point
+                .encode(update, rng)
+                .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?,
+            Some(encoding) => encoding
+                .encode(update, rng)
+                .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?,
+        };
         let mut session = ClientSession::new(
             config.clone(),
             ClientId(start.client_id),
@@ -202,6 +263,7 @@ impl Round {
             dim = config.dim,
             base_model_version = start.model_version,
             clipped = encoded.clipped,
+            distributed_dp = distributed.is_some(),
             "round started"
         );
         Ok(Round {
@@ -210,6 +272,7 @@ impl Round {
             clipped: encoded.clipped,
             update_norm: encoded.norm,
             stage: None,
+            bytes,
         })
     }
 
@@ -219,7 +282,8 @@ impl Round {
         client: &ClientInner,
         tx: mpsc::Sender<v1::ClientFrame>,
         mut inbound: tonic::Streaming<v1::ServerFrame>,
-    ) -> Result<RoundOutcome, ClientError> {
+        drop_before: Option<Stage>,
+    ) -> Result<Participation, ClientError> {
         let round_id = self.round_id;
         let misbehaved = |problem: String| ClientError::ServerMisbehaved {
             round_id: Some(round_id),
@@ -229,9 +293,22 @@ impl Round {
         self.note_stage();
         loop {
             while let Some(message) = self.session.poll_transmit() {
+                let stage = message.body.stage();
+                if drop_before == Some(stage) {
+                    // Dropping both halves of the stream ends it, which the
+                    // server sees as this client dropping out now.
+                    tracing::info!(stage = stage.name(), "dropping out, as asked");
+                    return Ok(Participation::Dropped {
+                        round_id,
+                        client_id: self.session.id().0,
+                        stage,
+                        bytes_sent: self.bytes.sent,
+                    });
+                }
                 let frame = v1::ClientFrame {
                     frame: Some(client_frame::Frame::Message(message.encode())),
                 };
+                self.bytes.sent += frame.encoded_len() as u64;
                 // A closed stream is reported by the receiving side, with
                 // the server's status.
                 if tx.send(frame).await.is_err() {
@@ -274,6 +351,7 @@ impl Round {
             };
             let frame = frame
                 .map_err(|status| from_status(&status, &client.url, Phase::Round { round_id }))?;
+            self.bytes.received += frame.as_ref().map_or(0, |f| f.encoded_len() as u64);
             match frame.and_then(|f| f.frame) {
                 Some(server_frame::Frame::Message(bytes)) => {
                     let message = ServerMessage::decode(&bytes)
@@ -289,7 +367,9 @@ impl Round {
                     }
                 }
                 Some(server_frame::Frame::Result(result)) => {
-                    return self.finish(&result, completed);
+                    return self
+                        .finish(&result, completed)
+                        .map(Participation::Completed);
                 }
                 Some(other) => {
                     return Err(misbehaved(format!(
@@ -343,6 +423,8 @@ impl Round {
                     model_version: result.model_version,
                     clipped: self.clipped,
                     update_norm: self.update_norm,
+                    bytes_sent: self.bytes.sent,
+                    bytes_received: self.bytes.received,
                 })
             }
             v1::Outcome::Completed => {

@@ -56,9 +56,10 @@ pub use builder::{
     ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROUND_TIMEOUT,
     RetryPolicy,
 };
-pub use driver::RoundOutcome;
+pub use driver::{Participation, RoundOutcome};
 pub use error::ClientError;
 pub use model::{GlobalModel, NamedTensor};
+pub use tessera_aggregation::Stage;
 
 use builder::Token;
 use error::{Phase, from_status};
@@ -135,6 +136,33 @@ impl Client {
     /// # }
     /// ```
     pub async fn participate(&self, update: &[f32]) -> Result<RoundOutcome, ClientError> {
+        match self.run_round(update, None).await? {
+            Participation::Completed(outcome) => Ok(outcome),
+            Participation::Dropped { .. } => unreachable!("no dropout was asked for"),
+        }
+    }
+
+    /// Like [`Client::participate`], but hangs up instead of sending this
+    /// client's message of stage `drop_before`: a real dropout at a chosen
+    /// stage, as the server and the other clients see it.
+    ///
+    /// For dropout experiments and tests (the demo drops 10% of its clients
+    /// this way); an application has no reason to call it. If the round
+    /// never reaches `drop_before` (`ConsistencyCheck` in a semi-honest
+    /// round) the client takes part to the end.
+    pub async fn participate_or_drop(
+        &self,
+        update: &[f32],
+        drop_before: Stage,
+    ) -> Result<Participation, ClientError> {
+        self.run_round(update, Some(drop_before)).await
+    }
+
+    async fn run_round(
+        &self,
+        update: &[f32],
+        drop_before: Option<Stage>,
+    ) -> Result<Participation, ClientError> {
         if update.is_empty() {
             return Err(ClientError::EmptyUpdate);
         }
@@ -147,7 +175,9 @@ impl Client {
             let mut attempt = 1;
             loop {
                 let result = match inner.connect().await {
-                    Ok(grpc) => driver::participate(inner, grpc, update, &mut rng).await,
+                    Ok(grpc) => {
+                        driver::participate(inner, grpc, update, drop_before, &mut rng).await
+                    }
                     Err(e) => Err(e),
                 };
                 match inner.retry_after(result, &mut attempt).await {

@@ -192,6 +192,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
             config: Some((&config).into()),
             fixed_point: Some((&fp).into()),
             model_version: 4,
+            distributed_dp: None,
         };
         c.out
             .send(frame(server_frame::Frame::RoundStart(start)))
@@ -318,6 +319,8 @@ enum Script {
     StartThen(Vec<server_frame::Frame>),
     /// Keeps the client in the lobby.
     LobbyForever,
+    /// Starts round 12 with these distributed DP parameters.
+    StartWithDp(v1::DistributedDp),
 }
 
 impl Script {
@@ -356,6 +359,21 @@ impl Aggregator for ScriptDouble {
                     detail,
                 ));
             }
+            Script::StartWithDp(dp) => {
+                let config = RoundConfig::new(12, 3, join.dim);
+                let fp = FixedPoint::new(1.0, 16, 32).unwrap();
+                let start = v1::RoundStart {
+                    protocol_version: tessera_proto::PROTOCOL_VERSION,
+                    client_id: 2,
+                    config: Some((&config).into()),
+                    fixed_point: Some((&fp).into()),
+                    model_version: 1,
+                    distributed_dp: Some(dp.clone()),
+                };
+                out.send(frame(server_frame::Frame::RoundStart(start)))
+                    .await
+                    .unwrap();
+            }
             Script::StartThen(frames) => {
                 let mut config = RoundConfig::new(12, 3, join.dim);
                 config.stage_timeout = Duration::from_millis(50);
@@ -366,6 +384,7 @@ impl Aggregator for ScriptDouble {
                     config: Some((&config).into()),
                     fixed_point: Some((&fp).into()),
                     model_version: 1,
+                    distributed_dp: None,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -720,4 +739,50 @@ async fn a_server_that_breaks_the_protocol_is_refused() {
         err.to_string().contains("Lobby frame during the round"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
+    // A norm bound below C 2^f (rounding could never meet it), a noise the
+    // client does not know, and a variance beyond the exact sampler: the
+    // client refuses the round instead of looping or sending less noise.
+    let good = v1::DistributedDp {
+        noise: "discrete-gaussian".into(),
+        target_sigma: 65536.0,
+        min_survivors: 2,
+        norm_bound: 70000.0,
+    };
+    for (dp, needle) in [
+        (
+            v1::DistributedDp {
+                norm_bound: 100.0,
+                ..good.clone()
+            },
+            "norm_bound",
+        ),
+        (
+            v1::DistributedDp {
+                noise: "laplace".into(),
+                ..good.clone()
+            },
+            "laplace",
+        ),
+        (
+            v1::DistributedDp {
+                target_sigma: 1e30,
+                ..good.clone()
+            },
+            "variance",
+        ),
+    ] {
+        let server = scripted(Script::StartWithDp(dp)).await;
+        let err = client(&server.url)
+            .participate(&[0.5; 8])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::ServerMisbehaved { round_id: Some(12), problem } if problem.contains(needle)),
+            "{err:?}"
+        );
+    }
 }

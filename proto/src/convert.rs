@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tessera_aggregation::config::RoundConfig;
+use tessera_aggregation::dp::mechanism::{DistributedDp, DistributedEncoding, NoiseKind};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::messages::AbortReason;
@@ -116,6 +117,56 @@ impl TryFrom<&v1::FixedPoint> for FixedPoint {
     }
 }
 
+impl From<&DistributedEncoding> for v1::DistributedDp {
+    fn from(e: &DistributedEncoding) -> Self {
+        v1::DistributedDp {
+            noise: noise_name(e.dp.noise).to_owned(),
+            target_sigma: e.dp.target_sigma,
+            min_survivors: e.dp.min_survivors,
+            norm_bound: e.norm_bound,
+        }
+    }
+}
+
+/// The wire name of a noise kind.
+pub fn noise_name(noise: NoiseKind) -> &'static str {
+    match noise {
+        NoiseKind::DiscreteGaussian => "discrete-gaussian",
+        NoiseKind::Skellam => "skellam",
+    }
+}
+
+/// Reads a round's distributed DP parameters, checked against what the
+/// samplers can draw and the fixed point they apply to.
+pub fn distributed_encoding(
+    dp: &v1::DistributedDp,
+    fixed_point: FixedPoint,
+) -> Result<DistributedEncoding, ConvertError> {
+    let noise = match dp.noise.as_str() {
+        "discrete-gaussian" => NoiseKind::DiscreteGaussian,
+        "skellam" => NoiseKind::Skellam,
+        other => {
+            return Err(field(
+                "distributed_dp.noise",
+                format!("unknown noise {other:?}"),
+            ));
+        }
+    };
+    let encoding = DistributedEncoding {
+        fixed_point,
+        dp: DistributedDp {
+            noise,
+            target_sigma: dp.target_sigma,
+            min_survivors: dp.min_survivors,
+        },
+        norm_bound: dp.norm_bound,
+    };
+    encoding
+        .validate()
+        .map_err(|e| field("distributed_dp", e.to_string()))?;
+    Ok(encoding)
+}
+
 /// The kebab-case name of an abort reason, as `RoundResult.abort_reason`
 /// carries it.
 pub fn abort_reason_name(reason: AbortReason) -> &'static str {
@@ -181,6 +232,30 @@ mod tests {
             bits: 300,
         };
         assert!(FixedPoint::try_from(&bad).is_err());
+    }
+
+    #[test]
+    fn distributed_dp_round_trips_and_validates() {
+        let fp = FixedPoint::new(1.0, 8, 24).unwrap();
+        let enc = DistributedEncoding::new(fp, NoiseKind::DiscreteGaussian, 1.5, 8, 100).unwrap();
+        let wire = v1::DistributedDp::from(&enc);
+        assert_eq!(wire.noise, "discrete-gaussian");
+        assert_eq!(distributed_encoding(&wire, fp), Ok(enc));
+        let bad = v1::DistributedDp {
+            noise: "laplace".into(),
+            ..wire.clone()
+        };
+        assert!(distributed_encoding(&bad, fp).is_err());
+        let bad = v1::DistributedDp {
+            min_survivors: 0,
+            ..wire.clone()
+        };
+        assert!(distributed_encoding(&bad, fp).is_err());
+        let bad = v1::DistributedDp {
+            norm_bound: 1.0,
+            ..wire
+        };
+        assert!(distributed_encoding(&bad, fp).is_err());
     }
 
     #[test]

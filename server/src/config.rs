@@ -12,8 +12,9 @@
 //! clip_norm = 1.0
 //! frac_bits = 16
 //! stage_timeout_ms = 30000
-//! dp = "central"              # off | central
-//! noise_multiplier = 1.0
+//! dp = "distributed"          # off | central | distributed
+//! dp_noise = "discrete-gaussian"  # distributed DP noise: discrete-gaussian | skellam
+//! noise_multiplier = 1.0      # noise std over the sensitivity (both DP modes)
 //! epsilon_budget = 8.0
 //! tls_cert = "cert.pem"
 //! tls_key = "key.pem"
@@ -27,10 +28,18 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_aggregation::encoding::{self, MAX_FRAC_BITS};
+use tessera_aggregation::dp::ledger::Mechanism;
+use tessera_aggregation::dp::mechanism::{
+    DistributedEncoding, NoiseKind, choose_bits_with_noise, wrap_probability,
+};
+use tessera_aggregation::encoding::{self, FixedPoint, MAX_FRAC_BITS};
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::mask::Prg;
 use tessera_aggregation::params::{self, ParamsRequest, ThreatModel};
+
+/// With distributed DP, the most a round's noised sum may wrap the ring
+/// (any coordinate, union bound): one round in a million.
+pub const WRAP_PROBABILITY: f64 = 1e-6;
 
 /// A configuration the server cannot run with.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +174,11 @@ pub enum DpMode {
     /// DP-FedAvg: the server adds N(0, (z C)^2) to each unmasked sum before
     /// it publishes, and accounts each round in the ledger.
     Central,
+    /// Distributed DP: every client adds its share of integer noise before
+    /// masking, calibrated so that any `threshold` survivors together carry
+    /// noise of std `z` times the sensitivity; the server never sees an
+    /// un-noised sum. Accounted per round in the ledger.
+    Distributed,
 }
 
 impl FromStr for DpMode {
@@ -173,7 +187,10 @@ impl FromStr for DpMode {
         match s {
             "off" => Ok(DpMode::Off),
             "central" => Ok(DpMode::Central),
-            _ => Err(format!("'{s}' is not a DP mode: expected off or central")),
+            "distributed" => Ok(DpMode::Distributed),
+            _ => Err(format!(
+                "'{s}' is not a DP mode: expected off, central or distributed"
+            )),
         }
     }
 }
@@ -201,6 +218,7 @@ struct FileConfig {
     server_lr: Option<f32>,
     server_momentum: Option<f32>,
     dp: Option<String>,
+    dp_noise: Option<String>,
     noise_multiplier: Option<f64>,
     epsilon_budget: Option<f64>,
     delta: Option<f64>,
@@ -260,7 +278,12 @@ pub struct ServerConfig {
     pub server_momentum: Option<f32>,
     /// Differential privacy mode.
     pub dp: DpMode,
-    /// Central DP noise multiplier z (noise std = z * clip_norm).
+    /// Which integer noise clients add with `dp = distributed`.
+    pub dp_noise: NoiseKind,
+    /// The noise multiplier z of either DP mode: the noise std over the
+    /// sensitivity (central: std `z C` added by the server; distributed:
+    /// std `z B` carried by any `threshold` survivors, with `B` the norm
+    /// bound of a client's rounded integer vector).
     pub noise_multiplier: f64,
     /// Total epsilon the server may spend; it stops opening rounds before
     /// it would pass it.
@@ -307,6 +330,7 @@ impl Default for ServerConfig {
             server_lr: 1.0,
             server_momentum: None,
             dp: DpMode::Off,
+            dp_noise: NoiseKind::DiscreteGaussian,
             noise_multiplier: 1.0,
             epsilon_budget: 8.0,
             delta: 1e-5,
@@ -390,6 +414,17 @@ impl ServerConfig {
             server_lr: file.server_lr.unwrap_or(d.server_lr),
             server_momentum: file.server_momentum.or(d.server_momentum),
             dp: parse_field("dp", file.dp)?.unwrap_or(d.dp),
+            dp_noise: match file.dp_noise.as_deref() {
+                None => d.dp_noise,
+                Some("discrete-gaussian") => NoiseKind::DiscreteGaussian,
+                Some("skellam") => NoiseKind::Skellam,
+                Some(other) => {
+                    return Err(invalid(
+                        "dp_noise",
+                        format!("'{other}' is not a noise: expected discrete-gaussian or skellam"),
+                    ));
+                }
+            },
             noise_multiplier: file.noise_multiplier.unwrap_or(d.noise_multiplier),
             epsilon_budget: file.epsilon_budget.unwrap_or(d.epsilon_budget),
             delta: file.delta.unwrap_or(d.delta),
@@ -445,10 +480,10 @@ impl ServerConfig {
         if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
             return Err(invalid("clip_norm", "must be a positive number"));
         }
-        // The widest round must fit the ring without wrapping.
-        let bits = self.bits_for(self.max_clients)?;
-        encoding::FixedPoint::new(self.clip_norm, self.frac_bits, bits)
-            .map_err(|e| invalid("bits", e.to_string()))?;
+        // The widest round must fit the ring without wrapping (its noise
+        // included). A model dimension not yet known is checked at 1.
+        let (_, threshold) = self.graph_for(self.max_clients)?;
+        self.round_encoding(self.max_clients, threshold, self.dim.unwrap_or(1))?;
         if self.stage_timeout.is_zero() {
             return Err(invalid("stage_timeout_ms", "must be positive"));
         }
@@ -460,11 +495,11 @@ impl ServerConfig {
         {
             return Err(invalid("server_momentum", format!("{m} is not in [0, 1)")));
         }
-        if self.dp == DpMode::Central {
+        if self.dp != DpMode::Off {
             if !(self.noise_multiplier.is_finite() && self.noise_multiplier > 0.0) {
                 return Err(invalid(
                     "noise_multiplier",
-                    "must be positive with dp = central",
+                    "must be positive when DP is on",
                 ));
             }
             if !(self.epsilon_budget.is_finite() && self.epsilon_budget > 0.0) {
@@ -510,13 +545,102 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// The ring width for a round of `clients`.
-    pub fn bits_for(&self, clients: u32) -> Result<u8, ConfigError> {
-        match self.bits {
-            Some(b) => Ok(b),
-            None => encoding::choose_bits(clients, self.clip_norm, self.frac_bits)
-                .map_err(|e| invalid("bits", e.to_string())),
+    /// How a round of `clients` with this `threshold` and model dimension
+    /// encodes updates: the fixed point (its ring wide enough for the sum
+    /// of every client's input, noise included), and with distributed DP
+    /// the noise each client adds.
+    ///
+    /// Without DP the ring is [`encoding::choose_bits`]' (no wrap at all).
+    /// With distributed DP the noise is unbounded, so the ring is the
+    /// smallest whose chance that any coordinate of the sum wraps is at
+    /// most [`WRAP_PROBABILITY`]; an explicit `bits` that misses that bound
+    /// is refused.
+    pub fn round_encoding(
+        &self,
+        clients: u32,
+        threshold: u32,
+        dim: u32,
+    ) -> Result<(FixedPoint, Option<DistributedEncoding>), ConfigError> {
+        let fixed = |bits: u8| {
+            FixedPoint::new(self.clip_norm, self.frac_bits, bits)
+                .map_err(|e| invalid("bits", e.to_string()))
+        };
+        if self.dp != DpMode::Distributed {
+            let bits = match self.bits {
+                Some(b) => b,
+                None => encoding::choose_bits(clients, self.clip_norm, self.frac_bits)
+                    .map_err(|e| invalid("bits", e.to_string()))?,
+            };
+            return Ok((fixed(bits)?, None));
         }
+        // The norm bound depends on C, f and dim only, so a provisional
+        // 32-bit format gives the noise, and the noise the ring.
+        let dp_error = |e: tessera_aggregation::dp::mechanism::DpError| {
+            invalid("noise_multiplier", e.to_string())
+        };
+        let provisional = DistributedEncoding::new(
+            fixed(32)?,
+            self.dp_noise,
+            self.noise_multiplier,
+            threshold,
+            dim as usize,
+        )
+        .map_err(dp_error)?;
+        let sigma_all = provisional.dp.actual_sigma(clients);
+        let bits = match self.bits {
+            None => choose_bits_with_noise(
+                clients,
+                provisional.norm_bound,
+                sigma_all,
+                dim as usize,
+                WRAP_PROBABILITY / f64::from(dim),
+            )
+            .map_err(|e| invalid("bits", e.to_string()))?,
+            Some(b) => {
+                let p =
+                    wrap_probability(clients, provisional.norm_bound, sigma_all, dim as usize, b)
+                        .map_err(|e| invalid("bits", e.to_string()))?;
+                if p > WRAP_PROBABILITY {
+                    return Err(invalid(
+                        "bits",
+                        format!(
+                            "{b} bits let a noised sum of {clients} clients wrap with probability up to {p:.2e} (more than {WRAP_PROBABILITY:e}); leave bits unset to choose it"
+                        ),
+                    ));
+                }
+                b
+            }
+        };
+        let fixed_point = fixed(bits)?;
+        Ok((
+            fixed_point,
+            Some(DistributedEncoding {
+                fixed_point,
+                ..provisional
+            }),
+        ))
+    }
+
+    /// The mechanism a round that goes ahead spends at most, for the
+    /// ledger's check before a round opens; `None` without DP.
+    ///
+    /// Central: the Gaussian with noise multiplier `z` and no sampling
+    /// amplification (the population behind the lobby is unknown). Distributed:
+    /// the discrete Gaussian at the target std `z B`, what the fewest
+    /// survivors a round accepts carry; more survivors only add noise.
+    pub fn planned_mechanism(&self, dim: u32) -> Result<Option<Mechanism>, ConfigError> {
+        Ok(match self.dp {
+            DpMode::Off => None,
+            DpMode::Central => Some(Mechanism::Gaussian {
+                noise_multiplier: self.noise_multiplier,
+                sampling_rate: 1.0,
+            }),
+            DpMode::Distributed => {
+                let (_, threshold) = self.graph_for(self.min_clients)?;
+                let (_, encoding) = self.round_encoding(self.min_clients, threshold, dim)?;
+                encoding.map(|e| e.mechanism(e.dp.min_survivors, dim as usize))
+            }
+        })
     }
 
     /// The graph and threshold of a round of `n` clients.
@@ -687,5 +811,46 @@ mod tests {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
         }
+    }
+
+    #[test]
+    fn distributed_dp_widens_the_ring_for_its_noise_and_plans_the_target_noise() {
+        let c = ServerConfig {
+            dp: DpMode::Distributed,
+            noise_multiplier: 2.0,
+            ..dev()
+        };
+        c.validate().unwrap();
+        let (plain, none) = dev().round_encoding(20, 11, 1000).unwrap();
+        assert!(none.is_none());
+        let (fp, enc) = c.round_encoding(20, 11, 1000).unwrap();
+        let enc = enc.expect("distributed DP encodes with noise");
+        assert!(fp.bits > plain.bits, "{} vs {}", fp.bits, plain.bits);
+        assert_eq!(enc.fixed_point, fp);
+        assert_eq!(enc.dp.min_survivors, 11);
+        assert_eq!(enc.dp.target_sigma, 2.0 * enc.norm_bound);
+        let p = wrap_probability(20, enc.norm_bound, enc.dp.actual_sigma(20), 1000, fp.bits);
+        assert!(p.unwrap() <= WRAP_PROBABILITY);
+        // One bit fewer would break the wrap bound, so an explicit choice
+        // of it is refused with the reason.
+        let narrow = ServerConfig {
+            bits: Some(fp.bits - 1),
+            ..c.clone()
+        };
+        let err = narrow.round_encoding(20, 11, 1000).unwrap_err().to_string();
+        assert!(err.contains("wrap"), "{err}");
+        // The ledger's check plans for the target noise: rho = 1/(2 z^2).
+        match c.planned_mechanism(1000).unwrap() {
+            Some(Mechanism::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            }) => assert!((sigma / l2_sensitivity - 2.0).abs() < 1e-12),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(dev().planned_mechanism(1000).unwrap(), None);
+        assert!("distributed".parse::<DpMode>().is_ok());
+        let toml = ServerConfig::from_toml("dp = \"distributed\"\ndp_noise = \"skellam\"").unwrap();
+        assert_eq!(toml.dp_noise, NoiseKind::Skellam);
+        assert!(ServerConfig::from_toml("dp_noise = \"laplace\"").is_err());
     }
 }

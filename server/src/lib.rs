@@ -274,8 +274,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         }
     };
     let ledger = match (config.dp, store.ledger()) {
-        (DpMode::Central, Some(ledger)) => Some(ledger.clone()),
-        (DpMode::Central, None) => Some(
+        (DpMode::Central | DpMode::Distributed, Some(ledger)) => Some(ledger.clone()),
+        (DpMode::Central | DpMode::Distributed, None) => Some(
             PrivacyLedger::new(config.epsilon_budget, config.delta)
                 .map_err(|e| ServeError::Model(format!("privacy ledger: {e}")))?,
         ),

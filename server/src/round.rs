@@ -122,6 +122,7 @@ impl RoundDriver {
     pub(crate) fn open(
         config: RoundConfig,
         fixed_point: v1::FixedPoint,
+        distributed_dp: Option<v1::DistributedDp>,
         model_version: u64,
         participants: Vec<Participant>,
     ) -> Result<RoundDriver, ServerError> {
@@ -141,6 +142,7 @@ impl RoundDriver {
                     config: Some(wire_config.clone()),
                     fixed_point: Some(fixed_point),
                     model_version,
+                    distributed_dp: distributed_dp.clone(),
                 })),
             };
             let sent = p.tx.try_send(Ok(start)).is_ok();

@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use tessera_aggregation::RoundConfig;
-use tessera_aggregation::dp::ledger::{Mechanism, PrivacyLedger};
-use tessera_aggregation::dp::mechanism::add_central_gaussian;
+use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_aggregation::dp::mechanism::{DistributedEncoding, add_central_gaussian};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::server::RoundOutput;
 use tessera_proto::convert::abort_reason_name;
@@ -63,8 +63,11 @@ pub(crate) async fn run(
             shared.stop_accepting("the server has run its configured number of rounds");
             return Ok(());
         }
-        if let Some(ledger) = &training.ledger
-            && !ledger.can_spend(&central_mechanism(config.noise_multiplier))
+        let planned = config
+            .planned_mechanism(training.model.dim() as u32)
+            .map_err(ServeError::Config)?;
+        if let (Some(ledger), Some(planned)) = (&training.ledger, &planned)
+            && !ledger.can_spend(planned)
         {
             let spent = ledger.spent();
             warn!(
@@ -86,15 +89,6 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             return Ok(());
         }
-    }
-}
-
-fn central_mechanism(noise_multiplier: f64) -> Mechanism {
-    // Every waiting client is taken into the round; the population behind
-    // the lobby is unknown, so no amplification by sampling is claimed.
-    Mechanism::Gaussian {
-        noise_multiplier,
-        sampling_rate: 1.0,
     }
 }
 
@@ -152,10 +146,12 @@ async fn run_round(
     let started_at = unix_ms();
 
     let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
-    let bits = config.bits_for(n).map_err(ServeError::Config)?;
-    let fixed_point = FixedPoint::new(config.clip_norm, config.frac_bits, bits)
-        .map_err(|e| ServeError::Round(e.to_string()))?;
-    let mut round_config = RoundConfig::new(round_id, n, training.model.dim() as u32);
+    let dim = training.model.dim() as u32;
+    let (fixed_point, distributed) = config
+        .round_encoding(n, threshold, dim)
+        .map_err(ServeError::Config)?;
+    let bits = fixed_point.bits;
+    let mut round_config = RoundConfig::new(round_id, n, dim);
     round_config.threshold = threshold;
     round_config.graph = graph;
     round_config.graph_seed = training.rng.random();
@@ -187,6 +183,7 @@ async fn run_round(
     let mut driver = match RoundDriver::open(
         round_config,
         v1::FixedPoint::from(&fixed_point),
+        distributed.as_ref().map(v1::DistributedDp::from),
         training.version,
         participants,
     ) {
@@ -198,8 +195,16 @@ async fn run_round(
     let result = match end {
         RoundEnd::Completed(output) => {
             let contributors = output.contributors.len() as u32;
-            let (next, published) =
-                publish(shared, training, output, fixed_point, round_id, n).await?;
+            let (next, published) = publish(
+                shared,
+                training,
+                output,
+                fixed_point,
+                distributed,
+                round_id,
+                n,
+            )
+            .await?;
             training = next;
             record.outcome = RoundOutcome::Completed;
             record.survivors = contributors;
@@ -275,6 +280,7 @@ async fn publish(
     mut training: Training,
     output: RoundOutput,
     fixed_point: FixedPoint,
+    distributed: Option<DistributedEncoding>,
     round_id: u64,
     clients: u32,
 ) -> Result<(Training, u64), ServeError> {
@@ -283,18 +289,36 @@ async fn publish(
     let (training, entry) = blocking(move || -> Result<_, ServeError> {
         let contributors = output.contributors.len() as u32;
         let mut decoded = fixed_point.decode_sum(&output.sum, contributors);
+        let dim = decoded.sum.len();
+        // What this release spends: central noise is added here, on a sum
+        // the server saw; distributed noise is already in the sum, carried
+        // by the contributors.
+        let mechanism = match (config.dp, &distributed) {
+            (DpMode::Off, _) => None,
+            (DpMode::Central, _) => {
+                add_central_gaussian(
+                    &mut decoded.sum,
+                    config.noise_multiplier,
+                    f64::from(config.clip_norm),
+                    &mut training.rng,
+                )
+                .map_err(|e| ServeError::Round(e.to_string()))?;
+                config
+                    .planned_mechanism(dim as u32)
+                    .map_err(ServeError::Config)?
+            }
+            (DpMode::Distributed, Some(encoding)) => Some(encoding.mechanism(contributors, dim)),
+            (DpMode::Distributed, None) => {
+                return Err(ServeError::Round(
+                    "a distributed-DP round ran without its encoding".into(),
+                ));
+            }
+        };
         let mut epsilon = 0.0;
-        if config.dp == DpMode::Central {
-            add_central_gaussian(
-                &mut decoded.sum,
-                config.noise_multiplier,
-                f64::from(config.clip_norm),
-                &mut training.rng,
-            )
-            .map_err(|e| ServeError::Round(e.to_string()))?;
-            let ledger = training.ledger.as_mut().expect("central DP keeps a ledger");
+        if let Some(mechanism) = mechanism {
+            let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
             ledger
-                .record(round_id, central_mechanism(config.noise_multiplier))
+                .record(round_id, mechanism)
                 .map_err(|e| ServeError::Round(e.to_string()))?;
             epsilon = ledger.spent();
         }
@@ -312,7 +336,7 @@ async fn publish(
                 survivors: contributors,
                 dropped: clients - contributors,
                 epsilon,
-                delta: if config.dp == DpMode::Central {
+                delta: if config.dp != DpMode::Off {
                     config.delta
                 } else {
                     0.0

@@ -55,6 +55,8 @@ pub struct ServerOptions {
     pub rounds: Option<u64>,
     /// Graph rule (`complete`, `harary:K`, `auto`).
     pub graph: &'static str,
+    /// Any other setting, applied last (DP mode, threshold, ...).
+    pub tweak: fn(&mut ServerConfig),
 }
 
 impl Default for ServerOptions {
@@ -66,6 +68,7 @@ impl Default for ServerOptions {
             stage_timeout: Duration::from_secs(10),
             rounds: None,
             graph: "complete",
+            tweak: |_| {},
         }
     }
 }
@@ -116,6 +119,7 @@ impl TestServer {
                 config.tokens_file = Some(tokens_file);
             }
         }
+        (options.tweak)(&mut config);
         let server = tessera_server::start(config).await.expect("server starts");
         let port = server.local_addr().port();
         let url = if ca_pem.is_some() {

@@ -1,0 +1,121 @@
+//! Distributed DP over real gRPC: clients add their share of discrete
+//! Gaussian noise before masking, the server publishes the noised average
+//! and accounts exactly what the survivors' noise bought.
+
+use tessera_aggregation::Stage;
+use tessera_aggregation::dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
+use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_client::Participation;
+use tessera_server::config::DpMode;
+use tessera_tests::{ServerOptions, TestServer, mean, update};
+
+const DIM: u32 = 2000;
+const CLIENTS: u32 = 8;
+/// Majority of the complete graph of 8.
+const THRESHOLD: u32 = 5;
+const Z: f64 = 0.5;
+
+fn distributed(config: &mut tessera_server::ServerConfig) {
+    config.dp = DpMode::Distributed;
+    config.noise_multiplier = Z;
+    config.epsilon_budget = 100.0;
+}
+
+/// Runs one round where client 0 drops before `drop` (if any); returns the
+/// updates of the clients whose inputs are in the sum.
+async fn round(ts: &TestServer, seed: u64, drop: Option<Stage>) -> Vec<Vec<f32>> {
+    let updates: Vec<Vec<f32>> = (0..u64::from(CLIENTS))
+        .map(|i| update(DIM, seed + i))
+        .collect();
+    let tasks: Vec<_> = updates
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, u)| {
+            let client = ts.client(None);
+            tokio::spawn(async move {
+                match (i, drop) {
+                    (0, Some(stage)) => client.participate_or_drop(&u, stage).await,
+                    _ => client.participate(&u).await.map(Participation::Completed),
+                }
+            })
+        })
+        .collect();
+    let mut summed = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.unwrap().expect("every client ends as asked") {
+            Participation::Completed(outcome) => {
+                assert!(outcome.bytes_sent > u64::from(DIM) * 2, "{outcome:?}");
+                summed.push(updates[i].clone());
+            }
+            Participation::Dropped { stage, .. } => assert_eq!(Some(stage), drop),
+        }
+    }
+    summed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_dp_noises_the_average_and_the_ledger_accounts_the_survivors_noise() {
+    let ts = TestServer::start(ServerOptions {
+        dim: DIM,
+        min_clients: CLIENTS,
+        tweak: distributed,
+        ..ServerOptions::default()
+    })
+    .await;
+    let encoding = DistributedEncoding::new(
+        FixedPoint::new(1.0, 16, 32).unwrap(),
+        NoiseKind::DiscreteGaussian,
+        Z,
+        THRESHOLD,
+        DIM as usize,
+    )
+    .unwrap();
+    let b = encoding.norm_bound;
+    let scale = 65536.0f64;
+
+    let mut rho = 0.0;
+    let mut before = ts.client(None).latest_model().await.unwrap().flatten();
+    for (r, drop) in [None, Some(Stage::MaskedInput)].into_iter().enumerate() {
+        let summed = round(&ts, 100 * r as u64, drop).await;
+        let n = summed.len() as u32;
+        assert_eq!(n, if drop.is_some() { CLIENTS - 1 } else { CLIENTS });
+        let model = ts.client(None).latest_model().await.unwrap();
+        let after = model.flatten();
+        // The published step minus the plain mean is the noise of the n
+        // survivors' shares, divided by n (FedAvg averages), plus rounding.
+        let noise: Vec<f64> = after
+            .iter()
+            .zip(&before)
+            .zip(mean(&summed))
+            .map(|((a, b), m)| f64::from(a - b) - f64::from(m))
+            .collect();
+        let d = f64::from(DIM);
+        let mu = noise.iter().sum::<f64>() / d;
+        let var = noise.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (d - 1.0);
+        let expected =
+            f64::from(n) * encoding.dp.per_client_variance() / scale.powi(2) / f64::from(n).powi(2);
+        assert!(
+            (var / expected - 1.0).abs() < 0.15,
+            "round {r}: noise variance {var}, expected {expected}"
+        );
+        assert!(mu.abs() < 5.0 * (var / d).sqrt(), "noise is centred: {mu}");
+
+        // The ledger charges the noise the n survivors actually carried.
+        rho += discrete_gaussian_rho(encoding.dp.actual_sigma(n), b);
+        let (eps, _) = zcdp_to_epsilon(rho, 1e-5);
+        let stored = tessera_server::store::inspect(ts.data_dir()).unwrap();
+        let ledger = stored.ledger.expect("a ledger with DP on");
+        assert_eq!(ledger.entries().len(), r + 1);
+        assert!(
+            (ledger.spent() - eps).abs() <= 1e-9 * eps,
+            "{} vs {eps}",
+            ledger.spent()
+        );
+        assert_eq!(model.epsilon, ledger.spent());
+        assert_eq!(model.delta, 1e-5);
+        before = after;
+    }
+    ts.server.shutdown().await.unwrap();
+}
