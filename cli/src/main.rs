@@ -1,6 +1,8 @@
 //! `tessera`, the one command users type.
 //!
-//! Its subcommands: `simulate` runs whole secure aggregation rounds in
+//! Its subcommands: `demo` is the main job (federated training of a burn
+//! model by a real server and real clients over gRPC, with secure
+//! aggregation, dropouts and differential privacy); `simulate` runs whole secure aggregation rounds in
 //! process (every client and the server, through the same state machines a
 //! deployment uses) and reports their cost; `params` asks the SecAgg+
 //! parameter finder which neighbour graph and threshold a round of n clients
@@ -15,6 +17,7 @@
 
 mod args;
 mod chart;
+mod demo;
 mod inspect;
 mod join;
 mod keys;
@@ -61,13 +64,16 @@ pub(crate) use usage;
     about = "Secure aggregation for federated learning (SecAgg / SecAgg+)",
     long_about = "Tessera lets a server learn the sum of many clients' vectors and nothing \
         else, even when clients drop out mid-round: the protocol of Bonawitz et al. (CCS 2017) \
-        with the sparse neighbour graphs of SecAgg+ (Bell et al., CCS 2020). This command runs \
+        with the sparse neighbour graphs of SecAgg+ (Bell et al., CCS 2020). `demo` is the main \
+        job: a server and 20 clients train a model together over gRPC with secure aggregation, \
+        dropouts and distributed differential privacy. This command also runs \
         whole rounds in process to measure their cost (`simulate`) and chooses the neighbour \
         graph and Shamir threshold for a round (`params`), and accounts for the differential \
         privacy a training job spends (`privacy`). `serve` runs the aggregation server for real \
         clients over gRPC, `join` is a command-line client, `inspect` reads a server's data \
         directory, and `token` / `cert` make the credentials a server needs.",
     after_help = "Examples:\n  \
+        tessera demo                                       # the main job: 20 clients train together, 30 rounds\n  \
         tessera simulate                                   # 100 clients, d = 100,000, 10% drop at masked-input\n  \
         tessera simulate --clients 1000 --rounds 5 --out results/\n  \
         tessera params --clients 1000 --dropout-rate 0.05 --corrupt-rate 0.05\n  \
@@ -85,6 +91,9 @@ struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job: federated training with secure aggregation and DP.
+    #[command(about = demo::ABOUT, long_about = demo::LONG_ABOUT, after_help = demo::EXAMPLES)]
+    Demo(Box<demo::DemoArgs>),
     /// Run secure aggregation rounds in process and report their cost.
     #[command(
         about = simulate::ABOUT,
@@ -126,6 +135,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(*args),
         Command::Simulate(args) => simulate::run(args),
         Command::Params(args) => params::run(args),
         Command::Privacy(args) => privacy::run(args),

@@ -98,6 +98,13 @@ pub enum ClientError {
         /// The update's length.
         got: u64,
     },
+    /// A published model does not fit the local model (feature `burn`):
+    /// another architecture, or a vector of the wrong length.
+    #[error("the model does not fit: {problem}")]
+    ModelMismatch {
+        /// Which tensor or length differs.
+        problem: String,
+    },
     /// The server runs no more rounds (privacy budget spent, shutting down).
     #[error("the server is not running rounds: {0}")]
     ServerUnavailable(String),

@@ -41,6 +41,8 @@
 #![forbid(unsafe_code)]
 
 mod builder;
+#[cfg(feature = "burn")]
+pub mod burn;
 mod driver;
 mod error;
 mod model;

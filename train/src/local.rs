@@ -1,0 +1,160 @@
+//! A client's local training, and the server-side evaluation of a
+//! published model on the held-out split.
+//!
+//! FedAvg (McMahan et al. 2017): each round a client starts from the
+//! current global parameters, runs a few epochs of minibatch training on
+//! its own examples, and reports `local - global`. The optimizer state
+//! starts fresh each round (it is local to the client and never sent).
+
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
+use burn::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::data::Examples;
+use crate::model::{ModelKind, Net};
+
+/// The client's optimizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Optimizer {
+    /// Plain minibatch SGD: FedAvg's own choice.
+    Sgd,
+    /// Adam with default moments, state reset every round.
+    Adam,
+}
+
+/// How a client trains in one round.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LocalTraining {
+    /// Passes over the client's examples.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Step size.
+    pub lr: f64,
+    /// Which optimizer.
+    pub optimizer: Optimizer,
+}
+
+impl Default for LocalTraining {
+    /// Five epochs of SGD at 0.1 in batches of 16: on the digits each
+    /// round's update then carries a well-trained direction into its clip
+    /// (measured with the demo's DP, hidden 32, clip 0.5: final accuracy
+    /// 0.62-0.72 in three runs; with 2 epochs and clip 1.0, 0.39).
+    fn default() -> Self {
+        LocalTraining {
+            epochs: 5,
+            batch_size: 16,
+            lr: 0.1,
+            optimizer: Optimizer::Sgd,
+        }
+    }
+}
+
+/// The shape of the models being trained, so any process can rebuild one
+/// from a flat parameter vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Architecture {
+    /// Which model.
+    pub kind: ModelKind,
+    /// Image height.
+    pub height: usize,
+    /// Image width.
+    pub width: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl Architecture {
+    /// A model with these parameters on `device`.
+    ///
+    /// # Panics
+    /// If `params` does not have the architecture's length (a caller bug:
+    /// every vector here comes from the same architecture).
+    pub fn load(&self, params: &[f32], device: &Device) -> Net {
+        let net = Net::new(self.kind, self.height, self.width, self.classes, device);
+        tessera_client::burn::load_flat(net, params).expect("parameters of this architecture")
+    }
+
+    /// A freshly initialised model, seeded: the initial global model.
+    pub fn init(&self, seed: u64) -> Net {
+        let device = Device::flex();
+        device.seed(seed);
+        Net::new(self.kind, self.height, self.width, self.classes, &device)
+    }
+}
+
+fn batch(examples: &Examples, indices: &[usize], device: &Device) -> (Tensor<2>, Tensor<1, Int>) {
+    let features = examples.pixels.len() / examples.len().max(1);
+    let pixels: Vec<f32> = indices
+        .iter()
+        .flat_map(|&i| &examples.pixels[i * features..(i + 1) * features])
+        .copied()
+        .collect();
+    let labels: Vec<i64> = indices
+        .iter()
+        .map(|&i| i64::from(examples.labels[i]))
+        .collect();
+    (
+        Tensor::<2>::from_data(TensorData::new(pixels, [indices.len(), features]), device),
+        Tensor::<1, Int>::from_data(TensorData::new(labels, [indices.len()]), device),
+    )
+}
+
+/// Trains from `global` on `examples` and returns the new local
+/// parameters and the mean training loss of the last epoch. Seeded: the
+/// same inputs give the same result.
+pub fn train(
+    arch: &Architecture,
+    global: &[f32],
+    examples: &Examples,
+    cfg: &LocalTraining,
+    seed: u64,
+) -> (Vec<f32>, f32) {
+    let device = Device::flex().autodiff();
+    let mut model = arch.load(global, &device);
+    let mut optim = match cfg.optimizer {
+        Optimizer::Sgd => SgdConfig::new().init(),
+        Optimizer::Adam => AdamConfig::new().init(),
+    };
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let mut last_loss = f32::NAN;
+    for _ in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        let (mut sum, mut steps) = (0.0f64, 0usize);
+        for chunk in order.chunks(cfg.batch_size.max(1)) {
+            let (x, y) = batch(examples, chunk, &device);
+            let loss = loss_fn.forward(model.forward(x), y);
+            sum += f64::from(loss.clone().into_scalar::<f32>());
+            steps += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+        }
+        last_loss = (sum / steps.max(1) as f64) as f32;
+    }
+    (tessera_client::burn::flatten(&model.valid()), last_loss)
+}
+
+/// Accuracy and mean cross-entropy of the model with `params` on
+/// `examples`: the server-side evaluation of a published model.
+pub fn evaluate(arch: &Architecture, params: &[f32], examples: &Examples) -> (f32, f32) {
+    let device = Device::flex();
+    let model = arch.load(params, &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let (mut correct, mut loss_sum) = (0i64, 0.0f64);
+    let all: Vec<usize> = (0..examples.len()).collect();
+    for chunk in all.chunks(1000) {
+        let (x, y) = batch(examples, chunk, &device);
+        let logits = model.forward(x);
+        let loss = loss_fn.forward(logits.clone(), y.clone());
+        loss_sum += f64::from(loss.into_scalar::<f32>()) * chunk.len() as f64;
+        let predicted = logits.argmax(1).squeeze_dim::<1>(1);
+        correct += predicted.equal(y).int().sum().into_scalar::<i64>();
+    }
+    let n = examples.len().max(1) as f64;
+    ((correct as f64 / n) as f32, (loss_sum / n) as f32)
+}

@@ -1,0 +1,127 @@
+//! The models clients train: a multilayer perceptron and a small
+//! convolutional network for image classification, on burn's `flex` CPU
+//! backend.
+//!
+//! Both are burn [`Module`]s, so the SDK's `burn` feature turns them into
+//! the flat parameter vectors secure aggregation sums
+//! ([`tessera_client::burn`]). [`Net`] wraps either, so the training loop
+//! and the demo are written once.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::relu;
+
+/// Which architecture to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// Pixels -> `hidden` ReLU units -> classes.
+    Mlp {
+        /// Width of the hidden layer.
+        hidden: usize,
+    },
+    /// Two 3x3 convolutions (8 and 16 channels, ReLU), average-pooled to
+    /// 4x4, then a linear layer to the classes.
+    Cnn,
+}
+
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelKind::Mlp { hidden } => write!(f, "mlp (hidden {hidden})"),
+            ModelKind::Cnn => f.write_str("cnn"),
+        }
+    }
+}
+
+/// A two-layer perceptron.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, images: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(relu(self.fc1.forward(images)))
+    }
+}
+
+/// A small convolutional network.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: AdaptiveAvgPool2d,
+    fc: Linear,
+    height: usize,
+    width: usize,
+}
+
+impl Cnn {
+    fn forward(&self, images: Tensor<2>) -> Tensor<2> {
+        let [batch, _] = images.dims();
+        let x = images.reshape([batch, 1, self.height, self.width]);
+        let x = relu(self.conv1.forward(x));
+        let x = relu(self.conv2.forward(x));
+        let x = self.pool.forward(x);
+        self.fc.forward(x.reshape([batch, 16 * 4 * 4]))
+    }
+}
+
+/// Either model, so the training code is written once.
+// One Net per training call, moved a handful of times: the size gap
+// between variants costs nothing worth a Box (which burn's derive would
+// have to see through).
+#[allow(clippy::large_enum_variant)]
+#[derive(Module, Debug)]
+pub enum Net {
+    /// See [`Mlp`].
+    Mlp(Mlp),
+    /// See [`Cnn`].
+    Cnn(Cnn),
+}
+
+impl Net {
+    /// A freshly initialised model for `height x width` images and
+    /// `classes` classes, on `device` (use an autodiff device to train).
+    /// burn draws the initial weights from the device's seeded generator
+    /// ([`Device::seed`]), so every process that seeds alike builds the
+    /// same model.
+    pub fn new(
+        kind: ModelKind,
+        height: usize,
+        width: usize,
+        classes: usize,
+        device: &Device,
+    ) -> Net {
+        match kind {
+            ModelKind::Mlp { hidden } => Net::Mlp(Mlp {
+                fc1: LinearConfig::new(height * width, hidden).init(device),
+                fc2: LinearConfig::new(hidden, classes).init(device),
+            }),
+            ModelKind::Cnn => Net::Cnn(Cnn {
+                conv1: Conv2dConfig::new([1, 8], [3, 3])
+                    .with_padding(PaddingConfig2d::Same)
+                    .init(device),
+                conv2: Conv2dConfig::new([8, 16], [3, 3])
+                    .with_padding(PaddingConfig2d::Same)
+                    .init(device),
+                pool: AdaptiveAvgPool2dConfig::new([4, 4]).init(),
+                fc: LinearConfig::new(16 * 4 * 4, classes).init(device),
+                height,
+                width,
+            }),
+        }
+    }
+
+    /// Class scores (logits), `[batch, classes]`, for `[batch, pixels]`.
+    pub fn forward(&self, images: Tensor<2>) -> Tensor<2> {
+        match self {
+            Net::Mlp(m) => m.forward(images),
+            Net::Cnn(c) => c.forward(images),
+        }
+    }
+}
