@@ -98,6 +98,10 @@ pub(crate) struct DemoArgs {
     /// Delta of the (epsilon, delta) guarantee.
     #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
     delta: f64,
+    /// DP noise multiplier (default: the one that spends --epsilon in
+    /// --rounds rounds); the server still stops at --epsilon.
+    #[arg(long, value_name = "Z")]
+    noise_multiplier: Option<f64>,
     /// Model: a two-layer perceptron or a small CNN.
     #[arg(long, value_enum, default_value_t = ModelArg::Mlp)]
     model: ModelArg,
@@ -166,6 +170,7 @@ impl DemoArgs {
             },
             epsilon: self.epsilon,
             delta: self.delta,
+            noise_multiplier: self.noise_multiplier,
             model: match self.model {
                 ModelArg::Mlp => ModelKind::Mlp {
                     hidden: self.hidden,

@@ -77,6 +77,9 @@ pub struct DemoConfig {
     pub epsilon: f64,
     /// The delta of the guarantee.
     pub delta: f64,
+    /// The DP noise multiplier; `None` calibrates it so that `rounds`
+    /// rounds spend exactly `epsilon` ([`calibrate`]).
+    pub noise_multiplier: Option<f64>,
     /// The model.
     pub model: ModelKind,
     /// The data.
@@ -105,6 +108,7 @@ impl Default for DemoConfig {
             dp: DpChoice::Distributed,
             epsilon: 8.0,
             delta: 1e-5,
+            noise_multiplier: None,
             model: ModelKind::Mlp { hidden: 32 },
             dataset: DatasetChoice::Digits,
             partitioning: Partitioning::Dirichlet { alpha: 0.5 },
@@ -485,12 +489,22 @@ pub fn client_seed(cfg: &DemoConfig, round: u64, c: usize) -> u64 {
     cfg.seed ^ (round << 32) ^ ((c as u64 + 1) << 16)
 }
 
-/// The noise multiplier that spends exactly the budget over `rounds`
-/// rounds of the mechanism the server will account (no subsampling: every
-/// client takes part in every round).
+/// The noise multiplier of the job: the configured one, or the one that
+/// spends exactly the budget over `rounds` rounds of the mechanism the
+/// server will account (no subsampling: every client takes part in every
+/// round).
 pub fn calibrate(cfg: &DemoConfig) -> Result<f64, DemoError> {
     if cfg.dp == DpChoice::Off {
         return Ok(0.0);
+    }
+    if let Some(z) = cfg.noise_multiplier {
+        return if z.is_finite() && z > 0.0 {
+            Ok(z)
+        } else {
+            Err(DemoError::Config(format!(
+                "--noise-multiplier {z} must be positive"
+            )))
+        };
     }
     accountant::noise_multiplier(cfg.epsilon, 1.0, cfg.rounds, cfg.delta)
         .map_err(|e| DemoError::Config(format!("cannot reach epsilon {}: {e}", cfg.epsilon)))

@@ -125,3 +125,96 @@ impl Net {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_client::burn::{dim, flatten, load_flat, tensors};
+    use tessera_client::{ClientError, GlobalModel};
+
+    fn kinds() -> [(ModelKind, usize); 3] {
+        [
+            (ModelKind::Mlp { hidden: 32 }, 8),
+            (ModelKind::Cnn, 8),
+            (ModelKind::Cnn, 28),
+        ]
+    }
+
+    #[test]
+    fn every_parameter_round_trips_bit_for_bit() {
+        let device = Device::flex();
+        for (kind, side) in kinds() {
+            device.seed(3);
+            let trained = Net::new(kind, side, side, 10, &device);
+            let flat = flatten(&trained);
+            assert_eq!(flat.len(), dim(&trained), "{kind}");
+            assert_eq!(
+                flat.len(),
+                trained.num_params(),
+                "{kind}: every parameter is sent"
+            );
+            // Into a model initialised differently, and back.
+            device.seed(4);
+            let fresh = Net::new(kind, side, side, 10, &device);
+            assert_ne!(flatten(&fresh), flat);
+            let loaded = load_flat(fresh, &flat).unwrap();
+            let again = flatten(&loaded);
+            assert!(
+                again
+                    .iter()
+                    .zip(&flat)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{kind}"
+            );
+            // And through a published model, names and shapes checked.
+            let published = GlobalModel {
+                version: 2,
+                round: 1,
+                epsilon: 0.0,
+                delta: 0.0,
+                tensors: tensors(&trained),
+            };
+            let names: Vec<&str> = published.tensors.iter().map(|t| t.name.as_str()).collect();
+            let mut unique = names.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), names.len(), "{kind}: {names:?}");
+            device.seed(5);
+            let via_model = published
+                .load_into(Net::new(kind, side, side, 10, &device))
+                .unwrap();
+            assert_eq!(flatten(&via_model), flat, "{kind}");
+            // The same output for the same input: the loaded model is the
+            // trained one.
+            let x = Tensor::<2>::ones([2, side * side], &device);
+            let a = trained.forward(x.clone()).into_data();
+            let b = via_model.forward(x).into_data();
+            assert_eq!(a, b, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_model_of_another_architecture_is_refused() {
+        let device = Device::flex();
+        let mlp = Net::new(ModelKind::Mlp { hidden: 32 }, 8, 8, 10, &device);
+        let cnn = Net::new(ModelKind::Cnn, 8, 8, 10, &device);
+        let published = GlobalModel {
+            version: 7,
+            round: 6,
+            epsilon: 0.0,
+            delta: 0.0,
+            tensors: tensors(&mlp),
+        };
+        let err = published.load_into(cnn).unwrap_err();
+        assert!(matches!(err, ClientError::ModelMismatch { .. }), "{err:?}");
+        let wider = Net::new(ModelKind::Mlp { hidden: 33 }, 8, 8, 10, &device);
+        assert!(
+            published
+                .load_into(wider)
+                .unwrap_err()
+                .to_string()
+                .contains("fc1")
+        );
+        assert!(load_flat(mlp, &[0.0; 3]).is_err());
+    }
+}
