@@ -41,6 +41,15 @@ pub struct RoundConfig {
     /// Shamir threshold `t`: how many share holders must answer to rebuild a
     /// secret, and how many clients must survive every stage.
     pub threshold: u32,
+    /// A floor on the survivors of every stage above `threshold` (0: none):
+    /// the round aborts, before any share is revealed, if fewer clients
+    /// survive, and with the complete graph (where an unmasking request
+    /// names every survivor) a client answers no request naming fewer.
+    /// Distributed DP calibrates each client's noise for this many
+    /// survivors; in a SecAgg+ round `threshold` is per neighbourhood and
+    /// far below the survivors DP needs. See [`RoundConfig::survivor_floor`].
+    #[serde(default)]
+    pub min_survivors: u32,
     /// Who shares keys and masks with whom: the complete graph (SecAgg) or a
     /// Harary graph of even degree `k` (SecAgg+).
     pub graph: GraphKind,
@@ -70,6 +79,7 @@ impl RoundConfig {
             round_id,
             num_clients,
             threshold: num_clients / 2 + 1,
+            min_survivors: 0,
             graph: GraphKind::Complete,
             graph_seed: [0; 32],
             dim,
@@ -102,7 +112,19 @@ impl RoundConfig {
         if self.stage_timeout.is_zero() {
             return Err(ConfigError::ZeroTimeout);
         }
+        if self.min_survivors > n {
+            return Err(ConfigError::MinSurvivors {
+                min_survivors: self.min_survivors,
+                n,
+            });
+        }
         Ok(())
+    }
+
+    /// The fewest clients that must survive each stage for the round to go
+    /// on: `max(threshold, min_survivors)`.
+    pub fn survivor_floor(&self) -> u32 {
+        self.threshold.max(self.min_survivors)
     }
 
     /// How many clients hold a share of each client's secrets: its neighbours
@@ -144,6 +166,14 @@ impl RoundConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A survivor floor no round of this size can meet.
+    #[error("min_survivors {min_survivors} is more than the {n} clients of the round")]
+    MinSurvivors {
+        /// The requested floor.
+        min_survivors: u32,
+        /// Clients in the round.
+        n: u32,
+    },
     /// Aggregating fewer than two inputs reveals the input.
     #[error("a round needs at least 2 clients, got {0}")]
     TooFewClients(u32),

@@ -138,6 +138,41 @@ fn a_client_refuses_when_fewer_than_t_survivors_are_named() {
 }
 
 #[test]
+fn a_client_refuses_requests_below_the_survivor_floor() {
+    // Distributed DP noise is calibrated for min_survivors: a request naming
+    // fewer survivors than that (though at least t) would unmask a sum with
+    // too little noise, so the client answers none.
+    let mut cfg = config(8, 4, 32);
+    cfg.min_survivors = 7;
+    let mut net = Net::new(cfg, 22);
+    loop {
+        let stage = net.server.stage().expect("round in progress");
+        net.clients_send();
+        net.expire_stage(Some(stage));
+        let out = net.server_outbox();
+        if out
+            .iter()
+            .any(|(_, m)| matches!(m.body, ServerBody::UnmaskRequest { .. }))
+        {
+            break;
+        }
+        net.deliver(out);
+    }
+    let round = net.config.round_id;
+    let now = net.now;
+    let client = &mut net.clients[0];
+    let result = client.handle_message(now, request(round, ids(&[0, 1, 2, 3, 4, 5]), ids(&[6, 7])));
+    assert_eq!(
+        violation(result),
+        Violation::BelowThreshold {
+            have: 6,
+            threshold: 7
+        }
+    );
+    assert!(client.poll_transmit().is_none());
+}
+
+#[test]
 fn a_client_refuses_requests_that_omit_or_invent_clients_or_leave_it_out() {
     let (net, out) = at_unmasking(ThreatModel::SemiHonest);
     let (survivors, dropped) = request_for(&out, 2);

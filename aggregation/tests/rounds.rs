@@ -198,6 +198,29 @@ fn exactly_t_survivors_complete() {
     assert_eq!(output.sum, net.plain_sum(&output.contributors));
 }
 
+#[test]
+fn a_survivor_floor_above_t_aborts_before_any_share_is_revealed() {
+    // A SecAgg+ round whose DP noise is calibrated for 10 survivors: t = 3
+    // per neighbourhood would let it go on with far fewer, the floor does
+    // not.
+    let mut cfg = config(12, 3, 64);
+    cfg.graph = GraphKind::Harary { k: 6 };
+    cfg.min_survivors = 10;
+    assert_eq!(cfg.survivor_floor(), 10);
+    let mut net = Net::new(cfg.clone(), 9);
+    let output = net
+        .run(&[(Stage::MaskedInput, &[0, 5])])
+        .expect("10 survivors meet the floor");
+    assert_eq!(output.sum, net.plain_sum(&output.contributors));
+    let mut net = Net::new(cfg.clone(), 9);
+    assert!(
+        net.run(&[(Stage::MaskedInput, &[0, 5, 8])]).is_none(),
+        "9 survivors are below the floor though far above t"
+    );
+    cfg.min_survivors = 13;
+    assert!(cfg.validate().is_err(), "a floor above n is refused");
+}
+
 fn sim(
     clients: u32,
     graph: GraphKind,

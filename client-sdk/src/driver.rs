@@ -237,6 +237,21 @@ impl Round {
             .map(|dp| tessera_proto::convert::distributed_encoding(dp, fixed_point))
             .transpose()
             .map_err(|e| bad(round_id, e.to_string()))?;
+        // The noise is calibrated for `min_survivors`; the round must not
+        // be able to go on with fewer, or the sum would carry less noise
+        // than promised. The session enforces the round's floor.
+        if let Some(encoding) = &distributed
+            && encoding.dp.min_survivors > config.survivor_floor()
+        {
+            return Err(bad(
+                round_id,
+                format!(
+                    "distributed DP is calibrated for {} survivors but the round goes on with {}",
+                    encoding.dp.min_survivors,
+                    config.survivor_floor()
+                ),
+            ));
+        }
         let encoded = match &distributed {
             None => fixed_point
                 .encode(update, rng)

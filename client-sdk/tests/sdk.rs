@@ -774,6 +774,14 @@ async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
             },
             "variance",
         ),
+        // Noise for 3 survivors in a round that would go on with 2.
+        (
+            v1::DistributedDp {
+                min_survivors: 3,
+                ..good.clone()
+            },
+            "calibrated for 3 survivors",
+        ),
     ] {
         let server = scripted(Script::StartWithDp(dp)).await;
         let err = client(&server.url)

@@ -42,6 +42,7 @@ impl From<&RoundConfig> for v1::RoundConfig {
             round_id: c.round_id,
             num_clients: c.num_clients,
             threshold: c.threshold,
+            min_survivors: c.min_survivors,
             harary_k: match c.graph {
                 GraphKind::Complete => 0,
                 GraphKind::Harary { k } => k,
@@ -73,6 +74,7 @@ impl TryFrom<&v1::RoundConfig> for RoundConfig {
             round_id: c.round_id,
             num_clients: c.num_clients,
             threshold: c.threshold,
+            min_survivors: c.min_survivors,
             graph: if c.harary_k == 0 {
                 GraphKind::Complete
             } else {

@@ -9,6 +9,7 @@
 //! min_clients = 100
 //! graph = "auto"              # complete | harary:K | auto (SecAgg+ finder)
 //! threshold = "majority"      # majority | a fraction such as 0.66 | a count
+//! min_survivors = "0.9"       # optional floor on survivors (fraction of n or count)
 //! clip_norm = 1.0
 //! frac_bits = 16
 //! stage_timeout_ms = 30000
@@ -175,7 +176,7 @@ pub enum DpMode {
     /// it publishes, and accounts each round in the ledger.
     Central,
     /// Distributed DP: every client adds its share of integer noise before
-    /// masking, calibrated so that any `threshold` survivors together carry
+    /// masking, calibrated so that any `min_survivors` survivors together carry
     /// noise of std `z` times the sensitivity; the server never sees an
     /// un-noised sum. Accounted per round in the ledger.
     Distributed,
@@ -207,6 +208,7 @@ struct FileConfig {
     join_window_ms: Option<u64>,
     graph: Option<String>,
     threshold: Option<String>,
+    min_survivors: Option<String>,
     dropout_rate: Option<f64>,
     corrupt_rate: Option<f64>,
     threat_model: Option<String>,
@@ -252,6 +254,13 @@ pub struct ServerConfig {
     pub graph: GraphChoice,
     /// The threshold rule.
     pub threshold: ThresholdRule,
+    /// A floor on every stage's survivors above the threshold, as a rule
+    /// over the round's clients (`None`: the threshold alone). A round
+    /// with fewer survivors aborts before any share is revealed, and
+    /// distributed DP calibrates each client's noise for this many, so
+    /// with a SecAgg+ graph (whose threshold is per neighbourhood and
+    /// small) it is what keeps the noise, and the privacy, up.
+    pub min_survivors: Option<ThresholdRule>,
     /// Expected dropout fraction, for `graph = "auto"`.
     pub dropout_rate: f64,
     /// Fraction of clients that may collude with the server, for
@@ -319,6 +328,7 @@ impl Default for ServerConfig {
             join_window: Duration::from_millis(200),
             graph: GraphChoice::Auto,
             threshold: ThresholdRule::Majority,
+            min_survivors: None,
             dropout_rate: 0.1,
             corrupt_rate: 0.05,
             threat_model: ThreatModel::SemiHonest,
@@ -389,6 +399,7 @@ impl ServerConfig {
                 .unwrap_or(d.join_window),
             graph: parse_field("graph", file.graph)?.unwrap_or(d.graph),
             threshold: parse_field("threshold", file.threshold)?.unwrap_or(d.threshold),
+            min_survivors: parse_field("min_survivors", file.min_survivors)?,
             dropout_rate: file.dropout_rate.unwrap_or(d.dropout_rate),
             corrupt_rate: file.corrupt_rate.unwrap_or(d.corrupt_rate),
             threat_model: file
@@ -483,7 +494,8 @@ impl ServerConfig {
         // The widest round must fit the ring without wrapping (its noise
         // included). A model dimension not yet known is checked at 1.
         let (_, threshold) = self.graph_for(self.max_clients)?;
-        self.round_encoding(self.max_clients, threshold, self.dim.unwrap_or(1))?;
+        let floor = self.survivor_floor(self.max_clients, threshold);
+        self.round_encoding(self.max_clients, floor, self.dim.unwrap_or(1))?;
         if self.stage_timeout.is_zero() {
             return Err(invalid("stage_timeout_ms", "must be positive"));
         }
@@ -545,7 +557,8 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// How a round of `clients` with this `threshold` and model dimension
+    /// How a round of `clients` that goes on with at least `min_survivors`
+    /// (see [`ServerConfig::survivor_floor`]) and this model dimension
     /// encodes updates: the fixed point (its ring wide enough for the sum
     /// of every client's input, noise included), and with distributed DP
     /// the noise each client adds.
@@ -558,7 +571,7 @@ impl ServerConfig {
     pub fn round_encoding(
         &self,
         clients: u32,
-        threshold: u32,
+        min_survivors: u32,
         dim: u32,
     ) -> Result<(FixedPoint, Option<DistributedEncoding>), ConfigError> {
         let fixed = |bits: u8| {
@@ -582,7 +595,7 @@ impl ServerConfig {
             fixed(32)?,
             self.dp_noise,
             self.noise_multiplier,
-            threshold,
+            min_survivors,
             dim as usize,
         )
         .map_err(dp_error)?;
@@ -637,10 +650,24 @@ impl ServerConfig {
             }),
             DpMode::Distributed => {
                 let (_, threshold) = self.graph_for(self.min_clients)?;
-                let (_, encoding) = self.round_encoding(self.min_clients, threshold, dim)?;
+                let floor = self.survivor_floor(self.min_clients, threshold);
+                let (_, encoding) = self.round_encoding(self.min_clients, floor, dim)?;
                 encoding.map(|e| e.mechanism(e.dp.min_survivors, dim as usize))
             }
         })
+    }
+
+    /// The fewest survivors a round of `n` clients with Shamir threshold
+    /// `threshold` goes on with: the `min_survivors` rule if it asks for
+    /// more, at most `n`.
+    pub fn survivor_floor(&self, n: u32, threshold: u32) -> u32 {
+        let floor = match self.min_survivors {
+            None => threshold,
+            Some(ThresholdRule::Majority) => n / 2 + 1,
+            Some(ThresholdRule::Fraction(f)) => (f * f64::from(n)).ceil() as u32,
+            Some(ThresholdRule::Count(c)) => c,
+        };
+        floor.max(threshold).min(n)
     }
 
     /// The graph and threshold of a round of `n` clients.

@@ -146,13 +146,15 @@ async fn run_round(
     let started_at = unix_ms();
 
     let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
+    let min_survivors = config.survivor_floor(n, threshold);
     let dim = training.model.dim() as u32;
     let (fixed_point, distributed) = config
-        .round_encoding(n, threshold, dim)
+        .round_encoding(n, min_survivors, dim)
         .map_err(ServeError::Config)?;
     let bits = fixed_point.bits;
     let mut round_config = RoundConfig::new(round_id, n, dim);
     round_config.threshold = threshold;
+    round_config.min_survivors = min_survivors;
     round_config.graph = graph;
     round_config.graph_seed = training.rng.random();
     round_config.bits = bits;

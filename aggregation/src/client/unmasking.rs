@@ -18,6 +18,7 @@
 
 use super::{Context, HeldShares, Violation, strictly_ascending};
 use crate::ClientId;
+use crate::graph::GraphKind;
 use crate::messages::{ClientBody, ClientMessage, UnmaskResponse};
 
 /// Waiting for the unmasking request.
@@ -46,11 +47,21 @@ pub(super) fn check_survivors(
     if survivors.binary_search(&ctx.id).is_err() {
         return Err(Violation::SelfNotSurvivor);
     }
+    // The list names this client's share holders only. With the complete
+    // graph that is every survivor, so the round's survivor floor can be
+    // checked here; in a SecAgg+ round the client sees its neighbourhood
+    // alone and the floor rests on the server (semi-honest model; the
+    // signed survivor sets of the malicious-server work will let clients
+    // check it too).
+    let floor = match ctx.config.graph {
+        GraphKind::Complete => ctx.config.survivor_floor(),
+        GraphKind::Harary { .. } => ctx.config.threshold,
+    };
     let have = survivors.len() as u32;
-    if have < ctx.config.threshold {
+    if have < floor {
         return Err(Violation::BelowThreshold {
             have,
-            threshold: ctx.config.threshold,
+            threshold: floor,
         });
     }
     Ok(())

@@ -545,7 +545,7 @@ impl ServerSession {
         let survivors = self.roster.count_at_least(done_level(stage, &self.config));
         let expected =
             self.roster.count_at_least(stage_level(stage, &self.config)) + self.evicted_in(stage);
-        let met = match ThresholdMet::check(survivors, self.config.threshold) {
+        let met = match ThresholdMet::check(survivors, self.config.survivor_floor()) {
             Ok(met) => met,
             Err(reason) => return self.abort(stage, reason, survivors),
         };
