@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tessera_aggregation::graph::GraphKind;
 use tessera_train::data::{FASHION_MNIST_DIR, Partitioning};
 use tessera_train::demo::{self, DatasetChoice, DemoConfig, DemoEvent, DpChoice, RoundRow};
 use tessera_train::local::{LocalTraining, Optimizer};
@@ -145,6 +146,9 @@ pub(crate) struct DemoArgs {
     /// FedAvg server learning rate.
     #[arg(long, default_value_t = 1.0, value_name = "LR")]
     server_lr: f32,
+    /// FedAvgM server momentum in [0, 1) (default: none).
+    #[arg(long, value_name = "BETA")]
+    server_momentum: Option<f32>,
     /// Seed of the data split, initial model, local training and dropouts
     /// (the protocol's keys, masks and noise always come from the OS).
     #[arg(long, default_value_t = 1, value_name = "SEED")]
@@ -199,6 +203,7 @@ impl DemoArgs {
             },
             clip_norm: self.clip_norm,
             server_lr: self.server_lr,
+            server_momentum: self.server_momentum,
             seed: self.seed,
             out: self.out.clone(),
         }
@@ -260,7 +265,9 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             url,
             dim,
             noise_multiplier,
+            graph,
             threshold,
+            min_survivors,
             accuracy,
         } => {
             let privacy = match dp {
@@ -274,9 +281,14 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                     cfg.epsilon, cfg.delta
                 ),
             };
+            let graph = match graph {
+                GraphKind::Complete => "complete graph".to_owned(),
+                GraphKind::Harary { k } => format!("SecAgg+ Harary graph, {k} neighbours"),
+            };
             multi.suspend(|| println!(
-                "server at {url} (TLS, {} tokens); model {} with {dim} parameters; \
-                 threshold {threshold} of {}; {privacy}; initial accuracy {accuracy:.4}",
+                "server at {url} (TLS, {} tokens); model {} with {dim} parameters\n\
+                 masking: {graph}, Shamir threshold {threshold}, rounds need {min_survivors} of {} survivors\n\
+                 {privacy}; initial accuracy {accuracy:.4}",
                 cfg.clients, cfg.model, cfg.clients
             ));
             multi.suspend(|| println!("{HEADER}"));
@@ -296,7 +308,11 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }));
     clients_bar.finish_and_clear();
     rounds_bar.finish_and_clear();
-    let report = result.context("the demo failed")?;
+    let report = match result {
+        Ok(report) => report,
+        Err(demo::DemoError::Config(why)) => usage!("{why}"),
+        Err(e) => return Err(anyhow::Error::new(e).context("the demo failed")),
+    };
 
     let csv = cfg.out.join("rounds.csv");
     report::write_csv(&csv, &report.rows).with_context(|| format!("writing {}", csv.display()))?;
@@ -343,8 +359,11 @@ fn run_baseline(cfg: &DemoConfig, which: BaselineArg) -> anyhow::Result<ExitCode
                 cfg.clients, cfg.rounds
             );
             println!("{HEADER}");
-            let rows = baseline::plain_fedavg(cfg, |row| println!("{}", table_row(row)))
-                .context("the baseline failed")?;
+            let rows = match baseline::plain_fedavg(cfg, |row| println!("{}", table_row(row))) {
+                Ok(rows) => rows,
+                Err(demo::DemoError::Config(why)) => usage!("{why}"),
+                Err(e) => return Err(anyhow::Error::new(e).context("the baseline failed")),
+            };
             let last = rows.last().map_or(f32::NAN, |r| r.accuracy);
             println!(
                 "final accuracy {last:.4} after {} rounds in {:.1} s",
@@ -353,7 +372,11 @@ fn run_baseline(cfg: &DemoConfig, which: BaselineArg) -> anyhow::Result<ExitCode
             );
         }
         BaselineArg::Central => {
-            let (accuracy, loss) = baseline::central(cfg).context("the baseline failed")?;
+            let (accuracy, loss) = match baseline::central(cfg) {
+                Ok(result) => result,
+                Err(demo::DemoError::Config(why)) => usage!("{why}"),
+                Err(e) => return Err(anyhow::Error::new(e).context("the baseline failed")),
+            };
             println!(
                 "central baseline: one model on all training data, {} epochs: accuracy {accuracy:.4}, loss {loss:.4} ({:.1} s)",
                 cfg.local.epochs * cfg.rounds as usize,

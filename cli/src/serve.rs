@@ -63,6 +63,10 @@ pub(crate) struct ServeArgs {
     /// Shamir threshold rule: majority, a fraction such as 0.66, or a count.
     #[arg(long, value_name = "RULE")]
     threshold: Option<ThresholdRule>,
+    /// Floor on every stage's survivors above the threshold (a fraction of
+    /// the round's clients or a count); distributed DP is calibrated for it.
+    #[arg(long, value_name = "RULE")]
+    min_survivors: Option<ThresholdRule>,
     /// Expected dropout fraction (for --graph auto) [default: 0.1].
     #[arg(long, value_name = "RATE")]
     dropout_rate: Option<f64>,
@@ -103,7 +107,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_enum)]
     dp_noise: Option<NoiseArg>,
     /// DP noise multiplier z: noise std over the sensitivity (central: z *
-    /// clip norm; distributed: carried by any threshold survivors).
+    /// clip norm; distributed: carried by any --min-survivors survivors).
     #[arg(long, value_name = "Z")]
     noise_multiplier: Option<f64>,
     /// Total epsilon the server may spend.
@@ -194,6 +198,9 @@ impl ServeArgs {
         }
         if let Some(t) = self.threat_model {
             c.threat_model = t.into();
+        }
+        if self.min_survivors.is_some() {
+            c.min_survivors = self.min_survivors;
         }
         if let Some(n) = self.dp_noise {
             c.dp_noise = n.into();

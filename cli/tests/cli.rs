@@ -517,3 +517,85 @@ fn privacy_rejects_bad_input_with_exit_code_two() {
         );
     }
 }
+
+#[test]
+fn demo_trains_over_grpc_and_writes_the_table_csv_and_plot() {
+    let dir = scratch_dir("demo");
+    let out = tessera(&[
+        "demo",
+        "--clients",
+        "4",
+        "--rounds",
+        "2",
+        "--dropout",
+        "0.25",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("round  survivors/dropped  accuracy"),
+        "{text}"
+    );
+    assert!(text.contains("distributed DP"), "{text}");
+    // One table line per round: survivors/dropped with one dropout each.
+    assert_eq!(text.matches("/1 ").count(), 2, "{text}");
+    let csv = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(
+        lines[0]
+            .starts_with("round,survivors,dropped,accuracy,loss,epsilon,seconds,bytes_per_client")
+    );
+    assert_eq!(lines.len(), 3, "{csv}");
+    let epsilon: f64 = lines[2].split(',').nth(5).unwrap().parse().unwrap();
+    assert!(epsilon > 0.0 && epsilon <= 8.0, "{epsilon}");
+    assert!(
+        std::fs::read_to_string(dir.join("rounds.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    assert!(dir.join("data/manifest.json").is_file());
+    // A second run replaces the demo's own files.
+    let again = tessera(&[
+        "demo",
+        "--clients",
+        "3",
+        "--rounds",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    let csv = std::fs::read_to_string(dir.join("rounds.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2);
+}
+
+#[test]
+fn demo_refuses_bad_settings_and_foreign_directories() {
+    let out = tessera(&["demo", "--dropout", "1.5"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--dropout"), "{}", stderr(&out));
+    let out = tessera(&["demo", "--clients", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    let dir = scratch_dir("demo-foreign");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("thesis.tex"), "mine").unwrap();
+    let out = tessera(&["demo", "--rounds", "1", "--out", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("thesis.tex"), "{}", stderr(&out));
+    assert!(dir.join("thesis.tex").exists());
+    let out = tessera(&[
+        "demo",
+        "--dataset",
+        "fashion-mnist",
+        "--fashion-mnist-dir",
+        "/nonexistent/fashion",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("dataset-fashion-mnist"),
+        "{}",
+        stderr(&out)
+    );
+}

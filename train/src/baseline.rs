@@ -25,6 +25,7 @@ pub fn plain_fedavg(
     cfg: &DemoConfig,
     mut progress: impl FnMut(&RoundRow),
 ) -> Result<Vec<RoundRow>, DemoError> {
+    cfg.check()?;
     let dataset = demo::load_dataset(&cfg.dataset, cfg.seed)?;
     let shares = data::partition(
         &dataset.train.labels,
@@ -40,6 +41,8 @@ pub fn plain_fedavg(
     };
     let mut global = tessera_client::burn::flatten(&arch.init(cfg.seed));
     let partitions: Vec<_> = shares.iter().map(|s| dataset.train.select(s)).collect();
+    let beta = f64::from(cfg.server_momentum.unwrap_or(0.0));
+    let mut velocity = vec![0f64; global.len()];
     let mut rows = Vec::new();
     for round in 1..=cfg.rounds {
         let started = std::time::Instant::now();
@@ -64,8 +67,9 @@ pub fn plain_fedavg(
             }
             counted += 1;
         }
-        for (g, s) in global.iter_mut().zip(&sum) {
-            *g = (f64::from(*g) + f64::from(cfg.server_lr) * s / f64::from(counted.max(1))) as f32;
+        for ((g, s), v) in global.iter_mut().zip(&sum).zip(&mut velocity) {
+            *v = beta * *v + s / f64::from(counted.max(1));
+            *g = (f64::from(*g) + f64::from(cfg.server_lr) * *v) as f32;
         }
         let (accuracy, loss) = local::evaluate(&arch, &global, &dataset.test);
         let row = RoundRow {
@@ -92,6 +96,7 @@ pub fn plain_fedavg(
 /// the federated clients made over their data in all), with the same
 /// optimizer, batch size and learning rate.
 pub fn central(cfg: &DemoConfig) -> Result<(f32, f32), DemoError> {
+    cfg.check()?;
     let dataset = demo::load_dataset(&cfg.dataset, cfg.seed)?;
     let arch = Architecture {
         kind: cfg.model,

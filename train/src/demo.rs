@@ -30,6 +30,7 @@ use rand::{RngExt, SeedableRng};
 use tessera_aggregation::Stage;
 use tessera_aggregation::dp::accountant;
 use tessera_aggregation::dp::mechanism::clip_l2;
+use tessera_aggregation::graph::GraphKind;
 use tessera_client::{Client, ClientError, Participation};
 use tessera_server::config::{DpMode, GraphChoice, ThresholdRule};
 use tessera_server::fedavg::{Model, TensorSpec};
@@ -92,6 +93,8 @@ pub struct DemoConfig {
     pub clip_norm: f32,
     /// FedAvg server learning rate.
     pub server_lr: f32,
+    /// FedAvgM server momentum, if any.
+    pub server_momentum: Option<f32>,
     /// Seeds the split, the initial model, local training and dropouts
     /// (never the protocol's keys, masks or noise: those come from the OS).
     pub seed: u64,
@@ -119,6 +122,7 @@ impl Default for DemoConfig {
             // in three runs at 0.5, 0.32-0.51 at 1.0, 0.40 at 2.0).
             clip_norm: 0.5,
             server_lr: 1.0,
+            server_momentum: None,
             seed: 1,
             out: PathBuf::from("tessera-out"),
         }
@@ -184,7 +188,8 @@ pub struct RoundRow {
     pub bytes_received: u64,
     /// With DP off: the largest difference, over all parameters, between
     /// the published model and `global + server_lr * mean(clipped
-    /// updates of the survivors)` computed in plain `f64`.
+    /// updates of the survivors)` computed in plain `f64` (with server
+    /// momentum beta, plus beta times the previous round's step).
     pub max_error_vs_plain: Option<f32>,
 }
 
@@ -199,8 +204,12 @@ pub enum DemoEvent {
         dim: usize,
         /// The DP noise multiplier in use (0 without DP).
         noise_multiplier: f64,
-        /// The threshold every round needs.
+        /// The neighbour graph the SecAgg+ finder chose.
+        graph: GraphKind,
+        /// Its Shamir threshold, per neighbourhood.
         threshold: u32,
+        /// The fewest survivors a round goes on with.
+        min_survivors: u32,
         /// Accuracy of the initial model.
         accuracy: f32,
     },
@@ -222,8 +231,13 @@ pub struct DemoReport {
     pub initial_accuracy: f32,
     /// The DP noise multiplier used (0 without DP).
     pub noise_multiplier: f64,
-    /// The Shamir threshold (and the fewest survivors a round accepts).
+    /// The neighbour graph.
+    pub graph: GraphKind,
+    /// The Shamir threshold, per neighbourhood.
     pub threshold: u32,
+    /// The fewest survivors a round accepts; distributed DP is calibrated
+    /// for it.
+    pub min_survivors: u32,
     /// Model parameters.
     pub dim: usize,
     /// Why the job stopped before `rounds`, if it did.
@@ -233,7 +247,8 @@ pub struct DemoReport {
 }
 
 impl DemoConfig {
-    fn check(&self) -> Result<(), DemoError> {
+    /// Checks every setting; [`run`] and the baselines call it first.
+    pub fn check(&self) -> Result<(), DemoError> {
         let bad = |what: String| Err(DemoError::Config(what));
         if self.clients < 3 {
             return bad(format!(
@@ -270,11 +285,12 @@ impl DemoConfig {
         (self.dropout * self.clients as f64).round() as usize
     }
 
-    /// The Shamir threshold: every client that does not drop must count,
-    /// so a round with the planned dropouts completes while distributed
-    /// DP is calibrated for as many survivors as there will be; never
-    /// below a majority of the clients.
-    pub fn threshold(&self) -> u32 {
+    /// The fewest survivors a round goes on with: every client that does
+    /// not drop, so a round with the planned dropouts completes while
+    /// distributed DP is calibrated for as many survivors as there will
+    /// be; never below a majority of the clients. (The SecAgg+ graph's own
+    /// Shamir threshold is per neighbourhood and much lower.)
+    pub fn min_survivors(&self) -> u32 {
         let majority = self.clients / 2 + 1;
         (self.clients - self.dropouts_per_round()).max(majority) as u32
     }
@@ -330,6 +346,9 @@ struct Deployment {
     url: String,
     ca_pem: Vec<u8>,
     tokens: Vec<String>,
+    graph: GraphKind,
+    threshold: u32,
+    min_survivors: u32,
 }
 
 async fn deploy(
@@ -366,10 +385,14 @@ async fn deploy(
         min_clients: cfg.clients as u32,
         max_clients: cfg.clients as u32,
         join_window: Duration::ZERO,
-        graph: GraphChoice::Complete,
-        threshold: ThresholdRule::Count(cfg.threshold()),
+        // SecAgg+: the finder's sparse graph and per-neighbourhood
+        // threshold, for the planned dropout rate.
+        graph: GraphChoice::Auto,
+        dropout_rate: cfg.dropout.max(0.01),
+        min_survivors: Some(ThresholdRule::Count(cfg.min_survivors())),
         clip_norm: cfg.clip_norm,
         server_lr: cfg.server_lr,
+        server_momentum: cfg.server_momentum,
         dp: match cfg.dp {
             DpChoice::Off => DpMode::Off,
             DpChoice::Central => DpMode::Central,
@@ -388,6 +411,11 @@ async fn deploy(
         rounds: Some(cfg.rounds),
         ..ServerConfig::default()
     };
+    let n = cfg.clients as u32;
+    let (graph, threshold) = config
+        .graph_for(n)
+        .map_err(|e| DemoError::Config(e.to_string()))?;
+    let min_survivors = config.survivor_floor(n, threshold);
     let server = tessera_server::start(config).await?;
     let url = format!("https://localhost:{}", server.local_addr().port());
     Ok(Deployment {
@@ -395,6 +423,9 @@ async fn deploy(
         url,
         ca_pem,
         tokens,
+        graph,
+        threshold,
+        min_survivors,
     })
 }
 
@@ -571,13 +602,18 @@ pub async fn run(
         url: deployment.url.clone(),
         dim,
         noise_multiplier,
-        threshold: cfg.threshold(),
+        graph: deployment.graph,
+        threshold: deployment.threshold,
+        min_survivors: deployment.min_survivors,
         accuracy: initial_accuracy,
     });
 
     let mut rows = Vec::new();
     let mut stopped_early = None;
     let mut global = model.params.clone();
+    // The server's last applied step, lr * velocity, for the momentum term
+    // of the plain-FedAvg check.
+    let mut last_step = vec![0f32; global.len()];
     for round in 1..=cfg.rounds {
         let started = Instant::now();
         let drop_before = dropout_plan(cfg, round);
@@ -654,7 +690,15 @@ pub async fn run(
                     _ => unreachable!("filtered to counted"),
                 })
                 .collect();
-            plain_fedavg_error(&global, &next, &updates, cfg.clip_norm, cfg.server_lr)
+            plain_fedavg_error(
+                &global,
+                &last_step,
+                &next,
+                &updates,
+                cfg.clip_norm,
+                cfg.server_lr,
+                cfg.server_momentum.unwrap_or(0.0),
+            )
         });
         let (accuracy, loss) = local::evaluate(&arch, &next, &test);
         let row = RoundRow {
@@ -672,6 +716,9 @@ pub async fn run(
         };
         progress(&DemoEvent::Round(row.clone()));
         rows.push(row);
+        if completed {
+            last_step = next.iter().zip(&global).map(|(n, g)| n - g).collect();
+        }
         global = next;
     }
     deployment.server.shutdown().await?;
@@ -679,21 +726,26 @@ pub async fn run(
         rows,
         initial_accuracy,
         noise_multiplier,
-        threshold: cfg.threshold(),
+        graph: deployment.graph,
+        threshold: deployment.threshold,
+        min_survivors: deployment.min_survivors,
         dim,
         stopped_early,
         data_dir: cfg.out.join("data"),
     })
 }
 
-/// `max_i |next_i - (global_i + lr * mean_i(clip(u)))|`, the plain-FedAvg
-/// check of one round.
+/// `max_i |next_i - (global_i + beta last_step_i + lr mean_i(clip(u)))|`,
+/// the plain-FedAvg check of one round (FedAvgM: the step is `lr v` with
+/// `v = beta v_prev + mean`, and `lr v_prev` is the last step taken).
 fn plain_fedavg_error(
     global: &[f32],
+    last_step: &[f32],
     next: &[f32],
     updates: &[&Vec<f32>],
     clip_norm: f32,
     server_lr: f32,
+    beta: f32,
 ) -> f32 {
     let mut mean = vec![0f64; global.len()];
     for u in updates {
@@ -706,10 +758,13 @@ fn plain_fedavg_error(
     let n = updates.len().max(1) as f64;
     global
         .iter()
+        .zip(last_step)
         .zip(next)
         .zip(&mean)
-        .map(|((g, x), m)| {
-            (f64::from(*x) - (f64::from(*g) + f64::from(server_lr) * m / n)).abs() as f32
+        .map(|(((g, s), x), m)| {
+            let expected =
+                f64::from(*g) + f64::from(beta) * f64::from(*s) + f64::from(server_lr) * m / n;
+            (f64::from(*x) - expected).abs() as f32
         })
         .fold(0.0, f32::max)
 }

@@ -68,6 +68,21 @@ async fn without_dp_the_secure_model_is_plain_fedavg_and_it_learns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_server_momentum_the_secure_model_is_plain_fedavgm() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        clip_norm: 10.0,
+        server_momentum: Some(0.5),
+        ..small(dir.path(), DpChoice::Off)
+    };
+    let report = demo::run(&cfg, |_| {}).await.unwrap();
+    for row in &report.rows {
+        let error = row.max_error_vs_plain.expect("checked with DP off");
+        assert!(error <= FIXED_POINT_ERROR, "round {}: {error}", row.round);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_distributed_dp_the_ledger_charges_what_the_accountant_says() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small(dir.path(), DpChoice::Distributed);
@@ -81,7 +96,7 @@ async fn with_distributed_dp_the_ledger_charges_what_the_accountant_says() {
         FixedPoint::new(cfg.clip_norm, 16, 32).unwrap(),
         NoiseKind::DiscreteGaussian,
         z,
-        report.threshold,
+        report.min_survivors,
         report.dim,
     )
     .unwrap();

@@ -1,0 +1,48 @@
+//! Every command's `--help` is also in docs/cli/, which the README links:
+//! this test fails when the two drift apart. To refresh the files after
+//! changing a command's help: `TESSERA_BLESS=1 cargo test -p tessera --test help`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const COMMANDS: [&str; 10] = [
+    "", "demo", "simulate", "params", "privacy", "serve", "join", "inspect", "token", "cert",
+];
+
+#[test]
+fn docs_hold_each_commands_current_help() {
+    let docs = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/cli");
+    let bless = std::env::var_os("TESSERA_BLESS").is_some();
+    let mut stale = Vec::new();
+    for command in COMMANDS {
+        let mut args: Vec<&str> = Vec::new();
+        if !command.is_empty() {
+            args.push(command);
+        }
+        args.push("--help");
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(&args)
+            .env_remove("COLUMNS")
+            .output()
+            .expect("tessera runs");
+        assert!(out.status.success(), "tessera {command} --help failed");
+        let help = String::from_utf8(out.stdout).expect("UTF-8 help");
+        assert!(help.contains("Usage:"), "{command}: {help}");
+        let name = if command.is_empty() {
+            "tessera"
+        } else {
+            command
+        };
+        let file = docs.join(format!("{name}.txt"));
+        if bless {
+            std::fs::create_dir_all(&docs).unwrap();
+            std::fs::write(&file, &help).unwrap();
+        } else if std::fs::read_to_string(&file).ok().as_deref() != Some(help.as_str()) {
+            stale.push(file.display().to_string());
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "out of date (TESSERA_BLESS=1 cargo test -p tessera --test help rewrites them): {stale:?}"
+    );
+}
