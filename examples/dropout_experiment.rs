@@ -69,6 +69,7 @@ fn main() -> anyhow::Result<()> {
                 bits: 24,
                 prg: Prg::Aes128Ctr,
                 threat_model: ThreatModel::SemiHonest,
+                corrupt: 0,
                 drops,
                 seed: u64::from(clients) * 1000 + (rate * 100.0) as u64,
             };

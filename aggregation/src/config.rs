@@ -62,8 +62,15 @@ pub struct RoundConfig {
     /// The stream cipher that expands mask seeds.
     pub prg: Prg,
     /// `SemiMalicious` adds the ConsistencyCheck stage, in which survivors
-    /// confirm the survivor set before anyone reveals a share.
+    /// confirm the survivor set before anyone reveals a share;
+    /// `MaliciousServer` also signs the advertised keys and the survivor
+    /// set with long-term identities ([`crate::identity`]).
     pub threat_model: ThreatModel,
+    /// The most clients assumed to collude with the server (0 by default).
+    /// The malicious-server model enforces its thresholds for this many:
+    /// see [`RoundConfig::validate`] and [`RoundConfig::signature_quorum`].
+    #[serde(default)]
+    pub corrupt: u32,
     /// How long the server waits for a stage's messages before it closes the
     /// stage with whoever answered (or aborts below the threshold). Clients
     /// give up after twice this without hearing from the server.
@@ -86,11 +93,18 @@ impl RoundConfig {
             bits: 32,
             prg: Prg::default(),
             threat_model: ThreatModel::SemiHonest,
+            corrupt: 0,
             stage_timeout: Duration::from_secs(30),
         }
     }
 
     /// Checks that the parameters can make a correct, private round.
+    ///
+    /// In the malicious-server model the threshold must also hold against
+    /// a lying server: `t > (n + corrupt) / 2` with the complete graph, and
+    /// with a Harary graph at least the semi-malicious threshold of the
+    /// SecAgg+ finder for `corrupt` colluders
+    /// ([`crate::params::malicious_threshold_floor`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.num_clients;
         if n < 2 {
@@ -117,6 +131,29 @@ impl RoundConfig {
                 min_survivors: self.min_survivors,
                 n,
             });
+        }
+        if self.corrupt >= n {
+            return Err(ConfigError::Corrupt {
+                corrupt: self.corrupt,
+                n,
+            });
+        }
+        if self.threat_model == ThreatModel::MaliciousServer {
+            let floor = crate::params::malicious_threshold_floor(n, self.corrupt, self.graph);
+            if self.threshold < floor {
+                return Err(ConfigError::MaliciousThreshold {
+                    threshold: self.threshold,
+                    floor,
+                    corrupt: self.corrupt,
+                });
+            }
+            if self.signature_quorum() > n {
+                return Err(ConfigError::MaliciousThreshold {
+                    threshold: self.threshold,
+                    floor: self.signature_quorum(),
+                    corrupt: self.corrupt,
+                });
+            }
         }
         Ok(())
     }
@@ -158,7 +195,32 @@ impl RoundConfig {
 
     /// Whether this round runs the ConsistencyCheck stage.
     pub fn has_consistency_check(&self) -> bool {
-        self.threat_model == ThreatModel::SemiMalicious
+        self.threat_model.guards_dropout_story()
+    }
+
+    /// Whether clients sign their adverts and the survivor set
+    /// (malicious-server model).
+    pub fn is_signed(&self) -> bool {
+        self.threat_model == ThreatModel::MaliciousServer
+    }
+
+    /// How many valid signatures over one survivor set a client needs
+    /// before it reveals any share (malicious-server model):
+    /// `max(survivor_floor, ⌊(n + corrupt)/2⌋ + 1)`.
+    ///
+    /// Why a majority: every honest client signs one set per round. If two
+    /// different sets each had q signatures, at least `2q - n` clients
+    /// signed both, and `2q - n > corrupt` makes one of them honest, which
+    /// cannot happen. So one round has one survivor set, whatever the
+    /// server tells whom, and no client's secrets are asked for in both
+    /// forms. With the complete graph this is Bonawitz et al.'s `t`; in a
+    /// SecAgg+ round, where `t` is per neighbourhood and small, it is a
+    /// global quorum (every client checks the same set, so the argument
+    /// does not depend on the graph), at the price of O(n) signatures per
+    /// unmasking request.
+    pub fn signature_quorum(&self) -> u32 {
+        self.survivor_floor()
+            .max((self.num_clients + self.corrupt) / 2 + 1)
     }
 }
 
@@ -173,6 +235,29 @@ pub enum ConfigError {
         min_survivors: u32,
         /// Clients in the round.
         n: u32,
+    },
+    /// An identity offered for a round that signs nothing.
+    #[error("the {0} threat model signs nothing: use a malicious-server round for identities")]
+    Unsigned(ThreatModel),
+    /// More corrupt clients than the round has.
+    #[error("corrupt = {corrupt} must be less than the {n} clients of the round")]
+    Corrupt {
+        /// The assumed colluders.
+        corrupt: u32,
+        /// Clients in the round.
+        n: u32,
+    },
+    /// A malicious-server round with a threshold a lying server could beat.
+    #[error(
+        "the malicious-server model needs threshold >= {floor} against {corrupt} corrupt clients, got {threshold}"
+    )]
+    MaliciousThreshold {
+        /// The configured threshold.
+        threshold: u32,
+        /// The smallest safe one.
+        floor: u32,
+        /// The assumed colluders.
+        corrupt: u32,
     },
     /// Aggregating fewer than two inputs reveals the input.
     #[error("a round needs at least 2 clients, got {0}")]

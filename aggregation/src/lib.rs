@@ -37,6 +37,7 @@ pub mod config;
 pub mod dp;
 pub mod encoding;
 pub mod graph;
+pub mod identity;
 pub mod keys;
 pub mod mask;
 pub mod messages;

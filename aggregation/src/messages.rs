@@ -12,15 +12,19 @@
 //! duplicated ids, and never allocates more than the input could hold.
 //!
 //! ```text
-//! message  = version:u8 (=1) round_id:u64 tag:u8 body
+//! message  = version:u8 (=2) round_id:u64 tag:u8 body
 //! ```
+//!
+//! Version 2 added the identity signatures of the malicious-server model
+//! (an optional signature is a flag byte, 0 or 1, then 64 bytes).
 
 use crate::ClientId;
+use crate::identity::{IdentitySignature, SIGNATURE_BYTES};
 use crate::keys::PublicKeys;
 use crate::shamir::{SHARE_BYTES, Share};
 
 /// Version byte at the start of every encoded message.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// A message from a client to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +39,9 @@ pub struct ClientMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ClientBody {
-    /// Stage 0, AdvertiseKeys: the client's two public keys.
-    AdvertiseKeys(PublicKeys),
+    /// Stage 0, AdvertiseKeys: the client's two public keys (signed in the
+    /// malicious-server model).
+    AdvertiseKeys(Advert),
     /// Stage 1, ShareKeys: one sealed share bundle per live neighbour,
     /// `peer` = the receiver, ascending.
     ShareKeys(Vec<SealedBundle>),
@@ -44,8 +49,8 @@ pub enum ClientBody {
     /// round's `bits`.
     MaskedInput(Vec<u8>),
     /// Stage 3, ConsistencyCheck: the client confirms the survivor set it was
-    /// sent (signatures arrive with the malicious-server work).
-    ConsistencyCheck,
+    /// sent; in the malicious-server model with its signature over the set.
+    ConsistencyCheck(Option<IdentitySignature>),
     /// Stage 4, Unmasking: the shares the server asked for.
     Unmasking(UnmaskResponse),
 }
@@ -57,7 +62,7 @@ impl ClientBody {
             ClientBody::AdvertiseKeys(_) => crate::Stage::AdvertiseKeys,
             ClientBody::ShareKeys(_) => crate::Stage::ShareKeys,
             ClientBody::MaskedInput(_) => crate::Stage::MaskedInput,
-            ClientBody::ConsistencyCheck => crate::Stage::ConsistencyCheck,
+            ClientBody::ConsistencyCheck(_) => crate::Stage::ConsistencyCheck,
             ClientBody::Unmasking(_) => crate::Stage::Unmasking,
         }
     }
@@ -76,14 +81,15 @@ pub struct ServerMessage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ServerBody {
-    /// End of AdvertiseKeys: the public keys of the client's neighbours that
-    /// advertised, ascending by id.
-    NeighbourKeys(Vec<(ClientId, PublicKeys)>),
+    /// End of AdvertiseKeys: the adverts of the client's neighbours that
+    /// advertised, ascending by id, with their signatures when signed.
+    NeighbourKeys(Vec<(ClientId, Advert)>),
     /// End of ShareKeys: the bundles the client's neighbours sealed for it,
     /// `peer` = the sender, ascending.
     SealedShares(Vec<SealedBundle>),
-    /// ConsistencyCheck (semi-malicious model): the survivors among the
-    /// client's neighbours and itself.
+    /// ConsistencyCheck: the survivors among the client's neighbours and
+    /// itself (semi-malicious model), or the round's whole survivor set,
+    /// which every client signs (malicious-server model).
     ConsistencyCheck {
         /// Clients whose masked input reached the server.
         survivors: Vec<ClientId>,
@@ -95,9 +101,32 @@ pub enum ServerBody {
         survivors: Vec<ClientId>,
         /// Neighbours that shared keys but sent no masked input.
         dropped: Vec<ClientId>,
+        /// Malicious-server model: the signatures over the survivor set
+        /// the client signed, ascending by signer (empty otherwise).
+        signatures: Vec<(ClientId, IdentitySignature)>,
     },
     /// The round is over without a result.
     Aborted(AbortReason),
+}
+
+/// A client's advertisement: its two public keys and, in the
+/// malicious-server model, its identity's signature over (round id, client
+/// id, keys).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Advert {
+    /// `c_pk` and `s_pk`.
+    pub keys: PublicKeys,
+    /// The signature, when the round is signed.
+    pub signature: Option<IdentitySignature>,
+}
+
+impl From<PublicKeys> for Advert {
+    fn from(keys: PublicKeys) -> Self {
+        Advert {
+            keys,
+            signature: None,
+        }
+    }
 }
 
 /// A Shamir share bundle sealed with ChaCha20-Poly1305 for one receiver.
@@ -218,10 +247,9 @@ impl ClientMessage {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_header(self.round_id, self.encoded_hint());
         match &self.body {
-            ClientBody::AdvertiseKeys(keys) => {
+            ClientBody::AdvertiseKeys(advert) => {
                 w.u8(TAG_ADVERTISE_KEYS);
-                w.bytes32(&keys.c_pk);
-                w.bytes32(&keys.s_pk);
+                w.advert(advert);
             }
             ClientBody::ShareKeys(bundles) => {
                 w.u8(TAG_SHARE_KEYS);
@@ -231,7 +259,10 @@ impl ClientMessage {
                 w.u8(TAG_MASKED_INPUT);
                 w.var_bytes(packed);
             }
-            ClientBody::ConsistencyCheck => w.u8(TAG_CONSISTENCY),
+            ClientBody::ConsistencyCheck(signature) => {
+                w.u8(TAG_CONSISTENCY);
+                w.signature(signature.as_ref());
+            }
             ClientBody::Unmasking(response) => {
                 w.u8(TAG_UNMASKING);
                 w.shares(&response.self_mask_shares);
@@ -246,13 +277,10 @@ impl ClientMessage {
         let mut r = Reader::new(bytes);
         let round_id = r.header()?;
         let body = match r.u8()? {
-            TAG_ADVERTISE_KEYS => ClientBody::AdvertiseKeys(PublicKeys {
-                c_pk: r.bytes32()?,
-                s_pk: r.bytes32()?,
-            }),
+            TAG_ADVERTISE_KEYS => ClientBody::AdvertiseKeys(r.advert()?),
             TAG_SHARE_KEYS => ClientBody::ShareKeys(r.bundles("ShareKeys")?),
             TAG_MASKED_INPUT => ClientBody::MaskedInput(r.var_bytes()?.to_vec()),
-            TAG_CONSISTENCY => ClientBody::ConsistencyCheck,
+            TAG_CONSISTENCY => ClientBody::ConsistencyCheck(r.signature()?),
             TAG_UNMASKING => ClientBody::Unmasking(UnmaskResponse {
                 self_mask_shares: r.shares("self-mask shares")?,
                 masking_key_shares: r.shares("masking-key shares")?,
@@ -285,10 +313,9 @@ impl ServerMessage {
             ServerBody::NeighbourKeys(keys) => {
                 w.u8(TAG_NEIGHBOUR_KEYS);
                 w.u32(keys.len() as u32);
-                for (id, k) in keys {
+                for (id, advert) in keys {
                     w.u32(id.0);
-                    w.bytes32(&k.c_pk);
-                    w.bytes32(&k.s_pk);
+                    w.advert(advert);
                 }
             }
             ServerBody::SealedShares(bundles) => {
@@ -299,10 +326,19 @@ impl ServerMessage {
                 w.u8(TAG_CONSISTENCY_CHECK);
                 w.ids(survivors);
             }
-            ServerBody::UnmaskRequest { survivors, dropped } => {
+            ServerBody::UnmaskRequest {
+                survivors,
+                dropped,
+                signatures,
+            } => {
                 w.u8(TAG_UNMASK_REQUEST);
                 w.ids(survivors);
                 w.ids(dropped);
+                w.u32(signatures.len() as u32);
+                for (id, signature) in signatures {
+                    w.u32(id.0);
+                    w.0.extend_from_slice(&signature.0);
+                }
             }
             ServerBody::Aborted(reason) => {
                 w.u8(TAG_ABORTED);
@@ -322,20 +358,14 @@ impl ServerMessage {
         let round_id = r.header()?;
         let body = match r.u8()? {
             TAG_NEIGHBOUR_KEYS => {
-                let count = r.count(4 + 64)?;
-                let mut keys = Vec::with_capacity(count);
+                let count = r.count(4 + 65)?;
+                let mut keys: Vec<(ClientId, Advert)> = Vec::with_capacity(count);
                 for _ in 0..count {
                     let id = ClientId(r.u32()?);
                     if keys.last().is_some_and(|(last, _)| *last >= id) {
                         return Err(DecodeError::Unsorted("NeighbourKeys"));
                     }
-                    keys.push((
-                        id,
-                        PublicKeys {
-                            c_pk: r.bytes32()?,
-                            s_pk: r.bytes32()?,
-                        },
-                    ));
+                    keys.push((id, r.advert()?));
                 }
                 ServerBody::NeighbourKeys(keys)
             }
@@ -346,6 +376,7 @@ impl ServerMessage {
             TAG_UNMASK_REQUEST => ServerBody::UnmaskRequest {
                 survivors: r.ids("survivors")?,
                 dropped: r.ids("dropped")?,
+                signatures: r.signatures("signatures")?,
             },
             TAG_ABORTED => ServerBody::Aborted(match r.u8()? {
                 1 => AbortReason::BelowThreshold,
@@ -391,6 +422,20 @@ impl Writer {
     fn var_bytes(&mut self, v: &[u8]) {
         self.u32(u32::try_from(v.len()).expect("message field over 4 GiB"));
         self.0.extend_from_slice(v);
+    }
+    fn advert(&mut self, advert: &Advert) {
+        self.bytes32(&advert.keys.c_pk);
+        self.bytes32(&advert.keys.s_pk);
+        self.signature(advert.signature.as_ref());
+    }
+    fn signature(&mut self, signature: Option<&IdentitySignature>) {
+        match signature {
+            None => self.u8(0),
+            Some(signature) => {
+                self.u8(1);
+                self.0.extend_from_slice(&signature.0);
+            }
+        }
     }
     fn ids(&mut self, ids: &[ClientId]) {
         self.u32(ids.len() as u32);
@@ -480,6 +525,47 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    fn advert(&mut self) -> Result<Advert, DecodeError> {
+        Ok(Advert {
+            keys: PublicKeys {
+                c_pk: self.bytes32()?,
+                s_pk: self.bytes32()?,
+            },
+            signature: self.signature()?,
+        })
+    }
+
+    fn signature(&mut self) -> Result<Option<IdentitySignature>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(IdentitySignature(
+                self.take(SIGNATURE_BYTES)?.try_into().expect("64 bytes"),
+            ))),
+            tag => Err(DecodeError::Tag {
+                what: "signature flag",
+                tag,
+            }),
+        }
+    }
+
+    fn signatures(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Vec<(ClientId, IdentitySignature)>, DecodeError> {
+        let count = self.count(4 + SIGNATURE_BYTES)?;
+        let mut out: Vec<(ClientId, IdentitySignature)> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let id = ClientId(self.u32()?);
+            if out.last().is_some_and(|(last, _)| *last >= id) {
+                return Err(DecodeError::Unsorted(what));
+            }
+            let signature =
+                IdentitySignature(self.take(SIGNATURE_BYTES)?.try_into().expect("64 bytes"));
+            out.push((id, signature));
+        }
+        Ok(out)
+    }
+
     fn ids(&mut self, what: &'static str) -> Result<Vec<ClientId>, DecodeError> {
         let count = self.count(4)?;
         let mut ids: Vec<ClientId> = Vec::with_capacity(count);
@@ -553,7 +639,11 @@ mod tests {
             s_pk: [2; 32],
         };
         [
-            ClientBody::AdvertiseKeys(keys),
+            ClientBody::AdvertiseKeys(keys.into()),
+            ClientBody::AdvertiseKeys(Advert {
+                keys,
+                signature: Some(IdentitySignature([7; 64])),
+            }),
             ClientBody::ShareKeys(vec![
                 SealedBundle {
                     peer: ClientId(1),
@@ -565,7 +655,8 @@ mod tests {
                 },
             ]),
             ClientBody::MaskedInput(vec![9, 8, 7]),
-            ClientBody::ConsistencyCheck,
+            ClientBody::ConsistencyCheck(None),
+            ClientBody::ConsistencyCheck(Some(IdentitySignature([8; 64]))),
             ClientBody::Unmasking(UnmaskResponse {
                 self_mask_shares: vec![(ClientId(0), share(3, 1)), (ClientId(2), share(3, 2))],
                 masking_key_shares: vec![(ClientId(5), share(3, 3))],
@@ -578,13 +669,26 @@ mod tests {
 
     fn server_messages() -> Vec<ServerMessage> {
         [
-            ServerBody::NeighbourKeys(vec![(
-                ClientId(3),
-                PublicKeys {
-                    c_pk: [3; 32],
-                    s_pk: [4; 32],
-                },
-            )]),
+            ServerBody::NeighbourKeys(vec![
+                (
+                    ClientId(3),
+                    PublicKeys {
+                        c_pk: [3; 32],
+                        s_pk: [4; 32],
+                    }
+                    .into(),
+                ),
+                (
+                    ClientId(6),
+                    Advert {
+                        keys: PublicKeys {
+                            c_pk: [5; 32],
+                            s_pk: [6; 32],
+                        },
+                        signature: Some(IdentitySignature([9; 64])),
+                    },
+                ),
+            ]),
             ServerBody::SealedShares(vec![SealedBundle {
                 peer: ClientId(2),
                 ciphertext: vec![1, 2, 3],
@@ -595,6 +699,15 @@ mod tests {
             ServerBody::UnmaskRequest {
                 survivors: vec![ClientId(1)],
                 dropped: vec![ClientId(0), ClientId(2)],
+                signatures: vec![],
+            },
+            ServerBody::UnmaskRequest {
+                survivors: vec![ClientId(1), ClientId(3)],
+                dropped: vec![],
+                signatures: vec![
+                    (ClientId(1), IdentitySignature([1; 64])),
+                    (ClientId(3), IdentitySignature([3; 64])),
+                ],
             },
             ServerBody::Aborted(AbortReason::SharesMissing),
         ]
@@ -617,16 +730,20 @@ mod tests {
     fn advertise_keys_layout_byte_by_byte() {
         let m = ClientMessage {
             round_id: 0x0102_0304_0506_0708,
-            body: ClientBody::AdvertiseKeys(PublicKeys {
-                c_pk: [0xaa; 32],
-                s_pk: [0xbb; 32],
-            }),
+            body: ClientBody::AdvertiseKeys(
+                PublicKeys {
+                    c_pk: [0xaa; 32],
+                    s_pk: [0xbb; 32],
+                }
+                .into(),
+            ),
         };
         let mut expected = vec![WIRE_VERSION]; // version
         expected.extend_from_slice(&[8, 7, 6, 5, 4, 3, 2, 1]); // round id, LE
         expected.push(0x01); // tag: AdvertiseKeys
         expected.extend_from_slice(&[0xaa; 32]); // c_pk
         expected.extend_from_slice(&[0xbb; 32]); // s_pk
+        expected.push(0); // no signature
         assert_eq!(m.encode(), expected);
     }
 
@@ -637,16 +754,20 @@ mod tests {
             body: ServerBody::UnmaskRequest {
                 survivors: vec![ClientId(2)],
                 dropped: vec![],
+                signatures: vec![(ClientId(2), IdentitySignature([0xcc; 64]))],
             },
         };
-        let expected = [
-            1, // version
+        let mut expected = vec![
+            2, // version
             1, 0, 0, 0, 0, 0, 0, 0,    // round id
             0x85, // tag: UnmaskRequest
             1, 0, 0, 0, // one survivor
             2, 0, 0, 0, // client 2
             0, 0, 0, 0, // no dropped clients
+            1, 0, 0, 0, // one signature
+            2, 0, 0, 0, // by client 2
         ];
+        expected.extend_from_slice(&[0xcc; 64]);
         assert_eq!(m.encode(), expected);
     }
 
@@ -688,8 +809,8 @@ mod tests {
     fn non_canonical_forms_are_rejected() {
         // Wrong version.
         let mut bytes = client_messages()[0].encode();
-        bytes[0] = 2;
-        assert_eq!(ClientMessage::decode(&bytes), Err(DecodeError::Version(2)));
+        bytes[0] = 1;
+        assert_eq!(ClientMessage::decode(&bytes), Err(DecodeError::Version(1)));
         // A server message is not a client message.
         let bytes = server_messages()[0].encode();
         assert!(matches!(
@@ -711,7 +832,7 @@ mod tests {
             );
         }
         // A share value outside the field.
-        let m = &client_messages()[4];
+        let m = client_messages().pop().expect("the unmasking response");
         let mut bytes = m.encode();
         let first_value = 1 + 8 + 1 + 4 + 4 + 4;
         bytes[first_value..first_value + 8].copy_from_slice(&u64::MAX.to_le_bytes());
@@ -719,6 +840,23 @@ mod tests {
             ClientMessage::decode(&bytes),
             Err(DecodeError::Share(_))
         ));
+    }
+
+    #[test]
+    fn a_signature_flag_other_than_0_or_1_is_refused() {
+        let m = ClientMessage {
+            round_id: 3,
+            body: ClientBody::ConsistencyCheck(None),
+        };
+        let mut bytes = m.encode();
+        *bytes.last_mut().unwrap() = 2;
+        assert_eq!(
+            ClientMessage::decode(&bytes),
+            Err(DecodeError::Tag {
+                what: "signature flag",
+                tag: 2
+            })
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub const CORRECTNESS_BITS: u32 = 20;
 /// Who the round must stay private against.
 ///
 /// Part of the round configuration; serialised and parsed as
-/// `"semi-honest"` / `"semi-malicious"`.
+/// `"semi-honest"` / `"semi-malicious"` / `"malicious-server"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThreatModel {
@@ -110,6 +110,22 @@ pub enum ThreatModel {
     /// The server may also lie about which clients dropped out, to obtain
     /// both unmasking secrets of an honest client; requires a larger t.
     SemiMalicious,
+    /// The server may deviate from the protocol in any way (Bonawitz et
+    /// al.'s active adversary): substitute keys, replay, tell clients
+    /// different dropout stories. Clients sign their keys and the survivor
+    /// set with long-term identities ([`crate::identity`]) and check every
+    /// signature; thresholds are those of the semi-malicious rows, and with
+    /// the complete graph `t > (n + corrupt) / 2`.
+    MaliciousServer,
+}
+
+impl ThreatModel {
+    /// Whether the round defends against a server lying about dropouts (the
+    /// semi-malicious and malicious-server models): the larger threshold
+    /// and the ConsistencyCheck stage.
+    pub fn guards_dropout_story(self) -> bool {
+        !matches!(self, ThreatModel::SemiHonest)
+    }
 }
 
 impl fmt::Display for ThreatModel {
@@ -117,13 +133,17 @@ impl fmt::Display for ThreatModel {
         f.write_str(match self {
             ThreatModel::SemiHonest => "semi-honest",
             ThreatModel::SemiMalicious => "semi-malicious",
+            ThreatModel::MaliciousServer => "malicious-server",
         })
     }
 }
 
-/// A threat-model name that is neither `semi-honest` nor `semi-malicious`.
+/// A threat-model name that is not `semi-honest`, `semi-malicious` or
+/// `malicious-server`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown threat model {0:?}: expected \"semi-honest\" or \"semi-malicious\"")]
+#[error(
+    "unknown threat model {0:?}: expected \"semi-honest\", \"semi-malicious\" or \"malicious-server\""
+)]
 pub struct ParseThreatModelError(String);
 
 impl FromStr for ThreatModel {
@@ -133,6 +153,7 @@ impl FromStr for ThreatModel {
         match s {
             "semi-honest" => Ok(ThreatModel::SemiHonest),
             "semi-malicious" => Ok(ThreatModel::SemiMalicious),
+            "malicious-server" => Ok(ThreatModel::MaliciousServer),
             other => Err(ParseThreatModelError(other.to_owned())),
         }
     }
@@ -298,6 +319,29 @@ pub fn find_params_with(
         })
 }
 
+/// The smallest threshold [`crate::config::RoundConfig::validate`] accepts
+/// for a malicious-server round of `n` clients of which at most `corrupt`
+/// collude with the server: `⌊(n + corrupt)/2⌋ + 1` with the complete graph
+/// (Bonawitz et al.), and with a Harary graph of degree k the semi-malicious
+/// condition of the finder, `⌊(k + a)/2⌋ + 1`, where a bounds every client's
+/// corrupt neighbours except with probability 2^-41/n ([`SECURITY_BITS`]).
+pub fn malicious_threshold_floor(n: u32, corrupt: u32, graph: GraphKind) -> u32 {
+    match graph {
+        GraphKind::Complete => ((n + corrupt.min(n)) / 2 + 1).max(2),
+        GraphKind::Harary { k } => {
+            let setting = Setting::from_counts(
+                n,
+                corrupt.min(n),
+                0,
+                ThreatModel::SemiMalicious,
+                SECURITY_BITS,
+                CORRECTNESS_BITS,
+            );
+            setting.thresholds(k.min(n.saturating_sub(1))).t_min
+        }
+    }
+}
+
 /// The worst case counts and target probabilities of one request.
 struct Setting {
     n: u32,
@@ -337,14 +381,32 @@ impl Thresholds {
 impl Setting {
     fn new(req: &ParamsRequest, security_bits: u32, correctness_bits: u32) -> Self {
         let n = req.clients;
+        Self::from_counts(
+            n,
+            worst_count(req.corrupt_rate, n),
+            worst_count(req.dropout_rate, n),
+            req.threat_model,
+            security_bits,
+            correctness_bits,
+        )
+    }
+
+    fn from_counts(
+        n: u32,
+        corrupt: u32,
+        dropped: u32,
+        threat_model: ThreatModel,
+        security_bits: u32,
+        correctness_bits: u32,
+    ) -> Self {
         let ln_n = f64::from(n).ln();
         let ln2 = core::f64::consts::LN_2;
         let ln_security_event = -(f64::from(security_bits) + 1.0) * ln2;
         Self {
             n,
-            corrupt: worst_count(req.corrupt_rate, n),
-            dropped: worst_count(req.dropout_rate, n),
-            threat_model: req.threat_model,
+            corrupt,
+            dropped,
+            threat_model,
             ln_security_event,
             ln_security_per_client: ln_security_event - ln_n,
             ln_correctness_per_client: -f64::from(correctness_bits) * ln2 - ln_n,
@@ -410,11 +472,16 @@ impl Setting {
             u64::from(k),
             self.ln_security_per_client,
         );
-        let t_min = match self.threat_model {
+        let mut t_min = match self.threat_model {
             ThreatModel::SemiHonest => most_corrupt + 1,
-            ThreatModel::SemiMalicious => (k + most_corrupt) / 2 + 1,
+            ThreatModel::SemiMalicious | ThreatModel::MaliciousServer => (k + most_corrupt) / 2 + 1,
         }
         .max(2);
+        if self.threat_model == ThreatModel::MaliciousServer && k + 1 == self.n {
+            // Bonawitz et al.'s active-adversary bound for the complete
+            // graph, enforced by `RoundConfig::validate`.
+            t_min = t_min.max((self.n + self.corrupt) / 2 + 1);
+        }
         // P[Y <= t - 1] = P[k - Y >= k - t + 1] where k - Y ~ Hyp(n, D, k)
         // counts dropped neighbours: t <= k - (its upper quantile).
         let most_dropped = upper_quantile(
@@ -448,7 +515,7 @@ impl Setting {
         );
         let needed = match self.threat_model {
             ThreatModel::SemiHonest => u64::from(failed.t_min) + b,
-            ThreatModel::SemiMalicious => (a + 2 * b + 1).max(b + 2),
+            ThreatModel::SemiMalicious | ThreatModel::MaliciousServer => (a + 2 * b + 1).max(b + 2),
         };
         let next = (u64::from(k) + 2).max(needed.div_ceil(2) * 2);
         u32::try_from(next).ok().filter(|&next| next <= self.n - 2)
@@ -965,5 +1032,47 @@ mod tests {
         let a = upper_quantile(1_000_000, 300_000, 11_136, -1_000.0);
         let b = upper_quantile(1_000_000, 300_000, 11_136, -100.0);
         assert!(b < a && a <= 11_136, "{b} {a}");
+    }
+
+    #[test]
+    fn malicious_server_params_pass_the_malicious_config_checks() {
+        use crate::config::RoundConfig;
+        for (n, corrupt, dropout) in [
+            (10, 0.1, 0.1),
+            (20, 0.05, 0.1),
+            (100, 0.1, 0.1),
+            (1000, 0.05, 0.05),
+            (10_000, 0.1, 0.1),
+        ] {
+            let p = find_params(&request(n, corrupt, dropout, ThreatModel::MaliciousServer))
+                .unwrap_or_else(|e| panic!("n = {n}: {e}"));
+            let semi =
+                find_params(&request(n, corrupt, dropout, ThreatModel::SemiMalicious)).unwrap();
+            // Sparse graphs: exactly the semi-malicious rows; the complete
+            // graph may need the larger Bonawitz threshold.
+            match p.graph {
+                GraphKind::Harary { .. } => assert_eq!(p, semi, "n = {n}"),
+                GraphKind::Complete => assert!(p.threshold >= semi.threshold),
+            }
+            let mut config = RoundConfig::new(1, n, 10);
+            config.graph = p.graph;
+            config.threshold = p.threshold;
+            config.threat_model = ThreatModel::MaliciousServer;
+            config.corrupt = worst_count(corrupt, n);
+            config.validate().unwrap_or_else(|e| panic!("n = {n}: {e}"));
+            if p.threshold > 2 {
+                config.threshold = p.threshold - 1;
+                assert!(config.validate().is_err(), "n = {n}: t - 1 passes");
+            }
+        }
+    }
+
+    #[test]
+    fn the_complete_graph_floor_is_bonawitz_majority() {
+        assert_eq!(malicious_threshold_floor(7, 0, GraphKind::Complete), 4);
+        assert_eq!(malicious_threshold_floor(7, 2, GraphKind::Complete), 5);
+        assert_eq!(malicious_threshold_floor(100, 10, GraphKind::Complete), 56);
+        assert_eq!("malicious-server".parse(), Ok(ThreatModel::MaliciousServer));
+        assert_eq!(ThreatModel::MaliciousServer.to_string(), "malicious-server");
     }
 }

@@ -16,8 +16,8 @@
 //! plain sum and checks the unmasked sum against it (`verified`).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chacha20::{ChaCha8Rng, ChaCha20Rng};
@@ -29,6 +29,7 @@ use crate::client::{ClientEvent, ClientSession};
 use crate::config::RoundConfig;
 use crate::encoding::value_mask;
 use crate::graph::GraphKind;
+use crate::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
 use crate::mask::Prg;
 use crate::messages::{AbortReason, ClientMessage, ServerMessage};
 use crate::params::ThreatModel;
@@ -50,8 +51,13 @@ pub struct SimConfig {
     pub bits: u8,
     /// Mask PRG.
     pub prg: Prg,
-    /// Adds the ConsistencyCheck stage when semi-malicious.
+    /// Adds the ConsistencyCheck stage when semi-malicious; signs adverts
+    /// and the survivor set with per-client identities (generated from the
+    /// seed) in the malicious-server model.
     pub threat_model: ThreatModel,
+    /// Most clients assumed corrupt ([`RoundConfig::corrupt`]): the
+    /// malicious-server model checks its thresholds against it.
+    pub corrupt: u32,
     /// Fraction of the clients still in the round that drop out just before
     /// sending their message of each stage.
     pub drops: BTreeMap<Stage, f64>,
@@ -166,7 +172,20 @@ impl SimConfig {
         config.bits = self.bits;
         config.prg = self.prg;
         config.threat_model = self.threat_model;
+        config.corrupt = self.corrupt;
         config
+    }
+
+    /// The long-term identities of the run's clients (malicious-server
+    /// model), the same in every round, and their directory.
+    pub fn identities(&self) -> (Vec<IdentityKey>, Arc<IdentityDirectory>) {
+        let mut rng = ChaCha20Rng::from_seed(derive_seed(self.seed, 0, b"identities"));
+        let keys: Vec<IdentityKey> = (0..self.clients)
+            .map(|_| IdentityKey::generate(&mut rng))
+            .collect();
+        let directory = IdentityDirectory::new(keys.iter().map(|k| k.verifying_key()).collect())
+            .expect("fresh identities are distinct");
+        (keys, Arc::new(directory))
     }
 }
 
@@ -236,7 +255,17 @@ pub fn run_round(
         peak_rss_bytes: None,
     };
 
-    let mut server = ServerSession::with_graph(config.clone(), graph.clone(), base);
+    let identities = config.is_signed().then(|| sim.identities());
+    let mut server = match &identities {
+        Some((_, directory)) => ServerSession::with_identities(
+            config.clone(),
+            graph.clone(),
+            Arc::clone(directory),
+            base,
+        )
+        .map_err(|e| SimError::Protocol(e.to_string()))?,
+        None => ServerSession::with_graph(config.clone(), graph.clone(), base),
+    };
     let mut seed_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"clients"));
     let client_seeds: Vec<[u8; 32]> = (0..n)
         .map(|_| {
@@ -250,13 +279,21 @@ pub fn run_round(
         .enumerate()
         .map(|(i, seed)| {
             let mut rng = ChaCha20Rng::from_seed(seed);
-            let session = ClientSession::with_graph(
-                config.clone(),
-                &graph,
-                ClientId(i as u32),
-                base,
-                &mut rng,
-            )
+            let id = ClientId(i as u32);
+            let session = match &identities {
+                Some((keys, directory)) => ClientSession::with_identity(
+                    config.clone(),
+                    &graph,
+                    id,
+                    ClientIdentity {
+                        key: keys[i].clone(),
+                        directory: Arc::clone(directory),
+                    },
+                    base,
+                    &mut rng,
+                ),
+                None => ClientSession::with_graph(config.clone(), &graph, id, base, &mut rng),
+            }
             .expect("configuration validated above");
             SimClient {
                 session,

@@ -45,7 +45,9 @@ fn request_for(out: &[(ClientId, ServerMessage)], id: u32) -> (Vec<ClientId>, Ve
         .find(|(to, _)| to.0 == id)
         .expect("request for client");
     match &message.body {
-        ServerBody::UnmaskRequest { survivors, dropped } => (survivors.clone(), dropped.clone()),
+        ServerBody::UnmaskRequest {
+            survivors, dropped, ..
+        } => (survivors.clone(), dropped.clone()),
         other => panic!("not a request: {other:?}"),
     }
 }
@@ -53,7 +55,11 @@ fn request_for(out: &[(ClientId, ServerMessage)], id: u32) -> (Vec<ClientId>, Ve
 fn request(round_id: u64, survivors: Vec<ClientId>, dropped: Vec<ClientId>) -> ServerMessage {
     ServerMessage {
         round_id,
-        body: ServerBody::UnmaskRequest { survivors, dropped },
+        body: ServerBody::UnmaskRequest {
+            survivors,
+            dropped,
+            signatures: Vec::new(),
+        },
     }
 }
 

@@ -236,6 +236,7 @@ fn sim(
         bits: 24,
         prg,
         threat_model: ThreatModel::SemiHonest,
+        corrupt: 0,
         drops: drops.iter().copied().collect::<BTreeMap<_, _>>(),
         seed: 7,
     }

@@ -17,6 +17,10 @@ pub(crate) enum ThreatArg {
     /// The server may also lie about who dropped (adds the
     /// consistency-check stage).
     SemiMalicious,
+    /// The server may deviate in any way: clients sign their keys and the
+    /// survivor set with long-term Ed25519 identities and check every
+    /// signature.
+    MaliciousServer,
 }
 
 impl From<ThreatArg> for ThreatModel {
@@ -24,6 +28,7 @@ impl From<ThreatArg> for ThreatModel {
         match arg {
             ThreatArg::SemiHonest => ThreatModel::SemiHonest,
             ThreatArg::SemiMalicious => ThreatModel::SemiMalicious,
+            ThreatArg::MaliciousServer => ThreatModel::MaliciousServer,
         }
     }
 }

@@ -369,7 +369,7 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
 
     let stages: Vec<Stage> = Stage::ALL
         .into_iter()
-        .filter(|s| *s != Stage::ConsistencyCheck || threat_model == ThreatModel::SemiMalicious)
+        .filter(|s| *s != Stage::ConsistencyCheck || threat_model.guards_dropout_story())
         .collect();
     let mut drops = BTreeMap::new();
     for &(stage, fraction) in &args.drops {
@@ -411,6 +411,9 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
         bits: args.bits,
         prg: args.prg.into(),
         threat_model,
+        // The corrupt rate the finder assumed is the one the
+        // malicious-server thresholds are checked against.
+        corrupt: (args.corrupt_rate * f64::from(n)).floor() as u32,
         drops,
         seed: args.seed,
     };

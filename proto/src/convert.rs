@@ -43,6 +43,7 @@ impl From<&RoundConfig> for v1::RoundConfig {
             num_clients: c.num_clients,
             threshold: c.threshold,
             min_survivors: c.min_survivors,
+            corrupt: c.corrupt,
             harary_k: match c.graph {
                 GraphKind::Complete => 0,
                 GraphKind::Harary { k } => k,
@@ -75,6 +76,7 @@ impl TryFrom<&v1::RoundConfig> for RoundConfig {
             num_clients: c.num_clients,
             threshold: c.threshold,
             min_survivors: c.min_survivors,
+            corrupt: c.corrupt,
             graph: if c.harary_k == 0 {
                 GraphKind::Complete
             } else {

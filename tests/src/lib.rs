@@ -227,7 +227,7 @@ fn stage_of(body: &ClientBody) -> Stage {
         ClientBody::AdvertiseKeys(_) => Stage::AdvertiseKeys,
         ClientBody::ShareKeys(_) => Stage::ShareKeys,
         ClientBody::MaskedInput(_) => Stage::MaskedInput,
-        ClientBody::ConsistencyCheck => Stage::ConsistencyCheck,
+        ClientBody::ConsistencyCheck(_) => Stage::ConsistencyCheck,
         _ => Stage::Unmasking,
     }
 }

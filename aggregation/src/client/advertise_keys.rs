@@ -7,6 +7,12 @@
 //! itself (threshold t) and seals each neighbour's shares under a key agreed
 //! with that neighbour's `c_pk`, so the server that routes them learns
 //! nothing.
+//!
+//! In the malicious-server model the advert is signed with the client's
+//! long-term identity over (round id, client id, keys), and every relayed
+//! neighbour advert must carry a valid signature by the identity in that
+//! neighbour's slot: a server substituting keys, or replaying an advert
+//! from another round, is refused before any share is sealed.
 
 use chacha20::ChaCha20Rng;
 use rand_core::Rng;
@@ -15,8 +21,8 @@ use zeroize::Zeroizing;
 use super::share_keys::ShareKeys;
 use super::{Context, Violation, strictly_ascending};
 use crate::ClientId;
-use crate::keys::{ClientKeys, PublicKeys, pairwise_mask_seed};
-use crate::messages::{ClientBody, ClientMessage, SealedBundle};
+use crate::keys::{ClientKeys, pairwise_mask_seed};
+use crate::messages::{Advert, ClientBody, ClientMessage, SealedBundle};
 use crate::shamir;
 
 /// Waiting for the neighbours' public keys.
@@ -30,7 +36,16 @@ impl AdvertiseKeys {
         let keys = ClientKeys::generate(rng);
         let mut self_mask_secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut self_mask_secret[..]);
-        let advert = ctx.message(ClientBody::AdvertiseKeys(keys.public()));
+        let public = keys.public();
+        let signature = ctx.identity.as_ref().map(|identity| {
+            identity
+                .key
+                .sign_advert(ctx.config.round_id, ctx.id, &public)
+        });
+        let advert = ctx.message(ClientBody::AdvertiseKeys(Advert {
+            keys: public,
+            signature,
+        }));
         (
             AdvertiseKeys {
                 keys,
@@ -44,12 +59,32 @@ impl AdvertiseKeys {
     pub(super) fn handle_neighbour_keys(
         self,
         ctx: &Context,
-        neighbour_keys: Vec<(ClientId, PublicKeys)>,
+        adverts: Vec<(ClientId, Advert)>,
         rng: &mut ChaCha20Rng,
     ) -> Result<(ShareKeys, ClientMessage), Violation> {
-        if !strictly_ascending(&neighbour_keys, |(id, _)| *id) {
+        if !strictly_ascending(&adverts, |(id, _)| *id) {
             return Err(Violation::Unsorted("NeighbourKeys"));
         }
+        if let Some(identity) = &ctx.identity {
+            for (id, advert) in &adverts {
+                let valid = match (&advert.signature, identity.directory.get(*id)) {
+                    (Some(signature), Some(signer)) => {
+                        signer.verify_advert(ctx.config.round_id, *id, &advert.keys, signature)
+                    }
+                    _ => false,
+                };
+                if !valid {
+                    return Err(Violation::BadSignature {
+                        client: *id,
+                        what: "advert",
+                    });
+                }
+            }
+        }
+        let neighbour_keys: Vec<_> = adverts
+            .into_iter()
+            .map(|(id, advert)| (id, advert.keys))
+            .collect();
         let own = self.keys.public();
         for (id, keys) in &neighbour_keys {
             if *id == ctx.id {

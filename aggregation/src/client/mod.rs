@@ -36,6 +36,7 @@ use rand_core::{CryptoRng, SeedableRng};
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
+use crate::identity::{ClientIdentity, DirectoryError};
 use crate::keys::KeyError;
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
@@ -47,6 +48,9 @@ struct Context {
     id: ClientId,
     /// This client's neighbours in the round's graph, ascending.
     neighbours: Vec<ClientId>,
+    /// Malicious-server model: this client's signing key and the directory
+    /// it verifies its peers' signatures with.
+    identity: Option<ClientIdentity>,
 }
 
 impl Context {
@@ -193,6 +197,15 @@ pub enum ClientError {
         /// The round's bits.
         bits: u8,
     },
+    /// A malicious-server round needs the client's identity and directory
+    /// ([`ClientSession::with_identity`]); other rounds take none.
+    #[error(
+        "the {0} threat model needs a client identity and directory (ClientSession::with_identity)"
+    )]
+    IdentityRequired(crate::params::ThreatModel),
+    /// The identity directory does not fit the round or this client.
+    #[error("identity directory: {0}")]
+    Directory(#[from] DirectoryError),
     /// API misuse: the input was already submitted or already masked.
     #[error("the input was already submitted for this round")]
     InputAlreadySubmitted,
@@ -267,6 +280,30 @@ pub enum Violation {
         "the unmasking request's survivors differ from the set confirmed in the consistency check"
     )]
     InconsistentSurvivors,
+    /// A neighbour's advert or a survivor-set signature is missing or does
+    /// not verify under the signer's identity in the directory (a
+    /// substituted key, a replayed advert, a forged signature).
+    #[error("the {what} signature of {client} is missing or invalid")]
+    BadSignature {
+        /// Whose signature.
+        client: ClientId,
+        /// `"advert"` or `"survivor-set"`.
+        what: &'static str,
+    },
+    /// Fewer valid signatures over the survivor set than the quorum.
+    #[error("{have} valid signatures over the survivor set, {need} needed")]
+    TooFewSignatures {
+        /// Valid signatures from members of the set.
+        have: u32,
+        /// [`RoundConfig::signature_quorum`].
+        need: u32,
+    },
+    /// A survivor-set signature from a client outside the set.
+    #[error("a survivor-set signature from {0}, which is not in the set")]
+    SignerNotSurvivor(ClientId),
+    /// A survivor set naming a client the round does not have.
+    #[error("the survivor set names {0}, which is not in the round")]
+    UnknownSurvivor(ClientId),
     /// A second unmasking request in one round.
     #[error("a second unmasking request in the same round (only one is ever answered)")]
     SecondUnmaskRequest,
@@ -279,6 +316,8 @@ impl ClientSession {
     /// The caller's CSPRNG seeds a ChaCha20 generator owned by the session,
     /// which then draws every later random value (Shamir polynomials), so
     /// handling messages needs no RNG argument.
+    ///
+    /// Refuses a malicious-server round: use [`ClientSession::with_identity`].
     pub fn new<R: CryptoRng + ?Sized>(
         config: RoundConfig,
         id: ClientId,
@@ -290,12 +329,52 @@ impl ClientSession {
         Self::with_graph(config, &graph, id, now, rng)
     }
 
+    /// Starts client `id`'s part in a malicious-server round: as
+    /// [`ClientSession::with_graph`], and the client signs its advert and
+    /// the survivor set with `identity.key` and checks every peer's
+    /// signature against `identity.directory`.
+    pub fn with_identity<R: CryptoRng + ?Sized>(
+        config: RoundConfig,
+        graph: &NeighbourGraph,
+        id: ClientId,
+        identity: ClientIdentity,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Self, ClientError> {
+        if !config.is_signed() {
+            // An identity in an unsigned round would be silently unused: a
+            // deployment that thinks it is protected but is not.
+            return Err(ClientError::Config(ConfigError::Unsigned(
+                config.threat_model,
+            )));
+        }
+        identity.directory.check_size(config.num_clients)?;
+        if identity.directory.get(id) != Some(&identity.key.verifying_key()) {
+            return Err(DirectoryError::NotOwnSlot(id).into());
+        }
+        Self::start(config, graph, id, Some(identity), now, rng)
+    }
+
     /// As [`ClientSession::new`], reusing a neighbour graph built once for
     /// the round (a simulator runs thousands of clients of one round).
     pub fn with_graph<R: CryptoRng + ?Sized>(
         config: RoundConfig,
         graph: &NeighbourGraph,
         id: ClientId,
+        now: Instant,
+        rng: &mut R,
+    ) -> Result<Self, ClientError> {
+        if config.is_signed() {
+            return Err(ClientError::IdentityRequired(config.threat_model));
+        }
+        Self::start(config, graph, id, None, now, rng)
+    }
+
+    fn start<R: CryptoRng + ?Sized>(
+        config: RoundConfig,
+        graph: &NeighbourGraph,
+        id: ClientId,
+        identity: Option<ClientIdentity>,
         now: Instant,
         rng: &mut R,
     ) -> Result<Self, ClientError> {
@@ -311,6 +390,7 @@ impl ClientSession {
             config,
             id,
             neighbours,
+            identity,
         };
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut seed[..]);
@@ -505,8 +585,15 @@ impl ClientSession {
                 self.wait_from(now);
                 Ok(())
             }
-            (State::Unmasking(state), ServerBody::UnmaskRequest { survivors, dropped }) => {
-                let message = state.handle_request(&self.ctx, survivors, dropped)?;
+            (
+                State::Unmasking(state),
+                ServerBody::UnmaskRequest {
+                    survivors,
+                    dropped,
+                    signatures,
+                },
+            ) => {
+                let message = state.handle_request(&self.ctx, survivors, dropped, signatures)?;
                 self.outbox.push_back(message);
                 self.state = State::Finished;
                 self.deadline = None;

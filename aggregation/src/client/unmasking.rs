@@ -12,6 +12,8 @@
 //! - leaves this client out of the survivors,
 //! - names fewer than t survivors among its share holders,
 //! - differs from the set confirmed in the consistency check,
+//! - in the malicious-server model, comes without a quorum of valid
+//!   signatures over the survivor set this client signed,
 //!
 //! and it answers only one request per round: the state is consumed by the
 //! answer.
@@ -19,6 +21,7 @@
 use super::{Context, HeldShares, Violation, strictly_ascending};
 use crate::ClientId;
 use crate::graph::GraphKind;
+use crate::identity::IdentitySignature;
 use crate::messages::{ClientBody, ClientMessage, UnmaskResponse};
 
 /// Waiting for the unmasking request.
@@ -26,7 +29,16 @@ pub(super) struct Unmasking {
     held: HeldShares,
     /// The survivor set confirmed in the consistency check, if the round has
     /// one.
-    confirmed: Option<Vec<ClientId>>,
+    confirmed: Option<Confirmed>,
+}
+
+/// What a client confirmed in the consistency check.
+pub(super) struct Confirmed {
+    /// The survivors among this client's neighbours and itself: what the
+    /// unmasking request must name.
+    pub(super) around: Vec<ClientId>,
+    /// Malicious-server model: the whole survivor set this client signed.
+    pub(super) signed: Option<Vec<ClientId>>,
 }
 
 /// Checks a survivor list against the shares this client holds: sorted,
@@ -50,9 +62,9 @@ pub(super) fn check_survivors(
     // The list names this client's share holders only. With the complete
     // graph that is every survivor, so the round's survivor floor can be
     // checked here; in a SecAgg+ round the client sees its neighbourhood
-    // alone and the floor rests on the server (semi-honest model; the
-    // signed survivor sets of the malicious-server work will let clients
-    // check it too).
+    // alone and the floor rests on the server, except in the
+    // malicious-server model, where the client checks the whole signed set
+    // against the quorum (which is at least the floor).
     let floor = match ctx.config.graph {
         GraphKind::Complete => ctx.config.survivor_floor(),
         GraphKind::Harary { .. } => ctx.config.threshold,
@@ -76,7 +88,7 @@ impl HeldShares {
 }
 
 impl Unmasking {
-    pub(super) fn new(held: HeldShares, confirmed: Option<Vec<ClientId>>) -> Self {
+    pub(super) fn new(held: HeldShares, confirmed: Option<Confirmed>) -> Self {
         Unmasking { held, confirmed }
     }
 
@@ -85,6 +97,7 @@ impl Unmasking {
         ctx: &Context,
         survivors: Vec<ClientId>,
         dropped: Vec<ClientId>,
+        signatures: Vec<(ClientId, IdentitySignature)>,
     ) -> Result<ClientMessage, Violation> {
         if !strictly_ascending(&dropped, |id| *id) {
             return Err(Violation::Unsorted("dropped"));
@@ -117,9 +130,45 @@ impl Unmasking {
             return Err(Violation::Unaccounted(*missing));
         }
         if let Some(confirmed) = &self.confirmed
-            && *confirmed != survivors
+            && confirmed.around != survivors
         {
             return Err(Violation::InconsistentSurvivors);
+        }
+        if let (
+            Some(identity),
+            Some(Confirmed {
+                signed: Some(signed),
+                ..
+            }),
+        ) = (&ctx.identity, &self.confirmed)
+        {
+            // A quorum of the set's members must have signed exactly the set
+            // this client signed; one bad signature means the server forged
+            // or altered it, and the client reveals nothing.
+            if !strictly_ascending(&signatures, |(id, _)| *id) {
+                return Err(Violation::Unsorted("signatures"));
+            }
+            for (signer, signature) in &signatures {
+                if signed.binary_search(signer).is_err() {
+                    return Err(Violation::SignerNotSurvivor(*signer));
+                }
+                let valid = identity.directory.get(*signer).is_some_and(|key| {
+                    key.verify_survivors(ctx.config.round_id, signed, signature)
+                });
+                if !valid {
+                    return Err(Violation::BadSignature {
+                        client: *signer,
+                        what: "survivor-set",
+                    });
+                }
+            }
+            let need = ctx.config.signature_quorum();
+            if (signatures.len() as u32) < need {
+                return Err(Violation::TooFewSignatures {
+                    have: signatures.len() as u32,
+                    need,
+                });
+            }
         }
 
         let mut response = UnmaskResponse::default();

@@ -4,15 +4,46 @@
 //! The lists are a function of how far clients got (never of timing or
 //! evictions after the stage), so the list a client receives and the list its
 //! ShareKeys message is checked against always agree.
+//!
+//! In the malicious-server model each advert's signature is relayed with it
+//! (the clients verify it); a server with the identity directory also checks
+//! it on arrival, so one client with a bad signature is dropped here instead
+//! of making all its neighbours refuse the round.
 
 use super::{LEVEL_ADVERTISED, Roster};
 use crate::ClientId;
+use crate::config::RoundConfig;
 use crate::graph::NeighbourGraph;
-use crate::keys::PublicKeys;
-use crate::messages::ServerBody;
+use crate::identity::IdentityDirectory;
+use crate::messages::{Advert, ServerBody};
 
-pub(super) fn accept(roster: &mut Roster, from: ClientId, keys: PublicKeys) {
-    roster.keys[from.index()] = Some(keys);
+use super::ClientViolation;
+
+pub(super) fn accept(
+    config: &RoundConfig,
+    directory: Option<&IdentityDirectory>,
+    roster: &mut Roster,
+    from: ClientId,
+    advert: Advert,
+) -> Result<(), ClientViolation> {
+    if config.is_signed() {
+        let Some(signature) = &advert.signature else {
+            return Err(ClientViolation::Signature("the advert is not signed"));
+        };
+        if let Some(directory) = directory {
+            let valid = directory.get(from).is_some_and(|key| {
+                key.verify_advert(config.round_id, from, &advert.keys, signature)
+            });
+            if !valid {
+                return Err(ClientViolation::Signature(
+                    "the advert signature does not verify under the client's identity",
+                ));
+            }
+        }
+    }
+    roster.keys[from.index()] = Some(advert.keys);
+    roster.advert_signatures[from.index()] = advert.signature;
+    Ok(())
 }
 
 /// The neighbours of `id` that advertised keys.
@@ -34,7 +65,10 @@ pub(super) fn neighbour_keys(graph: &NeighbourGraph, roster: &Roster, id: Client
             .map(|v| {
                 (
                     v,
-                    roster.keys[v.index()].expect("advertised clients have keys"),
+                    Advert {
+                        keys: roster.keys[v.index()].expect("advertised clients have keys"),
+                        signature: roster.advert_signatures[v.index()],
+                    },
                 )
             })
             .collect(),

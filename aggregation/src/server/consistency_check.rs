@@ -1,10 +1,18 @@
-//! Stage 3, ConsistencyCheck (semi-malicious model), server side: each
-//! survivor is told the survivor set around it and confirms it. Only clients
-//! that confirm are asked for shares. (Signatures over the set come with the
-//! malicious-server work.)
+//! Stage 3, ConsistencyCheck, server side: each survivor is told the
+//! survivor set and confirms it. Only clients that confirm are asked for
+//! shares.
+//!
+//! Semi-malicious model: the set is the survivors around each client,
+//! confirmed without a signature. Malicious-server model: the set is the
+//! round's whole survivor set, every client signs it, and the server relays
+//! the signatures in the unmasking requests; a client reveals shares only
+//! against a quorum of them ([`crate::config::RoundConfig::signature_quorum`]).
 
-use super::ThresholdMet;
 use super::unmasking::Unmasking;
+use super::{ClientViolation, LEVEL_CONFIRMED, Roster, ThresholdMet};
+use crate::ClientId;
+use crate::config::RoundConfig;
+use crate::identity::{IdentityDirectory, IdentitySignature};
 
 /// Collecting confirmations; the running sum waits.
 pub(super) struct ConsistencyCheck {
@@ -19,4 +27,46 @@ impl ConsistencyCheck {
     pub(super) fn into_unmasking(self, _met: ThresholdMet, num_clients: u32) -> Unmasking {
         Unmasking::new(self.sum, num_clients)
     }
+}
+
+/// Checks and records a client's confirmation.
+pub(super) fn accept(
+    config: &RoundConfig,
+    directory: Option<&IdentityDirectory>,
+    survivor_set: &[ClientId],
+    roster: &mut Roster,
+    from: ClientId,
+    signature: Option<IdentitySignature>,
+) -> Result<(), ClientViolation> {
+    if !config.is_signed() {
+        return Ok(());
+    }
+    let Some(signature) = signature else {
+        return Err(ClientViolation::Signature(
+            "the survivor-set confirmation is not signed",
+        ));
+    };
+    if let Some(directory) = directory {
+        let valid = directory
+            .get(from)
+            .is_some_and(|key| key.verify_survivors(config.round_id, survivor_set, &signature));
+        if !valid {
+            return Err(ClientViolation::Signature(
+                "the survivor-set signature does not verify under the client's identity",
+            ));
+        }
+    }
+    roster.survivor_signatures[from.index()] = Some(signature);
+    Ok(())
+}
+
+/// The survivor-set signatures of every client that confirmed, ascending.
+pub(super) fn signatures(roster: &Roster) -> Vec<(ClientId, IdentitySignature)> {
+    roster
+        .survivor_signatures
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| roster.level[*i] >= LEVEL_CONFIRMED)
+        .filter_map(|(i, s)| s.map(|s| (ClientId(i as u32), s)))
+        .collect()
 }

@@ -34,6 +34,7 @@ use std::time::Instant;
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
+use crate::identity::{IdentityDirectory, IdentitySignature};
 use crate::keys::PublicKeys;
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
@@ -69,6 +70,12 @@ struct Roster {
     /// Dropped from the round for misbehaving.
     evicted: Vec<bool>,
     keys: Vec<Option<PublicKeys>>,
+    /// Malicious-server model: each client's advert signature, relayed
+    /// with its keys.
+    advert_signatures: Vec<Option<IdentitySignature>>,
+    /// Malicious-server model: each client's signature over the survivor
+    /// set, relayed in the unmasking requests.
+    survivor_signatures: Vec<Option<IdentitySignature>>,
 }
 
 const LEVEL_ADVERTISED: u8 = 1;
@@ -95,6 +102,11 @@ impl Roster {
 pub struct ServerSession {
     config: RoundConfig,
     graph: NeighbourGraph,
+    /// Malicious-server model: the identities to check signatures with.
+    identities: Option<std::sync::Arc<IdentityDirectory>>,
+    /// Malicious-server model: the round's survivor set, fixed when the
+    /// masked input stage closes; every client signs it.
+    survivor_set: Vec<ClientId>,
     roster: Roster,
     state: State,
     broadcast: Option<Broadcast>,
@@ -254,6 +266,9 @@ pub enum ServerError {
     /// The round configuration cannot work.
     #[error("invalid round configuration: {0}")]
     Config(#[from] ConfigError),
+    /// The identity directory does not fit the round.
+    #[error("identity directory: {0}")]
+    Directory(#[from] crate::identity::DirectoryError),
 }
 
 /// How a client broke the protocol, as seen by the server.
@@ -280,6 +295,9 @@ pub enum ClientViolation {
     /// An unmasking response that is not what was asked.
     #[error("unmasking response: {0}")]
     Response(String),
+    /// A missing or invalid identity signature (malicious-server model).
+    #[error("signature: {0}")]
+    Signature(&'static str),
 }
 
 impl ServerSession {
@@ -291,16 +309,43 @@ impl ServerSession {
         Ok(Self::with_graph(config, graph, now))
     }
 
+    /// Opens a malicious-server round whose clients hold the identities of
+    /// `directory` (slot i = client i). The server checks every advert and
+    /// survivor-set signature on arrival and drops a client whose signature
+    /// fails, so one bad client cannot make its neighbours refuse the round.
+    ///
+    /// (A server opened without the directory relays signatures unchecked:
+    /// the clients still verify them, and refuse the round on a bad one.)
+    pub fn with_identities(
+        config: RoundConfig,
+        graph: NeighbourGraph,
+        directory: std::sync::Arc<IdentityDirectory>,
+        now: Instant,
+    ) -> Result<Self, ServerError> {
+        config.validate()?;
+        if !config.is_signed() {
+            return Err(ConfigError::Unsigned(config.threat_model).into());
+        }
+        directory.check_size(config.num_clients)?;
+        let mut session = Self::with_graph(config, graph, now);
+        session.identities = Some(directory);
+        Ok(session)
+    }
+
     /// As [`ServerSession::new`] with a graph already built from `config`.
     pub fn with_graph(config: RoundConfig, graph: NeighbourGraph, now: Instant) -> Self {
         let n = config.num_clients as usize;
         ServerSession {
+            identities: None,
+            survivor_set: Vec::new(),
             deadline: Some(now + config.stage_timeout),
             pending: config.num_clients,
             roster: Roster {
                 level: vec![0; n],
                 evicted: vec![false; n],
                 keys: vec![None; n],
+                advert_signatures: vec![None; n],
+                survivor_signatures: vec![None; n],
             },
             config,
             graph,
@@ -400,17 +445,29 @@ impl ServerSession {
         }
 
         let accepted = match (&mut self.state, message.body) {
-            (State::AdvertiseKeys, ClientBody::AdvertiseKeys(keys)) => {
-                advertise_keys::accept(&mut self.roster, from, keys);
-                Ok(())
-            }
+            (State::AdvertiseKeys, ClientBody::AdvertiseKeys(advert)) => advertise_keys::accept(
+                &self.config,
+                self.identities.as_deref(),
+                &mut self.roster,
+                from,
+                advert,
+            ),
             (State::ShareKeys(state), ClientBody::ShareKeys(bundles)) => {
                 state.accept(&self.graph, &self.roster, from, bundles)
             }
             (State::MaskedInput(state), ClientBody::MaskedInput(packed)) => {
                 state.accept(&self.config, &packed)
             }
-            (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck) => Ok(()),
+            (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck(signature)) => {
+                consistency_check::accept(
+                    &self.config,
+                    self.identities.as_deref(),
+                    &self.survivor_set,
+                    &mut self.roster,
+                    from,
+                    signature,
+                )
+            }
             (State::Unmasking(state), ClientBody::Unmasking(response)) => {
                 state.accept(&self.graph, &self.roster, from, response)
             }
@@ -512,12 +569,25 @@ impl ServerSession {
                 }
                 BroadcastKind::ConsistencyCheck if level == LEVEL_MASKED => {
                     ServerBody::ConsistencyCheck {
-                        survivors: survivors_around(&self.graph, &self.roster, id),
+                        survivors: if self.config.is_signed() {
+                            self.survivor_set.clone()
+                        } else {
+                            survivors_around(&self.graph, &self.roster, id)
+                        },
                     }
                 }
                 BroadcastKind::UnmaskRequest if level == unmask_level(&self.config) => {
                     let (survivors, dropped) = unmask_request_for(&self.graph, &self.roster, id);
-                    ServerBody::UnmaskRequest { survivors, dropped }
+                    let signatures = if self.config.is_signed() {
+                        consistency_check::signatures(&self.roster)
+                    } else {
+                        Vec::new()
+                    };
+                    ServerBody::UnmaskRequest {
+                        survivors,
+                        dropped,
+                        signatures,
+                    }
                 }
                 BroadcastKind::Aborted(reason) if level >= LEVEL_ADVERTISED => {
                     ServerBody::Aborted(reason)
@@ -545,7 +615,15 @@ impl ServerSession {
         let survivors = self.roster.count_at_least(done_level(stage, &self.config));
         let expected =
             self.roster.count_at_least(stage_level(stage, &self.config)) + self.evicted_in(stage);
-        let met = match ThresholdMet::check(survivors, self.config.survivor_floor()) {
+        // In a signed round every client checks the survivor set against the
+        // signature quorum: below it nobody would reveal a share.
+        let floor = match stage {
+            Stage::MaskedInput | Stage::ConsistencyCheck if self.config.is_signed() => {
+                self.config.signature_quorum()
+            }
+            _ => self.config.survivor_floor(),
+        };
+        let met = match ThresholdMet::check(survivors, floor) {
             Ok(met) => met,
             Err(reason) => return self.abort(stage, reason, survivors),
         };
@@ -578,10 +656,18 @@ impl ServerSession {
                 State::MaskedInput(state.into_masked_input(met, self.config.dim)),
                 Some(BroadcastKind::SealedShares),
             ),
-            State::MaskedInput(state) if self.config.has_consistency_check() => (
-                State::ConsistencyCheck(state.into_consistency_check(met)),
-                Some(BroadcastKind::ConsistencyCheck),
-            ),
+            State::MaskedInput(state) if self.config.has_consistency_check() => {
+                if self.config.is_signed() {
+                    self.survivor_set = (0..self.config.num_clients)
+                        .map(ClientId)
+                        .filter(|v| self.roster.reached(*v, LEVEL_MASKED))
+                        .collect();
+                }
+                (
+                    State::ConsistencyCheck(state.into_consistency_check(met)),
+                    Some(BroadcastKind::ConsistencyCheck),
+                )
+            }
             State::MaskedInput(state) => (
                 State::Unmasking(state.into_unmasking(met, self.config.num_clients)),
                 Some(BroadcastKind::UnmaskRequest),
@@ -681,7 +767,7 @@ fn message_stage(body: &ClientBody) -> Stage {
         ClientBody::AdvertiseKeys(_) => Stage::AdvertiseKeys,
         ClientBody::ShareKeys(_) => Stage::ShareKeys,
         ClientBody::MaskedInput(_) => Stage::MaskedInput,
-        ClientBody::ConsistencyCheck => Stage::ConsistencyCheck,
+        ClientBody::ConsistencyCheck(_) => Stage::ConsistencyCheck,
         ClientBody::Unmasking(_) => Stage::Unmasking,
     }
 }

@@ -4,11 +4,13 @@
 //! themselves.
 #![allow(dead_code, unreachable_pub)]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tessera_aggregation::encoding::value_mask;
+use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
 use tessera_aggregation::messages::{ClientMessage, ServerMessage};
 use tessera_aggregation::server::RoundOutput;
 use tessera_aggregation::{ClientId, ClientSession, RoundConfig, ServerEvent, ServerSession};
@@ -22,6 +24,18 @@ pub struct Net {
     /// Clients that stopped talking (dropped out).
     pub dead: Vec<bool>,
     pub inputs: Vec<Vec<u32>>,
+    /// Malicious-server rounds: each client's identity and the directory.
+    pub identities: Vec<IdentityKey>,
+    pub directory: Option<Arc<IdentityDirectory>>,
+}
+
+/// Long-term identities for `n` clients, from a seed.
+pub fn identities(n: u32, seed: u8) -> (Vec<IdentityKey>, Arc<IdentityDirectory>) {
+    let mut rng = ChaCha20Rng::from_seed([seed ^ 0x5a; 32]);
+    let keys: Vec<IdentityKey> = (0..n).map(|_| IdentityKey::generate(&mut rng)).collect();
+    let directory =
+        IdentityDirectory::new(keys.iter().map(|k| k.verifying_key()).collect()).unwrap();
+    (keys, Arc::new(directory))
 }
 
 pub fn config(n: u32, t: u32, dim: u32) -> RoundConfig {
@@ -32,12 +46,54 @@ pub fn config(n: u32, t: u32, dim: u32) -> RoundConfig {
 }
 
 impl Net {
+    /// A round of real sessions; in a malicious-server round each client
+    /// gets an identity from [`identities`] with the same seed.
     pub fn new(config: RoundConfig, seed: u8) -> Self {
+        let n = config.num_clients;
+        if config.is_signed() {
+            let (keys, directory) = identities(n, seed);
+            Self::with_identities(config, seed, keys, directory)
+        } else {
+            Self::build(config, seed, Vec::new(), None)
+        }
+    }
+
+    /// A malicious-server round whose clients hold `keys`.
+    pub fn with_identities(
+        config: RoundConfig,
+        seed: u8,
+        keys: Vec<IdentityKey>,
+        directory: Arc<IdentityDirectory>,
+    ) -> Self {
+        Self::build(config, seed, keys, Some(directory))
+    }
+
+    fn build(
+        config: RoundConfig,
+        seed: u8,
+        keys: Vec<IdentityKey>,
+        directory: Option<Arc<IdentityDirectory>>,
+    ) -> Self {
         let base = Instant::now();
         let mut rng = ChaCha20Rng::from_seed([seed; 32]);
         let n = config.num_clients;
+        let graph = config.neighbour_graph().unwrap();
         let clients: Vec<ClientSession> = (0..n)
-            .map(|i| ClientSession::new(config.clone(), ClientId(i), base, &mut rng).unwrap())
+            .map(|i| match &directory {
+                Some(directory) => ClientSession::with_identity(
+                    config.clone(),
+                    &graph,
+                    ClientId(i),
+                    ClientIdentity {
+                        key: keys[i as usize].clone(),
+                        directory: Arc::clone(directory),
+                    },
+                    base,
+                    &mut rng,
+                )
+                .unwrap(),
+                None => ClientSession::new(config.clone(), ClientId(i), base, &mut rng).unwrap(),
+            })
             .collect();
         let mask = value_mask(config.bits);
         let inputs = (0..n)
@@ -50,8 +106,16 @@ impl Net {
                     .collect()
             })
             .collect();
-        let server = ServerSession::new(config.clone(), base).unwrap();
+        let server = match &directory {
+            Some(directory) => {
+                ServerSession::with_identities(config.clone(), graph, Arc::clone(directory), base)
+                    .unwrap()
+            }
+            None => ServerSession::new(config.clone(), base).unwrap(),
+        };
         Net {
+            identities: keys,
+            directory,
             config,
             clients,
             server,

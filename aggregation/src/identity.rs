@@ -1,0 +1,399 @@
+//! Long-term client identities for the malicious-server threat model.
+//!
+//! Against a server that deviates from the protocol, Bonawitz et al. (CCS
+//! 2017, section 6.3 and the active-adversary protocol of figure 4) give
+//! every client a long-term signing key registered in a PKI. Two things are
+//! signed:
+//!
+//! - **the advertised keys** (round id, client id, `c_pk`, `s_pk`): a server
+//!   that substitutes its own X25519 keys for a client's (to open the share
+//!   bundles sealed for it, or to know its pairwise masks) produces an
+//!   advertisement no honest neighbour accepts; a signature from another
+//!   round does not verify in this one, so old adverts cannot be replayed;
+//! - **the survivor set** of the consistency check (round id, the ids):
+//!   every honest client signs exactly one set per round and reveals shares
+//!   only when a quorum of the set's members signed that very set. Two
+//!   different sets cannot both gather a quorum (see
+//!   [`crate::config::RoundConfig::signature_quorum`]), so a server cannot
+//!   tell some clients that `v` survived (and collect shares of its
+//!   self-mask seed) while telling others that `v` dropped (and collect
+//!   shares of its masking key): both secrets together would unmask `v`'s
+//!   input.
+//!
+//! The PKI is the [`IdentityDirectory`]: for each client slot of the round,
+//! the verifying key of the identity in it. Clients must obtain the keys
+//! they trust from outside the server (the operator's allow-list of enrolled
+//! keys is public and can be shipped with the app); a directory that only
+//! the server vouched for would let it sign for clients it invented.
+//!
+//! Signatures are Ed25519 (`ed25519-dalek`), verified with `verify_strict`
+//! (no small-order keys, no malleable signatures). Every signed payload
+//! starts with a domain-separation label so a signature over one kind of
+//! payload never verifies as another.
+
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use rand_core::CryptoRng;
+
+use crate::ClientId;
+use crate::keys::PublicKeys;
+
+/// Bytes of an encoded Ed25519 signature.
+pub const SIGNATURE_BYTES: usize = 64;
+/// Bytes of an encoded Ed25519 verifying (public) key.
+pub const VERIFYING_KEY_BYTES: usize = 32;
+
+const ADVERT_LABEL: &[u8] = b"tessera/v1/advertise-keys";
+const SURVIVORS_LABEL: &[u8] = b"tessera/v1/survivor-set";
+
+/// An Ed25519 signature as sent on the wire. Not secret; equality is plain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IdentitySignature(pub [u8; SIGNATURE_BYTES]);
+
+impl std::fmt::Debug for IdentitySignature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdentitySignature({:02x}{:02x}..)", self.0[0], self.0[1])
+    }
+}
+
+/// A client's long-term signing key. Zeroized on drop (by `ed25519-dalek`);
+/// never printed.
+#[derive(Clone)]
+pub struct IdentityKey(SigningKey);
+
+impl std::fmt::Debug for IdentityKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IdentityKey")
+            .field(&hex(&self.verifying_key_bytes()))
+            .finish()
+    }
+}
+
+impl IdentityKey {
+    /// A fresh identity from a CSPRNG.
+    pub fn generate<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
+        IdentityKey(SigningKey::generate(rng))
+    }
+
+    /// The identity with this 32-byte secret seed (as stored in a key file).
+    pub fn from_secret_bytes(secret: &[u8; 32]) -> Self {
+        IdentityKey(SigningKey::from_bytes(secret))
+    }
+
+    /// The 32-byte secret seed, for storing in a key file. The caller must
+    /// zeroize it.
+    pub fn to_secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
+        zeroize::Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// The public half, which the operator enrols.
+    pub fn verifying_key(&self) -> IdentityPublicKey {
+        IdentityPublicKey(self.0.verifying_key())
+    }
+
+    fn verifying_key_bytes(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// Signs this client's advertisement for a round.
+    pub fn sign_advert(
+        &self,
+        round_id: u64,
+        client: ClientId,
+        keys: &PublicKeys,
+    ) -> IdentitySignature {
+        IdentitySignature(
+            self.0
+                .sign(&advert_payload(round_id, client, keys))
+                .to_bytes(),
+        )
+    }
+
+    /// Signs the survivor set of a round's consistency check.
+    pub fn sign_survivors(&self, round_id: u64, survivors: &[ClientId]) -> IdentitySignature {
+        IdentitySignature(
+            self.0
+                .sign(&survivors_payload(round_id, survivors))
+                .to_bytes(),
+        )
+    }
+}
+
+/// A client's enrolled public identity.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdentityPublicKey(VerifyingKey);
+
+impl std::fmt::Debug for IdentityPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.to_bytes()))
+    }
+}
+
+impl std::fmt::Display for IdentityPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex(&self.to_bytes()))
+    }
+}
+
+/// Bytes that are not an Ed25519 public key, or a hex string that is not 32
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an Ed25519 public key: {0}")]
+pub struct BadIdentityKey(&'static str);
+
+impl IdentityPublicKey {
+    /// Parses a 32-byte compressed Edwards point.
+    pub fn from_bytes(bytes: &[u8; VERIFYING_KEY_BYTES]) -> Result<Self, BadIdentityKey> {
+        let key = VerifyingKey::from_bytes(bytes).map_err(|_| BadIdentityKey("not a point"))?;
+        // A small-order key would let anyone "sign" for it.
+        if key.is_weak() {
+            return Err(BadIdentityKey("small-order point"));
+        }
+        Ok(IdentityPublicKey(key))
+    }
+
+    /// Parses 64 hex digits, as `tessera keygen` prints them.
+    pub fn from_hex(hex: &str) -> Result<Self, BadIdentityKey> {
+        let hex = hex.trim();
+        if hex.len() != 2 * VERIFYING_KEY_BYTES || !hex.is_ascii() {
+            return Err(BadIdentityKey("expected 64 hex digits"));
+        }
+        let mut bytes = [0u8; VERIFYING_KEY_BYTES];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| BadIdentityKey("expected 64 hex digits"))?;
+        }
+        Self::from_bytes(&bytes)
+    }
+
+    /// The 32-byte encoding.
+    pub fn to_bytes(&self) -> [u8; VERIFYING_KEY_BYTES] {
+        self.0.to_bytes()
+    }
+
+    /// Whether `signature` is this identity's signature over `client`'s
+    /// advertisement in round `round_id`.
+    pub fn verify_advert(
+        &self,
+        round_id: u64,
+        client: ClientId,
+        keys: &PublicKeys,
+        signature: &IdentitySignature,
+    ) -> bool {
+        self.verify(&advert_payload(round_id, client, keys), signature)
+    }
+
+    /// Whether `signature` is this identity's signature over the survivor
+    /// set `survivors` of round `round_id`.
+    pub fn verify_survivors(
+        &self,
+        round_id: u64,
+        survivors: &[ClientId],
+        signature: &IdentitySignature,
+    ) -> bool {
+        self.verify(&survivors_payload(round_id, survivors), signature)
+    }
+
+    fn verify(&self, payload: &[u8], signature: &IdentitySignature) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(&signature.0);
+        self.0.verify_strict(payload, &signature).is_ok()
+    }
+}
+
+/// The verifying key of the identity in each client slot of a round: the
+/// PKI of the malicious-server model. Slot `i` is [`ClientId`]`(i)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityDirectory {
+    keys: Vec<IdentityPublicKey>,
+}
+
+/// A directory that cannot serve a round.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    /// One identity in two slots would let one client sign for two.
+    #[error("the identity in slot {0} also holds another slot")]
+    DuplicateIdentity(ClientId),
+    /// The directory does not have one key per client of the round.
+    #[error("the directory has {got} identities, the round has {expected} clients")]
+    Size {
+        /// Clients in the round.
+        expected: u32,
+        /// Keys in the directory.
+        got: usize,
+    },
+    /// A client's own key is not the one in its slot.
+    #[error("this client's identity is not the one in slot {0}")]
+    NotOwnSlot(ClientId),
+}
+
+impl IdentityDirectory {
+    /// A directory with `keys[i]` in slot `i`; refuses an identity in two
+    /// slots.
+    pub fn new(keys: Vec<IdentityPublicKey>) -> Result<Self, DirectoryError> {
+        let mut sorted: Vec<([u8; 32], usize)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.to_bytes(), i))
+            .collect();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(DirectoryError::DuplicateIdentity(ClientId(
+                w[0].1.max(w[1].1) as u32,
+            )));
+        }
+        Ok(IdentityDirectory { keys })
+    }
+
+    /// The key in `slot`, if the directory has one.
+    pub fn get(&self, slot: ClientId) -> Option<&IdentityPublicKey> {
+        self.keys.get(slot.index())
+    }
+
+    /// Number of slots.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True for a directory with no slots.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The keys, slot by slot.
+    pub fn keys(&self) -> &[IdentityPublicKey] {
+        &self.keys
+    }
+
+    pub(crate) fn check_size(&self, n: u32) -> Result<(), DirectoryError> {
+        if self.keys.len() != n as usize {
+            return Err(DirectoryError::Size {
+                expected: n,
+                got: self.keys.len(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What a client brings to a malicious-server round: its own signing key
+/// and the directory it trusts.
+#[derive(Clone, Debug)]
+pub struct ClientIdentity {
+    /// This client's long-term signing key.
+    pub key: IdentityKey,
+    /// The verifying keys of every slot of the round, from a source the
+    /// client trusts (not the server alone).
+    pub directory: Arc<IdentityDirectory>,
+}
+
+fn advert_payload(round_id: u64, client: ClientId, keys: &PublicKeys) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(ADVERT_LABEL.len() + 8 + 4 + 64);
+    payload.extend_from_slice(ADVERT_LABEL);
+    payload.extend_from_slice(&round_id.to_le_bytes());
+    payload.extend_from_slice(&client.0.to_le_bytes());
+    payload.extend_from_slice(&keys.c_pk);
+    payload.extend_from_slice(&keys.s_pk);
+    payload
+}
+
+fn survivors_payload(round_id: u64, survivors: &[ClientId]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(SURVIVORS_LABEL.len() + 12 + 4 * survivors.len());
+    payload.extend_from_slice(SURVIVORS_LABEL);
+    payload.extend_from_slice(&round_id.to_le_bytes());
+    payload.extend_from_slice(&(survivors.len() as u32).to_le_bytes());
+    for id in survivors {
+        payload.extend_from_slice(&id.0.to_le_bytes());
+    }
+    payload
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    fn key(seed: u8) -> IdentityKey {
+        IdentityKey::generate(&mut chacha20::ChaCha20Rng::from_seed([seed; 32]))
+    }
+
+    #[test]
+    fn an_advert_signature_binds_round_client_and_both_keys() {
+        let id = key(1);
+        let keys = PublicKeys {
+            c_pk: [1; 32],
+            s_pk: [2; 32],
+        };
+        let sig = id.sign_advert(7, ClientId(3), &keys);
+        let public = id.verifying_key();
+        assert!(public.verify_advert(7, ClientId(3), &keys, &sig));
+        assert!(!public.verify_advert(8, ClientId(3), &keys, &sig), "round");
+        assert!(!public.verify_advert(7, ClientId(4), &keys, &sig), "client");
+        let swapped = PublicKeys {
+            c_pk: keys.s_pk,
+            s_pk: keys.c_pk,
+        };
+        assert!(
+            !public.verify_advert(7, ClientId(3), &swapped, &sig),
+            "keys"
+        );
+        assert!(
+            !key(2)
+                .verifying_key()
+                .verify_advert(7, ClientId(3), &keys, &sig),
+            "signer"
+        );
+    }
+
+    #[test]
+    fn a_survivor_signature_binds_the_exact_set() {
+        let id = key(1);
+        let set = [ClientId(0), ClientId(2), ClientId(5)];
+        let sig = id.sign_survivors(9, &set);
+        let public = id.verifying_key();
+        assert!(public.verify_survivors(9, &set, &sig));
+        assert!(!public.verify_survivors(9, &set[..2], &sig));
+        assert!(!public.verify_survivors(10, &set, &sig));
+        // A survivor-set signature is not an advert signature, even over
+        // bytes that could line up.
+        let keys = PublicKeys {
+            c_pk: [0; 32],
+            s_pk: [0; 32],
+        };
+        assert!(!public.verify_advert(9, ClientId(3), &keys, &sig));
+    }
+
+    #[test]
+    fn hex_round_trips_and_bad_keys_are_refused() {
+        let public = key(3).verifying_key();
+        assert_eq!(IdentityPublicKey::from_hex(&public.to_string()), Ok(public));
+        assert!(IdentityPublicKey::from_hex("00").is_err());
+        assert!(IdentityPublicKey::from_hex(&"zz".repeat(32)).is_err());
+        // The identity point is small-order: refused.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(IdentityPublicKey::from_bytes(&identity).is_err());
+    }
+
+    #[test]
+    fn a_directory_refuses_one_identity_in_two_slots() {
+        let (a, b) = (key(1).verifying_key(), key(2).verifying_key());
+        assert!(IdentityDirectory::new(vec![a, b]).is_ok());
+        assert_eq!(
+            IdentityDirectory::new(vec![a, b, a]),
+            Err(DirectoryError::DuplicateIdentity(ClientId(2)))
+        );
+    }
+
+    #[test]
+    fn the_secret_seed_round_trips() {
+        let id = key(4);
+        let again = IdentityKey::from_secret_bytes(&id.to_secret_bytes());
+        assert_eq!(again.verifying_key(), id.verifying_key());
+    }
+}
