@@ -44,6 +44,7 @@ pub const SIGNATURE_BYTES: usize = 64;
 /// Bytes of an encoded Ed25519 verifying (public) key.
 pub const VERIFYING_KEY_BYTES: usize = 32;
 
+const KEY_FILE_PREFIX: &str = "ed25519-secret:";
 const ADVERT_LABEL: &[u8] = b"tessera/v1/advertise-keys";
 const SURVIVORS_LABEL: &[u8] = b"tessera/v1/survivor-set";
 
@@ -85,6 +86,39 @@ impl IdentityKey {
     /// zeroize it.
     pub fn to_secret_bytes(&self) -> zeroize::Zeroizing<[u8; 32]> {
         zeroize::Zeroizing::new(self.0.to_bytes())
+    }
+
+    /// The key file text: `ed25519-secret:` and 64 hex digits, a newline.
+    /// Secret: write it with owner-only permissions.
+    pub fn to_key_file(&self) -> zeroize::Zeroizing<String> {
+        let secret = self.to_secret_bytes();
+        let mut text = zeroize::Zeroizing::new(String::with_capacity(16 + 64 + 1));
+        text.push_str(KEY_FILE_PREFIX);
+        for b in secret.iter() {
+            text.push_str(&format!("{b:02x}"));
+        }
+        text.push('\n');
+        text
+    }
+
+    /// Reads [`IdentityKey::to_key_file`]'s format. The error never quotes
+    /// the text.
+    pub fn from_key_file(text: &str) -> Result<Self, BadIdentityKey> {
+        let hex = text
+            .trim()
+            .strip_prefix(KEY_FILE_PREFIX)
+            .ok_or(BadIdentityKey("a key file starts with `ed25519-secret:`"))?;
+        if hex.len() != 64 || !hex.is_ascii() {
+            return Err(BadIdentityKey(
+                "expected 64 hex digits after `ed25519-secret:`",
+            ));
+        }
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        for (i, byte) in secret.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+                .map_err(|_| BadIdentityKey("expected 64 hex digits after `ed25519-secret:`"))?;
+        }
+        Ok(Self::from_secret_bytes(&secret))
     }
 
     /// The public half, which the operator enrols.
@@ -288,6 +322,75 @@ pub struct ClientIdentity {
     pub directory: Arc<IdentityDirectory>,
 }
 
+/// One enrolled identity of an allow-list file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The operator's name for the client.
+    pub name: String,
+    /// Its public identity.
+    pub key: IdentityPublicKey,
+}
+
+/// A line of an allow-list that is not `NAME ed25519:HEX`, or a key or name
+/// listed twice. The line's text is not quoted (it is public, but a pasted
+/// secret key must not be echoed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("allow-list line {line}: {reason}")]
+pub struct AllowListError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Parses an allow-list of enrolled identities, the operator's PKI: one
+/// client per line, `NAME ed25519:HEX` (64 hex digits, as `tessera keygen`
+/// prints), `#` starts a comment. The file holds public keys only, so the
+/// operator can hand it to every client as their trust anchor.
+///
+/// ```
+/// use tessera_aggregation::identity::parse_allow_list;
+/// let text = "# name  key\nalice ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\n";
+/// let enrolled = parse_allow_list(text)?;
+/// assert_eq!(enrolled[0].name, "alice");
+/// assert!(parse_allow_list("bob 1234").is_err());
+/// # Ok::<(), tessera_aggregation::identity::AllowListError>(())
+/// ```
+pub fn parse_allow_list(text: &str) -> Result<Vec<Enrolled>, AllowListError> {
+    let mut enrolled: Vec<Enrolled> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let bad = |reason| AllowListError { line, reason };
+        let mut fields = content.split_whitespace();
+        let (Some(name), Some(key), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(bad("expected `NAME ed25519:HEX`"));
+        };
+        if name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(bad("a name is 1 to 64 printable ASCII characters"));
+        }
+        let hex = key
+            .strip_prefix("ed25519:")
+            .ok_or(bad("the key must start with `ed25519:`"))?;
+        let key = IdentityPublicKey::from_hex(hex)
+            .map_err(|_| bad("not an Ed25519 public key (64 hex digits)"))?;
+        if enrolled.iter().any(|e| e.name == name) {
+            return Err(bad("this name is already enrolled"));
+        }
+        if enrolled.iter().any(|e| e.key == key) {
+            return Err(bad("this key is already enrolled under another name"));
+        }
+        enrolled.push(Enrolled {
+            name: name.to_owned(),
+            key,
+        });
+    }
+    Ok(enrolled)
+}
+
 fn advert_payload(round_id: u64, client: ClientId, keys: &PublicKeys) -> Vec<u8> {
     let mut payload = Vec::with_capacity(ADVERT_LABEL.len() + 8 + 4 + 64);
     payload.extend_from_slice(ADVERT_LABEL);
@@ -391,9 +494,30 @@ mod tests {
     }
 
     #[test]
+    fn allow_lists_parse_and_refuse_duplicates() {
+        let (a, b) = (key(1).verifying_key(), key(2).verifying_key());
+        let text = format!("# enrolled\nalice ed25519:{a}\n\nbob ed25519:{b}  # phone\n");
+        let list = parse_allow_list(&text).unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!((list[1].name.as_str(), list[1].key), ("bob", b));
+        let twice = format!("alice ed25519:{a}\ncarol ed25519:{a}\n");
+        assert_eq!(parse_allow_list(&twice).unwrap_err().line, 2);
+        let same_name = format!("alice ed25519:{a}\nalice ed25519:{b}\n");
+        assert_eq!(parse_allow_list(&same_name).unwrap_err().line, 2);
+        assert!(parse_allow_list(&format!("alice {a}")).is_err());
+        assert!(parse_allow_list("alice ed25519:00").is_err());
+    }
+
+    #[test]
     fn the_secret_seed_round_trips() {
         let id = key(4);
         let again = IdentityKey::from_secret_bytes(&id.to_secret_bytes());
         assert_eq!(again.verifying_key(), id.verifying_key());
+        let file = id.to_key_file();
+        let again = IdentityKey::from_key_file(&file).unwrap();
+        assert_eq!(again.verifying_key(), id.verifying_key());
+        let err = IdentityKey::from_key_file(&file[..40]).unwrap_err();
+        assert!(!err.to_string().contains(&file[15..40]), "no secret echoed");
+        assert!(IdentityKey::from_key_file(&file.replace("ed25519-secret:", "")).is_err());
     }
 }

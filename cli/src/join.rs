@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+use tessera_aggregation::identity::{IdentityKey, parse_allow_list};
 
 use anyhow::Context;
 use clap::Args;
@@ -64,6 +65,15 @@ pub(crate) struct JoinArgs {
     /// Print one JSON object per round.
     #[arg(long)]
     json: bool,
+    /// This client's identity key (from `tessera keygen`), for servers that
+    /// run the malicious-server threat model.
+    #[arg(long, value_name = "FILE", requires = "trusted_identities")]
+    identity: Option<PathBuf>,
+    /// The allow-list of enrolled identities (`NAME ed25519:HEX` lines, the
+    /// server's --identities-file) to check the round's other clients
+    /// against.
+    #[arg(long, value_name = "FILE", requires = "identity")]
+    trusted_identities: Option<PathBuf>,
 }
 
 /// Reads a little-endian float32/float64 .npy file (format 1.0-3.0, C order).
@@ -155,6 +165,23 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(domain) = &args.tls_domain {
         builder = builder.tls_domain(domain.clone());
+    }
+    if let (Some(key_file), Some(list)) = (&args.identity, &args.trusted_identities) {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(key_file)
+                .with_context(|| format!("reading {}", key_file.display()))?,
+        );
+        let key = match IdentityKey::from_key_file(&text) {
+            Ok(key) => key,
+            Err(e) => usage!("{}: {e}", key_file.display()),
+        };
+        let text =
+            std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
+        let trusted = match parse_allow_list(&text) {
+            Ok(list) => list.into_iter().map(|e| e.key).collect(),
+            Err(e) => usage!("{}: {e}", list.display()),
+        };
+        builder = builder.identity(key).trusted_identities(trusted);
     }
     let client = match builder.build() {
         Ok(c) => c,

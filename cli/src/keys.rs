@@ -75,3 +75,65 @@ pub(crate) fn run_cert(args: CertArgs) -> anyhow::Result<ExitCode> {
     println!("{}", files.key.display());
     Ok(ExitCode::SUCCESS)
 }
+
+pub(crate) const KEYGEN_ABOUT: &str =
+    "Make a client's Ed25519 identity for malicious-server rounds and print its enrolment line";
+pub(crate) const KEYGEN_LONG_ABOUT: &str = "Writes a new Ed25519 signing key to --out (mode 0600; \
+    refuses to overwrite) and prints the client's enrolment line `NAME ed25519:HEX` on stdout. \
+    The operator appends that line to the allow-list (tessera serve --identities-file) and \
+    hands the same allow-list, which holds public keys only, to every client (tessera join \
+    --trusted-identities). In a malicious-server round each client signs its keys and the \
+    survivor set with this identity and checks every other client's signatures against the \
+    allow-list.";
+pub(crate) const KEYGEN_EXAMPLES: &str = "Example:\n  \
+    tessera keygen --out hospital-7.key hospital-7 >> enrolled.txt";
+
+/// Flags of `tessera keygen`.
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Where to write the secret key (created with mode 0600).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// The client's name in the allow-list: 1-64 printable ASCII characters.
+    #[arg(value_name = "NAME")]
+    name: String,
+}
+
+pub(crate) fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    if args.name.is_empty()
+        || args.name.len() > 64
+        || !args.name.chars().all(|c| c.is_ascii_graphic())
+    {
+        crate::usage!("the name must be 1 to 64 printable ASCII characters without spaces");
+    }
+    let mut rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
+        .context("OS randomness unavailable")?;
+    let key = tessera_aggregation::identity::IdentityKey::generate(&mut rng);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = match options.open(&args.out) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            crate::usage!(
+                "{} already exists: a key file is never overwritten",
+                args.out.display()
+            );
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", args.out.display())),
+    };
+    file.write_all(key.to_key_file().as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!("{} ed25519:{}", args.name, key.verifying_key());
+    eprintln!(
+        "wrote the secret key to {}; enrol the line above on the server (--identities-file)",
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -130,6 +130,9 @@ enum Command {
     /// Write a self-signed TLS certificate.
     #[command(about = keys::CERT_ABOUT, long_about = keys::CERT_LONG_ABOUT, after_help = keys::CERT_EXAMPLES)]
     Cert(keys::CertArgs),
+    /// Make a client identity for malicious-server rounds.
+    #[command(about = keys::KEYGEN_ABOUT, long_about = keys::KEYGEN_LONG_ABOUT, after_help = keys::KEYGEN_EXAMPLES)]
+    Keygen(keys::KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Token(args) => keys::run_token(args),
         Command::Cert(args) => keys::run_cert(args),
+        Command::Keygen(args) => keys::run_keygen(args),
     };
     match result {
         Ok(code) => code,

@@ -128,6 +128,10 @@ pub(crate) struct ServeArgs {
     /// Bearer tokens file (`NAME sha256:HEX` lines; see `tessera token`).
     #[arg(long, value_name = "FILE")]
     tokens_file: Option<PathBuf>,
+    /// Allow-list of enrolled client identities (`NAME ed25519:HEX` lines;
+    /// see `tessera keygen`): required with --threat-model malicious-server.
+    #[arg(long, value_name = "FILE")]
+    identities_file: Option<PathBuf>,
     /// No TLS and no authentication, loopback only: for local experiments.
     #[arg(long)]
     insecure_dev: bool,
@@ -219,6 +223,7 @@ impl ServeArgs {
             (&mut c.tls_key, self.tls_key),
             (&mut c.tls_client_ca, self.tls_client_ca),
             (&mut c.tokens_file, self.tokens_file),
+            (&mut c.identities_file, self.identities_file),
         ] {
             if src.is_some() {
                 *dst = src;

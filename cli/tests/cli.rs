@@ -599,3 +599,33 @@ fn demo_refuses_bad_settings_and_foreign_directories() {
         stderr(&out)
     );
 }
+
+#[test]
+fn keygen_writes_a_private_key_file_and_prints_the_enrolment_line() {
+    let dir = scratch_dir("keygen");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("alice.key");
+    let out = tessera(&["keygen", "--out", key.to_str().unwrap(), "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let (name, public) = line.trim().split_once(' ').expect("NAME KEY");
+    assert_eq!(name, "alice");
+    // The line parses as an allow-list and matches the key file.
+    let enrolled = tessera_aggregation::identity::parse_allow_list(&line).unwrap();
+    let secret = std::fs::read_to_string(&key).unwrap();
+    let identity = tessera_aggregation::identity::IdentityKey::from_key_file(&secret).unwrap();
+    assert_eq!(enrolled[0].key, identity.verifying_key());
+    assert!(public.starts_with("ed25519:"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // Never overwritten: a usage error, exit code 2.
+    let again = tessera(&["keygen", "--out", key.to_str().unwrap(), "alice"]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(stderr(&again).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), secret);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const COMMANDS: [&str; 10] = [
+const COMMANDS: [&str; 11] = [
     "", "demo", "simulate", "params", "privacy", "serve", "join", "inspect", "token", "cert",
+    "keygen",
 ];
 
 #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 
@@ -113,6 +114,8 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     max_message_bytes: usize,
     rng_seed: Option<Zeroizing<[u8; 32]>>,
+    identity: Option<IdentityKey>,
+    trusted: Vec<IdentityPublicKey>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -131,6 +134,11 @@ impl std::fmt::Debug for ClientBuilder {
             .field("retry", &self.retry)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("rng_seed", &self.rng_seed.as_ref().map(|_| "[redacted]"))
+            .field(
+                "identity",
+                &self.identity.as_ref().map(|k| k.verifying_key()),
+            )
+            .field("trusted", &self.trusted.len())
             .finish()
     }
 }
@@ -156,7 +164,28 @@ impl ClientBuilder {
             retry: RetryPolicy::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             rng_seed: None,
+            identity: None,
+            trusted: Vec::new(),
         }
+    }
+
+    /// The client's long-term Ed25519 identity, for servers that run the
+    /// malicious-server threat model: it signs the client's keys and the
+    /// survivor set. Needs [`ClientBuilder::trusted_identities`]. A client
+    /// with an identity takes part only in malicious-server rounds (it
+    /// refuses a server that offers a weaker model).
+    pub fn identity(mut self, key: IdentityKey) -> Self {
+        self.identity = Some(key);
+        self
+    }
+
+    /// The enrolled identities this client trusts (the operator's
+    /// allow-list, which holds public keys only): every identity the server
+    /// puts in a round must be one of them, so the server cannot take part
+    /// under identities it made up.
+    pub fn trusted_identities(mut self, keys: Vec<IdentityPublicKey>) -> Self {
+        self.trusted = keys;
+        self
     }
 
     /// The per-client token the server checks (sent as
@@ -288,6 +317,31 @@ impl ClientBuilder {
         if let Some(token) = &self.token {
             token.header()?;
         }
+        match (&self.identity, self.trusted.is_empty()) {
+            (Some(_), true) => {
+                return Err(ClientError::InvalidSetting {
+                    setting: "trusted_identities",
+                    problem: "an identity needs the allow-list of enrolled identities to check its peers against".into(),
+                });
+            }
+            (None, false) => {
+                return Err(ClientError::InvalidSetting {
+                    setting: "identity",
+                    problem: "trusted identities were given but no identity of this client's own"
+                        .into(),
+                });
+            }
+            (Some(key), false) if !self.trusted.contains(&key.verifying_key()) => {
+                return Err(ClientError::InvalidSetting {
+                    setting: "identity",
+                    problem: format!(
+                        "this client's identity {} is not in the trusted allow-list",
+                        key.verifying_key()
+                    ),
+                });
+            }
+            _ => {}
+        }
 
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| invalid_url(&source_chain(&e)))?
@@ -358,6 +412,8 @@ impl ClientBuilder {
                 retry: self.retry,
                 max_message_bytes: self.max_message_bytes,
                 rng: std::sync::Mutex::new(rng),
+                identity: self.identity.clone(),
+                trusted: self.trusted.clone(),
             },
         })
     }

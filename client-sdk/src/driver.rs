@@ -21,6 +21,7 @@ use std::time::Instant;
 use prost::Message as _;
 use rand::rngs::StdRng;
 use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::{
     ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
     client::ClientError as SessionError,
@@ -82,6 +83,29 @@ pub enum Participation {
 /// few suffice.
 const OUTBOX: usize = 8;
 
+/// The round's identity directory from the server's RoundStart, each
+/// identity checked against the allow-list the client trusts: the server
+/// cannot put identities it made up (whose keys it holds) into the round.
+fn directory_from(
+    wire: &[Vec<u8>],
+    trusted: &[IdentityPublicKey],
+) -> Result<IdentityDirectory, String> {
+    let mut keys = Vec::with_capacity(wire.len());
+    for (slot, bytes) in wire.iter().enumerate() {
+        let key = <&[u8; 32]>::try_from(bytes.as_slice())
+            .ok()
+            .and_then(|b| IdentityPublicKey::from_bytes(b).ok())
+            .ok_or_else(|| format!("the identity in slot {slot} is not an Ed25519 public key"))?;
+        if !trusted.contains(&key) {
+            return Err(format!(
+                "the identity {key} in slot {slot} is not in this client's trusted allow-list"
+            ));
+        }
+        keys.push(key);
+    }
+    IdentityDirectory::new(keys).map_err(|e| e.to_string())
+}
+
 /// Joins over `grpc` and runs the round to its end, or until it would send
 /// its message of `drop_before`.
 pub(crate) async fn participate(
@@ -102,6 +126,11 @@ pub(crate) async fn participate(
         frame: Some(client_frame::Frame::Join(v1::Join {
             protocol_version: tessera_proto::PROTOCOL_VERSION,
             dim,
+            identity_key: client
+                .identity
+                .as_ref()
+                .map(|k| k.verifying_key().to_bytes().to_vec())
+                .unwrap_or_default(),
         })),
     };
     let mut bytes = Bytes {
@@ -147,7 +176,7 @@ pub(crate) async fn participate(
         }
     };
 
-    let round = Round::start(&start, update, bytes, rng)?;
+    let round = Round::start(client, &start, update, bytes, rng)?;
     let span = tracing::info_span!(
         "round",
         round_id = round.round_id,
@@ -183,6 +212,7 @@ impl Round {
     /// Checks the round's parameters, encodes the update and starts the
     /// session with it.
     fn start(
+        client: &ClientInner,
         start: &v1::RoundStart,
         update: &[f32],
         bytes: Bytes,
@@ -260,12 +290,45 @@ impl Round {
                 .encode(update, rng)
                 .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?,
         };
-        let mut session = ClientSession::new(
-            config.clone(),
-            ClientId(start.client_id),
-            Instant::now(),
-            rng,
-        )
+        let id = ClientId(start.client_id);
+        let mut session = match (&client.identity, config.is_signed()) {
+            (None, false) => ClientSession::new(config.clone(), id, Instant::now(), rng),
+            (Some(key), true) => {
+                let directory = directory_from(&start.identities, &client.trusted)
+                    .map_err(|problem| bad(round_id, problem))?;
+                let graph = config
+                    .neighbour_graph()
+                    .map_err(|e| bad(round_id, e.to_string()))?;
+                ClientSession::with_identity(
+                    config.clone(),
+                    &graph,
+                    id,
+                    ClientIdentity {
+                        key: key.clone(),
+                        directory: std::sync::Arc::new(directory),
+                    },
+                    Instant::now(),
+                    rng,
+                )
+            }
+            (Some(_), false) => {
+                // A downgrade: this client was set up for the
+                // malicious-server model and will not run a weaker one.
+                return Err(bad(
+                    round_id,
+                    format!(
+                        "the round runs the {} threat model; this client has an identity and takes part only in malicious-server rounds",
+                        config.threat_model
+                    ),
+                ));
+            }
+            (None, true) => {
+                return Err(ClientError::InvalidSetting {
+                    setting: "identity",
+                    problem: "the server runs malicious-server rounds: give the client its enrolled identity and the allow-list (ClientBuilder::identity, trusted_identities)".into(),
+                });
+            }
+        }
         .map_err(|e| bad(round_id, e.to_string()))?;
         session
             .submit_input(encoded.values)

@@ -86,6 +86,10 @@ struct ClientInner {
     /// Forked once per round, so concurrent calls never wait on each other
     /// for randomness.
     rng: std::sync::Mutex<StdRng>,
+    /// Malicious-server rounds: this client's identity and the identities
+    /// it trusts.
+    identity: Option<tessera_aggregation::identity::IdentityKey>,
+    trusted: Vec<tessera_aggregation::identity::IdentityPublicKey>,
 }
 
 impl std::fmt::Debug for Client {

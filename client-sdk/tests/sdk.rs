@@ -193,6 +193,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
             fixed_point: Some((&fp).into()),
             model_version: 4,
             distributed_dp: None,
+            identities: Vec::new(),
         };
         c.out
             .send(frame(server_frame::Frame::RoundStart(start)))
@@ -369,6 +370,7 @@ impl Aggregator for ScriptDouble {
                     fixed_point: Some((&fp).into()),
                     model_version: 1,
                     distributed_dp: Some(dp.clone()),
+                    identities: Vec::new(),
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -385,6 +387,7 @@ impl Aggregator for ScriptDouble {
                     fixed_point: Some((&fp).into()),
                     model_version: 1,
                     distributed_dp: None,
+                    identities: Vec::new(),
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await

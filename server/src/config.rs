@@ -20,6 +20,8 @@
 //! tls_cert = "cert.pem"
 //! tls_key = "key.pem"
 //! tokens_file = "tokens.txt"
+//! threat_model = "semi-honest"   # semi-malicious | malicious-server
+//! identities_file = "enrolled.txt"  # malicious-server: `NAME ed25519:HEX` lines
 //! ```
 
 use std::fmt;
@@ -228,6 +230,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     tokens_file: Option<PathBuf>,
+    identities_file: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     rounds: Option<u64>,
 }
@@ -307,6 +310,10 @@ pub struct ServerConfig {
     pub tls_client_ca: Option<PathBuf>,
     /// Bearer tokens file (`NAME sha256:HEX` lines).
     pub tokens_file: Option<PathBuf>,
+    /// The allow-list of enrolled client identities (`NAME ed25519:HEX`
+    /// lines, [`tessera_aggregation::identity::parse_allow_list`]): required
+    /// by, and only used in, the malicious-server threat model.
+    pub identities_file: Option<PathBuf>,
     /// Run without TLS or tokens, for local experiments on a loopback
     /// address only.
     pub insecure_dev: bool,
@@ -348,6 +355,7 @@ impl Default for ServerConfig {
             tls_key: None,
             tls_client_ca: None,
             tokens_file: None,
+            identities_file: None,
             insecure_dev: false,
             metrics_listen: None,
             rounds: None,
@@ -443,6 +451,7 @@ impl ServerConfig {
             tls_key: file.tls_key,
             tls_client_ca: file.tls_client_ca,
             tokens_file: file.tokens_file,
+            identities_file: file.identities_file,
             insecure_dev: false,
             metrics_listen: file.metrics_listen,
             rounds: file.rounds,
@@ -553,6 +562,21 @@ impl ServerConfig {
                     "clients must authenticate: give tokens_file or tls_client_ca (mTLS), or pass --insecure-dev",
                 ));
             }
+        }
+        match (self.threat_model, &self.identities_file) {
+            (ThreatModel::MaliciousServer, None) => {
+                return Err(invalid(
+                    "identities_file",
+                    "the malicious-server threat model admits only enrolled identities: give identities_file (make keys with `tessera keygen`)",
+                ));
+            }
+            (ThreatModel::SemiHonest | ThreatModel::SemiMalicious, Some(_)) => {
+                return Err(invalid(
+                    "identities_file",
+                    "identities are used by the malicious-server threat model only: set threat_model = \"malicious-server\"",
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -702,7 +726,28 @@ impl ServerConfig {
             ThresholdRule::Fraction(f) => (f * f64::from(holders)).ceil() as u32,
             ThresholdRule::Count(t) => t,
         };
-        Ok((graph, t.clamp(2, holders)))
+        let t = t.clamp(2, holders);
+        if self.threat_model == ThreatModel::MaliciousServer {
+            // The malicious model's bound is enforced, not suggested: a rule
+            // that asks for less is refused, with the floor it must meet.
+            let floor = params::malicious_threshold_floor(n, self.corrupt_count(n), graph);
+            if t < floor {
+                return Err(invalid(
+                    "threshold",
+                    format!(
+                        "a threshold of {t} for {n} clients can be beaten by a malicious server with {} corrupt clients (corrupt_rate {}); it needs at least {floor}",
+                        self.corrupt_count(n),
+                        self.corrupt_rate
+                    ),
+                ));
+            }
+        }
+        Ok((graph, t))
+    }
+
+    /// The most corrupt clients a round of `n` assumes: ⌊corrupt_rate · n⌋.
+    pub fn corrupt_count(&self, n: u32) -> u32 {
+        ((self.corrupt_rate * f64::from(n)) + 1e-9).floor() as u32
     }
 }
 
@@ -734,6 +779,28 @@ mod tests {
         assert!(err.to_string().contains("dimm"), "{err}");
         let err = ServerConfig::from_toml("graph = \"harary:3\"\n").unwrap_err();
         assert!(err.to_string().contains("even"), "{err}");
+    }
+
+    #[test]
+    fn the_malicious_server_model_needs_identities_and_a_safe_threshold() {
+        let mut c = dev();
+        c.threat_model = ThreatModel::MaliciousServer;
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("identities_file"), "{err}");
+        c.identities_file = Some("enrolled.txt".into());
+        c.validate().unwrap();
+        // 10 clients, 1 assumed corrupt: t must be above (10 + 1) / 2.
+        c.corrupt_rate = 0.1;
+        c.graph = GraphChoice::Complete;
+        c.threshold = ThresholdRule::Count(5);
+        let err = c.graph_for(10).unwrap_err();
+        assert!(err.to_string().contains("at least 6"), "{err}");
+        c.threshold = ThresholdRule::Count(6);
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
+        // Identities without the model that uses them are a mistake.
+        let mut c = dev();
+        c.identities_file = Some("enrolled.txt".into());
+        assert!(c.validate().is_err());
     }
 
     #[test]

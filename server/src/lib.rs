@@ -60,6 +60,14 @@ pub enum ServeError {
     /// The tokens file cannot be used.
     #[error("tokens file: {0}")]
     Auth(#[from] auth::AuthError),
+    /// The identities allow-list cannot be used.
+    #[error("identities file {}: {reason}", path.display())]
+    Identities {
+        /// The allow-list.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
@@ -112,6 +120,8 @@ pub(crate) struct Shared {
     /// The model dimension every update must have.
     pub(crate) dim: u32,
     pub(crate) tokens: Option<auth::TokenStore>,
+    /// Malicious-server model: the enrolled identities.
+    pub(crate) enrolled: Option<Vec<tessera_aggregation::identity::Enrolled>>,
     pub(crate) lobby: lobby::Lobby,
     pub(crate) store: Arc<Mutex<Store>>,
     latest: RwLock<Option<Arc<v1::GetModelResponse>>>,
@@ -235,6 +245,22 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         .as_deref()
         .map(auth::TokenStore::load)
         .transpose()?;
+    let enrolled = match &config.identities_file {
+        None => None,
+        Some(path) => {
+            let bad = |reason: String| ServeError::Identities {
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+            let list = tessera_aggregation::identity::parse_allow_list(&text)
+                .map_err(|e| bad(e.to_string()))?;
+            if list.is_empty() {
+                return Err(bad("no identity is enrolled".into()));
+            }
+            Some(list)
+        }
+    };
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_tls_config(&tls::TlsFiles {
             cert: cert.clone(),
@@ -314,6 +340,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     let shared = Arc::new(Shared {
         dim,
         tokens,
+        enrolled,
         lobby: lobby::Lobby::default(),
         store: Arc::new(Mutex::new(store)),
         latest: RwLock::new(None),

@@ -25,6 +25,10 @@ pub(crate) struct Participant {
     pub(crate) tx: FrameSender,
     /// Frames from the client, after its Join.
     pub(crate) inbound: Streaming<ClientFrame>,
+    /// Malicious-server model: the enrolled identity the client joined
+    /// with (its name is then `identity`, so one identity is in one round
+    /// at most once).
+    pub(crate) identity_key: Option<tessera_aggregation::identity::IdentityPublicKey>,
 }
 
 #[derive(Debug, Default)]

@@ -15,6 +15,7 @@
 
 use std::time::{Duration, Instant};
 
+use tessera_aggregation::identity::{IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::messages::{AbortReason, ClientMessage};
 use tessera_aggregation::server::{ClientViolation, RoundOutput, ServerError};
 use tessera_aggregation::{ClientId, RoundConfig, ServerEvent, ServerSession, Stage};
@@ -127,7 +128,29 @@ impl RoundDriver {
         participants: Vec<Participant>,
     ) -> Result<RoundDriver, ServerError> {
         let now = Instant::now();
-        let session = ServerSession::new(config.clone(), now)?;
+        // Malicious-server model: slot i holds participant i's enrolled
+        // identity; the server checks signatures with it and every client
+        // gets the list to check against the allow-list it trusts.
+        let directory: Option<Vec<IdentityPublicKey>> = config
+            .is_signed()
+            .then(|| participants.iter().filter_map(|p| p.identity_key).collect());
+        let session = match &directory {
+            None => ServerSession::new(config.clone(), now)?,
+            Some(keys) => {
+                let directory = IdentityDirectory::new(keys.clone())?;
+                ServerSession::with_identities(
+                    config.clone(),
+                    config.neighbour_graph()?,
+                    std::sync::Arc::new(directory),
+                    now,
+                )?
+            }
+        };
+        let wire_identities: Vec<Vec<u8>> = directory
+            .iter()
+            .flatten()
+            .map(|k| k.to_bytes().to_vec())
+            .collect();
         let (in_tx, inbound) = mpsc::channel(4 * participants.len() + 16);
         let mut readers = JoinSet::new();
         let mut senders = Vec::with_capacity(participants.len());
@@ -143,6 +166,7 @@ impl RoundDriver {
                     fixed_point: Some(fixed_point),
                     model_version,
                     distributed_dp: distributed_dp.clone(),
+                    identities: wire_identities.clone(),
                 })),
             };
             let sent = p.tx.try_send(Ok(start)).is_ok();

@@ -160,6 +160,7 @@ async fn run_round(
     round_config.bits = bits;
     round_config.prg = config.prg;
     round_config.threat_model = config.threat_model;
+    round_config.corrupt = config.corrupt_count(n);
     round_config.stage_timeout = config.stage_timeout;
 
     let mut record = RoundRecord {

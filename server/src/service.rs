@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tessera_aggregation::identity::IdentityPublicKey;
 use tessera_proto::v1::aggregator_server::Aggregator;
 use tessera_proto::v1::{self, ClientFrame, ErrorKind, client_frame, server_frame};
 use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
@@ -163,11 +164,38 @@ impl Aggregator for AggregatorService {
         if let Some(why) = self.shared.not_accepting() {
             return Err(refuse(Code::Unavailable, ErrorKind::Unavailable, why));
         }
+        // Malicious-server model: only enrolled identities take part, and the
+        // enrolled name is who the client is (one identity, one slot).
+        let (identity, identity_key) = match &self.shared.enrolled {
+            None => (identity, None),
+            Some(enrolled) => {
+                let key = <&[u8; 32]>::try_from(join.identity_key.as_slice())
+                    .ok()
+                    .and_then(|bytes| IdentityPublicKey::from_bytes(bytes).ok());
+                let Some(key) = key else {
+                    return Err(refuse(
+                        Code::Unauthenticated,
+                        ErrorKind::Unauthenticated,
+                        "this server runs the malicious-server threat model: the Join must carry the client's 32-byte Ed25519 identity (see `tessera keygen`)".into(),
+                    ));
+                };
+                let Some(entry) = enrolled.iter().find(|e| e.key == key) else {
+                    return Err(refuse(
+                        Code::PermissionDenied,
+                        ErrorKind::Unauthenticated,
+                        format!("identity {key} is not enrolled on this server"),
+                    ));
+                };
+                info!(client = %identity, enrolled = %entry.name, "identity enrolled");
+                (entry.name.clone(), Some(key))
+            }
+        };
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let participant = Participant {
             identity: identity.clone(),
             tx: tx.clone(),
             inbound,
+            identity_key,
         };
         let waiting = self.shared.lobby.join(participant).map_err(|identity| {
             refuse(

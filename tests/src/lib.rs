@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tessera_aggregation::encoding::{FixedPoint, packed_len};
+use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerMessage};
+use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::{ClientId, ClientSession, RoundConfig, Stage};
 use tessera_proto::v1::aggregator_client::AggregatorClient;
 use tessera_proto::v1::{self, client_frame, server_frame};
@@ -37,6 +39,10 @@ pub struct TestServer {
     pub ca_pem: Option<Vec<u8>>,
     /// Client tokens, by index (servers with a tokens file).
     pub tokens: Vec<String>,
+    /// Enrolled identities, by index (malicious-server servers).
+    pub identities: Vec<IdentityKey>,
+    /// The allow-list's public keys, the clients' trust anchor.
+    pub trusted: Vec<IdentityPublicKey>,
     _dir: tempfile::TempDir,
 }
 
@@ -55,6 +61,8 @@ pub struct ServerOptions {
     pub rounds: Option<u64>,
     /// Graph rule (`complete`, `harary:K`, `auto`).
     pub graph: &'static str,
+    /// Malicious-server threat model with this many enrolled identities.
+    pub identities: Option<usize>,
     /// Any other setting, applied last (DP mode, threshold, ...).
     pub tweak: fn(&mut ServerConfig),
 }
@@ -68,6 +76,7 @@ impl Default for ServerOptions {
             stage_timeout: Duration::from_secs(10),
             rounds: None,
             graph: "complete",
+            identities: None,
             tweak: |_| {},
         }
     }
@@ -119,6 +128,21 @@ impl TestServer {
                 config.tokens_file = Some(tokens_file);
             }
         }
+        let mut identities = Vec::new();
+        if let Some(count) = options.identities {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+            let mut list = String::from("# enrolled identities\n");
+            for i in 0..count {
+                let key = IdentityKey::generate(&mut rng);
+                list.push_str(&format!("device-{i} ed25519:{}\n", key.verifying_key()));
+                identities.push(key);
+            }
+            let path = dir.path().join("enrolled.txt");
+            std::fs::write(&path, list).expect("write allow-list");
+            config.threat_model = ThreatModel::MaliciousServer;
+            config.identities_file = Some(path);
+        }
+        let trusted = identities.iter().map(|k| k.verifying_key()).collect();
         (options.tweak)(&mut config);
         let server = tessera_server::start(config).await.expect("server starts");
         let port = server.local_addr().port();
@@ -133,6 +157,8 @@ impl TestServer {
             data_dir,
             ca_pem,
             tokens,
+            identities,
+            trusted,
             _dir: dir,
         }
     }
@@ -141,6 +167,26 @@ impl TestServer {
     pub fn client(&self, token: Option<usize>) -> tessera_client::Client {
         let mut builder = tessera_client::Client::builder(self.url.clone())
             .round_timeout(Duration::from_secs(120));
+        if let Some(ca) = &self.ca_pem {
+            builder = builder.tls_ca_pem(ca.clone());
+        }
+        if let Some(i) = token {
+            builder = builder.token(self.tokens[i].clone());
+        }
+        builder.build().expect("client builds")
+    }
+
+    /// An SDK client with enrolled identity `identity` that trusts the
+    /// server's allow-list.
+    pub fn client_with_identity(
+        &self,
+        token: Option<usize>,
+        identity: IdentityKey,
+    ) -> tessera_client::Client {
+        let mut builder = tessera_client::Client::builder(self.url.clone())
+            .round_timeout(Duration::from_secs(120))
+            .identity(identity)
+            .trusted_identities(self.trusted.clone());
         if let Some(ca) = &self.ca_pem {
             builder = builder.tls_ca_pem(ca.clone());
         }
@@ -271,6 +317,7 @@ impl ScriptedClient {
             frame: Some(client_frame::Frame::Join(v1::Join {
                 protocol_version: version,
                 dim: self.update.len() as u32,
+                identity_key: Vec::new(),
             })),
         })
         .await
