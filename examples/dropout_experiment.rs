@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                 corrupt: 0,
                 drops,
                 seed: u64::from(clients) * 1000 + (rate * 100.0) as u64,
+                faults: None,
             };
             let (mut completed, mut seconds) = (0u32, 0.0);
             for round in 0..ROUNDS {

@@ -14,6 +14,16 @@
 //! vectors at once. Each client's input is generated from the run's seed when
 //! it is needed; the simulator adds the inputs the server accepted into a
 //! plain sum and checks the unmasked sum against it (`verified`).
+//!
+//! With [`Faults`] the simulator also plays an unreliable network between
+//! the clients and the server: messages lost, delivered twice, held back
+//! past their stage's deadline, or delivered out of order, each decision
+//! drawn from the run's seed. Refusals are then expected (a late or doubled
+//! message is refused, a client that missed a message is dropped) and are
+//! counted instead of failing the run; the property that must hold is that
+//! a round still either verifies or aborts, never produces a wrong sum. In
+//! that mode each stage's messages are buffered (to apply the faults in a
+//! seeded order) rather than streamed.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::sync_channel;
@@ -61,8 +71,97 @@ pub struct SimConfig {
     /// Fraction of the clients still in the round that drop out just before
     /// sending their message of each stage.
     pub drops: BTreeMap<Stage, f64>,
-    /// Seed of everything random in the run (keys, inputs, who drops).
+    /// Seed of everything random in the run (keys, inputs, who drops,
+    /// which messages the network faults hit).
     pub seed: u64,
+    /// Network faults between clients and server; `None` for a reliable
+    /// network.
+    pub faults: Option<Faults>,
+}
+
+/// An unreliable network between the clients and the server, in both
+/// directions. Parsed from `loss=P,duplicate=P,delay=P,reorder` (any subset).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Faults {
+    /// Probability that a message is lost.
+    pub loss: f64,
+    /// Probability that a message is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a message is held back until its stage's deadline
+    /// has passed (it then arrives late).
+    pub delay: f64,
+    /// Deliver each stage's messages in a random order.
+    pub reorder: bool,
+}
+
+/// A `--faults` string that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "faults {0}: expected a comma-separated list of loss=P, duplicate=P, delay=P (P in [0, 1]) and reorder"
+)]
+pub struct ParseFaultsError(String);
+
+impl std::str::FromStr for Faults {
+    type Err = ParseFaultsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut faults = Faults::default();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "reorder" {
+                faults.reorder = true;
+                continue;
+            }
+            let bad = || ParseFaultsError(format!("{item:?}"));
+            let (name, value) = item.split_once('=').ok_or_else(bad)?;
+            let p: f64 = value.trim().parse().map_err(|_| bad())?;
+            if !(0.0..=1.0).contains(&p) {
+                return Err(bad());
+            }
+            match name.trim() {
+                "loss" => faults.loss = p,
+                "duplicate" | "dup" => faults.duplicate = p,
+                "delay" => faults.delay = p,
+                _ => return Err(bad()),
+            }
+        }
+        Ok(faults)
+    }
+}
+
+/// What the network did to one message.
+enum Fate {
+    Lost,
+    Delivered,
+    Twice,
+    Late,
+}
+
+impl Faults {
+    fn fate<R: Rng>(&self, rng: &mut R) -> Fate {
+        let u = |rng: &mut R| f64::from(rng.next_u32()) / f64::from(u32::MAX);
+        if u(rng) < self.loss {
+            Fate::Lost
+        } else if u(rng) < self.delay {
+            Fate::Late
+        } else if u(rng) < self.duplicate {
+            Fate::Twice
+        } else {
+            Fate::Delivered
+        }
+    }
+}
+
+/// Counts of what the faulty network did in a round.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct FaultCounts {
+    /// Messages lost.
+    pub lost: u64,
+    /// Messages delivered twice.
+    pub duplicated: u64,
+    /// Messages that arrived after their stage's deadline.
+    pub delayed: u64,
+    /// Messages a session refused (late, doubled, out of place).
+    pub refused: u64,
 }
 
 /// How a simulated round ended.
@@ -119,6 +218,8 @@ pub struct RoundReport {
     /// Peak resident memory of the process, filled in by the caller that can
     /// read it (`None` here: the protocol crate does no IO).
     pub peak_rss_bytes: Option<u64>,
+    /// What the faulty network did (all zero without [`SimConfig::faults`]).
+    pub faults: FaultCounts,
 }
 
 /// Progress of a round, for progress bars.
@@ -253,7 +354,13 @@ pub fn run_round(
         server_bytes_sent: 0,
         packed_vector_bytes: crate::encoding::packed_len(config.dim as usize, config.bits) as u64,
         peak_rss_bytes: None,
+        faults: FaultCounts::default(),
     };
+    let mut fault_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"faults"));
+    // Server messages held back to the next stage, by recipient.
+    let mut late_to_clients: Vec<Vec<Vec<u8>>> = Vec::new();
+    // Client messages held back past their stage's deadline.
+    let mut late_to_server: Vec<(ClientId, Vec<u8>)> = Vec::new();
 
     let identities = config.is_signed().then(|| sim.identities());
     let mut server = match &identities {
@@ -307,6 +414,7 @@ pub fn run_round(
     let mut drop_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"drops"));
     let plain_sum = Mutex::new(vec![0u32; config.dim as usize]);
     let mut accepted: Vec<ClientId> = Vec::new();
+    let input_of = |id: ClientId| client_input(sim.seed, round, id, config.dim, config.bits);
 
     let stages: Vec<Stage> = Stage::ALL
         .into_iter()
@@ -316,28 +424,66 @@ pub fn run_round(
         let stage_start = Instant::now();
         // Deliver what the server sent at the end of the previous stage.
         if stage != Stage::AdvertiseKeys {
-            let mut inbox: Vec<Vec<u8>> = vec![Vec::new(); n as usize];
+            // Each client's deliveries in order: with faults, what the
+            // network held back last stage comes first.
+            let mut inbox: Vec<Vec<Vec<u8>>> = if late_to_clients.is_empty() {
+                vec![Vec::new(); n as usize]
+            } else {
+                std::mem::take(&mut late_to_clients)
+            };
+            late_to_clients = vec![Vec::new(); n as usize];
             while let Some((to, message)) = server.poll_transmit() {
                 let bytes = message.encode();
                 report.server_bytes_sent += bytes.len() as u64;
-                inbox[to.index()] = bytes;
+                let Some(faults) = &sim.faults else {
+                    inbox[to.index()].push(bytes);
+                    continue;
+                };
+                match faults.fate(&mut fault_rng) {
+                    Fate::Lost => report.faults.lost += 1,
+                    Fate::Delivered => inbox[to.index()].push(bytes),
+                    Fate::Twice => {
+                        report.faults.duplicated += 1;
+                        inbox[to.index()].push(bytes.clone());
+                        inbox[to.index()].push(bytes);
+                    }
+                    Fate::Late => {
+                        report.faults.delayed += 1;
+                        late_to_clients[to.index()].push(bytes);
+                    }
+                }
+            }
+            if sim.faults.is_some_and(|f| f.reorder) {
+                for deliveries in &mut inbox {
+                    shuffle(deliveries, &mut fault_rng);
+                }
             }
             let now = base + virtual_offset;
+            let refused = std::sync::atomic::AtomicU64::new(0);
             clients
                 .par_iter_mut()
                 .zip(inbox.into_par_iter())
-                .try_for_each(|(client, bytes)| {
-                    if !client.alive || bytes.is_empty() {
-                        return Ok(());
+                .try_for_each(|(client, deliveries)| {
+                    for bytes in deliveries {
+                        if !client.alive {
+                            return Ok(());
+                        }
+                        client.bytes_received += bytes.len() as u64;
+                        let message = ServerMessage::decode(&bytes)
+                            .map_err(|e| SimError::Protocol(format!("server message: {e}")))?;
+                        if let Err(e) = client.session.handle_message(now, message) {
+                            if sim.faults.is_none() {
+                                return Err(SimError::Protocol(format!(
+                                    "{}: {e}",
+                                    client.session.id()
+                                )));
+                            }
+                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
-                    client.bytes_received += bytes.len() as u64;
-                    let message = ServerMessage::decode(&bytes)
-                        .map_err(|e| SimError::Protocol(format!("server message: {e}")))?;
-                    client
-                        .session
-                        .handle_message(now, message)
-                        .map_err(|e| SimError::Protocol(format!("{}: {e}", client.session.id())))
+                    Ok(())
                 })?;
+            report.faults.refused += refused.into_inner();
         }
 
         // Inject this stage's dropouts among the clients about to send.
@@ -404,29 +550,65 @@ pub fn run_round(
                     }
                 });
             });
+            let mut buffered = Vec::new();
             for (from, bytes) in rx {
                 report.server_bytes_received += bytes.len() as u64;
-                let outcome = ClientMessage::decode(&bytes)
-                    .map_err(|e| format!("{from}: {e}"))
-                    .and_then(|m| {
-                        server
-                            .handle_message(now, from, m)
-                            .map_err(|e| e.to_string())
-                    });
-                match outcome {
-                    Ok(()) if stage == Stage::MaskedInput => {
-                        accepted.push(from);
-                        let input = client_input(sim.seed, round, from, config.dim, config.bits);
-                        let mut sum = plain_sum.lock().expect("no panics hold the lock");
-                        for (acc, v) in sum.iter_mut().zip(input) {
-                            *acc = acc.wrapping_add(v);
-                        }
-                    }
-                    Ok(()) => {}
-                    Err(e) => server_error = Some(e),
+                if sim.faults.is_some() {
+                    buffered.push((from, bytes));
+                    continue;
+                }
+                if let Err(e) = to_server(
+                    &mut server,
+                    now,
+                    from,
+                    &bytes,
+                    plain_sum,
+                    &mut accepted,
+                    input_of,
+                ) {
+                    server_error = Some(e);
                 }
             }
             producer.join().expect("client workers do not panic");
+            if let Some(faults) = &sim.faults {
+                // Arrival order on rayon is not reproducible; the faults are
+                // applied in client order, then shuffled, from the seed.
+                buffered.sort_by_key(|(from, _)| *from);
+                let mut deliveries = Vec::with_capacity(buffered.len());
+                for (from, bytes) in buffered {
+                    match faults.fate(&mut fault_rng) {
+                        Fate::Lost => report.faults.lost += 1,
+                        Fate::Delivered => deliveries.push((from, bytes)),
+                        Fate::Twice => {
+                            report.faults.duplicated += 1;
+                            deliveries.push((from, bytes.clone()));
+                            deliveries.push((from, bytes));
+                        }
+                        Fate::Late => {
+                            report.faults.delayed += 1;
+                            late_to_server.push((from, bytes));
+                        }
+                    }
+                }
+                if faults.reorder {
+                    shuffle(&mut deliveries, &mut fault_rng);
+                }
+                for (from, bytes) in deliveries {
+                    if to_server(
+                        &mut server,
+                        now,
+                        from,
+                        &bytes,
+                        plain_sum,
+                        &mut accepted,
+                        input_of,
+                    )
+                    .is_err()
+                    {
+                        report.faults.refused += 1;
+                    }
+                }
+            }
         });
         if let Some(e) = server_error {
             return Err(SimError::Protocol(e));
@@ -436,6 +618,23 @@ pub fn run_round(
             let deadline = server.poll_timeout().expect("an open stage has a deadline");
             virtual_offset = deadline.duration_since(base);
             server.handle_timeout(deadline);
+        }
+        // Messages the network held back arrive now, after the deadline.
+        let now = base + virtual_offset;
+        for (from, bytes) in late_to_server.drain(..) {
+            if to_server(
+                &mut server,
+                now,
+                from,
+                &bytes,
+                &plain_sum,
+                &mut accepted,
+                input_of,
+            )
+            .is_err()
+            {
+                report.faults.refused += 1;
+            }
         }
         report
             .stage_seconds
@@ -495,6 +694,39 @@ pub fn run_round(
     }
     report.total_seconds = round_start.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Hands one client message to the server; a masked input it accepts is
+/// added to the plain sum the round is checked against.
+fn to_server(
+    server: &mut ServerSession,
+    now: Instant,
+    from: ClientId,
+    bytes: &[u8],
+    plain_sum: &Mutex<Vec<u32>>,
+    accepted: &mut Vec<ClientId>,
+    input: impl Fn(ClientId) -> Vec<u32>,
+) -> Result<(), String> {
+    let message = ClientMessage::decode(bytes).map_err(|e| format!("{from}: {e}"))?;
+    let stage = message.body.stage();
+    server
+        .handle_message(now, from, message)
+        .map_err(|e| e.to_string())?;
+    if stage == Stage::MaskedInput {
+        accepted.push(from);
+        let input = input(from);
+        let mut sum = plain_sum.lock().expect("no panics hold the lock");
+        for (acc, v) in sum.iter_mut().zip(input) {
+            *acc = acc.wrapping_add(v);
+        }
+    }
+    Ok(())
+}
+
+/// A uniform shuffle (Fisher-Yates).
+fn shuffle<T, R: Rng>(items: &mut [T], rng: &mut R) {
+    let len = items.len();
+    partial_shuffle(items, len, rng);
 }
 
 /// Moves `count` uniformly chosen items to the front (Fisher-Yates, stopped

@@ -615,9 +615,53 @@ fn the_simulator_runs_malicious_server_rounds_on_both_graphs() {
                 .into_iter()
                 .collect(),
             seed: 3,
+            faults: None,
         };
         let report = run_round(&sim, 0, &|_| {}).unwrap();
         assert_eq!(report.outcome, Outcome::Completed, "{graph:?}");
         assert!(report.verified, "{graph:?}");
+    }
+}
+
+/// Found by the `client_session` fuzzer: one flipped bit in the `s_pk` the
+/// server relays to client 0 gives client 0 a pairwise mask with that
+/// neighbour that the neighbour does not share. Without signatures nobody
+/// notices and the round "completes" with a wrong sum (an integrity
+/// failure only; TLS keeps it off the wire, and a server that does it only
+/// spoils its own output). With signatures the tampered advert is refused
+/// and the round completes without client 0, with the right sum.
+#[test]
+fn a_tampered_relay_corrupts_the_sum_only_without_signatures() {
+    for threat_model in [ThreatModel::SemiHonest, ThreatModel::MaliciousServer] {
+        let mut cfg = config(6, 4, 8);
+        cfg.threat_model = threat_model;
+        let mut net = Net::new(cfg, 17);
+        let mut out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+        let (_, to_zero) = out.iter_mut().find(|(id, _)| id.0 == 0).unwrap();
+        let ServerBody::NeighbourKeys(keys) = &mut to_zero.body else {
+            panic!("neighbour keys")
+        };
+        keys[0].1.keys.s_pk[5] ^= 0x10;
+        let (to_zero, rest): (Vec<_>, Vec<_>) = out.into_iter().partition(|(id, _)| id.0 == 0);
+        net.deliver(rest);
+        let now = net.now;
+        let accepted = net.clients[0]
+            .handle_message(now, to_zero[0].1.clone())
+            .is_ok();
+        if threat_model == ThreatModel::MaliciousServer {
+            assert!(!accepted, "the signature check refuses the tampered key");
+            net.kill(&[0]);
+        } else {
+            assert!(accepted);
+        }
+        let output = net.run(&[]).expect("the round completes");
+        let right = output.sum == net.plain_sum(&output.contributors);
+        match threat_model {
+            ThreatModel::MaliciousServer => {
+                assert!(right, "signed rounds keep the sum right");
+                assert!(!output.contributors.contains(&ClientId(0)));
+            }
+            _ => assert!(!right, "the unsigned round's sum is silently wrong"),
+        }
     }
 }

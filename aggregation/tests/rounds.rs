@@ -10,7 +10,7 @@ use common::{Net, config};
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::mask::Prg;
 use tessera_aggregation::params::ThreatModel;
-use tessera_aggregation::sim::{Outcome, SimConfig, run_round};
+use tessera_aggregation::sim::{FaultCounts, Faults, Outcome, SimConfig, run_round};
 use tessera_aggregation::{ClientId, ServerEvent, Stage};
 
 fn ids(range: std::ops::Range<u32>) -> Vec<ClientId> {
@@ -239,6 +239,7 @@ fn sim(
         corrupt: 0,
         drops: drops.iter().copied().collect::<BTreeMap<_, _>>(),
         seed: 7,
+        faults: None,
     }
 }
 
@@ -295,4 +296,58 @@ fn simulator_is_reproducible_from_its_seed() {
     assert_eq!(a.dropped, b.dropped);
     assert_eq!(a.survivors, b.survivors);
     assert_eq!(a.server_bytes_received, b.server_bytes_received);
+}
+
+#[test]
+fn an_unreliable_network_never_produces_a_wrong_sum() {
+    let faults: Faults = "loss=0.01,duplicate=0.01,delay=0.01,reorder"
+        .parse()
+        .unwrap();
+    let (mut completed, mut aborted) = (0, 0);
+    let mut counts = FaultCounts::default();
+    for (graph, threshold, threat_model) in [
+        (GraphKind::Complete, 16, ThreatModel::SemiHonest),
+        (GraphKind::Harary { k: 10 }, 6, ThreatModel::SemiMalicious),
+        (GraphKind::Complete, 16, ThreatModel::MaliciousServer),
+    ] {
+        for seed in 0..8 {
+            let mut cfg = sim(30, graph, threshold, &[], Prg::Aes128Ctr);
+            cfg.dim = 64;
+            cfg.seed = seed;
+            cfg.threat_model = threat_model;
+            cfg.faults = Some(faults);
+            let report = run_round(&cfg, 0, &|_| {}).unwrap();
+            match report.outcome {
+                Outcome::Completed => {
+                    assert!(report.verified, "{threat_model} seed {seed}: wrong sum");
+                    completed += 1;
+                }
+                Outcome::Aborted => aborted += 1,
+            }
+            counts.lost += report.faults.lost;
+            counts.duplicated += report.faults.duplicated;
+            counts.delayed += report.faults.delayed;
+            counts.refused += report.faults.refused;
+        }
+    }
+    // The faults happened, were refused where they had to be, and most
+    // rounds still completed.
+    assert!(
+        counts.lost > 0 && counts.duplicated > 0 && counts.delayed > 0,
+        "{counts:?}"
+    );
+    assert!(counts.refused > 0, "{counts:?}");
+    assert!(completed >= 12, "{completed} completed, {aborted} aborted");
+}
+
+#[test]
+fn fault_specs_parse_and_bad_ones_are_refused() {
+    let f: Faults = "loss=0.1, delay=0.2,reorder".parse().unwrap();
+    assert_eq!(
+        (f.loss, f.duplicate, f.delay, f.reorder),
+        (0.1, 0.0, 0.2, true)
+    );
+    for bad in ["loss", "loss=2", "drop=0.1", "loss=x"] {
+        assert!(bad.parse::<Faults>().is_err(), "{bad}");
+    }
 }

@@ -253,12 +253,18 @@ pub(crate) struct Summary {
     completed_seconds: f64,
     /// Aborted rounds by stage and reason.
     aborts: BTreeMap<(String, String), Vec<u32>>,
+    /// What a faulty network did over all rounds (`--faults`).
+    faults: tessera_aggregation::sim::FaultCounts,
 }
 
 impl Summary {
     /// Counts one round.
     pub(crate) fn add(&mut self, report: &RoundReport) {
         self.rounds += 1;
+        self.faults.lost += report.faults.lost;
+        self.faults.duplicated += report.faults.duplicated;
+        self.faults.delayed += report.faults.delayed;
+        self.faults.refused += report.faults.refused;
         match report.outcome {
             Outcome::Completed => {
                 self.completed += 1;
@@ -311,6 +317,14 @@ impl Summary {
                 .collect::<Vec<_>>()
                 .join(", ");
             writeln!(out, "  aborted at {stage} ({reason}): round {list}")?;
+        }
+        let f = &self.faults;
+        if f.lost + f.duplicated + f.delayed > 0 {
+            writeln!(
+                out,
+                "  network faults: {} lost, {} duplicated, {} delayed; {} messages refused",
+                f.lost, f.duplicated, f.delayed, f.refused
+            )?;
         }
         Ok(())
     }
@@ -469,6 +483,7 @@ mod tests {
             server_bytes_sent: 20_000,
             packed_vector_bytes: 400,
             peak_rss_bytes: Some(1 << 20),
+            faults: Default::default(),
         }
     }
 

@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregation::Stage;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::{Params, ParamsRequest, ThreatModel, find_params};
+use tessera_aggregation::sim::Faults;
 use tessera_aggregation::sim::{self, Progress, SimConfig, SimError};
 
 use crate::args::{GraphArg, PrgArg, ThreatArg, parse_drop, parse_rate};
@@ -105,6 +106,11 @@ pub(crate) struct SimulateArgs {
     /// reproduce.
     #[arg(long, value_name = "S", default_value_t = 42)]
     seed: u64,
+    /// An unreliable network between clients and server, seeded by --seed:
+    /// e.g. `loss=0.01,duplicate=0.01,delay=0.02,reorder`. Rounds must still
+    /// verify or abort; what the faults did is in the JSON (`faults`).
+    #[arg(long, value_name = "SPEC")]
+    faults: Option<Faults>,
     /// Worker threads [default: one per core].
     #[arg(long, value_name = "N",
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
@@ -416,6 +422,7 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
         corrupt: (args.corrupt_rate * f64::from(n)).floor() as u32,
         drops,
         seed: args.seed,
+        faults: args.faults,
     };
     Ok(Plan {
         sim,

@@ -1,0 +1,305 @@
+//! Soak: 200 SDK clients against a real `tessera serve` process for 50
+//! rounds, with clients killed (their task aborted mid-round) and restarted
+//! all along, and the server SIGKILLed and restarted on the same data
+//! directory twice. Afterwards every published model must verify against
+//! its round record, and the privacy ledger must hold exactly the completed
+//! rounds.
+//!
+//! The check that a model is right without knowing who survived: every
+//! client sends the same update `u` every round, so FedAvg over any set of
+//! contributors moves the model by exactly `u`, plus the central DP noise
+//! (N(0, (z C)^2) on the sum, so z C / survivors on the mean) and
+//! fixed-point rounding. A model that missed a round's update, counted one
+//! twice, or was torn by a crash is off by a whole `u`.
+//!
+//! Figures (rounds completed, aborted, interrupted; mean round time) are
+//! printed at the end: `cargo test -p tessera --test soak -- --nocapture`.
+
+#![cfg(unix)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tessera_client::{Client, RetryPolicy};
+
+const CLIENTS: usize = 200;
+const ROUNDS: usize = 50;
+const DIM: usize = 16;
+const NOISE_MULTIPLIER: f64 = 0.5;
+const CLIP_NORM: f64 = 1.0;
+/// The update every client sends: norm 0.4, inside the clip norm.
+const U: f32 = 0.1;
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+fn start_server(data_dir: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-dev",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .args(["--dim", &DIM.to_string()])
+        .args(["--min-clients", "120", "--max-clients", "200"])
+        .args(["--join-window-ms", "300", "--stage-timeout-ms", "4000"])
+        .args(["--dp", "central"])
+        .args(["--noise-multiplier", &NOISE_MULTIPLIER.to_string()])
+        .args(["--clip-norm", &CLIP_NORM.to_string()])
+        .args(["--epsilon-budget", "1e9", "--log", "warn"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tessera serve starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line is {first:?}"))
+        .to_owned();
+    Server {
+        child,
+        url: format!("http://{addr}"),
+    }
+}
+
+fn inspect(data_dir: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["inspect", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("tessera inspect runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+}
+
+fn client(url: &str) -> Client {
+    Client::builder(url.to_owned())
+        .round_timeout(Duration::from_secs(60))
+        .connect_timeout(Duration::from_secs(2))
+        .retry(RetryPolicy::NONE)
+        .build()
+        .expect("client builds")
+}
+
+/// One client: joins round after round, whatever happens to the server.
+async fn client_loop(url: Arc<RwLock<String>>, stop: Arc<AtomicBool>, joined: Arc<AtomicU64>) {
+    let update = vec![U; DIM];
+    while !stop.load(Ordering::Relaxed) {
+        let current = url.read().unwrap().clone();
+        match client(&current).participate(&update).await {
+            Ok(_) => {
+                joined.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-soak-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
+    let started = Instant::now();
+    let dir = scratch_dir();
+    let mut server = start_server(&dir);
+    let url = Arc::new(RwLock::new(server.url.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let joined = Arc::new(AtomicU64::new(0));
+    let spawn = |url: &Arc<RwLock<String>>| {
+        tokio::spawn(client_loop(
+            Arc::clone(url),
+            Arc::clone(&stop),
+            Arc::clone(&joined),
+        ))
+    };
+    let tasks = Arc::new(Mutex::new(
+        (0..CLIENTS).map(|_| spawn(&url)).collect::<Vec<_>>(),
+    ));
+
+    // Chaos: every 150 ms one client, chosen by a fixed sequence, is
+    // killed wherever it is (lobby or mid-round) and a fresh one started.
+    let kills = Arc::new(AtomicU64::new(0));
+    let chaos = {
+        let (tasks, url, kills, stop) = (
+            Arc::clone(&tasks),
+            Arc::clone(&url),
+            Arc::clone(&kills),
+            Arc::clone(&stop),
+        );
+        let joined = Arc::clone(&joined);
+        tokio::spawn(async move {
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x % CLIENTS as u64) as usize;
+                let fresh = tokio::spawn(client_loop(
+                    Arc::clone(&url),
+                    Arc::clone(&stop),
+                    Arc::clone(&joined),
+                ));
+                let old = std::mem::replace(&mut tasks.lock().unwrap()[i], fresh);
+                old.abort();
+                kills.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+
+    // The server is SIGKILLed after round 15 and after round 32 opened, and
+    // restarted on the same data directory (on a new port).
+    let mut crashes = 0;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            Instant::now() < deadline,
+            "50 rounds did not finish in 10 minutes"
+        );
+        let rounds = inspect(&dir)["rounds"].as_array().unwrap().len();
+        if rounds >= ROUNDS {
+            break;
+        }
+        if (crashes == 0 && rounds >= 15) || (crashes == 1 && rounds >= 32) {
+            server.child.kill().expect("SIGKILL the server");
+            server.child.wait().unwrap();
+            crashes += 1;
+            server = start_server(&dir);
+            *url.write().unwrap() = server.url.clone();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    chaos.abort();
+    for task in tasks.lock().unwrap().drain(..) {
+        task.abort();
+    }
+
+    // Every published model, fetched from the running server.
+    let state = inspect(&dir);
+    let reader = client(&server.url);
+    let models = state["models"].as_array().unwrap();
+    let mut previous = reader.model(1).await.expect("initial model").flatten();
+    assert!(previous.iter().all(|v| *v == 0.0));
+    for (i, entry) in models.iter().enumerate() {
+        let version = entry["version"].as_u64().unwrap();
+        assert_eq!(version, i as u64 + 1, "versions are consecutive");
+        if version == 1 {
+            continue;
+        }
+        // Its round record: completed, publishing this version, same count.
+        let round = entry["round"].as_u64().unwrap();
+        let record = state["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["round"].as_u64() == Some(round))
+            .unwrap_or_else(|| panic!("model v{version} has no round record {round}"));
+        assert_eq!(record["outcome"], "completed", "round {round}");
+        assert_eq!(record["model_version"], version, "round {round}");
+        assert_eq!(record["survivors"], entry["survivors"], "round {round}");
+        // Its values: the previous model moved by u, within the noise.
+        let survivors = entry["survivors"].as_f64().unwrap();
+        let tolerance = (6.0 * NOISE_MULTIPLIER * CLIP_NORM / survivors) as f32 + 1e-4;
+        let model = reader.model(version).await.expect("model").flatten();
+        for (j, (now, before)) in model.iter().zip(&previous).enumerate() {
+            let step = now - before;
+            assert!(
+                (step - U).abs() <= tolerance,
+                "v{version}[{j}] moved by {step}, expected {U} +- {tolerance}"
+            );
+        }
+        previous = model;
+    }
+
+    // The ledger holds exactly the completed rounds, and each model's
+    // epsilon is the ledger's running total at its round.
+    let completed: Vec<u64> = state["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "completed")
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    let entries = state["ledger"]["entries"].as_array().unwrap();
+    let ledger_rounds: Vec<u64> = entries
+        .iter()
+        .map(|e| e["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ledger_rounds, completed,
+        "one ledger entry per completed round"
+    );
+    for entry in models.iter().skip(1) {
+        let round = entry["round"].as_u64().unwrap();
+        let spent = entries
+            .iter()
+            .find(|e| e["round"].as_u64() == Some(round))
+            .unwrap()["epsilon_spent"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(entry["epsilon"].as_f64().unwrap(), spent, "round {round}");
+    }
+    assert_eq!(models.len(), completed.len() + 1);
+
+    let outcomes = |o: &str| {
+        state["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["outcome"] == o)
+            .count()
+    };
+    let seconds: Vec<f64> = state["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "completed")
+        .map(|r| r["seconds"].as_f64().unwrap())
+        .collect();
+    let mean = seconds.iter().sum::<f64>() / seconds.len().max(1) as f64;
+    eprintln!(
+        "soak: {} rounds: {} completed, {} aborted, {} interrupted by the {crashes} server crashes, \
+         {} still running at the end; mean completed round {mean:.2} s; {} client kills, \
+         {} client rounds completed; {:.0} s in all",
+        state["rounds"].as_array().unwrap().len(),
+        outcomes("completed"),
+        outcomes("aborted"),
+        outcomes("interrupted"),
+        outcomes("started"),
+        kills.load(Ordering::Relaxed),
+        joined.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(crashes, 2);
+    assert!(outcomes("interrupted") <= 2, "only the crashed rounds");
+    assert!(
+        outcomes("completed") >= ROUNDS * 3 / 4,
+        "most rounds complete despite the kills"
+    );
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,31 @@
+//! Any bytes as each protobuf frame a peer sends, then through every
+//! conversion the server and the SDK apply to it: no panic, and a round
+//! configuration that converts is one the core validates.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use prost::Message as _;
+use tessera_aggregation::RoundConfig;
+use tessera_aggregation::encoding::FixedPoint;
+use tessera_proto::v1;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = v1::ClientFrame::decode(data);
+    if let Ok(frame) = v1::ServerFrame::decode(data)
+        && let Some(v1::server_frame::Frame::RoundStart(start)) = frame.frame
+    {
+        let config = start.config.as_ref().map(RoundConfig::try_from);
+        if let Some(Ok(config)) = &config {
+            assert!(config.validate().is_ok());
+        }
+        if let Some(Ok(fixed_point)) = start.fixed_point.as_ref().map(FixedPoint::try_from)
+            && let Some(dp) = &start.distributed_dp
+        {
+            let _ = tessera_proto::convert::distributed_encoding(dp, fixed_point);
+        }
+    }
+    if let Ok(response) = v1::GetModelResponse::decode(data) {
+        let _ = tessera_client::GlobalModel::try_from(response);
+    }
+    let _ = v1::ErrorDetail::decode(data);
+});
