@@ -146,6 +146,25 @@ fn a_stripped_or_foreign_signature_is_refused() {
     );
 }
 
+/// Without signatures the replay goes through: an unsigned client of round
+/// 12 accepts round 11's adverts re-wrapped (keys the server may have
+/// learnt to exploit) and seals its shares under them.
+#[test]
+fn an_old_rounds_adverts_are_accepted_without_signatures() {
+    let mut cfg = config(5, 4, 16);
+    cfg.threat_model = ThreatModel::SemiMalicious;
+    let mut old = Net::new(cfg.clone(), 9);
+    let old_adverts = neighbour_keys(
+        &run_until(&mut old, |b| matches!(b, ServerBody::NeighbourKeys(_))),
+        0,
+    );
+    cfg.round_id = 12;
+    let mut net = Net::new(cfg, 10);
+    run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    send(&mut net, 0, ServerBody::NeighbourKeys(old_adverts)).unwrap();
+    assert!(matches!(reply(&mut net, 0), Some(ClientBody::ShareKeys(_))));
+}
+
 #[test]
 fn an_old_rounds_adverts_and_signatures_are_refused_in_a_new_round() {
     let (keys, directory) = identities(5, 9);
@@ -435,29 +454,43 @@ fn equivocation_is_refused_in_the_malicious_server_model() {
     assert_eq!(loot.self_mask_shares.len(), 4);
 }
 
+/// Shrinking the survivor set in a SecAgg+ round (20 clients, Harary k = 4,
+/// t = 3): the server tells client 0 that only it and its 4 neighbours
+/// survived, so the output would be the sum of 5 inputs, from which
+/// colluding clients could subtract their own. An unsigned client sees only
+/// its neighbourhood and, with 5 >= t, goes on; a malicious-server client
+/// checks the whole set against the signature quorum (11 of 20) and refuses.
 #[test]
-fn a_survivor_set_below_the_quorum_is_not_signed() {
-    let mut net = Net::new(malicious_config(7, 4), 13);
-    run_until(&mut net, |b| {
-        matches!(b, ServerBody::ConsistencyCheck { .. })
-    });
-    // Telling client 0 that only 3 clients survived (so that the output is
-    // the sum of few inputs, which colluders could subtract from).
-    let result = send(
-        &mut net,
-        0,
-        ServerBody::ConsistencyCheck {
-            survivors: ids(&[0, 1, 2]),
-        },
-    );
-    assert_eq!(
-        violation(result),
-        Violation::BelowThreshold {
-            have: 3,
-            threshold: 4
+fn a_shrunken_survivor_set_passes_unsigned_clients_and_not_signed_ones() {
+    for threat_model in [ThreatModel::SemiMalicious, ThreatModel::MaliciousServer] {
+        let mut cfg = config(20, 3, 8);
+        cfg.graph = tessera_aggregation::graph::GraphKind::Harary { k: 4 };
+        cfg.threat_model = threat_model;
+        let mut net = Net::new(cfg, 13);
+        run_until(&mut net, |b| {
+            matches!(b, ServerBody::ConsistencyCheck { .. })
+        });
+        let mut few = net.clients[0].neighbours().to_vec();
+        few.push(ClientId(0));
+        few.sort();
+        let result = send(&mut net, 0, ServerBody::ConsistencyCheck { survivors: few });
+        if threat_model == ThreatModel::MaliciousServer {
+            assert_eq!(
+                violation(result),
+                Violation::BelowThreshold {
+                    have: 5,
+                    threshold: 11
+                }
+            );
+            assert!(reply(&mut net, 0).is_none());
+        } else {
+            result.unwrap();
+            assert!(matches!(
+                reply(&mut net, 0),
+                Some(ClientBody::ConsistencyCheck(None))
+            ));
         }
-    );
-    assert!(reply(&mut net, 0).is_none());
+    }
 }
 
 #[test]
