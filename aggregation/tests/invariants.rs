@@ -6,7 +6,7 @@
 mod common;
 
 use chacha20::ChaCha20Rng;
-use common::{Net, config};
+use common::{Net, config, ids, violation};
 use rand_core::{Rng, SeedableRng};
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
@@ -60,17 +60,6 @@ fn request(round_id: u64, survivors: Vec<ClientId>, dropped: Vec<ClientId>) -> S
             dropped,
             signatures: Vec::new(),
         },
-    }
-}
-
-fn ids(v: &[u32]) -> Vec<ClientId> {
-    v.iter().copied().map(ClientId).collect()
-}
-
-fn violation(result: Result<(), ClientError>) -> Violation {
-    match result {
-        Err(ClientError::ServerMisbehaved(v)) => v,
-        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 

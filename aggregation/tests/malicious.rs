@@ -12,7 +12,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{Net, config, identities};
+use common::{Net, config, identities, ids, violation};
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::identity::{IdentityDirectory, IdentitySignature};
@@ -25,17 +25,6 @@ use tessera_aggregation::server::ClientViolation;
 use tessera_aggregation::shamir::{self, Share};
 use tessera_aggregation::sim::{Outcome, SimConfig, run_round};
 use tessera_aggregation::{ClientError, ClientId, ServerError, Stage};
-
-fn ids(v: &[u32]) -> Vec<ClientId> {
-    v.iter().copied().map(ClientId).collect()
-}
-
-fn violation(result: Result<(), ClientError>) -> Violation {
-    match result {
-        Err(ClientError::ServerMisbehaved(v)) => v,
-        other => panic!("expected a refusal, got {other:?}"),
-    }
-}
 
 fn malicious_config(n: u32, t: u32) -> tessera_aggregation::RoundConfig {
     let mut cfg = config(n, t, 16);

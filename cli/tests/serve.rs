@@ -2,71 +2,17 @@
 //! on loopback: the scriptable contract operators rely on, and crash safety
 //! under SIGKILL.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-use serde_json::Value;
+use std::process::{Child, Command, Stdio};
 
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tessera-serve-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use common::{Server, inspect, scratch_dir};
 
-/// A `tessera serve` process, its address, and its stderr lines.
-struct Server {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(["--dim", "20", "--insecure-dev", "--log", "info"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tessera serve starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("first line");
-        let addr = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("first line is {first:?}"))
-            .to_owned();
-        let (tx, log) = mpsc::channel();
-        let stderr: ChildStderr = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Server { child, addr, log }
-    }
-
-    /// Waits for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) {
-        loop {
-            let line = self
-                .log
-                .recv_timeout(Duration::from_secs(60))
-                .unwrap_or_else(|_| panic!("no log line with {needle:?} within 60 s"));
-            if line.contains(needle) {
-                return;
-            }
-        }
-    }
+/// The serve flags every test here uses.
+fn serve_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--dim", "20", "--log", "info"];
+    args.extend_from_slice(extra);
+    args
 }
 
 fn join(addr: &str, rounds: u32) -> Child {
@@ -85,24 +31,10 @@ fn join(addr: &str, rounds: u32) -> Child {
         .expect("tessera join starts")
 }
 
-fn inspect(data_dir: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("tessera inspect runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
-}
-
 #[test]
 fn serve_and_three_joins_complete_rounds_and_inspect_shows_them() {
     let dir = scratch_dir("three");
-    let mut server = Server::start(&dir, &["--min-clients", "3", "--rounds", "2"]);
+    let mut server = Server::start(&dir, &serve_args(&["--min-clients", "3", "--rounds", "2"]));
     let joins: Vec<Child> = (0..3).map(|_| join(&server.addr, 2)).collect();
     for j in joins {
         let out = j.wait_with_output().unwrap();
@@ -138,7 +70,10 @@ fn serve_and_three_joins_complete_rounds_and_inspect_shows_them() {
 #[test]
 fn sigkill_mid_round_loses_no_published_model_and_a_restart_completes_a_round() {
     let dir = scratch_dir("crash");
-    let mut server = Server::start(&dir, &["--min-clients", "3", "--stage-timeout-ms", "60000"]);
+    let mut server = Server::start(
+        &dir,
+        &serve_args(&["--min-clients", "3", "--stage-timeout-ms", "60000"]),
+    );
     // Round 1 completes: models v1 (initial) and v2.
     for j in (0..3).map(|_| join(&server.addr, 1)).collect::<Vec<_>>() {
         assert!(j.wait_with_output().unwrap().status.success());
@@ -179,7 +114,7 @@ fn sigkill_mid_round_loses_no_published_model_and_a_restart_completes_a_round() 
 
     // A restart on the same data dir verifies the models, marks round 2
     // interrupted and runs round 3.
-    let mut server = Server::start(&dir, &["--min-clients", "3", "--rounds", "1"]);
+    let mut server = Server::start(&dir, &serve_args(&["--min-clients", "3", "--rounds", "1"]));
     for j in (0..3).map(|_| join(&server.addr, 1)).collect::<Vec<_>>() {
         assert!(j.wait_with_output().unwrap().status.success());
     }

@@ -17,14 +17,14 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use common::{Server, inspect, scratch_dir};
 use tessera_client::{Client, RetryPolicy};
 
 const CLIENTS: usize = 200;
@@ -35,59 +35,38 @@ const CLIP_NORM: f64 = 1.0;
 /// The update every client sends: norm 0.4, inside the clip norm.
 const U: f32 = 0.1;
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-fn start_server(data_dir: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--insecure-dev",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .args(["--dim", &DIM.to_string()])
-        .args(["--min-clients", "120", "--max-clients", "200"])
-        .args(["--join-window-ms", "300", "--stage-timeout-ms", "4000"])
-        .args(["--dp", "central"])
-        .args(["--noise-multiplier", &NOISE_MULTIPLIER.to_string()])
-        .args(["--clip-norm", &CLIP_NORM.to_string()])
-        .args(["--epsilon-budget", "1e9", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tessera serve starts");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut first)
-        .expect("first line");
-    let addr = first
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("first line is {first:?}"))
-        .to_owned();
-    Server {
-        child,
-        url: format!("http://{addr}"),
-    }
-}
-
-fn inspect(data_dir: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["inspect", "--json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .expect("tessera inspect runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+/// The server, on `data_dir`, and its URL.
+fn start_server(data_dir: &Path) -> (Server, String) {
+    let dim = DIM.to_string();
+    let z = NOISE_MULTIPLIER.to_string();
+    let clip = CLIP_NORM.to_string();
+    let server = Server::start(
+        data_dir,
+        &[
+            "--dim",
+            &dim,
+            "--min-clients",
+            "120",
+            "--max-clients",
+            "200",
+            "--join-window-ms",
+            "300",
+            "--stage-timeout-ms",
+            "4000",
+            "--dp",
+            "central",
+            "--noise-multiplier",
+            &z,
+            "--clip-norm",
+            &clip,
+            "--epsilon-budget",
+            "1e9",
+            "--log",
+            "warn",
+        ],
     );
-    serde_json::from_slice(&out.stdout).expect("inspect prints JSON")
+    let url = format!("http://{}", server.addr);
+    (server, url)
 }
 
 fn client(url: &str) -> Client {
@@ -113,18 +92,12 @@ async fn client_loop(url: Arc<RwLock<String>>, stop: Arc<AtomicBool>, joined: Ar
     }
 }
 
-fn scratch_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tessera-soak-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
     let started = Instant::now();
-    let dir = scratch_dir();
-    let mut server = start_server(&dir);
-    let url = Arc::new(RwLock::new(server.url.clone()));
+    let dir = scratch_dir("soak");
+    let (mut server, server_url) = start_server(&dir);
+    let url = Arc::new(RwLock::new(server_url.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let joined = Arc::new(AtomicU64::new(0));
     let spawn = |url: &Arc<RwLock<String>>| {
@@ -187,8 +160,9 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
             server.child.kill().expect("SIGKILL the server");
             server.child.wait().unwrap();
             crashes += 1;
-            server = start_server(&dir);
-            *url.write().unwrap() = server.url.clone();
+            let (restarted, restarted_url) = start_server(&dir);
+            server = restarted;
+            *url.write().unwrap() = restarted_url;
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -199,7 +173,7 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
 
     // Every published model, fetched from the running server.
     let state = inspect(&dir);
-    let reader = client(&server.url);
+    let reader = client(&url.read().unwrap().clone());
     let models = state["models"].as_array().unwrap();
     let mut previous = reader.model(1).await.expect("initial model").flatten();
     assert!(previous.iter().all(|v| *v == 0.0));

@@ -231,3 +231,18 @@ impl Net {
         sum.iter().map(|v| v & mask).collect()
     }
 }
+
+/// Client ids from numbers.
+pub fn ids(v: &[u32]) -> Vec<ClientId> {
+    v.iter().copied().map(ClientId).collect()
+}
+
+/// The protocol violation a client refused a message with.
+pub fn violation(
+    result: Result<(), tessera_aggregation::ClientError>,
+) -> tessera_aggregation::client::Violation {
+    match result {
+        Err(tessera_aggregation::ClientError::ServerMisbehaved(v)) => v,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
