@@ -482,6 +482,13 @@ fn a_shrunken_survivor_set_passes_unsigned_clients_and_not_signed_ones() {
     }
 }
 
+/// Asking one client for both secrets of a neighbour (its self-mask share
+/// and its masking-key share), in one request or in two. The defences are
+/// the client's own checks (a client named both survivor and dropped; one
+/// answer per round), the same in every threat model; without them the
+/// client would hand over both shares, and with t - 1 more of each from
+/// other clients the neighbour's input would be unmasked (the equivocation
+/// test above shows that end state with real shares).
 #[test]
 fn asking_for_both_secrets_of_one_client_is_refused() {
     let mut net = Net::new(malicious_config(6, 4), 14);

@@ -12,7 +12,11 @@
 
 /// The protocol version this build speaks. A client and a server with
 /// different versions refuse each other at Join with `VERSION_MISMATCH`.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: the core's wire version 2 (identity signatures in adverts, survivor
+/// confirmations and unmasking requests), and identities in Join and
+/// RoundStart.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Generated messages and service stubs of package `tessera.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
