@@ -16,14 +16,18 @@
 //! code.
 //!
 //! The stages of a round, in order (Bonawitz et al. section 4):
-//! 0. AdvertiseKeys: clients publish two X25519 public keys ([`keys`]).
+//! 0. AdvertiseKeys: clients publish two X25519 public keys ([`keys`]),
+//!    signed with their long-term identity in the malicious-server model
+//!    ([`identity`]).
 //! 1. ShareKeys: clients Shamir-share ([`shamir`]) their masking secret key
 //!    and self-mask seed among their neighbours ([`graph`]), sealed for each
 //!    receiver.
 //! 2. MaskedInputCollection: clients send `x + PRG(b) + Σ ±PRG(s_uv)`
 //!    ([`mask`]), encoded in fixed point ([`encoding`]).
-//! 3. ConsistencyCheck (semi-malicious model only): survivors confirm the
-//!    survivor set.
+//! 3. ConsistencyCheck (semi-malicious and malicious-server models):
+//!    survivors confirm the survivor set; in the malicious-server model they
+//!    sign it, and nobody reveals a share without a quorum of signatures
+//!    over one set.
 //! 4. Unmasking: survivors reveal the shares the server needs; the server
 //!    removes the leftover masks and obtains the sum.
 //!
@@ -88,7 +92,8 @@ pub enum Stage {
     ShareKeys,
     /// Round 2: clients send masked inputs.
     MaskedInput,
-    /// Round 3 (semi-malicious model): survivors confirm the survivor set.
+    /// Round 3 (semi-malicious and malicious-server models): survivors
+    /// confirm (and, malicious-server, sign) the survivor set.
     ConsistencyCheck,
     /// Round 4: survivors reveal shares; the server unmasks the sum.
     Unmasking,
