@@ -128,25 +128,30 @@ impl std::str::FromStr for Faults {
     }
 }
 
-/// What the network did to one message.
-enum Fate {
-    Lost,
-    Delivered,
-    Twice,
-    Late,
-}
-
 impl Faults {
-    fn fate<R: Rng>(&self, rng: &mut R) -> Fate {
-        let u = |rng: &mut R| f64::from(rng.next_u32()) / f64::from(u32::MAX);
-        if u(rng) < self.loss {
-            Fate::Lost
-        } else if u(rng) < self.delay {
-            Fate::Late
-        } else if u(rng) < self.duplicate {
-            Fate::Twice
+    /// Sends one message through the faulty network: into `now` (once, or
+    /// twice), into `late` (it arrives after its stage's deadline), or
+    /// nowhere; `counts` records which.
+    fn route<T: Clone, R: Rng>(
+        &self,
+        message: T,
+        rng: &mut R,
+        counts: &mut FaultCounts,
+        now: &mut Vec<T>,
+        late: &mut Vec<T>,
+    ) {
+        let mut draw = || f64::from(rng.next_u32()) / f64::from(u32::MAX);
+        if draw() < self.loss {
+            counts.lost += 1;
+        } else if draw() < self.delay {
+            counts.delayed += 1;
+            late.push(message);
+        } else if draw() < self.duplicate {
+            counts.duplicated += 1;
+            now.push(message.clone());
+            now.push(message);
         } else {
-            Fate::Delivered
+            now.push(message);
         }
     }
 }
@@ -435,22 +440,15 @@ pub fn run_round(
             while let Some((to, message)) = server.poll_transmit() {
                 let bytes = message.encode();
                 report.server_bytes_sent += bytes.len() as u64;
-                let Some(faults) = &sim.faults else {
-                    inbox[to.index()].push(bytes);
-                    continue;
-                };
-                match faults.fate(&mut fault_rng) {
-                    Fate::Lost => report.faults.lost += 1,
-                    Fate::Delivered => inbox[to.index()].push(bytes),
-                    Fate::Twice => {
-                        report.faults.duplicated += 1;
-                        inbox[to.index()].push(bytes.clone());
-                        inbox[to.index()].push(bytes);
-                    }
-                    Fate::Late => {
-                        report.faults.delayed += 1;
-                        late_to_clients[to.index()].push(bytes);
-                    }
+                match &sim.faults {
+                    None => inbox[to.index()].push(bytes),
+                    Some(faults) => faults.route(
+                        bytes,
+                        &mut fault_rng,
+                        &mut report.faults,
+                        &mut inbox[to.index()],
+                        &mut late_to_clients[to.index()],
+                    ),
                 }
             }
             if sim.faults.is_some_and(|f| f.reorder) {
@@ -575,20 +573,14 @@ pub fn run_round(
                 // applied in client order, then shuffled, from the seed.
                 buffered.sort_by_key(|(from, _)| *from);
                 let mut deliveries = Vec::with_capacity(buffered.len());
-                for (from, bytes) in buffered {
-                    match faults.fate(&mut fault_rng) {
-                        Fate::Lost => report.faults.lost += 1,
-                        Fate::Delivered => deliveries.push((from, bytes)),
-                        Fate::Twice => {
-                            report.faults.duplicated += 1;
-                            deliveries.push((from, bytes.clone()));
-                            deliveries.push((from, bytes));
-                        }
-                        Fate::Late => {
-                            report.faults.delayed += 1;
-                            late_to_server.push((from, bytes));
-                        }
-                    }
+                for message in buffered {
+                    faults.route(
+                        message,
+                        &mut fault_rng,
+                        &mut report.faults,
+                        &mut deliveries,
+                        &mut late_to_server,
+                    );
                 }
                 if faults.reorder {
                     shuffle(&mut deliveries, &mut fault_rng);

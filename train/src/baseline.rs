@@ -14,9 +14,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tessera_aggregation::dp::mechanism::clip_l2;
 
-use crate::data;
 use crate::demo::{self, DemoConfig, DemoError, RoundRow};
-use crate::local::{self, Architecture, LocalTraining};
+use crate::local::{self, LocalTraining};
 
 /// Accuracy and loss on the held-out split after each round of plain
 /// FedAvg; `survivors`, `dropped` and `epsilon` are filled as the demo
@@ -25,20 +24,8 @@ pub fn plain_fedavg(
     cfg: &DemoConfig,
     mut progress: impl FnMut(&RoundRow),
 ) -> Result<Vec<RoundRow>, DemoError> {
-    cfg.check()?;
-    let dataset = demo::load_dataset(&cfg.dataset, cfg.seed)?;
-    let shares = data::partition(
-        &dataset.train.labels,
-        cfg.clients,
-        cfg.partitioning,
-        cfg.seed,
-    )?;
-    let arch = Architecture {
-        kind: cfg.model,
-        height: dataset.height,
-        width: dataset.width,
-        classes: dataset.classes,
-    };
+    let (dataset, arch) = demo::prepare(cfg)?;
+    let shares = demo::client_shares(cfg, &dataset)?;
     let mut global = tessera_client::burn::flatten(&arch.init(cfg.seed));
     let partitions: Vec<_> = shares.iter().map(|s| dataset.train.select(s)).collect();
     let beta = f64::from(cfg.server_momentum.unwrap_or(0.0));
@@ -96,14 +83,7 @@ pub fn plain_fedavg(
 /// the federated clients made over their data in all), with the same
 /// optimizer, batch size and learning rate.
 pub fn central(cfg: &DemoConfig) -> Result<(f32, f32), DemoError> {
-    cfg.check()?;
-    let dataset = demo::load_dataset(&cfg.dataset, cfg.seed)?;
-    let arch = Architecture {
-        kind: cfg.model,
-        height: dataset.height,
-        width: dataset.width,
-        classes: dataset.classes,
-    };
+    let (dataset, arch) = demo::prepare(cfg)?;
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
     let train = dataset.train.select(&order);

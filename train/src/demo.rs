@@ -296,6 +296,34 @@ impl DemoConfig {
     }
 }
 
+/// Checks the configuration and loads what the demo and both baselines
+/// start from: the dataset and the model architecture for it.
+pub(crate) fn prepare(cfg: &DemoConfig) -> Result<(Dataset, Architecture), DemoError> {
+    cfg.check()?;
+    let dataset = load_dataset(&cfg.dataset, cfg.seed)?;
+    let arch = Architecture {
+        kind: cfg.model,
+        height: dataset.height,
+        width: dataset.width,
+        classes: dataset.classes,
+    };
+    Ok((dataset, arch))
+}
+
+/// The training examples of each client (indices into the training split),
+/// IID or Dirichlet as configured, from the seed.
+pub(crate) fn client_shares(
+    cfg: &DemoConfig,
+    dataset: &Dataset,
+) -> Result<Vec<Vec<usize>>, DemoError> {
+    Ok(data::partition(
+        &dataset.train.labels,
+        cfg.clients,
+        cfg.partitioning,
+        cfg.seed,
+    )?)
+}
+
 /// Loads the configured dataset.
 pub fn load_dataset(choice: &DatasetChoice, seed: u64) -> Result<Dataset, DemoError> {
     Ok(match choice {
@@ -546,20 +574,8 @@ pub async fn run(
     cfg: &DemoConfig,
     mut progress: impl FnMut(&DemoEvent),
 ) -> Result<DemoReport, DemoError> {
-    cfg.check()?;
-    let dataset = load_dataset(&cfg.dataset, cfg.seed)?;
-    let shares = data::partition(
-        &dataset.train.labels,
-        cfg.clients,
-        cfg.partitioning,
-        cfg.seed,
-    )?;
-    let arch = Architecture {
-        kind: cfg.model,
-        height: dataset.height,
-        width: dataset.width,
-        classes: dataset.classes,
-    };
+    let (dataset, arch) = prepare(cfg)?;
+    let shares = client_shares(cfg, &dataset)?;
     let initial = arch.init(cfg.seed);
     let tensors = tessera_client::burn::tensors(&initial);
     let model = Model::new(
