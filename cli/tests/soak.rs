@@ -2,8 +2,8 @@
 //! rounds, with clients killed (their task aborted mid-round) and restarted
 //! all along, and the server SIGKILLed and restarted on the same data
 //! directory twice. Afterwards every published model must verify against
-//! its round record, and the privacy ledger must hold exactly the completed
-//! rounds.
+//! its round record, and the privacy ledger must hold every completed
+//! round (and nothing but those and the rounds the crashes interrupted).
 //!
 //! The check that a model is right without knowing who survived: every
 //! client sends the same update `u` every round, so FedAvg over any set of
@@ -208,8 +208,11 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
         previous = model;
     }
 
-    // The ledger holds exactly the completed rounds, and each model's
-    // epsilon is the ledger's running total at its round.
+    // The ledger holds every completed round, and each model's epsilon is
+    // the ledger's running total at its round. It may also hold a round the
+    // server was killed in after charging the ledger and before publishing
+    // (the ledger is written first so privacy is never under-counted): such
+    // a round must be one of the interrupted ones.
     let completed: Vec<u64> = state["rounds"]
         .as_array()
         .unwrap()
@@ -222,10 +225,25 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
         .iter()
         .map(|e| e["round"].as_u64().unwrap())
         .collect();
-    assert_eq!(
-        ledger_rounds, completed,
-        "one ledger entry per completed round"
-    );
+    let interrupted: Vec<u64> = state["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "interrupted")
+        .map(|r| r["round"].as_u64().unwrap())
+        .collect();
+    for round in &completed {
+        assert!(
+            ledger_rounds.contains(round),
+            "round {round} is not in the ledger"
+        );
+    }
+    for round in &ledger_rounds {
+        assert!(
+            completed.contains(round) || interrupted.contains(round),
+            "the ledger charges round {round}, which neither completed nor was interrupted"
+        );
+    }
     for entry in models.iter().skip(1) {
         let round = entry["round"].as_u64().unwrap();
         let spent = entries

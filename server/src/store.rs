@@ -21,7 +21,9 @@
 //! On open, leftovers of an interrupted write (`*.tmp`, the model file of
 //! the version after the latest, a momentum file of an unpublished
 //! version) are removed with a warning, a round that was `started` but
-//! never finished becomes `interrupted`, and everything else is checked:
+//! never finished becomes `interrupted` (or `completed`, if the crash came
+//! after its model was published but before its record was updated: the
+//! manifest is the truth), and everything else is checked:
 //! manifest format and entries, every model's SHA-256, tensors and
 //! metadata, the ledger (which must record every round that spent
 //! privacy), every round record. Anything wrong is an error naming the
@@ -598,7 +600,23 @@ impl Store {
                 return Err(corrupt(&path, format!("holds round {}", record.round)));
             }
             if record.outcome == RoundOutcome::Started {
-                record.outcome = RoundOutcome::Interrupted;
+                match store
+                    .manifest
+                    .models
+                    .iter()
+                    .find(|m| m.round == record.round)
+                {
+                    // Killed between publishing the model and recording
+                    // the round: the version is visible, so the round
+                    // completed.
+                    Some(model) => {
+                        record.outcome = RoundOutcome::Completed;
+                        record.model_version = Some(model.version);
+                        record.survivors = model.survivors;
+                        record.dropped = model.dropped;
+                    }
+                    None => record.outcome = RoundOutcome::Interrupted,
+                }
                 write_atomic(&path, &to_json(&record))?;
             }
             store.rounds.push(record);
@@ -1072,6 +1090,38 @@ mod tests {
         let e = store.publish(&publication(&model(2.0), 2, Some(&fresh)));
         assert!(matches!(e, Err(StoreError::Refused { .. })), "{e:?}");
         assert_eq!(store.ledger(), Some(&ledger));
+    }
+
+    #[test]
+    fn a_round_killed_after_publishing_is_completed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = Store::open(dir).unwrap();
+        let m = model(1.0);
+        store.init_model(&m).unwrap();
+        let record = RoundRecord {
+            round: 1,
+            outcome: RoundOutcome::Started,
+            clients: 4,
+            survivors: 0,
+            dropped: 0,
+            threshold: 3,
+            stage: None,
+            reason: None,
+            model_version: None,
+            started_at_unix_ms: 0,
+            seconds: 0.0,
+        };
+        store.record_round(&record).unwrap();
+        // The model of round 1 is published, then the process dies before
+        // the record says so.
+        store.publish(&publication(&m, 1, None)).unwrap();
+        drop(store);
+        let store = Store::open(dir).unwrap();
+        let r = &store.rounds()[0];
+        assert_eq!(r.outcome, RoundOutcome::Completed);
+        assert_eq!(r.model_version, Some(2));
+        assert_eq!((r.survivors, r.dropped), (3, 1));
     }
 
     #[test]
