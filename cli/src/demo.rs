@@ -11,6 +11,9 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::params::ThreatModel;
+
+use crate::args::ThreatArg;
 use tessera_train::data::{FASHION_MNIST_DIR, Partitioning};
 use tessera_train::demo::{self, DatasetChoice, DemoConfig, DemoEvent, DpChoice, RoundRow};
 use tessera_train::local::{LocalTraining, Optimizer};
@@ -159,6 +162,11 @@ pub(crate) struct DemoArgs {
     /// Run a baseline instead of the demo (no server).
     #[arg(long, value_enum, value_name = "WHICH")]
     baseline: Option<BaselineArg>,
+    /// Threat model of the rounds; malicious-server gives every client an
+    /// enrolled Ed25519 identity (OUT/enrolled.txt) to sign its keys and the
+    /// survivor set with.
+    #[arg(long, value_enum, default_value_t = ThreatArg::SemiHonest)]
+    threat_model: ThreatArg,
 }
 
 impl DemoArgs {
@@ -206,6 +214,7 @@ impl DemoArgs {
             server_momentum: self.server_momentum,
             seed: self.seed,
             out: self.out.clone(),
+            threat_model: self.threat_model.into(),
         }
     }
 }
@@ -291,6 +300,17 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                  {privacy}; initial accuracy {accuracy:.4}",
                 cfg.clients, cfg.model, cfg.clients
             ));
+            if cfg.threat_model != ThreatModel::SemiHonest {
+                multi.suspend(|| println!(
+                    "threat model: {}{}",
+                    cfg.threat_model,
+                    if cfg.threat_model == ThreatModel::MaliciousServer {
+                        " (adverts and survivor sets signed with the identities in enrolled.txt)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             multi.suspend(|| println!("{HEADER}"));
         }
         DemoEvent::ClientDone { round } => {

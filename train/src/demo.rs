@@ -31,6 +31,8 @@ use tessera_aggregation::Stage;
 use tessera_aggregation::dp::accountant;
 use tessera_aggregation::dp::mechanism::clip_l2;
 use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::identity::IdentityKey;
+use tessera_aggregation::params::ThreatModel;
 use tessera_client::{Client, ClientError, Participation};
 use tessera_server::config::{DpMode, GraphChoice, ThresholdRule};
 use tessera_server::fedavg::{Model, TensorSpec};
@@ -100,6 +102,10 @@ pub struct DemoConfig {
     pub seed: u64,
     /// Where the data directory, TLS files and tokens go.
     pub out: PathBuf,
+    /// Semi-honest (default), semi-malicious, or malicious-server: the
+    /// clients then sign their keys and the survivor set with enrolled
+    /// identities (`enrolled.txt` in `out`).
+    pub threat_model: ThreatModel,
 }
 
 impl Default for DemoConfig {
@@ -125,6 +131,7 @@ impl Default for DemoConfig {
             server_momentum: None,
             seed: 1,
             out: PathBuf::from("tessera-out"),
+            threat_model: ThreatModel::SemiHonest,
         }
     }
 }
@@ -334,7 +341,14 @@ pub fn load_dataset(choice: &DatasetChoice, seed: u64) -> Result<Dataset, DemoEr
 
 /// Files the demo writes in its output directory; anything else there
 /// means the directory is someone else's, and the demo refuses it.
-const OUTPUTS: [&str; 5] = ["data", "tls", "tokens.txt", "rounds.csv", "rounds.svg"];
+const OUTPUTS: [&str; 6] = [
+    "data",
+    "tls",
+    "tokens.txt",
+    "enrolled.txt",
+    "rounds.csv",
+    "rounds.svg",
+];
 
 /// Empties the demo's own outputs from `out`, creating it if missing.
 fn prepare_out(out: &Path) -> Result<(), DemoError> {
@@ -374,6 +388,8 @@ struct Deployment {
     url: String,
     ca_pem: Vec<u8>,
     tokens: Vec<String>,
+    /// Malicious-server rounds: each client's enrolled identity.
+    identities: Vec<IdentityKey>,
     graph: GraphKind,
     threshold: u32,
     min_survivors: u32,
@@ -406,6 +422,21 @@ async fn deploy(
             .map_err(|e| out_err(&tokens_file, e.to_string()))?;
         tokens.push(token.expose().to_owned());
     }
+    // Malicious-server rounds: one enrolled identity per client, in an
+    // allow-list the server admits from and every client trusts.
+    let mut identities = Vec::new();
+    let mut identities_file = None;
+    if cfg.threat_model == ThreatModel::MaliciousServer {
+        let path = cfg.out.join("enrolled.txt");
+        let mut list = String::new();
+        for i in 0..cfg.clients {
+            let key = IdentityKey::generate(&mut rng);
+            list.push_str(&format!("client-{i} ed25519:{}\n", key.verifying_key()));
+            identities.push(key);
+        }
+        std::fs::write(&path, list).map_err(|e| out_err(&path, e.to_string()))?;
+        identities_file = Some(path);
+    }
     let config = ServerConfig {
         listen: "127.0.0.1:0".parse().expect("loopback address"),
         data_dir,
@@ -436,6 +467,8 @@ async fn deploy(
         tls_cert: Some(tls.cert),
         tls_key: Some(tls.key),
         tokens_file: Some(tokens_file),
+        threat_model: cfg.threat_model,
+        identities_file,
         rounds: Some(cfg.rounds),
         ..ServerConfig::default()
     };
@@ -451,6 +484,7 @@ async fn deploy(
         url,
         ca_pem,
         tokens,
+        identities,
         graph,
         threshold,
         min_survivors,
@@ -596,15 +630,25 @@ pub async fn run(
     prepare_out(&cfg.out)?;
     let noise_multiplier = calibrate(cfg)?;
     let deployment = deploy(cfg, &model, noise_multiplier).await?;
+    let trusted: Vec<_> = deployment
+        .identities
+        .iter()
+        .map(IdentityKey::verifying_key)
+        .collect();
     let clients: Vec<Arc<Client>> = deployment
         .tokens
         .iter()
-        .map(|token| {
-            Client::builder(deployment.url.clone())
+        .enumerate()
+        .map(|(i, token)| {
+            let mut builder = Client::builder(deployment.url.clone())
                 .tls_ca_pem(deployment.ca_pem.clone())
-                .token(token.clone())
-                .build()
-                .map(Arc::new)
+                .token(token.clone());
+            if let Some(identity) = deployment.identities.get(i) {
+                builder = builder
+                    .identity(identity.clone())
+                    .trusted_identities(trusted.clone());
+            }
+            builder.build().map(Arc::new)
         })
         .collect::<Result<_, _>>()
         .map_err(|error| DemoError::Client { client: 0, error })?;

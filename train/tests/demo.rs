@@ -83,6 +83,27 @@ async fn with_server_momentum_the_secure_model_is_plain_fedavgm() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malicious_server_rounds_with_enrolled_identities_are_plain_fedavg() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        clip_norm: 10.0,
+        threat_model: tessera_aggregation::params::ThreatModel::MaliciousServer,
+        ..small(dir.path(), DpChoice::Off)
+    };
+    let report = demo::run(&cfg, |_| {}).await.unwrap();
+    assert_eq!(report.rows.len(), 3);
+    for row in &report.rows {
+        assert!(row.completed, "{row:?}");
+        let error = row.max_error_vs_plain.expect("checked with DP off");
+        assert!(error <= FIXED_POINT_ERROR, "round {}: {error}", row.round);
+    }
+    // The allow-list the server admitted from: one identity per client.
+    let enrolled = std::fs::read_to_string(dir.path().join("enrolled.txt")).unwrap();
+    let list = tessera_aggregation::identity::parse_allow_list(&enrolled).unwrap();
+    assert_eq!(list.len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_distributed_dp_the_ledger_charges_what_the_accountant_says() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = small(dir.path(), DpChoice::Distributed);
