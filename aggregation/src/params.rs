@@ -523,8 +523,11 @@ impl Setting {
 }
 
 /// ⌊rate · n⌋, tolerating the representation error of decimal rates (0.29 ·
-/// 100 evaluates to 28.999999999999996 and must count as 29).
-fn worst_count(rate: f64, n: u32) -> u32 {
+/// 100 evaluates to 28.999999999999996 and must count as 29): the count of
+/// corrupt (or dropped) clients the finder plans for, and so the `corrupt`
+/// a round configuration must carry for the finder's threshold to pass the
+/// malicious-server check.
+pub fn worst_count(rate: f64, n: u32) -> u32 {
     let exact = rate * f64::from(n);
     // The tolerance is relative, so it cannot push a count past n by more
     // than rounding; the min keeps the count a valid subset size regardless.

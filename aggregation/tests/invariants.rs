@@ -21,22 +21,11 @@ fn at_unmasking(threat_model: ThreatModel) -> (Net, Vec<(ClientId, ServerMessage
     let mut cfg = config(8, 4, 32);
     cfg.threat_model = threat_model;
     let mut net = Net::new(cfg, 21);
-    loop {
-        let stage = net.server.stage().expect("round in progress");
-        if stage == Stage::MaskedInput {
-            net.kill(&[7]);
-        }
-        net.clients_send();
-        net.expire_stage(Some(stage));
-        let out = net.server_outbox();
-        if out
-            .iter()
-            .any(|(_, m)| matches!(m.body, ServerBody::UnmaskRequest { .. }))
-        {
-            return (net, out);
-        }
-        net.deliver(out);
-    }
+    let shares = net.run_until(|b| matches!(b, ServerBody::SealedShares(_)));
+    net.deliver(shares);
+    net.kill(&[7]);
+    let out = net.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }));
+    (net, out)
 }
 
 fn request_for(out: &[(ClientId, ServerMessage)], id: u32) -> (Vec<ClientId>, Vec<ClientId>) {
@@ -140,19 +129,7 @@ fn a_client_refuses_requests_below_the_survivor_floor() {
     let mut cfg = config(8, 4, 32);
     cfg.min_survivors = 7;
     let mut net = Net::new(cfg, 22);
-    loop {
-        let stage = net.server.stage().expect("round in progress");
-        net.clients_send();
-        net.expire_stage(Some(stage));
-        let out = net.server_outbox();
-        if out
-            .iter()
-            .any(|(_, m)| matches!(m.body, ServerBody::UnmaskRequest { .. }))
-        {
-            break;
-        }
-        net.deliver(out);
-    }
+    net.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }));
     let round = net.config.round_id;
     let now = net.now;
     let client = &mut net.clients[0];

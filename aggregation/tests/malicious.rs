@@ -32,21 +32,6 @@ fn malicious_config(n: u32, t: u32) -> tessera_aggregation::RoundConfig {
     cfg
 }
 
-/// Lets the honest server run stages until it queues messages of the kind
-/// `stop` matches; returns them undelivered.
-fn run_until(net: &mut Net, stop: impl Fn(&ServerBody) -> bool) -> Vec<(ClientId, ServerMessage)> {
-    loop {
-        let stage = net.server.stage().expect("round in progress");
-        net.clients_send();
-        net.expire_stage(Some(stage));
-        let out = net.server_outbox();
-        if out.iter().any(|(_, m)| stop(&m.body)) {
-            return out;
-        }
-        net.deliver(out);
-    }
-}
-
 fn neighbour_keys(out: &[(ClientId, ServerMessage)], to: u32) -> Vec<(ClientId, Advert)> {
     match &out.iter().find(|(id, _)| id.0 == to).unwrap().1.body {
         ServerBody::NeighbourKeys(keys) => keys.clone(),
@@ -82,7 +67,7 @@ fn a_substituted_key_is_refused_and_accepted_without_signatures() {
             cfg.threat_model = ThreatModel::SemiMalicious;
         }
         let mut net = Net::new(cfg, 3);
-        let out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+        let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
         let mut keys = neighbour_keys(&out, 0);
         // The server puts its own keys in client 1's advert, keeping 1's
         // signature, to open the shares client 0 seals for 1.
@@ -110,7 +95,7 @@ fn a_substituted_key_is_refused_and_accepted_without_signatures() {
 #[test]
 fn a_stripped_or_foreign_signature_is_refused() {
     let mut net = Net::new(malicious_config(5, 4), 4);
-    let out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     // No signature on client 2's advert.
     let mut keys = neighbour_keys(&out, 0);
     keys[1].1.signature = None;
@@ -144,12 +129,12 @@ fn an_old_rounds_adverts_are_accepted_without_signatures() {
     cfg.threat_model = ThreatModel::SemiMalicious;
     let mut old = Net::new(cfg.clone(), 9);
     let old_adverts = neighbour_keys(
-        &run_until(&mut old, |b| matches!(b, ServerBody::NeighbourKeys(_))),
+        &old.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_))),
         0,
     );
     cfg.round_id = 12;
     let mut net = Net::new(cfg, 10);
-    run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     send(&mut net, 0, ServerBody::NeighbourKeys(old_adverts)).unwrap();
     assert!(matches!(reply(&mut net, 0), Some(ClientBody::ShareKeys(_))));
 }
@@ -160,17 +145,15 @@ fn an_old_rounds_adverts_and_signatures_are_refused_in_a_new_round() {
     // Round 11: the server records every advert and, later, the
     // survivor-set signatures.
     let mut old = Net::with_identities(malicious_config(5, 4), 9, keys.clone(), directory.clone());
-    let out = run_until(&mut old, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let out = old.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     let old_adverts = neighbour_keys(&out, 0);
     old.deliver(out);
-    let old_signatures = unmask_request(&run_until(&mut old, |b| {
-        matches!(b, ServerBody::UnmaskRequest { .. })
-    }))
-    .2;
+    let old_signatures =
+        unmask_request(&old.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }))).2;
     let mut cfg = malicious_config(5, 4);
     cfg.round_id = 12;
     let mut net = Net::with_identities(cfg, 10, keys, directory);
-    let out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     // The old message as it was: refused for its round id, the session goes
     // on.
     let now = net.now;
@@ -204,9 +187,8 @@ fn an_old_rounds_adverts_and_signatures_are_refused_in_a_new_round() {
         .into_iter()
         .filter(|(id, _)| id.0 != 0)
         .collect();
-    let (survivors, dropped, _) = unmask_request(&run_until(&mut net, |b| {
-        matches!(b, ServerBody::UnmaskRequest { .. })
-    }));
+    let (survivors, dropped, _) =
+        unmask_request(&net.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. })));
     let replayed = send(
         &mut net,
         1,
@@ -277,7 +259,7 @@ fn equivocate(threat_model: ThreatModel, t: u32) -> Loot {
     let mut cfg = config(7, t, 16);
     cfg.threat_model = threat_model;
     let mut net = Net::new(cfg, 12);
-    let out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     let advertised_s_pk = neighbour_keys(&out, 0)
         .iter()
         .find(|(id, _)| id.0 == 6)
@@ -286,9 +268,7 @@ fn equivocate(threat_model: ThreatModel, t: u32) -> Loot {
         .keys
         .s_pk;
     net.deliver(out);
-    run_until(&mut net, |b| {
-        matches!(b, ServerBody::ConsistencyCheck { .. })
-    });
+    net.run_until(|b| matches!(b, ServerBody::ConsistencyCheck { .. }));
 
     let story_a = ids(&[0, 1, 2, 3, 4, 5, 6]);
     let story_b = ids(&[0, 1, 2, 3, 4, 5]);
@@ -456,9 +436,7 @@ fn a_shrunken_survivor_set_passes_unsigned_clients_and_not_signed_ones() {
         cfg.graph = tessera_aggregation::graph::GraphKind::Harary { k: 4 };
         cfg.threat_model = threat_model;
         let mut net = Net::new(cfg, 13);
-        run_until(&mut net, |b| {
-            matches!(b, ServerBody::ConsistencyCheck { .. })
-        });
+        net.run_until(|b| matches!(b, ServerBody::ConsistencyCheck { .. }));
         let mut few = net.clients[0].neighbours().to_vec();
         few.push(ClientId(0));
         few.sort();
@@ -492,7 +470,7 @@ fn a_shrunken_survivor_set_passes_unsigned_clients_and_not_signed_ones() {
 #[test]
 fn asking_for_both_secrets_of_one_client_is_refused() {
     let mut net = Net::new(malicious_config(6, 4), 14);
-    let out = run_until(&mut net, |b| matches!(b, ServerBody::UnmaskRequest { .. }));
+    let out = net.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }));
     let (_, message) = out.iter().find(|(to, _)| to.0 == 0).unwrap().clone();
     let ServerBody::UnmaskRequest {
         survivors,
@@ -665,7 +643,7 @@ fn a_tampered_relay_corrupts_the_sum_only_without_signatures() {
         let mut cfg = config(6, 4, 8);
         cfg.threat_model = threat_model;
         let mut net = Net::new(cfg, 17);
-        let mut out = run_until(&mut net, |b| matches!(b, ServerBody::NeighbourKeys(_)));
+        let mut out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
         let (_, to_zero) = out.iter_mut().find(|(id, _)| id.0 == 0).unwrap();
         let ServerBody::NeighbourKeys(keys) = &mut to_zero.body else {
             panic!("neighbour keys")

@@ -419,7 +419,7 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
         threat_model,
         // The corrupt rate the finder assumed is the one the
         // malicious-server thresholds are checked against.
-        corrupt: (args.corrupt_rate * f64::from(n)).floor() as u32,
+        corrupt: tessera_aggregation::params::worst_count(args.corrupt_rate, n),
         drops,
         seed: args.seed,
         faults: args.faults,

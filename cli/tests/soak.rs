@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use common::{Server, inspect, scratch_dir};
+use serde_json::Value;
 use tessera_client::{Client, RetryPolicy};
 
 const CLIENTS: usize = 200;
@@ -67,6 +68,16 @@ fn start_server(data_dir: &Path) -> (Server, String) {
     );
     let url = format!("http://{}", server.addr);
     (server, url)
+}
+
+/// The round records of an inspection with the given outcome.
+fn rounds_with<'a>(state: &'a Value, outcome: &str) -> Vec<&'a Value> {
+    state["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == outcome)
+        .collect()
 }
 
 fn client(url: &str) -> Client {
@@ -213,11 +224,8 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
     // server was killed in after charging the ledger and before publishing
     // (the ledger is written first so privacy is never under-counted): such
     // a round must be one of the interrupted ones.
-    let completed: Vec<u64> = state["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["outcome"] == "completed")
+    let completed: Vec<u64> = rounds_with(&state, "completed")
+        .into_iter()
         .map(|r| r["round"].as_u64().unwrap())
         .collect();
     let entries = state["ledger"]["entries"].as_array().unwrap();
@@ -225,11 +233,8 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
         .iter()
         .map(|e| e["round"].as_u64().unwrap())
         .collect();
-    let interrupted: Vec<u64> = state["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["outcome"] == "interrupted")
+    let interrupted: Vec<u64> = rounds_with(&state, "interrupted")
+        .into_iter()
         .map(|r| r["round"].as_u64().unwrap())
         .collect();
     for round in &completed {
@@ -256,19 +261,9 @@ async fn two_hundred_clients_fifty_rounds_with_kills_and_two_server_crashes() {
     }
     assert_eq!(models.len(), completed.len() + 1);
 
-    let outcomes = |o: &str| {
-        state["rounds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["outcome"] == o)
-            .count()
-    };
-    let seconds: Vec<f64> = state["rounds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["outcome"] == "completed")
+    let outcomes = |o: &str| rounds_with(&state, o).len();
+    let seconds: Vec<f64> = rounds_with(&state, "completed")
+        .into_iter()
         .map(|r| r["seconds"].as_f64().unwrap())
         .collect();
     let mean = seconds.iter().sum::<f64>() / seconds.len().max(1) as f64;

@@ -745,9 +745,10 @@ impl ServerConfig {
         Ok((graph, t))
     }
 
-    /// The most corrupt clients a round of `n` assumes: ⌊corrupt_rate · n⌋.
+    /// The most corrupt clients a round of `n` assumes: ⌊corrupt_rate · n⌋,
+    /// counted as the parameter finder counts them.
     pub fn corrupt_count(&self, n: u32) -> u32 {
-        ((self.corrupt_rate * f64::from(n)) + 1e-9).floor() as u32
+        params::worst_count(self.corrupt_rate, n)
     }
 }
 

@@ -1092,17 +1092,12 @@ mod tests {
         assert_eq!(store.ledger(), Some(&ledger));
     }
 
-    #[test]
-    fn a_round_killed_after_publishing_is_completed_on_open() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
-        let m = model(1.0);
-        store.init_model(&m).unwrap();
-        let record = RoundRecord {
-            round: 1,
+    /// The record a round gets when it opens.
+    fn started(round: u64) -> RoundRecord {
+        RoundRecord {
+            round,
             outcome: RoundOutcome::Started,
-            clients: 4,
+            clients: 5,
             survivors: 0,
             dropped: 0,
             threshold: 3,
@@ -1111,7 +1106,17 @@ mod tests {
             model_version: None,
             started_at_unix_ms: 0,
             seconds: 0.0,
-        };
+        }
+    }
+
+    #[test]
+    fn a_round_killed_after_publishing_is_completed_on_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = Store::open(dir).unwrap();
+        let m = model(1.0);
+        store.init_model(&m).unwrap();
+        let record = started(1);
         store.record_round(&record).unwrap();
         // The model of round 1 is published, then the process dies before
         // the record says so.
@@ -1130,19 +1135,7 @@ mod tests {
         let dir = tmp.path();
         let mut store = Store::open(dir).unwrap();
         assert_eq!(store.next_round_id(), 1);
-        let mut record = RoundRecord {
-            round: 1,
-            outcome: RoundOutcome::Started,
-            clients: 5,
-            survivors: 0,
-            dropped: 0,
-            threshold: 3,
-            stage: None,
-            reason: None,
-            model_version: None,
-            started_at_unix_ms: 0,
-            seconds: 0.0,
-        };
+        let mut record = started(1);
         store.record_round(&record).unwrap();
         record.outcome = RoundOutcome::Aborted;
         store.record_round(&record).unwrap();

@@ -192,6 +192,25 @@ impl Net {
         self.deliver(out);
     }
 
+    /// Lets the honest server and clients run stages until the server queues
+    /// a message `stop` matches; returns that batch undelivered, for the
+    /// test to play the server's part from there.
+    pub fn run_until(
+        &mut self,
+        stop: impl Fn(&tessera_aggregation::messages::ServerBody) -> bool,
+    ) -> Vec<(ClientId, ServerMessage)> {
+        loop {
+            let stage = self.server.stage().expect("round in progress");
+            self.clients_send();
+            self.expire_stage(Some(stage));
+            let out = self.server_outbox();
+            if out.iter().any(|(_, m)| stop(&m.body)) {
+                return out;
+            }
+            self.deliver(out);
+        }
+    }
+
     /// Runs the round to its end with `drops[s]` clients killed just before
     /// they send their stage-`s` message; returns the output, or `None` if
     /// the round aborted.
