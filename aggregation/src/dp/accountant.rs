@@ -11,7 +11,7 @@
 //!   Mironov, Talwar, Zhang 2019 ("Rényi Differential Privacy of the Sampled
 //!   Gaussian Mechanism"), following Google's `dp-accounting`
 //!   (`rdp_privacy_accountant.py`) term by term so that our numbers can be
-//!   checked against theirs (`shared/reference/dp_*.csv`).
+//!   checked against theirs (`aggregation/tests/data/dp_*.csv`).
 //! - Distributed DP: the discrete Gaussian is ρ-zCDP (Canonne, Kamath,
 //!   Steinke 2020), i.e. `rdp(α) = ρ α`; Skellam noise has the RDP bound of
 //!   Agarwal, Kairouz, Liu 2021.
@@ -704,10 +704,7 @@ mod tests {
     use super::*;
 
     fn reference_csv(name: &str) -> Vec<Vec<String>> {
-        let path = format!(
-            "{}/../../shared/reference/{name}",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let mut rows = Vec::new();
         let mut header_seen = false;
