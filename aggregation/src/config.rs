@@ -104,7 +104,7 @@ impl RoundConfig {
     /// a lying server: `t > (n + corrupt) / 2` with the complete graph, and
     /// with a Harary graph at least the semi-malicious threshold of the
     /// SecAgg+ finder for `corrupt` colluders
-    /// ([`crate::params::malicious_threshold_floor`]).
+    /// ([`crate::params::threshold_floor`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.num_clients;
         if n < 2 {
@@ -139,7 +139,8 @@ impl RoundConfig {
             });
         }
         if self.threat_model == ThreatModel::MaliciousServer {
-            let floor = crate::params::malicious_threshold_floor(n, self.corrupt, self.graph);
+            let floor =
+                crate::params::threshold_floor(self.threat_model, n, self.corrupt, self.graph);
             if self.threshold < floor {
                 return Err(ConfigError::MaliciousThreshold {
                     threshold: self.threshold,

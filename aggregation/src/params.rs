@@ -69,7 +69,7 @@
 //! same three conditions, the σ + 1 split, the per-client union bound, the
 //! search over even k ≤ n − 2. Its test table
 //! (`graph_parameter_finder_test.cc`) is
-//! `shared/reference/secagg_plus_params.csv`, which the tests below
+//! `aggregation/tests/data/secagg_plus_params.csv`, which the tests below
 //! reproduce row by row (every k equal, every t equal to the listed one).
 //! The implementation is our own: tail probabilities are summed exactly in
 //! log space (log-factorials by Stirling's series, a Chernoff-bound starting
@@ -319,27 +319,64 @@ pub fn find_params_with(
         })
 }
 
-/// The smallest threshold [`crate::config::RoundConfig::validate`] accepts
-/// for a malicious-server round of `n` clients of which at most `corrupt`
-/// collude with the server: `⌊(n + corrupt)/2⌋ + 1` with the complete graph
-/// (Bonawitz et al.), and with a Harary graph of degree k the semi-malicious
-/// condition of the finder, `⌊(k + a)/2⌋ + 1`, where a bounds every client's
-/// corrupt neighbours except with probability 2^-41/n ([`SECURITY_BITS`]).
-pub fn malicious_threshold_floor(n: u32, corrupt: u32, graph: GraphKind) -> u32 {
-    match graph {
-        GraphKind::Complete => ((n + corrupt.min(n)) / 2 + 1).max(2),
-        GraphKind::Harary { k } => {
-            let setting = Setting::from_counts(
-                n,
-                corrupt.min(n),
-                0,
-                ThreatModel::SemiMalicious,
-                SECURITY_BITS,
-                CORRECTNESS_BITS,
-            );
-            setting.thresholds(k.min(n.saturating_sub(1))).t_min
+/// The smallest Shamir threshold that keeps an honest client's input
+/// private in a round of `n` clients with graph `graph`, against a server of
+/// the given threat model colluding with at most `corrupt` clients.
+///
+/// This is the finder's privacy condition (condition 2 of the module doc)
+/// for a graph chosen elsewhere, by an operator or a client's policy:
+/// - semi-honest: the corrupt share holders alone must not reach t, so
+///   `t ≥ a + 1`;
+/// - semi-malicious and malicious-server: a lying server can split a
+///   client's honest holders into two groups, asking one for shares of the
+///   self-mask seed and the other for shares of the masking key, and the
+///   corrupt holders answer both; neither secret may reach t, so
+///   `2t > h + a`, `t ≥ ⌊(h + a)/2⌋ + 1`;
+/// - malicious-server with the complete graph, also Bonawitz et al.'s
+///   `t ≥ ⌊(n + corrupt)/2⌋ + 1` (which implies the split bound).
+///
+/// Here h is the number of holders of a client's shares, exactly its
+/// neighbours (`k`, or `n − 1` for the complete graph: a client holds no
+/// share of its own secrets), and a bounds the corrupt holders: `corrupt`
+/// for the complete graph, and for a Harary graph over a random permutation
+/// the value every client's corrupt neighbours stay below except with
+/// probability 2^-41/n ([`SECURITY_BITS`]). Never below 2, the least a
+/// Shamir threshold can be.
+///
+/// ```
+/// use tessera_aggregation::graph::GraphKind;
+/// use tessera_aggregation::params::{threshold_floor, ThreatModel};
+/// // 7 clients, 2 of them colluding with a malicious server: t > (7 + 2)/2.
+/// assert_eq!(threshold_floor(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete), 5);
+/// // Semi-honest with 2 colluders: any 3 holders are enough to stop them.
+/// assert_eq!(threshold_floor(ThreatModel::SemiHonest, 7, 2, GraphKind::Complete), 3);
+/// ```
+pub fn threshold_floor(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKind) -> u32 {
+    let corrupt = corrupt.min(n);
+    let holders = match graph {
+        GraphKind::Complete => n.saturating_sub(1),
+        GraphKind::Harary { k } => k.min(n.saturating_sub(1)),
+    };
+    let most_corrupt = match graph {
+        GraphKind::Complete => corrupt,
+        GraphKind::Harary { .. } => {
+            let setting =
+                Setting::from_counts(n, corrupt, 0, model, SECURITY_BITS, CORRECTNESS_BITS);
+            setting.thresholds(holders).most_corrupt
         }
-    }
+    };
+    let floor = match model {
+        ThreatModel::SemiHonest => most_corrupt + 1,
+        ThreatModel::SemiMalicious => (holders + most_corrupt) / 2 + 1,
+        ThreatModel::MaliciousServer => {
+            let split = (holders + most_corrupt) / 2 + 1;
+            match graph {
+                GraphKind::Complete => split.max((n + corrupt) / 2 + 1),
+                GraphKind::Harary { .. } => split,
+            }
+        }
+    };
+    floor.max(2)
 }
 
 /// The worst case counts and target probabilities of one request.
@@ -676,7 +713,7 @@ mod tests {
     /// Google's published SecAgg+ parameters (see the module doc).
     const REFERENCE: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/reference/secagg_plus_params.csv"
+        "/tests/data/secagg_plus_params.csv"
     );
 
     fn request(clients: u32, corrupt: f64, dropout: f64, tm: ThreatModel) -> ParamsRequest {
@@ -694,7 +731,9 @@ mod tests {
     fn reproduces_every_published_secagg_plus_row() {
         let table = std::fs::read_to_string(REFERENCE)
             .unwrap_or_else(|e| panic!("cannot read {REFERENCE}: {e}"));
-        let mut lines = table.lines().filter(|l| !l.trim().is_empty());
+        let mut lines = table
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
         assert_eq!(
             lines.next(),
             Some("n,corrupt_rate,dropout_rate,threat_model,k,t_max")
@@ -1072,9 +1111,10 @@ mod tests {
 
     #[test]
     fn the_complete_graph_floor_is_bonawitz_majority() {
-        assert_eq!(malicious_threshold_floor(7, 0, GraphKind::Complete), 4);
-        assert_eq!(malicious_threshold_floor(7, 2, GraphKind::Complete), 5);
-        assert_eq!(malicious_threshold_floor(100, 10, GraphKind::Complete), 56);
+        let floor = |n, c| threshold_floor(ThreatModel::MaliciousServer, n, c, GraphKind::Complete);
+        assert_eq!(floor(7, 0), 4);
+        assert_eq!(floor(7, 2), 5);
+        assert_eq!(floor(100, 10), 56);
         assert_eq!("malicious-server".parse(), Ok(ThreatModel::MaliciousServer));
         assert_eq!(ThreatModel::MaliciousServer.to_string(), "malicious-server");
     }

@@ -57,7 +57,8 @@ pub(crate) struct ServeArgs {
     /// After --min-clients wait, keep the lobby open this long for more.
     #[arg(long, value_name = "MS")]
     join_window_ms: Option<u64>,
-    /// Neighbour graph: complete, harary:K, or auto (SecAgg+ finder).
+    /// Neighbour graph: complete, harary:K, or auto (SecAgg+ finder); the
+    /// malicious-server threat model runs on the complete graph only.
     #[arg(long, value_name = "GRAPH")]
     graph: Option<GraphChoice>,
     /// Shamir threshold rule: majority, a fraction such as 0.66, or a count.
@@ -70,8 +71,9 @@ pub(crate) struct ServeArgs {
     /// Expected dropout fraction (for --graph auto) [default: 0.1].
     #[arg(long, value_name = "RATE")]
     dropout_rate: Option<f64>,
-    /// Fraction of clients that may collude with the server (for --graph auto)
-    /// [default: 0.05].
+    /// Fraction of clients that may collude with the server: the finder's
+    /// input for --graph auto, and the count every threshold must hold
+    /// against [default: 0.05].
     #[arg(long, value_name = "RATE")]
     corrupt_rate: Option<f64>,
     /// Threat model every round runs under.
@@ -80,7 +82,8 @@ pub(crate) struct ServeArgs {
     /// Mask PRG.
     #[arg(long, value_enum)]
     prg: Option<PrgArg>,
-    /// Ring width in bits (default: the smallest that cannot wrap).
+    /// Ring width in bits (default: the smallest that cannot wrap; a smaller
+    /// one is refused with the smallest safe value).
     #[arg(long, value_name = "BITS")]
     bits: Option<u8>,
     /// Fixed-point scale: values are multiplied by 2^F.

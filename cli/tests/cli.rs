@@ -629,3 +629,57 @@ fn keygen_writes_a_private_key_file_and_prints_the_enrolment_line() {
     assert_eq!(std::fs::read_to_string(&key).unwrap(), secret);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn serve_refuses_an_explicit_ring_that_would_wrap() {
+    // Three clients at clip norm 1 and 16 fraction bits can sum to
+    // 3 (2^16 + 1), which an 18-bit ring cannot hold: the published model
+    // would be wrong. The server refuses to start and names the floor.
+    let dir = scratch_dir("serve-bits");
+    let data = dir.join("data");
+    // Spawned with a deadline: a server that wrongly starts would otherwise
+    // wait for clients forever.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "serve",
+            "--insecure-dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dim",
+            "4",
+            "--bits",
+            "18",
+            "--clip-norm",
+            "1",
+            "--frac-bits",
+            "16",
+            "--min-clients",
+            "3",
+            "--max-clients",
+            "3",
+            "--dp",
+            "off",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the tessera binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("serve started with a ring that wraps");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("smallest safe value is 19"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.exists(), "refused before touching the data directory");
+}

@@ -587,7 +587,9 @@ impl ServerConfig {
     /// of every client's input, noise included), and with distributed DP
     /// the noise each client adds.
     ///
-    /// Without DP the ring is [`encoding::choose_bits`]' (no wrap at all).
+    /// Without DP the ring is at least [`encoding::choose_bits`]' (no wrap at
+    /// all): an explicit `bits` below it is refused with the smallest safe
+    /// value.
     /// With distributed DP the noise is unbounded, so the ring is the
     /// smallest whose chance that any coordinate of the sum wraps is at
     /// most [`WRAP_PROBABILITY`]; an explicit `bits` that misses that bound
@@ -603,10 +605,22 @@ impl ServerConfig {
                 .map_err(|e| invalid("bits", e.to_string()))
         };
         if self.dp != DpMode::Distributed {
+            let needed = encoding::choose_bits(clients, self.clip_norm, self.frac_bits)
+                .map_err(|e| invalid("bits", e.to_string()))?;
             let bits = match self.bits {
+                // An explicit ring narrower than the worst-case sum would
+                // wrap silently and publish a wrong model.
+                Some(b) if b < needed => {
+                    return Err(invalid(
+                        "bits",
+                        format!(
+                            "{b} bits let the sum of {clients} clients' updates (clip_norm {}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
+                            self.clip_norm, self.frac_bits
+                        ),
+                    ));
+                }
                 Some(b) => b,
-                None => encoding::choose_bits(clients, self.clip_norm, self.frac_bits)
-                    .map_err(|e| invalid("bits", e.to_string()))?,
+                None => needed,
             };
             return Ok((fixed(bits)?, None));
         }
@@ -717,30 +731,37 @@ impl ServerConfig {
             GraphChoice::Harary(k) if k < n - 1 => GraphKind::Harary { k },
             GraphChoice::Harary(_) | GraphChoice::Complete => GraphKind::Complete,
         };
+        if self.threat_model == ThreatModel::MaliciousServer && graph != GraphKind::Complete {
+            // A server that chooses who neighbours whom can surround a
+            // victim with colluders; the finder's odds assume it cannot.
+            return Err(invalid(
+                "graph",
+                "the malicious-server threat model runs on the complete graph only (a lying server would choose who neighbours whom on a sparse one): set graph = \"complete\" or \"auto\"",
+            ));
+        }
+        // A client's shares are held by its neighbours only.
         let holders = match graph {
-            GraphKind::Complete => n,
-            GraphKind::Harary { k } => k + 1,
+            GraphKind::Complete => n - 1,
+            GraphKind::Harary { k } => k,
         };
         let t = match self.threshold {
             ThresholdRule::Majority => holders / 2 + 1,
             ThresholdRule::Fraction(f) => (f * f64::from(holders)).ceil() as u32,
             ThresholdRule::Count(t) => t,
         };
-        let t = t.clamp(2, holders);
-        if self.threat_model == ThreatModel::MaliciousServer {
-            // The malicious model's bound is enforced, not suggested: a rule
-            // that asks for less is refused, with the floor it must meet.
-            let floor = params::malicious_threshold_floor(n, self.corrupt_count(n), graph);
-            if t < floor {
-                return Err(invalid(
-                    "threshold",
-                    format!(
-                        "a threshold of {t} for {n} clients can be beaten by a malicious server with {} corrupt clients (corrupt_rate {}); it needs at least {floor}",
-                        self.corrupt_count(n),
-                        self.corrupt_rate
-                    ),
-                ));
-            }
+        let t = t.clamp(2, holders.max(2));
+        // The threat model's bound is enforced, not suggested: a rule that
+        // asks for less is refused, with the floor it must meet.
+        let corrupt = self.corrupt_count(n);
+        let floor = params::threshold_floor(self.threat_model, n, corrupt, graph);
+        if t < floor {
+            return Err(invalid(
+                "threshold",
+                format!(
+                    "a threshold of {t} for {n} clients can be beaten by a {} server with {corrupt} corrupt clients (corrupt_rate {}); it needs at least {floor}",
+                    self.threat_model, self.corrupt_rate
+                ),
+            ));
         }
         Ok((graph, t))
     }
@@ -780,6 +801,72 @@ mod tests {
         assert!(err.to_string().contains("dimm"), "{err}");
         let err = ServerConfig::from_toml("graph = \"harary:3\"\n").unwrap_err();
         assert!(err.to_string().contains("even"), "{err}");
+    }
+
+    #[test]
+    fn an_explicit_bits_that_would_wrap_is_refused_with_the_smallest_safe_value() {
+        // Three clients at clip norm 1 and 2^16 scale sum to at most
+        // 3 (2^16 + 1) = 196,611, above the 2^17 - 1 an 18-bit ring holds
+        // as a signed value: the sum would wrap into a wrong model.
+        let mut c = dev();
+        c.dp = DpMode::Off;
+        c.clip_norm = 1.0;
+        c.frac_bits = 16;
+        c.min_clients = 3;
+        c.max_clients = 3;
+        c.bits = Some(18);
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("smallest safe value is 19"),
+            "{err}"
+        );
+        c.bits = Some(19);
+        c.validate().unwrap();
+        // Central DP adds its noise after decoding, so the same floor holds.
+        c.dp = DpMode::Central;
+        c.bits = Some(18);
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn explicit_graphs_and_thresholds_meet_the_threat_models_floor() {
+        // Semi-malicious, 10 clients, 1 assumed corrupt, Harary k = 4: a
+        // lying server splits the 3 honest holders of a client's shares, so
+        // t = 2 gives it both secrets; the floor is (4 + 1)/2 + 1 = 3.
+        let mut c = dev();
+        c.threat_model = ThreatModel::SemiMalicious;
+        c.corrupt_rate = 0.1;
+        c.graph = GraphChoice::Harary(4);
+        c.threshold = ThresholdRule::Count(2);
+        let err = c.graph_for(10).unwrap_err();
+        assert!(err.to_string().contains("at least 3"), "{err}");
+        c.threshold = ThresholdRule::Count(3);
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Harary { k: 4 }, 3));
+        // The complete graph's holders are the n - 1 others: a majority of
+        // 9 is 5, but with one colluder the split needs t > (9 + 1)/2.
+        c.graph = GraphChoice::Complete;
+        c.threshold = ThresholdRule::Majority;
+        let err = c.graph_for(10).unwrap_err();
+        assert!(err.to_string().contains("at least 6"), "{err}");
+        c.corrupt_rate = 0.0;
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 5));
+        // Semi-honest with 3 colluders: their 3 shares must not reach t.
+        c.threat_model = ThreatModel::SemiHonest;
+        c.corrupt_rate = 0.3;
+        c.threshold = ThresholdRule::Count(3);
+        let err = c.graph_for(10).unwrap_err();
+        assert!(err.to_string().contains("at least 4"), "{err}");
+    }
+
+    #[test]
+    fn the_malicious_server_model_refuses_a_sparse_graph() {
+        let mut c = dev();
+        c.threat_model = ThreatModel::MaliciousServer;
+        c.identities_file = Some("enrolled.txt".into());
+        c.graph = GraphChoice::Harary(4);
+        c.threshold = ThresholdRule::Count(4);
+        let err = c.graph_for(10).unwrap_err();
+        assert!(err.to_string().contains("complete graph only"), "{err}");
     }
 
     #[test]
@@ -841,11 +928,12 @@ mod tests {
     fn graph_and_threshold_rules() {
         let mut c = dev();
         c.graph = GraphChoice::Complete;
-        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
+        // Rules count a client's share holders: its n - 1 neighbours.
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 5));
         c.threshold = ThresholdRule::Fraction(0.66);
-        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 7));
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
         c.threshold = ThresholdRule::Count(50);
-        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 10));
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 9));
         c.graph = GraphChoice::Harary(4);
         c.threshold = ThresholdRule::Majority;
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Harary { k: 4 }, 3));
