@@ -100,11 +100,12 @@ impl RoundConfig {
 
     /// Checks that the parameters can make a correct, private round.
     ///
-    /// In the malicious-server model the threshold must also hold against
-    /// a lying server: `t > (n + corrupt) / 2` with the complete graph, and
-    /// with a Harary graph at least the semi-malicious threshold of the
-    /// SecAgg+ finder for `corrupt` colluders
-    /// ([`crate::params::threshold_floor`]).
+    /// The malicious-server model runs on the complete graph only, with
+    /// `t > (n + corrupt) / 2` ([`crate::params::threshold_floor`]): on a
+    /// sparse graph the server would choose who neighbours whom (the graph
+    /// seed and the slot order are its own), and could surround a victim
+    /// with colluders. Other models take the operator's threshold as given
+    /// (see [`RoundConfig::insecure_reasons`] for what it assumes).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let n = self.num_clients;
         if n < 2 {
@@ -139,6 +140,9 @@ impl RoundConfig {
             });
         }
         if self.threat_model == ThreatModel::MaliciousServer {
+            if let GraphKind::Harary { k } = self.graph {
+                return Err(ConfigError::SparseGraphUnderMaliciousServer { k });
+            }
             let floor =
                 crate::params::threshold_floor(self.threat_model, n, self.corrupt, self.graph);
             if self.threshold < floor {
@@ -159,17 +163,70 @@ impl RoundConfig {
         Ok(())
     }
 
+    /// Why this configuration does not give the privacy its threat model
+    /// promises against `corrupt` colluding clients; empty when it does.
+    ///
+    /// [`RoundConfig::validate`] refuses these only in the malicious-server
+    /// model. A semi-honest or semi-malicious round below the floor still
+    /// runs (a simulator may study it), and whoever runs it can say so: the
+    /// server and the clients can refuse it, `tessera simulate` reports it
+    /// as `"secure": false`.
+    ///
+    /// ```
+    /// use tessera_aggregation::config::{InsecureReason, RoundConfig};
+    /// use tessera_aggregation::params::ThreatModel;
+    /// let mut config = RoundConfig::new(1, 10, 4);
+    /// config.threat_model = ThreatModel::SemiMalicious;
+    /// config.corrupt = 1;
+    /// config.threshold = 5; // 2(5 - 1) = 8 is not more than the 8 honest holders
+    /// assert_eq!(
+    ///     config.insecure_reasons(),
+    ///     vec![InsecureReason::ThresholdBelowFloor {
+    ///         threshold: 5,
+    ///         floor: 6,
+    ///         threat_model: ThreatModel::SemiMalicious,
+    ///         corrupt: 1,
+    ///     }]
+    /// );
+    /// config.threshold = 6;
+    /// assert!(config.insecure_reasons().is_empty());
+    /// ```
+    pub fn insecure_reasons(&self) -> Vec<InsecureReason> {
+        let mut reasons = Vec::new();
+        let floor = crate::params::threshold_floor(
+            self.threat_model,
+            self.num_clients,
+            self.corrupt,
+            self.graph,
+        );
+        if self.threshold < floor {
+            reasons.push(InsecureReason::ThresholdBelowFloor {
+                threshold: self.threshold,
+                floor,
+                threat_model: self.threat_model,
+                corrupt: self.corrupt,
+            });
+        }
+        if self.threat_model == ThreatModel::MaliciousServer
+            && let GraphKind::Harary { k } = self.graph
+        {
+            reasons.push(InsecureReason::SparseGraphUnderMaliciousServer { k });
+        }
+        reasons
+    }
+
     /// The fewest clients that must survive each stage for the round to go
     /// on: `max(threshold, min_survivors)`.
     pub fn survivor_floor(&self) -> u32 {
         self.threshold.max(self.min_survivors)
     }
 
-    /// How many clients hold a share of each client's secrets: its neighbours
-    /// and itself.
+    /// How many clients hold a share of each client's secrets: exactly its
+    /// neighbours (`k`, or `n - 1` with the complete graph). A client holds
+    /// no share of its own secrets.
     pub fn share_holders_per_client(&self) -> Result<u32, ConfigError> {
         match self.graph {
-            GraphKind::Complete => Ok(self.num_clients),
+            GraphKind::Complete => Ok(self.num_clients - 1),
             GraphKind::Harary { k } => {
                 if k < 2 || k % 2 == 1 || k >= self.num_clients {
                     Err(ConfigError::Degree {
@@ -177,7 +234,7 @@ impl RoundConfig {
                         n: self.num_clients,
                     })
                 } else {
-                    Ok(k + 1)
+                    Ok(k)
                 }
             }
         }
@@ -225,6 +282,38 @@ impl RoundConfig {
     }
 }
 
+/// Why a round's parameters are weaker than its threat model promises
+/// ([`RoundConfig::insecure_reasons`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum InsecureReason {
+    /// A threshold below [`crate::params::threshold_floor`]: the corrupt
+    /// share holders (semi-honest), or a split of the honest ones by a
+    /// server lying about dropouts (semi-malicious, malicious-server), can
+    /// rebuild a client's secrets.
+    #[error(
+        "threshold {threshold} is below the {threat_model} floor {floor} for {corrupt} corrupt clients"
+    )]
+    ThresholdBelowFloor {
+        /// The configured threshold.
+        threshold: u32,
+        /// The smallest private one.
+        floor: u32,
+        /// The threat model it was checked against.
+        threat_model: ThreatModel,
+        /// The assumed colluders.
+        corrupt: u32,
+    },
+    /// A sparse graph in the malicious-server model: the server would choose
+    /// who neighbours whom.
+    #[error("the malicious-server model needs the complete graph, got Harary k = {k}")]
+    SparseGraphUnderMaliciousServer {
+        /// The Harary degree.
+        k: u32,
+    },
+}
+
 /// A [`RoundConfig`] that cannot make a correct, private round.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -260,6 +349,16 @@ pub enum ConfigError {
         /// The assumed colluders.
         corrupt: u32,
     },
+    /// A SecAgg+ graph in the malicious-server model.
+    #[error(
+        "the malicious-server model runs on the complete graph only, got Harary k = {k}: \
+         on a sparse graph the server chooses who neighbours whom (it picks the graph seed \
+         and the slot order) and can surround a client with colluders"
+    )]
+    SparseGraphUnderMaliciousServer {
+        /// The requested Harary degree.
+        k: u32,
+    },
     /// Aggregating fewer than two inputs reveals the input.
     #[error("a round needs at least 2 clients, got {0}")]
     TooFewClients(u32),
@@ -271,7 +370,7 @@ pub enum ConfigError {
     Bits(u8),
     /// The threshold cannot be met or gives secrets away.
     #[error(
-        "threshold {threshold} must be at least 2 and at most the {holders} share holders per client (neighbours + self)"
+        "threshold {threshold} must be at least 2 and at most the {holders} share holders per client (its neighbours)"
     )]
     Threshold {
         /// The requested threshold.

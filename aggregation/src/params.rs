@@ -39,7 +39,16 @@
 //!      answers only one of the two, corrupt ones answer both. Getting t of
 //!      each needs `2t ≤ k + X`, so `2t > k + a`, i.e. `t ≥ ⌊(k+a)/2⌋ + 1`.
 //!
-//!    Shamir sharing needs `t ≥ 2` in any case.
+//!    Shamir sharing needs `t ≥ 2` in any case. A client holds no share of
+//!    its own secrets, so its k neighbours are all the holders this bound
+//!    counts (a share kept by the owner and revealed when it is told it
+//!    survived would be one honest holder more, and the bound would fail
+//!    for odd a).
+//!    - Malicious server: the server also chooses the graph seed and the
+//!      slot order, so corrupt clients do not land at random and the
+//!      hypergeometric bound on a does not hold. The finder returns the
+//!      complete graph with Bonawitz et al.'s `t ≥ ⌊(n + A)/2⌋ + 1`
+//!      ([`threshold_floor`]), or [`ParamsError::Infeasible`].
 //! 3. **Correctness.** Every client needs t surviving neighbours to be
 //!    unmasked: `P[Y ≤ t − 1] < 2^−η/n`. The largest such t is `t_max`.
 //!
@@ -114,8 +123,9 @@ pub enum ThreatModel {
     /// al.'s active adversary): substitute keys, replay, tell clients
     /// different dropout stories. Clients sign their keys and the survivor
     /// set with long-term identities ([`crate::identity`]) and check every
-    /// signature; thresholds are those of the semi-malicious rows, and with
-    /// the complete graph `t > (n + corrupt) / 2`.
+    /// signature. It runs on the complete graph only, with
+    /// `t > (n + corrupt) / 2` (a sparse graph would let the server choose
+    /// who neighbours whom).
     MaliciousServer,
 }
 
@@ -283,6 +293,31 @@ pub fn find_params_with(
         }
     }
     let setting = Setting::new(req, security_bits, correctness_bits);
+    let complete = || {
+        // The complete graph never disconnects; only the threshold
+        // conditions remain, with all n - 1 other clients as neighbours.
+        setting
+            .thresholds(n - 1)
+            .threshold()
+            .map(|threshold| Params {
+                graph: GraphKind::Complete,
+                k: n - 1,
+                threshold,
+            })
+            .ok_or(ParamsError::Infeasible {
+                clients: n,
+                corrupt_rate: req.corrupt_rate,
+                dropout_rate: req.dropout_rate,
+                threat_model: req.threat_model,
+            })
+    };
+    if req.threat_model == ThreatModel::MaliciousServer {
+        // The malicious-server model runs on the complete graph only: on a
+        // sparse graph the server would choose who neighbours whom (see
+        // `RoundConfig::validate`), so the random-placement analysis above
+        // does not hold. Its threshold is `threshold_floor`'s.
+        return complete();
+    }
 
     // Even degrees in 2..=n-2: the Harary graphs that are not complete. The
     // search returns the smallest k meeting every condition, exactly what a
@@ -301,22 +336,7 @@ pub fn find_params_with(
         }
         candidate = setting.next_candidate(k, &bounds);
     }
-    // The complete graph never disconnects; only the threshold conditions
-    // remain, with all n - 1 other clients as neighbours.
-    setting
-        .thresholds(n - 1)
-        .threshold()
-        .map(|threshold| Params {
-            graph: GraphKind::Complete,
-            k: n - 1,
-            threshold,
-        })
-        .ok_or(ParamsError::Infeasible {
-            clients: n,
-            corrupt_rate: req.corrupt_rate,
-            dropout_rate: req.dropout_rate,
-            threat_model: req.threat_model,
-        })
+    complete()
 }
 
 /// The smallest Shamir threshold that keeps an honest client's input
@@ -1107,6 +1127,55 @@ mod tests {
                 assert!(config.validate().is_err(), "n = {n}: t - 1 passes");
             }
         }
+    }
+
+    /// Issue 11, item 2: over the finder's grid, no split of one client's
+    /// honest share holders gives a lying server t shares of both of its
+    /// secrets. The holders are the client's k neighbours (it keeps no share
+    /// of its own), at most a of them corrupt (the finder's bound; all A
+    /// corrupt clients on the complete graph); the corrupt ones answer both
+    /// requests, each honest one answers one. A split of the h - a honest
+    /// holders into x and h - a - x gives both secrets only if x + a ≥ t and
+    /// h - a - x + a ≥ t.
+    #[test]
+    fn no_split_of_the_honest_holders_reaches_both_secrets() {
+        let start = Instant::now();
+        let mut checked = 0;
+        for n in [10u32, 20, 50, 100, 200, 500, 1_000, 10_000, 100_000] {
+            for corrupt in [0.0, 0.01, 0.05, 0.1, 0.2, 0.33] {
+                for dropout in [0.0, 0.05, 0.1, 0.2, 0.33] {
+                    for tm in [ThreatModel::SemiMalicious, ThreatModel::MaliciousServer] {
+                        let req = request(n, corrupt, dropout, tm);
+                        let Ok(p) = find_params(&req) else {
+                            continue;
+                        };
+                        let setting = Setting::new(&req, SECURITY_BITS, CORRECTNESS_BITS);
+                        let (h, a) = match p.graph {
+                            GraphKind::Complete => (n - 1, setting.corrupt),
+                            GraphKind::Harary { k } => (k, setting.thresholds(k).most_corrupt),
+                        };
+                        if tm == ThreatModel::MaliciousServer {
+                            assert_eq!(p.graph, GraphKind::Complete, "{req:?}");
+                        }
+                        let t = p.threshold;
+                        assert!(a < t && t <= h, "{req:?}: a = {a}, t = {t}, h = {h}");
+                        let honest = h - a;
+                        for x in 0..=honest {
+                            let both = x + a >= t && honest - x + a >= t;
+                            assert!(!both, "{req:?}: k = {h}, t = {t}, a = {a}, split {x}");
+                        }
+                        assert!(2 * (t - a) > honest, "{req:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 400, "{checked} feasible settings");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[test]

@@ -141,16 +141,16 @@ fn an_old_rounds_adverts_are_accepted_without_signatures() {
 
 #[test]
 fn an_old_rounds_adverts_and_signatures_are_refused_in_a_new_round() {
-    let (keys, directory) = identities(5, 9);
+    let (keys, directory) = identities(6, 9);
     // Round 11: the server records every advert and, later, the
     // survivor-set signatures.
-    let mut old = Net::with_identities(malicious_config(5, 4), 9, keys.clone(), directory.clone());
+    let mut old = Net::with_identities(malicious_config(6, 4), 9, keys.clone(), directory.clone());
     let out = old.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
     let old_adverts = neighbour_keys(&out, 0);
     old.deliver(out);
     let old_signatures =
         unmask_request(&old.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }))).2;
-    let mut cfg = malicious_config(5, 4);
+    let mut cfg = malicious_config(6, 4);
     cfg.round_id = 12;
     let mut net = Net::with_identities(cfg, 10, keys, directory);
     let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
@@ -419,45 +419,59 @@ fn equivocation_is_refused_in_the_malicious_server_model() {
     assert!(loot.masking_key_shares.is_empty());
     // The first group's quorum was genuine (4 of 7 signed story A), so its
     // self-mask shares flowed: that is the honest round's unmasking, which
-    // reveals the sum and nothing else.
-    assert_eq!(loot.self_mask_shares.len(), 4);
+    // reveals the sum and nothing else. Client 6 holds no share of its own
+    // seed: 0, 1 and 2 gave one each.
+    assert_eq!(loot.self_mask_shares.len(), 3);
 }
 
-/// Shrinking the survivor set in a SecAgg+ round (20 clients, Harary k = 4,
-/// t = 3): the server tells client 0 that only it and its 4 neighbours
-/// survived, so the output would be the sum of 5 inputs, from which
-/// colluding clients could subtract their own. An unsigned client sees only
-/// its neighbourhood and, with 5 >= t, goes on; a malicious-server client
-/// checks the whole set against the signature quorum (11 of 20) and refuses.
+/// Shrinking the survivor set. In a SecAgg+ round (20 clients, Harary
+/// k = 4, t = 3) the server tells client 0 that only it and its 4
+/// neighbours survived, so the output would be the sum of 5 inputs, from
+/// which colluding clients could subtract their own: an unsigned client
+/// sees only its neighbourhood and, with 4 surviving holders >= t, goes on.
+/// The malicious-server model refuses the sparse graph outright, and on the
+/// complete graph a client checks the whole set against the signature
+/// quorum (11 of 20) and refuses a set of 5.
 #[test]
 fn a_shrunken_survivor_set_passes_unsigned_clients_and_not_signed_ones() {
-    for threat_model in [ThreatModel::SemiMalicious, ThreatModel::MaliciousServer] {
-        let mut cfg = config(20, 3, 8);
-        cfg.graph = tessera_aggregation::graph::GraphKind::Harary { k: 4 };
-        cfg.threat_model = threat_model;
-        let mut net = Net::new(cfg, 13);
-        net.run_until(|b| matches!(b, ServerBody::ConsistencyCheck { .. }));
-        let mut few = net.clients[0].neighbours().to_vec();
-        few.push(ClientId(0));
-        few.sort();
-        let result = send(&mut net, 0, ServerBody::ConsistencyCheck { survivors: few });
-        if threat_model == ThreatModel::MaliciousServer {
-            assert_eq!(
-                violation(result),
-                Violation::BelowThreshold {
-                    have: 5,
-                    threshold: 11
-                }
-            );
-            assert!(reply(&mut net, 0).is_none());
-        } else {
-            result.unwrap();
-            assert!(matches!(
-                reply(&mut net, 0),
-                Some(ClientBody::ConsistencyCheck(None))
-            ));
+    let mut cfg = config(20, 3, 8);
+    cfg.graph = tessera_aggregation::graph::GraphKind::Harary { k: 4 };
+    cfg.threat_model = ThreatModel::SemiMalicious;
+    let mut net = Net::new(cfg.clone(), 13);
+    net.run_until(|b| matches!(b, ServerBody::ConsistencyCheck { .. }));
+    let mut few = net.clients[0].neighbours().to_vec();
+    few.push(ClientId(0));
+    few.sort();
+    send(&mut net, 0, ServerBody::ConsistencyCheck { survivors: few }).unwrap();
+    assert!(matches!(
+        reply(&mut net, 0),
+        Some(ClientBody::ConsistencyCheck(None))
+    ));
+
+    cfg.threat_model = ThreatModel::MaliciousServer;
+    assert_eq!(
+        cfg.validate(),
+        Err(ConfigError::SparseGraphUnderMaliciousServer { k: 4 })
+    );
+    let mut cfg = malicious_config(20, 11);
+    cfg.graph = tessera_aggregation::graph::GraphKind::Complete;
+    let mut net = Net::new(cfg, 13);
+    net.run_until(|b| matches!(b, ServerBody::ConsistencyCheck { .. }));
+    let result = send(
+        &mut net,
+        0,
+        ServerBody::ConsistencyCheck {
+            survivors: ids(&[0, 1, 2, 3, 4]),
+        },
+    );
+    assert_eq!(
+        violation(result),
+        Violation::BelowThreshold {
+            have: 5,
+            threshold: 11
         }
-    }
+    );
+    assert!(reply(&mut net, 0).is_none());
 }
 
 /// Asking one client for both secrets of a neighbour (its self-mask share
@@ -603,8 +617,10 @@ fn sessions_refuse_a_directory_that_does_not_fit() {
     ));
 }
 
+/// The simulator runs malicious-server rounds on the complete graph, and
+/// refuses a sparse one (the server would choose who neighbours whom).
 #[test]
-fn the_simulator_runs_malicious_server_rounds_on_both_graphs() {
+fn the_simulator_runs_malicious_server_rounds_on_the_complete_graph_only() {
     for (graph, threshold) in [
         (tessera_aggregation::graph::GraphKind::Complete, 21),
         (tessera_aggregation::graph::GraphKind::Harary { k: 10 }, 8),
@@ -624,9 +640,19 @@ fn the_simulator_runs_malicious_server_rounds_on_both_graphs() {
             seed: 3,
             faults: None,
         };
-        let report = run_round(&sim, 0, &|_| {}).unwrap();
-        assert_eq!(report.outcome, Outcome::Completed, "{graph:?}");
-        assert!(report.verified, "{graph:?}");
+        let report = run_round(&sim, 0, &|_| {});
+        if graph == tessera_aggregation::graph::GraphKind::Complete {
+            let report = report.unwrap();
+            assert_eq!(report.outcome, Outcome::Completed, "{graph:?}");
+            assert!(report.verified, "{graph:?}");
+        } else {
+            assert!(matches!(
+                report,
+                Err(tessera_aggregation::sim::SimError::Config(
+                    ConfigError::SparseGraphUnderMaliciousServer { k: 10 }
+                ))
+            ));
+        }
     }
 }
 

@@ -71,10 +71,11 @@ fn dropouts_at_each_stage_still_give_the_exact_sum() {
 
 #[test]
 fn reported_dropouts_close_a_stage_without_waiting_for_its_deadline() {
-    // n = 6, t = 4: clients 1 and 4 disconnect before sharing keys; the
+    // n = 6, t = 3: clients 1 and 4 disconnect before sharing keys; the
     // driver reports it, so the stage closes as soon as the other four
-    // answered, well before the deadline, and the sum is exact.
-    let mut net = Net::new(config(6, 4, 200), 4);
+    // answered, well before the deadline, and the sum is exact (each of the
+    // four has t = 3 holders among the others).
+    let mut net = Net::new(config(6, 3, 200), 4);
     net.step(); // AdvertiseKeys, all six.
     assert_eq!(net.server.stage(), Some(Stage::ShareKeys));
     net.kill(&[1, 4]);
@@ -108,9 +109,9 @@ fn dropouts_combined_across_stages() {
             (Stage::ShareKeys, &[11]),
             (Stage::MaskedInput, &[3, 4]),
             (Stage::ConsistencyCheck, &[6]),
-            (Stage::Unmasking, &[7, 8]),
+            (Stage::Unmasking, &[7]),
         ])
-        .expect("5 clients survive every stage");
+        .expect("6 clients survive every stage: t = 5 holders for each of them");
     let expected: Vec<ClientId> = [1, 2, 5, 6, 7, 8, 9, 10].map(ClientId).to_vec();
     assert_eq!(output.contributors, expected);
     assert_eq!(output.dropped_after_sharing, vec![ClientId(3), ClientId(4)]);
@@ -188,14 +189,27 @@ fn below_threshold_at_any_stage_aborts_and_reveals_nothing() {
     }
 }
 
+/// A client holds no share of its own secrets, so each survivor's self-mask
+/// seed needs t shares from the other survivors: t + 1 survivors complete a
+/// round, t do not (and the server aborts before asking for any share).
 #[test]
-fn exactly_t_survivors_complete() {
+fn t_plus_one_survivors_complete_and_t_abort_before_unmasking() {
     let mut net = Net::new(config(6, 4, 64), 6);
     let output = net
-        .run(&[(Stage::MaskedInput, &[0, 1])])
-        .expect("t survivors suffice");
-    assert_eq!(output.contributors, ids(2..6));
+        .run(&[(Stage::MaskedInput, &[0])])
+        .expect("t + 1 survivors suffice");
+    assert_eq!(output.contributors, ids(1..6));
     assert_eq!(output.sum, net.plain_sum(&output.contributors));
+
+    let mut net = Net::new(config(6, 4, 64), 6);
+    assert!(net.run(&[(Stage::MaskedInput, &[0, 1])]).is_none());
+    for i in 2..6 {
+        assert_eq!(
+            net.clients[i].abort_reason(),
+            Some(tessera_aggregation::messages::AbortReason::SharesMissing),
+            "client {i}"
+        );
+    }
 }
 
 #[test]

@@ -3,10 +3,17 @@
 //!
 //! The client generates two X25519 key pairs and a self-mask seed `b`, sends
 //! the public keys, and waits for the server to relay its neighbours' keys.
-//! With those it Shamir-shares `s_sk` and `b` among its live neighbours and
-//! itself (threshold t) and seals each neighbour's shares under a key agreed
-//! with that neighbour's `c_pk`, so the server that routes them learns
-//! nothing.
+//! With those it Shamir-shares `s_sk` and `b` among its live neighbours
+//! (threshold t) and seals each neighbour's shares under a key agreed with
+//! that neighbour's `c_pk`, so the server that routes them learns nothing.
+//!
+//! The client keeps no share of its own secrets: the holders are exactly its
+//! neighbours. A share kept by the owner would be revealed when the owner is
+//! told it survived, giving a server that lies about dropouts one honest
+//! holder more than the threshold bound `2t > k + a` counts (issue 11: with
+//! the finder's k = 4, t = 3 and one corrupt neighbour, the victim's own
+//! share, one neighbour's and the colluder's rebuilt `b` while the other two
+//! neighbours and the colluder rebuilt `s_sk`).
 //!
 //! In the malicious-server model the advert is signed with the client's
 //! long-term identity over (round id, client id, keys), and every relayed
@@ -112,7 +119,7 @@ impl AdvertiseKeys {
                 .map_or(ctx.id, |(id, _)| *id);
             return Err(Violation::DuplicateKey(dup));
         }
-        let holders = neighbour_keys.len() as u32 + 1;
+        let holders = neighbour_keys.len() as u32;
         if holders < ctx.config.threshold {
             return Err(Violation::BelowThreshold {
                 have: holders,
@@ -120,12 +127,9 @@ impl AdvertiseKeys {
             });
         }
 
-        // Share holders: the live neighbours and this client, ascending, so
-        // the share for holder i is at index i of the split.
-        let mut holder_ids: Vec<ClientId> = neighbour_keys.iter().map(|(id, _)| *id).collect();
-        let own_pos = holder_ids.partition_point(|id| *id < ctx.id);
-        holder_ids.insert(own_pos, ctx.id);
-        let xs: Vec<u32> = holder_ids.iter().map(|id| id.share_x()).collect();
+        // Share holders: exactly the live neighbours, ascending, so the share
+        // for holder i is at index i of the split. This client is not one.
+        let xs: Vec<u32> = neighbour_keys.iter().map(|(id, _)| id.share_x()).collect();
         let t = ctx.config.threshold as usize;
         let masking_key_shares = shamir::split(&self.keys.masking_secret_bytes(), t, &xs, rng)
             .expect("threshold and holders were validated");
@@ -135,11 +139,7 @@ impl AdvertiseKeys {
         let mut bundles = Vec::with_capacity(neighbour_keys.len());
         let mut open_keys = Vec::with_capacity(neighbour_keys.len());
         let mut plaintext = Zeroizing::new(Vec::with_capacity(2 * shamir::SHARE_BYTES));
-        for (i, id) in holder_ids.iter().enumerate() {
-            if *id == ctx.id {
-                continue;
-            }
-            let their_keys = &neighbour_keys[if i < own_pos { i } else { i - 1 }].1;
+        for (i, (id, their_keys)) in neighbour_keys.iter().enumerate() {
             let (seal_key, open_key) = self
                 .keys
                 .share_keys_with(&their_keys.c_pk, ctx.config.round_id, ctx.id, *id)
@@ -176,12 +176,7 @@ impl AdvertiseKeys {
         let message = ctx.message(ClientBody::ShareKeys(bundles));
         // Every use of the secret keys is done: `self.keys` is dropped (and
         // zeroized) here, before any bundle reaches a neighbour.
-        let next = ShareKeys::new(
-            self.self_mask_secret,
-            open_keys,
-            pairwise,
-            self_mask_shares[own_pos].clone(),
-        );
+        let next = ShareKeys::new(self.self_mask_secret, open_keys, pairwise);
         Ok((next, message))
     }
 }

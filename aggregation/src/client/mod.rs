@@ -241,7 +241,7 @@ pub enum Violation {
     /// Too few neighbours remain for the threshold.
     #[error("only {have} share holders remain, the threshold is {threshold}")]
     BelowThreshold {
-        /// Holders (or survivors) counted, including this client.
+        /// Holders (neighbours) or survivors counted.
         have: u32,
         /// The round's threshold.
         threshold: u32,
@@ -677,9 +677,9 @@ fn strictly_ascending<T>(items: &[T], id: impl Fn(&T) -> ClientId) -> bool {
 
 /// The shares a client holds after ShareKeys, and for whom: what it may later
 /// reveal, one secret per neighbour.
+///
+/// A client holds no share of its own secrets (see `advertise_keys`).
 struct HeldShares {
-    /// This client's own share of its self-mask seed.
-    own_self_mask: crate::shamir::Share,
     /// For each neighbour that sealed shares for this client, ascending:
     /// (neighbour, share of its masking key, share of its self-mask seed).
     from_neighbours: Vec<(ClientId, crate::shamir::Share, crate::shamir::Share)>,

@@ -25,7 +25,6 @@ pub(super) struct ShareKeys {
     /// Pairwise mask seeds with every live neighbour, parallel to
     /// `open_keys`.
     pairwise: Vec<(ClientId, MaskSeed)>,
-    own_self_mask_share: Share,
 }
 
 impl ShareKeys {
@@ -33,13 +32,11 @@ impl ShareKeys {
         self_mask_secret: Zeroizing<[u8; 32]>,
         open_keys: Vec<(ClientId, ShareKey)>,
         pairwise: Vec<(ClientId, MaskSeed)>,
-        own_self_mask_share: Share,
     ) -> Self {
         ShareKeys {
             self_mask_secret,
             open_keys,
             pairwise,
-            own_self_mask_share,
         }
     }
 
@@ -51,7 +48,10 @@ impl ShareKeys {
         if !strictly_ascending(&bundles, |b| b.peer) {
             return Err(Violation::Unsorted("SealedShares"));
         }
-        let holders = bundles.len() as u32 + 1;
+        // The senders are the holders of this client's shares' counterparts:
+        // with fewer than t of them some neighbour's secrets cannot be
+        // rebuilt from this neighbourhood, and the round cannot complete.
+        let holders = bundles.len() as u32;
         if holders < ctx.config.threshold {
             return Err(Violation::BelowThreshold {
                 have: holders,
@@ -94,10 +94,7 @@ impl ShareKeys {
         Ok(MaskedInput::new(
             self.self_mask_secret,
             partners,
-            HeldShares {
-                own_self_mask: self.own_self_mask_share,
-                from_neighbours,
-            },
+            HeldShares { from_neighbours },
         ))
     }
 }

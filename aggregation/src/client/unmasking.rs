@@ -59,17 +59,15 @@ pub(super) fn check_survivors(
     if survivors.binary_search(&ctx.id).is_err() {
         return Err(Violation::SelfNotSurvivor);
     }
-    // The list names this client's share holders only. With the complete
-    // graph that is every survivor, so the round's survivor floor can be
-    // checked here; in a SecAgg+ round the client sees its neighbourhood
-    // alone and the floor rests on the server, except in the
-    // malicious-server model, where the client checks the whole signed set
-    // against the quorum (which is at least the floor).
-    let floor = match ctx.config.graph {
-        GraphKind::Complete => ctx.config.survivor_floor(),
-        GraphKind::Harary { .. } => ctx.config.threshold,
+    // With the complete graph the list names every survivor, so the
+    // round's survivor floor can be checked here. In a SecAgg+ round the
+    // client sees its neighbourhood alone and the floor rests on the
+    // server; the client checks that its surviving neighbours (the holders
+    // of its own shares, not counting itself) can reach t.
+    let (floor, have) = match ctx.config.graph {
+        GraphKind::Complete => (ctx.config.survivor_floor(), survivors.len() as u32),
+        GraphKind::Harary { .. } => (ctx.config.threshold, survivors.len() as u32 - 1),
     };
-    let have = survivors.len() as u32;
     if have < floor {
         return Err(Violation::BelowThreshold {
             have,
@@ -172,14 +170,13 @@ impl Unmasking {
         }
 
         let mut response = UnmaskResponse::default();
-        for id in &survivors {
-            let share = if *id == ctx.id {
-                self.held.own_self_mask.clone()
-            } else {
-                let pos = self.held.position(*id).expect("checked above");
-                self.held.from_neighbours[pos].2.clone()
-            };
-            response.self_mask_shares.push((*id, share));
+        // This client holds no share of its own self-mask seed: its
+        // neighbours alone reveal those.
+        for id in survivors.iter().filter(|id| **id != ctx.id) {
+            let pos = self.held.position(*id).expect("checked above");
+            response
+                .self_mask_shares
+                .push((*id, self.held.from_neighbours[pos].2.clone()));
         }
         for id in &dropped {
             let pos = self.held.position(*id).expect("checked above");

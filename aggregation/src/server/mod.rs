@@ -646,6 +646,18 @@ impl ServerSession {
         {
             return self.abort(stage, AbortReason::SharesMissing, survivors);
         }
+        // A client that receives fewer than t bundles refuses the round (it
+        // could not help rebuild its neighbours' secrets, nor they its own):
+        // stop here instead of waiting for the refusals to time out.
+        if stage == Stage::ShareKeys
+            && !unmasking::every_sharer_has_holders(
+                &self.graph,
+                &self.roster,
+                self.config.threshold,
+            )
+        {
+            return self.abort(stage, AbortReason::SharesMissing, survivors);
+        }
         let state = std::mem::replace(&mut self.state, State::Transitioning);
         let (next, broadcast) = match state {
             State::AdvertiseKeys => (

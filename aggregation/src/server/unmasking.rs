@@ -82,7 +82,10 @@ impl Unmasking {
         from: ClientId,
         response: UnmaskResponse,
     ) -> Result<(), ClientViolation> {
-        let (survivors, dropped) = unmask_request_for(graph, roster, from);
+        let (mut survivors, dropped) = unmask_request_for(graph, roster, from);
+        // The request names the responder among the survivors, but it holds
+        // no share of its own secrets.
+        survivors.retain(|id| *id != from);
         check_owners("self-mask", &survivors, &response.self_mask_shares, from)?;
         check_owners("masking-key", &dropped, &response.masking_key_shares, from)?;
         for (owner, share) in response.self_mask_shares {
@@ -120,9 +123,8 @@ impl Unmasking {
 }
 
 /// Whether every secret the sum needs has at least `threshold` holders among
-/// the clients at `responder_level` (not evicted): each survivor's self-mask
-/// seed is held by it and its neighbours, each dropped client's masking key by
-/// its neighbours.
+/// the clients at `responder_level` (not evicted): the holders of a client's
+/// secrets are exactly its neighbours (it holds no share of its own).
 pub(super) fn feasible(
     graph: &NeighbourGraph,
     roster: &Roster,
@@ -139,12 +141,31 @@ pub(super) fn feasible(
                 .count() as u32
         };
         if *level >= LEVEL_MASKED {
-            holders() + u32::from(responds(i)) >= threshold
+            holders() >= threshold
         } else if *level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i) {
             holders() >= threshold
         } else {
             true
         }
+    })
+}
+
+/// Whether every client that sent its shares (and was not evicted) has at
+/// least `threshold` neighbours that did too: the holders of its secrets,
+/// and the senders of the bundles it will receive.
+pub(super) fn every_sharer_has_holders(
+    graph: &NeighbourGraph,
+    roster: &Roster,
+    threshold: u32,
+) -> bool {
+    let shared = |v: usize| roster.level[v] >= LEVEL_SHARED && !roster.evicted[v];
+    (0..roster.level.len()).filter(|i| shared(*i)).all(|i| {
+        graph
+            .neighbours(i as u32)
+            .into_iter()
+            .filter(|v| shared(*v as usize))
+            .count() as u32
+            >= threshold
     })
 }
 

@@ -27,6 +27,10 @@ pub struct Net {
     /// Malicious-server rounds: each client's identity and the directory.
     pub identities: Vec<IdentityKey>,
     pub directory: Option<Arc<IdentityDirectory>>,
+    /// A corrupt client's second copy ([`Net::twin`]): it receives what the
+    /// client receives, so a colluding server can ask the two copies
+    /// different questions, as a corrupt client answering both would.
+    pub twin: Option<(ClientId, ClientSession)>,
 }
 
 /// Long-term identities for `n` clients, from a seed.
@@ -123,7 +127,40 @@ impl Net {
             now: base,
             dead: vec![false; n as usize],
             inputs,
+            twin: None,
         }
+    }
+
+    /// Makes `id` a corrupt client with a twin: its session is rebuilt from
+    /// a fixed seed and a second, identical session is kept beside it (the
+    /// same keys, the same shares received). The server's questions to the
+    /// twin stand for a corrupt client answering what an honest one would
+    /// refuse. Call before any message is sent.
+    pub fn twin(&mut self, id: ClientId, seed: u8) {
+        let graph = self.config.neighbour_graph().unwrap();
+        let make = || {
+            let mut rng = ChaCha20Rng::from_seed([seed; 32]);
+            match &self.directory {
+                Some(directory) => ClientSession::with_identity(
+                    self.config.clone(),
+                    &graph,
+                    id,
+                    ClientIdentity {
+                        key: self.identities[id.index()].clone(),
+                        directory: Arc::clone(directory),
+                    },
+                    self.base,
+                    &mut rng,
+                )
+                .unwrap(),
+                None => {
+                    ClientSession::with_graph(self.config.clone(), &graph, id, self.base, &mut rng)
+                        .unwrap()
+                }
+            }
+        };
+        self.clients[id.index()] = make();
+        self.twin = Some((id, make()));
     }
 
     pub fn kill(&mut self, ids: &[u32]) {
@@ -148,6 +185,14 @@ impl Net {
                     .handle_message(self.now, ClientId(i as u32), message)
                     .unwrap();
             }
+        }
+        // The twin says what its original says: nothing of it reaches the
+        // server.
+        if let Some((id, twin)) = &mut self.twin {
+            if twin.is_awaiting_input() {
+                twin.submit_input(self.inputs[id.index()].clone()).unwrap();
+            }
+            while twin.poll_transmit().is_some() {}
         }
     }
 
@@ -175,6 +220,11 @@ impl Net {
     pub fn deliver(&mut self, messages: Vec<(ClientId, ServerMessage)>) {
         for (to, message) in messages {
             if !self.dead[to.index()] {
+                if let Some((id, twin)) = &mut self.twin
+                    && *id == to
+                {
+                    twin.handle_message(self.now, message.clone()).unwrap();
+                }
                 self.clients[to.index()]
                     .handle_message(self.now, message)
                     .unwrap();
