@@ -215,6 +215,42 @@ impl RoundConfig {
         reasons
     }
 
+    /// The configuration as bytes, field by field in a fixed order
+    /// (integers little-endian, enums as one tag byte): what the signatures
+    /// of a malicious-server round bind ([`crate::identity::session_hash`]).
+    /// Two configurations that differ in any field give different bytes.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(96);
+        out.extend_from_slice(b"tessera/v2/round-config");
+        out.extend_from_slice(&self.round_id.to_le_bytes());
+        out.extend_from_slice(&self.num_clients.to_le_bytes());
+        out.extend_from_slice(&self.threshold.to_le_bytes());
+        out.extend_from_slice(&self.min_survivors.to_le_bytes());
+        match self.graph {
+            GraphKind::Complete => out.extend_from_slice(&[0, 0, 0, 0, 0]),
+            GraphKind::Harary { k } => {
+                out.push(1);
+                out.extend_from_slice(&k.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.graph_seed);
+        out.extend_from_slice(&self.dim.to_le_bytes());
+        out.push(self.bits);
+        out.push(match self.prg {
+            Prg::Aes128Ctr => 0,
+            Prg::ChaCha20 => 1,
+        });
+        out.push(match self.threat_model {
+            ThreatModel::SemiHonest => 0,
+            ThreatModel::SemiMalicious => 1,
+            ThreatModel::MaliciousServer => 2,
+        });
+        out.extend_from_slice(&self.corrupt.to_le_bytes());
+        let millis = self.stage_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        out.extend_from_slice(&millis.to_le_bytes());
+        out
+    }
+
     /// The fewest clients that must survive each stage for the round to go
     /// on: `max(threshold, min_survivors)`.
     pub fn survivor_floor(&self) -> u32 {

@@ -5,20 +5,33 @@
 //! every client a long-term signing key registered in a PKI. Two things are
 //! signed:
 //!
-//! - **the advertised keys** (round id, client id, `c_pk`, `s_pk`): a server
-//!   that substitutes its own X25519 keys for a client's (to open the share
-//!   bundles sealed for it, or to know its pairwise masks) produces an
-//!   advertisement no honest neighbour accepts; a signature from another
-//!   round does not verify in this one, so old adverts cannot be replayed;
-//! - **the survivor set** of the consistency check (round id, the ids):
-//!   every honest client signs exactly one set per round and reveals shares
-//!   only when a quorum of the set's members signed that very set. Two
-//!   different sets cannot both gather a quorum (see
+//! - **the advertised keys** (label, [`session_hash`] of the round
+//!   configuration and the identity roster, client id, `c_pk`, `s_pk`): a
+//!   server that substitutes its own X25519 keys for a client's (to open the
+//!   share bundles sealed for it, or to know its pairwise masks) produces
+//!   an advertisement no honest neighbour accepts; a signature from a round
+//!   with another configuration or roster does not verify in this one;
+//! - **the survivor set** of the consistency check (label,
+//!   [`transcript_hash`] of the session, the ids): every honest client
+//!   signs exactly one set per session and reveals shares only when a
+//!   quorum of the set's members signed that very set in this very session.
+//!   Two different sets cannot both gather a quorum (see
 //!   [`crate::config::RoundConfig::signature_quorum`]), so a server cannot
 //!   tell some clients that `v` survived (and collect shares of its
 //!   self-mask seed) while telling others that `v` dropped (and collect
 //!   shares of its masking key): both secrets together would unmask `v`'s
 //!   input.
+//!
+//! The server picks round ids and clients remember none, so a round id
+//! alone does not name a session: a server could run round R honestly,
+//! keep the quorum's signatures over the full survivor set, open a second
+//! session with the same id R and show the victim the old quorum while the
+//! others sign the set without it. The transcript hash closes this: it
+//! covers the round configuration, the identity roster and every signed
+//! advert of the session in slot order, and on the complete graph (the
+//! only graph of the malicious-server model) every client sees every
+//! advert, its own included. Each session's adverts carry fresh X25519
+//! keys, so no signature from another session verifies.
 //!
 //! The PKI is the [`IdentityDirectory`]: for each client slot of the round,
 //! the verifying key of the identity in it. Clients must obtain the keys
@@ -35,9 +48,12 @@ use std::sync::Arc;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use rand_core::CryptoRng;
+use sha2::{Digest, Sha256};
 
 use crate::ClientId;
+use crate::config::RoundConfig;
 use crate::keys::PublicKeys;
+use crate::messages::Advert;
 
 /// Bytes of an encoded Ed25519 signature.
 pub const SIGNATURE_BYTES: usize = 64;
@@ -45,8 +61,14 @@ pub const SIGNATURE_BYTES: usize = 64;
 pub const VERIFYING_KEY_BYTES: usize = 32;
 
 const KEY_FILE_PREFIX: &str = "ed25519-secret:";
-const ADVERT_LABEL: &[u8] = b"tessera/v1/advertise-keys";
-const SURVIVORS_LABEL: &[u8] = b"tessera/v1/survivor-set";
+const ADVERT_LABEL: &[u8] = b"tessera/v2/advertise-keys";
+const SURVIVORS_LABEL: &[u8] = b"tessera/v2/survivor-set";
+const SESSION_LABEL: &[u8] = b"tessera/v2/session";
+const TRANSCRIPT_LABEL: &[u8] = b"tessera/v2/transcript";
+
+/// A SHA-256 digest that names a round's setting ([`session_hash`]) or one
+/// session of it ([`transcript_hash`]). Public, not secret.
+pub type SessionDigest = [u8; 32];
 
 /// An Ed25519 signature as sent on the wire. Not secret; equality is plain.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -130,25 +152,31 @@ impl IdentityKey {
         self.0.verifying_key().to_bytes()
     }
 
-    /// Signs this client's advertisement for a round.
+    /// Signs this client's advertisement for a round whose
+    /// [`session_hash`] is `session`.
     pub fn sign_advert(
         &self,
-        round_id: u64,
+        session: &SessionDigest,
         client: ClientId,
         keys: &PublicKeys,
     ) -> IdentitySignature {
         IdentitySignature(
             self.0
-                .sign(&advert_payload(round_id, client, keys))
+                .sign(&advert_payload(session, client, keys))
                 .to_bytes(),
         )
     }
 
-    /// Signs the survivor set of a round's consistency check.
-    pub fn sign_survivors(&self, round_id: u64, survivors: &[ClientId]) -> IdentitySignature {
+    /// Signs the survivor set of the consistency check of the session whose
+    /// [`transcript_hash`] is `transcript`.
+    pub fn sign_survivors(
+        &self,
+        transcript: &SessionDigest,
+        survivors: &[ClientId],
+    ) -> IdentitySignature {
         IdentitySignature(
             self.0
-                .sign(&survivors_payload(round_id, survivors))
+                .sign(&survivors_payload(transcript, survivors))
                 .to_bytes(),
         )
     }
@@ -207,26 +235,27 @@ impl IdentityPublicKey {
     }
 
     /// Whether `signature` is this identity's signature over `client`'s
-    /// advertisement in round `round_id`.
+    /// advertisement in a round whose [`session_hash`] is `session`.
     pub fn verify_advert(
         &self,
-        round_id: u64,
+        session: &SessionDigest,
         client: ClientId,
         keys: &PublicKeys,
         signature: &IdentitySignature,
     ) -> bool {
-        self.verify(&advert_payload(round_id, client, keys), signature)
+        self.verify(&advert_payload(session, client, keys), signature)
     }
 
     /// Whether `signature` is this identity's signature over the survivor
-    /// set `survivors` of round `round_id`.
+    /// set `survivors` of the session whose [`transcript_hash`] is
+    /// `transcript`.
     pub fn verify_survivors(
         &self,
-        round_id: u64,
+        transcript: &SessionDigest,
         survivors: &[ClientId],
         signature: &IdentitySignature,
     ) -> bool {
-        self.verify(&survivors_payload(round_id, survivors), signature)
+        self.verify(&survivors_payload(transcript, survivors), signature)
     }
 
     fn verify(&self, payload: &[u8], signature: &IdentitySignature) -> bool {
@@ -391,20 +420,69 @@ pub fn parse_allow_list(text: &str) -> Result<Vec<Enrolled>, AllowListError> {
     Ok(enrolled)
 }
 
-fn advert_payload(round_id: u64, client: ClientId, keys: &PublicKeys) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(ADVERT_LABEL.len() + 8 + 4 + 64);
+/// The digest every advert of a round signs: SHA-256 over a label, the
+/// round configuration ([`RoundConfig::canonical_bytes`], which holds the
+/// round id) and the identity roster (the directory's keys, slot by slot).
+/// An advert signed for another configuration or roster does not verify.
+pub fn session_hash(config: &RoundConfig, directory: &IdentityDirectory) -> SessionDigest {
+    let mut h = Sha256::new();
+    h.update(SESSION_LABEL);
+    absorb_setting(&mut h, config, directory);
+    h.finalize().into()
+}
+
+/// The digest every survivor-set signature of a session signs: SHA-256 over
+/// a label, the round configuration, the identity roster and every signed
+/// advert of the session in slot order (client id, `c_pk`, `s_pk`,
+/// signature). On the complete graph every client receives every other
+/// advert and adds its own, so all honest clients of one session compute
+/// the same digest, and no two sessions share one (each advert carries
+/// fresh keys).
+///
+/// `adverts` must be in ascending client order; an advert without a
+/// signature (refused in signed rounds before this is computed) counts as
+/// 64 zero bytes.
+pub fn transcript_hash<'a>(
+    config: &RoundConfig,
+    directory: &IdentityDirectory,
+    adverts: impl IntoIterator<Item = (ClientId, &'a Advert)>,
+) -> SessionDigest {
+    let mut h = Sha256::new();
+    h.update(TRANSCRIPT_LABEL);
+    absorb_setting(&mut h, config, directory);
+    for (id, advert) in adverts {
+        h.update(id.0.to_le_bytes());
+        h.update(advert.keys.c_pk);
+        h.update(advert.keys.s_pk);
+        h.update(advert.signature.map_or([0; SIGNATURE_BYTES], |s| s.0));
+    }
+    h.finalize().into()
+}
+
+fn absorb_setting(h: &mut Sha256, config: &RoundConfig, directory: &IdentityDirectory) {
+    let config = config.canonical_bytes();
+    h.update((config.len() as u32).to_le_bytes());
+    h.update(&config);
+    h.update((directory.len() as u32).to_le_bytes());
+    for key in directory.keys() {
+        h.update(key.to_bytes());
+    }
+}
+
+fn advert_payload(session: &SessionDigest, client: ClientId, keys: &PublicKeys) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(ADVERT_LABEL.len() + 32 + 4 + 64);
     payload.extend_from_slice(ADVERT_LABEL);
-    payload.extend_from_slice(&round_id.to_le_bytes());
+    payload.extend_from_slice(session);
     payload.extend_from_slice(&client.0.to_le_bytes());
     payload.extend_from_slice(&keys.c_pk);
     payload.extend_from_slice(&keys.s_pk);
     payload
 }
 
-fn survivors_payload(round_id: u64, survivors: &[ClientId]) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(SURVIVORS_LABEL.len() + 12 + 4 * survivors.len());
+fn survivors_payload(transcript: &SessionDigest, survivors: &[ClientId]) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(SURVIVORS_LABEL.len() + 36 + 4 * survivors.len());
     payload.extend_from_slice(SURVIVORS_LABEL);
-    payload.extend_from_slice(&round_id.to_le_bytes());
+    payload.extend_from_slice(transcript);
     payload.extend_from_slice(&(survivors.len() as u32).to_le_bytes());
     for id in survivors {
         payload.extend_from_slice(&id.0.to_le_bytes());
@@ -425,30 +503,86 @@ mod tests {
         IdentityKey::generate(&mut chacha20::ChaCha20Rng::from_seed([seed; 32]))
     }
 
+    fn directory(n: u8) -> IdentityDirectory {
+        IdentityDirectory::new((1..=n).map(|i| key(i).verifying_key()).collect()).unwrap()
+    }
+
     #[test]
-    fn an_advert_signature_binds_round_client_and_both_keys() {
+    fn the_session_hash_covers_every_field_and_the_roster() {
+        let mut config = RoundConfig::new(7, 3, 4);
+        config.threat_model = crate::params::ThreatModel::MaliciousServer;
+        let roster = directory(3);
+        let base = session_hash(&config, &roster);
+        let mut other = config.clone();
+        other.round_id = 8;
+        assert_ne!(session_hash(&other, &roster), base, "round id");
+        let mut other = config.clone();
+        other.corrupt = 1;
+        assert_ne!(session_hash(&other, &roster), base, "corrupt");
+        let mut other = config.clone();
+        other.graph_seed[31] = 1;
+        assert_ne!(session_hash(&other, &roster), base, "graph seed");
+        let swapped = IdentityDirectory::new(vec![
+            key(2).verifying_key(),
+            key(1).verifying_key(),
+            key(3).verifying_key(),
+        ])
+        .unwrap();
+        assert_ne!(session_hash(&config, &swapped), base, "roster order");
+        // The transcript differs from the session hash and depends on every
+        // advert byte.
+        let advert = Advert {
+            keys: PublicKeys {
+                c_pk: [1; 32],
+                s_pk: [2; 32],
+            },
+            signature: Some(IdentitySignature([3; 64])),
+        };
+        let t = transcript_hash(&config, &roster, [(ClientId(0), &advert)]);
+        assert_ne!(t, base);
+        let mut fresh = advert.clone();
+        fresh.keys.c_pk[0] ^= 1;
+        assert_ne!(
+            transcript_hash(&config, &roster, [(ClientId(0), &fresh)]),
+            t
+        );
+        assert_ne!(
+            transcript_hash(&config, &roster, [(ClientId(1), &advert)]),
+            t
+        );
+    }
+
+    #[test]
+    fn an_advert_signature_binds_session_client_and_both_keys() {
         let id = key(1);
         let keys = PublicKeys {
             c_pk: [1; 32],
             s_pk: [2; 32],
         };
-        let sig = id.sign_advert(7, ClientId(3), &keys);
+        let (seven, eight) = ([7; 32], [8; 32]);
+        let sig = id.sign_advert(&seven, ClientId(3), &keys);
         let public = id.verifying_key();
-        assert!(public.verify_advert(7, ClientId(3), &keys, &sig));
-        assert!(!public.verify_advert(8, ClientId(3), &keys, &sig), "round");
-        assert!(!public.verify_advert(7, ClientId(4), &keys, &sig), "client");
+        assert!(public.verify_advert(&seven, ClientId(3), &keys, &sig));
+        assert!(
+            !public.verify_advert(&eight, ClientId(3), &keys, &sig),
+            "session"
+        );
+        assert!(
+            !public.verify_advert(&seven, ClientId(4), &keys, &sig),
+            "client"
+        );
         let swapped = PublicKeys {
             c_pk: keys.s_pk,
             s_pk: keys.c_pk,
         };
         assert!(
-            !public.verify_advert(7, ClientId(3), &swapped, &sig),
+            !public.verify_advert(&seven, ClientId(3), &swapped, &sig),
             "keys"
         );
         assert!(
             !key(2)
                 .verifying_key()
-                .verify_advert(7, ClientId(3), &keys, &sig),
+                .verify_advert(&seven, ClientId(3), &keys, &sig),
             "signer"
         );
     }
@@ -457,18 +591,19 @@ mod tests {
     fn a_survivor_signature_binds_the_exact_set() {
         let id = key(1);
         let set = [ClientId(0), ClientId(2), ClientId(5)];
-        let sig = id.sign_survivors(9, &set);
+        let (nine, ten) = ([9; 32], [10; 32]);
+        let sig = id.sign_survivors(&nine, &set);
         let public = id.verifying_key();
-        assert!(public.verify_survivors(9, &set, &sig));
-        assert!(!public.verify_survivors(9, &set[..2], &sig));
-        assert!(!public.verify_survivors(10, &set, &sig));
+        assert!(public.verify_survivors(&nine, &set, &sig));
+        assert!(!public.verify_survivors(&nine, &set[..2], &sig));
+        assert!(!public.verify_survivors(&ten, &set, &sig));
         // A survivor-set signature is not an advert signature, even over
         // bytes that could line up.
         let keys = PublicKeys {
             c_pk: [0; 32],
             s_pk: [0; 32],
         };
-        assert!(!public.verify_advert(9, ClientId(3), &keys, &sig));
+        assert!(!public.verify_advert(&nine, ClientId(3), &keys, &sig));
     }
 
     #[test]

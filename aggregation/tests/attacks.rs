@@ -327,6 +327,66 @@ fn no_split_of_the_honest_holders_unmasks_a_victim_with_the_finders_parameters()
     assert!(most.0 < 3, "{most:?}");
 }
 
+/// Issue 11, item 3: a second session of round R, with the same id. Round R
+/// ran honestly once and the server kept the quorum's signatures over the
+/// full survivor set; in the second session it shows the victim that old
+/// quorum, while everyone else signs the set without the victim (a genuine
+/// quorum) and reveals shares of the victim's masking key. Before the
+/// signatures were bound to the session, the victim accepted the old quorum
+/// and answered as a survivor: two survivor sets were accepted in one round,
+/// the state the signature quorum exists to prevent.
+#[test]
+fn a_quorum_from_another_session_of_the_same_round_is_refused() {
+    let mut cfg = config(7, 0, 16);
+    cfg.threat_model = ThreatModel::MaliciousServer;
+    cfg.corrupt = 1;
+    cfg.threshold = tessera_aggregation::params::threshold_floor(
+        ThreatModel::MaliciousServer,
+        7,
+        1,
+        GraphKind::Complete,
+    );
+    cfg.validate().unwrap();
+    let (keys, directory) = identities(7, 41);
+
+    // Session 1 of round R, honest up to the unmasking requests.
+    let mut first = Net::with_identities(cfg.clone(), 41, keys.clone(), directory.clone());
+    let out = first.run_until(|b| matches!(b, ServerBody::UnmaskRequest { .. }));
+    let old_quorum = match &out[0].1.body {
+        ServerBody::UnmaskRequest { signatures, .. } => signatures.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(old_quorum.len(), 7);
+
+    // Session 2 of round R: the victim alone is told it survived and shown
+    // the old quorum.
+    let script = Script {
+        told_survived: Vec::new(),
+        replayed_quorum: Some(old_quorum),
+    };
+    let loot = split_attack(&cfg, 42, Some((keys, directory)), &script);
+    let victim_refusal = loot
+        .refusals
+        .iter()
+        .find(|(id, _)| id.0 == 0)
+        .map(|(_, v)| v.clone());
+    assert!(
+        matches!(
+            victim_refusal,
+            Some(Violation::BadSignature {
+                what: "survivor-set",
+                ..
+            })
+        ),
+        "the victim accepted a quorum from another session: {:?}",
+        loot.refusals
+    );
+    // The others' quorum over the set without the victim is genuine: they
+    // answer, and the server holds shares of the victim's masking key only.
+    assert!(loot.self_mask_shares.is_empty());
+    assert!(!loot.unmasked);
+}
+
 /// Issue 11, items 2 and 3 together, as the review ran them: a
 /// malicious-server round on the finder's sparse graph for n = 10 (Harary
 /// k = 4, t = 3, one corrupt client). The server replays round R's quorum to

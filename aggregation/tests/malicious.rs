@@ -562,7 +562,11 @@ fn the_server_drops_a_client_with_a_bad_signature_and_the_round_goes_on() {
     let ClientBody::AdvertiseKeys(mut body) = advert.body else {
         panic!("first message is the advert")
     };
-    body.signature = Some(other.sign_advert(net.config.round_id, ClientId(5), &body.keys));
+    let session = tessera_aggregation::identity::session_hash(
+        &net.config,
+        net.directory.as_ref().expect("a signed round"),
+    );
+    body.signature = Some(other.sign_advert(&session, ClientId(5), &body.keys));
     let now = net.now;
     let forged = ClientMessage {
         round_id: net.config.round_id,

@@ -26,28 +26,30 @@ fn bench_signatures(c: &mut Criterion) {
         .map(|_| IdentityKey::generate(&mut rng))
         .collect();
     let set: Vec<ClientId> = (0..N).map(ClientId).collect();
+    // A session's digest (session or transcript hash): 32 public bytes.
+    let digest = [7u8; 32];
 
     c.bench_function("sign an advert", |b| {
-        b.iter(|| identities[0].sign_advert(black_box(7), ClientId(0), black_box(&keys)))
+        b.iter(|| identities[0].sign_advert(black_box(&digest), ClientId(0), black_box(&keys)))
     });
-    let advert = identities[0].sign_advert(7, ClientId(0), &keys);
+    let advert = identities[0].sign_advert(&digest, ClientId(0), &keys);
     let public = identities[0].verifying_key();
     c.bench_function("verify an advert", |b| {
-        b.iter(|| assert!(public.verify_advert(black_box(7), ClientId(0), &keys, &advert)))
+        b.iter(|| assert!(public.verify_advert(black_box(&digest), ClientId(0), &keys, &advert)))
     });
     c.bench_function("sign a survivor set of 1,000", |b| {
-        b.iter(|| identities[0].sign_survivors(black_box(7), black_box(&set)))
+        b.iter(|| identities[0].sign_survivors(black_box(&digest), black_box(&set)))
     });
     let signed: Vec<_> = identities
         .iter()
-        .map(|k| (k.verifying_key(), k.sign_survivors(7, &set)))
+        .map(|k| (k.verifying_key(), k.sign_survivors(&digest, &set)))
         .collect();
     let mut group = c.benchmark_group("quorum");
     group.sample_size(10);
     group.bench_function("verify 501 signatures over a 1,000-id set", |b| {
         b.iter(|| {
             for (key, signature) in &signed {
-                assert!(key.verify_survivors(black_box(7), &set, signature));
+                assert!(key.verify_survivors(black_box(&digest), &set, signature));
             }
         })
     });

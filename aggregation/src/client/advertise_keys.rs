@@ -16,10 +16,13 @@
 //! neighbours and the colluder rebuilt `s_sk`).
 //!
 //! In the malicious-server model the advert is signed with the client's
-//! long-term identity over (round id, client id, keys), and every relayed
-//! neighbour advert must carry a valid signature by the identity in that
-//! neighbour's slot: a server substituting keys, or replaying an advert
-//! from another round, is refused before any share is sealed.
+//! long-term identity over (the session hash of the round configuration and
+//! the identity roster, client id, keys), and every relayed neighbour advert
+//! must carry a valid signature by the identity in that neighbour's slot: a
+//! server substituting keys, or replaying an advert from another round, is
+//! refused before any share is sealed. The checked adverts and the client's
+//! own then make the session's transcript hash, which every survivor-set
+//! signature of the session binds ([`crate::identity::transcript_hash`]).
 
 use chacha20::ChaCha20Rng;
 use rand_core::Rng;
@@ -28,6 +31,7 @@ use zeroize::Zeroizing;
 use super::share_keys::ShareKeys;
 use super::{Context, Violation, strictly_ascending};
 use crate::ClientId;
+use crate::identity::{SessionDigest, transcript_hash};
 use crate::keys::{ClientKeys, pairwise_mask_seed};
 use crate::messages::{Advert, ClientBody, ClientMessage, SealedBundle};
 use crate::shamir;
@@ -36,6 +40,8 @@ use crate::shamir;
 pub(super) struct AdvertiseKeys {
     keys: ClientKeys,
     self_mask_secret: Zeroizing<[u8; 32]>,
+    /// The advert this client sent: part of the session's transcript.
+    own_advert: Advert,
 }
 
 impl AdvertiseKeys {
@@ -44,39 +50,44 @@ impl AdvertiseKeys {
         let mut self_mask_secret = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut self_mask_secret[..]);
         let public = keys.public();
-        let signature = ctx.identity.as_ref().map(|identity| {
-            identity
-                .key
-                .sign_advert(ctx.config.round_id, ctx.id, &public)
-        });
-        let advert = ctx.message(ClientBody::AdvertiseKeys(Advert {
+        let signature = match (&ctx.identity, &ctx.session) {
+            (Some(identity), Some(session)) => {
+                Some(identity.key.sign_advert(session, ctx.id, &public))
+            }
+            _ => None,
+        };
+        let own_advert = Advert {
             keys: public,
             signature,
-        }));
+        };
+        let advert = ctx.message(ClientBody::AdvertiseKeys(own_advert.clone()));
         (
             AdvertiseKeys {
                 keys,
                 self_mask_secret,
+                own_advert,
             },
             advert,
         )
     }
 
     /// Checks the relayed keys, shares the secrets and seals the shares.
+    /// In a signed round also returns the session's transcript hash.
     pub(super) fn handle_neighbour_keys(
         self,
         ctx: &Context,
         adverts: Vec<(ClientId, Advert)>,
         rng: &mut ChaCha20Rng,
-    ) -> Result<(ShareKeys, ClientMessage), Violation> {
+    ) -> Result<(ShareKeys, ClientMessage, Option<SessionDigest>), Violation> {
         if !strictly_ascending(&adverts, |(id, _)| *id) {
             return Err(Violation::Unsorted("NeighbourKeys"));
         }
-        if let Some(identity) = &ctx.identity {
+        let mut transcript = None;
+        if let (Some(identity), Some(session)) = (&ctx.identity, &ctx.session) {
             for (id, advert) in &adverts {
                 let valid = match (&advert.signature, identity.directory.get(*id)) {
                     (Some(signature), Some(signer)) => {
-                        signer.verify_advert(ctx.config.round_id, *id, &advert.keys, signature)
+                        signer.verify_advert(session, *id, &advert.keys, signature)
                     }
                     _ => false,
                 };
@@ -87,6 +98,19 @@ impl AdvertiseKeys {
                     });
                 }
             }
+            // Every advert of the session, this client's own (with this
+            // session's fresh keys) in its slot.
+            let own_pos = adverts.partition_point(|(id, _)| *id < ctx.id);
+            let session_adverts = adverts[..own_pos]
+                .iter()
+                .map(|(id, advert)| (*id, advert))
+                .chain([(ctx.id, &self.own_advert)])
+                .chain(adverts[own_pos..].iter().map(|(id, advert)| (*id, advert)));
+            transcript = Some(transcript_hash(
+                &ctx.config,
+                &identity.directory,
+                session_adverts,
+            ));
         }
         let neighbour_keys: Vec<_> = adverts
             .into_iter()
@@ -177,6 +201,6 @@ impl AdvertiseKeys {
         // Every use of the secret keys is done: `self.keys` is dropped (and
         // zeroized) here, before any bundle reaches a neighbour.
         let next = ShareKeys::new(self.self_mask_secret, open_keys, pairwise);
-        Ok((next, message))
+        Ok((next, message, transcript))
     }
 }

@@ -9,7 +9,8 @@
 //! - Semi-malicious model: the set is the survivors among the client's
 //!   neighbours and itself, confirmed without a signature.
 //! - Malicious-server model: the set is the round's whole survivor set and
-//!   the client signs (round id, set) with its long-term identity. It will
+//!   the client signs (the session's transcript hash, set) with its
+//!   long-term identity. It will
 //!   reveal shares only against a quorum of valid signatures over this very
 //!   set ([`crate::config::RoundConfig::signature_quorum`]), which stops a
 //!   server from telling different clients different stories: an honest
@@ -66,7 +67,11 @@ impl ConsistencyCheck {
             .filter(|id| *id == ctx.id || ctx.is_neighbour(*id))
             .collect();
         super::unmasking::check_survivors(ctx, &self.held, &around)?;
-        let signature = identity.key.sign_survivors(ctx.config.round_id, &survivors);
+        let transcript = ctx
+            .transcript
+            .as_ref()
+            .expect("a signed round has its transcript once adverts are checked");
+        let signature = identity.key.sign_survivors(transcript, &survivors);
         let message = ctx.message(ClientBody::ConsistencyCheck(Some(signature)));
         let confirmed = Confirmed {
             around,

@@ -36,7 +36,7 @@ use rand_core::{CryptoRng, SeedableRng};
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
-use crate::identity::{ClientIdentity, DirectoryError};
+use crate::identity::{ClientIdentity, DirectoryError, SessionDigest, session_hash};
 use crate::keys::KeyError;
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
@@ -51,6 +51,13 @@ struct Context {
     /// Malicious-server model: this client's signing key and the directory
     /// it verifies its peers' signatures with.
     identity: Option<ClientIdentity>,
+    /// Malicious-server model: the [`crate::identity::session_hash`] its
+    /// advert signs.
+    session: Option<SessionDigest>,
+    /// Malicious-server model: the [`crate::identity::transcript_hash`] of
+    /// this session (set once the neighbours' adverts are checked), which
+    /// the survivor-set signatures sign.
+    transcript: Option<SessionDigest>,
 }
 
 impl Context {
@@ -386,11 +393,16 @@ impl ClientSession {
             });
         }
         let neighbours = graph.neighbours(id.0).into_iter().map(ClientId).collect();
+        let session = identity
+            .as_ref()
+            .map(|identity| session_hash(&config, &identity.directory));
         let ctx = Context {
             config,
             id,
             neighbours,
             identity,
+            session,
+            transcript: None,
         };
         let mut seed = zeroize::Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut seed[..]);
@@ -559,8 +571,9 @@ impl ClientSession {
         };
         match (state, body) {
             (State::AdvertiseKeys(state), ServerBody::NeighbourKeys(keys)) => {
-                let (next, message) =
+                let (next, message, transcript) =
                     state.handle_neighbour_keys(&self.ctx, keys, &mut self.rng)?;
+                self.ctx.transcript = transcript;
                 self.outbox.push_back(message);
                 self.state = State::ShareKeys(next);
                 self.wait_from(now);

@@ -150,9 +150,15 @@ impl Unmasking {
                 if signed.binary_search(signer).is_err() {
                     return Err(Violation::SignerNotSurvivor(*signer));
                 }
-                let valid = identity.directory.get(*signer).is_some_and(|key| {
-                    key.verify_survivors(ctx.config.round_id, signed, signature)
-                });
+                // Bound to this session's transcript: a quorum kept from
+                // another session (even of the same round id) does not
+                // verify.
+                let valid = match (&ctx.transcript, identity.directory.get(*signer)) {
+                    (Some(transcript), Some(key)) => {
+                        key.verify_survivors(transcript, signed, signature)
+                    }
+                    _ => false,
+                };
                 if !valid {
                     return Err(Violation::BadSignature {
                         client: *signer,

@@ -14,14 +14,14 @@ use super::{LEVEL_ADVERTISED, Roster};
 use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::graph::NeighbourGraph;
-use crate::identity::IdentityDirectory;
+use crate::identity::{IdentityDirectory, SessionDigest, transcript_hash};
 use crate::messages::{Advert, ServerBody};
 
 use super::ClientViolation;
 
 pub(super) fn accept(
     config: &RoundConfig,
-    directory: Option<&IdentityDirectory>,
+    directory: Option<(&IdentityDirectory, &SessionDigest)>,
     roster: &mut Roster,
     from: ClientId,
     advert: Advert,
@@ -30,10 +30,10 @@ pub(super) fn accept(
         let Some(signature) = &advert.signature else {
             return Err(ClientViolation::Signature("the advert is not signed"));
         };
-        if let Some(directory) = directory {
-            let valid = directory.get(from).is_some_and(|key| {
-                key.verify_advert(config.round_id, from, &advert.keys, signature)
-            });
+        if let Some((directory, session)) = directory {
+            let valid = directory
+                .get(from)
+                .is_some_and(|key| key.verify_advert(session, from, &advert.keys, signature));
             if !valid {
                 return Err(ClientViolation::Signature(
                     "the advert signature does not verify under the client's identity",
@@ -44,6 +44,29 @@ pub(super) fn accept(
     roster.keys[from.index()] = Some(advert.keys);
     roster.advert_signatures[from.index()] = advert.signature;
     Ok(())
+}
+
+/// The session's transcript hash: every advert that will be relayed (the
+/// clients that advertised, in slot order), as each client computes it from
+/// its NeighbourKeys and its own advert on the complete graph.
+pub(super) fn transcript(
+    config: &RoundConfig,
+    directory: &IdentityDirectory,
+    roster: &Roster,
+) -> SessionDigest {
+    let adverts: Vec<(ClientId, Advert)> = (0..config.num_clients)
+        .map(ClientId)
+        .filter(|id| roster.reached(*id, LEVEL_ADVERTISED))
+        .map(|id| (id, advert_of(roster, id)))
+        .collect();
+    transcript_hash(config, directory, adverts.iter().map(|(id, a)| (*id, a)))
+}
+
+fn advert_of(roster: &Roster, id: ClientId) -> Advert {
+    Advert {
+        keys: roster.keys[id.index()].expect("advertised clients have keys"),
+        signature: roster.advert_signatures[id.index()],
+    }
 }
 
 /// The neighbours of `id` that advertised keys.
@@ -62,15 +85,7 @@ pub(super) fn advertised_neighbours(
 pub(super) fn neighbour_keys(graph: &NeighbourGraph, roster: &Roster, id: ClientId) -> ServerBody {
     ServerBody::NeighbourKeys(
         advertised_neighbours(graph, roster, id)
-            .map(|v| {
-                (
-                    v,
-                    Advert {
-                        keys: roster.keys[v.index()].expect("advertised clients have keys"),
-                        signature: roster.advert_signatures[v.index()],
-                    },
-                )
-            })
+            .map(|v| (v, advert_of(roster, v)))
             .collect(),
     )
 }

@@ -4,7 +4,8 @@
 //!
 //! Semi-malicious model: the set is the survivors around each client,
 //! confirmed without a signature. Malicious-server model: the set is the
-//! round's whole survivor set, every client signs it, and the server relays
+//! round's whole survivor set, every client signs it (bound to the
+//! session's transcript hash), and the server relays
 //! the signatures in the unmasking requests; a client reveals shares only
 //! against a quorum of them ([`crate::config::RoundConfig::signature_quorum`]).
 
@@ -12,7 +13,7 @@ use super::unmasking::Unmasking;
 use super::{ClientViolation, LEVEL_CONFIRMED, Roster, ThresholdMet};
 use crate::ClientId;
 use crate::config::RoundConfig;
-use crate::identity::{IdentityDirectory, IdentitySignature};
+use crate::identity::{IdentityDirectory, IdentitySignature, SessionDigest};
 
 /// Collecting confirmations; the running sum waits.
 pub(super) struct ConsistencyCheck {
@@ -32,7 +33,7 @@ impl ConsistencyCheck {
 /// Checks and records a client's confirmation.
 pub(super) fn accept(
     config: &RoundConfig,
-    directory: Option<&IdentityDirectory>,
+    directory: Option<(&IdentityDirectory, &SessionDigest)>,
     survivor_set: &[ClientId],
     roster: &mut Roster,
     from: ClientId,
@@ -46,10 +47,10 @@ pub(super) fn accept(
             "the survivor-set confirmation is not signed",
         ));
     };
-    if let Some(directory) = directory {
+    if let Some((directory, transcript)) = directory {
         let valid = directory
             .get(from)
-            .is_some_and(|key| key.verify_survivors(config.round_id, survivor_set, &signature));
+            .is_some_and(|key| key.verify_survivors(transcript, survivor_set, &signature));
         if !valid {
             return Err(ClientViolation::Signature(
                 "the survivor-set signature does not verify under the client's identity",

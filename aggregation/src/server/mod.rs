@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
-use crate::identity::{IdentityDirectory, IdentitySignature};
+use crate::identity::{IdentityDirectory, IdentitySignature, SessionDigest};
 use crate::keys::PublicKeys;
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
@@ -104,6 +104,11 @@ pub struct ServerSession {
     graph: NeighbourGraph,
     /// Malicious-server model: the identities to check signatures with.
     identities: Option<std::sync::Arc<IdentityDirectory>>,
+    /// With `identities`: the session hash every advert signs.
+    session_digest: Option<SessionDigest>,
+    /// With `identities`: the session's transcript hash, fixed when the
+    /// AdvertiseKeys stage closes; every survivor-set signature signs it.
+    transcript: Option<SessionDigest>,
     /// Malicious-server model: the round's survivor set, fixed when the
     /// masked input stage closes; every client signs it.
     survivor_set: Vec<ClientId>,
@@ -327,8 +332,10 @@ impl ServerSession {
             return Err(ConfigError::Unsigned(config.threat_model).into());
         }
         directory.check_size(config.num_clients)?;
+        let digest = crate::identity::session_hash(&config, &directory);
         let mut session = Self::with_graph(config, graph, now);
         session.identities = Some(directory);
+        session.session_digest = Some(digest);
         Ok(session)
     }
 
@@ -337,6 +344,8 @@ impl ServerSession {
         let n = config.num_clients as usize;
         ServerSession {
             identities: None,
+            session_digest: None,
+            transcript: None,
             survivor_set: Vec::new(),
             deadline: Some(now + config.stage_timeout),
             pending: config.num_clients,
@@ -447,7 +456,7 @@ impl ServerSession {
         let accepted = match (&mut self.state, message.body) {
             (State::AdvertiseKeys, ClientBody::AdvertiseKeys(advert)) => advertise_keys::accept(
                 &self.config,
-                self.identities.as_deref(),
+                self.identities.as_deref().zip(self.session_digest.as_ref()),
                 &mut self.roster,
                 from,
                 advert,
@@ -461,7 +470,7 @@ impl ServerSession {
             (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck(signature)) => {
                 consistency_check::accept(
                     &self.config,
-                    self.identities.as_deref(),
+                    self.identities.as_deref().zip(self.transcript.as_ref()),
                     &self.survivor_set,
                     &mut self.roster,
                     from,
@@ -660,10 +669,19 @@ impl ServerSession {
         }
         let state = std::mem::replace(&mut self.state, State::Transitioning);
         let (next, broadcast) = match state {
-            State::AdvertiseKeys => (
-                State::ShareKeys(share_keys::ShareKeys::new(met, self.config.num_clients)),
-                Some(BroadcastKind::NeighbourKeys),
-            ),
+            State::AdvertiseKeys => {
+                if let Some(directory) = &self.identities {
+                    self.transcript = Some(advertise_keys::transcript(
+                        &self.config,
+                        directory,
+                        &self.roster,
+                    ));
+                }
+                (
+                    State::ShareKeys(share_keys::ShareKeys::new(met, self.config.num_clients)),
+                    Some(BroadcastKind::NeighbourKeys),
+                )
+            }
             State::ShareKeys(state) => (
                 State::MaskedInput(state.into_masked_input(met, self.config.dim)),
                 Some(BroadcastKind::SealedShares),
