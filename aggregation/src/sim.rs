@@ -202,6 +202,13 @@ pub struct RoundReport {
     pub k: u32,
     /// Threshold.
     pub t: u32,
+    /// Whether the round's parameters give the privacy its threat model
+    /// promises against [`SimConfig::corrupt`] colluders
+    /// ([`RoundConfig::insecure_reasons`] is empty). A simulator may run
+    /// weaker settings for research; they are marked, never silent.
+    pub secure: bool,
+    /// Why not, one sentence per broken rule (empty when `secure`).
+    pub insecure_reasons: Vec<String>,
     /// Wall time of each stage, seconds.
     pub stage_seconds: BTreeMap<Stage, f64>,
     /// Median wall time for one client to mask its input, seconds.
@@ -332,6 +339,11 @@ pub fn run_round(
     }
     let config = sim.round_config(round);
     config.validate()?;
+    let insecure_reasons: Vec<String> = config
+        .insecure_reasons()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     let graph = config.neighbour_graph()?;
     let n = config.num_clients;
     let round_start = Instant::now();
@@ -349,6 +361,8 @@ pub fn run_round(
         dropped: BTreeMap::new(),
         k: graph.degree(),
         t: config.threshold,
+        secure: insecure_reasons.is_empty(),
+        insecure_reasons,
         stage_seconds: BTreeMap::new(),
         client_mask_seconds_median: 0.0,
         server_unmask_seconds: 0.0,

@@ -109,9 +109,8 @@ pub(crate) fn run(args: ParamsArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "k:     {} neighbours per client", output.k)?;
         writeln!(
             out,
-            "t:     {} of the {} share holders (neighbours and the client itself) rebuild a secret",
-            output.t,
-            output.k + 1
+            "t:     {} of the {} share holders (the client's neighbours) rebuild a secret",
+            output.t, output.k
         )?;
     }
     Ok(ExitCode::SUCCESS)

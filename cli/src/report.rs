@@ -473,6 +473,8 @@ mod tests {
             dropped: BTreeMap::from([(Stage::AdvertiseKeys, 0), (Stage::ShareKeys, 1)]),
             k: 8,
             t: 5,
+            secure: true,
+            insecure_reasons: Vec::new(),
             stage_seconds: BTreeMap::from([(Stage::AdvertiseKeys, 0.5), (Stage::ShareKeys, 0.25)]),
             client_mask_seconds_median: 0.001,
             server_unmask_seconds: 0.002,

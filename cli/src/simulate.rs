@@ -69,9 +69,11 @@ pub(crate) struct SimulateArgs {
     /// than --clients [default: the parameter finder's k].
     #[arg(long, value_name = "K")]
     neighbours: Option<u32>,
-    /// Shamir threshold t, between 2 and the share holders per client (k + 1)
-    /// [default: the parameter finder's t when it chose the same graph, else
-    /// a majority of the share holders].
+    /// Shamir threshold t, between 2 and the share holders per client (its k
+    /// neighbours) [default: the parameter finder's t when it chose the same
+    /// graph, else a majority of the share holders]. A t below the threat
+    /// model's floor for the corrupt rate still runs, for research, and the
+    /// JSON says `"secure": false` and why.
     #[arg(long, value_name = "T")]
     threshold: Option<u32>,
     /// Dropout rate the parameter finder sizes k and t for.
@@ -157,6 +159,11 @@ pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(warning) = &plan.warning {
         eprintln!("warning: {warning}");
+    }
+    // Weaker settings run (for research) but never silently: the JSON
+    // carries `"secure": false` and the reasons, the terminal a warning.
+    for reason in plan.sim.round_config(0).insecure_reasons() {
+        eprintln!("warning: not secure: {reason}");
     }
 
     let mut csv = match &args.out {
@@ -332,10 +339,12 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
         GraphKind::Complete => n - 1,
         GraphKind::Harary { k } => k,
     };
-    let holders = k + 1;
+    // A client holds no share of its own secrets: its holders are its k
+    // neighbours.
+    let holders = k;
     let majority = holders / 2 + 1;
     let majority_name = match graph {
-        GraphKind::Complete => "n/2+1",
+        GraphKind::Complete => "(n-1)/2+1",
         GraphKind::Harary { .. } => "K/2+1",
     };
 
@@ -344,7 +353,7 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
             if t < 2 || t > holders {
                 usage!(
                     "--threshold {t} must be between 2 and {holders}, the share holders per \
-                     client (its {k} neighbours and itself)"
+                     client (its {k} neighbours)"
                 );
             }
             (t, "t from --threshold".to_owned())
@@ -551,7 +560,9 @@ mod tests {
         let plan = plan_for("--clients 1000 --graph complete").unwrap();
         assert_eq!(plan.sim.graph, GraphKind::Complete);
         assert_eq!(plan.k, 999);
-        assert_eq!(plan.sim.threshold, 501);
+        // A majority of the 999 share holders (a client holds none of its
+        // own secrets).
+        assert_eq!(plan.sim.threshold, 500);
     }
 
     #[test]

@@ -41,7 +41,7 @@ fn scratch_dir(name: &str) -> PathBuf {
 }
 
 /// The keys scripts rely on in every `--json` line.
-const REQUIRED_KEYS: [&str; 18] = [
+const REQUIRED_KEYS: [&str; 20] = [
     "round",
     "outcome",
     "verified",
@@ -60,6 +60,8 @@ const REQUIRED_KEYS: [&str; 18] = [
     "peak_rss_bytes",
     "abort_stage",
     "abort_reason",
+    "secure",
+    "insecure_reasons",
 ];
 
 #[test]
@@ -86,6 +88,8 @@ fn simulate_json_prints_one_verified_line_per_round() {
         assert_eq!(round["round"], i as u64);
         assert_eq!(round["outcome"], "completed");
         assert_eq!(round["verified"], true);
+        assert_eq!(round["secure"], true);
+        assert_eq!(round["insecure_reasons"], serde_json::json!([]));
         assert_eq!(round["abort_stage"], Value::Null);
         assert_eq!(round["abort_reason"], Value::Null);
         // 10% of 30 drop at masked-input; nobody else does.
@@ -99,6 +103,78 @@ fn simulate_json_prints_one_verified_line_per_round() {
             assert!(round["peak_rss_bytes"].as_u64().unwrap() > 0);
         }
     }
+}
+
+/// Issue 11: the simulator may run a threshold below the threat model's
+/// floor (research), but says so. Semi-malicious, 10 clients, one corrupt
+/// (10%), complete graph: the 8 honest holders of a client's shares split
+/// 4 + 4, each half with the colluder makes 5, so t = 5 is beatable and the
+/// floor is 6. A Harary graph under a malicious server is refused.
+#[test]
+fn simulate_marks_weaker_settings_insecure_and_refuses_a_sparse_malicious_server_graph() {
+    let run = |threshold: &str| {
+        tessera(&[
+            "simulate",
+            "--clients",
+            "10",
+            "--dim",
+            "50",
+            "--graph",
+            "complete",
+            "--threshold",
+            threshold,
+            "--threat-model",
+            "semi-malicious",
+            "--corrupt-rate",
+            "0.1",
+            "--drop",
+            "masked-input=0",
+            "--json",
+        ])
+    };
+    let output = run("5");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let round = &json_lines(&output)[0];
+    assert_eq!(round["outcome"], "completed");
+    assert_eq!(round["secure"], false);
+    let reasons = round["insecure_reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{round}");
+    let reason = reasons[0].as_str().unwrap();
+    assert!(
+        reason.contains("threshold 5 is below the semi-malicious floor 6 for 1 corrupt"),
+        "{reason}"
+    );
+    assert!(
+        stderr(&output).contains("not secure"),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run("6");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let round = &json_lines(&output)[0];
+    assert_eq!(round["secure"], true, "{round}");
+
+    let output = tessera(&[
+        "simulate",
+        "--clients",
+        "20",
+        "--dim",
+        "50",
+        "--graph",
+        "harary",
+        "--neighbours",
+        "6",
+        "--threat-model",
+        "malicious-server",
+        "--json",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("complete graph only"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
