@@ -160,7 +160,7 @@ impl PartialEq for UnmaskResponse {
                     .zip(b)
                     .fold(subtle::Choice::from(1), |acc, ((ia, sa), (ib, sb))| {
                         acc & subtle::Choice::from((ia == ib) as u8)
-                            & sa.to_bytes().ct_eq(&sb.to_bytes())
+                            & sa.to_bytes().ct_eq(sb.to_bytes().as_slice())
                     })
                     .into()
         }
@@ -244,6 +244,10 @@ const TAG_ABORTED: u8 = 0x86;
 
 impl ClientMessage {
     /// The canonical encoding.
+    ///
+    /// An unmasking response's encoding holds plaintext shares: it is sized
+    /// once (no reallocation leaves copies behind) and handed to the
+    /// transport, which encrypts it (TLS) and owns it from there.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::with_header(self.round_id, self.encoded_hint());
         match &self.body {
@@ -300,6 +304,12 @@ impl ClientMessage {
         match &self.body {
             ClientBody::MaskedInput(p) => p.len() + 4,
             ClientBody::ShareKeys(b) => b.len() * 120,
+            // Exact room for every share, so the buffer never reallocates
+            // and leaves no copy of plaintext shares in freed memory.
+            ClientBody::Unmasking(r) => {
+                64 + (r.self_mask_shares.len() + r.masking_key_shares.len())
+                    * (4 + crate::shamir::SHARE_BYTES)
+            }
             _ => 128,
         }
     }
@@ -454,7 +464,7 @@ impl Writer {
         self.u32(shares.len() as u32);
         for (owner, share) in shares {
             self.u32(owner.0);
-            self.0.extend_from_slice(&share.to_bytes());
+            self.0.extend_from_slice(share.to_bytes().as_slice());
         }
     }
 }

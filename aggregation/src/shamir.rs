@@ -192,10 +192,13 @@ impl Share {
     }
 
     /// The canonical wire form: x as `u32` little-endian, then each value as
-    /// `u64` little-endian. It is what gets encrypted for the receiver; the
-    /// caller owns (and should zeroize) the plaintext buffer.
-    pub fn to_bytes(&self) -> [u8; SHARE_BYTES] {
-        let mut out = [0u8; SHARE_BYTES];
+    /// `u64` little-endian. It is what gets encrypted for the receiver. The
+    /// bytes are as secret as the share, so they come in a [`Zeroizing`]
+    /// buffer that wipes itself when dropped.
+    ///
+    /// [`Zeroizing`]: zeroize::Zeroizing
+    pub fn to_bytes(&self) -> zeroize::Zeroizing<[u8; SHARE_BYTES]> {
+        let mut out = zeroize::Zeroizing::new([0u8; SHARE_BYTES]);
         out[..4].copy_from_slice(&self.x.to_le_bytes());
         for (chunk, v) in out[4..].chunks_exact_mut(8).zip(&self.values) {
             chunk.copy_from_slice(&v.to_le_bytes());
@@ -929,7 +932,7 @@ mod tests {
             &[0xfe, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x1f]
         ); // p - 1
         assert_eq!(&bytes[28..30], &[0x0b, 0x0a]);
-        let back = Share::from_bytes(&bytes).unwrap();
+        let back = Share::from_bytes(bytes.as_slice()).unwrap();
         assert_eq!(back.x(), share.x());
         assert_eq!(back.values, share.values);
     }
@@ -939,26 +942,29 @@ mod tests {
         let mut rng = ChaCha20Rng::from_seed([8; 32]);
         let shares = split(&[3; 32], 2, &[1, 2], &mut rng).unwrap();
         let good = shares[1].to_bytes();
-        assert!(Share::from_bytes(&good).is_ok());
+        assert!(Share::from_bytes(good.as_slice()).is_ok());
         for len in [0, 4, SHARE_BYTES - 1, SHARE_BYTES + 1] {
             let bytes = vec![1u8; len];
             assert_eq!(
-                Share::from_bytes(&bytes).unwrap_err(),
+                Share::from_bytes(bytes.as_slice()).unwrap_err(),
                 ShamirError::BadLength {
                     expected: SHARE_BYTES,
                     got: len
                 }
             );
         }
-        let mut zero_x = good;
+        let mut zero_x = good.clone();
         zero_x[..4].fill(0);
-        assert_eq!(Share::from_bytes(&zero_x).unwrap_err(), ShamirError::ZeroX);
+        assert_eq!(
+            Share::from_bytes(zero_x.as_slice()).unwrap_err(),
+            ShamirError::ZeroX
+        );
         for limb in 0..LIMBS {
             for bad in [P, P + 1, u64::MAX] {
-                let mut b = good;
+                let mut b = good.clone();
                 b[4 + 8 * limb..12 + 8 * limb].copy_from_slice(&bad.to_le_bytes());
                 assert_eq!(
-                    Share::from_bytes(&b).unwrap_err(),
+                    Share::from_bytes(b.as_slice()).unwrap_err(),
                     ShamirError::ValueOutOfRange { limb }
                 );
             }
@@ -1037,7 +1043,7 @@ mod tests {
             // Through the wire form, as a server would receive it.
             let decoded: Vec<Share> = chosen
                 .iter()
-                .map(|&i| Share::from_bytes(&shares[i].to_bytes()).unwrap())
+                .map(|&i| Share::from_bytes(shares[i].to_bytes().as_slice()).unwrap())
                 .collect();
             // Every Lagrange weight is nonzero, so the rebuilt limb moves by
             // lambda * delta != 0: the result must differ or be refused.

@@ -172,8 +172,8 @@ impl AdvertiseKeys {
                     source,
                 })?;
             plaintext.clear();
-            plaintext.extend_from_slice(&masking_key_shares[i].to_bytes());
-            plaintext.extend_from_slice(&self_mask_shares[i].to_bytes());
+            plaintext.extend_from_slice(masking_key_shares[i].to_bytes().as_slice());
+            plaintext.extend_from_slice(self_mask_shares[i].to_bytes().as_slice());
             bundles.push(SealedBundle {
                 peer: *id,
                 ciphertext: seal_key.seal(&plaintext),
