@@ -140,13 +140,11 @@ pub(super) fn feasible(
                 .filter(|v| responds(*v as usize))
                 .count() as u32
         };
-        if *level >= LEVEL_MASKED {
-            holders() >= threshold
-        } else if *level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i) {
-            holders() >= threshold
-        } else {
-            true
-        }
+        // A survivor's self-mask seed and a dropped sharer's masking key
+        // (if some survivor masked with it) both need t responding holders.
+        let needed = *level >= LEVEL_MASKED
+            || (*level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i));
+        !needed || holders() >= threshold
     })
 }
 
