@@ -110,7 +110,7 @@ pub enum ServerBody {
 }
 
 /// A client's advertisement: its two public keys and, in the
-/// malicious-server model, its identity's signature over (round id, client
+/// malicious-server model, its identity's signature over (session hash, client
 /// id, keys).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Advert {
