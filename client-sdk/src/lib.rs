@@ -46,6 +46,7 @@ pub mod burn;
 mod driver;
 mod error;
 mod model;
+mod policy;
 
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ pub use builder::{
 pub use driver::{Participation, RoundOutcome};
 pub use error::ClientError;
 pub use model::{GlobalModel, NamedTensor};
+pub use policy::{
+    DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS, DEFAULT_MIN_SURVIVORS,
+    Policy, PolicyRule, per_client_noise_multiplier,
+};
 pub use tessera_aggregation::Stage;
 
 use builder::Token;
@@ -90,6 +95,8 @@ struct ClientInner {
     /// it trusts.
     identity: Option<tessera_aggregation::identity::IdentityKey>,
     trusted: Vec<tessera_aggregation::identity::IdentityPublicKey>,
+    /// The rounds this client accepts, checked before any key is made.
+    policy: Policy,
 }
 
 impl std::fmt::Debug for Client {
@@ -101,6 +108,7 @@ impl std::fmt::Debug for Client {
             .field("round_timeout", &inner.round_timeout)
             .field("retry", &inner.retry)
             .field("max_message_bytes", &inner.max_message_bytes)
+            .field("policy", &inner.policy)
             .finish_non_exhaustive()
     }
 }
