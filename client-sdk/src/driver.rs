@@ -241,12 +241,16 @@ impl Round {
                 got: update.len() as u64,
             });
         }
-        // The policy's bound on the server's numbers comes before anything
+        // The client's own policy, on the wire's numbers: before anything
         // is built from them (the neighbour graph, the peers' keys and
-        // shares are O(n)).
+        // shares are O(n)), and before any key is generated or sent.
         client
             .policy
-            .check_size(wire_config.num_clients, start.identities.len())
+            .check_round(
+                wire_config,
+                start.identities.len(),
+                client.identity.is_some(),
+            )
             .map_err(|v| v.in_round(wire_config.round_id))?;
         let config =
             RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
@@ -291,11 +295,10 @@ impl Round {
                 ),
             ));
         }
-        // The client's own policy: the round must meet it before any key is
-        // generated (the session makes them) or sent.
+        // The policy's DP rules (the session makes the keys, below).
         client
             .policy
-            .check(&config, distributed.as_ref(), client.identity.is_some())
+            .check_dp(distributed.as_ref())
             .map_err(|v| v.in_round(config.round_id))?;
         let encoded = match &distributed {
             None => fixed_point

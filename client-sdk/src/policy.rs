@@ -81,10 +81,10 @@
 
 use std::fmt;
 
-use tessera_aggregation::RoundConfig;
 use tessera_aggregation::dp::mechanism::DistributedEncoding;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::{self, ThreatModel};
+use tessera_proto::v1;
 
 use crate::ClientError;
 
@@ -334,14 +334,23 @@ impl Policy {
         }
     }
 
-    /// The bound on what the client allocates: checked on the raw numbers
-    /// of the RoundStart, before anything is built from them.
-    pub(crate) fn check_size(&self, num_clients: u32, identities: usize) -> Result<(), Violation> {
-        if num_clients > self.max_clients {
+    /// Checks the round configuration of a RoundStart against the policy,
+    /// straight from the wire: before the core converts it (and builds
+    /// anything sized by its numbers), so the bound on `n` comes first and
+    /// a refusal always names the policy's rule. A field the core cannot
+    /// read (an unknown threat model) is left to the conversion to refuse.
+    pub(crate) fn check_round(
+        &self,
+        wire: &v1::RoundConfig,
+        identities: usize,
+        has_identity: bool,
+    ) -> Result<(), Violation> {
+        let n = wire.num_clients;
+        if n > self.max_clients {
             return violation(
                 PolicyRule::MaxClients,
                 format!(
-                    "the round has {num_clients} clients, the policy allows at most {}",
+                    "the round has {n} clients, the policy allows at most {}",
                     self.max_clients
                 ),
             );
@@ -355,19 +364,6 @@ impl Policy {
                 ),
             );
         }
-        Ok(())
-    }
-
-    /// Checks a round (already checked for internal consistency by the
-    /// core) against the policy.
-    pub(crate) fn check(
-        &self,
-        config: &RoundConfig,
-        distributed: Option<&DistributedEncoding>,
-        has_identity: bool,
-    ) -> Result<(), Violation> {
-        let n = config.num_clients;
-        self.check_size(n, 0)?;
         if n < self.min_clients {
             return violation(
                 PolicyRule::MinClients,
@@ -377,75 +373,85 @@ impl Policy {
                 ),
             );
         }
+        let Ok(round_model) = wire.threat_model.parse::<ThreatModel>() else {
+            return Ok(());
+        };
         let model = self.effective_threat_model(has_identity);
-        if rank(config.threat_model) < rank(model) {
+        if rank(round_model) < rank(model) {
             return violation(
                 PolicyRule::ThreatModel,
                 format!(
-                    "the round runs the {} threat model, the policy needs at least {model}",
-                    config.threat_model
+                    "the round runs the {round_model} threat model, the policy needs at least {model}"
                 ),
             );
         }
-        if config.threat_model == ThreatModel::MaliciousServer
-            && config.graph != GraphKind::Complete
-        {
+        // As on the wire: 0 is the complete graph. A degree the core
+        // refuses (odd, >= n) is left to it; the floor below stays defined
+        // for any value.
+        let graph = match wire.harary_k {
+            0 => GraphKind::Complete,
+            k => GraphKind::Harary { k },
+        };
+        if round_model == ThreatModel::MaliciousServer && graph != GraphKind::Complete {
             return violation(
                 PolicyRule::Graph,
                 format!(
-                    "the malicious-server round runs on the {} graph, the policy needs the complete graph (on a sparse graph the server chooses who neighbours whom)",
-                    config.graph
+                    "the malicious-server round runs on the {graph} graph, the policy needs the complete graph (on a sparse graph the server chooses who neighbours whom)"
                 ),
             );
         }
         let own = params::worst_count(self.assume_corrupt, n);
-        let corrupt = own.max(config.corrupt);
-        let floor = params::threshold_floor(config.threat_model, n, corrupt, config.graph);
-        if config.threshold < floor {
+        let corrupt = own.max(wire.corrupt);
+        let floor = params::threshold_floor(round_model, n, corrupt, graph);
+        if wire.threshold < floor {
             return violation(
                 PolicyRule::Threshold,
                 format!(
-                    "threshold {} for {n} clients on the {} graph can be beaten by a {} server with {corrupt} corrupt clients (the policy assumes {} of the clients, the server states {}); it needs at least {floor}",
-                    config.threshold,
-                    config.graph,
-                    config.threat_model,
-                    self.assume_corrupt,
-                    config.corrupt
+                    "threshold {} for {n} clients on the {graph} graph can be beaten by a {round_model} server with {corrupt} corrupt clients (the policy assumes {} of the clients, the server states {}); it needs at least {floor}",
+                    wire.threshold, self.assume_corrupt, wire.corrupt
                 ),
             );
         }
-        if config.survivor_floor() < self.min_survivors {
+        let survivor_floor = wire.threshold.max(wire.min_survivors);
+        if survivor_floor < self.min_survivors {
             return violation(
                 PolicyRule::SurvivorFloor,
                 format!(
-                    "the round publishes sums of as few as {} inputs (threshold {}, min_survivors {}), the policy needs at least {}",
-                    config.survivor_floor(),
-                    config.threshold,
-                    config.min_survivors,
-                    self.min_survivors
+                    "the round publishes sums of as few as {survivor_floor} inputs (threshold {}, min_survivors {}), the policy needs at least {}",
+                    wire.threshold, wire.min_survivors, self.min_survivors
                 ),
             );
         }
-        if self.require_dp {
-            let Some(encoding) = distributed else {
-                return violation(
-                    PolicyRule::RequireDp,
-                    "the round runs without distributed DP (no client-side noise), the policy requires it".into(),
-                );
-            };
-            let z = per_client_noise_multiplier(encoding);
-            // `!(z >= min)` also refuses a NaN.
-            if !(z >= self.min_noise_multiplier && z > 0.0) {
-                return violation(
-                    PolicyRule::MinNoiseMultiplier,
-                    format!(
-                        "the round's per-client noise multiplier is {z:.4} (per-client std {:.4} over sensitivity {:.4}), the policy needs at least {}",
-                        encoding.dp.per_client_variance().sqrt(),
-                        encoding.norm_bound,
-                        self.min_noise_multiplier
-                    ),
-                );
-            }
+        Ok(())
+    }
+
+    /// Checks the round's distributed DP parameters (already checked by the
+    /// core for what the samplers can draw), or their absence.
+    pub(crate) fn check_dp(
+        &self,
+        distributed: Option<&DistributedEncoding>,
+    ) -> Result<(), Violation> {
+        if !self.require_dp {
+            return Ok(());
+        }
+        let Some(encoding) = distributed else {
+            return violation(
+                PolicyRule::RequireDp,
+                "the round runs without distributed DP (no client-side noise), the policy requires it".into(),
+            );
+        };
+        let z = per_client_noise_multiplier(encoding);
+        // `!(z >= min)` also refuses a NaN.
+        if !(z >= self.min_noise_multiplier && z > 0.0) {
+            return violation(
+                PolicyRule::MinNoiseMultiplier,
+                format!(
+                    "the round's per-client noise multiplier is {z:.4} (per-client std {:.4} over sensitivity {:.4}), the policy needs at least {}",
+                    encoding.dp.per_client_variance().sqrt(),
+                    encoding.norm_bound,
+                    self.min_noise_multiplier
+                ),
+            );
         }
         Ok(())
     }
@@ -454,6 +460,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tessera_aggregation::RoundConfig;
     use tessera_aggregation::dp::mechanism::NoiseKind;
     use tessera_aggregation::encoding::FixedPoint;
 
@@ -465,6 +472,19 @@ mod tests {
 
     fn rule(result: Result<(), Violation>) -> Option<PolicyRule> {
         result.err().map(|v| v.rule)
+    }
+
+    impl Policy {
+        /// The whole check of a round, as the driver runs it.
+        fn check(
+            &self,
+            config: &RoundConfig,
+            distributed: Option<&DistributedEncoding>,
+            has_identity: bool,
+        ) -> Result<(), Violation> {
+            self.check_round(&config.into(), 0, has_identity)?;
+            self.check_dp(distributed)
+        }
     }
 
     #[test]
@@ -612,6 +632,50 @@ mod tests {
         config.corrupt = 4;
         assert_eq!(
             rule(Policy::default().check(&config, None, false)),
+            Some(PolicyRule::Threshold)
+        );
+    }
+
+    #[test]
+    fn numbers_the_core_would_refuse_do_not_upset_the_policy() {
+        // An odd degree, a degree above n, colluders beyond n, a huge
+        // threshold: the policy's arithmetic stays defined (the core then
+        // refuses the configuration itself).
+        let base = v1::RoundConfig::from(&round(10, 6));
+        for wire in [
+            v1::RoundConfig {
+                harary_k: 7,
+                ..base.clone()
+            },
+            v1::RoundConfig {
+                harary_k: u32::MAX,
+                ..base.clone()
+            },
+            v1::RoundConfig {
+                corrupt: u32::MAX,
+                ..base.clone()
+            },
+            v1::RoundConfig {
+                threshold: u32::MAX,
+                min_survivors: u32::MAX,
+                ..base.clone()
+            },
+            v1::RoundConfig {
+                threat_model: "trusting".into(),
+                ..base.clone()
+            },
+        ] {
+            let _ = Policy::default().check_round(&wire, 0, false);
+        }
+        assert_eq!(
+            rule(Policy::default().check_round(
+                &v1::RoundConfig {
+                    corrupt: u32::MAX,
+                    ..base
+                },
+                0,
+                false
+            )),
             Some(PolicyRule::Threshold)
         );
     }
