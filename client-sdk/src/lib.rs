@@ -34,6 +34,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every security parameter of a round comes from the server, so the
+//! client holds a [`Policy`] and refuses a round below it before any key
+//! leaves it ([`ClientError::PolicyRefused`] names the rule): the threat
+//! model it insists on (semi-honest by default, malicious-server for a
+//! client with an identity), its own assumption of the colluding fraction
+//! (5%, whatever the server states) against which the round's Shamir
+//! threshold must hold, 3 to 100,000 clients, and optionally distributed DP
+//! with a minimum per-client noise multiplier. See [`ClientBuilder::policy`].
+//!
 //! The client keeps its randomness (a CSPRNG seeded from the operating
 //! system) and its token to itself: neither appears in logs, errors or
 //! `Debug` output, nor does the update. Logs are `tracing` spans per round
@@ -46,7 +55,7 @@ pub mod burn;
 mod driver;
 mod error;
 mod model;
-mod policy;
+pub mod policy;
 
 use std::time::Duration;
 

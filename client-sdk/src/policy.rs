@@ -8,7 +8,7 @@
 //! (`corrupt = 0`, a threshold of 2 among 1,000 clients, no noise). So the
 //! client checks them against its own [`Policy`], between `RoundStart` and
 //! its first protocol message (`AdvertiseKeys`): a round outside the policy
-//! is refused with [`ClientError::PolicyRefused`](crate::ClientError::PolicyRefused)
+//! is refused with [`ClientError::PolicyRefused`]
 //! naming the [`PolicyRule`] and the values, before any key is generated,
 //! let alone sent, and before anything is allocated from the server's
 //! numbers.
@@ -100,7 +100,7 @@ pub const DEFAULT_MAX_CLIENTS: u32 = 100_000;
 /// Default [`Policy::min_survivors`]: the protocol's own minimum.
 pub const DEFAULT_MIN_SURVIVORS: u32 = 2;
 
-/// What rounds a client accepts; see the [module docs](self) for the rules.
+/// What rounds a client accepts; see the [module docs](crate::policy) for the rules.
 ///
 /// Set with [`ClientBuilder::policy`](crate::ClientBuilder::policy) (or the
 /// individual setters); [`ClientBuilder::build`](crate::ClientBuilder::build)
