@@ -10,8 +10,12 @@ use tessera_aggregation::identity::{IdentityKey, parse_allow_list};
 use anyhow::Context;
 use clap::Args;
 use rand::{RngExt, SeedableRng};
-use tessera_client::{Client, ClientError, RetryPolicy};
+use tessera_client::{
+    Client, ClientError, DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS,
+    DEFAULT_MIN_SURVIVORS, Policy, RetryPolicy,
+};
 
+use crate::args::{ThreatArg, parse_rate};
 use crate::usage;
 
 pub(crate) const ABOUT: &str = "Join rounds of a running server as a client";
@@ -19,7 +23,10 @@ pub(crate) const LONG_ABOUT: &str = "Connects to a Tessera server, joins the nex
     update vector and runs it to the end, --rounds times. The update comes from a NumPy .npy \
     file (float32 or float64, any shape, flattened in C order) or is random (--random D, \
     uniform in [-0.5, 0.5)/sqrt(D) per coordinate so its norm stays below 1). Prints one line \
-    per round (or JSON with --json). Exit code 0 when every round completed, 1 otherwise.";
+    per round (or JSON with --json). Before any key leaves it, the client checks each round \
+    against its own policy (the round policy flags: threat model, assumed colluders, clients, \
+    threshold, survivors, DP noise) and refuses a round outside it with an error naming the \
+    rule. Exit code 0 when every round completed, 1 otherwise, 2 for invalid flags.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera join --server http://127.0.0.1:7443 --random 1000 --rounds 3\n  \
     tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy";
@@ -74,6 +81,43 @@ pub(crate) struct JoinArgs {
     /// against.
     #[arg(long, value_name = "FILE", requires = "identity")]
     trusted_identities: Option<PathBuf>,
+    /// The weakest threat model to take part in (default:
+    /// semi-honest, or malicious-server with --identity). A round below it
+    /// is refused before any key leaves this client.
+    #[arg(long, value_enum, value_name = "MODEL", help_heading = "Round policy")]
+    min_threat_model: Option<ThreatArg>,
+    /// The fraction of every round's clients assumed to collude
+    /// with the server, whatever the server states; a round's threshold
+    /// must hold against floor(RATE * n) colluders.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate,
+          default_value_t = DEFAULT_ASSUME_CORRUPT, help_heading = "Round policy")]
+    assume_corrupt: f64,
+    /// The fewest clients a round may have (at least 3).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_CLIENTS, help_heading = "Round policy")]
+    min_clients: u32,
+    /// The most clients a round may have (bounds what this client
+    /// allocates for its peers).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS, help_heading = "Round policy")]
+    max_clients: u32,
+    /// The fewest inputs a published sum containing this client's input
+    /// may hold, as the round's survivor floor states it (at least 2).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_SURVIVORS, help_heading = "Round policy")]
+    min_survivors: u32,
+    /// Take part only in rounds with distributed DP (each client
+    /// adds noise before masking, so it holds against the server).
+    #[arg(long, help_heading = "Round policy")]
+    require_dp: bool,
+    /// With --require-dp: the smallest per-client noise multiplier,
+    /// i.e. the std of the noise this client adds over the L2 sensitivity
+    /// of its clipped, scaled, rounded update (the round's norm bound).
+    /// Default 0: any positive noise.
+    #[arg(
+        long,
+        value_name = "Z",
+        requires = "require_dp",
+        help_heading = "Round policy"
+    )]
+    min_noise_multiplier: Option<f64>,
 }
 
 /// Reads a little-endian float32/float64 .npy file (format 1.0-3.0, C order).
@@ -183,6 +227,15 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         };
         builder = builder.identity(key).trusted_identities(trusted);
     }
+    builder = builder.policy(Policy {
+        threat_model: args.min_threat_model.map(Into::into),
+        assume_corrupt: args.assume_corrupt,
+        min_clients: args.min_clients,
+        max_clients: args.max_clients,
+        min_survivors: args.min_survivors,
+        require_dp: args.require_dp,
+        min_noise_multiplier: args.min_noise_multiplier.unwrap_or(0.0),
+    });
     let client = match builder.build() {
         Ok(c) => c,
         Err(e) => usage!("{e}"),

@@ -66,6 +66,49 @@ fn serve_and_three_joins_complete_rounds_and_inspect_shows_them() {
     }
 }
 
+#[test]
+fn joins_refuse_a_round_outside_their_policy_before_sending_a_key() {
+    // A policy that contradicts itself is a usage error.
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["join", "--server", "http://127.0.0.1:9", "--random", "20"])
+        .args(["--min-clients", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("policy.min_clients"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `tessera serve` runs no DP by default: clients that require it refuse
+    // the round, naming the rule, and the round aborts without their keys.
+    let dir = scratch_dir("policy");
+    let mut server = Server::start(&dir, &serve_args(&["--min-clients", "3", "--rounds", "1"]));
+    let joins: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .args(["join", "--server", &format!("http://{}", server.addr)])
+                .args(["--random", "20", "--require-dp"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("tessera join starts")
+        })
+        .collect();
+    for j in joins {
+        let out = j.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("refused by this client's policy (rule require-dp)"),
+            "{stderr}"
+        );
+    }
+    assert!(server.child.wait().unwrap().success());
+    let state = inspect(&dir);
+    assert_eq!(state["rounds"][0]["outcome"], "aborted", "{state}");
+}
+
 #[cfg(unix)]
 #[test]
 fn sigkill_mid_round_loses_no_published_model_and_a_restart_completes_a_round() {

@@ -1,5 +1,5 @@
-//! Configuring a [`Client`]: the server's URL, credentials, TLS, limits and
-//! the retry policy, all checked once in [`ClientBuilder::build`] so a
+//! Configuring a [`Client`]: the server's URL, credentials, TLS, limits,
+//! the rounds it accepts ([`Policy`]) and the retry policy, all checked once in [`ClientBuilder::build`] so a
 //! misconfigured client fails at start-up rather than at its first round.
 
 use std::time::Duration;
@@ -7,11 +7,12 @@ use std::time::Duration;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
+use tessera_aggregation::params::ThreatModel;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 
 use crate::error::{ClientError, source_chain};
-use crate::{Client, ClientInner};
+use crate::{Client, ClientInner, Policy};
 
 /// How often to retry when the server cannot be reached.
 ///
@@ -116,6 +117,7 @@ pub struct ClientBuilder {
     rng_seed: Option<Zeroizing<[u8; 32]>>,
     identity: Option<IdentityKey>,
     trusted: Vec<IdentityPublicKey>,
+    policy: Policy,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -139,6 +141,7 @@ impl std::fmt::Debug for ClientBuilder {
                 &self.identity.as_ref().map(|k| k.verifying_key()),
             )
             .field("trusted", &self.trusted.len())
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -166,7 +169,47 @@ impl ClientBuilder {
             rng_seed: None,
             identity: None,
             trusted: Vec::new(),
+            policy: Policy::default(),
         }
+    }
+
+    /// The rounds this client accepts (see [`Policy`] for the rules and
+    /// their defaults). A round outside it is refused with
+    /// [`ClientError::PolicyRefused`] before any key is generated or sent.
+    /// The setters below change one field each.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The weakest threat model the client takes part in ([`Policy::threat_model`]).
+    pub fn min_threat_model(mut self, model: ThreatModel) -> Self {
+        self.policy.threat_model = Some(model);
+        self
+    }
+
+    /// The fraction of every round's clients this client assumes collude
+    /// with the server, whatever the server states ([`Policy::assume_corrupt`]).
+    pub fn assume_corrupt(mut self, fraction: f64) -> Self {
+        self.policy.assume_corrupt = fraction;
+        self
+    }
+
+    /// The fewest and the most clients a round may have
+    /// ([`Policy::min_clients`], [`Policy::max_clients`]).
+    pub fn clients_per_round(mut self, min: u32, max: u32) -> Self {
+        self.policy.min_clients = min;
+        self.policy.max_clients = max;
+        self
+    }
+
+    /// Take part only in rounds with distributed DP whose per-client noise
+    /// multiplier is at least `min_noise_multiplier` (0 accepts any
+    /// positive noise); see [`Policy::require_dp`].
+    pub fn require_dp(mut self, min_noise_multiplier: f64) -> Self {
+        self.policy.require_dp = true;
+        self.policy.min_noise_multiplier = min_noise_multiplier;
+        self
     }
 
     /// The client's long-term Ed25519 identity, for servers that run the
@@ -317,6 +360,7 @@ impl ClientBuilder {
         if let Some(token) = &self.token {
             token.header()?;
         }
+        self.policy.validate(self.identity.is_some())?;
         match (&self.identity, self.trusted.is_empty()) {
             (Some(_), true) => {
                 return Err(ClientError::InvalidSetting {
@@ -414,6 +458,7 @@ impl ClientBuilder {
                 rng: std::sync::Mutex::new(rng),
                 identity: self.identity.clone(),
                 trusted: self.trusted.clone(),
+                policy: self.policy.clone(),
             },
         })
     }

@@ -5,7 +5,9 @@
 //! 1. Send `Join` (protocol version and update length), then wait through
 //!    the server's `Lobby` frames for `RoundStart`.
 //! 2. Check the round's parameters against this client (protocol version,
-//!    dimension), encode the update in the round's fixed point, start a
+//!    dimension) and its [`Policy`](crate::Policy) (threat model, its own
+//!    corrupt assumption, clients, threshold, DP noise), all before any key
+//!    is generated; encode the update in the round's fixed point, start a
 //!    session and hand it the encoded input at once.
 //! 3. Loop: send what the session wants sent, act on its events, then wait
 //!    for the next server frame or the session's deadline, whichever comes
@@ -239,6 +241,17 @@ impl Round {
                 got: update.len() as u64,
             });
         }
+        // The client's own policy, on the wire's numbers: before anything
+        // is built from them (the neighbour graph, the peers' keys and
+        // shares are O(n)), and before any key is generated or sent.
+        client
+            .policy
+            .check_round(
+                wire_config,
+                start.identities.len(),
+                client.identity.is_some(),
+            )
+            .map_err(|v| v.in_round(wire_config.round_id))?;
         let config =
             RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
         let fixed_point = start
@@ -282,6 +295,11 @@ impl Round {
                 ),
             ));
         }
+        // The policy's DP rules (the session makes the keys, below).
+        client
+            .policy
+            .check_dp(distributed.as_ref())
+            .map_err(|v| v.in_round(config.round_id))?;
         let encoded = match &distributed {
             None => fixed_point
                 .encode(update, rng)

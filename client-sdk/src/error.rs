@@ -11,7 +11,8 @@
 //! the network (`Unreachable`, `ConnectionLost`), a server that refused the
 //! client (`AuthRefused`, `VersionMismatch`, `UpdateLength`, `Rejected`), a
 //! round that ended without a result (`RoundAborted`, `ServerSilent`,
-//! `RoundTimeout`) and a server that broke the protocol (`ServerMisbehaved`).
+//! `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
+//! and a round the client's own policy refused (`PolicyRefused`).
 //! No variant carries the update, a key or the token.
 
 use std::time::Duration;
@@ -157,6 +158,17 @@ pub enum ClientError {
     RoundTimeout {
         /// The limit that passed.
         after: Duration,
+    },
+    /// The round's parameters break this client's [`Policy`](crate::Policy):
+    /// the client refused the round before generating or sending any key.
+    #[error("round {round_id} refused by this client's policy (rule {rule}): {problem}")]
+    PolicyRefused {
+        /// The round the server offered.
+        round_id: u64,
+        /// The rule it breaks.
+        rule: crate::PolicyRule,
+        /// The round's values and the policy's bound.
+        problem: String,
     },
     /// The server broke the protocol; the client refused the rest of the
     /// round.

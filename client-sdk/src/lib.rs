@@ -34,6 +34,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every security parameter of a round comes from the server, so the
+//! client holds a [`Policy`] and refuses a round below it before any key
+//! leaves it ([`ClientError::PolicyRefused`] names the rule): the threat
+//! model it insists on (semi-honest by default, malicious-server for a
+//! client with an identity), its own assumption of the colluding fraction
+//! (5%, whatever the server states) against which the round's Shamir
+//! threshold must hold, 3 to 100,000 clients, and optionally distributed DP
+//! with a minimum per-client noise multiplier. See [`ClientBuilder::policy`].
+//!
 //! The client keeps its randomness (a CSPRNG seeded from the operating
 //! system) and its token to itself: neither appears in logs, errors or
 //! `Debug` output, nor does the update. Logs are `tracing` spans per round
@@ -46,6 +55,7 @@ pub mod burn;
 mod driver;
 mod error;
 mod model;
+pub mod policy;
 
 use std::time::Duration;
 
@@ -61,6 +71,10 @@ pub use builder::{
 pub use driver::{Participation, RoundOutcome};
 pub use error::ClientError;
 pub use model::{GlobalModel, NamedTensor};
+pub use policy::{
+    DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS, DEFAULT_MIN_SURVIVORS,
+    Policy, PolicyRule, per_client_noise_multiplier,
+};
 pub use tessera_aggregation::Stage;
 
 use builder::Token;
@@ -90,6 +104,8 @@ struct ClientInner {
     /// it trusts.
     identity: Option<tessera_aggregation::identity::IdentityKey>,
     trusted: Vec<tessera_aggregation::identity::IdentityPublicKey>,
+    /// The rounds this client accepts, checked before any key is made.
+    policy: Policy,
 }
 
 impl std::fmt::Debug for Client {
@@ -101,6 +117,7 @@ impl std::fmt::Debug for Client {
             .field("round_timeout", &inner.round_timeout)
             .field("retry", &inner.retry)
             .field("max_message_bytes", &inner.max_message_bytes)
+            .field("policy", &inner.policy)
             .finish_non_exhaustive()
     }
 }

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use tessera_aggregation::encoding::FixedPoint;
+use tessera_aggregation::identity::IdentityKey;
 use tessera_aggregation::messages::AbortReason;
+use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::{ClientId, ClientMessage, RoundConfig, ServerEvent, ServerSession};
 use tessera_client::{Client, ClientError, RetryPolicy};
 use tessera_proto::v1::aggregator_server::{Aggregator, AggregatorServer};
@@ -796,4 +798,317 @@ async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
             "{err:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------
+// The client's policy: a RoundStart outside it is refused before any key
+// leaves the client.
+
+/// Offers one RoundStart (with the Join's dimension) and reports how many
+/// protocol messages the client sent before it hung up: its AdvertiseKeys
+/// is the first.
+struct OfferDouble {
+    start: v1::RoundStart,
+    sent: mpsc::Sender<usize>,
+}
+
+#[tonic::async_trait]
+impl Aggregator for OfferDouble {
+    type ParticipateStream = FrameStream;
+
+    async fn participate(
+        &self,
+        request: Request<Streaming<v1::ClientFrame>>,
+    ) -> Result<Response<FrameStream>, Status> {
+        check_token(&request)?;
+        let mut inbound = request.into_inner();
+        let join = first_join(&mut inbound).await?;
+        let mut start = self.start.clone();
+        if let Some(config) = &mut start.config {
+            config.dim = join.dim;
+        }
+        let (out, rx) = mpsc::channel(8);
+        out.send(frame(server_frame::Frame::RoundStart(start)))
+            .await
+            .unwrap();
+        let sent = self.sent.clone();
+        tokio::spawn(async move {
+            let mut messages = 0;
+            while let Ok(Some(f)) = inbound.message().await {
+                if let Some(client_frame::Frame::Message(_)) = f.frame {
+                    messages += 1;
+                }
+            }
+            let _ = sent.send(messages).await;
+            drop(out);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_model(
+        &self,
+        _: Request<v1::GetModelRequest>,
+    ) -> Result<Response<v1::GetModelResponse>, Status> {
+        Err(Status::unimplemented("not in this double"))
+    }
+}
+
+/// A RoundStart for round 12 with `config` (stages of 50 ms, so a client
+/// that accepts the round gives up soon after sending its advert).
+fn offer_of(mut config: RoundConfig, dp: Option<v1::DistributedDp>) -> v1::RoundStart {
+    config.round_id = 12;
+    config.stage_timeout = Duration::from_millis(50);
+    let fp = FixedPoint::new(1.0, 16, 32).unwrap();
+    v1::RoundStart {
+        protocol_version: tessera_proto::PROTOCOL_VERSION,
+        client_id: 0,
+        config: Some((&config).into()),
+        fixed_point: Some((&fp).into()),
+        model_version: 1,
+        distributed_dp: dp,
+        identities: Vec::new(),
+    }
+}
+
+/// Runs one call of a client (made by `setup` from a builder) against a
+/// server offering `start`: the call's error and the protocol messages the
+/// client sent.
+async fn offer(
+    start: v1::RoundStart,
+    setup: impl FnOnce(tessera_client::ClientBuilder) -> tessera_client::ClientBuilder,
+) -> (ClientError, usize) {
+    let (sent_tx, mut sent) = mpsc::channel(1);
+    let server = serve(
+        OfferDouble {
+            start,
+            sent: sent_tx,
+        },
+        None,
+    )
+    .await;
+    let client = setup(
+        Client::builder(server.url.clone())
+            .token(TOKEN.into())
+            .round_timeout(Duration::from_secs(5))
+            .retry(RetryPolicy::NONE),
+    )
+    .build()
+    .unwrap();
+    let err = client.participate(&[0.1; 8]).await.unwrap_err();
+    drop(client);
+    let messages = tokio::time::timeout(Duration::from_secs(5), sent.recv())
+        .await
+        .expect("the double saw the client hang up")
+        .expect("a count");
+    (err, messages)
+}
+
+/// Asserts a refusal by `rule` whose message contains every `needle`, with
+/// no protocol message sent.
+fn assert_refused(
+    (err, messages): (ClientError, usize),
+    rule: tessera_client::PolicyRule,
+    needles: &[&str],
+) {
+    assert!(
+        matches!(&err, ClientError::PolicyRefused { round_id: 12, rule: r, .. } if *r == rule),
+        "expected a {rule} refusal, got {err:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains(rule.name()), "{text}");
+    for needle in needles {
+        assert!(text.contains(needle), "{needle:?} missing from: {text}");
+    }
+    assert_eq!(
+        messages, 0,
+        "the client sent a protocol message (its advert)"
+    );
+}
+
+fn round_of(n: u32, threshold: u32) -> RoundConfig {
+    let mut config = RoundConfig::new(12, n, 8);
+    config.threshold = threshold;
+    config
+}
+
+fn dp_params() -> v1::DistributedDp {
+    // Per client: std 65536 / sqrt(2) = 46341 over sensitivity 70000, a
+    // per-client noise multiplier of 0.662.
+    v1::DistributedDp {
+        noise: "discrete-gaussian".into(),
+        target_sigma: 65536.0,
+        min_survivors: 2,
+        norm_bound: 70000.0,
+    }
+}
+
+fn identity(
+    seed: u64,
+) -> (
+    IdentityKey,
+    Vec<tessera_aggregation::identity::IdentityPublicKey>,
+) {
+    use rand::SeedableRng;
+    let key = IdentityKey::generate(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    let public = key.verifying_key();
+    (key, vec![public])
+}
+
+#[tokio::test]
+async fn the_default_policy_accepts_a_normal_round_and_sends_its_advert() {
+    // The control for every refusal below: the same double, a round as
+    // `tessera serve` opens it for three clients, and the client sends its
+    // AdvertiseKeys (then gives up on the silent double).
+    let (err, messages) = offer(offer_of(round_of(3, 2), None), |b| b).await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
+    // And a DP round above the required noise.
+    let (err, messages) = offer(offer_of(round_of(3, 2), Some(dp_params())), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
+}
+
+#[tokio::test]
+async fn a_round_of_u32_max_clients_is_refused_without_allocating_for_it() {
+    // Today's client would build a neighbour graph of 2^32 clients and
+    // abort; the policy bounds n first.
+    let started = Instant::now();
+    let result = offer(offer_of(round_of(u32::MAX, 3), None), |b| b).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::MaxClients,
+        &["4294967295 clients", "at most 100000"],
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // The bound is the policy's.
+    let result = offer(offer_of(round_of(11, 6), None), |b| {
+        b.clients_per_round(3, 10)
+    })
+    .await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::MaxClients,
+        &["11 clients", "at most 10"],
+    );
+}
+
+#[tokio::test]
+async fn a_round_of_two_clients_is_refused() {
+    let result = offer(offer_of(round_of(2, 2), None), |b| b).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::MinClients,
+        &["2 clients", "at least 3"],
+    );
+}
+
+#[tokio::test]
+async fn a_weaker_threat_model_than_the_policy_is_refused() {
+    let result = offer(offer_of(round_of(3, 2), None), |b| {
+        b.min_threat_model(ThreatModel::SemiMalicious)
+    })
+    .await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::ThreatModel,
+        &["semi-honest", "at least semi-malicious"],
+    );
+    // A client with an identity insists on malicious-server by default.
+    let (key, trusted) = identity(1);
+    let result = offer(offer_of(round_of(3, 2), None), |b| {
+        b.identity(key).trusted_identities(trusted)
+    })
+    .await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::ThreatModel,
+        &["at least malicious-server"],
+    );
+}
+
+#[tokio::test]
+async fn a_sparse_graph_in_the_malicious_server_model_is_refused() {
+    // Ten enrolled clients on a Harary graph of degree 4, with every
+    // identity on the client's allow-list: all the round lacks is the
+    // complete graph.
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let keys: Vec<IdentityKey> = (0..10).map(|_| IdentityKey::generate(&mut rng)).collect();
+    let trusted: Vec<_> = keys.iter().map(IdentityKey::verifying_key).collect();
+    let mut config = round_of(10, 4);
+    config.threat_model = ThreatModel::MaliciousServer;
+    config.graph = tessera_aggregation::graph::GraphKind::Harary { k: 4 };
+    let mut start = offer_of(config, None);
+    start.identities = trusted.iter().map(|k| k.to_bytes().to_vec()).collect();
+    let key = keys[0].clone();
+    let result = offer(start, |b| b.identity(key).trusted_identities(trusted)).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::Graph,
+        &["harary(k=4)", "complete graph"],
+    );
+}
+
+#[tokio::test]
+async fn a_threshold_below_the_clients_own_floor_is_refused_whatever_corrupt_the_server_states() {
+    // 100 clients, threshold 3, and the server says nobody colludes: the
+    // client assumes 5 (5%) and needs t >= 6.
+    let mut config = round_of(100, 3);
+    config.corrupt = 0;
+    let result = offer(offer_of(config, None), |b| b).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::Threshold,
+        &["threshold 3 for 100 clients", "5 corrupt", "at least 6"],
+    );
+    // A client that assumes a fifth colludes refuses a threshold the
+    // default accepts.
+    let result = offer(offer_of(round_of(100, 6), None), |b| b.assume_corrupt(0.2)).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::Threshold,
+        &["20 corrupt", "at least 21"],
+    );
+}
+
+#[tokio::test]
+async fn a_survivor_floor_below_the_policy_is_refused() {
+    let result = offer(offer_of(round_of(3, 2), None), |b| {
+        b.policy(tessera_client::Policy {
+            min_survivors: 3,
+            ..tessera_client::Policy::default()
+        })
+    })
+    .await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::SurvivorFloor,
+        &["as few as 2 inputs", "at least 3"],
+    );
+}
+
+#[tokio::test]
+async fn a_round_without_distributed_dp_is_refused_when_the_policy_requires_it() {
+    let result = offer(offer_of(round_of(3, 2), None), |b| b.require_dp(0.0)).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::RequireDp,
+        &["without distributed DP"],
+    );
+}
+
+#[tokio::test]
+async fn too_little_client_noise_is_refused() {
+    let result = offer(offer_of(round_of(3, 2), Some(dp_params())), |b| {
+        b.require_dp(1.0)
+    })
+    .await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::MinNoiseMultiplier,
+        &["noise multiplier is 0.6620", "at least 1"],
+    );
 }

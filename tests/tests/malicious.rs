@@ -105,7 +105,13 @@ async fn a_client_with_an_identity_refuses_a_weaker_threat_model() {
         .collect();
     for task in tasks {
         match task.await.unwrap() {
-            Err(ClientError::ServerMisbehaved { problem, .. }) => {
+            // The client's policy (malicious-server for a client with an
+            // identity) refuses the round before any key leaves it.
+            Err(ClientError::PolicyRefused {
+                rule: tessera_client::PolicyRule::ThreatModel,
+                problem,
+                ..
+            }) => {
                 assert!(problem.contains("semi-honest"), "{problem}")
             }
             other => panic!("expected a refusal of the downgrade, got {other:?}"),
