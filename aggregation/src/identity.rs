@@ -494,6 +494,109 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+// ---------------------------------------------------------------------------
+// Proof of possession at Join.
+//
+// In the malicious-server model the server admits only enrolled identities
+// and keys its lobby by them. A Join that merely names an enrolled public key
+// proves nothing: any token holder could name every enrolled key and squat
+// its slot. So the server sends each connection a fresh random challenge and
+// the client signs (label, challenge, its own public key, the authenticated
+// principal the server names for the connection) before it enters the lobby.
+// The label keeps a join proof from verifying as an advert or survivor-set
+// signature (and the reverse); the fresh challenge keeps a proof made on one
+// connection from verifying on another.
+
+/// Bytes of the server's random challenge in a Join's proof of possession.
+pub const JOIN_CHALLENGE_BYTES: usize = 32;
+
+const JOIN_LABEL: &[u8] = b"tessera/v2/join";
+
+impl IdentityKey {
+    /// Signs the server's Join challenge: proves that the client that names
+    /// this identity in its Join holds its secret key. `principal` is the
+    /// name the server gave the connection's credentials (as the challenge
+    /// frame states it).
+    pub fn sign_join(
+        &self,
+        challenge: &[u8; JOIN_CHALLENGE_BYTES],
+        principal: &str,
+    ) -> IdentitySignature {
+        let payload = join_payload(challenge, &self.verifying_key_bytes(), principal);
+        IdentitySignature(self.0.sign(&payload).to_bytes())
+    }
+}
+
+impl IdentityPublicKey {
+    /// Whether `signature` proves possession of this identity for the Join
+    /// that received `challenge` under `principal` (see
+    /// [`IdentityKey::sign_join`]). Strict verification: no malleable
+    /// signature, no small-order key.
+    pub fn verify_join(
+        &self,
+        challenge: &[u8; JOIN_CHALLENGE_BYTES],
+        principal: &str,
+        signature: &IdentitySignature,
+    ) -> bool {
+        self.verify(
+            &join_payload(challenge, &self.to_bytes(), principal),
+            signature,
+        )
+    }
+}
+
+fn join_payload(
+    challenge: &[u8; JOIN_CHALLENGE_BYTES],
+    key: &[u8; VERIFYING_KEY_BYTES],
+    principal: &str,
+) -> Vec<u8> {
+    let mut payload = Vec::with_capacity(
+        JOIN_LABEL.len() + JOIN_CHALLENGE_BYTES + VERIFYING_KEY_BYTES + 4 + principal.len(),
+    );
+    payload.extend_from_slice(JOIN_LABEL);
+    payload.extend_from_slice(challenge);
+    payload.extend_from_slice(key);
+    // Length-prefixed: the principal is the payload's only variable field.
+    payload.extend_from_slice(&(principal.len() as u32).to_le_bytes());
+    payload.extend_from_slice(principal.as_bytes());
+    payload
+}
+
+#[cfg(test)]
+mod join_proof_tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    fn key(seed: u8) -> IdentityKey {
+        IdentityKey::generate(&mut chacha20::ChaCha20Rng::from_seed([seed; 32]))
+    }
+
+    #[test]
+    fn a_join_proof_binds_challenge_key_and_principal() {
+        let alice = key(1);
+        let public = alice.verifying_key();
+        let challenge = [7u8; JOIN_CHALLENGE_BYTES];
+        let sig = alice.sign_join(&challenge, "client-0");
+        assert!(public.verify_join(&challenge, "client-0", &sig));
+        // Another connection's challenge: a replayed proof fails.
+        assert!(!public.verify_join(&[8; JOIN_CHALLENGE_BYTES], "client-0", &sig));
+        // Another principal.
+        assert!(!public.verify_join(&challenge, "client-1", &sig));
+        // Someone else's key cannot prove alice's identity.
+        let mallory = key(2).sign_join(&challenge, "client-0");
+        assert!(!public.verify_join(&challenge, "client-0", &mallory));
+        // A join proof is no advert signature, and no advert signature is a
+        // join proof.
+        let keys = PublicKeys {
+            c_pk: [7; 32],
+            s_pk: [7; 32],
+        };
+        assert!(!public.verify_advert(0, ClientId(0), &keys, &sig));
+        let advert = alice.sign_advert(0, ClientId(0), &keys);
+        assert!(!public.verify_join(&challenge, "client-0", &advert));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

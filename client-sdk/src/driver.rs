@@ -2,8 +2,11 @@
 //! [`tessera_aggregation::ClientSession`], in the manner of quinn's
 //! connection driver around quinn-proto.
 //!
-//! 1. Send `Join` (protocol version and update length), then wait through
-//!    the server's `Lobby` frames for `RoundStart`.
+//! 1. Send `Join` (protocol version, update length and, with an identity,
+//!    its public key). A malicious-server server answers an identity with a
+//!    `JoinChallenge`, which the client signs once (`JoinProof`) to prove it
+//!    holds the key; then wait through the server's `Lobby` frames for
+//!    `RoundStart`.
 //! 2. Check the round's parameters against this client (protocol version,
 //!    dimension) and its [`Policy`](crate::Policy) (threat model, its own
 //!    corrupt assumption, clients, threshold, DP noise), all before any key
@@ -108,6 +111,38 @@ fn directory_from(
     IdentityDirectory::new(keys).map_err(|e| e.to_string())
 }
 
+/// The answer to the server's `JoinChallenge`: this client's identity
+/// signature over the challenge, its key and the principal the server
+/// names. Signed once per stream and only for a client with an identity;
+/// the signature's label (`tessera/v2/join`) keeps it from serving as any
+/// other signed message of the protocol.
+fn join_proof(
+    client: &ClientInner,
+    challenge: &v1::JoinChallenge,
+    already: bool,
+) -> Result<v1::ClientFrame, ClientError> {
+    let misbehaved = |problem: String| ClientError::ServerMisbehaved {
+        round_id: None,
+        problem,
+    };
+    if already {
+        return Err(misbehaved("sent a second JoinChallenge".into()));
+    }
+    let Some(key) = &client.identity else {
+        return Err(misbehaved(
+            "sent a JoinChallenge to a client that named no identity".into(),
+        ));
+    };
+    let (bytes, principal) =
+        tessera_proto::convert::join_challenge(challenge).map_err(|e| misbehaved(e.to_string()))?;
+    tracing::debug!(principal, "proving possession of the identity");
+    Ok(v1::ClientFrame {
+        frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
+            signature: key.sign_join(&bytes, principal).0.to_vec(),
+        })),
+    })
+}
+
 /// Joins over `grpc` and runs the round to its end, or until it would send
 /// its message of `drop_before`.
 pub(crate) async fn participate(
@@ -148,6 +183,7 @@ pub(crate) async fn participate(
         .map_err(|status| from_status(&status, &client.url, join_phase))?
         .into_inner();
 
+    let mut challenged = false;
     let start = loop {
         let frame = inbound
             .message()
@@ -155,6 +191,16 @@ pub(crate) async fn participate(
             .map_err(|status| from_status(&status, &client.url, join_phase))?;
         bytes.received += frame.as_ref().map_or(0, |f| f.encoded_len() as u64);
         match frame.and_then(|f| f.frame) {
+            Some(server_frame::Frame::JoinChallenge(challenge)) => {
+                let proof = join_proof(client, &challenge, challenged)?;
+                challenged = true;
+                bytes.sent += proof.encoded_len() as u64;
+                // A closed stream is reported by the receiving side, with
+                // the server's status.
+                if tx.send(proof).await.is_err() {
+                    tracing::debug!("the outgoing stream is closed");
+                }
+            }
             Some(server_frame::Frame::Lobby(lobby)) => {
                 tracing::debug!(
                     waiting = lobby.waiting,
@@ -553,5 +599,6 @@ fn frame_name(frame: &server_frame::Frame) -> &'static str {
         server_frame::Frame::RoundStart(_) => "RoundStart",
         server_frame::Frame::Message(_) => "protocol message",
         server_frame::Frame::Result(_) => "RoundResult",
+        server_frame::Frame::JoinChallenge(_) => "JoinChallenge",
     }
 }

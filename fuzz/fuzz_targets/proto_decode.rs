@@ -1,6 +1,7 @@
 //! Any bytes as each protobuf frame a peer sends, then through every
-//! conversion the server and the SDK apply to it: no panic, and a round
-//! configuration that converts is one the core validates.
+//! conversion the server and the SDK apply to it: no panic, a round
+//! configuration that converts is one the core validates, and a Join
+//! challenge or proof that converts has its exact length.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,7 +11,20 @@ use tessera_aggregation::encoding::FixedPoint;
 use tessera_proto::v1;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = v1::ClientFrame::decode(data);
+    // The server checks a JoinProof's length before it verifies anything.
+    if let Ok(frame) = v1::ClientFrame::decode(data)
+        && let Some(v1::client_frame::Frame::JoinProof(proof)) = &frame.frame
+    {
+        let _ = tessera_proto::convert::join_proof_signature(proof);
+    }
+    // The SDK signs a JoinChallenge only if it has exact lengths.
+    if let Ok(frame) = v1::ServerFrame::decode(data)
+        && let Some(v1::server_frame::Frame::JoinChallenge(challenge)) = &frame.frame
+        && let Ok((bytes, principal)) = tessera_proto::convert::join_challenge(challenge)
+    {
+        assert_eq!(bytes.len(), challenge.challenge.len());
+        assert!(principal.len() <= tessera_proto::convert::MAX_PRINCIPAL_BYTES);
+    }
     if let Ok(frame) = v1::ServerFrame::decode(data)
         && let Some(v1::server_frame::Frame::RoundStart(start)) = frame.frame
     {

@@ -11,6 +11,7 @@ use tessera_aggregation::config::RoundConfig;
 use tessera_aggregation::dp::mechanism::{DistributedDp, DistributedEncoding, NoiseKind};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::identity::{IdentitySignature, JOIN_CHALLENGE_BYTES, SIGNATURE_BYTES};
 use tessera_aggregation::messages::AbortReason;
 
 use crate::v1;
@@ -192,6 +193,51 @@ pub fn parse_abort_reason(name: &str) -> Option<AbortReason> {
     }
 }
 
+/// The longest principal a client signs in a Join proof. The server's
+/// principals are token names (at most 64 characters), certificate digests
+/// and anonymous names; a longer one is a server misbehaving.
+pub const MAX_PRINCIPAL_BYTES: usize = 256;
+
+/// The challenge and principal of a [`v1::JoinChallenge`], as a client signs
+/// them: exactly [`JOIN_CHALLENGE_BYTES`] of challenge and a principal of at
+/// most [`MAX_PRINCIPAL_BYTES`].
+pub fn join_challenge(
+    challenge: &v1::JoinChallenge,
+) -> Result<([u8; JOIN_CHALLENGE_BYTES], &str), ConvertError> {
+    let bytes =
+        <[u8; JOIN_CHALLENGE_BYTES]>::try_from(challenge.challenge.as_slice()).map_err(|_| {
+            field(
+                "join_challenge.challenge",
+                format!(
+                    "{} bytes, expected {JOIN_CHALLENGE_BYTES}",
+                    challenge.challenge.len()
+                ),
+            )
+        })?;
+    if challenge.principal.len() > MAX_PRINCIPAL_BYTES {
+        return Err(field(
+            "join_challenge.principal",
+            format!("longer than {MAX_PRINCIPAL_BYTES} bytes"),
+        ));
+    }
+    Ok((bytes, &challenge.principal))
+}
+
+/// The signature of a [`v1::JoinProof`]: exactly [`SIGNATURE_BYTES`].
+pub fn join_proof_signature(proof: &v1::JoinProof) -> Result<IdentitySignature, ConvertError> {
+    <[u8; SIGNATURE_BYTES]>::try_from(proof.signature.as_slice())
+        .map(IdentitySignature)
+        .map_err(|_| {
+            field(
+                "join_proof.signature",
+                format!(
+                    "{} bytes, expected {SIGNATURE_BYTES}",
+                    proof.signature.len()
+                ),
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +331,36 @@ mod tests {
         ] {
             assert_eq!(parse_abort_reason(abort_reason_name(r)), Some(r));
         }
+    }
+
+    #[test]
+    fn join_frames_have_exact_lengths() {
+        let mut challenge = v1::JoinChallenge {
+            challenge: vec![1; JOIN_CHALLENGE_BYTES],
+            principal: "client-0".into(),
+        };
+        assert_eq!(
+            join_challenge(&challenge).unwrap(),
+            ([1; JOIN_CHALLENGE_BYTES], "client-0")
+        );
+        challenge.principal = "x".repeat(MAX_PRINCIPAL_BYTES + 1);
+        assert!(join_challenge(&challenge).is_err());
+        challenge.principal.clear();
+        challenge.challenge.pop();
+        let err = join_challenge(&challenge).unwrap_err();
+        assert!(err.to_string().contains("31 bytes"), "{err}");
+        let proof = v1::JoinProof {
+            signature: vec![2; SIGNATURE_BYTES],
+        };
+        assert_eq!(
+            join_proof_signature(&proof).unwrap(),
+            IdentitySignature([2; SIGNATURE_BYTES])
+        );
+        assert!(
+            join_proof_signature(&v1::JoinProof {
+                signature: vec![2; 65]
+            })
+            .is_err()
+        );
     }
 }

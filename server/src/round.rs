@@ -365,6 +365,12 @@ impl RoundDriver {
                     ErrorKind::ExpectedJoin,
                     "a second Join on the same stream".into(),
                 ),
+                Some(client_frame::Frame::JoinProof(_)) => self.refuse(
+                    id,
+                    Code::InvalidArgument,
+                    ErrorKind::ProtocolViolation,
+                    "a JoinProof answers the Join's challenge, not a round message".into(),
+                ),
                 None => self.refuse(
                     id,
                     Code::InvalidArgument,

@@ -1,23 +1,36 @@
 //! The gRPC service: authenticates a client, checks its Join, and hands its
 //! stream to the lobby; serves published models. Core errors become
 //! `tonic::Status` values here and in the round driver, nowhere else.
+//!
+//! In the malicious-server model the Join names an enrolled Ed25519
+//! identity, and the lobby keys clients by it (one identity, one slot). The
+//! key is public, so naming it proves nothing: before the client enters the
+//! lobby the server sends a challenge (32 fresh bytes from the OS CSPRNG,
+//! one per stream, and the principal the stream authenticated as) and waits,
+//! for at most the stage deadline, for a JoinProof: the identity's signature
+//! over label, challenge, key and principal
+//! ([`IdentityPublicKey::verify_join`], strict verification). Nothing is
+//! reserved for the identity until the proof verifies, so a token holder
+//! that names someone else's key and never answers blocks nobody, and a
+//! proof copied from another stream fails against this stream's challenge.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use rand::TryRng as _;
 use sha2::{Digest, Sha256};
-use tessera_aggregation::identity::IdentityPublicKey;
+use tessera_aggregation::identity::{IdentityPublicKey, JOIN_CHALLENGE_BYTES};
 use tessera_proto::v1::aggregator_server::Aggregator;
 use tessera_proto::v1::{self, ClientFrame, ErrorKind, client_frame, server_frame};
 use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::Shared;
-use crate::lobby::Participant;
+use crate::lobby::{FrameSender, Participant};
 use crate::metrics;
 use crate::round::stream_error_status;
 
@@ -98,6 +111,132 @@ fn refuse(code: Code, kind: ErrorKind, message: String) -> Status {
     status_with_detail(code, message, &detail(kind))
 }
 
+/// Puts a client in the lobby under `name` and tells it how many wait;
+/// refuses a name that is already waiting or in a round.
+fn admit(
+    shared: &crate::Shared,
+    name: String,
+    identity_key: Option<IdentityPublicKey>,
+    inbound: Streaming<ClientFrame>,
+    tx: FrameSender,
+) -> Result<(), Status> {
+    // Checked again here: a proof may arrive after the server stopped
+    // accepting clients (and closed the lobby).
+    if let Some(why) = shared.not_accepting() {
+        return Err(refuse(Code::Unavailable, ErrorKind::Unavailable, why));
+    }
+    let participant = Participant {
+        identity: name.clone(),
+        tx: tx.clone(),
+        inbound,
+        identity_key,
+    };
+    let waiting = shared.lobby.join(participant).map_err(|identity| {
+        refuse(
+            Code::AlreadyExists,
+            ErrorKind::DuplicateClient,
+            format!("{identity} is already waiting or in a round"),
+        )
+    })?;
+    info!(client = %name, waiting, "joined the lobby");
+    let _ = tx.try_send(Ok(v1::ServerFrame {
+        frame: Some(server_frame::Frame::Lobby(v1::Lobby {
+            waiting: waiting as u32,
+            min_clients: shared.config.min_clients,
+        })),
+    }));
+    Ok(())
+}
+
+/// A Join's pending proof of possession: the challenge sent on one stream
+/// and what the proof must cover.
+#[derive(Debug)]
+struct JoinChallenge {
+    /// Fresh for this stream: a proof made for another stream (another
+    /// challenge) does not verify here.
+    challenge: [u8; JOIN_CHALLENGE_BYTES],
+    /// Who the stream authenticated as; the proof covers it.
+    principal: String,
+    /// The enrolled identity the Join named.
+    key: IdentityPublicKey,
+}
+
+impl JoinChallenge {
+    /// A challenge from the operating system's CSPRNG.
+    fn new(principal: String, key: IdentityPublicKey) -> Result<Self, Status> {
+        let mut challenge = [0u8; JOIN_CHALLENGE_BYTES];
+        rand::rngs::SysRng
+            .try_fill_bytes(&mut challenge)
+            .map_err(|e| {
+                warn!("OS randomness unavailable for a Join challenge: {e}");
+                refuse(
+                    Code::Unavailable,
+                    ErrorKind::Unavailable,
+                    "the server cannot draw a Join challenge now".into(),
+                )
+            })?;
+        Ok(Self::with_challenge(challenge, principal, key))
+    }
+
+    /// [`JoinChallenge::new`] with a given challenge, for tests.
+    fn with_challenge(
+        challenge: [u8; JOIN_CHALLENGE_BYTES],
+        principal: String,
+        key: IdentityPublicKey,
+    ) -> Self {
+        JoinChallenge {
+            challenge,
+            principal,
+            key,
+        }
+    }
+
+    /// The frame that asks the client for its proof.
+    fn frame(&self) -> v1::ServerFrame {
+        v1::ServerFrame {
+            frame: Some(server_frame::Frame::JoinChallenge(v1::JoinChallenge {
+                challenge: self.challenge.to_vec(),
+                principal: self.principal.clone(),
+            })),
+        }
+    }
+
+    /// Checks the client's answer (its second frame, `None` if the stream
+    /// ended): a JoinProof that verifies, or a refusal that says why.
+    fn check(&self, frame: Option<ClientFrame>) -> Result<(), Status> {
+        let proof = match frame.and_then(|f| f.frame) {
+            Some(client_frame::Frame::JoinProof(proof)) => proof,
+            None => {
+                return Err(refuse(
+                    Code::Unauthenticated,
+                    ErrorKind::IdentityProof,
+                    "the stream ended before a JoinProof answered the challenge".into(),
+                ));
+            }
+            Some(_) => {
+                return Err(refuse(
+                    Code::Unauthenticated,
+                    ErrorKind::IdentityProof,
+                    "the frame after a challenged Join must be a JoinProof".into(),
+                ));
+            }
+        };
+        let verified = tessera_proto::convert::join_proof_signature(&proof)
+            .is_ok_and(|sig| self.key.verify_join(&self.challenge, &self.principal, &sig));
+        if !verified {
+            return Err(refuse(
+                Code::PermissionDenied,
+                ErrorKind::IdentityProof,
+                format!(
+                    "the JoinProof is not identity {}'s signature over this stream's challenge",
+                    self.key
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl Aggregator for AggregatorService {
     type ParticipateStream = ReceiverStream<Result<v1::ServerFrame, Status>>;
@@ -165,52 +304,62 @@ impl Aggregator for AggregatorService {
             return Err(refuse(Code::Unavailable, ErrorKind::Unavailable, why));
         }
         // Malicious-server model: only enrolled identities take part, and the
-        // enrolled name is who the client is (one identity, one slot).
-        let (identity, identity_key) = match &self.shared.enrolled {
-            None => (identity, None),
-            Some(enrolled) => {
-                let key = <&[u8; 32]>::try_from(join.identity_key.as_slice())
-                    .ok()
-                    .and_then(|bytes| IdentityPublicKey::from_bytes(bytes).ok());
-                let Some(key) = key else {
-                    return Err(refuse(
-                        Code::Unauthenticated,
-                        ErrorKind::Unauthenticated,
-                        "this server runs the malicious-server threat model: the Join must carry the client's 32-byte Ed25519 identity (see `tessera keygen`)".into(),
-                    ));
-                };
-                let Some(entry) = enrolled.iter().find(|e| e.key == key) else {
-                    return Err(refuse(
-                        Code::PermissionDenied,
-                        ErrorKind::Unauthenticated,
-                        format!("identity {key} is not enrolled on this server"),
-                    ));
-                };
-                info!(client = %identity, enrolled = %entry.name, "identity enrolled");
-                (entry.name.clone(), Some(key))
-            }
-        };
+        // enrolled name is who the client is (one identity, one slot), once
+        // it has proved it holds the identity's key.
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        let participant = Participant {
-            identity: identity.clone(),
-            tx: tx.clone(),
-            inbound,
-            identity_key,
+        let Some(enrolled) = &self.shared.enrolled else {
+            admit(&self.shared, identity, None, inbound, tx)?;
+            return Ok(Response::new(ReceiverStream::new(rx)));
         };
-        let waiting = self.shared.lobby.join(participant).map_err(|identity| {
-            refuse(
-                Code::AlreadyExists,
-                ErrorKind::DuplicateClient,
-                format!("{identity} is already waiting or in a round"),
-            )
-        })?;
-        info!(client = %identity, waiting, "joined the lobby");
-        let _ = tx.try_send(Ok(v1::ServerFrame {
-            frame: Some(server_frame::Frame::Lobby(v1::Lobby {
-                waiting: waiting as u32,
-                min_clients: self.shared.config.min_clients,
-            })),
-        }));
+        let key = <&[u8; 32]>::try_from(join.identity_key.as_slice())
+            .ok()
+            .and_then(|bytes| IdentityPublicKey::from_bytes(bytes).ok());
+        let Some(key) = key else {
+            return Err(refuse(
+                Code::Unauthenticated,
+                ErrorKind::Unauthenticated,
+                "this server runs the malicious-server threat model: the Join must carry the client's 32-byte Ed25519 identity (see `tessera keygen`)".into(),
+            ));
+        };
+        let Some(entry) = enrolled.iter().find(|e| e.key == key) else {
+            return Err(refuse(
+                Code::PermissionDenied,
+                ErrorKind::Unauthenticated,
+                format!("identity {key} is not enrolled on this server"),
+            ));
+        };
+        info!(client = %identity, enrolled = %entry.name, "identity enrolled; challenged");
+        // The challenge goes out on the response stream, which the client
+        // reads only once this handler has returned it: a task waits for
+        // the proof and then admits or refuses.
+        let pending = JoinChallenge::new(identity, key)?;
+        let _ = tx.try_send(Ok(pending.frame()));
+        let shared = Arc::clone(&self.shared);
+        let name = entry.name.clone();
+        tokio::spawn(async move {
+            let mut inbound = inbound;
+            let deadline = shared.config.stage_timeout;
+            let proved = match tokio::time::timeout(deadline, inbound.message()).await {
+                Err(_) => Err(refuse(
+                    Code::Unauthenticated,
+                    ErrorKind::IdentityProof,
+                    format!(
+                        "no proof of possession of identity {key} within the {} ms deadline",
+                        deadline.as_millis()
+                    ),
+                )),
+                Ok(Err(status)) => Err(stream_error_status(&status, 0)),
+                Ok(Ok(frame)) => pending.check(frame),
+            };
+            let admitted =
+                proved.and_then(|()| admit(&shared, name.clone(), Some(key), inbound, tx.clone()));
+            if let Err(status) = admitted {
+                // The stream ends with the refusal. The client never was in
+                // the lobby, so nothing is held in the identity's name.
+                warn!(client = %pending.principal, enrolled = %name, "join refused: {}", status.message());
+                let _ = tx.send(Err(status)).await;
+            }
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -244,5 +393,95 @@ impl Aggregator for AggregatorService {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng as _;
+    use tessera_aggregation::identity::IdentityKey;
+
+    fn proof(key: &IdentityKey, pending: &JoinChallenge) -> Option<ClientFrame> {
+        Some(ClientFrame {
+            frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
+                signature: key
+                    .sign_join(&pending.challenge, &pending.principal)
+                    .0
+                    .to_vec(),
+            })),
+        })
+    }
+
+    fn kind(status: &Status) -> ErrorKind {
+        tessera_proto::error_detail(status)
+            .expect("a refusal carries an ErrorDetail")
+            .kind()
+    }
+
+    #[test]
+    fn a_proof_replayed_on_another_stream_is_refused() {
+        let alice = IdentityKey::generate(&mut rand::rngs::StdRng::seed_from_u64(1));
+        let key = alice.verifying_key();
+        // Alice's stream and mallory's, both naming alice's key under the
+        // same token name: the challenges differ, so alice's proof, seen on
+        // the wire or relayed, does not open mallory's.
+        let alices = JoinChallenge::new("client-0".into(), key).unwrap();
+        let mallorys = JoinChallenge::new("client-0".into(), key).unwrap();
+        assert_ne!(alices.challenge, mallorys.challenge, "fresh per stream");
+        let answer = proof(&alice, &alices);
+        assert!(alices.check(answer.clone()).is_ok());
+        let refused = mallorys.check(answer).unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied);
+        assert_eq!(kind(&refused), ErrorKind::IdentityProof);
+        assert!(refused.message().contains("this stream's challenge"));
+    }
+
+    #[test]
+    fn a_missing_forged_or_malformed_proof_is_refused() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let alice = IdentityKey::generate(&mut rng);
+        let mallory = IdentityKey::generate(&mut rng);
+        let pending = JoinChallenge::with_challenge(
+            [9; JOIN_CHALLENGE_BYTES],
+            "client-1".into(),
+            alice.verifying_key(),
+        );
+        // Mallory signs the right challenge with her own key.
+        let forged = pending.check(proof(&mallory, &pending)).unwrap_err();
+        assert_eq!(forged.code(), Code::PermissionDenied);
+        assert_eq!(kind(&forged), ErrorKind::IdentityProof);
+        // Alice's signature under another principal.
+        let other = JoinChallenge::with_challenge(
+            pending.challenge,
+            "client-2".into(),
+            alice.verifying_key(),
+        );
+        assert!(pending.check(proof(&alice, &other)).is_err());
+        // Not a signature at all.
+        for bytes in [Vec::new(), vec![0; 63], vec![0; 64], vec![0xff; 65]] {
+            let frame = Some(ClientFrame {
+                frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
+                    signature: bytes,
+                })),
+            });
+            assert_eq!(
+                pending.check(frame).unwrap_err().code(),
+                Code::PermissionDenied
+            );
+        }
+        // No proof: the stream ended, or the client went straight on.
+        for frame in [
+            None,
+            Some(ClientFrame { frame: None }),
+            Some(ClientFrame {
+                frame: Some(client_frame::Frame::Message(vec![1, 2, 3])),
+            }),
+        ] {
+            let missing = pending.check(frame).unwrap_err();
+            assert_eq!(missing.code(), Code::Unauthenticated);
+            assert_eq!(kind(&missing), ErrorKind::IdentityProof);
+        }
+        assert!(pending.check(proof(&alice, &pending)).is_ok());
     }
 }

@@ -437,6 +437,9 @@ impl ScriptedClient {
             };
             match frame.frame {
                 Some(server_frame::Frame::Lobby(_)) | None => {}
+                Some(server_frame::Frame::JoinChallenge(_)) => {
+                    panic!("a scripted client names no identity: no Join challenge is due")
+                }
                 Some(server_frame::Frame::RoundStart(start)) => {
                     let cfg = RoundConfig::try_from(start.config.as_ref().expect("config"))
                         .expect("valid config");
