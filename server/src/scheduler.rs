@@ -3,14 +3,14 @@
 //! its privacy and publishes the new global model, durably, before the next
 //! round opens.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 use rand::rngs::StdRng;
 use tessera_aggregation::RoundConfig;
 use tessera_aggregation::dp::ledger::PrivacyLedger;
-use tessera_aggregation::dp::mechanism::{DistributedEncoding, add_central_gaussian};
+use tessera_aggregation::dp::mechanism::{CentralDp, DistributedEncoding};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::server::RoundOutput;
 use tessera_proto::convert::abort_reason_name;
@@ -20,12 +20,12 @@ use tokio::sync::watch;
 use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::DpMode;
+use crate::config::{DpMode, ServerConfig};
 use crate::fedavg::{FedAvg, Model};
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{Publication, RoundOutcome, RoundRecord};
+use crate::store::{ModelEntry, Publication, RoundOutcome, RoundRecord, Store};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -198,16 +198,14 @@ async fn run_round(
     let result = match end {
         RoundEnd::Completed(output) => {
             let contributors = output.contributors.len() as u32;
-            let (next, published) = publish(
-                shared,
-                training,
-                output,
+            let plan = ReleasePlan {
                 fixed_point,
                 distributed,
+                corrupt: config.corrupt_count(n),
                 round_id,
-                n,
-            )
-            .await?;
+                clients: n,
+            };
+            let (next, published) = publish(shared, training, output, plan).await?;
             training = next;
             record.outcome = RoundOutcome::Completed;
             record.survivors = contributors;
@@ -275,85 +273,116 @@ async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), S
         .map_err(ServeError::Store)
 }
 
-/// Decodes the sum, adds central DP noise, applies FedAvg, records the
-/// privacy spent and publishes the model: ledger first, model and manifest
-/// after (the store orders the writes), all on the blocking pool.
+/// What a completed round's release needs, fixed when the round opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReleasePlan {
+    /// The round's fixed point (its ring decodes the sum).
+    pub(crate) fixed_point: FixedPoint,
+    /// Distributed DP's encoding, if on.
+    pub(crate) distributed: Option<DistributedEncoding>,
+    /// The clients assumed to collude with the server.
+    pub(crate) corrupt: u32,
+    /// The round.
+    pub(crate) round_id: u64,
+    /// Clients invited.
+    pub(crate) clients: u32,
+}
+
+/// Runs [`release`] on the blocking pool and shows the new model.
 async fn publish(
     shared: &Arc<Shared>,
-    mut training: Training,
+    training: Training,
     output: RoundOutput,
-    fixed_point: FixedPoint,
-    distributed: Option<DistributedEncoding>,
-    round_id: u64,
-    clients: u32,
+    plan: ReleasePlan,
 ) -> Result<(Training, u64), ServeError> {
     let config = shared.config.clone();
     let store = Arc::clone(&shared.store);
-    let (training, entry) = blocking(move || -> Result<_, ServeError> {
-        let contributors = output.contributors.len() as u32;
-        let mut decoded = fixed_point.decode_sum(&output.sum, contributors);
-        let dim = decoded.sum.len();
-        // What this release spends: central noise is added here, on a sum
-        // the server saw; distributed noise is already in the sum, carried
-        // by the contributors.
-        let mechanism = match (config.dp, &distributed) {
-            (DpMode::Off, _) => None,
-            (DpMode::Central, _) => {
-                add_central_gaussian(
-                    &mut decoded.sum,
-                    config.noise_multiplier,
-                    f64::from(config.clip_norm),
-                    &mut training.rng,
-                )
-                .map_err(|e| ServeError::Round(e.to_string()))?;
-                config
-                    .planned_mechanism(dim as u32)
-                    .map_err(ServeError::Config)?
-            }
-            (DpMode::Distributed, Some(encoding)) => Some(encoding.mechanism(contributors, dim)),
-            (DpMode::Distributed, None) => {
-                return Err(ServeError::Round(
-                    "a distributed-DP round ran without its encoding".into(),
-                ));
-            }
-        };
-        let mut epsilon = 0.0;
-        if let Some(mechanism) = mechanism {
-            let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
-            ledger
-                .record(round_id, mechanism)
-                .map_err(|e| ServeError::Round(e.to_string()))?;
-            epsilon = ledger.spent();
-        }
-        let mean = decoded.mean();
-        training
-            .fedavg
-            .apply(&mut training.model, &mean)
-            .map_err(|e| ServeError::Round(e.to_string()))?;
-        let entry = store
-            .lock()
-            .expect("store lock")
-            .publish(&Publication {
-                model: &training.model,
-                round: round_id,
-                survivors: contributors,
-                dropped: clients - contributors,
-                epsilon,
-                delta: if config.dp != DpMode::Off {
-                    config.delta
-                } else {
-                    0.0
-                },
-                ledger: training.ledger.as_ref(),
-                velocity: training.fedavg.velocity(),
-            })
-            .map_err(ServeError::Store)?;
-        training.version = entry.version;
-        Ok((training, entry))
+    let (training, entry) = blocking(move || {
+        let mut training = training;
+        release(&config, &mut training, &store, output, &plan).map(|entry| (training, entry))
     })
     .await?;
     shared.set_latest(&entry, &training.model);
     Ok((training, entry.version))
+}
+
+/// Decodes the sum, adds central DP noise, records the privacy spent,
+/// applies FedAvg and publishes the model (the store writes the ledger
+/// first, then the model and manifest).
+fn release(
+    config: &ServerConfig,
+    training: &mut Training,
+    store: &Mutex<Store>,
+    output: RoundOutput,
+    plan: &ReleasePlan,
+) -> Result<ModelEntry, ServeError> {
+    let round_error = |e: &dyn std::fmt::Display| ServeError::Round(e.to_string());
+    let contributors = output.contributors.len() as u32;
+    let dim = output.sum.len();
+    // What this release spends: central noise is added here, on a sum the
+    // server saw; distributed noise is already in the sum, carried by the
+    // contributors, of which only the honest ones count.
+    let central = match config.dp {
+        DpMode::Central => Some(
+            CentralDp::new(plan.fixed_point, config.noise_multiplier, dim)
+                .map_err(|e| round_error(&e))?,
+        ),
+        _ => None,
+    };
+    let mechanism = match (config.dp, &plan.distributed, &central) {
+        (DpMode::Off, _, _) => None,
+        (DpMode::Central, _, Some(central)) => Some(central.mechanism()),
+        (DpMode::Distributed, Some(encoding), _) => Some(
+            encoding
+                .mechanism(contributors, plan.corrupt, dim)
+                .map_err(|e| round_error(&e))?,
+        ),
+        _ => {
+            return Err(ServeError::Round(
+                "a DP round ran without its mechanism".into(),
+            ));
+        }
+    };
+    let mut epsilon = 0.0;
+    if let Some(mechanism) = mechanism {
+        let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
+        ledger
+            .record(plan.round_id, mechanism)
+            .map_err(|e| round_error(&e))?;
+        epsilon = ledger.spent();
+    }
+    let decoded = match &central {
+        // Exact integer noise on the decoded integer sum, outside the ring.
+        Some(central) => central
+            .release(&output.sum, contributors, &mut training.rng)
+            .map_err(|e| round_error(&e))?,
+        None => plan.fixed_point.decode_sum(&output.sum, contributors),
+    };
+    let mean = decoded.mean();
+    training
+        .fedavg
+        .apply(&mut training.model, &mean)
+        .map_err(|e| round_error(&e))?;
+    let entry = store
+        .lock()
+        .expect("store lock")
+        .publish(&Publication {
+            model: &training.model,
+            round: plan.round_id,
+            survivors: contributors,
+            dropped: plan.clients - contributors,
+            epsilon,
+            delta: if config.dp != DpMode::Off {
+                config.delta
+            } else {
+                0.0
+            },
+            ledger: training.ledger.as_ref(),
+            velocity: training.fedavg.velocity(),
+        })
+        .map_err(ServeError::Store)?;
+    training.version = entry.version;
+    Ok(entry)
 }
 
 /// Logs a failure to publish; the scheduler stops rather than run rounds it
