@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use rand::RngExt;
 use rand::rngs::StdRng;
 use tessera_aggregation::RoundConfig;
-use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_aggregation::dp::ledger::{Adversary, PrivacyLedger};
 use tessera_aggregation::dp::mechanism::{CentralDp, DistributedEncoding};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::server::RoundOutput;
@@ -306,9 +306,8 @@ async fn publish(
     Ok((training, entry.version))
 }
 
-/// Decodes the sum, adds central DP noise, records the privacy spent,
-/// applies FedAvg and publishes the model (the store writes the ledger
-/// first, then the model and manifest).
+/// Records the privacy spent (durably, first), decodes the sum, adds
+/// central DP noise, applies FedAvg and publishes the model.
 fn release(
     config: &ServerConfig,
     training: &mut Training,
@@ -343,13 +342,26 @@ fn release(
             ));
         }
     };
+    // The server has seen the sum: charge it, durably, before anything
+    // that could fail on the way to publishing (noise, FedAvg, the model
+    // write). Distributed noise holds against the server; central noise,
+    // added to a sum the server saw, only against the model's consumers.
     let mut epsilon = 0.0;
     if let Some(mechanism) = mechanism {
+        let adversary = match config.dp {
+            DpMode::Central => Adversary::ModelConsumers,
+            _ => Adversary::Server,
+        };
         let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
         ledger
-            .record(plan.round_id, mechanism)
+            .record(plan.round_id, mechanism, adversary)
             .map_err(|e| round_error(&e))?;
         epsilon = ledger.spent();
+        store
+            .lock()
+            .expect("store lock")
+            .charge(ledger)
+            .map_err(ServeError::Store)?;
     }
     let decoded = match &central {
         // Exact integer noise on the decoded integer sum, outside the ring.
@@ -389,4 +401,114 @@ fn release(
 /// cannot record.
 pub(crate) fn report_fatal(e: &ServeError) {
     error!("scheduler stopped: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use tessera_aggregation::ClientId;
+
+    use super::*;
+    use crate::fedavg::Model;
+    use crate::store::inspect;
+
+    /// A store holding the initial model of dimension 1 and, if `after`,
+    /// a published model of that round (so an older round is refused).
+    fn store_at(dir: &std::path::Path, model: &Model, after: Option<u64>) -> Mutex<Store> {
+        let mut store = Store::open(dir).unwrap();
+        store.init_model(model).unwrap();
+        if let Some(round) = after {
+            store
+                .publish(&Publication {
+                    model,
+                    round,
+                    survivors: 3,
+                    dropped: 0,
+                    epsilon: 0.0,
+                    delta: 0.0,
+                    ledger: None,
+                    velocity: None,
+                })
+                .unwrap();
+        }
+        Mutex::new(store)
+    }
+
+    /// A round of 3 clients that each sent `C 2^f` on the one coordinate.
+    fn output(fp: &FixedPoint) -> RoundOutput {
+        let one = (f64::from(fp.clip_norm) * f64::from(1u32 << fp.frac_bits)) as u32;
+        RoundOutput {
+            sum: vec![3 * one],
+            contributors: (0..3).map(ClientId).collect(),
+            dropped_after_sharing: Vec::new(),
+        }
+    }
+
+    /// The server has unmasked a round's sum, then publishing fails: at
+    /// FedAvg (a step that overflows the model) or in the store (which
+    /// refuses the publication). The round's charge must be in the ledger
+    /// on disk all the same. Before, the charge lived in memory until the
+    /// store's publish wrote it, so both failures left it unrecorded.
+    #[test]
+    fn a_sum_the_server_saw_is_charged_even_if_publishing_fails() {
+        for dp in [DpMode::Central, DpMode::Distributed] {
+            for failure in ["fedavg", "store"] {
+                let tmp = tempfile::tempdir().unwrap();
+                let config = ServerConfig {
+                    dp,
+                    noise_multiplier: 0.5,
+                    // FedAvg's step lr * mean overflows a weight at f32::MAX.
+                    server_lr: if failure == "fedavg" { 1e38 } else { 1.0 },
+                    min_survivors: Some(crate::config::ThresholdRule::Count(3)),
+                    ..ServerConfig::default()
+                };
+                let model = Model::new(
+                    Model::zeros_flat(1).tensors,
+                    vec![if failure == "fedavg" { f32::MAX } else { 0.0 }],
+                )
+                .unwrap();
+                let store = store_at(tmp.path(), &model, (failure == "store").then_some(9));
+                let (fixed_point, distributed) = config.round_encoding(3, 3, 1).unwrap();
+                assert_eq!(distributed.is_some(), dp == DpMode::Distributed);
+                let mut training = Training {
+                    model,
+                    version: 1,
+                    fedavg: FedAvg::new(config.server_lr, None).unwrap(),
+                    ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
+                    rng: StdRng::seed_from_u64(1),
+                };
+                let plan = ReleasePlan {
+                    fixed_point,
+                    distributed,
+                    corrupt: 0,
+                    round_id: 4,
+                    clients: 3,
+                };
+                let err = release(&config, &mut training, &store, output(&fixed_point), &plan)
+                    .unwrap_err();
+                let why = err.to_string();
+                match failure {
+                    "fedavg" => assert!(why.contains("overflows"), "{dp:?}: {why}"),
+                    _ => assert!(why.contains("not after round 9"), "{dp:?}: {why}"),
+                }
+                // Nothing published, but the charge is on disk.
+                let on_disk = inspect(tmp.path()).unwrap();
+                assert!(on_disk.models.iter().all(|m| m.round != 4));
+                let ledger = on_disk.ledger.expect("the ledger was written");
+                let entry = ledger.entries().last().expect("round 4 is charged");
+                assert_eq!(entry.round, 4, "{dp:?} {failure}");
+                assert!(ledger.spent() > 0.0);
+                let adversary = match dp {
+                    DpMode::Central => Adversary::ModelConsumers,
+                    _ => Adversary::Server,
+                };
+                assert_eq!(entry.adversary, adversary);
+                // And a restarted server opens the directory, round 4
+                // never reused.
+                drop(store);
+                let reopened = Store::open(tmp.path()).unwrap();
+                assert!(reopened.next_round_id() > 4);
+            }
+        }
+    }
 }
