@@ -19,7 +19,7 @@
 //!   not even the server, sees an un-noised sum. Its epsilon holds against
 //!   the server (`server` in the ledger), charged for each round's honest
 //!   contributors.
-
+//!
 //! Everything here is pure math: randomness comes from a CSPRNG the caller
 //! passes.
 
