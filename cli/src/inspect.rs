@@ -7,12 +7,16 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use tessera_aggregation::dp::ledger::{Adversary, PrivacyLedger};
 use tessera_server::store;
 
 pub(crate) const ABOUT: &str = "Show the models, rounds and privacy ledger in a data directory";
 pub(crate) const LONG_ABOUT: &str = "Reads a `tessera serve` data directory without changing it \
     and prints its published models (version, round, survivors, epsilon), its round records \
-    (outcome, survivors, where and why aborted rounds stopped) and the privacy ledger. With \
+    (outcome, survivors, where and why aborted rounds stopped) and the privacy ledger: each \
+    round's charge, its mechanism, and against whom each epsilon holds (server: distributed DP, \
+    the noise was in the sum before the server saw it; model-consumers: central DP, the server \
+    saw the un-noised sum). Entries migrated from an older ledger layout are marked. With \
     --json prints one object {models: [...], rounds: [...], ledger: ...}.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera inspect --data-dir tessera-data\n  \
@@ -65,14 +69,69 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         );
     }
     match &state.ledger {
-        Some(ledger) => println!(
-            "privacy ledger: epsilon {:.4} of {:.4} spent at delta {:e} over {} rounds",
-            ledger.spent(),
-            ledger.budget_epsilon(),
-            ledger.delta(),
-            ledger.entries().len()
-        ),
+        Some(ledger) => print_ledger(ledger),
         None => println!("privacy ledger: none (DP off)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an adversary name means, for the ledger's summary line.
+fn meaning(adversary: Adversary) -> &'static str {
+    match adversary {
+        Adversary::Server => {
+            "the server (with its colluding clients) and everyone downstream of it"
+        }
+        Adversary::ModelConsumers => {
+            "consumers of the published models only; the server saw un-noised sums"
+        }
+    }
+}
+
+/// The ledger: a summary line, then one line per entry with whom its
+/// charge and the running total hold against.
+fn print_ledger(ledger: &PrivacyLedger) {
+    println!(
+        "privacy ledger: epsilon {:.4} of {:.4} spent at delta {:e} over {} rounds",
+        ledger.spent(),
+        ledger.budget_epsilon(),
+        ledger.delta(),
+        ledger.entries().len()
+    );
+    if let Some(adversary) = ledger.holds_against() {
+        println!(
+            "  the total holds against {}: {}",
+            adversary.name(),
+            meaning(adversary)
+        );
+    }
+    if ledger.migrated() {
+        println!(
+            "  entries marked migrated were read from an older ledger layout; their adversary was inferred from the mechanism"
+        );
+    }
+    println!(
+        "  round  event         mechanism          charge against   epsilon total  total against    note"
+    );
+    let entries = ledger.entries();
+    for (i, e) in entries.iter().enumerate() {
+        let total = PrivacyLedger::weakest(&entries[..=i]).map_or("", Adversary::name);
+        let event = serde_json::to_value(e.event)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let note = e
+            .migrated_from
+            .map(|v| format!("migrated from ledger v{v}"))
+            .unwrap_or_default();
+        println!(
+            "  {:>5}  {:<12}  {:<17}  {:<15}  {:>13.4}  {:<15}  {}",
+            e.round,
+            event,
+            e.mechanism.name(),
+            e.adversary.name(),
+            e.epsilon_spent,
+            total,
+            note
+        );
+    }
 }

@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tessera_aggregation::dp::ledger::Mechanism;
 use tessera_aggregation::dp::mechanism::{
-    DistributedEncoding, NoiseKind, choose_bits_with_noise, wrap_probability,
+    CentralDp, DistributedEncoding, DpError, NoiseKind, choose_bits_with_noise, wrap_probability,
 };
 use tessera_aggregation::encoding::{self, FixedPoint, MAX_FRAC_BITS};
 use tessera_aggregation::graph::GraphKind;
@@ -174,13 +174,17 @@ pub enum DpMode {
     /// No noise; the ledger is not kept.
     #[default]
     Off,
-    /// DP-FedAvg: the server adds N(0, (z C)^2) to each unmasked sum before
-    /// it publishes, and accounts each round in the ledger.
+    /// DP-FedAvg: the server adds exact discrete Gaussian noise of std
+    /// `z (C 2^f + sqrt(dim))` (units of 2^-f) to each decoded sum before
+    /// it publishes, and accounts each round in the ledger; the epsilon
+    /// holds against the model's consumers, not the server.
     Central,
     /// Distributed DP: every client adds its share of integer noise before
-    /// masking, calibrated so that any `min_survivors` survivors together carry
-    /// noise of std `z` times the sensitivity; the server never sees an
-    /// un-noised sum. Accounted per round in the ledger.
+    /// masking, calibrated so that the honest survivors of any round that
+    /// goes on (its survivor floor minus the clients assumed corrupt, who
+    /// know their own noise) together carry noise of std `z` times the
+    /// sensitivity; the server never sees an un-noised sum. Accounted per
+    /// round in the ledger, for the honest contributors.
     Distributed,
 }
 
@@ -293,9 +297,10 @@ pub struct ServerConfig {
     /// Which integer noise clients add with `dp = distributed`.
     pub dp_noise: NoiseKind,
     /// The noise multiplier z of either DP mode: the noise std over the
-    /// sensitivity (central: std `z C` added by the server; distributed:
-    /// std `z B` carried by any `threshold` survivors, with `B` the norm
-    /// bound of a client's rounded integer vector).
+    /// sensitivity (central: std `z (C 2^f + sqrt(dim))` added by the
+    /// server, rounding included; distributed: std `z B` carried by the
+    /// honest survivors of any round that goes on, with `B` the norm bound
+    /// of a client's rounded integer vector).
     pub noise_multiplier: f64,
     /// Total epsilon the server may spend; it stops opening rounds before
     /// it would pass it.
@@ -529,6 +534,9 @@ impl ServerConfig {
             if !(self.delta > 0.0 && self.delta < 1.0) {
                 return Err(invalid("delta", "must be in (0, 1)"));
             }
+            // The noise must be drawable (and, distributed, have honest
+            // survivors to carry it) before the server listens.
+            self.planned_mechanism(self.dim.unwrap_or(1))?;
         }
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
@@ -626,14 +634,24 @@ impl ServerConfig {
         }
         // The norm bound depends on C, f and dim only, so a provisional
         // 32-bit format gives the noise, and the noise the ring.
-        let dp_error = |e: tessera_aggregation::dp::mechanism::DpError| {
-            invalid("noise_multiplier", e.to_string())
+        let dp_error = |e: tessera_aggregation::dp::mechanism::DpError| match e {
+            DpError::NoHonestSurvivors { .. } => invalid(
+                "min_survivors",
+                format!(
+                    "{e} (a SecAgg+ graph's threshold is per neighbourhood: set min_survivors, e.g. \"0.5\", above corrupt_rate {})",
+                    self.corrupt_rate
+                ),
+            ),
+            e => invalid("noise_multiplier", e.to_string()),
         };
-        let provisional = DistributedEncoding::new(
+        // Calibrated for the honest survivors: the corrupt clients the
+        // threat model allows know their own noise and subtract it.
+        let provisional = DistributedEncoding::calibrate(
             fixed(32)?,
             self.dp_noise,
             self.noise_multiplier,
             min_survivors,
+            self.corrupt_count(clients),
             dim as usize,
         )
         .map_err(dp_error)?;
@@ -675,23 +693,43 @@ impl ServerConfig {
     /// The mechanism a round that goes ahead spends at most, for the
     /// ledger's check before a round opens; `None` without DP.
     ///
-    /// Central: the Gaussian with noise multiplier `z` and no sampling
-    /// amplification (the population behind the lobby is unknown). Distributed:
-    /// the discrete Gaussian at the target std `z B`, what the fewest
-    /// survivors a round accepts carry; more survivors only add noise.
+    /// Central: the discrete Gaussian of [`CentralDp`], noise `z Δ` with
+    /// `Δ = C 2^f + sqrt(dim)` (rounding included), no sampling
+    /// amplification (the population behind the lobby is unknown).
+    /// Distributed: the discrete Gaussian at the target std `z B`, what the
+    /// fewest honest survivors a round accepts (its survivor floor minus
+    /// its corrupt count) carry; more only add noise.
     pub fn planned_mechanism(&self, dim: u32) -> Result<Option<Mechanism>, ConfigError> {
         Ok(match self.dp {
             DpMode::Off => None,
-            DpMode::Central => Some(Mechanism::Gaussian {
-                noise_multiplier: self.noise_multiplier,
-                sampling_rate: 1.0,
-            }),
+            DpMode::Central => Some(self.central_dp(self.min_clients, dim)?.mechanism()),
             DpMode::Distributed => {
-                let (_, threshold) = self.graph_for(self.min_clients)?;
-                let floor = self.survivor_floor(self.min_clients, threshold);
-                let (_, encoding) = self.round_encoding(self.min_clients, floor, dim)?;
-                encoding.map(|e| e.mechanism(e.dp.min_survivors, dim as usize))
+                let n = self.min_clients;
+                let (_, threshold) = self.graph_for(n)?;
+                let floor = self.survivor_floor(n, threshold);
+                let (_, encoding) = self.round_encoding(n, floor, dim)?;
+                encoding
+                    .map(|e| e.mechanism(floor, self.corrupt_count(n), dim as usize))
+                    .transpose()
+                    .map_err(|e| invalid("noise_multiplier", e.to_string()))?
             }
+        })
+    }
+
+    /// The central DP mechanism of a round of `clients` and this model
+    /// dimension: exact discrete Gaussian noise on the decoded integer sum
+    /// (see [`CentralDp`]); refused if its scale is beyond the exact
+    /// sampler.
+    pub fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
+        let (fixed_point, _) = self.round_encoding(clients, clients, dim)?;
+        CentralDp::new(fixed_point, self.noise_multiplier, dim as usize).map_err(|e| {
+            invalid(
+                "noise_multiplier",
+                format!(
+                    "central DP noise of {} x (clip_norm 2^frac_bits + sqrt(dim)) in units of 2^-frac_bits: {e}; lower frac_bits or noise_multiplier",
+                    self.noise_multiplier
+                ),
+            )
         })
     }
 
@@ -998,11 +1036,16 @@ mod tests {
 
     #[test]
     fn distributed_dp_widens_the_ring_for_its_noise_and_plans_the_target_noise() {
-        let c = ServerConfig {
+        let mut c = ServerConfig {
             dp: DpMode::Distributed,
             noise_multiplier: 2.0,
             ..dev()
         };
+        // Up to 10,000 clients on SecAgg+ graphs assume 500 corrupt: the
+        // per-neighbourhood threshold (22) is no floor for the noise.
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("set min_survivors"), "{err}");
+        c.min_survivors = Some(ThresholdRule::Fraction(0.5));
         c.validate().unwrap();
         let (plain, none) = dev().round_encoding(20, 11, 1000).unwrap();
         assert!(none.is_none());
@@ -1010,7 +1053,9 @@ mod tests {
         let enc = enc.expect("distributed DP encodes with noise");
         assert!(fp.bits > plain.bits, "{} vs {}", fp.bits, plain.bits);
         assert_eq!(enc.fixed_point, fp);
-        assert_eq!(enc.dp.min_survivors, 11);
+        // 11 survivors at least, ⌊0.05 × 20⌋ = 1 of them possibly corrupt:
+        // the 10 honest carry the target.
+        assert_eq!(enc.dp.min_survivors, 10);
         assert_eq!(enc.dp.target_sigma, 2.0 * enc.norm_bound);
         let p = wrap_probability(20, enc.norm_bound, enc.dp.actual_sigma(20), 1000, fp.bits);
         assert!(p.unwrap() <= WRAP_PROBABILITY);
@@ -1035,5 +1080,83 @@ mod tests {
         let toml = ServerConfig::from_toml("dp = \"distributed\"\ndp_noise = \"skellam\"").unwrap();
         assert_eq!(toml.dp_noise, NoiseKind::Skellam);
         assert!(ServerConfig::from_toml("dp_noise = \"laplace\"").is_err());
+    }
+
+    /// Colluders subtract their own noise: with corrupt clients the noise
+    /// is calibrated for the honest survivors, so each client adds more
+    /// than a calibration over all survivors would, and the plan charges
+    /// their noise.
+    #[test]
+    fn distributed_dp_is_calibrated_for_the_honest_survivors() {
+        let c = ServerConfig {
+            dp: DpMode::Distributed,
+            noise_multiplier: 1.0,
+            corrupt_rate: 0.2,
+            graph: GraphChoice::Complete,
+            min_clients: 10,
+            max_clients: 10,
+            ..dev()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.corrupt_count(10), 2);
+        let (_, t) = c.graph_for(10).unwrap();
+        let floor = c.survivor_floor(10, t);
+        let (_, enc) = c.round_encoding(10, floor, 100).unwrap();
+        let enc = enc.unwrap();
+        assert_eq!(enc.dp.min_survivors, floor - 2);
+        // floor - 2 honest clients carry the whole target.
+        let honest_sigma = enc.dp.actual_sigma(floor - 2);
+        assert!((honest_sigma - enc.dp.target_sigma).abs() < 1e-9 * honest_sigma);
+        match c.planned_mechanism(100).unwrap() {
+            Some(Mechanism::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            }) => assert!((sigma / l2_sensitivity - 1.0).abs() < 1e-12),
+            other => panic!("{other:?}"),
+        }
+        // A floor that colluders could fill is refused, naming the rule.
+        let err = c.round_encoding(10, 2, 100).unwrap_err().to_string();
+        assert!(
+            err.contains("min_survivors")
+                && err.contains("not above the 2 clients assumed corrupt"),
+            "{err}"
+        );
+    }
+
+    /// Central DP plans the discrete Gaussian with rounding in the
+    /// sensitivity, and a noise the exact sampler cannot draw is refused
+    /// at start-up.
+    #[test]
+    fn central_dp_plans_the_discrete_gaussian_with_rounding_in_the_sensitivity() {
+        let c = ServerConfig {
+            dp: DpMode::Central,
+            noise_multiplier: 1.5,
+            frac_bits: 8,
+            ..dev()
+        };
+        c.validate().unwrap();
+        match c.planned_mechanism(10_000).unwrap() {
+            Some(Mechanism::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            }) => {
+                assert!(
+                    (l2_sensitivity - (256.0 + 100.0)).abs() < 1e-6,
+                    "{l2_sensitivity}"
+                );
+                assert!((sigma - 1.5 * l2_sensitivity).abs() < 1e-9);
+            }
+            other => panic!("{other:?}"),
+        }
+        let loud = ServerConfig {
+            noise_multiplier: 100.0,
+            frac_bits: 16,
+            ..c
+        };
+        let err = loud.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("noise_multiplier") && err.contains("frac_bits"),
+            "{err}"
+        );
     }
 }

@@ -3,14 +3,14 @@
 //! its privacy and publishes the new global model, durably, before the next
 //! round opens.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
 use rand::rngs::StdRng;
 use tessera_aggregation::RoundConfig;
-use tessera_aggregation::dp::ledger::PrivacyLedger;
-use tessera_aggregation::dp::mechanism::{DistributedEncoding, add_central_gaussian};
+use tessera_aggregation::dp::ledger::{Adversary, PrivacyLedger};
+use tessera_aggregation::dp::mechanism::{CentralDp, DistributedEncoding};
 use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::server::RoundOutput;
 use tessera_proto::convert::abort_reason_name;
@@ -20,12 +20,12 @@ use tokio::sync::watch;
 use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::config::DpMode;
+use crate::config::{DpMode, ServerConfig};
 use crate::fedavg::{FedAvg, Model};
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{Publication, RoundOutcome, RoundRecord};
+use crate::store::{ModelEntry, Publication, RoundOutcome, RoundRecord, Store};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -198,16 +198,14 @@ async fn run_round(
     let result = match end {
         RoundEnd::Completed(output) => {
             let contributors = output.contributors.len() as u32;
-            let (next, published) = publish(
-                shared,
-                training,
-                output,
+            let plan = ReleasePlan {
                 fixed_point,
                 distributed,
+                corrupt: config.corrupt_count(n),
                 round_id,
-                n,
-            )
-            .await?;
+                clients: n,
+            };
+            let (next, published) = publish(shared, training, output, plan).await?;
             training = next;
             record.outcome = RoundOutcome::Completed;
             record.survivors = contributors;
@@ -275,89 +273,242 @@ async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), S
         .map_err(ServeError::Store)
 }
 
-/// Decodes the sum, adds central DP noise, applies FedAvg, records the
-/// privacy spent and publishes the model: ledger first, model and manifest
-/// after (the store orders the writes), all on the blocking pool.
+/// What a completed round's release needs, fixed when the round opened.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReleasePlan {
+    /// The round's fixed point (its ring decodes the sum).
+    pub(crate) fixed_point: FixedPoint,
+    /// Distributed DP's encoding, if on.
+    pub(crate) distributed: Option<DistributedEncoding>,
+    /// The clients assumed to collude with the server.
+    pub(crate) corrupt: u32,
+    /// The round.
+    pub(crate) round_id: u64,
+    /// Clients invited.
+    pub(crate) clients: u32,
+}
+
+/// Runs [`release`] on the blocking pool and shows the new model.
 async fn publish(
     shared: &Arc<Shared>,
-    mut training: Training,
+    training: Training,
     output: RoundOutput,
-    fixed_point: FixedPoint,
-    distributed: Option<DistributedEncoding>,
-    round_id: u64,
-    clients: u32,
+    plan: ReleasePlan,
 ) -> Result<(Training, u64), ServeError> {
     let config = shared.config.clone();
     let store = Arc::clone(&shared.store);
-    let (training, entry) = blocking(move || -> Result<_, ServeError> {
-        let contributors = output.contributors.len() as u32;
-        let mut decoded = fixed_point.decode_sum(&output.sum, contributors);
-        let dim = decoded.sum.len();
-        // What this release spends: central noise is added here, on a sum
-        // the server saw; distributed noise is already in the sum, carried
-        // by the contributors.
-        let mechanism = match (config.dp, &distributed) {
-            (DpMode::Off, _) => None,
-            (DpMode::Central, _) => {
-                add_central_gaussian(
-                    &mut decoded.sum,
-                    config.noise_multiplier,
-                    f64::from(config.clip_norm),
-                    &mut training.rng,
-                )
-                .map_err(|e| ServeError::Round(e.to_string()))?;
-                config
-                    .planned_mechanism(dim as u32)
-                    .map_err(ServeError::Config)?
-            }
-            (DpMode::Distributed, Some(encoding)) => Some(encoding.mechanism(contributors, dim)),
-            (DpMode::Distributed, None) => {
-                return Err(ServeError::Round(
-                    "a distributed-DP round ran without its encoding".into(),
-                ));
-            }
-        };
-        let mut epsilon = 0.0;
-        if let Some(mechanism) = mechanism {
-            let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
-            ledger
-                .record(round_id, mechanism)
-                .map_err(|e| ServeError::Round(e.to_string()))?;
-            epsilon = ledger.spent();
-        }
-        let mean = decoded.mean();
-        training
-            .fedavg
-            .apply(&mut training.model, &mean)
-            .map_err(|e| ServeError::Round(e.to_string()))?;
-        let entry = store
-            .lock()
-            .expect("store lock")
-            .publish(&Publication {
-                model: &training.model,
-                round: round_id,
-                survivors: contributors,
-                dropped: clients - contributors,
-                epsilon,
-                delta: if config.dp != DpMode::Off {
-                    config.delta
-                } else {
-                    0.0
-                },
-                ledger: training.ledger.as_ref(),
-                velocity: training.fedavg.velocity(),
-            })
-            .map_err(ServeError::Store)?;
-        training.version = entry.version;
-        Ok((training, entry))
+    let (training, entry) = blocking(move || {
+        let mut training = training;
+        release(&config, &mut training, &store, output, &plan).map(|entry| (training, entry))
     })
     .await?;
     shared.set_latest(&entry, &training.model);
     Ok((training, entry.version))
 }
 
+/// Records the privacy spent (durably, first), decodes the sum, adds
+/// central DP noise, applies FedAvg and publishes the model.
+fn release(
+    config: &ServerConfig,
+    training: &mut Training,
+    store: &Mutex<Store>,
+    output: RoundOutput,
+    plan: &ReleasePlan,
+) -> Result<ModelEntry, ServeError> {
+    let round_error = |e: &dyn std::fmt::Display| ServeError::Round(e.to_string());
+    let contributors = output.contributors.len() as u32;
+    let dim = output.sum.len();
+    // What this release spends: central noise is added here, on a sum the
+    // server saw; distributed noise is already in the sum, carried by the
+    // contributors, of which only the honest ones count.
+    let central = match config.dp {
+        DpMode::Central => Some(
+            CentralDp::new(plan.fixed_point, config.noise_multiplier, dim)
+                .map_err(|e| round_error(&e))?,
+        ),
+        _ => None,
+    };
+    let mechanism = match (config.dp, &plan.distributed, &central) {
+        (DpMode::Off, _, _) => None,
+        (DpMode::Central, _, Some(central)) => Some(central.mechanism()),
+        (DpMode::Distributed, Some(encoding), _) => Some(
+            encoding
+                .mechanism(contributors, plan.corrupt, dim)
+                .map_err(|e| round_error(&e))?,
+        ),
+        _ => {
+            return Err(ServeError::Round(
+                "a DP round ran without its mechanism".into(),
+            ));
+        }
+    };
+    // The server has seen the sum: charge it, durably, before anything
+    // that could fail on the way to publishing (noise, FedAvg, the model
+    // write). Distributed noise holds against the server; central noise,
+    // added to a sum the server saw, only against the model's consumers.
+    let mut epsilon = 0.0;
+    if let Some(mechanism) = mechanism {
+        let adversary = match config.dp {
+            DpMode::Central => Adversary::ModelConsumers,
+            _ => Adversary::Server,
+        };
+        let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
+        ledger
+            .record(plan.round_id, mechanism, adversary)
+            .map_err(|e| round_error(&e))?;
+        epsilon = ledger.spent();
+        store
+            .lock()
+            .expect("store lock")
+            .charge(ledger)
+            .map_err(ServeError::Store)?;
+    }
+    let decoded = match &central {
+        // Exact integer noise on the decoded integer sum, outside the ring.
+        Some(central) => central
+            .release(&output.sum, contributors, &mut training.rng)
+            .map_err(|e| round_error(&e))?,
+        None => plan.fixed_point.decode_sum(&output.sum, contributors),
+    };
+    let mean = decoded.mean();
+    training
+        .fedavg
+        .apply(&mut training.model, &mean)
+        .map_err(|e| round_error(&e))?;
+    let entry = store
+        .lock()
+        .expect("store lock")
+        .publish(&Publication {
+            model: &training.model,
+            round: plan.round_id,
+            survivors: contributors,
+            dropped: plan.clients - contributors,
+            epsilon,
+            delta: if config.dp != DpMode::Off {
+                config.delta
+            } else {
+                0.0
+            },
+            ledger: training.ledger.as_ref(),
+            velocity: training.fedavg.velocity(),
+        })
+        .map_err(ServeError::Store)?;
+    training.version = entry.version;
+    Ok(entry)
+}
+
 /// Logs a failure to publish; the scheduler stops rather than run rounds it
 /// cannot record.
 pub(crate) fn report_fatal(e: &ServeError) {
     error!("scheduler stopped: {e}");
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use tessera_aggregation::ClientId;
+
+    use super::*;
+    use crate::fedavg::Model;
+    use crate::store::inspect;
+
+    /// A store holding the initial model of dimension 1 and, if `after`,
+    /// a published model of that round (so an older round is refused).
+    fn store_at(dir: &std::path::Path, model: &Model, after: Option<u64>) -> Mutex<Store> {
+        let mut store = Store::open(dir).unwrap();
+        store.init_model(model).unwrap();
+        if let Some(round) = after {
+            store
+                .publish(&Publication {
+                    model,
+                    round,
+                    survivors: 3,
+                    dropped: 0,
+                    epsilon: 0.0,
+                    delta: 0.0,
+                    ledger: None,
+                    velocity: None,
+                })
+                .unwrap();
+        }
+        Mutex::new(store)
+    }
+
+    /// A round of 3 clients that each sent `C 2^f` on the one coordinate.
+    fn output(fp: &FixedPoint) -> RoundOutput {
+        let one = (f64::from(fp.clip_norm) * f64::from(1u32 << fp.frac_bits)) as u32;
+        RoundOutput {
+            sum: vec![3 * one],
+            contributors: (0..3).map(ClientId).collect(),
+            dropped_after_sharing: Vec::new(),
+        }
+    }
+
+    /// The server has unmasked a round's sum, then publishing fails: at
+    /// FedAvg (a step that overflows the model) or in the store (which
+    /// refuses the publication). The round's charge must be in the ledger
+    /// on disk all the same. Before, the charge lived in memory until the
+    /// store's publish wrote it, so both failures left it unrecorded.
+    #[test]
+    fn a_sum_the_server_saw_is_charged_even_if_publishing_fails() {
+        for dp in [DpMode::Central, DpMode::Distributed] {
+            for failure in ["fedavg", "store"] {
+                let tmp = tempfile::tempdir().unwrap();
+                let config = ServerConfig {
+                    dp,
+                    noise_multiplier: 0.5,
+                    // FedAvg's step lr * mean overflows a weight at f32::MAX.
+                    server_lr: if failure == "fedavg" { 1e38 } else { 1.0 },
+                    min_survivors: Some(crate::config::ThresholdRule::Count(3)),
+                    ..ServerConfig::default()
+                };
+                let model = Model::new(
+                    Model::zeros_flat(1).tensors,
+                    vec![if failure == "fedavg" { f32::MAX } else { 0.0 }],
+                )
+                .unwrap();
+                let store = store_at(tmp.path(), &model, (failure == "store").then_some(9));
+                let (fixed_point, distributed) = config.round_encoding(3, 3, 1).unwrap();
+                assert_eq!(distributed.is_some(), dp == DpMode::Distributed);
+                let mut training = Training {
+                    model,
+                    version: 1,
+                    fedavg: FedAvg::new(config.server_lr, None).unwrap(),
+                    ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
+                    rng: StdRng::seed_from_u64(1),
+                };
+                let plan = ReleasePlan {
+                    fixed_point,
+                    distributed,
+                    corrupt: 0,
+                    round_id: 4,
+                    clients: 3,
+                };
+                let err = release(&config, &mut training, &store, output(&fixed_point), &plan)
+                    .unwrap_err();
+                let why = err.to_string();
+                match failure {
+                    "fedavg" => assert!(why.contains("overflows"), "{dp:?}: {why}"),
+                    _ => assert!(why.contains("not after round 9"), "{dp:?}: {why}"),
+                }
+                // Nothing published, but the charge is on disk.
+                let on_disk = inspect(tmp.path()).unwrap();
+                assert!(on_disk.models.iter().all(|m| m.round != 4));
+                let ledger = on_disk.ledger.expect("the ledger was written");
+                let entry = ledger.entries().last().expect("round 4 is charged");
+                assert_eq!(entry.round, 4, "{dp:?} {failure}");
+                assert!(ledger.spent() > 0.0);
+                let adversary = match dp {
+                    DpMode::Central => Adversary::ModelConsumers,
+                    _ => Adversary::Server,
+                };
+                assert_eq!(entry.adversary, adversary);
+                // And a restarted server opens the directory, round 4
+                // never reused.
+                drop(store);
+                let reopened = Store::open(tmp.path()).unwrap();
+                assert!(reopened.next_round_id() > 4);
+            }
+        }
+    }
 }

@@ -7,12 +7,16 @@
 //!                                     metadata {"version", "round"})
 //!   momentum.safetensors              FedAvgM velocity of the latest version (optional)
 //!   rounds/round-000042.json          one RoundRecord per round ever opened
-//!   ledger.json                       the privacy ledger (central DP)
+//!   ledger.json                       the privacy ledger (DP on), layout version 2
 //! ```
 //!
 //! Every file is written to `NAME.tmp` in the same directory, fsynced,
 //! renamed over `NAME`, and the directory fsynced: a crash at any instant
-//! leaves either the old or the new file, never a torn one. A publication
+//! leaves either the old or the new file, never a torn one. A round's
+//! privacy charge is written ([`Store::charge`]) as soon as the server has
+//! seen its sum, before anything that could fail on the way to publishing
+//! it (noise, FedAvg, the model write): a sum the server saw is in the
+//! ledger even if it is never published. A publication
 //! writes the ledger first (privacy spent is never under-recorded), then
 //! the model file, then the momentum, then the manifest, which is what
 //! makes the version visible. safetensors sorts tensors by name, so the
@@ -26,7 +30,8 @@
 //! manifest is the truth), and everything else is checked:
 //! manifest format and entries, every model's SHA-256, tensors and
 //! metadata, the ledger (which must record every round that spent
-//! privacy), every round record. Anything wrong is an error naming the
+//! privacy; a version 1 ledger is migrated to version 2, with a warning,
+//! each entry marked `migrated_from`), every round record. Anything wrong is an error naming the
 //! file: the server refuses to run on state it cannot trust rather than
 //! start over. A non-empty directory without a manifest that holds
 //! anything a data directory never does is refused too, so a mistyped
@@ -41,7 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_aggregation::dp::ledger::{LEDGER_VERSION, PrivacyLedger};
 use tracing::warn;
 
 use crate::fedavg::{Model, TensorSpec};
@@ -556,7 +561,24 @@ impl Store {
 
         let ledger_path = dir.join(LEDGER);
         if ledger_path.exists() {
-            store.ledger = Some(read_json(&ledger_path)?);
+            #[derive(Deserialize)]
+            struct VersionOnly {
+                version: u32,
+            }
+            let found = read_json::<VersionOnly>(&ledger_path)?.version;
+            let ledger: PrivacyLedger = read_json(&ledger_path)?;
+            if found < LEDGER_VERSION {
+                // Never silently: the log says so, and every migrated
+                // entry keeps `migrated_from` in the file.
+                warn!(
+                    file = %ledger_path.display(),
+                    from = found,
+                    to = LEDGER_VERSION,
+                    "migrating the privacy ledger: each entry's adversary is inferred from its mechanism and marked migrated_from"
+                );
+                write_atomic(&ledger_path, &to_json(&ledger))?;
+            }
+            store.ledger = Some(ledger);
         }
         let published = store.manifest.models.iter().map(|m| (m.round, m.epsilon));
         if let Some(round) = unrecorded(published, store.ledger.as_ref()) {
@@ -738,6 +760,25 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the ledger with a round's charge, durably, before the round's
+    /// model is made: a sum the server has seen must be in the ledger even
+    /// if publishing it then fails. Refuses a ledger that does not extend
+    /// the stored one. Runs even after a failed publication (the store is
+    /// then poisoned for publications): recording privacy spent is always
+    /// safe, and the write is atomic.
+    pub fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
+        if let Some(old) = &self.ledger
+            && !ledger.entries().starts_with(old.entries())
+        {
+            return Err(refused(
+                "the ledger does not extend the stored one (it would erase privacy spent)",
+            ));
+        }
+        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.ledger = Some(ledger.clone());
+        Ok(())
+    }
+
     /// Publishes the next version (latest + 1). Checks first, so a bad
     /// request writes nothing; then writes the ledger, the model file, the
     /// momentum and the manifest, in that order. If a write fails, the
@@ -896,7 +937,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use tessera_aggregation::dp::ledger::Mechanism;
+    use tessera_aggregation::dp::ledger::{Adversary, Mechanism};
 
     use super::*;
 
@@ -962,7 +1003,9 @@ mod tests {
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
         let mut published = vec![m0];
         for round in 1..=3 {
-            ledger.record(round, gaussian()).unwrap();
+            ledger
+                .record(round, gaussian(), Adversary::ModelConsumers)
+                .unwrap();
             let m = model(round as f32);
             let entry = store
                 .publish(&publication(&m, round, Some(&ledger)))
@@ -1067,7 +1110,9 @@ mod tests {
         let mut store = Store::open(dir).unwrap();
         store.init_model(&model(0.0)).unwrap();
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
-        ledger.record(1, gaussian()).unwrap();
+        ledger
+            .record(1, gaussian(), Adversary::ModelConsumers)
+            .unwrap();
         store
             .publish(&publication(&model(1.0), 1, Some(&ledger)))
             .unwrap();
@@ -1086,7 +1131,9 @@ mod tests {
         // Nor can a publication replace the ledger with one that forgets
         // round 1.
         let mut fresh = PrivacyLedger::new(8.0, 1e-5).unwrap();
-        fresh.record(2, gaussian()).unwrap();
+        fresh
+            .record(2, gaussian(), Adversary::ModelConsumers)
+            .unwrap();
         let e = store.publish(&publication(&model(2.0), 2, Some(&fresh)));
         assert!(matches!(e, Err(StoreError::Refused { .. })), "{e:?}");
         assert_eq!(store.ledger(), Some(&ledger));
@@ -1269,7 +1316,9 @@ mod tests {
         // (over-recorded, never under), later publications are refused
         // until a reopen reconciles the directory.
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
-        ledger.record(1, gaussian()).unwrap();
+        ledger
+            .record(1, gaussian(), Adversary::ModelConsumers)
+            .unwrap();
         fs::rename(dir.join(MODELS), dir.join("models-away")).unwrap();
         fs::write(dir.join(MODELS), b"").unwrap();
         let e = store
@@ -1287,5 +1336,48 @@ mod tests {
         assert_eq!(store.ledger(), Some(&ledger));
         assert_eq!(store.models().len(), 1);
         assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");
+    }
+
+    /// A data directory written before the ledger had adversaries: open
+    /// migrates it to version 2 on disk, every entry marked, and inspect
+    /// (read-only) shows the same migrated ledger without writing.
+    #[test]
+    fn a_version_1_ledger_is_migrated_on_open_and_marked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = Store::open(dir).unwrap();
+        store.init_model(&model(0.0)).unwrap();
+        let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
+        ledger
+            .record(1, gaussian(), Adversary::ModelConsumers)
+            .unwrap();
+        store
+            .publish(&publication(&model(1.0), 1, Some(&ledger)))
+            .unwrap();
+        drop(store);
+        let v1 = format!(
+            r#"{{"version": 1, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
+                {{"round": 1, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},
+                  "epsilon_spent": {}}}]}}"#,
+            ledger.spent()
+        );
+        fs::write(dir.join(LEDGER), &v1).unwrap();
+        let seen = inspect(dir).unwrap().ledger.unwrap();
+        assert!(seen.migrated());
+        assert_eq!(
+            fs::read_to_string(dir.join(LEDGER)).unwrap(),
+            v1,
+            "inspect writes nothing"
+        );
+        let store = Store::open(dir).unwrap();
+        let migrated = store.ledger().unwrap();
+        assert_eq!(migrated.entries()[0].adversary, Adversary::ModelConsumers);
+        assert_eq!(migrated.entries()[0].migrated_from, Some(1));
+        assert_eq!(migrated.spent(), ledger.spent());
+        let text = fs::read_to_string(dir.join(LEDGER)).unwrap();
+        assert!(
+            text.contains(r#""version": 2"#) && text.contains(r#""migrated_from": 1"#),
+            "{text}"
+        );
     }
 }

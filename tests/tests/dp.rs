@@ -12,8 +12,8 @@ use tessera_tests::{ServerOptions, TestServer, mean, update};
 
 const DIM: u32 = 2000;
 const CLIENTS: u32 = 8;
-/// Majority of the complete graph of 8.
-const THRESHOLD: u32 = 5;
+/// Majority of the 7 share holders of the complete graph of 8.
+const THRESHOLD: u32 = 4;
 const Z: f64 = 0.5;
 
 fn distributed(config: &mut tessera_server::ServerConfig) {
@@ -117,5 +117,75 @@ async fn distributed_dp_noises_the_average_and_the_ledger_accounts_the_survivors
         assert_eq!(model.delta, 1e-5);
         before = after;
     }
+    ts.server.shutdown().await.unwrap();
+}
+
+/// A quarter of the 8 clients may collude with the server: 2 corrupt.
+fn distributed_with_colluders(config: &mut tessera_server::ServerConfig) {
+    distributed(config);
+    config.corrupt_rate = 0.25;
+}
+
+/// Colluders know their own noise and subtract it: with 2 of 8 clients
+/// assumed corrupt, each client's noise is calibrated so that the honest
+/// survivors of the floor (4 - 2) carry the target, and the ledger charges
+/// the noise of the round's honest contributors (8 - 2), not of all 8. The
+/// old code calibrated for 4 and charged for 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distributed_dp_calibrates_and_charges_for_the_honest_contributors() {
+    let ts = TestServer::start(ServerOptions {
+        dim: DIM,
+        min_clients: CLIENTS,
+        tweak: distributed_with_colluders,
+        ..ServerOptions::default()
+    })
+    .await;
+    let corrupt = 2;
+    // Majority of the 7 holders of the complete graph of 8.
+    let floor = 4;
+    let fp = FixedPoint::new(1.0, 16, 32).unwrap();
+    let kind = NoiseKind::DiscreteGaussian;
+    let encoding =
+        DistributedEncoding::calibrate(fp, kind, Z, floor, corrupt, DIM as usize).unwrap();
+    let before = ts.client(None).latest_model().await.unwrap().flatten();
+    let summed = round(&ts, 7, None).await;
+    assert_eq!(summed.len() as u32, CLIENTS);
+    let after = ts.client(None).latest_model().await.unwrap().flatten();
+    // Every client's share of the noise is the honest calibration's.
+    let noise: Vec<f64> = after
+        .iter()
+        .zip(&before)
+        .zip(mean(&summed))
+        .map(|((a, b), m)| f64::from(a - b) - f64::from(m))
+        .collect();
+    let d = f64::from(DIM);
+    let mu = noise.iter().sum::<f64>() / d;
+    let var = noise.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (d - 1.0);
+    let n = f64::from(CLIENTS);
+    let expected = n * encoding.dp.per_client_variance() / 65536f64.powi(2) / n.powi(2);
+    assert!(
+        (var / expected - 1.0).abs() < 0.15,
+        "noise variance {var}, expected {expected}"
+    );
+
+    // The charge: the accountant's epsilon for the noise of 8 - 2 honest
+    // contributors.
+    let honest = CLIENTS - corrupt;
+    let rho = discrete_gaussian_rho(encoding.dp.actual_sigma(honest), encoding.norm_bound);
+    let (eps, _) = zcdp_to_epsilon(rho, 1e-5);
+    let ledger = tessera_server::store::inspect(ts.data_dir())
+        .unwrap()
+        .ledger
+        .expect("a ledger with DP on");
+    assert!(
+        (ledger.spent() - eps).abs() <= 1e-9 * eps,
+        "{} vs {eps}",
+        ledger.spent()
+    );
+    // The old charge counted all 8 contributors' noise, colluders' too:
+    // a smaller epsilon than the colluding server faces.
+    let old_rho = discrete_gaussian_rho(encoding.dp.actual_sigma(CLIENTS), encoding.norm_bound);
+    let (old_eps, _) = zcdp_to_epsilon(old_rho, 1e-5);
+    assert!(ledger.spent() > old_eps, "{} <= {old_eps}", ledger.spent());
     ts.server.shutdown().await.unwrap();
 }

@@ -9,28 +9,58 @@
 //! The ledger keeps the accumulated RDP per order over
 //! [`DEFAULT_ORDERS`], so recording is O(orders), not O(rounds).
 //!
-//! # JSON layout (version 1)
+//! # Against whom
+//!
+//! Every entry names the adversary its ε holds against:
+//! - `server`: distributed DP. The noise is in the sum before the server
+//!   sees it, carried by the honest contributors alone (the `corrupt`
+//!   clients the threat model lets collude with the server know their own
+//!   noise and subtract it), so ε bounds what the server, and anyone
+//!   downstream of it, learns about one client.
+//! - `model-consumers`: central DP. The server sees the un-noised sum and
+//!   noises it before publishing: ε bounds what consumers of the published
+//!   model learn, and nothing about what the server learns.
+//!
+//! The cumulative ε after a round ([`LedgerEntry::epsilon_spent`]) holds
+//! against the weakest adversary of the entries so far
+//! ([`PrivacyLedger::holds_against`]): one central round and the ledger's
+//! total says nothing about the server.
+//!
+//! Neighbouring datasets differ by adding or removing one client
+//! (`add-remove-one`): one client's clipped contribution is the L2
+//! sensitivity the accountant uses for every mechanism here.
+//!
+//! # JSON layout (version 2)
 //!
 //! The ledger serialises (with any serde format; the server uses JSON) as:
 //!
 //! ```text
 //! {
-//!   "version": 1,
+//!   "version": 2,
 //!   "budget_epsilon": 8.0,
 //!   "delta": 1e-5,
 //!   "entries": [
-//!     { "round": 1,
-//!       "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 0.01 },
+//!     { "event": "round-charge", "round": 1, "adversary": "model-consumers",
+//!       "neighbouring": "add-remove-one",
+//!       "mechanism": { "kind": "discrete-gaussian", "sigma": 72000.0, "l2_sensitivity": 65636.0 },
 //!       "epsilon_spent": 0.21 },
-//!     { "round": 2,
-//!       "mechanism": { "kind": "discrete-gaussian", "sigma": 3.0, "l2_sensitivity": 1.0 },
-//!       "epsilon_spent": 1.9 },
-//!     { "round": 5,
+//!     { "event": "round-charge", "round": 2, "adversary": "server",
+//!       "neighbouring": "add-remove-one",
 //!       "mechanism": { "kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0 },
-//!       "epsilon_spent": 2.3 }
+//!       "epsilon_spent": 2.3 },
+//!     { "event": "round-charge", "round": 3, "adversary": "model-consumers",
+//!       "neighbouring": "add-remove-one",
+//!       "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 1.0 },
+//!       "epsilon_spent": 2.5, "migrated_from": 1 }
 //!   ]
 //! }
 //! ```
+//!
+//! `event` is the kind of entry: `round-charge` (a published round's
+//! release) is the only kind today; later kinds (a budget change, say) and
+//! later fields are added as optional fields of this same layout, so files
+//! written now read without a migration. This build refuses unknown fields
+//! and unknown event kinds rather than ignore them.
 //!
 //! `epsilon_spent` is the cumulative ε after that round, at `delta`, as
 //! computed when the round was recorded. The accumulated RDP is not stored:
@@ -38,6 +68,19 @@
 //! hand-edited or truncated file cannot carry an RDP curve that disagrees
 //! with its entries. Loading refuses an unknown `version`, invalid
 //! parameters and rounds that are not strictly increasing.
+//!
+//! # Migration from version 1
+//!
+//! Version 1 entries had only `round`, `mechanism` and `epsilon_spent`.
+//! They are read and migrated, never silently: each gets
+//! `"migrated_from": 1`, `event` `round-charge`, neighbouring
+//! `add-remove-one` (what the accountant always computed), and the
+//! adversary inferred from its mechanism, which in version 1 was
+//! unambiguous: `gaussian` was central DP (`model-consumers`),
+//! `discrete-gaussian` and `skellam` distributed DP (`server`). Version 1
+//! charged distributed rounds for all survivors' noise, colluders'
+//! included, so a migrated `server` ε may be lower than the colluding
+//! server faces; the recorded values are kept as the historical record.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -46,8 +89,48 @@ use super::accountant::{
     DEFAULT_ORDERS, discrete_gaussian_rho, rdp_subsampled_gaussian, rdp_to_epsilon, skellam_rdp,
 };
 
-/// The JSON layout version this code writes and reads.
-pub const LEDGER_VERSION: u32 = 1;
+/// The JSON layout version this code writes (it also reads, and migrates,
+/// version 1).
+pub const LEDGER_VERSION: u32 = 2;
+
+/// Whom an entry's ε protects against (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Adversary {
+    /// Consumers of the published model only: the server saw the
+    /// un-noised sum (central DP).
+    ModelConsumers,
+    /// The server, colluding with up to the round's `corrupt` clients, and
+    /// everyone downstream of it (distributed DP).
+    Server,
+}
+
+impl Adversary {
+    /// The kebab-case name written in the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adversary::ModelConsumers => "model-consumers",
+            Adversary::Server => "server",
+        }
+    }
+}
+
+/// Which datasets the ε compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Neighbouring {
+    /// Datasets that differ by adding or removing one client's
+    /// contribution: the sensitivity is one client's clipped vector.
+    AddRemoveOne,
+}
+
+/// The kind of a ledger entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LedgerEvent {
+    /// A published round's release, charged to the budget.
+    RoundCharge,
+}
 
 /// The DP mechanism used in one published round, with the parameters the
 /// accountant needs. Serialised internally tagged by `"kind"`
@@ -82,6 +165,15 @@ pub enum Mechanism {
 }
 
 impl Mechanism {
+    /// The `kind` name written in the ledger.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Gaussian { .. } => "gaussian",
+            Self::DiscreteGaussian { .. } => "discrete-gaussian",
+            Self::Skellam { .. } => "skellam",
+        }
+    }
+
     /// RDP of one round of this mechanism at `order`.
     fn rdp(&self, order: f64) -> f64 {
         match *self {
@@ -136,16 +228,27 @@ impl Mechanism {
     }
 }
 
-/// One published round in the ledger.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One entry of the ledger: today always a published round's charge.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct LedgerEntry {
+    /// The kind of entry.
+    pub event: LedgerEvent,
     /// The round number (strictly increasing along the ledger; gaps are
     /// rounds that published nothing).
     pub round: u64,
+    /// Whom this round's ε holds against.
+    pub adversary: Adversary,
+    /// Which datasets the ε compares.
+    pub neighbouring: Neighbouring,
     /// The mechanism and parameters of that round's release.
     pub mechanism: Mechanism,
-    /// Cumulative ε after this round, at the ledger's δ.
+    /// Cumulative ε after this round, at the ledger's δ, against
+    /// [`PrivacyLedger::holds_against`] of the entries up to here.
     pub epsilon_spent: f64,
+    /// The layout version this entry was migrated from, if it was read
+    /// from an older ledger (its adversary was then inferred).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrated_from: Option<u32>,
 }
 
 /// Why the ledger refused an operation.
@@ -178,24 +281,35 @@ pub enum LedgerError {
         last: u64,
     },
     /// A serialised ledger had a layout version this code does not know.
-    #[error("unsupported ledger version {0} (this build reads version {LEDGER_VERSION})")]
+    #[error("unsupported ledger version {0} (this build reads versions 1 to {LEDGER_VERSION})")]
     UnsupportedVersion(u32),
+    /// A serialised entry lacks a field its layout version requires, or
+    /// has one its version does not have.
+    #[error("ledger entry for round {round}: {problem}")]
+    BadEntry {
+        /// The entry's round.
+        round: u64,
+        /// What is wrong.
+        problem: &'static str,
+    },
 }
 
 /// The append-only privacy ledger of one training job.
 ///
 /// ```
 /// use tessera_aggregation::dp::ledger::{Mechanism, PrivacyLedger};
+/// use tessera_aggregation::dp::ledger::Adversary;
 /// let mut ledger = PrivacyLedger::new(2.0, 1e-5)?;
-/// let round = Mechanism::Gaussian { noise_multiplier: 1.0, sampling_rate: 0.01 };
+/// let round = Mechanism::DiscreteGaussian { sigma: 4.0, l2_sensitivity: 1.0 };
 /// let mut r = 0;
 /// while ledger.can_spend(&round) {
 ///     r += 1;
-///     ledger.record(r, round)?;
+///     ledger.record(r, round, Adversary::Server)?;
 /// }
 /// assert!(ledger.spent() <= 2.0);
+/// assert_eq!(ledger.holds_against(), Some(Adversary::Server));
 /// // Rounds only move forward.
-/// assert!(ledger.record(r, round).is_err());
+/// assert!(ledger.record(r, round, Adversary::Server).is_err());
 /// # Ok::<(), tessera_aggregation::dp::ledger::LedgerError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -252,6 +366,23 @@ impl PrivacyLedger {
         self.entries.last().map_or(0.0, |e| e.epsilon_spent)
     }
 
+    /// Whom [`spent`](Self::spent) holds against: the weakest adversary of
+    /// all entries (one central round and the total protects only against
+    /// the model's consumers); `None` for an empty ledger.
+    pub fn holds_against(&self) -> Option<Adversary> {
+        Self::weakest(&self.entries)
+    }
+
+    /// The weakest adversary of `entries`, as [`Self::holds_against`].
+    pub fn weakest(entries: &[LedgerEntry]) -> Option<Adversary> {
+        entries.iter().map(|e| e.adversary).min()
+    }
+
+    /// Whether any entry was migrated from an older layout.
+    pub fn migrated(&self) -> bool {
+        self.entries.iter().any(|e| e.migrated_from.is_some())
+    }
+
     /// The accumulated curve plus one round of `mechanism`.
     fn composed_with(&self, mechanism: &Mechanism) -> Vec<f64> {
         self.rdp
@@ -283,19 +414,30 @@ impl PrivacyLedger {
         }
     }
 
-    /// Records a published round and returns its entry (with the
-    /// cumulative ε). The round is recorded even if it passes the budget:
-    /// the release has happened and the ledger must say so; use
-    /// [`can_spend`](Self::can_spend) beforehand to avoid that.
-    pub fn record(&mut self, round: u64, mechanism: Mechanism) -> Result<LedgerEntry, LedgerError> {
+    /// Records a published round's charge and returns its entry (with the
+    /// cumulative ε), stating whom this round's ε holds against
+    /// (neighbouring: add or remove one client). The round is recorded even
+    /// if it passes the budget: the release has happened and the ledger
+    /// must say so; use [`can_spend`](Self::can_spend) beforehand to avoid
+    /// that.
+    pub fn record(
+        &mut self,
+        round: u64,
+        mechanism: Mechanism,
+        adversary: Adversary,
+    ) -> Result<LedgerEntry, LedgerError> {
         mechanism.validate()?;
         self.check_next_round(round)?;
         let rdp = self.composed_with(&mechanism);
         let (epsilon_spent, _) = rdp_to_epsilon(DEFAULT_ORDERS, &rdp, self.delta);
         let entry = LedgerEntry {
+            event: LedgerEvent::RoundCharge,
             round,
+            adversary,
+            neighbouring: Neighbouring::AddRemoveOne,
             mechanism,
             epsilon_spent,
+            migrated_from: None,
         };
         self.rdp = rdp;
         self.entries.push(entry);
@@ -310,7 +452,90 @@ struct LedgerJson {
     version: u32,
     budget_epsilon: f64,
     delta: f64,
-    entries: Vec<LedgerEntry>,
+    entries: Vec<EntryJson>,
+}
+
+/// An entry as read: the fields of every layout version, checked against
+/// the file's version in [`PrivacyLedger::try_from`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntryJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<LedgerEvent>,
+    round: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    adversary: Option<Adversary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    neighbouring: Option<Neighbouring>,
+    mechanism: Mechanism,
+    epsilon_spent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    migrated_from: Option<u32>,
+}
+
+impl From<LedgerEntry> for EntryJson {
+    fn from(e: LedgerEntry) -> Self {
+        Self {
+            event: Some(e.event),
+            round: e.round,
+            adversary: Some(e.adversary),
+            neighbouring: Some(e.neighbouring),
+            mechanism: e.mechanism,
+            epsilon_spent: e.epsilon_spent,
+            migrated_from: e.migrated_from,
+        }
+    }
+}
+
+impl EntryJson {
+    /// The entry of a `version` file: version 2 must state every field;
+    /// version 1 has none of the new ones and is migrated (see the module
+    /// docs), its adversary inferred from the mechanism.
+    fn into_entry(self, version: u32) -> Result<LedgerEntry, LedgerError> {
+        let bad = |problem| LedgerError::BadEntry {
+            round: self.round,
+            problem,
+        };
+        match version {
+            1 => {
+                if self.event.is_some()
+                    || self.adversary.is_some()
+                    || self.neighbouring.is_some()
+                    || self.migrated_from.is_some()
+                {
+                    return Err(bad(
+                        "a version 1 ledger has no event, adversary, neighbouring or migrated_from",
+                    ));
+                }
+                let adversary = match self.mechanism {
+                    // Version 1 used the Gaussian for central DP only, the
+                    // integer noises for distributed DP only.
+                    Mechanism::Gaussian { .. } => Adversary::ModelConsumers,
+                    Mechanism::DiscreteGaussian { .. } | Mechanism::Skellam { .. } => {
+                        Adversary::Server
+                    }
+                };
+                Ok(LedgerEntry {
+                    event: LedgerEvent::RoundCharge,
+                    round: self.round,
+                    adversary,
+                    neighbouring: Neighbouring::AddRemoveOne,
+                    mechanism: self.mechanism,
+                    epsilon_spent: self.epsilon_spent,
+                    migrated_from: Some(1),
+                })
+            }
+            _ => Ok(LedgerEntry {
+                event: self.event.ok_or_else(|| bad("no event"))?,
+                round: self.round,
+                adversary: self.adversary.ok_or_else(|| bad("no adversary"))?,
+                neighbouring: self.neighbouring.ok_or_else(|| bad("no neighbouring"))?,
+                mechanism: self.mechanism,
+                epsilon_spent: self.epsilon_spent,
+                migrated_from: self.migrated_from,
+            }),
+        }
+    }
 }
 
 impl From<PrivacyLedger> for LedgerJson {
@@ -319,7 +544,7 @@ impl From<PrivacyLedger> for LedgerJson {
             version: LEDGER_VERSION,
             budget_epsilon: l.budget_epsilon,
             delta: l.delta,
-            entries: l.entries,
+            entries: l.entries.into_iter().map(EntryJson::from).collect(),
         }
     }
 }
@@ -327,19 +552,21 @@ impl From<PrivacyLedger> for LedgerJson {
 impl TryFrom<LedgerJson> for PrivacyLedger {
     type Error = LedgerError;
 
-    /// Rebuilds the ledger, re-validating every entry and recomputing the
-    /// accumulated RDP; the stored `epsilon_spent` values are kept as
-    /// written (they are the historical record).
+    /// Rebuilds the ledger, migrating a version 1 layout, re-validating
+    /// every entry and recomputing the accumulated RDP; the stored
+    /// `epsilon_spent` values are kept as written (they are the historical
+    /// record).
     fn try_from(j: LedgerJson) -> Result<Self, LedgerError> {
-        if j.version != LEDGER_VERSION {
+        if !(1..=LEDGER_VERSION).contains(&j.version) {
             return Err(LedgerError::UnsupportedVersion(j.version));
         }
         let mut ledger = PrivacyLedger::new(j.budget_epsilon, j.delta)?;
-        for e in &j.entries {
+        for e in j.entries {
+            let e = e.into_entry(j.version)?;
             e.mechanism.validate()?;
             ledger.check_next_round(e.round)?;
             ledger.rdp = ledger.composed_with(&e.mechanism);
-            ledger.entries.push(*e);
+            ledger.entries.push(e);
         }
         Ok(ledger)
     }
@@ -579,10 +806,26 @@ mod tests {
                     Value::Map(v) => visitor.visit_map(MapDeserializer::new(v.into_iter())),
                 }
             }
+            // A unit variant is its name, as in JSON.
+            fn deserialize_enum<V: Visitor<'de>>(
+                self,
+                _: &'static str,
+                _: &'static [&'static str],
+                visitor: V,
+            ) -> Result<V::Value, Error> {
+                match self {
+                    Value::Str(v) => visitor.visit_enum(v.into_deserializer()),
+                    other => other.deserialize_any(visitor),
+                }
+            }
+            // A present field is `Some`; absent ones never reach here.
+            fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Error> {
+                visitor.visit_some(self)
+            }
             serde::forward_to_deserialize_any! {
                 bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-                bytes byte_buf option unit unit_struct newtype_struct seq tuple
-                tuple_struct map struct enum identifier ignored_any
+                bytes byte_buf unit unit_struct newtype_struct seq tuple
+                tuple_struct map struct identifier ignored_any
             }
         }
 
@@ -612,6 +855,7 @@ mod tests {
                 noise_multiplier: 1.1,
                 sampling_rate: 0.01,
             },
+            Adversary::ModelConsumers,
         )
         .unwrap();
         l.record(
@@ -620,6 +864,7 @@ mod tests {
                 sigma: 3.0,
                 l2_sensitivity: 1.0,
             },
+            Adversary::ModelConsumers,
         )
         .unwrap();
         l.record(
@@ -629,6 +874,7 @@ mod tests {
                 l1: 30.0,
                 l2: 1.0,
             },
+            Adversary::Server,
         )
         .unwrap();
         l
@@ -642,7 +888,7 @@ mod tests {
         };
         let mut l = PrivacyLedger::new(100.0, 1e-5).unwrap();
         for r in 1..=50 {
-            let e = l.record(r * 2, m).unwrap();
+            let e = l.record(r * 2, m, Adversary::ModelConsumers).unwrap();
             let want = epsilon(1.1, 0.01, r, 1e-5).unwrap().epsilon;
             assert!(
                 (e.epsilon_spent - want).abs() <= 1e-12 * want,
@@ -662,7 +908,9 @@ mod tests {
         };
         let mut l = PrivacyLedger::new(100.0, 1e-6).unwrap();
         for t in 1..=10u32 {
-            let e = l.record(u64::from(t), m).unwrap();
+            let e = l
+                .record(u64::from(t), m, Adversary::ModelConsumers)
+                .unwrap();
             let want = zcdp_to_epsilon(f64::from(t) / 8.0, 1e-6).0;
             assert!((e.epsilon_spent - want).abs() < 1e-9 * want);
         }
@@ -681,13 +929,13 @@ mod tests {
         let mut r = 0;
         while l.can_spend(&m) {
             r += 1;
-            l.record(r, m).unwrap();
+            l.record(r, m, Adversary::ModelConsumers).unwrap();
         }
         let t = crate::dp::accountant::max_rounds(1.0, 0.05, 2.0, 1e-5).unwrap();
         assert_eq!(r, t, "ledger and max_rounds disagree");
         assert!(l.spent() <= 2.0);
         // Recording past the budget is still recorded (it happened).
-        let e = l.record(r + 1, m).unwrap();
+        let e = l.record(r + 1, m, Adversary::ModelConsumers).unwrap();
         assert!(e.epsilon_spent > 2.0);
         assert!(!l.can_spend(&Mechanism::Gaussian {
             noise_multiplier: -1.0,
@@ -703,11 +951,11 @@ mod tests {
             sampling_rate: 0.1,
         };
         assert_eq!(
-            l.record(5, m),
+            l.record(5, m, Adversary::ModelConsumers),
             Err(LedgerError::RoundNotIncreasing { round: 5, last: 5 })
         );
         assert_eq!(
-            l.record(3, m),
+            l.record(3, m, Adversary::ModelConsumers),
             Err(LedgerError::RoundNotIncreasing { round: 3, last: 5 })
         );
         let before = l.clone();
@@ -717,7 +965,8 @@ mod tests {
                 Mechanism::Gaussian {
                     noise_multiplier: 1.0,
                     sampling_rate: 1.5
-                }
+                },
+                Adversary::ModelConsumers
             ),
             Err(LedgerError::InvalidMechanism {
                 name: "sampling_rate",
@@ -731,7 +980,8 @@ mod tests {
                     mu: f64::NAN,
                     l1: 1.0,
                     l2: 1.0
-                }
+                },
+                Adversary::Server
             ),
             Err(LedgerError::InvalidMechanism { name: "mu", .. })
         ));
@@ -751,7 +1001,7 @@ mod tests {
         let l = sample_ledger();
         let v = to_tree(&l);
         assert_eq!(v.keys(), ["version", "budget_epsilon", "delta", "entries"]);
-        assert_eq!(v.get("version"), Some(&Value::U64(1)));
+        assert_eq!(v.get("version"), Some(&Value::U64(2)));
         assert_eq!(v.get("budget_epsilon"), Some(&Value::F64(50.0)));
         assert_eq!(v.get("delta"), Some(&Value::F64(1e-5)));
         let Some(Value::Seq(entries)) = v.get("entries") else {
@@ -759,8 +1009,31 @@ mod tests {
         };
         assert_eq!(entries.len(), 3);
         for e in entries {
-            assert_eq!(e.keys(), ["round", "mechanism", "epsilon_spent"]);
+            assert_eq!(
+                e.keys(),
+                [
+                    "event",
+                    "round",
+                    "adversary",
+                    "neighbouring",
+                    "mechanism",
+                    "epsilon_spent"
+                ]
+            );
+            assert_eq!(e.get("event"), Some(&Value::Str("round-charge".into())));
+            assert_eq!(
+                e.get("neighbouring"),
+                Some(&Value::Str("add-remove-one".into()))
+            );
         }
+        assert_eq!(
+            entries[1].get("adversary"),
+            Some(&Value::Str("model-consumers".into()))
+        );
+        assert_eq!(
+            entries[2].get("adversary"),
+            Some(&Value::Str("server".into()))
+        );
         let mech: Vec<_> = entries
             .iter()
             .map(|e| e.get("mechanism").unwrap())
@@ -791,12 +1064,19 @@ mod tests {
         let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
         assert_eq!(back, l);
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(value["version"], 1);
+        assert_eq!(value["version"], 2);
         for key in ["budget_epsilon", "delta", "entries"] {
             assert!(value.get(key).is_some(), "missing {key}: {json}");
         }
         let entry = &value["entries"][0];
-        for key in ["round", "mechanism", "epsilon_spent"] {
+        for key in [
+            "event",
+            "round",
+            "adversary",
+            "neighbouring",
+            "mechanism",
+            "epsilon_spent",
+        ] {
             assert!(entry.get(key).is_some(), "missing {key}: {json}");
         }
         assert!(entry["mechanism"]["kind"].is_string());
@@ -818,9 +1098,15 @@ mod tests {
                     .collect(),
             )
         };
-        let err = from_tree(with("version", Value::U64(2))).unwrap_err();
+        let err = from_tree(with("version", Value::U64(3))).unwrap_err();
         assert!(
-            err.to_string().contains("unsupported ledger version 2"),
+            err.to_string().contains("unsupported ledger version 3"),
+            "{err}"
+        );
+        // A version 1 file cannot carry version 2 fields.
+        let err = from_tree(with("version", Value::U64(1))).unwrap_err();
+        assert!(
+            err.to_string().contains("a version 1 ledger has no"),
             "{err}"
         );
         let err = from_tree(with("delta", Value::F64(0.0))).unwrap_err();
@@ -838,5 +1124,72 @@ mod tests {
         let mut extra = fields.clone();
         extra.push(("rdp".into(), Value::Seq(vec![])));
         assert!(from_tree(Value::Map(extra)).is_err());
+    }
+
+    /// A version 1 file (as written before the schema had adversaries),
+    /// verbatim.
+    const V1: &str = r#"{
+  "version": 1,
+  "budget_epsilon": 50.0,
+  "delta": 1e-5,
+  "entries": [
+    { "round": 1,
+      "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 0.01 },
+      "epsilon_spent": 0.21 },
+    { "round": 2,
+      "mechanism": { "kind": "discrete-gaussian", "sigma": 3.0, "l2_sensitivity": 1.0 },
+      "epsilon_spent": 1.9 },
+    { "round": 5,
+      "mechanism": { "kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0 },
+      "epsilon_spent": 2.3 }
+  ]
+}"#;
+
+    #[test]
+    fn a_version_1_ledger_is_migrated_visibly_with_the_adversary_its_mechanism_implies() {
+        let l: PrivacyLedger = serde_json::from_str(V1).unwrap();
+        assert!(l.migrated());
+        let adversaries: Vec<_> = l.entries().iter().map(|e| e.adversary).collect();
+        assert_eq!(
+            adversaries,
+            [
+                Adversary::ModelConsumers,
+                Adversary::Server,
+                Adversary::Server
+            ]
+        );
+        for e in l.entries() {
+            assert_eq!(e.migrated_from, Some(1));
+            assert_eq!(e.event, LedgerEvent::RoundCharge);
+            assert_eq!(e.neighbouring, Neighbouring::AddRemoveOne);
+        }
+        // The historical values are kept; the curve is recomputed.
+        assert_eq!(l.spent(), 2.3);
+        assert_eq!(l.rdp(), sample_ledger().rdp());
+        // One central round: the total holds against the model's
+        // consumers only.
+        assert_eq!(l.holds_against(), Some(Adversary::ModelConsumers));
+        // Written back as version 2, the migration stays on record.
+        let json: serde_json::Value = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["version"], 2);
+        assert_eq!(json["entries"][0]["migrated_from"], 1);
+        assert_eq!(json["entries"][1]["adversary"], "server");
+        let again: PrivacyLedger = serde_json::from_value(json).unwrap();
+        assert_eq!(again, l);
+        // A ledger recorded now is not marked migrated.
+        assert!(!sample_ledger().migrated());
+        let json = serde_json::to_string(&sample_ledger()).unwrap();
+        assert!(!json.contains("migrated_from"), "{json}");
+    }
+
+    #[test]
+    fn version_2_entries_must_state_their_adversary_and_kind() {
+        let v2 = serde_json::to_string(&sample_ledger()).unwrap();
+        let missing = v2.replacen(r#""adversary":"model-consumers","#, "", 1);
+        assert_ne!(missing, v2);
+        let err = serde_json::from_str::<PrivacyLedger>(&missing).unwrap_err();
+        assert!(err.to_string().contains("no adversary"), "{err}");
+        let unknown = v2.replacen("round-charge", "budget-change", 1);
+        assert!(serde_json::from_str::<PrivacyLedger>(&unknown).is_err());
     }
 }

@@ -5,24 +5,35 @@
 //! Where each step runs:
 //! 1. Every client clips its update to L2 norm `C` ([`clip_l2`]): the
 //!    sensitivity of the sum to one client is then `C`.
-//! 2. Central DP: the server adds `N(0, (zC)²)` to each coordinate of the
-//!    unmasked sum ([`add_central_gaussian`]) before it publishes.
+//! 2. Central DP ([`CentralDp`]): the server decodes the unmasked sum to
+//!    signed integers (units of `2^-f`), adds exact discrete Gaussian noise
+//!    of scale `z Δ` to every coordinate, outside the ring `Z_{2^bits}` (so
+//!    the ring width is unaffected), and only then scales to `f32` and
+//!    publishes. `Δ = C 2^f + sqrt(d)` includes randomized rounding. Integer
+//!    noise on an integer sum leaves no floating-point trace to attack
+//!    (Mironov 2012 showed a float Gaussian's low-order bits can reveal the
+//!    un-noised value). It holds against consumers of the published model
+//!    only: the server saw the sum before noising it.
 //! 3. Distributed DP (Kairouz, Liu, Steinke 2021, "The Distributed Discrete
 //!    Gaussian Mechanism for Federated Learning with Secure Aggregation"):
 //!    the client optionally rotates ([`super::rotation`]), scales by `2^f`,
 //!    rounds with [`conditional_round`] so the integer vector's norm stays
 //!    bounded, adds its share of integer noise ([`DistributedDp::add_noise`])
 //!    and only then encodes into the ring and masks. The ring is sized with
-//!    [`choose_bits_with_noise`].
+//!    [`choose_bits_with_noise`]. The noise is calibrated
+//!    ([`DistributedEncoding::calibrate`]) and charged
+//!    ([`DistributedEncoding::mechanism`]) for the *honest* contributors
+//!    only: the `corrupt` clients the threat model lets collude with the
+//!    server know their own noise and subtract it.
 
 use rand_core::CryptoRng;
 
 use super::ledger::Mechanism;
-use crate::encoding::{Encoded, FixedPoint};
+use crate::encoding::{Decoded, Encoded, FixedPoint};
 
 use super::sampler::{
     MAX_GAUSSIAN_DEN, MAX_GAUSSIAN_SIGMA_SQ, MAX_POISSON_MEAN, Rational, sample_discrete_gaussian,
-    sample_gaussian_f64, sample_skellam,
+    sample_skellam,
 };
 
 /// Why a DP parameter was rejected or a mechanism could not run.
@@ -43,6 +54,20 @@ pub enum DpError {
     /// `min_survivors` is zero: no set of survivors would carry the noise.
     #[error("min_survivors must be at least 1")]
     NoSurvivors,
+    /// The round's survivor floor is not above the number of clients
+    /// assumed to collude with the server: colluders subtract their own
+    /// noise, so no honest contributor might be left to carry any.
+    #[error(
+        "distributed DP needs honest contributors: the survivor floor {floor} is not above the \
+         {corrupt} clients assumed corrupt (colluders subtract their own noise); raise \
+         min_survivors or lower corrupt_rate"
+    )]
+    NoHonestSurvivors {
+        /// The fewest survivors the round goes on with.
+        floor: u32,
+        /// The clients assumed to collude with the server.
+        corrupt: u32,
+    },
     /// The per-client noise variance is outside what the exact samplers
     /// support (see [`super::sampler`]).
     #[error("per-client noise variance {variance} is outside the supported range of the sampler")]
@@ -119,25 +144,149 @@ pub fn clip_l2(update: &mut [f32], clip_norm: f32) -> ClipReport {
     }
 }
 
-/// Central DP: adds `N(0, (z C)²)` to every coordinate of the unmasked sum,
-/// the Gaussian mechanism of DP-FedAvg (McMahan et al. 2018) with noise
-/// multiplier `z` and clip norm `C` (the sensitivity).
+/// The most a `1 + 2^-40` factor on `C 2^f` has to absorb: the `f64`
+/// rounding of the client's scaling `x · (C / ||x||) · 2^f` (a few ulps,
+/// relative `2^-51`), so the L2 sensitivity below is an upper bound
+/// whatever the floating-point order of operations.
+const SCALING_SLACK: f64 = 1.0 + 1.0 / (1u64 << 40) as f64;
+
+/// Central DP (DP-FedAvg, McMahan et al. 2018) with exact integer noise:
+/// what the server adds to a round's unmasked sum before it publishes.
 ///
-/// The server runs this on a sum it already sees, so a float sampler is used
-/// (see [`sample_gaussian_f64`]).
-pub fn add_central_gaussian<R: CryptoRng + ?Sized>(
-    sum: &mut [f32],
-    noise_multiplier: f64,
-    clip_norm: f64,
-    rng: &mut R,
-) -> Result<(), DpError> {
-    check_positive("noise_multiplier", noise_multiplier)?;
-    check_positive("clip_norm", clip_norm)?;
-    let std = noise_multiplier * clip_norm;
-    for v in sum.iter_mut() {
-        *v = (f64::from(*v) + sample_gaussian_f64(rng, std)) as f32;
+/// The sum is decoded from `Z_{2^bits}` to signed integers in units of
+/// `2^-f` first, and discrete Gaussian noise `N_Z(0, σ²)` (the exact
+/// sampler of Canonne, Kamath, Steinke 2020) is added to those integers, in
+/// `i64`, outside the ring: the ring only has to hold the un-noised sum, so
+/// the `bits` floor of [`crate::encoding::choose_bits`] is unaffected. Only
+/// then is the noised integer scaled by `2^-f` into `f32`, a deterministic
+/// function of it (post-processing).
+///
+/// **Sensitivity.** A client's encoded vector `q` is its clipped update
+/// `x` (`||x|| <= C`) scaled by `2^f` and randomized-rounded coordinate by
+/// coordinate ([`FixedPoint::encode`]): every `|q_i - 2^f x_i| < 1`, so
+/// `||q|| <= ||2^f x|| + ||q - 2^f x|| < C 2^f + sqrt(d)`. Adding or removing
+/// one client changes the integer sum by `q`, so the L2 sensitivity is
+/// `Δ = C 2^f + sqrt(d)` (times `1 + 2^-40` for the `f64` scaling), in
+/// model units `C + sqrt(d) 2^-f`, and `σ = z Δ`. The accountant charges
+/// the discrete Gaussian's `ρ = Δ² / (2σ²) = 1 / (2 z²)` zCDP
+/// (add-or-remove-one neighbours).
+///
+/// The server sees the sum before it is noised: this epsilon holds against
+/// consumers of the published model, not against the server.
+///
+/// ```
+/// use chacha20::ChaCha20Rng;
+/// use rand_core::SeedableRng;
+/// use tessera_aggregation::dp::mechanism::CentralDp;
+/// use tessera_aggregation::encoding::FixedPoint;
+///
+/// let fp = FixedPoint::new(1.0, 8, 16)?;
+/// let dp = CentralDp::new(fp, 1.0, 100)?;
+/// // C 2^f = 256 plus sqrt(100) = 10 of rounding.
+/// assert!((dp.l2_sensitivity() - 266.0).abs() < 1e-6);
+/// let out = dp.release(&[512, 65536 - 256], 3, &mut ChaCha20Rng::from_seed([1; 32]))?;
+/// // The noise is integer in units of 2^-8.
+/// assert!(out.sum.iter().all(|v| (v * 256.0).fract() == 0.0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CentralDp {
+    /// The round's fixed point: the sum is decoded with its `bits` and `f`.
+    pub fixed_point: FixedPoint,
+    /// `z`: the noise scale over the L2 sensitivity.
+    pub noise_multiplier: f64,
+    /// The model dimension `d`, which randomized rounding adds `sqrt(d)`
+    /// of to the sensitivity.
+    pub dim: usize,
+}
+
+impl CentralDp {
+    /// The central mechanism for a round; refuses a noise multiplier that
+    /// is not positive, an empty model, and a scale `z Δ` beyond the exact
+    /// sampler's `2^20` (units of `2^-f`; lower `frac_bits` then).
+    pub fn new(
+        fixed_point: FixedPoint,
+        noise_multiplier: f64,
+        dim: usize,
+    ) -> Result<Self, DpError> {
+        check_positive("noise_multiplier", noise_multiplier)?;
+        if dim == 0 {
+            return Err(DpError::InvalidParameter {
+                name: "dim",
+                value: 0.0,
+            });
+        }
+        let dp = CentralDp {
+            fixed_point,
+            noise_multiplier,
+            dim,
+        };
+        dp.sampler_parameter()?;
+        Ok(dp)
     }
-    Ok(())
+
+    /// `Δ = C 2^f (1 + 2^-40) + sqrt(d)`, in units of `2^-f`: the L2
+    /// sensitivity of the integer sum to one client, randomized rounding
+    /// included (see the type's docs).
+    pub fn l2_sensitivity(&self) -> f64 {
+        let scaled_clip =
+            f64::from(self.fixed_point.clip_norm) * f64::from(1u32 << self.fixed_point.frac_bits);
+        scaled_clip * SCALING_SLACK + (self.dim as f64).sqrt()
+    }
+
+    /// `σ = z Δ`, the discrete Gaussian's scale in units of `2^-f`.
+    pub fn sigma(&self) -> f64 {
+        self.noise_multiplier * self.l2_sensitivity()
+    }
+
+    /// What one release costs, for the ledger: the discrete Gaussian of
+    /// scale [`sigma`](Self::sigma) against [`l2_sensitivity`](Self::l2_sensitivity).
+    pub fn mechanism(&self) -> Mechanism {
+        Mechanism::DiscreteGaussian {
+            sigma: self.sigma(),
+            l2_sensitivity: self.l2_sensitivity(),
+        }
+    }
+
+    /// `σ²` as the exact sampler takes it, rounded up to a multiple of
+    /// `2^-20` so the noise never falls short of what is charged.
+    fn sampler_parameter(&self) -> Result<Rational, DpError> {
+        let variance = self.sigma() * self.sigma();
+        match Rational::from_f64_ceil(variance, MAX_GAUSSIAN_DEN) {
+            Some(r) if r.num != 0 && r.num / r.den < MAX_GAUSSIAN_SIGMA_SQ => Ok(r),
+            _ => Err(DpError::VarianceOutOfRange { variance }),
+        }
+    }
+
+    /// Decodes the unmasked `sum` (mod `2^bits`) of `contributors` inputs
+    /// to signed integers, adds one exact discrete Gaussian sample to every
+    /// coordinate and scales by `2^-f`: the noised sum the server publishes
+    /// (through FedAvg). The un-noised values never leave this function.
+    pub fn release<R: CryptoRng + ?Sized>(
+        &self,
+        sum: &[u32],
+        contributors: u32,
+        rng: &mut R,
+    ) -> Result<Decoded, DpError> {
+        let sigma_sq = self.sampler_parameter()?;
+        let fp = &self.fixed_point;
+        let bits = u32::from(fp.bits);
+        let half = 1i64 << (bits - 1);
+        let modulus = 1i64 << bits;
+        let mask = fp.value_mask();
+        // A power of two, so the scaling of an integer below 2^24 is exact.
+        let step = 1.0 / f64::from(1u32 << fp.frac_bits);
+        let sum = sum
+            .iter()
+            .map(|&w| {
+                let w = i64::from(w & mask);
+                let signed = if w >= half { w - modulus } else { w };
+                let noised = signed.saturating_add(sample_discrete_gaussian(rng, sigma_sq));
+                (noised as f64 * step) as f32
+            })
+            .collect();
+        Ok(Decoded { sum, contributors })
+    }
 }
 
 /// The integer noise distribution of distributed DP.
@@ -155,12 +304,14 @@ pub enum NoiseKind {
 /// Distributed DP parameters of a round, in the integer domain (after
 /// scaling by `2^f`).
 ///
-/// Calibration is dropout-aware: every client adds noise of variance
-/// `target_sigma² / min_survivors`, so any `min_survivors` survivors (the
-/// least the round accepts) together carry variance at least
-/// `target_sigma²`; more survivors only add noise. Dropped clients' noise is
-/// simply absent from the sum, which is why the calibration cannot assume
-/// all `n` clients.
+/// Calibration is dropout- and collusion-aware: every client adds noise of
+/// variance `target_sigma² / min_survivors`, so any `min_survivors`
+/// contributors together carry variance at least `target_sigma²`; more
+/// only add noise. Dropped clients' noise is simply absent from the sum,
+/// and colluding clients' noise is known to the server (they subtract it),
+/// so the server sets `min_survivors` to the round's survivor floor minus
+/// the clients assumed corrupt ([`DistributedEncoding::calibrate`]): the
+/// fewest *honest* contributors a round that goes on can have.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DistributedDp {
     /// Which integer noise clients add.
@@ -168,7 +319,9 @@ pub struct DistributedDp {
     /// The standard deviation the total noise must reach, in the integer
     /// domain (after scaling by `2^f`).
     pub target_sigma: f64,
-    /// The fewest survivors whose inputs the server will sum.
+    /// The fewest honest contributors whose noise must carry the target:
+    /// the round's survivor floor minus its corrupt count (the wire keeps
+    /// the name `min_survivors`).
     pub min_survivors: u32,
 }
 
@@ -179,10 +332,10 @@ impl DistributedDp {
         self.target_sigma * self.target_sigma / f64::from(self.min_survivors)
     }
 
-    /// The standard deviation of the noise in a sum over `survivors`
-    /// clients: `sqrt(survivors · per_client_variance)`, at least
-    /// `target_sigma` when `survivors >= min_survivors`. The accountant uses
-    /// this, not the target, for the round actually run.
+    /// The standard deviation of the noise `survivors` clients carry:
+    /// `sqrt(survivors · per_client_variance)`, at least `target_sigma`
+    /// when `survivors >= min_survivors`. The accountant uses this, for the
+    /// honest contributors of the round actually run, not the target.
     pub fn actual_sigma(&self, survivors: u32) -> f64 {
         (f64::from(survivors) * self.per_client_variance()).sqrt()
     }
@@ -308,6 +461,51 @@ impl DistributedEncoding {
         Ok(encoding)
     }
 
+    /// The server's calibration for a round that goes on with at least
+    /// `survivor_floor` survivors of which up to `corrupt` collude with it:
+    /// colluders know and subtract their own noise, so the target is
+    /// carried by the `survivor_floor - corrupt` honest contributors alone
+    /// ([`Self::new`] with that many). Refused when `survivor_floor <=
+    /// corrupt`: no honest contributor might be left.
+    ///
+    /// ```
+    /// use tessera_aggregation::dp::mechanism::{DistributedEncoding, DpError, NoiseKind};
+    /// use tessera_aggregation::encoding::FixedPoint;
+    ///
+    /// let fp = FixedPoint::new(1.0, 8, 24)?;
+    /// let kind = NoiseKind::DiscreteGaussian;
+    /// // 8 survivors at least, 2 of them possibly colluding: 6 carry it.
+    /// let enc = DistributedEncoding::calibrate(fp, kind, 1.0, 8, 2, 10)?;
+    /// assert_eq!(enc.dp.min_survivors, 6);
+    /// assert_eq!(
+    ///     DistributedEncoding::calibrate(fp, kind, 1.0, 2, 2, 10),
+    ///     Err(DpError::NoHonestSurvivors { floor: 2, corrupt: 2 })
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn calibrate(
+        fixed_point: FixedPoint,
+        noise: NoiseKind,
+        noise_multiplier: f64,
+        survivor_floor: u32,
+        corrupt: u32,
+        dim: usize,
+    ) -> Result<Self, DpError> {
+        if survivor_floor <= corrupt {
+            return Err(DpError::NoHonestSurvivors {
+                floor: survivor_floor,
+                corrupt,
+            });
+        }
+        Self::new(
+            fixed_point,
+            noise,
+            noise_multiplier,
+            survivor_floor - corrupt,
+            dim,
+        )
+    }
+
     /// Checks fields that arrived over the wire: a positive norm bound, at
     /// least the fixed point's scaled clip norm (else conditional rounding
     /// could never succeed), and noise the samplers can draw.
@@ -323,25 +521,40 @@ impl DistributedEncoding {
         self.dp.sampler_parameter().map(|_| ())
     }
 
-    /// The privacy mechanism a released sum over `survivors` clients of
-    /// dimension `dim` amounts to, for the ledger: the noise of all
-    /// survivors (at least the target when `survivors >= min_survivors`)
-    /// against the norm bound as L2 sensitivity. For Skellam the L1
-    /// sensitivity of an integer vector of L2 norm `B` is at most
-    /// `min(sqrt(dim) B, B²)`.
-    pub fn mechanism(&self, survivors: u32, dim: usize) -> Mechanism {
+    /// The privacy mechanism a released sum over `contributors` clients of
+    /// dimension `dim` amounts to against the server, for the ledger: the
+    /// noise of the honest contributors only (`contributors - corrupt`;
+    /// the `corrupt` clients colluding with the server subtract theirs),
+    /// at least the target when `contributors` is at least the survivor
+    /// floor the encoding was calibrated for, against the norm bound as L2
+    /// sensitivity. For Skellam the L1 sensitivity of an integer vector of
+    /// L2 norm `B` is at most `min(sqrt(dim) B, B²)`. Errors if no
+    /// contributor is honest.
+    pub fn mechanism(
+        &self,
+        contributors: u32,
+        corrupt: u32,
+        dim: usize,
+    ) -> Result<Mechanism, DpError> {
+        let honest = contributors.saturating_sub(corrupt);
+        if honest == 0 {
+            return Err(DpError::NoHonestSurvivors {
+                floor: contributors,
+                corrupt,
+            });
+        }
         let b = self.norm_bound;
-        match self.dp.noise {
+        Ok(match self.dp.noise {
             NoiseKind::DiscreteGaussian => Mechanism::DiscreteGaussian {
-                sigma: self.dp.actual_sigma(survivors),
+                sigma: self.dp.actual_sigma(honest),
                 l2_sensitivity: b,
             },
             NoiseKind::Skellam => Mechanism::Skellam {
-                mu: f64::from(survivors) * self.dp.per_client_variance(),
+                mu: f64::from(honest) * self.dp.per_client_variance(),
                 l1: ((dim as f64).sqrt() * b).min(b * b),
                 l2: b,
             },
-        }
+        })
     }
 
     /// Encodes one client's update: clip to `C`, scale by `2^f`,
@@ -602,21 +815,118 @@ mod tests {
         assert!((r.norm - 1.0).abs() < 1e-6);
     }
 
+    /// The published sum minus the exact sum is an integer number of
+    /// `2^-f` steps (a float Gaussian, as before, is not: it fails the
+    /// first check), centred, with the std `z Δ` the ledger is charged for.
     #[test]
-    fn central_noise_has_std_z_c() {
-        let mut sum = vec![1.0f32; 50_000];
-        add_central_gaussian(&mut sum, 1.5, 2.0, &mut rng(1)).unwrap();
-        let n = sum.len() as f64;
-        let mean = sum.iter().map(|&v| f64::from(v) - 1.0).sum::<f64>() / n;
-        let var = sum
+    fn central_noise_is_exact_integer_noise_of_std_z_delta() {
+        let (f, dim, z) = (8u8, 20_000usize, 0.05);
+        let fp = FixedPoint::new(1.0, f, 24).unwrap();
+        let dp = CentralDp::new(fp, z, dim).unwrap();
+        let exact: Vec<i64> = (0..dim as i64).map(|i| (i % 301) - 150).collect();
+        let ring: Vec<u32> = exact
             .iter()
-            .map(|&v| (f64::from(v) - 1.0 - mean).powi(2))
-            .sum::<f64>()
-            / (n - 1.0);
-        assert!(mean.abs() < 5.0 * 3.0 / n.sqrt());
-        assert!((var - 9.0).abs() < 5.0 * (2.0 * 81.0 / n).sqrt(), "{var}");
-        assert!(add_central_gaussian(&mut sum, -1.0, 2.0, &mut rng(1)).is_err());
-        assert!(add_central_gaussian(&mut sum, 1.0, f64::NAN, &mut rng(1)).is_err());
+            .map(|&v| (v as u32) & fp.value_mask())
+            .collect();
+        let out = dp.release(&ring, 3, &mut rng(1)).unwrap();
+        assert_eq!(out.contributors, 3);
+        let scale = f64::from(1u32 << f);
+        let noise: Vec<f64> = out
+            .sum
+            .iter()
+            .zip(&exact)
+            .map(|(&v, &e)| f64::from(v) * scale - e as f64)
+            .collect();
+        for (i, e) in noise.iter().enumerate() {
+            assert_eq!(e.fract(), 0.0, "coordinate {i}: noise {e} is not integer");
+        }
+        let n = dim as f64;
+        let mean = noise.iter().sum::<f64>() / n;
+        let var = noise.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let want = dp.sigma().powi(2);
+        assert!(
+            (var / want - 1.0).abs() < 5.0 * (2.0 / n).sqrt(),
+            "{var} vs {want}"
+        );
+        assert!(mean.abs() < 5.0 * (want / n).sqrt(), "{mean}");
+        // Some coordinate moved: the noise is not zero.
+        assert!(noise.iter().any(|&e| e != 0.0));
+    }
+
+    /// The sensitivity covers randomized rounding: `C 2^f + sqrt(d)`, not
+    /// `C 2^f`; an encoded vector really can exceed `C 2^f`, and never the
+    /// stated bound.
+    #[test]
+    fn central_sensitivity_includes_randomized_rounding() {
+        let dim = 400;
+        let fp = FixedPoint::new(1.0, 4, 16).unwrap();
+        let dp = CentralDp::new(fp, 1.0, dim).unwrap();
+        let delta = dp.l2_sensitivity();
+        assert!((delta - (16.0 + 20.0)).abs() < 1e-6, "{delta}");
+        match dp.mechanism() {
+            Mechanism::DiscreteGaussian {
+                sigma,
+                l2_sensitivity,
+            } => {
+                assert_eq!(l2_sensitivity, delta);
+                assert_eq!(sigma, delta);
+            }
+            other => panic!("{other:?}"),
+        }
+        // An update of norm exactly C spread over every coordinate: each
+        // scaled coordinate is 16/20 = 0.8, rounded to 0 or 1, so the
+        // rounded norm is sqrt(#ones), about sqrt(320) ≈ 17.9 > C 2^f = 16.
+        let update = vec![1.0 / (dim as f32).sqrt(); dim];
+        let mut r = rng(9);
+        let mut max_norm = 0f64;
+        for _ in 0..50 {
+            let e = fp.encode(&update, &mut r).unwrap();
+            let norm = e
+                .values
+                .iter()
+                .map(|&v| f64::from(v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            max_norm = max_norm.max(norm);
+        }
+        assert!(max_norm > 16.0, "rounding adds to the norm: {max_norm}");
+        assert!(max_norm <= delta, "{max_norm} > {delta}");
+    }
+
+    #[test]
+    fn central_parameters_are_checked() {
+        let fp = FixedPoint::new(1.0, 16, 24).unwrap();
+        assert!(CentralDp::new(fp, 0.0, 10).is_err());
+        assert!(CentralDp::new(fp, 1.0, 0).is_err());
+        // z Δ = 100 (2^16 + 3) > 2^20: beyond the exact sampler.
+        assert!(matches!(
+            CentralDp::new(fp, 100.0, 10),
+            Err(DpError::VarianceOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn distributed_calibration_and_charge_count_honest_contributors_only() {
+        let fp = FixedPoint::new(1.0, 6, 24).unwrap();
+        let kind = NoiseKind::DiscreteGaussian;
+        // Floor 8, 2 corrupt: the 6 honest carry the target.
+        let enc = DistributedEncoding::calibrate(fp, kind, 1.0, 8, 2, 10).unwrap();
+        assert_eq!(enc.dp.min_survivors, 6);
+        assert!((enc.dp.actual_sigma(6) - enc.dp.target_sigma).abs() < 1e-9);
+        // A round of 9 contributors is charged for the noise of 7.
+        let Mechanism::DiscreteGaussian { sigma, .. } = enc.mechanism(9, 2, 10).unwrap() else {
+            panic!("discrete Gaussian")
+        };
+        assert!((sigma - enc.dp.actual_sigma(7)).abs() < 1e-9);
+        assert!(sigma < enc.dp.actual_sigma(9));
+        assert_eq!(
+            DistributedEncoding::calibrate(fp, kind, 1.0, 3, 3, 10),
+            Err(DpError::NoHonestSurvivors {
+                floor: 3,
+                corrupt: 3
+            })
+        );
+        assert!(enc.mechanism(2, 2, 10).is_err());
     }
 
     #[test]

@@ -4,15 +4,21 @@
 //!
 //! Two modes, two threat models:
 //! - **Central DP** (DP-FedAvg, McMahan et al. 2018): clients clip their
-//!   updates; the server adds Gaussian noise of standard deviation `z C` to
-//!   the unmasked sum before it publishes. Protects the published model
-//!   against everyone who sees it, but the server itself sees the
-//!   un-noised sum.
+//!   updates; the server decodes the unmasked sum to signed integers and
+//!   adds exact discrete Gaussian noise of scale `z Δ`, `Δ = C 2^f + sqrt(d)`
+//!   (rounding included), before it publishes
+//!   ([`mechanism::CentralDp`]). Its epsilon holds against everyone who
+//!   sees the published model (`model-consumers` in the ledger), but the
+//!   server itself sees the un-noised sum.
 //! - **Distributed DP** (Kairouz, Liu, Steinke 2021; Agarwal, Kairouz, Liu
 //!   2021): each client adds integer noise (discrete Gaussian or Skellam) to
-//!   its encoded vector so that any `t_min` survivors together carry the
-//!   target noise; secure aggregation hides each client's share of it, so
-//!   nobody, not even the server, sees an un-noised sum.
+//!   its encoded vector so that the honest survivors of any round that goes
+//!   on (the survivor floor minus the clients assumed to collude with the
+//!   server, who subtract their own noise) together carry the target
+//!   noise; secure aggregation hides each client's share of it, so nobody,
+//!   not even the server, sees an un-noised sum. Its epsilon holds against
+//!   the server (`server` in the ledger), charged for each round's honest
+//!   contributors.
 //!
 //! Everything here is pure math: randomness comes from a CSPRNG the caller
 //! passes.

@@ -1,0 +1,108 @@
+//! `tessera inspect` on a data directory's privacy ledger: against whom
+//! each epsilon holds, and entries migrated from the version 1 layout
+//! marked as such (inspect reads; it never rewrites the file).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A fresh directory for one test's files.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tessera-inspect-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `tessera inspect --data-dir DIR [extra]`: its stdout, after checking it
+/// succeeded.
+fn inspect(dir: &Path, extra: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["inspect", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .expect("the tessera binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The ledger line of `round`.
+fn entry_line(text: &str, round: u64) -> &str {
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(&round.to_string()) && l.contains("charge"))
+        .unwrap_or_else(|| panic!("no ledger line for round {round}:\n{text}"))
+}
+
+#[test]
+fn inspect_shows_against_whom_each_epsilon_holds_and_marks_migrated_entries() {
+    let dir = scratch_dir("v1");
+    // As a server before the ledger had adversaries wrote it: a central
+    // round (float Gaussian) then a distributed one.
+    let v1 = r#"{"version": 1, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
+        {"round": 1, "mechanism": {"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}, "epsilon_spent": 4.0},
+        {"round": 2, "mechanism": {"kind": "discrete-gaussian", "sigma": 3.0, "l2_sensitivity": 1.0}, "epsilon_spent": 5.0}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), v1).unwrap();
+    let text = inspect(&dir, &[]);
+    let central = entry_line(&text, 1);
+    assert!(
+        central.contains("gaussian")
+            && central.contains("model-consumers")
+            && central.contains("migrated from ledger v1"),
+        "{central}"
+    );
+    let distributed = entry_line(&text, 2);
+    assert!(
+        distributed.contains("discrete-gaussian") && distributed.contains("server"),
+        "{distributed}"
+    );
+    // The round's charge holds against the server, the running total
+    // (which includes the central round) only against consumers.
+    assert!(
+        distributed.contains("model-consumers"),
+        "the total after a central round: {distributed}"
+    );
+    assert!(
+        text.contains("the total holds against model-consumers"),
+        "{text}"
+    );
+    assert!(text.contains("inferred from the mechanism"), "{text}");
+
+    let json: serde_json::Value = serde_json::from_str(&inspect(&dir, &["--json"])).unwrap();
+    let entries = &json["ledger"]["entries"];
+    assert_eq!(json["ledger"]["version"], 2);
+    assert_eq!(entries[0]["adversary"], "model-consumers");
+    assert_eq!(entries[0]["migrated_from"], 1);
+    assert_eq!(entries[1]["adversary"], "server");
+    assert_eq!(entries[1]["neighbouring"], "add-remove-one");
+    assert_eq!(entries[1]["event"], "round-charge");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ledger.json")).unwrap(),
+        v1,
+        "inspect changes nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn inspect_of_a_distributed_only_ledger_says_it_holds_against_the_server() {
+    let dir = scratch_dir("v2");
+    let v2 = r#"{"version": 2, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
+        {"event": "round-charge", "round": 3, "adversary": "server", "neighbouring": "add-remove-one",
+         "mechanism": {"kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0}, "epsilon_spent": 1.5}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), v2).unwrap();
+    let text = inspect(&dir, &[]);
+    let line = entry_line(&text, 3);
+    assert!(
+        line.contains("skellam") && line.contains("server") && !line.contains("migrated"),
+        "{line}"
+    );
+    assert!(text.contains("the total holds against server"), "{text}");
+    assert!(!text.contains("model-consumers"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
