@@ -591,8 +591,8 @@ mod join_proof_tests {
             c_pk: [7; 32],
             s_pk: [7; 32],
         };
-        assert!(!public.verify_advert(0, ClientId(0), &keys, &sig));
-        let advert = alice.sign_advert(0, ClientId(0), &keys);
+        assert!(!public.verify_advert(&[0; 32], ClientId(0), &keys, &sig));
+        let advert = alice.sign_advert(&[0; 32], ClientId(0), &keys);
         assert!(!public.verify_join(&challenge, "client-0", &advert));
     }
 }

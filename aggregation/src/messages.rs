@@ -24,7 +24,10 @@ use crate::keys::PublicKeys;
 use crate::shamir::{SHARE_BYTES, Share};
 
 /// Version byte at the start of every encoded message.
-pub const WIRE_VERSION: u8 = 2;
+///
+/// 3: signatures over the session and transcript hashes, and no share of a
+/// client's own secrets in share bundles or unmasking responses.
+pub const WIRE_VERSION: u8 = 3;
 
 /// A message from a client to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -61,7 +61,9 @@ pub(crate) struct ServeArgs {
     /// malicious-server threat model runs on the complete graph only.
     #[arg(long, value_name = "GRAPH")]
     graph: Option<GraphChoice>,
-    /// Shamir threshold rule: majority, a fraction such as 0.66, or a count.
+    /// Shamir threshold rule: majority (of a client's share holders, its
+    /// neighbours; raised to the threat model's floor), a fraction such as
+    /// 0.66, or a count; an explicit rule below the floor is refused.
     #[arg(long, value_name = "RULE")]
     threshold: Option<ThresholdRule>,
     /// Floor on every stage's survivors above the threshold (a fraction of

@@ -326,20 +326,28 @@ impl Round {
             .map(|dp| tessera_proto::convert::distributed_encoding(dp, fixed_point))
             .transpose()
             .map_err(|e| bad(round_id, e.to_string()))?;
-        // The noise is calibrated for `min_survivors`; the round must not
-        // be able to go on with fewer, or the sum would carry less noise
-        // than promised. The session enforces the round's floor.
-        if let Some(encoding) = &distributed
-            && encoding.dp.min_survivors > config.survivor_floor()
-        {
-            return Err(bad(
-                round_id,
-                format!(
-                    "distributed DP is calibrated for {} survivors but the round goes on with {}",
-                    encoding.dp.min_survivors,
-                    config.survivor_floor()
-                ),
-            ));
+        // The noise is calibrated so that any `min_survivors` honest
+        // clients carry the target; the round must not be able to go on
+        // with fewer honest survivors, or the sum the server sees (minus the
+        // colluders' known noise) would carry less noise than promised. The
+        // session enforces the round's floor; the colluders counted are the
+        // client's own assumption or the server's, whichever is larger.
+        if let Some(encoding) = &distributed {
+            let corrupt = client
+                .policy
+                .corrupt_count(config.num_clients)
+                .max(config.corrupt);
+            let honest_floor = config.survivor_floor().saturating_sub(corrupt);
+            if encoding.dp.min_survivors > honest_floor {
+                return Err(bad(
+                    round_id,
+                    format!(
+                        "distributed DP is calibrated for {} honest survivors but the round goes on with {} survivors of which {corrupt} may collude with the server",
+                        encoding.dp.min_survivors,
+                        config.survivor_floor()
+                    ),
+                ));
+            }
         }
         // The policy's DP rules (the session makes the keys, below).
         client

@@ -339,6 +339,12 @@ impl Policy {
     /// anything sized by its numbers), so the bound on `n` comes first and
     /// a refusal always names the policy's rule. A field the core cannot
     /// read (an unknown threat model) is left to the conversion to refuse.
+    /// The colluders this policy assumes in a round of `n` clients:
+    /// ⌊assume_corrupt · n⌋, counted as the parameter finder counts them.
+    pub fn corrupt_count(&self, n: u32) -> u32 {
+        params::worst_count(self.assume_corrupt, n)
+    }
+
     pub(crate) fn check_round(
         &self,
         wire: &v1::RoundConfig,
@@ -400,7 +406,7 @@ impl Policy {
                 ),
             );
         }
-        let own = params::worst_count(self.assume_corrupt, n);
+        let own = self.corrupt_count(n);
         let corrupt = own.max(wire.corrupt);
         let floor = params::threshold_floor(round_model, n, corrupt, graph);
         if wire.threshold < floor {

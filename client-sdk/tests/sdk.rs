@@ -747,6 +747,35 @@ async fn a_server_that_breaks_the_protocol_is_refused() {
 }
 
 #[tokio::test]
+async fn distributed_dp_calibrated_for_colluders_noise_is_refused() {
+    // Noise for 2 survivors in a round that goes on with 2, of which the
+    // client assumes 1 colludes with the server (1/3 of 3 clients) and
+    // knows its own noise: the server would see a sum carrying one honest
+    // client's noise, half the variance promised. The server states no
+    // colluders; the client counts its own assumption.
+    let dp = v1::DistributedDp {
+        noise: "discrete-gaussian".into(),
+        target_sigma: 65536.0,
+        min_survivors: 2,
+        norm_bound: 70000.0,
+    };
+    let server = scripted(Script::StartWithDp(dp.clone())).await;
+    let suspicious = Client::builder(&server.url)
+        .token(TOKEN.into())
+        .round_timeout(Duration::from_secs(5))
+        .retry(RetryPolicy::NONE)
+        .assume_corrupt(0.34)
+        .build()
+        .unwrap();
+    let err = suspicious.participate(&[0.5; 8]).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::ServerMisbehaved { round_id: Some(12), problem }
+            if problem.contains("calibrated for 2 honest survivors") && problem.contains("1 may collude")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
     // A norm bound below C 2^f (rounding could never meet it), a noise the
     // client does not know, and a variance beyond the exact sampler: the
@@ -785,7 +814,7 @@ async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
                 min_survivors: 3,
                 ..good.clone()
             },
-            "calibrated for 3 survivors",
+            "calibrated for 3 honest survivors",
         ),
     ] {
         let server = scripted(Script::StartWithDp(dp)).await;

@@ -16,7 +16,12 @@
 /// 2: the core's wire version 2 (identity signatures in adverts, survivor
 /// confirmations and unmasking requests), and identities in Join and
 /// RoundStart.
-pub const PROTOCOL_VERSION: u32 = 2;
+///
+/// 3: signatures bound to one session (adverts sign the session hash,
+/// survivor sets the transcript hash), no share of a client's own secrets,
+/// the Join proof of possession (JoinChallenge / JoinProof), and central DP
+/// as exact integer noise; the core's wire version 3.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Generated messages and service stubs of package `tessera.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

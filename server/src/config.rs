@@ -127,7 +127,10 @@ impl fmt::Display for GraphChoice {
 /// (ignored with `graph = "auto"`, where the finder sets t).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub enum ThresholdRule {
-    /// `holders / 2 + 1`: a strict majority of each client's share holders.
+    /// `holders / 2 + 1`, a strict majority of each client's share
+    /// holders, raised to the threat model's floor
+    /// ([`params::threshold_floor`]) where that is higher: the default, so a
+    /// server started with no threshold setting is safe in every model.
     #[default]
     Majority,
     /// `ceil(fraction * holders)`, at least 2.
@@ -782,16 +785,16 @@ impl ServerConfig {
             GraphKind::Complete => n - 1,
             GraphKind::Harary { k } => k,
         };
+        let corrupt = self.corrupt_count(n);
+        let floor = params::threshold_floor(self.threat_model, n, corrupt, graph);
         let t = match self.threshold {
-            ThresholdRule::Majority => holders / 2 + 1,
+            ThresholdRule::Majority => (holders / 2 + 1).max(floor),
             ThresholdRule::Fraction(f) => (f * f64::from(holders)).ceil() as u32,
             ThresholdRule::Count(t) => t,
         };
         let t = t.clamp(2, holders.max(2));
-        // The threat model's bound is enforced, not suggested: a rule that
-        // asks for less is refused, with the floor it must meet.
-        let corrupt = self.corrupt_count(n);
-        let floor = params::threshold_floor(self.threat_model, n, corrupt, graph);
+        // The threat model's bound is enforced, not suggested: an explicit
+        // rule that asks for less is refused, with the floor it must meet.
         if t < floor {
             return Err(invalid(
                 "threshold",
@@ -881,12 +884,16 @@ mod tests {
         c.threshold = ThresholdRule::Count(3);
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Harary { k: 4 }, 3));
         // The complete graph's holders are the n - 1 others: a majority of
-        // 9 is 5, but with one colluder the split needs t > (9 + 1)/2.
+        // 9 is 5, but with one colluder the split needs t > (9 + 1)/2, so
+        // the default rule rises to 6 and an explicit 5 is refused.
         c.graph = GraphChoice::Complete;
         c.threshold = ThresholdRule::Majority;
+        assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
+        c.threshold = ThresholdRule::Count(5);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("at least 6"), "{err}");
         c.corrupt_rate = 0.0;
+        c.threshold = ThresholdRule::Majority;
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 5));
         // Semi-honest with 3 colluders: their 3 shares must not reach t.
         c.threat_model = ThreatModel::SemiHonest;
