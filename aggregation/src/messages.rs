@@ -771,7 +771,7 @@ mod tests {
             },
         };
         let mut expected = vec![
-            2, // version
+            3, // version
             1, 0, 0, 0, 0, 0, 0, 0,    // round id
             0x85, // tag: UnmaskRequest
             1, 0, 0, 0, // one survivor
