@@ -686,6 +686,50 @@ mod tests {
         );
     }
 
+    /// A client whose policy allows any number of clients gets a round of
+    /// `u32::MAX` clients with a huge stated corrupt count: the floors'
+    /// sums pass `u32::MAX`. They used to overflow (a panic in a debug
+    /// build, a wrapped, tiny floor in a release build that a threshold of
+    /// a few hundred million passed); the floor is computed in u64 now and
+    /// the round is refused on the threshold rule.
+    #[test]
+    fn floors_over_huge_server_counts_do_not_wrap() {
+        let policy = Policy {
+            max_clients: u32::MAX,
+            ..Policy::default()
+        };
+        for (model, threshold) in [
+            (ThreatModel::SemiMalicious, 600_000_000),
+            (ThreatModel::MaliciousServer, u32::MAX / 2),
+        ] {
+            let mut config = round(3, 2);
+            config.threat_model = model;
+            let wire = v1::RoundConfig {
+                num_clients: u32::MAX,
+                corrupt: u32::MAX - 1,
+                threshold,
+                min_survivors: threshold,
+                ..v1::RoundConfig::from(&config)
+            };
+            let err = policy.check_round(&wire, 0, false).unwrap_err();
+            assert_eq!(err.rule, PolicyRule::Threshold, "{model}: {}", err.problem);
+        }
+        // The core's own floor and signature quorum stay defined too.
+        assert_eq!(
+            params::threshold_floor(
+                ThreatModel::MaliciousServer,
+                u32::MAX,
+                u32::MAX - 1,
+                GraphKind::Complete
+            ),
+            u32::MAX
+        );
+        let mut config = round(3, 2);
+        config.num_clients = u32::MAX;
+        config.corrupt = u32::MAX - 1;
+        assert_eq!(config.signature_quorum(), u32::MAX);
+    }
+
     #[test]
     fn the_noise_multiplier_is_checked_against_the_round() {
         let fp = FixedPoint::new(1.0, 16, 32).unwrap();
