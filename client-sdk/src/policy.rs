@@ -40,7 +40,17 @@
 //! 6. **survivor-floor**: the fewest inputs a published sum may hold
 //!    (`max(t, min_survivors)` of the round) is at least the policy's
 //!    `min_survivors` (default 2, the protocol's own minimum; raise it to
-//!    insist that your input is summed with more others).
+//!    insist that your input is summed with more others). What enforces
+//!    the floor depends on the model: in a malicious-server round every
+//!    client checks the one signed survivor set against it; on an unsigned
+//!    complete graph each client checks the list it is shown, but a server
+//!    lying about dropouts can show different clients different lists and
+//!    publish the sum of fewer inputs than the floor; on a
+//!    SecAgg+ graph a client sees only its neighbourhood and the floor
+//!    rests on the server. Insist on the malicious-server model for a
+//!    floor that holds against a lying server. The same holds for the
+//!    distributed DP calibration below (for the round's honest survivors),
+//!    while rule 8's per-client noise holds in every model.
 //! 7. **require-dp** (when [`Policy::require_dp`]): the round carries
 //!    distributed DP parameters, so this client adds noise of its own before
 //!    masking. Central DP is invisible to the client (the server adds it
