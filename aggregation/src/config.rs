@@ -313,8 +313,11 @@ impl RoundConfig {
     /// does not depend on the graph), at the price of O(n) signatures per
     /// unmasking request.
     pub fn signature_quorum(&self) -> u32 {
+        // In u64: n and corrupt come from the server and their sum can
+        // pass u32::MAX; the half plus one fits a u32 again.
+        let majority = (u64::from(self.num_clients) + u64::from(self.corrupt)) / 2 + 1;
         self.survivor_floor()
-            .max((self.num_clients + self.corrupt) / 2 + 1)
+            .max(u32::try_from(majority).unwrap_or(u32::MAX))
     }
 }
 

@@ -385,6 +385,15 @@ pub fn threshold_floor(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKin
             setting.thresholds(holders).most_corrupt
         }
     };
+    // In u64: the counts come from a server (a client checks a RoundStart
+    // before anything bounds n) and their sums can pass u32::MAX, where a
+    // wrapped floor would be tiny.
+    let (n, holders, corrupt, most_corrupt) = (
+        u64::from(n),
+        u64::from(holders),
+        u64::from(corrupt),
+        u64::from(most_corrupt),
+    );
     let floor = match model {
         ThreatModel::SemiHonest => most_corrupt + 1,
         ThreatModel::SemiMalicious => (holders + most_corrupt) / 2 + 1,
@@ -396,7 +405,8 @@ pub fn threshold_floor(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKin
             }
         }
     };
-    floor.max(2)
+    // At most (n + n)/2 + 1, so it fits; saturate all the same.
+    u32::try_from(floor.max(2)).unwrap_or(u32::MAX)
 }
 
 /// The worst case counts and target probabilities of one request.

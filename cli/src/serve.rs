@@ -277,9 +277,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let server = tessera_server::start(config)
-            .await
-            .context("starting the server")?;
+        let server = match tessera_server::start(config).await {
+            Ok(server) => server,
+            // A setting refused once the data directory is open (checked at
+            // the stored model's dimension) is a usage error too.
+            Err(tessera_server::ServeError::Config(e)) => usage!("{e}"),
+            Err(e) => return Err(anyhow::Error::new(e).context("starting the server")),
+        };
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {}", server.local_addr())?;

@@ -759,3 +759,53 @@ fn serve_refuses_an_explicit_ring_that_would_wrap() {
     );
     assert!(!data.exists(), "refused before touching the data directory");
 }
+
+#[test]
+fn serve_checks_an_explicit_ring_at_the_stored_models_dimension() {
+    // A data directory that holds a model of dimension 10,000, served again
+    // without --dim: the distributed-DP ring of 11 bits is enough at the
+    // dimension-1 check of the flags alone, not for the stored model (the
+    // norm bound grows with the dimension). The server used to start and
+    // stop at its first round; it refuses at start-up now, a usage error
+    // naming the smallest safe value.
+    let dir = scratch_dir("serve-bits-dim");
+    let data = dir.join("data");
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "serve",
+            "--insecure-dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--dp",
+            "distributed",
+            "--noise-multiplier",
+            "1",
+            "--frac-bits",
+            "4",
+            "--graph",
+            "complete",
+            "--min-survivors",
+            "0.5",
+            "--min-clients",
+            "3",
+            "--max-clients",
+            "10",
+            "--rounds",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    let first = serve(&["--dim", "10000"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let out = serve(&["--bits", "11"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("dimension 10000") && message.contains("smallest safe value is"),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

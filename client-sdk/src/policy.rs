@@ -40,7 +40,17 @@
 //! 6. **survivor-floor**: the fewest inputs a published sum may hold
 //!    (`max(t, min_survivors)` of the round) is at least the policy's
 //!    `min_survivors` (default 2, the protocol's own minimum; raise it to
-//!    insist that your input is summed with more others).
+//!    insist that your input is summed with more others). What enforces
+//!    the floor depends on the model: in a malicious-server round every
+//!    client checks the one signed survivor set against it; on an unsigned
+//!    complete graph each client checks the list it is shown, but a server
+//!    lying about dropouts can show different clients different lists and
+//!    publish the sum of fewer inputs than the floor; on a
+//!    SecAgg+ graph a client sees only its neighbourhood and the floor
+//!    rests on the server. Insist on the malicious-server model for a
+//!    floor that holds against a lying server. The same holds for the
+//!    distributed DP calibration below (for the round's honest survivors),
+//!    while rule 8's per-client noise holds in every model.
 //! 7. **require-dp** (when [`Policy::require_dp`]): the round carries
 //!    distributed DP parameters, so this client adds noise of its own before
 //!    masking. Central DP is invisible to the client (the server adds it
@@ -684,6 +694,50 @@ mod tests {
             )),
             Some(PolicyRule::Threshold)
         );
+    }
+
+    /// A client whose policy allows any number of clients gets a round of
+    /// `u32::MAX` clients with a huge stated corrupt count: the floors'
+    /// sums pass `u32::MAX`. They used to overflow (a panic in a debug
+    /// build, a wrapped, tiny floor in a release build that a threshold of
+    /// a few hundred million passed); the floor is computed in u64 now and
+    /// the round is refused on the threshold rule.
+    #[test]
+    fn floors_over_huge_server_counts_do_not_wrap() {
+        let policy = Policy {
+            max_clients: u32::MAX,
+            ..Policy::default()
+        };
+        for (model, threshold) in [
+            (ThreatModel::SemiMalicious, 600_000_000),
+            (ThreatModel::MaliciousServer, u32::MAX / 2),
+        ] {
+            let mut config = round(3, 2);
+            config.threat_model = model;
+            let wire = v1::RoundConfig {
+                num_clients: u32::MAX,
+                corrupt: u32::MAX - 1,
+                threshold,
+                min_survivors: threshold,
+                ..v1::RoundConfig::from(&config)
+            };
+            let err = policy.check_round(&wire, 0, false).unwrap_err();
+            assert_eq!(err.rule, PolicyRule::Threshold, "{model}: {}", err.problem);
+        }
+        // The core's own floor and signature quorum stay defined too.
+        assert_eq!(
+            params::threshold_floor(
+                ThreatModel::MaliciousServer,
+                u32::MAX,
+                u32::MAX - 1,
+                GraphKind::Complete
+            ),
+            u32::MAX
+        );
+        let mut config = round(3, 2);
+        config.num_clients = u32::MAX;
+        config.corrupt = u32::MAX - 1;
+        assert_eq!(config.signature_quorum(), u32::MAX);
     }
 
     #[test]

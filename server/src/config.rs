@@ -673,10 +673,21 @@ impl ServerConfig {
                     wrap_probability(clients, provisional.norm_bound, sigma_all, dim as usize, b)
                         .map_err(|e| invalid("bits", e.to_string()))?;
                 if p > WRAP_PROBABILITY {
+                    let needed = choose_bits_with_noise(
+                        clients,
+                        provisional.norm_bound,
+                        sigma_all,
+                        dim as usize,
+                        WRAP_PROBABILITY / f64::from(dim),
+                    )
+                    .map_or_else(
+                        |e| e.to_string(),
+                        |n| format!("the smallest safe value is {n}"),
+                    );
                     return Err(invalid(
                         "bits",
                         format!(
-                            "{b} bits let a noised sum of {clients} clients wrap with probability up to {p:.2e} (more than {WRAP_PROBABILITY:e}); leave bits unset to choose it"
+                            "{b} bits let a noised sum of {clients} clients of dimension {dim} wrap with probability up to {p:.2e} (more than {WRAP_PROBABILITY:e}); {needed} (or leave bits unset to choose it)"
                         ),
                     ));
                 }

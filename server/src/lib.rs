@@ -299,6 +299,18 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             (entry, model)
         }
     };
+    // The ring width and the noise depend on the model's dimension: a
+    // configuration that does not state it was checked at dimension 1, so
+    // check it again at the stored model's, before the server listens (an
+    // explicit `bits` that lets that model's noised sum wrap is refused
+    // here, not at the first round).
+    if config.dim.is_none() {
+        ServerConfig {
+            dim: Some(model.dim() as u32),
+            ..config.clone()
+        }
+        .validate()?;
+    }
     let ledger = match (config.dp, store.ledger()) {
         (DpMode::Central | DpMode::Distributed, Some(ledger)) => Some(ledger.clone()),
         (DpMode::Central | DpMode::Distributed, None) => Some(

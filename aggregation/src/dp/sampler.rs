@@ -17,8 +17,9 @@
 //! - [`sample_poisson`] and [`sample_skellam`]: exact Poisson by rejection
 //!   from a geometric proposal, and the Skellam distribution (difference of
 //!   two Poissons) of Agarwal, Kairouz, Liu (NeurIPS 2021).
-//! - [`sample_gaussian_f64`]: a floating-point Gaussian for central DP, where
-//!   the server adds noise to a float sum (not exact; see its doc).
+//!
+//! Central DP uses the exact discrete Gaussian too, on the decoded integer
+//! sum ([`super::mechanism::CentralDp`]): no float noise sampler remains.
 //!
 //! Every sampler takes `rng: &mut R` with `R: CryptoRng + ?Sized`: noise that
 //! an adversary can predict protects nothing.
@@ -359,30 +360,6 @@ pub fn sample_skellam<R: CryptoRng + ?Sized>(rng: &mut R, mu: Rational) -> i64 {
     a as i64 - b as i64
 }
 
-/// A uniform float in `[0, 1)` with 53 random bits.
-fn uniform_f64<R: CryptoRng + ?Sized>(rng: &mut R) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
-/// A sample of the continuous Gaussian `N(0, std²)` in floating point, for
-/// central DP.
-///
-/// Box–Muller on two 53-bit uniforms (the first taken in `(0, 1]` so the
-/// logarithm is finite). This is *not* an exact sampler: floating-point
-/// rounding makes the output distribution only approximately Gaussian. That
-/// is accepted for central DP because the noise is added by the server to an
-/// `f32` sum that it already holds in the clear: the published model is
-/// float by nature, and the deviation from the ideal density is far below
-/// the `δ` of the guarantee for the noise scales used (`std` far above the
-/// `f32` resolution of the sum). Distributed DP, where noise must be an
-/// integer inside the ring, uses the exact samplers above.
-pub fn sample_gaussian_f64<R: CryptoRng + ?Sized>(rng: &mut R, std: f64) -> f64 {
-    let u1 = 1.0 - uniform_f64(rng);
-    let u2 = uniform_f64(rng);
-    let r = (-2.0 * u1.ln()).sqrt();
-    std * r * (std::f64::consts::TAU * u2).cos()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -622,20 +599,6 @@ mod tests {
                 &format!("Skellam μ = {mu}"),
             );
         }
-    }
-
-    #[test]
-    fn float_gaussian_moments() {
-        let mut r = rng(7);
-        let n = 100_000;
-        let xs: Vec<f64> = (0..n).map(|_| sample_gaussian_f64(&mut r, 2.0)).collect();
-        let mean = xs.iter().sum::<f64>() / n as f64;
-        let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-        assert!(mean.abs() < 5.0 * 2.0 / (n as f64).sqrt());
-        // Var of the sample variance of N(0, 4): 2 * 16 / n.
-        assert!((var - 4.0).abs() < 5.0 * (32.0 / n as f64).sqrt(), "{var}");
-        let within_1sd = xs.iter().filter(|x| x.abs() < 2.0).count() as f64 / n as f64;
-        assert!((within_1sd - 0.682_689).abs() < 5.0 * (0.2166f64 / n as f64).sqrt());
     }
 
     #[test]
