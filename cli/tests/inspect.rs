@@ -78,7 +78,7 @@ fn inspect_shows_against_whom_each_epsilon_holds_and_marks_migrated_entries() {
     assert_eq!(entries[0]["adversary"], "model-consumers");
     assert_eq!(entries[0]["migrated_from"], 1);
     assert_eq!(entries[1]["adversary"], "server");
-    assert_eq!(entries[1]["neighbouring"], "add-remove-one");
+    assert_eq!(entries[1]["neighbouring"], "zero-out-one");
     assert_eq!(entries[1]["event"], "round-charge");
     assert_eq!(
         std::fs::read_to_string(dir.join("ledger.json")).unwrap(),
@@ -92,7 +92,7 @@ fn inspect_shows_against_whom_each_epsilon_holds_and_marks_migrated_entries() {
 fn inspect_of_a_distributed_only_ledger_says_it_holds_against_the_server() {
     let dir = scratch_dir("v2");
     let v2 = r#"{"version": 2, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
-        {"event": "round-charge", "round": 3, "adversary": "server", "neighbouring": "add-remove-one",
+        {"event": "round-charge", "round": 3, "adversary": "server", "neighbouring": "zero-out-one",
          "mechanism": {"kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0}, "epsilon_spent": 1.5}
     ]}"#;
     std::fs::write(dir.join("ledger.json"), v2).unwrap();

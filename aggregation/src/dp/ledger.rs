@@ -26,9 +26,11 @@
 //! ([`PrivacyLedger::holds_against`]): one central round and the ledger's
 //! total says nothing about the server.
 //!
-//! Neighbouring datasets differ by adding or removing one client
-//! (`add-remove-one`): one client's clipped contribution is the L2
-//! sensitivity the accountant uses for every mechanism here.
+//! Neighbouring datasets differ in one client's update, replaced by zero
+//! (`zero-out-one`, dp-accounting's "replace special"): one client's
+//! clipped contribution is the L2 sensitivity the accountant uses for every
+//! mechanism here, and the noise clients add is the same on both sides
+//! (see [`Neighbouring::ZeroOutOne`]).
 //!
 //! # JSON layout (version 2)
 //!
@@ -41,15 +43,15 @@
 //!   "delta": 1e-5,
 //!   "entries": [
 //!     { "event": "round-charge", "round": 1, "adversary": "model-consumers",
-//!       "neighbouring": "add-remove-one",
+//!       "neighbouring": "zero-out-one",
 //!       "mechanism": { "kind": "discrete-gaussian", "sigma": 72000.0, "l2_sensitivity": 65636.0 },
 //!       "epsilon_spent": 0.21 },
 //!     { "event": "round-charge", "round": 2, "adversary": "server",
-//!       "neighbouring": "add-remove-one",
+//!       "neighbouring": "zero-out-one",
 //!       "mechanism": { "kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0 },
 //!       "epsilon_spent": 2.3 },
 //!     { "event": "round-charge", "round": 3, "adversary": "model-consumers",
-//!       "neighbouring": "add-remove-one",
+//!       "neighbouring": "zero-out-one",
 //!       "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 1.0 },
 //!       "epsilon_spent": 2.5, "migrated_from": 1 }
 //!   ]
@@ -74,7 +76,7 @@
 //! Version 1 entries had only `round`, `mechanism` and `epsilon_spent`.
 //! They are read and migrated, never silently: each gets
 //! `"migrated_from": 1`, `event` `round-charge`, neighbouring
-//! `add-remove-one` (what the accountant always computed), and the
+//! `zero-out-one` (what the accountant always computed), and the
 //! adversary inferred from its mechanism, which in version 1 was
 //! unambiguous: `gaussian` was central DP (`model-consumers`),
 //! `discrete-gaussian` and `skellam` distributed DP (`server`). Version 1
@@ -119,9 +121,15 @@ impl Adversary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Neighbouring {
-    /// Datasets that differ by adding or removing one client's
-    /// contribution: the sensitivity is one client's clipped vector.
-    AddRemoveOne,
+    /// Datasets that differ in one client's update, replaced by zero: the
+    /// client still takes part, so its masks and (with distributed DP) its
+    /// noise are in the sum either way, and the sensitivity is one client's
+    /// clipped vector. This is the relation under which noise the clients
+    /// add is accounted exactly: under add/remove-one the removed client's
+    /// noise would go too, and the two sums would differ in variance, not
+    /// only in mean. Server-added noise (central DP) has the same
+    /// sensitivity under either relation.
+    ZeroOutOne,
 }
 
 /// The kind of a ledger entry.
@@ -434,7 +442,7 @@ impl PrivacyLedger {
             event: LedgerEvent::RoundCharge,
             round,
             adversary,
-            neighbouring: Neighbouring::AddRemoveOne,
+            neighbouring: Neighbouring::ZeroOutOne,
             mechanism,
             epsilon_spent,
             migrated_from: None,
@@ -519,7 +527,7 @@ impl EntryJson {
                     event: LedgerEvent::RoundCharge,
                     round: self.round,
                     adversary,
-                    neighbouring: Neighbouring::AddRemoveOne,
+                    neighbouring: Neighbouring::ZeroOutOne,
                     mechanism: self.mechanism,
                     epsilon_spent: self.epsilon_spent,
                     migrated_from: Some(1),
@@ -1023,7 +1031,7 @@ mod tests {
             assert_eq!(e.get("event"), Some(&Value::Str("round-charge".into())));
             assert_eq!(
                 e.get("neighbouring"),
-                Some(&Value::Str("add-remove-one".into()))
+                Some(&Value::Str("zero-out-one".into()))
             );
         }
         assert_eq!(
@@ -1161,7 +1169,7 @@ mod tests {
         for e in l.entries() {
             assert_eq!(e.migrated_from, Some(1));
             assert_eq!(e.event, LedgerEvent::RoundCharge);
-            assert_eq!(e.neighbouring, Neighbouring::AddRemoveOne);
+            assert_eq!(e.neighbouring, Neighbouring::ZeroOutOne);
         }
         // The historical values are kept; the curve is recomputed.
         assert_eq!(l.spent(), 2.3);
