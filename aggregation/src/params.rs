@@ -118,6 +118,16 @@ pub enum ThreatModel {
     SemiHonest,
     /// The server may also lie about which clients dropped out, to obtain
     /// both unmasking secrets of an honest client; requires a larger t.
+    ///
+    /// What holds: no split of one client's holders gives the server t
+    /// shares of both of its secrets. What does not: the consistency check
+    /// is local and unsigned, so a server that tells different clients
+    /// different stories can say the victim survived to the victim's
+    /// holders and that each of the victim's partners dropped to that
+    /// partner's holders, and remove every mask from the victim's input
+    /// without any corrupt client (`aggregation/tests/redteam.rs`, the
+    /// partner route). Against a server that lies, use
+    /// [`ThreatModel::MaliciousServer`].
     SemiMalicious,
     /// The server may deviate from the protocol in any way (Bonawitz et
     /// al.'s active adversary): substitute keys, replay, tell clients
