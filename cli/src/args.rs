@@ -14,8 +14,10 @@ use tessera_aggregation::params::ThreatModel;
 pub(crate) enum ThreatArg {
     /// The server follows the protocol but tries to learn inputs.
     SemiHonest,
-    /// The server may also lie about who dropped (adds the
-    /// consistency-check stage).
+    /// Adds the consistency-check stage and a larger threshold, which stop
+    /// one lie (splitting one client's share holders); not a server that
+    /// lies to each partner's holders: against a lying server use
+    /// malicious-server.
     SemiMalicious,
     /// The server may deviate in any way: clients sign their keys and the
     /// survivor set with long-term Ed25519 identities and check every
