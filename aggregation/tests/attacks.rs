@@ -31,8 +31,7 @@ use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::encoding::unpack;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::{IdentityDirectory, IdentityKey, IdentitySignature};
-use tessera_aggregation::keys::{pairwise_mask_seed, self_mask_seed};
-use tessera_aggregation::mask::{MaskSign, apply_masks};
+use tessera_aggregation::keys::pairwise_mask_seed;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params, worst_count};
 use tessera_aggregation::shamir::{self, Share};
@@ -233,23 +232,15 @@ fn split_attack(
         let s_sk = x25519_dalek::StaticSecret::from(
             shamir::reconstruct(&loot.masking_key_shares.iter().collect::<Vec<_>>()).unwrap(),
         );
-        let mut seeds = vec![(
-            self_mask_seed(&b, config.round_id, victim),
-            MaskSign::Subtract,
-        )];
-        for &u in net.clients[0].neighbours() {
-            let seed = pairwise_mask_seed(&s_sk, &s_pk[&u], config.round_id, victim, u).unwrap();
-            // The victim added +PRG(s_vu) for v < u: take it away.
-            let sign = if victim < u {
-                MaskSign::Subtract
-            } else {
-                MaskSign::Add
-            };
-            seeds.push((seed, sign));
-        }
-        let refs: Vec<_> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        let mut recovered = masked_input;
-        apply_masks(config.prg, &refs, config.bits, &mut recovered);
+        let pairwise = net.clients[0]
+            .neighbours()
+            .iter()
+            .map(|&u| {
+                let seed = pairwise_mask_seed(&s_sk, &s_pk[&u], config.round_id, victim, u);
+                (u, seed.unwrap())
+            })
+            .collect();
+        let recovered = common::strip_masks(config, victim, &b, pairwise, masked_input);
         loot.unmasked = recovered == net.inputs[0];
     }
     loot

@@ -24,8 +24,7 @@ use tessera_aggregation::client::Violation;
 use tessera_aggregation::encoding::unpack;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::IdentitySignature;
-use tessera_aggregation::keys::{pairwise_mask_seed, self_mask_seed};
-use tessera_aggregation::mask::{MaskSign, apply_masks};
+use tessera_aggregation::keys::pairwise_mask_seed;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params, threshold_floor};
 use tessera_aggregation::shamir::{self, Share};
@@ -281,24 +280,18 @@ fn partner_route(
     {
         let v = ClientId(victim);
         let b = shamir::reconstruct(&self_mask.iter().collect::<Vec<_>>()).unwrap();
-        let mut seeds = vec![(self_mask_seed(&b, config.round_id, v), MaskSign::Subtract)];
-        for &p in partners {
-            let p = ClientId(p);
-            let s_sk = x25519_dalek::StaticSecret::from(
-                shamir::reconstruct(&masking[&p].iter().collect::<Vec<_>>()).unwrap(),
-            );
-            let seed = pairwise_mask_seed(&s_sk, &s_pk[&v], config.round_id, p, v).unwrap();
-            // The victim added +PRG(s_vp) for v < p: take it away.
-            let sign = if v < p {
-                MaskSign::Subtract
-            } else {
-                MaskSign::Add
-            };
-            seeds.push((seed, sign));
-        }
-        let refs: Vec<_> = seeds.iter().map(|(s, sign)| (s, *sign)).collect();
-        let mut recovered = masked;
-        apply_masks(config.prg, &refs, config.bits, &mut recovered);
+        let pairwise = partners
+            .iter()
+            .map(|&p| {
+                let p = ClientId(p);
+                let s_sk = x25519_dalek::StaticSecret::from(
+                    shamir::reconstruct(&masking[&p].iter().collect::<Vec<_>>()).unwrap(),
+                );
+                let seed = pairwise_mask_seed(&s_sk, &s_pk[&v], config.round_id, p, v);
+                (p, seed.unwrap())
+            })
+            .collect();
+        let recovered = common::strip_masks(config, v, &b, pairwise, masked);
         unmasked = recovered == net.inputs[victim as usize];
     }
     Some(PartnerLoot { refusals, unmasked })

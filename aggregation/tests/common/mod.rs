@@ -315,3 +315,32 @@ pub fn violation(
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
+
+/// What a server that rebuilt a victim's self-mask seed `b` and the pairwise
+/// seed it shares with each of its neighbours reads: the victim's masked
+/// input with every mask taken away (the attack tests compare it with the
+/// victim's input).
+#[allow(dead_code)] // not every test binary plays an attack
+pub fn strip_masks(
+    config: &RoundConfig,
+    victim: ClientId,
+    b: &[u8; 32],
+    pairwise: Vec<(ClientId, tessera_aggregation::mask::MaskSeed)>,
+    mut masked: Vec<u32>,
+) -> Vec<u32> {
+    use tessera_aggregation::keys::self_mask_seed;
+    use tessera_aggregation::mask::{MaskSign, apply_masks};
+    let own = self_mask_seed(b, config.round_id, victim);
+    let mut seeds = vec![(&own, MaskSign::Subtract)];
+    for (neighbour, seed) in &pairwise {
+        // The victim added +PRG(s_vu) for v < u: take it away.
+        let sign = if victim < *neighbour {
+            MaskSign::Subtract
+        } else {
+            MaskSign::Add
+        };
+        seeds.push((seed, sign));
+    }
+    apply_masks(config.prg, &seeds, config.bits, &mut masked);
+    masked
+}
