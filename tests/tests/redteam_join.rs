@@ -113,7 +113,7 @@ fn alice_at(url: &str, key: IdentityKey) -> tessera_client::Client {
         .unwrap()
 }
 
-/// A server that sends a second JoinChallenge on the same stream gets one
+/// A server that sends a second JoinChallenge on the same stream gets at most one
 /// proof and a refusal: the SDK is no signing oracle for repeated
 /// challenges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,8 +141,11 @@ async fn a_second_join_challenge_on_one_stream_is_refused_and_not_signed() {
         other => panic!("expected ServerMisbehaved, got {other:?}"),
     }
     // Give the phisher's reader a moment to see anything else the SDK sent.
+    // At most one proof: the first may be lost when the client resets the
+    // stream on refusing the second challenge, but a second never exists.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(proofs.lock().unwrap().len(), 1, "signed more than once");
+    let signed = proofs.lock().unwrap().len();
+    assert!(signed <= 1, "signed {signed} challenges on one stream");
 }
 
 /// The relay. Mallory's stream on the real server is admitted under
