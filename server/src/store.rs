@@ -1103,10 +1103,9 @@ mod tests {
         assert!(err(dir).contains("ledger.json is corrupt"));
     }
 
-    #[test]
-    fn a_lost_ledger_is_refused_rather_than_undercounted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
+    /// A data directory with the initial model and round 1 published and
+    /// charged (central DP); returns the ledger as written.
+    fn one_charged_round(dir: &Path) -> PrivacyLedger {
         let mut store = Store::open(dir).unwrap();
         store.init_model(&model(0.0)).unwrap();
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
@@ -1116,7 +1115,14 @@ mod tests {
         store
             .publish(&publication(&model(1.0), 1, Some(&ledger)))
             .unwrap();
-        drop(store);
+        ledger
+    }
+
+    #[test]
+    fn a_lost_ledger_is_refused_rather_than_undercounted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let ledger = one_charged_round(dir);
         let saved = fs::read(dir.join(LEDGER)).unwrap();
         fs::remove_file(dir.join(LEDGER)).unwrap();
         let e = err(dir);
@@ -1345,16 +1351,7 @@ mod tests {
     fn a_version_1_ledger_is_migrated_on_open_and_marked() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
-        store.init_model(&model(0.0)).unwrap();
-        let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
-        ledger
-            .record(1, gaussian(), Adversary::ModelConsumers)
-            .unwrap();
-        store
-            .publish(&publication(&model(1.0), 1, Some(&ledger)))
-            .unwrap();
-        drop(store);
+        let ledger = one_charged_round(dir);
         let v1 = format!(
             r#"{{"version": 1, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
                 {{"round": 1, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},

@@ -85,15 +85,8 @@ async fn distributed_dp_noises_the_average_and_the_ledger_accounts_the_survivors
         let after = model.flatten();
         // The published step minus the plain mean is the noise of the n
         // survivors' shares, divided by n (FedAvg averages), plus rounding.
-        let noise: Vec<f64> = after
-            .iter()
-            .zip(&before)
-            .zip(mean(&summed))
-            .map(|((a, b), m)| f64::from(a - b) - f64::from(m))
-            .collect();
+        let (mu, var) = noise_moments(&before, &after, &summed);
         let d = f64::from(DIM);
-        let mu = noise.iter().sum::<f64>() / d;
-        let var = noise.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (d - 1.0);
         let expected =
             f64::from(n) * encoding.dp.per_client_variance() / scale.powi(2) / f64::from(n).powi(2);
         assert!(
@@ -152,15 +145,7 @@ async fn distributed_dp_calibrates_and_charges_for_the_honest_contributors() {
     assert_eq!(summed.len() as u32, CLIENTS);
     let after = ts.client(None).latest_model().await.unwrap().flatten();
     // Every client's share of the noise is the honest calibration's.
-    let noise: Vec<f64> = after
-        .iter()
-        .zip(&before)
-        .zip(mean(&summed))
-        .map(|((a, b), m)| f64::from(a - b) - f64::from(m))
-        .collect();
-    let d = f64::from(DIM);
-    let mu = noise.iter().sum::<f64>() / d;
-    let var = noise.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (d - 1.0);
+    let (_, var) = noise_moments(&before, &after, &summed);
     let n = f64::from(CLIENTS);
     let expected = n * encoding.dp.per_client_variance() / 65536f64.powi(2) / n.powi(2);
     assert!(
@@ -188,4 +173,20 @@ async fn distributed_dp_calibrates_and_charges_for_the_honest_contributors() {
     let (old_eps, _) = zcdp_to_epsilon(old_rho, 1e-5);
     assert!(ledger.spent() > old_eps, "{} <= {old_eps}", ledger.spent());
     ts.server.shutdown().await.unwrap();
+}
+
+/// The sample mean and variance over the model's coordinates of the
+/// published step minus the plain mean of the updates the survivors sent:
+/// the DP noise of the round's average (plus fixed-point rounding).
+fn noise_moments(before: &[f32], after: &[f32], summed: &[Vec<f32>]) -> (f64, f64) {
+    let noise: Vec<f64> = after
+        .iter()
+        .zip(before)
+        .zip(mean(summed))
+        .map(|((a, b), m)| f64::from(a - b) - f64::from(m))
+        .collect();
+    let d = noise.len() as f64;
+    let mu = noise.iter().sum::<f64>() / d;
+    let var = noise.iter().map(|x| (x - mu).powi(2)).sum::<f64>() / (d - 1.0);
+    (mu, var)
 }
