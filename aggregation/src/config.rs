@@ -76,6 +76,15 @@ pub struct RoundConfig {
     /// give up after twice this without hearing from the server.
     #[serde(with = "duration_millis")]
     pub stage_timeout: Duration,
+    /// A digest of what the driver states besides this configuration: how
+    /// clients encode their inputs (the fixed point, the DP noise). Not on
+    /// the wire: the server and each client compute it from the round's
+    /// opening message, and it enters [`RoundConfig::canonical_bytes`], so
+    /// in signed rounds a server that tells clients different encodings
+    /// (less noise to some) gets adverts that do not verify for the others.
+    /// Zero when the driver binds nothing.
+    #[serde(default)]
+    pub encoding_digest: [u8; 32],
 }
 
 impl RoundConfig {
@@ -95,6 +104,7 @@ impl RoundConfig {
             threat_model: ThreatModel::SemiHonest,
             corrupt: 0,
             stage_timeout: Duration::from_secs(30),
+            encoding_digest: [0; 32],
         }
     }
 
@@ -248,6 +258,7 @@ impl RoundConfig {
         out.extend_from_slice(&self.corrupt.to_le_bytes());
         let millis = self.stage_timeout.as_millis().min(u128::from(u64::MAX)) as u64;
         out.extend_from_slice(&millis.to_le_bytes());
+        out.extend_from_slice(&self.encoding_digest);
         out
     }
 

@@ -702,3 +702,32 @@ fn a_tampered_relay_corrupts_the_sum_only_without_signatures() {
         }
     }
 }
+
+#[test]
+fn clients_told_different_encodings_refuse_each_others_adverts() {
+    // The server tells client 0 one encoding (say, less DP noise) and the
+    // others another. Each side binds what it was told into its session
+    // hash (`RoundConfig::encoding_digest`), so the others' adverts do not
+    // verify for client 0, and it refuses before sealing any share. Two
+    // rounds from one seed: the same identities and keys, only the
+    // encoding differs.
+    let told = |digest: u8| {
+        let mut cfg = malicious_config(5, 4);
+        cfg.encoding_digest = [digest; 32];
+        Net::new(cfg, 9)
+    };
+    let (mut victim, mut others) = (told(1), told(2));
+    victim.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let out = others.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
+    let keys = neighbour_keys(&out, 0);
+    let first = keys[0].0;
+    let result = send(&mut victim, 0, ServerBody::NeighbourKeys(keys));
+    assert_eq!(
+        violation(result),
+        Violation::BadSignature {
+            client: first,
+            what: "advert"
+        }
+    );
+    assert!(reply(&mut victim, 0).is_none(), "no share leaves client 0");
+}

@@ -298,8 +298,15 @@ impl Round {
                 client.identity.is_some(),
             )
             .map_err(|v| v.in_round(wire_config.round_id))?;
-        let config =
+        let mut config =
             RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
+        // Bind the encoding this client was told (fixed point, DP noise)
+        // into the session: in signed rounds, peers told another encoding
+        // compute another session hash, and their adverts do not verify.
+        config.encoding_digest = tessera_proto::convert::encoding_digest(
+            start.fixed_point.as_ref(),
+            start.distributed_dp.as_ref(),
+        );
         let fixed_point = start
             .fixed_point
             .as_ref()

@@ -92,6 +92,9 @@ impl TryFrom<&v1::RoundConfig> for RoundConfig {
                 .parse()
                 .map_err(|e| field("threat_model", format!("{e}")))?,
             stage_timeout: Duration::from_millis(c.stage_timeout_ms),
+            // Not on the wire: bound by the receiver (see
+            // `encoding_digest`).
+            encoding_digest: [0; 32],
         };
         config
             .validate()
@@ -238,9 +241,80 @@ pub fn join_proof_signature(proof: &v1::JoinProof) -> Result<IdentitySignature, 
         })
 }
 
+/// The digest a round binds its encoding with
+/// ([`RoundConfig::encoding_digest`]): SHA-256 over a label and the
+/// protobuf encodings of the RoundStart's fixed point and distributed DP
+/// parameters (prost encodes a message's fields in a fixed order, so the
+/// server, which builds them, and a client, which decoded them, compute the
+/// same bytes).
+pub fn encoding_digest(
+    fixed_point: Option<&v1::FixedPoint>,
+    distributed_dp: Option<&v1::DistributedDp>,
+) -> [u8; 32] {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tessera/v3/round-encoding");
+    for part in [
+        fixed_point.map(Message::encode_to_vec),
+        distributed_dp.map(Message::encode_to_vec),
+    ] {
+        match part {
+            None => h.update([0u8]),
+            Some(bytes) => {
+                h.update([1u8]);
+                h.update((bytes.len() as u64).to_le_bytes());
+                h.update(&bytes);
+            }
+        }
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
+
+    #[test]
+    fn the_encoding_digest_changes_with_every_stated_parameter() {
+        let fp = v1::FixedPoint {
+            clip_norm: 1.0,
+            frac_bits: 16,
+            bits: 24,
+        };
+        let dp = v1::DistributedDp {
+            noise: "discrete-gaussian".into(),
+            target_sigma: 65536.0,
+            min_survivors: 8,
+            norm_bound: 70000.0,
+        };
+        let base = encoding_digest(Some(&fp), Some(&dp));
+        // What a client decodes and re-encodes binds the same digest.
+        let again = v1::DistributedDp::decode(dp.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(encoding_digest(Some(&fp), Some(&again)), base);
+        let less_noise = v1::DistributedDp {
+            target_sigma: 60000.0,
+            ..dp.clone()
+        };
+        let fewer = v1::DistributedDp {
+            min_survivors: 7,
+            ..dp.clone()
+        };
+        let clip = v1::FixedPoint {
+            clip_norm: 2.0,
+            ..fp
+        };
+        for other in [
+            encoding_digest(Some(&fp), Some(&less_noise)),
+            encoding_digest(Some(&fp), Some(&fewer)),
+            encoding_digest(Some(&clip), Some(&dp)),
+            encoding_digest(Some(&fp), None),
+            encoding_digest(None, Some(&dp)),
+        ] {
+            assert_ne!(other, base);
+        }
+    }
 
     #[test]
     fn round_config_round_trips() {

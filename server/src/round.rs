@@ -128,6 +128,11 @@ impl RoundDriver {
         participants: Vec<Participant>,
     ) -> Result<RoundDriver, ServerError> {
         let now = Instant::now();
+        // Every client binds the encoding it is told into its session hash;
+        // the server's session must bind the same one to verify adverts.
+        let mut config = config;
+        config.encoding_digest =
+            tessera_proto::convert::encoding_digest(Some(&fixed_point), distributed_dp.as_ref());
         // Malicious-server model: slot i holds participant i's enrolled
         // identity; the server checks signatures with it and every client
         // gets the list to check against the allow-list it trusts.
