@@ -22,7 +22,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use common::{Net, config, identities};
@@ -113,14 +112,7 @@ fn split_attack(
 
     // The server keeps every advertised s_pk and the victim's masked input.
     let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
-    let mut s_pk = HashMap::new();
-    for (_, message) in &out {
-        if let ServerBody::NeighbourKeys(adverts) = &message.body {
-            for (id, advert) in adverts {
-                s_pk.insert(*id, advert.keys.s_pk);
-            }
-        }
-    }
+    let s_pk = common::advertised_s_pk(&out);
     net.deliver(out);
     let out = net.run_until(|b| matches!(b, ServerBody::SealedShares(_)));
     net.deliver(out);

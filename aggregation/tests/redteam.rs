@@ -145,14 +145,7 @@ fn partner_route(
     let mut net = Net::new(config.clone(), seed);
     // Honest up to the masked inputs; the server keeps every s_pk.
     let out = net.run_until(|b| matches!(b, ServerBody::NeighbourKeys(_)));
-    let mut s_pk = HashMap::new();
-    for (_, message) in &out {
-        if let ServerBody::NeighbourKeys(adverts) = &message.body {
-            for (id, advert) in adverts {
-                s_pk.insert(*id, advert.keys.s_pk);
-            }
-        }
-    }
+    let s_pk = common::advertised_s_pk(&out);
     net.deliver(out);
     let mut out = net.run_until(|b| matches!(b, ServerBody::SealedShares(_)));
     for (to, message) in &mut out {

@@ -344,3 +344,20 @@ pub fn strip_masks(
     apply_masks(config.prg, &seeds, config.bits, &mut masked);
     masked
 }
+
+/// Every masking public key the server relayed in these NeighbourKeys
+/// messages, by owner: what a server keeps to rebuild pairwise masks later.
+#[allow(dead_code)] // not every test binary plays an attack
+pub fn advertised_s_pk(
+    out: &[(ClientId, ServerMessage)],
+) -> std::collections::HashMap<ClientId, [u8; 32]> {
+    let mut s_pk = std::collections::HashMap::new();
+    for (_, message) in out {
+        if let tessera_aggregation::messages::ServerBody::NeighbourKeys(adverts) = &message.body {
+            for (id, advert) in adverts {
+                s_pk.insert(*id, advert.keys.s_pk);
+            }
+        }
+    }
+    s_pk
+}
