@@ -33,6 +33,7 @@ use tracing::{info, warn};
 pub mod auth;
 pub mod config;
 pub mod fedavg;
+pub mod files;
 mod lobby;
 pub mod metrics;
 mod round;

@@ -1,0 +1,133 @@
+//! The manifest and the model files it lists. The manifest is the commit
+//! point of a publication: a version exists once its entry is in the
+//! manifest, and each entry carries the SHA-256 of its model file and the
+//! tensors' order in the flat vector.
+
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::disk::{hex, read_json};
+use super::{MANIFEST, MODELS, StoreError, corrupt, io, tensors};
+use crate::fedavg::{Model, TensorSpec};
+
+/// The manifest format this build reads and writes.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// One published model, as the manifest lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    /// Version, from 1 (the initial model) up.
+    pub version: u64,
+    /// The round that produced it; 0 for the initial model.
+    pub round: u64,
+    /// Clients whose updates are in it.
+    pub survivors: u32,
+    /// Clients of that round whose updates are not.
+    pub dropped: u32,
+    /// Privacy spent up to and including this version.
+    pub epsilon: f64,
+    /// The delta of `epsilon` (0 without DP).
+    pub delta: f64,
+    /// The model file, relative to the data directory.
+    pub file: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The tensors in flat-vector order (safetensors sorts by name).
+    pub tensors: Vec<TensorSpec>,
+    /// When it was published.
+    pub published_at_unix_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) struct Manifest {
+    pub(super) format: u32,
+    pub(super) models: Vec<ModelEntry>,
+}
+
+/// The model file of a version, relative to the data directory.
+pub(super) fn model_file(version: u64) -> String {
+    format!("{MODELS}/model-{version:06}.safetensors")
+}
+
+/// Reads a manifest, checking its format before its layout, so a newer
+/// format is reported as such rather than as corruption.
+pub(super) fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
+    #[derive(Deserialize)]
+    struct FormatOnly {
+        format: u32,
+    }
+    let found = read_json::<FormatOnly>(path)?.format;
+    if found != MANIFEST_FORMAT {
+        return Err(StoreError::Format {
+            path: path.to_owned(),
+            found,
+            expected: MANIFEST_FORMAT,
+        });
+    }
+    read_json(path)
+}
+
+/// The manifest's entries must be what [`super::Store::publish`] writes:
+/// consecutive versions from 1 at their own file names, increasing rounds,
+/// finite privacy figures.
+pub(super) fn check_manifest(path: &Path, manifest: &Manifest) -> Result<(), StoreError> {
+    let mut last_round = None;
+    for (i, e) in manifest.models.iter().enumerate() {
+        if let Some(what) = entry_fault(i, e, last_round) {
+            return Err(corrupt(path, what));
+        }
+        last_round = Some(e.round);
+    }
+    Ok(())
+}
+
+/// What is wrong with the `i`th manifest entry, if anything.
+fn entry_fault(i: usize, e: &ModelEntry, last_round: Option<u64>) -> Option<String> {
+    if e.version != i as u64 + 1 {
+        Some(format!(
+            "entry {i} has version {}, expected {}",
+            e.version,
+            i + 1
+        ))
+    } else if e.file != model_file(e.version) {
+        Some(format!("version {} names file {:?}", e.version, e.file))
+    } else if last_round.is_some_and(|r| e.round <= r) {
+        Some(format!(
+            "version {} has round {}, not after the previous version's",
+            e.version, e.round
+        ))
+    } else if !(e.epsilon.is_finite() && e.epsilon >= 0.0 && e.delta.is_finite() && e.delta >= 0.0)
+    {
+        Some(format!(
+            "version {} has invalid epsilon or delta",
+            e.version
+        ))
+    } else {
+        None
+    }
+}
+
+/// Reads and verifies a published model: the file's SHA-256 against the
+/// manifest, its tensors against the entry, its metadata against the
+/// version and round.
+pub(super) fn read_model(dir: &Path, entry: &ModelEntry) -> Result<Model, StoreError> {
+    let path = dir.join(&entry.file);
+    let bytes = fs::read(&path).map_err(io(&path))?;
+    let digest = hex(&Sha256::digest(&bytes));
+    if digest != entry.sha256 {
+        return Err(corrupt(
+            &path,
+            format!("SHA-256 is {digest}, {MANIFEST} says {}", entry.sha256),
+        ));
+    }
+    let (params, meta) = tensors::decode(&path, &bytes, &entry.tensors)?;
+    for (key, want) in [("version", entry.version), ("round", entry.round)] {
+        if meta.get(key) != Some(&want.to_string()) {
+            return Err(corrupt(&path, format!("metadata {key} is not {want}")));
+        }
+    }
+    Model::new(entry.tensors.clone(), params).map_err(|e| corrupt(&path, e.to_string()))
+}
