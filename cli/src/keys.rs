@@ -110,14 +110,13 @@ pub(crate) fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let mut rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
         .context("OS randomness unavailable")?;
     let key = tessera_aggregation::identity::IdentityKey::generate(&mut rng);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
+    // Created, never replaced (so not an atomic rename over an older key):
+    // `create_new` refuses an existing file in the same system call.
+    let mut file = match tessera_server::files::private_options()
+        .write(true)
+        .create_new(true)
+        .open(&args.out)
     {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = match options.open(&args.out) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             crate::usage!(

@@ -500,14 +500,14 @@ pub fn append_token(path: impl AsRef<Path>, name: &str, token: &Token) -> Result
         }
         None => false,
     };
-    let mut options = fs::OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io_err)?;
+    // An append, not an atomic rewrite: the file keeps its owner, group
+    // and mode (the operator may share it with the server's user), and a
+    // torn last line is refused by the next load or append, never misread.
+    let mut file = crate::files::private_options()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(io_err)?;
     let mut out = String::with_capacity(line.len() + 1);
     if needs_newline {
         out.push('\n');

@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write as _};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -26,6 +26,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use zeroize::Zeroizing;
+
+use crate::files;
 
 /// Why TLS material could not be loaded or made. Messages name the file at
 /// fault; none carries key material.
@@ -250,7 +252,8 @@ pub fn generate_self_signed(hosts: &[String]) -> Result<SelfSigned, TlsError> {
 
 /// Writes a fresh self-signed certificate to `dir/cert.pem` and
 /// `dir/key.pem` (the key with mode 0600 on unix), creating `dir` if needed
-/// and replacing older files, and returns their paths with no client CA.
+/// and replacing older files atomically ([`files::write_atomic`]), and
+/// returns their paths with no client CA.
 pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     let pair = generate_self_signed(hosts)?;
     fs::create_dir_all(dir).map_err(|source| TlsError::Write {
@@ -262,37 +265,13 @@ pub fn write_self_signed(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsEr
         key: dir.join("key.pem"),
         client_ca: None,
     };
-    write_file(&files.cert, pair.cert_pem.as_bytes(), false)?;
-    write_file(&files.key, pair.key_pem.as_bytes(), true)?;
-    Ok(files)
-}
-
-/// Writes `contents` to `path`; a `private` file is made owner-only before any
-/// byte of the key is written, even if the file already existed with wider
-/// permissions.
-fn write_file(path: &Path, contents: &[u8], private: bool) -> Result<(), TlsError> {
-    let err = |source| TlsError::Write {
-        path: path.to_path_buf(),
-        source,
+    let failed = |e: files::WriteError| TlsError::Write {
+        path: e.path,
+        source: e.source,
     };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(err)?;
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::PermissionsExt as _;
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    file.write_all(contents).map_err(err)?;
-    file.sync_all().map_err(err)
+    files::write_atomic(&files.cert, pair.cert_pem.as_bytes()).map_err(failed)?;
+    files::write_atomic_private(&files.key, pair.key_pem.as_bytes()).map_err(failed)?;
+    Ok(files)
 }
 
 /// A throwaway certificate authority that signs server and client
