@@ -76,7 +76,7 @@ pub struct IdentitySignature(pub [u8; SIGNATURE_BYTES]);
 
 impl std::fmt::Debug for IdentitySignature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdentitySignature({:02x}{:02x}..)", self.0[0], self.0[1])
+        write!(f, "IdentitySignature({}..)", hex::encode(&self.0[..2]))
     }
 }
 
@@ -88,7 +88,7 @@ pub struct IdentityKey(SigningKey);
 impl std::fmt::Debug for IdentityKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("IdentityKey")
-            .field(&hex(&self.verifying_key_bytes()))
+            .field(&hex::encode(self.verifying_key_bytes()))
             .finish()
     }
 }
@@ -114,11 +114,11 @@ impl IdentityKey {
     /// Secret: write it with owner-only permissions.
     pub fn to_key_file(&self) -> zeroize::Zeroizing<String> {
         let secret = self.to_secret_bytes();
+        let mut digits = zeroize::Zeroizing::new([0u8; 64]);
+        hex::encode_to_slice(secret.as_ref(), digits.as_mut()).expect("64 digits for 32 bytes");
         let mut text = zeroize::Zeroizing::new(String::with_capacity(16 + 64 + 1));
         text.push_str(KEY_FILE_PREFIX);
-        for b in secret.iter() {
-            text.push_str(&format!("{b:02x}"));
-        }
+        text.push_str(std::str::from_utf8(digits.as_ref()).expect("hex digits are ASCII"));
         text.push('\n');
         text
     }
@@ -126,20 +126,13 @@ impl IdentityKey {
     /// Reads [`IdentityKey::to_key_file`]'s format. The error never quotes
     /// the text.
     pub fn from_key_file(text: &str) -> Result<Self, BadIdentityKey> {
-        let hex = text
+        let digits = text
             .trim()
             .strip_prefix(KEY_FILE_PREFIX)
             .ok_or(BadIdentityKey("a key file starts with `ed25519-secret:`"))?;
-        if hex.len() != 64 || !hex.is_ascii() {
-            return Err(BadIdentityKey(
-                "expected 64 hex digits after `ed25519-secret:`",
-            ));
-        }
         let mut secret = zeroize::Zeroizing::new([0u8; 32]);
-        for (i, byte) in secret.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| BadIdentityKey("expected 64 hex digits after `ed25519-secret:`"))?;
-        }
+        hex::decode_to_slice(digits, secret.as_mut())
+            .map_err(|_| BadIdentityKey("expected 64 hex digits after `ed25519-secret:`"))?;
         Ok(Self::from_secret_bytes(&secret))
     }
 
@@ -188,13 +181,13 @@ pub struct IdentityPublicKey(VerifyingKey);
 
 impl std::fmt::Debug for IdentityPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex(&self.to_bytes()))
+        f.write_str(&hex::encode(self.to_bytes()))
     }
 }
 
 impl std::fmt::Display for IdentityPublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex(&self.to_bytes()))
+        f.write_str(&hex::encode(self.to_bytes()))
     }
 }
 
@@ -216,16 +209,10 @@ impl IdentityPublicKey {
     }
 
     /// Parses 64 hex digits, as `tessera keygen` prints them.
-    pub fn from_hex(hex: &str) -> Result<Self, BadIdentityKey> {
-        let hex = hex.trim();
-        if hex.len() != 2 * VERIFYING_KEY_BYTES || !hex.is_ascii() {
-            return Err(BadIdentityKey("expected 64 hex digits"));
-        }
+    pub fn from_hex(digits: &str) -> Result<Self, BadIdentityKey> {
         let mut bytes = [0u8; VERIFYING_KEY_BYTES];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
-                .map_err(|_| BadIdentityKey("expected 64 hex digits"))?;
-        }
+        hex::decode_to_slice(digits.trim(), &mut bytes)
+            .map_err(|_| BadIdentityKey("expected 64 hex digits"))?;
         Self::from_bytes(&bytes)
     }
 
@@ -488,10 +475,6 @@ fn survivors_payload(transcript: &SessionDigest, survivors: &[ClientId]) -> Vec<
         payload.extend_from_slice(&id.0.to_le_bytes());
     }
     payload
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------

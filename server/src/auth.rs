@@ -210,18 +210,12 @@ pub fn generate_token<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Token {
     rng.fill_bytes(bytes.as_mut());
     // Reserve the exact length up front: a reallocation would leave an
     // unwiped copy of the partial secret behind.
+    let mut digits = Zeroizing::new([0u8; 64]);
+    hex::encode_to_slice(bytes.as_ref(), digits.as_mut()).expect("64 digits for 32 bytes");
     let mut text = Zeroizing::new(String::with_capacity(TOKEN_PREFIX.len() + 64));
     text.push_str(TOKEN_PREFIX);
-    push_hex(&mut text, bytes.as_ref());
+    text.push_str(std::str::from_utf8(digits.as_ref()).expect("hex digits are ASCII"));
     Token(text)
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
 }
 
 /// The SHA-256 of a token: what the tokens file stores in its place.
@@ -239,42 +233,21 @@ impl TokenHash {
 
     /// Parses the file form `sha256:<64 hex digits>` (either case).
     pub fn parse(text: &str) -> Option<Self> {
-        let hex = text.strip_prefix(HASH_PREFIX)?;
-        if hex.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (byte, pair) in out.iter_mut().zip(hex.as_bytes().chunks_exact(2)) {
-            let hi = hex_value(pair[0])?;
-            let lo = hex_value(pair[1])?;
-            *byte = (hi << 4) | lo;
-        }
+        hex::decode_to_slice(text.strip_prefix(HASH_PREFIX)?, &mut out).ok()?;
         Some(Self(out))
-    }
-}
-
-fn hex_value(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
     }
 }
 
 impl fmt::Display for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hex = String::with_capacity(64);
-        push_hex(&mut hex, &self.0);
-        write!(f, "{HASH_PREFIX}{hex}")
+        write!(f, "{HASH_PREFIX}{}", hex::encode(self.0))
     }
 }
 
 impl fmt::Debug for TokenHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hex = String::with_capacity(8);
-        push_hex(&mut hex, &self.0[..4]);
-        write!(f, "TokenHash({HASH_PREFIX}{hex}…)")
+        write!(f, "TokenHash({HASH_PREFIX}{}…)", hex::encode(&self.0[..4]))
     }
 }
 

@@ -86,8 +86,7 @@ impl AggregatorService {
                 .first()
                 .ok_or_else(|| refuse("a client certificate is required"))?;
             let digest = Sha256::digest(leaf.as_ref());
-            let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-            return Ok(format!("cert:{hex}"));
+            return Ok(format!("cert:{}", hex::encode(&digest[..8])));
         }
         // insecure-dev: every stream is its own anonymous client.
         Ok(format!(

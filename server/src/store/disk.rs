@@ -12,10 +12,6 @@ use tracing::warn;
 use super::{StoreError, corrupt, io};
 use crate::files::{parent, sync_dir};
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -70,7 +70,7 @@ pub use inspect::{Inspection, inspect};
 pub use models::{MANIFEST_FORMAT, ModelEntry};
 pub use rounds::{RoundOutcome, RoundRecord};
 
-use disk::{hex, to_json, unix_ms};
+use disk::{to_json, unix_ms};
 use models::{Manifest, model_file};
 use rounds::round_file;
 
@@ -386,7 +386,7 @@ impl Store {
             epsilon: p.epsilon,
             delta: p.delta,
             file,
-            sha256: hex(&Sha256::digest(&bytes)),
+            sha256: hex::encode(Sha256::digest(&bytes)),
             tensors: p.model.tensors.clone(),
             published_at_unix_ms: unix_ms(),
         };

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::disk::{hex, read_json};
+use super::disk::read_json;
 use super::{MANIFEST, MODELS, StoreError, corrupt, io, tensors};
 use crate::fedavg::{Model, TensorSpec};
 
@@ -116,7 +116,7 @@ fn entry_fault(i: usize, e: &ModelEntry, last_round: Option<u64>) -> Option<Stri
 pub(super) fn read_model(dir: &Path, entry: &ModelEntry) -> Result<Model, StoreError> {
     let path = dir.join(&entry.file);
     let bytes = fs::read(&path).map_err(io(&path))?;
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = hex::encode(Sha256::digest(&bytes));
     if digest != entry.sha256 {
         return Err(corrupt(
             &path,
