@@ -359,36 +359,44 @@ pub struct AllowListError {
     pub reason: &'static str,
 }
 
+impl std::fmt::Display for Enrolled {
+    /// The allow-list line, `NAME ed25519:HEX` without a newline: what
+    /// `tessera keygen` prints and [`parse_allow_list`] reads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ed25519:{}", self.name, self.key)
+    }
+}
+
 /// Parses an allow-list of enrolled identities, the operator's PKI: one
 /// client per line, `NAME ed25519:HEX` (64 hex digits, as `tessera keygen`
-/// prints), `#` starts a comment. The file holds public keys only, so the
-/// operator can hand it to every client as their trust anchor.
+/// prints), with blank lines and comments as [`credential_lines`] reads
+/// them. The file holds public keys only, so the operator can hand it to
+/// every client as their trust anchor.
 ///
 /// ```
 /// use tessera_aggregation::identity::parse_allow_list;
-/// let text = "# name  key\nalice ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\n";
-/// let enrolled = parse_allow_list(text)?;
+/// let key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+/// let text = format!("# name  key\nalice ed25519:{key}  # laptop\n");
+/// let enrolled = parse_allow_list(&text)?;
 /// assert_eq!(enrolled[0].name, "alice");
 /// assert!(parse_allow_list("bob 1234").is_err());
+/// // A `#` glued to a field is not a comment: the line is refused.
+/// let glued = parse_allow_list(&format!("alice ed25519:{key}# laptop")).unwrap_err();
+/// assert_eq!(glued.line, 1);
 /// # Ok::<(), tessera_aggregation::identity::AllowListError>(())
 /// ```
 pub fn parse_allow_list(text: &str) -> Result<Vec<Enrolled>, AllowListError> {
     let mut enrolled: Vec<Enrolled> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = i + 1;
-        let content = raw.split('#').next().unwrap_or("").trim();
-        if content.is_empty() {
-            continue;
-        }
+    for entry in credential_lines(text) {
+        let CredentialLine { line, name, value } = entry.map_err(|e| AllowListError {
+            line: e.line,
+            reason: e.reason("expected `NAME ed25519:HEX`"),
+        })?;
         let bad = |reason| AllowListError { line, reason };
-        let mut fields = content.split_whitespace();
-        let (Some(name), Some(key), None) = (fields.next(), fields.next(), fields.next()) else {
-            return Err(bad("expected `NAME ed25519:HEX`"));
-        };
         if name.len() > 64 || !name.chars().all(|c| c.is_ascii_graphic()) {
             return Err(bad("a name is 1 to 64 printable ASCII characters"));
         }
-        let hex = key
+        let hex = value
             .strip_prefix("ed25519:")
             .ok_or(bad("the key must start with `ed25519:`"))?;
         let key = IdentityPublicKey::from_hex(hex)
@@ -405,6 +413,107 @@ pub fn parse_allow_list(text: &str) -> Result<Vec<Enrolled>, AllowListError> {
         });
     }
     Ok(enrolled)
+}
+
+/// One entry of a credentials file: a name and the credential bound to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredentialLine<'a> {
+    /// 1-based line number.
+    pub line: usize,
+    /// The first field.
+    pub name: &'a str,
+    /// The second field.
+    pub value: &'a str,
+}
+
+/// A line of a credentials file refused before its fields mean anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredentialLineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// Whether a `#` sits inside a field (otherwise the line does not
+    /// have two fields).
+    pub misplaced_hash: bool,
+}
+
+/// What [`CredentialLineError`] says about a `#` inside a field.
+pub const MISPLACED_HASH: &str = "`#` starts a comment only at the start of a line or after a space; \
+     names and keys cannot contain `#` (put a space before a trailing comment)";
+
+impl CredentialLineError {
+    /// Why the line is refused: [`MISPLACED_HASH`], or `fields` (the
+    /// file's own wording of its two fields) when the count is wrong.
+    pub fn reason(&self, fields: &'static str) -> &'static str {
+        if self.misplaced_hash {
+            MISPLACED_HASH
+        } else {
+            fields
+        }
+    }
+}
+
+/// Reads a credentials file, the shape shared by the allow-list of
+/// enrolled identities ([`parse_allow_list`]: `NAME ed25519:HEX`) and the
+/// server's tokens file (`NAME sha256:HEX`): one entry per line, two
+/// fields separated by whitespace.
+///
+/// **The comment rule.** A comment starts at a `#` that begins a line
+/// (after optional whitespace) or follows whitespace, and runs to the end
+/// of the line; blank and comment-only lines are skipped. Any other `#`,
+/// glued to a field (`alice ed25519:HEX#laptop`, `al#ice ...`), refuses
+/// the line: no field may contain `#`, so a comment never silently
+/// shortens a name or key. This is the strictest rule that reads every
+/// file the project writes: `tessera token`'s tokens file, `tessera
+/// keygen`'s lines, the demo's `enrolled.txt`, and allow-lists with a
+/// comment after the key.
+///
+/// Yields each entry, or the first bad line's error (the caller stops
+/// there); errors give the line number only, never the line's text, which
+/// may be a pasted secret.
+///
+/// ```
+/// use tessera_aggregation::identity::credential_lines;
+/// let text = "# who  what\n\nalice sha256:00  # laptop\n";
+/// let entries: Vec<_> = credential_lines(text).collect::<Result<_, _>>().unwrap();
+/// assert_eq!((entries[0].line, entries[0].name, entries[0].value), (3, "alice", "sha256:00"));
+/// let err = credential_lines("alice sha256:00#laptop").next().unwrap().unwrap_err();
+/// assert!(err.misplaced_hash && err.line == 1);
+/// ```
+pub fn credential_lines(
+    text: &str,
+) -> impl Iterator<Item = Result<CredentialLine<'_>, CredentialLineError>> {
+    text.lines().enumerate().filter_map(|(index, raw)| {
+        let line = index + 1;
+        let content = strip_comment(raw).trim();
+        if content.is_empty() {
+            return None;
+        }
+        let error = |misplaced_hash| CredentialLineError {
+            line,
+            misplaced_hash,
+        };
+        if content.contains('#') {
+            return Some(Err(error(true)));
+        }
+        let mut fields = content.split_whitespace();
+        Some(match (fields.next(), fields.next(), fields.next()) {
+            (Some(name), Some(value), None) => Ok(CredentialLine { line, name, value }),
+            _ => Err(error(false)),
+        })
+    })
+}
+
+/// `raw` up to its comment, if any: a `#` at the start or after
+/// whitespace.
+fn strip_comment(raw: &str) -> &str {
+    let mut previous = None;
+    for (i, c) in raw.char_indices() {
+        if c == '#' && previous.is_none_or(char::is_whitespace) {
+            return &raw[..i];
+        }
+        previous = Some(c);
+    }
+    raw
 }
 
 /// The digest every advert of a round signs: SHA-256 over a label, the
@@ -727,6 +836,73 @@ mod tests {
         assert_eq!(parse_allow_list(&same_name).unwrap_err().line, 2);
         assert!(parse_allow_list(&format!("alice {a}")).is_err());
         assert!(parse_allow_list("alice ed25519:00").is_err());
+    }
+
+    #[test]
+    fn credential_files_follow_one_comment_rule() {
+        let a = key(1).verifying_key();
+        // Comments at the start of a line (indented or not) and after
+        // whitespace; fields separated by any whitespace.
+        let accepted = [
+            format!("# enrolled\n  # indented\n\t#tab\nalice ed25519:{a}\n"),
+            format!("alice ed25519:{a} # laptop\n"),
+            format!("alice\ted25519:{a}\t#laptop\n"),
+            format!("alice ed25519:{a} #\n"),
+        ];
+        for text in &accepted {
+            let list = parse_allow_list(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(
+                (list.len(), list[0].name.as_str()),
+                (1, "alice"),
+                "{text:?}"
+            );
+        }
+        // A `#` glued to a field is refused, naming the line and saying what
+        // to change (under the old allow-list rule the first two parsed as
+        // `alice` with the key, the third as a one-field line).
+        let refused = [
+            (format!("# ok\nalice ed25519:{a}#laptop\n"), 2),
+            (format!("\n\nalice# ed25519:{a}\n"), 3),
+            (format!("al#ice ed25519:{a}\n"), 1),
+        ];
+        for (text, line) in &refused {
+            let err = parse_allow_list(text).unwrap_err();
+            assert_eq!((err.line, err.reason), (*line, MISPLACED_HASH), "{text:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("line {line}")) && msg.contains("put a space before"),
+                "{msg}"
+            );
+        }
+        // The field count keeps the file's own wording.
+        let err = parse_allow_list(&format!("alice ed25519:{a} extra\n")).unwrap_err();
+        assert_eq!(err.reason, "expected `NAME ed25519:HEX`");
+    }
+
+    /// The allow-lists the project writes: `tessera keygen`'s line (the
+    /// `Display` of [`Enrolled`]), the demo's `enrolled.txt` (one such line
+    /// per client) and the test harness's (a comment line first).
+    #[test]
+    fn every_allow_list_the_project_writes_parses() {
+        let enrolled: Vec<Enrolled> = (0..3)
+            .map(|i| Enrolled {
+                name: format!("client-{i}"),
+                key: key(i + 1).verifying_key(),
+            })
+            .collect();
+        let lines: String = enrolled.iter().map(|e| format!("{e}\n")).collect();
+        assert_eq!(
+            enrolled[0].to_string(),
+            format!("client-0 ed25519:{}", key(1).verifying_key())
+        );
+        for text in [
+            format!("{}\n", enrolled[0]),
+            lines.clone(),
+            format!("# enrolled identities\n{lines}"),
+        ] {
+            let parsed = parse_allow_list(&text).unwrap();
+            assert_eq!(parsed[..], enrolled[..parsed.len()], "{text:?}");
+        }
     }
 
     #[test]

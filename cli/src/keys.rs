@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use rand::SeedableRng;
+use tessera_aggregation::identity::Enrolled;
 use tessera_server::{auth, tls};
 
 pub(crate) const TOKEN_ABOUT: &str =
@@ -129,7 +130,11 @@ pub(crate) fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     file.write_all(key.to_key_file().as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{} ed25519:{}", args.name, key.verifying_key());
+    let line = Enrolled {
+        name: args.name.clone(),
+        key: key.verifying_key(),
+    };
+    println!("{line}");
     eprintln!(
         "wrote the secret key to {}; enrol the line above on the server (--identities-file)",
         args.out.display()

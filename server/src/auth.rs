@@ -5,8 +5,14 @@
 //!
 //! ```text
 //! # name      SHA-256 of the client's token
-//! alice       sha256:3b2c…(64 hex digits)
+//! alice       sha256:3b2c…(64 hex digits)   # laptop
 //! ```
+//!
+//! Comments follow the one rule of every credentials file (the tokens file
+//! and the allow-list of enrolled identities alike,
+//! [`tessera_aggregation::identity::credential_lines`]): a `#` at the start
+//! of a line or after whitespace starts a comment; a `#` glued to a field is
+//! refused.
 //!
 //! The file never holds a token, only its SHA-256, so reading it (or a backup
 //! of it) does not let anyone join a round. A plain, fast hash is enough here:
@@ -27,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 use subtle::{Choice, ConditionallySelectable as _, ConstantTimeEq as _};
+use tessera_aggregation::identity::{CredentialLine, credential_lines};
 use zeroize::Zeroizing;
 
 /// Prefix of every token made by [`generate_token`], so a leaked token is easy
@@ -273,8 +280,10 @@ impl fmt::Debug for TokenStore {
 
 impl TokenStore {
     /// Reads the operator's tokens file (`NAME sha256:HEX` per line; blank
-    /// lines and `#` comments allowed). Refuses the whole file on the first bad
-    /// line, naming the file and line, and refuses duplicate names or hashes.
+    /// lines and `#` comments as [`credential_lines`] reads them: at the start
+    /// of a line or after whitespace, never glued to a field). Refuses the
+    /// whole file on the first bad line, naming the file and line, and refuses
+    /// duplicate names or hashes.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, AuthError> {
         let path = path.as_ref();
         let text = fs::read_to_string(path).map_err(|source| AuthError::Io {
@@ -293,17 +302,12 @@ impl TokenStore {
         let mut entries = Vec::new();
         let mut name_lines: HashMap<String, usize> = HashMap::new();
         let mut hash_lines: HashMap<TokenHash, usize> = HashMap::new();
-        for (index, raw) in text.lines().enumerate() {
-            let line = index + 1;
-            let content = raw.trim();
-            if content.is_empty() || content.starts_with('#') {
-                continue;
-            }
-            let mut fields = content.split_whitespace();
-            let (Some(name), Some(hash), None) = (fields.next(), fields.next(), fields.next())
-            else {
-                return Err(bad(line, "expected two fields: NAME sha256:HEX"));
-            };
+        for entry in credential_lines(text) {
+            let CredentialLine {
+                line,
+                name,
+                value: hash,
+            } = entry.map_err(|e| bad(e.line, e.reason("expected two fields: NAME sha256:HEX")))?;
             let identity = ClientIdentity::new(name).map_err(|_| {
                 bad(
                     line,
@@ -596,6 +600,45 @@ mod tests {
         // A pasted raw token is never echoed back.
         let msg = parse("alice tsr_supersecret\n").unwrap_err().to_string();
         assert!(!msg.contains("supersecret"), "{msg}");
+    }
+
+    /// The one comment rule of credentials files
+    /// ([`tessera_aggregation::identity::credential_lines`]).
+    #[test]
+    fn comments_start_a_line_or_follow_whitespace() {
+        let (a, b) = (TokenHash::of_str("a"), TokenHash::of_str("b"));
+        let store = parse(&format!("alice {a} # laptop\n  # x\nbob\t{b}\t#phone\n")).unwrap();
+        assert_eq!(store.names().collect::<Vec<_>>(), ["alice", "bob"]);
+        for (text, line) in [
+            (format!("alice {a}#laptop\n"), 1),
+            (format!("# c\nal#ice {a}\n"), 2),
+        ] {
+            let err = parse(&text).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, AuthError::BadLine { line: l, reason, .. }
+                    if l == line && reason == tessera_aggregation::identity::MISPLACED_HASH),
+                "{text:?}: {msg}"
+            );
+            assert!(msg.contains(&format!("tokens.txt, line {line}")), "{msg}");
+        }
+    }
+
+    /// What `tessera token` (and the demo, and the test harness) write:
+    /// [`token_line`]s appended to a file, which may start with comments.
+    #[test]
+    fn every_tokens_file_the_project_writes_parses() {
+        let mut rng = rng();
+        let tokens: Vec<Token> = (0..3).map(|_| generate_token(&mut rng)).collect();
+        let mut text = String::from("# operators' tokens\n");
+        for (i, token) in tokens.iter().enumerate() {
+            text.push_str(&token_line(&format!("client-{i}"), token).unwrap());
+        }
+        let store = parse(&text).unwrap();
+        for (i, token) in tokens.iter().enumerate() {
+            let who = store.authenticate(token.expose()).unwrap();
+            assert_eq!(who.as_str(), format!("client-{i}"));
+        }
     }
 
     #[test]
