@@ -108,6 +108,10 @@ pub(crate) fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     {
         crate::usage!("the name must be 1 to 64 printable ASCII characters without spaces");
     }
+    if args.name.contains('#') {
+        // The allow-list would read the printed line as (or with) a comment.
+        crate::usage!("the name cannot contain `#`: the allow-list starts comments with it");
+    }
     let mut rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
         .context("OS randomness unavailable")?;
     let key = tessera_aggregation::identity::IdentityKey::generate(&mut rng);

@@ -676,6 +676,25 @@ fn demo_refuses_bad_settings_and_foreign_directories() {
     );
 }
 
+/// A `#` in the name would make the printed line a comment (or a refused
+/// line) of the allow-list, so keygen refuses it and writes no key.
+#[test]
+fn keygen_refuses_a_name_the_allow_list_cannot_read() {
+    let dir = scratch_dir("keygen-hash");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["#alice", "al#ice"] {
+        let key = dir.join("k.key");
+        let out = tessera(&["keygen", "--out", key.to_str().unwrap(), name]);
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot contain `#`"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(!key.exists());
+    }
+}
+
 #[test]
 fn keygen_writes_a_private_key_file_and_prints_the_enrolment_line() {
     let dir = scratch_dir("keygen");
