@@ -6,8 +6,8 @@
 //! new one, and once the call returns the new one survives a power cut.
 //! The temporary file lives in the same directory because a rename is
 //! atomic only within one file system. The data directory's manifest,
-//! models and records, the self-signed TLS certificate and key, and the
-//! reports all go through it.
+//! models, momentum, ledger and round records, and the self-signed TLS
+//! certificate and key go through it.
 
 use std::fs;
 use std::io::Write as _;
