@@ -35,6 +35,7 @@ pub mod config;
 pub mod fedavg;
 mod lobby;
 pub mod metrics;
+pub mod planning;
 mod round;
 mod scheduler;
 pub mod service;
