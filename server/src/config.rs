@@ -35,6 +35,7 @@ use tessera_aggregation::dp::mechanism::NoiseKind;
 use tessera_aggregation::encoding::MAX_FRAC_BITS;
 use tessera_aggregation::mask::Prg;
 use tessera_aggregation::params::ThreatModel;
+pub use tessera_aggregation::params::ThresholdRule;
 
 /// A configuration the server cannot run with.
 #[derive(Debug, thiserror::Error)]
@@ -111,53 +112,6 @@ impl fmt::Display for GraphChoice {
             GraphChoice::Complete => f.write_str("complete"),
             GraphChoice::Harary(k) => write!(f, "harary:{k}"),
             GraphChoice::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-/// How the Shamir threshold t follows from the number of share holders
-/// (ignored with `graph = "auto"`, where the finder sets t).
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub enum ThresholdRule {
-    /// `holders / 2 + 1`, a strict majority of each client's share
-    /// holders, raised to the threat model's floor
-    /// ([`tessera_aggregation::params::threshold_floor`]) where that is higher: the default, so a
-    /// server started with no threshold setting is safe in every model.
-    #[default]
-    Majority,
-    /// `ceil(fraction * holders)`, at least 2.
-    Fraction(f64),
-    /// A fixed t (capped at the number of holders).
-    Count(u32),
-}
-
-impl FromStr for ThresholdRule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "majority" {
-            return Ok(ThresholdRule::Majority);
-        }
-        if s.contains('.') {
-            return match s.parse::<f64>() {
-                Ok(f) if f > 0.0 && f <= 1.0 => Ok(ThresholdRule::Fraction(f)),
-                _ => Err(format!("'{s}': a threshold fraction must be in (0, 1]")),
-            };
-        }
-        match s.parse::<u32>() {
-            Ok(t) if t >= 2 => Ok(ThresholdRule::Count(t)),
-            _ => Err(format!(
-                "'{s}' is not a threshold: expected majority, a fraction such as 0.66, or a count >= 2"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for ThresholdRule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ThresholdRule::Majority => f.write_str("majority"),
-            ThresholdRule::Fraction(x) => write!(f, "{x}"),
-            ThresholdRule::Count(t) => write!(f, "{t}"),
         }
     }
 }

@@ -14,7 +14,9 @@ use tessera_aggregation::dp::mechanism::{
 };
 use tessera_aggregation::encoding::{self, FixedPoint};
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{self, ParamsRequest, ThreatModel};
+use tessera_aggregation::params::{
+    self, GraphRequest, ParamSource, ParamsRequest, RoundParams, ThreatModel,
+};
 
 use crate::config::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};
 
@@ -191,29 +193,16 @@ impl ServerConfig {
         floor.max(threshold).min(n)
     }
 
-    /// The graph and threshold of a round of `n` clients.
+    /// The graph and threshold of a round of `n` clients, held to the
+    /// threat model: an explicit graph or threshold it does not allow is
+    /// refused, with what it needs. (The finder's choices are sized for the
+    /// threat model already.)
     pub fn graph_for(&self, n: u32) -> Result<(GraphKind, u32), ConfigError> {
-        let graph = match self.graph {
-            GraphChoice::Auto => {
-                let found = params::find_params(&ParamsRequest {
-                    clients: n,
-                    dropout_rate: self.dropout_rate,
-                    corrupt_rate: self.corrupt_rate,
-                    threat_model: self.threat_model,
-                })
-                .map_err(|e| {
-                    invalid(
-                        "graph",
-                        format!("no SecAgg+ parameters for {n} clients: {e}"),
-                    )
-                })?;
-                return Ok((found.graph, found.threshold));
-            }
-            // A Harary graph needs k < n; with fewer clients it is the
-            // complete graph anyway.
-            GraphChoice::Harary(k) if k < n - 1 => GraphKind::Harary { k },
-            GraphChoice::Harary(_) | GraphChoice::Complete => GraphKind::Complete,
-        };
+        let resolved = self.round_params(n)?;
+        let (graph, t) = (resolved.graph, resolved.threshold);
+        if resolved.graph_source == ParamSource::Finder {
+            return Ok((graph, t));
+        }
         if self.threat_model == ThreatModel::MaliciousServer && graph != GraphKind::Complete {
             // A server that chooses who neighbours whom can surround a
             // victim with colluders; the finder's odds assume it cannot.
@@ -222,31 +211,52 @@ impl ServerConfig {
                 "the malicious-server threat model runs on the complete graph only (a lying server would choose who neighbours whom on a sparse one): set graph = \"complete\" or \"auto\"",
             ));
         }
-        // A client's shares are held by its neighbours only.
-        let holders = match graph {
-            GraphKind::Complete => n - 1,
-            GraphKind::Harary { k } => k,
-        };
-        let corrupt = self.corrupt_count(n);
-        let floor = params::threshold_floor(self.threat_model, n, corrupt, graph);
-        let t = match self.threshold {
-            ThresholdRule::Majority => (holders / 2 + 1).max(floor),
-            ThresholdRule::Fraction(f) => (f * f64::from(holders)).ceil() as u32,
-            ThresholdRule::Count(t) => t,
-        };
-        let t = t.clamp(2, holders.max(2));
         // The threat model's bound is enforced, not suggested: an explicit
         // rule that asks for less is refused, with the floor it must meet.
-        if t < floor {
+        if t < resolved.floor {
             return Err(invalid(
                 "threshold",
                 format!(
-                    "a threshold of {t} for {n} clients can be beaten by a {} server with {corrupt} corrupt clients (corrupt_rate {}); it needs at least {floor}",
-                    self.threat_model, self.corrupt_rate
+                    "a threshold of {t} for {n} clients can be beaten by a {} server with {} corrupt clients (corrupt_rate {}); it needs at least {}",
+                    self.threat_model, resolved.corrupt, self.corrupt_rate, resolved.floor
                 ),
             ));
         }
         Ok((graph, t))
+    }
+
+    /// The graph and threshold of a round of `n` clients as the settings
+    /// ask for them, with where each came from
+    /// ([`params::resolve_round_params`]); not yet held to the threat
+    /// model (see [`ServerConfig::graph_for`]).
+    pub fn round_params(&self, n: u32) -> Result<RoundParams, ConfigError> {
+        let (graph, threshold) = match self.graph {
+            // The finder sets t too: the threshold rule is for explicit
+            // graphs.
+            GraphChoice::Auto => (GraphRequest::Finder, None),
+            // A Harary graph needs k < n; with fewer clients it is the
+            // complete graph anyway.
+            GraphChoice::Harary(k) if k < n - 1 => (
+                GraphRequest::Given(GraphKind::Harary { k }),
+                Some(self.threshold),
+            ),
+            GraphChoice::Harary(_) | GraphChoice::Complete => (
+                GraphRequest::Given(GraphKind::Complete),
+                Some(self.threshold),
+            ),
+        };
+        let request = ParamsRequest {
+            clients: n,
+            dropout_rate: self.dropout_rate,
+            corrupt_rate: self.corrupt_rate,
+            threat_model: self.threat_model,
+        };
+        params::resolve_round_params(&request, graph, threshold).map_err(|e| {
+            invalid(
+                "graph",
+                format!("no SecAgg+ parameters for {n} clients: {e}"),
+            )
+        })
     }
 
     /// The most corrupt clients a round of `n` assumes: ⌊corrupt_rate · n⌋,
