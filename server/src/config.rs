@@ -37,6 +37,9 @@ use tessera_aggregation::mask::Prg;
 use tessera_aggregation::params::ThreatModel;
 pub use tessera_aggregation::params::ThresholdRule;
 
+mod overrides;
+pub use overrides::ServerOverrides;
+
 /// A configuration the server cannot run with.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -151,53 +154,73 @@ impl FromStr for DpMode {
     }
 }
 
-/// The TOML file's shape: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    listen: Option<SocketAddr>,
-    data_dir: Option<PathBuf>,
-    dim: Option<u32>,
-    min_clients: Option<u32>,
-    max_clients: Option<u32>,
-    join_window_ms: Option<u64>,
-    graph: Option<String>,
-    threshold: Option<String>,
-    min_survivors: Option<String>,
-    dropout_rate: Option<f64>,
-    corrupt_rate: Option<f64>,
-    threat_model: Option<String>,
-    prg: Option<String>,
-    bits: Option<u8>,
-    frac_bits: Option<u8>,
-    clip_norm: Option<f32>,
-    stage_timeout_ms: Option<u64>,
-    server_lr: Option<f32>,
-    server_momentum: Option<f32>,
-    dp: Option<String>,
-    dp_noise: Option<String>,
-    noise_multiplier: Option<f64>,
-    epsilon_budget: Option<f64>,
-    delta: Option<f64>,
-    tls_cert: Option<PathBuf>,
-    tls_key: Option<PathBuf>,
-    tls_client_ca: Option<PathBuf>,
-    tokens_file: Option<PathBuf>,
-    identities_file: Option<PathBuf>,
-    metrics_listen: Option<SocketAddr>,
-    rounds: Option<u64>,
+/// `--dp` values: the names [`DpMode::from_str`] takes, without help of
+/// their own (a `--help` lists them in one line).
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for DpMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[DpMode::Off, DpMode::Central, DpMode::Distributed]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            DpMode::Off => "off",
+            DpMode::Central => "central",
+            DpMode::Distributed => "distributed",
+        }))
+    }
 }
 
-/// Everything the server needs, with defaults for what was not given.
+/// Everything the server needs, with defaults for what was not given,
+/// grouped by concern.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
-    /// Where the gRPC service listens (port 0 picks a free port).
-    pub listen: SocketAddr,
+    /// Where it listens, and how clients connect and authenticate.
+    pub network: NetworkSettings,
     /// The durable state: models, round records, privacy ledger.
     pub data_dir: PathBuf,
     /// Model dimension; required for a new data dir, and must match the
     /// stored model otherwise.
     pub dim: Option<u32>,
+    /// How rounds are gathered, protected and encoded.
+    pub round: RoundRules,
+    /// Differential privacy.
+    pub dp: DpSettings,
+    /// How the server turns each round's sum into the next model.
+    pub aggregation: AggregationSettings,
+    /// Stop after this many rounds (completed or aborted); `None` runs until
+    /// shut down.
+    pub rounds: Option<u64>,
+}
+
+/// Where the server listens, and how clients connect and authenticate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetworkSettings {
+    /// Where the gRPC service listens (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// TLS certificate chain (PEM).
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// CA that client certificates must chain to (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens file (`NAME sha256:HEX` lines).
+    pub tokens_file: Option<PathBuf>,
+    /// The allow-list of enrolled client identities (`NAME ed25519:HEX`
+    /// lines, [`tessera_aggregation::identity::parse_allow_list`]): required
+    /// by, and only used in, the malicious-server threat model.
+    pub identities_file: Option<PathBuf>,
+    /// Run without TLS or tokens, for local experiments on a loopback
+    /// address only.
+    pub insecure_dev: bool,
+}
+
+/// How rounds are gathered, which protocol parameters they run with, and
+/// how updates are encoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundRules {
     /// A round opens once this many clients wait in the lobby.
     pub min_clients: u32,
     /// At most this many clients go into one round; the rest wait for the
@@ -208,7 +231,8 @@ pub struct ServerConfig {
     pub join_window: Duration,
     /// The neighbour graph rule.
     pub graph: GraphChoice,
-    /// The threshold rule.
+    /// The threshold rule (ignored with `graph = "auto"`, where the finder
+    /// sets t).
     pub threshold: ThresholdRule,
     /// A floor on every stage's survivors above the threshold, as a rule
     /// over the round's clients (`None`: the threshold alone). A round
@@ -237,14 +261,15 @@ pub struct ServerConfig {
     pub clip_norm: f32,
     /// Deadline of every stage.
     pub stage_timeout: Duration,
-    /// FedAvg server learning rate.
-    pub server_lr: f32,
-    /// FedAvgM server momentum, if any.
-    pub server_momentum: Option<f32>,
+}
+
+/// Differential privacy: which mechanism, how much noise, and the budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpSettings {
     /// Differential privacy mode.
-    pub dp: DpMode,
+    pub mode: DpMode,
     /// Which integer noise clients add with `dp = distributed`.
-    pub dp_noise: NoiseKind,
+    pub noise: NoiseKind,
     /// The noise multiplier z of either DP mode: the noise std over the
     /// sensitivity (central: std `z (C 2^f + sqrt(dim))` added by the
     /// server, rounding included; distributed: std `z B` carried by the
@@ -256,34 +281,49 @@ pub struct ServerConfig {
     pub epsilon_budget: f64,
     /// The delta of the (epsilon, delta) guarantee.
     pub delta: f64,
-    /// TLS certificate chain (PEM).
-    pub tls_cert: Option<PathBuf>,
-    /// TLS private key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// CA that client certificates must chain to (mTLS).
-    pub tls_client_ca: Option<PathBuf>,
-    /// Bearer tokens file (`NAME sha256:HEX` lines).
-    pub tokens_file: Option<PathBuf>,
-    /// The allow-list of enrolled client identities (`NAME ed25519:HEX`
-    /// lines, [`tessera_aggregation::identity::parse_allow_list`]): required
-    /// by, and only used in, the malicious-server threat model.
-    pub identities_file: Option<PathBuf>,
-    /// Run without TLS or tokens, for local experiments on a loopback
-    /// address only.
-    pub insecure_dev: bool,
-    /// Prometheus `/metrics` endpoint.
-    pub metrics_listen: Option<SocketAddr>,
-    /// Stop after this many rounds (completed or aborted); `None` runs until
-    /// shut down.
-    pub rounds: Option<u64>,
+}
+
+/// The aggregation strategy: FedAvg(M) over each round's average update.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AggregationSettings {
+    /// FedAvg server learning rate.
+    pub server_lr: f32,
+    /// FedAvgM server momentum, if any.
+    pub server_momentum: Option<f32>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            network: NetworkSettings::default(),
             data_dir: PathBuf::from("tessera-data"),
             dim: None,
+            round: RoundRules::default(),
+            dp: DpSettings::default(),
+            aggregation: AggregationSettings::default(),
+            rounds: None,
+        }
+    }
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tokens_file: None,
+            identities_file: None,
+            insecure_dev: false,
+        }
+    }
+}
+
+impl Default for RoundRules {
+    fn default() -> Self {
+        RoundRules {
             min_clients: 3,
             max_clients: 10_000,
             join_window: Duration::from_millis(200),
@@ -298,139 +338,68 @@ impl Default for ServerConfig {
             frac_bits: 16,
             clip_norm: 1.0,
             stage_timeout: Duration::from_secs(30),
-            server_lr: 1.0,
-            server_momentum: None,
-            dp: DpMode::Off,
-            dp_noise: NoiseKind::DiscreteGaussian,
-            noise_multiplier: 1.0,
-            epsilon_budget: 8.0,
-            delta: 1e-5,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            tokens_file: None,
-            identities_file: None,
-            insecure_dev: false,
-            metrics_listen: None,
-            rounds: None,
         }
     }
 }
 
-fn parse_field<T: FromStr<Err = String>>(
-    field: &'static str,
-    value: Option<String>,
-) -> Result<Option<T>, ConfigError> {
-    value
-        .map(|v| v.parse::<T>().map_err(|e| invalid(field, e)))
-        .transpose()
+impl Default for DpSettings {
+    fn default() -> Self {
+        DpSettings {
+            mode: DpMode::Off,
+            noise: NoiseKind::DiscreteGaussian,
+            noise_multiplier: 1.0,
+            epsilon_budget: 8.0,
+            delta: 1e-5,
+        }
+    }
+}
+
+impl Default for AggregationSettings {
+    fn default() -> Self {
+        AggregationSettings {
+            server_lr: 1.0,
+            server_momentum: None,
+        }
+    }
 }
 
 impl ServerConfig {
+    /// The defaults with `overrides` written over them.
+    pub fn from_overrides(overrides: ServerOverrides) -> Self {
+        let mut config = ServerConfig::default();
+        config.apply(overrides);
+        config
+    }
+
     /// Reads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::from_toml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })
+        ServerOverrides::from_file(path).map(Self::from_overrides)
     }
 
     /// Parses TOML text over the defaults.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<toml>"),
-            message: e.to_string(),
-        })?;
-        let d = ServerConfig::default();
-        Ok(ServerConfig {
-            listen: file.listen.unwrap_or(d.listen),
-            data_dir: file.data_dir.unwrap_or(d.data_dir),
-            dim: file.dim.or(d.dim),
-            min_clients: file.min_clients.unwrap_or(d.min_clients),
-            max_clients: file.max_clients.unwrap_or(d.max_clients),
-            join_window: file
-                .join_window_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.join_window),
-            graph: parse_field("graph", file.graph)?.unwrap_or(d.graph),
-            threshold: parse_field("threshold", file.threshold)?.unwrap_or(d.threshold),
-            min_survivors: parse_field("min_survivors", file.min_survivors)?,
-            dropout_rate: file.dropout_rate.unwrap_or(d.dropout_rate),
-            corrupt_rate: file.corrupt_rate.unwrap_or(d.corrupt_rate),
-            threat_model: file
-                .threat_model
-                .map(|s| {
-                    s.parse()
-                        .map_err(|e| invalid("threat_model", format!("{e}")))
-                })
-                .transpose()?
-                .unwrap_or(d.threat_model),
-            prg: file
-                .prg
-                .map(|s| s.parse().map_err(|e| invalid("prg", format!("{e}"))))
-                .transpose()?
-                .unwrap_or(d.prg),
-            bits: file.bits.or(d.bits),
-            frac_bits: file.frac_bits.unwrap_or(d.frac_bits),
-            clip_norm: file.clip_norm.unwrap_or(d.clip_norm),
-            stage_timeout: file
-                .stage_timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(d.stage_timeout),
-            server_lr: file.server_lr.unwrap_or(d.server_lr),
-            server_momentum: file.server_momentum.or(d.server_momentum),
-            dp: parse_field("dp", file.dp)?.unwrap_or(d.dp),
-            dp_noise: match file.dp_noise.as_deref() {
-                None => d.dp_noise,
-                Some("discrete-gaussian") => NoiseKind::DiscreteGaussian,
-                Some("skellam") => NoiseKind::Skellam,
-                Some(other) => {
-                    return Err(invalid(
-                        "dp_noise",
-                        format!("'{other}' is not a noise: expected discrete-gaussian or skellam"),
-                    ));
-                }
-            },
-            noise_multiplier: file.noise_multiplier.unwrap_or(d.noise_multiplier),
-            epsilon_budget: file.epsilon_budget.unwrap_or(d.epsilon_budget),
-            delta: file.delta.unwrap_or(d.delta),
-            tls_cert: file.tls_cert,
-            tls_key: file.tls_key,
-            tls_client_ca: file.tls_client_ca,
-            tokens_file: file.tokens_file,
-            identities_file: file.identities_file,
-            insecure_dev: false,
-            metrics_listen: file.metrics_listen,
-            rounds: file.rounds,
-        })
+        ServerOverrides::from_toml(text).map(Self::from_overrides)
     }
 
     /// Checks every value and their combinations; the server calls this
     /// before it touches the data dir or the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.min_clients < 3 {
+        if self.round.min_clients < 3 {
             // Two clients could each subtract their own input from the sum.
             return Err(invalid(
                 "min_clients",
                 format!(
                     "{} is too few: a round needs at least 3 clients",
-                    self.min_clients
+                    self.round.min_clients
                 ),
             ));
         }
-        if self.max_clients < self.min_clients {
+        if self.round.max_clients < self.round.min_clients {
             return Err(invalid(
                 "max_clients",
                 format!(
                     "{} is below min_clients {}",
-                    self.max_clients, self.min_clients
+                    self.round.max_clients, self.round.min_clients
                 ),
             ));
         }
@@ -438,89 +407,89 @@ impl ServerConfig {
             return Err(invalid("dim", "must be at least 1"));
         }
         for (field, v) in [
-            ("dropout_rate", self.dropout_rate),
-            ("corrupt_rate", self.corrupt_rate),
+            ("dropout_rate", self.round.dropout_rate),
+            ("corrupt_rate", self.round.corrupt_rate),
         ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(invalid(field, format!("{v} is not a fraction in [0, 1)")));
             }
         }
-        if self.frac_bits > MAX_FRAC_BITS {
+        if self.round.frac_bits > MAX_FRAC_BITS {
             return Err(invalid(
                 "frac_bits",
-                format!("{} is above {MAX_FRAC_BITS}", self.frac_bits),
+                format!("{} is above {MAX_FRAC_BITS}", self.round.frac_bits),
             ));
         }
-        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+        if !(self.round.clip_norm.is_finite() && self.round.clip_norm > 0.0) {
             return Err(invalid("clip_norm", "must be a positive number"));
         }
         // The widest round must fit the ring without wrapping (its noise
         // included). A model dimension not yet known is checked at 1.
-        let (_, threshold) = self.graph_for(self.max_clients)?;
-        let floor = self.survivor_floor(self.max_clients, threshold);
-        self.round_encoding(self.max_clients, floor, self.dim.unwrap_or(1))?;
-        if self.stage_timeout.is_zero() {
+        let (_, threshold) = self.graph_for(self.round.max_clients)?;
+        let floor = self.survivor_floor(self.round.max_clients, threshold);
+        self.round_encoding(self.round.max_clients, floor, self.dim.unwrap_or(1))?;
+        if self.round.stage_timeout.is_zero() {
             return Err(invalid("stage_timeout_ms", "must be positive"));
         }
-        if !(self.server_lr.is_finite() && self.server_lr > 0.0) {
+        if !(self.aggregation.server_lr.is_finite() && self.aggregation.server_lr > 0.0) {
             return Err(invalid("server_lr", "must be a positive number"));
         }
-        if let Some(m) = self.server_momentum
+        if let Some(m) = self.aggregation.server_momentum
             && !(0.0..1.0).contains(&m)
         {
             return Err(invalid("server_momentum", format!("{m} is not in [0, 1)")));
         }
-        if self.dp != DpMode::Off {
-            if !(self.noise_multiplier.is_finite() && self.noise_multiplier > 0.0) {
+        if self.dp.mode != DpMode::Off {
+            if !(self.dp.noise_multiplier.is_finite() && self.dp.noise_multiplier > 0.0) {
                 return Err(invalid(
                     "noise_multiplier",
                     "must be positive when DP is on",
                 ));
             }
-            if !(self.epsilon_budget.is_finite() && self.epsilon_budget > 0.0) {
+            if !(self.dp.epsilon_budget.is_finite() && self.dp.epsilon_budget > 0.0) {
                 return Err(invalid("epsilon_budget", "must be positive"));
             }
-            if !(self.delta > 0.0 && self.delta < 1.0) {
+            if !(self.dp.delta > 0.0 && self.dp.delta < 1.0) {
                 return Err(invalid("delta", "must be in (0, 1)"));
             }
             // The noise must be drawable (and, distributed, have honest
             // survivors to carry it) before the server listens.
             self.planned_mechanism(self.dim.unwrap_or(1))?;
         }
-        match (&self.tls_cert, &self.tls_key) {
+        match (&self.network.tls_cert, &self.network.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid("tls_cert", "tls_cert and tls_key go together"));
             }
             _ => {}
         }
-        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+        if self.network.tls_client_ca.is_some() && self.network.tls_cert.is_none() {
             return Err(invalid("tls_client_ca", "mTLS needs tls_cert and tls_key"));
         }
-        if self.insecure_dev {
-            if !self.listen.ip().is_loopback() {
+        if self.network.insecure_dev {
+            if !self.network.listen.ip().is_loopback() {
                 return Err(invalid(
                     "insecure_dev",
                     format!(
                         "refusing to serve without TLS or authentication on {}, which is not a loopback address",
-                        self.listen
+                        self.network.listen
                     ),
                 ));
             }
         } else {
-            if self.tls_cert.is_none() {
+            if self.network.tls_cert.is_none() {
                 return Err(invalid(
                     "tls_cert",
                     "TLS is required (give tls_cert and tls_key), or pass --insecure-dev for a local experiment",
                 ));
             }
-            if self.tokens_file.is_none() && self.tls_client_ca.is_none() {
+            if self.network.tokens_file.is_none() && self.network.tls_client_ca.is_none() {
                 return Err(invalid(
                     "tokens_file",
                     "clients must authenticate: give tokens_file or tls_client_ca (mTLS), or pass --insecure-dev",
                 ));
             }
         }
-        match (self.threat_model, &self.identities_file) {
+        match (self.round.threat_model, &self.network.identities_file) {
             (ThreatModel::MaliciousServer, None) => {
                 return Err(invalid(
                     "identities_file",
@@ -547,8 +516,11 @@ pub(crate) mod tests {
 
     pub(crate) fn dev() -> ServerConfig {
         ServerConfig {
-            insecure_dev: true,
             dim: Some(10),
+            network: NetworkSettings {
+                insecure_dev: true,
+                ..Default::default()
+            },
             ..ServerConfig::default()
         }
     }
@@ -560,11 +532,11 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(c.dim, Some(5));
-        assert_eq!(c.min_clients, 7);
-        assert_eq!(c.graph, GraphChoice::Harary(4));
-        assert_eq!(c.threshold, ThresholdRule::Fraction(0.75));
-        assert_eq!(c.dp, DpMode::Central);
-        assert_eq!(c.stage_timeout, Duration::from_millis(900));
+        assert_eq!(c.round.min_clients, 7);
+        assert_eq!(c.round.graph, GraphChoice::Harary(4));
+        assert_eq!(c.round.threshold, ThresholdRule::Fraction(0.75));
+        assert_eq!(c.dp.mode, DpMode::Central);
+        assert_eq!(c.round.stage_timeout, Duration::from_millis(900));
         let err = ServerConfig::from_toml("dimm = 5\n").unwrap_err();
         assert!(err.to_string().contains("dimm"), "{err}");
         let err = ServerConfig::from_toml("graph = \"harary:3\"\n").unwrap_err();
@@ -574,22 +546,22 @@ pub(crate) mod tests {
     #[test]
     fn the_malicious_server_model_needs_identities_and_a_safe_threshold() {
         let mut c = dev();
-        c.threat_model = ThreatModel::MaliciousServer;
+        c.round.threat_model = ThreatModel::MaliciousServer;
         let err = c.validate().unwrap_err();
         assert!(err.to_string().contains("identities_file"), "{err}");
-        c.identities_file = Some("enrolled.txt".into());
+        c.network.identities_file = Some("enrolled.txt".into());
         c.validate().unwrap();
         // 10 clients, 1 assumed corrupt: t must be above (10 + 1) / 2.
-        c.corrupt_rate = 0.1;
-        c.graph = GraphChoice::Complete;
-        c.threshold = ThresholdRule::Count(5);
+        c.round.corrupt_rate = 0.1;
+        c.round.graph = GraphChoice::Complete;
+        c.round.threshold = ThresholdRule::Count(5);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("at least 6"), "{err}");
-        c.threshold = ThresholdRule::Count(6);
+        c.round.threshold = ThresholdRule::Count(6);
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
         // Identities without the model that uses them are a mistake.
         let mut c = dev();
-        c.identities_file = Some("enrolled.txt".into());
+        c.network.identities_file = Some("enrolled.txt".into());
         assert!(c.validate().is_err());
     }
 
@@ -607,14 +579,20 @@ pub(crate) mod tests {
         );
         assert!(dev().validate().is_ok());
         let public = ServerConfig {
-            listen: "0.0.0.0:7443".parse().unwrap(),
+            network: NetworkSettings {
+                listen: "0.0.0.0:7443".parse().unwrap(),
+                ..dev().network
+            },
             ..dev()
         };
         let err = public.validate().unwrap_err().to_string();
         assert!(err.contains("not a loopback"), "{err}");
         let no_auth = ServerConfig {
-            tls_cert: Some("c".into()),
-            tls_key: Some("k".into()),
+            network: NetworkSettings {
+                tls_cert: Some("c".into()),
+                tls_key: Some("k".into()),
+                ..Default::default()
+            },
             ..ServerConfig::default()
         };
         assert!(
@@ -631,35 +609,50 @@ pub(crate) mod tests {
         for (c, field) in [
             (
                 ServerConfig {
-                    min_clients: 2,
+                    round: RoundRules {
+                        min_clients: 2,
+                        ..dev().round
+                    },
                     ..dev()
                 },
                 "min_clients",
             ),
             (
                 ServerConfig {
-                    clip_norm: -1.0,
+                    round: RoundRules {
+                        clip_norm: -1.0,
+                        ..dev().round
+                    },
                     ..dev()
                 },
                 "clip_norm",
             ),
             (
                 ServerConfig {
-                    frac_bits: 30,
+                    round: RoundRules {
+                        frac_bits: 30,
+                        ..dev().round
+                    },
                     ..dev()
                 },
                 "frac_bits",
             ),
             (
                 ServerConfig {
-                    bits: Some(8),
+                    round: RoundRules {
+                        bits: Some(8),
+                        ..dev().round
+                    },
                     ..dev()
                 },
                 "bits",
             ),
             (
                 ServerConfig {
-                    server_momentum: Some(1.0),
+                    aggregation: AggregationSettings {
+                        server_momentum: Some(1.0),
+                        ..dev().aggregation
+                    },
                     ..dev()
                 },
                 "server_momentum",

@@ -45,13 +45,13 @@ impl ServerConfig {
         dim: u32,
     ) -> Result<(FixedPoint, Option<DistributedEncoding>), ConfigError> {
         let fixed = |bits: u8| {
-            FixedPoint::new(self.clip_norm, self.frac_bits, bits)
+            FixedPoint::new(self.round.clip_norm, self.round.frac_bits, bits)
                 .map_err(|e| invalid("bits", e.to_string()))
         };
-        if self.dp != DpMode::Distributed {
-            let needed = encoding::choose_bits(clients, self.clip_norm, self.frac_bits)
+        if self.dp.mode != DpMode::Distributed {
+            let needed = encoding::choose_bits(clients, self.round.clip_norm, self.round.frac_bits)
                 .map_err(|e| invalid("bits", e.to_string()))?;
-            let bits = match self.bits {
+            let bits = match self.round.bits {
                 // An explicit ring narrower than the worst-case sum would
                 // wrap silently and publish a wrong model.
                 Some(b) if b < needed => {
@@ -59,7 +59,7 @@ impl ServerConfig {
                         "bits",
                         format!(
                             "{b} bits let the sum of {clients} clients' updates (clip_norm {}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
-                            self.clip_norm, self.frac_bits
+                            self.round.clip_norm, self.round.frac_bits
                         ),
                     ));
                 }
@@ -75,7 +75,7 @@ impl ServerConfig {
                 "min_survivors",
                 format!(
                     "{e} (a SecAgg+ graph's threshold is per neighbourhood: set min_survivors, e.g. \"0.5\", above corrupt_rate {})",
-                    self.corrupt_rate
+                    self.round.corrupt_rate
                 ),
             ),
             e => invalid("noise_multiplier", e.to_string()),
@@ -84,15 +84,15 @@ impl ServerConfig {
         // threat model allows know their own noise and subtract it.
         let provisional = DistributedEncoding::calibrate(
             fixed(32)?,
-            self.dp_noise,
-            self.noise_multiplier,
+            self.dp.noise,
+            self.dp.noise_multiplier,
             min_survivors,
             self.corrupt_count(clients),
             dim as usize,
         )
         .map_err(dp_error)?;
         let sigma_all = provisional.dp.actual_sigma(clients);
-        let bits = match self.bits {
+        let bits = match self.round.bits {
             None => choose_bits_with_noise(
                 clients,
                 provisional.norm_bound,
@@ -147,11 +147,11 @@ impl ServerConfig {
     /// fewest honest survivors a round accepts (its survivor floor minus
     /// its corrupt count) carry; more only add noise.
     pub fn planned_mechanism(&self, dim: u32) -> Result<Option<Mechanism>, ConfigError> {
-        Ok(match self.dp {
+        Ok(match self.dp.mode {
             DpMode::Off => None,
-            DpMode::Central => Some(self.central_dp(self.min_clients, dim)?.mechanism()),
+            DpMode::Central => Some(self.central_dp(self.round.min_clients, dim)?.mechanism()),
             DpMode::Distributed => {
-                let n = self.min_clients;
+                let n = self.round.min_clients;
                 let (_, threshold) = self.graph_for(n)?;
                 let floor = self.survivor_floor(n, threshold);
                 let (_, encoding) = self.round_encoding(n, floor, dim)?;
@@ -169,12 +169,12 @@ impl ServerConfig {
     /// sampler.
     pub fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
         let (fixed_point, _) = self.round_encoding(clients, clients, dim)?;
-        CentralDp::new(fixed_point, self.noise_multiplier, dim as usize).map_err(|e| {
+        CentralDp::new(fixed_point, self.dp.noise_multiplier, dim as usize).map_err(|e| {
             invalid(
                 "noise_multiplier",
                 format!(
                     "central DP noise of {} x (clip_norm 2^frac_bits + sqrt(dim)) in units of 2^-frac_bits: {e}; lower frac_bits or noise_multiplier",
-                    self.noise_multiplier
+                    self.dp.noise_multiplier
                 ),
             )
         })
@@ -184,7 +184,7 @@ impl ServerConfig {
     /// `threshold` goes on with: the `min_survivors` rule if it asks for
     /// more, at most `n`.
     pub fn survivor_floor(&self, n: u32, threshold: u32) -> u32 {
-        let floor = match self.min_survivors {
+        let floor = match self.round.min_survivors {
             None => threshold,
             Some(ThresholdRule::Majority) => n / 2 + 1,
             Some(ThresholdRule::Fraction(f)) => (f * f64::from(n)).ceil() as u32,
@@ -203,7 +203,7 @@ impl ServerConfig {
         if resolved.graph_source == ParamSource::Finder {
             return Ok((graph, t));
         }
-        if self.threat_model == ThreatModel::MaliciousServer && graph != GraphKind::Complete {
+        if self.round.threat_model == ThreatModel::MaliciousServer && graph != GraphKind::Complete {
             // A server that chooses who neighbours whom can surround a
             // victim with colluders; the finder's odds assume it cannot.
             return Err(invalid(
@@ -218,7 +218,10 @@ impl ServerConfig {
                 "threshold",
                 format!(
                     "a threshold of {t} for {n} clients can be beaten by a {} server with {} corrupt clients (corrupt_rate {}); it needs at least {}",
-                    self.threat_model, resolved.corrupt, self.corrupt_rate, resolved.floor
+                    self.round.threat_model,
+                    resolved.corrupt,
+                    self.round.corrupt_rate,
+                    resolved.floor
                 ),
             ));
         }
@@ -230,7 +233,7 @@ impl ServerConfig {
     /// ([`params::resolve_round_params`]); not yet held to the threat
     /// model (see [`ServerConfig::graph_for`]).
     pub fn round_params(&self, n: u32) -> Result<RoundParams, ConfigError> {
-        let (graph, threshold) = match self.graph {
+        let (graph, threshold) = match self.round.graph {
             // The finder sets t too: the threshold rule is for explicit
             // graphs.
             GraphChoice::Auto => (GraphRequest::Finder, None),
@@ -238,18 +241,18 @@ impl ServerConfig {
             // complete graph anyway.
             GraphChoice::Harary(k) if k < n - 1 => (
                 GraphRequest::Given(GraphKind::Harary { k }),
-                Some(self.threshold),
+                Some(self.round.threshold),
             ),
             GraphChoice::Harary(_) | GraphChoice::Complete => (
                 GraphRequest::Given(GraphKind::Complete),
-                Some(self.threshold),
+                Some(self.round.threshold),
             ),
         };
         let request = ParamsRequest {
             clients: n,
-            dropout_rate: self.dropout_rate,
-            corrupt_rate: self.corrupt_rate,
-            threat_model: self.threat_model,
+            dropout_rate: self.round.dropout_rate,
+            corrupt_rate: self.round.corrupt_rate,
+            threat_model: self.round.threat_model,
         };
         params::resolve_round_params(&request, graph, threshold).map_err(|e| {
             invalid(
@@ -262,7 +265,7 @@ impl ServerConfig {
     /// The most corrupt clients a round of `n` assumes: ⌊corrupt_rate · n⌋,
     /// counted as the parameter finder counts them.
     pub fn corrupt_count(&self, n: u32) -> u32 {
-        params::worst_count(self.corrupt_rate, n)
+        params::worst_count(self.round.corrupt_rate, n)
     }
 }
 
@@ -272,6 +275,7 @@ mod tests {
 
     use super::*;
     use crate::config::tests::dev;
+    use crate::config::{DpSettings, RoundRules};
 
     #[test]
     fn an_explicit_bits_that_would_wrap_is_refused_with_the_smallest_safe_value() {
@@ -279,22 +283,22 @@ mod tests {
         // 3 (2^16 + 1) = 196,611, above the 2^17 - 1 an 18-bit ring holds
         // as a signed value: the sum would wrap into a wrong model.
         let mut c = dev();
-        c.dp = DpMode::Off;
-        c.clip_norm = 1.0;
-        c.frac_bits = 16;
-        c.min_clients = 3;
-        c.max_clients = 3;
-        c.bits = Some(18);
+        c.dp.mode = DpMode::Off;
+        c.round.clip_norm = 1.0;
+        c.round.frac_bits = 16;
+        c.round.min_clients = 3;
+        c.round.max_clients = 3;
+        c.round.bits = Some(18);
         let err = c.validate().unwrap_err();
         assert!(
             err.to_string().contains("smallest safe value is 19"),
             "{err}"
         );
-        c.bits = Some(19);
+        c.round.bits = Some(19);
         c.validate().unwrap();
         // Central DP adds its noise after decoding, so the same floor holds.
-        c.dp = DpMode::Central;
-        c.bits = Some(18);
+        c.dp.mode = DpMode::Central;
+        c.round.bits = Some(18);
         assert!(c.validate().is_err());
     }
 
@@ -304,30 +308,30 @@ mod tests {
         // lying server splits the 3 honest holders of a client's shares, so
         // t = 2 gives it both secrets; the floor is (4 + 1)/2 + 1 = 3.
         let mut c = dev();
-        c.threat_model = ThreatModel::SemiMalicious;
-        c.corrupt_rate = 0.1;
-        c.graph = GraphChoice::Harary(4);
-        c.threshold = ThresholdRule::Count(2);
+        c.round.threat_model = ThreatModel::SemiMalicious;
+        c.round.corrupt_rate = 0.1;
+        c.round.graph = GraphChoice::Harary(4);
+        c.round.threshold = ThresholdRule::Count(2);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("at least 3"), "{err}");
-        c.threshold = ThresholdRule::Count(3);
+        c.round.threshold = ThresholdRule::Count(3);
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Harary { k: 4 }, 3));
         // The complete graph's holders are the n - 1 others: a majority of
         // 9 is 5, but with one colluder the split needs t > (9 + 1)/2, so
         // the default rule rises to 6 and an explicit 5 is refused.
-        c.graph = GraphChoice::Complete;
-        c.threshold = ThresholdRule::Majority;
+        c.round.graph = GraphChoice::Complete;
+        c.round.threshold = ThresholdRule::Majority;
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
-        c.threshold = ThresholdRule::Count(5);
+        c.round.threshold = ThresholdRule::Count(5);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("at least 6"), "{err}");
-        c.corrupt_rate = 0.0;
-        c.threshold = ThresholdRule::Majority;
+        c.round.corrupt_rate = 0.0;
+        c.round.threshold = ThresholdRule::Majority;
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 5));
         // Semi-honest with 3 colluders: their 3 shares must not reach t.
-        c.threat_model = ThreatModel::SemiHonest;
-        c.corrupt_rate = 0.3;
-        c.threshold = ThresholdRule::Count(3);
+        c.round.threat_model = ThreatModel::SemiHonest;
+        c.round.corrupt_rate = 0.3;
+        c.round.threshold = ThresholdRule::Count(3);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("at least 4"), "{err}");
     }
@@ -335,10 +339,10 @@ mod tests {
     #[test]
     fn the_malicious_server_model_refuses_a_sparse_graph() {
         let mut c = dev();
-        c.threat_model = ThreatModel::MaliciousServer;
-        c.identities_file = Some("enrolled.txt".into());
-        c.graph = GraphChoice::Harary(4);
-        c.threshold = ThresholdRule::Count(4);
+        c.round.threat_model = ThreatModel::MaliciousServer;
+        c.network.identities_file = Some("enrolled.txt".into());
+        c.round.graph = GraphChoice::Harary(4);
+        c.round.threshold = ThresholdRule::Count(4);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("complete graph only"), "{err}");
     }
@@ -346,19 +350,19 @@ mod tests {
     #[test]
     fn graph_and_threshold_rules() {
         let mut c = dev();
-        c.graph = GraphChoice::Complete;
+        c.round.graph = GraphChoice::Complete;
         // Rules count a client's share holders: its n - 1 neighbours.
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 5));
-        c.threshold = ThresholdRule::Fraction(0.66);
+        c.round.threshold = ThresholdRule::Fraction(0.66);
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 6));
-        c.threshold = ThresholdRule::Count(50);
+        c.round.threshold = ThresholdRule::Count(50);
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Complete, 9));
-        c.graph = GraphChoice::Harary(4);
-        c.threshold = ThresholdRule::Majority;
+        c.round.graph = GraphChoice::Harary(4);
+        c.round.threshold = ThresholdRule::Majority;
         assert_eq!(c.graph_for(10).unwrap(), (GraphKind::Harary { k: 4 }, 3));
         // Too few clients for the degree: complete graph.
         assert_eq!(c.graph_for(5).unwrap(), (GraphKind::Complete, 3));
-        c.graph = GraphChoice::Auto;
+        c.round.graph = GraphChoice::Auto;
         let (graph, t) = c.graph_for(1000).unwrap();
         assert!(matches!(graph, GraphKind::Harary { .. }), "{graph:?}");
         assert!(t >= 2);
@@ -367,15 +371,18 @@ mod tests {
     #[test]
     fn distributed_dp_widens_the_ring_for_its_noise_and_plans_the_target_noise() {
         let mut c = ServerConfig {
-            dp: DpMode::Distributed,
-            noise_multiplier: 2.0,
+            dp: DpSettings {
+                mode: DpMode::Distributed,
+                noise_multiplier: 2.0,
+                ..dev().dp
+            },
             ..dev()
         };
         // Up to 10,000 clients on SecAgg+ graphs assume 500 corrupt: the
         // per-neighbourhood threshold (22) is no floor for the noise.
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("set min_survivors"), "{err}");
-        c.min_survivors = Some(ThresholdRule::Fraction(0.5));
+        c.round.min_survivors = Some(ThresholdRule::Fraction(0.5));
         c.validate().unwrap();
         let (plain, none) = dev().round_encoding(20, 11, 1000).unwrap();
         assert!(none.is_none());
@@ -392,7 +399,10 @@ mod tests {
         // One bit fewer would break the wrap bound, so an explicit choice
         // of it is refused with the reason.
         let narrow = ServerConfig {
-            bits: Some(fp.bits - 1),
+            round: RoundRules {
+                bits: Some(fp.bits - 1),
+                ..c.clone().round
+            },
             ..c.clone()
         };
         let err = narrow.round_encoding(20, 11, 1000).unwrap_err().to_string();
@@ -408,7 +418,7 @@ mod tests {
         assert_eq!(dev().planned_mechanism(1000).unwrap(), None);
         assert!("distributed".parse::<DpMode>().is_ok());
         let toml = ServerConfig::from_toml("dp = \"distributed\"\ndp_noise = \"skellam\"").unwrap();
-        assert_eq!(toml.dp_noise, NoiseKind::Skellam);
+        assert_eq!(toml.dp.noise, NoiseKind::Skellam);
         assert!(ServerConfig::from_toml("dp_noise = \"laplace\"").is_err());
     }
 
@@ -419,12 +429,18 @@ mod tests {
     #[test]
     fn distributed_dp_is_calibrated_for_the_honest_survivors() {
         let c = ServerConfig {
-            dp: DpMode::Distributed,
-            noise_multiplier: 1.0,
-            corrupt_rate: 0.2,
-            graph: GraphChoice::Complete,
-            min_clients: 10,
-            max_clients: 10,
+            round: RoundRules {
+                corrupt_rate: 0.2,
+                graph: GraphChoice::Complete,
+                min_clients: 10,
+                max_clients: 10,
+                ..dev().round
+            },
+            dp: DpSettings {
+                mode: DpMode::Distributed,
+                noise_multiplier: 1.0,
+                ..dev().dp
+            },
             ..dev()
         };
         c.validate().unwrap();
@@ -459,9 +475,15 @@ mod tests {
     #[test]
     fn central_dp_plans_the_discrete_gaussian_with_rounding_in_the_sensitivity() {
         let c = ServerConfig {
-            dp: DpMode::Central,
-            noise_multiplier: 1.5,
-            frac_bits: 8,
+            round: RoundRules {
+                frac_bits: 8,
+                ..dev().round
+            },
+            dp: DpSettings {
+                mode: DpMode::Central,
+                noise_multiplier: 1.5,
+                ..dev().dp
+            },
             ..dev()
         };
         c.validate().unwrap();
@@ -479,8 +501,14 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let loud = ServerConfig {
-            noise_multiplier: 100.0,
-            frac_bits: 16,
+            round: RoundRules {
+                frac_bits: 16,
+                ..c.round
+            },
+            dp: DpSettings {
+                noise_multiplier: 100.0,
+                ..c.dp
+            },
             ..c
         };
         let err = loud.validate().unwrap_err().to_string();
