@@ -2,6 +2,13 @@
 //! flags, checked once at start-up so a bad value is refused before the
 //! server listens.
 //!
+//! [`ServerConfig`] groups the settings by concern ([`NetworkSettings`],
+//! [`RoundRules`], [`DpSettings`], [`AggregationSettings`]), each group with
+//! its defaults; [`ServerOverrides`] is what the file and the flags give,
+//! listed once in `config/overrides.rs`; [`ServerConfig::validate`] holds
+//! every check. What a round of a given size runs with is
+//! [`crate::planning`]'s.
+//!
 //! ```toml
 //! listen = "0.0.0.0:7443"
 //! data_dir = "/var/lib/tessera"
@@ -384,6 +391,22 @@ impl ServerConfig {
     /// Checks every value and their combinations; the server calls this
     /// before it touches the data dir or the network.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_round_rules()?;
+        // The widest round must fit the ring without wrapping (its noise
+        // included). A model dimension not yet known is checked at 1.
+        let (_, threshold) = self.graph_for(self.round.max_clients)?;
+        let floor = self.survivor_floor(self.round.max_clients, threshold);
+        self.round_encoding(self.round.max_clients, floor, self.dim.unwrap_or(1))?;
+        if self.round.stage_timeout.is_zero() {
+            return Err(invalid("stage_timeout_ms", "must be positive"));
+        }
+        self.validate_aggregation()?;
+        self.validate_dp()?;
+        self.validate_network()
+    }
+
+    /// The round's sizes, rates and encoding, each on its own.
+    fn validate_round_rules(&self) -> Result<(), ConfigError> {
         if self.round.min_clients < 3 {
             // Two clients could each subtract their own input from the sum.
             return Err(invalid(
@@ -423,14 +446,11 @@ impl ServerConfig {
         if !(self.round.clip_norm.is_finite() && self.round.clip_norm > 0.0) {
             return Err(invalid("clip_norm", "must be a positive number"));
         }
-        // The widest round must fit the ring without wrapping (its noise
-        // included). A model dimension not yet known is checked at 1.
-        let (_, threshold) = self.graph_for(self.round.max_clients)?;
-        let floor = self.survivor_floor(self.round.max_clients, threshold);
-        self.round_encoding(self.round.max_clients, floor, self.dim.unwrap_or(1))?;
-        if self.round.stage_timeout.is_zero() {
-            return Err(invalid("stage_timeout_ms", "must be positive"));
-        }
+        Ok(())
+    }
+
+    /// The FedAvg(M) step.
+    fn validate_aggregation(&self) -> Result<(), ConfigError> {
         if !(self.aggregation.server_lr.is_finite() && self.aggregation.server_lr > 0.0) {
             return Err(invalid("server_lr", "must be a positive number"));
         }
@@ -439,6 +459,11 @@ impl ServerConfig {
         {
             return Err(invalid("server_momentum", format!("{m} is not in [0, 1)")));
         }
+        Ok(())
+    }
+
+    /// The DP parameters, and that the noise can be planned.
+    fn validate_dp(&self) -> Result<(), ConfigError> {
         if self.dp.mode != DpMode::Off {
             if !(self.dp.noise_multiplier.is_finite() && self.dp.noise_multiplier > 0.0) {
                 return Err(invalid(
@@ -456,6 +481,12 @@ impl ServerConfig {
             // survivors to carry it) before the server listens.
             self.planned_mechanism(self.dim.unwrap_or(1))?;
         }
+        Ok(())
+    }
+
+    /// TLS, client authentication and identities: secure unless a
+    /// loopback experiment asks otherwise.
+    fn validate_network(&self) -> Result<(), ConfigError> {
         match (&self.network.tls_cert, &self.network.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid("tls_cert", "tls_cert and tls_key go together"));

@@ -369,3 +369,48 @@ impl ServerOverrides {
         file.into_overrides()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_overrides_the_file_and_the_file_the_defaults() {
+        let file = ServerOverrides::from_toml("min_clients = 7\nmax_clients = 9\n").unwrap();
+        let cli = ServerOverrides {
+            max_clients: Some(8),
+            insecure_dev: true,
+            ..ServerOverrides::default()
+        };
+        let c = ServerConfig::from_overrides(cli.or(file));
+        assert_eq!((c.round.min_clients, c.round.max_clients), (7, 8));
+        assert!(c.network.insecure_dev);
+        assert_eq!(c.round.dropout_rate, 0.1);
+    }
+
+    /// The file's keys are the flags' names, in the flags' order; a file
+    /// cannot switch security off.
+    #[test]
+    fn the_file_is_flat_and_lists_its_keys_when_one_is_unknown() {
+        let err = ServerOverrides::from_toml("insecure_dev = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `dim`, \
+                 `min_clients`, `max_clients`, `join_window_ms`, `graph`, `threshold`, \
+                 `min_survivors`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
+                 `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \
+                 `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
+                 `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
+                 `identities_file`, `metrics_listen`, `rounds`"
+            ),
+            "{err}"
+        );
+        let err = ServerOverrides::from_toml("threat_model = \"lying\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("config: threat_model: "),
+            "{err}"
+        );
+    }
+}
