@@ -15,7 +15,9 @@ use std::time::Duration;
 use tessera_aggregation::dp::accountant;
 use tessera_client::{Client, Stage};
 use tessera_server::ServerConfig;
-use tessera_server::config::{DpMode, GraphChoice, ThresholdRule};
+use tessera_server::config::{
+    DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules, ThresholdRule,
+};
 use tessera_server::fedavg::{Model, TensorSpec};
 use tessera_server::store::Store;
 use tessera_train::data::{self, Partitioning};
@@ -72,20 +74,29 @@ async fn main() -> anyhow::Result<()> {
     //    ROUNDS rounds spend EPSILON; any 9 of the 10 carry enough of it.
     let noise_multiplier = accountant::noise_multiplier(EPSILON, 1.0, ROUNDS, DELTA)?;
     let server = tessera_server::start(ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
         data_dir: dir.path().to_owned(),
-        min_clients: CLIENTS as u32,
-        max_clients: CLIENTS as u32,
-        join_window: Duration::ZERO,
-        graph: GraphChoice::Complete,
-        threshold: ThresholdRule::Count(CLIENTS as u32 - 1),
-        clip_norm: 0.5,
-        dp: DpMode::Distributed,
-        noise_multiplier,
-        epsilon_budget: EPSILON,
-        delta: DELTA,
-        insecure_dev: true,
         rounds: Some(ROUNDS),
+        network: NetworkSettings {
+            listen: "127.0.0.1:0".parse()?,
+            insecure_dev: true,
+            ..Default::default()
+        },
+        round: RoundRules {
+            min_clients: CLIENTS as u32,
+            max_clients: CLIENTS as u32,
+            join_window: Duration::ZERO,
+            graph: GraphChoice::Complete,
+            threshold: ThresholdRule::Count(CLIENTS as u32 - 1),
+            clip_norm: 0.5,
+            ..Default::default()
+        },
+        dp: DpSettings {
+            mode: DpMode::Distributed,
+            noise_multiplier,
+            epsilon_budget: EPSILON,
+            delta: DELTA,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     })
     .await?;

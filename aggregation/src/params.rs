@@ -94,6 +94,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::graph::GraphKind;
 
+mod resolve;
+pub use resolve::{
+    GraphRequest, ParamSource, ResolveError, RoundParams, ThresholdRule, resolve_round_params,
+};
+
 /// Statistical security in bits: the probability that a round leaks more
 /// than the sum of the honest survivors' inputs is at most 2^-40, the
 /// customary level for statistical (not computational) failure events and

@@ -19,7 +19,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregation::Stage;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{Params, ParamsRequest, ThreatModel, find_params};
+use tessera_aggregation::params::{
+    GraphRequest, ParamSource, ParamsRequest, ResolveError, RoundParams, ThreatModel,
+    ThresholdRule, resolve_round_params,
+};
 use tessera_aggregation::sim::Faults;
 use tessera_aggregation::sim::{self, Progress, SimConfig, SimError};
 
@@ -280,32 +283,53 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
         corrupt_rate: args.corrupt_rate,
         threat_model,
     };
-    let rates = format!(
-        "dropout rate {}, corrupt rate {}, {}",
-        args.dropout_rate, args.corrupt_rate, threat_model
+    let graph = graph_request(args)?;
+    let params = round_params(&request, graph, args.threshold)?;
+    let stages = stages_for(threat_model);
+    let drops = drops_by_stage(&args.drops, &stages)?;
+    let threshold_from_finder = params.threshold_source == ParamSource::Finder;
+    let warning = drop_warning(
+        n,
+        params.threshold,
+        &drops,
+        &stages,
+        threshold_from_finder,
+        args.dropout_rate,
     );
-    let asked_finder = std::cell::Cell::new(false);
-    // Asked only when a flag is missing, so explicit parameters never fail
-    // because the finder finds the rates infeasible.
-    let finder = || {
-        asked_finder.set(true);
-        find_params(&request)
+    let sim = SimConfig {
+        clients: n,
+        dim: args.dim,
+        graph: params.graph,
+        threshold: params.threshold,
+        bits: args.bits,
+        prg: args.prg.into(),
+        threat_model,
+        // The corrupt count the finder assumed is the one the
+        // malicious-server thresholds are checked against.
+        corrupt: params.corrupt,
+        drops,
+        seed: args.seed,
+        faults: args.faults,
     };
-    let finder_says = |p: &Params| match p.graph {
-        GraphKind::Complete => "the complete graph".to_owned(),
-        GraphKind::Harary { k } => format!("harary with k = {k}"),
-    };
+    Ok(Plan {
+        sim,
+        k: params.holders(n),
+        stages,
+        origin: origin(&request, graph, &params),
+        warning,
+        prg_name: args.prg.name(),
+    })
+}
 
-    let graph_arg = match (args.graph, args.neighbours) {
+/// The graph `--graph` and `--neighbours` ask for, once their combination
+/// and k are checked.
+fn graph_request(args: &SimulateArgs) -> anyhow::Result<GraphRequest> {
+    let n = args.clients;
+    Ok(match (args.graph, args.neighbours) {
         (Some(GraphArg::Complete), Some(_)) => {
             usage!("--neighbours applies only to --graph harary (the complete graph has k = n - 1)")
         }
-        (None, Some(_)) => Some(GraphArg::Harary),
-        (graph, _) => graph,
-    };
-
-    let (graph, finder_params, graph_source) = match (graph_arg, args.neighbours) {
-        (Some(GraphArg::Complete), _) => (GraphKind::Complete, None, "graph from --graph"),
+        (Some(GraphArg::Complete), None) => GraphRequest::Given(GraphKind::Complete),
         (_, Some(k)) => {
             if k < 2 || k % 2 == 1 || k >= n {
                 usage!(
@@ -313,81 +337,126 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
                      (use --graph complete for k = n - 1)"
                 );
             }
-            (GraphKind::Harary { k }, None, "k from --neighbours")
+            GraphRequest::Given(GraphKind::Harary { k })
         }
-        (Some(GraphArg::Harary), None) => match finder() {
-            Ok(p) if matches!(p.graph, GraphKind::Harary { .. }) => {
-                (p.graph, Some(p), "k from the parameter finder")
-            }
-            Ok(_) => usage!(
-                "--graph harary needs --neighbours K: the parameter finder chose the complete \
-                 graph for n = {n} ({rates})"
-            ),
-            Err(e) => {
-                usage!("--graph harary needs --neighbours K: the parameter finder failed: {e}")
-            }
-        },
-        (None, None) => match finder() {
-            Ok(p) => (p.graph, Some(p), "graph and k from the parameter finder"),
-            Err(e) => usage!(
-                "{e}; pass --graph and --threshold (and --neighbours for harary) to choose \
-                 the parameters yourself, or change --dropout-rate / --corrupt-rate"
-            ),
-        },
-    };
-    let k = match graph {
-        GraphKind::Complete => n - 1,
-        GraphKind::Harary { k } => k,
+        (Some(GraphArg::Harary), None) => GraphRequest::FinderHarary,
+        (None, None) => GraphRequest::Finder,
+    })
+}
+
+/// The graph and threshold ([`resolve_round_params`]): the finder fills in
+/// what the flags left out. An explicit `--threshold` must lie between 2
+/// and the share holders; below the threat model's floor it still runs.
+fn round_params(
+    request: &ParamsRequest,
+    graph: GraphRequest,
+    threshold: Option<u32>,
+) -> anyhow::Result<RoundParams> {
+    let n = request.clients;
+    let params = match resolve_round_params(request, graph, threshold.map(ThresholdRule::Count)) {
+        Ok(params) => params,
+        Err(ResolveError::FinderChoseComplete) => usage!(
+            "--graph harary needs --neighbours K: the parameter finder chose the complete \
+             graph for n = {n} ({})",
+            finder_inputs(request)
+        ),
+        Err(e) if graph == GraphRequest::FinderHarary => {
+            usage!("--graph harary needs --neighbours K: the parameter finder failed: {e}")
+        }
+        Err(e) => usage!(
+            "{e}; pass --graph and --threshold (and --neighbours for harary) to choose \
+             the parameters yourself, or change --dropout-rate / --corrupt-rate"
+        ),
     };
     // A client holds no share of its own secrets: its holders are its k
     // neighbours.
-    let holders = k;
-    let majority = holders / 2 + 1;
-    let majority_name = match graph {
-        GraphKind::Complete => "(n-1)/2+1",
-        GraphKind::Harary { .. } => "K/2+1",
-    };
+    let holders = params.holders(n);
+    if let Some(t) = threshold
+        && (t < 2 || t > holders)
+    {
+        let k = holders;
+        usage!(
+            "--threshold {t} must be between 2 and {holders}, the share holders per \
+             client (its {k} neighbours)"
+        );
+    }
+    Ok(params)
+}
 
-    let (threshold, threshold_source) = match args.threshold {
-        Some(t) => {
-            if t < 2 || t > holders {
-                usage!(
-                    "--threshold {t} must be between 2 and {holders}, the share holders per \
-                     client (its {k} neighbours)"
-                );
-            }
-            (t, "t from --threshold".to_owned())
+/// The finder's inputs, as the header and errors name them.
+fn finder_inputs(request: &ParamsRequest) -> String {
+    format!(
+        "dropout rate {}, corrupt rate {}, {}",
+        request.dropout_rate, request.corrupt_rate, request.threat_model
+    )
+}
+
+/// Where the graph, k and t came from, for the header (so nobody mistakes a
+/// default for a choice), with the finder's inputs if it was asked.
+fn origin(request: &ParamsRequest, graph: GraphRequest, params: &RoundParams) -> String {
+    let graph_origin = match graph {
+        GraphRequest::Given(GraphKind::Complete) => "graph from --graph",
+        GraphRequest::Given(GraphKind::Harary { .. }) => "k from --neighbours",
+        GraphRequest::FinderHarary => "k from the parameter finder",
+        GraphRequest::Finder => "graph and k from the parameter finder",
+    };
+    let mut origin = match (graph, params.threshold_source) {
+        (GraphRequest::Finder, ParamSource::Finder) => {
+            "graph, k and t from the parameter finder".to_owned()
         }
-        None => {
-            // The finder was already asked if it chose the graph; otherwise
-            // ask it now whether it would have chosen the same one.
-            let finder_result = match finder_params {
-                Some(p) => Ok(p),
-                None => finder(),
+        (GraphRequest::FinderHarary, ParamSource::Finder) => {
+            "k and t from the parameter finder".to_owned()
+        }
+        (_, source) => format!("{graph_origin}; {}", threshold_origin(source, params)),
+    };
+    if params.finder.is_some() {
+        origin.push_str(&format!(" [finder inputs: {}]", finder_inputs(request)));
+    }
+    origin
+}
+
+/// Where t came from; for a majority, why the finder's t was not taken.
+fn threshold_origin(source: ParamSource, params: &RoundParams) -> String {
+    match source {
+        ParamSource::Explicit => "t from --threshold".to_owned(),
+        ParamSource::Finder => "t from the parameter finder".to_owned(),
+        ParamSource::Majority | ParamSource::Floor => {
+            let name = match params.graph {
+                GraphKind::Complete => "(n-1)/2+1",
+                GraphKind::Harary { .. } => "K/2+1",
             };
-            match finder_result {
-                Ok(p) if p.graph == graph => (p.threshold, FINDER_T.to_owned()),
-                Ok(p) => (
-                    majority,
-                    format!(
-                        "t = {majority_name} = {majority} (the parameter finder chose {})",
-                        finder_says(&p)
-                    ),
-                ),
-                Err(e) => (
-                    majority,
-                    format!("t = {majority_name} = {majority} (the parameter finder failed: {e})"),
-                ),
+            let t = params.threshold;
+            match &params.finder {
+                Some(Ok(p)) => {
+                    let chose = match p.graph {
+                        GraphKind::Complete => "the complete graph".to_owned(),
+                        GraphKind::Harary { k } => format!("harary with k = {k}"),
+                    };
+                    format!("t = {name} = {t} (the parameter finder chose {chose})")
+                }
+                Some(Err(e)) => format!("t = {name} = {t} (the parameter finder failed: {e})"),
+                None => format!("t = {name} = {t}"),
             }
         }
-    };
+    }
+}
 
-    let stages: Vec<Stage> = Stage::ALL
+/// The stages a round runs under this threat model, in order.
+fn stages_for(threat_model: ThreatModel) -> Vec<Stage> {
+    Stage::ALL
         .into_iter()
         .filter(|s| *s != Stage::ConsistencyCheck || threat_model.guards_dropout_story())
-        .collect();
+        .collect()
+}
+
+/// The `--drop` flags by stage: each for a stage the round runs, at most
+/// once.
+fn drops_by_stage(
+    flags: &[(Stage, f64)],
+    stages: &[Stage],
+) -> anyhow::Result<BTreeMap<Stage, f64>> {
     let mut drops = BTreeMap::new();
-    for &(stage, fraction) in &args.drops {
+    for &(stage, fraction) in flags {
         if !stages.contains(&stage) {
             usage!(
                 "--drop {stage}=...: the {stage} stage runs only with --threat-model semi-malicious"
@@ -397,54 +466,8 @@ pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
             usage!("--drop given twice for {stage}");
         }
     }
-
-    let threshold_from_finder = threshold_source == FINDER_T;
-    let warning = drop_warning(
-        n,
-        threshold,
-        &drops,
-        &stages,
-        threshold_from_finder,
-        args.dropout_rate,
-    );
-    let mut origin = match (graph_source, threshold_from_finder) {
-        ("graph and k from the parameter finder", true) => {
-            "graph, k and t from the parameter finder".to_owned()
-        }
-        ("k from the parameter finder", true) => "k and t from the parameter finder".to_owned(),
-        _ => format!("{graph_source}; {threshold_source}"),
-    };
-    if asked_finder.get() {
-        origin.push_str(&format!(" [finder inputs: {rates}]"));
-    }
-
-    let sim = SimConfig {
-        clients: n,
-        dim: args.dim,
-        graph,
-        threshold,
-        bits: args.bits,
-        prg: args.prg.into(),
-        threat_model,
-        // The corrupt rate the finder assumed is the one the
-        // malicious-server thresholds are checked against.
-        corrupt: tessera_aggregation::params::worst_count(args.corrupt_rate, n),
-        drops,
-        seed: args.seed,
-        faults: args.faults,
-    };
-    Ok(Plan {
-        sim,
-        k,
-        stages,
-        origin,
-        warning,
-        prg_name: args.prg.name(),
-    })
+    Ok(drops)
 }
-
-/// How the header says t came from the finder.
-const FINDER_T: &str = "t from the parameter finder";
 
 /// A warning when the drops asked for will, or may well, abort every round:
 /// the user probably wants to know before waiting for them.
@@ -482,6 +505,7 @@ fn drop_warning(
 mod tests {
     use super::*;
     use clap::Parser;
+    use tessera_aggregation::params::find_params;
 
     /// Parses `tessera simulate <flags>` the way the binary does.
     #[derive(Debug, Parser)]

@@ -36,6 +36,7 @@ pub mod fedavg;
 pub mod files;
 mod lobby;
 pub mod metrics;
+pub mod planning;
 mod round;
 mod scheduler;
 pub mod service;
@@ -235,18 +236,19 @@ impl RunningServer {
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
-    if config.insecure_dev {
+    if config.network.insecure_dev {
         warn!(
             "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {} can join rounds. Never use this outside a local experiment.",
-            config.listen
+            config.network.listen
         );
     }
     let tokens = config
+        .network
         .tokens_file
         .as_deref()
         .map(auth::TokenStore::load)
         .transpose()?;
-    let enrolled = match &config.identities_file {
+    let enrolled = match &config.network.identities_file {
         None => None,
         Some(path) => {
             let bad = |reason: String| ServeError::Identities {
@@ -262,11 +264,11 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             Some(list)
         }
     };
-    let tls = match (&config.tls_cert, &config.tls_key) {
+    let tls = match (&config.network.tls_cert, &config.network.tls_key) {
         (Some(cert), Some(key)) => Some(tls::server_tls_config(&tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
-            client_ca: config.tls_client_ca.clone(),
+            client_ca: config.network.tls_client_ca.clone(),
         })?),
         _ => None,
     };
@@ -312,17 +314,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         }
         .validate()?;
     }
-    let ledger = match (config.dp, store.ledger()) {
+    let ledger = match (config.dp.mode, store.ledger()) {
         (DpMode::Central | DpMode::Distributed, Some(ledger)) => Some(ledger.clone()),
         (DpMode::Central | DpMode::Distributed, None) => Some(
-            PrivacyLedger::new(config.epsilon_budget, config.delta)
+            PrivacyLedger::new(config.dp.epsilon_budget, config.dp.delta)
                 .map_err(|e| ServeError::Model(format!("privacy ledger: {e}")))?,
         ),
         (DpMode::Off, _) => None,
     };
-    let mut fedavg = FedAvg::new(config.server_lr, config.server_momentum)
-        .map_err(|e| ServeError::Model(e.to_string()))?;
-    if config.server_momentum.is_some()
+    let mut fedavg = FedAvg::new(
+        config.aggregation.server_lr,
+        config.aggregation.server_momentum,
+    )
+    .map_err(|e| ServeError::Model(e.to_string()))?;
+    if config.aggregation.server_momentum.is_some()
         && let Some(velocity) = store.velocity()
     {
         fedavg.set_velocity(velocity);
@@ -337,19 +342,21 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             .map_err(|e| ServeError::Round(format!("OS randomness unavailable: {e}")))?,
     };
 
-    let listener = bind(config.listen, config.max_clients).map_err(|source| ServeError::Bind {
-        addr: config.listen,
-        source,
+    let listener = bind(config.network.listen, config.round.max_clients).map_err(|source| {
+        ServeError::Bind {
+            addr: config.network.listen,
+            source,
+        }
     })?;
     let local_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: config.listen,
+        addr: config.network.listen,
         source,
     })?;
-    if let Some(addr) = config.metrics_listen {
+    if let Some(addr) = config.network.metrics_listen {
         metrics::install_prometheus(addr)?;
     }
 
-    let max_frame = max_frame_bytes(dim, config.max_clients);
+    let max_frame = max_frame_bytes(dim, config.round.max_clients);
     let shared = Arc::new(Shared {
         dim,
         tokens,

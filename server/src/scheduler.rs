@@ -96,13 +96,13 @@ pub(crate) async fn run(
 /// and takes the round's participants from the lobby.
 async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<Participant>> {
     let config = &shared.config;
-    let min = config.min_clients as usize;
-    let max = config.max_clients as usize;
+    let min = config.round.min_clients as usize;
+    let max = config.round.max_clients as usize;
     loop {
         let waiting = shared.lobby.waiting();
         metrics::lobby(waiting as u32);
         if waiting >= min {
-            let window = tokio::time::Instant::now() + config.join_window;
+            let window = tokio::time::Instant::now() + config.round.join_window;
             while shared.lobby.waiting() < max {
                 tokio::select! {
                     () = shared.lobby.changed() => {}
@@ -158,10 +158,10 @@ async fn run_round(
     round_config.graph = graph;
     round_config.graph_seed = training.rng.random();
     round_config.bits = bits;
-    round_config.prg = config.prg;
-    round_config.threat_model = config.threat_model;
+    round_config.prg = config.round.prg;
+    round_config.threat_model = config.round.threat_model;
     round_config.corrupt = config.corrupt_count(n);
-    round_config.stage_timeout = config.stage_timeout;
+    round_config.stage_timeout = config.round.stage_timeout;
 
     let mut record = RoundRecord {
         round: round_id,
@@ -321,14 +321,14 @@ fn release(
     // What this release spends: central noise is added here, on a sum the
     // server saw; distributed noise is already in the sum, carried by the
     // contributors, of which only the honest ones count.
-    let central = match config.dp {
+    let central = match config.dp.mode {
         DpMode::Central => Some(
-            CentralDp::new(plan.fixed_point, config.noise_multiplier, dim)
+            CentralDp::new(plan.fixed_point, config.dp.noise_multiplier, dim)
                 .map_err(|e| round_error(&e))?,
         ),
         _ => None,
     };
-    let mechanism = match (config.dp, &plan.distributed, &central) {
+    let mechanism = match (config.dp.mode, &plan.distributed, &central) {
         (DpMode::Off, _, _) => None,
         (DpMode::Central, _, Some(central)) => Some(central.mechanism()),
         (DpMode::Distributed, Some(encoding), _) => Some(
@@ -348,7 +348,7 @@ fn release(
     // added to a sum the server saw, only against the model's consumers.
     let mut epsilon = 0.0;
     if let Some(mechanism) = mechanism {
-        let adversary = match config.dp {
+        let adversary = match config.dp.mode {
             DpMode::Central => Adversary::ModelConsumers,
             _ => Adversary::Server,
         };
@@ -384,8 +384,8 @@ fn release(
             survivors: contributors,
             dropped: plan.clients - contributors,
             epsilon,
-            delta: if config.dp != DpMode::Off {
-                config.delta
+            delta: if config.dp.mode != DpMode::Off {
+                config.dp.delta
             } else {
                 0.0
             },
@@ -409,6 +409,7 @@ mod tests {
     use tessera_aggregation::ClientId;
 
     use super::*;
+    use crate::config::{AggregationSettings, DpSettings, RoundRules};
     use crate::fedavg::Model;
     use crate::store::inspect;
 
@@ -455,11 +456,20 @@ mod tests {
             for failure in ["fedavg", "store"] {
                 let tmp = tempfile::tempdir().unwrap();
                 let config = ServerConfig {
-                    dp,
-                    noise_multiplier: 0.5,
-                    // FedAvg's step lr * mean overflows a weight at f32::MAX.
-                    server_lr: if failure == "fedavg" { 1e38 } else { 1.0 },
-                    min_survivors: Some(crate::config::ThresholdRule::Count(3)),
+                    round: RoundRules {
+                        min_survivors: Some(crate::config::ThresholdRule::Count(3)),
+                        ..Default::default()
+                    },
+                    dp: DpSettings {
+                        mode: dp,
+                        noise_multiplier: 0.5,
+                        ..Default::default()
+                    },
+                    aggregation: AggregationSettings {
+                        // FedAvg's step lr * mean overflows a weight at f32::MAX.
+                        server_lr: if failure == "fedavg" { 1e38 } else { 1.0 },
+                        ..Default::default()
+                    },
                     ..ServerConfig::default()
                 };
                 let model = Model::new(
@@ -473,7 +483,7 @@ mod tests {
                 let mut training = Training {
                     model,
                     version: 1,
-                    fedavg: FedAvg::new(config.server_lr, None).unwrap(),
+                    fedavg: FedAvg::new(config.aggregation.server_lr, None).unwrap(),
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
                 };

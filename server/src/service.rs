@@ -76,7 +76,7 @@ impl AggregatorService {
                 .map(|identity| identity.to_string())
                 .ok_or_else(|| refuse("the bearer token is not valid"));
         }
-        if self.shared.config.tls_client_ca.is_some() {
+        if self.shared.config.network.tls_client_ca.is_some() {
             // The TLS layer already checked the chain; the leaf's digest
             // names the client.
             let certs = request
@@ -141,7 +141,7 @@ fn admit(
     let _ = tx.try_send(Ok(v1::ServerFrame {
         frame: Some(server_frame::Frame::Lobby(v1::Lobby {
             waiting: waiting as u32,
-            min_clients: shared.config.min_clients,
+            min_clients: shared.config.round.min_clients,
         })),
     }));
     Ok(())
@@ -337,7 +337,7 @@ impl Aggregator for AggregatorService {
         let name = entry.name.clone();
         tokio::spawn(async move {
             let mut inbound = inbound;
-            let deadline = shared.config.stage_timeout;
+            let deadline = shared.config.round.stage_timeout;
             let proved = match tokio::time::timeout(deadline, inbound.message()).await {
                 Err(_) => Err(refuse(
                     Code::Unauthenticated,

@@ -21,6 +21,7 @@ use tessera_aggregation::{ClientId, ClientSession, RoundConfig, Stage};
 use tessera_proto::v1::aggregator_client::AggregatorClient;
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tessera_proto::{PROTOCOL_VERSION, error_detail};
+use tessera_server::config::{NetworkSettings, RoundRules};
 use tessera_server::{RunningServer, ServerConfig, auth, tls};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -96,27 +97,33 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let mut config = ServerConfig {
-            listen: "127.0.0.1:0".parse().expect("addr"),
             data_dir: data_dir.clone(),
             dim: Some(options.dim),
-            min_clients: options.min_clients,
-            max_clients: options.min_clients,
-            join_window: Duration::from_millis(0),
-            graph: options.graph.parse().expect("graph"),
-            stage_timeout: options.stage_timeout,
             rounds: options.rounds,
+            network: NetworkSettings {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                ..Default::default()
+            },
+            round: RoundRules {
+                min_clients: options.min_clients,
+                max_clients: options.min_clients,
+                join_window: Duration::from_millis(0),
+                graph: options.graph.parse().expect("graph"),
+                stage_timeout: options.stage_timeout,
+                ..Default::default()
+            },
             ..ServerConfig::default()
         };
         let mut tokens = Vec::new();
         let mut ca_pem = None;
         match options.tls_tokens {
-            None => config.insecure_dev = true,
+            None => config.network.insecure_dev = true,
             Some(count) => {
                 let files =
                     tls::write_self_signed(dir.path(), &["localhost".to_owned()]).expect("cert");
                 ca_pem = Some(std::fs::read(&files.cert).expect("read cert"));
-                config.tls_cert = Some(files.cert);
-                config.tls_key = Some(files.key);
+                config.network.tls_cert = Some(files.cert);
+                config.network.tls_key = Some(files.key);
                 let tokens_file = dir.path().join("tokens.txt");
                 let mut rng = rand::rngs::StdRng::seed_from_u64(7);
                 for i in 0..count {
@@ -125,7 +132,7 @@ impl TestServer {
                         .expect("append token");
                     tokens.push(token.expose().to_owned());
                 }
-                config.tokens_file = Some(tokens_file);
+                config.network.tokens_file = Some(tokens_file);
             }
         }
         let mut identities = Vec::new();
@@ -139,8 +146,8 @@ impl TestServer {
             }
             let path = dir.path().join("enrolled.txt");
             std::fs::write(&path, list).expect("write allow-list");
-            config.threat_model = ThreatModel::MaliciousServer;
-            config.identities_file = Some(path);
+            config.round.threat_model = ThreatModel::MaliciousServer;
+            config.network.identities_file = Some(path);
         }
         let trusted = identities.iter().map(|k| k.verifying_key()).collect();
         (options.tweak)(&mut config);

@@ -17,9 +17,9 @@ const THRESHOLD: u32 = 4;
 const Z: f64 = 0.5;
 
 fn distributed(config: &mut tessera_server::ServerConfig) {
-    config.dp = DpMode::Distributed;
-    config.noise_multiplier = Z;
-    config.epsilon_budget = 100.0;
+    config.dp.mode = DpMode::Distributed;
+    config.dp.noise_multiplier = Z;
+    config.dp.epsilon_budget = 100.0;
 }
 
 /// Runs one round where client 0 drops before `drop` (if any); returns the
@@ -116,7 +116,7 @@ async fn distributed_dp_noises_the_average_and_the_ledger_accounts_the_survivors
 /// A quarter of the 8 clients may collude with the server: 2 corrupt.
 fn distributed_with_colluders(config: &mut tessera_server::ServerConfig) {
     distributed(config);
-    config.corrupt_rate = 0.25;
+    config.round.corrupt_rate = 0.25;
 }
 
 /// Colluders know their own noise and subtract it: with 2 of 8 clients

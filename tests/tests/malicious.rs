@@ -20,7 +20,7 @@ async fn enrolled_clients_complete_a_signed_round_and_strangers_are_refused() {
         identities: Some(6),
         // Bonawitz et al.'s t > (n + corrupt) / 2 on the complete graph: 4
         // of 6 (a majority of the 5 share holders, 3, is below it).
-        tweak: |c| c.threshold = tessera_server::config::ThresholdRule::Count(4),
+        tweak: |c| c.round.threshold = tessera_server::config::ThresholdRule::Count(4),
         ..ServerOptions::default()
     })
     .await;

@@ -5,27 +5,36 @@
 use std::time::Duration;
 
 use tessera_server::ServerConfig;
-use tessera_server::config::{DpMode, ThresholdRule};
+use tessera_server::config::{DpMode, DpSettings, NetworkSettings, RoundRules, ThresholdRule};
 
 /// A distributed-DP configuration whose ring is wide enough for a model of
 /// dimension 1 but not for one of 10,000 (conditional rounding's norm bound
 /// grows with `sqrt(dim)`, and the wrap bound is a union over coordinates).
 fn narrow_ring(data_dir: std::path::PathBuf, dim: Option<u32>, bits: Option<u8>) -> ServerConfig {
     ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
         data_dir,
         dim,
-        min_clients: 3,
-        max_clients: 10,
-        join_window: Duration::from_millis(0),
-        graph: "complete".parse().unwrap(),
-        min_survivors: Some(ThresholdRule::Fraction(0.5)),
-        insecure_dev: true,
-        dp: DpMode::Distributed,
-        noise_multiplier: 1.0,
-        epsilon_budget: 100.0,
-        frac_bits: 4,
-        bits,
+        network: NetworkSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            insecure_dev: true,
+            ..Default::default()
+        },
+        round: RoundRules {
+            min_clients: 3,
+            max_clients: 10,
+            join_window: Duration::from_millis(0),
+            graph: "complete".parse().unwrap(),
+            min_survivors: Some(ThresholdRule::Fraction(0.5)),
+            frac_bits: 4,
+            bits,
+            ..Default::default()
+        },
+        dp: DpSettings {
+            mode: DpMode::Distributed,
+            noise_multiplier: 1.0,
+            epsilon_budget: 100.0,
+            ..Default::default()
+        },
         ..ServerConfig::default()
     }
 }

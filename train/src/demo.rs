@@ -34,7 +34,10 @@ use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::IdentityKey;
 use tessera_aggregation::params::ThreatModel;
 use tessera_client::{Client, ClientError, Participation};
-use tessera_server::config::{DpMode, GraphChoice, ThresholdRule};
+use tessera_server::config::{
+    AggregationSettings, DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules,
+    ThresholdRule,
+};
 use tessera_server::fedavg::{Model, TensorSpec};
 use tessera_server::store::Store;
 use tessera_server::{RunningServer, ServerConfig};
@@ -438,39 +441,49 @@ async fn deploy(
         identities_file = Some(path);
     }
     let config = ServerConfig {
-        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        network: NetworkSettings {
+            listen: "127.0.0.1:0".parse().expect("loopback address"),
+            tls_cert: Some(tls.cert),
+            tls_key: Some(tls.key),
+            tokens_file: Some(tokens_file),
+            identities_file,
+            ..NetworkSettings::default()
+        },
         data_dir,
         dim: Some(model.dim() as u32),
-        min_clients: cfg.clients as u32,
-        max_clients: cfg.clients as u32,
-        join_window: Duration::ZERO,
-        // SecAgg+: the finder's sparse graph and per-neighbourhood
-        // threshold, for the planned dropout rate.
-        graph: GraphChoice::Auto,
-        dropout_rate: cfg.dropout.max(0.01),
-        min_survivors: Some(ThresholdRule::Count(cfg.min_survivors())),
-        clip_norm: cfg.clip_norm,
-        server_lr: cfg.server_lr,
-        server_momentum: cfg.server_momentum,
-        dp: match cfg.dp {
-            DpChoice::Off => DpMode::Off,
-            DpChoice::Central => DpMode::Central,
-            DpChoice::Distributed => DpMode::Distributed,
+        round: RoundRules {
+            min_clients: cfg.clients as u32,
+            max_clients: cfg.clients as u32,
+            join_window: Duration::ZERO,
+            // SecAgg+: the finder's sparse graph and per-neighbourhood
+            // threshold, for the planned dropout rate.
+            graph: GraphChoice::Auto,
+            dropout_rate: cfg.dropout.max(0.01),
+            min_survivors: Some(ThresholdRule::Count(cfg.min_survivors())),
+            clip_norm: cfg.clip_norm,
+            threat_model: cfg.threat_model,
+            ..RoundRules::default()
         },
-        noise_multiplier: if cfg.dp == DpChoice::Off {
-            1.0
-        } else {
-            noise_multiplier
+        aggregation: AggregationSettings {
+            server_lr: cfg.server_lr,
+            server_momentum: cfg.server_momentum,
         },
-        epsilon_budget: cfg.epsilon,
-        delta: cfg.delta,
-        tls_cert: Some(tls.cert),
-        tls_key: Some(tls.key),
-        tokens_file: Some(tokens_file),
-        threat_model: cfg.threat_model,
-        identities_file,
+        dp: DpSettings {
+            mode: match cfg.dp {
+                DpChoice::Off => DpMode::Off,
+                DpChoice::Central => DpMode::Central,
+                DpChoice::Distributed => DpMode::Distributed,
+            },
+            noise_multiplier: if cfg.dp == DpChoice::Off {
+                1.0
+            } else {
+                noise_multiplier
+            },
+            epsilon_budget: cfg.epsilon,
+            delta: cfg.delta,
+            ..DpSettings::default()
+        },
         rounds: Some(cfg.rounds),
-        ..ServerConfig::default()
     };
     let n = cfg.clients as u32;
     let (graph, threshold) = config

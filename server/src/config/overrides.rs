@@ -1,0 +1,416 @@
+//! The server's settings as its operator gives them: one table, below,
+//! lists each setting once (its name, the type it is given as, its help
+//! text, and where it goes in [`ServerConfig`]), and generates from it
+//!
+//! - [`ServerOverrides`], every setting optional: the command line fills it
+//!   (`tessera serve` flattens it into its flags, with the `clap` feature),
+//!   and so does the flat TOML file;
+//! - the TOML file's shape, flat as the flags are (keys are the flag names
+//!   with underscores), unknown keys refused;
+//! - the one merge, [`ServerOverrides::or`], and [`ServerConfig::apply`],
+//!   which writes what was given over the defaults.
+//!
+//! Layers go lowest first: defaults, then the file, then the command line
+//! (`cli.or(file)`); a further source such as environment variables is one
+//! more `or`. Defaults live with the groups they belong to
+//! ([`ServerConfig::default`]), and every check in
+//! [`ServerConfig::validate`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tessera_aggregation::dp::mechanism::NoiseKind;
+use tessera_aggregation::mask::Prg;
+use tessera_aggregation::params::ThreatModel;
+
+use super::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};
+
+/// A setting's value in one layer: given, or left to the layers below.
+trait Layer: Sized {
+    /// The value to write into the configuration, if this layer gives one.
+    type Value;
+    /// `self` where given, else `lower`.
+    fn or(self, lower: Self) -> Self;
+    /// The value, if given.
+    fn given(self) -> Option<Self::Value>;
+}
+
+impl<T> Layer for Option<T> {
+    type Value = T;
+    fn or(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+    fn given(self) -> Option<T> {
+        self
+    }
+}
+
+/// A flag: it can only switch something on.
+impl Layer for bool {
+    type Value = bool;
+    fn or(self, lower: Self) -> Self {
+        self || lower
+    }
+    fn given(self) -> Option<bool> {
+        self.then_some(true)
+    }
+}
+
+/// The type a setting has in the TOML file: as given, or a string parsed
+/// after the file is read (so a bad value is named by its setting).
+macro_rules! file_type {
+    (typed, $ty:ty) => { $ty };
+    (parsed, $ty:ty) => { Option<String> };
+}
+
+/// A setting's value read from the file, as its [`ServerOverrides`] type.
+macro_rules! file_value {
+    (typed, $key:ident, $value:expr) => {
+        $value
+    };
+    (parsed $parse:path, $key:ident, $value:expr) => {
+        $value
+            .map(|s| $parse(&s).map_err(|e| invalid(stringify!($key), e.to_string())))
+            .transpose()?
+    };
+}
+
+/// The settings table: see the module docs. Each entry is the help text (the
+/// flag's, as `tessera serve --help` prints it), clap's attributes, an
+/// optional serde attribute for the file's key, the setting's name and
+/// type, how the file gives it (`typed` as that type, `parsed FN` as a
+/// string), and how it is written into the configuration.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        #[arg($($arg:tt)*)]
+        $(#[serde($($serde:tt)*)])?
+        $key:ident: $ty:ty, $file:ident $($parse:path)?,
+        |$c:ident, $v:ident| $apply:expr;
+    )*) => {
+        /// Settings given by one source (the command line, the TOML file),
+        /// each left `None` (or `false`) when not given; see the module docs.
+        #[derive(Clone, Debug, Default, PartialEq)]
+        #[cfg_attr(feature = "clap", derive(clap::Args))]
+        #[non_exhaustive]
+        pub struct ServerOverrides {
+            $(
+                $(#[doc = $doc])*
+                #[cfg_attr(feature = "clap", arg(long, $($arg)*))]
+                pub $key: $ty,
+            )*
+        }
+
+        /// The TOML file's shape: flat, every key optional, unknown keys
+        /// refused.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileOverrides {
+            $(
+                $(#[serde($($serde)*)])?
+                $key: file_type!($file, $ty),
+            )*
+        }
+
+        impl FileOverrides {
+            /// The file's settings, its strings parsed.
+            fn into_overrides(self) -> Result<ServerOverrides, ConfigError> {
+                Ok(ServerOverrides {
+                    $( $key: file_value!($file $($parse)?, $key, self.$key), )*
+                })
+            }
+        }
+
+        impl ServerOverrides {
+            /// Each setting from `self` where given, else from `lower`:
+            /// `command_line.or(file)`.
+            #[must_use]
+            pub fn or(self, lower: ServerOverrides) -> ServerOverrides {
+                ServerOverrides {
+                    $( $key: Layer::or(self.$key, lower.$key), )*
+                }
+            }
+        }
+
+        impl ServerConfig {
+            /// Writes every setting `overrides` gives over `self`.
+            pub fn apply(&mut self, overrides: ServerOverrides) {
+                $(
+                    if let Some($v) = Layer::given(overrides.$key) {
+                        let $c: &mut ServerConfig = self;
+                        $apply;
+                    }
+                )*
+            }
+        }
+    };
+}
+
+settings! {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(value_name = "ADDR")]
+    listen: Option<SocketAddr>, typed,
+    |c, v| c.network.listen = v;
+
+    /// Directory of the durable state (models, round records, ledger).
+    #[arg(value_name = "DIR")]
+    data_dir: Option<PathBuf>, typed,
+    |c, v| c.data_dir = v;
+
+    /// Model dimension (required for a new data directory).
+    #[arg(value_name = "D")]
+    dim: Option<u32>, typed,
+    |c, v| c.dim = Some(v);
+
+    /// Clients to wait for before a round opens (at least 3).
+    #[arg(value_name = "N")]
+    min_clients: Option<u32>, typed,
+    |c, v| c.round.min_clients = v;
+
+    /// Most clients in one round.
+    #[arg(value_name = "N")]
+    max_clients: Option<u32>, typed,
+    |c, v| c.round.max_clients = v;
+
+    /// After --min-clients wait, keep the lobby open this long for more.
+    #[arg(value_name = "MS")]
+    join_window_ms: Option<u64>, typed,
+    |c, v| c.round.join_window = Duration::from_millis(v);
+
+    /// Neighbour graph: complete, harary:K, or auto (SecAgg+ finder); the
+    /// malicious-server threat model runs on the complete graph only.
+    #[arg(value_name = "GRAPH")]
+    graph: Option<GraphChoice>, parsed GraphChoice::from_str,
+    |c, v| c.round.graph = v;
+
+    /// Shamir threshold rule: majority (of a client's share holders, its
+    /// neighbours; raised to the threat model's floor), a fraction such as
+    /// 0.66, or a count; an explicit rule below the floor is refused.
+    #[arg(value_name = "RULE")]
+    threshold: Option<ThresholdRule>, parsed ThresholdRule::from_str,
+    |c, v| c.round.threshold = v;
+
+    /// Floor on every stage's survivors above the threshold (a fraction of
+    /// the round's clients or a count); distributed DP is calibrated for it.
+    #[arg(value_name = "RULE")]
+    min_survivors: Option<ThresholdRule>, parsed ThresholdRule::from_str,
+    |c, v| c.round.min_survivors = Some(v);
+
+    /// Expected dropout fraction (for --graph auto) [default: 0.1].
+    #[arg(value_name = "RATE")]
+    dropout_rate: Option<f64>, typed,
+    |c, v| c.round.dropout_rate = v;
+
+    /// Fraction of clients that may collude with the server: the finder's
+    /// input for --graph auto, and the count every threshold must hold
+    /// against [default: 0.05].
+    #[arg(value_name = "RATE")]
+    corrupt_rate: Option<f64>, typed,
+    |c, v| c.round.corrupt_rate = v;
+
+    /// Threat model every round runs under.
+    #[arg()]
+    threat_model: Option<ThreatModel>, parsed ThreatModel::from_str,
+    |c, v| c.round.threat_model = v;
+
+    /// Mask PRG.
+    #[arg()]
+    prg: Option<Prg>, parsed Prg::from_str,
+    |c, v| c.round.prg = v;
+
+    /// Ring width in bits (default: the smallest that cannot wrap; a smaller
+    /// one is refused with the smallest safe value).
+    #[arg(value_name = "BITS")]
+    bits: Option<u8>, typed,
+    |c, v| c.round.bits = Some(v);
+
+    /// Fixed-point scale: values are multiplied by 2^F.
+    #[arg(value_name = "F")]
+    frac_bits: Option<u8>, typed,
+    |c, v| c.round.frac_bits = v;
+
+    /// L2 norm clients clip their updates to.
+    #[arg(value_name = "C")]
+    clip_norm: Option<f32>, typed,
+    |c, v| c.round.clip_norm = v;
+
+    /// Deadline of each stage, in milliseconds.
+    #[arg(value_name = "MS")]
+    stage_timeout_ms: Option<u64>, typed,
+    |c, v| c.round.stage_timeout = Duration::from_millis(v);
+
+    /// FedAvg server learning rate.
+    #[arg(value_name = "LR")]
+    server_lr: Option<f32>, typed,
+    |c, v| c.aggregation.server_lr = v;
+
+    /// FedAvgM server momentum in [0, 1).
+    #[arg(value_name = "BETA")]
+    server_momentum: Option<f32>, typed,
+    |c, v| c.aggregation.server_momentum = Some(v);
+
+    /// Differential privacy: off, central (the server adds Gaussian noise)
+    /// or distributed (clients add integer noise; the server never sees an
+    /// un-noised sum).
+    #[arg(value_name = "MODE", value_parser = DpMode::from_str)]
+    dp: Option<DpMode>, parsed DpMode::from_str,
+    |c, v| c.dp.mode = v;
+
+    /// Distributed DP noise: discrete-gaussian (default) or skellam.
+    #[arg(value_parser = noise_parser())]
+    dp_noise: Option<NoiseKind>, parsed parse_noise,
+    |c, v| c.dp.noise = v;
+
+    /// DP noise multiplier z: noise std over the sensitivity (central: z *
+    /// clip norm; distributed: carried by any --min-survivors survivors).
+    #[arg(value_name = "Z")]
+    noise_multiplier: Option<f64>, typed,
+    |c, v| c.dp.noise_multiplier = v;
+
+    /// Total epsilon the server may spend.
+    #[arg(value_name = "EPS")]
+    epsilon_budget: Option<f64>, typed,
+    |c, v| c.dp.epsilon_budget = v;
+
+    /// Delta of the (epsilon, delta) guarantee.
+    #[arg(value_name = "DELTA")]
+    delta: Option<f64>, typed,
+    |c, v| c.dp.delta = v;
+
+    /// TLS certificate chain (PEM).
+    #[arg(value_name = "FILE")]
+    tls_cert: Option<PathBuf>, typed,
+    |c, v| c.network.tls_cert = Some(v);
+
+    /// TLS private key (PEM).
+    #[arg(value_name = "FILE")]
+    tls_key: Option<PathBuf>, typed,
+    |c, v| c.network.tls_key = Some(v);
+
+    /// CA for client certificates (mTLS).
+    #[arg(value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>, typed,
+    |c, v| c.network.tls_client_ca = Some(v);
+
+    /// Bearer tokens file (`NAME sha256:HEX` lines; see `tessera token`).
+    #[arg(value_name = "FILE")]
+    tokens_file: Option<PathBuf>, typed,
+    |c, v| c.network.tokens_file = Some(v);
+
+    /// Allow-list of enrolled client identities (`NAME ed25519:HEX` lines;
+    /// see `tessera keygen`): required with --threat-model malicious-server.
+    #[arg(value_name = "FILE")]
+    identities_file: Option<PathBuf>, typed,
+    |c, v| c.network.identities_file = Some(v);
+
+    /// No TLS and no authentication, loopback only: for local experiments.
+    // A command-line flag only: a file cannot switch security off.
+    #[arg()]
+    #[serde(skip)]
+    insecure_dev: bool, typed,
+    |c, v| c.network.insecure_dev = v;
+
+    /// Serve Prometheus metrics on this address (/metrics).
+    #[arg(value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>, typed,
+    |c, v| c.network.metrics_listen = Some(v);
+
+    /// Stop after this many rounds.
+    #[arg(value_name = "R")]
+    rounds: Option<u64>, typed,
+    |c, v| c.rounds = Some(v);
+}
+
+/// The names of distributed DP's noises, on the command line and in the
+/// file.
+fn parse_noise(s: &str) -> Result<NoiseKind, String> {
+    match s {
+        "discrete-gaussian" => Ok(NoiseKind::DiscreteGaussian),
+        "skellam" => Ok(NoiseKind::Skellam),
+        other => Err(format!(
+            "'{other}' is not a noise: expected discrete-gaussian or skellam"
+        )),
+    }
+}
+
+/// `--dp-noise`: the names [`parse_noise`] takes, listed in `--help`.
+#[cfg(feature = "clap")]
+fn noise_parser() -> impl clap::builder::TypedValueParser<Value = NoiseKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["discrete-gaussian", "skellam"])
+        .try_map(|s| parse_noise(&s))
+}
+
+impl ServerOverrides {
+    /// Reads a TOML file's settings.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text's settings.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let file: FileOverrides = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<toml>"),
+            message: e.to_string(),
+        })?;
+        file.into_overrides()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_overrides_the_file_and_the_file_the_defaults() {
+        let file = ServerOverrides::from_toml("min_clients = 7\nmax_clients = 9\n").unwrap();
+        let cli = ServerOverrides {
+            max_clients: Some(8),
+            insecure_dev: true,
+            ..ServerOverrides::default()
+        };
+        let c = ServerConfig::from_overrides(cli.or(file));
+        assert_eq!((c.round.min_clients, c.round.max_clients), (7, 8));
+        assert!(c.network.insecure_dev);
+        assert_eq!(c.round.dropout_rate, 0.1);
+    }
+
+    /// The file's keys are the flags' names, in the flags' order; a file
+    /// cannot switch security off.
+    #[test]
+    fn the_file_is_flat_and_lists_its_keys_when_one_is_unknown() {
+        let err = ServerOverrides::from_toml("insecure_dev = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `dim`, \
+                 `min_clients`, `max_clients`, `join_window_ms`, `graph`, `threshold`, \
+                 `min_survivors`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
+                 `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \
+                 `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
+                 `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
+                 `identities_file`, `metrics_listen`, `rounds`"
+            ),
+            "{err}"
+        );
+        let err = ServerOverrides::from_toml("threat_model = \"lying\"\n").unwrap_err();
+        assert!(
+            err.to_string().starts_with("config: threat_model: "),
+            "{err}"
+        );
+    }
+}
