@@ -137,17 +137,8 @@ fn draw_stage_chart(root: &Canvas<'_>, reports: &[RoundReport], plan: &Plan) -> 
         .map(|r| r.stage_seconds.values().sum::<f64>())
         .fold(0.0, f64::max);
     let y_max = (tallest * 1.15).max(1e-3);
-    let sim = &plan.sim;
-    let caption = format!(
-        "Wall time per stage: n={} d={} {} k={} t={}",
-        sim.clients,
-        sim.dim,
-        graph_name(sim.graph),
-        plan.k,
-        sim.threshold
-    );
     let mut chart = ChartBuilder::on(root)
-        .caption(caption, ("sans-serif", 20))
+        .caption(stage_caption(plan), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -171,20 +162,7 @@ fn draw_stage_chart(root: &Canvas<'_>, reports: &[RoundReport], plan: &Plan) -> 
     let mut base = vec![0.0; reports.len()];
     for &stage in &plan.stages {
         let colour = stage_colour(stage);
-        let bars: Vec<Rectangle<(f64, f64)>> = reports
-            .iter()
-            .enumerate()
-            .filter_map(|(i, report)| {
-                let seconds = *report.stage_seconds.get(&stage)?;
-                let bottom = base[i];
-                base[i] += seconds;
-                let x = i as f64;
-                Some(Rectangle::new(
-                    [(x - 0.35, bottom), (x + 0.35, bottom + seconds)],
-                    colour.filled(),
-                ))
-            })
-            .collect();
+        let bars = stage_bars(reports, stage, colour, &mut base);
         chart
             .draw_series(bars)?
             .label(stage.name())
@@ -213,6 +191,43 @@ fn draw_stage_chart(root: &Canvas<'_>, reports: &[RoundReport], plan: &Plan) -> 
         .border_style(BLACK)
         .draw()?;
     Ok(())
+}
+
+/// The stage chart's caption: the round's shape.
+fn stage_caption(plan: &Plan) -> String {
+    let sim = &plan.sim;
+    format!(
+        "Wall time per stage: n={} d={} {} k={} t={}",
+        sim.clients,
+        sim.dim,
+        graph_name(sim.graph),
+        plan.k,
+        sim.threshold
+    )
+}
+
+/// One bar segment per round that ran `stage`, stacked on `base` (each
+/// round's height so far, raised by the segment).
+fn stage_bars(
+    reports: &[RoundReport],
+    stage: Stage,
+    colour: RGBColor,
+    base: &mut [f64],
+) -> Vec<Rectangle<(f64, f64)>> {
+    reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, report)| {
+            let seconds = *report.stage_seconds.get(&stage)?;
+            let bottom = base[i];
+            base[i] += seconds;
+            let x = i as f64;
+            Some(Rectangle::new(
+                [(x - 0.35, bottom), (x + 0.35, bottom + seconds)],
+                colour.filled(),
+            ))
+        })
+        .collect()
 }
 
 #[cfg(test)]
