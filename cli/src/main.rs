@@ -16,7 +16,6 @@
 //! error between honest parties, a completed round whose sum is wrong).
 
 mod args;
-mod chart;
 mod demo;
 mod inspect;
 mod join;

@@ -218,7 +218,7 @@ pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
     if let Some(dir) = &args.out {
         let path = dir.join("stage_times.svg");
-        crate::chart::write_stage_chart(&path, &reports, &plan)
+        report::write_stage_chart(&path, &reports, &plan)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if !args.json {

@@ -9,45 +9,60 @@
 //! - [`central`]: one model trained on the union of the clients' data, as
 //!   many passes over it as the federated clients made in all rounds.
 
+use std::time::Instant;
+
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use tessera_aggregation::Stage;
 use tessera_aggregation::dp::mechanism::clip_l2;
 
-use crate::demo::{self, DemoConfig, DemoError, RoundRow};
+use crate::experiment::{Experiment, ExperimentError};
 use crate::local::{self, LocalTraining};
 
+/// One round of [`plain_fedavg`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct BaselineRound {
+    /// The round, from 1.
+    pub round: u64,
+    /// Clients whose updates are in the average: those the demo would have
+    /// counted (every client but those that drop before Unmasking).
+    pub survivors: u32,
+    /// Clients the dropout plan drops this round.
+    pub dropped: u32,
+    /// Accuracy of the global model after the round on the held-out split.
+    pub accuracy: f32,
+    /// Mean cross-entropy there.
+    pub loss: f32,
+    /// Wall time of the round in this process, local training included.
+    pub seconds: f64,
+}
+
 /// Accuracy and loss on the held-out split after each round of plain
-/// FedAvg; `survivors`, `dropped` and `epsilon` are filled as the demo
-/// would (epsilon 0), bytes and seconds measure the in-process run.
+/// FedAvg, with the survivors and dropouts the demo would have;
+/// `progress` hears each round as it ends.
 pub fn plain_fedavg(
-    cfg: &DemoConfig,
-    mut progress: impl FnMut(&RoundRow),
-) -> Result<Vec<RoundRow>, DemoError> {
-    let (dataset, arch) = demo::prepare(cfg)?;
-    let shares = demo::client_shares(cfg, &dataset)?;
+    cfg: &Experiment,
+    mut progress: impl FnMut(&BaselineRound),
+) -> Result<Vec<BaselineRound>, ExperimentError> {
+    let (dataset, arch) = cfg.prepare()?;
+    let shares = cfg.client_shares(&dataset)?;
     let mut global = tessera_client::burn::flatten(&arch.init(cfg.seed));
     let partitions: Vec<_> = shares.iter().map(|s| dataset.train.select(s)).collect();
     let beta = f64::from(cfg.server_momentum.unwrap_or(0.0));
     let mut velocity = vec![0f64; global.len()];
     let mut rows = Vec::new();
     for round in 1..=cfg.rounds {
-        let started = std::time::Instant::now();
-        let plan = demo::dropout_plan(cfg, round);
+        let started = Instant::now();
+        let plan = cfg.dropout_plan(round);
         let mut sum = vec![0f64; global.len()];
         let mut counted = 0u32;
         for (c, examples) in partitions.iter().enumerate() {
-            if plan[c].is_some_and(|stage| stage != tessera_aggregation::Stage::Unmasking) {
+            if plan[c].is_some_and(|stage| stage != Stage::Unmasking) {
                 continue;
             }
-            let (trained, _) = local::train(
-                &arch,
-                &global,
-                examples,
-                &cfg.local,
-                demo::client_seed(cfg, round, c),
-            );
-            let mut update: Vec<f32> = trained.iter().zip(&global).map(|(l, g)| l - g).collect();
+            let seed = cfg.client_seed(round, c);
+            let mut update = local::update(&arch, &global, examples, &cfg.local, seed);
             clip_l2(&mut update, cfg.clip_norm);
             for (s, u) in sum.iter_mut().zip(&update) {
                 *s += f64::from(*u);
@@ -59,18 +74,13 @@ pub fn plain_fedavg(
             *g = (f64::from(*g) + f64::from(cfg.server_lr) * *v) as f32;
         }
         let (accuracy, loss) = local::evaluate(&arch, &global, &dataset.test);
-        let row = RoundRow {
+        let row = BaselineRound {
             round,
             survivors: counted,
             dropped: plan.iter().filter(|d| d.is_some()).count() as u32,
-            completed: true,
             accuracy,
             loss,
-            epsilon: 0.0,
             seconds: started.elapsed().as_secs_f64(),
-            bytes_per_client: 0,
-            bytes_received: 0,
-            max_error_vs_plain: None,
         };
         progress(&row);
         rows.push(row);
@@ -82,8 +92,8 @@ pub fn plain_fedavg(
 /// on all training examples for `rounds x local epochs` epochs (the passes
 /// the federated clients made over their data in all), with the same
 /// optimizer, batch size and learning rate.
-pub fn central(cfg: &DemoConfig) -> Result<(f32, f32), DemoError> {
-    let (dataset, arch) = demo::prepare(cfg)?;
+pub fn central(cfg: &Experiment) -> Result<(f32, f32), ExperimentError> {
+    let (dataset, arch) = cfg.prepare()?;
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
     let train = dataset.train.select(&order);

@@ -139,6 +139,19 @@ pub fn train(
     (tessera_client::burn::flatten(&model.valid()), last_loss)
 }
 
+/// Trains from `global` on `examples` as [`train`] does and returns the
+/// update a client sends: `local - global`, unclipped.
+pub fn update(
+    arch: &Architecture,
+    global: &[f32],
+    examples: &Examples,
+    cfg: &LocalTraining,
+    seed: u64,
+) -> Vec<f32> {
+    let (trained, _) = train(arch, global, examples, cfg, seed);
+    trained.iter().zip(global).map(|(l, g)| l - g).collect()
+}
+
 /// Accuracy and mean cross-entropy of the model with `params` on
 /// `examples`: the server-side evaluation of a published model.
 pub fn evaluate(arch: &Architecture, params: &[f32], examples: &Examples) -> (f32, f32) {

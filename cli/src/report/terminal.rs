@@ -1,18 +1,38 @@
-//! Where `tessera simulate` writes its reports: a human table on stdout, JSON
-//! lines on stdout, a CSV file, and a summary; plus the peak-memory reading
-//! the protocol crate cannot do itself (it does no IO).
+//! What the commands print on stdout: the demo's table of rounds, and
+//! `tessera simulate`'s header, table or JSON lines, and summary; plus the
+//! peak-memory reading the protocol crate cannot do itself (it does no IO).
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
 
 use anyhow::Context;
 use tessera_aggregation::Stage;
 use tessera_aggregation::sim::{Outcome, RoundReport};
 
+use super::outcome_name;
+use crate::demo::RoundRow;
 use crate::params::graph_name;
 use crate::simulate::Plan;
+
+/// The heading of the demo's table.
+pub(crate) const DEMO_TABLE_HEADER: &str =
+    "round  survivors/dropped  accuracy    loss  epsilon  seconds  bytes/client  check";
+
+/// One round of the demo as a line of its table.
+pub(crate) fn demo_table_row(r: &RoundRow) -> String {
+    let who = if r.completed {
+        format!("{}/{}", r.survivors, r.dropped)
+    } else {
+        format!("aborted/{}", r.dropped)
+    };
+    let check = r
+        .max_error_vs_plain
+        .map_or("-".to_owned(), |e| format!("{e:.1e}"));
+    format!(
+        "{:>5}  {:>17}  {:>8.4}  {:>6.3}  {:>7.3}  {:>7.2}  {:>12}  {check}",
+        r.round, who, r.accuracy, r.loss, r.epsilon, r.seconds, r.bytes_per_client
+    )
+}
 
 /// Peak resident set size of this process so far (`VmHWM` in
 /// /proc/self/status), in bytes; `None` where that file does not exist or
@@ -223,14 +243,6 @@ impl Table {
     }
 }
 
-/// The outcome as the JSON output spells it.
-fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Completed => "completed",
-        Outcome::Aborted => "aborted",
-    }
-}
-
 /// Writes one round as a single JSON line (the `--json` output).
 pub(crate) fn write_json_line(out: &mut impl Write, report: &RoundReport) -> anyhow::Result<()> {
     let line = serde_json::to_string(report).context("serialising a round report")?;
@@ -330,164 +342,10 @@ impl Summary {
     }
 }
 
-/// `rounds.csv`: one row per round, written and flushed as each round ends
-/// so a long run that is interrupted keeps its finished rounds.
-#[derive(Debug)]
-pub(crate) struct CsvWriter {
-    /// The open file.
-    file: BufWriter<File>,
-    /// Its path, for error messages.
-    path: PathBuf,
-}
-
-/// Every stage, in order: the CSV always has a column per stage so files
-/// from different threat models line up; a stage a round did not run is an
-/// empty cell.
-const CSV_STAGES: [Stage; 5] = Stage::ALL;
-
-impl CsvWriter {
-    /// Creates `dir` if needed and `dir/rounds.csv` with its header.
-    pub(crate) fn create(dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the output directory {}", dir.display()))?;
-        let path = dir.join("rounds.csv");
-        let file = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        let mut writer = CsvWriter {
-            file: BufWriter::new(file),
-            path,
-        };
-        let header = csv_header().join(",");
-        writer.write_line(&header)?;
-        Ok(writer)
-    }
-
-    /// Appends one round.
-    pub(crate) fn write_row(&mut self, report: &RoundReport) -> anyhow::Result<()> {
-        let line = csv_row(report).join(",");
-        self.write_line(&line)
-    }
-
-    /// Writes and flushes a line.
-    fn write_line(&mut self, line: &str) -> anyhow::Result<()> {
-        writeln!(self.file, "{line}")
-            .and_then(|()| self.file.flush())
-            .with_context(|| format!("writing {}", self.path.display()))
-    }
-}
-
-/// A stage's name in a CSV column: snake case, like the other columns.
-fn csv_stage(stage: Stage) -> String {
-    stage.name().replace('-', "_")
-}
-
-/// The CSV column names: the JSON keys, with the per-stage objects spread
-/// into `dropped_<stage>` and `seconds_<stage>` columns.
-pub(crate) fn csv_header() -> Vec<String> {
-    let mut header: Vec<String> = ["round", "outcome", "verified", "survivors", "k", "t"]
-        .map(str::to_owned)
-        .into();
-    header.extend(CSV_STAGES.map(|s| format!("dropped_{}", csv_stage(s))));
-    header.extend(CSV_STAGES.map(|s| format!("seconds_{}", csv_stage(s))));
-    header.extend(
-        [
-            "client_mask_seconds_median",
-            "server_unmask_seconds",
-            "total_seconds",
-            "bytes_sent_per_client",
-            "bytes_received_per_client",
-            "server_bytes_received",
-            "server_bytes_sent",
-            "packed_vector_bytes",
-            "peak_rss_bytes",
-            "abort_stage",
-            "abort_reason",
-        ]
-        .map(str::to_owned),
-    );
-    header
-}
-
-/// One round's CSV cells, in [`csv_header`] order. Every cell is a number, a
-/// boolean or a kebab-case name, so nothing needs quoting.
-fn csv_row(report: &RoundReport) -> Vec<String> {
-    let mut row = vec![
-        report.round.to_string(),
-        outcome_name(report.outcome).to_owned(),
-        report.verified.to_string(),
-        report.survivors.to_string(),
-        report.k.to_string(),
-        report.t.to_string(),
-    ];
-    row.extend(CSV_STAGES.map(|s| {
-        report
-            .dropped
-            .get(&s)
-            .map_or_else(String::new, u32::to_string)
-    }));
-    row.extend(CSV_STAGES.map(|s| {
-        report
-            .stage_seconds
-            .get(&s)
-            .map_or_else(String::new, f64::to_string)
-    }));
-    row.extend([
-        report.client_mask_seconds_median.to_string(),
-        report.server_unmask_seconds.to_string(),
-        report.total_seconds.to_string(),
-        report.bytes_sent_per_client.to_string(),
-        report.bytes_received_per_client.to_string(),
-        report.server_bytes_received.to_string(),
-        report.server_bytes_sent.to_string(),
-        report.packed_vector_bytes.to_string(),
-        report
-            .peak_rss_bytes
-            .map_or_else(String::new, |b| b.to_string()),
-        report
-            .abort_stage
-            .map_or_else(String::new, |s| s.name().to_owned()),
-        report.abort_reason.map_or_else(String::new, |r| {
-            // The kebab-case name the JSON output uses, not the sentence.
-            serde_json::to_value(r)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
-        }),
-    ]);
-    row
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_aggregation::messages::AbortReason;
-
-    /// A report with distinct, easily recognised values.
-    fn sample(outcome: Outcome) -> RoundReport {
-        RoundReport {
-            round: 3,
-            outcome,
-            abort_stage: (outcome == Outcome::Aborted).then_some(Stage::ShareKeys),
-            abort_reason: (outcome == Outcome::Aborted).then_some(AbortReason::BelowThreshold),
-            verified: outcome == Outcome::Completed,
-            survivors: 9,
-            dropped: BTreeMap::from([(Stage::AdvertiseKeys, 0), (Stage::ShareKeys, 1)]),
-            k: 8,
-            t: 5,
-            secure: true,
-            insecure_reasons: Vec::new(),
-            stage_seconds: BTreeMap::from([(Stage::AdvertiseKeys, 0.5), (Stage::ShareKeys, 0.25)]),
-            client_mask_seconds_median: 0.001,
-            server_unmask_seconds: 0.002,
-            total_seconds: 1.0,
-            bytes_sent_per_client: 1000.0,
-            bytes_received_per_client: 2000.0,
-            server_bytes_received: 10_000,
-            server_bytes_sent: 20_000,
-            packed_vector_bytes: 400,
-            peak_rss_bytes: Some(1 << 20),
-            faults: Default::default(),
-        }
-    }
+    use crate::report::sample_report as sample;
 
     #[test]
     fn vm_hwm_is_read_in_kib() {
@@ -508,26 +366,6 @@ mod tests {
         assert_eq!(format_bytes(1023.0), "1023 B");
         assert_eq!(format_bytes(1536.0), "1.5 KiB");
         assert_eq!(format_bytes(3.0 * 1024.0 * 1024.0), "3.0 MiB");
-    }
-
-    #[test]
-    fn csv_rows_match_the_header_and_leave_unrun_stages_empty() {
-        let header = csv_header();
-        for outcome in [Outcome::Completed, Outcome::Aborted] {
-            let row = csv_row(&sample(outcome));
-            assert_eq!(row.len(), header.len());
-            assert!(row.iter().all(|cell| !cell.contains(',')));
-            let cell = |name: &str| &row[header.iter().position(|h| h == name).unwrap()];
-            assert_eq!(cell("dropped_share_keys"), "1");
-            assert_eq!(cell("dropped_unmasking"), "");
-            assert_eq!(cell("seconds_advertise_keys"), "0.5");
-            assert_eq!(cell("peak_rss_bytes"), "1048576");
-        }
-        let aborted = csv_row(&sample(Outcome::Aborted));
-        assert_eq!(aborted[header.len() - 2], "share-keys");
-        assert_eq!(aborted[header.len() - 1], "below-threshold");
-        let completed = csv_row(&sample(Outcome::Completed));
-        assert_eq!(completed[header.len() - 1], "");
     }
 
     #[test]

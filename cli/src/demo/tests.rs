@@ -4,17 +4,40 @@
 use tessera_aggregation::dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
 use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
 use tessera_aggregation::encoding::FixedPoint;
-use tessera_train::demo::{self, DemoConfig, DemoEvent, DpChoice};
+use tessera_train::experiment::Experiment;
 
-fn small(out: &std::path::Path, dp: DpChoice) -> DemoConfig {
+use super::{DemoConfig, DemoEvent, DpMode, calibrate, run_job};
+
+/// The small job with `dp`, writing into `out`.
+fn small(out: &std::path::Path, dp: DpMode) -> DemoConfig {
     DemoConfig {
-        clients: 5,
-        rounds: 3,
-        // One client of five hangs up each round, at a random stage.
-        dropout: 0.2,
+        training: Experiment {
+            clients: 5,
+            rounds: 3,
+            // One client of five hangs up each round, at a random stage.
+            dropout: 0.2,
+            ..Experiment::default()
+        },
         dp,
         out: out.to_owned(),
         ..DemoConfig::default()
+    }
+}
+
+/// [`small`] with DP off and `clip_norm` (and `server_momentum`).
+fn small_without_dp(
+    out: &std::path::Path,
+    clip_norm: f32,
+    server_momentum: Option<f32>,
+) -> DemoConfig {
+    let cfg = small(out, DpMode::Off);
+    DemoConfig {
+        training: Experiment {
+            clip_norm,
+            server_momentum,
+            ..cfg.training
+        },
+        ..cfg
     }
 }
 
@@ -28,12 +51,9 @@ async fn without_dp_the_secure_model_is_plain_fedavg_and_it_learns() {
     let dir = tempfile::tempdir().unwrap();
     // Without DP clipping protects nothing, so a loose clip lets three
     // rounds make real progress.
-    let cfg = DemoConfig {
-        clip_norm: 10.0,
-        ..small(dir.path(), DpChoice::Off)
-    };
+    let cfg = small_without_dp(dir.path(), 10.0, None);
     let mut events = Vec::new();
-    let report = demo::run(&cfg, |e| events.push(e.clone())).await.unwrap();
+    let report = run_job(&cfg, |e| events.push(e.clone())).await.unwrap();
     assert_eq!(report.rows.len(), 3);
     assert!(report.stopped_early.is_none());
     for row in &report.rows {
@@ -70,12 +90,8 @@ async fn without_dp_the_secure_model_is_plain_fedavg_and_it_learns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_server_momentum_the_secure_model_is_plain_fedavgm() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = DemoConfig {
-        clip_norm: 10.0,
-        server_momentum: Some(0.5),
-        ..small(dir.path(), DpChoice::Off)
-    };
-    let report = demo::run(&cfg, |_| {}).await.unwrap();
+    let cfg = small_without_dp(dir.path(), 10.0, Some(0.5));
+    let report = run_job(&cfg, |_| {}).await.unwrap();
     for row in &report.rows {
         let error = row.max_error_vs_plain.expect("checked with DP off");
         assert!(error <= FIXED_POINT_ERROR, "round {}: {error}", row.round);
@@ -86,11 +102,10 @@ async fn with_server_momentum_the_secure_model_is_plain_fedavgm() {
 async fn malicious_server_rounds_with_enrolled_identities_are_plain_fedavg() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = DemoConfig {
-        clip_norm: 10.0,
         threat_model: tessera_aggregation::params::ThreatModel::MaliciousServer,
-        ..small(dir.path(), DpChoice::Off)
+        ..small_without_dp(dir.path(), 10.0, None)
     };
-    let report = demo::run(&cfg, |_| {}).await.unwrap();
+    let report = run_job(&cfg, |_| {}).await.unwrap();
     assert_eq!(report.rows.len(), 3);
     for row in &report.rows {
         assert!(row.completed, "{row:?}");
@@ -106,15 +121,15 @@ async fn malicious_server_rounds_with_enrolled_identities_are_plain_fedavg() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_distributed_dp_the_ledger_charges_what_the_accountant_says() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = small(dir.path(), DpChoice::Distributed);
-    let report = demo::run(&cfg, |_| {}).await.unwrap();
-    let z = demo::calibrate(&cfg).unwrap();
+    let cfg = small(dir.path(), DpMode::Distributed);
+    let report = run_job(&cfg, |_| {}).await.unwrap();
+    let z = calibrate(&cfg).unwrap();
     assert_eq!(report.noise_multiplier, z);
     // The accountant's value for the parameters used: each completed round
     // released a discrete Gaussian of the survivors' noise against the
     // norm bound of the round's encoding.
     let encoding = DistributedEncoding::new(
-        FixedPoint::new(cfg.clip_norm, 16, 32).unwrap(),
+        FixedPoint::new(cfg.training.clip_norm, 16, 32).unwrap(),
         NoiseKind::DiscreteGaussian,
         z,
         report.min_survivors,
@@ -149,10 +164,13 @@ async fn the_budget_stops_training_before_it_is_passed() {
     // Calibrated for 3 rounds but asked for more: the server refuses the
     // round that would pass epsilon, and the demo says why.
     let dir = tempfile::tempdir().unwrap();
-    let planned = small(dir.path(), DpChoice::Central);
-    let z = demo::calibrate(&planned).unwrap();
+    let planned = small(dir.path(), DpMode::Central);
+    let z = calibrate(&planned).unwrap();
     let cfg = DemoConfig {
-        rounds: 3,
+        training: Experiment {
+            rounds: 3,
+            ..planned.training.clone()
+        },
         epsilon: 0.6 * planned.epsilon,
         ..planned
     };
@@ -162,7 +180,7 @@ async fn the_budget_stops_training_before_it_is_passed() {
         noise_multiplier: Some(z),
         ..cfg
     };
-    let report = demo::run(&cfg, |_| {}).await.unwrap();
+    let report = run_job(&cfg, |_| {}).await.unwrap();
     let why = report.stopped_early.expect("stopped by the budget");
     assert!(why.contains("privacy budget"), "{why}");
     assert!(report.rows.len() < 3);
@@ -174,10 +192,10 @@ async fn the_budget_stops_training_before_it_is_passed() {
 fn a_bad_output_directory_is_refused_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
-    let cfg = small(dir.path(), DpChoice::Off);
+    let cfg = small(dir.path(), DpMode::Off);
     let err = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(demo::run(&cfg, |_| {}))
+        .block_on(run_job(&cfg, |_| {}))
         .unwrap_err()
         .to_string();
     assert!(err.contains("notes.txt"), "{err}");

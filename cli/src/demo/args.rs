@@ -1,0 +1,207 @@
+//! The flags of `tessera demo` and their help text, and how they become a
+//! [`DemoConfig`]; every default is the demo's.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use tessera_train::data::{FASHION_MNIST_DIR, Partitioning};
+use tessera_train::experiment::{DatasetChoice, Experiment};
+use tessera_train::local::{LocalTraining, Optimizer};
+use tessera_train::model::ModelKind;
+
+use super::{DemoConfig, DpMode};
+use crate::args::ThreatArg;
+
+pub(crate) const ABOUT: &str =
+    "Train a model federatedly: real server, real clients, secure aggregation, DP";
+pub(crate) const LONG_ABOUT: &str = "Starts a Tessera server on 127.0.0.1 (a random port, TLS \
+    with a generated self-signed certificate, one bearer token per client) and runs clients \
+    as concurrent tasks over real gRPC. Each round every client fetches the global model, \
+    trains it locally on its own partition of the data (non-IID by default) and sends \
+    `local - global` through secure aggregation (SecAgg masking; the server sees only the \
+    sum); a fraction of the clients drop out at random stages. With distributed DP (the \
+    default) each client adds its share of discrete Gaussian noise before masking, calibrated \
+    so the target epsilon is reached after the planned rounds; the server's ledger stops the \
+    job before the budget would be passed. After each round the published model is evaluated \
+    on a held-out split. Prints a table (round, survivors/dropped, accuracy, loss, epsilon, \
+    round time, bytes per client) and writes to --out: the data directory with every \
+    published model (data/models/*.safetensors), rounds.csv, and rounds.svg (accuracy and \
+    epsilon per round). --out is replaced on each run, and refused if it holds files the \
+    demo did not write. With --dp off, each round's published model is checked against the \
+    plain FedAvg of the updates the survivors sent. --baseline runs the same training without \
+    the server: plain FedAvg (no masking, no DP) or one centrally trained model.";
+pub(crate) const EXAMPLES: &str = "Examples:\n  \
+    tessera demo                                  # 20 clients, 30 rounds, 10% dropout, distributed DP at epsilon 8\n  \
+    tessera demo --clients 50 --rounds 10 --dropout 0.2 --dp central\n  \
+    tessera demo --dp off --iid                   # secure aggregation only\n  \
+    tessera demo --baseline plain-fedavg          # the same training, no masking, no DP\n  \
+    tessera demo --dataset fashion-mnist --clients 50 --rounds 50   # needs Debian's dataset-fashion-mnist";
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum ModelArg {
+    Mlp,
+    Cnn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum DatasetArg {
+    Digits,
+    FashionMnist,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OptimizerArg {
+    Sgd,
+    Adam,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(super) enum BaselineArg {
+    /// FedAvg in one process: no server, no masking, no DP.
+    PlainFedavg,
+    /// One model trained on all the clients' data.
+    Central,
+}
+
+/// Flags of `tessera demo`; every default is the demo's.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Clients in every round.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    clients: usize,
+    /// Rounds of FedAvg (fewer if the privacy budget runs out first).
+    #[arg(long, default_value_t = 30, value_name = "R")]
+    rounds: u64,
+    /// Fraction of clients that drop out each round, at random stages.
+    #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
+    dropout: f64,
+    /// Differential privacy: distributed (clients add discrete Gaussian
+    /// noise), central (the server adds Gaussian noise) or off.
+    #[arg(long, value_enum, default_value_t = DpMode::Distributed)]
+    dp: DpMode,
+    /// Target epsilon after --rounds rounds.
+    #[arg(long, default_value_t = 8.0, value_name = "EPS")]
+    epsilon: f64,
+    /// Delta of the (epsilon, delta) guarantee.
+    #[arg(long, default_value_t = 1e-5, value_name = "DELTA")]
+    delta: f64,
+    /// DP noise multiplier (default: the one that spends --epsilon in
+    /// --rounds rounds); the server still stops at --epsilon.
+    #[arg(long, value_name = "Z")]
+    noise_multiplier: Option<f64>,
+    /// Model: a two-layer perceptron or a small CNN.
+    #[arg(long, value_enum, default_value_t = ModelArg::Mlp)]
+    model: ModelArg,
+    /// Hidden units of the MLP.
+    #[arg(long, default_value_t = 32, value_name = "H")]
+    hidden: usize,
+    /// Dataset: the UCI digits embedded in the binary, or Fashion-MNIST
+    /// from Debian's dataset-fashion-mnist package.
+    #[arg(long, value_enum, default_value_t = DatasetArg::Digits)]
+    pub(super) dataset: DatasetArg,
+    /// Where the Fashion-MNIST idx.gz files are.
+    #[arg(long, default_value = FASHION_MNIST_DIR, value_name = "DIR")]
+    pub(super) fashion_mnist_dir: PathBuf,
+    /// Non-IID split: Dirichlet(alpha) over labels per client (smaller is
+    /// more skewed).
+    #[arg(
+        long,
+        default_value_t = 0.5,
+        value_name = "ALPHA",
+        conflicts_with = "iid"
+    )]
+    alpha: f64,
+    /// IID split instead of Dirichlet.
+    #[arg(long)]
+    iid: bool,
+    /// Local epochs per round.
+    #[arg(long, default_value_t = 5, value_name = "E")]
+    local_epochs: usize,
+    /// Local batch size.
+    #[arg(long, default_value_t = 16, value_name = "B")]
+    batch_size: usize,
+    /// Local learning rate.
+    #[arg(long, default_value_t = 0.1, value_name = "LR")]
+    lr: f64,
+    /// Local optimizer.
+    #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+    optimizer: OptimizerArg,
+    /// L2 clip norm of each client's update.
+    #[arg(long, default_value_t = 0.5, value_name = "C")]
+    clip_norm: f32,
+    /// FedAvg server learning rate.
+    #[arg(long, default_value_t = 1.0, value_name = "LR")]
+    server_lr: f32,
+    /// FedAvgM server momentum in [0, 1) (default: none).
+    #[arg(long, value_name = "BETA")]
+    server_momentum: Option<f32>,
+    /// Seed of the data split, initial model, local training and dropouts
+    /// (the protocol's keys, masks and noise always come from the OS).
+    #[arg(long, default_value_t = 1, value_name = "SEED")]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "tessera-out", value_name = "DIR")]
+    out: PathBuf,
+    /// Run a baseline instead of the demo (no server).
+    #[arg(long, value_enum, value_name = "WHICH")]
+    pub(super) baseline: Option<BaselineArg>,
+    /// Threat model of the rounds; malicious-server gives every client an
+    /// enrolled Ed25519 identity (OUT/enrolled.txt) to sign its keys and the
+    /// survivor set with.
+    #[arg(long, value_enum, default_value_t = ThreatArg::SemiHonest)]
+    threat_model: ThreatArg,
+}
+
+impl DemoArgs {
+    /// The job these flags ask for.
+    pub(super) fn config(&self) -> DemoConfig {
+        DemoConfig {
+            training: self.experiment(),
+            dp: self.dp,
+            epsilon: self.epsilon,
+            delta: self.delta,
+            noise_multiplier: self.noise_multiplier,
+            out: self.out.clone(),
+            threat_model: self.threat_model.into(),
+        }
+    }
+
+    /// The training settings among the flags.
+    fn experiment(&self) -> Experiment {
+        Experiment {
+            clients: self.clients,
+            rounds: self.rounds,
+            dropout: self.dropout,
+            model: match self.model {
+                ModelArg::Mlp => ModelKind::Mlp {
+                    hidden: self.hidden,
+                },
+                ModelArg::Cnn => ModelKind::Cnn,
+            },
+            dataset: match self.dataset {
+                DatasetArg::Digits => DatasetChoice::Digits,
+                DatasetArg::FashionMnist => {
+                    DatasetChoice::FashionMnist(self.fashion_mnist_dir.clone())
+                }
+            },
+            partitioning: if self.iid {
+                Partitioning::Iid
+            } else {
+                Partitioning::Dirichlet { alpha: self.alpha }
+            },
+            local: LocalTraining {
+                epochs: self.local_epochs,
+                batch_size: self.batch_size,
+                lr: self.lr,
+                optimizer: match self.optimizer {
+                    OptimizerArg::Sgd => Optimizer::Sgd,
+                    OptimizerArg::Adam => Optimizer::Adam,
+                },
+            },
+            clip_norm: self.clip_norm,
+            server_lr: self.server_lr,
+            server_momentum: self.server_momentum,
+            seed: self.seed,
+        }
+    }
+}

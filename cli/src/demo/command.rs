@@ -1,0 +1,292 @@
+//! The terminal side of `tessera demo`: run the job (or a baseline) with
+//! progress bars, print its table as rounds end, and write its files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::params::ThreatModel;
+use tessera_train::baseline::{self, BaselineRound};
+use tessera_train::experiment::{Experiment, ExperimentError};
+
+use super::args::{BaselineArg, DatasetArg, DemoArgs};
+use super::{DemoConfig, DemoError, DemoEvent, DemoReport, DpMode, RoundRow, Started};
+use crate::report::{self, DEMO_TABLE_HEADER, demo_table_row};
+use crate::usage;
+
+/// Runs `tessera demo`.
+pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.config();
+    if let Some(which) = args.baseline {
+        return run_baseline(&cfg, which);
+    }
+    if args.dataset == DatasetArg::FashionMnist && !args.fashion_mnist_dir.is_dir() {
+        usage!(
+            "{} does not exist: install Debian's dataset-fashion-mnist package \
+             (apt-get install dataset-fashion-mnist) or pass --fashion-mnist-dir",
+            args.fashion_mnist_dir.display()
+        );
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let started = Instant::now();
+    let mut display = Display::new(&cfg);
+    let result = runtime.block_on(super::run_job(&cfg, |event| display.show(event)));
+    display.finish();
+    let report = match result {
+        Ok(report) => report,
+        Err(DemoError::Config(why)) => usage!("{why}"),
+        Err(e) => return Err(anyhow::Error::new(e).context("the demo failed")),
+    };
+    let (csv, svg) = write_files(&cfg, &report)?;
+    print_summary(&report, started, &csv, &svg);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar style with `template`.
+fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("valid progress template")
+        .progress_chars("=> ")
+}
+
+/// The job's progress on the terminal: a bar of rounds, a bar of the
+/// clients done in the current round, and the table printed above them.
+struct Display<'a> {
+    /// The settings, for the opening lines.
+    cfg: &'a DemoConfig,
+    /// Both bars.
+    multi: MultiProgress,
+    /// Rounds done.
+    rounds_bar: ProgressBar,
+    /// Clients done in the current round.
+    clients_bar: ProgressBar,
+    /// The round `clients_bar` counts.
+    current_round: u64,
+}
+
+impl<'a> Display<'a> {
+    /// The bars, hidden unless stderr is a terminal.
+    fn new(cfg: &'a DemoConfig) -> Self {
+        let multi = MultiProgress::new();
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            multi.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        let rounds_bar = multi.add(ProgressBar::new(cfg.training.rounds));
+        rounds_bar.set_style(bar_style(
+            "rounds  [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
+        ));
+        let clients_bar = multi.add(ProgressBar::new(cfg.training.clients as u64));
+        clients_bar.set_style(bar_style("clients [{bar:30}] {pos}/{len} {msg}"));
+        Display {
+            cfg,
+            multi,
+            rounds_bar,
+            clients_bar,
+            current_round: 0,
+        }
+    }
+
+    /// Shows one event of the job.
+    fn show(&mut self, event: &DemoEvent) {
+        match event {
+            DemoEvent::Started(started) => {
+                let opening = opening(self.cfg, started);
+                self.multi.suspend(|| println!("{opening}"));
+            }
+            DemoEvent::ClientDone { round } => {
+                if *round != self.current_round {
+                    self.current_round = *round;
+                    self.clients_bar.reset();
+                    self.clients_bar.set_message(format!("round {round}"));
+                }
+                self.clients_bar.inc(1);
+            }
+            DemoEvent::Round(row) => {
+                self.multi.suspend(|| println!("{}", demo_table_row(row)));
+                self.rounds_bar.inc(1);
+            }
+        }
+    }
+
+    /// Clears the bars.
+    fn finish(self) {
+        self.clients_bar.finish_and_clear();
+        self.rounds_bar.finish_and_clear();
+    }
+}
+
+/// The lines printed once the server listens: the federation, the
+/// masking, the privacy, the threat model if not the default, and the
+/// table's heading.
+fn opening(cfg: &DemoConfig, started: &Started) -> String {
+    let Started {
+        url,
+        dim,
+        noise_multiplier,
+        graph,
+        threshold,
+        min_survivors,
+        accuracy,
+    } = started;
+    let privacy = match cfg.dp {
+        DpMode::Off => "no DP".to_owned(),
+        DpMode::Central => format!(
+            "central DP, noise multiplier {noise_multiplier:.3} for epsilon {} at delta {}",
+            cfg.epsilon, cfg.delta
+        ),
+        DpMode::Distributed => format!(
+            "distributed DP (discrete Gaussian), noise multiplier {noise_multiplier:.3} for epsilon {} at delta {}",
+            cfg.epsilon, cfg.delta
+        ),
+    };
+    let graph = match graph {
+        GraphKind::Complete => "complete graph".to_owned(),
+        GraphKind::Harary { k } => format!("SecAgg+ Harary graph, {k} neighbours"),
+    };
+    let clients = cfg.training.clients;
+    let mut text = format!(
+        "server at {url} (TLS, {clients} tokens); model {} with {dim} parameters\n\
+         masking: {graph}, Shamir threshold {threshold}, rounds need {min_survivors} of {clients} survivors\n\
+         {privacy}; initial accuracy {accuracy:.4}",
+        cfg.training.model,
+    );
+    if cfg.threat_model != ThreatModel::SemiHonest {
+        text.push_str(&format!(
+            "\nthreat model: {}{}",
+            cfg.threat_model,
+            if cfg.threat_model == ThreatModel::MaliciousServer {
+                " (adverts and survivor sets signed with the identities in enrolled.txt)"
+            } else {
+                ""
+            }
+        ));
+    }
+    text.push('\n');
+    text.push_str(DEMO_TABLE_HEADER);
+    text
+}
+
+/// Writes `rounds.csv` and `rounds.svg` into the output directory; returns
+/// their paths.
+fn write_files(cfg: &DemoConfig, report: &DemoReport) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let csv = cfg.out.join("rounds.csv");
+    report::write_demo_csv(&csv, &report.rows)
+        .with_context(|| format!("writing {}", csv.display()))?;
+    let svg = cfg.out.join("rounds.svg");
+    report::write_demo_chart(
+        &svg,
+        &report.rows,
+        report.initial_accuracy,
+        &chart_title(cfg),
+    )
+    .map_err(|e| anyhow::anyhow!("writing {}: {e}", svg.display()))?;
+    Ok((csv, svg))
+}
+
+/// The title of `rounds.svg`.
+fn chart_title(cfg: &DemoConfig) -> String {
+    format!(
+        "{} clients, {} dropout, {}: accuracy and epsilon per round",
+        cfg.training.clients,
+        cfg.training.dropout,
+        match cfg.dp {
+            DpMode::Off => "no DP".to_owned(),
+            DpMode::Central => format!("central DP eps {}", cfg.epsilon),
+            DpMode::Distributed => format!("distributed DP eps {}", cfg.epsilon),
+        }
+    )
+}
+
+/// The closing lines: why the job stopped early, if it did, the final
+/// accuracy and epsilon, and what was written where.
+fn print_summary(report: &DemoReport, started: Instant, csv: &Path, svg: &Path) {
+    if let Some(why) = &report.stopped_early {
+        println!("stopped after {} rounds: {why}", report.rows.len());
+    }
+    let last = report.rows.last();
+    println!(
+        "{} rounds in {:.1} s; final accuracy {:.4} (initial {:.4}); epsilon spent {:.3}",
+        report.rows.len(),
+        started.elapsed().as_secs_f64(),
+        last.map_or(report.initial_accuracy, |r| r.accuracy),
+        report.initial_accuracy,
+        last.map_or(0.0, |r| r.epsilon),
+    );
+    println!(
+        "wrote {} (published models, ledger), {}, {}",
+        report.data_dir.display(),
+        csv.display(),
+        svg.display()
+    );
+}
+
+/// Runs `tessera demo --baseline WHICH`: the same training without the
+/// server.
+fn run_baseline(cfg: &DemoConfig, which: BaselineArg) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let training = &cfg.training;
+    match which {
+        BaselineArg::PlainFedavg => {
+            println!(
+                "plain FedAvg baseline: {} clients, {} rounds, same split, model and dropouts; no masking, no DP",
+                training.clients, training.rounds
+            );
+            println!("{DEMO_TABLE_HEADER}");
+            let show = |round: &BaselineRound| println!("{}", demo_table_row(&baseline_row(round)));
+            let rows = checked(cfg, |training| baseline::plain_fedavg(training, show))?;
+            let last = rows.last().map_or(f32::NAN, |r| r.accuracy);
+            println!(
+                "final accuracy {last:.4} after {} rounds in {:.1} s",
+                rows.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        BaselineArg::Central => {
+            let (accuracy, loss) = checked(cfg, baseline::central)?;
+            println!(
+                "central baseline: one model on all training data, {} epochs: accuracy {accuracy:.4}, loss {loss:.4} ({:.1} s)",
+                training.local.epochs * training.rounds as usize,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `baseline` on the job's training settings once every setting of
+/// the job checks out, as the demo would: a setting out of range is a
+/// usage error, like the demo's.
+fn checked<T>(
+    cfg: &DemoConfig,
+    baseline: impl FnOnce(&Experiment) -> Result<T, ExperimentError>,
+) -> anyhow::Result<T> {
+    let result = cfg
+        .check()
+        .and_then(|()| baseline(&cfg.training).map_err(DemoError::from));
+    match result {
+        Ok(value) => Ok(value),
+        Err(DemoError::Config(why)) => usage!("{why}"),
+        Err(e) => Err(anyhow::Error::new(e).context("the baseline failed")),
+    }
+}
+
+/// A round of the plain-FedAvg baseline as a row of the demo's table: no
+/// traffic, no DP, nothing to check against.
+fn baseline_row(round: &BaselineRound) -> RoundRow {
+    RoundRow {
+        round: round.round,
+        survivors: round.survivors,
+        dropped: round.dropped,
+        completed: true,
+        accuracy: round.accuracy,
+        loss: round.loss,
+        epsilon: 0.0,
+        seconds: round.seconds,
+        bytes_per_client: 0,
+        bytes_received: 0,
+        max_error_vs_plain: None,
+    }
+}

@@ -1,0 +1,278 @@
+//! `tessera demo`: the main job. A real Tessera server and many real
+//! clients over gRPC on loopback train one model together with secure
+//! aggregation, dropouts and differential privacy.
+//!
+//! One call of [`run_job`]:
+//! 1. loads the dataset and deals its training split to the clients
+//!    (non-IID by default) as the [`Experiment`] says, builds the initial
+//!    model and writes it into a fresh data directory ([`output`]);
+//! 2. starts `tessera-server` on 127.0.0.1 with a generated self-signed
+//!    TLS certificate and one bearer token per client, with the noise
+//!    multiplier that reaches the target epsilon after the planned rounds
+//!    ([`federation`]);
+//! 3. each round, every client fetches the global model over gRPC, trains
+//!    locally and takes part with `local - global`; a chosen fraction hangs
+//!    up at random stages (real dropouts, as the server sees them)
+//!    ([`rounds`]);
+//! 4. after each round the published model is evaluated on the held-out
+//!    split, and a [`RoundRow`] reports it.
+//!
+//! The server's ledger stops the job before the privacy budget would be
+//! passed. With DP off, each round is also checked: the published model
+//! must equal the plain FedAvg of the very updates the survivors sent,
+//! within fixed-point error ([`RoundRow::max_error_vs_plain`]).
+//!
+//! The command line around the job (flags, progress bars, the table, the
+//! `--baseline` runs) is in [`args`] and [`command`]; the files it writes
+//! are [`crate::report`]'s.
+
+mod args;
+mod command;
+mod federation;
+mod output;
+mod rounds;
+#[cfg(test)]
+mod tests;
+
+use std::path::PathBuf;
+
+use tessera_aggregation::dp::accountant;
+use tessera_aggregation::graph::GraphKind;
+use tessera_aggregation::params::ThreatModel;
+use tessera_client::ClientError;
+use tessera_server::config::DpMode;
+use tessera_train::data;
+use tessera_train::experiment::{Experiment, ExperimentError};
+
+pub(crate) use args::{ABOUT, DemoArgs, EXAMPLES, LONG_ABOUT};
+pub(crate) use command::run;
+pub(crate) use rounds::run_job;
+
+/// Everything the demo can vary; [`Default`] is `tessera demo` with no
+/// flags.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DemoConfig {
+    /// What is trained, on which data, by how many clients, for how many
+    /// rounds (fewer if the privacy budget runs out first).
+    pub(crate) training: Experiment,
+    /// DP mode.
+    pub(crate) dp: DpMode,
+    /// Target epsilon after `rounds` rounds (DP on).
+    pub(crate) epsilon: f64,
+    /// The delta of the guarantee.
+    pub(crate) delta: f64,
+    /// The DP noise multiplier; `None` calibrates it so that `rounds`
+    /// rounds spend exactly `epsilon` ([`calibrate`]).
+    pub(crate) noise_multiplier: Option<f64>,
+    /// Where the data directory, TLS files and tokens go.
+    pub(crate) out: PathBuf,
+    /// Semi-honest (default), semi-malicious, or malicious-server: the
+    /// clients then sign their keys and the survivor set with enrolled
+    /// identities (`enrolled.txt` in `out`).
+    pub(crate) threat_model: ThreatModel,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        DemoConfig {
+            training: Experiment::default(),
+            dp: DpMode::Distributed,
+            epsilon: 8.0,
+            delta: 1e-5,
+            noise_multiplier: None,
+            out: PathBuf::from("tessera-out"),
+            threat_model: ThreatModel::SemiHonest,
+        }
+    }
+}
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DemoError {
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+    /// The dataset could not be loaded or partitioned.
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    /// The output directory cannot be used.
+    #[error("{path}: {problem}")]
+    Output {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The server failed to start or stopped with an error.
+    #[error("server: {0}")]
+    Server(#[from] tessera_server::ServeError),
+    /// A client failed in a way the demo did not plan.
+    #[error("client {client}: {error}")]
+    Client {
+        /// Its index.
+        client: usize,
+        /// The SDK's error.
+        error: ClientError,
+    },
+}
+
+impl From<ExperimentError> for DemoError {
+    fn from(error: ExperimentError) -> Self {
+        match error {
+            ExperimentError::Config(why) => DemoError::Config(why),
+            ExperimentError::Data(e) => DemoError::Data(e),
+            other => DemoError::Config(other.to_string()),
+        }
+    }
+}
+
+/// One round of the demo, as the table, `rounds.csv` and the plot show it.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RoundRow {
+    /// The round, from 1.
+    pub(crate) round: u64,
+    /// Clients whose updates are in the published average (0 if aborted).
+    pub(crate) survivors: u32,
+    /// Clients that hung up during the round. One that hung up at
+    /// Unmasking had its masked input in already, so it counts among the
+    /// survivors too.
+    pub(crate) dropped: u32,
+    /// Whether the server published a model.
+    pub(crate) completed: bool,
+    /// Accuracy of the global model after the round on the held-out split.
+    pub(crate) accuracy: f32,
+    /// Mean cross-entropy there.
+    pub(crate) loss: f32,
+    /// Epsilon spent so far (the server's ledger), 0 without DP.
+    pub(crate) epsilon: f64,
+    /// Wall time from fetching the model to the last client's result,
+    /// local training included.
+    pub(crate) seconds: f64,
+    /// Mean frame bytes a surviving client sent in the round (upload).
+    pub(crate) bytes_per_client: u64,
+    /// Mean frame bytes a surviving client received.
+    pub(crate) bytes_received: u64,
+    /// With DP off: the largest difference, over all parameters, between
+    /// the published model and `global + server_lr * mean(clipped
+    /// updates of the survivors)` computed in plain `f64` (with server
+    /// momentum beta, plus beta times the previous round's step).
+    pub(crate) max_error_vs_plain: Option<f32>,
+}
+
+/// The federation as the job starts, for the opening lines of a display.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Started {
+    /// The server's `https://` address.
+    pub(crate) url: String,
+    /// Model parameters.
+    pub(crate) dim: usize,
+    /// The DP noise multiplier in use (0 without DP).
+    pub(crate) noise_multiplier: f64,
+    /// The neighbour graph the SecAgg+ finder chose.
+    pub(crate) graph: GraphKind,
+    /// Its Shamir threshold, per neighbourhood.
+    pub(crate) threshold: u32,
+    /// The fewest survivors a round goes on with.
+    pub(crate) min_survivors: u32,
+    /// Accuracy of the initial model.
+    pub(crate) accuracy: f32,
+}
+
+/// What happened while the demo ran, for progress displays.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum DemoEvent {
+    /// The server listens; the clients are about to start.
+    Started(Started),
+    /// A client finished its part of round `round`.
+    ClientDone {
+        /// The round.
+        round: u64,
+    },
+    /// A round ended.
+    Round(RoundRow),
+}
+
+/// The outcome of the whole job.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct DemoReport {
+    /// Per round.
+    pub(crate) rows: Vec<RoundRow>,
+    /// Accuracy of the initial model.
+    pub(crate) initial_accuracy: f32,
+    /// The DP noise multiplier used (0 without DP).
+    pub(crate) noise_multiplier: f64,
+    /// The neighbour graph.
+    pub(crate) graph: GraphKind,
+    /// The Shamir threshold, per neighbourhood.
+    pub(crate) threshold: u32,
+    /// The fewest survivors a round accepts; distributed DP is calibrated
+    /// for it.
+    pub(crate) min_survivors: u32,
+    /// Model parameters.
+    pub(crate) dim: usize,
+    /// Why the job stopped before `rounds`, if it did.
+    pub(crate) stopped_early: Option<String>,
+    /// The data directory with the published models and the ledger.
+    pub(crate) data_dir: PathBuf,
+}
+
+impl DemoConfig {
+    /// Checks every setting, in the order of the flags: the federation's
+    /// shape, the privacy budget, then local training. [`run`] and the
+    /// baselines call it first.
+    pub(crate) fn check(&self) -> Result<(), DemoError> {
+        self.training.check_federation()?;
+        self.check_privacy()?;
+        self.training.check_local_training()?;
+        Ok(())
+    }
+
+    /// Checks epsilon (with DP on) and delta.
+    fn check_privacy(&self) -> Result<(), DemoError> {
+        if self.dp != DpMode::Off && !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(DemoError::Config(format!(
+                "--epsilon {} must be positive",
+                self.epsilon
+            )));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return Err(DemoError::Config(format!(
+                "--delta {} must be in (0, 1)",
+                self.delta
+            )));
+        }
+        Ok(())
+    }
+
+    /// The fewest survivors a round goes on with: every client that does
+    /// not drop, so a round with the planned dropouts completes while
+    /// distributed DP is calibrated for as many survivors as there will
+    /// be; never below a majority of the clients. (The SecAgg+ graph's own
+    /// Shamir threshold is per neighbourhood and much lower.)
+    pub(crate) fn min_survivors(&self) -> u32 {
+        let clients = self.training.clients;
+        let majority = clients / 2 + 1;
+        (clients - self.training.dropouts_per_round()).max(majority) as u32
+    }
+}
+
+/// The noise multiplier of the job: the configured one, or the one that
+/// spends exactly the budget over `rounds` rounds of the mechanism the
+/// server will account (no subsampling: every client takes part in every
+/// round).
+pub(crate) fn calibrate(cfg: &DemoConfig) -> Result<f64, DemoError> {
+    if cfg.dp == DpMode::Off {
+        return Ok(0.0);
+    }
+    if let Some(z) = cfg.noise_multiplier {
+        return if z.is_finite() && z > 0.0 {
+            Ok(z)
+        } else {
+            Err(DemoError::Config(format!(
+                "--noise-multiplier {z} must be positive"
+            )))
+        };
+    }
+    accountant::noise_multiplier(cfg.epsilon, 1.0, cfg.training.rounds, cfg.delta)
+        .map_err(|e| DemoError::Config(format!("cannot reach epsilon {}: {e}", cfg.epsilon)))
+}

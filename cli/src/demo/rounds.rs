@@ -1,0 +1,381 @@
+//! The demo's job from start to end: prepare the data and the federation,
+//! then run the rounds. In each, every client trains from the global model
+//! on its own partition and takes part with `local - global` (or hangs up
+//! at the stage the dropout plan says); the published model is then
+//! evaluated, and with DP off checked against the plain FedAvg of the
+//! updates the survivors sent.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tessera_aggregation::Stage;
+use tessera_aggregation::dp::mechanism::clip_l2;
+use tessera_client::{Client, ClientError, Participation};
+use tessera_train::data::Examples;
+use tessera_train::local::{self, Architecture, LocalTraining};
+use tokio::task::JoinSet;
+
+use super::federation::{self, Deployment};
+use super::output::prepare_out;
+use super::{DemoConfig, DemoError, DemoEvent, DemoReport, DpMode, RoundRow, Started, calibrate};
+
+/// Runs the demo; `progress` hears every event as it happens.
+pub(crate) async fn run_job(
+    cfg: &DemoConfig,
+    mut progress: impl FnMut(&DemoEvent),
+) -> Result<DemoReport, DemoError> {
+    cfg.check()?;
+    let (dataset, arch) = cfg.training.prepare()?;
+    let shares = cfg.training.client_shares(&dataset)?;
+    let model = federation::initial_model(&arch, cfg.training.seed)?;
+    prepare_out(&cfg.out)?;
+    let noise_multiplier = calibrate(cfg)?;
+    let deployment = federation::deploy(cfg, &model, noise_multiplier).await?;
+    let job = Job {
+        cfg,
+        arch,
+        clients: deployment.connect_clients()?,
+        partitions: shares
+            .iter()
+            .map(|idx| Arc::new(dataset.train.select(idx)))
+            .collect(),
+        test: dataset.test,
+    };
+    let dim = model.dim();
+    let (initial_accuracy, _) = local::evaluate(&arch, &model.params, &job.test);
+    progress(&started(
+        &deployment,
+        dim,
+        noise_multiplier,
+        initial_accuracy,
+    ));
+    let (rows, stopped_early) = job.train(model.params, &mut progress).await?;
+    deployment.server.shutdown().await?;
+    Ok(DemoReport {
+        rows,
+        initial_accuracy,
+        noise_multiplier,
+        graph: deployment.graph,
+        threshold: deployment.threshold,
+        min_survivors: deployment.min_survivors,
+        dim,
+        stopped_early,
+        data_dir: cfg.out.join("data"),
+    })
+}
+
+/// The event that opens the job's report.
+fn started(deployment: &Deployment, dim: usize, noise_multiplier: f64, accuracy: f32) -> DemoEvent {
+    DemoEvent::Started(Started {
+        url: deployment.url.clone(),
+        dim,
+        noise_multiplier,
+        graph: deployment.graph,
+        threshold: deployment.threshold,
+        min_survivors: deployment.min_survivors,
+        accuracy,
+    })
+}
+
+/// What stays fixed over the rounds once the server listens.
+struct Job<'a> {
+    /// The settings.
+    cfg: &'a DemoConfig,
+    /// The model's shape.
+    arch: Architecture,
+    /// One connected client per participant.
+    clients: Vec<Arc<Client>>,
+    /// Each client's training examples.
+    partitions: Vec<Arc<Examples>>,
+    /// The held-out split every published model is evaluated on.
+    test: Examples,
+}
+
+/// The global model between rounds.
+struct GlobalModel {
+    /// Its parameters.
+    params: Vec<f32>,
+    /// The server's last applied step, lr * velocity, for the momentum term
+    /// of the plain-FedAvg check.
+    last_step: Vec<f32>,
+}
+
+impl GlobalModel {
+    /// Moves to the model published after a round (the same one, if the
+    /// round aborted).
+    fn advance(&mut self, next: Vec<f32>, completed: bool) {
+        if completed {
+            self.last_step = next.iter().zip(&self.params).map(|(n, g)| n - g).collect();
+        }
+        self.params = next;
+    }
+}
+
+/// What one client did in a round.
+enum ClientRound {
+    /// Its update is in the sum (it completed, or dropped at Unmasking
+    /// after its masked input was in).
+    Counted {
+        update: Vec<f32>,
+        bytes: Option<(u64, u64)>,
+        survivors: Option<u32>,
+    },
+    /// It dropped before its masked input was in.
+    Dropped,
+    /// The server refused to run the round (budget spent, round limit).
+    Refused(String),
+}
+
+/// The counted clients of a round, summed up for its row.
+struct Tally<'a> {
+    /// Their updates, unclipped.
+    updates: Vec<&'a Vec<f32>>,
+    /// Survivors as the server announced them (0 if no client heard).
+    survivors: u32,
+    /// Mean bytes sent by the clients that completed.
+    bytes_per_client: u64,
+    /// Mean bytes they received.
+    bytes_received: u64,
+}
+
+impl Tally<'_> {
+    /// Sums up the counted clients among `results`.
+    fn of(results: &[Option<ClientRound>]) -> Tally<'_> {
+        let mut updates = Vec::new();
+        let mut survivors = None;
+        let (mut sent, mut received, mut completed) = (0u64, 0u64, 0u64);
+        for result in results.iter().flatten() {
+            if let ClientRound::Counted {
+                update,
+                bytes,
+                survivors: announced,
+            } = result
+            {
+                updates.push(update);
+                survivors = survivors.or(*announced);
+                if let Some((s, r)) = bytes {
+                    (sent, received, completed) = (sent + s, received + r, completed + 1);
+                }
+            }
+        }
+        Tally {
+            updates,
+            survivors: survivors.unwrap_or(0),
+            bytes_per_client: sent / completed.max(1),
+            bytes_received: received / completed.max(1),
+        }
+    }
+}
+
+/// What a round came to.
+enum RoundEnd {
+    /// The server ran it (completed or aborted).
+    Ran(RoundRow),
+    /// The server refused to run it, for this reason.
+    Refused(String),
+}
+
+impl Job<'_> {
+    /// Runs the rounds from the `initial` global model; returns their rows
+    /// and why the server stopped the job early, if it did.
+    async fn train(
+        &self,
+        initial: Vec<f32>,
+        progress: &mut impl FnMut(&DemoEvent),
+    ) -> Result<(Vec<RoundRow>, Option<String>), DemoError> {
+        let mut global = GlobalModel {
+            last_step: vec![0f32; initial.len()],
+            params: initial,
+        };
+        let mut rows = Vec::new();
+        for round in 1..=self.cfg.training.rounds {
+            match self.round(round, &mut global, progress).await? {
+                RoundEnd::Ran(row) => {
+                    progress(&DemoEvent::Round(row.clone()));
+                    rows.push(row);
+                }
+                RoundEnd::Refused(why) => return Ok((rows, Some(why))),
+            }
+        }
+        Ok((rows, None))
+    }
+
+    /// Runs `round` and moves `global` to the model it published.
+    async fn round(
+        &self,
+        round: u64,
+        global: &mut GlobalModel,
+        progress: &mut impl FnMut(&DemoEvent),
+    ) -> Result<RoundEnd, DemoError> {
+        let started = Instant::now();
+        let drop_before = self.cfg.training.dropout_plan(round);
+        let results = self
+            .run_clients(round, &global.params, &drop_before, progress)
+            .await?;
+        if let Some(why) = results.iter().find_map(|r| match r {
+            Some(ClientRound::Refused(why)) => Some(why.clone()),
+            _ => None,
+        }) {
+            return Ok(RoundEnd::Refused(why));
+        }
+        let published = self.clients[0]
+            .latest_model()
+            .await
+            .map_err(|error| DemoError::Client { client: 0, error })?;
+        // The data directory is fresh, so demo round r is the server's
+        // round r; the latest model comes from it only if it completed.
+        let completed = published.round == round;
+        let next = published.flatten();
+        let tally = Tally::of(&results);
+        let max_error_vs_plain = (self.cfg.dp == DpMode::Off && completed)
+            .then(|| self.plain_fedavg_error(global, &next, &tally.updates));
+        let (accuracy, loss) = local::evaluate(&self.arch, &next, &self.test);
+        let row = RoundRow {
+            round,
+            survivors: if completed { tally.survivors } else { 0 },
+            dropped: drop_before.iter().filter(|d| d.is_some()).count() as u32,
+            completed,
+            accuracy,
+            loss,
+            epsilon: published.epsilon,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes_per_client: tally.bytes_per_client,
+            bytes_received: tally.bytes_received,
+            max_error_vs_plain,
+        };
+        global.advance(next, completed);
+        Ok(RoundEnd::Ran(row))
+    }
+
+    /// Every client's part of `round`, concurrently; `None` for a client
+    /// whose round aborted (below the threshold: it aborts for every
+    /// client alike and is reported as an aborted row, not an error).
+    async fn run_clients(
+        &self,
+        round: u64,
+        global: &[f32],
+        drop_before: &[Option<Stage>],
+        progress: &mut impl FnMut(&DemoEvent),
+    ) -> Result<Vec<Option<ClientRound>>, DemoError> {
+        let global = Arc::new(global.to_vec());
+        let mut tasks = JoinSet::new();
+        for (c, client) in self.clients.iter().enumerate() {
+            let fut = client_round(
+                Arc::clone(client),
+                self.arch,
+                Arc::clone(&global),
+                Arc::clone(&self.partitions[c]),
+                self.cfg.training.local,
+                self.cfg.training.client_seed(round, c),
+                drop_before[c],
+            );
+            tasks.spawn(async move { (c, fut.await) });
+        }
+        let mut results: Vec<Option<ClientRound>> = (0..self.clients.len()).map(|_| None).collect();
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            let (c, result) = joined.expect("client task does not panic");
+            progress(&DemoEvent::ClientDone { round });
+            match result {
+                Ok(r) => results[c] = Some(r),
+                Err(ClientError::RoundAborted { .. }) => {}
+                Err(error) => failure = failure.or(Some(DemoError::Client { client: c, error })),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    }
+
+    /// The plain-FedAvg check of one round with this job's clip, server
+    /// learning rate and momentum.
+    fn plain_fedavg_error(&self, global: &GlobalModel, next: &[f32], updates: &[&Vec<f32>]) -> f32 {
+        let training = &self.cfg.training;
+        plain_fedavg_error(
+            &global.params,
+            &global.last_step,
+            next,
+            updates,
+            training.clip_norm,
+            training.server_lr,
+            training.server_momentum.unwrap_or(0.0),
+        )
+    }
+}
+
+/// One client's part of a round: train from `global`, then take part with
+/// `local - global`, or hang up before `drop_before`.
+async fn client_round(
+    client: Arc<Client>,
+    arch: Architecture,
+    global: Arc<Vec<f32>>,
+    examples: Arc<Examples>,
+    local: LocalTraining,
+    seed: u64,
+    drop_before: Option<Stage>,
+) -> Result<ClientRound, ClientError> {
+    let update =
+        tokio::task::spawn_blocking(move || local::update(&arch, &global, &examples, &local, seed))
+            .await
+            .expect("local training does not panic");
+    let result = match drop_before {
+        None => client
+            .participate(&update)
+            .await
+            .map(Participation::Completed),
+        Some(stage) => client.participate_or_drop(&update, stage).await,
+    };
+    match result {
+        Ok(Participation::Completed(o)) => Ok(ClientRound::Counted {
+            update,
+            bytes: Some((o.bytes_sent, o.bytes_received)),
+            survivors: Some(o.survivors),
+        }),
+        Ok(Participation::Dropped {
+            stage: Stage::Unmasking,
+            ..
+        }) => Ok(ClientRound::Counted {
+            update,
+            bytes: None,
+            survivors: None,
+        }),
+        Ok(Participation::Dropped { .. }) => Ok(ClientRound::Dropped),
+        Err(ClientError::ServerUnavailable(why)) => Ok(ClientRound::Refused(why)),
+        Err(e) => Err(e),
+    }
+}
+
+/// `max_i |next_i - (global_i + beta last_step_i + lr mean_i(clip(u)))|`,
+/// the plain-FedAvg check of one round (FedAvgM: the step is `lr v` with
+/// `v = beta v_prev + mean`, and `lr v_prev` is the last step taken).
+fn plain_fedavg_error(
+    global: &[f32],
+    last_step: &[f32],
+    next: &[f32],
+    updates: &[&Vec<f32>],
+    clip_norm: f32,
+    server_lr: f32,
+    beta: f32,
+) -> f32 {
+    let mut mean = vec![0f64; global.len()];
+    for u in updates {
+        let mut clipped = (*u).clone();
+        clip_l2(&mut clipped, clip_norm);
+        for (m, v) in mean.iter_mut().zip(&clipped) {
+            *m += f64::from(*v);
+        }
+    }
+    let n = updates.len().max(1) as f64;
+    global
+        .iter()
+        .zip(last_step)
+        .zip(next)
+        .zip(&mean)
+        .map(|(((g, s), x), m)| {
+            let expected =
+                f64::from(*g) + f64::from(beta) * f64::from(*s) + f64::from(server_lr) * m / n;
+            (f64::from(*x) - expected).abs() as f32
+        })
+        .fold(0.0, f32::max)
+}

@@ -1,0 +1,262 @@
+//! The charts: `rounds.svg` of `tessera demo` (accuracy and epsilon spent
+//! per round) and `stage_times.svg` of `tessera simulate` (a stacked bar
+//! per round of the wall time of each stage, so a run shows at a glance
+//! which stage dominates and whether rounds vary).
+//!
+//! Both are drawn by [`write_chart`]: one size, one white background, one
+//! palette, rendered in memory and written with [`super::write_atomic`].
+//! plotters draws them with its SVG backend alone (no font libraries: SVG
+//! text is emitted as `<text>` elements and the viewer picks the font).
+
+use std::path::Path;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use tessera_aggregation::Stage;
+use tessera_aggregation::sim::{Outcome, RoundReport};
+
+use crate::demo::RoundRow;
+use crate::params::graph_name;
+use crate::simulate::Plan;
+
+/// The colours of every chart, in order (Tableau 10's first five): the
+/// demo's two lines take the first two, the simulator's stacked stages one
+/// each in protocol order, so they stay distinguishable when stacked.
+const PALETTE: [RGBColor; 5] = [
+    RGBColor(0x4e, 0x79, 0xa7),
+    RGBColor(0xf2, 0x8e, 0x2b),
+    RGBColor(0x59, 0xa1, 0x4f),
+    RGBColor(0xb0, 0x7a, 0xa1),
+    RGBColor(0xe1, 0x57, 0x59),
+];
+
+/// Every chart's size in pixels.
+const SIZE: (u32, u32) = (960, 540);
+
+/// The drawing area a chart is drawn on.
+type Canvas<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// Renders the chart `draw` draws on a white canvas and writes it to
+/// `path` (atomically, so a reader never sees half a chart).
+fn write_chart(
+    path: &Path,
+    draw: impl for<'a, 'b> FnOnce(&'b Canvas<'a>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
+        root.present()?;
+    }
+    super::write_atomic(path, svg.as_bytes())?;
+    Ok(())
+}
+
+/// A stage's colour: its place in the protocol's order.
+fn stage_colour(stage: Stage) -> RGBColor {
+    let index = Stage::ALL.iter().position(|s| *s == stage);
+    PALETTE[index.expect("every stage is in Stage::ALL")]
+}
+
+/// Draws accuracy (left axis) and epsilon spent (right axis) per round of
+/// the demo to `path`; `initial_accuracy` is plotted at round 0 and
+/// `title` heads the chart.
+pub(crate) fn write_demo_chart(
+    path: &Path,
+    rows: &[RoundRow],
+    initial_accuracy: f32,
+    title: &str,
+) -> anyhow::Result<()> {
+    write_chart(path, |root| {
+        draw_demo_chart(root, rows, initial_accuracy, title)
+    })
+}
+
+/// The demo's chart on `root`.
+fn draw_demo_chart(
+    root: &Canvas<'_>,
+    rows: &[RoundRow],
+    initial_accuracy: f32,
+    title: &str,
+) -> anyhow::Result<()> {
+    let rounds = rows.last().map_or(1, |r| r.round).max(1);
+    let eps_max = rows.iter().map(|r| r.epsilon).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .right_y_label_area_size(56)
+        .build_cartesian_2d(0u64..rounds, 0f64..1.0)?
+        .set_secondary_coord(0u64..rounds, 0f64..eps_max);
+    chart
+        .configure_mesh()
+        .x_desc("round")
+        .y_desc("test accuracy")
+        .draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("epsilon spent")
+        .draw()?;
+    let [blue, orange, ..] = PALETTE;
+    let accuracy = std::iter::once((0, f64::from(initial_accuracy)))
+        .chain(rows.iter().map(|r| (r.round, f64::from(r.accuracy))));
+    chart
+        .draw_series(LineSeries::new(accuracy, blue.stroke_width(2)))?
+        .label("accuracy")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], blue.stroke_width(2)));
+    let epsilon = std::iter::once((0, 0.0)).chain(rows.iter().map(|r| (r.round, r.epsilon)));
+    chart
+        .draw_secondary_series(LineSeries::new(epsilon, orange.stroke_width(2)))?
+        .label("epsilon")
+        .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], orange.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// Writes the stage chart of `reports` (rounds of `plan`) to `path`.
+pub(crate) fn write_stage_chart(
+    path: &Path,
+    reports: &[RoundReport],
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    write_chart(path, |root| draw_stage_chart(root, reports, plan))
+}
+
+/// The simulator's chart on `root`.
+fn draw_stage_chart(root: &Canvas<'_>, reports: &[RoundReport], plan: &Plan) -> anyhow::Result<()> {
+    let rounds = reports.len().max(1) as f64;
+    let tallest = reports
+        .iter()
+        .map(|r| r.stage_seconds.values().sum::<f64>())
+        .fold(0.0, f64::max);
+    let y_max = (tallest * 1.15).max(1e-3);
+    let mut chart = ChartBuilder::on(root)
+        .caption(stage_caption(plan), ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.5..rounds - 0.5, 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(reports.len().clamp(2, 12) + 1)
+        // Rounds are integers; ticks between them stay unlabelled.
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 && *x >= 0.0 {
+                format!("{}", x.round() as i64)
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("round")
+        .y_desc("seconds")
+        .draw()?;
+
+    let mut base = vec![0.0; reports.len()];
+    for &stage in &plan.stages {
+        let colour = stage_colour(stage);
+        let bars = stage_bars(reports, stage, colour, &mut base);
+        chart
+            .draw_series(bars)?
+            .label(stage.name())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
+    }
+    // Mark aborted rounds: their bars stop at the stage that aborted.
+    if reports.len() <= 40 {
+        chart.draw_series(
+            reports
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.outcome == Outcome::Aborted)
+                .map(|(i, _)| {
+                    Text::new(
+                        "aborted",
+                        (i as f64 - 0.3, base[i] + y_max * 0.04),
+                        ("sans-serif", 12),
+                    )
+                }),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
+/// The stage chart's caption: the round's shape.
+fn stage_caption(plan: &Plan) -> String {
+    let sim = &plan.sim;
+    format!(
+        "Wall time per stage: n={} d={} {} k={} t={}",
+        sim.clients,
+        sim.dim,
+        graph_name(sim.graph),
+        plan.k,
+        sim.threshold
+    )
+}
+
+/// One bar segment per round that ran `stage`, stacked on `base` (each
+/// round's height so far, raised by the segment).
+fn stage_bars(
+    reports: &[RoundReport],
+    stage: Stage,
+    colour: RGBColor,
+    base: &mut [f64],
+) -> Vec<Rectangle<(f64, f64)>> {
+    reports
+        .iter()
+        .enumerate()
+        .filter_map(|(i, report)| {
+            let seconds = *report.stage_seconds.get(&stage)?;
+            let bottom = base[i];
+            base[i] += seconds;
+            let x = i as f64;
+            Some(Rectangle::new(
+                [(x - 0.35, bottom), (x + 0.35, bottom + seconds)],
+                colour.filled(),
+            ))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A demo row with distinct values.
+    fn row(round: u64) -> RoundRow {
+        RoundRow {
+            round,
+            survivors: 18,
+            dropped: 2,
+            completed: true,
+            accuracy: 0.5 + round as f32 / 100.0,
+            loss: 1.25,
+            epsilon: round as f64 * 0.25,
+            seconds: 0.5,
+            bytes_per_client: 12_345,
+            bytes_received: 67_890,
+            max_error_vs_plain: Some(1.5e-5),
+        }
+    }
+
+    #[test]
+    fn demo_svg_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rounds.svg");
+        write_demo_chart(&path, &[row(1), row(2), row(3)], 0.1, "demo").unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("epsilon spent"));
+    }
+}
