@@ -26,6 +26,7 @@
 mod advertise_keys;
 mod consistency_check;
 mod masked_input;
+mod roster;
 mod share_keys;
 mod unmasking;
 
@@ -34,11 +35,11 @@ use std::time::Instant;
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
-use crate::identity::{IdentityDirectory, IdentitySignature, SessionDigest};
-use crate::keys::PublicKeys;
+use crate::identity::{IdentityDirectory, SessionDigest};
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
 
+use roster::{Progress, Roster};
 pub use unmasking::RoundOutput;
 
 /// Proof that a stage closed with at least t clients. Only
@@ -56,154 +57,6 @@ impl ThresholdMet {
         } else {
             Err(AbortReason::BelowThreshold)
         }
-    }
-}
-
-/// How far a client got in the round: the last stage whose message the
-/// server accepted from it. The order is the protocol's: a client at one
-/// step has completed every earlier one, so the clients at or past a step
-/// are the paper's nested sets U1 ⊇ U2 ⊇ U3 ⊇ U4 ⊇ U5 (Bonawitz et al.), and
-/// "at least [`Progress::Masked`]" means "its masked input is in the sum".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Progress {
-    /// In the round; nothing accepted yet.
-    Joined,
-    /// Public keys advertised (AdvertiseKeys done).
-    Advertised,
-    /// Share bundles sent (ShareKeys done).
-    Shared,
-    /// Masked input added into the running sum (MaskedInput done).
-    Masked,
-    /// Survivor set confirmed (ConsistencyCheck done).
-    Confirmed,
-    /// Shares revealed: the client's part of the round is done.
-    Answered,
-}
-
-impl Progress {
-    /// What a client must have completed to take part in `stage`: answering
-    /// the unmasking request is asked of the clients that confirmed the
-    /// survivor set when the round has a consistency check, of the clients
-    /// whose masked input arrived otherwise.
-    fn to_enter(stage: Stage, config: &RoundConfig) -> Progress {
-        match stage {
-            Stage::AdvertiseKeys => Progress::Joined,
-            Stage::ShareKeys => Progress::Advertised,
-            Stage::MaskedInput => Progress::Shared,
-            Stage::ConsistencyCheck => Progress::Masked,
-            Stage::Unmasking if config.has_consistency_check() => Progress::Confirmed,
-            Stage::Unmasking => Progress::Masked,
-        }
-    }
-
-    /// What a client has completed once the server accepted its `stage`
-    /// message.
-    fn after(stage: Stage) -> Progress {
-        match stage {
-            Stage::AdvertiseKeys => Progress::Advertised,
-            Stage::ShareKeys => Progress::Shared,
-            Stage::MaskedInput => Progress::Masked,
-            Stage::ConsistencyCheck => Progress::Confirmed,
-            Stage::Unmasking => Progress::Answered,
-        }
-    }
-}
-
-/// One client's standing in the round: how far it got, and whether it is
-/// still in it.
-///
-/// Eviction keeps the progress: what an evicted client sent before stays
-/// part of the round (its advert in its neighbours' key lists and the
-/// transcript, its bundles in the relayed shares, its masked input in the
-/// sum, to be unmasked with its neighbours' shares), exactly as for a client
-/// that dropped out silently. It is only expected, and sent, nothing more.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Standing {
-    /// Still in the round.
-    Active(Progress),
-    /// Dropped from the round (its connection closed, or it broke the
-    /// protocol) after completing this much.
-    Evicted(Progress),
-}
-
-/// Each client's standing and the keys it advertised. Shared by all stage
-/// states.
-#[derive(Debug)]
-struct Roster {
-    standing: Vec<Standing>,
-    keys: Vec<Option<PublicKeys>>,
-    /// Malicious-server model: each client's advert signature, relayed
-    /// with its keys.
-    advert_signatures: Vec<Option<IdentitySignature>>,
-    /// Malicious-server model: each client's signature over the survivor
-    /// set, relayed in the unmasking requests.
-    survivor_signatures: Vec<Option<IdentitySignature>>,
-}
-
-impl Roster {
-    fn new(n: usize) -> Self {
-        Roster {
-            standing: vec![Standing::Active(Progress::Joined); n],
-            keys: vec![None; n],
-            advert_signatures: vec![None; n],
-            survivor_signatures: vec![None; n],
-        }
-    }
-
-    /// How far `id` got, evicted since or not.
-    fn progress(&self, id: ClientId) -> Progress {
-        match self.standing[id.index()] {
-            Standing::Active(progress) | Standing::Evicted(progress) => progress,
-        }
-    }
-
-    /// Whether `id` completed `step`, evicted since or not.
-    fn reached(&self, id: ClientId, step: Progress) -> bool {
-        self.progress(id) >= step
-    }
-
-    /// How far `id` got, if it is still in the round.
-    fn active(&self, id: ClientId) -> Option<Progress> {
-        match self.standing[id.index()] {
-            Standing::Active(progress) => Some(progress),
-            Standing::Evicted(_) => None,
-        }
-    }
-
-    /// Every client with how far it got, evicted or not, ascending.
-    fn clients(&self) -> impl Iterator<Item = (ClientId, Progress)> + '_ {
-        (0..self.standing.len() as u32)
-            .map(ClientId)
-            .map(|id| (id, self.progress(id)))
-    }
-
-    /// Clients still in the round that completed `step`.
-    fn count_active(&self, step: Progress) -> u32 {
-        self.standing
-            .iter()
-            .filter(|s| matches!(s, Standing::Active(p) if *p >= step))
-            .count() as u32
-    }
-
-    /// Clients evicted after completing exactly `step`.
-    fn count_evicted_at(&self, step: Progress) -> u32 {
-        self.standing
-            .iter()
-            .filter(|s| **s == Standing::Evicted(step))
-            .count() as u32
-    }
-
-    /// Records that `id` completed `step`.
-    fn advance(&mut self, id: ClientId, step: Progress) {
-        self.standing[id.index()] = Standing::Active(step);
-    }
-
-    /// Drops `id` from the round; returns how far it got, or `None` if it
-    /// was already evicted.
-    fn evict(&mut self, id: ClientId) -> Option<Progress> {
-        let progress = self.active(id)?;
-        self.standing[id.index()] = Standing::Evicted(progress);
-        Some(progress)
     }
 }
 
@@ -559,6 +412,29 @@ impl ServerSession {
         from: ClientId,
         message: ClientMessage,
     ) -> Result<(), ServerError> {
+        let stage = self.admit(now, from, &message)?;
+        match self.accept(from, message.body) {
+            Ok(()) => {
+                self.roster.advance(from, Progress::after(stage));
+                self.pending -= 1;
+                if self.pending == 0 {
+                    self.close_stage(now);
+                }
+                Ok(())
+            }
+            Err(violation) => Err(self.misbehaved(now, from, violation)),
+        }
+    }
+
+    /// Checks that `message` is the one `from` owes the current stage, and
+    /// returns that stage. A duplicate or a message ahead of the round drops
+    /// the client; a late or stale one is only refused.
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        message: &ClientMessage,
+    ) -> Result<Stage, ServerError> {
         if !self.config.contains(from) {
             return Err(ServerError::UnknownClient {
                 client: from,
@@ -608,8 +484,12 @@ impl ServerSession {
         if progress < required {
             return Err(ServerError::NotInRound { client: from });
         }
+        Ok(stage)
+    }
 
-        let accepted = match (&mut self.state, message.body) {
+    /// Hands an admitted message to the current stage.
+    fn accept(&mut self, from: ClientId, body: ClientBody) -> Result<(), ClientViolation> {
+        match (&mut self.state, body) {
             (State::AdvertiseKeys, ClientBody::AdvertiseKeys(advert)) => advertise_keys::accept(
                 &self.config,
                 self.identities.as_deref().zip(self.session_digest.as_ref()),
@@ -636,18 +516,7 @@ impl ServerSession {
             (State::Unmasking(state), ClientBody::Unmasking(response)) => {
                 state.accept(&self.graph, &self.roster, from, response)
             }
-            _ => unreachable!("message stage matched the current stage"),
-        };
-        match accepted {
-            Ok(()) => {
-                self.roster.advance(from, Progress::after(stage));
-                self.pending -= 1;
-                if self.pending == 0 {
-                    self.close_stage(now);
-                }
-                Ok(())
-            }
-            Err(violation) => Err(self.misbehaved(now, from, violation)),
+            _ => unreachable!("admit matched the message's stage to the current one"),
         }
     }
 
