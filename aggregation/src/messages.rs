@@ -112,6 +112,19 @@ pub enum ServerBody {
     Aborted(AbortReason),
 }
 
+impl ServerBody {
+    /// The message's name, as errors and logs show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ServerBody::NeighbourKeys(_) => "NeighbourKeys",
+            ServerBody::SealedShares(_) => "SealedShares",
+            ServerBody::ConsistencyCheck { .. } => "ConsistencyCheck",
+            ServerBody::UnmaskRequest { .. } => "UnmaskRequest",
+            ServerBody::Aborted(_) => "Aborted",
+        }
+    }
+}
+
 /// A client's advertisement: its two public keys and, in the
 /// malicious-server model, its identity's signature over (session hash, client
 /// id, keys).
@@ -371,16 +384,9 @@ impl ServerMessage {
         let round_id = r.header()?;
         let body = match r.u8()? {
             TAG_NEIGHBOUR_KEYS => {
-                let count = r.count(4 + 65)?;
-                let mut keys: Vec<(ClientId, Advert)> = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let id = ClientId(r.u32()?);
-                    if keys.last().is_some_and(|(last, _)| *last >= id) {
-                        return Err(DecodeError::Unsorted("NeighbourKeys"));
-                    }
-                    keys.push((id, r.advert()?));
-                }
-                ServerBody::NeighbourKeys(keys)
+                ServerBody::NeighbourKeys(
+                    r.sorted("NeighbourKeys", 4 + 65, |r, id| Ok((id, r.advert()?)))?,
+                )
             }
             TAG_SEALED_SHARES => ServerBody::SealedShares(r.bundles("SealedShares")?),
             TAG_CONSISTENCY_CHECK => ServerBody::ConsistencyCheck {
@@ -561,64 +567,59 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn signatures(
+    /// A list of entries that each start with a client id, ids strictly
+    /// ascending: a count (each entry taking at least `min_entry_len`
+    /// bytes), then each entry's id and what `rest` reads after it. Every id
+    /// list of the format is one of these, so each refuses an unsorted or
+    /// duplicated id the same way, before reading the rest of the entry.
+    fn sorted<T>(
         &mut self,
         what: &'static str,
-    ) -> Result<Vec<(ClientId, IdentitySignature)>, DecodeError> {
-        let count = self.count(4 + SIGNATURE_BYTES)?;
-        let mut out: Vec<(ClientId, IdentitySignature)> = Vec::with_capacity(count);
+        min_entry_len: usize,
+        mut rest: impl FnMut(&mut Self, ClientId) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let count = self.count(min_entry_len)?;
+        let mut out = Vec::with_capacity(count);
+        let mut last: Option<ClientId> = None;
         for _ in 0..count {
             let id = ClientId(self.u32()?);
-            if out.last().is_some_and(|(last, _)| *last >= id) {
+            if last.is_some_and(|last| last >= id) {
                 return Err(DecodeError::Unsorted(what));
             }
-            let signature =
-                IdentitySignature(self.take(SIGNATURE_BYTES)?.try_into().expect("64 bytes"));
-            out.push((id, signature));
+            last = Some(id);
+            out.push(rest(self, id)?);
         }
         Ok(out)
     }
 
+    fn signatures(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Vec<(ClientId, IdentitySignature)>, DecodeError> {
+        self.sorted(what, 4 + SIGNATURE_BYTES, |r, id| {
+            let signature =
+                IdentitySignature(r.take(SIGNATURE_BYTES)?.try_into().expect("64 bytes"));
+            Ok((id, signature))
+        })
+    }
+
     fn ids(&mut self, what: &'static str) -> Result<Vec<ClientId>, DecodeError> {
-        let count = self.count(4)?;
-        let mut ids: Vec<ClientId> = Vec::with_capacity(count);
-        for _ in 0..count {
-            let id = ClientId(self.u32()?);
-            if ids.last().is_some_and(|last| *last >= id) {
-                return Err(DecodeError::Unsorted(what));
-            }
-            ids.push(id);
-        }
-        Ok(ids)
+        self.sorted(what, 4, |_, id| Ok(id))
     }
 
     fn bundles(&mut self, what: &'static str) -> Result<Vec<SealedBundle>, DecodeError> {
-        let count = self.count(8)?;
-        let mut bundles: Vec<SealedBundle> = Vec::with_capacity(count);
-        for _ in 0..count {
-            let peer = ClientId(self.u32()?);
-            if bundles.last().is_some_and(|last| last.peer >= peer) {
-                return Err(DecodeError::Unsorted(what));
-            }
-            let ciphertext = self.var_bytes()?.to_vec();
-            bundles.push(SealedBundle { peer, ciphertext });
-        }
-        Ok(bundles)
+        self.sorted(what, 8, |r, peer| {
+            let ciphertext = r.var_bytes()?.to_vec();
+            Ok(SealedBundle { peer, ciphertext })
+        })
     }
 
     fn shares(&mut self, what: &'static str) -> Result<Vec<(ClientId, Share)>, DecodeError> {
-        let count = self.count(4 + SHARE_BYTES)?;
-        let mut shares: Vec<(ClientId, Share)> = Vec::with_capacity(count);
-        for _ in 0..count {
-            let owner = ClientId(self.u32()?);
-            if shares.last().is_some_and(|(last, _)| *last >= owner) {
-                return Err(DecodeError::Unsorted(what));
-            }
-            let share = Share::from_bytes(self.take(SHARE_BYTES)?)
+        self.sorted(what, 4 + SHARE_BYTES, |r, owner| {
+            let share = Share::from_bytes(r.take(SHARE_BYTES)?)
                 .map_err(|e| DecodeError::Share(e.to_string()))?;
-            shares.push((owner, share));
-        }
-        Ok(shares)
+            Ok((owner, share))
+        })
     }
 
     fn finish(self) -> Result<(), DecodeError> {
@@ -853,6 +854,74 @@ mod tests {
             ClientMessage::decode(&bytes),
             Err(DecodeError::Share(_))
         ));
+    }
+
+    #[test]
+    fn every_id_list_refuses_unsorted_or_repeated_ids_by_its_name() {
+        let advert = Advert::from(PublicKeys {
+            c_pk: [1; 32],
+            s_pk: [2; 32],
+        });
+        let bundle = |peer| SealedBundle {
+            peer,
+            ciphertext: vec![5; 8],
+        };
+        let signature = IdentitySignature([7; 64]);
+        for [a, b] in [[2, 1], [1, 1]].map(|ids| ids.map(ClientId)) {
+            let request = |dropped, signatures| ServerBody::UnmaskRequest {
+                survivors: vec![ClientId(0)],
+                dropped,
+                signatures,
+            };
+            for (body, what) in [
+                (
+                    ServerBody::NeighbourKeys(vec![(a, advert.clone()), (b, advert.clone())]),
+                    "NeighbourKeys",
+                ),
+                (
+                    ServerBody::SealedShares(vec![bundle(a), bundle(b)]),
+                    "SealedShares",
+                ),
+                (request(vec![a, b], Vec::new()), "dropped"),
+                (
+                    request(Vec::new(), vec![(a, signature), (b, signature)]),
+                    "signatures",
+                ),
+            ] {
+                let m = ServerMessage { round_id: 1, body };
+                assert_eq!(
+                    ServerMessage::decode(&m.encode()),
+                    Err(DecodeError::Unsorted(what))
+                );
+            }
+            let pair = vec![(a, share(3, 1)), (b, share(3, 2))];
+            for (body, what) in [
+                (
+                    ClientBody::ShareKeys(vec![bundle(a), bundle(b)]),
+                    "ShareKeys",
+                ),
+                (
+                    ClientBody::Unmasking(UnmaskResponse {
+                        self_mask_shares: pair.clone(),
+                        masking_key_shares: Vec::new(),
+                    }),
+                    "self-mask shares",
+                ),
+                (
+                    ClientBody::Unmasking(UnmaskResponse {
+                        self_mask_shares: Vec::new(),
+                        masking_key_shares: pair,
+                    }),
+                    "masking-key shares",
+                ),
+            ] {
+                let m = ClientMessage { round_id: 1, body };
+                assert_eq!(
+                    ClientMessage::decode(&m.encode()),
+                    Err(DecodeError::Unsorted(what))
+                );
+            }
+        }
     }
 
     #[test]

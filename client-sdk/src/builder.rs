@@ -318,32 +318,68 @@ impl ClientBuilder {
     /// ));
     /// ```
     pub fn build(self) -> Result<Client, ClientError> {
-        let invalid_url = |reason: &str| ClientError::InvalidUrl {
+        let target = self.check_url()?;
+        self.check_limits()?;
+        self.check_credentials()?;
+        let endpoint = self.endpoint(&target)?;
+        let rng = self.rng()?;
+        Ok(Client {
+            inner: ClientInner {
+                url: self.url,
+                endpoint,
+                token: self.token,
+                round_timeout: self.round_timeout,
+                retry: self.retry,
+                max_message_bytes: self.max_message_bytes,
+                rng: std::sync::Mutex::new(rng),
+                identity: self.identity,
+                trusted: self.trusted,
+                policy: self.policy,
+            },
+        })
+    }
+
+    fn invalid_url(&self, reason: &str) -> ClientError {
+        ClientError::InvalidUrl {
             url: self.url.clone(),
             reason: reason.to_owned(),
-        };
+        }
+    }
+
+    /// The URL must be `http` or `https` with a host and nothing after the
+    /// port: the SDK adds the gRPC paths itself.
+    fn check_url(&self) -> Result<Target, ClientError> {
         let uri: Uri = self
             .url
             .parse()
-            .map_err(|e: tonic::codegen::http::uri::InvalidUri| invalid_url(&e.to_string()))?;
+            .map_err(|e: tonic::codegen::http::uri::InvalidUri| self.invalid_url(&e.to_string()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             Some(other) => {
-                return Err(invalid_url(&format!(
+                return Err(self.invalid_url(&format!(
                     "scheme '{other}' is not supported (use http or https)"
                 )));
             }
-            None => return Err(invalid_url("no scheme (use http:// or https://)")),
+            None => return Err(self.invalid_url("no scheme (use http:// or https://)")),
         };
         let Some(host) = uri.host().filter(|h| !h.is_empty()) else {
-            return Err(invalid_url("no host"));
+            return Err(self.invalid_url("no host"));
         };
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err(invalid_url(
-                "a path or query is not supported; give scheme://host:port",
-            ));
+            return Err(
+                self.invalid_url("a path or query is not supported; give scheme://host:port")
+            );
         }
+        Ok(Target {
+            https,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Timeouts, limits and attempts of zero would make a client that can
+    /// never finish a round.
+    fn check_limits(&self) -> Result<(), ClientError> {
         for (setting, zero) in [
             ("connect_timeout", self.connect_timeout.is_zero()),
             ("round_timeout", self.round_timeout.is_zero()),
@@ -357,111 +393,120 @@ impl ClientBuilder {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The token must fit a header; the policy must hold; an identity and
+    /// the allow-list come together, the identity inside the list.
+    fn check_credentials(&self) -> Result<(), ClientError> {
         if let Some(token) = &self.token {
             token.header()?;
         }
         self.policy.validate(self.identity.is_some())?;
         match (&self.identity, self.trusted.is_empty()) {
-            (Some(_), true) => {
-                return Err(ClientError::InvalidSetting {
-                    setting: "trusted_identities",
-                    problem: "an identity needs the allow-list of enrolled identities to check its peers against".into(),
-                });
-            }
-            (None, false) => {
-                return Err(ClientError::InvalidSetting {
-                    setting: "identity",
-                    problem: "trusted identities were given but no identity of this client's own"
-                        .into(),
-                });
-            }
+            (Some(_), true) => Err(ClientError::InvalidSetting {
+                setting: "trusted_identities",
+                problem: "an identity needs the allow-list of enrolled identities to check its peers against".into(),
+            }),
+            (None, false) => Err(ClientError::InvalidSetting {
+                setting: "identity",
+                problem: "trusted identities were given but no identity of this client's own"
+                    .into(),
+            }),
             (Some(key), false) if !self.trusted.contains(&key.verifying_key()) => {
-                return Err(ClientError::InvalidSetting {
+                Err(ClientError::InvalidSetting {
                     setting: "identity",
                     problem: format!(
                         "this client's identity {} is not in the trusted allow-list",
                         key.verifying_key()
                     ),
-                });
+                })
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
 
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| invalid_url(&source_chain(&e)))?
+    /// The gRPC endpoint, with TLS for an `https` URL; TLS settings on a
+    /// plain-text URL are refused rather than silently unused.
+    fn endpoint(&self, target: &Target) -> Result<Endpoint, ClientError> {
+        let endpoint = Endpoint::from_shared(self.url.clone())
+            .map_err(|e| self.invalid_url(&source_chain(&e)))?
             .connect_timeout(self.connect_timeout);
-        let has_tls_setting =
-            self.tls_ca_pem.is_some() || self.tls_domain.is_some() || self.tls_identity.is_some();
-        if https {
-            let Some(ca) = &self.tls_ca_pem else {
-                return Err(ClientError::InvalidTls(
-                    "an https URL needs tls_ca_pem: the SDK trusts only the \
-                     deployment's own certificate authority"
-                        .into(),
-                ));
-            };
-            // rustls skips text that is not PEM, so a wrong file would
-            // otherwise give a client that trusts nothing and fails every
-            // handshake with a puzzling error.
-            if !contains(ca, b"-----BEGIN CERTIFICATE-----") {
-                return Err(ClientError::InvalidTls(
-                    "tls_ca_pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
-                ));
-            }
-            if let Some((cert, key)) = &self.tls_identity {
-                if !contains(cert, b"-----BEGIN CERTIFICATE-----") {
-                    return Err(ClientError::InvalidTls(
-                        "tls_identity's certificate holds no PEM certificate".into(),
-                    ));
-                }
-                if !contains(key, b"PRIVATE KEY-----") {
-                    return Err(ClientError::InvalidTls(
-                        "tls_identity's key holds no PEM private key".into(),
-                    ));
-                }
-            }
-            let domain = self.tls_domain.clone().unwrap_or_else(|| {
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned()
-            });
-            let mut tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca))
-                .domain_name(domain)
-                .timeout(self.connect_timeout);
-            if let Some((cert, key)) = &self.tls_identity {
-                tls = tls.identity(Identity::from_pem(cert, key.as_slice()));
-            }
-            endpoint = endpoint
+        if target.https {
+            let tls = self.tls_config(&target.host)?;
+            return endpoint
                 .tls_config(tls)
-                .map_err(|e| ClientError::InvalidTls(source_chain(&e)))?;
-        } else if has_tls_setting {
+                .map_err(|e| ClientError::InvalidTls(source_chain(&e)));
+        }
+        if self.tls_ca_pem.is_some() || self.tls_domain.is_some() || self.tls_identity.is_some() {
             return Err(ClientError::InvalidTls(format!(
                 "TLS settings were given for the plain-text URL '{}'; use https://",
                 self.url
             )));
         }
-
-        let rng = match &self.rng_seed {
-            Some(seed) => StdRng::from_seed(**seed),
-            None => StdRng::try_from_rng(&mut rand::rngs::SysRng)
-                .map_err(|e| ClientError::OsRandomness(e.to_string()))?,
-        };
-        Ok(Client {
-            inner: ClientInner {
-                url: self.url.clone(),
-                endpoint,
-                token: self.token.clone(),
-                round_timeout: self.round_timeout,
-                retry: self.retry,
-                max_message_bytes: self.max_message_bytes,
-                rng: std::sync::Mutex::new(rng),
-                identity: self.identity.clone(),
-                trusted: self.trusted.clone(),
-                policy: self.policy.clone(),
-            },
-        })
+        Ok(endpoint)
     }
+
+    /// TLS trusting the deployment's CA alone, checked to hold PEM (rustls
+    /// skips text that is not PEM, so a wrong file would otherwise give a
+    /// client that trusts nothing and fails every handshake with a puzzling
+    /// error).
+    fn tls_config(&self, host: &str) -> Result<ClientTlsConfig, ClientError> {
+        let Some(ca) = &self.tls_ca_pem else {
+            return Err(ClientError::InvalidTls(
+                "an https URL needs tls_ca_pem: the SDK trusts only the \
+                 deployment's own certificate authority"
+                    .into(),
+            ));
+        };
+        if !contains(ca, b"-----BEGIN CERTIFICATE-----") {
+            return Err(ClientError::InvalidTls(
+                "tls_ca_pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        if let Some((cert, key)) = &self.tls_identity {
+            if !contains(cert, b"-----BEGIN CERTIFICATE-----") {
+                return Err(ClientError::InvalidTls(
+                    "tls_identity's certificate holds no PEM certificate".into(),
+                ));
+            }
+            if !contains(key, b"PRIVATE KEY-----") {
+                return Err(ClientError::InvalidTls(
+                    "tls_identity's key holds no PEM private key".into(),
+                ));
+            }
+        }
+        let domain = self.tls_domain.clone().unwrap_or_else(|| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .domain_name(domain)
+            .timeout(self.connect_timeout);
+        if let Some((cert, key)) = &self.tls_identity {
+            tls = tls.identity(Identity::from_pem(cert, key.as_slice()));
+        }
+        Ok(tls)
+    }
+
+    /// The client's generator: from the test seed if one was given,
+    /// otherwise from the operating system.
+    fn rng(&self) -> Result<StdRng, ClientError> {
+        match &self.rng_seed {
+            Some(seed) => Ok(StdRng::from_seed(**seed)),
+            None => StdRng::try_from_rng(&mut rand::rngs::SysRng)
+                .map_err(|e| ClientError::OsRandomness(e.to_string())),
+        }
+    }
+}
+
+/// Where [`ClientBuilder::build`] connects, as read from the URL.
+struct Target {
+    https: bool,
+    /// The URL's host, the TLS name by default.
+    host: String,
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -91,8 +91,14 @@ impl Context {
 /// assert!(client.submit_input(vec![0; 3]).is_err());
 /// ```
 pub struct ClientSession {
-    ctx: Context,
     state: State,
+    core: Core,
+}
+
+/// Everything a session holds besides its stage state: what a transition
+/// reads and writes while [`State::step`] has the state moved out.
+struct Core {
+    ctx: Context,
     /// The encoded input, until the masked input stage consumes it.
     input: Option<Vec<u32>>,
     rng: ChaCha20Rng,
@@ -104,8 +110,8 @@ pub struct ClientSession {
 impl std::fmt::Debug for ClientSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientSession")
-            .field("id", &self.ctx.id)
-            .field("round_id", &self.ctx.config.round_id)
+            .field("id", &self.core.ctx.id)
+            .field("round_id", &self.core.ctx.config.round_id)
             .field("state", &self.state.name())
             .finish_non_exhaustive()
     }
@@ -121,11 +127,26 @@ enum State {
     Aborted(AbortReason),
     TimedOut,
     Refused,
-    /// Only seen while a transition is in progress.
+    /// The placeholder left in the session while [`State::step`] runs.
+    /// Nothing can read it then (the step gets the state and the session's
+    /// [`Core`], not the session); it stays only if a step panicked, and a
+    /// session caught after such a panic then reports no stage and refuses
+    /// everything as ended, rather than pass for a stage whose secrets are
+    /// gone.
     Transitioning,
 }
 
 impl State {
+    /// Runs one transition in place: moves the state out of `slot`, hands
+    /// it to `step` by value and stores the state `step` gives back, on
+    /// every outcome (an error path gives back `Refused`, or the state it
+    /// was handed). This is the only place the state is moved out.
+    fn step<R>(slot: &mut State, step: impl FnOnce(State) -> (State, R)) -> R {
+        let (next, out) = step(std::mem::replace(slot, State::Transitioning));
+        *slot = next;
+        out
+    }
+
     fn name(&self) -> &'static str {
         match self {
             State::AdvertiseKeys(_) => "advertise-keys",
@@ -408,33 +429,35 @@ impl ClientSession {
         rng.fill_bytes(&mut seed[..]);
         let mut session_rng = ChaCha20Rng::from_seed(*seed);
         let (state, advert) = advertise_keys::AdvertiseKeys::start(&ctx, &mut session_rng);
-        let mut session = ClientSession {
+        let mut core = Core {
             ctx,
-            state: State::AdvertiseKeys(state),
             input: None,
             rng: session_rng,
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             deadline: None,
         };
-        session.outbox.push_back(advert);
-        session.wait_from(now);
-        Ok(session)
+        core.outbox.push_back(advert);
+        core.wait_from(now);
+        Ok(ClientSession {
+            state: State::AdvertiseKeys(state),
+            core,
+        })
     }
 
     /// This client's id.
     pub fn id(&self) -> ClientId {
-        self.ctx.id
+        self.core.ctx.id
     }
 
     /// The round's configuration.
     pub fn config(&self) -> &RoundConfig {
-        &self.ctx.config
+        &self.core.ctx.config
     }
 
     /// This client's neighbours in the round's graph.
     pub fn neighbours(&self) -> &[ClientId] {
-        &self.ctx.neighbours
+        &self.core.ctx.neighbours
     }
 
     /// The stage the client is in, or `None` once its session has ended.
@@ -470,7 +493,7 @@ impl ClientSession {
 
     /// True when [`ClientSession::poll_transmit`] has a message.
     pub fn has_transmit(&self) -> bool {
-        !self.outbox.is_empty()
+        !self.core.outbox.is_empty()
     }
 
     /// True once the session can do nothing more.
@@ -480,7 +503,7 @@ impl ClientSession {
 
     /// Hands the session the encoded input (values mod 2^bits, length `dim`).
     pub fn submit_input(&mut self, input: Vec<u32>) -> Result<(), ClientError> {
-        let config = &self.ctx.config;
+        let config = &self.core.ctx.config;
         if input.len() != config.dim as usize {
             return Err(ClientError::InputLength {
                 expected: config.dim as usize,
@@ -494,29 +517,24 @@ impl ClientSession {
                 bits: config.bits,
             });
         }
-        match self.state {
-            State::AdvertiseKeys(_) | State::ShareKeys(_) if self.input.is_none() => {
-                self.input = Some(input);
-                Ok(())
+        State::step(&mut self.state, |state| match state {
+            State::AdvertiseKeys(_) | State::ShareKeys(_) if self.core.input.is_none() => {
+                self.core.input = Some(input);
+                (state, Ok(()))
             }
-            State::MaskedInput(_) => {
-                let State::MaskedInput(state) =
-                    std::mem::replace(&mut self.state, State::Transitioning)
-                else {
-                    unreachable!("checked above")
-                };
-                self.mask(state, input);
-                Ok(())
-            }
+            State::MaskedInput(state) => (self.core.mask(state, input), Ok(())),
             State::AdvertiseKeys(_)
             | State::ShareKeys(_)
             | State::ConsistencyCheck(_)
             | State::Unmasking(_)
-            | State::Finished => Err(ClientError::InputAlreadySubmitted),
-            _ => Err(ClientError::SessionEnded {
-                state: self.state.name(),
-            }),
-        }
+            | State::Finished => (state, Err(ClientError::InputAlreadySubmitted)),
+            state => {
+                let ended = ClientError::SessionEnded {
+                    state: state.name(),
+                };
+                (state, Err(ended))
+            }
+        })
     }
 
     /// Feeds one message from the server.
@@ -529,9 +547,9 @@ impl ClientSession {
         now: Instant,
         message: ServerMessage,
     ) -> Result<(), ClientError> {
-        if message.round_id != self.ctx.config.round_id {
+        if message.round_id != self.core.ctx.config.round_id {
             return Err(ClientError::WrongRound {
-                expected: self.ctx.config.round_id,
+                expected: self.core.ctx.config.round_id,
                 got: message.round_id,
             });
         }
@@ -540,63 +558,68 @@ impl ClientSession {
             // produced nothing.
             if !self.is_closed() || matches!(self.state, State::Finished) {
                 self.state = State::Aborted(reason);
-                self.deadline = None;
-                self.events.push_back(ClientEvent::Aborted(reason));
+                self.core.deadline = None;
+                self.core.events.push_back(ClientEvent::Aborted(reason));
             }
             return Ok(());
         }
-        let state = std::mem::replace(&mut self.state, State::Transitioning);
-        let result = self.transition(now, state, message.body);
-        // A violation ends the session, except a second unmasking request:
-        // the client already did its part and stays finished.
-        if let Err(ClientError::ServerMisbehaved(v)) = &result
-            && *v != Violation::SecondUnmaskRequest
-        {
-            self.state = State::Refused;
-            self.deadline = None;
-            self.outbox.clear();
-        }
-        result
+        State::step(&mut self.state, |state| {
+            self.core.transition(now, state, message.body)
+        })
     }
 
+    /// Tells the session the time; past its deadline it gives up on the
+    /// round.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.core.deadline.is_some_and(|d| now >= d) {
+            self.core.deadline = None;
+            self.state = State::TimedOut;
+            self.core.outbox.clear();
+            self.core.events.push_back(ClientEvent::TimedOut);
+        }
+    }
+
+    /// When the driver should call [`ClientSession::handle_timeout`].
+    #[must_use = "the session needs handle_timeout at this instant"]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.core.deadline
+    }
+
+    /// The next message to send to the server.
+    #[must_use = "a polled message is gone from the session: send it"]
+    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
+        self.core.outbox.pop_front()
+    }
+
+    /// The next event for the driver.
+    #[must_use = "a polled event is gone from the session: act on it"]
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.core.events.pop_front()
+    }
+}
+
+impl Core {
+    /// Handles a server message in `state`; returns the state the session
+    /// goes to and the outcome.
+    ///
+    /// A violation ends the session (it is refused), except a second
+    /// unmasking request: the client already did its part and stays
+    /// finished.
     fn transition(
         &mut self,
         now: Instant,
         state: State,
         body: ServerBody,
-    ) -> Result<(), ClientError> {
-        let unexpected = |state: &State, body: &ServerBody| Violation::UnexpectedMessage {
-            stage: state.name(),
-            message: body_name(body),
-        };
-        match (state, body) {
+    ) -> (State, Result<(), ClientError>) {
+        let next = match (state, body) {
             (State::AdvertiseKeys(state), ServerBody::NeighbourKeys(keys)) => {
-                let (next, message, transcript) =
-                    state.handle_neighbour_keys(&self.ctx, keys, &mut self.rng)?;
-                self.ctx.transcript = transcript;
-                self.outbox.push_back(message);
-                self.state = State::ShareKeys(next);
-                self.wait_from(now);
-                Ok(())
+                self.on_neighbour_keys(now, state, keys)
             }
             (State::ShareKeys(state), ServerBody::SealedShares(bundles)) => {
-                let next = state.handle_sealed_shares(&self.ctx, bundles)?;
-                match self.input.take() {
-                    Some(input) => self.mask(next, input),
-                    None => {
-                        self.state = State::MaskedInput(next);
-                        self.events.push_back(ClientEvent::InputNeeded);
-                    }
-                }
-                self.wait_from(now);
-                Ok(())
+                self.on_sealed_shares(now, state, bundles)
             }
             (State::ConsistencyCheck(state), ServerBody::ConsistencyCheck { survivors }) => {
-                let (next, message) = state.handle_survivors(&self.ctx, survivors)?;
-                self.outbox.push_back(message);
-                self.state = State::Unmasking(next);
-                self.wait_from(now);
-                Ok(())
+                self.on_survivors(now, state, survivors)
             }
             (
                 State::Unmasking(state),
@@ -605,81 +628,109 @@ impl ClientSession {
                     dropped,
                     signatures,
                 },
-            ) => {
-                let message = state.handle_request(&self.ctx, survivors, dropped, signatures)?;
-                self.outbox.push_back(message);
-                self.state = State::Finished;
-                self.deadline = None;
-                self.events.push_back(ClientEvent::Completed);
-                Ok(())
-            }
+            ) => self.on_unmask_request(state, survivors, dropped, signatures),
             (State::Finished, ServerBody::UnmaskRequest { .. }) => {
                 // The client already revealed shares once; a second request
                 // could ask for the other secret of some neighbour. It is
                 // refused, but the round the client took part in stands.
-                self.state = State::Finished;
-                Err(Violation::SecondUnmaskRequest.into())
+                return (State::Finished, Err(Violation::SecondUnmaskRequest.into()));
             }
             (
                 state @ (State::Finished | State::Aborted(_) | State::TimedOut | State::Refused),
                 _,
             ) => {
-                let name = state.name();
-                self.state = state;
-                Err(ClientError::SessionEnded { state: name })
+                let ended = ClientError::SessionEnded {
+                    state: state.name(),
+                };
+                return (state, Err(ended));
             }
-            (state, body) => Err(unexpected(&state, &body).into()),
+            (state, body) => Err(Violation::UnexpectedMessage {
+                stage: state.name(),
+                message: body.name(),
+            }),
+        };
+        match next {
+            Ok(next) => (next, Ok(())),
+            Err(violation) => {
+                self.deadline = None;
+                self.outbox.clear();
+                (State::Refused, Err(violation.into()))
+            }
         }
     }
 
-    fn mask(&mut self, state: masked_input::MaskedInput, input: Vec<u32>) {
+    fn on_neighbour_keys(
+        &mut self,
+        now: Instant,
+        state: advertise_keys::AdvertiseKeys,
+        keys: Vec<(ClientId, crate::messages::Advert)>,
+    ) -> Result<State, Violation> {
+        let (next, message, transcript) =
+            state.handle_neighbour_keys(&self.ctx, keys, &mut self.rng)?;
+        self.ctx.transcript = transcript;
+        self.outbox.push_back(message);
+        self.wait_from(now);
+        Ok(State::ShareKeys(next))
+    }
+
+    fn on_sealed_shares(
+        &mut self,
+        now: Instant,
+        state: share_keys::ShareKeys,
+        bundles: Vec<crate::messages::SealedBundle>,
+    ) -> Result<State, Violation> {
+        let next = state.handle_sealed_shares(&self.ctx, bundles)?;
+        let next = match self.input.take() {
+            Some(input) => self.mask(next, input),
+            None => {
+                self.events.push_back(ClientEvent::InputNeeded);
+                State::MaskedInput(next)
+            }
+        };
+        self.wait_from(now);
+        Ok(next)
+    }
+
+    fn on_survivors(
+        &mut self,
+        now: Instant,
+        state: consistency_check::ConsistencyCheck,
+        survivors: Vec<ClientId>,
+    ) -> Result<State, Violation> {
+        let (next, message) = state.handle_survivors(&self.ctx, survivors)?;
+        self.outbox.push_back(message);
+        self.wait_from(now);
+        Ok(State::Unmasking(next))
+    }
+
+    fn on_unmask_request(
+        &mut self,
+        state: unmasking::Unmasking,
+        survivors: Vec<ClientId>,
+        dropped: Vec<ClientId>,
+        signatures: Vec<(ClientId, crate::identity::IdentitySignature)>,
+    ) -> Result<State, Violation> {
+        let message = state.handle_request(&self.ctx, survivors, dropped, signatures)?;
+        self.outbox.push_back(message);
+        self.deadline = None;
+        self.events.push_back(ClientEvent::Completed);
+        Ok(State::Finished)
+    }
+
+    /// Masks and queues the input; returns the state that waits for the
+    /// server's next request.
+    fn mask(&mut self, state: masked_input::MaskedInput, input: Vec<u32>) -> State {
         let (next, message) = state.mask(&self.ctx, input);
         self.outbox.push_back(message);
         self.events.push_back(ClientEvent::MaskedInputSent);
-        self.state = match next {
+        match next {
             masked_input::Next::ConsistencyCheck(s) => State::ConsistencyCheck(s),
             masked_input::Next::Unmasking(s) => State::Unmasking(s),
-        };
-    }
-
-    /// Tells the session the time; past its deadline it gives up on the
-    /// round.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.deadline.is_some_and(|d| now >= d) {
-            self.deadline = None;
-            self.state = State::TimedOut;
-            self.outbox.clear();
-            self.events.push_back(ClientEvent::TimedOut);
         }
-    }
-
-    /// When the driver should call [`ClientSession::handle_timeout`].
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// The next message to send to the server.
-    pub fn poll_transmit(&mut self) -> Option<ClientMessage> {
-        self.outbox.pop_front()
-    }
-
-    /// The next event for the driver.
-    pub fn poll_event(&mut self) -> Option<ClientEvent> {
-        self.events.pop_front()
     }
 
     fn wait_from(&mut self, now: Instant) {
         self.deadline = Some(now + self.ctx.config.stage_timeout * 2);
-    }
-}
-
-fn body_name(body: &ServerBody) -> &'static str {
-    match body {
-        ServerBody::NeighbourKeys(_) => "NeighbourKeys",
-        ServerBody::SealedShares(_) => "SealedShares",
-        ServerBody::ConsistencyCheck { .. } => "ConsistencyCheck",
-        ServerBody::UnmaskRequest { .. } => "UnmaskRequest",
-        ServerBody::Aborted(_) => "Aborted",
     }
 }
 
@@ -696,4 +747,76 @@ struct HeldShares {
     /// For each neighbour that sealed shares for this client, ascending:
     /// (neighbour, share of its masking key, share of its self-mask seed).
     from_neighbours: Vec<(ClientId, crate::shamir::Share, crate::shamir::Share)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::PublicKeys;
+    use crate::messages::Advert;
+
+    fn client(now: Instant) -> ClientSession {
+        let mut rng = ChaCha20Rng::from_seed([5; 32]);
+        ClientSession::new(RoundConfig::new(1, 3, 4), ClientId(0), now, &mut rng).unwrap()
+    }
+
+    #[test]
+    fn refused_calls_leave_the_session_in_its_stage() {
+        let now = Instant::now();
+        let mut client = client(now);
+        client.submit_input(vec![1; 4]).unwrap();
+        assert_eq!(
+            client.submit_input(vec![1; 4]),
+            Err(ClientError::InputAlreadySubmitted)
+        );
+        assert_eq!(client.stage(), Some(Stage::AdvertiseKeys));
+        assert_eq!(client.state.name(), "advertise-keys");
+        let stale = ServerMessage {
+            round_id: 2,
+            body: ServerBody::SealedShares(Vec::new()),
+        };
+        assert!(matches!(
+            client.handle_message(now, stale),
+            Err(ClientError::WrongRound { .. })
+        ));
+        assert_eq!(client.state.name(), "advertise-keys");
+    }
+
+    #[test]
+    fn a_violation_leaves_the_session_refused_not_mid_transition() {
+        let now = Instant::now();
+        let mut client = client(now);
+        let advert = Advert::from(PublicKeys {
+            c_pk: [1; 32],
+            s_pk: [2; 32],
+        });
+        let unsorted = ServerMessage {
+            round_id: 1,
+            body: ServerBody::NeighbourKeys(vec![
+                (ClientId(2), advert.clone()),
+                (ClientId(1), advert),
+            ]),
+        };
+        assert_eq!(
+            client.handle_message(now, unsorted),
+            Err(Violation::Unsorted("NeighbourKeys").into())
+        );
+        assert_eq!(client.state.name(), "refused");
+        assert_eq!(client.stage(), None);
+        assert_eq!(client.poll_timeout(), None);
+        // Every later message or command reports the real end state.
+        let late = ServerMessage {
+            round_id: 1,
+            body: ServerBody::SealedShares(Vec::new()),
+        };
+        assert_eq!(
+            client.handle_message(now, late),
+            Err(ClientError::SessionEnded { state: "refused" })
+        );
+        assert_eq!(
+            client.submit_input(vec![1; 4]),
+            Err(ClientError::SessionEnded { state: "refused" })
+        );
+        assert_eq!(client.state.name(), "refused");
+    }
 }

@@ -10,7 +10,7 @@
 //! it on arrival, so one client with a bad signature is dropped here instead
 //! of making all its neighbours refuse the round.
 
-use super::{LEVEL_ADVERTISED, Roster};
+use super::{Progress, Roster};
 use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::graph::NeighbourGraph;
@@ -56,7 +56,7 @@ pub(super) fn transcript(
 ) -> SessionDigest {
     let adverts: Vec<(ClientId, Advert)> = (0..config.num_clients)
         .map(ClientId)
-        .filter(|id| roster.reached(*id, LEVEL_ADVERTISED))
+        .filter(|id| roster.reached(*id, Progress::Advertised))
         .map(|id| (id, advert_of(roster, id)))
         .collect();
     transcript_hash(config, directory, adverts.iter().map(|(id, a)| (*id, a)))
@@ -79,7 +79,7 @@ pub(super) fn advertised_neighbours(
         .neighbours(id.0)
         .into_iter()
         .map(ClientId)
-        .filter(|v| roster.reached(*v, LEVEL_ADVERTISED))
+        .filter(|v| roster.reached(*v, Progress::Advertised))
 }
 
 pub(super) fn neighbour_keys(graph: &NeighbourGraph, roster: &Roster, id: ClientId) -> ServerBody {

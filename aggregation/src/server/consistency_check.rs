@@ -10,7 +10,7 @@
 //! against a quorum of them ([`crate::config::RoundConfig::signature_quorum`]).
 
 use super::unmasking::Unmasking;
-use super::{ClientViolation, LEVEL_CONFIRMED, Roster, ThresholdMet};
+use super::{ClientViolation, Progress, Roster, ThresholdMet};
 use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::identity::{IdentityDirectory, IdentitySignature, SessionDigest};
@@ -64,10 +64,8 @@ pub(super) fn accept(
 /// The survivor-set signatures of every client that confirmed, ascending.
 pub(super) fn signatures(roster: &Roster) -> Vec<(ClientId, IdentitySignature)> {
     roster
-        .survivor_signatures
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| roster.level[*i] >= LEVEL_CONFIRMED)
-        .filter_map(|(i, s)| s.map(|s| (ClientId(i as u32), s)))
+        .clients()
+        .filter(|(_, progress)| *progress >= Progress::Confirmed)
+        .filter_map(|(id, _)| roster.survivor_signatures[id.index()].map(|s| (id, s)))
         .collect()
 }

@@ -5,7 +5,7 @@
 
 use super::consistency_check::ConsistencyCheck;
 use super::unmasking::Unmasking;
-use super::{ClientViolation, LEVEL_SHARED, ThresholdMet};
+use super::{ClientViolation, Progress, ThresholdMet};
 use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::encoding::unpack;
@@ -37,7 +37,7 @@ impl MaskedInput {
     ) -> ServerBody {
         let mut relayed = Vec::new();
         for sender in graph.neighbours(receiver.0).into_iter().map(ClientId) {
-            if !roster.reached(sender, LEVEL_SHARED) {
+            if !roster.reached(sender, Progress::Shared) {
                 continue;
             }
             let Some(bundles) = &self.bundles[sender.index()] else {

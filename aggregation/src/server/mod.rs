@@ -26,6 +26,7 @@
 mod advertise_keys;
 mod consistency_check;
 mod masked_input;
+mod roster;
 mod share_keys;
 mod unmasking;
 
@@ -34,11 +35,11 @@ use std::time::Instant;
 
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
-use crate::identity::{IdentityDirectory, IdentitySignature, SessionDigest};
-use crate::keys::PublicKeys;
+use crate::identity::{IdentityDirectory, SessionDigest};
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
 
+use roster::{Progress, Roster};
 pub use unmasking::RoundOutput;
 
 /// Proof that a stage closed with at least t clients. Only
@@ -56,45 +57,6 @@ impl ThresholdMet {
         } else {
             Err(AbortReason::BelowThreshold)
         }
-    }
-}
-
-/// How far each client got, and the keys it advertised. Shared by all stage
-/// states.
-#[derive(Debug)]
-struct Roster {
-    /// Stages completed: 0 = none, 1 = keys advertised, 2 = shares sent,
-    /// 3 = masked input received, 4 = survivor set confirmed, 5 = shares
-    /// revealed.
-    level: Vec<u8>,
-    /// Dropped from the round for misbehaving.
-    evicted: Vec<bool>,
-    keys: Vec<Option<PublicKeys>>,
-    /// Malicious-server model: each client's advert signature, relayed
-    /// with its keys.
-    advert_signatures: Vec<Option<IdentitySignature>>,
-    /// Malicious-server model: each client's signature over the survivor
-    /// set, relayed in the unmasking requests.
-    survivor_signatures: Vec<Option<IdentitySignature>>,
-}
-
-const LEVEL_ADVERTISED: u8 = 1;
-const LEVEL_SHARED: u8 = 2;
-const LEVEL_MASKED: u8 = 3;
-const LEVEL_CONFIRMED: u8 = 4;
-const LEVEL_ANSWERED: u8 = 5;
-
-impl Roster {
-    fn count_at_least(&self, level: u8) -> u32 {
-        self.level
-            .iter()
-            .zip(&self.evicted)
-            .filter(|(l, e)| **l >= level && !**e)
-            .count() as u32
-    }
-
-    fn reached(&self, id: ClientId, level: u8) -> bool {
-        self.level[id.index()] >= level
     }
 }
 
@@ -140,10 +102,66 @@ enum State {
     UnmaskingReady(unmasking::UnmaskingReady),
     Completed,
     Aborted(AbortReason),
+    /// The placeholder left in the session while [`State::step`] runs.
+    /// Nothing can read it then (the step gets the state, not the session);
+    /// it stays only if a step panicked (a bug, or rayon re-raising a panic
+    /// from unmasking). A session caught after such a panic then reports no
+    /// stage and refuses every message as over, rather than pass for a
+    /// stage whose data is gone.
     Transitioning,
 }
 
 impl State {
+    /// Runs one transition in place: moves the state out of `slot`, hands
+    /// it to `step` by value and stores the state `step` gives back, on
+    /// every outcome (an error path gives back `Aborted`, or the state it
+    /// was handed). This is the only place the state is moved out.
+    fn step<R>(slot: &mut State, step: impl FnOnce(State) -> (State, R)) -> R {
+        let (next, out) = step(std::mem::replace(slot, State::Transitioning));
+        *slot = next;
+        out
+    }
+
+    /// The state that follows this one once its stage closed with `met`,
+    /// and the broadcast that opens it; an error aborts the round (dropping
+    /// this state discards what it collected).
+    fn close(
+        self,
+        met: ThresholdMet,
+        config: &RoundConfig,
+        graph: &NeighbourGraph,
+        roster: &Roster,
+    ) -> Result<(State, Option<BroadcastKind>), AbortReason> {
+        let n = config.num_clients;
+        Ok(match self {
+            State::AdvertiseKeys => (
+                State::ShareKeys(share_keys::ShareKeys::new(met, n)),
+                Some(BroadcastKind::NeighbourKeys),
+            ),
+            State::ShareKeys(state) => (
+                State::MaskedInput(state.into_masked_input(met, config.dim)),
+                Some(BroadcastKind::SealedShares),
+            ),
+            State::MaskedInput(state) if config.has_consistency_check() => (
+                State::ConsistencyCheck(state.into_consistency_check(met)),
+                Some(BroadcastKind::ConsistencyCheck),
+            ),
+            State::MaskedInput(state) => (
+                State::Unmasking(state.into_unmasking(met, n)),
+                Some(BroadcastKind::UnmaskRequest),
+            ),
+            State::ConsistencyCheck(state) => (
+                State::Unmasking(state.into_unmasking(met, n)),
+                Some(BroadcastKind::UnmaskRequest),
+            ),
+            State::Unmasking(state) => (
+                State::UnmaskingReady(state.into_ready(met, graph, roster, config.threshold)?),
+                None,
+            ),
+            other => (other, None),
+        })
+    }
+
     fn name(&self) -> &'static str {
         match self {
             State::AdvertiseKeys => "advertise-keys",
@@ -170,7 +188,7 @@ impl State {
     }
 }
 
-/// A message to every client at some level, built one at a time in
+/// A message to every client at some step of its progress, built one at a time in
 /// [`ServerSession::poll_transmit`] so the server never holds n copies of
 /// the neighbour keys or share bundles.
 #[derive(Debug)]
@@ -349,13 +367,7 @@ impl ServerSession {
             survivor_set: Vec::new(),
             deadline: Some(now + config.stage_timeout),
             pending: config.num_clients,
-            roster: Roster {
-                level: vec![0; n],
-                evicted: vec![false; n],
-                keys: vec![None; n],
-                advert_signatures: vec![None; n],
-                survivor_signatures: vec![None; n],
-            },
+            roster: Roster::new(n),
             config,
             graph,
             state: State::AdvertiseKeys,
@@ -400,6 +412,29 @@ impl ServerSession {
         from: ClientId,
         message: ClientMessage,
     ) -> Result<(), ServerError> {
+        let stage = self.admit(now, from, &message)?;
+        match self.accept(from, message.body) {
+            Ok(()) => {
+                self.roster.advance(from, Progress::after(stage));
+                self.pending -= 1;
+                if self.pending == 0 {
+                    self.close_stage(now);
+                }
+                Ok(())
+            }
+            Err(violation) => Err(self.misbehaved(now, from, violation)),
+        }
+    }
+
+    /// Checks that `message` is the one `from` owes the current stage, and
+    /// returns that stage. A duplicate or a message ahead of the round drops
+    /// the client; a late or stale one is only refused.
+    fn admit(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        message: &ClientMessage,
+    ) -> Result<Stage, ServerError> {
         if !self.config.contains(from) {
             return Err(ServerError::UnknownClient {
                 client: from,
@@ -418,21 +453,19 @@ impl ServerSession {
                 state: self.state.name(),
             });
         };
-        let stage = message_stage(&message.body);
-        if self.roster.evicted[from.index()] {
+        let stage = message.body.stage();
+        let Some(progress) = self.roster.active(from) else {
             return Err(ServerError::NotInRound { client: from });
-        }
+        };
         if stage < current {
-            return Err(
-                if self.roster.level[from.index()] > stage_level(stage, &self.config) {
-                    self.misbehaved(now, from, ClientViolation::Duplicate(stage))
-                } else {
-                    ServerError::Late {
-                        client: from,
-                        stage,
-                    }
-                },
-            );
+            return Err(if progress > Progress::to_enter(stage, &self.config) {
+                self.misbehaved(now, from, ClientViolation::Duplicate(stage))
+            } else {
+                ServerError::Late {
+                    client: from,
+                    stage,
+                }
+            });
         }
         if stage > current {
             return Err(self.misbehaved(
@@ -444,16 +477,19 @@ impl ServerSession {
                 },
             ));
         }
-        let level = self.roster.level[from.index()];
-        let required = stage_level(stage, &self.config);
-        if level > required {
+        let required = Progress::to_enter(stage, &self.config);
+        if progress > required {
             return Err(self.misbehaved(now, from, ClientViolation::Duplicate(stage)));
         }
-        if level < required {
+        if progress < required {
             return Err(ServerError::NotInRound { client: from });
         }
+        Ok(stage)
+    }
 
-        let accepted = match (&mut self.state, message.body) {
+    /// Hands an admitted message to the current stage.
+    fn accept(&mut self, from: ClientId, body: ClientBody) -> Result<(), ClientViolation> {
+        match (&mut self.state, body) {
             (State::AdvertiseKeys, ClientBody::AdvertiseKeys(advert)) => advertise_keys::accept(
                 &self.config,
                 self.identities.as_deref().zip(self.session_digest.as_ref()),
@@ -480,18 +516,7 @@ impl ServerSession {
             (State::Unmasking(state), ClientBody::Unmasking(response)) => {
                 state.accept(&self.graph, &self.roster, from, response)
             }
-            _ => unreachable!("message stage matched the current stage"),
-        };
-        match accepted {
-            Ok(()) => {
-                self.roster.level[from.index()] = done_level(stage, &self.config);
-                self.pending -= 1;
-                if self.pending == 0 {
-                    self.close_stage(now);
-                }
-                Ok(())
-            }
-            Err(violation) => Err(self.misbehaved(now, from, violation)),
+            _ => unreachable!("admit matched the message's stage to the current one"),
         }
     }
 
@@ -522,17 +547,14 @@ impl ServerSession {
     }
 
     fn evict(&mut self, now: Instant, client: ClientId) {
-        let i = client.index();
-        if !self.roster.evicted[i] {
-            self.roster.evicted[i] = true;
-            // A client still expected in this stage will not answer now.
-            if let Some(stage) = self.state.stage()
-                && self.roster.level[i] == stage_level(stage, &self.config)
-            {
-                self.pending -= 1;
-                if self.pending == 0 {
-                    self.close_stage(now);
-                }
+        // A client still expected in this stage will not answer now.
+        if let Some(progress) = self.roster.evict(client)
+            && let Some(stage) = self.state.stage()
+            && progress == Progress::to_enter(stage, &self.config)
+        {
+            self.pending -= 1;
+            if self.pending == 0 {
+                self.close_stage(now);
             }
         }
     }
@@ -546,37 +568,39 @@ impl ServerSession {
     }
 
     /// When the driver should call [`ServerSession::handle_timeout`].
+    #[must_use = "the session needs handle_timeout at this instant"]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline
     }
 
     /// The next event for the driver.
+    #[must_use = "a polled event is gone from the session: act on it"]
     pub fn poll_event(&mut self) -> Option<ServerEvent> {
         self.events.pop_front()
     }
 
     /// The next message to send, with its recipient.
+    #[must_use = "a polled message is gone from the session: send it"]
     pub fn poll_transmit(&mut self) -> Option<(ClientId, ServerMessage)> {
         let broadcast = self.broadcast.as_mut()?;
         let n = self.config.num_clients;
         while broadcast.next < n {
             let id = ClientId(broadcast.next);
             broadcast.next += 1;
-            if self.roster.evicted[id.index()] {
+            let Some(progress) = self.roster.active(id) else {
                 continue;
-            }
-            let level = self.roster.level[id.index()];
+            };
             let body = match broadcast.kind {
-                BroadcastKind::NeighbourKeys if level == LEVEL_ADVERTISED => {
+                BroadcastKind::NeighbourKeys if progress == Progress::Advertised => {
                     advertise_keys::neighbour_keys(&self.graph, &self.roster, id)
                 }
-                BroadcastKind::SealedShares if level == LEVEL_SHARED => {
+                BroadcastKind::SealedShares if progress == Progress::Shared => {
                     let State::MaskedInput(state) = &self.state else {
                         unreachable!("shares are relayed during the masked input stage")
                     };
                     state.sealed_shares_for(&self.graph, &self.roster, id)
                 }
-                BroadcastKind::ConsistencyCheck if level == LEVEL_MASKED => {
+                BroadcastKind::ConsistencyCheck if progress == Progress::Masked => {
                     ServerBody::ConsistencyCheck {
                         survivors: if self.config.is_signed() {
                             self.survivor_set.clone()
@@ -585,7 +609,9 @@ impl ServerSession {
                         },
                     }
                 }
-                BroadcastKind::UnmaskRequest if level == unmask_level(&self.config) => {
+                BroadcastKind::UnmaskRequest
+                    if progress == Progress::to_enter(Stage::Unmasking, &self.config) =>
+                {
                     let (survivors, dropped) = unmask_request_for(&self.graph, &self.roster, id);
                     let signatures = if self.config.is_signed() {
                         consistency_check::signatures(&self.roster)
@@ -598,7 +624,7 @@ impl ServerSession {
                         signatures,
                     }
                 }
-                BroadcastKind::Aborted(reason) if level >= LEVEL_ADVERTISED => {
+                BroadcastKind::Aborted(reason) if progress >= Progress::Advertised => {
                     ServerBody::Aborted(reason)
                 }
                 _ => continue,
@@ -621,9 +647,31 @@ impl ServerSession {
         let Some(stage) = self.state.stage() else {
             return;
         };
-        let survivors = self.roster.count_at_least(done_level(stage, &self.config));
-        let expected =
-            self.roster.count_at_least(stage_level(stage, &self.config)) + self.evicted_in(stage);
+        let survivors = self.roster.count_active(Progress::after(stage));
+        let met = match self.check_close(stage, survivors) {
+            Ok(met) => met,
+            Err(reason) => return self.abort(stage, reason, survivors),
+        };
+        self.fix_signed_sets(stage);
+        let closed = State::step(&mut self.state, |state| {
+            match state.close(met, &self.config, &self.graph, &self.roster) {
+                Ok((next, broadcast)) => (next, Ok(broadcast)),
+                Err(reason) => (State::Aborted(reason), Err(reason)),
+            }
+        });
+        match closed {
+            Ok(broadcast) => self.open_stage(now, broadcast),
+            Err(reason) => self.abort(stage, reason, survivors),
+        }
+    }
+
+    /// Whether `stage` can close with `survivors`: they must reach the
+    /// threshold (the stage is then reported completed), and the shares the
+    /// rest of the round needs must still be within reach.
+    fn check_close(&mut self, stage: Stage, survivors: u32) -> Result<ThresholdMet, AbortReason> {
+        let entry = Progress::to_enter(stage, &self.config);
+        // Clients evicted while expected in this stage count as dropped there.
+        let expected = self.roster.count_active(entry) + self.roster.count_evicted_at(entry);
         // In a signed round every client checks the survivor set against the
         // signature quorum: below it nobody would reveal a share.
         let floor = match stage {
@@ -632,10 +680,7 @@ impl ServerSession {
             }
             _ => self.config.survivor_floor(),
         };
-        let met = match ThresholdMet::check(survivors, floor) {
-            Ok(met) => met,
-            Err(reason) => return self.abort(stage, reason, survivors),
-        };
+        let met = ThresholdMet::check(survivors, floor)?;
         self.events.push_back(ServerEvent::StageCompleted {
             stage,
             survivors: met.survivors,
@@ -646,14 +691,14 @@ impl ServerSession {
         // sparse graph a neighbourhood can fall below t while the round as a
         // whole does not. Aborting here reveals nothing.
         let responders = match stage {
-            Stage::MaskedInput => Some(LEVEL_MASKED),
-            Stage::ConsistencyCheck => Some(LEVEL_CONFIRMED),
+            Stage::MaskedInput => Some(Progress::Masked),
+            Stage::ConsistencyCheck => Some(Progress::Confirmed),
             _ => None,
         };
-        if let Some(level) = responders
-            && !unmasking::feasible(&self.graph, &self.roster, level, self.config.threshold)
+        if let Some(responders) = responders
+            && !unmasking::feasible(&self.graph, &self.roster, responders, self.config.threshold)
         {
-            return self.abort(stage, AbortReason::SharesMissing, survivors);
+            return Err(AbortReason::SharesMissing);
         }
         // A client that receives fewer than t bundles refuses the round (it
         // could not help rebuild its neighbours' secrets, nor they its own):
@@ -665,11 +710,17 @@ impl ServerSession {
                 self.config.threshold,
             )
         {
-            return self.abort(stage, AbortReason::SharesMissing, survivors);
+            return Err(AbortReason::SharesMissing);
         }
-        let state = std::mem::replace(&mut self.state, State::Transitioning);
-        let (next, broadcast) = match state {
-            State::AdvertiseKeys => {
+        Ok(met)
+    }
+
+    /// Malicious-server model: fixes what later signatures bind as the
+    /// stage that settles it closes: the transcript hash when AdvertiseKeys
+    /// closes, the survivor set when the masked inputs are in.
+    fn fix_signed_sets(&mut self, stage: Stage) {
+        match stage {
+            Stage::AdvertiseKeys => {
                 if let Some(directory) = &self.identities {
                     self.transcript = Some(advertise_keys::transcript(
                         &self.config,
@@ -677,69 +728,35 @@ impl ServerSession {
                         &self.roster,
                     ));
                 }
-                (
-                    State::ShareKeys(share_keys::ShareKeys::new(met, self.config.num_clients)),
-                    Some(BroadcastKind::NeighbourKeys),
-                )
             }
-            State::ShareKeys(state) => (
-                State::MaskedInput(state.into_masked_input(met, self.config.dim)),
-                Some(BroadcastKind::SealedShares),
-            ),
-            State::MaskedInput(state) if self.config.has_consistency_check() => {
-                if self.config.is_signed() {
-                    self.survivor_set = (0..self.config.num_clients)
-                        .map(ClientId)
-                        .filter(|v| self.roster.reached(*v, LEVEL_MASKED))
-                        .collect();
-                }
-                (
-                    State::ConsistencyCheck(state.into_consistency_check(met)),
-                    Some(BroadcastKind::ConsistencyCheck),
-                )
+            Stage::MaskedInput
+                if self.config.has_consistency_check() && self.config.is_signed() =>
+            {
+                self.survivor_set = (0..self.config.num_clients)
+                    .map(ClientId)
+                    .filter(|v| self.roster.reached(*v, Progress::Masked))
+                    .collect();
             }
-            State::MaskedInput(state) => (
-                State::Unmasking(state.into_unmasking(met, self.config.num_clients)),
-                Some(BroadcastKind::UnmaskRequest),
-            ),
-            State::ConsistencyCheck(state) => (
-                State::Unmasking(state.into_unmasking(met, self.config.num_clients)),
-                Some(BroadcastKind::UnmaskRequest),
-            ),
-            State::Unmasking(state) => {
-                match state.into_ready(met, &self.graph, &self.roster, self.config.threshold) {
-                    Ok(ready) => {
-                        self.events.push_back(ServerEvent::UnmaskingReady);
-                        (State::UnmaskingReady(ready), None)
-                    }
-                    Err(reason) => return self.abort(stage, reason, survivors),
-                }
-            }
-            other => (other, None),
-        };
-        self.state = next;
+            _ => {}
+        }
+    }
+
+    /// Starts the state just entered: its broadcast, who it waits for and
+    /// its deadline.
+    fn open_stage(&mut self, now: Instant, broadcast: Option<BroadcastKind>) {
+        if matches!(self.state, State::UnmaskingReady(_)) {
+            self.events.push_back(ServerEvent::UnmaskingReady);
+        }
         self.broadcast = broadcast.map(|kind| Broadcast { kind, next: 0 });
         match self.state.stage() {
             Some(next_stage) => {
                 self.pending = self
                     .roster
-                    .count_at_least(stage_level(next_stage, &self.config));
+                    .count_active(Progress::to_enter(next_stage, &self.config));
                 self.deadline = Some(now + self.config.stage_timeout);
             }
             None => self.deadline = None,
         }
-    }
-
-    /// Clients evicted while they were expected in `stage` (they count as
-    /// dropped there).
-    fn evicted_in(&self, stage: Stage) -> u32 {
-        let level = stage_level(stage, &self.config);
-        self.roster
-            .level
-            .iter()
-            .zip(&self.roster.evicted)
-            .filter(|(l, e)| **e && **l == level)
-            .count() as u32
     }
 
     fn abort(&mut self, stage: Stage, reason: AbortReason, survivors: u32) {
@@ -766,17 +783,17 @@ impl ServerSession {
     /// `None` if the session was not ready or the round aborted because a
     /// rebuilt key did not match the key its owner advertised.
     pub fn unmask(&mut self) -> Option<&RoundOutput> {
-        let State::UnmaskingReady(_) = self.state else {
-            return None;
-        };
-        let State::UnmaskingReady(ready) = std::mem::replace(&mut self.state, State::Transitioning)
-        else {
-            unreachable!("checked above")
-        };
-        let survivors = self.roster.count_at_least(LEVEL_ANSWERED);
-        match ready.unmask(&self.config, &self.graph, &self.roster) {
+        let unmasked = State::step(&mut self.state, |state| match state {
+            State::UnmaskingReady(ready) => {
+                match ready.unmask(&self.config, &self.graph, &self.roster) {
+                    Ok(output) => (State::Completed, Some(Ok(output))),
+                    Err(reason) => (State::Aborted(reason), Some(Err(reason))),
+                }
+            }
+            other => (other, None),
+        })?;
+        match unmasked {
             Ok(output) => {
-                self.state = State::Completed;
                 self.events.push_back(ServerEvent::Completed(output));
                 match self.events.back() {
                     Some(ServerEvent::Completed(output)) => Some(output),
@@ -784,52 +801,11 @@ impl ServerSession {
                 }
             }
             Err(reason) => {
+                let survivors = self.roster.count_active(Progress::Answered);
                 self.abort(Stage::Unmasking, reason, survivors);
                 None
             }
         }
-    }
-}
-
-/// The stage a client message belongs to.
-fn message_stage(body: &ClientBody) -> Stage {
-    match body {
-        ClientBody::AdvertiseKeys(_) => Stage::AdvertiseKeys,
-        ClientBody::ShareKeys(_) => Stage::ShareKeys,
-        ClientBody::MaskedInput(_) => Stage::MaskedInput,
-        ClientBody::ConsistencyCheck(_) => Stage::ConsistencyCheck,
-        ClientBody::Unmasking(_) => Stage::Unmasking,
-    }
-}
-
-/// The level a client must have reached to take part in `stage`.
-fn stage_level(stage: Stage, config: &RoundConfig) -> u8 {
-    match stage {
-        Stage::AdvertiseKeys => 0,
-        Stage::ShareKeys => LEVEL_ADVERTISED,
-        Stage::MaskedInput => LEVEL_SHARED,
-        Stage::ConsistencyCheck => LEVEL_MASKED,
-        Stage::Unmasking => unmask_level(config),
-    }
-}
-
-/// The level a client reaches by completing `stage`. Answering the
-/// unmasking request is the last step whichever level it was asked at (the
-/// semi-honest model skips the consistency check).
-fn done_level(stage: Stage, config: &RoundConfig) -> u8 {
-    match stage {
-        Stage::Unmasking => LEVEL_ANSWERED,
-        _ => stage_level(stage, config) + 1,
-    }
-}
-
-/// Who is asked for shares: survivors that confirmed the survivor set in the
-/// semi-malicious model, survivors whose masked input arrived otherwise.
-fn unmask_level(config: &RoundConfig) -> u8 {
-    if config.has_consistency_check() {
-        LEVEL_CONFIRMED
-    } else {
-        LEVEL_MASKED
     }
 }
 
@@ -839,7 +815,7 @@ fn survivors_around(graph: &NeighbourGraph, roster: &Roster, id: ClientId) -> Ve
         .neighbours(id.0)
         .into_iter()
         .map(ClientId)
-        .filter(|v| roster.reached(*v, LEVEL_MASKED))
+        .filter(|v| roster.reached(*v, Progress::Masked))
         .collect();
     let pos = survivors.partition_point(|v| *v < id);
     survivors.insert(pos, id);
@@ -859,7 +835,97 @@ fn unmask_request_for(
         .neighbours(id.0)
         .into_iter()
         .map(ClientId)
-        .filter(|v| roster.level[v.index()] == LEVEL_SHARED)
+        .filter(|v| roster.progress(*v) == Progress::Shared)
         .collect();
     (survivors, dropped)
+}
+
+#[cfg(test)]
+mod tests {
+    use chacha20::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    use super::*;
+    use crate::ClientSession;
+
+    /// Runs a semi-honest round of `n` clients until the server has sent
+    /// its unmasking requests.
+    fn round_at_unmasking(n: u32, now: Instant) -> (ServerSession, Vec<ClientSession>) {
+        let config = RoundConfig::new(1, n, 4);
+        let mut rng = ChaCha20Rng::from_seed([3; 32]);
+        let mut clients: Vec<ClientSession> = (0..n)
+            .map(|i| ClientSession::new(config.clone(), ClientId(i), now, &mut rng).unwrap())
+            .collect();
+        let mut server = ServerSession::new(config, now).unwrap();
+        while server.stage() != Some(Stage::Unmasking) {
+            for (i, client) in clients.iter_mut().enumerate() {
+                if client.is_awaiting_input() {
+                    client.submit_input(vec![1; 4]).unwrap();
+                }
+                while let Some(message) = client.poll_transmit() {
+                    server
+                        .handle_message(now, ClientId(i as u32), message)
+                        .unwrap();
+                }
+            }
+            while let Some((to, message)) = server.poll_transmit() {
+                clients[to.index()].handle_message(now, message).unwrap();
+            }
+        }
+        (server, clients)
+    }
+
+    #[test]
+    fn refused_messages_and_calls_leave_the_stage_as_it_was() {
+        let now = Instant::now();
+        let config = RoundConfig::new(1, 3, 4);
+        let mut server = ServerSession::new(config, now).unwrap();
+        // Nothing to unmask yet: refused, the stage goes on.
+        assert!(server.unmask().is_none());
+        assert_eq!(server.stage(), Some(Stage::AdvertiseKeys));
+        assert_eq!(server.state.name(), "advertise-keys");
+        // A message from a later stage drops its sender, not the stage.
+        let early = ClientMessage {
+            round_id: 1,
+            body: ClientBody::MaskedInput(vec![0; 16]),
+        };
+        let err = server.handle_message(now, ClientId(0), early).unwrap_err();
+        assert!(matches!(err, ServerError::ClientMisbehaved { .. }), "{err}");
+        assert_eq!(server.stage(), Some(Stage::AdvertiseKeys));
+        assert_eq!(server.state.name(), "advertise-keys");
+    }
+
+    #[test]
+    fn a_transition_that_fails_leaves_the_round_aborted() {
+        // Five clients, t = 3, and only three answer the unmasking request:
+        // the stage closes with enough survivors, but each of them has only
+        // two answering holders of its self-mask seed, so moving to
+        // UnmaskingReady fails inside the state step.
+        let now = Instant::now();
+        let (mut server, mut clients) = round_at_unmasking(5, now);
+        for (i, client) in clients.iter_mut().enumerate().take(3) {
+            while let Some(message) = client.poll_transmit() {
+                server
+                    .handle_message(now, ClientId(i as u32), message)
+                    .unwrap();
+            }
+        }
+        assert_eq!(server.stage(), Some(Stage::Unmasking));
+        let deadline = server.poll_timeout().unwrap();
+        server.handle_timeout(deadline);
+        assert_eq!(server.state.name(), "aborted");
+        assert_eq!(server.abort_reason(), Some(AbortReason::SharesMissing));
+        assert_eq!(server.stage(), None);
+        assert!(server.unmask().is_none());
+        assert_eq!(server.state.name(), "aborted");
+        let events: Vec<ServerEvent> = std::iter::from_fn(|| server.poll_event()).collect();
+        assert!(matches!(
+            events.last(),
+            Some(ServerEvent::Aborted {
+                stage: Stage::Unmasking,
+                reason: AbortReason::SharesMissing,
+                survivors: 3,
+            })
+        ));
+    }
 }

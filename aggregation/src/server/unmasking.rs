@@ -19,9 +19,7 @@ use rayon::prelude::*;
 use x25519_dalek::StaticSecret;
 use zeroize::Zeroize;
 
-use super::{
-    ClientViolation, LEVEL_MASKED, LEVEL_SHARED, Roster, ThresholdMet, unmask_request_for,
-};
+use super::{ClientViolation, Progress, Roster, ThresholdMet, unmask_request_for};
 use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::graph::NeighbourGraph;
@@ -106,10 +104,11 @@ impl Unmasking {
         threshold: u32,
     ) -> Result<UnmaskingReady, AbortReason> {
         let t = threshold as usize;
-        for (i, level) in roster.level.iter().enumerate() {
-            let enough = if *level >= LEVEL_MASKED {
+        for (id, progress) in roster.clients() {
+            let i = id.index();
+            let enough = if progress >= Progress::Masked {
                 self.self_mask_shares[i].len() >= t
-            } else if *level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i) {
+            } else if progress == Progress::Shared && has_surviving_neighbour(graph, roster, id) {
                 self.masking_key_shares[i].len() >= t
             } else {
                 true
@@ -123,27 +122,28 @@ impl Unmasking {
 }
 
 /// Whether every secret the sum needs has at least `threshold` holders among
-/// the clients at `responder_level` (not evicted): the holders of a client's
-/// secrets are exactly its neighbours (it holds no share of its own).
+/// the clients still in the round that completed `responders`: the holders
+/// of a client's secrets are exactly its neighbours (it holds no share of its
+/// own).
 pub(super) fn feasible(
     graph: &NeighbourGraph,
     roster: &Roster,
-    responder_level: u8,
+    responders: Progress,
     threshold: u32,
 ) -> bool {
-    let responds = |v: usize| roster.level[v] >= responder_level && !roster.evicted[v];
-    roster.level.iter().enumerate().all(|(i, level)| {
+    let responds = |v: u32| roster.active(ClientId(v)).is_some_and(|p| p >= responders);
+    roster.clients().all(|(id, progress)| {
         let holders = || {
             graph
-                .neighbours(i as u32)
+                .neighbours(id.0)
                 .into_iter()
-                .filter(|v| responds(*v as usize))
+                .filter(|v| responds(*v))
                 .count() as u32
         };
         // A survivor's self-mask seed and a dropped sharer's masking key
         // (if some survivor masked with it) both need t responding holders.
-        let needed = *level >= LEVEL_MASKED
-            || (*level == LEVEL_SHARED && has_surviving_neighbour(graph, roster, i));
+        let needed = progress >= Progress::Masked
+            || (progress == Progress::Shared && has_surviving_neighbour(graph, roster, id));
         !needed || holders() >= threshold
     })
 }
@@ -156,22 +156,31 @@ pub(super) fn every_sharer_has_holders(
     roster: &Roster,
     threshold: u32,
 ) -> bool {
-    let shared = |v: usize| roster.level[v] >= LEVEL_SHARED && !roster.evicted[v];
-    (0..roster.level.len()).filter(|i| shared(*i)).all(|i| {
-        graph
-            .neighbours(i as u32)
-            .into_iter()
-            .filter(|v| shared(*v as usize))
-            .count() as u32
-            >= threshold
-    })
+    let shared = |v: u32| {
+        roster
+            .active(ClientId(v))
+            .is_some_and(|p| p >= Progress::Shared)
+    };
+    roster
+        .clients()
+        .filter(|(id, _)| shared(id.0))
+        .all(|(id, _)| {
+            graph
+                .neighbours(id.0)
+                .into_iter()
+                .filter(|v| shared(*v))
+                .count() as u32
+                >= threshold
+        })
 }
 
-fn has_surviving_neighbour(graph: &NeighbourGraph, roster: &Roster, i: usize) -> bool {
+/// Whether some neighbour of `id` masked its input (evicted since or not),
+/// so the sum holds a pairwise mask agreed with `id`.
+fn has_surviving_neighbour(graph: &NeighbourGraph, roster: &Roster, id: ClientId) -> bool {
     graph
-        .neighbours(i as u32)
+        .neighbours(id.0)
         .into_iter()
-        .any(|v| roster.level[v as usize] >= LEVEL_MASKED)
+        .any(|v| roster.reached(ClientId(v), Progress::Masked))
 }
 
 fn check_owners(
@@ -235,14 +244,14 @@ impl UnmaskingReady {
         let mut bases: Vec<LagrangeBasis> = Vec::new();
         let mut basis_index: HashMap<Vec<u32>, usize> = HashMap::new();
         let mut jobs: Vec<Job<'_>> = Vec::new();
-        for (i, level) in roster.level.iter().enumerate() {
-            let owner = ClientId(i as u32);
-            let (masking_key, shares) = if *level >= LEVEL_MASKED {
+        for (owner, progress) in roster.clients() {
+            let i = owner.index();
+            let (masking_key, shares) = if progress >= Progress::Masked {
                 contributors.push(owner);
                 (false, &inner.self_mask_shares[i])
-            } else if *level == LEVEL_SHARED {
+            } else if progress == Progress::Shared {
                 dropped.push(owner);
-                if !has_surviving_neighbour(graph, roster, i) {
+                if !has_surviving_neighbour(graph, roster, owner) {
                     continue;
                 }
                 (true, &inner.masking_key_shares[i])
@@ -311,7 +320,7 @@ impl UnmaskingReady {
                     .neighbours(owner.0)
                     .into_iter()
                     .map(ClientId)
-                    .filter(|u| roster.level[u.index()] >= LEVEL_MASKED)
+                    .filter(|u| roster.reached(*u, Progress::Masked))
                     .map(move |u| (s_sk, *owner, u))
             })
             .collect();
