@@ -23,7 +23,7 @@
 //!    and self-mask seed among their neighbours ([`graph`]), sealed for each
 //!    receiver.
 //! 2. MaskedInputCollection: clients send `x + PRG(b) + Σ ±PRG(s_uv)`
-//!    ([`mask`]), encoded in fixed point ([`encoding`]).
+//!    ([`mask`]), packed at `bits` bits per element ([`packing`]).
 //! 3. ConsistencyCheck (semi-malicious and malicious-server models):
 //!    survivors confirm the survivor set; in the malicious-server model they
 //!    sign it, and nobody reveals a share without a quorum of signatures
@@ -31,20 +31,20 @@
 //! 4. Unmasking: survivors reveal the shares the server needs; the server
 //!    removes the leftover masks and obtains the sum.
 //!
-//! [`dp`] adds differential privacy on top: the noise mechanisms (central and
-//! distributed) and the accountant that says how much privacy a training job
-//! has spent.
+//! The protocol adds ring elements and does not care what they mean.
+//! Turning model updates into ring elements (clipping, fixed point) and
+//! differential privacy (noise, accounting) live in the `tessera-dp` crate,
+//! which its users (the server, the client SDK, the CLI) call directly.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
-pub mod dp;
-pub mod encoding;
 pub mod graph;
 pub mod identity;
 pub mod keys;
 pub mod mask;
 pub mod messages;
+pub mod packing;
 pub mod params;
 pub mod server;
 pub mod shamir;

@@ -16,7 +16,8 @@ use std::time::Duration;
 use chacha20::ChaCha20Rng;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use rand_core::SeedableRng;
-use tessera_aggregation::encoding::{FixedPoint, pack, unpack, value_mask};
+use tessera_aggregation::packing::{pack, unpack, value_mask};
+use tessera_dp::encoding::FixedPoint;
 
 const D: usize = 100_000;
 const CLIENTS: u32 = 100;

@@ -158,7 +158,7 @@ enum NoiseArg {
     Skellam,
 }
 
-impl From<NoiseArg> for tessera_aggregation::dp::mechanism::NoiseKind {
+impl From<NoiseArg> for tessera_dp::mechanism::NoiseKind {
     fn from(n: NoiseArg) -> Self {
         match n {
             NoiseArg::DiscreteGaussian => Self::DiscreteGaussian,

@@ -31,14 +31,14 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tessera_aggregation::dp::ledger::Mechanism;
-use tessera_aggregation::dp::mechanism::{
-    CentralDp, DistributedEncoding, DpError, NoiseKind, choose_bits_with_noise, wrap_probability,
-};
-use tessera_aggregation::encoding::{self, FixedPoint, MAX_FRAC_BITS};
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::mask::Prg;
 use tessera_aggregation::params::{self, ParamsRequest, ThreatModel};
+use tessera_dp::encoding::{self, FixedPoint, MAX_FRAC_BITS};
+use tessera_dp::ledger::Mechanism;
+use tessera_dp::mechanism::{
+    CentralDp, DistributedEncoding, DpError, NoiseKind, choose_bits_with_noise, wrap_probability,
+};
 
 /// With distributed DP, the most a round's noised sum may wrap the ring
 /// (any coordinate, union bound): one round in a million.
@@ -637,7 +637,7 @@ impl ServerConfig {
         }
         // The norm bound depends on C, f and dim only, so a provisional
         // 32-bit format gives the noise, and the noise the ring.
-        let dp_error = |e: tessera_aggregation::dp::mechanism::DpError| match e {
+        let dp_error = |e: tessera_dp::mechanism::DpError| match e {
             DpError::NoHonestSurvivors { .. } => invalid(
                 "min_survivors",
                 format!(

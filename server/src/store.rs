@@ -46,7 +46,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tessera_aggregation::dp::ledger::{LEDGER_VERSION, PrivacyLedger};
+use tessera_dp::ledger::{LEDGER_VERSION, PrivacyLedger};
 use tracing::warn;
 
 use crate::fedavg::{Model, TensorSpec};
@@ -937,7 +937,7 @@ pub fn inspect(dir: &Path) -> Result<Inspection, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use tessera_aggregation::dp::ledger::{Adversary, Mechanism};
+    use tessera_dp::ledger::{Adversary, Mechanism};
 
     use super::*;
 

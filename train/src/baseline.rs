@@ -12,7 +12,7 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use tessera_aggregation::dp::mechanism::clip_l2;
+use tessera_dp::mechanism::clip_l2;
 
 use crate::demo::{self, DemoConfig, DemoError, RoundRow};
 use crate::local::{self, LocalTraining};
