@@ -12,8 +12,13 @@
 //! quinn-proto pattern): [`client::ClientSession`] and
 //! [`server::ServerSession`] take messages and the current time as arguments
 //! and hand back messages to send, deadlines and events. The in-process
-//! [`sim`] simulator, the network server and the tests all drive the same
-//! code.
+//! simulator, the network server and the tests all drive the same code.
+//!
+//! The simulator (the `sim` module) is the one part that spawns threads,
+//! passes messages over channels and reads the wall clock (to report how
+//! long a round computed), so it sits behind the `sim` cargo feature, off by
+//! default: without it the crate is exactly the state machines and the maths
+//! under them.
 //!
 //! The stages of a round, in order (Bonawitz et al. section 4):
 //! 0. AdvertiseKeys: clients publish two X25519 public keys ([`keys`]),
@@ -48,6 +53,7 @@ pub mod packing;
 pub mod params;
 pub mod server;
 pub mod shamir;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use client::{ClientError, ClientEvent, ClientSession};
