@@ -20,7 +20,7 @@
 //!   the server (`server` in the ledger), charged for each round's honest
 //!   contributors.
 //!
-//! The pieces, in the order an update meets them:
+//! The pieces:
 //! - [`encoding`]: clipping to L2 norm `C` (the sensitivity every guarantee
 //!   rests on), scaling by `2^f` and unbiased randomized rounding into the
 //!   ring `Z_{2^bits}` that secure aggregation sums in ([`FixedPoint`]);
