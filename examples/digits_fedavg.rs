@@ -12,8 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_aggregation::dp::accountant;
 use tessera_client::{Client, Stage};
+use tessera_dp::accountant;
 use tessera_server::ServerConfig;
 use tessera_server::config::{
     DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules, ThresholdRule,

@@ -12,8 +12,13 @@
 //! quinn-proto pattern): [`client::ClientSession`] and
 //! [`server::ServerSession`] take messages and the current time as arguments
 //! and hand back messages to send, deadlines and events. The in-process
-//! [`sim`] simulator, the network server and the tests all drive the same
-//! code.
+//! simulator, the network server and the tests all drive the same code.
+//!
+//! The simulator (the `sim` module) is the one part that spawns threads,
+//! passes messages over channels and reads the wall clock (to report how
+//! long a round computed), so it sits behind the `sim` cargo feature, off by
+//! default: without it the crate is exactly the state machines and the maths
+//! under them.
 //!
 //! The stages of a round, in order (Bonawitz et al. section 4):
 //! 0. AdvertiseKeys: clients publish two X25519 public keys ([`keys`]),
@@ -23,7 +28,7 @@
 //!    and self-mask seed among their neighbours ([`graph`]), sealed for each
 //!    receiver.
 //! 2. MaskedInputCollection: clients send `x + PRG(b) + Σ ±PRG(s_uv)`
-//!    ([`mask`]), encoded in fixed point ([`encoding`]).
+//!    ([`mask`]), packed at `bits` bits per element ([`packing`]).
 //! 3. ConsistencyCheck (semi-malicious and malicious-server models):
 //!    survivors confirm the survivor set; in the malicious-server model they
 //!    sign it, and nobody reveals a share without a quorum of signatures
@@ -31,23 +36,24 @@
 //! 4. Unmasking: survivors reveal the shares the server needs; the server
 //!    removes the leftover masks and obtains the sum.
 //!
-//! [`dp`] adds differential privacy on top: the noise mechanisms (central and
-//! distributed) and the accountant that says how much privacy a training job
-//! has spent.
+//! The protocol adds ring elements and does not care what they mean.
+//! Turning model updates into ring elements (clipping, fixed point) and
+//! differential privacy (noise, accounting) live in the `tessera-dp` crate,
+//! which its users (the server, the client SDK, the CLI) call directly.
 #![forbid(unsafe_code)]
 
 pub mod client;
 pub mod config;
-pub mod dp;
-pub mod encoding;
 pub mod graph;
 pub mod identity;
 pub mod keys;
 pub mod mask;
 pub mod messages;
+pub mod packing;
 pub mod params;
 pub mod server;
 pub mod shamir;
+#[cfg(feature = "sim")]
 pub mod sim;
 
 pub use client::{ClientError, ClientEvent, ClientSession};

@@ -51,17 +51,15 @@
 //! compiled with the backend's instruction set (AVX2 for ChaCha20) without
 //! `RUSTFLAGS` or `unsafe`.
 //!
-//! Measured on the project machine (2-core AMD EPYC with AES-NI, AVX2 and
-//! VAES but no AVX-512; release build; `cargo bench --bench masking`):
-//! masking d = 10^6 words with 41 seeds takes 1.17x (AES-128-CTR) and 1.00x
-//! (ChaCha20) the time of generating its 164 MB of keystream alone; expanding
-//! each mask into a 4 MB buffer and adding it takes 1.34x and 1.19x.
+//! So masking costs little more than generating the keystream alone, while
+//! expanding each mask into a full-length buffer and adding it would cost a
+//! second pass over memory per seed; `cargo bench -p tessera-benches --bench
+//! masking` prints the ratio on the machine at hand.
 //!
-//! `aes` 0.9 picks its AES-NI code at run time (8.1 GB/s here). Its VAES
-//! code is used only when the build enables the `vaes` target feature
-//! (`RUSTFLAGS="-C target-cpu=native"`: 10.4 GB/s here, masking 1.16x of
-//! that), because `cpufeatures` 0.3 reports VAES at run time only with
-//! AVX-512 register state.
+//! `aes` 0.9 picks its AES-NI code at run time. Its faster VAES code is used
+//! only when the build enables the `vaes` target feature
+//! (`RUSTFLAGS="-C target-cpu=native"`), because `cpufeatures` 0.3 reports
+//! VAES at run time only with AVX-512 register state.
 
 use core::fmt;
 use core::str::FromStr;

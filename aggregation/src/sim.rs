@@ -37,11 +37,11 @@ use serde::Serialize;
 
 use crate::client::{ClientEvent, ClientSession};
 use crate::config::RoundConfig;
-use crate::encoding::value_mask;
 use crate::graph::GraphKind;
 use crate::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
 use crate::mask::Prg;
 use crate::messages::{AbortReason, ClientMessage, ServerMessage};
+use crate::packing::value_mask;
 use crate::params::ThreatModel;
 use crate::server::{ServerEvent, ServerSession};
 use crate::{ClientId, Stage};
@@ -371,7 +371,7 @@ pub fn run_round(
         bytes_received_per_client: 0.0,
         server_bytes_received: 0,
         server_bytes_sent: 0,
-        packed_vector_bytes: crate::encoding::packed_len(config.dim as usize, config.bits) as u64,
+        packed_vector_bytes: crate::packing::packed_len(config.dim as usize, config.bits) as u64,
         peak_rss_bytes: None,
         faults: FaultCounts::default(),
     };

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use tessera_aggregation::dp::ledger::{Adversary, PrivacyLedger};
+use tessera_dp::ledger::{Adversary, PrivacyLedger};
 use tessera_server::store;
 
 pub(crate) const ABOUT: &str = "Show the models, rounds and privacy ledger in a data directory";

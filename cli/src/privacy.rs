@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
-use tessera_aggregation::dp::accountant;
+use tessera_dp::accountant;
 
 use crate::usage;
 

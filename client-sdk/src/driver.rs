@@ -25,12 +25,12 @@ use std::time::Instant;
 
 use prost::Message as _;
 use rand::rngs::StdRng;
-use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::{
     ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
     client::ClientError as SessionError,
 };
+use tessera_dp::encoding::FixedPoint;
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;

@@ -91,9 +91,9 @@
 
 use std::fmt;
 
-use tessera_aggregation::dp::mechanism::DistributedEncoding;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::{self, ThreatModel};
+use tessera_dp::mechanism::DistributedEncoding;
 use tessera_proto::v1;
 
 use crate::ClientError;
@@ -244,7 +244,7 @@ fn rank(model: ThreatModel) -> u8 {
 ///
 /// Both in the integer domain (after scaling by `2^frac_bits`): the noise is
 /// `sqrt(per_client_variance) = target_sigma / sqrt(min_survivors)`
-/// ([`DistributedDp::per_client_variance`](tessera_aggregation::dp::mechanism::DistributedDp::per_client_variance),
+/// ([`DistributedDp::per_client_variance`](tessera_dp::mechanism::DistributedDp::per_client_variance),
 /// what the client's sampler draws), and the sensitivity is the round's
 /// `norm_bound`, the L2 bound conditional rounding keeps the client's
 /// clipped, scaled, rounded update within (at least `clip_norm · 2^f`).
@@ -253,8 +253,8 @@ fn rank(model: ThreatModel) -> u8 {
 /// the noise has `sqrt(s - c)` times it.
 ///
 /// ```
-/// use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
-/// use tessera_aggregation::encoding::FixedPoint;
+/// use tessera_dp::mechanism::{DistributedEncoding, NoiseKind};
+/// use tessera_dp::encoding::FixedPoint;
 /// use tessera_client::per_client_noise_multiplier;
 ///
 /// // Total multiplier 1.0 over 16 survivors: each adds a quarter.
@@ -477,8 +477,8 @@ impl Policy {
 mod tests {
     use super::*;
     use tessera_aggregation::RoundConfig;
-    use tessera_aggregation::dp::mechanism::NoiseKind;
-    use tessera_aggregation::encoding::FixedPoint;
+    use tessera_dp::encoding::FixedPoint;
+    use tessera_dp::mechanism::NoiseKind;
 
     fn round(n: u32, threshold: u32) -> RoundConfig {
         let mut config = RoundConfig::new(1, n, 10);

@@ -4,12 +4,12 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::identity::IdentityKey;
 use tessera_aggregation::messages::AbortReason;
 use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::{ClientId, ClientMessage, RoundConfig, ServerEvent, ServerSession};
 use tessera_client::{Client, ClientError, RetryPolicy};
+use tessera_dp::encoding::FixedPoint;
 use tessera_proto::v1::aggregator_server::{Aggregator, AggregatorServer};
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tokio::sync::{mpsc, oneshot};

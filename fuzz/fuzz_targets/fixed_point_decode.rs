@@ -5,7 +5,8 @@
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tessera_aggregation::encoding::{FixedPoint, pack, unpack};
+use tessera_aggregation::packing::{pack, unpack};
+use tessera_dp::encoding::FixedPoint;
 
 #[derive(Debug, Arbitrary)]
 struct Input {

@@ -7,7 +7,7 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message as _;
 use tessera_aggregation::RoundConfig;
-use tessera_aggregation::encoding::FixedPoint;
+use tessera_dp::encoding::FixedPoint;
 use tessera_proto::v1;
 
 fuzz_target!(|data: &[u8]| {

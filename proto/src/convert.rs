@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use tessera_aggregation::config::RoundConfig;
-use tessera_aggregation::dp::mechanism::{DistributedDp, DistributedEncoding, NoiseKind};
-use tessera_aggregation::encoding::FixedPoint;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::{IdentitySignature, JOIN_CHALLENGE_BYTES, SIGNATURE_BYTES};
 use tessera_aggregation::messages::AbortReason;
+use tessera_dp::encoding::FixedPoint;
+use tessera_dp::mechanism::{DistributedDp, DistributedEncoding, NoiseKind};
 
 use crate::v1;
 

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_dp::ledger::PrivacyLedger;
 use tessera_proto::v1;
 use tessera_proto::v1::aggregator_server::AggregatorServer;
 use tokio::net::TcpListener;

@@ -8,14 +8,14 @@
 //! for the widest round before the server listens, so a setting that cannot
 //! be planned is refused at start-up rather than at the first round.
 
-use tessera_aggregation::dp::ledger::Mechanism;
-use tessera_aggregation::dp::mechanism::{
-    CentralDp, DistributedEncoding, DpError, choose_bits_with_noise, wrap_probability,
-};
-use tessera_aggregation::encoding::{self, FixedPoint};
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::{
     self, GraphRequest, ParamSource, ParamsRequest, RoundParams, ThreatModel,
+};
+use tessera_dp::encoding::{self, FixedPoint};
+use tessera_dp::ledger::Mechanism;
+use tessera_dp::mechanism::{
+    CentralDp, DistributedEncoding, DpError, choose_bits_with_noise, wrap_probability,
 };
 
 use crate::config::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};
@@ -70,7 +70,7 @@ impl ServerConfig {
         }
         // The norm bound depends on C, f and dim only, so a provisional
         // 32-bit format gives the noise, and the noise the ring.
-        let dp_error = |e: tessera_aggregation::dp::mechanism::DpError| match e {
+        let dp_error = |e: tessera_dp::mechanism::DpError| match e {
             DpError::NoHonestSurvivors { .. } => invalid(
                 "min_survivors",
                 format!(
@@ -271,7 +271,7 @@ impl ServerConfig {
 
 #[cfg(test)]
 mod tests {
-    use tessera_aggregation::dp::mechanism::NoiseKind;
+    use tessera_dp::mechanism::NoiseKind;
 
     use super::*;
     use crate::config::tests::dev;

@@ -3,10 +3,10 @@
 //! and accounts exactly what the survivors' noise bought.
 
 use tessera_aggregation::Stage;
-use tessera_aggregation::dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
-use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
-use tessera_aggregation::encoding::FixedPoint;
 use tessera_client::Participation;
+use tessera_dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
+use tessera_dp::encoding::FixedPoint;
+use tessera_dp::mechanism::{DistributedEncoding, NoiseKind};
 use tessera_server::config::DpMode;
 use tessera_tests::{ServerOptions, TestServer, mean, update};
 

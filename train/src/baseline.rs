@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tessera_aggregation::Stage;
-use tessera_aggregation::dp::mechanism::clip_l2;
+use tessera_dp::mechanism::clip_l2;
 
 use crate::experiment::{Experiment, ExperimentError};
 use crate::local::{self, LocalTraining};

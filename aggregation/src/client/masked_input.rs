@@ -12,10 +12,10 @@ use super::consistency_check::ConsistencyCheck;
 use super::unmasking::Unmasking;
 use super::{Context, HeldShares};
 use crate::ClientId;
-use crate::encoding::pack;
 use crate::keys::self_mask_seed;
 use crate::mask::{MaskSeed, MaskSign, apply_masks};
 use crate::messages::{ClientBody, ClientMessage};
+use crate::packing::pack;
 
 /// Shares received; waiting for (or holding) the input to mask.
 pub(super) struct MaskedInput {

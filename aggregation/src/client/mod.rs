@@ -510,7 +510,7 @@ impl ClientSession {
                 got: input.len(),
             });
         }
-        let mask = crate::encoding::value_mask(config.bits);
+        let mask = crate::packing::value_mask(config.bits);
         if let Some(index) = input.iter().position(|&v| v > mask) {
             return Err(ClientError::InputOutOfRange {
                 index,

@@ -8,9 +8,9 @@ use super::unmasking::Unmasking;
 use super::{ClientViolation, Progress, ThresholdMet};
 use crate::ClientId;
 use crate::config::RoundConfig;
-use crate::encoding::unpack;
 use crate::graph::NeighbourGraph;
 use crate::messages::{SealedBundle, ServerBody};
+use crate::packing::unpack;
 
 use super::Roster;
 

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use chacha20::ChaCha20Rng;
 use rand_core::SeedableRng;
-use tessera_aggregation::encoding::value_mask;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
 use tessera_aggregation::messages::{ClientMessage, ServerMessage};
+use tessera_aggregation::packing::value_mask;
 use tessera_aggregation::server::RoundOutput;
 use tessera_aggregation::{ClientId, ClientSession, RoundConfig, ServerEvent, ServerSession};
 

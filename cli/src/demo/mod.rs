@@ -36,10 +36,10 @@ mod tests;
 
 use std::path::PathBuf;
 
-use tessera_aggregation::dp::accountant;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::ThreatModel;
 use tessera_client::ClientError;
+use tessera_dp::accountant;
 use tessera_server::config::DpMode;
 use tessera_train::data;
 use tessera_train::experiment::{Experiment, ExperimentError};

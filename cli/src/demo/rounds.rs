@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_aggregation::Stage;
-use tessera_aggregation::dp::mechanism::clip_l2;
 use tessera_client::{Client, ClientError, Participation};
+use tessera_dp::mechanism::clip_l2;
 use tessera_train::data::Examples;
 use tessera_train::local::{self, Architecture, LocalTraining};
 use tokio::task::JoinSet;

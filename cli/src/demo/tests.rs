@@ -1,9 +1,9 @@
 //! The demo end to end over loopback gRPC (TLS, tokens, dropouts), small:
 //! 5 clients, 3 rounds, the MLP on the digits.
 
-use tessera_aggregation::dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
-use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
-use tessera_aggregation::encoding::FixedPoint;
+use tessera_dp::accountant::{discrete_gaussian_rho, zcdp_to_epsilon};
+use tessera_dp::encoding::FixedPoint;
+use tessera_dp::mechanism::{DistributedEncoding, NoiseKind};
 use tessera_train::experiment::Experiment;
 
 use super::{DemoConfig, DemoEvent, DpMode, calibrate, run_job};

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use serde::Serialize;
-use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_dp::ledger::PrivacyLedger;
 
 use super::disk::read_json;
 use super::models::read_manifest;

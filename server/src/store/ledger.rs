@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
-use tessera_aggregation::dp::ledger::{LEDGER_VERSION, PrivacyLedger};
+use tessera_dp::ledger::{LEDGER_VERSION, PrivacyLedger};
 use tracing::warn;
 
 use super::disk::{read_json, to_json};
@@ -94,7 +94,7 @@ pub(super) fn check_covers(
 mod tests {
     use std::fs;
 
-    use tessera_aggregation::dp::ledger::Adversary;
+    use tessera_dp::ledger::Adversary;
 
     use super::super::test_support::{err, gaussian, model, one_charged_round, publication};
     use super::super::{LEDGER, Store, StoreError, inspect};

@@ -50,7 +50,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-use tessera_aggregation::dp::ledger::PrivacyLedger;
+use tessera_dp::ledger::PrivacyLedger;
 use tracing::warn;
 
 use crate::fedavg::Model;
@@ -456,7 +456,7 @@ mod tests {
     use std::fs;
 
     use safetensors::tensor::SafeTensors;
-    use tessera_aggregation::dp::ledger::Adversary;
+    use tessera_dp::ledger::Adversary;
 
     use super::test_support::{bits, gaussian, model, publication};
     use super::*;

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use tessera_aggregation::dp::ledger::{Adversary, Mechanism, PrivacyLedger};
+use tessera_dp::ledger::{Adversary, Mechanism, PrivacyLedger};
 
 use super::{Publication, RoundOutcome, RoundRecord, Store};
 use crate::fedavg::{Model, TensorSpec};

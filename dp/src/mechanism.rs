@@ -177,8 +177,8 @@ const SCALING_SLACK: f64 = 1.0 + 1.0 / (1u64 << 40) as f64;
 /// ```
 /// use chacha20::ChaCha20Rng;
 /// use rand_core::SeedableRng;
-/// use tessera_aggregation::dp::mechanism::CentralDp;
-/// use tessera_aggregation::encoding::FixedPoint;
+/// use tessera_dp::mechanism::CentralDp;
+/// use tessera_dp::encoding::FixedPoint;
 ///
 /// let fp = FixedPoint::new(1.0, 8, 16)?;
 /// let dp = CentralDp::new(fp, 1.0, 100)?;
@@ -407,8 +407,8 @@ pub const ROUNDING_TRIES: u32 = 100;
 /// ```
 /// use chacha20::ChaCha20Rng;
 /// use rand_core::SeedableRng;
-/// use tessera_aggregation::dp::mechanism::{DistributedEncoding, NoiseKind};
-/// use tessera_aggregation::encoding::FixedPoint;
+/// use tessera_dp::mechanism::{DistributedEncoding, NoiseKind};
+/// use tessera_dp::encoding::FixedPoint;
 ///
 /// // 10 clients, any 8 of which carry noise of std 2 x the sensitivity.
 /// let fp = FixedPoint::new(1.0, 8, 24)?;
@@ -469,8 +469,8 @@ impl DistributedEncoding {
     /// corrupt`: no honest contributor might be left.
     ///
     /// ```
-    /// use tessera_aggregation::dp::mechanism::{DistributedEncoding, DpError, NoiseKind};
-    /// use tessera_aggregation::encoding::FixedPoint;
+    /// use tessera_dp::mechanism::{DistributedEncoding, DpError, NoiseKind};
+    /// use tessera_dp::encoding::FixedPoint;
     ///
     /// let fp = FixedPoint::new(1.0, 8, 24)?;
     /// let kind = NoiseKind::DiscreteGaussian;

@@ -305,8 +305,8 @@ pub enum LedgerError {
 /// The append-only privacy ledger of one training job.
 ///
 /// ```
-/// use tessera_aggregation::dp::ledger::{Mechanism, PrivacyLedger};
-/// use tessera_aggregation::dp::ledger::Adversary;
+/// use tessera_dp::ledger::{Mechanism, PrivacyLedger};
+/// use tessera_dp::ledger::Adversary;
 /// let mut ledger = PrivacyLedger::new(2.0, 1e-5)?;
 /// let round = Mechanism::DiscreteGaussian { sigma: 4.0, l2_sensitivity: 1.0 };
 /// let mut r = 0;
@@ -318,7 +318,7 @@ pub enum LedgerError {
 /// assert_eq!(ledger.holds_against(), Some(Adversary::Server));
 /// // Rounds only move forward.
 /// assert!(ledger.record(r, round, Adversary::Server).is_err());
-/// # Ok::<(), tessera_aggregation::dp::ledger::LedgerError>(())
+/// # Ok::<(), tessera_dp::ledger::LedgerError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "LedgerJson", into = "LedgerJson")]
@@ -583,7 +583,7 @@ impl TryFrom<LedgerJson> for PrivacyLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dp::accountant::{epsilon, zcdp_to_epsilon};
+    use crate::accountant::{epsilon, zcdp_to_epsilon};
 
     /// A minimal self-describing serde data model (a JSON-shaped value tree),
     /// so the serialisation test needs no JSON crate: it checks exactly what
@@ -939,7 +939,7 @@ mod tests {
             r += 1;
             l.record(r, m, Adversary::ModelConsumers).unwrap();
         }
-        let t = crate::dp::accountant::max_rounds(1.0, 0.05, 2.0, 1e-5).unwrap();
+        let t = crate::accountant::max_rounds(1.0, 0.05, 2.0, 1e-5).unwrap();
         assert_eq!(r, t, "ledger and max_rounds disagree");
         assert!(l.spent() <= 2.0);
         // Recording past the budget is still recorded (it happened).

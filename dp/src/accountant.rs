@@ -11,7 +11,7 @@
 //!   Mironov, Talwar, Zhang 2019 ("Rényi Differential Privacy of the Sampled
 //!   Gaussian Mechanism"), following Google's `dp-accounting`
 //!   (`rdp_privacy_accountant.py`) term by term so that our numbers can be
-//!   checked against theirs (`aggregation/tests/data/dp_*.csv`).
+//!   checked against theirs (`dp/tests/data/dp_*.csv`).
 //! - Distributed DP: the discrete Gaussian is ρ-zCDP (Canonne, Kamath,
 //!   Steinke 2020), i.e. `rdp(α) = ρ α`; Skellam noise has the RDP bound of
 //!   Agarwal, Kairouz, Liu 2021.
@@ -405,7 +405,7 @@ fn log_a_frac(q: f64, sigma: f64, alpha: f64) -> f64 {
 /// non-converging fractional series give `+inf` ("no bound at this order").
 ///
 /// ```
-/// use tessera_aggregation::dp::accountant::rdp_subsampled_gaussian;
+/// use tessera_dp::accountant::rdp_subsampled_gaussian;
 /// // Without subsampling the Gaussian's RDP is α / (2 z²).
 /// assert_eq!(rdp_subsampled_gaussian(1.0, 2.0, 8.0), 1.0);
 /// // Subsampling only helps.
@@ -493,7 +493,7 @@ fn compose_and_convert(per_round: &[f64], orders: &[f64], rounds: u64, delta: f6
 /// after each published model.
 ///
 /// ```
-/// use tessera_aggregation::dp::accountant::{epsilon, AccountantError};
+/// use tessera_dp::accountant::{epsilon, AccountantError};
 /// let r = epsilon(1.0, 0.01, 1000, 1e-5)?;
 /// assert!(r.epsilon > 0.0 && r.epsilon < 10.0);
 /// // Zero rounds spend nothing and are refused rather than silently 0.
@@ -536,13 +536,13 @@ pub fn epsilon_with_orders(
 /// enough.
 ///
 /// ```
-/// use tessera_aggregation::dp::accountant::{epsilon, noise_multiplier};
+/// use tessera_dp::accountant::{epsilon, noise_multiplier};
 /// let z = noise_multiplier(2.0, 0.01, 1000, 1e-5)?;
 /// assert!(epsilon(z, 0.01, 1000, 1e-5)?.epsilon <= 2.0);
 /// assert!(epsilon(z * 0.999, 0.01, 1000, 1e-5)?.epsilon > 2.0);
 /// // An unreachably small target is refused.
 /// assert!(noise_multiplier(1e-9, 1.0, 1000, 1e-5).is_err());
-/// # Ok::<(), tessera_aggregation::dp::accountant::AccountantError>(())
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
 /// ```
 pub fn noise_multiplier(
     target_epsilon: f64,
@@ -608,11 +608,11 @@ pub fn noise_multiplier(
 /// search stops at `2^53` rounds (where `T` stops being exact in `f64`).
 ///
 /// ```
-/// use tessera_aggregation::dp::accountant::{epsilon, max_rounds};
+/// use tessera_dp::accountant::{epsilon, max_rounds};
 /// let t = max_rounds(1.0, 0.01, 2.0, 1e-5)?;
 /// assert!(epsilon(1.0, 0.01, t, 1e-5)?.epsilon <= 2.0);
 /// assert!(epsilon(1.0, 0.01, t + 1, 1e-5)?.epsilon > 2.0);
-/// # Ok::<(), tessera_aggregation::dp::accountant::AccountantError>(())
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
 /// ```
 pub fn max_rounds(z: f64, q: f64, target_epsilon: f64, delta: f64) -> Result<u64, AccountantError> {
     check_z(z)?;

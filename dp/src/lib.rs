@@ -20,11 +20,31 @@
 //!   the server (`server` in the ledger), charged for each round's honest
 //!   contributors.
 //!
-//! Everything here is pure math: randomness comes from a CSPRNG the caller
-//! passes.
+//! The pieces:
+//! - [`encoding`]: clipping to L2 norm `C` (the sensitivity every guarantee
+//!   rests on), scaling by `2^f` and unbiased randomized rounding into the
+//!   ring `Z_{2^bits}` that secure aggregation sums in ([`FixedPoint`]);
+//! - [`rotation`]: the random rotation that spreads a vector's mass over its
+//!   coordinates before distributed noise;
+//! - [`sampler`]: exact discrete Gaussian and Skellam samplers;
+//! - [`mechanism`]: central and distributed noise, and the ring width that
+//!   leaves room for it;
+//! - [`accountant`]: RDP / zCDP accounting, from noise to `(epsilon, delta)`;
+//! - [`ledger`]: the persistent record of what each training job has spent.
+//!
+//! The secure aggregation protocol (`tessera-aggregation`) never calls this
+//! crate: it adds ring elements and does not care what they mean. The server,
+//! the client SDK, the CLI and training use it directly.
+//!
+//! Everything here is pure math: no IO, no clock, and randomness comes from
+//! a CSPRNG the caller passes.
+#![forbid(unsafe_code)]
 
 pub mod accountant;
+pub mod encoding;
 pub mod ledger;
 pub mod mechanism;
 pub mod rotation;
 pub mod sampler;
+
+pub use encoding::{Decoded, Encoded, EncodingError, FixedPoint, choose_bits};
