@@ -1,6 +1,6 @@
-//! Checks on the server's settings and tokens file after issue 12 generated
-//! the flags and the flat TOML file from one table and gave the tokens file
-//! the allow-list's comment rule: the file cannot switch security off under
+//! Checks on the server's settings and tokens file (the flags and the flat
+//! TOML file come from one table; the tokens file shares the allow-list's
+//! comment rule): the file cannot switch security off under
 //! any spelling, the command line wins over the file for every setting,
 //! every safety check runs on the merged settings, and a tokens file is
 //! read as its operator wrote it.

@@ -1,7 +1,7 @@
-//! Attacks on the protocol's state machines, written after issue 12 moved
-//! the server's roster to a `Progress`/`Standing` enum and both sessions'
-//! transitions to `State::step`. Each test plays a hostile party against
-//! the real sessions and pins a defence the old code had: which clients the
+//! Attacks on the protocol's state machines: the server's roster (each
+//! client's `Progress` and `Standing`) and the sessions' transitions
+//! (`State::step`). Each test plays a hostile party against
+//! the real sessions and pins a defence: which clients the
 //! server still hears from and counts, what an evicted client can still do,
 //! and what a client session refuses from a lying server (delivered in
 //! process, without the byte codec, as the gRPC conversion delivers them:

@@ -1,5 +1,5 @@
 //! The allow-list of enrolled identities read as its operator wrote it,
-//! after issue 12 gave every credentials file one comment rule
+//! under the one comment rule every credentials file shares
 //! ([`credential_lines`](tessera_aggregation::identity::credential_lines)):
 //! no key is silently shortened or replaced by a comment, line endings and
 //! whitespace do not change what a line says, and a name enrolled twice is
