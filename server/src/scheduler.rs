@@ -404,20 +404,60 @@ fn release(
     output: RoundOutput,
     plan: &ReleasePlan,
 ) -> Result<ModelEntry, ServeError> {
-    let round_error = |e: &dyn std::fmt::Display| ServeError::Round(e.to_string());
     let contributors = output.contributors.len() as u32;
     let dim = output.sum.len();
-    // What this release spends: central noise is added here, on a sum the
-    // server saw; distributed noise is already in the sum, carried by the
-    // contributors, of which only the honest ones count.
-    let central = match config.dp.mode {
+    let central = central_dp(config, plan, dim)?;
+    let mechanism = spent_mechanism(config, plan, central.as_ref(), contributors, dim)?;
+    let epsilon = charge(config, training, store, plan, mechanism)?;
+    let decoded = match &central {
+        // Exact integer noise on the decoded integer sum, outside the ring.
+        Some(central) => central
+            .release(&output.sum, contributors, &mut training.rng)
+            .map_err(|e| round_error(&e))?,
+        None => plan.fixed_point.decode_sum(&output.sum, contributors),
+    };
+    let mean = decoded.mean();
+    training
+        .fedavg
+        .apply(&mut training.model, &mean)
+        .map_err(|e| round_error(&e))?;
+    let entry = publish_model(config, training, store, plan, contributors, epsilon)?;
+    training.version = entry.version;
+    Ok(entry)
+}
+
+/// A failure of the release that is neither the store's nor the
+/// configuration's.
+fn round_error(e: &dyn std::fmt::Display) -> ServeError {
+    ServeError::Round(e.to_string())
+}
+
+/// Central DP's noise for a sum of `dim` values, when the server adds it.
+fn central_dp(
+    config: &ServerConfig,
+    plan: &ReleasePlan,
+    dim: usize,
+) -> Result<Option<CentralDp>, ServeError> {
+    Ok(match config.dp.mode {
         DpMode::Central => Some(
             CentralDp::new(plan.fixed_point, config.dp.noise_multiplier, dim)
                 .map_err(|e| round_error(&e))?,
         ),
         _ => None,
-    };
-    let mechanism = match (config.dp.mode, &plan.distributed, &central) {
+    })
+}
+
+/// What this release spends: central noise is added here, on a sum the
+/// server saw; distributed noise is already in the sum, carried by the
+/// contributors, of which only the honest ones count.
+fn spent_mechanism(
+    config: &ServerConfig,
+    plan: &ReleasePlan,
+    central: Option<&CentralDp>,
+    contributors: u32,
+    dim: usize,
+) -> Result<Option<tessera_dp::ledger::Mechanism>, ServeError> {
+    Ok(match (config.dp.mode, &plan.distributed, central) {
         (DpMode::Off, _, _) => None,
         (DpMode::Central, _, Some(central)) => Some(central.mechanism()),
         (DpMode::Distributed, Some(encoding), _) => Some(
@@ -430,11 +470,23 @@ fn release(
                 "a DP round ran without its mechanism".into(),
             ));
         }
-    };
-    // The server has seen the sum: charge it, durably, before anything
-    // that could fail on the way to publishing (noise, FedAvg, the model
-    // write). Distributed noise holds against the server; central noise,
-    // added to a sum the server saw, only against the model's consumers.
+    })
+}
+
+/// Charges the release to the privacy ledger and writes the ledger; returns
+/// the epsilon spent so far (0 without DP).
+///
+/// The server has seen the sum: charge it, durably, before anything that
+/// could fail on the way to publishing (noise, FedAvg, the model write).
+/// Distributed noise holds against the server; central noise, added to a
+/// sum the server saw, only against the model's consumers.
+fn charge(
+    config: &ServerConfig,
+    training: &mut Training,
+    store: &Mutex<Store>,
+    plan: &ReleasePlan,
+    mechanism: Option<tessera_dp::ledger::Mechanism>,
+) -> Result<f64, ServeError> {
     let mut epsilon = 0.0;
     if let Some(mechanism) = mechanism {
         let adversary = match config.dp.mode {
@@ -452,19 +504,19 @@ fn release(
             .charge(ledger)
             .map_err(ServeError::Store)?;
     }
-    let decoded = match &central {
-        // Exact integer noise on the decoded integer sum, outside the ring.
-        Some(central) => central
-            .release(&output.sum, contributors, &mut training.rng)
-            .map_err(|e| round_error(&e))?,
-        None => plan.fixed_point.decode_sum(&output.sum, contributors),
-    };
-    let mean = decoded.mean();
-    training
-        .fedavg
-        .apply(&mut training.model, &mean)
-        .map_err(|e| round_error(&e))?;
-    let entry = store
+    Ok(epsilon)
+}
+
+/// Publishes the updated model in the store, with the round's figures.
+fn publish_model(
+    config: &ServerConfig,
+    training: &Training,
+    store: &Mutex<Store>,
+    plan: &ReleasePlan,
+    contributors: u32,
+    epsilon: f64,
+) -> Result<ModelEntry, ServeError> {
+    store
         .lock()
         .expect("store lock")
         .publish(&Publication {
@@ -481,9 +533,7 @@ fn release(
             ledger: training.ledger.as_ref(),
             velocity: training.fedavg.velocity(),
         })
-        .map_err(ServeError::Store)?;
-    training.version = entry.version;
-    Ok(entry)
+        .map_err(ServeError::Store)
 }
 
 /// Logs a failure to publish; the scheduler stops rather than run rounds it
