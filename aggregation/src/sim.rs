@@ -26,7 +26,7 @@
 //! seeded order) rather than streamed.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -329,6 +329,28 @@ pub fn run_round(
     round: u32,
     progress: &(dyn Fn(Progress) + Sync),
 ) -> Result<RoundReport, SimError> {
+    check_drop_fractions(sim)?;
+    let mut run = RoundRun::set_up(sim, round)?;
+    for stage in run.stages() {
+        let stage_start = Instant::now();
+        if stage != Stage::AdvertiseKeys {
+            run.deliver_to_clients()?;
+        }
+        let senders = run.inject_dropouts(stage);
+        run.collect_from_clients(stage, senders, progress)?;
+        run.close_stage(stage);
+        run.report
+            .stage_seconds
+            .insert(stage, stage_start.elapsed().as_secs_f64());
+        if run.handle_server_events() {
+            break;
+        }
+    }
+    Ok(run.finish())
+}
+
+/// Refuses a dropout fraction outside [0, 1].
+fn check_drop_fractions(sim: &SimConfig) -> Result<(), SimError> {
     for (stage, fraction) in &sim.drops {
         if !(0.0..=1.0).contains(fraction) {
             return Err(SimError::DropFraction {
@@ -337,21 +359,357 @@ pub fn run_round(
             });
         }
     }
-    let config = sim.round_config(round);
-    config.validate()?;
-    let insecure_reasons: Vec<String> = config
-        .insecure_reasons()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    let graph = config.neighbour_graph()?;
-    let n = config.num_clients;
-    let round_start = Instant::now();
-    // Virtual time: the protocol sees `base + virtual_offset`.
-    let base = round_start;
-    let mut virtual_offset = Duration::ZERO;
+    Ok(())
+}
 
-    let mut report = RoundReport {
+/// The state of one simulated round: the server, the clients, the network
+/// between them, virtual time and the report being filled in.
+struct RoundRun<'a> {
+    sim: &'a SimConfig,
+    round: u32,
+    config: RoundConfig,
+    /// When the round started; virtual time: the protocol sees
+    /// `base + virtual_offset`.
+    base: Instant,
+    virtual_offset: Duration,
+    report: RoundReport,
+    network: Network,
+    drop_rng: ChaCha20Rng,
+    server: SimServer,
+    clients: Vec<SimClient>,
+}
+
+/// The (possibly faulty) network between the clients and the server.
+struct Network {
+    faults: Option<Faults>,
+    rng: ChaCha20Rng,
+    /// Server messages held back to the next stage, by recipient.
+    late_to_clients: Vec<Vec<Vec<u8>>>,
+    /// Client messages held back past their stage's deadline.
+    late_to_server: Vec<(ClientId, Vec<u8>)>,
+}
+
+/// The server's session, with the plain sum of the inputs it accepted.
+struct SimServer {
+    session: ServerSession,
+    plain_sum: Mutex<Vec<u32>>,
+    accepted: Vec<ClientId>,
+    seed: u64,
+    round: u32,
+    dim: u32,
+    bits: u8,
+}
+
+impl<'a> RoundRun<'a> {
+    /// Validates the round's configuration, starts the clock, the server
+    /// and the clients.
+    fn set_up(sim: &'a SimConfig, round: u32) -> Result<Self, SimError> {
+        let config = sim.round_config(round);
+        config.validate()?;
+        let insecure_reasons: Vec<String> = config
+            .insecure_reasons()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let graph = config.neighbour_graph()?;
+        let base = Instant::now();
+        let report = new_report(round, &config, &graph, insecure_reasons);
+        let network = Network {
+            faults: sim.faults,
+            rng: ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"faults")),
+            late_to_clients: Vec::new(),
+            late_to_server: Vec::new(),
+        };
+        let identities = config.is_signed().then(|| sim.identities());
+        let session = start_server(&config, &graph, identities.as_ref(), base)?;
+        let clients = start_clients(sim, round, &config, &graph, identities.as_ref(), base);
+        Ok(RoundRun {
+            sim,
+            round,
+            base,
+            virtual_offset: Duration::ZERO,
+            report,
+            network,
+            drop_rng: ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"drops")),
+            server: SimServer {
+                session,
+                plain_sum: Mutex::new(vec![0u32; config.dim as usize]),
+                accepted: Vec::new(),
+                seed: sim.seed,
+                round,
+                dim: config.dim,
+                bits: config.bits,
+            },
+            clients,
+            config,
+        })
+    }
+
+    /// The round's stages, ConsistencyCheck only when the round has it.
+    fn stages(&self) -> Vec<Stage> {
+        Stage::ALL
+            .into_iter()
+            .filter(|s| *s != Stage::ConsistencyCheck || self.config.has_consistency_check())
+            .collect()
+    }
+
+    /// The protocol's time.
+    fn now(&self) -> Instant {
+        self.base + self.virtual_offset
+    }
+
+    /// Delivers what the server sent at the end of the previous stage.
+    fn deliver_to_clients(&mut self) -> Result<(), SimError> {
+        let inbox = self.route_server_messages();
+        let now = self.now();
+        let strict = self.sim.faults.is_none();
+        let refused = deliver_inbox(&mut self.clients, inbox, now, strict)?;
+        self.report.faults.refused += refused;
+        Ok(())
+    }
+
+    /// Each client's deliveries in order: with faults, what the network held
+    /// back last stage comes first.
+    fn route_server_messages(&mut self) -> Vec<Vec<Vec<u8>>> {
+        let n = self.config.num_clients as usize;
+        let network = &mut self.network;
+        let mut inbox: Vec<Vec<Vec<u8>>> = if network.late_to_clients.is_empty() {
+            vec![Vec::new(); n]
+        } else {
+            std::mem::take(&mut network.late_to_clients)
+        };
+        network.late_to_clients = vec![Vec::new(); n];
+        while let Some((to, message)) = self.server.session.poll_transmit() {
+            let bytes = message.encode();
+            self.report.server_bytes_sent += bytes.len() as u64;
+            match &network.faults {
+                None => inbox[to.index()].push(bytes),
+                Some(faults) => faults.route(
+                    bytes,
+                    &mut network.rng,
+                    &mut self.report.faults,
+                    &mut inbox[to.index()],
+                    &mut network.late_to_clients[to.index()],
+                ),
+            }
+        }
+        if network.faults.is_some_and(|f| f.reorder) {
+            for deliveries in &mut inbox {
+                shuffle(deliveries, &mut network.rng);
+            }
+        }
+        inbox
+    }
+
+    /// Injects this stage's dropouts among the clients about to send;
+    /// returns how many stay to send.
+    fn inject_dropouts(&mut self, stage: Stage) -> u64 {
+        let about_to_send: Vec<usize> = self
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.alive && (c.session.has_transmit() || c.session.is_awaiting_input()))
+            .map(|(i, _)| i)
+            .collect();
+        let fraction = self.sim.drops.get(&stage).copied().unwrap_or(0.0);
+        let to_drop = (fraction * about_to_send.len() as f64).round() as usize;
+        let mut dropping = about_to_send.clone();
+        partial_shuffle(&mut dropping, to_drop, &mut self.drop_rng);
+        for &i in &dropping[..to_drop] {
+            self.clients[i].alive = false;
+        }
+        self.report.dropped.insert(stage, to_drop as u32);
+        (about_to_send.len() - to_drop) as u64
+    }
+
+    /// Clients that stay send their message; the server takes each as it
+    /// arrives. Masked inputs are large, so they stream through a bounded
+    /// channel while other clients are still masking. With faults, the
+    /// stage's messages are buffered and go through the network afterwards.
+    fn collect_from_clients(
+        &mut self,
+        stage: Stage,
+        total: u64,
+        progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<(), SimError> {
+        let now = self.now();
+        let (tx, rx) = sync_channel::<(ClientId, Vec<u8>)>(32);
+        let mut server_error = None;
+        let mut buffered = Vec::new();
+        let faulty = self.sim.faults.is_some();
+        let sender = StageSender {
+            sim: self.sim,
+            round: self.round,
+            config: &self.config,
+            stage,
+            total,
+            done: std::sync::atomic::AtomicU64::new(0),
+            progress,
+        };
+        let clients = &mut self.clients;
+        let server = &mut self.server;
+        let report = &mut self.report;
+        std::thread::scope(|scope| {
+            let sender = &sender;
+            let producer = scope.spawn(move || sender.send_all(clients, tx));
+            for (from, bytes) in rx {
+                report.server_bytes_received += bytes.len() as u64;
+                if faulty {
+                    buffered.push((from, bytes));
+                    continue;
+                }
+                if let Err(e) = server.take(now, from, &bytes) {
+                    server_error = Some(e);
+                }
+            }
+            producer.join().expect("client workers do not panic");
+        });
+        if let Some(faults) = self.sim.faults {
+            self.deliver_through_faults(faults, buffered, now);
+        }
+        match server_error {
+            Some(e) => Err(SimError::Protocol(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies the faults to a stage's buffered client messages and hands
+    /// the server those delivered in time; refusals are counted.
+    fn deliver_through_faults(
+        &mut self,
+        faults: Faults,
+        mut buffered: Vec<(ClientId, Vec<u8>)>,
+        now: Instant,
+    ) {
+        // Arrival order on rayon is not reproducible; the faults are
+        // applied in client order, then shuffled, from the seed.
+        buffered.sort_by_key(|(from, _)| *from);
+        let mut deliveries = Vec::with_capacity(buffered.len());
+        for message in buffered {
+            faults.route(
+                message,
+                &mut self.network.rng,
+                &mut self.report.faults,
+                &mut deliveries,
+                &mut self.network.late_to_server,
+            );
+        }
+        if faults.reorder {
+            shuffle(&mut deliveries, &mut self.network.rng);
+        }
+        for (from, bytes) in deliveries {
+            if self.server.take(now, from, &bytes).is_err() {
+                self.report.faults.refused += 1;
+            }
+        }
+    }
+
+    /// Ends the stage: dropped clients never answer, so the clock jumps to
+    /// the deadline; then the messages the network held back arrive, late.
+    fn close_stage(&mut self, stage: Stage) {
+        if self.server.session.stage() == Some(stage) {
+            let deadline = self
+                .server
+                .session
+                .poll_timeout()
+                .expect("an open stage has a deadline");
+            self.virtual_offset = deadline.duration_since(self.base);
+            self.server.session.handle_timeout(deadline);
+        }
+        let now = self.now();
+        for (from, bytes) in self.network.late_to_server.drain(..) {
+            if self.server.take(now, from, &bytes).is_err() {
+                self.report.faults.refused += 1;
+            }
+        }
+    }
+
+    /// Acts on the server's events: unmasks when it is ready, records an
+    /// abort or checks a completed sum. Returns whether the round is over.
+    fn handle_server_events(&mut self) -> bool {
+        let mut finished = false;
+        while let Some(event) = self.server.session.poll_event() {
+            match event {
+                ServerEvent::Aborted { stage, reason, .. } => {
+                    self.report.abort_stage = Some(stage);
+                    self.report.abort_reason = Some(reason);
+                    finished = true;
+                }
+                ServerEvent::UnmaskingReady => self.unmask(),
+                ServerEvent::Completed(output) => {
+                    self.verify(&output);
+                    finished = true;
+                }
+                _ => {}
+            }
+        }
+        finished
+    }
+
+    /// Runs the server's unmasking step, timed.
+    fn unmask(&mut self) {
+        let started = Instant::now();
+        self.server.session.unmask();
+        let report = &mut self.report;
+        report.server_unmask_seconds = started.elapsed().as_secs_f64();
+        *report.stage_seconds.entry(Stage::Unmasking).or_default() += report.server_unmask_seconds;
+    }
+
+    /// Records a completed round; it is verified when its contributors are
+    /// exactly the clients whose input the server accepted and its sum is
+    /// their plain sum.
+    fn verify(&mut self, output: &crate::server::RoundOutput) {
+        let report = &mut self.report;
+        report.outcome = Outcome::Completed;
+        report.survivors = output.contributors.len() as u32;
+        self.server.accepted.sort_unstable();
+        let expected = self
+            .server
+            .plain_sum
+            .lock()
+            .expect("no panics hold the lock");
+        let mask = value_mask(self.config.bits);
+        report.verified = output.contributors == self.server.accepted
+            && output.sum.len() == expected.len()
+            && output
+                .sum
+                .iter()
+                .zip(expected.iter())
+                .all(|(a, b)| *a == (*b & mask));
+    }
+
+    /// Fills in the per-client figures and the round's total time.
+    fn finish(mut self) -> RoundReport {
+        let clients = &self.clients;
+        let report = &mut self.report;
+        let mut mask_times: Vec<f64> = clients.iter().filter_map(|c| c.mask_seconds).collect();
+        mask_times.sort_by(f64::total_cmp);
+        report.client_mask_seconds_median =
+            mask_times.get(mask_times.len() / 2).copied().unwrap_or(0.0);
+        let full: Vec<&SimClient> = clients
+            .iter()
+            .filter(|c| c.alive && c.session.is_closed() && c.mask_seconds.is_some())
+            .collect();
+        if !full.is_empty() {
+            report.bytes_sent_per_client =
+                full.iter().map(|c| c.bytes_sent as f64).sum::<f64>() / full.len() as f64;
+            report.bytes_received_per_client =
+                full.iter().map(|c| c.bytes_received as f64).sum::<f64>() / full.len() as f64;
+        }
+        report.total_seconds = self.base.elapsed().as_secs_f64();
+        self.report
+    }
+}
+
+/// The report of a round before it runs: its parameters, and an abort until
+/// the server says otherwise.
+fn new_report(
+    round: u32,
+    config: &RoundConfig,
+    graph: &crate::graph::NeighbourGraph,
+    insecure_reasons: Vec<String>,
+) -> RoundReport {
+    RoundReport {
         round,
         outcome: Outcome::Aborted,
         abort_stage: None,
@@ -374,15 +732,20 @@ pub fn run_round(
         packed_vector_bytes: crate::packing::packed_len(config.dim as usize, config.bits) as u64,
         peak_rss_bytes: None,
         faults: FaultCounts::default(),
-    };
-    let mut fault_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"faults"));
-    // Server messages held back to the next stage, by recipient.
-    let mut late_to_clients: Vec<Vec<Vec<u8>>> = Vec::new();
-    // Client messages held back past their stage's deadline.
-    let mut late_to_server: Vec<(ClientId, Vec<u8>)> = Vec::new();
+    }
+}
 
-    let identities = config.is_signed().then(|| sim.identities());
-    let mut server = match &identities {
+/// The clients' identity keys and their directory, in a signed round.
+type Identities = (Vec<IdentityKey>, Arc<IdentityDirectory>);
+
+/// The server's session, with the clients' identities in a signed round.
+fn start_server(
+    config: &RoundConfig,
+    graph: &crate::graph::NeighbourGraph,
+    identities: Option<&Identities>,
+    base: Instant,
+) -> Result<ServerSession, SimError> {
+    Ok(match identities {
         Some((_, directory)) => ServerSession::with_identities(
             config.clone(),
             graph.clone(),
@@ -391,25 +754,37 @@ pub fn run_round(
         )
         .map_err(|e| SimError::Protocol(e.to_string()))?,
         None => ServerSession::with_graph(config.clone(), graph.clone(), base),
-    };
+    })
+}
+
+/// One session per invited client, each with its own generator seeded from
+/// the run's seed.
+fn start_clients(
+    sim: &SimConfig,
+    round: u32,
+    config: &RoundConfig,
+    graph: &crate::graph::NeighbourGraph,
+    identities: Option<&Identities>,
+    base: Instant,
+) -> Vec<SimClient> {
     let mut seed_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"clients"));
-    let client_seeds: Vec<[u8; 32]> = (0..n)
+    let client_seeds: Vec<[u8; 32]> = (0..config.num_clients)
         .map(|_| {
             let mut s = [0u8; 32];
             seed_rng.fill_bytes(&mut s);
             s
         })
         .collect();
-    let mut clients: Vec<SimClient> = client_seeds
+    client_seeds
         .into_par_iter()
         .enumerate()
         .map(|(i, seed)| {
             let mut rng = ChaCha20Rng::from_seed(seed);
             let id = ClientId(i as u32);
-            let session = match &identities {
+            let session = match identities {
                 Some((keys, directory)) => ClientSession::with_identity(
                     config.clone(),
-                    &graph,
+                    graph,
                     id,
                     ClientIdentity {
                         key: keys[i].clone(),
@@ -418,7 +793,7 @@ pub fn run_round(
                     base,
                     &mut rng,
                 ),
-                None => ClientSession::with_graph(config.clone(), &graph, id, base, &mut rng),
+                None => ClientSession::with_graph(config.clone(), graph, id, base, &mut rng),
             }
             .expect("configuration validated above");
             SimClient {
@@ -429,304 +804,127 @@ pub fn run_round(
                 mask_seconds: None,
             }
         })
-        .collect();
-    let mut drop_rng = ChaCha20Rng::from_seed(derive_seed(sim.seed, round, b"drops"));
-    let plain_sum = Mutex::new(vec![0u32; config.dim as usize]);
-    let mut accepted: Vec<ClientId> = Vec::new();
-    let input_of = |id: ClientId| client_input(sim.seed, round, id, config.dim, config.bits);
-
-    let stages: Vec<Stage> = Stage::ALL
-        .into_iter()
-        .filter(|s| *s != Stage::ConsistencyCheck || config.has_consistency_check())
-        .collect();
-    for stage in stages {
-        let stage_start = Instant::now();
-        // Deliver what the server sent at the end of the previous stage.
-        if stage != Stage::AdvertiseKeys {
-            // Each client's deliveries in order: with faults, what the
-            // network held back last stage comes first.
-            let mut inbox: Vec<Vec<Vec<u8>>> = if late_to_clients.is_empty() {
-                vec![Vec::new(); n as usize]
-            } else {
-                std::mem::take(&mut late_to_clients)
-            };
-            late_to_clients = vec![Vec::new(); n as usize];
-            while let Some((to, message)) = server.poll_transmit() {
-                let bytes = message.encode();
-                report.server_bytes_sent += bytes.len() as u64;
-                match &sim.faults {
-                    None => inbox[to.index()].push(bytes),
-                    Some(faults) => faults.route(
-                        bytes,
-                        &mut fault_rng,
-                        &mut report.faults,
-                        &mut inbox[to.index()],
-                        &mut late_to_clients[to.index()],
-                    ),
-                }
-            }
-            if sim.faults.is_some_and(|f| f.reorder) {
-                for deliveries in &mut inbox {
-                    shuffle(deliveries, &mut fault_rng);
-                }
-            }
-            let now = base + virtual_offset;
-            let refused = std::sync::atomic::AtomicU64::new(0);
-            clients
-                .par_iter_mut()
-                .zip(inbox.into_par_iter())
-                .try_for_each(|(client, deliveries)| {
-                    for bytes in deliveries {
-                        if !client.alive {
-                            return Ok(());
-                        }
-                        client.bytes_received += bytes.len() as u64;
-                        let message = ServerMessage::decode(&bytes)
-                            .map_err(|e| SimError::Protocol(format!("server message: {e}")))?;
-                        if let Err(e) = client.session.handle_message(now, message) {
-                            if sim.faults.is_none() {
-                                return Err(SimError::Protocol(format!(
-                                    "{}: {e}",
-                                    client.session.id()
-                                )));
-                            }
-                            refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                    }
-                    Ok(())
-                })?;
-            report.faults.refused += refused.into_inner();
-        }
-
-        // Inject this stage's dropouts among the clients about to send.
-        let about_to_send: Vec<usize> = clients
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.alive && (c.session.has_transmit() || c.session.is_awaiting_input()))
-            .map(|(i, _)| i)
-            .collect();
-        let fraction = sim.drops.get(&stage).copied().unwrap_or(0.0);
-        let to_drop = (fraction * about_to_send.len() as f64).round() as usize;
-        let mut dropping = about_to_send.clone();
-        partial_shuffle(&mut dropping, to_drop, &mut drop_rng);
-        for &i in &dropping[..to_drop] {
-            clients[i].alive = false;
-        }
-        report.dropped.insert(stage, to_drop as u32);
-
-        // Clients that stay send their message; the server takes each as it
-        // arrives. Masked inputs are large, so they stream through a bounded
-        // channel while other clients are still masking.
-        let total = (about_to_send.len() - to_drop) as u64;
-        let done = std::sync::atomic::AtomicU64::new(0);
-        let (tx, rx) = sync_channel::<(ClientId, Vec<u8>)>(32);
-        let now = base + virtual_offset;
-        let mut server_error = None;
-        std::thread::scope(|scope| {
-            let clients = &mut clients;
-            let plain_sum = &plain_sum;
-            let done = &done;
-            let producer = scope.spawn(move || {
-                clients.par_iter_mut().for_each_with(tx, |tx, client| {
-                    if !client.alive {
-                        return;
-                    }
-                    if client.session.is_awaiting_input() {
-                        let id = client.session.id();
-                        let input = client_input(sim.seed, round, id, config.dim, config.bits);
-                        let started = Instant::now();
-                        let needed =
-                            matches!(client.session.poll_event(), Some(ClientEvent::InputNeeded));
-                        debug_assert!(needed, "the session asks for its input");
-                        client
-                            .session
-                            .submit_input(input)
-                            .expect("input has the round's shape");
-                        client.mask_seconds = Some(started.elapsed().as_secs_f64());
-                    }
-                    while let Some(message) = client.session.poll_transmit() {
-                        let bytes = message.encode();
-                        client.bytes_sent += bytes.len() as u64;
-                        if tx.send((client.session.id(), bytes)).is_err() {
-                            return;
-                        }
-                    }
-                    while client.session.poll_event().is_some() {}
-                    let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                    if d.is_multiple_of(64) || d == total {
-                        progress(Progress {
-                            stage,
-                            done: d,
-                            total,
-                        });
-                    }
-                });
-            });
-            let mut buffered = Vec::new();
-            for (from, bytes) in rx {
-                report.server_bytes_received += bytes.len() as u64;
-                if sim.faults.is_some() {
-                    buffered.push((from, bytes));
-                    continue;
-                }
-                if let Err(e) = to_server(
-                    &mut server,
-                    now,
-                    from,
-                    &bytes,
-                    plain_sum,
-                    &mut accepted,
-                    input_of,
-                ) {
-                    server_error = Some(e);
-                }
-            }
-            producer.join().expect("client workers do not panic");
-            if let Some(faults) = &sim.faults {
-                // Arrival order on rayon is not reproducible; the faults are
-                // applied in client order, then shuffled, from the seed.
-                buffered.sort_by_key(|(from, _)| *from);
-                let mut deliveries = Vec::with_capacity(buffered.len());
-                for message in buffered {
-                    faults.route(
-                        message,
-                        &mut fault_rng,
-                        &mut report.faults,
-                        &mut deliveries,
-                        &mut late_to_server,
-                    );
-                }
-                if faults.reorder {
-                    shuffle(&mut deliveries, &mut fault_rng);
-                }
-                for (from, bytes) in deliveries {
-                    if to_server(
-                        &mut server,
-                        now,
-                        from,
-                        &bytes,
-                        plain_sum,
-                        &mut accepted,
-                        input_of,
-                    )
-                    .is_err()
-                    {
-                        report.faults.refused += 1;
-                    }
-                }
-            }
-        });
-        if let Some(e) = server_error {
-            return Err(SimError::Protocol(e));
-        }
-        // Dropped clients never answer: jump to the deadline.
-        if server.stage() == Some(stage) {
-            let deadline = server.poll_timeout().expect("an open stage has a deadline");
-            virtual_offset = deadline.duration_since(base);
-            server.handle_timeout(deadline);
-        }
-        // Messages the network held back arrive now, after the deadline.
-        let now = base + virtual_offset;
-        for (from, bytes) in late_to_server.drain(..) {
-            if to_server(
-                &mut server,
-                now,
-                from,
-                &bytes,
-                &plain_sum,
-                &mut accepted,
-                input_of,
-            )
-            .is_err()
-            {
-                report.faults.refused += 1;
-            }
-        }
-        report
-            .stage_seconds
-            .insert(stage, stage_start.elapsed().as_secs_f64());
-
-        let mut finished = false;
-        while let Some(event) = server.poll_event() {
-            match event {
-                ServerEvent::Aborted { stage, reason, .. } => {
-                    report.abort_stage = Some(stage);
-                    report.abort_reason = Some(reason);
-                    finished = true;
-                }
-                ServerEvent::UnmaskingReady => {
-                    let started = Instant::now();
-                    server.unmask();
-                    report.server_unmask_seconds = started.elapsed().as_secs_f64();
-                    *report.stage_seconds.entry(Stage::Unmasking).or_default() +=
-                        report.server_unmask_seconds;
-                }
-                ServerEvent::Completed(output) => {
-                    report.outcome = Outcome::Completed;
-                    report.survivors = output.contributors.len() as u32;
-                    accepted.sort_unstable();
-                    let expected = plain_sum.lock().expect("no panics hold the lock");
-                    let mask = value_mask(config.bits);
-                    report.verified = output.contributors == accepted
-                        && output.sum.len() == expected.len()
-                        && output
-                            .sum
-                            .iter()
-                            .zip(expected.iter())
-                            .all(|(a, b)| *a == (*b & mask));
-                    finished = true;
-                }
-                _ => {}
-            }
-        }
-        if finished {
-            break;
-        }
-    }
-
-    let mut mask_times: Vec<f64> = clients.iter().filter_map(|c| c.mask_seconds).collect();
-    mask_times.sort_by(f64::total_cmp);
-    report.client_mask_seconds_median =
-        mask_times.get(mask_times.len() / 2).copied().unwrap_or(0.0);
-    let full: Vec<&SimClient> = clients
-        .iter()
-        .filter(|c| c.alive && c.session.is_closed() && c.mask_seconds.is_some())
-        .collect();
-    if !full.is_empty() {
-        report.bytes_sent_per_client =
-            full.iter().map(|c| c.bytes_sent as f64).sum::<f64>() / full.len() as f64;
-        report.bytes_received_per_client =
-            full.iter().map(|c| c.bytes_received as f64).sum::<f64>() / full.len() as f64;
-    }
-    report.total_seconds = round_start.elapsed().as_secs_f64();
-    Ok(report)
+        .collect()
 }
 
-/// Hands one client message to the server; a masked input it accepts is
-/// added to the plain sum the round is checked against.
-fn to_server(
-    server: &mut ServerSession,
+/// Hands each client its deliveries, in parallel; a client that dropped
+/// reads no more. Returns how many messages the sessions refused, which is
+/// an error between honest parties unless the network is faulty
+/// (`strict` false).
+fn deliver_inbox(
+    clients: &mut [SimClient],
+    inbox: Vec<Vec<Vec<u8>>>,
     now: Instant,
-    from: ClientId,
-    bytes: &[u8],
-    plain_sum: &Mutex<Vec<u32>>,
-    accepted: &mut Vec<ClientId>,
-    input: impl Fn(ClientId) -> Vec<u32>,
-) -> Result<(), String> {
-    let message = ClientMessage::decode(bytes).map_err(|e| format!("{from}: {e}"))?;
-    let stage = message.body.stage();
-    server
-        .handle_message(now, from, message)
-        .map_err(|e| e.to_string())?;
-    if stage == Stage::MaskedInput {
-        accepted.push(from);
-        let input = input(from);
-        let mut sum = plain_sum.lock().expect("no panics hold the lock");
-        for (acc, v) in sum.iter_mut().zip(input) {
-            *acc = acc.wrapping_add(v);
+    strict: bool,
+) -> Result<u64, SimError> {
+    let refused = std::sync::atomic::AtomicU64::new(0);
+    clients
+        .par_iter_mut()
+        .zip(inbox.into_par_iter())
+        .try_for_each(|(client, deliveries)| {
+            for bytes in deliveries {
+                if !client.alive {
+                    return Ok(());
+                }
+                client.bytes_received += bytes.len() as u64;
+                let message = ServerMessage::decode(&bytes)
+                    .map_err(|e| SimError::Protocol(format!("server message: {e}")))?;
+                if let Err(e) = client.session.handle_message(now, message) {
+                    if strict {
+                        return Err(SimError::Protocol(format!("{}: {e}", client.session.id())));
+                    }
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        })?;
+    Ok(refused.into_inner())
+}
+
+/// The clients' side of one stage: each client still in the round masks its
+/// input if asked, sends its message, and progress is reported.
+struct StageSender<'a> {
+    sim: &'a SimConfig,
+    round: u32,
+    config: &'a RoundConfig,
+    stage: Stage,
+    /// Clients sending in this stage.
+    total: u64,
+    /// Clients done so far.
+    done: std::sync::atomic::AtomicU64,
+    progress: &'a (dyn Fn(Progress) + Sync),
+}
+
+impl StageSender<'_> {
+    /// Every client still in the round sends, in parallel, into `tx`.
+    fn send_all(&self, clients: &mut [SimClient], tx: SyncSender<(ClientId, Vec<u8>)>) {
+        clients
+            .par_iter_mut()
+            .for_each_with(tx, |tx, client| self.send(client, tx));
+    }
+
+    /// One client's turn; it stops if the server side has hung up.
+    fn send(&self, client: &mut SimClient, tx: &SyncSender<(ClientId, Vec<u8>)>) {
+        if !client.alive {
+            return;
+        }
+        if client.session.is_awaiting_input() {
+            self.mask_input(client);
+        }
+        while let Some(message) = client.session.poll_transmit() {
+            let bytes = message.encode();
+            client.bytes_sent += bytes.len() as u64;
+            if tx.send((client.session.id(), bytes)).is_err() {
+                return;
+            }
+        }
+        while client.session.poll_event().is_some() {}
+        let d = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if d.is_multiple_of(64) || d == self.total {
+            (self.progress)(Progress {
+                stage: self.stage,
+                done: d,
+                total: self.total,
+            });
         }
     }
-    Ok(())
+
+    /// Gives the client its input, timing the masking (not the input's
+    /// generation).
+    fn mask_input(&self, client: &mut SimClient) {
+        let id = client.session.id();
+        let (dim, bits) = (self.config.dim, self.config.bits);
+        let input = client_input(self.sim.seed, self.round, id, dim, bits);
+        let started = Instant::now();
+        let needed = matches!(client.session.poll_event(), Some(ClientEvent::InputNeeded));
+        debug_assert!(needed, "the session asks for its input");
+        client
+            .session
+            .submit_input(input)
+            .expect("input has the round's shape");
+        client.mask_seconds = Some(started.elapsed().as_secs_f64());
+    }
+}
+
+impl SimServer {
+    /// Hands one client message to the server; a masked input it accepts is
+    /// added to the plain sum the round is checked against.
+    fn take(&mut self, now: Instant, from: ClientId, bytes: &[u8]) -> Result<(), String> {
+        let message = ClientMessage::decode(bytes).map_err(|e| format!("{from}: {e}"))?;
+        let stage = message.body.stage();
+        self.session
+            .handle_message(now, from, message)
+            .map_err(|e| e.to_string())?;
+        if stage == Stage::MaskedInput {
+            self.accepted.push(from);
+            let input = client_input(self.seed, self.round, from, self.dim, self.bits);
+            let mut sum = self.plain_sum.lock().expect("no panics hold the lock");
+            for (acc, v) in sum.iter_mut().zip(input) {
+                *acc = acc.wrapping_add(v);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A uniform shuffle (Fisher-Yates).

@@ -30,7 +30,9 @@ use tessera_aggregation::{
     ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
     client::ClientError as SessionError,
 };
+use tessera_dp::encoding::Encoded;
 use tessera_dp::encoding::FixedPoint;
+use tessera_dp::mechanism::DistributedEncoding;
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -159,17 +161,7 @@ pub(crate) async fn participate(
         got: update_len as u64,
     })?;
     let (tx, rx) = mpsc::channel(OUTBOX);
-    let join = v1::ClientFrame {
-        frame: Some(client_frame::Frame::Join(v1::Join {
-            protocol_version: tessera_proto::PROTOCOL_VERSION,
-            dim,
-            identity_key: client
-                .identity
-                .as_ref()
-                .map(|k| k.verifying_key().to_bytes().to_vec())
-                .unwrap_or_default(),
-        })),
-    };
+    let join = join_frame(client, dim);
     let mut bytes = Bytes {
         sent: join.encoded_len() as u64,
         received: 0,
@@ -182,9 +174,48 @@ pub(crate) async fn participate(
         .await
         .map_err(|status| from_status(&status, &client.url, join_phase))?
         .into_inner();
+    let start = wait_for_round_start(client, &tx, &mut inbound, &mut bytes, join_phase).await?;
 
+    let round = Round::start(client, &start, update, bytes, rng)?;
+    let span = tracing::info_span!(
+        "round",
+        round_id = round.round_id,
+        client_id = start.client_id,
+        stage = tracing::field::Empty,
+    );
+    round
+        .run(client, tx, inbound, drop_before)
+        .instrument(span)
+        .await
+}
+
+/// The `Join` frame: protocol version, update length and, with an identity,
+/// its public key.
+fn join_frame(client: &ClientInner, dim: u32) -> v1::ClientFrame {
+    v1::ClientFrame {
+        frame: Some(client_frame::Frame::Join(v1::Join {
+            protocol_version: tessera_proto::PROTOCOL_VERSION,
+            dim,
+            identity_key: client
+                .identity
+                .as_ref()
+                .map(|k| k.verifying_key().to_bytes().to_vec())
+                .unwrap_or_default(),
+        })),
+    }
+}
+
+/// Waits in the lobby for `RoundStart`, answering the server's
+/// `JoinChallenge` (once) on the way.
+async fn wait_for_round_start(
+    client: &ClientInner,
+    tx: &mpsc::Sender<v1::ClientFrame>,
+    inbound: &mut tonic::Streaming<v1::ServerFrame>,
+    bytes: &mut Bytes,
+    join_phase: Phase,
+) -> Result<v1::RoundStart, ClientError> {
     let mut challenged = false;
-    let start = loop {
+    loop {
         let frame = inbound
             .message()
             .await
@@ -208,7 +239,7 @@ pub(crate) async fn participate(
                     "waiting in the lobby"
                 );
             }
-            Some(server_frame::Frame::RoundStart(start)) => break start,
+            Some(server_frame::Frame::RoundStart(start)) => return Ok(start),
             Some(other) => {
                 return Err(ClientError::ServerMisbehaved {
                     round_id: None,
@@ -222,19 +253,7 @@ pub(crate) async fn participate(
                 });
             }
         }
-    };
-
-    let round = Round::start(client, &start, update, bytes, rng)?;
-    let span = tracing::info_span!(
-        "round",
-        round_id = round.round_id,
-        client_id = start.client_id,
-        stage = tracing::field::Empty,
-    );
-    round
-        .run(client, tx, inbound, drop_before)
-        .instrument(span)
-        .await
+    }
 }
 
 /// Frame bytes of one round, each way.
@@ -256,6 +275,12 @@ struct Round {
     bytes: Bytes,
 }
 
+/// The server sent something this client cannot accept, in round
+/// `round_id` if it is known yet.
+fn bad(round_id: Option<u64>, problem: String) -> ClientError {
+    ClientError::ServerMisbehaved { round_id, problem }
+}
+
 impl Round {
     /// Checks the round's parameters, encodes the update and starts the
     /// session with it.
@@ -266,149 +291,17 @@ impl Round {
         bytes: Bytes,
         rng: &mut StdRng,
     ) -> Result<Round, ClientError> {
-        if start.protocol_version != tessera_proto::PROTOCOL_VERSION {
-            return Err(ClientError::VersionMismatch {
-                ours: tessera_proto::PROTOCOL_VERSION,
-                server: start.protocol_version,
-            });
-        }
-        let bad = |round_id: Option<u64>, problem: String| ClientError::ServerMisbehaved {
-            round_id,
-            problem,
-        };
-        let wire_config = start
-            .config
-            .as_ref()
-            .ok_or_else(|| bad(None, "RoundStart without a round configuration".into()))?;
-        let round_id = Some(wire_config.round_id);
-        if wire_config.dim as usize != update.len() {
-            return Err(ClientError::UpdateLength {
-                expected: u64::from(wire_config.dim),
-                got: update.len() as u64,
-            });
-        }
-        // The client's own policy, on the wire's numbers: before anything
-        // is built from them (the neighbour graph, the peers' keys and
-        // shares are O(n)), and before any key is generated or sent.
-        client
-            .policy
-            .check_round(
-                wire_config,
-                start.identities.len(),
-                client.identity.is_some(),
-            )
-            .map_err(|v| v.in_round(wire_config.round_id))?;
-        let mut config =
-            RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
-        // Bind the encoding this client was told (fixed point, DP noise)
-        // into the session: in signed rounds, peers told another encoding
-        // compute another session hash, and their adverts do not verify.
-        config.encoding_digest = tessera_proto::convert::encoding_digest(
-            start.fixed_point.as_ref(),
-            start.distributed_dp.as_ref(),
-        );
-        let fixed_point = start
-            .fixed_point
-            .as_ref()
-            .ok_or_else(|| bad(round_id, "RoundStart without a fixed-point format".into()))?;
-        let fixed_point =
-            FixedPoint::try_from(fixed_point).map_err(|e| bad(round_id, e.to_string()))?;
-        if fixed_point.bits != config.bits {
-            return Err(bad(
-                round_id,
-                format!(
-                    "the fixed-point format has {} bits, the round {}",
-                    fixed_point.bits, config.bits
-                ),
-            ));
-        }
-        // With distributed DP the client adds its share of the noise before
-        // masking; the parameters come from the server but are checked
-        // (a server cannot make the sampler loop or the rounding fail
-        // silently). Only NaN or infinity could fail the encoding itself,
-        // and participate checked those.
-        let distributed = start
-            .distributed_dp
-            .as_ref()
-            .map(|dp| tessera_proto::convert::distributed_encoding(dp, fixed_point))
-            .transpose()
-            .map_err(|e| bad(round_id, e.to_string()))?;
-        // The noise is calibrated so that any `min_survivors` honest
-        // clients carry the target; the round must not be able to go on
-        // with fewer honest survivors, or the sum the server sees (minus the
-        // colluders' known noise) would carry less noise than promised. The
-        // session enforces the round's floor; the colluders counted are the
-        // client's own assumption or the server's, whichever is larger.
-        if let Some(encoding) = &distributed {
-            let corrupt = client
-                .policy
-                .corrupt_count(config.num_clients)
-                .max(config.corrupt);
-            let honest_floor = config.survivor_floor().saturating_sub(corrupt);
-            if encoding.dp.min_survivors > honest_floor {
-                return Err(bad(
-                    round_id,
-                    format!(
-                        "distributed DP is calibrated for {} honest survivors but the round goes on with {} survivors of which {corrupt} may collude with the server",
-                        encoding.dp.min_survivors,
-                        config.survivor_floor()
-                    ),
-                ));
-            }
-        }
+        let config = round_config(client, start, update)?;
+        let round_id = Some(config.round_id);
+        let fixed_point = fixed_point(start, &config)?;
+        let distributed = distributed_encoding(client, start, &config, fixed_point)?;
         // The policy's DP rules (the session makes the keys, below).
         client
             .policy
             .check_dp(distributed.as_ref())
             .map_err(|v| v.in_round(config.round_id))?;
-        let encoded = match &distributed {
-            None => fixed_point
-                .encode(update, rng)
-                .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?,
-            Some(encoding) => encoding
-                .encode(update, rng)
-                .map_err(|e| bad(round_id, format!("cannot encode the update: {e}")))?,
-        };
-        let id = ClientId(start.client_id);
-        let mut session = match (&client.identity, config.is_signed()) {
-            (None, false) => ClientSession::new(config.clone(), id, Instant::now(), rng),
-            (Some(key), true) => {
-                let directory = directory_from(&start.identities, &client.trusted)
-                    .map_err(|problem| bad(round_id, problem))?;
-                let graph = config
-                    .neighbour_graph()
-                    .map_err(|e| bad(round_id, e.to_string()))?;
-                ClientSession::with_identity(
-                    config.clone(),
-                    &graph,
-                    id,
-                    ClientIdentity {
-                        key: key.clone(),
-                        directory: std::sync::Arc::new(directory),
-                    },
-                    Instant::now(),
-                    rng,
-                )
-            }
-            (Some(_), false) => {
-                // A downgrade: this client was set up for the
-                // malicious-server model and will not run a weaker one.
-                return Err(bad(
-                    round_id,
-                    format!(
-                        "the round runs the {} threat model; this client has an identity and takes part only in malicious-server rounds",
-                        config.threat_model
-                    ),
-                ));
-            }
-            (None, true) => {
-                return Err(ClientError::InvalidSetting {
-                    setting: "identity",
-                    problem: "the server runs malicious-server rounds: give the client its enrolled identity and the allow-list (ClientBuilder::identity, trusted_identities)".into(),
-                });
-            }
-        }
-        .map_err(|e| bad(round_id, e.to_string()))?;
+        let encoded = encode_update(update, fixed_point, distributed.as_ref(), round_id, rng)?;
+        let mut session = new_session(client, start, &config, rng)?;
         session
             .submit_input(encoded.values)
             .map_err(|e| bad(round_id, e.to_string()))?;
@@ -441,107 +334,140 @@ impl Round {
         mut inbound: tonic::Streaming<v1::ServerFrame>,
         drop_before: Option<Stage>,
     ) -> Result<Participation, ClientError> {
-        let round_id = self.round_id;
-        let misbehaved = |problem: String| ClientError::ServerMisbehaved {
-            round_id: Some(round_id),
-            problem,
-        };
         let mut completed = false;
         self.note_stage();
         loop {
-            while let Some(message) = self.session.poll_transmit() {
-                let stage = message.body.stage();
-                if drop_before == Some(stage) {
-                    // Dropping both halves of the stream ends it, which the
-                    // server sees as this client dropping out now.
-                    tracing::info!(stage = stage.name(), "dropping out, as asked");
-                    return Ok(Participation::Dropped {
-                        round_id,
-                        client_id: self.session.id().0,
-                        stage,
-                        bytes_sent: self.bytes.sent,
-                    });
-                }
-                let frame = v1::ClientFrame {
-                    frame: Some(client_frame::Frame::Message(message.encode())),
-                };
-                self.bytes.sent += frame.encoded_len() as u64;
-                // A closed stream is reported by the receiving side, with
-                // the server's status.
-                if tx.send(frame).await.is_err() {
-                    tracing::debug!("the outgoing stream is closed");
-                }
+            if let Some(dropped) = self.send_pending(&tx, drop_before).await {
+                return Ok(dropped);
             }
-            while let Some(event) = self.session.poll_event() {
-                match event {
-                    ClientEvent::MaskedInputSent => tracing::debug!("masked input sent"),
-                    ClientEvent::Completed => {
-                        tracing::debug!("unmasking answered; waiting for the result");
-                        completed = true;
-                    }
-                    ClientEvent::Aborted(reason) => {
-                        return Err(ClientError::RoundAborted {
-                            round_id,
-                            reason: Some(reason),
-                        });
-                    }
-                    ClientEvent::TimedOut => {
-                        return Err(ClientError::ServerSilent {
-                            round_id,
-                            stage: self.stage.unwrap_or("unknown"),
-                        });
-                    }
-                    // The input was submitted at the start.
-                    _ => {}
-                }
-            }
-
-            let deadline = self.session.poll_timeout();
-            // `Streaming::message` is cancel-safe (a poll of the stream), so
-            // a deadline that wins the race loses no frame.
-            let frame = tokio::select! {
-                frame = inbound.message() => frame,
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    self.session.handle_timeout(Instant::now());
-                    continue;
-                }
-            };
-            let frame = frame
-                .map_err(|status| from_status(&status, &client.url, Phase::Round { round_id }))?;
-            self.bytes.received += frame.as_ref().map_or(0, |f| f.encoded_len() as u64);
-            match frame.and_then(|f| f.frame) {
-                Some(server_frame::Frame::Message(bytes)) => {
-                    let message = ServerMessage::decode(&bytes)
-                        .map_err(|e| misbehaved(format!("malformed protocol message: {e}")))?;
-                    match self.session.handle_message(Instant::now(), message) {
-                        Ok(()) => self.note_stage(),
-                        Err(SessionError::ServerMisbehaved(violation)) => {
-                            return Err(misbehaved(violation.to_string()));
-                        }
-                        // Stale (another round) or after the session ended:
-                        // nothing to act on.
-                        Err(other) => tracing::debug!(error = %other, "ignored a server message"),
-                    }
-                }
-                Some(server_frame::Frame::Result(result)) => {
-                    return self
-                        .finish(&result, completed)
-                        .map(Participation::Completed);
-                }
-                Some(other) => {
-                    return Err(misbehaved(format!(
-                        "sent a {} frame during the round",
-                        frame_name(&other)
-                    )));
-                }
-                None => {
-                    return Err(ClientError::ConnectionLost {
-                        round_id: Some(round_id),
-                        message: "the server closed the stream before the round's result".into(),
-                    });
-                }
+            completed |= self.handle_events()?;
+            if let Some(result) = self.receive(client, &mut inbound).await? {
+                return self
+                    .finish(&result, completed)
+                    .map(Participation::Completed);
             }
         }
+    }
+
+    /// Sends what the session wants sent, or hangs up instead of sending
+    /// the message of `drop_before`.
+    async fn send_pending(
+        &mut self,
+        tx: &mpsc::Sender<v1::ClientFrame>,
+        drop_before: Option<Stage>,
+    ) -> Option<Participation> {
+        while let Some(message) = self.session.poll_transmit() {
+            let stage = message.body.stage();
+            if drop_before == Some(stage) {
+                // Dropping both halves of the stream ends it, which the
+                // server sees as this client dropping out now.
+                tracing::info!(stage = stage.name(), "dropping out, as asked");
+                return Some(Participation::Dropped {
+                    round_id: self.round_id,
+                    client_id: self.session.id().0,
+                    stage,
+                    bytes_sent: self.bytes.sent,
+                });
+            }
+            let frame = v1::ClientFrame {
+                frame: Some(client_frame::Frame::Message(message.encode())),
+            };
+            self.bytes.sent += frame.encoded_len() as u64;
+            // A closed stream is reported by the receiving side, with
+            // the server's status.
+            if tx.send(frame).await.is_err() {
+                tracing::debug!("the outgoing stream is closed");
+            }
+        }
+        None
+    }
+
+    /// Acts on the session's events; returns whether it answered the
+    /// unmasking request (its part of the round is done).
+    fn handle_events(&mut self) -> Result<bool, ClientError> {
+        let round_id = self.round_id;
+        let mut completed = false;
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                ClientEvent::MaskedInputSent => tracing::debug!("masked input sent"),
+                ClientEvent::Completed => {
+                    tracing::debug!("unmasking answered; waiting for the result");
+                    completed = true;
+                }
+                ClientEvent::Aborted(reason) => {
+                    return Err(ClientError::RoundAborted {
+                        round_id,
+                        reason: Some(reason),
+                    });
+                }
+                ClientEvent::TimedOut => {
+                    return Err(ClientError::ServerSilent {
+                        round_id,
+                        stage: self.stage.unwrap_or("unknown"),
+                    });
+                }
+                // The input was submitted at the start.
+                _ => {}
+            }
+        }
+        Ok(completed)
+    }
+
+    /// Waits for the next server frame or the session's deadline,
+    /// whichever comes first, and feeds it in; returns the round's result
+    /// when that is the frame.
+    async fn receive(
+        &mut self,
+        client: &ClientInner,
+        inbound: &mut tonic::Streaming<v1::ServerFrame>,
+    ) -> Result<Option<v1::RoundResult>, ClientError> {
+        let round_id = self.round_id;
+        let deadline = self.session.poll_timeout();
+        // `Streaming::message` is cancel-safe (a poll of the stream), so
+        // a deadline that wins the race loses no frame.
+        let frame = tokio::select! {
+            frame = inbound.message() => frame,
+            () = sleep_until(deadline), if deadline.is_some() => {
+                self.session.handle_timeout(Instant::now());
+                return Ok(None);
+            }
+        };
+        let frame =
+            frame.map_err(|status| from_status(&status, &client.url, Phase::Round { round_id }))?;
+        self.bytes.received += frame.as_ref().map_or(0, |f| f.encoded_len() as u64);
+        match frame.and_then(|f| f.frame) {
+            Some(server_frame::Frame::Message(bytes)) => {
+                self.handle_message(&bytes)?;
+                Ok(None)
+            }
+            Some(server_frame::Frame::Result(result)) => Ok(Some(result)),
+            Some(other) => Err(bad(
+                Some(round_id),
+                format!("sent a {} frame during the round", frame_name(&other)),
+            )),
+            None => Err(ClientError::ConnectionLost {
+                round_id: Some(round_id),
+                message: "the server closed the stream before the round's result".into(),
+            }),
+        }
+    }
+
+    /// Feeds one protocol message to the session; a message the session
+    /// refuses as misbehaviour ends the round for this client.
+    fn handle_message(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let round_id = Some(self.round_id);
+        let message = ServerMessage::decode(bytes)
+            .map_err(|e| bad(round_id, format!("malformed protocol message: {e}")))?;
+        match self.session.handle_message(Instant::now(), message) {
+            Ok(()) => self.note_stage(),
+            Err(SessionError::ServerMisbehaved(violation)) => {
+                return Err(bad(round_id, violation.to_string()));
+            }
+            // Stale (another round) or after the session ended:
+            // nothing to act on.
+            Err(other) => tracing::debug!(error = %other, "ignored a server message"),
+        }
+        Ok(())
     }
 
     /// Records the session's stage in the round's span when it changes.
@@ -599,6 +525,192 @@ impl Round {
             }),
         }
     }
+}
+
+/// The round's configuration from `RoundStart`, checked against this client
+/// (protocol version, dimension) and its policy before anything is built
+/// from it, with the encoding this client was told bound into it.
+fn round_config(
+    client: &ClientInner,
+    start: &v1::RoundStart,
+    update: &[f32],
+) -> Result<RoundConfig, ClientError> {
+    if start.protocol_version != tessera_proto::PROTOCOL_VERSION {
+        return Err(ClientError::VersionMismatch {
+            ours: tessera_proto::PROTOCOL_VERSION,
+            server: start.protocol_version,
+        });
+    }
+    let wire_config = start
+        .config
+        .as_ref()
+        .ok_or_else(|| bad(None, "RoundStart without a round configuration".into()))?;
+    let round_id = Some(wire_config.round_id);
+    if wire_config.dim as usize != update.len() {
+        return Err(ClientError::UpdateLength {
+            expected: u64::from(wire_config.dim),
+            got: update.len() as u64,
+        });
+    }
+    // The client's own policy, on the wire's numbers: before anything
+    // is built from them (the neighbour graph, the peers' keys and
+    // shares are O(n)), and before any key is generated or sent.
+    client
+        .policy
+        .check_round(
+            wire_config,
+            start.identities.len(),
+            client.identity.is_some(),
+        )
+        .map_err(|v| v.in_round(wire_config.round_id))?;
+    let mut config =
+        RoundConfig::try_from(wire_config).map_err(|e| bad(round_id, e.to_string()))?;
+    // Bind the encoding this client was told (fixed point, DP noise)
+    // into the session: in signed rounds, peers told another encoding
+    // compute another session hash, and their adverts do not verify.
+    config.encoding_digest = tessera_proto::convert::encoding_digest(
+        start.fixed_point.as_ref(),
+        start.distributed_dp.as_ref(),
+    );
+    Ok(config)
+}
+
+/// The round's fixed-point format, which must use the round's bits.
+fn fixed_point(start: &v1::RoundStart, config: &RoundConfig) -> Result<FixedPoint, ClientError> {
+    let round_id = Some(config.round_id);
+    let fixed_point = start
+        .fixed_point
+        .as_ref()
+        .ok_or_else(|| bad(round_id, "RoundStart without a fixed-point format".into()))?;
+    let fixed_point =
+        FixedPoint::try_from(fixed_point).map_err(|e| bad(round_id, e.to_string()))?;
+    if fixed_point.bits != config.bits {
+        return Err(bad(
+            round_id,
+            format!(
+                "the fixed-point format has {} bits, the round {}",
+                fixed_point.bits, config.bits
+            ),
+        ));
+    }
+    Ok(fixed_point)
+}
+
+/// The round's distributed DP, if it runs any, checked against the
+/// survivors the round can go on with.
+fn distributed_encoding(
+    client: &ClientInner,
+    start: &v1::RoundStart,
+    config: &RoundConfig,
+    fixed_point: FixedPoint,
+) -> Result<Option<DistributedEncoding>, ClientError> {
+    let round_id = Some(config.round_id);
+    // With distributed DP the client adds its share of the noise before
+    // masking; the parameters come from the server but are checked
+    // (a server cannot make the sampler loop or the rounding fail
+    // silently). Only NaN or infinity could fail the encoding itself,
+    // and participate checked those.
+    let distributed = start
+        .distributed_dp
+        .as_ref()
+        .map(|dp| tessera_proto::convert::distributed_encoding(dp, fixed_point))
+        .transpose()
+        .map_err(|e| bad(round_id, e.to_string()))?;
+    // The noise is calibrated so that any `min_survivors` honest
+    // clients carry the target; the round must not be able to go on
+    // with fewer honest survivors, or the sum the server sees (minus the
+    // colluders' known noise) would carry less noise than promised. The
+    // session enforces the round's floor; the colluders counted are the
+    // client's own assumption or the server's, whichever is larger.
+    if let Some(encoding) = &distributed {
+        let corrupt = client
+            .policy
+            .corrupt_count(config.num_clients)
+            .max(config.corrupt);
+        let honest_floor = config.survivor_floor().saturating_sub(corrupt);
+        if encoding.dp.min_survivors > honest_floor {
+            return Err(bad(
+                round_id,
+                format!(
+                    "distributed DP is calibrated for {} honest survivors but the round goes on with {} survivors of which {corrupt} may collude with the server",
+                    encoding.dp.min_survivors,
+                    config.survivor_floor()
+                ),
+            ));
+        }
+    }
+    Ok(distributed)
+}
+
+/// The update in the round's fixed point, with this client's share of the
+/// DP noise when the round runs distributed DP.
+fn encode_update(
+    update: &[f32],
+    fixed_point: FixedPoint,
+    distributed: Option<&DistributedEncoding>,
+    round_id: Option<u64>,
+    rng: &mut StdRng,
+) -> Result<Encoded, ClientError> {
+    match distributed {
+        None => fixed_point
+            .encode(update, rng)
+            .map_err(|e| bad(round_id, format!("cannot encode the update: {e}"))),
+        Some(encoding) => encoding
+            .encode(update, rng)
+            .map_err(|e| bad(round_id, format!("cannot encode the update: {e}"))),
+    }
+}
+
+/// A fresh session for the round: with this client's identity and the
+/// round's (allow-listed) identity directory in a signed round; a client
+/// with an identity refuses an unsigned round (a downgrade).
+fn new_session(
+    client: &ClientInner,
+    start: &v1::RoundStart,
+    config: &RoundConfig,
+    rng: &mut StdRng,
+) -> Result<ClientSession, ClientError> {
+    let round_id = Some(config.round_id);
+    let id = ClientId(start.client_id);
+    match (&client.identity, config.is_signed()) {
+        (None, false) => ClientSession::new(config.clone(), id, Instant::now(), rng),
+        (Some(key), true) => {
+            let directory = directory_from(&start.identities, &client.trusted)
+                .map_err(|problem| bad(round_id, problem))?;
+            let graph = config
+                .neighbour_graph()
+                .map_err(|e| bad(round_id, e.to_string()))?;
+            ClientSession::with_identity(
+                config.clone(),
+                &graph,
+                id,
+                ClientIdentity {
+                    key: key.clone(),
+                    directory: std::sync::Arc::new(directory),
+                },
+                Instant::now(),
+                rng,
+            )
+        }
+        (Some(_), false) => {
+            // A downgrade: this client was set up for the
+            // malicious-server model and will not run a weaker one.
+            return Err(bad(
+                round_id,
+                format!(
+                    "the round runs the {} threat model; this client has an identity and takes part only in malicious-server rounds",
+                    config.threat_model
+                ),
+            ));
+        }
+        (None, true) => {
+            return Err(ClientError::InvalidSetting {
+                setting: "identity",
+                problem: "the server runs malicious-server rounds: give the client its enrolled identity and the allow-list (ClientBuilder::identity, trusted_identities)".into(),
+            });
+        }
+    }
+    .map_err(|e| bad(round_id, e.to_string()))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

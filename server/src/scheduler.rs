@@ -133,37 +133,144 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("blocking task does not panic")
 }
 
+/// Opens a round for `participants`, runs it, and publishes or records
+/// its end; the round is on disk before it opens.
 async fn run_round(
     shared: &Arc<Shared>,
     mut training: Training,
     participants: Vec<Participant>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Training, ServeError> {
-    let config = &shared.config;
     let n = participants.len() as u32;
     let round_id = shared.store.lock().expect("store lock").next_round_id();
     let started = Instant::now();
     let started_at = unix_ms();
 
-    let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
-    let min_survivors = config.survivor_floor(n, threshold);
-    let dim = training.model.dim() as u32;
-    let (fixed_point, distributed) = config
-        .round_encoding(n, min_survivors, dim)
-        .map_err(ServeError::Config)?;
-    let bits = fixed_point.bits;
-    let mut round_config = RoundConfig::new(round_id, n, dim);
-    round_config.threshold = threshold;
-    round_config.min_survivors = min_survivors;
-    round_config.graph = graph;
-    round_config.graph_seed = training.rng.random();
-    round_config.bits = bits;
-    round_config.prg = config.round.prg;
-    round_config.threat_model = config.round.threat_model;
-    round_config.corrupt = config.corrupt_count(n);
-    round_config.stage_timeout = config.round.stage_timeout;
+    let plan = RoundPlan::new(&shared.config, &mut training, round_id, n)?;
+    let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
+    let mut record = started_record(round_id, n, threshold, started_at);
+    // The round id is on disk before any key is derived from it, so a
+    // restarted server never reuses it.
+    write_record(shared, record.clone()).await?;
+    metrics::round_started();
+    let span = info_span!("round", round = round_id, clients = n, threshold, graph = %graph);
+    info!(parent: &span, bits, "round opened");
 
-    let mut record = RoundRecord {
+    let release_plan = plan.release_plan(&shared.config, round_id, n);
+    let mut driver = plan.open_driver(training.version, participants)?;
+    let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
+    let identities = driver.identities().to_vec();
+    let result = match end {
+        RoundEnd::Completed(output) => {
+            let (next, result) = complete(
+                shared,
+                training,
+                output,
+                release_plan,
+                &mut record,
+                &span,
+                started,
+            )
+            .await?;
+            training = next;
+            result
+        }
+        RoundEnd::Aborted {
+            stage,
+            reason,
+            survivors,
+        } => record_abort(&mut record, stage, reason, survivors, &span),
+        RoundEnd::Shutdown => {
+            // The record stays `started`; the next start marks it
+            // interrupted. Clients hear that the server is going away.
+            driver.fail_all(&shutting_down(round_id));
+            shared.lobby.release(identities.iter().map(String::as_str));
+            return Ok(training);
+        }
+    };
+    record.seconds = started.elapsed().as_secs_f64();
+    write_record(shared, record).await?;
+    driver.finish(&result, CLOSE_GRACE);
+    shared.lobby.release(identities.iter().map(String::as_str));
+    Ok(training)
+}
+
+/// A round's parameters, fixed before it opens.
+struct RoundPlan {
+    /// What every participant is told.
+    config: RoundConfig,
+    /// How clients encode their updates.
+    fixed_point: FixedPoint,
+    /// Distributed DP's encoding, if on.
+    distributed: Option<DistributedEncoding>,
+}
+
+impl RoundPlan {
+    /// Plans round `round_id` for `n` participants: neighbour graph and
+    /// threshold, survivor floor, encoding, and a fresh graph seed.
+    fn new(
+        config: &ServerConfig,
+        training: &mut Training,
+        round_id: u64,
+        n: u32,
+    ) -> Result<RoundPlan, ServeError> {
+        let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
+        let min_survivors = config.survivor_floor(n, threshold);
+        let dim = training.model.dim() as u32;
+        let (fixed_point, distributed) = config
+            .round_encoding(n, min_survivors, dim)
+            .map_err(ServeError::Config)?;
+        let bits = fixed_point.bits;
+        let mut round_config = RoundConfig::new(round_id, n, dim);
+        round_config.threshold = threshold;
+        round_config.min_survivors = min_survivors;
+        round_config.graph = graph;
+        round_config.graph_seed = training.rng.random();
+        round_config.bits = bits;
+        round_config.prg = config.round.prg;
+        round_config.threat_model = config.round.threat_model;
+        round_config.corrupt = config.corrupt_count(n);
+        round_config.stage_timeout = config.round.stage_timeout;
+        Ok(RoundPlan {
+            config: round_config,
+            fixed_point,
+            distributed,
+        })
+    }
+
+    /// What the release needs should the round complete.
+    fn release_plan(&self, config: &ServerConfig, round_id: u64, n: u32) -> ReleasePlan {
+        ReleasePlan {
+            fixed_point: self.fixed_point,
+            distributed: self.distributed,
+            corrupt: config.corrupt_count(n),
+            round_id,
+            clients: n,
+        }
+    }
+
+    /// Opens the round with its participants.
+    fn open_driver(
+        self,
+        model_version: u64,
+        participants: Vec<Participant>,
+    ) -> Result<RoundDriver, ServeError> {
+        match RoundDriver::open(
+            self.config,
+            v1::FixedPoint::from(&self.fixed_point),
+            self.distributed.as_ref().map(v1::DistributedDp::from),
+            model_version,
+            participants,
+        ) {
+            Ok(driver) => Ok(driver),
+            Err(e) => Err(ServeError::Round(e.to_string())),
+        }
+    }
+}
+
+/// The record of a round just opened, written before it runs.
+fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> RoundRecord {
+    RoundRecord {
         round: round_id,
         outcome: RoundOutcome::Started,
         clients: n,
@@ -175,95 +282,77 @@ async fn run_round(
         model_version: None,
         started_at_unix_ms: started_at,
         seconds: 0.0,
-    };
-    // The round id is on disk before any key is derived from it, so a
-    // restarted server never reuses it.
-    write_record(shared, record.clone()).await?;
-    metrics::round_started();
-    let span = info_span!("round", round = round_id, clients = n, threshold, graph = %graph);
-    info!(parent: &span, bits, "round opened");
+    }
+}
 
-    let mut driver = match RoundDriver::open(
-        round_config,
-        v1::FixedPoint::from(&fixed_point),
-        distributed.as_ref().map(v1::DistributedDp::from),
-        training.version,
-        participants,
-    ) {
-        Ok(driver) => driver,
-        Err(e) => return Err(ServeError::Round(e.to_string())),
+/// A completed round: publishes the new model, records the round and
+/// returns the result its clients hear.
+async fn complete(
+    shared: &Arc<Shared>,
+    training: Training,
+    output: RoundOutput,
+    plan: ReleasePlan,
+    record: &mut RoundRecord,
+    span: &tracing::Span,
+    started: Instant,
+) -> Result<(Training, v1::RoundResult), ServeError> {
+    let (round_id, n) = (plan.round_id, plan.clients);
+    let contributors = output.contributors.len() as u32;
+    let (training, published) = publish(shared, training, output, plan).await?;
+    record.outcome = RoundOutcome::Completed;
+    record.survivors = contributors;
+    record.dropped = n - contributors;
+    record.model_version = Some(published);
+    metrics::round_completed();
+    info!(parent: span, survivors = contributors, version = published, seconds = started.elapsed().as_secs_f64(), "round completed, model published");
+    let result = v1::RoundResult {
+        round_id,
+        outcome: v1::Outcome::Completed as i32,
+        survivors: contributors,
+        model_version: published,
+        abort_reason: String::new(),
     };
-    let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
-    let identities = driver.identities().to_vec();
-    let result = match end {
-        RoundEnd::Completed(output) => {
-            let contributors = output.contributors.len() as u32;
-            let plan = ReleasePlan {
-                fixed_point,
-                distributed,
-                corrupt: config.corrupt_count(n),
-                round_id,
-                clients: n,
-            };
-            let (next, published) = publish(shared, training, output, plan).await?;
-            training = next;
-            record.outcome = RoundOutcome::Completed;
-            record.survivors = contributors;
-            record.dropped = n - contributors;
-            record.model_version = Some(published);
-            metrics::round_completed();
-            info!(parent: &span, survivors = contributors, version = published, seconds = started.elapsed().as_secs_f64(), "round completed, model published");
-            v1::RoundResult {
-                round_id,
-                outcome: v1::Outcome::Completed as i32,
-                survivors: contributors,
-                model_version: published,
-                abort_reason: String::new(),
-            }
-        }
-        RoundEnd::Aborted {
-            stage,
-            reason,
-            survivors,
-        } => {
-            record.outcome = RoundOutcome::Aborted;
-            record.survivors = survivors;
-            record.dropped = n - survivors;
-            record.stage = Some(stage.name().to_owned());
-            record.reason = Some(abort_reason_name(reason).to_owned());
-            metrics::round_aborted(abort_reason_name(reason));
-            warn!(parent: &span, stage = stage.name(), reason = abort_reason_name(reason), survivors, "round aborted");
-            v1::RoundResult {
-                round_id,
-                outcome: v1::Outcome::Aborted as i32,
-                survivors,
-                model_version: 0,
-                abort_reason: abort_reason_name(reason).to_owned(),
-            }
-        }
-        RoundEnd::Shutdown => {
-            // The record stays `started`; the next start marks it
-            // interrupted. Clients hear that the server is going away.
-            let status = status_with_detail(
-                Code::Unavailable,
-                "the server is shutting down",
-                &v1::ErrorDetail {
-                    kind: ErrorKind::Unavailable as i32,
-                    server_protocol_version: PROTOCOL_VERSION,
-                    round_id,
-                    expected: 0,
-                },
-            );
-            driver.fail_all(&status);
-            shared.lobby.release(identities.iter().map(String::as_str));
-            return Ok(training);
-        }
-    };
-    record.seconds = started.elapsed().as_secs_f64();
-    write_record(shared, record).await?;
-    driver.finish(&result, CLOSE_GRACE);
-    shared.lobby.release(identities.iter().map(String::as_str));
-    Ok(training)
+    Ok((training, result))
+}
+
+/// An aborted round: records where and why, and returns the result its
+/// clients hear.
+fn record_abort(
+    record: &mut RoundRecord,
+    stage: tessera_aggregation::Stage,
+    reason: tessera_aggregation::messages::AbortReason,
+    survivors: u32,
+    span: &tracing::Span,
+) -> v1::RoundResult {
+    record.outcome = RoundOutcome::Aborted;
+    record.survivors = survivors;
+    record.dropped = record.clients - survivors;
+    record.stage = Some(stage.name().to_owned());
+    record.reason = Some(abort_reason_name(reason).to_owned());
+    metrics::round_aborted(abort_reason_name(reason));
+    warn!(parent: span, stage = stage.name(), reason = abort_reason_name(reason), survivors, "round aborted");
+    v1::RoundResult {
+        round_id: record.round,
+        outcome: v1::Outcome::Aborted as i32,
+        survivors,
+        model_version: 0,
+        abort_reason: abort_reason_name(reason).to_owned(),
+    }
+}
+
+/// What the clients of round `round_id` hear when the server shuts down
+/// during it.
+fn shutting_down(round_id: u64) -> tonic::Status {
+    status_with_detail(
+        Code::Unavailable,
+        "the server is shutting down",
+        &v1::ErrorDetail {
+            kind: ErrorKind::Unavailable as i32,
+            server_protocol_version: PROTOCOL_VERSION,
+            round_id,
+            expected: 0,
+        },
+    )
 }
 
 async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), ServeError> {
@@ -315,20 +404,60 @@ fn release(
     output: RoundOutput,
     plan: &ReleasePlan,
 ) -> Result<ModelEntry, ServeError> {
-    let round_error = |e: &dyn std::fmt::Display| ServeError::Round(e.to_string());
     let contributors = output.contributors.len() as u32;
     let dim = output.sum.len();
-    // What this release spends: central noise is added here, on a sum the
-    // server saw; distributed noise is already in the sum, carried by the
-    // contributors, of which only the honest ones count.
-    let central = match config.dp.mode {
+    let central = central_dp(config, plan, dim)?;
+    let mechanism = spent_mechanism(config, plan, central.as_ref(), contributors, dim)?;
+    let epsilon = charge(config, training, store, plan, mechanism)?;
+    let decoded = match &central {
+        // Exact integer noise on the decoded integer sum, outside the ring.
+        Some(central) => central
+            .release(&output.sum, contributors, &mut training.rng)
+            .map_err(|e| round_error(&e))?,
+        None => plan.fixed_point.decode_sum(&output.sum, contributors),
+    };
+    let mean = decoded.mean();
+    training
+        .fedavg
+        .apply(&mut training.model, &mean)
+        .map_err(|e| round_error(&e))?;
+    let entry = publish_model(config, training, store, plan, contributors, epsilon)?;
+    training.version = entry.version;
+    Ok(entry)
+}
+
+/// A failure of the release that is neither the store's nor the
+/// configuration's.
+fn round_error(e: &dyn std::fmt::Display) -> ServeError {
+    ServeError::Round(e.to_string())
+}
+
+/// Central DP's noise for a sum of `dim` values, when the server adds it.
+fn central_dp(
+    config: &ServerConfig,
+    plan: &ReleasePlan,
+    dim: usize,
+) -> Result<Option<CentralDp>, ServeError> {
+    Ok(match config.dp.mode {
         DpMode::Central => Some(
             CentralDp::new(plan.fixed_point, config.dp.noise_multiplier, dim)
                 .map_err(|e| round_error(&e))?,
         ),
         _ => None,
-    };
-    let mechanism = match (config.dp.mode, &plan.distributed, &central) {
+    })
+}
+
+/// What this release spends: central noise is added here, on a sum the
+/// server saw; distributed noise is already in the sum, carried by the
+/// contributors, of which only the honest ones count.
+fn spent_mechanism(
+    config: &ServerConfig,
+    plan: &ReleasePlan,
+    central: Option<&CentralDp>,
+    contributors: u32,
+    dim: usize,
+) -> Result<Option<tessera_dp::ledger::Mechanism>, ServeError> {
+    Ok(match (config.dp.mode, &plan.distributed, central) {
         (DpMode::Off, _, _) => None,
         (DpMode::Central, _, Some(central)) => Some(central.mechanism()),
         (DpMode::Distributed, Some(encoding), _) => Some(
@@ -341,11 +470,23 @@ fn release(
                 "a DP round ran without its mechanism".into(),
             ));
         }
-    };
-    // The server has seen the sum: charge it, durably, before anything
-    // that could fail on the way to publishing (noise, FedAvg, the model
-    // write). Distributed noise holds against the server; central noise,
-    // added to a sum the server saw, only against the model's consumers.
+    })
+}
+
+/// Charges the release to the privacy ledger and writes the ledger; returns
+/// the epsilon spent so far (0 without DP).
+///
+/// The server has seen the sum: charge it, durably, before anything that
+/// could fail on the way to publishing (noise, FedAvg, the model write).
+/// Distributed noise holds against the server; central noise, added to a
+/// sum the server saw, only against the model's consumers.
+fn charge(
+    config: &ServerConfig,
+    training: &mut Training,
+    store: &Mutex<Store>,
+    plan: &ReleasePlan,
+    mechanism: Option<tessera_dp::ledger::Mechanism>,
+) -> Result<f64, ServeError> {
     let mut epsilon = 0.0;
     if let Some(mechanism) = mechanism {
         let adversary = match config.dp.mode {
@@ -363,19 +504,19 @@ fn release(
             .charge(ledger)
             .map_err(ServeError::Store)?;
     }
-    let decoded = match &central {
-        // Exact integer noise on the decoded integer sum, outside the ring.
-        Some(central) => central
-            .release(&output.sum, contributors, &mut training.rng)
-            .map_err(|e| round_error(&e))?,
-        None => plan.fixed_point.decode_sum(&output.sum, contributors),
-    };
-    let mean = decoded.mean();
-    training
-        .fedavg
-        .apply(&mut training.model, &mean)
-        .map_err(|e| round_error(&e))?;
-    let entry = store
+    Ok(epsilon)
+}
+
+/// Publishes the updated model in the store, with the round's figures.
+fn publish_model(
+    config: &ServerConfig,
+    training: &Training,
+    store: &Mutex<Store>,
+    plan: &ReleasePlan,
+    contributors: u32,
+    epsilon: f64,
+) -> Result<ModelEntry, ServeError> {
+    store
         .lock()
         .expect("store lock")
         .publish(&Publication {
@@ -392,9 +533,7 @@ fn release(
             ledger: training.ledger.as_ref(),
             velocity: training.fedavg.velocity(),
         })
-        .map_err(ServeError::Store)?;
-    training.version = entry.version;
-    Ok(entry)
+        .map_err(ServeError::Store)
 }
 
 /// Logs a failure to publish; the scheduler stops rather than run rounds it

@@ -32,9 +32,13 @@ use super::share_keys::ShareKeys;
 use super::{Context, Violation, strictly_ascending};
 use crate::ClientId;
 use crate::identity::{SessionDigest, transcript_hash};
-use crate::keys::{ClientKeys, pairwise_mask_seed};
+use crate::keys::{ClientKeys, PublicKeys, ShareKey, pairwise_mask_seed};
+use crate::mask::MaskSeed;
 use crate::messages::{Advert, ClientBody, ClientMessage, SealedBundle};
 use crate::shamir;
+
+/// The bundles sealed for the neighbours, and the keys to open theirs.
+type SealedShares = (Vec<SealedBundle>, Vec<(ClientId, ShareKey)>);
 
 /// Waiting for the neighbours' public keys.
 pub(super) struct AdvertiseKeys {
@@ -82,42 +86,69 @@ impl AdvertiseKeys {
         if !strictly_ascending(&adverts, |(id, _)| *id) {
             return Err(Violation::Unsorted("NeighbourKeys"));
         }
-        let mut transcript = None;
-        if let (Some(identity), Some(session)) = (&ctx.identity, &ctx.session) {
-            for (id, advert) in &adverts {
-                let valid = match (&advert.signature, identity.directory.get(*id)) {
-                    (Some(signature), Some(signer)) => {
-                        signer.verify_advert(session, *id, &advert.keys, signature)
-                    }
-                    _ => false,
-                };
-                if !valid {
-                    return Err(Violation::BadSignature {
-                        client: *id,
-                        what: "advert",
-                    });
-                }
-            }
-            // Every advert of the session, this client's own (with this
-            // session's fresh keys) in its slot.
-            let own_pos = adverts.partition_point(|(id, _)| *id < ctx.id);
-            let session_adverts = adverts[..own_pos]
-                .iter()
-                .map(|(id, advert)| (*id, advert))
-                .chain([(ctx.id, &self.own_advert)])
-                .chain(adverts[own_pos..].iter().map(|(id, advert)| (*id, advert)));
-            transcript = Some(transcript_hash(
-                &ctx.config,
-                &identity.directory,
-                session_adverts,
-            ));
-        }
+        let transcript = self.verify_adverts(ctx, &adverts)?;
         let neighbour_keys: Vec<_> = adverts
             .into_iter()
             .map(|(id, advert)| (id, advert.keys))
             .collect();
+        self.check_neighbour_keys(ctx, &neighbour_keys)?;
+        let (bundles, open_keys) = self.seal_shares(ctx, &neighbour_keys, rng)?;
+        let pairwise = self.pairwise_seeds(ctx, &neighbour_keys)?;
+        let message = ctx.message(ClientBody::ShareKeys(bundles));
+        // Every use of the secret keys is done: `self.keys` is dropped (and
+        // zeroized) here, before any bundle reaches a neighbour.
+        let next = ShareKeys::new(self.self_mask_secret, open_keys, pairwise);
+        Ok((next, message, transcript))
+    }
+
+    /// In a signed round: checks every relayed advert's signature by the
+    /// identity in its slot, and returns the session's transcript hash.
+    fn verify_adverts(
+        &self,
+        ctx: &Context,
+        adverts: &[(ClientId, Advert)],
+    ) -> Result<Option<SessionDigest>, Violation> {
+        let (Some(identity), Some(session)) = (&ctx.identity, &ctx.session) else {
+            return Ok(None);
+        };
+        for (id, advert) in adverts {
+            let valid = match (&advert.signature, identity.directory.get(*id)) {
+                (Some(signature), Some(signer)) => {
+                    signer.verify_advert(session, *id, &advert.keys, signature)
+                }
+                _ => false,
+            };
+            if !valid {
+                return Err(Violation::BadSignature {
+                    client: *id,
+                    what: "advert",
+                });
+            }
+        }
+        // Every advert of the session, this client's own (with this
+        // session's fresh keys) in its slot.
+        let own_pos = adverts.partition_point(|(id, _)| *id < ctx.id);
+        let session_adverts = adverts[..own_pos]
+            .iter()
+            .map(|(id, advert)| (*id, advert))
+            .chain([(ctx.id, &self.own_advert)])
+            .chain(adverts[own_pos..].iter().map(|(id, advert)| (*id, advert)));
+        Ok(Some(transcript_hash(
+            &ctx.config,
+            &identity.directory,
+            session_adverts,
+        )))
+    }
+
+    /// Checks the neighbours' keys: no advert for this client, only
+    /// neighbours, every key distinct, and at least t holders.
+    fn check_neighbour_keys(
+        &self,
+        ctx: &Context,
+        neighbour_keys: &[(ClientId, PublicKeys)],
+    ) -> Result<(), Violation> {
         let own = self.keys.public();
-        for (id, keys) in &neighbour_keys {
+        for (id, keys) in neighbour_keys {
             if *id == ctx.id {
                 return Err(Violation::ListsSelf);
             }
@@ -150,7 +181,18 @@ impl AdvertiseKeys {
                 threshold: ctx.config.threshold,
             });
         }
+        Ok(())
+    }
 
+    /// Shamir-shares `s_sk` and `b` among the neighbours and seals each
+    /// neighbour's two shares under the key agreed with its `c_pk`; returns
+    /// the sealed bundles and the keys to open the neighbours' bundles with.
+    fn seal_shares(
+        &self,
+        ctx: &Context,
+        neighbour_keys: &[(ClientId, PublicKeys)],
+        rng: &mut ChaCha20Rng,
+    ) -> Result<SealedShares, Violation> {
         // Share holders: exactly the live neighbours, ascending, so the share
         // for holder i is at index i of the split. This client is not one.
         let xs: Vec<u32> = neighbour_keys.iter().map(|(id, _)| id.share_x()).collect();
@@ -180,10 +222,19 @@ impl AdvertiseKeys {
             });
             open_keys.push((*id, open_key));
         }
-        // The pairwise seeds are derived now, while the keys are checked, so
-        // a low-order s_pk is refused before any share leaves this client.
+        Ok((bundles, open_keys))
+    }
+
+    /// The pairwise mask seeds with the neighbours. They are derived now,
+    /// while the keys are checked, so a low-order s_pk is refused before any
+    /// share leaves this client.
+    fn pairwise_seeds(
+        &self,
+        ctx: &Context,
+        neighbour_keys: &[(ClientId, PublicKeys)],
+    ) -> Result<Vec<(ClientId, MaskSeed)>, Violation> {
         let mut pairwise = Vec::with_capacity(neighbour_keys.len());
-        for (id, their_keys) in &neighbour_keys {
+        for (id, their_keys) in neighbour_keys {
             let seed = pairwise_mask_seed(
                 self.keys.masking_secret(),
                 &their_keys.s_pk,
@@ -197,10 +248,6 @@ impl AdvertiseKeys {
             })?;
             pairwise.push((*id, seed));
         }
-        let message = ctx.message(ClientBody::ShareKeys(bundles));
-        // Every use of the secret keys is done: `self.keys` is dropped (and
-        // zeroized) here, before any bundle reaches a neighbour.
-        let next = ShareKeys::new(self.self_mask_secret, open_keys, pairwise);
-        Ok((next, message, transcript))
+        Ok(pairwise)
     }
 }

@@ -220,6 +220,16 @@ struct Job<'a> {
     basis: usize,
 }
 
+/// The secrets to rebuild, each with its t shares and Lagrange basis, and
+/// the clients whose input is in the sum or not.
+struct RebuildPlan<'a> {
+    /// One basis per distinct set of share holders.
+    bases: Vec<LagrangeBasis>,
+    jobs: Vec<Job<'a>>,
+    contributors: Vec<ClientId>,
+    dropped: Vec<ClientId>,
+}
+
 impl UnmaskingReady {
     pub(super) fn unmask(
         mut self,
@@ -228,143 +238,214 @@ impl UnmaskingReady {
         roster: &Roster,
     ) -> Result<RoundOutput, AbortReason> {
         let t = config.threshold as usize;
-        let inner = &mut self.inner;
-        let mut contributors = Vec::new();
-        let mut dropped = Vec::new();
-
-        // Pick t shares per secret, lowest x first, so clients with the same
-        // holders share one Lagrange basis.
-        for shares in inner
-            .self_mask_shares
-            .iter_mut()
-            .chain(inner.masking_key_shares.iter_mut())
-        {
-            shares.sort_unstable_by_key(|s| s.x());
-        }
-        let mut bases: Vec<LagrangeBasis> = Vec::new();
-        let mut basis_index: HashMap<Vec<u32>, usize> = HashMap::new();
-        let mut jobs: Vec<Job<'_>> = Vec::new();
-        for (owner, progress) in roster.clients() {
-            let i = owner.index();
-            let (masking_key, shares) = if progress >= Progress::Masked {
-                contributors.push(owner);
-                (false, &inner.self_mask_shares[i])
-            } else if progress == Progress::Shared {
-                dropped.push(owner);
-                if !has_surviving_neighbour(graph, roster, owner) {
-                    continue;
-                }
-                (true, &inner.masking_key_shares[i])
-            } else {
-                continue;
-            };
-            let chosen: Vec<&Share> = shares.iter().take(t).collect();
-            let xs: Vec<u32> = chosen.iter().map(|s| s.x()).collect();
-            let basis = match basis_index.get(&xs) {
-                Some(&b) => b,
-                None => {
-                    let basis = LagrangeBasis::new(&xs).map_err(|_| AbortReason::Misbehaviour)?;
-                    bases.push(basis);
-                    basis_index.insert(xs, bases.len() - 1);
-                    bases.len() - 1
-                }
-            };
-            jobs.push(Job {
-                owner,
-                masking_key,
-                shares: chosen,
-                basis,
-            });
-        }
-
-        // Rebuild every secret and turn it into the masks to remove.
-        // Rebuild every secret. Self-mask seeds are ready at once; masking
-        // keys still need one key agreement per surviving neighbour.
-        let rebuilt: Vec<Rebuilt> = jobs
-            .par_iter()
-            .map(|job| {
-                let mut secret = bases[job.basis]
-                    .reconstruct(&job.shares)
-                    .map_err(|_| AbortReason::Misbehaviour)?;
-                let rebuilt = if job.masking_key {
-                    let s_sk = StaticSecret::from(secret);
-                    let advertised =
-                        roster.keys[job.owner.index()].expect("sharers advertised keys");
-                    // A wrong share would rebuild a different key; the
-                    // advertised public key catches it before it corrupts
-                    // the sum.
-                    if public_of(&s_sk) != advertised.s_pk {
-                        secret.zeroize();
-                        return Err(AbortReason::Misbehaviour);
-                    }
-                    Rebuilt::MaskingKey(job.owner, s_sk)
-                } else {
-                    Rebuilt::SelfMask(self_mask_seed(&secret, config.round_id, job.owner))
-                };
-                secret.zeroize();
-                Ok(rebuilt)
-            })
-            .collect::<Result<_, AbortReason>>()?;
+        self.inner.sort_shares();
+        let RebuildPlan {
+            bases,
+            jobs,
+            contributors,
+            dropped,
+        } = plan_rebuild(&self.inner, graph, roster, t)?;
+        let rebuilt = rebuild_secrets(&jobs, &bases, config, roster)?;
         drop(jobs);
-
-        // One task per (dropped client, surviving neighbour) pair, so the
-        // key agreements spread evenly over the pool.
-        let pairs: Vec<(&StaticSecret, ClientId, ClientId)> = rebuilt
-            .iter()
-            .filter_map(|r| match r {
-                Rebuilt::MaskingKey(owner, s_sk) => Some((owner, s_sk)),
-                Rebuilt::SelfMask(_) => None,
-            })
-            .flat_map(|(owner, s_sk)| {
-                graph
-                    .neighbours(owner.0)
-                    .into_iter()
-                    .map(ClientId)
-                    .filter(|u| roster.reached(*u, Progress::Masked))
-                    .map(move |u| (s_sk, *owner, u))
-            })
-            .collect();
-        let self_masks: Vec<(&MaskSeed, MaskSign)> = rebuilt
-            .iter()
-            .filter_map(|r| match r {
-                Rebuilt::SelfMask(seed) => Some((seed, MaskSign::Subtract)),
-                Rebuilt::MaskingKey(..) => None,
-            })
-            .collect();
-
-        // Expand the self-masks while the pairwise seeds are agreed: the two
-        // share the pool, so neither waits for the other to finish.
         let mut sum = std::mem::take(&mut self.inner.sum);
-        let (_, pairwise) = rayon::join(
-            || apply_masks_parallel(config.prg, &self_masks, config.bits, &mut sum),
-            || {
-                pairs
-                    .par_iter()
-                    .map(|(s_sk, dropped, u)| {
-                        let s_pk = roster.keys[u.index()]
-                            .expect("survivors advertised keys")
-                            .s_pk;
-                        let seed = pairwise_mask_seed(s_sk, &s_pk, config.round_id, *dropped, *u)
-                            .map_err(|_| AbortReason::Misbehaviour)?;
-                        // u added +PRG(s_ud) when u < d: take it away.
-                        let sign = if u < dropped {
-                            MaskSign::Subtract
-                        } else {
-                            MaskSign::Add
-                        };
-                        Ok((seed, sign))
-                    })
-                    .collect::<Result<Vec<_>, AbortReason>>()
-            },
-        );
-        let pairwise = pairwise?;
-        let refs: Vec<(&MaskSeed, MaskSign)> =
-            pairwise.iter().map(|(seed, sign)| (seed, *sign)).collect();
-        apply_masks_parallel(config.prg, &refs, config.bits, &mut sum);
+        remove_masks(&rebuilt, config, graph, roster, &mut sum)?;
         Ok(RoundOutput {
             sum,
             contributors,
             dropped_after_sharing: dropped,
         })
     }
+}
+
+impl Unmasking {
+    /// Sorts each secret's shares, lowest x first, so clients with the same
+    /// holders share one Lagrange basis.
+    fn sort_shares(&mut self) {
+        for shares in self
+            .self_mask_shares
+            .iter_mut()
+            .chain(self.masking_key_shares.iter_mut())
+        {
+            shares.sort_unstable_by_key(|s| s.x());
+        }
+    }
+}
+
+/// Picks t shares per secret the sum needs (each survivor's self-mask seed,
+/// each dropped sharer's masking key if some survivor masked with it), with
+/// one Lagrange basis per set of holders.
+fn plan_rebuild<'a>(
+    inner: &'a Unmasking,
+    graph: &NeighbourGraph,
+    roster: &Roster,
+    t: usize,
+) -> Result<RebuildPlan<'a>, AbortReason> {
+    let mut contributors = Vec::new();
+    let mut dropped = Vec::new();
+    let mut bases: Vec<LagrangeBasis> = Vec::new();
+    let mut basis_index: HashMap<Vec<u32>, usize> = HashMap::new();
+    let mut jobs: Vec<Job<'_>> = Vec::new();
+    for (owner, progress) in roster.clients() {
+        let i = owner.index();
+        let (masking_key, shares) = if progress >= Progress::Masked {
+            contributors.push(owner);
+            (false, &inner.self_mask_shares[i])
+        } else if progress == Progress::Shared {
+            dropped.push(owner);
+            if !has_surviving_neighbour(graph, roster, owner) {
+                continue;
+            }
+            (true, &inner.masking_key_shares[i])
+        } else {
+            continue;
+        };
+        let chosen: Vec<&Share> = shares.iter().take(t).collect();
+        let xs: Vec<u32> = chosen.iter().map(|s| s.x()).collect();
+        let basis = match basis_index.get(&xs) {
+            Some(&b) => b,
+            None => {
+                let basis = LagrangeBasis::new(&xs).map_err(|_| AbortReason::Misbehaviour)?;
+                bases.push(basis);
+                basis_index.insert(xs, bases.len() - 1);
+                bases.len() - 1
+            }
+        };
+        jobs.push(Job {
+            owner,
+            masking_key,
+            shares: chosen,
+            basis,
+        });
+    }
+    Ok(RebuildPlan {
+        bases,
+        jobs,
+        contributors,
+        dropped,
+    })
+}
+
+/// Rebuilds every secret, in parallel. Self-mask seeds are ready at once;
+/// masking keys still need one key agreement per surviving neighbour.
+fn rebuild_secrets(
+    jobs: &[Job<'_>],
+    bases: &[LagrangeBasis],
+    config: &RoundConfig,
+    roster: &Roster,
+) -> Result<Vec<Rebuilt>, AbortReason> {
+    jobs.par_iter()
+        .map(|job| rebuild_secret(job, &bases[job.basis], config, roster))
+        .collect::<Result<_, AbortReason>>()
+}
+
+/// Rebuilds one secret from its t shares; a masking key must match the
+/// public key its owner advertised.
+fn rebuild_secret(
+    job: &Job<'_>,
+    basis: &LagrangeBasis,
+    config: &RoundConfig,
+    roster: &Roster,
+) -> Result<Rebuilt, AbortReason> {
+    let mut secret = basis
+        .reconstruct(&job.shares)
+        .map_err(|_| AbortReason::Misbehaviour)?;
+    let rebuilt = if job.masking_key {
+        let s_sk = StaticSecret::from(secret);
+        let advertised = roster.keys[job.owner.index()].expect("sharers advertised keys");
+        // A wrong share would rebuild a different key; the
+        // advertised public key catches it before it corrupts
+        // the sum.
+        if public_of(&s_sk) != advertised.s_pk {
+            secret.zeroize();
+            return Err(AbortReason::Misbehaviour);
+        }
+        Rebuilt::MaskingKey(job.owner, s_sk)
+    } else {
+        Rebuilt::SelfMask(self_mask_seed(&secret, config.round_id, job.owner))
+    };
+    secret.zeroize();
+    Ok(rebuilt)
+}
+
+/// Removes from `sum` every survivor's self-mask and the pairwise masks the
+/// survivors added for each dropped sharer.
+fn remove_masks(
+    rebuilt: &[Rebuilt],
+    config: &RoundConfig,
+    graph: &NeighbourGraph,
+    roster: &Roster,
+    sum: &mut [u32],
+) -> Result<(), AbortReason> {
+    let pairs = dropped_pairs(rebuilt, graph, roster);
+    let self_masks: Vec<(&MaskSeed, MaskSign)> = rebuilt
+        .iter()
+        .filter_map(|r| match r {
+            Rebuilt::SelfMask(seed) => Some((seed, MaskSign::Subtract)),
+            Rebuilt::MaskingKey(..) => None,
+        })
+        .collect();
+
+    // Expand the self-masks while the pairwise seeds are agreed: the two
+    // share the pool, so neither waits for the other to finish.
+    let (_, pairwise) = rayon::join(
+        || apply_masks_parallel(config.prg, &self_masks, config.bits, sum),
+        || {
+            pairs
+                .par_iter()
+                .map(|(s_sk, dropped, u)| pairwise_mask(s_sk, *dropped, *u, config, roster))
+                .collect::<Result<Vec<_>, AbortReason>>()
+        },
+    );
+    let pairwise = pairwise?;
+    let refs: Vec<(&MaskSeed, MaskSign)> =
+        pairwise.iter().map(|(seed, sign)| (seed, *sign)).collect();
+    apply_masks_parallel(config.prg, &refs, config.bits, sum);
+    Ok(())
+}
+
+/// One task per (dropped client, surviving neighbour) pair, so the key
+/// agreements spread evenly over the pool.
+fn dropped_pairs<'a>(
+    rebuilt: &'a [Rebuilt],
+    graph: &NeighbourGraph,
+    roster: &Roster,
+) -> Vec<(&'a StaticSecret, ClientId, ClientId)> {
+    rebuilt
+        .iter()
+        .filter_map(|r| match r {
+            Rebuilt::MaskingKey(owner, s_sk) => Some((owner, s_sk)),
+            Rebuilt::SelfMask(_) => None,
+        })
+        .flat_map(|(owner, s_sk)| {
+            graph
+                .neighbours(owner.0)
+                .into_iter()
+                .map(ClientId)
+                .filter(|u| roster.reached(*u, Progress::Masked))
+                .map(move |u| (s_sk, *owner, u))
+        })
+        .collect()
+}
+
+/// The pairwise mask survivor `u` added for `dropped`, and the sign that
+/// takes it away.
+fn pairwise_mask(
+    s_sk: &StaticSecret,
+    dropped: ClientId,
+    u: ClientId,
+    config: &RoundConfig,
+    roster: &Roster,
+) -> Result<(MaskSeed, MaskSign), AbortReason> {
+    let s_pk = roster.keys[u.index()]
+        .expect("survivors advertised keys")
+        .s_pk;
+    let seed = pairwise_mask_seed(s_sk, &s_pk, config.round_id, dropped, u)
+        .map_err(|_| AbortReason::Misbehaviour)?;
+    // u added +PRG(s_ud) when u < d: take it away.
+    let sign = if u < dropped {
+        MaskSign::Subtract
+    } else {
+        MaskSign::Add
+    };
+    Ok((seed, sign))
 }
