@@ -27,8 +27,7 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::{
-    ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
-    client::ClientError as SessionError,
+    ClientEvent, ClientId, ClientSession, ClientSessionError, RoundConfig, ServerMessage, Stage,
 };
 use tessera_dp::encoding::FixedPoint;
 use tessera_proto::v1::{self, client_frame, server_frame};
@@ -515,7 +514,7 @@ impl Round {
                         .map_err(|e| misbehaved(format!("malformed protocol message: {e}")))?;
                     match self.session.handle_message(Instant::now(), message) {
                         Ok(()) => self.note_stage(),
-                        Err(SessionError::ServerMisbehaved(violation)) => {
+                        Err(ClientSessionError::ServerMisbehaved(violation)) => {
                             return Err(misbehaved(violation.to_string()));
                         }
                         // Stale (another round) or after the session ended:
