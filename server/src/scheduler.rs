@@ -25,7 +25,7 @@ use crate::fedavg::{FedAvg, Model};
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{ModelEntry, Publication, RoundOutcome, RoundRecord, Store};
+use crate::store::{ModelEntry, Publication, RoundRecord, RoundStatus, Store};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -165,7 +165,7 @@ async fn run_round(
 
     let mut record = RoundRecord {
         round: round_id,
-        outcome: RoundOutcome::Started,
+        outcome: RoundStatus::Started,
         clients: n,
         survivors: 0,
         dropped: 0,
@@ -207,7 +207,7 @@ async fn run_round(
             };
             let (next, published) = publish(shared, training, output, plan).await?;
             training = next;
-            record.outcome = RoundOutcome::Completed;
+            record.outcome = RoundStatus::Completed;
             record.survivors = contributors;
             record.dropped = n - contributors;
             record.model_version = Some(published);
@@ -226,7 +226,7 @@ async fn run_round(
             reason,
             survivors,
         } => {
-            record.outcome = RoundOutcome::Aborted;
+            record.outcome = RoundStatus::Aborted;
             record.survivors = survivors;
             record.dropped = n - survivors;
             record.stage = Some(stage.name().to_owned());

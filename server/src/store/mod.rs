@@ -68,7 +68,7 @@ mod test_support;
 
 pub use inspect::{Inspection, inspect};
 pub use models::{MANIFEST_FORMAT, ModelEntry};
-pub use rounds::{RoundOutcome, RoundRecord};
+pub use rounds::{RoundRecord, RoundStatus};
 
 use disk::{to_json, unix_ms};
 use models::{Manifest, model_file};
