@@ -36,6 +36,7 @@ pub mod fedavg;
 pub mod files;
 mod lobby;
 pub mod metrics;
+pub mod model;
 pub mod planning;
 mod round;
 mod scheduler;
@@ -46,7 +47,8 @@ pub mod tls;
 pub use config::ServerConfig;
 
 use crate::config::DpMode;
-use crate::fedavg::{FedAvg, Model};
+use crate::fedavg::FedAvg;
+use crate::model::Model;
 use crate::store::{ModelEntry, Store};
 
 /// Why the server could not start or stopped.

@@ -21,9 +21,10 @@ use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
-use crate::fedavg::{FedAvg, Model};
+use crate::fedavg::FedAvg;
 use crate::lobby::Participant;
 use crate::metrics;
+use crate::model::Model;
 use crate::round::{RoundDriver, RoundEnd};
 use crate::store::{ModelEntry, Publication, RoundRecord, RoundStatus, Store};
 use crate::{ServeError, Shared};
@@ -410,7 +411,7 @@ mod tests {
 
     use super::*;
     use crate::config::{AggregationSettings, DpSettings, RoundRules};
-    use crate::fedavg::Model;
+    use crate::model::Model;
     use crate::store::inspect;
 
     /// A store holding the initial model of dimension 1 and, if `after`,

@@ -21,7 +21,7 @@ use tessera_server::config::{
     AggregationSettings, DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules,
     ThresholdRule,
 };
-use tessera_server::fedavg::{Model, TensorSpec};
+use tessera_server::model::{Model, TensorSpec};
 use tessera_server::store::Store;
 use tessera_server::tls::TlsFiles;
 use tessera_server::{RunningServer, ServerConfig};

@@ -53,8 +53,8 @@ use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
 use tracing::warn;
 
-use crate::fedavg::Model;
 use crate::files::{WriteError, write_atomic};
+use crate::model::Model;
 
 mod disk;
 mod inspect;

@@ -7,7 +7,7 @@ use std::path::Path;
 use tessera_dp::ledger::{Adversary, Mechanism, PrivacyLedger};
 
 use super::{Publication, RoundRecord, RoundStatus, Store};
-use crate::fedavg::{Model, TensorSpec};
+use crate::model::{Model, TensorSpec};
 
 /// Tensors named so that sorting by name would reorder them.
 pub(super) fn model(base: f32) -> Model {
