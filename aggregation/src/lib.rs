@@ -57,7 +57,7 @@ pub mod shamir;
 pub mod sim;
 
 pub use client::{ClientEvent, ClientSession, ClientSessionError};
-pub use config::RoundConfig;
+pub use config::{RoundConfig, ThreatModel};
 pub use messages::{ClientMessage, ServerMessage};
 pub use server::{ServerEvent, ServerSession, ServerSessionError};
 

@@ -25,6 +25,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Net, config, identities};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::graph::GraphKind;
@@ -32,7 +33,7 @@ use tessera_aggregation::identity::{IdentityDirectory, IdentityKey, IdentitySign
 use tessera_aggregation::keys::pairwise_mask_seed;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::packing::unpack;
-use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params, worst_count};
+use tessera_aggregation::params::{ParamsRequest, find_params, worst_count};
 use tessera_aggregation::shamir::{self, Share};
 use tessera_aggregation::{ClientId, ClientSessionError, RoundConfig};
 

@@ -8,9 +8,9 @@ mod common;
 use chacha20::ChaCha20Rng;
 use common::{Net, config, ids, violation};
 use rand_core::{Rng, SeedableRng};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::server::ClientViolation;
 use tessera_aggregation::{ClientId, ClientSessionError, ServerEvent, ServerSessionError, Stage};
 

@@ -13,6 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Net, config, identities, ids, violation};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::identity::{IdentityDirectory, IdentitySignature};
@@ -20,7 +21,6 @@ use tessera_aggregation::keys::PublicKeys;
 use tessera_aggregation::messages::{
     Advert, ClientBody, ClientMessage, ServerBody, ServerMessage, UnmaskResponse,
 };
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::server::ClientViolation;
 use tessera_aggregation::shamir::{self, Share};
 use tessera_aggregation::sim::{Outcome, SimConfig, run_round};

@@ -38,8 +38,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 pub use tessera_aggregation::params::ThresholdRule;
 use tessera_dp::encoding::MAX_FRAC_BITS;
 use tessera_dp::mechanism::NoiseKind;

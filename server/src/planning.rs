@@ -8,10 +8,9 @@
 //! for the widest round before the server listens, so a setting that cannot
 //! be planned is refused at start-up rather than at the first round.
 
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{
-    self, GraphRequest, ParamSource, ParamsRequest, RoundParams, ThreatModel,
-};
+use tessera_aggregation::params::{self, GraphRequest, ParamSource, ParamsRequest, RoundParams};
 use tessera_dp::encoding::{self, FixedPoint};
 use tessera_dp::ledger::Mechanism;
 use tessera_dp::mechanism::{

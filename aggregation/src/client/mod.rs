@@ -230,7 +230,7 @@ pub enum ClientSessionError {
     #[error(
         "the {0} threat model needs a client identity and directory (ClientSession::with_identity)"
     )]
-    IdentityRequired(crate::params::ThreatModel),
+    IdentityRequired(crate::config::ThreatModel),
     /// The identity directory does not fit the round or this client.
     #[error("identity directory: {0}")]
     Directory(#[from] DirectoryError),
