@@ -11,11 +11,11 @@ use crate::model::{Model, ModelError};
 ///
 /// `Debug` shows the hyperparameters and the velocity's length only.
 #[derive(Clone)]
-pub struct FedAvg {
+pub(crate) struct FedAvg {
     /// Server learning rate: 1 applies the average update as is.
-    pub server_lr: f32,
+    pub(crate) server_lr: f32,
     /// Server momentum in `[0, 1)`, if any.
-    pub momentum: Option<f32>,
+    pub(crate) momentum: Option<f32>,
     velocity: Option<Vec<f32>>,
 }
 
@@ -32,7 +32,7 @@ impl std::fmt::Debug for FedAvg {
 impl FedAvg {
     /// Checks the hyperparameters: `server_lr` finite and positive,
     /// `momentum` in `[0, 1)` (at 1 the velocity never decays).
-    pub fn new(server_lr: f32, momentum: Option<f32>) -> Result<FedAvg, ModelError> {
+    pub(crate) fn new(server_lr: f32, momentum: Option<f32>) -> Result<FedAvg, ModelError> {
         if !(server_lr.is_finite() && server_lr > 0.0) {
             return Err(ModelError::Hyper {
                 name: "server_lr",
@@ -55,14 +55,14 @@ impl FedAvg {
     }
 
     /// The momentum buffer, so the store can persist it with each model.
-    pub fn velocity(&self) -> Option<&[f32]> {
+    pub(crate) fn velocity(&self) -> Option<&[f32]> {
         self.velocity.as_deref()
     }
 
     /// Restores a persisted momentum buffer after a restart. A buffer whose
     /// length does not match the model is dropped at the next
     /// [`apply`](Self::apply) (momentum restarts from zero, with a warning).
-    pub fn set_velocity(&mut self, velocity: Vec<f32>) {
+    pub(crate) fn set_velocity(&mut self, velocity: Vec<f32>) {
         self.velocity = Some(velocity);
     }
 
@@ -73,7 +73,11 @@ impl FedAvg {
     /// overflow a weight to infinity is an error and leaves the model and
     /// the velocity untouched: the new values are checked in a first pass
     /// and written in a second.
-    pub fn apply(&mut self, model: &mut Model, mean_update: &[f32]) -> Result<(), ModelError> {
+    pub(crate) fn apply(
+        &mut self,
+        model: &mut Model,
+        mean_update: &[f32],
+    ) -> Result<(), ModelError> {
         let dim = model.dim();
         if mean_update.len() != dim {
             return Err(ModelError::Length {

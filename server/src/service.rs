@@ -43,7 +43,7 @@ const CLIENT_QUEUE: usize = 32;
 
 /// The `tessera.v1.Aggregator` service.
 #[derive(Debug)]
-pub struct AggregatorService {
+pub(crate) struct AggregatorService {
     shared: Arc<Shared>,
     anonymous: AtomicU64,
 }
