@@ -18,7 +18,7 @@ use tessera_server::ServerConfig;
 use tessera_server::config::{
     DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules, ThresholdRule,
 };
-use tessera_server::fedavg::{Model, TensorSpec};
+use tessera_server::model::{Model, TensorSpec};
 use tessera_server::store::Store;
 use tessera_train::data::{self, Partitioning};
 use tessera_train::local::{self, Architecture, LocalTraining};

@@ -19,8 +19,9 @@ use std::path::PathBuf;
 
 use plotters::prelude::*;
 use tessera_aggregation::Stage;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params};
+use tessera_aggregation::params::{ParamsRequest, find_params};
 use tessera_aggregation::sim::{Outcome, SimConfig, run_round};
 
 const CLIENTS: [u32; 3] = [50, 100, 200];

@@ -7,6 +7,8 @@
 //! neighbour graph, and the PRG name makes clients and server expand masks
 //! with the same stream cipher.
 
+use core::fmt;
+use core::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -14,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::ClientId;
 use crate::graph::{GraphKind, NeighbourGraph};
 use crate::mask::Prg;
-use crate::params::ThreatModel;
 
 /// Parameters of one secure aggregation round, shared by the server and every
 /// client.
@@ -184,7 +185,7 @@ impl RoundConfig {
     ///
     /// ```
     /// use tessera_aggregation::config::{InsecureReason, RoundConfig};
-    /// use tessera_aggregation::params::ThreatModel;
+    /// use tessera_aggregation::ThreatModel;
     /// let mut config = RoundConfig::new(1, 10, 4);
     /// config.threat_model = ThreatModel::SemiMalicious;
     /// config.corrupt = 1;
@@ -329,6 +330,79 @@ impl RoundConfig {
         let majority = (u64::from(self.num_clients) + u64::from(self.corrupt)) / 2 + 1;
         self.survivor_floor()
             .max(u32::try_from(majority).unwrap_or(u32::MAX))
+    }
+}
+
+/// Who the round must stay private against.
+///
+/// Part of the round configuration; serialised and parsed as
+/// `"semi-honest"` / `"semi-malicious"` / `"malicious-server"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThreatModel {
+    /// The server follows the protocol but tries to learn inputs from what
+    /// it sees, possibly colluding with corrupt clients.
+    SemiHonest,
+    /// The server may also lie about which clients dropped out, to obtain
+    /// both unmasking secrets of an honest client; requires a larger t.
+    ///
+    /// What holds: no split of one client's holders gives the server t
+    /// shares of both of its secrets. What does not: the consistency check
+    /// is local and unsigned, so a server that tells different clients
+    /// different stories can say the victim survived to the victim's
+    /// holders and that each of the victim's partners dropped to that
+    /// partner's holders, and remove every mask from the victim's input
+    /// without any corrupt client (`aggregation/tests/redteam.rs`, the
+    /// partner route). Against a server that lies, use
+    /// [`ThreatModel::MaliciousServer`].
+    SemiMalicious,
+    /// The server may deviate from the protocol in any way (Bonawitz et
+    /// al.'s active adversary): substitute keys, replay, tell clients
+    /// different dropout stories. Clients sign their keys and the survivor
+    /// set with long-term identities ([`crate::identity`]) and check every
+    /// signature. It runs on the complete graph only, with
+    /// `t > (n + corrupt) / 2` (a sparse graph would let the server choose
+    /// who neighbours whom).
+    MaliciousServer,
+}
+
+impl ThreatModel {
+    /// Whether the round defends against a server lying about dropouts (the
+    /// semi-malicious and malicious-server models): the larger threshold
+    /// and the ConsistencyCheck stage.
+    pub fn guards_dropout_story(self) -> bool {
+        !matches!(self, ThreatModel::SemiHonest)
+    }
+}
+
+impl fmt::Display for ThreatModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ThreatModel::SemiHonest => "semi-honest",
+            ThreatModel::SemiMalicious => "semi-malicious",
+            ThreatModel::MaliciousServer => "malicious-server",
+        })
+    }
+}
+
+/// A threat-model name that is not `semi-honest`, `semi-malicious` or
+/// `malicious-server`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown threat model {0:?}: expected \"semi-honest\", \"semi-malicious\" or \"malicious-server\""
+)]
+pub struct ParseThreatModelError(String);
+
+impl FromStr for ThreatModel {
+    type Err = ParseThreatModelError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "semi-honest" => Ok(ThreatModel::SemiHonest),
+            "semi-malicious" => Ok(ThreatModel::SemiMalicious),
+            "malicious-server" => Ok(ThreatModel::MaliciousServer),
+            other => Err(ParseThreatModelError(other.to_owned())),
+        }
     }
 }
 

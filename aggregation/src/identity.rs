@@ -705,7 +705,7 @@ mod tests {
     #[test]
     fn the_session_hash_covers_every_field_and_the_roster() {
         let mut config = RoundConfig::new(7, 3, 4);
-        config.threat_model = crate::params::ThreatModel::MaliciousServer;
+        config.threat_model = crate::config::ThreatModel::MaliciousServer;
         let roster = directory(3);
         let base = session_hash(&config, &roster);
         let mut other = config.clone();

@@ -56,10 +56,10 @@ pub mod shamir;
 #[cfg(feature = "sim")]
 pub mod sim;
 
-pub use client::{ClientError, ClientEvent, ClientSession};
-pub use config::RoundConfig;
+pub use client::{ClientEvent, ClientSession, ClientSessionError};
+pub use config::{RoundConfig, ThreatModel};
 pub use messages::{ClientMessage, ServerMessage};
-pub use server::{ServerError, ServerEvent, ServerSession};
+pub use server::{ServerEvent, ServerSession, ServerSessionError};
 
 /// A client's index in a round, `0..n`. Its Shamir x-coordinate is
 /// `index + 1`, so no share is ever evaluated at zero (the secret).

@@ -87,11 +87,9 @@
 //! k = 11,136, takes at most tens of milliseconds, and requests near
 //! infeasibility stay well under a second.
 
-use core::fmt;
-use core::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
+use crate::config::ThreatModel;
 use crate::graph::GraphKind;
 
 mod resolve;
@@ -110,79 +108,6 @@ pub const SECURITY_BITS: u32 = 40;
 /// expected fraction of clients dropped, is at most 2^-20 (an abort is
 /// retried, a leak is not, hence the weaker level).
 pub const CORRECTNESS_BITS: u32 = 20;
-
-/// Who the round must stay private against.
-///
-/// Part of the round configuration; serialised and parsed as
-/// `"semi-honest"` / `"semi-malicious"` / `"malicious-server"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ThreatModel {
-    /// The server follows the protocol but tries to learn inputs from what
-    /// it sees, possibly colluding with corrupt clients.
-    SemiHonest,
-    /// The server may also lie about which clients dropped out, to obtain
-    /// both unmasking secrets of an honest client; requires a larger t.
-    ///
-    /// What holds: no split of one client's holders gives the server t
-    /// shares of both of its secrets. What does not: the consistency check
-    /// is local and unsigned, so a server that tells different clients
-    /// different stories can say the victim survived to the victim's
-    /// holders and that each of the victim's partners dropped to that
-    /// partner's holders, and remove every mask from the victim's input
-    /// without any corrupt client (`aggregation/tests/redteam.rs`, the
-    /// partner route). Against a server that lies, use
-    /// [`ThreatModel::MaliciousServer`].
-    SemiMalicious,
-    /// The server may deviate from the protocol in any way (Bonawitz et
-    /// al.'s active adversary): substitute keys, replay, tell clients
-    /// different dropout stories. Clients sign their keys and the survivor
-    /// set with long-term identities ([`crate::identity`]) and check every
-    /// signature. It runs on the complete graph only, with
-    /// `t > (n + corrupt) / 2` (a sparse graph would let the server choose
-    /// who neighbours whom).
-    MaliciousServer,
-}
-
-impl ThreatModel {
-    /// Whether the round defends against a server lying about dropouts (the
-    /// semi-malicious and malicious-server models): the larger threshold
-    /// and the ConsistencyCheck stage.
-    pub fn guards_dropout_story(self) -> bool {
-        !matches!(self, ThreatModel::SemiHonest)
-    }
-}
-
-impl fmt::Display for ThreatModel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ThreatModel::SemiHonest => "semi-honest",
-            ThreatModel::SemiMalicious => "semi-malicious",
-            ThreatModel::MaliciousServer => "malicious-server",
-        })
-    }
-}
-
-/// A threat-model name that is not `semi-honest`, `semi-malicious` or
-/// `malicious-server`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown threat model {0:?}: expected \"semi-honest\", \"semi-malicious\" or \"malicious-server\""
-)]
-pub struct ParseThreatModelError(String);
-
-impl FromStr for ThreatModel {
-    type Err = ParseThreatModelError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "semi-honest" => Ok(ThreatModel::SemiHonest),
-            "semi-malicious" => Ok(ThreatModel::SemiMalicious),
-            "malicious-server" => Ok(ThreatModel::MaliciousServer),
-            other => Err(ParseThreatModelError(other.to_owned())),
-        }
-    }
-}
 
 /// What the server knows, or assumes, about a round before choosing its
 /// graph.
@@ -253,7 +178,8 @@ pub enum ParamsError {
 /// levels ([`SECURITY_BITS`], [`CORRECTNESS_BITS`]).
 ///
 /// ```
-/// use tessera_aggregation::params::{find_params, ParamsRequest, ThreatModel, ParamsError};
+/// use tessera_aggregation::params::{find_params, ParamsRequest, ParamsError};
+/// use tessera_aggregation::ThreatModel;
 /// use tessera_aggregation::graph::GraphKind;
 ///
 /// let request = ParamsRequest {
@@ -380,7 +306,8 @@ pub fn find_params_with(
 ///
 /// ```
 /// use tessera_aggregation::graph::GraphKind;
-/// use tessera_aggregation::params::{threshold_floor, ThreatModel};
+/// use tessera_aggregation::params::threshold_floor;
+/// use tessera_aggregation::ThreatModel;
 /// // 7 clients, 2 of them colluding with a malicious server: t > (7 + 2)/2.
 /// assert_eq!(threshold_floor(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete), 5);
 /// // Semi-honest with 2 colluders: any 3 holders are enough to stop them.

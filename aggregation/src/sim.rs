@@ -37,12 +37,12 @@ use serde::Serialize;
 
 use crate::client::{ClientEvent, ClientSession};
 use crate::config::RoundConfig;
+use crate::config::ThreatModel;
 use crate::graph::GraphKind;
 use crate::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
 use crate::mask::Prg;
 use crate::messages::{AbortReason, ClientMessage, ServerMessage};
 use crate::packing::value_mask;
-use crate::params::ThreatModel;
 use crate::server::{ServerEvent, ServerSession};
 use crate::{ClientId, Stage};
 

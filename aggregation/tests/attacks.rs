@@ -25,6 +25,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Net, config, identities};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::graph::GraphKind;
@@ -32,9 +33,9 @@ use tessera_aggregation::identity::{IdentityDirectory, IdentityKey, IdentitySign
 use tessera_aggregation::keys::pairwise_mask_seed;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::packing::unpack;
-use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params, worst_count};
+use tessera_aggregation::params::{ParamsRequest, find_params, worst_count};
 use tessera_aggregation::shamir::{self, Share};
-use tessera_aggregation::{ClientError, ClientId, RoundConfig};
+use tessera_aggregation::{ClientId, ClientSessionError, RoundConfig};
 
 type Signatures = Vec<(ClientId, IdentitySignature)>;
 
@@ -63,7 +64,12 @@ struct Script {
     replayed_quorum: Option<Signatures>,
 }
 
-fn deliver(net: &mut Net, to: ClientId, twin: bool, body: ServerBody) -> Result<(), ClientError> {
+fn deliver(
+    net: &mut Net,
+    to: ClientId,
+    twin: bool,
+    body: ServerBody,
+) -> Result<(), ClientSessionError> {
     let message = ServerMessage {
         round_id: net.config.round_id,
         body,
@@ -84,10 +90,10 @@ fn answer(net: &mut Net, from: ClientId, twin: bool) -> Option<ClientBody> {
     Some(ClientMessage::decode(&message.encode()).unwrap().body)
 }
 
-fn refusal(result: Result<(), ClientError>) -> Option<Violation> {
+fn refusal(result: Result<(), ClientSessionError>) -> Option<Violation> {
     match result {
         Ok(()) => None,
-        Err(ClientError::ServerMisbehaved(v)) => Some(v),
+        Err(ClientSessionError::ServerMisbehaved(v)) => Some(v),
         Err(other) => panic!("unexpected error {other:?}"),
     }
 }

@@ -8,11 +8,11 @@ mod common;
 use chacha20::ChaCha20Rng;
 use common::{Net, config, ids, violation};
 use rand_core::{Rng, SeedableRng};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::server::ClientViolation;
-use tessera_aggregation::{ClientError, ClientId, ServerError, ServerEvent, Stage};
+use tessera_aggregation::{ClientId, ClientSessionError, ServerEvent, ServerSessionError, Stage};
 
 /// Runs a round of 8 clients (t = 4) until the server has queued its
 /// unmasking requests; client 7 drops before sending its masked input, so
@@ -98,7 +98,10 @@ fn a_client_refuses_a_neighbour_named_both_survivor_and_dropped() {
     );
     // The refusal ends the session: not even the honest request is answered.
     let honest = client.handle_message(now, request(round, survivors, ids(&[7])));
-    assert!(matches!(honest, Err(ClientError::SessionEnded { .. })));
+    assert!(matches!(
+        honest,
+        Err(ClientSessionError::SessionEnded { .. })
+    ));
     assert!(client.poll_transmit().is_none());
 }
 
@@ -276,7 +279,7 @@ fn a_message_for_another_round_is_refused_without_ending_the_session() {
     );
     assert!(matches!(
         result,
-        Err(ClientError::WrongRound {
+        Err(ClientSessionError::WrongRound {
             expected: 11,
             got: 99
         })
@@ -290,7 +293,7 @@ fn a_message_for_another_round_is_refused_without_ending_the_session() {
     };
     assert!(matches!(
         net.server.handle_message(now, ClientId(0), stale),
-        Err(ServerError::WrongRound { .. })
+        Err(ServerSessionError::WrongRound { .. })
     ));
 }
 
@@ -318,7 +321,7 @@ fn a_malformed_message_drops_only_its_sender() {
     assert!(
         matches!(
             err,
-            ServerError::ClientMisbehaved {
+            ServerSessionError::ClientMisbehaved {
                 client: ClientId(2),
                 violation: ClientViolation::MaskedInput(_)
             }
@@ -328,7 +331,7 @@ fn a_malformed_message_drops_only_its_sender() {
     // Sending again (even a good message) does not get it back in.
     assert_eq!(
         net.server.handle_message(now, ClientId(2), message),
-        Err(ServerError::NotInRound {
+        Err(ServerSessionError::NotInRound {
             client: ClientId(2)
         })
     );
@@ -360,7 +363,7 @@ fn server_refuses_late_duplicate_unknown_and_out_of_stage_messages() {
     // Unknown sender.
     assert!(matches!(
         net.server.handle_message(now, ClientId(9), advert.clone()),
-        Err(ServerError::UnknownClient { .. })
+        Err(ServerSessionError::UnknownClient { .. })
     ));
     // A message of a later stage is misbehaviour.
     let early = ClientMessage {
@@ -369,7 +372,7 @@ fn server_refuses_late_duplicate_unknown_and_out_of_stage_messages() {
     };
     assert!(matches!(
         net.server.handle_message(now, ClientId(1), early),
-        Err(ServerError::ClientMisbehaved {
+        Err(ServerSessionError::ClientMisbehaved {
             violation: ClientViolation::WrongStage { .. },
             ..
         })
@@ -380,7 +383,7 @@ fn server_refuses_late_duplicate_unknown_and_out_of_stage_messages() {
         .unwrap();
     assert!(matches!(
         net.server.handle_message(now, ClientId(0), advert),
-        Err(ServerError::ClientMisbehaved {
+        Err(ServerSessionError::ClientMisbehaved {
             violation: ClientViolation::Duplicate(Stage::AdvertiseKeys),
             ..
         })
@@ -400,7 +403,7 @@ fn server_refuses_late_duplicate_unknown_and_out_of_stage_messages() {
     let late = net.clients[5].poll_transmit().unwrap();
     assert_eq!(
         net.server.handle_message(net.now, ClientId(5), late),
-        Err(ServerError::Late {
+        Err(ServerSessionError::Late {
             client: ClientId(5),
             stage: Stage::AdvertiseKeys
         })
@@ -409,7 +412,7 @@ fn server_refuses_late_duplicate_unknown_and_out_of_stage_messages() {
     let m = net.clients[1].poll_transmit().unwrap();
     assert_eq!(
         net.server.handle_message(net.now, ClientId(1), m),
-        Err(ServerError::NotInRound {
+        Err(ServerSessionError::NotInRound {
             client: ClientId(1)
         })
     );
@@ -428,7 +431,7 @@ fn an_unmasking_response_with_the_wrong_shares_is_refused() {
     r.masking_key_shares.clear();
     assert!(matches!(
         net.server.handle_message(now, ClientId(0), response),
-        Err(ServerError::ClientMisbehaved {
+        Err(ServerSessionError::ClientMisbehaved {
             violation: ClientViolation::Response(_),
             ..
         })

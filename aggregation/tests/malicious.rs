@@ -13,6 +13,7 @@ mod common;
 use std::sync::Arc;
 
 use common::{Net, config, identities, ids, violation};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::config::ConfigError;
 use tessera_aggregation::identity::{IdentityDirectory, IdentitySignature};
@@ -20,11 +21,10 @@ use tessera_aggregation::keys::PublicKeys;
 use tessera_aggregation::messages::{
     Advert, ClientBody, ClientMessage, ServerBody, ServerMessage, UnmaskResponse,
 };
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::server::ClientViolation;
 use tessera_aggregation::shamir::{self, Share};
 use tessera_aggregation::sim::{Outcome, SimConfig, run_round};
-use tessera_aggregation::{ClientError, ClientId, ServerError, Stage};
+use tessera_aggregation::{ClientId, ClientSessionError, ServerSessionError, Stage};
 
 fn malicious_config(n: u32, t: u32) -> tessera_aggregation::RoundConfig {
     let mut cfg = config(n, t, 16);
@@ -39,7 +39,7 @@ fn neighbour_keys(out: &[(ClientId, ServerMessage)], to: u32) -> Vec<(ClientId, 
     }
 }
 
-fn send(net: &mut Net, to: u32, body: ServerBody) -> Result<(), ClientError> {
+fn send(net: &mut Net, to: u32, body: ServerBody) -> Result<(), ClientSessionError> {
     let message = ServerMessage {
         round_id: net.config.round_id,
         body,
@@ -163,7 +163,7 @@ fn an_old_rounds_adverts_and_signatures_are_refused_in_a_new_round() {
     };
     assert_eq!(
         net.clients[0].handle_message(now, stale),
-        Err(ClientError::WrongRound {
+        Err(ClientSessionError::WrongRound {
             expected: 12,
             got: 11
         })
@@ -574,7 +574,7 @@ fn the_server_drops_a_client_with_a_bad_signature_and_the_round_goes_on() {
     };
     assert!(matches!(
         net.server.handle_message(now, ClientId(5), forged),
-        Err(ServerError::ClientMisbehaved {
+        Err(ServerSessionError::ClientMisbehaved {
             client: ClientId(5),
             violation: ClientViolation::Signature(_)
         })
@@ -594,7 +594,9 @@ fn sessions_refuse_a_directory_that_does_not_fit() {
     // No identity at all.
     assert!(matches!(
         tessera_aggregation::ClientSession::new(cfg.clone(), ClientId(0), now, &mut rng),
-        Err(ClientError::IdentityRequired(ThreatModel::MaliciousServer))
+        Err(ClientSessionError::IdentityRequired(
+            ThreatModel::MaliciousServer
+        ))
     ));
     let (keys, directory) = identities(5, 1);
     // Another client's key in this client's slot.
@@ -611,13 +613,13 @@ fn sessions_refuse_a_directory_that_does_not_fit() {
             now,
             &mut rng
         ),
-        Err(ClientError::Directory(_))
+        Err(ClientSessionError::Directory(_))
     ));
     // A directory for another round size.
     let small = Arc::new(IdentityDirectory::new(directory.keys()[..4].to_vec()).unwrap());
     assert!(matches!(
         tessera_aggregation::ServerSession::with_identities(cfg, graph, small, now),
-        Err(ServerError::Directory(_))
+        Err(ServerSessionError::Directory(_))
     ));
 }
 

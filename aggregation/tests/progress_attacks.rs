@@ -10,14 +10,14 @@
 mod common;
 
 use common::{Net, config, ids, violation};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::messages::{
     ClientBody, ClientMessage, ServerBody, ServerMessage, UnmaskResponse,
 };
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::server::ClientViolation;
 // One name to change if the session errors are renamed.
-use tessera_aggregation::ServerError as SessionError;
+use tessera_aggregation::ServerSessionError;
 use tessera_aggregation::{ClientId, RoundConfig, ServerEvent, Stage};
 
 fn semi_malicious(n: u32, t: u32) -> RoundConfig {
@@ -28,7 +28,7 @@ fn semi_malicious(n: u32, t: u32) -> RoundConfig {
 
 /// Sends every message `id`'s session has queued; returns the server's
 /// answers.
-fn send_all(net: &mut Net, id: u32) -> Vec<Result<(), SessionError>> {
+fn send_all(net: &mut Net, id: u32) -> Vec<Result<(), ServerSessionError>> {
     let mut results = Vec::new();
     while let Some(message) = net.clients[id as usize].poll_transmit() {
         results.push(net.server.handle_message(net.now, ClientId(id), message));
@@ -73,7 +73,7 @@ fn a_client_that_skipped_share_keys_cannot_add_a_masked_input() {
     assert_eq!(
         net.server
             .handle_message(net.now, ClientId(4), masked.clone()),
-        Err(SessionError::NotInRound {
+        Err(ServerSessionError::NotInRound {
             client: ClientId(4)
         })
     );
@@ -120,14 +120,14 @@ fn a_client_that_did_not_confirm_the_survivors_cannot_answer_the_unmask_request(
     };
     assert_eq!(
         net.server.handle_message(net.now, ClientId(4), answer),
-        Err(SessionError::NotInRound {
+        Err(ServerSessionError::NotInRound {
             client: ClientId(4)
         })
     );
     assert_eq!(
         net.server
             .handle_message(net.now, ClientId(4), confirmation),
-        Err(SessionError::Late {
+        Err(ServerSessionError::Late {
             client: ClientId(4),
             stage: Stage::ConsistencyCheck
         })
@@ -178,7 +178,7 @@ fn an_evicted_client_stops_the_stage_waiting_for_it_only_once() {
         .unwrap_err();
     assert_eq!(
         err,
-        SessionError::ClientMisbehaved {
+        ServerSessionError::ClientMisbehaved {
             client: ClientId(0),
             violation: ClientViolation::Duplicate(Stage::AdvertiseKeys),
         }
@@ -196,7 +196,7 @@ fn an_evicted_client_stops_the_stage_waiting_for_it_only_once() {
     // Its bundles are refused: it is out of the round.
     assert_eq!(
         send_all(&mut net, 0),
-        [Err(SessionError::NotInRound {
+        [Err(ServerSessionError::NotInRound {
             client: ClientId(0)
         })]
     );
@@ -216,7 +216,7 @@ fn an_evicted_contributor_cannot_answer_but_stays_in_the_sum() {
     net.server.handle_dropout(net.now, ClientId(2));
     assert_eq!(
         send_all(&mut net, 2),
-        [Err(SessionError::NotInRound {
+        [Err(ServerSessionError::NotInRound {
             client: ClientId(2)
         })]
     );

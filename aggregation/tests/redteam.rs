@@ -20,13 +20,14 @@ mod common;
 use std::collections::HashMap;
 
 use common::{Net, config};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::IdentitySignature;
 use tessera_aggregation::keys::pairwise_mask_seed;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::packing::unpack;
-use tessera_aggregation::params::{ParamsRequest, ThreatModel, find_params, threshold_floor};
+use tessera_aggregation::params::{ParamsRequest, find_params, threshold_floor};
 use tessera_aggregation::shamir::{self, Share};
 use tessera_aggregation::{ClientId, RoundConfig};
 

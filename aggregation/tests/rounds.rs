@@ -7,9 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Net, config};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::sim::{FaultCounts, Faults, Outcome, SimConfig, run_round};
 use tessera_aggregation::{ClientId, ServerEvent, Stage};
 

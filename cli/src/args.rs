@@ -6,8 +6,8 @@
 
 use clap::ValueEnum;
 use tessera_aggregation::Stage;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 
 /// `--threat-model`: who the round must stay private against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

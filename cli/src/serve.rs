@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use clap::builder::{EnumValueParser, TypedValueParser};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 use tessera_server::ServerConfig;
 use tessera_server::config::ServerOverrides;
 

@@ -18,10 +18,11 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregation::Stage;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::params::{
-    GraphRequest, ParamSource, ParamsRequest, ResolveError, RoundParams, ThreatModel,
-    ThresholdRule, resolve_round_params,
+    GraphRequest, ParamSource, ParamsRequest, ResolveError, RoundParams, ThresholdRule,
+    resolve_round_params,
 };
 use tessera_aggregation::sim::Faults;
 use tessera_aggregation::sim::{self, Progress, SimConfig, SimError};

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
-use tessera_aggregation::params::ThreatModel;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 

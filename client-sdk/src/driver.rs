@@ -27,8 +27,7 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::{
-    ClientEvent, ClientId, ClientSession, RoundConfig, ServerMessage, Stage,
-    client::ClientError as SessionError,
+    ClientEvent, ClientId, ClientSession, ClientSessionError, RoundConfig, ServerMessage, Stage,
 };
 use tessera_dp::encoding::Encoded;
 use tessera_dp::encoding::FixedPoint;
@@ -460,7 +459,7 @@ impl Round {
             .map_err(|e| bad(round_id, format!("malformed protocol message: {e}")))?;
         match self.session.handle_message(Instant::now(), message) {
             Ok(()) => self.note_stage(),
-            Err(SessionError::ServerMisbehaved(violation)) => {
+            Err(ClientSessionError::ServerMisbehaved(violation)) => {
                 return Err(bad(round_id, violation.to_string()));
             }
             // Stale (another round) or after the session ended:

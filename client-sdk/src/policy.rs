@@ -72,7 +72,7 @@
 //! // of any round colludes with the server, and require client-side noise
 //! // of at least 0.2 times this client's sensitivity.
 //! let policy = Policy {
-//!     threat_model: Some(tessera_aggregation::params::ThreatModel::SemiMalicious),
+//!     threat_model: Some(tessera_aggregation::ThreatModel::SemiMalicious),
 //!     assume_corrupt: 0.1,
 //!     min_clients: 10,
 //!     require_dp: true,
@@ -91,8 +91,9 @@
 
 use std::fmt;
 
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{self, ThreatModel};
+use tessera_aggregation::params;
 use tessera_dp::mechanism::DistributedEncoding;
 use tessera_proto::v1;
 

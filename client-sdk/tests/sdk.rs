@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::identity::IdentityKey;
 use tessera_aggregation::messages::AbortReason;
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::{ClientId, ClientMessage, RoundConfig, ServerEvent, ServerSession};
 use tessera_client::{Client, ClientError, RetryPolicy};
 use tessera_dp::encoding::FixedPoint;

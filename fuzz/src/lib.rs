@@ -25,7 +25,7 @@ use chacha20::ChaCha20Rng;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use rand_core::SeedableRng;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityKey};
-use tessera_aggregation::params::ThreatModel;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::{
     ClientId, ClientMessage, ClientSession, RoundConfig, ServerEvent, ServerMessage, ServerSession,
 };

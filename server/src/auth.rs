@@ -124,19 +124,19 @@ pub enum AuthError {
 
 /// The authenticated name of a client: the NAME from its tokens-file line.
 ///
-/// Only [`TokenStore::authenticate`] and [`ClientIdentity::new`] make one, so
-/// holding a `ClientIdentity` means the name is well formed.
+/// Only [`TokenStore::authenticate`] and [`ClientName::new`] make one, so
+/// holding a `ClientName` means the name is well formed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientIdentity(String);
+pub struct ClientName(String);
 
-impl ClientIdentity {
+impl ClientName {
     /// Checks a client name (1-64 characters of `[A-Za-z0-9._-]`), so names
     /// are safe to print in logs, metrics labels and file names.
     ///
     /// ```
-    /// use tessera_server::auth::ClientIdentity;
-    /// assert_eq!(ClientIdentity::new("edge-07").unwrap().as_str(), "edge-07");
-    /// assert!(ClientIdentity::new("no spaces").is_err());
+    /// use tessera_server::auth::ClientName;
+    /// assert_eq!(ClientName::new("edge-07").unwrap().as_str(), "edge-07");
+    /// assert!(ClientName::new("no spaces").is_err());
     /// ```
     pub fn new(name: impl Into<String>) -> Result<Self, AuthError> {
         let name = name.into();
@@ -153,7 +153,7 @@ impl ClientIdentity {
     }
 }
 
-impl fmt::Display for ClientIdentity {
+impl fmt::Display for ClientName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -259,7 +259,7 @@ impl fmt::Debug for TokenHash {
 }
 
 struct Entry {
-    identity: ClientIdentity,
+    client: ClientName,
     hash: TokenHash,
 }
 
@@ -308,7 +308,7 @@ impl TokenStore {
                 name,
                 value: hash,
             } = entry.map_err(|e| bad(e.line, e.reason("expected two fields: NAME sha256:HEX")))?;
-            let identity = ClientIdentity::new(name).map_err(|_| {
+            let client = ClientName::new(name).map_err(|_| {
                 bad(
                     line,
                     "invalid client name: expected 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
@@ -326,12 +326,12 @@ impl TokenStore {
                     "expected the hash as sha256: followed by 64 hex digits",
                 )
             })?;
-            if let Some(&first_line) = name_lines.get(identity.as_str()) {
+            if let Some(&first_line) = name_lines.get(client.as_str()) {
                 return Err(AuthError::DuplicateName {
                     path: path.to_path_buf(),
                     line,
                     first_line,
-                    name: identity.0,
+                    name: client.0,
                 });
             }
             if let Some(&first_line) = hash_lines.get(&hash) {
@@ -341,9 +341,9 @@ impl TokenStore {
                     first_line,
                 });
             }
-            name_lines.insert(identity.0.clone(), line);
+            name_lines.insert(client.0.clone(), line);
             hash_lines.insert(hash, line);
-            entries.push(Entry { identity, hash });
+            entries.push(Entry { client, hash });
         }
         Ok(Self { entries })
     }
@@ -361,27 +361,27 @@ impl TokenStore {
             entries: Vec::new(),
         };
         for (name, hash) in entries {
-            let identity = ClientIdentity::new(name)?;
-            if !names.insert(identity.0.clone()) {
-                return Err(AuthError::DuplicateClient { name: identity.0 });
+            let client = ClientName::new(name)?;
+            if !names.insert(client.0.clone()) {
+                return Err(AuthError::DuplicateClient { name: client.0 });
             }
             if !hashes.insert(hash) {
-                return Err(AuthError::DuplicateToken { name: identity.0 });
+                return Err(AuthError::DuplicateToken { name: client.0 });
             }
-            store.entries.push(Entry { identity, hash });
+            store.entries.push(Entry { client, hash });
         }
         Ok(store)
     }
 
-    fn check_new(&self, identity: &ClientIdentity, hash: &TokenHash) -> Result<(), AuthError> {
-        if self.entries.iter().any(|e| e.identity == *identity) {
+    fn check_new(&self, client: &ClientName, hash: &TokenHash) -> Result<(), AuthError> {
+        if self.entries.iter().any(|e| e.client == *client) {
             return Err(AuthError::DuplicateClient {
-                name: identity.0.clone(),
+                name: client.0.clone(),
             });
         }
         if self.entries.iter().any(|e| e.hash == *hash) {
             return Err(AuthError::DuplicateToken {
-                name: identity.0.clone(),
+                name: client.0.clone(),
             });
         }
         Ok(())
@@ -394,7 +394,7 @@ impl TokenStore {
     /// matching entry nor how much of a wrong token matched shows in the
     /// time taken. (Hashing first also means the attacker never controls the
     /// bytes being compared.)
-    pub fn authenticate(&self, presented: &str) -> Option<ClientIdentity> {
+    pub fn authenticate(&self, presented: &str) -> Option<ClientName> {
         if presented.is_empty() {
             return None;
         }
@@ -408,7 +408,7 @@ impl TokenStore {
         }
         if bool::from(found) {
             let index = usize::try_from(index).ok()?;
-            self.entries.get(index).map(|e| e.identity.clone())
+            self.entries.get(index).map(|e| e.client.clone())
         } else {
             None
         }
@@ -416,12 +416,12 @@ impl TokenStore {
 
     /// The names of all known clients, in file order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|e| e.identity.as_str())
+        self.entries.iter().map(|e| e.client.as_str())
     }
 
     /// Whether a client of this name is known.
     pub fn contains(&self, name: &str) -> bool {
-        self.entries.iter().any(|e| e.identity.as_str() == name)
+        self.entries.iter().any(|e| e.client.as_str() == name)
     }
 
     /// Number of known clients.
@@ -447,8 +447,8 @@ impl TokenStore {
 /// assert!(token_line("bad name", &token).is_err());
 /// ```
 pub fn token_line(name: &str, token: &Token) -> Result<String, AuthError> {
-    let identity = ClientIdentity::new(name)?;
-    Ok(format!("{identity} {}\n", token.hash()))
+    let client = ClientName::new(name)?;
+    Ok(format!("{client} {}\n", token.hash()))
 }
 
 /// Adds a client to the tokens file, creating the file (mode 0600 on unix) if
@@ -472,7 +472,7 @@ pub fn append_token(path: impl AsRef<Path>, name: &str, token: &Token) -> Result
     let needs_newline = match &existing {
         Some(text) => {
             let store = TokenStore::parse(text, path)?;
-            store.check_new(&ClientIdentity::new(name)?, &token.hash())?;
+            store.check_new(&ClientName::new(name)?, &token.hash())?;
             !text.is_empty() && !text.ends_with('\n')
         }
         None => false,

@@ -6,8 +6,10 @@
 //! [`RoundRules`], [`DpSettings`], [`AggregationSettings`]), each group with
 //! its defaults; [`ServerOverrides`] is what the file and the flags give,
 //! listed once in `config/overrides.rs`; [`ServerConfig::validate`] holds
-//! every check. What a round of a given size runs with is
-//! [`crate::planning`]'s.
+//! every check. What a round of a given size runs with is the round
+//! planning's (`planning.rs`: [`ServerConfig::graph_for`],
+//! [`ServerConfig::survivor_floor`] and the server's own encoding and DP
+//! choices).
 //!
 //! ```toml
 //! listen = "0.0.0.0:7443"
@@ -38,8 +40,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 pub use tessera_aggregation::params::ThresholdRule;
 use tessera_dp::encoding::MAX_FRAC_BITS;
 use tessera_dp::mechanism::NoiseKind;

@@ -15,6 +15,33 @@
 //! ```
 //!
 //! Start one with [`start`]; the `tessera serve` command is a thin wrapper.
+//!
+//! # Public surface
+//!
+//! Only what embedders need is public: the `tessera` CLI (`serve`, `keys`,
+//! `inspect`, the demo), the integration tests and examples, and a
+//! language binding that runs a server in-process.
+//!
+//! - Running a server: [`start`] returns a [`RunningServer`]
+//!   ([`RunningServer::local_addr`], [`RunningServer::wait`],
+//!   [`RunningServer::shutdown`]); [`ServeError`] says why it could not
+//!   start or stopped ([`MetricsError`] is one of its causes).
+//! - [`config`]: the settings ([`ServerConfig`], its groups, the
+//!   [`config::ServerOverrides`] a command line or a TOML file fills) and
+//!   their validation, with the round-size questions an embedder may ask
+//!   before starting (graph, threshold, survivor floor).
+//! - [`auth`]: tokens and the tokens file (generate, append, load).
+//! - [`tls`]: TLS files, self-signed certificates and a small CA for
+//!   client certificates.
+//! - [`store`]: opening a data directory and seeding its first model, and
+//!   the read-only view of what it holds ([`store::inspect`]: models,
+//!   round records, the privacy ledger).
+//! - [`model`]: the global model (named tensors over a flat vector).
+//! - [`files`]: the atomic and owner-only file writes the CLI shares.
+//!
+//! The lobby, the scheduler, the round driver, the gRPC service, FedAvg,
+//! round planning and the metrics recorder are private: they change with
+//! the protocol, and nothing outside the server drives them.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,21 +59,24 @@ use tracing::{info, warn};
 
 pub mod auth;
 pub mod config;
-pub mod fedavg;
+mod fedavg;
 pub mod files;
 mod lobby;
-pub mod metrics;
-pub mod planning;
+mod metrics;
+pub mod model;
+mod planning;
 mod round;
 mod scheduler;
-pub mod service;
+mod service;
 pub mod store;
 pub mod tls;
 
 pub use config::ServerConfig;
+pub use metrics::MetricsError;
 
 use crate::config::DpMode;
-use crate::fedavg::{FedAvg, Model};
+use crate::fedavg::FedAvg;
+use crate::model::Model;
 use crate::store::{ModelEntry, Store};
 
 /// Why the server could not start or stopped.

@@ -15,38 +15,38 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// Counter: rounds the server opened.
-pub const ROUNDS_STARTED: &str = "tessera_rounds_started_total";
+pub(crate) const ROUNDS_STARTED: &str = "tessera_rounds_started_total";
 /// Counter: rounds that published an aggregate.
-pub const ROUNDS_COMPLETED: &str = "tessera_rounds_completed_total";
+pub(crate) const ROUNDS_COMPLETED: &str = "tessera_rounds_completed_total";
 /// Counter, label [`LABEL_REASON`]: rounds that ended without an aggregate.
-pub const ROUNDS_ABORTED: &str = "tessera_rounds_aborted_total";
+pub(crate) const ROUNDS_ABORTED: &str = "tessera_rounds_aborted_total";
 /// Histogram, label [`LABEL_STAGE`]: seconds from a stage's start to its close.
-pub const STAGE_SECONDS: &str = "tessera_stage_seconds";
+pub(crate) const STAGE_SECONDS: &str = "tessera_stage_seconds";
 /// Gauge, label [`LABEL_STAGE`]: clients still in the round when the stage
 /// last closed.
-pub const CLIENTS_PER_STAGE: &str = "tessera_clients_per_stage";
+pub(crate) const CLIENTS_PER_STAGE: &str = "tessera_clients_per_stage";
 /// Counter: payload bytes received from clients.
-pub const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
+pub(crate) const BYTES_RECEIVED: &str = "tessera_bytes_received_total";
 /// Counter: payload bytes sent to clients.
-pub const BYTES_SENT: &str = "tessera_bytes_sent_total";
+pub(crate) const BYTES_SENT: &str = "tessera_bytes_sent_total";
 /// Counter, label [`LABEL_STAGE`]: clients that dropped out during a stage.
-pub const DROPOUTS: &str = "tessera_dropouts_total";
+pub(crate) const DROPOUTS: &str = "tessera_dropouts_total";
 /// Counter, label [`LABEL_KIND`]: messages refused (late, malformed,
 /// unauthenticated, …).
-pub const REJECTED_MESSAGES: &str = "tessera_rejected_messages_total";
+pub(crate) const REJECTED_MESSAGES: &str = "tessera_rejected_messages_total";
 /// Gauge: clients connected and waiting for the next round.
-pub const LOBBY_CLIENTS: &str = "tessera_lobby_clients";
+pub(crate) const LOBBY_CLIENTS: &str = "tessera_lobby_clients";
 
 /// Label naming the protocol stage.
-pub const LABEL_STAGE: &str = "stage";
+pub(crate) const LABEL_STAGE: &str = "stage";
 /// Label naming why a round aborted.
-pub const LABEL_REASON: &str = "reason";
+pub(crate) const LABEL_REASON: &str = "reason";
 /// Label naming what kind of message was refused.
-pub const LABEL_KIND: &str = "kind";
+pub(crate) const LABEL_KIND: &str = "kind";
 
 /// Bucket bounds (seconds) for [`STAGE_SECONDS`]: from a fast local stage to
 /// a stage that waits out a ten-minute deadline for slow devices.
-pub const STAGE_SECONDS_BUCKETS: &[f64] = &[
+pub(crate) const STAGE_SECONDS_BUCKETS: &[f64] = &[
     0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
@@ -71,7 +71,7 @@ pub enum MetricsError {
 /// tokio runtime (the exporter runs as a task on it) or outside one (the
 /// exporter gets its own thread). Only one recorder can exist per process: a
 /// second call fails.
-pub fn install_prometheus(addr: SocketAddr) -> Result<(), MetricsError> {
+pub(crate) fn install_prometheus(addr: SocketAddr) -> Result<(), MetricsError> {
     let err = |source| MetricsError::Install { addr, source };
     PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -125,48 +125,48 @@ fn describe() {
 }
 
 /// Records that a round opened.
-pub fn round_started() {
+pub(crate) fn round_started() {
     counter!(ROUNDS_STARTED).increment(1);
 }
 
 /// Records that a round published its aggregate.
-pub fn round_completed() {
+pub(crate) fn round_completed() {
     counter!(ROUNDS_COMPLETED).increment(1);
 }
 
 /// Records that a round ended without an aggregate. `reason` should come from
 /// a small fixed set (e.g. "too_few_clients", "deadline") to keep the number
 /// of series bounded.
-pub fn round_aborted(reason: &str) {
+pub(crate) fn round_aborted(reason: &str) {
     counter!(ROUNDS_ABORTED, LABEL_REASON => reason.to_owned()).increment(1);
 }
 
 /// Records a stage's close: how long it took, how many clients are still in
 /// the round, and how many dropped out during it.
-pub fn stage_closed(stage: &str, seconds: f64, survivors: u32, dropped: u32) {
+pub(crate) fn stage_closed(stage: &str, seconds: f64, survivors: u32, dropped: u32) {
     histogram!(STAGE_SECONDS, LABEL_STAGE => stage.to_owned()).record(seconds);
     gauge!(CLIENTS_PER_STAGE, LABEL_STAGE => stage.to_owned()).set(f64::from(survivors));
     counter!(DROPOUTS, LABEL_STAGE => stage.to_owned()).increment(u64::from(dropped));
 }
 
 /// Adds to the bytes received from clients.
-pub fn bytes_received(n: u64) {
+pub(crate) fn bytes_received(n: u64) {
     counter!(BYTES_RECEIVED).increment(n);
 }
 
 /// Adds to the bytes sent to clients.
-pub fn bytes_sent(n: u64) {
+pub(crate) fn bytes_sent(n: u64) {
     counter!(BYTES_SENT).increment(n);
 }
 
 /// Records a refused message. `kind` should come from a small fixed set (e.g.
 /// "late", "malformed", "unauthenticated").
-pub fn message_rejected(kind: &str) {
+pub(crate) fn message_rejected(kind: &str) {
     counter!(REJECTED_MESSAGES, LABEL_KIND => kind.to_owned()).increment(1);
 }
 
 /// Sets the number of clients waiting in the lobby.
-pub fn lobby(n: u32) {
+pub(crate) fn lobby(n: u32) {
     gauge!(LOBBY_CLIENTS).set(f64::from(n));
 }
 

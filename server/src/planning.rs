@@ -8,10 +8,9 @@
 //! for the widest round before the server listens, so a setting that cannot
 //! be planned is refused at start-up rather than at the first round.
 
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{
-    self, GraphRequest, ParamSource, ParamsRequest, RoundParams, ThreatModel,
-};
+use tessera_aggregation::params::{self, GraphRequest, ParamSource, ParamsRequest, RoundParams};
 use tessera_dp::encoding::{self, FixedPoint};
 use tessera_dp::ledger::Mechanism;
 use tessera_dp::mechanism::{
@@ -22,7 +21,7 @@ use crate::config::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRul
 
 /// With distributed DP, the most a round's noised sum may wrap the ring
 /// (any coordinate, union bound): one round in a million.
-pub const WRAP_PROBABILITY: f64 = 1e-6;
+pub(crate) const WRAP_PROBABILITY: f64 = 1e-6;
 
 impl ServerConfig {
     /// How a round of `clients` that goes on with at least `min_survivors`
@@ -38,7 +37,7 @@ impl ServerConfig {
     /// smallest whose chance that any coordinate of the sum wraps is at
     /// most [`WRAP_PROBABILITY`]; an explicit `bits` that misses that bound
     /// is refused.
-    pub fn round_encoding(
+    pub(crate) fn round_encoding(
         &self,
         clients: u32,
         min_survivors: u32,
@@ -146,7 +145,7 @@ impl ServerConfig {
     /// Distributed: the discrete Gaussian at the target std `z B`, what the
     /// fewest honest survivors a round accepts (its survivor floor minus
     /// its corrupt count) carry; more only add noise.
-    pub fn planned_mechanism(&self, dim: u32) -> Result<Option<Mechanism>, ConfigError> {
+    pub(crate) fn planned_mechanism(&self, dim: u32) -> Result<Option<Mechanism>, ConfigError> {
         Ok(match self.dp.mode {
             DpMode::Off => None,
             DpMode::Central => Some(self.central_dp(self.round.min_clients, dim)?.mechanism()),
@@ -167,7 +166,7 @@ impl ServerConfig {
     /// dimension: exact discrete Gaussian noise on the decoded integer sum
     /// (see [`CentralDp`]); refused if its scale is beyond the exact
     /// sampler.
-    pub fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
+    pub(crate) fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
         let (fixed_point, _) = self.round_encoding(clients, clients, dim)?;
         CentralDp::new(fixed_point, self.dp.noise_multiplier, dim as usize).map_err(|e| {
             invalid(
@@ -232,7 +231,7 @@ impl ServerConfig {
     /// ask for them, with where each came from
     /// ([`params::resolve_round_params`]); not yet held to the threat
     /// model (see [`ServerConfig::graph_for`]).
-    pub fn round_params(&self, n: u32) -> Result<RoundParams, ConfigError> {
+    pub(crate) fn round_params(&self, n: u32) -> Result<RoundParams, ConfigError> {
         let (graph, threshold) = match self.round.graph {
             // The finder sets t too: the threshold rule is for explicit
             // graphs.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tessera_aggregation::identity::{IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::messages::{AbortReason, ClientMessage};
-use tessera_aggregation::server::{ClientViolation, RoundOutput, ServerError};
+use tessera_aggregation::server::{ClientViolation, RoundOutput, ServerSessionError};
 use tessera_aggregation::{ClientId, RoundConfig, ServerEvent, ServerSession, Stage};
 use tessera_proto::v1::{self, ErrorKind, client_frame, server_frame};
 use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
@@ -71,22 +71,22 @@ pub(crate) struct RoundDriver {
 
 /// The gRPC status for a message the session refused, and the kind it
 /// carries.
-fn refusal(error: &ServerError) -> Option<(Code, ErrorKind)> {
+fn refusal(error: &ServerSessionError) -> Option<(Code, ErrorKind)> {
     Some(match error {
-        ServerError::ClientMisbehaved { violation, .. } => match violation {
+        ServerSessionError::ClientMisbehaved { violation, .. } => match violation {
             ClientViolation::WrongStage { .. } => (Code::FailedPrecondition, ErrorKind::WrongStage),
             ClientViolation::Duplicate(_) => (Code::AlreadyExists, ErrorKind::DuplicateMessage),
             ClientViolation::Bundles(_) => (Code::InvalidArgument, ErrorKind::BadShares),
             ClientViolation::MaskedInput(_) => (Code::InvalidArgument, ErrorKind::WrongLength),
             _ => (Code::InvalidArgument, ErrorKind::ProtocolViolation),
         },
-        ServerError::WrongRound { .. } => (Code::FailedPrecondition, ErrorKind::WrongRound),
-        ServerError::Late { .. } => (Code::DeadlineExceeded, ErrorKind::Late),
-        ServerError::NotInRound { .. } | ServerError::UnknownClient { .. } => {
+        ServerSessionError::WrongRound { .. } => (Code::FailedPrecondition, ErrorKind::WrongRound),
+        ServerSessionError::Late { .. } => (Code::DeadlineExceeded, ErrorKind::Late),
+        ServerSessionError::NotInRound { .. } | ServerSessionError::UnknownClient { .. } => {
             (Code::FailedPrecondition, ErrorKind::ProtocolViolation)
         }
         // After the round's end a straggler is simply ignored.
-        ServerError::RoundOver { .. } => return None,
+        ServerSessionError::RoundOver { .. } => return None,
         _ => (Code::Internal, ErrorKind::Unspecified),
     })
 }
@@ -126,7 +126,7 @@ impl RoundDriver {
         distributed_dp: Option<v1::DistributedDp>,
         model_version: u64,
         participants: Vec<Participant>,
-    ) -> Result<RoundDriver, ServerError> {
+    ) -> Result<RoundDriver, ServerSessionError> {
         let now = Instant::now();
         // Every client binds the encoding it is told into its session hash;
         // the server's session must bind the same one to verify adverts.

@@ -21,11 +21,12 @@ use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
-use crate::fedavg::{FedAvg, Model};
+use crate::fedavg::FedAvg;
 use crate::lobby::Participant;
 use crate::metrics;
+use crate::model::Model;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{ModelEntry, Publication, RoundOutcome, RoundRecord, Store};
+use crate::store::{ModelEntry, Publication, RoundRecord, RoundStatus, Store};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -272,7 +273,7 @@ impl RoundPlan {
 fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> RoundRecord {
     RoundRecord {
         round: round_id,
-        outcome: RoundOutcome::Started,
+        outcome: RoundStatus::Started,
         clients: n,
         survivors: 0,
         dropped: 0,
@@ -299,7 +300,7 @@ async fn complete(
     let (round_id, n) = (plan.round_id, plan.clients);
     let contributors = output.contributors.len() as u32;
     let (training, published) = publish(shared, training, output, plan).await?;
-    record.outcome = RoundOutcome::Completed;
+    record.outcome = RoundStatus::Completed;
     record.survivors = contributors;
     record.dropped = n - contributors;
     record.model_version = Some(published);
@@ -324,7 +325,7 @@ fn record_abort(
     survivors: u32,
     span: &tracing::Span,
 ) -> v1::RoundResult {
-    record.outcome = RoundOutcome::Aborted;
+    record.outcome = RoundStatus::Aborted;
     record.survivors = survivors;
     record.dropped = record.clients - survivors;
     record.stage = Some(stage.name().to_owned());
@@ -549,7 +550,7 @@ mod tests {
 
     use super::*;
     use crate::config::{AggregationSettings, DpSettings, RoundRules};
-    use crate::fedavg::Model;
+    use crate::model::Model;
     use crate::store::inspect;
 
     /// A store holding the initial model of dimension 1 and, if `after`,

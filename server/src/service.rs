@@ -43,7 +43,7 @@ const CLIENT_QUEUE: usize = 32;
 
 /// The `tessera.v1.Aggregator` service.
 #[derive(Debug)]
-pub struct AggregatorService {
+pub(crate) struct AggregatorService {
     shared: Arc<Shared>,
     anonymous: AtomicU64,
 }
@@ -73,7 +73,7 @@ impl AggregatorService {
                 .map_err(|e| refuse(&e.to_string()))?;
             return tokens
                 .authenticate(token)
-                .map(|identity| identity.to_string())
+                .map(|name| name.to_string())
                 .ok_or_else(|| refuse("the bearer token is not valid"));
         }
         if self.shared.config.network.tls_client_ca.is_some() {

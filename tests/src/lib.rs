@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerMessage};
 use tessera_aggregation::packing::packed_len;
-use tessera_aggregation::params::ThreatModel;
 use tessera_aggregation::{ClientId, ClientSession, RoundConfig, Stage};
 use tessera_dp::encoding::FixedPoint;
 use tessera_proto::v1::aggregator_client::AggregatorClient;

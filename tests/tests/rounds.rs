@@ -153,6 +153,6 @@ async fn dropouts_at_each_stage_complete_above_the_threshold_and_abort_below() {
     ts.server.shutdown().await.unwrap();
 }
 
-fn serde_json_outcome(o: tessera_server::store::RoundOutcome) -> String {
+fn serde_json_outcome(o: tessera_server::store::RoundStatus) -> String {
     format!("{o:?}").to_lowercase()
 }

@@ -184,7 +184,7 @@ pub enum ClientEvent {
 /// A message or command the client session refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ClientError {
+pub enum ClientSessionError {
     /// The server broke the protocol; the session refuses the rest of the
     /// round.
     #[error("the server broke the protocol: {0}")]
@@ -230,7 +230,7 @@ pub enum ClientError {
     #[error(
         "the {0} threat model needs a client identity and directory (ClientSession::with_identity)"
     )]
-    IdentityRequired(crate::params::ThreatModel),
+    IdentityRequired(crate::config::ThreatModel),
     /// The identity directory does not fit the round or this client.
     #[error("identity directory: {0}")]
     Directory(#[from] DirectoryError),
@@ -351,7 +351,7 @@ impl ClientSession {
         id: ClientId,
         now: Instant,
         rng: &mut R,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, ClientSessionError> {
         config.validate()?;
         let graph = config.neighbour_graph()?;
         Self::with_graph(config, &graph, id, now, rng)
@@ -368,11 +368,11 @@ impl ClientSession {
         identity: ClientIdentity,
         now: Instant,
         rng: &mut R,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, ClientSessionError> {
         if !config.is_signed() {
             // An identity in an unsigned round would be silently unused: a
             // deployment that thinks it is protected but is not.
-            return Err(ClientError::Config(ConfigError::Unsigned(
+            return Err(ClientSessionError::Config(ConfigError::Unsigned(
                 config.threat_model,
             )));
         }
@@ -391,9 +391,9 @@ impl ClientSession {
         id: ClientId,
         now: Instant,
         rng: &mut R,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, ClientSessionError> {
         if config.is_signed() {
-            return Err(ClientError::IdentityRequired(config.threat_model));
+            return Err(ClientSessionError::IdentityRequired(config.threat_model));
         }
         Self::start(config, graph, id, None, now, rng)
     }
@@ -405,10 +405,10 @@ impl ClientSession {
         identity: Option<ClientIdentity>,
         now: Instant,
         rng: &mut R,
-    ) -> Result<Self, ClientError> {
+    ) -> Result<Self, ClientSessionError> {
         config.validate()?;
         if !config.contains(id) {
-            return Err(ClientError::UnknownClient {
+            return Err(ClientSessionError::UnknownClient {
                 id,
                 n: config.num_clients,
             });
@@ -502,17 +502,17 @@ impl ClientSession {
     }
 
     /// Hands the session the encoded input (values mod 2^bits, length `dim`).
-    pub fn submit_input(&mut self, input: Vec<u32>) -> Result<(), ClientError> {
+    pub fn submit_input(&mut self, input: Vec<u32>) -> Result<(), ClientSessionError> {
         let config = &self.core.ctx.config;
         if input.len() != config.dim as usize {
-            return Err(ClientError::InputLength {
+            return Err(ClientSessionError::InputLength {
                 expected: config.dim as usize,
                 got: input.len(),
             });
         }
         let mask = crate::packing::value_mask(config.bits);
         if let Some(index) = input.iter().position(|&v| v > mask) {
-            return Err(ClientError::InputOutOfRange {
+            return Err(ClientSessionError::InputOutOfRange {
                 index,
                 bits: config.bits,
             });
@@ -527,9 +527,9 @@ impl ClientSession {
             | State::ShareKeys(_)
             | State::ConsistencyCheck(_)
             | State::Unmasking(_)
-            | State::Finished => (state, Err(ClientError::InputAlreadySubmitted)),
+            | State::Finished => (state, Err(ClientSessionError::InputAlreadySubmitted)),
             state => {
-                let ended = ClientError::SessionEnded {
+                let ended = ClientSessionError::SessionEnded {
                     state: state.name(),
                 };
                 (state, Err(ended))
@@ -546,9 +546,9 @@ impl ClientSession {
         &mut self,
         now: Instant,
         message: ServerMessage,
-    ) -> Result<(), ClientError> {
+    ) -> Result<(), ClientSessionError> {
         if message.round_id != self.core.ctx.config.round_id {
-            return Err(ClientError::WrongRound {
+            return Err(ClientSessionError::WrongRound {
                 expected: self.core.ctx.config.round_id,
                 got: message.round_id,
             });
@@ -610,7 +610,7 @@ impl Core {
         now: Instant,
         state: State,
         body: ServerBody,
-    ) -> (State, Result<(), ClientError>) {
+    ) -> (State, Result<(), ClientSessionError>) {
         let next = match (state, body) {
             (State::AdvertiseKeys(state), ServerBody::NeighbourKeys(keys)) => {
                 self.on_neighbour_keys(now, state, keys)
@@ -639,7 +639,7 @@ impl Core {
                 state @ (State::Finished | State::Aborted(_) | State::TimedOut | State::Refused),
                 _,
             ) => {
-                let ended = ClientError::SessionEnded {
+                let ended = ClientSessionError::SessionEnded {
                     state: state.name(),
                 };
                 return (state, Err(ended));
@@ -767,7 +767,7 @@ mod tests {
         client.submit_input(vec![1; 4]).unwrap();
         assert_eq!(
             client.submit_input(vec![1; 4]),
-            Err(ClientError::InputAlreadySubmitted)
+            Err(ClientSessionError::InputAlreadySubmitted)
         );
         assert_eq!(client.stage(), Some(Stage::AdvertiseKeys));
         assert_eq!(client.state.name(), "advertise-keys");
@@ -777,7 +777,7 @@ mod tests {
         };
         assert!(matches!(
             client.handle_message(now, stale),
-            Err(ClientError::WrongRound { .. })
+            Err(ClientSessionError::WrongRound { .. })
         ));
         assert_eq!(client.state.name(), "advertise-keys");
     }
@@ -811,11 +811,11 @@ mod tests {
         };
         assert_eq!(
             client.handle_message(now, late),
-            Err(ClientError::SessionEnded { state: "refused" })
+            Err(ClientSessionError::SessionEnded { state: "refused" })
         );
         assert_eq!(
             client.submit_input(vec![1; 4]),
-            Err(ClientError::SessionEnded { state: "refused" })
+            Err(ClientSessionError::SessionEnded { state: "refused" })
         );
         assert_eq!(client.state.name(), "refused");
     }

@@ -214,7 +214,7 @@ pub fn resolve_round_params(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::ThreatModel;
+    use crate::config::ThreatModel;
 
     fn request(clients: u32, threat_model: ThreatModel) -> ParamsRequest {
         ParamsRequest {

@@ -20,7 +20,7 @@
 //! masked inputs are added into one running sum as they arrive.
 //!
 //! A client that sends a malformed or out-of-place message gets a precise
-//! [`ServerError`] and is dropped from the round; the round goes on for the
+//! [`ServerSessionError`] and is dropped from the round; the round goes on for the
 //! others.
 
 mod advertise_keys;
@@ -239,7 +239,7 @@ pub enum ServerEvent {
 /// A client message the server refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ServerError {
+pub enum ServerSessionError {
     /// The client broke the protocol and has been dropped from the round.
     #[error("{client} broke the protocol and was dropped from the round: {violation}")]
     ClientMisbehaved {
@@ -326,7 +326,7 @@ pub enum ClientViolation {
 impl ServerSession {
     /// Opens a round at `now`: the AdvertiseKeys stage starts and its
     /// deadline is `now + stage_timeout`.
-    pub fn new(config: RoundConfig, now: Instant) -> Result<Self, ServerError> {
+    pub fn new(config: RoundConfig, now: Instant) -> Result<Self, ServerSessionError> {
         config.validate()?;
         let graph = config.neighbour_graph()?;
         Ok(Self::with_graph(config, graph, now))
@@ -344,7 +344,7 @@ impl ServerSession {
         graph: NeighbourGraph,
         directory: std::sync::Arc<IdentityDirectory>,
         now: Instant,
-    ) -> Result<Self, ServerError> {
+    ) -> Result<Self, ServerSessionError> {
         config.validate()?;
         if !config.is_signed() {
             return Err(ConfigError::Unsigned(config.threat_model).into());
@@ -411,7 +411,7 @@ impl ServerSession {
         now: Instant,
         from: ClientId,
         message: ClientMessage,
-    ) -> Result<(), ServerError> {
+    ) -> Result<(), ServerSessionError> {
         let stage = self.admit(now, from, &message)?;
         match self.accept(from, message.body) {
             Ok(()) => {
@@ -434,34 +434,34 @@ impl ServerSession {
         now: Instant,
         from: ClientId,
         message: &ClientMessage,
-    ) -> Result<Stage, ServerError> {
+    ) -> Result<Stage, ServerSessionError> {
         if !self.config.contains(from) {
-            return Err(ServerError::UnknownClient {
+            return Err(ServerSessionError::UnknownClient {
                 client: from,
                 n: self.config.num_clients,
             });
         }
         if message.round_id != self.config.round_id {
-            return Err(ServerError::WrongRound {
+            return Err(ServerSessionError::WrongRound {
                 client: from,
                 expected: self.config.round_id,
                 got: message.round_id,
             });
         }
         let Some(current) = self.state.stage() else {
-            return Err(ServerError::RoundOver {
+            return Err(ServerSessionError::RoundOver {
                 state: self.state.name(),
             });
         };
         let stage = message.body.stage();
         let Some(progress) = self.roster.active(from) else {
-            return Err(ServerError::NotInRound { client: from });
+            return Err(ServerSessionError::NotInRound { client: from });
         };
         if stage < current {
             return Err(if progress > Progress::to_enter(stage, &self.config) {
                 self.misbehaved(now, from, ClientViolation::Duplicate(stage))
             } else {
-                ServerError::Late {
+                ServerSessionError::Late {
                     client: from,
                     stage,
                 }
@@ -482,7 +482,7 @@ impl ServerSession {
             return Err(self.misbehaved(now, from, ClientViolation::Duplicate(stage)));
         }
         if progress < required {
-            return Err(ServerError::NotInRound { client: from });
+            return Err(ServerSessionError::NotInRound { client: from });
         }
         Ok(stage)
     }
@@ -541,9 +541,9 @@ impl ServerSession {
         now: Instant,
         client: ClientId,
         violation: ClientViolation,
-    ) -> ServerError {
+    ) -> ServerSessionError {
         self.evict(now, client);
-        ServerError::ClientMisbehaved { client, violation }
+        ServerSessionError::ClientMisbehaved { client, violation }
     }
 
     fn evict(&mut self, now: Instant, client: ClientId) {
@@ -890,7 +890,10 @@ mod tests {
             body: ClientBody::MaskedInput(vec![0; 16]),
         };
         let err = server.handle_message(now, ClientId(0), early).unwrap_err();
-        assert!(matches!(err, ServerError::ClientMisbehaved { .. }), "{err}");
+        assert!(
+            matches!(err, ServerSessionError::ClientMisbehaved { .. }),
+            "{err}"
+        );
         assert_eq!(server.stage(), Some(Stage::AdvertiseKeys));
         assert_eq!(server.state.name(), "advertise-keys");
     }

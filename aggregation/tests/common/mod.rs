@@ -308,10 +308,10 @@ pub fn ids(v: &[u32]) -> Vec<ClientId> {
 
 /// The protocol violation a client refused a message with.
 pub fn violation(
-    result: Result<(), tessera_aggregation::ClientError>,
+    result: Result<(), tessera_aggregation::ClientSessionError>,
 ) -> tessera_aggregation::client::Violation {
     match result {
-        Err(tessera_aggregation::ClientError::ServerMisbehaved(v)) => v,
+        Err(tessera_aggregation::ClientSessionError::ServerMisbehaved(v)) => v,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

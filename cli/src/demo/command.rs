@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::ThreatModel;
 use tessera_train::baseline::{self, BaselineRound};
 use tessera_train::experiment::{Experiment, ExperimentError};
 

@@ -13,15 +13,15 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::IdentityKey;
-use tessera_aggregation::params::ThreatModel;
 use tessera_client::Client;
 use tessera_server::config::{
     AggregationSettings, DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules,
     ThresholdRule,
 };
-use tessera_server::fedavg::{Model, TensorSpec};
+use tessera_server::model::{Model, TensorSpec};
 use tessera_server::store::Store;
 use tessera_server::tls::TlsFiles;
 use tessera_server::{RunningServer, ServerConfig};

@@ -36,8 +36,8 @@ mod tests;
 
 use std::path::PathBuf;
 
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::ThreatModel;
 use tessera_client::ClientError;
 use tessera_dp::accountant;
 use tessera_server::config::DpMode;

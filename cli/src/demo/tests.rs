@@ -102,7 +102,7 @@ async fn with_server_momentum_the_secure_model_is_plain_fedavgm() {
 async fn malicious_server_rounds_with_enrolled_identities_are_plain_fedavg() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = DemoConfig {
-        threat_model: tessera_aggregation::params::ThreatModel::MaliciousServer,
+        threat_model: tessera_aggregation::ThreatModel::MaliciousServer,
         ..small_without_dp(dir.path(), 10.0, None)
     };
     let report = run_job(&cfg, |_| {}).await.unwrap();

@@ -22,8 +22,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
+use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
-use tessera_aggregation::params::ThreatModel;
 use tessera_dp::mechanism::NoiseKind;
 
 use super::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};

@@ -13,7 +13,7 @@
 //! Every file is written to `NAME.tmp` in the same directory, fsynced,
 //! renamed over `NAME`, and the directory fsynced: a crash at any instant
 //! leaves either the old or the new file, never a torn one. A round's
-//! privacy charge is written ([`Store::charge`]) as soon as the server has
+//! privacy charge is written (`Store::charge`) as soon as the server has
 //! seen its sum, before anything that could fail on the way to publishing
 //! it (noise, FedAvg, the model write): a sum the server saw is in the
 //! ledger even if it is never published. A publication
@@ -53,8 +53,8 @@ use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
 use tracing::warn;
 
-use crate::fedavg::Model;
 use crate::files::{WriteError, write_atomic};
+use crate::model::Model;
 
 mod disk;
 mod inspect;
@@ -68,7 +68,7 @@ mod test_support;
 
 pub use inspect::{Inspection, inspect};
 pub use models::{MANIFEST_FORMAT, ModelEntry};
-pub use rounds::{RoundOutcome, RoundRecord};
+pub use rounds::{RoundRecord, RoundStatus};
 
 use disk::{to_json, unix_ms};
 use models::{Manifest, model_file};
@@ -168,24 +168,24 @@ fn refused(what: impl Into<String>) -> StoreError {
 /// What [`Store::publish`] writes: the next version's model and what the
 /// manifest says about it.
 #[derive(Debug)]
-pub struct Publication<'a> {
+pub(crate) struct Publication<'a> {
     /// The new global model.
-    pub model: &'a Model,
+    pub(crate) model: &'a Model,
     /// The round that produced it; after the latest version's round.
-    pub round: u64,
+    pub(crate) round: u64,
     /// Clients in its sum.
-    pub survivors: u32,
+    pub(crate) survivors: u32,
     /// Clients of the round not in its sum.
-    pub dropped: u32,
+    pub(crate) dropped: u32,
     /// Privacy spent so far; if positive, the ledger (this one or the
     /// stored one) must record `round`.
-    pub epsilon: f64,
+    pub(crate) epsilon: f64,
     /// Its delta.
-    pub delta: f64,
+    pub(crate) delta: f64,
     /// The ledger including this round, if DP is on.
-    pub ledger: Option<&'a PrivacyLedger>,
+    pub(crate) ledger: Option<&'a PrivacyLedger>,
     /// The momentum buffer after this round, if any; `model.dim()` long.
-    pub velocity: Option<&'a [f32]>,
+    pub(crate) velocity: Option<&'a [f32]>,
 }
 
 /// The open data directory. Not shared between processes: one server owns
@@ -239,7 +239,7 @@ impl Store {
     /// The id of the next round: after every round recorded, published or
     /// in the ledger, so never one used before, even by a round that was
     /// interrupted, since round ids bind key derivations.
-    pub fn next_round_id(&self) -> u64 {
+    pub(crate) fn next_round_id(&self) -> u64 {
         let records = self.rounds.last().map(|r| r.round);
         let models = self.manifest.models.last().map(|m| m.round);
         let ledger = self
@@ -283,7 +283,7 @@ impl Store {
 
     /// Writes (or rewrites) a round's record: `started` when the round
     /// opens, then its outcome.
-    pub fn record_round(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
+    pub(crate) fn record_round(&mut self, record: &RoundRecord) -> Result<(), StoreError> {
         if record.round == 0 {
             return Err(refused("round 0 is the initial model's, not a round"));
         }
@@ -302,7 +302,7 @@ impl Store {
     /// the stored one. Runs even after a failed publication (the store is
     /// then poisoned for publications): recording privacy spent is always
     /// safe, and the write is atomic.
-    pub fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
+    pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
         write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
         self.ledger = Some(ledger.clone());
@@ -313,7 +313,7 @@ impl Store {
     /// request writes nothing; then writes the ledger, the model file, the
     /// momentum and the manifest, in that order. If a write fails, the
     /// store refuses further publications until reopened.
-    pub fn publish(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
+    pub(crate) fn publish(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned {
                 path: self.dir.clone(),

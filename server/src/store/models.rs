@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::disk::read_json;
 use super::{MANIFEST, MODELS, StoreError, corrupt, io, tensors};
-use crate::fedavg::{Model, TensorSpec};
+use crate::model::{Model, TensorSpec};
 
 /// The manifest format this build reads and writes.
 pub const MANIFEST_FORMAT: u32 = 1;

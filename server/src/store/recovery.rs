@@ -11,7 +11,7 @@ use super::disk::{entries, file_name, read_json, remove_leftover, to_json};
 use super::models::{Manifest, check_manifest, model_file, read_manifest, read_model};
 use super::rounds::{record_files, round_file};
 use super::{
-    LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundOutcome, RoundRecord, Store,
+    LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Store,
     StoreError, corrupt, io, ledger, tensors,
 };
 use crate::files::{parent, sync_dir, write_atomic};
@@ -104,7 +104,7 @@ impl Store {
             if record.round == 0 || file_name(&path) != round_file(record.round) {
                 return Err(corrupt(&path, format!("holds round {}", record.round)));
             }
-            if record.outcome == RoundOutcome::Started {
+            if record.outcome == RoundStatus::Started {
                 self.finish_interrupted(&mut record);
                 write_atomic(&path, &to_json(&record))?;
             }
@@ -125,12 +125,12 @@ impl Store {
             .find(|m| m.round == record.round)
         {
             Some(model) => {
-                record.outcome = RoundOutcome::Completed;
+                record.outcome = RoundStatus::Completed;
                 record.model_version = Some(model.version);
                 record.survivors = model.survivors;
                 record.dropped = model.dropped;
             }
-            None => record.outcome = RoundOutcome::Interrupted,
+            None => record.outcome = RoundStatus::Interrupted,
         }
     }
 }
@@ -212,7 +212,7 @@ mod tests {
     use std::fs;
 
     use super::super::test_support::{bits, err, model, publication, started};
-    use super::super::{RoundOutcome, inspect};
+    use super::super::{RoundStatus, inspect};
     use super::*;
 
     #[test]
@@ -299,7 +299,7 @@ mod tests {
         drop(store);
         let store = Store::open(dir).unwrap();
         let r = &store.rounds()[0];
-        assert_eq!(r.outcome, RoundOutcome::Completed);
+        assert_eq!(r.outcome, RoundStatus::Completed);
         assert_eq!(r.model_version, Some(2));
         assert_eq!((r.survivors, r.dropped), (3, 1));
     }
@@ -312,10 +312,10 @@ mod tests {
         assert_eq!(store.next_round_id(), 1);
         let mut record = started(1);
         store.record_round(&record).unwrap();
-        record.outcome = RoundOutcome::Aborted;
+        record.outcome = RoundStatus::Aborted;
         store.record_round(&record).unwrap();
         record.round = 2;
-        record.outcome = RoundOutcome::Started;
+        record.outcome = RoundStatus::Started;
         store.record_round(&record).unwrap();
         record.round = 0;
         assert!(matches!(
@@ -328,13 +328,13 @@ mod tests {
         assert!(text.contains(r#""outcome": "started""#), "{text}");
         assert_eq!(
             inspect(dir).unwrap().rounds[1].outcome,
-            RoundOutcome::Started,
+            RoundStatus::Started,
             "inspect changes nothing"
         );
 
         let store = Store::open(dir).unwrap();
         let outcomes: Vec<_> = store.rounds().iter().map(|r| r.outcome).collect();
-        assert_eq!(outcomes, [RoundOutcome::Aborted, RoundOutcome::Interrupted]);
+        assert_eq!(outcomes, [RoundStatus::Aborted, RoundStatus::Interrupted]);
         assert_eq!(store.next_round_id(), 3);
         let text = fs::read_to_string(dir.join("rounds/round-000002.json")).unwrap();
         assert!(text.contains(r#""outcome": "interrupted""#), "{text}");

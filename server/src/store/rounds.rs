@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::disk::entries;
 
-/// What happened to a round.
+/// Where a round stands: open, or how it ended. Serialized as the record's
+/// `outcome` field (`started`, `completed`, `aborted`, `interrupted`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum RoundOutcome {
+pub enum RoundStatus {
     /// Opened, not yet finished.
     Started,
     /// Produced a sum and a published model.
@@ -32,7 +33,7 @@ pub struct RoundRecord {
     /// The round id, from 1.
     pub round: u64,
     /// How it ended.
-    pub outcome: RoundOutcome,
+    pub outcome: RoundStatus,
     /// Clients invited.
     pub clients: u32,
     /// Clients whose inputs are in the sum (completed), or that completed

@@ -9,7 +9,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use super::{StoreError, corrupt};
-use crate::fedavg::TensorSpec;
+use crate::model::TensorSpec;
 
 /// Serialises `params` as F32 tensors, one per spec, plus `metadata`;
 /// `path` only names the file in an error.

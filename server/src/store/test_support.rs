@@ -6,8 +6,8 @@ use std::path::Path;
 
 use tessera_dp::ledger::{Adversary, Mechanism, PrivacyLedger};
 
-use super::{Publication, RoundOutcome, RoundRecord, Store};
-use crate::fedavg::{Model, TensorSpec};
+use super::{Publication, RoundRecord, RoundStatus, Store};
+use crate::model::{Model, TensorSpec};
 
 /// Tensors named so that sorting by name would reorder them.
 pub(super) fn model(base: f32) -> Model {
@@ -75,7 +75,7 @@ pub(super) fn one_charged_round(dir: &Path) -> PrivacyLedger {
 pub(super) fn started(round: u64) -> RoundRecord {
     RoundRecord {
         round,
-        outcome: RoundOutcome::Started,
+        outcome: RoundStatus::Started,
         clients: 5,
         survivors: 0,
         dropped: 0,
