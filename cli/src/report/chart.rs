@@ -233,23 +233,7 @@ fn stage_bars(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A demo row with distinct values.
-    fn row(round: u64) -> RoundRow {
-        RoundRow {
-            round,
-            survivors: 18,
-            dropped: 2,
-            completed: true,
-            accuracy: 0.5 + round as f32 / 100.0,
-            loss: 1.25,
-            epsilon: round as f64 * 0.25,
-            seconds: 0.5,
-            bytes_per_client: 12_345,
-            bytes_received: 67_890,
-            max_error_vs_plain: Some(1.5e-5),
-        }
-    }
+    use crate::report::sample_row as row;
 
     #[test]
     fn demo_svg_is_written() {

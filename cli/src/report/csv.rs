@@ -184,24 +184,8 @@ fn csv_row(report: &RoundReport) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::report::sample_report as sample;
+    use crate::report::sample_row as row;
     use tessera_aggregation::sim::Outcome;
-
-    /// A demo row with distinct values.
-    fn row(round: u64) -> RoundRow {
-        RoundRow {
-            round,
-            survivors: 18,
-            dropped: 2,
-            completed: true,
-            accuracy: 0.5 + round as f32 / 100.0,
-            loss: 1.25,
-            epsilon: round as f64 * 0.25,
-            seconds: 0.5,
-            bytes_per_client: 12_345,
-            bytes_received: 67_890,
-            max_error_vs_plain: Some(1.5e-5),
-        }
-    }
 
     #[test]
     fn demo_csv_has_the_contract_columns_and_one_line_per_round() {

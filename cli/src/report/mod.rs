@@ -31,7 +31,7 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 #[cfg(test)]
-pub(crate) use samples::sample_report;
+pub(crate) use samples::{sample_report, sample_row};
 
 /// What the writers' tests write.
 #[cfg(test)]
@@ -67,6 +67,23 @@ mod samples {
             packed_vector_bytes: 400,
             peak_rss_bytes: Some(1 << 20),
             faults: Default::default(),
+        }
+    }
+
+    /// A demo row with distinct values.
+    pub(crate) fn sample_row(round: u64) -> crate::demo::RoundRow {
+        crate::demo::RoundRow {
+            round,
+            survivors: 18,
+            dropped: 2,
+            completed: true,
+            accuracy: 0.5 + round as f32 / 100.0,
+            loss: 1.25,
+            epsilon: round as f64 * 0.25,
+            seconds: 0.5,
+            bytes_per_client: 12_345,
+            bytes_received: 67_890,
+            max_error_vs_plain: Some(1.5e-5),
         }
     }
 }
