@@ -58,11 +58,31 @@
 //! }
 //! ```
 //!
-//! `event` is the kind of entry: `round-charge` (a published round's
-//! release) is the only kind today; later kinds (a budget change, say) and
-//! later fields are added as optional fields of this same layout, so files
-//! written now read without a migration. This build refuses unknown fields
-//! and unknown event kinds rather than ignore them.
+//! `event` is the kind of entry: every entry is a `round-charge` (a
+//! published round's release). Changes of the job's terms go in an
+//! optional `changes` list after `entries`, absent while there are none
+//! (so ledgers written before changes existed read unchanged, and a ledger
+//! without changes is written byte for byte as before):
+//!
+//! ```text
+//!   "changes": [
+//!     { "event": "budget-change", "after_round": 3, "at_unix": 1767225600,
+//!       "old": 8.0, "new": 5.0 },
+//!     { "event": "delta-recompute", "after_round": 3, "at_unix": 1767225600,
+//!       "old": 1e-5, "new": 1e-3 }
+//!   ]
+//! ```
+//!
+//! A `budget-change` ([`PrivacyLedger::set_budget`]) moves
+//! `budget_epsilon`; a `delta-recompute`
+//! ([`PrivacyLedger::recompute_at_delta`]) moves `delta` after every
+//! entry's `epsilon_spent` was recomputed at the new δ from its stored
+//! mechanism. `after_round` is the last charged round when the change was
+//! made; each change's `old` is the previous change's `new` (of its kind),
+//! and the last one's `new` is the ledger's current value. The layout
+//! version stays 2: a build that predates `changes` refuses such a file
+//! (unknown field) rather than run on terms it would not see. This build
+//! refuses unknown fields and unknown event kinds rather than ignore them.
 //!
 //! `epsilon_spent` is the cumulative ε after that round, at `delta`, as
 //! computed when the round was recorded. The accumulated RDP is not stored:
@@ -132,12 +152,46 @@ pub enum Neighbouring {
     ZeroOutOne,
 }
 
-/// The kind of a ledger entry.
+/// The kind of a ledger entry ([`LedgerEntry`]) or change
+/// ([`LedgerChange`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LedgerEvent {
-    /// A published round's release, charged to the budget.
+    /// A published round's release, charged to the budget (an entry).
     RoundCharge,
+    /// The operator changed the ε budget (a change: old and new budget).
+    BudgetChange,
+    /// The operator changed δ and every entry's ε was recomputed at the
+    /// new δ from its stored mechanism (a change: old and new δ).
+    DeltaRecompute,
+}
+
+impl LedgerEvent {
+    /// The kebab-case name written in the ledger.
+    pub fn name(self) -> &'static str {
+        match self {
+            LedgerEvent::RoundCharge => "round-charge",
+            LedgerEvent::BudgetChange => "budget-change",
+            LedgerEvent::DeltaRecompute => "delta-recompute",
+        }
+    }
+}
+
+/// A change of the ledger's terms (its budget or its δ), recorded beside
+/// the round charges so the history says when the terms moved.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerChange {
+    /// [`LedgerEvent::BudgetChange`] or [`LedgerEvent::DeltaRecompute`].
+    pub event: LedgerEvent,
+    /// The last charged round when the change was made (0: before any).
+    pub after_round: u64,
+    /// When, in seconds since the Unix epoch.
+    pub at_unix: u64,
+    /// The budget (or δ) before the change.
+    pub old: f64,
+    /// The budget (or δ) after the change.
+    pub new: f64,
 }
 
 /// The DP mechanism used in one published round, with the parameters the
@@ -288,6 +342,25 @@ pub enum LedgerError {
         /// The last round already in the ledger.
         last: u64,
     },
+    /// δ cannot change: an entry's ε cannot be recomputed at another δ.
+    #[error(
+        "round {round}'s epsilon cannot be recomputed at another delta: it was migrated from a version {from} ledger, whose charges were accounted differently (its recorded epsilon is the historical record); keep the ledger's delta, or start a new data directory"
+    )]
+    NotRecomputable {
+        /// The entry's round.
+        round: u64,
+        /// The layout version it was migrated from.
+        from: u32,
+    },
+    /// The recorded changes do not agree with each other or with the
+    /// ledger's terms.
+    #[error("ledger change {index}: {problem}")]
+    BadChange {
+        /// Its position in `changes`.
+        index: usize,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// A serialised ledger had a layout version this code does not know.
     #[error("unsupported ledger version {0} (this build reads versions 1 to {LEDGER_VERSION})")]
     UnsupportedVersion(u32),
@@ -326,6 +399,8 @@ pub struct PrivacyLedger {
     budget_epsilon: f64,
     delta: f64,
     entries: Vec<LedgerEntry>,
+    /// Changes of the budget or δ, oldest first.
+    changes: Vec<LedgerChange>,
     /// Accumulated RDP of all entries, per order of [`DEFAULT_ORDERS`].
     rdp: Vec<f64>,
 }
@@ -344,6 +419,7 @@ impl PrivacyLedger {
             budget_epsilon,
             delta,
             entries: Vec::new(),
+            changes: Vec::new(),
             rdp: vec![0.0; DEFAULT_ORDERS.len()],
         })
     }
@@ -361,6 +437,11 @@ impl PrivacyLedger {
     /// The recorded rounds, oldest first.
     pub fn entries(&self) -> &[LedgerEntry] {
         &self.entries
+    }
+
+    /// The recorded changes of the budget and of δ, oldest first.
+    pub fn changes(&self) -> &[LedgerChange] {
+        &self.changes
     }
 
     /// The accumulated RDP per order of
@@ -409,6 +490,95 @@ impl PrivacyLedger {
         }
         let rdp = self.composed_with(next);
         rdp_to_epsilon(DEFAULT_ORDERS, &rdp, self.delta).0 <= self.budget_epsilon
+    }
+
+    /// The last charged round (0 for an empty ledger).
+    fn last_round(&self) -> u64 {
+        self.entries.last().map_or(0, |e| e.round)
+    }
+
+    /// Records `event` from `old` to `new` at `at_unix`.
+    fn push_change(
+        &mut self,
+        event: LedgerEvent,
+        old: f64,
+        new: f64,
+        at_unix: u64,
+    ) -> LedgerChange {
+        let change = LedgerChange {
+            event,
+            after_round: self.last_round(),
+            at_unix,
+            old,
+            new,
+        };
+        self.changes.push(change);
+        change
+    }
+
+    /// Sets the ε budget to `budget` and records the change (made at
+    /// `at_unix`, seconds since the Unix epoch); `None` if the budget is
+    /// already `budget`. Whether a change is allowed (a raise, say) is the
+    /// caller's policy: the ledger records what was decided.
+    pub fn set_budget(
+        &mut self,
+        budget: f64,
+        at_unix: u64,
+    ) -> Result<Option<LedgerChange>, LedgerError> {
+        if !(budget.is_finite() && budget > 0.0) {
+            return Err(LedgerError::InvalidBudget(budget));
+        }
+        if budget == self.budget_epsilon {
+            return Ok(None);
+        }
+        let old = self.budget_epsilon;
+        self.budget_epsilon = budget;
+        Ok(Some(self.push_change(
+            LedgerEvent::BudgetChange,
+            old,
+            budget,
+            at_unix,
+        )))
+    }
+
+    /// Restates the ledger at `delta`: every entry's cumulative ε is
+    /// recomputed from the stored mechanisms with the same accountant that
+    /// recorded it, and the change is recorded (made at `at_unix`); `None`
+    /// if the ledger is already at `delta`. Refuses, changing nothing, if
+    /// an entry was migrated from an older layout (its ε was accounted
+    /// differently and is kept as the historical record).
+    pub fn recompute_at_delta(
+        &mut self,
+        delta: f64,
+        at_unix: u64,
+    ) -> Result<Option<LedgerChange>, LedgerError> {
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(LedgerError::InvalidDelta(delta));
+        }
+        if delta == self.delta {
+            return Ok(None);
+        }
+        if let Some(e) = self.entries.iter().find(|e| e.migrated_from.is_some()) {
+            return Err(LedgerError::NotRecomputable {
+                round: e.round,
+                from: e.migrated_from.unwrap_or_default(),
+            });
+        }
+        let mut rdp = vec![0.0; DEFAULT_ORDERS.len()];
+        for e in &mut self.entries {
+            for (acc, &order) in rdp.iter_mut().zip(DEFAULT_ORDERS) {
+                *acc += e.mechanism.rdp(order);
+            }
+            e.epsilon_spent = rdp_to_epsilon(DEFAULT_ORDERS, &rdp, delta).0;
+        }
+        let old = self.delta;
+        self.delta = delta;
+        Ok(Some(self.push_change(
+            LedgerEvent::DeltaRecompute,
+            old,
+            delta,
+            at_unix,
+        )))
     }
 
     /// The ledger is append-only: refuses a round at or before the last one.
@@ -461,6 +631,8 @@ struct LedgerJson {
     budget_epsilon: f64,
     delta: f64,
     entries: Vec<EntryJson>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    changes: Vec<LedgerChange>,
 }
 
 /// An entry as read: the fields of every layout version, checked against
@@ -534,7 +706,13 @@ impl EntryJson {
                 })
             }
             _ => Ok(LedgerEntry {
-                event: self.event.ok_or_else(|| bad("no event"))?,
+                event: match self.event {
+                    None => return Err(bad("no event")),
+                    Some(LedgerEvent::RoundCharge) => LedgerEvent::RoundCharge,
+                    Some(_) => {
+                        return Err(bad("an entry is a round-charge; changes go in changes"));
+                    }
+                },
                 round: self.round,
                 adversary: self.adversary.ok_or_else(|| bad("no adversary"))?,
                 neighbouring: self.neighbouring.ok_or_else(|| bad("no neighbouring"))?,
@@ -546,6 +724,50 @@ impl EntryJson {
     }
 }
 
+/// Recorded changes must be of a change kind, in round order, within the
+/// charged rounds, each starting where the previous change of its kind
+/// ended, the last ending at the ledger's `(budget, delta)`.
+fn check_changes(
+    changes: &[LedgerChange],
+    last_round: u64,
+    (budget, delta): (f64, f64),
+) -> Result<(), LedgerError> {
+    let mut current: [Option<f64>; 2] = [None, None];
+    let mut after = 0;
+    for (index, c) in changes.iter().enumerate() {
+        let bad = |problem| LedgerError::BadChange { index, problem };
+        let slot = match c.event {
+            LedgerEvent::BudgetChange => 0,
+            LedgerEvent::DeltaRecompute => 1,
+            LedgerEvent::RoundCharge => return Err(bad("a round charge is not a change")),
+        };
+        if c.after_round < after || c.after_round > last_round {
+            return Err(bad(
+                "after_round is out of order or past the last charged round",
+            ));
+        }
+        after = c.after_round;
+        if current[slot].is_some_and(|v| v != c.old) {
+            return Err(bad("old does not match the previous change's new"));
+        }
+        let valid = match slot {
+            0 => [c.old, c.new].iter().all(|v| v.is_finite() && *v > 0.0),
+            _ => [c.old, c.new].iter().all(|v| *v > 0.0 && *v < 1.0),
+        };
+        if !valid {
+            return Err(bad("old or new is out of range"));
+        }
+        current[slot] = Some(c.new);
+    }
+    if current[0].is_some_and(|b| b != budget) || current[1].is_some_and(|d| d != delta) {
+        return Err(LedgerError::BadChange {
+            index: changes.len().saturating_sub(1),
+            problem: "the last change does not end at the ledger's budget and delta",
+        });
+    }
+    Ok(())
+}
+
 impl From<PrivacyLedger> for LedgerJson {
     fn from(l: PrivacyLedger) -> Self {
         Self {
@@ -553,6 +775,7 @@ impl From<PrivacyLedger> for LedgerJson {
             budget_epsilon: l.budget_epsilon,
             delta: l.delta,
             entries: l.entries.into_iter().map(EntryJson::from).collect(),
+            changes: l.changes,
         }
     }
 }
@@ -576,6 +799,10 @@ impl TryFrom<LedgerJson> for PrivacyLedger {
             ledger.rdp = ledger.composed_with(&e.mechanism);
             ledger.entries.push(e);
         }
+        // The terms now are the last change's: start from the first
+        // change's old values and replay them.
+        check_changes(&j.changes, ledger.last_round(), (j.budget_epsilon, j.delta))?;
+        ledger.changes = j.changes;
         Ok(ledger)
     }
 }
@@ -1132,6 +1359,78 @@ mod tests {
         let mut extra = fields.clone();
         extra.push(("rdp".into(), Value::Seq(vec![])));
         assert!(from_tree(Value::Map(extra)).is_err());
+    }
+
+    #[test]
+    fn a_delta_recompute_restates_every_entry_with_the_accountant_and_is_recorded() {
+        let m = Mechanism::Gaussian {
+            noise_multiplier: 1.1,
+            sampling_rate: 0.01,
+        };
+        let mut l = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        for r in 1..=5 {
+            l.record(r, m, Adversary::ModelConsumers).unwrap();
+        }
+        assert_eq!(l.recompute_at_delta(1e-5, 7).unwrap(), None);
+        let change = l.recompute_at_delta(1e-3, 7).unwrap().unwrap();
+        assert_eq!(
+            (change.event, change.after_round, change.at_unix),
+            (LedgerEvent::DeltaRecompute, 5, 7)
+        );
+        assert_eq!((change.old, change.new, l.delta()), (1e-5, 1e-3, 1e-3));
+        for (r, e) in (1..).zip(l.entries()) {
+            let want = epsilon(1.1, 0.01, r, 1e-3).unwrap().epsilon;
+            assert!((e.epsilon_spent - want).abs() <= 1e-12 * want, "round {r}");
+        }
+        // Recording goes on at the new delta, and the file keeps it all.
+        l.record(6, m, Adversary::ModelConsumers).unwrap();
+        let want = epsilon(1.1, 0.01, 6, 1e-3).unwrap().epsilon;
+        assert!((l.spent() - want).abs() <= 1e-12 * want);
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""event":"delta-recompute""#), "{json}");
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l);
+        assert_eq!(back.changes(), [change]);
+    }
+
+    #[test]
+    fn migrated_entries_are_not_recomputed() {
+        let mut l: PrivacyLedger = serde_json::from_str(V1).unwrap();
+        let before = l.clone();
+        assert_eq!(
+            l.recompute_at_delta(1e-3, 0),
+            Err(LedgerError::NotRecomputable { round: 1, from: 1 })
+        );
+        assert_eq!(l, before, "a refused recompute changes nothing");
+    }
+
+    #[test]
+    fn budget_changes_are_recorded_and_checked_on_load() {
+        let mut l = sample_ledger();
+        assert_eq!(l.set_budget(50.0, 1).unwrap(), None);
+        assert_eq!(l.set_budget(-1.0, 1), Err(LedgerError::InvalidBudget(-1.0)));
+        let lower = l.set_budget(10.0, 1).unwrap().unwrap();
+        let higher = l.set_budget(20.0, 2).unwrap().unwrap();
+        assert_eq!(
+            (lower.event, lower.after_round),
+            (LedgerEvent::BudgetChange, 5)
+        );
+        assert_eq!(
+            (lower.old, lower.new, higher.old, higher.new),
+            (50.0, 10.0, 10.0, 20.0)
+        );
+        assert_eq!(l.budget_epsilon(), 20.0);
+        let json = serde_json::to_string(&l).unwrap();
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.changes(), [lower, higher]);
+        // The budget must be where the changes left it.
+        let edited = json.replacen(r#""budget_epsilon":20.0"#, r#""budget_epsilon":90.0"#, 1);
+        assert_ne!(edited, json);
+        let err = serde_json::from_str::<PrivacyLedger>(&edited).unwrap_err();
+        assert!(err.to_string().contains("does not end at"), "{err}");
+        // A ledger without changes is written as before: no `changes` key.
+        let plain = serde_json::to_string(&sample_ledger()).unwrap();
+        assert!(!plain.contains("changes"), "{plain}");
     }
 
     /// A version 1 file (as written before the schema had adversaries),
