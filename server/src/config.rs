@@ -290,6 +290,14 @@ pub struct DpSettings {
     pub epsilon_budget: f64,
     /// The delta of the (epsilon, delta) guarantee.
     pub delta: f64,
+    /// Allow `epsilon_budget` above the budget the data directory's ledger
+    /// holds (the raise is recorded in the ledger). A lower budget needs no
+    /// permission: it applies at once.
+    pub raise_budget: bool,
+    /// Allow `delta` other than the ledger's: every past epsilon is then
+    /// recomputed at the new delta from the stored mechanisms, and the
+    /// recompute is recorded in the ledger.
+    pub recompute_delta: bool,
 }
 
 /// The aggregation strategy: FedAvg(M) over each round's average update.
@@ -359,6 +367,8 @@ impl Default for DpSettings {
             noise_multiplier: 1.0,
             epsilon_budget: 8.0,
             delta: 1e-5,
+            raise_budget: false,
+            recompute_delta: false,
         }
     }
 }

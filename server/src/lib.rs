@@ -48,7 +48,6 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tessera_dp::ledger::PrivacyLedger;
 use tessera_proto::v1;
 use tessera_proto::v1::aggregator_server::AggregatorServer;
 use tokio::net::TcpListener;
@@ -69,12 +68,12 @@ mod round;
 mod scheduler;
 mod service;
 pub mod store;
+mod terms;
 pub mod tls;
 
 pub use config::ServerConfig;
 pub use metrics::MetricsError;
 
-use crate::config::DpMode;
 use crate::fedavg::FedAvg;
 use crate::model::Model;
 use crate::store::{ModelEntry, Store};
@@ -114,6 +113,11 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The configured privacy budget or delta cannot apply to the data
+    /// directory's privacy ledger (see `--raise-budget`,
+    /// `--recompute-delta`), or the budget is already spent.
+    #[error("privacy ledger {0}")]
+    Privacy(String),
     /// The stored model does not match the configuration.
     #[error("{0}")]
     Model(String),
@@ -344,14 +348,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         }
         .validate()?;
     }
-    let ledger = match (config.dp.mode, store.ledger()) {
-        (DpMode::Central | DpMode::Distributed, Some(ledger)) => Some(ledger.clone()),
-        (DpMode::Central | DpMode::Distributed, None) => Some(
-            PrivacyLedger::new(config.dp.epsilon_budget, config.dp.delta)
-                .map_err(|e| ServeError::Model(format!("privacy ledger: {e}")))?,
-        ),
-        (DpMode::Off, _) => None,
-    };
+    let ledger = terms::ledger_at_start(&config.dp, &mut store)?;
     let mut fedavg = FedAvg::new(
         config.aggregation.server_lr,
         config.aggregation.server_momentum,

@@ -280,6 +280,25 @@ settings! {
     delta: Option<f64>, typed,
     |c, v| c.dp.delta = v;
 
+    /// Allow --epsilon-budget above the budget the data directory's ledger
+    /// holds; the raise is recorded in the ledger (a lower budget applies
+    /// without this flag).
+    // A command-line flag only: a file would raise every later budget
+    // written into it without the operator saying so.
+    #[arg()]
+    #[serde(skip)]
+    raise_budget: bool, typed,
+    |c, v| c.dp.raise_budget = v;
+
+    /// Allow --delta other than the ledger's: every past epsilon is
+    /// recomputed at the new delta from the stored per-round parameters,
+    /// and the recompute is recorded in the ledger.
+    // A command-line flag only, as --raise-budget.
+    #[arg()]
+    #[serde(skip)]
+    recompute_delta: bool, typed,
+    |c, v| c.dp.recompute_delta = v;
+
     /// TLS certificate chain (PEM).
     #[arg(value_name = "FILE")]
     tls_cert: Option<PathBuf>, typed,

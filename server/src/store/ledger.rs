@@ -38,7 +38,39 @@ pub(super) fn check_extends(
         Some(old) if !new.entries().starts_with(old.entries()) => Err(refused(
             "the ledger does not extend the stored one (it would erase privacy spent)",
         )),
+        Some(old) if !new.changes().starts_with(old.changes()) => Err(refused(
+            "the ledger does not keep the stored one's changes of budget and delta",
+        )),
         _ => Ok(()),
+    }
+}
+
+/// A ledger with changed terms must charge the same rounds with the same
+/// mechanisms as the stored one (only their ε may be restated, at a new
+/// δ) and keep its changes.
+pub(super) fn check_amends(
+    new: &PrivacyLedger,
+    stored: Option<&PrivacyLedger>,
+) -> Result<(), StoreError> {
+    let Some(old) = stored else {
+        return Ok(());
+    };
+    let same_charges = new.entries().len() == old.entries().len()
+        && new.entries().iter().zip(old.entries()).all(|(n, o)| {
+            (n.round, n.adversary, n.mechanism, n.migrated_from)
+                == (o.round, o.adversary, o.mechanism, o.migrated_from)
+        });
+    if !same_charges {
+        return Err(refused(
+            "a change of the ledger's terms must keep its charges (it would erase privacy spent)",
+        ));
+    }
+    if new.changes().starts_with(old.changes()) {
+        Ok(())
+    } else {
+        Err(refused(
+            "the ledger does not keep the stored one's changes of budget and delta",
+        ))
     }
 }
 

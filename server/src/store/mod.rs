@@ -309,6 +309,17 @@ impl Store {
         Ok(())
     }
 
+    /// Writes the ledger with changed terms (a budget change or a δ
+    /// recompute, made at start): the same charges, in order, with the same
+    /// mechanisms (their ε may be restated at a new δ), and every recorded
+    /// change kept. Refuses anything else.
+    pub(crate) fn amend_terms(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
+        ledger::check_amends(ledger, self.ledger.as_ref())?;
+        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.ledger = Some(ledger.clone());
+        Ok(())
+    }
+
     /// Publishes the next version (latest + 1). Checks first, so a bad
     /// request writes nothing; then writes the ledger, the model file, the
     /// momentum and the manifest, in that order. If a write fails, the
