@@ -16,8 +16,9 @@ pub(crate) const LONG_ABOUT: &str = "Reads a `tessera serve` data directory with
     (outcome, survivors, where and why aborted rounds stopped) and the privacy ledger: each \
     round's charge, its mechanism, and against whom each epsilon holds (server: distributed DP, \
     the noise was in the sum before the server saw it; model-consumers: central DP, the server \
-    saw the un-noised sum). Entries migrated from an older ledger layout are marked. With \
-    --json prints one object {models: [...], rounds: [...], ledger: ...}.";
+    saw the un-noised sum). Entries migrated from an older ledger layout are marked; recorded changes of the \
+    budget or of delta (`tessera serve --raise-budget`, `--recompute-delta`, a lower budget) \
+    follow the entries. With --json prints one object {models: [...], rounds: [...], ledger: ...}.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera inspect --data-dir tessera-data\n  \
     tessera inspect --data-dir tessera-data --json | jq '.models[-1]'";
@@ -132,6 +133,30 @@ fn print_ledger(ledger: &PrivacyLedger) {
             e.epsilon_spent,
             total,
             note
+        );
+    }
+    print_changes(ledger);
+}
+
+/// The recorded changes of the budget and of delta, if any: one line each
+/// after the entries.
+fn print_changes(ledger: &PrivacyLedger) {
+    if ledger.changes().is_empty() {
+        return;
+    }
+    println!(
+        "  changes of the ledger's terms ({}):",
+        ledger.changes().len()
+    );
+    println!("  after round  event            old          new          at (unix seconds)");
+    for c in ledger.changes() {
+        println!(
+            "  {:>11}  {:<15}  {:<11}  {:<11}  {}",
+            c.after_round,
+            c.event.name(),
+            c.old,
+            c.new,
+            c.at_unix
         );
     }
 }

@@ -106,3 +106,40 @@ fn inspect_of_a_distributed_only_ledger_says_it_holds_against_the_server() {
     assert!(!text.contains("model-consumers"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Changes of the ledger's terms (a budget change, a delta recompute) are
+/// listed after the entries, which keep their lines.
+#[test]
+fn inspect_lists_the_recorded_changes_of_budget_and_delta() {
+    let dir = scratch_dir("changes");
+    let ledger = r#"{"version": 2, "budget_epsilon": 5.0, "delta": 0.001, "entries": [
+        {"event": "round-charge", "round": 1, "adversary": "model-consumers", "neighbouring": "zero-out-one",
+         "mechanism": {"kind": "gaussian", "noise_multiplier": 2.0, "sampling_rate": 1.0}, "epsilon_spent": 1.5}
+    ], "changes": [
+        {"event": "budget-change", "after_round": 1, "at_unix": 1767225600, "old": 8.0, "new": 5.0},
+        {"event": "delta-recompute", "after_round": 1, "at_unix": 1767225601, "old": 1e-5, "new": 0.001}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), ledger).unwrap();
+    let text = inspect(&dir, &[]);
+    assert!(entry_line(&text, 1).contains("gaussian"), "{text}");
+    assert!(
+        text.contains("changes of the ledger's terms (2):"),
+        "{text}"
+    );
+    let budget = text.lines().find(|l| l.contains("budget-change")).unwrap();
+    assert!(
+        budget.contains('8') && budget.contains('5') && budget.contains("1767225600"),
+        "{budget}"
+    );
+    let delta = text
+        .lines()
+        .find(|l| l.contains("delta-recompute"))
+        .unwrap();
+    assert!(
+        delta.contains("0.00001") && delta.contains("0.001"),
+        "{delta}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&inspect(&dir, &["--json"])).unwrap();
+    assert_eq!(json["ledger"]["changes"][0]["event"], "budget-change");
+    assert_eq!(json["ledger"]["changes"][1]["new"], 0.001);
+}
