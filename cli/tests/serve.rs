@@ -199,3 +199,35 @@ fn insecure_dev_is_refused_off_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a loopback"), "{err}");
 }
+
+/// A budget below what the data directory's ledger has spent stops the
+/// job at start, as other start errors do, naming the spent epsilon and
+/// the new budget; a raise without --raise-budget is refused naming it.
+#[test]
+fn a_budget_change_the_ledger_cannot_take_is_refused_at_start() {
+    let dir = scratch_dir("budget");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ledger = r#"{"version": 2, "budget_epsilon": 10.0, "delta": 1e-5, "entries": [
+        {"event": "round-charge", "round": 1, "adversary": "model-consumers", "neighbouring": "zero-out-one",
+         "mechanism": {"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}, "epsilon_spent": 9.01}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), ledger).unwrap();
+    let serve = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev"])
+            .args(serve_args(&["--dp", "central"]))
+            .args(extra)
+            .arg("--data-dir")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--epsilon-budget", "5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("9.010") && err.contains("budget 5"), "{err}");
+    let out = serve(&["--epsilon-budget", "12"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--raise-budget"), "{err}");
+}
