@@ -192,7 +192,9 @@ impl Eq for UnmaskResponse {}
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
 pub enum AbortReason {
-    /// Fewer than the threshold of clients survived a stage.
+    /// Fewer clients survived a stage than the round's survivor floor
+    /// ([`RoundConfig::survivor_floor`](crate::config::RoundConfig::survivor_floor):
+    /// the threshold, raised to the fewest inputs a published sum may hold).
     BelowThreshold,
     /// Some client's secret could not be rebuilt from the shares that
     /// arrived.
@@ -204,7 +206,9 @@ pub enum AbortReason {
 impl std::fmt::Display for AbortReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            AbortReason::BelowThreshold => "fewer than the threshold of clients survived a stage",
+            AbortReason::BelowThreshold => {
+                "fewer clients survived a stage than the round's survivor floor (its threshold and minimum aggregate size): the aggregate would be smaller than the minimum"
+            }
             AbortReason::SharesMissing => "too few shares arrived to rebuild a needed secret",
             AbortReason::Misbehaviour => "too many clients misbehaved",
         })

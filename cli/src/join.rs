@@ -31,6 +31,12 @@ pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera join --server http://127.0.0.1:7443 --random 1000 --rounds 3\n  \
     tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy";
 
+/// Printed when `--update` is sent in several rounds without
+/// `--require-dp`.
+const RESEND_WARNING: &str = "warning: --rounds sends the same --update in every round, and without DP \
+    (--require-dp) anyone who sees two published models from rounds whose clients differ only by \
+    this one can recover the update by subtracting them";
+
 /// Flags of `tessera join`.
 #[derive(Debug, Args)]
 pub(crate) struct JoinArgs {
@@ -193,6 +199,12 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         Some(path) => Some(read_npy(path)?),
         None => None,
     };
+    if fixed_update.is_some() && args.rounds > 1 && !args.require_dp {
+        // Two published models whose rounds' cohorts differ by this client
+        // alone differ by its update: a minimum aggregate size cannot stop
+        // that, only noise can.
+        eprintln!("{RESEND_WARNING}");
+    }
     let mut builder = Client::builder(args.server.clone())
         .round_timeout(Duration::from_secs(args.round_timeout))
         .retry(RetryPolicy {

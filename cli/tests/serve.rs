@@ -231,3 +231,48 @@ fn a_budget_change_the_ledger_cannot_take_is_refused_at_start() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--raise-budget"), "{err}");
 }
+
+/// Resending one update in several rounds without DP lets anyone who
+/// differences two published models whose cohorts differ by this client
+/// alone recover it: `tessera join` warns before it connects.
+#[test]
+fn join_warns_when_it_resends_one_update_without_dp() {
+    let dir = scratch_dir("resend");
+    std::fs::create_dir_all(&dir).unwrap();
+    let npy = dir.join("update.npy");
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }".to_owned();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in [0.25f32, -0.5] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&npy, bytes).unwrap();
+    let join = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .args([
+                "join",
+                "--server",
+                "http://127.0.0.1:9",
+                "--round-timeout",
+                "1",
+            ])
+            .arg("--update")
+            .arg(&npy)
+            .args(extra)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = |stderr: &str| stderr.contains("the same --update in every round");
+    let stderr = join(&["--rounds", "2"]);
+    assert!(warned(&stderr), "{stderr}");
+    let stderr = join(&["--rounds", "1"]);
+    assert!(!warned(&stderr), "{stderr}");
+    let stderr = join(&["--rounds", "2", "--require-dp"]);
+    assert!(!warned(&stderr), "{stderr}");
+}

@@ -19,6 +19,7 @@
 //! graph = "auto"              # complete | harary:K | auto (SecAgg+ finder)
 //! threshold = "majority"      # majority | a fraction such as 0.66 | a count
 //! min_survivors = "0.9"       # optional floor on survivors (fraction of n or count)
+//! min_aggregate = 3           # fewest client inputs a published sum may contain (at least 3)
 //! clip_norm = 1.0
 //! frac_bits = 16
 //! stage_timeout_ms = 30000
@@ -85,6 +86,11 @@ pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Config
         problem: problem.into(),
     }
 }
+
+/// The smallest `min_aggregate` a server accepts, and its default: with two
+/// inputs in a published sum each contributor learns the other's input (it
+/// subtracts its own), with one the sum is the input.
+pub const MIN_AGGREGATE_FLOOR: u32 = 3;
 
 /// How the neighbour graph of each round is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -250,6 +256,13 @@ pub struct RoundRules {
     /// with a SecAgg+ graph (whose threshold is per neighbourhood and
     /// small) it is what keeps the noise, and the privacy, up.
     pub min_survivors: Option<ThresholdRule>,
+    /// The fewest client inputs a published sum may contain: every round's
+    /// survivor floor is at least this, so a round whose masked inputs come
+    /// from fewer clients aborts before any share is revealed. At least
+    /// [`MIN_AGGREGATE_FLOOR`]: from a sum of two inputs each contributor
+    /// recovers the other's by subtracting its own, and a sum of one is
+    /// that input.
+    pub min_aggregate: u32,
     /// Expected dropout fraction, for `graph = "auto"`.
     pub dropout_rate: f64,
     /// Fraction of clients that may collude with the server, for
@@ -347,6 +360,7 @@ impl Default for RoundRules {
             graph: GraphChoice::Auto,
             threshold: ThresholdRule::Majority,
             min_survivors: None,
+            min_aggregate: MIN_AGGREGATE_FLOOR,
             dropout_rate: 0.1,
             corrupt_rate: 0.05,
             threat_model: ThreatModel::SemiHonest,
@@ -429,6 +443,7 @@ impl ServerConfig {
                 ),
             ));
         }
+        self.validate_min_aggregate()?;
         if self.round.max_clients < self.round.min_clients {
             return Err(invalid(
                 "max_clients",
@@ -457,6 +472,32 @@ impl ServerConfig {
         }
         if !(self.round.clip_norm.is_finite() && self.round.clip_norm > 0.0) {
             return Err(invalid("clip_norm", "must be a positive number"));
+        }
+        Ok(())
+    }
+
+    /// The minimum aggregate size: at least [`MIN_AGGREGATE_FLOOR`], and
+    /// reachable by every round the lobby may open.
+    fn validate_min_aggregate(&self) -> Result<(), ConfigError> {
+        let m = self.round.min_aggregate;
+        if m < MIN_AGGREGATE_FLOOR {
+            // Two inputs: each contributor subtracts its own and learns the
+            // other's; one input is published as it is.
+            return Err(invalid(
+                "min_aggregate",
+                format!(
+                    "{m} is too few: a published sum of fewer than {MIN_AGGREGATE_FLOOR} inputs exposes an input (with 2, each contributor recovers the other's by subtracting its own)"
+                ),
+            ));
+        }
+        if self.round.min_clients < m {
+            return Err(invalid(
+                "min_aggregate",
+                format!(
+                    "{m} cannot be met: rounds open with min_clients = {} clients; raise min_clients (and max_clients) to at least {m}",
+                    self.round.min_clients
+                ),
+            ));
         }
         Ok(())
     }
@@ -645,6 +686,40 @@ pub(crate) mod tests {
                 .to_string()
                 .contains("authenticate")
         );
+    }
+
+    /// A published sum of two inputs gives each contributor the other's:
+    /// `min_aggregate` below 3 is refused, and so is one the lobby's rounds
+    /// cannot reach.
+    #[test]
+    fn a_minimum_aggregate_below_three_or_out_of_reach_is_refused() {
+        assert_eq!(dev().round.min_aggregate, 3);
+        for m in [0, 1, 2] {
+            let mut c = dev();
+            c.round.min_aggregate = m;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(
+                err.starts_with("config: min_aggregate: ") && err.contains("too few"),
+                "{m}: {err}"
+            );
+        }
+        let mut c = dev();
+        c.round.min_aggregate = 5;
+        c.round.min_clients = 4;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("config: min_aggregate: ") && err.contains("min_clients = 4"),
+            "{err}"
+        );
+        c.round.min_clients = 5;
+        c.validate().unwrap();
+        let c = ServerConfig::from_toml(
+            "min_aggregate = 4
+min_clients = 4
+",
+        )
+        .unwrap();
+        assert_eq!(c.round.min_aggregate, 4);
     }
 
     #[test]

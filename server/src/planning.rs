@@ -180,8 +180,10 @@ impl ServerConfig {
     }
 
     /// The fewest survivors a round of `n` clients with Shamir threshold
-    /// `threshold` goes on with: the `min_survivors` rule if it asks for
-    /// more, at most `n`.
+    /// `threshold` goes on with: the threshold, raised to the
+    /// `min_survivors` rule and to `min_aggregate` (so no published sum holds
+    /// fewer inputs), at most `n` (validation keeps `min_aggregate` within
+    /// every round's size).
     pub fn survivor_floor(&self, n: u32, threshold: u32) -> u32 {
         let floor = match self.round.min_survivors {
             None => threshold,
@@ -189,7 +191,7 @@ impl ServerConfig {
             Some(ThresholdRule::Fraction(f)) => (f * f64::from(n)).ceil() as u32,
             Some(ThresholdRule::Count(c)) => c,
         };
-        floor.max(threshold).min(n)
+        floor.max(threshold).max(self.round.min_aggregate).min(n)
     }
 
     /// The graph and threshold of a round of `n` clients, held to the
@@ -344,6 +346,23 @@ mod tests {
         c.round.threshold = ThresholdRule::Count(4);
         let err = c.graph_for(10).unwrap_err();
         assert!(err.to_string().contains("complete graph only"), "{err}");
+    }
+
+    /// A threshold of 2 (3 clients, each with 2 share holders) would let a
+    /// round publish the sum of 2 inputs; the survivor floor is held at
+    /// `min_aggregate`, and the round's configuration carries it.
+    #[test]
+    fn the_survivor_floor_is_at_least_the_minimum_aggregate() {
+        let mut c = dev();
+        c.round.graph = GraphChoice::Complete;
+        assert_eq!(c.graph_for(3).unwrap(), (GraphKind::Complete, 2));
+        assert_eq!(c.survivor_floor(3, 2), 3);
+        c.round.min_survivors = Some(ThresholdRule::Count(2));
+        assert_eq!(c.survivor_floor(3, 2), 3);
+        c.round.min_aggregate = 5;
+        assert_eq!(c.survivor_floor(10, 3), 5);
+        c.round.min_survivors = Some(ThresholdRule::Count(7));
+        assert_eq!(c.survivor_floor(10, 3), 7);
     }
 
     #[test]

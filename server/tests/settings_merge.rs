@@ -23,6 +23,7 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("graph", "\"complete\"", "\"harary:4\""),
     ("threshold", "\"0.6\"", "\"5\""),
     ("min_survivors", "\"0.5\"", "\"7\""),
+    ("min_aggregate", "4", "5"),
     ("dropout_rate", "0.2", "0.3"),
     ("corrupt_rate", "0.01", "0.02"),
     ("threat_model", "\"semi-malicious\"", "\"malicious-server\""),
@@ -174,6 +175,10 @@ fn every_safety_check_runs_on_the_merged_settings() {
             "dim = 10\n",
             "identities_file",
         ),
+        // A minimum aggregate that exposes an input, or that the lobby's
+        // rounds cannot reach.
+        ("min_aggregate = 2\n", "dim = 10\n", "min_aggregate"),
+        ("min_aggregate = 5\n", "min_clients = 4\n", "min_aggregate"),
         // --insecure-dev is for loopback only, whoever gave the address.
         ("listen = \"0.0.0.0:7443\"\n", "dim = 10\n", "insecure_dev"),
     ] {

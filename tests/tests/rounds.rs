@@ -156,3 +156,40 @@ async fn dropouts_at_each_stage_complete_above_the_threshold_and_abort_below() {
 fn serde_json_outcome(o: tessera_server::store::RoundStatus) -> String {
     format!("{o:?}").to_lowercase()
 }
+
+/// A round of 3 whose third client falls silent before its masked input
+/// would publish the sum of 2, from which each survivor recovers the
+/// other's update: it aborts before any share is revealed, publishes
+/// nothing, and both clients are told why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_of_three_with_one_silent_client_aborts_without_publishing() {
+    let ts = TestServer::start(ServerOptions {
+        dim: 64,
+        min_clients: 3,
+        stage_timeout: Duration::from_secs(5),
+        ..ServerOptions::default()
+    })
+    .await;
+    let results = round_with_dropouts(&ts, 2, 1, Stage::MaskedInput, 7).await;
+    for r in results {
+        match r {
+            Err(e @ ClientError::RoundAborted { .. }) => {
+                let message = e.to_string();
+                assert!(
+                    message.contains("smaller than the minimum"),
+                    "the abort does not say why: {message}"
+                );
+            }
+            other => panic!("expected an abort below the minimum aggregate, got {other:?}"),
+        }
+    }
+    let model = ts.client(None).latest_model().await.expect("model");
+    assert_eq!(model.version, 1, "nothing is published");
+    let rounds = tessera_server::store::inspect(ts.data_dir())
+        .unwrap()
+        .rounds;
+    assert_eq!(rounds.len(), 1);
+    assert_eq!(serde_json_outcome(rounds[0].outcome), "aborted");
+    assert_eq!(rounds[0].stage.as_deref(), Some("masked-input"));
+    ts.server.shutdown().await.unwrap();
+}

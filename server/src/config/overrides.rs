@@ -199,6 +199,13 @@ settings! {
     min_survivors: Option<ThresholdRule>, parsed ThresholdRule::from_str,
     |c, v| c.round.min_survivors = Some(v);
 
+    /// The fewest client inputs a published sum may contain [default: 3,
+    /// the least accepted: from a sum of two, each contributor recovers the
+    /// other's input]; a round with fewer survivors aborts unpublished.
+    #[arg(value_name = "N")]
+    min_aggregate: Option<u32>, typed,
+    |c, v| c.round.min_aggregate = v;
+
     /// Expected dropout fraction (for --graph auto) [default: 0.1].
     #[arg(value_name = "RATE")]
     dropout_rate: Option<f64>, typed,
@@ -418,7 +425,7 @@ mod tests {
             err.contains(
                 "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `dim`, \
                  `min_clients`, `max_clients`, `join_window_ms`, `graph`, `threshold`, \
-                 `min_survivors`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
+                 `min_survivors`, `min_aggregate`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
                  `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \
                  `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
