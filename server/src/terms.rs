@@ -11,7 +11,9 @@
 //! - another δ needs `--recompute-delta`: every past ε is recomputed at the
 //!   new δ from the ledger's per-round mechanisms (the accountant that
 //!   recorded them), and the recompute is recorded. Without it, new models
-//!   would carry a δ their ε was not computed at.
+//!   would carry a δ their ε was not computed at;
+//! - DP off on a data directory with a ledger is refused: an un-noised
+//!   model would be a release no ε in the ledger bounds.
 //!
 //! Unchanged terms write nothing.
 
@@ -32,7 +34,19 @@ pub(crate) fn ledger_at_start(
     store: &mut Store,
 ) -> Result<Option<PrivacyLedger>, ServeError> {
     if dp.mode == DpMode::Off {
-        return Ok(None);
+        return match store.ledger() {
+            None => Ok(None),
+            // An un-noised model from a job that has spent privacy is an
+            // unbounded release the ledger could not record: it would void
+            // every epsilon the ledger states (and bypass its budget).
+            Some(stored) => Err(ServeError::Privacy(format!(
+                "{}: the data directory's ledger records a job with differential privacy (epsilon {:.3} spent of {} at delta {}); --dp off would publish models with no noise and no accounting. Pass --dp central or --dp distributed, or start a new data directory",
+                store.dir().join("ledger.json").display(),
+                stored.spent(),
+                stored.budget_epsilon(),
+                stored.delta()
+            ))),
+        };
     }
     let Some(stored) = store.ledger().cloned() else {
         return PrivacyLedger::new(dp.epsilon_budget, dp.delta)
