@@ -62,10 +62,7 @@ async fn dp_off_on_a_data_directory_with_a_ledger_is_refused() {
     let err = run_to_end(config(tmp.path(), DpMode::Off))
         .await
         .expect_err("a DP job's data directory ran with DP off");
-    assert!(
-        err.contains("ledger.json") && err.contains("--dp"),
-        "{err}"
-    );
+    assert!(err.contains("ledger.json") && err.contains("--dp"), "{err}");
     assert_eq!(
         std::fs::read(tmp.path().join("ledger.json")).unwrap(),
         before,
