@@ -124,11 +124,14 @@ fn read(v: &Value) -> Result<PrivacyLedger, String> {
     serde_json::from_value(v.clone()).map_err(|e| e.to_string())
 }
 
+/// An edit of the serialised ledger.
+type Forgery = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn forged_changes_are_refused() {
     let good = with_changes();
     read(&good).unwrap();
-    let forgeries: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+    let forgeries: Vec<(&str, Forgery)> = vec![
         (
             "a change whose old is not the previous new",
             Box::new(|v| v["changes"][2]["old"] = json!(25.0)),
