@@ -276,3 +276,80 @@ fn join_warns_when_it_resends_one_update_without_dp() {
     let stderr = join(&["--rounds", "2", "--require-dp"]);
     assert!(!warned(&stderr), "{stderr}");
 }
+
+#[test]
+fn a_start_error_is_printed_once() {
+    let dir = scratch_dir("start-error");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.txt");
+    let made = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["token", "--tokens-file"])
+        .arg(&tokens)
+        .arg("a")
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let missing = dir.join("no-such-cert.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dim", "20"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    let path = missing.display().to_string();
+    assert_eq!(error[0].matches(&path).count(), 1, "{stderr}");
+    assert_eq!(error[0].matches("No such file").count(), 1, "{stderr}");
+}
+
+/// Sends one HTTP GET and returns the whole response.
+fn http_get(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn the_insecure_warning_and_the_metrics_line_name_the_bound_ports() {
+    let dir = scratch_dir("bound-ports");
+    let mut server = Server::start(
+        &dir,
+        &serve_args(&["--metrics-listen", "127.0.0.1:0", "--min-clients", "3"]),
+    );
+    assert!(!server.addr.ends_with(":0"), "{}", server.addr);
+    let warn = server.wait_line("INSECURE DEV MODE");
+    assert!(warn.contains(&format!("{} ", server.addr)), "{warn}");
+    let metrics = server.wait_line("metrics at http://");
+    let metrics_addr = metrics
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .to_owned();
+    assert!(!metrics_addr.ends_with(":0"), "{metrics}");
+    let warning = server.wait_line("WARNING: --insecure-dev");
+    assert!(warning.contains(&format!("{}.", server.addr)), "{warning}");
+    // The line names the endpoint that really serves the metrics.
+    let scraped = http_get(&metrics_addr);
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
