@@ -52,6 +52,12 @@ pub(crate) struct JoinArgs {
     /// CA certificate (PEM) to verify an https server with.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for a server that requires mTLS (its --tls-client-ca).
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
     /// Server name to verify in its certificate (default: the URL's host).
     #[arg(long, value_name = "NAME")]
     tls_domain: Option<String>,
@@ -218,6 +224,13 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
     if let Some(ca) = &args.ca_cert {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
         builder = builder.tls_ca_pem(pem);
+    }
+    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+        let cert_pem = std::fs::read(cert)
+            .with_context(|| format!("reading the client certificate {}", cert.display()))?;
+        let key_pem = std::fs::read(key)
+            .with_context(|| format!("reading the client key {}", key.display()))?;
+        builder = builder.tls_identity(cert_pem, key_pem);
     }
     if let Some(domain) = &args.tls_domain {
         builder = builder.tls_domain(domain.clone());

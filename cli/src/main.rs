@@ -156,7 +156,7 @@ fn main() -> ExitCode {
                 // wanted; nothing went wrong.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", render(&error));
             if error.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -164,6 +164,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes on one line, `outer: inner: ...`, each said
+/// once.
+///
+/// Many library errors put their cause in their own message and also return
+/// it as their source (`"TLS: {0}"` over a `#[from]`), so anyhow's `{:#}`
+/// would print the same text two or three times; a cause whose text ends
+/// the previous one's is already said.
+fn render(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    let mut previous = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if previous.is_empty() || !previous.ends_with(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
 }
 
 /// True when the error is a write to a closed pipe.

@@ -96,13 +96,7 @@ pub(crate) fn init_logging(filter: Option<&str>) {
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     init_logging(args.log.as_deref());
     let config = args.into_config()?;
-    if config.network.insecure_dev {
-        eprintln!(
-            "WARNING: --insecure-dev: no TLS and no client authentication on {}. \
-             For local experiments only.",
-            config.network.listen
-        );
-    }
+    let insecure = config.network.insecure_dev;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = match tessera_server::start(config).await {
@@ -112,6 +106,14 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Err(tessera_server::ServeError::Config(e)) => usage!("{e}"),
             Err(e) => return Err(anyhow::Error::new(e).context("starting the server")),
         };
+        if insecure {
+            // After the bind, so `--listen HOST:0` names the real port.
+            eprintln!(
+                "WARNING: --insecure-dev: no TLS and no client authentication on {}. \
+                 For local experiments only.",
+                server.local_addr()
+            );
+        }
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {}", server.local_addr())?;

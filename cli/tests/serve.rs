@@ -276,3 +276,214 @@ fn join_warns_when_it_resends_one_update_without_dp() {
     let stderr = join(&["--rounds", "2", "--require-dp"]);
     assert!(!warned(&stderr), "{stderr}");
 }
+
+#[test]
+fn a_start_error_is_printed_once() {
+    let dir = scratch_dir("start-error");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.txt");
+    let made = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["token", "--tokens-file"])
+        .arg(&tokens)
+        .arg("a")
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let missing = dir.join("no-such-cert.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dim", "20"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tokens-file")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error.len(), 1, "{stderr}");
+    let path = missing.display().to_string();
+    assert_eq!(error[0].matches(&path).count(), 1, "{stderr}");
+    assert_eq!(error[0].matches("No such file").count(), 1, "{stderr}");
+}
+
+/// Sends one HTTP GET and returns the whole response.
+fn http_get(addr: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+fn the_insecure_warning_and_the_metrics_line_name_the_bound_ports() {
+    let dir = scratch_dir("bound-ports");
+    let mut server = Server::start(
+        &dir,
+        &serve_args(&["--metrics-listen", "127.0.0.1:0", "--min-clients", "3"]),
+    );
+    assert!(!server.addr.ends_with(":0"), "{}", server.addr);
+    let warn = server.wait_line("INSECURE DEV MODE");
+    assert!(warn.contains(&format!("{} ", server.addr)), "{warn}");
+    let metrics = server.wait_line("metrics at http://");
+    let metrics_addr = metrics
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .to_owned();
+    assert!(!metrics_addr.ends_with(":0"), "{metrics}");
+    let warning = server.wait_line("WARNING: --insecure-dev");
+    assert!(warning.contains(&format!("{}.", server.addr)), "{warning}");
+    // The line names the endpoint that really serves the metrics.
+    let scraped = http_get(&metrics_addr);
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(scraped.contains("text/plain; version=0.0.4"), "{scraped}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
+
+/// The credentials of an mTLS deployment, written under `dir`: the CA,
+/// the server's certificate and key, and one client certificate and key
+/// per name.
+fn write_mtls_files(dir: &std::path::Path, clients: &[&str]) {
+    use tessera_server::tls::CertificateAuthority;
+    std::fs::create_dir_all(dir).unwrap();
+    let ca = CertificateAuthority::new("tessera test CA").unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
+    let server = ca.issue_server(&["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("server.pem"), &server.cert_pem).unwrap();
+    std::fs::write(dir.join("server-key.pem"), server.key_pem.as_bytes()).unwrap();
+    for name in clients {
+        let client = ca.issue_client(name).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), &client.cert_pem).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}-key.pem")),
+            client.key_pem.as_bytes(),
+        )
+        .unwrap();
+    }
+}
+
+/// `tessera join --random 20` against an https server on `addr`, trusting
+/// `dir`'s CA, with `extra` flags.
+fn join_tls(addr: &str, dir: &std::path::Path, extra: &[std::ffi::OsString]) -> Command {
+    let mut join = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    join.args(["join", "--server", &format!("https://{addr}")])
+        .args(["--tls-domain", "localhost", "--random", "20"])
+        .arg("--ca-cert")
+        .arg(dir.join("ca.pem"))
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    join
+}
+
+#[test]
+fn join_with_a_client_certificate_completes_a_round_on_an_mtls_only_server() {
+    use std::io::{BufRead as _, BufReader};
+    let dir = scratch_dir("mtls-join");
+    let names = ["alice", "bob", "carol"];
+    write_mtls_files(&dir, &names);
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--dim", "20"])
+        .args(["--min-clients", "3", "--rounds", "1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key")
+        .arg(dir.join("server-key.pem"))
+        .arg("--tls-client-ca")
+        .arg(dir.join("ca.pem"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("first line is {first:?}"))
+        .to_owned();
+
+    // Without a client certificate the TLS handshake is refused.
+    let anonymous = join_tls(&addr, &dir, &[]).output().unwrap();
+    assert_eq!(
+        anonymous.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&anonymous.stderr)
+    );
+
+    let joins: Vec<Child> = names
+        .iter()
+        .map(|name| {
+            let flags = [
+                "--client-cert".into(),
+                dir.join(format!("{name}.pem")).into_os_string(),
+                "--client-key".into(),
+                dir.join(format!("{name}-key.pem")).into_os_string(),
+            ];
+            join_tls(&addr, &dir, &flags).spawn().unwrap()
+        })
+        .collect();
+    for j in joins {
+        let out = j.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "join failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("completed as client"), "{text}");
+    }
+    assert!(server.wait().unwrap().success(), "one round, then exit");
+}
+
+#[test]
+fn join_needs_both_client_tls_files_and_names_one_it_cannot_read() {
+    let dir = scratch_dir("mtls-flags");
+    write_mtls_files(&dir, &["alice"]);
+    let cert = dir.join("alice.pem").into_os_string();
+    let half = join_tls("127.0.0.1:9", &dir, &["--client-cert".into(), cert.clone()])
+        .output()
+        .unwrap();
+    assert_eq!(half.status.code(), Some(2), "clap refuses half a pair");
+    let stderr = String::from_utf8_lossy(&half.stderr);
+    assert!(stderr.contains("--client-key"), "{stderr}");
+
+    let missing = dir.join("no-such-key.pem");
+    let out = join_tls(
+        "127.0.0.1:9",
+        &dir,
+        &[
+            "--client-cert".into(),
+            cert,
+            "--client-key".into(),
+            missing.clone().into_os_string(),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("client key {}", missing.display())),
+        "{stderr}"
+    );
+}

@@ -270,12 +270,6 @@ impl RunningServer {
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
-    if config.network.insecure_dev {
-        warn!(
-            "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {} can join rounds. Never use this outside a local experiment.",
-            config.network.listen
-        );
-    }
     let tokens = config
         .network
         .tokens_file
@@ -379,6 +373,12 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         addr: config.network.listen,
         source,
     })?;
+    if config.network.insecure_dev {
+        // Named after the bind, so port 0 shows the port clients must dial.
+        warn!(
+            "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {local_addr} can join rounds. Never use this outside a local experiment."
+        );
+    }
     if let Some(addr) = config.network.metrics_listen {
         metrics::install_prometheus(addr)?;
     }

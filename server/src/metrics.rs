@@ -54,7 +54,15 @@ pub(crate) const STAGE_SECONDS_BUCKETS: &[f64] = &[
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetricsError {
-    /// The listener could not bind, or a recorder was already installed.
+    /// The listener could not bind.
+    #[error("cannot listen for Prometheus scrapes on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+    /// A recorder was already installed, or no thread could serve scrapes.
     #[error("cannot start the Prometheus exporter on {addr}: {source}")]
     Install {
         /// The address asked for.
@@ -65,25 +73,122 @@ pub enum MetricsError {
 }
 
 /// Installs the process-wide Prometheus recorder and serves it over HTTP on
-/// `addr` (any path, conventionally `/metrics`).
+/// `addr` (any path, conventionally `/metrics`); returns the bound address,
+/// with the real port when `addr` asked for port 0.
 ///
 /// Binds before returning, so a busy port is reported here. Works inside a
-/// tokio runtime (the exporter runs as a task on it) or outside one (the
-/// exporter gets its own thread). Only one recorder can exist per process: a
-/// second call fails.
-pub(crate) fn install_prometheus(addr: SocketAddr) -> Result<(), MetricsError> {
-    let err = |source| MetricsError::Install { addr, source };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+/// tokio runtime (the endpoint runs as a task on it) or outside one (it gets
+/// its own thread). Only one recorder can exist per process: a second call
+/// fails.
+pub(crate) fn install_prometheus(addr: SocketAddr) -> Result<SocketAddr, MetricsError> {
+    let bind_err = |source| MetricsError::Bind { addr, source };
+    // The exporter's own listener does not say which port it bound, so the
+    // endpoint binds here and serves the recorder's handle itself.
+    let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+    let bound = listener.local_addr().map_err(bind_err)?;
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(STAGE_SECONDS.to_owned()),
             STAGE_SECONDS_BUCKETS,
         )
-        .map_err(err)?
-        .install()
-        .map_err(err)?;
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|source| MetricsError::Install { addr, source })?;
     describe();
-    Ok(())
+    let serve = async move {
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => endpoint::serve(listener, handle).await,
+            Err(e) => tracing::error!("metrics endpoint {bound} stopped: {e}"),
+        }
+    };
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(serve);
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MetricsError::Install {
+                addr,
+                source: BuildError::FailedToCreateRuntime(e.to_string()),
+            })?;
+        std::thread::Builder::new()
+            .name("tessera-metrics".into())
+            .spawn(move || runtime.block_on(serve))
+            .map_err(|e| MetricsError::Install {
+                addr,
+                source: BuildError::FailedToCreateRuntime(e.to_string()),
+            })?;
+    }
+    tracing::info!("metrics at http://{bound}/metrics");
+    Ok(bound)
+}
+
+/// The scrape endpoint: a minimal HTTP/1.1 responder that answers every
+/// request with the current exposition and closes the connection.
+mod endpoint {
+    use std::time::Duration;
+
+    use metrics_exporter_prometheus::PrometheusHandle;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// How long a scraper may take to send its request head.
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The largest request head read; a scrape's is a few hundred bytes.
+    const MAX_REQUEST: usize = 16 * 1024;
+    /// How often histogram buckets are rotated (the exporter's default).
+    const UPKEEP: Duration = Duration::from_secs(5);
+
+    /// Serves scrapes until the runtime stops.
+    pub(super) async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+        let upkeep = handle.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(UPKEEP).await;
+                upkeep.run_upkeep();
+            }
+        });
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, handle.clone()));
+                }
+                Err(e) => {
+                    // Out of descriptors, typically: wait rather than spin.
+                    tracing::warn!("metrics endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads one request head and writes the exposition.
+    async fn answer(mut stream: TcpStream, handle: PrometheusHandle) {
+        let mut head = Vec::with_capacity(512);
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            std::io::Result::Ok(())
+        })
+        .await;
+        if !matches!(read, Ok(Ok(()))) || head.is_empty() {
+            return;
+        }
+        let body = handle.render();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Registers the HELP text of every metric with the installed recorder.
@@ -203,14 +308,20 @@ mod tests {
     /// The only test in the crate that installs the global recorder.
     #[test]
     fn prometheus_endpoint_serves_recorded_metrics() {
-        // The exporter does not report the port it bound, so pick a free one.
-        let addr = {
+        // Port 0: the returned address is the one bound.
+        let addr = install_prometheus((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        assert_ne!(addr.port(), 0);
+        let again = install_prometheus(addr).unwrap_err();
+        assert!(again.to_string().contains(&addr.to_string()), "{again}");
+        let free = {
             let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
             probe.local_addr().unwrap()
         };
-        install_prometheus(addr).unwrap();
-        let again = install_prometheus(addr).unwrap_err();
-        assert!(again.to_string().contains(&addr.to_string()), "{again}");
+        let twice = install_prometheus(free).unwrap_err();
+        assert!(
+            matches!(twice, MetricsError::Install { .. }),
+            "a second recorder is refused: {twice}"
+        );
 
         round_started();
         round_started();

@@ -66,13 +66,19 @@ impl Server {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_for(&self, needle: &str) {
+        self.wait_line(needle);
+    }
+
+    /// Waits for a log line containing `needle` and returns it (lines
+    /// before it are consumed).
+    pub fn wait_line(&self, needle: &str) -> String {
         loop {
             let line = self
                 .log
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| panic!("no log line with {needle:?} within 60 s"));
             if line.contains(needle) {
-                return;
+                return line;
             }
         }
     }
