@@ -31,19 +31,25 @@ fn join(addr: &str, rounds: u32) -> Child {
         .expect("tessera join starts")
 }
 
+/// Waits for a `tessera join` that must succeed; returns its stdout.
+fn joined(join: Child) -> String {
+    let out = join.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "join failed: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn serve_and_three_joins_complete_rounds_and_inspect_shows_them() {
     let dir = scratch_dir("three");
     let mut server = Server::start(&dir, &serve_args(&["--min-clients", "3", "--rounds", "2"]));
     let joins: Vec<Child> = (0..3).map(|_| join(&server.addr, 2)).collect();
     for j in joins {
-        let out = j.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "join failed: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = joined(j);
         assert_eq!(text.matches("completed as client").count(), 2, "{text}");
     }
     assert!(
@@ -443,13 +449,7 @@ fn join_with_a_client_certificate_completes_a_round_on_an_mtls_only_server() {
         })
         .collect();
     for j in joins {
-        let out = j.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "join failed: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = joined(j);
         assert!(text.contains("completed as client"), "{text}");
     }
     assert!(server.wait().unwrap().success(), "one round, then exit");
