@@ -132,6 +132,34 @@ pub fn parent(path: &Path) -> &Path {
     }
 }
 
+/// A warning for each secret file (a TLS private key, a tokens file) that
+/// group or other users may read or write (unix mode `& 0o077 != 0`):
+/// anyone who can read it can impersonate the server or its clients. The
+/// server warns rather than refuses, so a deployment that relies on group
+/// access keeps running. Files that cannot be inspected are skipped (the
+/// load that follows reports them).
+pub fn exposed_secret_warnings(paths: &[&Path]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    #[cfg(unix)]
+    for path in paths {
+        use std::os::unix::fs::PermissionsExt as _;
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warnings.push(format!(
+                "{} holds a secret but has mode {mode:04o} (group or others can access it); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = paths;
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +202,28 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&path).unwrap(), b"secret");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_file_others_can_read_is_warned_about_and_an_owner_only_one_is_not() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("key.pem");
+        let closed = dir.path().join("tokens.txt");
+        fs::write(&open, b"k").unwrap();
+        fs::write(&closed, b"t").unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&closed, fs::Permissions::from_mode(0o600)).unwrap();
+        let warnings = exposed_secret_warnings(&[&open, &closed, &dir.path().join("missing")]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        let shown = open.display().to_string();
+        assert!(warnings[0].contains(&shown), "{}", warnings[0]);
+        assert!(warnings[0].contains("0644"), "{}", warnings[0]);
+        assert!(
+            warnings[0].contains(&format!("chmod 600 {shown}")),
+            "{}",
+            warnings[0]
+        );
     }
 }

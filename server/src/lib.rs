@@ -266,10 +266,24 @@ impl RunningServer {
     }
 }
 
+/// Logs a warning for the TLS private key and the tokens file if group or
+/// other users can access them (the identities allow-list is public).
+fn warn_exposed_secrets(config: &ServerConfig) {
+    let secrets: Vec<&std::path::Path> = [&config.network.tls_key, &config.network.tokens_file]
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+    for warning in files::exposed_secret_warnings(&secrets) {
+        warn!("{warning}");
+    }
+}
+
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     config.validate()?;
+    warn_exposed_secrets(&config);
     let tokens = config
         .network
         .tokens_file
