@@ -25,6 +25,7 @@ impl Store {
         if !manifest_path.exists() {
             refuse_foreign(dir)?;
         }
+        probe_writable(dir)?;
         create_subdirs(dir)?;
         remove_half_written(dir)?;
         let manifest = load_manifest(&manifest_path)?;
@@ -158,7 +159,7 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
     for path in entries(dir)? {
         let name = file_name(&path);
         let base = name.strip_suffix(".tmp").unwrap_or(&name);
-        if ![MANIFEST, LEDGER, MOMENTUM, MODELS, ROUNDS].contains(&base) {
+        if ![MANIFEST, LEDGER, MOMENTUM, MODELS, ROUNDS, PROBE].contains(&base) {
             return Err(StoreError::NotDataDir {
                 path: dir.to_owned(),
                 what: format!(
@@ -168,6 +169,25 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// The file [`probe_writable`] creates and removes (`PROBE.tmp`, so a
+/// crash that leaves it is cleaned up like any half-written file).
+const PROBE: &str = "write-probe";
+
+/// Creates and removes a file in `dir`, so a read-only or otherwise
+/// unwritable data directory stops the server at start instead of at the
+/// first publication, after clients have spent a round on it.
+fn probe_writable(dir: &Path) -> Result<(), StoreError> {
+    let probe = dir.join(format!("{PROBE}.tmp"));
+    fs::File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|e| StoreError::NotDataDir {
+            path: dir.to_owned(),
+            what: format!(
+                "the server cannot write in it ({e}); it must be writable for models, the ledger and round records"
+            ),
+        })
 }
 
 fn create_subdirs(dir: &Path) -> Result<(), StoreError> {
@@ -371,5 +391,28 @@ mod tests {
         fs::create_dir(&empty).unwrap();
         Store::open(&empty).unwrap();
         assert!(empty.join(MODELS).is_dir() && empty.join(ROUNDS).is_dir());
+    }
+
+    #[test]
+    fn a_directory_the_server_cannot_write_in_is_refused_at_open() {
+        // Tests run as root, where chmod does not stop a write: the probe's
+        // own file name is taken by a directory, so creating it fails the
+        // way a read-only file system would.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Store::open(&dir).unwrap();
+        fs::create_dir(dir.join(format!("{PROBE}.tmp"))).unwrap();
+        let e = err(&dir);
+        assert!(
+            e.contains(&dir.display().to_string()) && e.contains("cannot write in it"),
+            "{e}"
+        );
+        // A probe file a crash left behind is cleaned up, not refused.
+        fs::remove_dir(dir.join(format!("{PROBE}.tmp"))).unwrap();
+        let fresh = tmp.path().join("fresh");
+        fs::create_dir(&fresh).unwrap();
+        fs::write(fresh.join(format!("{PROBE}.tmp")), b"").unwrap();
+        Store::open(&fresh).unwrap();
+        assert!(!fresh.join(format!("{PROBE}.tmp")).exists());
     }
 }
