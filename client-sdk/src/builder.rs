@@ -678,7 +678,10 @@ mod tests {
                 .build()
                 .unwrap_err();
             let text = err.to_string();
-            assert!(text.contains("loopback") && text.contains("https://"), "{url}: {text}");
+            assert!(
+                text.contains("loopback") && text.contains("https://"),
+                "{url}: {text}"
+            );
         }
     }
 
