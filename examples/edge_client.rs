@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Against a real deployment set `TESSERA_CA` (the CA's PEM file) and
-//! `TESSERA_TOKEN`, and use an `https://` URL.
+//! `TESSERA_TOKEN`, and use an `https://` URL. A token over plain `http://`
+//! is sent only to a loopback address, and only with `TESSERA_INSECURE_DEV=1`.
 
 use tessera_client::Client;
 
@@ -23,6 +24,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Ok(token) = std::env::var("TESSERA_TOKEN") {
         builder = builder.token(token);
+    }
+    if std::env::var_os("TESSERA_INSECURE_DEV").is_some_and(|v| v == "1") {
+        builder = builder.insecure_loopback();
     }
     let client = builder.build()?;
 

@@ -49,6 +49,12 @@ pub(crate) struct JoinArgs {
     /// File holding the bearer token.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Allow --token/--token-file over a plain http:// URL to a server on
+    /// this machine (a loopback host: 127.0.0.0/8, ::1, localhost), for a
+    /// local experiment against `tessera serve --insecure-dev`. Without it a
+    /// token is sent over https only.
+    #[arg(long)]
+    insecure_dev: bool,
     /// CA certificate (PEM) to verify an https server with.
     #[arg(long, value_name = "FILE")]
     ca_cert: Option<PathBuf>,
@@ -220,6 +226,9 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         });
     if let Some(token) = token {
         builder = builder.token(token);
+    }
+    if args.insecure_dev {
+        builder = builder.insecure_loopback();
     }
     if let Some(ca) = &args.ca_cert {
         let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;

@@ -820,3 +820,46 @@ fn serve_no_rounds(data: &std::path::Path, args: &[&str]) -> Output {
     all.extend_from_slice(args);
     tessera(&all)
 }
+
+/// `tessera join` with a token sends it over https only, or over plain
+/// http to a loopback server when asked with `--insecure-dev`; anything
+/// else is a usage error (exit 2) naming the fix, before any connection.
+#[test]
+fn join_refuses_a_token_over_plain_http_unless_insecure_dev_on_loopback() {
+    let join = |server: &str, extra: &[&str]| {
+        let mut args = vec![
+            "join",
+            "--server",
+            server,
+            "--random",
+            "4",
+            "--round-timeout",
+            "1",
+            "--token",
+            "hunter2-secret",
+        ];
+        args.extend_from_slice(extra);
+        tessera(&args)
+    };
+    for server in ["http://127.0.0.1:9", "http://fl.example.org:7443"] {
+        let out = join(server, &[]);
+        let message = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{message}");
+        assert!(
+            message.contains("--insecure-dev") && message.contains("https://"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+    // The opt-in does not cover a host off this machine.
+    let out = join("http://10.0.0.7:7443", &["--insecure-dev"]);
+    let message = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{message}");
+    assert!(message.contains("loopback"), "{message}");
+    // On loopback the opt-in lets the client try: nothing listens on port 9,
+    // so it fails to connect (exit 1), not on its flags.
+    let out = join("http://127.0.0.1:9", &["--insecure-dev"]);
+    let message = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{message}");
+    assert!(!message.contains("insecure_loopback"), "{message}");
+}

@@ -118,6 +118,7 @@ pub struct ClientBuilder {
     identity: Option<IdentityKey>,
     trusted: Vec<IdentityPublicKey>,
     policy: Policy,
+    insecure_loopback: bool,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -142,6 +143,7 @@ impl std::fmt::Debug for ClientBuilder {
             )
             .field("trusted", &self.trusted.len())
             .field("policy", &self.policy)
+            .field("insecure_loopback", &self.insecure_loopback)
             .finish()
     }
 }
@@ -170,6 +172,7 @@ impl ClientBuilder {
             identity: None,
             trusted: Vec::new(),
             policy: Policy::default(),
+            insecure_loopback: false,
         }
     }
 
@@ -239,6 +242,19 @@ impl ClientBuilder {
         self
     }
 
+    /// Allows a [`ClientBuilder::token`] over a plain `http://` URL, for a
+    /// server on this machine only (a `--insecure-dev` server in a local
+    /// experiment or a test). Without it [`ClientBuilder::build`] refuses a
+    /// token over `http://`, since anyone on the path could read and replay
+    /// it; with it the URL's host must still be a loopback address
+    /// (`127.0.0.0/8`, `::1`) or `localhost`, where the token never leaves
+    /// the machine. `https://` URLs and `http://` URLs without a token are
+    /// unaffected.
+    pub fn insecure_loopback(mut self) -> Self {
+        self.insecure_loopback = true;
+        self
+    }
+
     /// The PEM certificate(s) of the authority that signed the server's
     /// certificate. Required for `https` URLs: the SDK trusts no system
     /// root store, only the deployment's own authority.
@@ -304,6 +320,13 @@ impl ClientBuilder {
     /// use tessera_client::{Client, ClientError};
     ///
     /// assert!(Client::builder("http://127.0.0.1:7000").build().is_ok());
+    /// // A token travels over https, or over loopback on request.
+    /// assert!(Client::builder("http://127.0.0.1:7000").token("t".into()).build().is_err());
+    /// assert!(Client::builder("http://127.0.0.1:7000")
+    ///     .token("t".into())
+    ///     .insecure_loopback()
+    ///     .build()
+    ///     .is_ok());
     /// // A CA certificate only makes sense with https.
     /// let err = Client::builder("http://127.0.0.1:7000")
     ///     .tls_ca_pem(b"-----BEGIN CERTIFICATE-----".to_vec())
@@ -321,6 +344,7 @@ impl ClientBuilder {
         let target = self.check_url()?;
         self.check_limits()?;
         self.check_credentials()?;
+        self.check_token_transport(&target)?;
         let endpoint = self.endpoint(&target)?;
         let rng = self.rng()?;
         Ok(Client {
@@ -426,6 +450,35 @@ impl ClientBuilder {
         }
     }
 
+    /// A token travels only encrypted, or over loopback when the caller
+    /// opted in with [`ClientBuilder::insecure_loopback`]: a bearer token
+    /// in plain text can be read and replayed by anyone on the path.
+    fn check_token_transport(&self, target: &Target) -> Result<(), ClientError> {
+        if target.https || self.token.is_none() {
+            return Ok(());
+        }
+        let problem = if !self.insecure_loopback {
+            format!(
+                "refusing to send the token in plain text to '{}': use an https:// URL, or, \
+                 for a server on this machine, opt in with insecure_loopback() \
+                 (`tessera join --insecure-dev`)",
+                self.url
+            )
+        } else if !is_loopback(&target.host) {
+            format!(
+                "insecure_loopback() allows a token over http:// to a loopback host only \
+                 (127.0.0.0/8, ::1, localhost), not '{}': use an https:// URL",
+                target.host
+            )
+        } else {
+            return Ok(());
+        };
+        Err(ClientError::InvalidSetting {
+            setting: "insecure_loopback",
+            problem,
+        })
+    }
+
     /// The gRPC endpoint, with TLS for an `https` URL; TLS settings on a
     /// plain-text URL are refused rather than silently unused.
     fn endpoint(&self, target: &Target) -> Result<Endpoint, ClientError> {
@@ -509,6 +562,18 @@ struct Target {
     host: String,
 }
 
+/// Whether `host` (a URL's host, IPv6 in brackets) names this machine:
+/// `localhost`, or an address in `127.0.0.0/8` or `::1` (also as an
+/// IPv4-mapped IPv6 address).
+fn is_loopback(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    bare.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -537,6 +602,7 @@ mod tests {
     fn secrets_stay_out_of_debug() {
         let builder = Client::builder("http://127.0.0.1:1")
             .token("hunter2-secret".into())
+            .insecure_loopback()
             .rng_seed([9; 32]);
         let text = format!("{builder:?}");
         assert!(!text.contains("hunter2"), "{text}");
@@ -570,6 +636,79 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, ClientError::InvalidToken);
         assert!(!err.to_string().contains("lines"));
+    }
+
+    #[test]
+    fn a_token_over_plain_http_is_refused_with_the_fix_named() {
+        for url in ["http://127.0.0.1:1", "http://fl.example.org:7443"] {
+            let err = Client::builder(url)
+                .token("hunter2-secret".into())
+                .build()
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ClientError::InvalidSetting {
+                        setting: "insecure_loopback",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let text = err.to_string();
+            for fix in ["https://", "insecure_loopback()", "--insecure-dev"] {
+                assert!(text.contains(fix), "{text}");
+            }
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_loopback_opt_in_does_not_cover_other_hosts() {
+        for url in [
+            "http://fl.example.org:7443",
+            "http://10.0.0.7:7443",
+            "http://[2001:db8::1]:7443",
+            "http://localhost.example.org:7443",
+            "http://128.0.0.1:7443",
+        ] {
+            let err = Client::builder(url)
+                .token("t".into())
+                .insecure_loopback()
+                .build()
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("loopback") && text.contains("https://"),
+                "{url}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_loopback_opt_in_allows_a_token_to_this_machine() {
+        for url in [
+            "http://127.0.0.1:7443",
+            "http://127.8.9.10:7443",
+            "http://[::1]:7443",
+            "http://localhost:7443",
+            "http://LOCALHOST:7443",
+            "http://[::ffff:127.0.0.1]:7443",
+        ] {
+            let built = Client::builder(url)
+                .token("t".into())
+                .insecure_loopback()
+                .build();
+            assert!(built.is_ok(), "{url}: {built:?}");
+        }
+    }
+
+    #[test]
+    fn plain_http_without_a_token_needs_no_opt_in() {
+        // Nothing secret is sent, so nothing changes from before.
+        for url in ["http://127.0.0.1:7443", "http://fl.example.org:7443"] {
+            assert!(Client::builder(url).build().is_ok(), "{url}");
+        }
     }
 
     #[test]

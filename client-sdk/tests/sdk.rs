@@ -273,6 +273,7 @@ async fn four_clients_complete_a_real_round() {
     for (c, update) in updates.iter().cloned().enumerate() {
         let client = Client::builder(server.url.clone())
             .token(TOKEN.into())
+            .insecure_loopback()
             .round_timeout(Duration::from_secs(8))
             .rng_seed([c as u8; 32])
             .build()
@@ -440,6 +441,7 @@ async fn scripted(script: Script) -> Running {
 fn client(url: &str) -> Client {
     Client::builder(url)
         .token(TOKEN.into())
+        .insecure_loopback()
         .round_timeout(Duration::from_secs(5))
         .retry(RetryPolicy::NONE)
         .build()
@@ -489,6 +491,7 @@ async fn a_wrong_token_is_auth_refused_and_never_shown() {
     let server = scripted(Script::start_then_abort()).await;
     let client = Client::builder(server.url.clone())
         .token("not-the-token".into())
+        .insecure_loopback()
         .retry(RetryPolicy::NONE)
         .build()
         .unwrap();
@@ -651,6 +654,7 @@ async fn tls_with_the_deployment_ca_and_a_failed_handshake() {
         .tls_ca_pem(cert_pem.into_bytes())
         .tls_domain("localhost".into())
         .token(TOKEN.into())
+        .insecure_loopback()
         .retry(RetryPolicy::NONE)
         .build()
         .unwrap();
@@ -661,6 +665,7 @@ async fn tls_with_the_deployment_ca_and_a_failed_handshake() {
         .tls_ca_pem(other_ca.cert.pem().into_bytes())
         .tls_domain("localhost".into())
         .token(TOKEN.into())
+        .insecure_loopback()
         .retry(RetryPolicy::NONE)
         .build()
         .unwrap();
@@ -698,6 +703,7 @@ async fn the_round_timeout_bounds_the_lobby() {
     let server = scripted(Script::LobbyForever).await;
     let client = Client::builder(server.url.clone())
         .token(TOKEN.into())
+        .insecure_loopback()
         .round_timeout(Duration::from_millis(150))
         .build()
         .unwrap();
@@ -762,6 +768,7 @@ async fn distributed_dp_calibrated_for_colluders_noise_is_refused() {
     let server = scripted(Script::StartWithDp(dp.clone())).await;
     let suspicious = Client::builder(&server.url)
         .token(TOKEN.into())
+        .insecure_loopback()
         .round_timeout(Duration::from_secs(5))
         .retry(RetryPolicy::NONE)
         .assume_corrupt(0.34)
@@ -918,6 +925,7 @@ async fn offer(
     let client = setup(
         Client::builder(server.url.clone())
             .token(TOKEN.into())
+            .insecure_loopback()
             .round_timeout(Duration::from_secs(5))
             .retry(RetryPolicy::NONE),
     )
