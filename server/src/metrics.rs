@@ -37,10 +37,23 @@ pub(crate) const REJECTED_MESSAGES: &str = "tessera_rejected_messages_total";
 /// Gauge: clients connected and waiting for the next round.
 pub(crate) const LOBBY_CLIENTS: &str = "tessera_lobby_clients";
 
+/// Gauge: network connections the server holds open (both listeners).
+pub(crate) const CONNECTIONS_OPEN: &str = "tessera_connections_open";
+/// Counter, label [`LABEL_REASON`]: connections closed or refused before they
+/// carried a request (cap reached, handshake timeout, accept error).
+pub(crate) const CONNECTIONS_REFUSED: &str = "tessera_connections_refused_total";
+/// Counter, label [`LABEL_OP`]: failed writes to the data directory.
+pub(crate) const STORAGE_WRITE_ERRORS: &str = "tessera_storage_write_errors_total";
+/// Counter, label [`LABEL_REASON`]: clients evicted from a round.
+pub(crate) const EVICTIONS: &str = "tessera_evictions_total";
+
 /// Label naming the protocol stage.
 pub(crate) const LABEL_STAGE: &str = "stage";
 /// Label naming why a round aborted.
 pub(crate) const LABEL_REASON: &str = "reason";
+/// Label naming the storage operation that failed (write, fsync, rename).
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) const LABEL_OP: &str = "op";
 /// Label naming what kind of message was refused.
 pub(crate) const LABEL_KIND: &str = "kind";
 
@@ -227,6 +240,16 @@ fn describe() {
         LOBBY_CLIENTS,
         "Clients connected and waiting for the next round."
     );
+    describe_gauge!(CONNECTIONS_OPEN, "Network connections held open.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed or refused before serving a request, by reason."
+    );
+    describe_counter!(
+        STORAGE_WRITE_ERRORS,
+        "Failed writes to the data directory, by operation."
+    );
+    describe_counter!(EVICTIONS, "Clients evicted from a round, by reason.");
 }
 
 /// Records that a round opened.
@@ -273,6 +296,41 @@ pub(crate) fn message_rejected(kind: &str) {
 /// Sets the number of clients waiting in the lobby.
 pub(crate) fn lobby(n: u32) {
     gauge!(LOBBY_CLIENTS).set(f64::from(n));
+}
+
+/// Records that a connection was admitted (pair with [`connection_closed`]).
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) fn connection_opened() {
+    gauge!(CONNECTIONS_OPEN).increment(1.0);
+}
+
+/// Records that an admitted connection closed.
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) fn connection_closed() {
+    gauge!(CONNECTIONS_OPEN).decrement(1.0);
+}
+
+/// Records a connection refused or closed before serving a request. `reason`
+/// comes from a small fixed set ("cap", "tls_handshake_timeout",
+/// "preface_timeout", "accept_error").
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) fn connection_refused(reason: &'static str) {
+    counter!(CONNECTIONS_REFUSED, LABEL_REASON => reason).increment(1);
+}
+
+/// Records a failed write to the data directory. `op` is "write", "fsync",
+/// "rename" or "remove".
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) fn storage_write_failed(op: &'static str) {
+    counter!(STORAGE_WRITE_ERRORS, LABEL_OP => op).increment(1);
+}
+
+/// Records a client evicted from a round. `reason` comes from a small fixed
+/// set (e.g. "invalid_advert", "bad_share_bundle", "false_accusation",
+/// "malformed").
+#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
+pub(crate) fn client_evicted(reason: &'static str) {
+    counter!(EVICTIONS, LABEL_REASON => reason).increment(1);
 }
 
 #[cfg(test)]
@@ -334,6 +392,12 @@ mod tests {
         bytes_sent(512);
         message_rejected("late");
         lobby(5);
+        connection_opened();
+        connection_opened();
+        connection_closed();
+        connection_refused("cap");
+        storage_write_failed("rename");
+        client_evicted("invalid_advert");
 
         let body = scrape(addr);
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
@@ -352,6 +416,10 @@ mod tests {
             ("tessera_bytes_sent_total", 512.0),
             ("tessera_rejected_messages_total{kind=\"late\"}", 1.0),
             ("tessera_lobby_clients", 5.0),
+            ("tessera_connections_open", 1.0),
+            ("tessera_connections_refused_total{reason=\"cap\"}", 1.0),
+            ("tessera_storage_write_errors_total{op=\"rename\"}", 1.0),
+            ("tessera_evictions_total{reason=\"invalid_advert\"}", 1.0),
             (
                 "tessera_stage_seconds_bucket{stage=\"share_keys\",le=\"0.5\"}",
                 1.0,
