@@ -79,7 +79,11 @@
 //! entry's `epsilon_spent` was recomputed at the new δ from its stored
 //! mechanism. `after_round` is the last charged round when the change was
 //! made; each change's `old` is the previous change's `new` (of its kind),
-//! and the last one's `new` is the ledger's current value. The layout
+//! and the last one's `new` is the ledger's current value. A `sealed`
+//! change ([`PrivacyLedger::record_sealing`], at most one, `old` 0 and
+//! `new` the authentication scheme) records that a ledger written
+//! without authentication was found and sealed as found: what came
+//! before it could have been edited undetectably. The layout
 //! version stays 2: a build that predates `changes` refuses such a file
 //! (unknown field) rather than run on terms it would not see. This build
 //! refuses unknown fields and unknown event kinds rather than ignore them.
@@ -164,6 +168,13 @@ pub enum LedgerEvent {
     /// The operator changed δ and every entry's ε was recomputed at the
     /// new δ from its stored mechanism (a change: old and new δ).
     DeltaRecompute,
+    /// The ledger was found without authentication (written by a build
+    /// that did not authenticate it) and sealed as found: the entries and
+    /// changes before this one could have been edited before it, and
+    /// nothing can tell. `old` and `new` are the authentication scheme's
+    /// versions (0, none; 1, HMAC-SHA256 under the server's state key);
+    /// recorded once.
+    Sealed,
 }
 
 impl LedgerEvent {
@@ -173,6 +184,7 @@ impl LedgerEvent {
             LedgerEvent::RoundCharge => "round-charge",
             LedgerEvent::BudgetChange => "budget-change",
             LedgerEvent::DeltaRecompute => "delta-recompute",
+            LedgerEvent::Sealed => "sealed",
         }
     }
 }
@@ -581,6 +593,23 @@ impl PrivacyLedger {
         )))
     }
 
+    /// Records that the ledger, found unauthenticated, was sealed as found
+    /// (at `at_unix`), under authentication scheme `scheme` (see
+    /// [`LedgerEvent::Sealed`]); `None` if a seal is already recorded.
+    pub fn record_sealing(&mut self, scheme: u32, at_unix: u64) -> Option<LedgerChange> {
+        if self.sealed_at().is_some() {
+            return None;
+        }
+        Some(self.push_change(LedgerEvent::Sealed, 0.0, f64::from(scheme), at_unix))
+    }
+
+    /// The recorded sealing of an unauthenticated ledger, if any.
+    pub fn sealed_at(&self) -> Option<&LedgerChange> {
+        self.changes
+            .iter()
+            .find(|c| c.event == LedgerEvent::Sealed)
+    }
+
     /// The ledger is append-only: refuses a round at or before the last one.
     fn check_next_round(&self, round: u64) -> Result<(), LedgerError> {
         match self.entries.last() {
@@ -734,11 +763,13 @@ fn check_changes(
 ) -> Result<(), LedgerError> {
     let mut current: [Option<f64>; 2] = [None, None];
     let mut after = 0;
+    let mut sealed = false;
     for (index, c) in changes.iter().enumerate() {
         let bad = |problem| LedgerError::BadChange { index, problem };
         let slot = match c.event {
             LedgerEvent::BudgetChange => 0,
             LedgerEvent::DeltaRecompute => 1,
+            LedgerEvent::Sealed => 2,
             LedgerEvent::RoundCharge => return Err(bad("a round charge is not a change")),
         };
         if c.after_round < after || c.after_round > last_round {
@@ -747,6 +778,15 @@ fn check_changes(
             ));
         }
         after = c.after_round;
+        if slot == 2 {
+            if sealed || c.old != 0.0 || !(c.new >= 1.0 && c.new.fract() == 0.0) {
+                return Err(bad(
+                    "a ledger is sealed once, from scheme 0 to a scheme from 1",
+                ));
+            }
+            sealed = true;
+            continue;
+        }
         if current[slot].is_some_and(|v| v != c.old) {
             return Err(bad("old does not match the previous change's new"));
         }
@@ -1431,6 +1471,34 @@ mod tests {
         // A ledger without changes is written as before: no `changes` key.
         let plain = serde_json::to_string(&sample_ledger()).unwrap();
         assert!(!plain.contains("changes"), "{plain}");
+    }
+
+    /// Sealing an unauthenticated ledger is recorded once, among the
+    /// changes, and a file claiming two seals (or a seal from a scheme
+    /// other than none) is refused.
+    #[test]
+    fn a_sealing_is_recorded_once_and_checked_on_load() {
+        let mut l = sample_ledger();
+        assert!(l.sealed_at().is_none());
+        let seal = l.record_sealing(1, 7).unwrap();
+        assert_eq!(
+            (seal.event, seal.after_round, seal.old, seal.new),
+            (LedgerEvent::Sealed, 5, 0.0, 1.0)
+        );
+        assert_eq!(l.record_sealing(1, 8), None);
+        let lower = l.set_budget(10.0, 9).unwrap().unwrap();
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""event":"sealed""#), "{json}");
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.changes(), [seal, lower]);
+        assert_eq!(back.sealed_at(), Some(&seal));
+        let twice = json.replacen(
+            r#""changes":["#,
+            r#""changes":[{"event":"sealed","after_round":0,"at_unix":1,"old":0.0,"new":1.0},"#,
+            1,
+        );
+        let err = serde_json::from_str::<PrivacyLedger>(&twice).unwrap_err();
+        assert!(err.to_string().contains("sealed once"), "{err}");
     }
 
     /// A version 1 file (as written before the schema had adversaries),
