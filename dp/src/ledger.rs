@@ -605,9 +605,7 @@ impl PrivacyLedger {
 
     /// The recorded sealing of an unauthenticated ledger, if any.
     pub fn sealed_at(&self) -> Option<&LedgerChange> {
-        self.changes
-            .iter()
-            .find(|c| c.event == LedgerEvent::Sealed)
+        self.changes.iter().find(|c| c.event == LedgerEvent::Sealed)
     }
 
     /// The ledger is append-only: refuses a round at or before the last one.

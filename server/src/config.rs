@@ -194,6 +194,9 @@ pub struct ServerConfig {
     pub network: NetworkSettings,
     /// The durable state: models, round records, privacy ledger.
     pub data_dir: PathBuf,
+    /// The state key file, which authenticates the data directory; `None`
+    /// is [`ServerConfig::state_key_path`]'s default.
+    pub state_key: Option<PathBuf>,
     /// Model dimension; required for a new data dir, and must match the
     /// stored model otherwise.
     pub dim: Option<u32>,
@@ -327,6 +330,7 @@ impl Default for ServerConfig {
         ServerConfig {
             network: NetworkSettings::default(),
             data_dir: PathBuf::from("tessera-data"),
+            state_key: None,
             dim: None,
             round: RoundRules::default(),
             dp: DpSettings::default(),
@@ -397,6 +401,28 @@ impl Default for AggregationSettings {
 }
 
 impl ServerConfig {
+    /// Where the state key is (generated on first start if missing):
+    /// `state_key` if given; else `state.key` beside the TLS key; else
+    /// (insecure-dev without TLS) `DATA_DIR.state-key`, beside the data
+    /// directory. Never inside the data directory: whoever can edit the
+    /// data directory must not hold the key that authenticates it.
+    pub fn state_key_path(&self) -> PathBuf {
+        if let Some(path) = &self.state_key {
+            return path.clone();
+        }
+        if let Some(tls_key) = &self.network.tls_key {
+            return crate::files::parent(tls_key).join(crate::store::STATE_KEY_FILE);
+        }
+        let mut name = self
+            .data_dir
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "tessera-data".into());
+        name.push(".state-key");
+        let dir = std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        crate::files::parent(&dir).join(name)
+    }
+
     /// The defaults with `overrides` written over them.
     pub fn from_overrides(overrides: ServerOverrides) -> Self {
         let mut config = ServerConfig::default();

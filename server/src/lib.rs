@@ -102,6 +102,9 @@ pub enum ServeError {
     /// The TLS files cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The state key could not be read, made, or is misplaced.
+    #[error("{0}")]
+    StateKey(String),
     /// The metrics endpoint cannot start.
     #[error("metrics: {0}")]
     Metrics(#[from] metrics::MetricsError),
@@ -269,14 +272,57 @@ impl RunningServer {
 /// Logs a warning for the TLS private key and the tokens file if group or
 /// other users can access them (the identities allow-list is public).
 fn warn_exposed_secrets(config: &ServerConfig) {
+    let state_key = config.state_key_path();
     let secrets: Vec<&std::path::Path> = [&config.network.tls_key, &config.network.tokens_file]
         .into_iter()
         .flatten()
         .map(|p| p.as_path())
+        .chain([state_key.as_path()])
         .collect();
     for warning in files::exposed_secret_warnings(&secrets) {
         warn!("{warning}");
     }
+}
+
+/// The state key, generated if missing (the flag says so); refused
+/// inside the data directory, whose editors must not hold it.
+fn load_state_key(config: &ServerConfig) -> Result<(store::StateKey, bool), ServeError> {
+    let path = config.state_key_path();
+    let abs = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    if abs(&path).starts_with(abs(&config.data_dir)) {
+        return Err(ServeError::StateKey(format!(
+            "state key {} is inside the data directory {}: whoever can edit the data directory could then rewrite it undetected; keep the key elsewhere (--state-key)",
+            path.display(),
+            config.data_dir.display()
+        )));
+    }
+    let (key, created) =
+        store::StateKey::load_or_create(&path).map_err(|e| ServeError::StateKey(e.to_string()))?;
+    if created {
+        warn!(file = %path.display(), "generated a new state key: keep it, and back it up apart from the data directory");
+    }
+    Ok((key, created))
+}
+
+/// Opens the data directory. With a key generated at this start (the
+/// first start of a build that authenticates, on a directory an older
+/// build wrote), records without MACs cannot have been sealed under it:
+/// they are sealed as found, recorded in the ledger and the audit log. An
+/// existing key means the directory was sealed before: anything unsealed
+/// is refused (see `tessera migrate`).
+fn open_store(
+    dir: &std::path::Path,
+    key: &store::StateKey,
+    created: bool,
+) -> Result<Store, store::StoreError> {
+    if !created {
+        return Store::open(dir, key);
+    }
+    let (store, migration) = Store::migrate(dir, key)?;
+    for what in &migration.sealed {
+        warn!(dir = %dir.display(), "sealed as found (written without MACs): {what}");
+    }
+    Ok(store)
 }
 
 /// Validates the configuration, opens the data directory, binds the
@@ -315,8 +361,9 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         _ => None,
     };
 
+    let (key, created) = load_state_key(&config)?;
     let data_dir = config.data_dir.clone();
-    let mut store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let mut store = tokio::task::spawn_blocking(move || open_store(&data_dir, &key, created))
         .await
         .expect("store open does not panic")?;
     let (entry, model) = match store.latest_model() {

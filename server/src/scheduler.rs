@@ -26,7 +26,7 @@ use crate::lobby::Participant;
 use crate::metrics;
 use crate::model::Model;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{ModelEntry, Publication, RoundRecord, RoundStatus, Store};
+use crate::store::{AuditEvent, ModelEntry, Publication, RoundRecord, RoundStatus, Store};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -153,6 +153,7 @@ async fn run_round(
     // The round id is on disk before any key is derived from it, so a
     // restarted server never reuses it.
     write_record(shared, record.clone()).await?;
+    audit_joined(shared, round_id, &participants).await;
     metrics::round_started();
     let span = info_span!("round", round = round_id, clients = n, threshold, graph = %graph);
     info!(parent: &span, bits, "round opened");
@@ -356,6 +357,13 @@ fn shutting_down(round_id: u64) -> tonic::Status {
     )
 }
 
+/// Records who takes part in the round in the audit log.
+async fn audit_joined(shared: &Arc<Shared>, round: u64, participants: &[Participant]) {
+    let audit = shared.store.lock().expect("store lock").audit_log();
+    let identities = participants.iter().map(|p| p.identity.clone()).collect();
+    blocking(move || audit.record(AuditEvent::Joined { round, identities })).await;
+}
+
 async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), ServeError> {
     let store = Arc::clone(&shared.store);
     blocking(move || store.lock().expect("store lock").record_round(&record))
@@ -556,7 +564,7 @@ mod tests {
     /// A store holding the initial model of dimension 1 and, if `after`,
     /// a published model of that round (so an older round is refused).
     fn store_at(dir: &std::path::Path, model: &Model, after: Option<u64>) -> Mutex<Store> {
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &crate::store::StateKey::from_bytes([9; 32])).unwrap();
         store.init_model(model).unwrap();
         if let Some(round) = after {
             store
@@ -656,7 +664,8 @@ mod tests {
                 // And a restarted server opens the directory, round 4
                 // never reused.
                 drop(store);
-                let reopened = Store::open(tmp.path()).unwrap();
+                let reopened =
+                    Store::open(tmp.path(), &crate::store::StateKey::from_bytes([9; 32])).unwrap();
                 assert!(reopened.next_round_id() > 4);
             }
         }

@@ -132,7 +132,7 @@ mod tests {
     /// A data directory whose ledger (budget 8, δ 1e-5) charged three
     /// central rounds of z = 2; returns the ε they spent.
     fn three_charged_rounds(dir: &Path) -> f64 {
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &dir_key(dir)).unwrap();
         store.init_model(&Model::zeros_flat(4)).unwrap();
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
         let m = Mechanism::Gaussian {
@@ -144,6 +144,12 @@ mod tests {
         }
         store.charge(&ledger).unwrap();
         ledger.spent()
+    }
+
+    /// The state key the server started on `dir` uses (its default).
+    fn dir_key(dir: &Path) -> crate::store::StateKey {
+        let path = config(dir, 8.0, 1e-5).state_key_path();
+        crate::store::StateKey::load_or_create(&path).unwrap().0
     }
 
     fn config(dir: &Path, budget: f64, delta: f64) -> ServerConfig {
@@ -304,7 +310,9 @@ mod tests {
                 {{"round": 1, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},
                   "epsilon_spent": {spent}}}]}}"#
         );
-        std::fs::write(tmp.path().join("ledger.json"), v1).unwrap();
+        // Only the key's holder can put such a ledger in place now.
+        let v1: PrivacyLedger = serde_json::from_str(&v1).unwrap();
+        crate::store::hazmat::rewrite_ledger(tmp.path(), &dir_key(tmp.path()), &v1).unwrap();
         let mut c = config(tmp.path(), 8.0, 1e-3);
         c.dp.recompute_delta = true;
         let err = refused(c).await;

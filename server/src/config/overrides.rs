@@ -160,6 +160,15 @@ settings! {
     data_dir: Option<PathBuf>, typed,
     |c, v| c.data_dir = v;
 
+    /// State key file (32 secret bytes, hex; mode 0600) that authenticates
+    /// the data directory's ledger, manifest, round records and audit log;
+    /// generated on first start if missing. Default: state.key beside
+    /// --tls-key, or DIR.state-key beside the data directory when there is
+    /// no TLS key. Keep it outside the data directory.
+    #[arg(value_name = "PATH")]
+    state_key: Option<PathBuf>, typed,
+    |c, v| c.state_key = Some(v);
+
     /// Model dimension (required for a new data directory).
     #[arg(value_name = "D")]
     dim: Option<u32>, typed,
@@ -423,7 +432,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `dim`, \
+                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `state_key`, `dim`, \
                  `min_clients`, `max_clients`, `join_window_ms`, `graph`, `threshold`, \
                  `min_survivors`, `min_aggregate`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
                  `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \

@@ -5,10 +5,11 @@ use std::path::Path;
 use serde::Serialize;
 use tessera_dp::ledger::PrivacyLedger;
 
-use super::disk::read_json;
+use super::audit::{self, AUDIT, AuditRecord};
+use super::integrity::StateKey;
 use super::models::read_manifest;
-use super::rounds::record_files;
-use super::{LEDGER, MANIFEST, ModelEntry, ROUNDS, RoundRecord, StoreError};
+use super::rounds::{self, record_files};
+use super::{LEDGER, MANIFEST, ModelEntry, ROUNDS, RoundRecord, StoreError, ledger};
 
 /// A read-only view of a data directory, for `tessera inspect`: it never
 /// modifies anything (no cleanup, no record rewrites), so it is safe to run
@@ -42,13 +43,13 @@ pub fn inspect(dir: &Path) -> Result<Inspection, StoreError> {
     let rounds_dir = dir.join(ROUNDS);
     if rounds_dir.is_dir() {
         for path in record_files(&rounds_dir)? {
-            rounds.push(read_json::<RoundRecord>(&path)?);
+            rounds.push(rounds::read(&path)?.0);
         }
     }
     rounds.sort_by_key(|r| r.round);
     let ledger_path = dir.join(LEDGER);
     let ledger = if ledger_path.exists() {
-        Some(read_json(&ledger_path)?)
+        Some(ledger::read(&ledger_path)?.0)
     } else {
         None
     };
@@ -57,4 +58,17 @@ pub fn inspect(dir: &Path) -> Result<Inspection, StoreError> {
         rounds,
         ledger,
     })
+}
+
+/// The audit log of a data directory, read without changing anything:
+/// with the state key, every line's MAC is verified (an edited line is an
+/// error naming it); without, only its shape is. A torn last line (a
+/// crash mid-append, cut off when the server next opens the directory) is
+/// left out; its length is returned beside the lines.
+pub fn read_audit(
+    dir: &Path,
+    key: Option<&StateKey>,
+) -> Result<(Vec<AuditRecord>, u64), StoreError> {
+    let lines = audit::read(&dir.join(AUDIT), key)?;
+    Ok((lines.records, lines.torn))
 }

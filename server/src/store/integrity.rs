@@ -128,12 +128,13 @@ impl StateKey {
 
     /// Reads the key file at `path`.
     pub fn load(path: &Path) -> Result<StateKey, StateKeyError> {
-        let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| {
-            StateKeyError::Io {
-                path: path.to_owned(),
-                source,
-            }
-        })?);
+        let text =
+            Zeroizing::new(
+                fs::read_to_string(path).map_err(|source| StateKeyError::Io {
+                    path: path.to_owned(),
+                    source,
+                })?,
+            );
         let mut bytes = Zeroizing::new([0u8; 32]);
         hex::decode_to_slice(text.trim(), &mut bytes[..]).map_err(|_| {
             StateKeyError::Malformed {
@@ -267,14 +268,29 @@ mod tests {
         let key = StateKey::from_bytes([7; 32]);
         let ledger = key.subkey(Purpose::Ledger);
         let t = ledger.tag(&GENESIS, &[b"ab", b"c"]);
-        assert_eq!(ledger.verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t)), Some(t));
+        assert_eq!(
+            ledger.verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t)),
+            Some(t)
+        );
         // Moving a byte across the part boundary changes the input.
-        assert!(ledger.verify(&GENESIS, &[b"a", b"bc"], &hex_tag(&t)).is_none());
+        assert!(
+            ledger
+                .verify(&GENESIS, &[b"a", b"bc"], &hex_tag(&t))
+                .is_none()
+        );
         assert!(ledger.verify(&t, &[b"ab", b"c"], &hex_tag(&t)).is_none());
         let other = key.subkey(Purpose::Manifest);
-        assert!(other.verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t)).is_none());
+        assert!(
+            other
+                .verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t))
+                .is_none()
+        );
         let stranger = StateKey::from_bytes([8; 32]).subkey(Purpose::Ledger);
-        assert!(stranger.verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t)).is_none());
+        assert!(
+            stranger
+                .verify(&GENESIS, &[b"ab", b"c"], &hex_tag(&t))
+                .is_none()
+        );
         assert!(ledger.verify(&GENESIS, &[b"ab", b"c"], "zz").is_none());
     }
 

@@ -48,6 +48,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
@@ -56,8 +57,10 @@ use tracing::warn;
 use crate::files::{WriteError, write_atomic};
 use crate::model::Model;
 
+mod audit;
 mod disk;
 mod inspect;
+mod integrity;
 mod ledger;
 mod models;
 mod recovery;
@@ -66,11 +69,49 @@ mod tensors;
 #[cfg(test)]
 mod test_support;
 
-pub use inspect::{Inspection, inspect};
+pub use audit::{AUDIT, AuditEvent, AuditLog, AuditRecord};
+pub use inspect::{Inspection, inspect, read_audit};
+pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
 pub use models::{MANIFEST_FORMAT, ModelEntry};
+pub use recovery::Migration;
 pub use rounds::{RoundRecord, RoundStatus};
 
 use disk::{to_json, unix_ms};
+
+/// What only a holder of the state key can do, and the server never does:
+/// rewrite history. It exists because an operator holding the key *can*
+/// (the MACs stop editors without the key, not the key's holder), so the
+/// tests show it, and tools that must repair a directory say so.
+pub mod hazmat {
+    use std::path::Path;
+
+    use tessera_dp::ledger::PrivacyLedger;
+
+    use super::disk::to_json;
+    use super::models::{read_manifest, seal};
+    use super::{LEDGER, MANIFEST, StateKey, StoreError, ledger};
+    use crate::files::write_atomic;
+
+    /// Replaces the data directory's ledger with `new`, sealed under
+    /// `key`, and re-tags the manifest against it: afterwards the
+    /// directory opens as if `new` had always been its ledger.
+    pub fn rewrite_ledger(
+        dir: &Path,
+        key: &StateKey,
+        new: &PrivacyLedger,
+    ) -> Result<(), StoreError> {
+        ledger::write(&dir.join(LEDGER), key, new)?;
+        let path = dir.join(MANIFEST);
+        if path.exists() {
+            let mut manifest = read_manifest(&path)?;
+            manifest.mac = Some(seal(key, &manifest, |round| {
+                ledger::charge_binding(Some(new), round)
+            }));
+            write_atomic(&path, &to_json(&manifest))?;
+        }
+        Ok(())
+    }
+}
 use models::{Manifest, model_file};
 use rounds::round_file;
 
@@ -110,6 +151,18 @@ pub enum StoreError {
         found: u32,
         /// Ours.
         expected: u32,
+    },
+    /// The data directory holds records without MACs: written by a build
+    /// that did not authenticate them (migrate it), or stripped of them.
+    #[error(
+        "{path} holds records without MACs ({what}). If an older build wrote it, seal it as found with `tessera migrate --data-dir {path}` (recorded in its ledger and audit log); if it was authenticated before, its MACs were removed: restore it from a backup",
+        path = path.display()
+    )]
+    Unauthenticated {
+        /// The data directory.
+        path: PathBuf,
+        /// Which files.
+        what: String,
     },
     /// The path cannot be a data directory.
     #[error("{path} is not a usable data directory: {what}")]
@@ -199,6 +252,17 @@ pub struct Store {
     latest: Option<Model>,
     velocity: Option<Vec<f32>>,
     poisoned: bool,
+    /// What authenticates the records ([`integrity`]).
+    seal: Seal,
+}
+
+/// The store's authentication state: the key, the round records' tags
+/// (parallel to `Store::rounds`) and the audit log.
+#[derive(Debug)]
+struct Seal {
+    key: StateKey,
+    round_tags: Vec<integrity::Tag>,
+    audit: Arc<AuditLog>,
 }
 
 impl Store {
@@ -254,6 +318,12 @@ impl Store {
             .map_or(1, |r| r + 1)
     }
 
+    /// The audit log, to record events the store does not see itself
+    /// (evictions, token reloads).
+    pub fn audit_log(&self) -> Arc<AuditLog> {
+        Arc::clone(&self.seal.audit)
+    }
+
     /// The privacy ledger, if one was written.
     pub fn ledger(&self) -> Option<&PrivacyLedger> {
         self.ledger.as_ref()
@@ -287,13 +357,60 @@ impl Store {
         if record.round == 0 {
             return Err(refused("round 0 is the initial model's, not a round"));
         }
-        let path = self.dir.join(ROUNDS).join(round_file(record.round));
-        write_atomic(&path, &to_json(record))?;
-        match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
-            Ok(i) => self.rounds[i] = record.clone(),
-            Err(i) => self.rounds.insert(i, record.clone()),
+        let i = match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
+            Ok(i) => i,
+            Err(i) => {
+                self.rounds.insert(i, record.clone());
+                self.seal.round_tags.insert(i, integrity::GENESIS);
+                i
+            }
+        };
+        self.rounds[i] = record.clone();
+        // Later records are chained to this one: re-tag them too (only a
+        // record rewritten after a later round opened needs this).
+        for j in i..self.rounds.len() {
+            self.write_record(j)?;
+        }
+        if record.outcome == RoundStatus::Aborted {
+            self.seal.audit.record(AuditEvent::RoundAborted {
+                round: record.round,
+                stage: record.stage.clone().unwrap_or_default(),
+                reason: record.reason.clone().unwrap_or_default(),
+                survivors: record.survivors,
+            });
         }
         Ok(())
+    }
+
+    /// Writes the `i`th round record, tagged after the one before it.
+    fn write_record(&mut self, i: usize) -> Result<(), StoreError> {
+        let record = &self.rounds[i];
+        let prev = if i == 0 {
+            integrity::GENESIS
+        } else {
+            self.seal.round_tags[i - 1]
+        };
+        let (bytes, tag) =
+            rounds::sealed_bytes(&self.seal.key, &prev, record, &self.model_sha(record));
+        let path = self.dir.join(ROUNDS).join(round_file(record.round));
+        write_atomic(&path, &bytes)?;
+        self.seal.round_tags[i] = tag;
+        Ok(())
+    }
+
+    /// The SHA-256 of the model a round record says it published, as the
+    /// record's tag binds it (empty if none, or not in the manifest).
+    fn model_sha(&self, record: &RoundRecord) -> String {
+        record
+            .model_version
+            .and_then(|v| self.manifest.models.iter().find(|m| m.version == v))
+            .map(|m| m.sha256.clone())
+            .unwrap_or_default()
+    }
+
+    /// Writes the ledger, sealed.
+    fn write_ledger(&self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
+        ledger::write(&self.dir.join(LEDGER), &self.seal.key, ledger)
     }
 
     /// Writes the ledger with a round's charge, durably, before the round's
@@ -304,7 +421,7 @@ impl Store {
     /// safe, and the write is atomic.
     pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.write_ledger(ledger)?;
         self.ledger = Some(ledger.clone());
         Ok(())
     }
@@ -315,8 +432,17 @@ impl Store {
     /// change kept. Refuses anything else.
     pub(crate) fn amend_terms(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_amends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.write_ledger(ledger)?;
+        let known = self.ledger.as_ref().map_or(0, |l| l.changes().len());
         self.ledger = Some(ledger.clone());
+        for c in &ledger.changes()[known..] {
+            self.seal.audit.record(AuditEvent::TermsChanged {
+                change: c.event.name().to_owned(),
+                after_round: c.after_round,
+                old: c.old,
+                new: c.new,
+            });
+        }
         Ok(())
     }
 
@@ -380,7 +506,7 @@ impl Store {
     /// ledger, model file, momentum, manifest (the commit point).
     fn write_publication(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if let Some(ledger) = p.ledger {
-            write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+            self.write_ledger(ledger)?;
             self.ledger = Some(ledger.clone());
         }
         let version = self.manifest.models.last().map_or(1, |m| m.version + 1);
@@ -402,6 +528,13 @@ impl Store {
             published_at_unix_ms: unix_ms(),
         };
         self.commit_manifest(&entry)?;
+        self.seal.audit.record(AuditEvent::Published {
+            round: entry.round,
+            version: entry.version,
+            model_sha256: entry.sha256.clone(),
+            epsilon: entry.epsilon,
+            delta: entry.delta,
+        });
         self.latest = Some(p.model.clone());
         self.velocity = p.velocity.map(<[f32]>::to_vec);
         if p.velocity.is_none() {
@@ -442,12 +575,22 @@ impl Store {
     /// visible; on failure the manifest in memory is left as it was.
     fn commit_manifest(&mut self, entry: &ModelEntry) -> Result<(), StoreError> {
         self.manifest.models.push(entry.clone());
+        let old_mac = self.manifest.mac.take();
+        self.manifest.mac = Some(self.manifest_seal());
         let written = write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest));
         if let Err(e) = written {
             self.manifest.models.pop();
+            self.manifest.mac = old_mac;
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// The manifest's tags as they are now, bound to the ledger's charges.
+    fn manifest_seal(&self) -> models::ManifestMacs {
+        models::seal(&self.seal.key, &self.manifest, |round| {
+            ledger::charge_binding(self.ledger.as_ref(), round)
+        })
     }
 
     /// Removes an older version's momentum after a publication without
@@ -469,14 +612,14 @@ mod tests {
     use safetensors::tensor::SafeTensors;
     use tessera_dp::ledger::Adversary;
 
-    use super::test_support::{bits, gaussian, model, publication};
+    use super::test_support::{bits, gaussian, key, model, publication};
     use super::*;
 
     #[test]
     fn models_ledger_and_tensor_order_survive_a_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        let mut store = Store::open(&dir).unwrap();
+        let mut store = Store::open(&dir, &key()).unwrap();
         assert!(store.latest_model().is_none());
         let m0 = model(0.0);
         assert_eq!(store.init_model(&m0).unwrap().round, 0);
@@ -499,7 +642,7 @@ mod tests {
         }
         drop(store);
 
-        let store = Store::open(&dir).unwrap();
+        let store = Store::open(&dir, &key()).unwrap();
         assert_eq!(store.models().len(), 4);
         for (i, m) in published.iter().enumerate() {
             let (entry, got) = store.model(i as u64 + 1).unwrap().unwrap();
@@ -522,7 +665,7 @@ mod tests {
     fn momentum_is_kept_with_its_version_only() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &key()).unwrap();
         let m = model(0.0);
         store.init_model(&m).unwrap();
         let v = vec![0.5f32; m.dim()];
@@ -532,7 +675,7 @@ mod tests {
         };
         store.publish(&with_velocity(1)).unwrap();
         drop(store);
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &key()).unwrap();
         assert_eq!(store.velocity(), Some(v.clone()));
         // A momentum file of another version (as a crash between the
         // momentum and the manifest write leaves) is dropped, not used.
@@ -545,7 +688,7 @@ mod tests {
         assert_eq!(store.velocity(), None);
         drop(store);
         fs::write(dir.join(MOMENTUM), stale).unwrap();
-        assert_eq!(Store::open(dir).unwrap().velocity(), None);
+        assert_eq!(Store::open(dir, &key()).unwrap().velocity(), None);
         assert!(!dir.join(MOMENTUM).exists());
     }
 
@@ -553,7 +696,7 @@ mod tests {
     fn bad_publications_write_nothing_and_failed_ones_poison() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &key()).unwrap();
         let m = model(0.0);
         store.init_model(&m).unwrap();
         let short = [0.0f32; 2];
@@ -605,7 +748,7 @@ mod tests {
         drop(store);
         fs::remove_file(dir.join(MODELS)).unwrap();
         fs::rename(dir.join("models-away"), dir.join(MODELS)).unwrap();
-        let store = Store::open(dir).unwrap();
+        let store = Store::open(dir, &key()).unwrap();
         assert_eq!(store.ledger(), Some(&ledger));
         assert_eq!(store.models().len(), 1);
         assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::disk::read_json;
+use super::integrity::{GENESIS, Purpose, StateKey, canonical, hex_tag};
 use super::{MANIFEST, MODELS, StoreError, corrupt, io, tensors};
 use crate::model::{Model, TensorSpec};
 
@@ -45,6 +46,87 @@ pub struct ModelEntry {
 pub(super) struct Manifest {
     pub(super) format: u32,
     pub(super) models: Vec<ModelEntry>,
+    /// The entries' tags ([`seal`]); absent in a manifest written before
+    /// authentication existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) mac: Option<ManifestMacs>,
+}
+
+/// The manifest's tags: one per entry, each over the whole entry (every
+/// field, the model file's SHA-256 included), its round's charge in the
+/// ledger and the previous entry's tag; and a head tag over the format and
+/// the number of entries, so a truncated manifest fails too.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ManifestMacs {
+    entries: Vec<String>,
+    head: String,
+}
+
+/// Tags the manifest's entries under `key`; `charges(round)` is the
+/// ledger's binding of a round ([`super::ledger::charge_binding`]).
+pub(super) fn seal(
+    key: &StateKey,
+    manifest: &Manifest,
+    charges: impl Fn(u64) -> Vec<u8>,
+) -> ManifestMacs {
+    let key = key.subkey(Purpose::Manifest);
+    let mut prev = GENESIS;
+    let mut entries = Vec::new();
+    for e in &manifest.models {
+        prev = key.tag(&prev, &[b"model", &canonical(e), &charges(e.round)]);
+        entries.push(hex_tag(&prev));
+    }
+    let head = key.tag(
+        &prev,
+        &[
+            b"head",
+            &canonical(&(manifest.format, manifest.models.len())),
+        ],
+    );
+    ManifestMacs {
+        entries,
+        head: hex_tag(&head),
+    }
+}
+
+/// Checks the manifest's tags, naming the first entry that does not
+/// verify.
+pub(super) fn verify(
+    path: &Path,
+    key: &StateKey,
+    manifest: &Manifest,
+    macs: &ManifestMacs,
+    charges: impl Fn(u64) -> Vec<u8>,
+) -> Result<(), StoreError> {
+    let key = key.subkey(Purpose::Manifest);
+    let bad = |what: String| {
+        corrupt(
+            path,
+            format!(
+                "{what} does not verify under the state key: the file (or its round's charge in the ledger) was edited, or the state key is not the one that wrote it"
+            ),
+        )
+    };
+    let mut prev = GENESIS;
+    for (i, e) in manifest.models.iter().enumerate() {
+        let what = || format!("the MAC of version {} (entry {})", e.version, i + 1);
+        let tag = macs.entries.get(i).ok_or_else(what).map_err(bad)?;
+        prev = key
+            .verify(&prev, &[b"model", &canonical(e), &charges(e.round)], tag)
+            .ok_or_else(what)
+            .map_err(bad)?;
+    }
+    key.verify(
+        &prev,
+        &[
+            b"head",
+            &canonical(&(manifest.format, manifest.models.len())),
+        ],
+        &macs.head,
+    )
+    .ok_or_else(|| bad("the head (format and number of versions)".to_owned()))?;
+    Ok(())
 }
 
 /// The model file of a version, relative to the data directory.

@@ -7,19 +7,59 @@
 use std::fs;
 use std::path::Path;
 
-use super::disk::{entries, file_name, read_json, remove_leftover, to_json};
-use super::models::{Manifest, check_manifest, model_file, read_manifest, read_model};
-use super::rounds::{record_files, round_file};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tracing::warn;
+
+use super::audit::{AUDIT, AuditEvent, AuditLog};
+use super::disk::{entries, file_name, remove_leftover, to_json, unix_ms};
+use super::integrity::{GENESIS, StateKey};
+use super::models::{self, Manifest, check_manifest, model_file, read_manifest, read_model};
+use super::rounds::{self, record_files, round_file};
 use super::{
-    LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Store,
-    StoreError, corrupt, io, ledger, tensors,
+    LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Seal,
+    Store, StoreError, corrupt, io, ledger, tensors,
 };
 use crate::files::{parent, sync_dir, write_atomic};
+
+/// A round record as read: its file, the record, its tag if it has one.
+type Record = (PathBuf, RoundRecord, Option<String>);
+
+/// What [`Store::migrate`] sealed: one line per file that had no MACs
+/// (empty if the directory was already authenticated, or new).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Migration {
+    /// The files sealed as found, each with what it held.
+    pub sealed: Vec<String>,
+}
 
 impl Store {
     /// Opens (creating if missing or empty) and checks a data directory;
     /// see the module docs for what is checked and what is cleaned up.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Every record's MAC is verified under `key`; a directory holding
+    /// records without MACs is refused ([`StoreError::Unauthenticated`]:
+    /// see [`Store::migrate`]).
+    pub fn open(dir: &Path, key: &StateKey) -> Result<Store, StoreError> {
+        Ok(Self::open_sealing(dir, key, false)?.0)
+    }
+
+    /// Opens a data directory as [`Store::open`] does, but seals what an
+    /// older build wrote without MACs, as found: the ledger records a
+    /// `sealed` change, the audit log a `migrated` event, and the log a
+    /// warning; what the files held before cannot be vouched for. A
+    /// directory with some records authenticated and others not is
+    /// refused as tampered, never sealed. Returns what was sealed (nothing
+    /// for an authenticated or a new directory).
+    pub fn migrate(dir: &Path, key: &StateKey) -> Result<(Store, Migration), StoreError> {
+        Self::open_sealing(dir, key, true)
+    }
+
+    fn open_sealing(
+        dir: &Path,
+        key: &StateKey,
+        migrate: bool,
+    ) -> Result<(Store, Migration), StoreError> {
         ensure_dir(dir)?;
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.exists() {
@@ -29,6 +69,7 @@ impl Store {
         create_subdirs(dir)?;
         remove_half_written(dir)?;
         let manifest = load_manifest(&manifest_path)?;
+        let (audit, audit_lines) = AuditLog::open(dir, key)?;
         let mut store = Store {
             dir: dir.to_owned(),
             manifest,
@@ -37,13 +78,126 @@ impl Store {
             latest: None,
             velocity: None,
             poisoned: false,
+            seal: Seal {
+                key: key.clone(),
+                round_tags: Vec::new(),
+                audit: Arc::new(audit),
+            },
         };
         store.load_models()?;
-        store.ledger = ledger::open(&dir.join(LEDGER))?;
+        let opened = ledger::open(&dir.join(LEDGER), key)?;
+        let ledger_unsealed = opened.as_ref().is_some_and(|o| o.unsealed);
+        store.ledger = opened.map(|o| o.ledger);
         ledger::check_covers(&dir.join(LEDGER), store.ledger.as_ref(), &store.manifest)?;
+        let records = store.read_records()?;
+        let unsealed = store.unsealed(ledger_unsealed, &records);
+        let sealed_any = store.manifest.mac.is_some()
+            || store.ledger.as_ref().is_some_and(|_| !ledger_unsealed)
+            || records.iter().any(|(_, _, mac)| mac.is_some())
+            || !audit_lines.is_empty();
+        let migration = match (unsealed.is_empty(), sealed_any, migrate) {
+            (true, _, _) => Migration::default(),
+            (false, true, _) => {
+                return Err(StoreError::Corrupt {
+                    path: dir.join(&unsealed[0].0),
+                    what: "it has no MAC, but the data directory is authenticated: the MACs were removed (restore it from a backup)".into(),
+                });
+            }
+            (false, false, false) => {
+                return Err(StoreError::Unauthenticated {
+                    path: dir.to_owned(),
+                    what: unsealed
+                        .iter()
+                        .map(|(f, _)| f.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            (false, false, true) => Migration {
+                sealed: unsealed
+                    .into_iter()
+                    .map(|(f, what)| format!("{f}: {what}"))
+                    .collect(),
+            },
+        };
+        if migration.sealed.is_empty() {
+            store.verify_manifest()?;
+        }
+        ledger::check_epsilons(&manifest_path, store.ledger.as_ref(), &store.manifest)?;
         store.load_momentum()?;
-        store.reconcile_rounds()?;
-        Ok(store)
+        store.reconcile_rounds(records, !migration.sealed.is_empty())?;
+        if !migration.sealed.is_empty() {
+            store.seal_found(&migration)?;
+        }
+        Ok((store, migration))
+    }
+
+    /// Checks the manifest's tags (after the ledger is read: each entry
+    /// is bound to its round's charge).
+    fn verify_manifest(&self) -> Result<(), StoreError> {
+        let Some(macs) = &self.manifest.mac else {
+            return Ok(());
+        };
+        models::verify(
+            &self.dir.join(MANIFEST),
+            &self.seal.key,
+            &self.manifest,
+            macs,
+            |round| ledger::charge_binding(self.ledger.as_ref(), round),
+        )
+    }
+
+    /// The files that hold records without MACs, each with what it holds.
+    fn unsealed(&self, ledger_unsealed: bool, records: &[Record]) -> Vec<(String, String)> {
+        let mut found = Vec::new();
+        if self.manifest.mac.is_none() && !self.manifest.models.is_empty() {
+            found.push((
+                MANIFEST.to_owned(),
+                format!("{} model versions", self.manifest.models.len()),
+            ));
+        }
+        if ledger_unsealed && let Some(l) = &self.ledger {
+            found.push((
+                LEDGER.to_owned(),
+                format!(
+                    "{} charged rounds, epsilon {} spent",
+                    l.entries().len(),
+                    l.spent()
+                ),
+            ));
+        }
+        for (path, record, mac) in records {
+            if mac.is_none() {
+                found.push((
+                    format!("{ROUNDS}/{}", file_name(path)),
+                    format!("round {}, {:?}", record.round, record.outcome),
+                ));
+            }
+        }
+        found
+    }
+
+    /// Seals what a migration found: the ledger (recording the sealing in
+    /// it), the manifest, and an audit event; round records were sealed
+    /// by [`Store::reconcile_rounds`].
+    fn seal_found(&mut self, migration: &Migration) -> Result<(), StoreError> {
+        warn!(
+            dir = %self.dir.display(),
+            files = migration.sealed.len(),
+            "sealing a data directory written without MACs, as found: what it held before cannot be vouched for"
+        );
+        if let Some(mut l) = self.ledger.take() {
+            l.record_sealing(1, unix_ms() / 1000);
+            ledger::migrate_layout(&self.dir.join(LEDGER), &self.seal.key, &l)?;
+            self.ledger = Some(l);
+        }
+        if !self.manifest.models.is_empty() {
+            self.manifest.mac = Some(self.manifest_seal());
+            write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest))?;
+        }
+        self.seal.audit.append(AuditEvent::Migrated {
+            sealed: migration.sealed.clone(),
+        })
     }
 
     /// Reads every published model (each verified; the latest is kept) and
@@ -96,22 +250,53 @@ impl Store {
         Ok(())
     }
 
-    /// Reads every round record, checks each is in its own file, and
-    /// rewrites a `started` one with what the crash left: `completed` if
-    /// its model was published, `interrupted` otherwise.
-    fn reconcile_rounds(&mut self) -> Result<(), StoreError> {
+    /// Reads every round record (with its tag, if any) and checks each is
+    /// in its own file; sorted by round.
+    fn read_records(&self) -> Result<Vec<Record>, StoreError> {
+        let mut records = Vec::new();
         for path in record_files(&self.dir.join(ROUNDS))? {
-            let mut record: RoundRecord = read_json(&path)?;
+            let (record, mac) = rounds::read(&path)?;
             if record.round == 0 || file_name(&path) != round_file(record.round) {
                 return Err(corrupt(&path, format!("holds round {}", record.round)));
             }
+            records.push((path, record, mac));
+        }
+        records.sort_by_key(|(_, r, _)| r.round);
+        Ok(records)
+    }
+
+    /// Verifies each record's tag in round order (or, migrating, seals
+    /// it as found), and rewrites a `started` one with what the crash
+    /// left: `completed` if its model was published, `interrupted`
+    /// otherwise.
+    fn reconcile_rounds(&mut self, records: Vec<Record>, migrate: bool) -> Result<(), StoreError> {
+        for (i, (path, mut record, mac)) in records.into_iter().enumerate() {
+            let prev = if i == 0 {
+                GENESIS
+            } else {
+                self.seal.round_tags[i - 1]
+            };
+            let tag = match (&mac, migrate) {
+                (Some(mac), false) => rounds::verify(
+                    &path,
+                    &self.seal.key,
+                    &prev,
+                    &record,
+                    &self.model_sha(&record),
+                    mac,
+                )?,
+                _ => GENESIS,
+            };
+            self.rounds.push(record.clone());
+            self.seal.round_tags.push(tag);
             if record.outcome == RoundStatus::Started {
                 self.finish_interrupted(&mut record);
-                write_atomic(&path, &to_json(&record))?;
+                self.rounds[i] = record;
+                self.write_record(i)?;
+            } else if migrate {
+                self.write_record(i)?;
             }
-            self.rounds.push(record);
         }
-        self.rounds.sort_by_key(|r| r.round);
         Ok(())
     }
 
@@ -159,7 +344,7 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
     for path in entries(dir)? {
         let name = file_name(&path);
         let base = name.strip_suffix(".tmp").unwrap_or(&name);
-        if ![MANIFEST, LEDGER, MOMENTUM, MODELS, ROUNDS, PROBE].contains(&base) {
+        if ![MANIFEST, LEDGER, MOMENTUM, MODELS, ROUNDS, PROBE, AUDIT].contains(&base) {
             return Err(StoreError::NotDataDir {
                 path: dir.to_owned(),
                 what: format!(
@@ -221,6 +406,7 @@ fn load_manifest(path: &Path) -> Result<Manifest, StoreError> {
         Manifest {
             format: MANIFEST_FORMAT,
             models: Vec::new(),
+            mac: None,
         }
     };
     check_manifest(path, &manifest)?;
@@ -231,7 +417,7 @@ fn load_manifest(path: &Path) -> Result<Manifest, StoreError> {
 mod tests {
     use std::fs;
 
-    use super::super::test_support::{bits, err, model, publication, started};
+    use super::super::test_support::{bits, err, key, model, publication, started};
     use super::super::{RoundStatus, inspect};
     use super::*;
 
@@ -240,7 +426,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let m = model(1.0);
-        Store::open(dir).unwrap().init_model(&m).unwrap();
+        Store::open(dir, &key()).unwrap().init_model(&m).unwrap();
         // Crashes mid manifest write, mid record write, and between the
         // model file and the manifest of version 2.
         let leftovers = [
@@ -251,7 +437,7 @@ mod tests {
         for file in leftovers {
             fs::write(dir.join(file), b"{garbage").unwrap();
         }
-        let store = Store::open(dir).unwrap();
+        let store = Store::open(dir, &key()).unwrap();
         for file in leftovers {
             assert!(!dir.join(file).exists(), "{file}");
         }
@@ -266,7 +452,10 @@ mod tests {
     fn corruption_is_an_error_naming_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        Store::open(dir).unwrap().init_model(&model(1.0)).unwrap();
+        Store::open(dir, &key())
+            .unwrap()
+            .init_model(&model(1.0))
+            .unwrap();
         let manifest = fs::read(dir.join(MANIFEST)).unwrap();
 
         let file = dir.join(model_file(1));
@@ -281,13 +470,13 @@ mod tests {
         );
         bytes[last] ^= 1;
         fs::write(&file, &bytes).unwrap();
-        Store::open(dir).unwrap();
+        Store::open(dir, &key()).unwrap();
 
         fs::write(dir.join(MANIFEST), b"not json").unwrap();
         assert!(err(dir).contains("manifest.json is corrupt"));
         fs::write(dir.join(MANIFEST), br#"{"format": 2, "anything": []}"#).unwrap();
         assert!(matches!(
-            Store::open(dir),
+            Store::open(dir, &key()),
             Err(StoreError::Format {
                 found: 2,
                 expected: 1,
@@ -308,7 +497,7 @@ mod tests {
     fn a_round_killed_after_publishing_is_completed_on_open() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &key()).unwrap();
         let m = model(1.0);
         store.init_model(&m).unwrap();
         let record = started(1);
@@ -317,7 +506,7 @@ mod tests {
         // the record says so.
         store.publish(&publication(&m, 1, None)).unwrap();
         drop(store);
-        let store = Store::open(dir).unwrap();
+        let store = Store::open(dir, &key()).unwrap();
         let r = &store.rounds()[0];
         assert_eq!(r.outcome, RoundStatus::Completed);
         assert_eq!(r.model_version, Some(2));
@@ -328,7 +517,7 @@ mod tests {
     fn started_rounds_become_interrupted_and_ids_are_not_reused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        let mut store = Store::open(dir).unwrap();
+        let mut store = Store::open(dir, &key()).unwrap();
         assert_eq!(store.next_round_id(), 1);
         let mut record = started(1);
         store.record_round(&record).unwrap();
@@ -352,7 +541,7 @@ mod tests {
             "inspect changes nothing"
         );
 
-        let store = Store::open(dir).unwrap();
+        let store = Store::open(dir, &key()).unwrap();
         let outcomes: Vec<_> = store.rounds().iter().map(|r| r.outcome).collect();
         assert_eq!(outcomes, [RoundStatus::Aborted, RoundStatus::Interrupted]);
         assert_eq!(store.next_round_id(), 3);
@@ -389,7 +578,7 @@ mod tests {
         // An existing empty directory is fine.
         let empty = tmp.path().join("empty");
         fs::create_dir(&empty).unwrap();
-        Store::open(&empty).unwrap();
+        Store::open(&empty, &key()).unwrap();
         assert!(empty.join(MODELS).is_dir() && empty.join(ROUNDS).is_dir());
     }
 
@@ -400,7 +589,7 @@ mod tests {
         // way a read-only file system would.
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
-        Store::open(&dir).unwrap();
+        Store::open(&dir, &key()).unwrap();
         fs::create_dir(dir.join(format!("{PROBE}.tmp"))).unwrap();
         let e = err(&dir);
         assert!(
@@ -412,7 +601,7 @@ mod tests {
         let fresh = tmp.path().join("fresh");
         fs::create_dir(&fresh).unwrap();
         fs::write(fresh.join(format!("{PROBE}.tmp")), b"").unwrap();
-        Store::open(&fresh).unwrap();
+        Store::open(&fresh, &key()).unwrap();
         assert!(!fresh.join(format!("{PROBE}.tmp")).exists());
     }
 }

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::StoreError;
-use super::disk::entries;
+use super::disk::{entries, read_json, to_json};
+use super::integrity::{Purpose, StateKey, Tag, canonical, hex_tag};
+use super::{StoreError, corrupt};
 
 /// Where a round stands: open, or how it ended. Serialized as the record's
 /// `outcome` field (`started`, `completed`, `aborted`, `interrupted`).
@@ -53,6 +54,75 @@ pub struct RoundRecord {
     pub started_at_unix_ms: u64,
     /// How long it took.
     pub seconds: f64,
+}
+
+/// What is written: the record's fields, then its tag. The tag covers
+/// the whole record, the tag of the record before it (by round id), and
+/// the SHA-256 of the model it published, if any, so a record cannot be
+/// edited, dropped from the middle or pointed at another model.
+#[derive(Serialize)]
+struct SealedRecord<'a> {
+    #[serde(flatten)]
+    record: &'a RoundRecord,
+    mac: String,
+}
+
+fn tag_parts(record: &RoundRecord, model_sha256: &str) -> [Vec<u8>; 2] {
+    [canonical(record), model_sha256.as_bytes().to_vec()]
+}
+
+/// The record file's bytes under `key`, after the record tagged `prev`,
+/// and its tag.
+pub(super) fn sealed_bytes(
+    key: &StateKey,
+    prev: &Tag,
+    record: &RoundRecord,
+    model_sha256: &str,
+) -> (Vec<u8>, Tag) {
+    let [body, model] = tag_parts(record, model_sha256);
+    let tag = key
+        .subkey(Purpose::Rounds)
+        .tag(prev, &[b"round", &body, &model]);
+    let bytes = to_json(&SealedRecord {
+        record,
+        mac: hex_tag(&tag),
+    });
+    (bytes, tag)
+}
+
+/// Reads a record file: the record and its tag, if it has one.
+pub(super) fn read(path: &Path) -> Result<(RoundRecord, Option<String>), StoreError> {
+    let mut value: serde_json::Value = read_json(path)?;
+    let mac = match value.as_object_mut().and_then(|o| o.remove("mac")) {
+        Some(serde_json::Value::String(m)) => Some(m),
+        Some(_) => return Err(corrupt(path, "mac is not a string")),
+        None => None,
+    };
+    let record = serde_json::from_value(value).map_err(|e| corrupt(path, e.to_string()))?;
+    Ok((record, mac))
+}
+
+/// Checks a record's tag after the record tagged `prev`.
+pub(super) fn verify(
+    path: &Path,
+    key: &StateKey,
+    prev: &Tag,
+    record: &RoundRecord,
+    model_sha256: &str,
+    mac: &str,
+) -> Result<Tag, StoreError> {
+    let [body, model] = tag_parts(record, model_sha256);
+    key.subkey(Purpose::Rounds)
+        .verify(prev, &[b"round", &body, &model], mac)
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                format!(
+                    "the MAC of round {} does not verify under the state key: the record was edited, the record before it was removed or edited, it names another model, or the state key is not the one that wrote it",
+                    record.round
+                ),
+            )
+        })
 }
 
 /// A round's record file, relative to the rounds directory.

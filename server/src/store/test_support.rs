@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tessera_dp::ledger::{Adversary, Mechanism, PrivacyLedger};
 
-use super::{Publication, RoundRecord, RoundStatus, Store};
+use super::{Publication, RoundRecord, RoundStatus, StateKey, Store};
 use crate::model::{Model, TensorSpec};
 
 /// Tensors named so that sorting by name would reorder them.
@@ -53,13 +53,38 @@ pub(super) fn bits(m: &Model) -> Vec<u32> {
 }
 
 pub(super) fn err(dir: &Path) -> String {
-    Store::open(dir).unwrap_err().to_string()
+    Store::open(dir, &key()).unwrap_err().to_string()
+}
+
+/// The state key the store's tests seal with.
+pub(super) fn key() -> StateKey {
+    StateKey::from_bytes([42; 32])
+}
+
+/// What a data directory written by a build without MACs looks like:
+/// every file's MACs removed, no audit log.
+pub(super) fn strip_macs(dir: &Path) {
+    let strip = |path: &Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v.as_object_mut().unwrap().remove("mac");
+        std::fs::write(path, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    };
+    for file in ["manifest.json", "ledger.json"] {
+        if dir.join(file).exists() {
+            strip(&dir.join(file));
+        }
+    }
+    for entry in std::fs::read_dir(dir.join("rounds")).unwrap() {
+        strip(&entry.unwrap().path());
+    }
+    let _ = std::fs::remove_file(dir.join("audit.jsonl"));
 }
 
 /// A data directory with the initial model and round 1 published and
 /// charged (central DP); returns the ledger as written.
 pub(super) fn one_charged_round(dir: &Path) -> PrivacyLedger {
-    let mut store = Store::open(dir).unwrap();
+    let mut store = Store::open(dir, &key()).unwrap();
     store.init_model(&model(0.0)).unwrap();
     let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
     ledger
