@@ -65,6 +65,8 @@ mod ledger;
 mod models;
 mod recovery;
 mod rounds;
+#[cfg(test)]
+mod tamper_tests;
 mod tensors;
 #[cfg(test)]
 mod test_support;
