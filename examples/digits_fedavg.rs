@@ -68,13 +68,16 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     let model = Model::new(specs, tensors.into_iter().flat_map(|t| t.values).collect())?;
     let dir = tempfile::tempdir()?;
-    Store::open(dir.path())?.init_model(&model)?;
+    let (data_dir, key_file) = (dir.path().join("data"), dir.path().join("state.key"));
+    let (key, _) = tessera_server::store::StateKey::load_or_create(&key_file)?;
+    Store::open(&data_dir, &key)?.init_model(&model)?;
 
     // 3. The server: clients add discrete Gaussian noise calibrated so that
     //    ROUNDS rounds spend EPSILON; any 9 of the 10 carry enough of it.
     let noise_multiplier = accountant::noise_multiplier(EPSILON, 1.0, ROUNDS, DELTA)?;
     let server = tessera_server::start(ServerConfig {
-        data_dir: dir.path().to_owned(),
+        data_dir,
+        state_key: Some(key_file),
         rounds: Some(ROUNDS),
         network: NetworkSettings {
             listen: "127.0.0.1:0".parse()?,

@@ -18,10 +18,17 @@ pub(crate) const LONG_ABOUT: &str = "Reads a `tessera serve` data directory with
     the noise was in the sum before the server saw it; model-consumers: central DP, the server \
     saw the un-noised sum). Entries migrated from an older ledger layout are marked; recorded changes of the \
     budget or of delta (`tessera serve --raise-budget`, `--recompute-delta`, a lower budget) \
-    follow the entries. With --json prints one object {models: [...], rounds: [...], ledger: ...}.";
+    follow the entries. With --json prints one object {models: [...], rounds: [...], ledger: ...}. \
+    With --audit prints the audit log instead (audit.jsonl: joins, evictions, aborted rounds, \
+    publications with the model's SHA-256 and epsilon, changes of the privacy terms, token \
+    reloads, migrations), verifying every line's MAC under the state key (found as `tessera \
+    serve` finds it: --state-key, else state.key beside --tls-key, else DIR.state-key); an edited \
+    line is an error naming it, a torn last line (a crash mid-append) is reported. Without the \
+    key the log is printed unverified, and says so.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera inspect --data-dir tessera-data\n  \
-    tessera inspect --data-dir tessera-data --json | jq '.models[-1]'";
+    tessera inspect --data-dir tessera-data --json | jq '.models[-1]'\n  \
+    tessera inspect --data-dir /var/lib/tessera --audit --tls-key /etc/tessera/key.pem";
 
 /// Flags of `tessera inspect`.
 #[derive(Debug, Args)]
@@ -32,9 +39,21 @@ pub(crate) struct InspectArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
+    /// Print the audit log (verified under the state key) instead.
+    #[arg(long)]
+    audit: bool,
+    /// The state key file, to verify the audit log.
+    #[arg(long, value_name = "PATH")]
+    state_key: Option<PathBuf>,
+    /// The server's TLS key, to find the state key beside it.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    if args.audit {
+        return print_audit(args);
+    }
     let state = store::inspect(&args.data_dir)
         .with_context(|| format!("reading {}", args.data_dir.display()))?;
     if args.json {
@@ -159,4 +178,51 @@ fn print_changes(ledger: &PrivacyLedger) {
             c.at_unix
         );
     }
+}
+
+/// `--audit`: the audit log, one line per event, verified if the state key
+/// is found.
+fn print_audit(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let path = crate::migrate::key_path(&args.data_dir, args.state_key, args.tls_key);
+    let key = if path.exists() {
+        Some(store::StateKey::load(&path)?)
+    } else {
+        None
+    };
+    let (records, torn) = store::read_audit(&args.data_dir, key.as_ref())
+        .with_context(|| format!("reading the audit log of {}", args.data_dir.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match &key {
+        Some(_) => println!(
+            "audit log ({} events), every MAC verified under {}:",
+            records.len(),
+            path.display()
+        ),
+        None => println!(
+            "audit log ({} events), NOT verified: no state key at {} (give --state-key)",
+            records.len(),
+            path.display()
+        ),
+    }
+    for r in &records {
+        let mut event = serde_json::to_value(&r.event)?;
+        let kind = event
+            .as_object_mut()
+            .and_then(|o| o.remove("kind"))
+            .and_then(|k| k.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        println!(
+            "  {:>5}  {:>13}  {:<18}  {}",
+            r.seq, r.at_unix_ms, kind, event
+        );
+    }
+    if torn > 0 {
+        println!(
+            "  a torn last line of {torn} bytes (a crash mid-append) follows; the server cuts it off when it next opens the directory"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,7 +8,8 @@
 //! parameter finder which neighbour graph and threshold a round of n clients
 //! needs; `privacy` answers the privacy accountant's questions (epsilon,
 //! noise multiplier, rounds); `serve`, `join` and `inspect` run and examine
-//! a real server and clients over gRPC; `token` and `cert` make credentials.
+//! a real server and clients over gRPC; `migrate` seals a data directory an
+//! older build wrote; `token` and `cert` make credentials.
 //!
 //! Exit codes: 0 on success (an aborted round is a normal outcome of the
 //! protocol, not a failure of the command), 2 for bad flags or parameters
@@ -20,6 +21,7 @@ mod demo;
 mod inspect;
 mod join;
 mod keys;
+mod migrate;
 mod params;
 mod privacy;
 mod report;
@@ -123,6 +125,9 @@ enum Command {
     /// Inspect a server's data directory.
     #[command(about = inspect::ABOUT, long_about = inspect::LONG_ABOUT, after_help = inspect::EXAMPLES)]
     Inspect(inspect::InspectArgs),
+    /// Seal a data directory an older build wrote without MACs.
+    #[command(about = migrate::ABOUT, long_about = migrate::LONG_ABOUT, after_help = migrate::EXAMPLES)]
+    Migrate(migrate::MigrateArgs),
     /// Create a client token.
     #[command(about = keys::TOKEN_ABOUT, long_about = keys::TOKEN_LONG_ABOUT, after_help = keys::TOKEN_EXAMPLES)]
     Token(keys::TokenArgs),
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(*args),
         Command::Join(args) => join::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Migrate(args) => migrate::run(args),
         Command::Token(args) => keys::run_token(args),
         Command::Cert(args) => keys::run_cert(args),
         Command::Keygen(args) => keys::run_keygen(args),

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const COMMANDS: [&str; 11] = [
-    "", "demo", "simulate", "params", "privacy", "serve", "join", "inspect", "token", "cert",
-    "keygen",
+const COMMANDS: [&str; 12] = [
+    "", "demo", "simulate", "params", "privacy", "serve", "join", "inspect", "migrate", "token",
+    "cert", "keygen",
 ];
 
 #[test]

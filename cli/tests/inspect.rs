@@ -143,3 +143,100 @@ fn inspect_lists_the_recorded_changes_of_budget_and_delta() {
     assert_eq!(json["ledger"]["changes"][0]["event"], "budget-change");
     assert_eq!(json["ledger"]["changes"][1]["new"], 0.001);
 }
+
+/// `tessera COMMAND --data-dir DIR --state-key KEY [extra]`.
+fn run(command: &str, dir: &Path, key: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([command, "--data-dir"])
+        .arg(dir)
+        .arg("--state-key")
+        .arg(key)
+        .args(extra)
+        .output()
+        .expect("the tessera binary runs")
+}
+
+/// A directory an older build wrote (a ledger without MACs): `tessera
+/// serve` with an existing state key refuses it and points at `tessera
+/// migrate`, which seals it and says what it did; `inspect --audit`
+/// verifies the log that records it, and names a line edited afterwards.
+#[test]
+fn migrate_seals_a_legacy_directory_and_inspect_audit_verifies_the_record() {
+    let scratch = scratch_dir("migrate");
+    let (dir, key) = (scratch.join("data"), scratch.join("state.key"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ledger = r#"{"version": 2, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
+        {"event": "round-charge", "round": 1, "adversary": "model-consumers", "neighbouring": "zero-out-one",
+         "mechanism": {"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}, "epsilon_spent": 4.0}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), ledger).unwrap();
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+
+    let out = run(
+        "serve",
+        &dir,
+        &key,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure-dev",
+            "--dim",
+            "4",
+            "--dp",
+            "central",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("without MACs")
+            && err.contains("tessera migrate")
+            && err.contains("ledger.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ledger.json")).unwrap(),
+        ledger
+    );
+
+    let out = run("migrate", &dir, &key, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("sealed 1 file(s)") && text.contains("ledger.json"),
+        "{text}"
+    );
+    let out = run("migrate", &dir, &key, &[]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already authenticated"));
+
+    let text =
+        String::from_utf8_lossy(&run("inspect", &dir, &key, &["--audit"]).stdout).into_owned();
+    assert!(
+        text.contains("every MAC verified") && text.contains("migrated"),
+        "{text}"
+    );
+    let text = inspect(&dir, &[]);
+    assert!(
+        text.contains("sealed"),
+        "the ledger records the sealing:\n{text}"
+    );
+
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    std::fs::write(
+        dir.join("audit.jsonl"),
+        audit.replacen("ledger.json", "ledger.jsom", 1),
+    )
+    .unwrap();
+    let out = run("inspect", &dir, &key, &["--audit"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("audit.jsonl") && err.contains("line 1"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -101,11 +101,22 @@ pub(super) async fn deploy(
     noise_multiplier: f64,
 ) -> Result<Deployment, DemoError> {
     let data_dir = cfg.out.join("data");
-    Store::open(&data_dir)
+    let credentials = write_credentials(cfg)?;
+    let config = server_config(
+        cfg,
+        model.dim(),
+        noise_multiplier,
+        data_dir.clone(),
+        &credentials,
+    );
+    // The state key the server will use (beside its TLS key) seals the
+    // initial model too.
+    let key_file = config.state_key_path();
+    let (key, _) = tessera_server::store::StateKey::load_or_create(&key_file)
+        .map_err(|e| out_err(&key_file, e))?;
+    Store::open(&data_dir, &key)
         .and_then(|mut store| store.init_model(model))
         .map_err(|e| out_err(&data_dir, e))?;
-    let credentials = write_credentials(cfg)?;
-    let config = server_config(cfg, model.dim(), noise_multiplier, data_dir, &credentials);
     let n = cfg.training.clients as u32;
     let (graph, threshold) = config
         .graph_for(n)
@@ -203,6 +214,8 @@ fn server_config(
             ..NetworkSettings::default()
         },
         data_dir,
+        // Beside the TLS key, among the credentials.
+        state_key: None,
         dim: Some(dim as u32),
         round: RoundRules {
             min_clients: training.clients as u32,
