@@ -16,6 +16,7 @@ use tessera_server::config::ServerOverrides;
 const SETTINGS: &[(&str, &str, &str)] = &[
     ("listen", "\"127.0.0.1:1000\"", "\"127.0.0.1:2000\""),
     ("data_dir", "\"a\"", "\"b\""),
+    ("state_key", "\"a.key\"", "\"b.key\""),
     ("dim", "10", "20"),
     ("min_clients", "4", "5"),
     ("max_clients", "50", "60"),
