@@ -8,7 +8,20 @@
 //!   momentum.safetensors              FedAvgM velocity of the latest version (optional)
 //!   rounds/round-000042.json          one RoundRecord per round ever opened
 //!   ledger.json                       the privacy ledger (DP on), layout version 2
+//!   audit.jsonl                       the audit log: security-relevant events, appended
 //! ```
+//!
+//! The ledger, the manifest, the round records and the audit log carry
+//! HMAC-SHA256 tags under the **state key**, a secret kept outside the
+//! data directory ([`StateKey`]): each record is chained to the one before
+//! it, each manifest entry to its model file's SHA-256 and its round's
+//! charge in the ledger, each round record to the model it published (see
+//! `integrity`). Open verifies every tag and refuses, naming the file and
+//! the entry, anything edited by someone without the key. A directory an
+//! older build wrote without tags is sealed as found only by
+//! [`Store::migrate`] (`tessera migrate`, or the first start with a newly
+//! generated key), which records the sealing in the ledger and the audit
+//! log. The key's holder can still rewrite history ([`hazmat`]).
 //!
 //! Every file is written to `NAME.tmp` in the same directory, fsynced,
 //! renamed over `NAME`, and the directory fsynced: a crash at any instant
