@@ -235,6 +235,7 @@ fn max_frame_bytes(dim: u32, max_clients: u32) -> usize {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<Result<(), ServeError>>,
     scheduler: JoinHandle<Result<(), ServeError>>,
@@ -245,6 +246,12 @@ impl RunningServer {
     /// configuration asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the Prometheus scrape endpoint, if metrics are on
+    /// (with the real port when the configuration asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Waits until the scheduler stops (round limit, privacy budget, or a
@@ -393,9 +400,10 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {local_addr} can join rounds. Never use this outside a local experiment."
         );
     }
-    if let Some(addr) = config.network.metrics_listen {
-        metrics::install_prometheus(addr)?;
-    }
+    let metrics_addr = match config.network.metrics_listen {
+        Some(addr) => Some(metrics::install_prometheus(addr)?),
+        None => None,
+    };
 
     let max_frame = max_frame_bytes(dim, config.round.max_clients);
     let shared = Arc::new(Shared {
@@ -444,6 +452,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     info!(addr = %local_addr, dim, "serving");
     Ok(RunningServer {
         local_addr,
+        metrics_addr,
         shutdown,
         serve,
         scheduler,

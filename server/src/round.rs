@@ -255,6 +255,7 @@ impl RoundDriver {
                             seconds = started.elapsed().as_secs_f64(),
                             "unmasked"
                         );
+                        metrics::unmasked(started.elapsed().as_secs_f64(), session.abort_reason());
                         self.session = Some(session);
                     }
                     ServerEvent::Completed(output) => {

@@ -58,7 +58,9 @@ pub(crate) async fn run(
 ) -> Result<(), ServeError> {
     let config = &shared.config;
     let mut rounds_run = 0u64;
+    metrics::stage_deadlines(config.round.stage_timeout);
     loop {
+        metrics::privacy(training.ledger.as_ref());
         if config.rounds.is_some_and(|limit| rounds_run >= limit) {
             info!(rounds = rounds_run, "round limit reached");
             shared.stop_accepting("the server has run its configured number of rounds");
@@ -190,6 +192,7 @@ async fn run_round(
         }
     };
     record.seconds = started.elapsed().as_secs_f64();
+    metrics::round_ended(record.outcome == RoundStatus::Completed, record.seconds);
     write_record(shared, record).await?;
     driver.finish(&result, CLOSE_GRACE);
     shared.lobby.release(identities.iter().map(String::as_str));
