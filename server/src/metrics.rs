@@ -466,6 +466,31 @@ pub(crate) fn stage_closed(stage: &str, seconds: f64, survivors: u32, dropped: u
     counter!(DROPOUTS, LABEL_STAGE => stage.to_owned()).increment(u64::from(dropped));
 }
 
+/// Records the stage a round aborted in as closed, with the clients that
+/// dropped in it (the ones the abort is about), unless the session already
+/// reported that stage closed (an abort found after its close, such as a
+/// failed reconstruction). `closed` is the round's closed stages so far
+/// (stage, survivors, dropped, seconds); `clients` those invited.
+pub(crate) fn stage_aborted(
+    stage: Stage,
+    seconds: f64,
+    survivors: u32,
+    closed: &[(Stage, u32, u32, f64)],
+    clients: u32,
+) {
+    let before = match closed.last() {
+        Some((last, ..)) if *last == stage => return,
+        Some((_, survivors, ..)) => *survivors,
+        None => clients,
+    };
+    stage_closed(
+        stage.name(),
+        seconds,
+        survivors,
+        before.saturating_sub(survivors),
+    );
+}
+
 /// Records a round's end: how long it ran from opening, and whether it
 /// published (`completed`) or not.
 pub(crate) fn round_ended(completed: bool, seconds: f64) {
@@ -644,6 +669,22 @@ mod tests {
         stage_deadlines(Duration::from_millis(1500));
         unmasked(0.02, None);
         unmasked(0.2, Some(AbortReason::Misbehaviour));
+        // Below threshold at share-keys: 5 advertised, 2 shared.
+        stage_aborted(
+            Stage::ShareKeys,
+            2.0,
+            2,
+            &[(Stage::AdvertiseKeys, 5, 0, 0.1)],
+            5,
+        );
+        // A reconstruction failure after unmasking closed: counted once.
+        stage_aborted(
+            Stage::Unmasking,
+            1.0,
+            4,
+            &[(Stage::Unmasking, 4, 0, 0.5)],
+            5,
+        );
 
         let body = scrape(addr);
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
@@ -714,6 +755,8 @@ mod tests {
                 0.0,
             ),
             ("tessera_dropouts_total{stage=\"unmasking\"}", 0.0),
+            ("tessera_dropouts_total{stage=\"share-keys\"}", 3.0),
+            ("tessera_clients_per_stage{stage=\"share-keys\"}", 2.0),
             ("tessera_rejected_messages_total{kind=\"MALFORMED\"}", 0.0),
             (
                 "tessera_connections_refused_total{reason=\"preface_timeout\"}",
@@ -730,6 +773,10 @@ mod tests {
             );
         }
         assert!(body.contains("# HELP tessera_lobby_clients"), "{body}");
+        assert!(
+            !body.contains("tessera_stage_seconds_count{stage=\"unmasking\"}"),
+            "an abort after unmasking closed records no second close: {body}"
+        );
         assert!(
             body.contains("# HELP tessera_round_seconds Time from a round's opening"),
             "{body}"

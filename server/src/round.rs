@@ -267,6 +267,13 @@ impl RoundDriver {
                         reason,
                         survivors,
                     } => {
+                        metrics::stage_aborted(
+                            stage,
+                            self.stage_started.elapsed().as_secs_f64(),
+                            survivors,
+                            &self.stages,
+                            self.senders.len() as u32,
+                        );
                         // Tell the clients (the session queued an Aborted
                         // message for each) before handing back.
                         self.flush();

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use promql_parser::parser::{self, Expr};
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde::Deserialize;
+use tessera_aggregation::Stage;
+use tessera_client::Participation;
 use tessera_server::config::DpMode;
 use tessera_tests::{ServerOptions, TestServer, update};
 
@@ -444,5 +446,56 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_round() {
         missing.is_empty(),
         "used but not exported: {missing:?}\nexported: {exported:?}"
     );
+
+    aborted_round_is_counted(&ts, addr).await;
     ts.server.shutdown().await.expect("clean shutdown");
+}
+
+/// A second round in which three of the five clients hang up before their
+/// masked input: two survivors are below the minimum aggregate size, the
+/// round aborts, and the abort, its duration and the dropouts are counted.
+async fn aborted_round_is_counted(ts: &TestServer, addr: SocketAddr) {
+    let tasks: Vec<_> = (0..u64::from(CLIENTS))
+        .map(|i| {
+            let client = ts.client(None);
+            tokio::spawn(async move {
+                let update = update(DIM, 10 + i);
+                match i {
+                    0..3 => {
+                        client
+                            .participate_or_drop(&update, Stage::MaskedInput)
+                            .await
+                    }
+                    _ => client
+                        .participate(&update)
+                        .await
+                        .map(Participation::Completed),
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        // The survivors hear that the round aborted; the others hung up.
+        let _ = task.await.expect("task");
+    }
+    let aborted = "tessera_rounds_aborted_total{reason=\"below-threshold\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape(addr);
+        if value(&body, aborted) == Some(1.0) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let expect = [
+        (aborted, 1.0),
+        ("tessera_rounds_started_total", 2.0),
+        ("tessera_rounds_completed_total", 1.0),
+        ("tessera_round_seconds_count{outcome=\"aborted\"}", 1.0),
+        ("tessera_unmasking_seconds_count", 1.0),
+        ("tessera_dropouts_total{stage=\"masked-input\"}", 3.0),
+    ];
+    for (series, want) in expect {
+        assert_eq!(value(&body, series), Some(want), "{series} in\n{body}");
+    }
 }
