@@ -52,7 +52,6 @@ pub(crate) const LABEL_STAGE: &str = "stage";
 /// Label naming why a round aborted.
 pub(crate) const LABEL_REASON: &str = "reason";
 /// Label naming the storage operation that failed (write, fsync, rename).
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) const LABEL_OP: &str = "op";
 /// Label naming what kind of message was refused.
 pub(crate) const LABEL_KIND: &str = "kind";
@@ -320,7 +319,6 @@ pub(crate) fn connection_refused(reason: &'static str) {
 
 /// Records a failed write to the data directory. `op` is "write", "fsync",
 /// "rename" or "remove".
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn storage_write_failed(op: &'static str) {
     counter!(STORAGE_WRITE_ERRORS, LABEL_OP => op).increment(1);
 }

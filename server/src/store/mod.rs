@@ -46,14 +46,13 @@
 //! view); this file holds the [`Store`] and its writes.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
 use tracing::warn;
 
-use crate::files::{WriteError, write_atomic};
+use crate::files::{Disk, WriteError};
 use crate::model::Model;
 
 mod disk;
@@ -199,6 +198,8 @@ pub struct Store {
     latest: Option<Model>,
     velocity: Option<Vec<f32>>,
     poisoned: bool,
+    /// Every write goes through it (a fault plan in tests).
+    disk: Disk,
 }
 
 impl Store {
@@ -288,7 +289,7 @@ impl Store {
             return Err(refused("round 0 is the initial model's, not a round"));
         }
         let path = self.dir.join(ROUNDS).join(round_file(record.round));
-        write_atomic(&path, &to_json(record))?;
+        self.disk.write_atomic(&path, &to_json(record))?;
         match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
             Ok(i) => self.rounds[i] = record.clone(),
             Err(i) => self.rounds.insert(i, record.clone()),
@@ -304,7 +305,8 @@ impl Store {
     /// safe, and the write is atomic.
     pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.disk
+            .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
         self.ledger = Some(ledger.clone());
         Ok(())
     }
@@ -315,7 +317,8 @@ impl Store {
     /// change kept. Refuses anything else.
     pub(crate) fn amend_terms(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_amends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.disk
+            .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
         self.ledger = Some(ledger.clone());
         Ok(())
     }
@@ -380,7 +383,8 @@ impl Store {
     /// ledger, model file, momentum, manifest (the commit point).
     fn write_publication(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if let Some(ledger) = p.ledger {
-            write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+            self.disk
+                .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
             self.ledger = Some(ledger.clone());
         }
         let version = self.manifest.models.last().map_or(1, |m| m.version + 1);
@@ -424,7 +428,7 @@ impl Store {
             ("round".to_owned(), p.round.to_string()),
         ]);
         let bytes = tensors::encode(&path, &p.model.tensors, &p.model.params, metadata)?;
-        write_atomic(&path, &bytes)?;
+        self.disk.write_atomic(&path, &bytes)?;
         Ok(bytes)
     }
 
@@ -434,7 +438,7 @@ impl Store {
         let metadata = HashMap::from([("version".to_owned(), version.to_string())]);
         let spec = tensors::velocity_spec(velocity.len());
         let encoded = tensors::encode(&momentum, &spec, velocity, metadata)?;
-        write_atomic(&momentum, &encoded)?;
+        self.disk.write_atomic(&momentum, &encoded)?;
         Ok(())
     }
 
@@ -442,7 +446,9 @@ impl Store {
     /// visible; on failure the manifest in memory is left as it was.
     fn commit_manifest(&mut self, entry: &ModelEntry) -> Result<(), StoreError> {
         self.manifest.models.push(entry.clone());
-        let written = write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest));
+        let written = self
+            .disk
+            .write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest));
         if let Err(e) = written {
             self.manifest.models.pop();
             return Err(e.into());
@@ -455,7 +461,7 @@ impl Store {
     fn remove_stale_momentum(&self) {
         let momentum = self.dir.join(MOMENTUM);
         if momentum.exists()
-            && let Err(e) = fs::remove_file(&momentum)
+            && let Err(e) = self.disk.remove_durably(&momentum)
         {
             warn!(file = %momentum.display(), "cannot remove stale momentum: {e}");
         }

@@ -14,20 +14,26 @@ use super::{
     LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Store,
     StoreError, corrupt, io, ledger, tensors,
 };
-use crate::files::{parent, sync_dir, write_atomic};
+use crate::files::Disk;
 
 impl Store {
     /// Opens (creating if missing or empty) and checks a data directory;
     /// see the module docs for what is checked and what is cleaned up.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        ensure_dir(dir)?;
+        Store::open_with(dir, Disk::real())
+    }
+
+    /// [`Store::open`], with every write of the store going through `disk`
+    /// (tests inject faults there).
+    pub fn open_with(dir: &Path, disk: Disk) -> Result<Store, StoreError> {
+        ensure_dir(&disk, dir)?;
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.exists() {
             refuse_foreign(dir)?;
         }
-        probe_writable(dir)?;
-        create_subdirs(dir)?;
-        remove_half_written(dir)?;
+        probe_writable(&disk, dir)?;
+        create_subdirs(&disk, dir)?;
+        remove_half_written(&disk, dir)?;
         let manifest = load_manifest(&manifest_path)?;
         let mut store = Store {
             dir: dir.to_owned(),
@@ -37,9 +43,10 @@ impl Store {
             latest: None,
             velocity: None,
             poisoned: false,
+            disk,
         };
         store.load_models()?;
-        store.ledger = ledger::open(&dir.join(LEDGER))?;
+        store.ledger = ledger::open(&dir.join(LEDGER), &store.disk)?;
         ledger::check_covers(&dir.join(LEDGER), store.ledger.as_ref(), &store.manifest)?;
         store.load_momentum()?;
         store.reconcile_rounds()?;
@@ -57,7 +64,11 @@ impl Store {
         for path in entries(&self.dir.join(MODELS))? {
             let rel = format!("{MODELS}/{}", file_name(&path));
             if rel == uncommitted {
-                remove_leftover(&path, "a model file whose publication did not commit")?;
+                remove_leftover(
+                    &self.disk,
+                    &path,
+                    "a model file whose publication did not commit",
+                )?;
             } else if !self.manifest.models.iter().any(|m| m.file == rel) {
                 return Err(corrupt(
                     &path,
@@ -81,13 +92,13 @@ impl Store {
             return Ok(());
         }
         let Some(latest) = &self.latest else {
-            return remove_leftover(&momentum, "momentum saved with another version");
+            return remove_leftover(&self.disk, &momentum, "momentum saved with another version");
         };
         let bytes = fs::read(&momentum).map_err(io(&momentum))?;
         let spec = tensors::velocity_spec(latest.dim());
         let (velocity, meta) = tensors::decode(&momentum, &bytes, &spec)?;
         if meta.get("version") != Some(&self.latest_version().to_string()) {
-            remove_leftover(&momentum, "momentum saved with another version")?;
+            remove_leftover(&self.disk, &momentum, "momentum saved with another version")?;
         } else if let Some(i) = velocity.iter().position(|v| !v.is_finite()) {
             return Err(corrupt(&momentum, format!("value {i} is not finite")));
         } else {
@@ -107,7 +118,7 @@ impl Store {
             }
             if record.outcome == RoundStatus::Started {
                 self.finish_interrupted(&mut record);
-                write_atomic(&path, &to_json(&record))?;
+                self.disk.write_atomic(&path, &to_json(&record))?;
             }
             self.rounds.push(record);
         }
@@ -137,17 +148,14 @@ impl Store {
 }
 
 /// `dir` must be a directory; a missing one is created.
-fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+fn ensure_dir(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     match fs::metadata(dir) {
         Ok(m) if !m.is_dir() => Err(StoreError::NotDataDir {
             path: dir.to_owned(),
             what: "it is not a directory".into(),
         }),
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io(dir))?;
-            Ok(sync_dir(parent(dir))?)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(disk.create_dir_all(dir)?),
         Err(e) => Err(io(dir)(e)),
     }
 }
@@ -178,35 +186,34 @@ const PROBE: &str = "write-probe";
 /// Creates and removes a file in `dir`, so a read-only or otherwise
 /// unwritable data directory stops the server at start instead of at the
 /// first publication, after clients have spent a round on it.
-fn probe_writable(dir: &Path) -> Result<(), StoreError> {
+fn probe_writable(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     let probe = dir.join(format!("{PROBE}.tmp"));
-    fs::File::create(&probe)
-        .and_then(|_| fs::remove_file(&probe))
+    disk.probe(&probe)
         .map_err(|e| StoreError::NotDataDir {
             path: dir.to_owned(),
             what: format!(
-                "the server cannot write in it ({e}); it must be writable for models, the ledger and round records"
+                "the server cannot write in it ({}); it must be writable for models, the ledger and round records",
+                e.source
             ),
         })
 }
 
-fn create_subdirs(dir: &Path) -> Result<(), StoreError> {
+fn create_subdirs(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     for sub in [MODELS, ROUNDS] {
         let p = dir.join(sub);
         if !p.is_dir() {
-            fs::create_dir(&p).map_err(io(&p))?;
-            sync_dir(dir)?;
+            disk.create_dir_all(&p)?;
         }
     }
     Ok(())
 }
 
 /// Removes every `*.tmp` (a write that never reached its rename).
-fn remove_half_written(dir: &Path) -> Result<(), StoreError> {
+fn remove_half_written(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     for sub in [dir.to_owned(), dir.join(MODELS), dir.join(ROUNDS)] {
         for path in entries(&sub)? {
             if path.extension().is_some_and(|e| e == "tmp") {
-                remove_leftover(&path, "a half-written file")?;
+                remove_leftover(disk, &path, "a half-written file")?;
             }
         }
     }
