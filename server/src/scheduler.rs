@@ -194,7 +194,11 @@ async fn run_round(
         }
     };
     record.seconds = started.elapsed().as_secs_f64();
-    if let Err(e) = write_record(shared, record).await {
+    let stops = matches!(told, Told::Failed { fatal: Some(_), .. });
+    // A round that stops the scheduler keeps its `started` record: whether
+    // its version was committed is only known to the next start, which
+    // reconciles the record with the manifest.
+    if !stops && let Err(e) = write_record(shared, record).await {
         // The record stays `started`: the next start reconciles it with the
         // manifest (completed if its model was published, interrupted
         // otherwise), so the outcome is not lost and rounds go on.
