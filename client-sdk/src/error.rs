@@ -10,8 +10,8 @@
 //! input or configuration (`InvalidUrl`, `InvalidTls`, `EmptyUpdate`, ...),
 //! the network (`Unreachable`, `ConnectionLost`), a server that refused the
 //! client (`AuthRefused`, `VersionMismatch`, `UpdateLength`, `Rejected`), a
-//! round that ended without a result (`RoundAborted`, `ServerSilent`,
-//! `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
+//! round that ended without a result (`RoundAborted`, `RoundNotStored`,
+//! `ServerSilent`, `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
 //! and a round the client's own policy refused (`PolicyRefused`).
 //! No variant carries the update, a key or the token.
 
@@ -137,6 +137,18 @@ pub enum ClientError {
         /// Why, if the server said so in a form this build knows.
         reason: Option<AbortReason>,
     },
+    /// The server could not store the round's result (its disk is full,
+    /// read-only or failing): the round was aborted, nothing was published,
+    /// and the server runs the next round once its disk recovers.
+    #[error(
+        "round {round_id}: the server could not store the round, so it was aborted and nothing was published: {message}"
+    )]
+    RoundNotStored {
+        /// The round.
+        round_id: u64,
+        /// The server's explanation.
+        message: String,
+    },
     /// The round completed without this client's contribution (it fell
     /// behind and the server went on without it).
     #[error("round {round_id} completed without this client's part")]
@@ -244,6 +256,10 @@ pub(crate) fn from_status(status: &tonic::Status, url: &str, phase: Phase) -> Cl
             ClientError::NoSuchModel { version }
         }
         (v1::ErrorKind::Unavailable, _) => ClientError::ServerUnavailable(message),
+        (v1::ErrorKind::StorageFailed, _) => ClientError::RoundNotStored {
+            round_id: round_id.unwrap_or(detail.round_id),
+            message,
+        },
         (v1::ErrorKind::RoundAborted, _) => ClientError::RoundAborted {
             round_id: round_id.unwrap_or(detail.round_id),
             reason: None,
@@ -368,6 +384,21 @@ mod tests {
             from_status(&tonic::Status::unauthenticated("no"), url, BEFORE),
             ClientError::AuthRefused { .. }
         ));
+        // The server could not store the round: named as such, not as an
+        // unreachable server or a lost connection.
+        let e = from_status(
+            &status(tonic::Code::Unavailable, v1::ErrorKind::StorageFailed),
+            url,
+            Phase::Round { round_id: 8 },
+        );
+        assert_eq!(
+            e,
+            ClientError::RoundNotStored {
+                round_id: 8,
+                message: "refused".into()
+            }
+        );
+        assert!(e.to_string().contains("could not store the round"), "{e}");
     }
 
     #[test]

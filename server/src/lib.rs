@@ -289,6 +289,16 @@ fn warn_exposed_secrets(config: &ServerConfig) {
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    start_with_disk(config, files::Disk::real()).await
+}
+
+/// [`start`], with every write to the data directory going through `disk`:
+/// tests pass a [`files::Disk::with_faults`] to play a full, read-only or
+/// failing disk.
+pub async fn start_with_disk(
+    config: ServerConfig,
+    disk: files::Disk,
+) -> Result<RunningServer, ServeError> {
     config.validate()?;
     warn_exposed_secrets(&config);
     let tokens = config
@@ -323,7 +333,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     };
 
     let data_dir = config.data_dir.clone();
-    let mut store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let mut store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, disk))
         .await
         .expect("store open does not panic")?;
     let (entry, model) = match store.latest_model() {

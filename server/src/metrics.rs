@@ -586,7 +586,6 @@ pub(crate) fn connection_refused(reason: &'static str) {
 
 /// Records a failed write to the data directory. `op` is "write", "fsync",
 /// "rename" or "remove".
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn storage_write_failed(op: &'static str) {
     counter!(STORAGE_WRITE_ERRORS, LABEL_OP => op).increment(1);
 }

@@ -14,7 +14,7 @@ use tracing::warn;
 use super::disk::{read_json, to_json};
 use super::models::Manifest;
 use super::{MANIFEST, StoreError, corrupt, refused};
-use crate::files::write_atomic;
+use crate::files::Disk;
 
 /// A round that spent privacy must be in the ledger: the ledger is
 /// written first, so a missing entry means the ledger was lost or rolled
@@ -76,7 +76,7 @@ pub(super) fn check_amends(
 
 /// Reads the ledger at `path`, if there is one, migrating an older layout
 /// on disk (with a warning; every migrated entry keeps `migrated_from`).
-pub(super) fn open(path: &Path) -> Result<Option<PrivacyLedger>, StoreError> {
+pub(super) fn open(path: &Path, disk: &Disk) -> Result<Option<PrivacyLedger>, StoreError> {
     if !path.exists() {
         return Ok(None);
     }
@@ -95,7 +95,7 @@ pub(super) fn open(path: &Path) -> Result<Option<PrivacyLedger>, StoreError> {
             to = LEDGER_VERSION,
             "migrating the privacy ledger: each entry's adversary is inferred from its mechanism and marked migrated_from"
         );
-        write_atomic(path, &to_json(&ledger))?;
+        disk.write_atomic(path, &to_json(&ledger))?;
     }
     Ok(Some(ledger))
 }

@@ -5,40 +5,52 @@
 //!   manifest.json                     {"format": 1, "models": [ModelEntry...]}: the commit point
 //!   models/model-000001.safetensors   one file per published version (F32 tensors,
 //!                                     metadata {"version", "round"})
-//!   momentum.safetensors              FedAvgM velocity of the latest version (optional)
+//!   models/momentum-000002.safetensors  the FedAvgM velocity published with that
+//!                                     version (optional; its SHA-256 in the entry)
 //!   rounds/round-000042.json          one RoundRecord per round ever opened
 //!   ledger.json                       the privacy ledger (DP on), layout version 2
 //! ```
 //!
-//! Every file is written to `NAME.tmp` in the same directory, fsynced,
+//! Every write goes through the store's [`Disk`] (the storage seam; tests
+//! inject faults there): `NAME.tmp` in the same directory, fsynced,
 //! renamed over `NAME`, and the directory fsynced: a crash at any instant
 //! leaves either the old or the new file, never a torn one. A round's
 //! privacy charge is written (`Store::charge`) as soon as the server has
 //! seen its sum, before anything that could fail on the way to publishing
 //! it (noise, FedAvg, the model write): a sum the server saw is in the
-//! ledger even if it is never published. A publication
-//! writes the ledger first (privacy spent is never under-recorded), then
-//! the model file, then the momentum, then the manifest, which is what
-//! makes the version visible. safetensors sorts tensors by name, so the
-//! manifest entry keeps the tensors' order in the flat vector.
+//! ledger even if it is never published. A publication writes the ledger
+//! first (privacy spent is never under-recorded), then the model file and
+//! the momentum file of the new version, then the manifest, which is what
+//! makes the version visible. No write before that commit touches a file a
+//! committed version uses, so a crash or a failed write at any step leaves
+//! the previous version whole, momentum included; a failure before the
+//! manifest's rename leaves the store usable (the next publication
+//! rewrites the uncommitted files). safetensors sorts tensors by name, so
+//! the manifest entry keeps the tensors' order in the flat vector.
 //!
-//! On open, leftovers of an interrupted write (`*.tmp`, the model file of
-//! the version after the latest, a momentum file of an unpublished
-//! version) are removed with a warning, a round that was `started` but
-//! never finished becomes `interrupted` (or `completed`, if the crash came
-//! after its model was published but before its record was updated: the
-//! manifest is the truth), and everything else is checked:
-//! manifest format and entries, every model's SHA-256, tensors and
-//! metadata, the ledger (which must record every round that spent
-//! privacy; a version 1 ledger is migrated to version 2, with a warning,
-//! each entry marked `migrated_from`), every round record. Anything wrong is an error naming the
-//! file: the server refuses to run on state it cannot trust rather than
-//! start over. A non-empty directory without a manifest that holds
-//! anything a data directory never does is refused too, so a mistyped
+//! On open, leftovers of an interrupted write (`*.tmp`, the model and
+//! momentum files of the version after the latest) are removed with a
+//! warning, a round that was `started` but never finished becomes
+//! `interrupted` (or `completed`, if the crash came after its model was
+//! published but before its record was updated: the manifest is the
+//! truth), and everything else is checked: manifest format and entries,
+//! every model's and the latest momentum's SHA-256, tensors and metadata,
+//! the ledger (which must record every round that spent privacy; a version
+//! 1 ledger is migrated to version 2, with a warning, each entry marked
+//! `migrated_from`), every round record, and that the records agree with
+//! the manifest. A file a round record refers to is never deleted: a record
+//! that claims a version the manifest does not list (a rolled-back
+//! manifest) stops the server with what to do, rather than letting it
+//! publish a second model under that version. A `momentum.safetensors` of
+//! the earlier layout is moved under its version if it is the latest
+//! version's (logged), and refused otherwise. Anything wrong is an error
+//! naming the file: the server refuses to run on state it cannot trust
+//! rather than start over. A non-empty directory without a manifest that
+//! holds anything a data directory never does is refused too, so a mistyped
 //! path cannot turn someone's home directory into a data directory.
 //!
 //! The module is split by concern: `disk` (file names, JSON records,
-//! leftovers; the atomic write itself is [`crate::files`]), `tensors` (the
+//! leftovers; the atomic write and the storage seam are [`crate::files`]), `tensors` (the
 //! safetensors encoding of models and momentum), `models` (the manifest and
 //! the model files it lists), `rounds` (round records), `ledger` (the
 //! privacy ledger's checks and migration), `recovery` ([`Store::open`]:
@@ -46,16 +58,16 @@
 //! view); this file holds the [`Store`] and its writes.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
-use tracing::warn;
 
-use crate::files::{WriteError, write_atomic};
+use crate::files::{Disk, Op, WriteError};
 use crate::model::Model;
 
+#[cfg(test)]
+mod crash_tests;
 mod disk;
 mod inspect;
 mod ledger;
@@ -67,16 +79,18 @@ mod tensors;
 mod test_support;
 
 pub use inspect::{Inspection, inspect};
-pub use models::{MANIFEST_FORMAT, ModelEntry};
+pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
 pub use rounds::{RoundRecord, RoundStatus};
 
 use disk::{to_json, unix_ms};
-use models::{Manifest, model_file};
+use models::{Manifest, model_file, momentum_file};
 use rounds::round_file;
 
 const MANIFEST: &str = "manifest.json";
 const LEDGER: &str = "ledger.json";
-const MOMENTUM: &str = "momentum.safetensors";
+/// The momentum file of the layout before momentum was kept per version;
+/// open migrates it.
+const LEGACY_MOMENTUM: &str = "momentum.safetensors";
 const MODELS: &str = "models";
 const ROUNDS: &str = "rounds";
 
@@ -129,8 +143,20 @@ pub enum StoreError {
         /// What is wrong with the request.
         what: String,
     },
-    /// An earlier publication failed part-way; what is on disk is only
-    /// known after reopening, which reconciles it.
+    /// The data directory's files contradict each other (a manifest
+    /// rolled back, a round record that claims another version, a momentum
+    /// file of another version); `what` names the other file and says what
+    /// to do.
+    #[error("{path}: {what}")]
+    Inconsistent {
+        /// The file found inconsistent.
+        path: PathBuf,
+        /// With what, and what to do.
+        what: String,
+    },
+    /// An earlier publication failed after its manifest was renamed into
+    /// place but before that was durable: whether the version survives a
+    /// power cut is only known after reopening, which reconciles it.
     #[error("an earlier write to {path} failed part-way; reopen the data directory")]
     Poisoned {
         /// The data directory.
@@ -199,6 +225,8 @@ pub struct Store {
     latest: Option<Model>,
     velocity: Option<Vec<f32>>,
     poisoned: bool,
+    /// Every write goes through it (a fault plan in tests).
+    disk: Disk,
 }
 
 impl Store {
@@ -288,7 +316,7 @@ impl Store {
             return Err(refused("round 0 is the initial model's, not a round"));
         }
         let path = self.dir.join(ROUNDS).join(round_file(record.round));
-        write_atomic(&path, &to_json(record))?;
+        self.disk.write_atomic(&path, &to_json(record))?;
         match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
             Ok(i) => self.rounds[i] = record.clone(),
             Err(i) => self.rounds.insert(i, record.clone()),
@@ -304,7 +332,8 @@ impl Store {
     /// safe, and the write is atomic.
     pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.disk
+            .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
         self.ledger = Some(ledger.clone());
         Ok(())
     }
@@ -315,15 +344,19 @@ impl Store {
     /// change kept. Refuses anything else.
     pub(crate) fn amend_terms(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_amends(ledger, self.ledger.as_ref())?;
-        write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+        self.disk
+            .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
         self.ledger = Some(ledger.clone());
         Ok(())
     }
 
     /// Publishes the next version (latest + 1). Checks first, so a bad
     /// request writes nothing; then writes the ledger, the model file, the
-    /// momentum and the manifest, in that order. If a write fails, the
-    /// store refuses further publications until reopened.
+    /// momentum and the manifest, in that order. A write that fails before
+    /// the manifest's rename leaves the store as it was (the next
+    /// publication may succeed once the disk recovers: it rewrites the
+    /// uncommitted files); one that fails after it leaves the store
+    /// refusing publications until reopened.
     pub(crate) fn publish(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned {
@@ -331,9 +364,13 @@ impl Store {
             });
         }
         self.check_publication(p)?;
-        let result = self.write_publication(p);
-        self.poisoned = result.is_err();
-        result
+        self.write_publication(p)
+    }
+
+    /// Whether a failed publication left the store unable to publish until
+    /// it is reopened (see [`StoreError::Poisoned`]).
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Everything [`Store::publish`] refuses, checked before any write.
@@ -377,18 +414,25 @@ impl Store {
     }
 
     /// The writes of a publication, in the order that keeps a crash safe:
-    /// ledger, model file, momentum, manifest (the commit point).
+    /// ledger, model file, momentum, manifest (the commit point). Model and
+    /// momentum go to files of the new version, so no write before the
+    /// commit touches a file the committed versions use.
     fn write_publication(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if let Some(ledger) = p.ledger {
-            write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
+            self.disk
+                .write_atomic(&self.dir.join(LEDGER), &to_json(ledger))?;
             self.ledger = Some(ledger.clone());
         }
         let version = self.manifest.models.last().map_or(1, |m| m.version + 1);
         let file = model_file(version);
         let bytes = self.write_model_file(&file, version, p)?;
-        if let Some(v) = p.velocity {
-            self.write_momentum(version, v)?;
-        }
+        let momentum = match p.velocity {
+            Some(v) => Some(self.write_momentum(version, v)?),
+            None => {
+                self.remove_uncommitted(&momentum_file(version))?;
+                None
+            }
+        };
         let entry = ModelEntry {
             version,
             round: p.round,
@@ -400,13 +444,11 @@ impl Store {
             sha256: hex::encode(Sha256::digest(&bytes)),
             tensors: p.model.tensors.clone(),
             published_at_unix_ms: unix_ms(),
+            momentum,
         };
         self.commit_manifest(&entry)?;
         self.latest = Some(p.model.clone());
         self.velocity = p.velocity.map(<[f32]>::to_vec);
-        if p.velocity.is_none() {
-            self.remove_stale_momentum();
-        }
         Ok(entry)
     }
 
@@ -424,41 +466,56 @@ impl Store {
             ("round".to_owned(), p.round.to_string()),
         ]);
         let bytes = tensors::encode(&path, &p.model.tensors, &p.model.params, metadata)?;
-        write_atomic(&path, &bytes)?;
+        self.disk.write_atomic(&path, &bytes)?;
         Ok(bytes)
     }
 
-    /// Writes the momentum buffer, tagged with the version it belongs to.
-    fn write_momentum(&self, version: u64, velocity: &[f32]) -> Result<(), StoreError> {
-        let momentum = self.dir.join(MOMENTUM);
+    /// Writes the momentum buffer of `version` to that version's file,
+    /// tagged with the version; returns what the manifest entry records.
+    fn write_momentum(&self, version: u64, velocity: &[f32]) -> Result<StateFile, StoreError> {
+        let file = momentum_file(version);
+        let path = self.dir.join(&file);
         let metadata = HashMap::from([("version".to_owned(), version.to_string())]);
         let spec = tensors::velocity_spec(velocity.len());
-        let encoded = tensors::encode(&momentum, &spec, velocity, metadata)?;
-        write_atomic(&momentum, &encoded)?;
+        let encoded = tensors::encode(&path, &spec, velocity, metadata)?;
+        self.disk.write_atomic(&path, &encoded)?;
+        Ok(StateFile {
+            file,
+            sha256: hex::encode(Sha256::digest(&encoded)),
+        })
+    }
+
+    /// Removes a file of the version being published that an earlier,
+    /// failed publication left (nothing refers to it), so the manifest
+    /// never commits beside a file it does not list.
+    fn remove_uncommitted(&self, file: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(file);
+        if path.exists() {
+            self.disk.remove_durably(&path)?;
+        }
         Ok(())
     }
 
     /// Adds `entry` to the manifest on disk, which makes the version
-    /// visible; on failure the manifest in memory is left as it was.
+    /// visible; on failure the manifest in memory is left as it was. A
+    /// failure after the rename (the directory's fsync) leaves the new
+    /// manifest visible but perhaps not durable: the store is poisoned.
     fn commit_manifest(&mut self, entry: &ModelEntry) -> Result<(), StoreError> {
         self.manifest.models.push(entry.clone());
-        let written = write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest));
-        if let Err(e) = written {
+        if let Err(e) = self.write_manifest() {
             self.manifest.models.pop();
+            if e.op == Op::Fsync && e.path == self.dir {
+                self.poisoned = true;
+            }
             return Err(e.into());
         }
         Ok(())
     }
 
-    /// Removes an older version's momentum after a publication without
-    /// one; open would drop it anyway, so a failure is only logged.
-    fn remove_stale_momentum(&self) {
-        let momentum = self.dir.join(MOMENTUM);
-        if momentum.exists()
-            && let Err(e) = fs::remove_file(&momentum)
-        {
-            warn!(file = %momentum.display(), "cannot remove stale momentum: {e}");
-        }
+    /// Writes the manifest in memory to disk.
+    fn write_manifest(&self) -> Result<(), WriteError> {
+        self.disk
+            .write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest))
     }
 }
 
@@ -534,19 +591,20 @@ mod tests {
         drop(store);
         let mut store = Store::open(dir).unwrap();
         assert_eq!(store.velocity(), Some(v.clone()));
-        // A momentum file of another version (as a crash between the
-        // momentum and the manifest write leaves) is dropped, not used.
-        let stale = fs::read(dir.join(MOMENTUM)).unwrap();
+        // A publication without velocity has no momentum; the older
+        // version keeps its file (the manifest lists it).
         store.publish(&publication(&m, 2, None)).unwrap();
-        assert!(
-            !dir.join(MOMENTUM).exists(),
-            "no velocity, no momentum file"
-        );
         assert_eq!(store.velocity(), None);
+        assert!(dir.join(momentum_file(2)).exists());
+        assert!(!dir.join(momentum_file(3)).exists());
         drop(store);
-        fs::write(dir.join(MOMENTUM), stale).unwrap();
-        assert_eq!(Store::open(dir).unwrap().velocity(), None);
-        assert!(!dir.join(MOMENTUM).exists());
+        let store = Store::open(dir).unwrap();
+        assert_eq!(store.velocity(), None);
+        assert_eq!(
+            store.models()[1].momentum.as_ref().unwrap().file,
+            momentum_file(2)
+        );
+        assert!(store.models()[2].momentum.is_none());
     }
 
     #[test]
@@ -586,8 +644,8 @@ mod tests {
         assert!(!dir.join(LEDGER).exists());
 
         // A write that fails after the ledger: the ledger is on disk
-        // (over-recorded, never under), later publications are refused
-        // until a reopen reconciles the directory.
+        // (over-recorded, never under), the store is as it was, and the
+        // next publication succeeds once the disk recovers.
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
         ledger
             .record(1, gaussian(), Adversary::ModelConsumers)
@@ -598,16 +656,18 @@ mod tests {
             .publish(&publication(&m, 1, Some(&ledger)))
             .unwrap_err();
         assert!(matches!(e, StoreError::Io { .. }), "{e}");
-        assert!(matches!(
-            store.publish(&publication(&m, 2, None)),
-            Err(StoreError::Poisoned { .. })
-        ));
-        drop(store);
+        assert!(!store.poisoned(), "nothing was committed");
+        assert_eq!(store.models().len(), 1);
+        assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");
         fs::remove_file(dir.join(MODELS)).unwrap();
         fs::rename(dir.join("models-away"), dir.join(MODELS)).unwrap();
-        let store = Store::open(dir).unwrap();
+        drop(store);
+        let mut store = Store::open(dir).unwrap();
         assert_eq!(store.ledger(), Some(&ledger));
         assert_eq!(store.models().len(), 1);
         assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");
+        assert_eq!(store.publish(&publication(&m, 2, None)).unwrap().version, 2);
+        // A failure after the manifest's rename is the poisoning kind:
+        // crash_tests plays it through the storage seam.
     }
 }
