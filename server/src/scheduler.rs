@@ -18,7 +18,7 @@ use tessera_proto::v1::{self, ErrorKind};
 use tessera_proto::{PROTOCOL_VERSION, status_with_detail};
 use tokio::sync::watch;
 use tonic::Code;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
 use crate::fedavg::FedAvg;
@@ -100,6 +100,10 @@ async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option
     let min = config.round.min_clients as usize;
     let max = config.round.max_clients as usize;
     loop {
+        // Draining (or stopped): the round in flight has ended, open none.
+        if shared.not_accepting().is_some() {
+            return None;
+        }
         let waiting = shared.lobby.waiting();
         metrics::lobby(waiting as u32);
         if waiting >= min {
@@ -535,12 +539,6 @@ fn publish_model(
             velocity: training.fedavg.velocity(),
         })
         .map_err(ServeError::Store)
-}
-
-/// Logs a failure to publish; the scheduler stops rather than run rounds it
-/// cannot record.
-pub(crate) fn report_fatal(e: &ServeError) {
-    error!("scheduler stopped: {e}");
 }
 
 #[cfg(test)]
