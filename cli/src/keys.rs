@@ -42,7 +42,11 @@ pub(crate) struct TokenArgs {
 
 /// `--expires-in`: a positive whole number and one unit.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let bad = || format!("'{text}' is not a duration: expected a number and a unit, s, m, h, d or w (e.g. 30d)");
+    let bad = || {
+        format!(
+            "'{text}' is not a duration: expected a number and a unit, s, m, h, d or w (e.g. 30d)"
+        )
+    };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| bad())?;
@@ -190,7 +194,17 @@ mod tests {
         assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        for bad in ["", "d", "10", "1.5h", "10y", "-1d", "0s", "1d2h", "99999999999w"] {
+        for bad in [
+            "",
+            "d",
+            "10",
+            "1.5h",
+            "10y",
+            "-1d",
+            "0s",
+            "1d2h",
+            "99999999999w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

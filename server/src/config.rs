@@ -575,7 +575,10 @@ impl ServerConfig {
             ));
         }
         for (field, timeout) in [
-            ("tls_handshake_timeout_ms", self.network.tls_handshake_timeout),
+            (
+                "tls_handshake_timeout_ms",
+                self.network.tls_handshake_timeout,
+            ),
             ("preface_timeout_ms", self.network.preface_timeout),
         ] {
             if timeout.is_zero() {

@@ -260,7 +260,14 @@ const DRAINING: &str = "the server is shutting down: no new rounds";
 pub struct ServerControl {
     shared: Arc<Shared>,
     shutdown: Arc<watch::Sender<bool>>,
+    /// Cuts the connections still open [`CLOSE_GRACE`] after a stop.
+    cutoff: Arc<watch::Sender<bool>>,
 }
+
+/// How long connections get to close by themselves once the server stops,
+/// before they are cut (a client that stopped answering would otherwise
+/// hold the exit until its keepalive times out).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl ServerControl {
     /// Reads the tokens file again and puts it in force: clients removed
@@ -333,11 +340,21 @@ impl RunningServer {
         // look at the lobby is told too, or its open stream would hold
         // the listener's graceful shutdown.
         let shared = &self.control.shared;
-        let why = shared.not_accepting().unwrap_or_else(|| DRAINING.to_owned());
+        let why = shared
+            .not_accepting()
+            .unwrap_or_else(|| DRAINING.to_owned());
         shared.stop_accepting(&why);
         let _ = self.control.shutdown.send(true);
-        let served = self.serve.await.expect("server does not panic");
-        scheduled.and(served)
+        let mut serve = self.serve;
+        let served = match tokio::time::timeout(CLOSE_GRACE, &mut serve).await {
+            Ok(served) => served,
+            Err(_) => {
+                warn!("connections still open {CLOSE_GRACE:?} after the stop: closing them");
+                let _ = self.control.cutoff.send(true);
+                serve.await
+            }
+        };
+        scheduled.and(served.expect("server does not panic"))
     }
 
     /// Stops accepting, ends the running round (its clients are told the
@@ -518,10 +535,15 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         let _ = stop.wait_for(|s| *s).await;
     };
     let accepted = TcpListenerStream::new(listener);
+    let (cutoff, cutoff_rx) = watch::channel(false);
     let serve = match tls {
         Some(tls) => {
-            let incoming =
-                listener::admit_tls(accepted, limits, tokio_rustls::TlsAcceptor::from(tls));
+            let incoming = listener::admit_tls(
+                accepted,
+                limits,
+                tokio_rustls::TlsAcceptor::from(tls),
+                cutoff_rx,
+            );
             tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stopped)
@@ -530,7 +552,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             })
         }
         None => {
-            let incoming = listener::admit_plain(accepted, limits);
+            let incoming = listener::admit_plain(accepted, limits, cutoff_rx);
             tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stopped)
@@ -549,6 +571,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         control: ServerControl {
             shared,
             shutdown: Arc::new(shutdown),
+            cutoff: Arc::new(cutoff),
         },
         serve,
         scheduler,

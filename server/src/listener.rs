@@ -21,6 +21,10 @@
 //!    kept while it answers HTTP/2 keepalive pings (a client waits in the
 //!    lobby on one stream).
 //!
+//! When the server stops, connections get a grace period to close by
+//! themselves (HTTP/2 GOAWAY); those still open after it (a client that
+//! stopped answering) are cut through the `cutoff` signal.
+//!
 //! Accept errors (the process's file-descriptor limit, `EMFILE`, is the one
 //! that matters) never make the loop spin: it waits, doubling the wait from
 //! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], logs at most once per
@@ -38,7 +42,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -69,31 +73,43 @@ pub(crate) struct Limits {
 }
 
 /// The stream of admitted plain-text connections for tonic.
-pub(crate) type PlainIncoming = ReceiverStream<io::Result<FirstRequest<Slot<tokio::net::TcpStream>>>>;
+pub(crate) type PlainIncoming =
+    ReceiverStream<io::Result<FirstRequest<Slot<tokio::net::TcpStream>>>>;
 /// The stream of admitted TLS connections for tonic.
 pub(crate) type TlsIncoming =
     ReceiverStream<io::Result<FirstRequest<TlsStream<Slot<tokio::net::TcpStream>>>>>;
 
 /// Admits plain-text connections from `accepted`.
-pub(crate) fn admit_plain<S>(accepted: S, limits: Limits) -> PlainIncoming
+pub(crate) fn admit_plain<S>(
+    accepted: S,
+    limits: Limits,
+    cutoff: watch::Receiver<bool>,
+) -> PlainIncoming
 where
     S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
 {
-    admit(accepted, limits, move |conn| async move {
-        Some(FirstRequest::new(conn, limits.preface_timeout))
+    admit(accepted, limits, move |conn| {
+        let cutoff = cutoff.clone();
+        async move { Some(FirstRequest::new(conn, limits.preface_timeout, cutoff)) }
     })
 }
 
 /// Admits TLS connections from `accepted`, each after its handshake.
-pub(crate) fn admit_tls<S>(accepted: S, limits: Limits, acceptor: TlsAcceptor) -> TlsIncoming
+pub(crate) fn admit_tls<S>(
+    accepted: S,
+    limits: Limits,
+    acceptor: TlsAcceptor,
+    cutoff: watch::Receiver<bool>,
+) -> TlsIncoming
 where
     S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
 {
     admit(accepted, limits, move |conn| {
         let acceptor = acceptor.clone();
+        let cutoff = cutoff.clone();
         async move {
             match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(conn)).await {
-                Ok(Ok(tls)) => Some(FirstRequest::new(tls, limits.preface_timeout)),
+                Ok(Ok(tls)) => Some(FirstRequest::new(tls, limits.preface_timeout, cutoff)),
                 Ok(Err(e)) => {
                     debug!("TLS handshake failed: {e}");
                     None
@@ -115,7 +131,11 @@ where
 /// `setup` (the TLS handshake, the deadline) on each in its own task, and
 /// hands the ready ones to tonic through the returned stream. The loop
 /// ends when tonic drops that stream (shutdown) or `accepted` ends.
-fn admit<S, IO, F, Fut, Out>(accepted: S, limits: Limits, setup: F) -> ReceiverStream<io::Result<Out>>
+fn admit<S, IO, F, Fut, Out>(
+    accepted: S,
+    limits: Limits,
+    setup: F,
+) -> ReceiverStream<io::Result<Out>>
 where
     S: Stream<Item = io::Result<IO>> + Send + 'static,
     IO: Send + 'static,
@@ -312,9 +332,16 @@ const HEADERS: u8 = 0x1;
 /// counted, so a frame's length is trusted as far as it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Opening {
-    Preface { seen: usize },
-    Header { buf: [u8; FRAME_HEADER_LEN], have: usize },
-    Payload { left: usize },
+    Preface {
+        seen: usize,
+    },
+    Header {
+        buf: [u8; FRAME_HEADER_LEN],
+        have: usize,
+    },
+    Payload {
+        left: usize,
+    },
     Request,
 }
 
@@ -370,17 +397,27 @@ impl Opening {
 
 /// A connection that must open its first request before a deadline (see
 /// the module docs): reads fail with `TimedOut` once it passes, and hyper
-/// closes the connection.
-#[derive(Debug)]
+/// closes the connection. Reads also fail once the server's cutoff fires.
 pub(crate) struct FirstRequest<IO> {
     io: IO,
     /// `None` once the first request opened.
     watch: Option<(Opening, Pin<Box<Sleep>>)>,
     expired: bool,
+    cutoff: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<IO: std::fmt::Debug> std::fmt::Debug for FirstRequest<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstRequest")
+            .field("io", &self.io)
+            .field("opening", &self.watch.as_ref().map(|(o, _)| o))
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<IO> FirstRequest<IO> {
-    fn new(io: IO, timeout: Duration) -> Self {
+    fn new(io: IO, timeout: Duration, mut cutoff: watch::Receiver<bool>) -> Self {
         FirstRequest {
             io,
             watch: Some((
@@ -388,6 +425,13 @@ impl<IO> FirstRequest<IO> {
                 Box::pin(tokio::time::sleep(timeout)),
             )),
             expired: false,
+            cutoff: Box::pin(async move {
+                // A dropped sender (a server handle dropped without
+                // waiting) cuts nothing: the connection lives on.
+                if cutoff.wait_for(|cut| *cut).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
         }
     }
 
@@ -415,6 +459,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FirstRequest<IO> {
         let this = &mut *self;
         if this.expired {
             return Poll::Ready(Err(Self::timed_out()));
+        }
+        if this.cutoff.as_mut().poll(cx).is_ready() {
+            this.expired = true;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server stopped",
+            )));
         }
         // The deadline first: a client that drips bytes always has one
         // ready, and must not outrun it that way.
@@ -461,5 +512,112 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRequest<IO> {
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            tls_handshake_timeout: Duration::from_secs(5),
+            preface_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The file-descriptor limit: every accept fails at once, as
+    /// `accept(2)` does with `EMFILE` while the queue holds a connection.
+    /// Counts the attempts.
+    fn emfile_forever(
+        attempts: Arc<AtomicUsize>,
+    ) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+        tokio_stream::iter(std::iter::repeat_with(move || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(24))
+        }))
+    }
+
+    /// tonic's loop retried at once (105% CPU); this one waits, doubling
+    /// up to a second: in 1.5 s about ten attempts, not millions.
+    #[tokio::test]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let incoming = admit_plain(
+            emfile_forever(Arc::clone(&attempts)),
+            limits(10),
+            watch::channel(false).1,
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let n = attempts.load(Ordering::Relaxed);
+        // 5 + 10 + ... + 640 ms = 1.275 s: 9 attempts, one more at most.
+        assert!((5..=12).contains(&n), "{n} accept attempts in 1.5 s");
+        drop(incoming);
+    }
+
+    /// While accepts fail, connections already admitted are served (their
+    /// tasks do not wait on the loop), and after the errors a connection is
+    /// admitted again.
+    #[tokio::test]
+    async fn admitted_connections_are_served_through_accept_errors() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let real = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let errors = emfile_forever(Arc::clone(&attempts)).take(6);
+        // One connection first, then the errors, then the listener.
+        let mut first = Some(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let accepted =
+            real.take(1)
+                .chain(errors)
+                .chain(tokio_stream::wrappers::TcpListenerStream::new(
+                    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                ));
+        let (_cut, cutoff) = watch::channel(false);
+        let mut incoming = admit_plain(accepted, limits(10), cutoff);
+        let mut admitted = incoming.next().await.unwrap().unwrap();
+        // Served during the error storm: bytes flow both ways.
+        let mut client = first.take().unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        admitted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        admitted.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        assert!(attempts.load(Ordering::Relaxed) < 6, "still backing off");
+    }
+
+    #[test]
+    fn the_opening_ends_at_the_first_headers_frame_however_it_is_split() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS with a 6-byte payload, WINDOW_UPDATE (4), then HEADERS.
+        bytes.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        bytes.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let headers_at = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 1, HEADERS, 4, 0, 0, 0, 1, 0x82]);
+        for chunk in [1, 2, 7, 9, 64] {
+            let mut opening = Opening::Preface { seen: 0 };
+            let mut done_at = None;
+            for (i, part) in bytes.chunks(chunk).enumerate() {
+                if opening.feed(part) {
+                    done_at = Some((i + 1) * chunk);
+                    break;
+                }
+            }
+            let done_at = done_at.expect("the request is seen");
+            // Not before the HEADERS frame's header is complete.
+            assert!(
+                done_at >= headers_at + FRAME_HEADER_LEN,
+                "chunk {chunk}: {done_at}"
+            );
+        }
+        // The preface and SETTINGS alone open no request.
+        let mut opening = Opening::Preface { seen: 0 };
+        assert!(!opening.feed(&bytes[..headers_at]));
     }
 }

@@ -212,10 +212,8 @@ fn load_server_material(files: &TlsFiles) -> Result<ServerMaterial, TlsError> {
 /// own TLS.
 pub fn server_tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
     let material = load_server_material(files)?;
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        &material.cert_pem,
-        &*material.key_pem,
-    ));
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(&material.cert_pem, &*material.key_pem));
     if let Some((ca_pem, _)) = material.client_ca {
         config = config
             .client_ca_root(Certificate::from_pem(ca_pem))
@@ -238,14 +236,16 @@ pub fn server_rustls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig
     let builder = match material.client_ca {
         None => builder.with_no_client_auth(),
         Some((_, roots)) => {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .map_err(|e| TlsError::BadCertificate {
-                        what: "client CA",
-                        path: files.client_ca.clone().unwrap_or_default(),
-                        reason: e.to_string(),
-                    })?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::BadCertificate {
+                what: "client CA",
+                path: files.client_ca.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -114,12 +114,18 @@ async fn a_stalled_tls_handshake_is_closed_within_the_handshake_timeout() {
     let mut silent = TcpStream::connect(addr(&ts)).await.unwrap();
     // A TLS record header announcing a ClientHello that never comes.
     let mut partial = TcpStream::connect(addr(&ts)).await.unwrap();
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
     for (what, socket) in [("silent", &mut silent), ("partial hello", &mut partial)] {
         let took = closed_within(socket, DEADLINE + SLACK).await;
         assert!(took.is_some(), "{what}: the handshake was never cut");
     }
-    ts.client(Some(0)).latest_model().await.expect("GetModel over TLS");
+    ts.client(Some(0))
+        .latest_model()
+        .await
+        .expect("GetModel over TLS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +180,10 @@ fn tokens_with_an_expired_one(path: &std::path::Path) -> Vec<String> {
     let past = auth::Expiry::parse("2001-01-01T00:00:00Z").unwrap();
     let future = auth::Expiry::after(std::time::SystemTime::now(), Duration::from_secs(3600));
     let mut tokens = Vec::new();
-    for (i, expires) in [None, Some(future), None, Some(past)].into_iter().enumerate() {
+    for (i, expires) in [None, Some(future), None, Some(past)]
+        .into_iter()
+        .enumerate()
+    {
         let token = auth::generate_token(&mut rng);
         auth::append_token_expiring(path, &format!("client-{i}"), &token, expires).unwrap();
         tokens.push(token.expose().to_owned());
@@ -215,7 +224,10 @@ async fn a_revoked_token_is_refused_after_a_reload_and_an_expired_one_always() {
 
     // An expired token: a clear refusal that does not echo the token.
     let expired = refusal(client_with(&ts, &tokens[3]).latest_model().await);
-    assert!(expired.contains("expired at 2001-01-01T00:00:00Z"), "{expired}");
+    assert!(
+        expired.contains("expired at 2001-01-01T00:00:00Z"),
+        "{expired}"
+    );
     assert!(!expired.contains(&tokens[3]), "{expired}");
     // A token that expires later works.
     client_with(&ts, &tokens[1]).latest_model().await.unwrap();
@@ -240,7 +252,5 @@ async fn a_revoked_token_is_refused_after_a_reload_and_an_expired_one_always() {
     let err = control.reload_tokens().unwrap_err().to_string();
     assert!(err.contains("line 1"), "{err}");
     client_with(&ts, &tokens[2]).latest_model().await.unwrap();
-    assert!(
-        refusal(client_with(&ts, &tokens[0]).latest_model().await).contains("not valid")
-    );
+    assert!(refusal(client_with(&ts, &tokens[0]).latest_model().await).contains("not valid"));
 }
