@@ -291,3 +291,49 @@ fn at_the_file_descriptor_limit_the_server_backs_off_logs_and_recovers() {
     let mut server = server;
     assert!(server.child.wait().unwrap().success());
 }
+
+#[test]
+fn token_expires_in_writes_an_expiry_the_server_enforces() {
+    let dir = scratch_dir("expires-in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["token", "--expires-in", "1s", "--tokens-file"])
+        .arg(&tokens)
+        .arg("temp")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let line = std::fs::read_to_string(&tokens).unwrap();
+    assert!(
+        line.starts_with("temp sha256:") && line.contains(" expires=20"),
+        "{line}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("valid until"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["token", "--expires-in", "soon", "--tokens-file"])
+        .arg(&tokens)
+        .arg("other")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+
+    let mut server = Server::start(
+        &dir.join("data"),
+        &[
+            "--dim",
+            "20",
+            "--min-clients",
+            "3",
+            "--tokens-file",
+            tokens.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let stderr = refused(join_with(&server.addr, &dir, &token));
+    assert!(stderr.contains("the bearer token expired at"), "{stderr}");
+    assert!(!stderr.contains(&token), "{stderr}");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
