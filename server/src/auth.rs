@@ -426,8 +426,8 @@ impl fmt::Debug for TokenStore {
 }
 
 impl TokenStore {
-    /// Reads the operator's tokens file (`NAME sha256:HEX` per line; blank
-    /// lines and `#` comments as [`credential_lines`] reads them: at the start
+    /// Reads the operator's tokens file (`NAME sha256:HEX [expires=YYYY-MM-DDTHH:MM:SSZ]` per line; blank
+    /// lines and `#` comments as [`credential_lines`](tessera_aggregation::identity::credential_lines) reads them: at the start
     /// of a line or after whitespace, never glued to a field). Refuses the
     /// whole file on the first bad line, naming the file and line, and refuses
     /// duplicate names or hashes.

@@ -321,7 +321,8 @@ settings! {
     tls_client_ca: Option<PathBuf>, typed,
     |c, v| c.network.tls_client_ca = Some(v);
 
-    /// Bearer tokens file (`NAME sha256:HEX` lines; see `tessera token`).
+    /// Bearer tokens file (`NAME sha256:HEX [expires=UTC-TIME]` lines; see
+    /// `tessera token`); SIGHUP reloads it.
     #[arg(value_name = "FILE")]
     tokens_file: Option<PathBuf>, typed,
     |c, v| c.network.tokens_file = Some(v);
