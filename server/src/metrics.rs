@@ -565,13 +565,11 @@ pub(crate) fn lobby(n: u32) {
 }
 
 /// Records that a connection was admitted (pair with [`connection_closed`]).
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn connection_opened() {
     gauge!(CONNECTIONS_OPEN).increment(1.0);
 }
 
 /// Records that an admitted connection closed.
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn connection_closed() {
     gauge!(CONNECTIONS_OPEN).decrement(1.0);
 }
@@ -579,7 +577,6 @@ pub(crate) fn connection_closed() {
 /// Records a connection refused or closed before serving a request. `reason`
 /// comes from a small fixed set ("cap", "tls_handshake_timeout",
 /// "preface_timeout", "accept_error").
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, LABEL_REASON => reason).increment(1);
 }

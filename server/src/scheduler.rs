@@ -102,6 +102,10 @@ async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option
     let min = config.round.min_clients as usize;
     let max = config.round.max_clients as usize;
     loop {
+        // Draining (or stopped): the round in flight has ended, open none.
+        if shared.not_accepting().is_some() {
+            return None;
+        }
         let waiting = shared.lobby.waiting();
         metrics::lobby(waiting as u32);
         if waiting >= min {
@@ -446,9 +450,9 @@ fn storage_failed(round_id: u64, message: &str) -> tonic::Status {
 }
 
 /// What a round's clients hear when a failure other than the disk's stops
-/// the scheduler during the release.
-fn server_stopped(round_id: u64, e: &ServeError) -> tonic::Status {
-    error!(round = round_id, "cannot publish the round: {e}");
+/// the scheduler during the release. The error itself is not logged here:
+/// the scheduler returns it and `tessera serve` prints it once.
+fn server_stopped(round_id: u64, _e: &ServeError) -> tonic::Status {
     status_with_detail(
         Code::Unavailable,
         format!("the server could not publish round {round_id} and stopped running rounds"),
@@ -732,12 +736,6 @@ fn publish_model(
             velocity: training.fedavg.velocity(),
         })
         .map_err(ServeError::Store)
-}
-
-/// Logs a failure to publish; the scheduler stops rather than run rounds it
-/// cannot record.
-pub(crate) fn report_fatal(e: &ServeError) {
-    error!("scheduler stopped: {e}");
 }
 
 #[cfg(test)]
