@@ -63,10 +63,19 @@ fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<(), Wri
     tmp_name.push(".tmp");
     let tmp = path.with_file_name(tmp_name);
     let written = (|| {
+        // A leftover NAME.tmp (a crash's, or a symlink someone planted) is
+        // removed, not opened: opening follows a symlink, and would write
+        // the bytes (a key) into whatever file it points to. A new file
+        // (O_EXCL) never follows one; a symlink planted again in between
+        // fails the write instead.
+        remove_if_present(&tmp)?;
         let mut file = if private {
             create_private(&tmp)?
         } else {
-            fs::File::create(&tmp)?
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?
         };
         file.write_all(bytes)?;
         file.sync_all()
@@ -79,12 +88,11 @@ fn write_atomic_with(path: &Path, bytes: &[u8], private: bool) -> Result<(), Wri
     sync_dir(parent(path))
 }
 
-/// Creates (or truncates) `path` for writing a secret: owner-only (mode
-/// 0600 on unix) before any byte is written, even if the file already
-/// existed with wider permissions.
+/// Creates the new file `path` for writing a secret: owner-only (mode
+/// 0600 on unix) before any byte is written.
 fn create_private(path: &Path) -> std::io::Result<fs::File> {
     let mut options = private_options();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     let file = options.open(path)?;
     #[cfg(unix)]
     {
@@ -92,6 +100,14 @@ fn create_private(path: &Path) -> std::io::Result<fs::File> {
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
     }
     Ok(file)
+}
+
+/// Removes `path` itself (a symlink, not what it points to), if present.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Open options that create a file owner-only (mode 0600 on unix); the
@@ -202,6 +218,27 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&path).unwrap(), b"secret");
+    }
+
+    /// A `NAME.tmp` planted as a symlink (in a shared directory, say)
+    /// must not receive the bytes: a private write would otherwise put the
+    /// key in a file the planter owns and can read whatever its mode, and
+    /// any write would truncate the file it points to.
+    #[cfg(unix)]
+    #[test]
+    fn a_temporary_planted_as_a_symlink_receives_nothing() {
+        for private in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let planted = dir.path().join("planted.txt");
+            fs::write(&planted, b"mine").unwrap();
+            let path = dir.path().join("key.pem");
+            std::os::unix::fs::symlink(&planted, dir.path().join("key.pem.tmp")).unwrap();
+            write_atomic_with(&path, b"secret", private).unwrap();
+            assert_eq!(fs::read(&planted).unwrap(), b"mine", "private {private}");
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert!(meta.file_type().is_file(), "private {private}");
+            assert_eq!(fs::read(&path).unwrap(), b"secret");
+        }
     }
 
     #[cfg(unix)]

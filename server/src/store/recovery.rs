@@ -14,7 +14,7 @@ use super::{
     LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Store,
     StoreError, corrupt, io, ledger, tensors,
 };
-use crate::files::{parent, sync_dir, write_atomic};
+use crate::files::{parent, remove_if_present, sync_dir, write_atomic};
 
 impl Store {
     /// Opens (creating if missing or empty) and checks a data directory;
@@ -178,9 +178,19 @@ const PROBE: &str = "write-probe";
 /// Creates and removes a file in `dir`, so a read-only or otherwise
 /// unwritable data directory stops the server at start instead of at the
 /// first publication, after clients have spent a round on it.
+///
+/// The probe is a new file (O_EXCL): a leftover of its name, a symlink
+/// included, is removed first, never opened, so a symlink planted in the
+/// data directory cannot make the start truncate the file it points to.
 fn probe_writable(dir: &Path) -> Result<(), StoreError> {
     let probe = dir.join(format!("{PROBE}.tmp"));
-    fs::File::create(&probe)
+    remove_if_present(&probe)
+        .and_then(|()| {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&probe)
+        })
         .and_then(|_| fs::remove_file(&probe))
         .map_err(|e| StoreError::NotDataDir {
             path: dir.to_owned(),
@@ -414,5 +424,22 @@ mod tests {
         fs::write(fresh.join(format!("{PROBE}.tmp")), b"").unwrap();
         Store::open(&fresh).unwrap();
         assert!(!fresh.join(format!("{PROBE}.tmp")).exists());
+    }
+
+    /// Someone who can write in the data directory but not elsewhere (the
+    /// state key, the TLS key) plants the probe's name as a symlink to the
+    /// file they want destroyed: opening the store must not truncate it.
+    #[cfg(unix)]
+    #[test]
+    fn a_probe_planted_as_a_symlink_truncates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Store::open(&dir).unwrap();
+        let victim = tmp.path().join("state.key");
+        fs::write(&victim, b"the operator's key").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!("{PROBE}.tmp"))).unwrap();
+        Store::open(&dir).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"the operator's key");
+        assert!(fs::symlink_metadata(dir.join(format!("{PROBE}.tmp"))).is_err());
     }
 }
