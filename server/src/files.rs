@@ -241,6 +241,31 @@ mod tests {
         }
     }
 
+    /// A key given through a symlink (whose own mode is always 0777) is
+    /// judged by the file it names: an exposed key behind an owner-only
+    /// looking link is warned about, an owner-only key behind a link is
+    /// not; the warning holds the path and mode, never the content.
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_behind_a_symlink_is_judged_by_its_target() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, warned) in [(0o640, true), (0o600, false)] {
+            let key = dir.path().join(format!("key-{mode:o}.pem"));
+            fs::write(&key, b"PRIVATE KEY material").unwrap();
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let link = dir.path().join(format!("link-{mode:o}.pem"));
+            std::os::unix::fs::symlink(&key, &link).unwrap();
+            let warnings = exposed_secret_warnings(&[&link]);
+            assert_eq!(
+                warnings.len(),
+                usize::from(warned),
+                "{mode:o}: {warnings:?}"
+            );
+            assert!(warnings.iter().all(|w| !w.contains("material")));
+        }
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_secret_file_others_can_read_is_warned_about_and_an_owner_only_one_is_not() {
