@@ -295,11 +295,20 @@ impl Disk {
     /// Creates `path`, writes `bytes` and fsyncs it. An injected write
     /// fault leaves half the bytes, as a disk that fills up mid-write does.
     fn write_synced(&self, path: &Path, bytes: &[u8], private: bool) -> Result<(), WriteError> {
+        // A leftover NAME.tmp (a crash's, or a symlink someone planted) is
+        // removed, not opened: opening follows a symlink, and would write
+        // the bytes (a key) into whatever file it points to. A new file
+        // (O_EXCL) never follows one; a symlink planted again in between
+        // fails the write instead.
         let open = || {
+            remove_if_present(path)?;
             if private {
                 create_private(path)
             } else {
-                fs::File::create(path)
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
             }
         };
         let written = match self.inject(Op::Write, path) {
@@ -333,9 +342,19 @@ impl Disk {
     }
 
     /// Creates an empty file and removes it: whether the directory takes
-    /// writes at all.
+    /// writes at all. The probe is a new file (O_EXCL): a leftover of its
+    /// name, a symlink included, is removed first, never opened, so a
+    /// symlink planted in the data directory cannot make the start
+    /// truncate the file it points to.
     pub fn probe(&self, path: &Path) -> Result<(), WriteError> {
-        self.run(Op::Write, path, || fs::File::create(path).map(drop))?;
+        self.run(Op::Write, path, || {
+            remove_if_present(path)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(drop)
+        })?;
         self.remove_file(path)
     }
 
@@ -379,12 +398,11 @@ pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), WriteError>
     Disk::unmetered().write_atomic_private(path, bytes)
 }
 
-/// Creates (or truncates) `path` for writing a secret: owner-only (mode
-/// 0600 on unix) before any byte is written, even if the file already
-/// existed with wider permissions.
+/// Creates the new file `path` for writing a secret: owner-only (mode
+/// 0600 on unix) before any byte is written.
 fn create_private(path: &Path) -> std::io::Result<fs::File> {
     let mut options = private_options();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     let file = options.open(path)?;
     #[cfg(unix)]
     {
@@ -392,6 +410,14 @@ fn create_private(path: &Path) -> std::io::Result<fs::File> {
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
     }
     Ok(file)
+}
+
+/// Removes `path` itself (a symlink, not what it points to), if present.
+pub fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Open options that create a file owner-only (mode 0600 on unix); the
@@ -539,6 +565,56 @@ mod tests {
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(fs::read(&path).unwrap(), b"secret");
+    }
+
+    /// A `NAME.tmp` planted as a symlink (in a shared directory, say)
+    /// must not receive the bytes: a private write would otherwise put the
+    /// key in a file the planter owns and can read whatever its mode, and
+    /// any write would truncate the file it points to.
+    #[cfg(unix)]
+    #[test]
+    fn a_temporary_planted_as_a_symlink_receives_nothing() {
+        for private in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let planted = dir.path().join("planted.txt");
+            fs::write(&planted, b"mine").unwrap();
+            let path = dir.path().join("key.pem");
+            std::os::unix::fs::symlink(&planted, dir.path().join("key.pem.tmp")).unwrap();
+            if private {
+                write_atomic_private(&path, b"secret").unwrap();
+            } else {
+                write_atomic(&path, b"secret").unwrap();
+            }
+            assert_eq!(fs::read(&planted).unwrap(), b"mine", "private {private}");
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert!(meta.file_type().is_file(), "private {private}");
+            assert_eq!(fs::read(&path).unwrap(), b"secret");
+        }
+    }
+
+    /// A key given through a symlink (whose own mode is always 0777) is
+    /// judged by the file it names: an exposed key behind an owner-only
+    /// looking link is warned about, an owner-only key behind a link is
+    /// not; the warning holds the path and mode, never the content.
+    #[cfg(unix)]
+    #[test]
+    fn a_secret_behind_a_symlink_is_judged_by_its_target() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        for (mode, warned) in [(0o640, true), (0o600, false)] {
+            let key = dir.path().join(format!("key-{mode:o}.pem"));
+            fs::write(&key, b"PRIVATE KEY material").unwrap();
+            fs::set_permissions(&key, fs::Permissions::from_mode(mode)).unwrap();
+            let link = dir.path().join(format!("link-{mode:o}.pem"));
+            std::os::unix::fs::symlink(&key, &link).unwrap();
+            let warnings = exposed_secret_warnings(&[&link]);
+            assert_eq!(
+                warnings.len(),
+                usize::from(warned),
+                "{mode:o}: {warnings:?}"
+            );
+            assert!(warnings.iter().all(|w| !w.contains("material")));
+        }
     }
 
     #[cfg(unix)]

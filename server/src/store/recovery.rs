@@ -295,6 +295,9 @@ const PROBE: &str = "write-probe";
 /// Creates and removes a file in `dir`, so a read-only or otherwise
 /// unwritable data directory stops the server at start instead of at the
 /// first publication, after clients have spent a round on it.
+///
+/// The probe cannot be turned against a file by a planted symlink
+/// ([`Disk::probe`]).
 fn probe_writable(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     let probe = dir.join(format!("{PROBE}.tmp"));
     disk.probe(&probe)
@@ -530,5 +533,22 @@ mod tests {
         fs::write(fresh.join(format!("{PROBE}.tmp")), b"").unwrap();
         Store::open(&fresh).unwrap();
         assert!(!fresh.join(format!("{PROBE}.tmp")).exists());
+    }
+
+    /// Someone who can write in the data directory but not elsewhere (the
+    /// state key, the TLS key) plants the probe's name as a symlink to the
+    /// file they want destroyed: opening the store must not truncate it.
+    #[cfg(unix)]
+    #[test]
+    fn a_probe_planted_as_a_symlink_truncates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Store::open(&dir).unwrap();
+        let victim = tmp.path().join("state.key");
+        fs::write(&victim, b"the operator's key").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!("{PROBE}.tmp"))).unwrap();
+        Store::open(&dir).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"the operator's key");
+        assert!(fs::symlink_metadata(dir.join(format!("{PROBE}.tmp"))).is_err());
     }
 }
