@@ -328,7 +328,6 @@ pub(crate) fn storage_write_failed(op: &'static str) {
 /// Records a client evicted from a round. `reason` comes from a small fixed
 /// set (e.g. "invalid_advert", "bad_share_bundle", "false_accusation",
 /// "malformed").
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn client_evicted(reason: &'static str) {
     counter!(EVICTIONS, LABEL_REASON => reason).increment(1);
 }

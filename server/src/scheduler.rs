@@ -312,6 +312,8 @@ async fn complete(
         survivors: contributors,
         model_version: published,
         abort_reason: String::new(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     };
     Ok((training, result))
 }
@@ -338,6 +340,8 @@ fn record_abort(
         survivors,
         model_version: 0,
         abort_reason: abort_reason_name(reason).to_owned(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     }
 }
 
