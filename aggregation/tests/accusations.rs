@@ -30,16 +30,16 @@ fn share_with_garbage(
     (net, relay)
 }
 
-/// [`share_with_garbage`], also returning every advertised `c_pk`.
-fn share_with_garbage_keys(
-    config: RoundConfig,
-    attacker: ClientId,
-    victims: &[u32],
-) -> (
+/// A round stopped with its SealedShares relay undelivered, and every
+/// advertised `c_pk` by owner.
+type Relayed = (
     Net,
     Vec<(ClientId, ServerMessage)>,
     HashMap<ClientId, [u8; 32]>,
-) {
+);
+
+/// [`share_with_garbage`], also returning every advertised `c_pk`.
+fn share_with_garbage_keys(config: RoundConfig, attacker: ClientId, victims: &[u32]) -> Relayed {
     let mut net = Net::new(config, 71);
     net.clients_send();
     let adverts = net.server_outbox();
