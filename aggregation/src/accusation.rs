@@ -78,6 +78,17 @@
 //!   signed one bounded set of accusers (as the survivor set is signed), so
 //!   that no server could collect more reveals than the margin.
 //!
+//! # How much slack a round has
+//!
+//! The margin is what the threshold leaves above the colluders it was chosen
+//! against. The parameter finder picks the smallest private threshold, so a
+//! round on the finder's parameters has no slack for colluders it already
+//! counts: there a single revealed key aborts the round (cleanly, before
+//! any unmasking), and a deployment that expects hostile clients should
+//! leave room (a threshold above the floor). In the malicious-server model
+//! at the floor `t = ⌊(n + corrupt)/2⌋ + 1` the margin is 0 as well, so a
+//! reveal could not be afforded there even if it were safe.
+//!
 //! The accusation travels as the accuser's MaskedInput-stage message (its
 //! masked input could not be sent anyway): no extra round trip, and the
 //! server settles it while the stage is open, before it tells anyone who
