@@ -82,12 +82,13 @@
 //!
 //! The margin is what the threshold leaves above the colluders it was chosen
 //! against. The parameter finder picks the smallest private threshold, so a
-//! round on the finder's parameters has no slack for colluders it already
-//! counts: there a single revealed key aborts the round (cleanly, before
-//! any unmasking), and a deployment that expects hostile clients should
-//! leave room (a threshold above the floor). In the malicious-server model
-//! at the floor `t = ⌊(n + corrupt)/2⌋ + 1` the margin is 0 as well, so a
-//! reveal could not be afforded there even if it were safe.
+//! round on the finder's parameters has little or no slack: in the
+//! semi-honest model at `t = a + 1` a single revealed key aborts the round
+//! (cleanly, before any unmasking), and a deployment that expects hostile
+//! clients should leave room (a threshold above the floor). In the
+//! malicious-server model at the floor `t = ⌊(n + corrupt)/2⌋ + 1` the
+//! margin is 0 or 1 (by the parity of `n + corrupt`), so reveals could
+//! hardly be afforded there even if they were safe.
 //!
 //! The accusation travels as the accuser's MaskedInput-stage message (its
 //! masked input could not be sent anyway): no extra round trip, and the

@@ -346,6 +346,8 @@ pub fn threshold_floor(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKin
 /// // Malicious server, 7 clients, 2 colluders, t = 5: no room left.
 /// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete, 5), Some(0));
 /// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete, 4), None);
+/// // At the floor with n + corrupt even, one holder of slack.
+/// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 6, 0, GraphKind::Complete, 4), Some(1));
 /// ```
 pub fn exposure_margin(
     model: ThreatModel,
