@@ -134,12 +134,7 @@ const CONNECTION_REFUSALS: [&str; 4] = [
 /// Storage operations that can fail (see [`storage_write_failed`]).
 const STORAGE_OPS: [&str; 4] = ["write", "fsync", "rename", "remove"];
 /// Reasons a client is evicted (see [`client_evicted`]).
-const EVICTION_REASONS: [&str; 4] = [
-    "invalid_advert",
-    "bad_share_bundle",
-    "false_accusation",
-    "malformed",
-];
+const EVICTION_REASONS: [&str; 10] = tessera_aggregation::server::ClientViolation::REASONS;
 
 /// Bucket bounds (seconds) for [`STAGE_SECONDS`]: from a fast local stage to
 /// a stage that waits out a ten-minute deadline for slow devices.
@@ -590,7 +585,6 @@ pub(crate) fn storage_write_failed(op: &'static str) {
 /// Records a client evicted from a round. `reason` comes from a small fixed
 /// set (e.g. "invalid_advert", "bad_share_bundle", "false_accusation",
 /// "malformed").
-#[allow(dead_code)] // TODO(issue 13): called by the operations work; drop when it is
 pub(crate) fn client_evicted(reason: &'static str) {
     counter!(EVICTIONS, LABEL_REASON => reason).increment(1);
 }

@@ -194,8 +194,8 @@ async fn run_round(
         RoundEnd::Shutdown => {
             // The record stays `started`; the next start marks it
             // interrupted. Clients hear that the server is going away.
-            driver.fail_all(&shutting_down(round_id));
             shared.lobby.release(identities.iter().map(String::as_str));
+            driver.fail_all(&shutting_down(round_id));
             return Ok(training);
         }
     };
@@ -211,6 +211,10 @@ async fn run_round(
         // otherwise), so the outcome is not lost and rounds go on.
         warn!(parent: &span, "cannot record the round's outcome: {e}");
     }
+    // Identities are free again before the clients hear the end: a client
+    // that rejoins at once on its result must not find itself still
+    // "in a round" (AlreadyExists).
+    shared.lobby.release(identities.iter().map(String::as_str));
     let fatal = match told {
         Told::Result(result) => {
             driver.finish(&result, CLOSE_GRACE);
@@ -221,7 +225,6 @@ async fn run_round(
             fatal
         }
     };
-    shared.lobby.release(identities.iter().map(String::as_str));
     match fatal {
         Some(e) => Err(e),
         None => Ok(training),
@@ -381,6 +384,8 @@ async fn complete(
         survivors: contributors,
         model_version: published,
         abort_reason: String::new(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     };
     (training, Told::Result(result))
 }
@@ -527,6 +532,8 @@ fn record_abort(
         survivors,
         model_version: 0,
         abort_reason: abort_reason_name(reason).to_owned(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     }
 }
 

@@ -255,6 +255,11 @@ pub enum Fault {
     Oversized,
     /// Connects without credentials.
     NoToken,
+    /// Advertises its s_pk as its c_pk too.
+    SameKeysAdvert,
+    /// Seals garbage (of the right length) in place of the share bundles
+    /// for its first `n` receivers; only they can tell.
+    GarbleBundles(usize),
 }
 
 /// How a scripted client's participation ended.
@@ -413,6 +418,22 @@ impl ScriptedClient {
                             vec![m.encode()]
                         }
                         (Fault::Oversized, Stage::AdvertiseKeys) => vec![vec![0u8; 64 << 20]],
+                        (Fault::SameKeysAdvert, Stage::AdvertiseKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            if let ClientBody::AdvertiseKeys(advert) = &mut m.body {
+                                advert.keys.c_pk = advert.keys.s_pk;
+                            }
+                            vec![m.encode()]
+                        }
+                        (Fault::GarbleBundles(n), Stage::ShareKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            if let ClientBody::ShareKeys(bundles) = &mut m.body {
+                                for bundle in bundles.iter_mut().take(n) {
+                                    bundle.ciphertext.iter_mut().for_each(|b| *b ^= 0xa5);
+                                }
+                            }
+                            vec![m.encode()]
+                        }
                         _ => vec![bytes.clone()],
                     };
                     if stage == Stage::AdvertiseKeys {
