@@ -482,6 +482,31 @@ impl CredentialLineError {
 pub fn credential_lines(
     text: &str,
 ) -> impl Iterator<Item = Result<CredentialLine<'_>, CredentialLineError>> {
+    credential_lines_with_option(text).map(|entry| match entry? {
+        (line, None) => Ok(line),
+        (line, Some(_)) => Err(CredentialLineError {
+            line: line.line,
+            misplaced_hash: false,
+        }),
+    })
+}
+
+/// Reads a credentials file whose lines may carry one optional third
+/// field after the two of [`credential_lines`] (the tokens file's
+/// `expires=...`), under the same comment rule; the caller gives the third
+/// field its meaning.
+///
+/// ```
+/// use tessera_aggregation::identity::credential_lines_with_option;
+/// let text = "alice sha256:00 expires=2030-01-01T00:00:00Z  # laptop\nbob sha256:11\n";
+/// let entries: Vec<_> = credential_lines_with_option(text).collect::<Result<_, _>>().unwrap();
+/// assert_eq!(entries[0].1, Some("expires=2030-01-01T00:00:00Z"));
+/// assert_eq!((entries[1].0.name, entries[1].1), ("bob", None));
+/// assert!(credential_lines_with_option("a b c d").next().unwrap().is_err());
+/// ```
+pub fn credential_lines_with_option(
+    text: &str,
+) -> impl Iterator<Item = Result<(CredentialLine<'_>, Option<&str>), CredentialLineError>> {
     text.lines().enumerate().filter_map(|(index, raw)| {
         let line = index + 1;
         let content = strip_comment(raw).trim();
@@ -496,10 +521,14 @@ pub fn credential_lines(
             return Some(Err(error(true)));
         }
         let mut fields = content.split_whitespace();
-        Some(match (fields.next(), fields.next(), fields.next()) {
-            (Some(name), Some(value), None) => Ok(CredentialLine { line, name, value }),
-            _ => Err(error(false)),
-        })
+        Some(
+            match (fields.next(), fields.next(), fields.next(), fields.next()) {
+                (Some(name), Some(value), option, None) => {
+                    Ok((CredentialLine { line, name, value }, option))
+                }
+                _ => Err(error(false)),
+            },
+        )
     })
 }
 

@@ -72,6 +72,13 @@ impl ClientKeys {
         }
     }
 
+    /// The share-encryption secret key's bytes: revealed only in an
+    /// accusation ([`crate::accusation`]), to prove that a bundle sealed for
+    /// this client does not open.
+    pub(crate) fn share_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.c_sk.to_bytes())
+    }
+
     /// The masking secret key's bytes, to Shamir-share among neighbours.
     pub(crate) fn masking_secret_bytes(&self) -> Zeroizing<[u8; 32]> {
         Zeroizing::new(self.s_sk.to_bytes())
@@ -120,6 +127,52 @@ impl ClientKeys {
         }
         Ok(shared)
     }
+}
+
+/// The key that opens the bundle `sender` sealed for `receiver`, derived
+/// from the receiver's share-encryption secret `c_sk` (revealed in an
+/// accusation, or kept by the receiver) and the sender's advertised `c_pk`.
+/// It is the key the receiver itself opens with: the server re-derives it
+/// to check an accusation.
+pub(crate) fn receiver_open_key(
+    receiver_c_sk: &[u8; 32],
+    sender_c_pk: &[u8; 32],
+    round_id: u64,
+    sender: ClientId,
+    receiver: ClientId,
+) -> Result<ShareKey, KeyError> {
+    let secret = StaticSecret::from(*receiver_c_sk);
+    let shared = secret.diffie_hellman(&PublicKey::from(*sender_c_pk));
+    if !shared.was_contributory() {
+        return Err(KeyError::NonContributory);
+    }
+    Ok(ShareKey::derive(&shared, round_id, sender, receiver))
+}
+
+/// The X25519 public key of a secret given as bytes (the secret is clamped
+/// as X25519 does).
+pub(crate) fn public_of_bytes(secret: &[u8; 32]) -> [u8; 32] {
+    PublicKey::from(&StaticSecret::from(*secret)).to_bytes()
+}
+
+/// Whether `public` is a low-order X25519 point (the all-zero key among
+/// them), for which a key agreement yields a value the peer did not
+/// contribute to.
+///
+/// How: X25519 clamps every scalar to a multiple of the cofactor 8, so
+/// multiplying any point of order 1, 2, 4 or 8 by a clamped scalar gives
+/// the identity, whose u-coordinate encodes as 32 zero bytes; a point of
+/// large order never does. One scalar multiplication by a fixed scalar
+/// therefore recognises every small-order point, in every one of its
+/// encodings (x25519 ignores the top bit and reduces u mod p, so the
+/// non-canonical encodings of the 7 small-order u-coordinates are caught
+/// too), without a table to keep complete.
+pub fn is_low_order(public: &[u8; 32]) -> bool {
+    // Any fixed scalar works: clamping makes it a multiple of 8.
+    let probe = StaticSecret::from([0x5a; 32]);
+    !probe
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory()
 }
 
 /// Why a key agreement was refused.
@@ -377,6 +430,74 @@ mod tests {
         assert_eq!(&u_open.open(&v_seal.seal(b"to u")).unwrap()[..], b"to u");
         // The two directions use different keys.
         assert!(u_open.open(&u_seal.seal(b"x")).is_err());
+    }
+
+    #[test]
+    fn every_small_order_encoding_is_low_order_and_real_keys_are_not() {
+        // The u-coordinates of the points of order 1, 2, 4 and 8 on
+        // Curve25519 (the list of Bernstein's "Curve25519: new
+        // Diffie-Hellman speed records" and libsodium's blocklist), and
+        // their non-canonical encodings (u + p, top bit set).
+        let mut small = vec![
+            [0u8; 32],
+            {
+                let mut one = [0u8; 32];
+                one[0] = 1;
+                one
+            },
+            hex32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+            hex32("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+            // p - 1, p, p + 1
+            hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+            hex32("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+            hex32("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+        ];
+        let with_top_bit: Vec<[u8; 32]> = small
+            .iter()
+            .map(|k| {
+                let mut k = *k;
+                k[31] |= 0x80;
+                k
+            })
+            .collect();
+        small.extend(with_top_bit);
+        for key in &small {
+            assert!(is_low_order(key), "{}", hex::encode(key));
+        }
+        let mut r = rng(9);
+        for _ in 0..64 {
+            let keys = ClientKeys::generate(&mut r).public();
+            assert!(!is_low_order(&keys.c_pk));
+            assert!(!is_low_order(&keys.s_pk));
+        }
+    }
+
+    fn hex32(digits: &str) -> [u8; 32] {
+        hex::decode(digits).unwrap().try_into().unwrap()
+    }
+
+    #[test]
+    fn the_receivers_revealed_secret_rederives_its_open_key() {
+        let mut r = rng(10);
+        let (u, v) = (ClientKeys::generate(&mut r), ClientKeys::generate(&mut r));
+        let (iu, iv) = (ClientId(1), ClientId(2));
+        let (seal, _) = u.share_keys_with(&v.public().c_pk, 7, iu, iv).unwrap();
+        let sealed = seal.seal(b"shares");
+        let key = receiver_open_key(&v.share_secret_bytes(), &u.public().c_pk, 7, iu, iv).unwrap();
+        assert_eq!(&key.open(&sealed).unwrap()[..], b"shares");
+        assert_eq!(public_of_bytes(&v.share_secret_bytes()), v.public().c_pk);
+        // Bound to round, sender and receiver like the receiver's own key.
+        for (round, sender, receiver) in [(8, iu, iv), (7, iv, iu), (7, ClientId(3), iv)] {
+            let key = receiver_open_key(
+                &v.share_secret_bytes(),
+                &u.public().c_pk,
+                round,
+                sender,
+                receiver,
+            )
+            .unwrap();
+            assert_eq!(key.open(&sealed).unwrap_err(), KeyError::Decrypt);
+        }
     }
 
     #[test]

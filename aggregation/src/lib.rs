@@ -23,12 +23,18 @@
 //! The stages of a round, in order (Bonawitz et al. section 4):
 //! 0. AdvertiseKeys: clients publish two X25519 public keys ([`keys`]),
 //!    signed with their long-term identity in the malicious-server model
-//!    ([`identity`]).
+//!    ([`identity`]). The server refuses an advert whose two keys are
+//!    equal, low-order, or copied from another client's advert, and drops
+//!    that client only.
 //! 1. ShareKeys: clients Shamir-share ([`shamir`]) their masking secret key
 //!    and self-mask seed among their neighbours ([`graph`]), sealed for each
 //!    receiver.
 //! 2. MaskedInputCollection: clients send `x + PRG(b) + Σ ±PRG(s_uv)`
-//!    ([`mask`]), packed at `bits` bits per element ([`packing`]).
+//!    ([`mask`]), packed at `bits` bits per element ([`packing`]). A client
+//!    that cannot open a neighbour's share bundle sends an accusation
+//!    instead, proving it with its share-encryption secret; the server
+//!    evicts whoever lied, and the round goes on while the accusers stay
+//!    within the threshold's margin ([`accusation`]).
 //! 3. ConsistencyCheck (semi-malicious and malicious-server models):
 //!    survivors confirm the survivor set; in the malicious-server model they
 //!    sign it, and nobody reveals a share without a quorum of signatures
@@ -42,6 +48,7 @@
 //! which its users (the server, the client SDK, the CLI) call directly.
 #![forbid(unsafe_code)]
 
+pub mod accusation;
 pub mod client;
 pub mod config;
 pub mod graph;

@@ -19,6 +19,7 @@
 //! (an optional signature is a flag byte, 0 or 1, then 64 bytes).
 
 use crate::ClientId;
+use crate::accusation::Accusation;
 use crate::identity::{IdentitySignature, SIGNATURE_BYTES};
 use crate::keys::PublicKeys;
 use crate::shamir::{SHARE_BYTES, Share};
@@ -51,6 +52,15 @@ pub enum ClientBody {
     /// Stage 2, MaskedInputCollection: the masked vector packed at the
     /// round's `bits`.
     MaskedInput(Vec<u8>),
+    /// Stage 2, instead of the masked input: a receiver that cannot open the
+    /// bundles of some senders accuses them, with its share-encryption
+    /// secret as the proof where it may reveal it ([`crate::accusation`]).
+    /// The accuser's input is not in the round.
+    ///
+    /// ```text
+    /// accusation = tag:u8 (=0x06) has_key:u8 (0|1) [c_sk:32] accused:ids
+    /// ```
+    Accusation(Accusation),
     /// Stage 3, ConsistencyCheck: the client confirms the survivor set it was
     /// sent; in the malicious-server model with its signature over the set.
     ConsistencyCheck(Option<IdentitySignature>),
@@ -64,7 +74,7 @@ impl ClientBody {
         match self {
             ClientBody::AdvertiseKeys(_) => crate::Stage::AdvertiseKeys,
             ClientBody::ShareKeys(_) => crate::Stage::ShareKeys,
-            ClientBody::MaskedInput(_) => crate::Stage::MaskedInput,
+            ClientBody::MaskedInput(_) | ClientBody::Accusation(_) => crate::Stage::MaskedInput,
             ClientBody::ConsistencyCheck(_) => crate::Stage::ConsistencyCheck,
             ClientBody::Unmasking(_) => crate::Stage::Unmasking,
         }
@@ -201,6 +211,10 @@ pub enum AbortReason {
     SharesMissing,
     /// Too many clients misbehaved for the round to go on.
     Misbehaviour,
+    /// Accusers revealed the shares they held ([`crate::accusation`]) past
+    /// the margin the threshold leaves above the assumed colluders: going
+    /// on could put t shares of someone's secret in the server's hands.
+    Accusations,
 }
 
 impl std::fmt::Display for AbortReason {
@@ -211,6 +225,9 @@ impl std::fmt::Display for AbortReason {
             }
             AbortReason::SharesMissing => "too few shares arrived to rebuild a needed secret",
             AbortReason::Misbehaviour => "too many clients misbehaved",
+            AbortReason::Accusations => {
+                "too many clients revealed their share keys to prove a neighbour sent bad share bundles: the exposed shares would exceed what the threshold tolerates"
+            }
         })
     }
 }
@@ -256,6 +273,7 @@ const TAG_SHARE_KEYS: u8 = 0x02;
 const TAG_MASKED_INPUT: u8 = 0x03;
 const TAG_CONSISTENCY: u8 = 0x04;
 const TAG_UNMASKING: u8 = 0x05;
+const TAG_ACCUSATION: u8 = 0x06;
 const TAG_NEIGHBOUR_KEYS: u8 = 0x81;
 const TAG_SEALED_SHARES: u8 = 0x82;
 const TAG_CONSISTENCY_CHECK: u8 = 0x84;
@@ -287,6 +305,17 @@ impl ClientMessage {
                 w.u8(TAG_CONSISTENCY);
                 w.signature(signature.as_ref());
             }
+            ClientBody::Accusation(accusation) => {
+                w.u8(TAG_ACCUSATION);
+                match &accusation.share_secret {
+                    None => w.u8(0),
+                    Some(secret) => {
+                        w.u8(1);
+                        w.0.extend_from_slice(&secret[..]);
+                    }
+                }
+                w.ids(&accusation.accused);
+            }
             ClientBody::Unmasking(response) => {
                 w.u8(TAG_UNMASKING);
                 w.shares(&response.self_mask_shares);
@@ -305,6 +334,19 @@ impl ClientMessage {
             TAG_SHARE_KEYS => ClientBody::ShareKeys(r.bundles("ShareKeys")?),
             TAG_MASKED_INPUT => ClientBody::MaskedInput(r.var_bytes()?.to_vec()),
             TAG_CONSISTENCY => ClientBody::ConsistencyCheck(r.signature()?),
+            TAG_ACCUSATION => ClientBody::Accusation(Accusation {
+                share_secret: match r.u8()? {
+                    0 => None,
+                    1 => Some(zeroize::Zeroizing::new(r.bytes32()?)),
+                    tag => {
+                        return Err(DecodeError::Tag {
+                            what: "share key flag",
+                            tag,
+                        });
+                    }
+                },
+                accused: r.ids("accused")?,
+            }),
             TAG_UNMASKING => ClientBody::Unmasking(UnmaskResponse {
                 self_mask_shares: r.shares("self-mask shares")?,
                 masking_key_shares: r.shares("masking-key shares")?,
@@ -376,6 +418,7 @@ impl ServerMessage {
                     AbortReason::BelowThreshold => 1,
                     AbortReason::SharesMissing => 2,
                     AbortReason::Misbehaviour => 3,
+                    AbortReason::Accusations => 4,
                 });
             }
         }
@@ -405,6 +448,7 @@ impl ServerMessage {
                 1 => AbortReason::BelowThreshold,
                 2 => AbortReason::SharesMissing,
                 3 => AbortReason::Misbehaviour,
+                4 => AbortReason::Accusations,
                 tag => {
                     return Err(DecodeError::Tag {
                         what: "abort reason",
@@ -673,6 +717,14 @@ mod tests {
                 },
             ]),
             ClientBody::MaskedInput(vec![9, 8, 7]),
+            ClientBody::Accusation(Accusation {
+                share_secret: Some(zeroize::Zeroizing::new([0x42; 32])),
+                accused: vec![ClientId(2), ClientId(7)],
+            }),
+            ClientBody::Accusation(Accusation {
+                share_secret: None,
+                accused: vec![ClientId(3)],
+            }),
             ClientBody::ConsistencyCheck(None),
             ClientBody::ConsistencyCheck(Some(IdentitySignature([8; 64]))),
             ClientBody::Unmasking(UnmaskResponse {
@@ -728,6 +780,7 @@ mod tests {
                 ],
             },
             ServerBody::Aborted(AbortReason::SharesMissing),
+            ServerBody::Aborted(AbortReason::Accusations),
         ]
         .into_iter()
         .map(|body| ServerMessage { round_id: 5, body })

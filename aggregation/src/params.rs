@@ -315,18 +315,107 @@ pub fn find_params_with(
 /// ```
 pub fn threshold_floor(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKind) -> u32 {
     let corrupt = corrupt.min(n);
-    let holders = match graph {
+    let holders = holders_of(n, graph);
+    floor_for(
+        model,
+        n,
+        corrupt,
+        holders,
+        most_corrupt_holders(model, n, corrupt, graph),
+        graph,
+    )
+}
+
+/// How many accusers ([`crate::accusation`]) among one client's share
+/// holders a round tolerates on top of the colluders it assumes: the
+/// largest `e` for which `threshold` still meets [`threshold_floor`]'s
+/// conditions with `e` more corrupt holders around every client (and, for
+/// the malicious-server bound over all clients, `e` more corrupt clients).
+/// An accuser reveals its share-encryption key, which opens every share it
+/// holds, so it counts as one more colluder. `None` when the threshold is
+/// already below the floor for `corrupt` alone: then no accusation can be
+/// afforded.
+///
+/// ```
+/// use tessera_aggregation::graph::GraphKind;
+/// use tessera_aggregation::params::exposure_margin;
+/// use tessera_aggregation::ThreatModel;
+/// // Semi-honest, 10 clients, t = 6, nobody assumed corrupt: up to 5
+/// // holders of one client may be exposed before 6 shares are in reach.
+/// assert_eq!(exposure_margin(ThreatModel::SemiHonest, 10, 0, GraphKind::Complete, 6), Some(5));
+/// // Malicious server, 7 clients, 2 colluders, t = 5: no room left.
+/// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete, 5), Some(0));
+/// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 7, 2, GraphKind::Complete, 4), None);
+/// // At the floor with n + corrupt even, one holder of slack.
+/// assert_eq!(exposure_margin(ThreatModel::MaliciousServer, 6, 0, GraphKind::Complete, 4), Some(1));
+/// ```
+pub fn exposure_margin(
+    model: ThreatModel,
+    n: u32,
+    corrupt: u32,
+    graph: GraphKind,
+    threshold: u32,
+) -> Option<u32> {
+    let corrupt = corrupt.min(n);
+    let holders = holders_of(n, graph);
+    let most_corrupt = most_corrupt_holders(model, n, corrupt, graph);
+    let fits = |e: u32| {
+        floor_for(
+            model,
+            n,
+            corrupt.saturating_add(e),
+            holders,
+            most_corrupt.saturating_add(e),
+            graph,
+        ) <= threshold
+    };
+    if !fits(0) {
+        return None;
+    }
+    // The floor grows with e: the last e that fits, by bisection over
+    // 0..=holders (all holders exposed is the most there can be).
+    let (mut lo, mut hi) = (0, holders);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Some(lo)
+}
+
+/// The holders of one client's shares: its neighbours.
+fn holders_of(n: u32, graph: GraphKind) -> u32 {
+    match graph {
         GraphKind::Complete => n.saturating_sub(1),
         GraphKind::Harary { k } => k.min(n.saturating_sub(1)),
-    };
-    let most_corrupt = match graph {
+    }
+}
+
+/// The bound a on the corrupt holders of any one client.
+fn most_corrupt_holders(model: ThreatModel, n: u32, corrupt: u32, graph: GraphKind) -> u32 {
+    match graph {
         GraphKind::Complete => corrupt,
         GraphKind::Harary { .. } => {
             let setting =
                 Setting::from_counts(n, corrupt, 0, model, SECURITY_BITS, CORRECTNESS_BITS);
-            setting.thresholds(holders).most_corrupt
+            setting.thresholds(holders_of(n, graph)).most_corrupt
         }
-    };
+    }
+}
+
+/// [`threshold_floor`]'s conditions for `holders` holders, at most
+/// `most_corrupt` of them corrupt, `corrupt` corrupt clients in all.
+fn floor_for(
+    model: ThreatModel,
+    n: u32,
+    corrupt: u32,
+    holders: u32,
+    most_corrupt: u32,
+    graph: GraphKind,
+) -> u32 {
     // In u64: the counts come from a server (a client checks a RoundStart
     // before anything bounds n) and their sums can pass u32::MAX, where a
     // wrapped floor would be tiny.

@@ -12,7 +12,9 @@ use tessera_aggregation::ThreatModel;
 use tessera_aggregation::client::Violation;
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerBody, ServerMessage};
 use tessera_aggregation::server::ClientViolation;
-use tessera_aggregation::{ClientId, ClientSessionError, ServerEvent, ServerSessionError, Stage};
+use tessera_aggregation::{
+    ClientEvent, ClientId, ClientSessionError, ServerEvent, ServerSessionError, Stage,
+};
 
 /// Runs a round of 8 clients (t = 4) until the server has queued its
 /// unmasking requests; client 7 drops before sending its masked input, so
@@ -262,8 +264,22 @@ fn readdressed_share_bundles_fail_to_open() {
     // real one from 2): the AEAD's associated data names the sender.
     bundles[0].ciphertext = bundles[1].ciphertext.clone();
     let message = message.clone();
-    let result = net.clients[0].handle_message(net.now, message);
-    assert_eq!(violation(result), Violation::BadBundle(ClientId(1)));
+    net.clients[0].handle_message(net.now, message).unwrap();
+    // The bundle labelled as client 1's does not open: client 0 accuses
+    // client 1 (only 1: the real bundle from 2 opens) instead of masking.
+    assert_eq!(
+        net.clients[0].poll_event(),
+        Some(ClientEvent::Accused(vec![ClientId(1)]))
+    );
+    let accusation = net.clients[0].poll_transmit().unwrap();
+    let ClientBody::Accusation(accusation) = accusation.body else {
+        panic!("expected an accusation, got {accusation:?}")
+    };
+    assert_eq!(accusation.accused, vec![ClientId(1)]);
+    assert!(
+        accusation.share_secret.is_some(),
+        "semi-honest: the key is the proof"
+    );
 }
 
 #[test]

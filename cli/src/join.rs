@@ -317,7 +317,7 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            Err(e @ ClientError::RoundAborted { .. }) => {
+            Err(e @ (ClientError::RoundAborted { .. } | ClientError::RoundNotStored { .. })) => {
                 failed += 1;
                 if args.json {
                     println!(

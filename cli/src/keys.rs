@@ -17,9 +17,13 @@ pub(crate) const TOKEN_ABOUT: &str =
 pub(crate) const TOKEN_LONG_ABOUT: &str = "Generates a random bearer token for client NAME, \
     appends `NAME sha256:HASH` to the tokens file (created with mode 0600 if missing) and \
     prints the token once on stdout. The server stores and compares only hashes; give the \
-    token to the client (tessera join --token-file).";
+    token to the client (tessera join --token-file). With --expires-in the line ends with \
+    `expires=YYYY-MM-DDTHH:MM:SSZ` (UTC) and the server refuses the token from then on. A \
+    running server reads the file again on SIGHUP: delete a client's line and send SIGHUP to \
+    revoke its token without a restart.";
 pub(crate) const TOKEN_EXAMPLES: &str = "Example:\n  \
-    tessera token --tokens-file tokens.txt hospital-7 > hospital-7.token";
+    tessera token --tokens-file tokens.txt hospital-7 > hospital-7.token\n  \
+    tessera token --tokens-file tokens.txt --expires-in 30d contractor-2 > contractor-2.token";
 
 /// Flags of `tessera token`.
 #[derive(Debug, Args)]
@@ -27,21 +31,54 @@ pub(crate) struct TokenArgs {
     /// The tokens file the server reads (--tokens-file of `tessera serve`).
     #[arg(long, value_name = "FILE")]
     tokens_file: PathBuf,
+    /// The token expires this long from now: a number and a unit, s, m,
+    /// h, d or w (e.g. 90m, 12h, 30d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires_in: Option<std::time::Duration>,
     /// The client's name: 1-64 characters of A-Z a-z 0-9 . _ -
     #[arg(value_name = "NAME")]
     name: String,
+}
+
+/// `--expires-in`: a positive whole number and one unit.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let bad = || {
+        format!(
+            "'{text}' is not a duration: expected a number and a unit, s, m, h, d or w (e.g. 30d)"
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(unit) {
+        Some(0) => Err(format!("'{text}': a token must not expire at once")),
+        Some(secs) if secs <= 100 * 365 * 86_400 => Ok(std::time::Duration::from_secs(secs)),
+        _ => Err(format!("'{text}' is more than 100 years")),
+    }
 }
 
 pub(crate) fn run_token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let mut rng = rand::rngs::StdRng::try_from_rng(&mut rand::rngs::SysRng)
         .context("OS randomness unavailable")?;
     let token = auth::generate_token(&mut rng);
-    if let Err(e) = auth::append_token(&args.tokens_file, &args.name, &token) {
+    let expires = args
+        .expires_in
+        .map(|after| auth::Expiry::after(std::time::SystemTime::now(), after));
+    if let Err(e) = auth::append_token_expiring(&args.tokens_file, &args.name, &token, expires) {
         crate::usage!("{e}");
     }
     println!("{}", token.expose());
+    let until = expires.map_or(String::new(), |at| format!(", valid until {at}"));
     eprintln!(
-        "added {} to {}; the token above is shown only now",
+        "added {}{until} to {}; the token above is shown only now",
         args.name,
         args.tokens_file.display()
     );
@@ -144,4 +181,31 @@ pub(crate) fn run_keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
         args.out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_one_unit_and_refuse_the_rest() {
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        for bad in [
+            "",
+            "d",
+            "10",
+            "1.5h",
+            "10y",
+            "-1d",
+            "0s",
+            "1d2h",
+            "99999999999w",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
 }

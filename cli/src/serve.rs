@@ -4,6 +4,16 @@
 //! Its first line on stdout is `listening on ADDR`, with the real port when
 //! `--listen` asked for port 0, so scripts and tests can start it and read
 //! where to connect. Logs go to stderr (`RUST_LOG` or `--log` sets the level).
+//!
+//! Signals (handlers are in place before the first line is printed):
+//!
+//! - `SIGHUP` reloads the tokens file: removed clients are refused from
+//!   their next request on; a file that does not load keeps the tokens in
+//!   force, and the log says why.
+//! - `SIGTERM` or Ctrl-C drains: no new client is admitted, the round in
+//!   flight runs to its end (each stage within its deadline), then the
+//!   server logs `stopped` and exits 0. A second one ends the round in
+//!   flight at once (its clients are told the server is going away).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,7 +37,8 @@ pub(crate) const LONG_ABOUT: &str = "Runs the Tessera aggregation server: client
     Settings come from --config FILE (TOML, keys as the flags with underscores) and are \
     overridden by flags. TLS and client authentication are required unless --insecure-dev is \
     given, which is refused on a non-loopback address. The first line on stdout is \
-    `listening on ADDR`.";
+    `listening on ADDR`. SIGHUP reloads the tokens file; SIGTERM or Ctrl-C drains (no new \
+    clients, the round in flight finishes, exit 0), a second one stops at once.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera serve --listen 127.0.0.1:0 --data-dir /tmp/t --dim 1000 --min-clients 3 --insecure-dev\n  \
     tessera serve --config server.toml\n  \
@@ -114,22 +125,89 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 server.local_addr()
             );
         }
+        let signals = Signals::install().context("installing the signal handlers")?;
         {
             let mut out = std::io::stdout().lock();
             writeln!(out, "listening on {}", server.local_addr())?;
             out.flush()?;
         }
-        tokio::select! {
-            result = server_wait(server) => result,
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("interrupted: shutting down");
-                Ok(ExitCode::SUCCESS)
-            }
-        }
+        let handler = tokio::spawn(signals.run(server.control()));
+        let result = server.wait().await;
+        handler.abort();
+        result.context("server stopped")?;
+        tracing::info!("stopped");
+        Ok(ExitCode::SUCCESS)
     })
 }
 
-async fn server_wait(server: tessera_server::RunningServer) -> anyhow::Result<ExitCode> {
-    server.wait().await.context("server stopped")?;
-    Ok(ExitCode::SUCCESS)
+/// A signal `tessera serve` answers (none off unix but Ctrl-C).
+#[cfg(unix)]
+type Sig = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+struct Sig;
+
+async fn recv(sig: &mut Sig) {
+    #[cfg(unix)]
+    sig.recv().await;
+    #[cfg(not(unix))]
+    {
+        let _ = sig;
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The signals `tessera serve` answers; see the module docs.
+struct Signals {
+    hangup: Sig,
+    terminate: Sig,
+}
+
+impl Signals {
+    /// Registers the handlers (inside the runtime), so a signal sent once
+    /// the address is printed is never lost or fatal.
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                hangup: signal(SignalKind::hangup())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {
+            hangup: Sig,
+            terminate: Sig,
+        })
+    }
+
+    /// Answers signals until the server stops (the caller aborts this).
+    async fn run(self, control: tessera_server::ServerControl) {
+        let Signals {
+            mut hangup,
+            mut terminate,
+        } = self;
+        let mut draining = false;
+        loop {
+            let what = tokio::select! {
+                () = recv(&mut hangup) => {
+                    // Logged by the server, outcome and reason alike.
+                    let _ = control.reload_tokens();
+                    continue;
+                }
+                () = recv(&mut terminate) => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "interrupt",
+            };
+            if draining {
+                tracing::warn!("{what} again: ending the round in flight now");
+                control.abort();
+            } else {
+                tracing::info!(
+                    "{what}: shutting down once the round in flight ends (send it again to stop at once)"
+                );
+                control.drain();
+                draining = true;
+            }
+        }
+    }
 }

@@ -863,3 +863,46 @@ fn join_refuses_a_token_over_plain_http_unless_insecure_dev_on_loopback() {
     assert_eq!(out.status.code(), Some(1), "{message}");
     assert!(!message.contains("insecure_loopback"), "{message}");
 }
+
+/// A token for a loopback server is never handed to a proxy named in the
+/// environment (where it would travel in plain text, off the machine): the
+/// client connects to the server itself. The proxy here is a listener that
+/// must see no connection.
+#[test]
+fn join_sends_no_token_to_an_environment_proxy() {
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    for server in ["http://127.0.0.1:9", "http://localhost:9"] {
+        let mut join = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        join.args([
+            "join",
+            "--server",
+            server,
+            "--insecure-dev",
+            "--random",
+            "4",
+            "--round-timeout",
+            "1",
+            "--token",
+            "hunter2-secret",
+        ]);
+        for var in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            join.env(var, &proxy_url);
+        }
+        join.env_remove("NO_PROXY").env_remove("no_proxy");
+        let out = join.output().expect("the tessera binary runs");
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        match proxy.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => panic!("{server}: the proxy was contacted: {other:?}"),
+        }
+    }
+}

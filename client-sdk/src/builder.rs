@@ -247,7 +247,8 @@ impl ClientBuilder {
     /// experiment or a test). Without it [`ClientBuilder::build`] refuses a
     /// token over `http://`, since anyone on the path could read and replay
     /// it; with it the URL's host must still be a loopback address
-    /// (`127.0.0.0/8`, `::1`) or `localhost`, where the token never leaves
+    /// (`127.0.0.0/8`, `::1`) or `localhost` (which is then not resolved:
+    /// the client connects to `127.0.0.1`), where the token never leaves
     /// the machine. `https://` URLs and `http://` URLs without a token are
     /// unaffected.
     pub fn insecure_loopback(mut self) -> Self {
@@ -398,6 +399,7 @@ impl ClientBuilder {
         Ok(Target {
             https,
             host: host.to_owned(),
+            port: uri.port_u16().unwrap_or(if https { 443 } else { 80 }),
         })
     }
 
@@ -482,7 +484,7 @@ impl ClientBuilder {
     /// The gRPC endpoint, with TLS for an `https` URL; TLS settings on a
     /// plain-text URL are refused rather than silently unused.
     fn endpoint(&self, target: &Target) -> Result<Endpoint, ClientError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
+        let endpoint = Endpoint::from_shared(self.connect_url(target))
             .map_err(|e| self.invalid_url(&source_chain(&e)))?
             .connect_timeout(self.connect_timeout);
         if target.https {
@@ -498,6 +500,21 @@ impl ClientBuilder {
             )));
         }
         Ok(endpoint)
+    }
+
+    /// The URL to connect to: the one given, except that a token over
+    /// plain http to `localhost` goes to `127.0.0.1` without resolving the
+    /// name. A resolver can send the name elsewhere (a hosts file without
+    /// the entry and a search domain, a spoofed DNS answer), and the token
+    /// with it in plain text; RFC 6761 reserves the name for loopback.
+    fn connect_url(&self, target: &Target) -> String {
+        let pinned =
+            !target.https && self.token.is_some() && target.host.eq_ignore_ascii_case("localhost");
+        if pinned {
+            format!("http://127.0.0.1:{}", target.port)
+        } else {
+            self.url.clone()
+        }
     }
 
     /// TLS trusting the deployment's CA alone, checked to hold PEM (rustls
@@ -560,6 +577,8 @@ struct Target {
     https: bool,
     /// The URL's host, the TLS name by default.
     host: String,
+    /// The URL's port, or the scheme's default.
+    port: u16,
 }
 
 /// Whether `host` (a URL's host, IPv6 in brackets) names this machine:
@@ -701,6 +720,59 @@ mod tests {
                 .build();
             assert!(built.is_ok(), "{url}: {built:?}");
         }
+    }
+
+    /// URL spellings that dress a remote host up as this machine: an
+    /// upper-case scheme, userinfo before the real host, a loopback-looking
+    /// name under someone else's domain, the unspecified and IPv4-mapped
+    /// addresses, short and trailing-dot forms. Each is refused (the
+    /// token would leave the machine, or the check cannot tell).
+    #[test]
+    fn no_spelling_of_a_remote_url_passes_for_loopback() {
+        for url in [
+            "HTTP://fl.example.org:7443",
+            "Http://10.0.0.7:7443",
+            "http://127.0.0.1@fl.example.org:7443",
+            "http://localhost:pw@fl.example.org:7443",
+            "http://127.0.0.1.nip.io:7443",
+            "http://localhost.:7443",
+            "http://0.0.0.0:7443",
+            "http://[::]:7443",
+            "http://[::ffff:10.0.0.7]:7443",
+            "http://127.1:7443",
+            "http://2130706433:7443",
+        ] {
+            let built = Client::builder(url)
+                .token("t".into())
+                .insecure_loopback()
+                .build();
+            assert!(built.is_err(), "{url}: a token would go in plain text");
+        }
+    }
+
+    /// `localhost` is a name, and a resolver may send it elsewhere (a
+    /// hosts file without the entry and a search domain, a spoofed DNS
+    /// answer): the token must go to the loopback address itself, never
+    /// to whatever the name resolves to.
+    #[test]
+    fn a_token_to_localhost_goes_to_the_loopback_address_unresolved() {
+        for (url, port) in [
+            ("http://localhost:7443", 7443),
+            ("http://LocalHost:7443", 7443),
+            ("http://localhost", 80),
+        ] {
+            let client = Client::builder(url)
+                .token("t".into())
+                .insecure_loopback()
+                .build()
+                .unwrap();
+            let uri = client.inner.endpoint.uri();
+            assert_eq!(uri.host(), Some("127.0.0.1"), "{url}");
+            assert_eq!(uri.port_u16().unwrap_or(80), port, "{url}");
+        }
+        // Without a token nothing secret travels: the name is kept.
+        let client = Client::builder("http://localhost:7443").build().unwrap();
+        assert_eq!(client.inner.endpoint.uri().host(), Some("localhost"));
     }
 
     #[test]

@@ -19,7 +19,12 @@
 //!
 //! The session enforces the protocol's privacy against the server (one
 //! unmasking answer per round, never both secrets of a neighbour); when it
-//! refuses a message the client stops taking part.
+//! refuses a message the client stops taking part. A neighbour's share
+//! bundle that does not open is not blamed on the server: the session
+//! accuses that neighbour instead and sits the round out, and the call
+//! ends with [`ClientError::AccusedNeighbours`] naming it once the server
+//! has sent the round's result. The result names every client the server
+//! evicted, so an aborted round says who misbehaved.
 
 use std::time::Instant;
 
@@ -39,7 +44,7 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::ClientInner;
-use crate::error::{ClientError, Phase, from_status};
+use crate::error::{ClientError, Eviction, Phase, from_status};
 
 /// What a client learns from a round it took part in.
 #[derive(Clone, Debug, PartialEq)]
@@ -63,6 +68,9 @@ pub struct RoundOutcome {
     pub bytes_sent: u64,
     /// Bytes of gRPC frames this client received, counted the same way.
     pub bytes_received: u64,
+    /// The clients the server evicted from the round for breaking the
+    /// protocol (their inputs, if any, are not in the aggregate).
+    pub evicted: Vec<Eviction>,
 }
 
 /// How a call of [`Client::participate_or_drop`](crate::Client::participate_or_drop)
@@ -272,6 +280,11 @@ struct Round {
     /// none once it gave up.
     stage: Option<&'static str>,
     bytes: Bytes,
+    /// The neighbours this client accused of sealing it bundles that do
+    /// not open (its part of the round is then over).
+    accused: Option<Vec<u32>>,
+    /// Why the server aborted the round, once it said so.
+    aborted: Option<tessera_aggregation::messages::AbortReason>,
 }
 
 /// The server sent something this client cannot accept, in round
@@ -322,6 +335,8 @@ impl Round {
             update_norm: encoded.norm,
             stage: None,
             bytes,
+            accused: None,
+            aborted: None,
         })
     }
 
@@ -340,10 +355,23 @@ impl Round {
                 return Ok(dropped);
             }
             completed |= self.handle_events()?;
-            if let Some(result) = self.receive(client, &mut inbound).await? {
-                return self
-                    .finish(&result, completed)
-                    .map(Participation::Completed);
+            match self.receive(client, &mut inbound).await {
+                Ok(Some(result)) => {
+                    return self
+                        .finish(&result, completed)
+                        .map(Participation::Completed);
+                }
+                Ok(None) => {}
+                // Told of the abort, the client waits for the result that
+                // names who was evicted; without it, the abort stands.
+                Err(_) if self.aborted.is_some() => {
+                    return Err(ClientError::RoundAborted {
+                        round_id: self.round_id,
+                        reason: self.aborted,
+                        evicted: Vec::new(),
+                    });
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -394,10 +422,16 @@ impl Round {
                     completed = true;
                 }
                 ClientEvent::Aborted(reason) => {
-                    return Err(ClientError::RoundAborted {
-                        round_id,
-                        reason: Some(reason),
-                    });
+                    tracing::info!(%reason, "the server aborted the round; waiting for its result");
+                    self.aborted = Some(reason);
+                }
+                ClientEvent::Accused(accused) => {
+                    let accused: Vec<u32> = accused.iter().map(|c| c.0).collect();
+                    tracing::warn!(
+                        ?accused,
+                        "share bundles from these neighbours did not open: accusing them; this client's update is not in the round"
+                    );
+                    self.accused = Some(accused);
                 }
                 ClientEvent::TimedOut => {
                     return Err(ClientError::ServerSilent {
@@ -491,7 +525,25 @@ impl Round {
                 problem: format!("sent the result of round {}", result.round_id),
             });
         }
+        let evicted: Vec<Eviction> = result.evicted.iter().map(Eviction::from).collect();
+        for eviction in &evicted {
+            tracing::warn!(
+                client = eviction.client_id,
+                reason = %eviction.reason,
+                "the server evicted a client: {}",
+                eviction.detail
+            );
+        }
         match result.outcome() {
+            v1::Outcome::Completed if self.accused.is_some() => {
+                Err(ClientError::AccusedNeighbours {
+                    round_id,
+                    accused: self.accused.clone().unwrap_or_default(),
+                    revealed_key: tessera_aggregation::accusation::reveals_share_key(
+                        self.session.config().threat_model,
+                    ),
+                })
+            }
             v1::Outcome::Completed if completed => {
                 tracing::info!(
                     survivors = result.survivors,
@@ -507,6 +559,7 @@ impl Round {
                     update_norm: self.update_norm,
                     bytes_sent: self.bytes.sent,
                     bytes_received: self.bytes.received,
+                    evicted,
                 })
             }
             v1::Outcome::Completed => {
@@ -514,9 +567,14 @@ impl Round {
                 Err(ClientError::LeftOut { round_id })
             }
             v1::Outcome::Aborted => {
-                let reason = tessera_proto::convert::parse_abort_reason(&result.abort_reason);
+                let reason = tessera_proto::convert::parse_abort_reason(&result.abort_reason)
+                    .or(self.aborted);
                 tracing::info!(reason = %result.abort_reason, "round aborted");
-                Err(ClientError::RoundAborted { round_id, reason })
+                Err(ClientError::RoundAborted {
+                    round_id,
+                    reason,
+                    evicted,
+                })
             }
             v1::Outcome::Unspecified => Err(ClientError::ServerMisbehaved {
                 round_id: Some(round_id),

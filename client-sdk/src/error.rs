@@ -10,8 +10,8 @@
 //! input or configuration (`InvalidUrl`, `InvalidTls`, `EmptyUpdate`, ...),
 //! the network (`Unreachable`, `ConnectionLost`), a server that refused the
 //! client (`AuthRefused`, `VersionMismatch`, `UpdateLength`, `Rejected`), a
-//! round that ended without a result (`RoundAborted`, `ServerSilent`,
-//! `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
+//! round that ended without a result (`RoundAborted`, `RoundNotStored`,
+//! `ServerSilent`, `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
 //! and a round the client's own policy refused (`PolicyRefused`).
 //! No variant carries the update, a key or the token.
 
@@ -127,15 +127,48 @@ pub enum ClientError {
         message: String,
     },
     /// The round ended without a result.
-    #[error("round {round_id} was aborted: {}", match reason {
+    #[error("round {round_id} was aborted: {}{}", match reason {
         Some(reason) => reason.to_string(),
         None => "no reason given".to_owned(),
-    })]
+    }, blame(evicted))]
     RoundAborted {
         /// The round.
         round_id: u64,
         /// Why, if the server said so in a form this build knows.
         reason: Option<AbortReason>,
+        /// The clients the server evicted for breaking the protocol, as
+        /// its RoundResult names them.
+        evicted: Vec<Eviction>,
+    },
+    /// Share bundles these neighbours sealed for this client did not
+    /// open, so it could not take its part: it accused them (revealing its
+    /// share-encryption key for the round as the proof where the threat
+    /// model allows, so the server can evict whoever lied) and sent no
+    /// update. Neither this client's fault nor, as far as it can tell, the
+    /// server's; the round went on without it.
+    #[error(
+        "round {round_id}: the share bundles of client(s) {accused:?} did not open for this client; it accused them{} and its update is not in the round",
+        if *revealed_key { " with its share key for the round as the proof" } else { "" }
+    )]
+    AccusedNeighbours {
+        /// The round.
+        round_id: u64,
+        /// The accused neighbours' ids in the round.
+        accused: Vec<u32>,
+        /// Whether the accusation carried this client's share key.
+        revealed_key: bool,
+    },
+    /// The server could not store the round's result (its disk is full,
+    /// read-only or failing): the round was aborted, nothing was published,
+    /// and the server runs the next round once its disk recovers.
+    #[error(
+        "round {round_id}: the server could not store the round, so it was aborted and nothing was published: {message}"
+    )]
+    RoundNotStored {
+        /// The round.
+        round_id: u64,
+        /// The server's explanation.
+        message: String,
     },
     /// The round completed without this client's contribution (it fell
     /// behind and the server went on without it).
@@ -179,6 +212,47 @@ pub enum ClientError {
         /// What it did.
         problem: String,
     },
+}
+
+/// A client the server evicted from a round for breaking the protocol, as
+/// the round's result names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    /// Its id in the round.
+    pub client_id: u32,
+    /// A short fixed name of what it did (e.g. `bad_share_bundle`).
+    pub reason: String,
+    /// What it did, in the server's words.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Eviction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "client {} ({}): {}",
+            self.client_id, self.reason, self.detail
+        )
+    }
+}
+
+impl From<&v1::Eviction> for Eviction {
+    fn from(e: &v1::Eviction) -> Self {
+        Eviction {
+            client_id: e.client_id,
+            reason: e.reason.clone(),
+            detail: e.detail.clone(),
+        }
+    }
+}
+
+/// " (evicted: ...)" naming the evicted clients, or nothing.
+fn blame(evicted: &[Eviction]) -> String {
+    if evicted.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = evicted.iter().map(ToString::to_string).collect();
+    format!(" (evicted: {})", list.join("; "))
 }
 
 fn in_round(round_id: Option<u64>) -> String {
@@ -244,9 +318,14 @@ pub(crate) fn from_status(status: &tonic::Status, url: &str, phase: Phase) -> Cl
             ClientError::NoSuchModel { version }
         }
         (v1::ErrorKind::Unavailable, _) => ClientError::ServerUnavailable(message),
+        (v1::ErrorKind::StorageFailed, _) => ClientError::RoundNotStored {
+            round_id: round_id.unwrap_or(detail.round_id),
+            message,
+        },
         (v1::ErrorKind::RoundAborted, _) => ClientError::RoundAborted {
             round_id: round_id.unwrap_or(detail.round_id),
             reason: None,
+            evicted: Vec::new(),
         },
         _ if status.code() == tonic::Code::Unauthenticated => ClientError::AuthRefused { message },
         (kind, _) => ClientError::Rejected {
@@ -368,6 +447,21 @@ mod tests {
             from_status(&tonic::Status::unauthenticated("no"), url, BEFORE),
             ClientError::AuthRefused { .. }
         ));
+        // The server could not store the round: named as such, not as an
+        // unreachable server or a lost connection.
+        let e = from_status(
+            &status(tonic::Code::Unavailable, v1::ErrorKind::StorageFailed),
+            url,
+            Phase::Round { round_id: 8 },
+        );
+        assert_eq!(
+            e,
+            ClientError::RoundNotStored {
+                round_id: 8,
+                message: "refused".into()
+            }
+        );
+        assert!(e.to_string().contains("could not store the round"), "{e}");
     }
 
     #[test]

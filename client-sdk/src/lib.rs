@@ -69,7 +69,7 @@ pub use builder::{
     RetryPolicy,
 };
 pub use driver::{Participation, RoundOutcome};
-pub use error::ClientError;
+pub use error::{ClientError, Eviction};
 pub use model::{GlobalModel, NamedTensor};
 pub use policy::{
     DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS, DEFAULT_MIN_SURVIVORS,

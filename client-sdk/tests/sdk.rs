@@ -231,6 +231,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
                             survivors,
                             model_version: 5,
                             abort_reason: String::new(),
+                            evicted: Vec::new(),
                         };
                         let _ = out.send(frame(server_frame::Frame::Result(result))).await;
                     }
@@ -335,6 +336,7 @@ impl Script {
             survivors: 1,
             model_version: 0,
             abort_reason: "below-threshold".into(),
+            evicted: Vec::new(),
         })])
     }
 }
@@ -599,7 +601,8 @@ async fn an_aborted_round_reports_its_reason() {
         err,
         ClientError::RoundAborted {
             round_id: 12,
-            reason: Some(AbortReason::BelowThreshold)
+            reason: Some(AbortReason::BelowThreshold),
+            evicted: Vec::new(),
         }
     );
 }

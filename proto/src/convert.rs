@@ -182,6 +182,7 @@ pub fn abort_reason_name(reason: AbortReason) -> &'static str {
         AbortReason::BelowThreshold => "below-threshold",
         AbortReason::SharesMissing => "shares-missing",
         AbortReason::Misbehaviour => "misbehaviour",
+        AbortReason::Accusations => "accusations",
         _ => "other",
     }
 }
@@ -192,6 +193,7 @@ pub fn parse_abort_reason(name: &str) -> Option<AbortReason> {
         "below-threshold" => Some(AbortReason::BelowThreshold),
         "shares-missing" => Some(AbortReason::SharesMissing),
         "misbehaviour" => Some(AbortReason::Misbehaviour),
+        "accusations" => Some(AbortReason::Accusations),
         _ => None,
     }
 }
@@ -402,6 +404,7 @@ mod tests {
             AbortReason::BelowThreshold,
             AbortReason::SharesMissing,
             AbortReason::Misbehaviour,
+            AbortReason::Accusations,
         ] {
             assert_eq!(parse_abort_reason(abort_reason_name(r)), Some(r));
         }

@@ -6,7 +6,19 @@
 //! ```text
 //! # name      SHA-256 of the client's token
 //! alice       sha256:3b2c…(64 hex digits)   # laptop
+//! bob         sha256:9f01…   expires=2026-07-01T00:00:00Z
 //! ```
+//!
+//! A line may end with `expires=YYYY-MM-DDTHH:MM:SSZ` (UTC; `tessera token
+//! --expires-in` writes it): from that second on the server refuses the
+//! token with `UNAUTHENTICATED` and a message saying it expired (never the
+//! token). Lines without it never expire, so files written before expiries
+//! existed read as they did.
+//!
+//! The server reads the file at start and again on each
+//! [`TokenFile::reload`] (`tessera serve` calls it on `SIGHUP`): a client
+//! removed from the file is refused from then on, and a file that does not
+//! load keeps the tokens in force, so a typo never locks every client out.
 //!
 //! Comments follow the one rule of every credentials file (the tokens file
 //! and the allow-list of enrolled identities alike,
@@ -30,10 +42,12 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 use subtle::{Choice, ConditionallySelectable as _, ConstantTimeEq as _};
-use tessera_aggregation::identity::{CredentialLine, credential_lines};
+use tessera_aggregation::identity::{CredentialLine, credential_lines_with_option};
 use zeroize::Zeroizing;
 
 /// Prefix of every token made by [`generate_token`], so a leaked token is easy
@@ -261,6 +275,139 @@ impl fmt::Debug for TokenHash {
 struct Entry {
     client: ClientName,
     hash: TokenHash,
+    expires: Option<Expiry>,
+}
+
+/// The option that gives a tokens-file line its expiry.
+const EXPIRES: &str = "expires=";
+
+/// When a token stops being accepted: a UTC second, written in the tokens
+/// file as `expires=YYYY-MM-DDTHH:MM:SSZ`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Expiry(u64);
+
+impl Expiry {
+    /// The expiry `after` from `now` (rounded down to the second).
+    pub fn after(now: SystemTime, after: Duration) -> Self {
+        let at = now.checked_add(after).unwrap_or(now);
+        Expiry(
+            at.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        )
+    }
+
+    /// Whether a token with this expiry is refused at `now`.
+    pub fn has_passed(&self, now: SystemTime) -> bool {
+        now.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() >= self.0)
+            .unwrap_or(false)
+    }
+
+    /// Parses `YYYY-MM-DDTHH:MM:SSZ` (the one form the file holds).
+    ///
+    /// ```
+    /// use tessera_server::auth::Expiry;
+    /// let e = Expiry::parse("2030-01-02T03:04:05Z").unwrap();
+    /// assert_eq!(e.to_string(), "2030-01-02T03:04:05Z");
+    /// assert!(Expiry::parse("2030-02-30T00:00:00Z").is_none());
+    /// ```
+    pub fn parse(text: &str) -> Option<Self> {
+        let b = text.as_bytes();
+        if b.len() != 20
+            || [b[4], b[7], b[10], b[13], b[16], b[19]] != [b'-', b'-', b'T', b':', b':', b'Z']
+        {
+            return None;
+        }
+        let num = |range: std::ops::Range<usize>| -> Option<u64> {
+            let digits = text.get(range)?;
+            digits
+                .bytes()
+                .all(|c| c.is_ascii_digit())
+                .then(|| digits.parse().ok())?
+        };
+        let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+        let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+        if !(1970..=9999).contains(&year)
+            || !(1..=12).contains(&month)
+            || day == 0
+            || day > days_in_month(year, month)
+            || hour > 23
+            || minute > 59
+            || second > 59
+        {
+            return None;
+        }
+        let days = days_from_civil(year, month, day);
+        Some(Expiry(days * 86_400 + hour * 3600 + minute * 60 + second))
+    }
+}
+
+impl fmt::Display for Expiry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (year, month, day) = civil_from_days(self.0 / 86_400);
+        let secs = self.0 % 86_400;
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
+}
+
+fn is_leap(year: u64) -> bool {
+    year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400))
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date from 1970 on (proleptic Gregorian).
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let before_year: u64 = (1970..year)
+        .map(|y| if is_leap(y) { 366 } else { 365 })
+        .sum();
+    let before_month: u64 = (1..month).map(|m| days_in_month(year, m)).sum();
+    before_year + before_month + day - 1
+}
+
+/// The date `days` after 1970-01-01.
+fn civil_from_days(mut days: u64) -> (u64, u64, u64) {
+    let mut year = 1970;
+    loop {
+        let len = if is_leap(year) { 366 } else { 365 };
+        if days < len {
+            break;
+        }
+        days -= len;
+        year += 1;
+    }
+    let mut month = 1;
+    while days >= days_in_month(year, month) {
+        days -= days_in_month(year, month);
+        month += 1;
+    }
+    (year, month, days + 1)
+}
+
+/// Why a presented token was refused. The messages never hold the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TokenRefused {
+    /// No client holds this token (or it was removed from the file).
+    #[error("the bearer token is not valid")]
+    Unknown,
+    /// The token's line in the tokens file has an expiry that has passed.
+    #[error("the bearer token expired at {0}; ask the server's operator for a new one")]
+    Expired(Expiry),
 }
 
 /// The clients allowed to join rounds, each with the hash of its token.
@@ -279,8 +426,8 @@ impl fmt::Debug for TokenStore {
 }
 
 impl TokenStore {
-    /// Reads the operator's tokens file (`NAME sha256:HEX` per line; blank
-    /// lines and `#` comments as [`credential_lines`] reads them: at the start
+    /// Reads the operator's tokens file (`NAME sha256:HEX [expires=YYYY-MM-DDTHH:MM:SSZ]` per line; blank
+    /// lines and `#` comments as [`credential_lines`](tessera_aggregation::identity::credential_lines) reads them: at the start
     /// of a line or after whitespace, never glued to a field). Refuses the
     /// whole file on the first bad line, naming the file and line, and refuses
     /// duplicate names or hashes.
@@ -302,12 +449,36 @@ impl TokenStore {
         let mut entries = Vec::new();
         let mut name_lines: HashMap<String, usize> = HashMap::new();
         let mut hash_lines: HashMap<TokenHash, usize> = HashMap::new();
-        for entry in credential_lines(text) {
-            let CredentialLine {
-                line,
-                name,
-                value: hash,
-            } = entry.map_err(|e| bad(e.line, e.reason("expected two fields: NAME sha256:HEX")))?;
+        for entry in credential_lines_with_option(text) {
+            let (
+                CredentialLine {
+                    line,
+                    name,
+                    value: hash,
+                },
+                option,
+            ) = entry.map_err(|e| {
+                bad(
+                    e.line,
+                    e.reason(
+                        "expected two fields: NAME sha256:HEX, optionally followed by expires=YYYY-MM-DDTHH:MM:SSZ",
+                    ),
+                )
+            })?;
+            let expires = match option {
+                None => None,
+                Some(option) => Some(
+                    option
+                        .strip_prefix(EXPIRES)
+                        .and_then(Expiry::parse)
+                        .ok_or_else(|| {
+                            bad(
+                                line,
+                                "expected two fields, NAME sha256:HEX, and after them only expires=YYYY-MM-DDTHH:MM:SSZ (a UTC time)",
+                            )
+                        })?,
+                ),
+            };
             let client = ClientName::new(name).map_err(|_| {
                 bad(
                     line,
@@ -343,7 +514,11 @@ impl TokenStore {
             }
             name_lines.insert(client.0.clone(), line);
             hash_lines.insert(hash, line);
-            entries.push(Entry { client, hash });
+            entries.push(Entry {
+                client,
+                hash,
+                expires,
+            });
         }
         Ok(Self { entries })
     }
@@ -368,7 +543,11 @@ impl TokenStore {
             if !hashes.insert(hash) {
                 return Err(AuthError::DuplicateToken { name: client.0 });
             }
-            store.entries.push(Entry { client, hash });
+            store.entries.push(Entry {
+                client,
+                hash,
+                expires: None,
+            });
         }
         Ok(store)
     }
@@ -395,6 +574,29 @@ impl TokenStore {
     /// time taken. (Hashing first also means the attacker never controls the
     /// bytes being compared.)
     pub fn authenticate(&self, presented: &str) -> Option<ClientName> {
+        self.find(presented).map(|e| e.client.clone())
+    }
+
+    /// The client a presented token belongs to, if it has not expired at
+    /// `now`: what the server checks on every request. Compares as
+    /// [`TokenStore::authenticate`] does.
+    pub fn check(&self, presented: &str, now: SystemTime) -> Result<ClientName, TokenRefused> {
+        let entry = self.find(presented).ok_or(TokenRefused::Unknown)?;
+        match entry.expires {
+            Some(at) if at.has_passed(now) => Err(TokenRefused::Expired(at)),
+            _ => Ok(entry.client.clone()),
+        }
+    }
+
+    /// When a client's token expires, if its line says.
+    pub fn expiry(&self, name: &str) -> Option<Expiry> {
+        self.entries
+            .iter()
+            .find(|e| e.client.as_str() == name)
+            .and_then(|e| e.expires)
+    }
+
+    fn find(&self, presented: &str) -> Option<&Entry> {
         if presented.is_empty() {
             return None;
         }
@@ -408,7 +610,7 @@ impl TokenStore {
         }
         if bool::from(found) {
             let index = usize::try_from(index).ok()?;
-            self.entries.get(index).map(|e| e.client.clone())
+            self.entries.get(index)
         } else {
             None
         }
@@ -435,6 +637,95 @@ impl TokenStore {
     }
 }
 
+/// The tokens file as a running server holds it: the tokens in force,
+/// replaced as a whole by [`TokenFile::reload`].
+///
+/// A request checks against one consistent set (an `Arc` of the store taken
+/// under a short read lock), so a reload never shows a half-read file.
+pub struct TokenFile {
+    path: PathBuf,
+    current: RwLock<Arc<TokenStore>>,
+}
+
+impl fmt::Debug for TokenFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFile")
+            .field("path", &self.path)
+            .field("tokens", &self.current())
+            .finish()
+    }
+}
+
+/// What a [`TokenFile::reload`] changed, by client name (never a token).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenReload {
+    /// Clients in the new file and not in the old.
+    pub added: Vec<String>,
+    /// Clients in the old file and not in the new: refused from now on.
+    pub removed: Vec<String>,
+    /// Clients in both whose token or expiry changed.
+    pub changed: Vec<String>,
+    /// Clients in force after the reload.
+    pub clients: usize,
+}
+
+impl TokenFile {
+    /// Reads the tokens file ([`TokenStore::load`]).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, AuthError> {
+        let path = path.as_ref().to_path_buf();
+        let store = TokenStore::load(&path)?;
+        Ok(TokenFile {
+            path,
+            current: RwLock::new(Arc::new(store)),
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<TokenStore> {
+        // A poisoned lock still holds a whole store: it is only ever
+        // replaced, never edited in place.
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Reads the file again and puts its tokens in force, or keeps the old
+    /// ones and returns why the new file was refused (the error names the
+    /// file and line, never a token).
+    pub fn reload(&self) -> Result<TokenReload, AuthError> {
+        let new = TokenStore::load(&self.path)?;
+        let old = self.current();
+        let summary = TokenReload {
+            added: new
+                .names()
+                .filter(|n| !old.contains(n))
+                .map(str::to_owned)
+                .collect(),
+            removed: old
+                .names()
+                .filter(|n| !new.contains(n))
+                .map(str::to_owned)
+                .collect(),
+            changed: new
+                .entries
+                .iter()
+                .filter(|e| {
+                    old.entries.iter().any(|o| {
+                        o.client == e.client && (o.hash != e.hash || o.expires != e.expires)
+                    })
+                })
+                .map(|e| e.client.to_string())
+                .collect(),
+            clients: new.len(),
+        };
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        Ok(summary)
+    }
+}
+
 /// The tokens-file line for a client: `NAME sha256:HEX\n`. The token itself is
 /// not in it.
 ///
@@ -447,8 +738,22 @@ impl TokenStore {
 /// assert!(token_line("bad name", &token).is_err());
 /// ```
 pub fn token_line(name: &str, token: &Token) -> Result<String, AuthError> {
+    token_line_expiring(name, token, None)
+}
+
+/// The tokens-file line for a client whose token expires at `expires`:
+/// `NAME sha256:HEX expires=YYYY-MM-DDTHH:MM:SSZ\n` (as [`token_line`]
+/// without one).
+pub fn token_line_expiring(
+    name: &str,
+    token: &Token,
+    expires: Option<Expiry>,
+) -> Result<String, AuthError> {
     let client = ClientName::new(name)?;
-    Ok(format!("{client} {}\n", token.hash()))
+    Ok(match expires {
+        None => format!("{client} {}\n", token.hash()),
+        Some(at) => format!("{client} {} {EXPIRES}{at}\n", token.hash()),
+    })
 }
 
 /// Adds a client to the tokens file, creating the file (mode 0600 on unix) if
@@ -458,12 +763,22 @@ pub fn token_line(name: &str, token: &Token) -> Result<String, AuthError> {
 /// Meant for the operator's command line tool; it does not lock the file
 /// against concurrent writers.
 pub fn append_token(path: impl AsRef<Path>, name: &str, token: &Token) -> Result<(), AuthError> {
+    append_token_expiring(path, name, token, None)
+}
+
+/// [`append_token`], with the token expiring at `expires` if given.
+pub fn append_token_expiring(
+    path: impl AsRef<Path>,
+    name: &str,
+    token: &Token,
+    expires: Option<Expiry>,
+) -> Result<(), AuthError> {
     let path = path.as_ref();
     let io_err = |source| AuthError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let line = token_line(name, token)?;
+    let line = token_line_expiring(name, token, expires)?;
     let existing = match fs::read_to_string(path) {
         Ok(text) => Some(text),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,

@@ -233,6 +233,16 @@ pub struct NetworkSettings {
     /// Run without TLS or tokens, for local experiments on a loopback
     /// address only.
     pub insecure_dev: bool,
+    /// Most connections open at once; one more is closed at accept
+    /// (`None`: [`ServerConfig::max_connections`]'s default, the lobby's
+    /// capacity plus room for model downloads).
+    pub max_connections: Option<u32>,
+    /// Longest TLS handshake; a connection that takes longer is closed.
+    pub tls_handshake_timeout: Duration,
+    /// Longest wait for a new connection's HTTP/2 preface and first request
+    /// (after the TLS handshake); a connection that sends none in time is
+    /// closed.
+    pub preface_timeout: Duration,
 }
 
 /// How rounds are gathered, which protocol parameters they run with, and
@@ -351,6 +361,9 @@ impl Default for NetworkSettings {
             tokens_file: None,
             identities_file: None,
             insecure_dev: false,
+            max_connections: None,
+            tls_handshake_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -565,7 +578,39 @@ impl ServerConfig {
 
     /// TLS, client authentication and identities: secure unless a
     /// loopback experiment asks otherwise.
+    /// The cap on open connections: `max_connections` as given, else the
+    /// lobby's capacity (`max_clients`, one connection each) plus a quarter
+    /// of it, and at least 100, for model downloads and clients that
+    /// reconnect.
+    pub fn max_connections(&self) -> u32 {
+        self.network.max_connections.unwrap_or_else(|| {
+            let clients = self.round.max_clients;
+            clients.saturating_add((clients / 4).max(100))
+        })
+    }
+
     fn validate_network(&self) -> Result<(), ConfigError> {
+        if self.max_connections() < self.round.min_clients {
+            return Err(invalid(
+                "max_connections",
+                format!(
+                    "{} is below min_clients {}: no round could ever open",
+                    self.max_connections(),
+                    self.round.min_clients
+                ),
+            ));
+        }
+        for (field, timeout) in [
+            (
+                "tls_handshake_timeout_ms",
+                self.network.tls_handshake_timeout,
+            ),
+            ("preface_timeout_ms", self.network.preface_timeout),
+        ] {
+            if timeout.is_zero() {
+                return Err(invalid(field, "must be positive"));
+            }
+        }
         match (&self.network.tls_cert, &self.network.tls_key) {
             (Some(_), None) | (None, Some(_)) => {
                 return Err(invalid("tls_cert", "tls_cert and tls_key go together"));

@@ -24,7 +24,9 @@
 //!
 //! - Running a server: [`start`] returns a [`RunningServer`]
 //!   ([`RunningServer::local_addr`], [`RunningServer::wait`],
-//!   [`RunningServer::shutdown`]); [`ServeError`] says why it could not
+//!   [`RunningServer::shutdown`], and [`RunningServer::control`] for the
+//!   signal handlers: [`ServerControl::reload_tokens`],
+//!   [`ServerControl::drain`]); [`ServeError`] says why it could not
 //!   start or stopped ([`MetricsError`] is one of its causes).
 //! - [`config`]: the settings ([`ServerConfig`], its groups, the
 //!   [`config::ServerOverrides`] a command line or a TOML file fills) and
@@ -38,6 +40,11 @@
 //!   round records, the privacy ledger).
 //! - [`model`]: the global model (named tensors over a flat vector).
 //! - [`files`]: the atomic and owner-only file writes the CLI shares.
+//!
+//! Connections are admitted under a cap and deadlines (the TLS handshake,
+//! the HTTP/2 preface and first request) by the accept loop in
+//! `listener.rs`, which also backs off on accept errors such as the
+//! file-descriptor limit.
 //!
 //! The lobby, the scheduler, the round driver, the gRPC service, FedAvg,
 //! round planning and the metrics recorder are private: they change with
@@ -54,12 +61,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub mod auth;
 pub mod config;
 mod fedavg;
 pub mod files;
+mod listener;
 mod lobby;
 mod metrics;
 pub mod model;
@@ -158,7 +166,8 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     /// The model dimension every update must have.
     pub(crate) dim: u32,
-    pub(crate) tokens: Option<auth::TokenStore>,
+    /// The tokens file, reloaded on [`ServerControl::reload_tokens`].
+    pub(crate) tokens: Option<auth::TokenFile>,
     /// Malicious-server model: the enrolled identities.
     pub(crate) enrolled: Option<Vec<tessera_aggregation::identity::Enrolled>>,
     pub(crate) lobby: lobby::Lobby,
@@ -238,9 +247,81 @@ fn max_frame_bytes(dim: u32, max_clients: u32) -> usize {
 #[derive(Debug)]
 pub struct RunningServer {
     local_addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
+    metrics_addr: Option<SocketAddr>,
+    control: ServerControl,
     serve: JoinHandle<Result<(), ServeError>>,
     scheduler: JoinHandle<Result<(), ServeError>>,
+}
+
+/// What a drain tells the clients waiting in the lobby (and any that dial
+/// in before the listener closes).
+const DRAINING: &str = "the server is shutting down: no new rounds";
+
+/// A handle on a running server for its operator's signals: reload the
+/// tokens file (`SIGHUP`), drain (`SIGTERM`, Ctrl-C), abort. Cheap to clone;
+/// usable while another task waits on [`RunningServer::wait`].
+#[derive(Clone, Debug)]
+pub struct ServerControl {
+    shared: Arc<Shared>,
+    shutdown: Arc<watch::Sender<bool>>,
+    /// Cuts the connections still open [`CLOSE_GRACE`] after a stop.
+    cutoff: Arc<watch::Sender<bool>>,
+}
+
+/// How long connections get to close by themselves once the server stops,
+/// before they are cut (a client that stopped answering would otherwise
+/// hold the exit until its keepalive times out).
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl ServerControl {
+    /// Reads the tokens file again and puts it in force: clients removed
+    /// from it are refused from their next request on, new ones admitted.
+    /// A file that does not load leaves the tokens in force unchanged and
+    /// returns why. `Ok(None)` when the server has no tokens file.
+    ///
+    /// Logs the outcome (client names, never tokens).
+    pub fn reload_tokens(&self) -> Result<Option<auth::TokenReload>, auth::AuthError> {
+        let Some(tokens) = &self.shared.tokens else {
+            info!("no tokens file to reload");
+            return Ok(None);
+        };
+        match tokens.reload() {
+            Ok(summary) => {
+                info!(
+                    file = %tokens.path().display(),
+                    clients = summary.clients,
+                    added = ?summary.added,
+                    removed = ?summary.removed,
+                    changed = ?summary.changed,
+                    "tokens file reloaded"
+                );
+                Ok(Some(summary))
+            }
+            Err(e) => {
+                error!("tokens file not reloaded, the previous tokens stay in force: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a drain: no new client is admitted (those waiting in the
+    /// lobby and those that join now are told the server is shutting
+    /// down), the round in flight runs to its end (each stage is bounded
+    /// by its deadline), and then [`RunningServer::wait`] returns `Ok`.
+    /// Idempotent.
+    pub fn drain(&self) {
+        if self.shared.not_accepting().is_none() {
+            info!("draining: no new clients; the round in flight, if any, runs to its end");
+            self.shared.stop_accepting(DRAINING);
+        }
+    }
+
+    /// Ends the round in flight at once (its clients are told the server
+    /// is going away) and stops; [`RunningServer::wait`] returns soon
+    /// after.
+    pub fn abort(&self) {
+        let _ = self.shutdown.send(true);
+    }
 }
 
 impl RunningServer {
@@ -250,22 +331,47 @@ impl RunningServer {
         self.local_addr
     }
 
-    /// Waits until the scheduler stops (round limit, privacy budget, or a
-    /// fatal storage error), then shuts the listener down.
+    /// The address of the Prometheus scrape endpoint, if metrics are on
+    /// (with the real port when the configuration asked for port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The handle for signal handlers: token reloads, drain, abort.
+    pub fn control(&self) -> ServerControl {
+        self.control.clone()
+    }
+
+    /// Waits until the scheduler stops (round limit, privacy budget, a
+    /// drain, or a fatal storage error), then shuts the listener down.
     pub async fn wait(self) -> Result<(), ServeError> {
         let scheduled = self.scheduler.await.expect("scheduler does not panic");
-        let _ = self.shutdown.send(true);
-        let served = self.serve.await.expect("server does not panic");
-        scheduled.and(served)
+        // A client that joined between the stop and the scheduler's last
+        // look at the lobby is told too, or its open stream would hold
+        // the listener's graceful shutdown.
+        let shared = &self.control.shared;
+        let why = shared
+            .not_accepting()
+            .unwrap_or_else(|| DRAINING.to_owned());
+        shared.stop_accepting(&why);
+        let _ = self.control.shutdown.send(true);
+        let mut serve = self.serve;
+        let served = match tokio::time::timeout(CLOSE_GRACE, &mut serve).await {
+            Ok(served) => served,
+            Err(_) => {
+                warn!("connections still open {CLOSE_GRACE:?} after the stop: closing them");
+                let _ = self.control.cutoff.send(true);
+                serve.await
+            }
+        };
+        scheduled.and(served.expect("server does not panic"))
     }
 
     /// Stops accepting, ends the running round (its clients are told the
     /// server is going away) and waits for both tasks.
     pub async fn shutdown(self) -> Result<(), ServeError> {
-        let _ = self.shutdown.send(true);
-        let scheduled = self.scheduler.await.expect("scheduler does not panic");
-        let served = self.serve.await.expect("server does not panic");
-        scheduled.and(served)
+        self.control.abort();
+        self.wait().await
     }
 }
 
@@ -314,11 +420,12 @@ fn open_store(
     dir: &std::path::Path,
     key: &store::StateKey,
     created: bool,
+    disk: files::Disk,
 ) -> Result<Store, store::StoreError> {
     if !created {
-        return Store::open(dir, key);
+        return Store::open_with(dir, key, disk);
     }
-    let (store, migration) = Store::migrate(dir, key)?;
+    let (store, migration) = Store::migrate_with(dir, key, disk)?;
     for what in &migration.sealed {
         warn!(dir = %dir.display(), "sealed as found (written without MACs): {what}");
     }
@@ -328,13 +435,23 @@ fn open_store(
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
+    start_with_disk(config, files::Disk::real()).await
+}
+
+/// [`start`], with every write to the data directory going through `disk`:
+/// tests pass a [`files::Disk::with_faults`] to play a full, read-only or
+/// failing disk.
+pub async fn start_with_disk(
+    config: ServerConfig,
+    disk: files::Disk,
+) -> Result<RunningServer, ServeError> {
     config.validate()?;
     warn_exposed_secrets(&config);
     let tokens = config
         .network
         .tokens_file
         .as_deref()
-        .map(auth::TokenStore::load)
+        .map(auth::TokenFile::load)
         .transpose()?;
     let enrolled = match &config.network.identities_file {
         None => None,
@@ -353,7 +470,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
         }
     };
     let tls = match (&config.network.tls_cert, &config.network.tls_key) {
-        (Some(cert), Some(key)) => Some(tls::server_tls_config(&tls::TlsFiles {
+        (Some(cert), Some(key)) => Some(tls::server_rustls_config(&tls::TlsFiles {
             cert: cert.clone(),
             key: key.clone(),
             client_ca: config.network.tls_client_ca.clone(),
@@ -363,7 +480,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
 
     let (key, created) = load_state_key(&config)?;
     let data_dir = config.data_dir.clone();
-    let mut store = tokio::task::spawn_blocking(move || open_store(&data_dir, &key, created))
+    let mut store = tokio::task::spawn_blocking(move || open_store(&data_dir, &key, created, disk))
         .await
         .expect("store open does not panic")?;
     let (entry, model) = match store.latest_model() {
@@ -440,11 +557,17 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
             "INSECURE DEV MODE: no TLS, no client authentication. Anyone who can reach {local_addr} can join rounds. Never use this outside a local experiment."
         );
     }
-    if let Some(addr) = config.network.metrics_listen {
-        metrics::install_prometheus(addr)?;
-    }
+    let metrics_addr = match config.network.metrics_listen {
+        Some(addr) => Some(metrics::install_prometheus(addr)?),
+        None => None,
+    };
 
     let max_frame = max_frame_bytes(dim, config.round.max_clients);
+    let limits = listener::Limits {
+        max_connections: config.max_connections() as usize,
+        tls_handshake_timeout: config.network.tls_handshake_timeout,
+        preface_timeout: config.network.preface_timeout,
+    };
     let shared = Arc::new(Shared {
         dim,
         tokens,
@@ -465,33 +588,58 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
     health_reporter
         .set_serving::<AggregatorServer<service::AggregatorService>>()
         .await;
-    let mut builder = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)));
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
-    }
-    let router = builder.add_service(health_service).add_service(service);
+    // A connection that has sent a request is kept while it answers
+    // keepalive pings (a client waits in the lobby on one stream); one
+    // that stops answering is closed after the timeout.
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(service);
     let mut stop = shutdown_rx.clone();
-    let serve = tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-                let _ = stop.wait_for(|s| *s).await;
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let accepted = TcpListenerStream::new(listener);
+    let (cutoff, cutoff_rx) = watch::channel(false);
+    let serve = match tls {
+        Some(tls) => {
+            let incoming = listener::admit_tls(
+                accepted,
+                limits,
+                tokio_rustls::TlsAcceptor::from(tls),
+                cutoff_rx,
+            );
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+                    .map_err(ServeError::from)
             })
-            .await
-            .map_err(ServeError::from)
-    });
-    let scheduler_shared = Arc::clone(&shared);
-    let scheduler = tokio::spawn(async move {
-        let result = scheduler::run(scheduler_shared, training, shutdown_rx).await;
-        if let Err(e) = &result {
-            scheduler::report_fatal(e);
         }
-        result
-    });
-    info!(addr = %local_addr, dim, "serving");
+        None => {
+            let incoming = listener::admit_plain(accepted, limits, cutoff_rx);
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+                    .map_err(ServeError::from)
+            })
+        }
+    };
+    let scheduler_shared = Arc::clone(&shared);
+    // A fatal error is returned by `wait`, whose caller reports it: logging
+    // it here too printed it twice.
+    let scheduler = tokio::spawn(scheduler::run(scheduler_shared, training, shutdown_rx));
+    info!(addr = %local_addr, dim, max_connections = limits.max_connections, "serving");
     Ok(RunningServer {
         local_addr,
-        shutdown,
+        metrics_addr,
+        control: ServerControl {
+            shared,
+            shutdown: Arc::new(shutdown),
+            cutoff: Arc::new(cutoff),
+        },
         serve,
         scheduler,
     })

@@ -11,7 +11,14 @@
 //!
 //! Every refused message gets its sender a precise gRPC status with an
 //! [`ErrorDetail`](tessera_proto::v1::ErrorDetail) and removes that client
-//! from the round; the round goes on for the others.
+//! from the round; the round goes on for the others. Blame goes to the
+//! client that broke the protocol, by id and with what it did: in its own
+//! status, in the log, in the eviction metric, and in the RoundResult every
+//! other client receives. That includes a client evicted because of what
+//! another proved about it (a share bundle its receiver showed does not
+//! open): the session reports it as [`ServerEvent::Evicted`]. A stream the
+//! client cancelled (it gave up or hung up) is a dropout, not a malformed
+//! message.
 
 use std::time::{Duration, Instant};
 
@@ -67,19 +74,16 @@ pub(crate) struct RoundDriver {
     stage_started: Instant,
     /// Survivor count per closed stage, for the round record.
     pub(crate) stages: Vec<(Stage, u32, u32, f64)>,
+    /// The clients evicted for breaking the protocol, told to everyone in
+    /// the RoundResult.
+    evicted: Vec<v1::Eviction>,
 }
 
 /// The gRPC status for a message the session refused, and the kind it
 /// carries.
 fn refusal(error: &ServerSessionError) -> Option<(Code, ErrorKind)> {
     Some(match error {
-        ServerSessionError::ClientMisbehaved { violation, .. } => match violation {
-            ClientViolation::WrongStage { .. } => (Code::FailedPrecondition, ErrorKind::WrongStage),
-            ClientViolation::Duplicate(_) => (Code::AlreadyExists, ErrorKind::DuplicateMessage),
-            ClientViolation::Bundles(_) => (Code::InvalidArgument, ErrorKind::BadShares),
-            ClientViolation::MaskedInput(_) => (Code::InvalidArgument, ErrorKind::WrongLength),
-            _ => (Code::InvalidArgument, ErrorKind::ProtocolViolation),
-        },
+        ServerSessionError::ClientMisbehaved { violation, .. } => violation_status(violation),
         ServerSessionError::WrongRound { .. } => (Code::FailedPrecondition, ErrorKind::WrongRound),
         ServerSessionError::Late { .. } => (Code::DeadlineExceeded, ErrorKind::Late),
         ServerSessionError::NotInRound { .. } | ServerSessionError::UnknownClient { .. } => {
@@ -89,6 +93,32 @@ fn refusal(error: &ServerSessionError) -> Option<(Code, ErrorKind)> {
         ServerSessionError::RoundOver { .. } => return None,
         _ => (Code::Internal, ErrorKind::Unspecified),
     })
+}
+
+/// The gRPC status code and kind that tell a client what it did wrong.
+fn violation_status(violation: &ClientViolation) -> (Code, ErrorKind) {
+    match violation {
+        ClientViolation::WrongStage { .. } => (Code::FailedPrecondition, ErrorKind::WrongStage),
+        ClientViolation::Duplicate(_) => (Code::AlreadyExists, ErrorKind::DuplicateMessage),
+        ClientViolation::Bundles(_) | ClientViolation::BadBundle { .. } => {
+            (Code::InvalidArgument, ErrorKind::BadShares)
+        }
+        ClientViolation::MaskedInput(_) => (Code::InvalidArgument, ErrorKind::WrongLength),
+        ClientViolation::BadAdvert(_) => (Code::InvalidArgument, ErrorKind::BadAdvert),
+        ClientViolation::FalseAccusation { .. } | ClientViolation::Accusation(_) => {
+            (Code::InvalidArgument, ErrorKind::BadAccusation)
+        }
+        _ => (Code::InvalidArgument, ErrorKind::ProtocolViolation),
+    }
+}
+
+/// Whether a failed stream is the client hanging up (it cancelled the
+/// call: it gave up on the round, or its process went away) rather than
+/// bytes the server could not read. A hang-up is a dropout; counting it
+/// as a malformed message would blame a client that may only have left
+/// because another one misbehaved.
+fn hung_up(status: &Status) -> bool {
+    status.code() == Code::Cancelled
 }
 
 fn detail(kind: ErrorKind, round_id: u64) -> v1::ErrorDetail {
@@ -206,6 +236,7 @@ impl RoundDriver {
             readers,
             stage_started: now,
             stages: Vec::new(),
+            evicted: Vec::new(),
         };
         // Clients whose stream closed before the round opened are dropouts
         // from the first instant.
@@ -255,7 +286,30 @@ impl RoundDriver {
                             seconds = started.elapsed().as_secs_f64(),
                             "unmasked"
                         );
+                        metrics::unmasked(started.elapsed().as_secs_f64(), session.abort_reason());
                         self.session = Some(session);
+                    }
+                    ServerEvent::Evicted { client, violation } => {
+                        self.evicted_by_peer(client, &violation);
+                    }
+                    ServerEvent::Accused {
+                        accuser,
+                        accused,
+                        proven,
+                    } => {
+                        let accused: Vec<u32> = accused.iter().map(|c| c.0).collect();
+                        warn!(
+                            round = self.round_id,
+                            client = accuser.0,
+                            ?accused,
+                            proven,
+                            "a client could not open the share bundles of {accused:?} and left the round without its input{}",
+                            if proven {
+                                " (proven with its revealed share key)"
+                            } else {
+                                " (unproven: the threat model keeps the key with the client)"
+                            }
+                        );
                     }
                     ServerEvent::Completed(output) => {
                         self.flush();
@@ -266,6 +320,13 @@ impl RoundDriver {
                         reason,
                         survivors,
                     } => {
+                        metrics::stage_aborted(
+                            stage,
+                            self.stage_started.elapsed().as_secs_f64(),
+                            survivors,
+                            &self.stages,
+                            self.senders.len() as u32,
+                        );
                         // Tell the clients (the session queued an Aborted
                         // message for each) before handing back.
                         self.flush();
@@ -293,6 +354,43 @@ impl RoundDriver {
                 () = sleep => self.session_mut().handle_timeout(Instant::now()),
                 _ = shutdown.changed() => return RoundEnd::Shutdown,
             }
+        }
+    }
+
+    /// Records that `client` was evicted for `violation`: the metric, and
+    /// the list every client hears in the RoundResult.
+    fn record_eviction(&mut self, client: ClientId, violation: &ClientViolation) {
+        metrics::client_evicted(violation.reason());
+        self.evicted.push(v1::Eviction {
+            client_id: client.0,
+            reason: violation.reason().to_owned(),
+            detail: violation.to_string(),
+        });
+    }
+
+    /// A client evicted because of what another proved about it: it is
+    /// told why (it sent no message the server refused just now), and
+    /// blamed in the log.
+    fn evicted_by_peer(&mut self, client: ClientId, violation: &ClientViolation) {
+        self.record_eviction(client, violation);
+        warn!(
+            round = self.round_id,
+            client = client.0,
+            reason = violation.reason(),
+            "evicted a client: {client} {violation}"
+        );
+        let (code, kind) = violation_status(violation);
+        if let Some(tx) = self.senders[client.index()].take() {
+            let message = ServerSessionError::ClientMisbehaved {
+                client,
+                violation: violation.clone(),
+            }
+            .to_string();
+            let _ = tx.try_send(Err(status_with_detail(
+                code,
+                message,
+                &detail(kind, self.round_id),
+            )));
         }
     }
 
@@ -358,10 +456,13 @@ impl RoundDriver {
                             );
                         }
                     };
-                    if let Err(e) = self.session_mut().handle_message(now, id, message)
-                        && let Some((code, kind)) = refusal(&e)
-                    {
-                        self.refuse(id, code, kind, e.to_string());
+                    if let Err(e) = self.session_mut().handle_message(now, id, message) {
+                        if let ServerSessionError::ClientMisbehaved { client, violation } = &e {
+                            self.record_eviction(*client, violation);
+                        }
+                        if let Some((code, kind)) = refusal(&e) {
+                            self.refuse(id, code, kind, e.to_string());
+                        }
                     }
                 }
                 Some(client_frame::Frame::Join(_)) => self.refuse(
@@ -383,6 +484,16 @@ impl RoundDriver {
                     "an empty frame".into(),
                 ),
             },
+            Inbound::Failed(id, status) if hung_up(&status) => {
+                if self.senders[id.index()].take().is_some() {
+                    debug!(
+                        round = self.round_id,
+                        client = id.0,
+                        "the client cancelled its stream"
+                    );
+                }
+                self.session_mut().handle_dropout(now, id);
+            }
             Inbound::Failed(id, status) => {
                 let reply = stream_error_status(&status, self.round_id);
                 let kind = tessera_proto::error_detail(&reply)
@@ -435,6 +546,9 @@ impl RoundDriver {
     /// Sends every still-connected client the round's result and closes the
     /// streams.
     pub(crate) fn finish(mut self, result: &v1::RoundResult, grace: Duration) {
+        let mut result = result.clone();
+        self.evicted.sort_by_key(|e| e.client_id);
+        result.evicted = std::mem::take(&mut self.evicted);
         for tx in self.senders.iter_mut().filter_map(Option::take) {
             let _ = tx.try_send(Ok(v1::ServerFrame {
                 frame: Some(server_frame::Frame::Result(result.clone())),
@@ -449,5 +563,64 @@ impl RoundDriver {
             })
             .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_aggregation::accusation::BadBundle;
+    use tessera_aggregation::server::AdvertProblem;
+
+    #[test]
+    fn a_cancelled_stream_is_a_hang_up_not_a_malformed_message() {
+        // An honest client that gives up on a round (because another
+        // client made it fail) cancels its call; that is no message of its
+        // to count as malformed.
+        assert!(hung_up(&Status::cancelled("the client hung up")));
+        // Bytes the server cannot read still are.
+        let unreadable = Status::internal("failed to decode Protobuf message");
+        assert!(!hung_up(&unreadable));
+        let reply = stream_error_status(&unreadable, 3);
+        assert_eq!(
+            tessera_proto::error_detail(&reply).map(|d| d.kind()),
+            Some(ErrorKind::Malformed)
+        );
+    }
+
+    #[test]
+    fn each_eviction_names_what_the_client_did() {
+        let cases = [
+            (
+                ClientViolation::BadAdvert(AdvertProblem::SameKeys),
+                ErrorKind::BadAdvert,
+                "invalid_advert",
+            ),
+            (
+                ClientViolation::BadBundle {
+                    receiver: ClientId(2),
+                    problem: BadBundle::Decrypt,
+                },
+                ErrorKind::BadShares,
+                "bad_share_bundle",
+            ),
+            (
+                ClientViolation::FalseAccusation {
+                    accused: ClientId(4),
+                },
+                ErrorKind::BadAccusation,
+                "false_accusation",
+            ),
+        ];
+        for (violation, kind, reason) in cases {
+            assert_eq!(violation_status(&violation).1, kind);
+            assert_eq!(violation.reason(), reason);
+            let error = ServerSessionError::ClientMisbehaved {
+                client: ClientId(5),
+                violation,
+            };
+            assert_eq!(refusal(&error).map(|(_, k)| k), Some(kind));
+            assert!(error.to_string().starts_with("client 5 "), "{error}");
+        }
     }
 }

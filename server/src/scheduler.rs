@@ -26,7 +26,9 @@ use crate::lobby::Participant;
 use crate::metrics;
 use crate::model::Model;
 use crate::round::{RoundDriver, RoundEnd};
-use crate::store::{AuditEvent, ModelEntry, Publication, RoundRecord, RoundStatus, Store};
+use crate::store::{
+    AuditEvent, ModelEntry, Publication, RoundRecord, RoundStatus, Store, StoreError,
+};
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -58,7 +60,9 @@ pub(crate) async fn run(
 ) -> Result<(), ServeError> {
     let config = &shared.config;
     let mut rounds_run = 0u64;
+    metrics::stage_deadlines(config.round.stage_timeout);
     loop {
+        metrics::privacy(training.ledger.as_ref());
         if config.rounds.is_some_and(|limit| rounds_run >= limit) {
             info!(rounds = rounds_run, "round limit reached");
             shared.stop_accepting("the server has run its configured number of rounds");
@@ -100,6 +104,10 @@ async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option
     let min = config.round.min_clients as usize;
     let max = config.round.max_clients as usize;
     loop {
+        // Draining (or stopped): the round in flight has ended, open none.
+        if shared.not_accepting().is_some() {
+            return None;
+        }
         let waiting = shared.lobby.waiting();
         metrics::lobby(waiting as u32);
         if waiting >= min {
@@ -151,8 +159,12 @@ async fn run_round(
     let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
     let mut record = started_record(round_id, n, threshold, started_at);
     // The round id is on disk before any key is derived from it, so a
-    // restarted server never reuses it.
-    write_record(shared, record.clone()).await?;
+    // restarted server never reuses it. If it cannot be, the round does
+    // not open.
+    if let Err(e) = write_record(shared, record.clone()).await {
+        refuse_unrecorded(shared, participants, round_id, &e, shutdown).await;
+        return Ok(training);
+    }
     audit_joined(shared, round_id, &participants).await;
     metrics::round_started();
     let span = info_span!("round", round = round_id, clients = n, threshold, graph = %graph);
@@ -162,9 +174,9 @@ async fn run_round(
     let mut driver = plan.open_driver(training.version, participants)?;
     let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
     let identities = driver.identities().to_vec();
-    let result = match end {
+    let told = match end {
         RoundEnd::Completed(output) => {
-            let (next, result) = complete(
+            let (next, told) = complete(
                 shared,
                 training,
                 output,
@@ -173,28 +185,67 @@ async fn run_round(
                 &span,
                 started,
             )
-            .await?;
+            .await;
             training = next;
-            result
+            told
         }
         RoundEnd::Aborted {
             stage,
             reason,
             survivors,
-        } => record_abort(&mut record, stage, reason, survivors, &span),
+        } => Told::Result(record_abort(&mut record, stage, reason, survivors, &span)),
         RoundEnd::Shutdown => {
             // The record stays `started`; the next start marks it
             // interrupted. Clients hear that the server is going away.
-            driver.fail_all(&shutting_down(round_id));
             shared.lobby.release(identities.iter().map(String::as_str));
+            driver.fail_all(&shutting_down(round_id));
             return Ok(training);
         }
     };
     record.seconds = started.elapsed().as_secs_f64();
-    write_record(shared, record).await?;
-    driver.finish(&result, CLOSE_GRACE);
+    metrics::round_ended(record.outcome == RoundStatus::Completed, record.seconds);
+    let stops = matches!(told, Told::Failed { fatal: Some(_), .. });
+    // A round that stops the scheduler keeps its `started` record: whether
+    // its version was committed is only known to the next start, which
+    // reconciles the record with the manifest.
+    if !stops && let Err(e) = write_record(shared, record).await {
+        // The record stays `started`: the next start reconciles it with the
+        // manifest (completed if its model was published, interrupted
+        // otherwise), so the outcome is not lost and rounds go on.
+        warn!(parent: &span, "cannot record the round's outcome: {e}");
+    }
+    // Identities are free again before the clients hear the end: a client
+    // that rejoins at once on its result must not find itself still
+    // "in a round" (AlreadyExists).
     shared.lobby.release(identities.iter().map(String::as_str));
-    Ok(training)
+    let fatal = match told {
+        Told::Result(result) => {
+            driver.finish(&result, CLOSE_GRACE);
+            None
+        }
+        Told::Failed { status, fatal } => {
+            driver.fail_all(&status);
+            fatal
+        }
+    };
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(training),
+    }
+}
+
+/// What a round's clients hear when it ends.
+enum Told {
+    /// The round's result (completed or aborted).
+    Result(v1::RoundResult),
+    /// The round ended in a failure of the server's; if `fatal`, the
+    /// scheduler stops after telling them.
+    Failed {
+        /// The status every client's stream ends with.
+        status: tonic::Status,
+        /// Why the scheduler stops, if it does.
+        fatal: Option<ServeError>,
+    },
 }
 
 /// A round's parameters, fixed before it opens.
@@ -288,7 +339,13 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
 }
 
 /// A completed round: publishes the new model, records the round and
-/// returns the result its clients hear.
+/// returns what its clients hear. A publication the data directory
+/// refused (full, read-only, failing) aborts the round, reason `storage`:
+/// the model and momentum stay at the last published version, the charge
+/// stays in the ledger (the server saw the sum), the clients hear
+/// UNAVAILABLE with [`ErrorKind::StorageFailed`], and the next round runs
+/// once the disk recovers, unless the store can no longer tell what it
+/// committed (then the scheduler stops; a restart reconciles).
 async fn complete(
     shared: &Arc<Shared>,
     training: Training,
@@ -297,10 +354,27 @@ async fn complete(
     record: &mut RoundRecord,
     span: &tracing::Span,
     started: Instant,
-) -> Result<(Training, v1::RoundResult), ServeError> {
+) -> (Training, Told) {
     let (round_id, n) = (plan.round_id, plan.clients);
     let contributors = output.contributors.len() as u32;
-    let (training, published) = publish(shared, training, output, plan).await?;
+    let (training, published) = publish(shared, training, output, plan).await;
+    let published = match published {
+        Ok(version) => version,
+        Err(ServeError::Store(e)) => {
+            let told = record_storage_failure(shared, record, contributors, &e, span);
+            return (training, told);
+        }
+        Err(e) => {
+            let status = server_stopped(round_id, &e);
+            return (
+                training,
+                Told::Failed {
+                    status,
+                    fatal: Some(e),
+                },
+            );
+        }
+    };
     record.outcome = RoundStatus::Completed;
     record.survivors = contributors;
     record.dropped = n - contributors;
@@ -313,8 +387,130 @@ async fn complete(
         survivors: contributors,
         model_version: published,
         abort_reason: String::new(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     };
-    Ok((training, result))
+    (training, Told::Result(result))
+}
+
+/// A round whose publication the data directory refused: recorded as
+/// aborted at `publish`, reason `storage`; its clients hear why.
+fn record_storage_failure(
+    shared: &Shared,
+    record: &mut RoundRecord,
+    contributors: u32,
+    e: &StoreError,
+    span: &tracing::Span,
+) -> Told {
+    record.outcome = RoundStatus::Aborted;
+    record.survivors = contributors;
+    record.dropped = record.clients - contributors;
+    record.stage = Some(PUBLISH_STAGE.to_owned());
+    record.reason = Some(STORAGE_REASON.to_owned());
+    metrics::round_aborted(STORAGE_REASON);
+    error!(parent: span, "round aborted: the data directory refused its publication: {e}");
+    let status = storage_failed(
+        record.round,
+        &format!(
+            "the server could not store round {} ({}); the round is aborted and nothing was published",
+            record.round,
+            io_cause(e)
+        ),
+    );
+    let poisoned = shared.store.lock().expect("store lock").poisoned();
+    Told::Failed {
+        status,
+        fatal: poisoned.then(|| {
+            ServeError::Store(StoreError::Poisoned {
+                path: shared.config.data_dir.clone(),
+            })
+        }),
+    }
+}
+
+/// The round's stage a publication failure is recorded at.
+const PUBLISH_STAGE: &str = "publish";
+/// The abort reason (record and metric) of a round the disk refused.
+const STORAGE_REASON: &str = "storage";
+
+/// What a client may hear of a storage error: the operating system's
+/// reason (no space left, read-only file system), never a path.
+fn io_cause(e: &StoreError) -> String {
+    match e {
+        StoreError::Io { source, .. } => source.to_string(),
+        _ => "its data directory refused the write".to_owned(),
+    }
+}
+
+/// UNAVAILABLE with [`ErrorKind::StorageFailed`]: the server could not
+/// store round `round_id`.
+fn storage_failed(round_id: u64, message: &str) -> tonic::Status {
+    status_with_detail(
+        Code::Unavailable,
+        message.to_owned(),
+        &v1::ErrorDetail {
+            kind: ErrorKind::StorageFailed as i32,
+            server_protocol_version: PROTOCOL_VERSION,
+            round_id,
+            expected: 0,
+        },
+    )
+}
+
+/// What a round's clients hear when a failure other than the disk's stops
+/// the scheduler during the release. The error itself is not logged here:
+/// the scheduler returns it and `tessera serve` prints it once.
+fn server_stopped(round_id: u64, _e: &ServeError) -> tonic::Status {
+    status_with_detail(
+        Code::Unavailable,
+        format!("the server could not publish round {round_id} and stopped running rounds"),
+        &v1::ErrorDetail {
+            kind: ErrorKind::Unavailable as i32,
+            server_protocol_version: PROTOCOL_VERSION,
+            round_id,
+            expected: 0,
+        },
+    )
+}
+
+/// How long the scheduler waits after the data directory refused a
+/// round's start record before it gathers the next round.
+const STORAGE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The data directory refused the start record of round `round_id`: the
+/// round does not open (no key is derived from an id that is not on disk),
+/// its participants hear why, and the scheduler waits a moment before it
+/// gathers the next round.
+async fn refuse_unrecorded(
+    shared: &Shared,
+    participants: Vec<Participant>,
+    round_id: u64,
+    e: &ServeError,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    error!(
+        round = round_id,
+        "round not opened: cannot record its start: {e}"
+    );
+    metrics::round_aborted(STORAGE_REASON);
+    let cause = match e {
+        ServeError::Store(e) => io_cause(e),
+        _ => e.to_string(),
+    };
+    let status = storage_failed(
+        round_id,
+        &format!("the server could not record round {round_id} ({cause}); the round did not open"),
+    );
+    for p in &participants {
+        let _ = p.tx.try_send(Err(status.clone()));
+    }
+    shared
+        .lobby
+        .release(participants.iter().map(|p| p.identity.as_str()));
+    tokio::select! {
+        () = tokio::time::sleep(STORAGE_BACKOFF) => {}
+        _ = shutdown.changed() => {}
+    }
 }
 
 /// An aborted round: records where and why, and returns the result its
@@ -339,6 +535,8 @@ fn record_abort(
         survivors,
         model_version: 0,
         abort_reason: abort_reason_name(reason).to_owned(),
+        // The round driver fills in whom it evicted.
+        evicted: Vec::new(),
     }
 }
 
@@ -386,22 +584,34 @@ pub(crate) struct ReleasePlan {
     pub(crate) clients: u32,
 }
 
-/// Runs [`release`] on the blocking pool and shows the new model.
+/// Runs [`release`] on the blocking pool and shows the new model. On
+/// failure the model and the momentum are put back as they were (the last
+/// published version's); the privacy charge stays.
 async fn publish(
     shared: &Arc<Shared>,
     training: Training,
     output: RoundOutput,
     plan: ReleasePlan,
-) -> Result<(Training, u64), ServeError> {
+) -> (Training, Result<u64, ServeError>) {
     let config = shared.config.clone();
     let store = Arc::clone(&shared.store);
-    let (training, entry) = blocking(move || {
+    let before = (training.model.clone(), training.fedavg.clone());
+    let (mut training, released) = blocking(move || {
         let mut training = training;
-        release(&config, &mut training, &store, output, &plan).map(|entry| (training, entry))
+        let released = release(&config, &mut training, &store, output, &plan);
+        (training, released)
     })
-    .await?;
-    shared.set_latest(&entry, &training.model);
-    Ok((training, entry.version))
+    .await;
+    match released {
+        Ok(entry) => {
+            shared.set_latest(&entry, &training.model);
+            (training, Ok(entry.version))
+        }
+        Err(e) => {
+            (training.model, training.fedavg) = before;
+            (training, Err(e))
+        }
+    }
 }
 
 /// Records the privacy spent (durably, first), decodes the sum, adds
@@ -543,12 +753,6 @@ fn publish_model(
             velocity: training.fedavg.velocity(),
         })
         .map_err(ServeError::Store)
-}
-
-/// Logs a failure to publish; the scheduler stops rather than run rounds it
-/// cannot record.
-pub(crate) fn report_fatal(e: &ServeError) {
-    error!("scheduler stopped: {e}");
 }
 
 #[cfg(test)]

@@ -72,9 +72,10 @@ impl AggregatorService {
             let token = crate::auth::bearer_from_metadata(request.metadata())
                 .map_err(|e| refuse(&e.to_string()))?;
             return tokens
-                .authenticate(token)
+                .current()
+                .check(token, std::time::SystemTime::now())
                 .map(|name| name.to_string())
-                .ok_or_else(|| refuse("the bearer token is not valid"));
+                .map_err(|e| refuse(&e.to_string()));
         }
         if self.shared.config.network.tls_client_ca.is_some() {
             // The TLS layer already checked the chain; the leaf's digest

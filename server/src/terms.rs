@@ -299,6 +299,37 @@ mod tests {
         assert_eq!(ledger_bytes(tmp.path()), after, "nothing new recorded");
     }
 
+    /// An operator's adversary who lowered the budget (or whose lowering
+    /// someone wants undone) restarts with the old flags: the lowered
+    /// budget is the ledger's now, so the old one is a raise and needs
+    /// `--raise-budget`; nothing is written.
+    #[tokio::test]
+    async fn a_lowered_budget_does_not_come_back_with_the_old_flags() {
+        let tmp = tempfile::tempdir().unwrap();
+        let spent = three_charged_rounds(tmp.path());
+        stops_by_itself(config(tmp.path(), spent + 1e-6, 1e-5)).await;
+        let before = ledger_bytes(tmp.path());
+        let err = refused(config(tmp.path(), 8.0, 1e-5)).await;
+        assert!(err.contains("--raise-budget"), "{err}");
+        assert_eq!(ledger_bytes(tmp.path()), before);
+    }
+
+    /// `--recompute-delta` with a budget raise but no `--raise-budget`:
+    /// the start is refused as a whole, and the recompute it came with is
+    /// not recorded either (no half-applied terms).
+    #[tokio::test]
+    async fn an_unflagged_raise_voids_the_recompute_it_came_with() {
+        let tmp = tempfile::tempdir().unwrap();
+        three_charged_rounds(tmp.path());
+        let before = ledger_bytes(tmp.path());
+        let mut c = config(tmp.path(), 20.0, 1e-3);
+        c.dp.recompute_delta = true;
+        let err = refused(c).await;
+        assert!(err.contains("--raise-budget"), "{err}");
+        assert_eq!(ledger_bytes(tmp.path()), before);
+        assert_eq!(stored(tmp.path()).delta(), 1e-5);
+    }
+
     /// Entries migrated from a version 1 ledger were accounted differently:
     /// they are not recomputed, and the start is refused.
     #[tokio::test]

@@ -15,6 +15,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -78,6 +79,9 @@ pub enum TlsError {
     /// name).
     #[error("cannot generate certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// rustls refused to build a server configuration.
+    #[error("cannot set up TLS: {0}")]
+    Setup(String),
     /// A generated file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
@@ -142,48 +146,118 @@ fn parse_certificates(
     Ok(certs)
 }
 
-/// Reads and checks the server's PEM files and turns them into tonic's
-/// configuration: the certificate chain parses, the key is one rustls can sign
-/// with, and the key belongs to the leaf certificate. With
-/// [`TlsFiles::client_ca`] set, client certificates become mandatory.
-/// Calls [`install_crypto_provider`] first.
-pub fn server_tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
+/// The server's PEM files, read and checked.
+struct ServerMaterial {
+    cert_pem: Vec<u8>,
+    key_pem: Zeroizing<Vec<u8>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    /// The client CA's PEM and its certificates, for mutual TLS.
+    client_ca: Option<(Vec<u8>, RootCertStore)>,
+}
+
+/// Reads the server's PEM files and checks them: the certificate chain
+/// parses, the key is one rustls can sign with, the key belongs to the leaf
+/// certificate, and the client CA (if any) holds certificates.
+fn load_server_material(files: &TlsFiles) -> Result<ServerMaterial, TlsError> {
     install_crypto_provider();
     let cert_pem = read_file("certificate", &files.cert)?;
     let key_pem = Zeroizing::new(read_file("private key", &files.key)?);
     let chain = parse_certificates("certificate", &files.cert, &cert_pem)?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| TlsError::BadKey {
+    let bad_key = || TlsError::BadKey {
         path: files.key.clone(),
-    })?;
+    };
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| bad_key())?;
     let provider = rustls::crypto::ring::default_provider();
-    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
-        rustls::Error::General(_) => TlsError::BadKey {
-            path: files.key.clone(),
-        },
+    CertifiedKey::from_der(chain.clone(), key.clone_key(), &provider).map_err(|e| match e {
+        rustls::Error::General(_) => bad_key(),
         other => TlsError::KeyMismatch {
             cert: files.cert.clone(),
             key: files.key.clone(),
             reason: other.to_string(),
         },
     })?;
-    drop(certified);
-
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(&cert_pem, &*key_pem));
-    if let Some(ca_path) = &files.client_ca {
-        let ca_pem = read_file("client CA", ca_path)?;
-        let mut roots = RootCertStore::empty();
-        for cert in parse_certificates("client CA", ca_path, &ca_pem)? {
-            roots.add(cert).map_err(|e| TlsError::BadCertificate {
-                what: "client CA",
-                path: ca_path.clone(),
-                reason: e.to_string(),
-            })?;
+    let client_ca = match &files.client_ca {
+        None => None,
+        Some(ca_path) => {
+            let ca_pem = read_file("client CA", ca_path)?;
+            let mut roots = RootCertStore::empty();
+            for cert in parse_certificates("client CA", ca_path, &ca_pem)? {
+                roots.add(cert).map_err(|e| TlsError::BadCertificate {
+                    what: "client CA",
+                    path: ca_path.clone(),
+                    reason: e.to_string(),
+                })?;
+            }
+            Some((ca_pem, roots))
         }
+    };
+    Ok(ServerMaterial {
+        cert_pem,
+        key_pem,
+        chain,
+        key,
+        client_ca,
+    })
+}
+
+/// Reads and checks the server's PEM files and turns them into tonic's
+/// configuration: the certificate chain parses, the key is one rustls can sign
+/// with, and the key belongs to the leaf certificate. With
+/// [`TlsFiles::client_ca`] set, client certificates become mandatory.
+/// Calls [`install_crypto_provider`] first.
+///
+/// The server itself uses [`server_rustls_config`], whose handshakes it
+/// runs under a deadline; this is for embedders that serve through tonic's
+/// own TLS.
+pub fn server_tls_config(files: &TlsFiles) -> Result<ServerTlsConfig, TlsError> {
+    let material = load_server_material(files)?;
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(&material.cert_pem, &*material.key_pem));
+    if let Some((ca_pem, _)) = material.client_ca {
         config = config
             .client_ca_root(Certificate::from_pem(ca_pem))
             .client_auth_optional(false);
     }
     Ok(config)
+}
+
+/// Reads and checks the server's PEM files as [`server_tls_config`] does,
+/// and builds the rustls configuration the server accepts TLS with: HTTP/2
+/// by ALPN, TLS 1.2 and 1.3 with ring's safe defaults, and with
+/// [`TlsFiles::client_ca`] set a client certificate signed by that CA
+/// required of every client.
+pub fn server_rustls_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let material = load_server_material(files)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Setup(e.to_string()))?;
+    let builder = match material.client_ca {
+        None => builder.with_no_client_auth(),
+        Some((_, roots)) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| TlsError::BadCertificate {
+                what: "client CA",
+                path: files.client_ca.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(material.chain, material.key)
+        .map_err(|e| TlsError::KeyMismatch {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            reason: e.to_string(),
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Builds a client's TLS configuration: trust only `ca_pem` (the server's

@@ -45,6 +45,9 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("tls_client_ca", "\"a-ca.pem\"", "\"b-ca.pem\""),
     ("tokens_file", "\"a.txt\"", "\"b.txt\""),
     ("identities_file", "\"a-ids.txt\"", "\"b-ids.txt\""),
+    ("max_connections", "500", "600"),
+    ("tls_handshake_timeout_ms", "1000", "2000"),
+    ("preface_timeout_ms", "3000", "4000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
 ];

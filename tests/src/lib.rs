@@ -23,6 +23,7 @@ use tessera_proto::v1::aggregator_client::AggregatorClient;
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tessera_proto::{PROTOCOL_VERSION, error_detail};
 use tessera_server::config::{NetworkSettings, RoundRules};
+use tessera_server::files::{Disk, FaultPlan};
 use tessera_server::{RunningServer, ServerConfig, auth, tls};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -67,6 +68,9 @@ pub struct ServerOptions {
     pub identities: Option<usize>,
     /// Any other setting, applied last (DP mode, threshold, ...).
     pub tweak: fn(&mut ServerConfig),
+    /// Faults the data directory's disk injects (a full, read-only or
+    /// failing disk); `None` is the real file system.
+    pub faults: Option<FaultPlan>,
 }
 
 impl Default for ServerOptions {
@@ -80,6 +84,7 @@ impl Default for ServerOptions {
             graph: "complete",
             identities: None,
             tweak: |_| {},
+            faults: None,
         }
     }
 }
@@ -152,7 +157,10 @@ impl TestServer {
         }
         let trusted = identities.iter().map(|k| k.verifying_key()).collect();
         (options.tweak)(&mut config);
-        let server = tessera_server::start(config).await.expect("server starts");
+        let disk = options.faults.map_or_else(Disk::real, Disk::with_faults);
+        let server = tessera_server::start_with_disk(config, disk)
+            .await
+            .expect("server starts");
         let port = server.local_addr().port();
         let url = if ca_pem.is_some() {
             format!("https://localhost:{port}")
@@ -247,6 +255,11 @@ pub enum Fault {
     Oversized,
     /// Connects without credentials.
     NoToken,
+    /// Advertises its s_pk as its c_pk too.
+    SameKeysAdvert,
+    /// Seals garbage (of the right length) in place of the share bundles
+    /// for its first `n` receivers; only they can tell.
+    GarbleBundles(usize),
 }
 
 /// How a scripted client's participation ended.
@@ -405,6 +418,22 @@ impl ScriptedClient {
                             vec![m.encode()]
                         }
                         (Fault::Oversized, Stage::AdvertiseKeys) => vec![vec![0u8; 64 << 20]],
+                        (Fault::SameKeysAdvert, Stage::AdvertiseKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            if let ClientBody::AdvertiseKeys(advert) = &mut m.body {
+                                advert.keys.c_pk = advert.keys.s_pk;
+                            }
+                            vec![m.encode()]
+                        }
+                        (Fault::GarbleBundles(n), Stage::ShareKeys) => {
+                            let mut m = ClientMessage::decode(&bytes).expect("own message");
+                            if let ClientBody::ShareKeys(bundles) = &mut m.body {
+                                for bundle in bundles.iter_mut().take(n) {
+                                    bundle.ciphertext.iter_mut().for_each(|b| *b ^= 0xa5);
+                                }
+                            }
+                            vec![m.encode()]
+                        }
                         _ => vec![bytes.clone()],
                     };
                     if stage == Stage::AdvertiseKeys {

@@ -97,7 +97,14 @@ impl AdvertiseKeys {
         let message = ctx.message(ClientBody::ShareKeys(bundles));
         // Every use of the secret keys is done: `self.keys` is dropped (and
         // zeroized) here, before any bundle reaches a neighbour.
-        let next = ShareKeys::new(self.self_mask_secret, open_keys, pairwise);
+        // Except the share-encryption secret, kept (zeroizing) in case a
+        // neighbour's bundle does not open and this client must prove it.
+        let next = ShareKeys::new(
+            self.self_mask_secret,
+            self.keys.share_secret_bytes(),
+            open_keys,
+            pairwise,
+        );
         Ok((next, message, transcript))
     }
 

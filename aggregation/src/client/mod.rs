@@ -21,6 +21,12 @@
 //! secrets of one neighbour, and refuses requests that name too few
 //! survivors. A refusal ends the session: an honest client does not go on
 //! with a server that broke the protocol.
+//!
+//! What a client cannot blame on the server it does not refuse: a share
+//! bundle that does not open could be the sender's doing as well as the
+//! server's, so the client accuses the sender instead, revealing its
+//! share-encryption secret to prove it, and leaves the round without its
+//! input ([`crate::accusation`], [`ClientEvent::Accused`]).
 
 mod advertise_keys;
 mod consistency_check;
@@ -124,6 +130,8 @@ enum State {
     ConsistencyCheck(consistency_check::ConsistencyCheck),
     Unmasking(unmasking::Unmasking),
     Finished,
+    /// Sent an accusation instead of the masked input: its part is over.
+    Accused,
     Aborted(AbortReason),
     TimedOut,
     Refused,
@@ -155,6 +163,7 @@ impl State {
             State::ConsistencyCheck(_) => "consistency-check",
             State::Unmasking(_) => "unmasking",
             State::Finished => "finished",
+            State::Accused => "accused",
             State::Aborted(_) => "aborted",
             State::TimedOut => "timed-out",
             State::Refused => "refused",
@@ -179,6 +188,11 @@ pub enum ClientEvent {
     Aborted(AbortReason),
     /// The server fell silent for longer than twice the stage timeout.
     TimedOut,
+    /// Bundles these neighbours sealed for this client did not open; the
+    /// session queued an accusation revealing its share-encryption secret
+    /// for the round, so the server can check and evict whoever lied. The
+    /// client's input is not in this round, and its part is over.
+    Accused(Vec<ClientId>),
 }
 
 /// A message or command the client session refused.
@@ -285,9 +299,6 @@ pub enum Violation {
         /// What is wrong with it.
         source: KeyError,
     },
-    /// A sealed bundle failed to decrypt or does not hold two valid shares.
-    #[error("the share bundle from {0} is forged, re-addressed or malformed")]
-    BadBundle(ClientId),
     /// A share bundle from a client that did not advertise keys to us.
     #[error("share bundle from {0}, which advertised no keys to this client")]
     UnknownSender(ClientId),
@@ -556,7 +567,7 @@ impl ClientSession {
         if let ServerBody::Aborted(reason) = message.body {
             // A client that already answered still learns that the round
             // produced nothing.
-            if !self.is_closed() || matches!(self.state, State::Finished) {
+            if !self.is_closed() || matches!(self.state, State::Finished | State::Accused) {
                 self.state = State::Aborted(reason);
                 self.core.deadline = None;
                 self.core.events.push_back(ClientEvent::Aborted(reason));
@@ -636,7 +647,11 @@ impl Core {
                 return (State::Finished, Err(Violation::SecondUnmaskRequest.into()));
             }
             (
-                state @ (State::Finished | State::Aborted(_) | State::TimedOut | State::Refused),
+                state @ (State::Finished
+                | State::Accused
+                | State::Aborted(_)
+                | State::TimedOut
+                | State::Refused),
                 _,
             ) => {
                 let ended = ClientSessionError::SessionEnded {
@@ -679,7 +694,19 @@ impl Core {
         state: share_keys::ShareKeys,
         bundles: Vec<crate::messages::SealedBundle>,
     ) -> Result<State, Violation> {
-        let next = state.handle_sealed_shares(&self.ctx, bundles)?;
+        let next = match state.handle_sealed_shares(&self.ctx, bundles)? {
+            share_keys::Opened::All(next) => next,
+            share_keys::Opened::Accuse(accusation) => {
+                let accused = accusation.accused.clone();
+                self.outbox
+                    .push_back(self.ctx.message(ClientBody::Accusation(accusation)));
+                // The input stays with the caller: it is in no round now.
+                self.input = None;
+                self.deadline = None;
+                self.events.push_back(ClientEvent::Accused(accused));
+                return Ok(State::Accused);
+            }
+        };
         let next = match self.input.take() {
             Some(input) => self.mask(next, input),
             None => {

@@ -6,20 +6,33 @@
 //! server fails) and keeps the two shares it holds of each sender. The senders
 //! are exactly the neighbours it will mask with: a neighbour whose bundle did
 //! not arrive is treated as dropped before masking, on both sides.
+//!
+//! A bundle that arrives but does not open (or does not hold two shares at
+//! this client's point) is not the server's fault as far as the client can
+//! tell: only the sender and this client can seal or open it. The client
+//! does not refuse the round over it; it accuses the senders instead and
+//! sends no masked input. In the semi-honest model it reveals its
+//! share-encryption secret so the server can check (the secret opens the
+//! bundles it sealed too, so its own secrets are exposed); where the server
+//! may deviate the claim goes without the secret ([`crate::accusation`]).
+//! Lists the server controls (order, senders, how many) are still checked
+//! and refused as before.
 
 use zeroize::Zeroizing;
 
 use super::masked_input::MaskedInput;
 use super::{Context, HeldShares, Violation, strictly_ascending};
 use crate::ClientId;
+use crate::accusation::{Accusation, open_bundle, reveals_share_key};
 use crate::keys::ShareKey;
 use crate::mask::MaskSeed;
 use crate::messages::SealedBundle;
-use crate::shamir::{SHARE_BYTES, Share};
 
 /// Shares sent; waiting for the neighbours' sealed bundles.
 pub(super) struct ShareKeys {
     self_mask_secret: Zeroizing<[u8; 32]>,
+    /// This round's `c_sk`, revealed only to accuse a sender.
+    share_secret: Zeroizing<[u8; 32]>,
     /// The key to open each live neighbour's bundle, ascending.
     open_keys: Vec<(ClientId, ShareKey)>,
     /// Pairwise mask seeds with every live neighbour, parallel to
@@ -30,11 +43,13 @@ pub(super) struct ShareKeys {
 impl ShareKeys {
     pub(super) fn new(
         self_mask_secret: Zeroizing<[u8; 32]>,
+        share_secret: Zeroizing<[u8; 32]>,
         open_keys: Vec<(ClientId, ShareKey)>,
         pairwise: Vec<(ClientId, MaskSeed)>,
     ) -> Self {
         ShareKeys {
             self_mask_secret,
+            share_secret,
             open_keys,
             pairwise,
         }
@@ -44,7 +59,7 @@ impl ShareKeys {
         self,
         ctx: &Context,
         bundles: Vec<SealedBundle>,
-    ) -> Result<MaskedInput, Violation> {
+    ) -> Result<Opened, Violation> {
         if !strictly_ascending(&bundles, |b| b.peer) {
             return Err(Violation::Unsorted("SealedShares"));
         }
@@ -60,6 +75,7 @@ impl ShareKeys {
         }
         let mut from_neighbours = Vec::with_capacity(bundles.len());
         let mut partners = Vec::with_capacity(bundles.len());
+        let mut accused = Vec::new();
         for bundle in &bundles {
             let sender = bundle.peer;
             let Ok(pos) = self.open_keys.binary_search_by_key(&sender, |(id, _)| *id) else {
@@ -69,32 +85,40 @@ impl ShareKeys {
                     Violation::UnknownSender(sender)
                 });
             };
-            let plaintext = self.open_keys[pos]
-                .1
-                .open(&bundle.ciphertext)
-                .map_err(|_| Violation::BadBundle(sender))?;
-            if plaintext.len() != 2 * SHARE_BYTES {
-                return Err(Violation::BadBundle(sender));
-            }
-            let masking_key_share = Share::from_bytes(&plaintext[..SHARE_BYTES])
-                .map_err(|_| Violation::BadBundle(sender))?;
-            let self_mask_share = Share::from_bytes(&plaintext[SHARE_BYTES..])
-                .map_err(|_| Violation::BadBundle(sender))?;
-            // Both shares must be evaluated at this client's point; anything
-            // else means the sender (or a forger) is not following the
-            // protocol.
-            if masking_key_share.x() != ctx.id.share_x() || self_mask_share.x() != ctx.id.share_x()
-            {
-                return Err(Violation::BadBundle(sender));
-            }
+            let (masking_key_share, self_mask_share) =
+                match open_bundle(&self.open_keys[pos].1, &bundle.ciphertext, ctx.id) {
+                    Ok(shares) => shares,
+                    Err(_) => {
+                        accused.push(sender);
+                        continue;
+                    }
+                };
             from_neighbours.push((sender, masking_key_share, self_mask_share));
             // open_keys and pairwise are parallel lists.
             partners.push((sender, self.pairwise[pos].1.clone()));
         }
-        Ok(MaskedInput::new(
+        if !accused.is_empty() {
+            // Everything else this state holds is dropped (zeroized) here;
+            // the revealed key moves into the accusation.
+            let share_secret =
+                reveals_share_key(ctx.config.threat_model).then_some(self.share_secret);
+            return Ok(Opened::Accuse(Accusation {
+                share_secret,
+                accused,
+            }));
+        }
+        Ok(Opened::All(MaskedInput::new(
             self.self_mask_secret,
             partners,
             HeldShares { from_neighbours },
-        ))
+        )))
     }
+}
+
+/// What the client does once the relayed bundles are in.
+pub(super) enum Opened {
+    /// Every bundle held this client's shares: on to masking.
+    All(MaskedInput),
+    /// Some did not: accuse their senders, and take no further part.
+    Accuse(Accusation),
 }

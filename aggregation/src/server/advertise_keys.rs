@@ -5,6 +5,16 @@
 //! evictions after the stage), so the list a client receives and the list its
 //! ShareKeys message is checked against always agree.
 //!
+//! Before it is stored, an advert's keys are checked (the clients check them
+//! too, but a client that finds a bad key can only refuse the round, which
+//! would let one bad advert cost every neighbour its round): `c_pk` and
+//! `s_pk` must differ, neither may be a low-order point
+//! ([`crate::keys::is_low_order`]: one clamped scalar multiplication gives
+//! the all-zero point exactly for the small-order points, whatever their
+//! encoding), and neither may repeat a key of another client's advert in the
+//! round (the first advert keeps it). A client whose advert fails is dropped
+//! with an error that names the problem; the round goes on.
+//!
 //! In the malicious-server model each advert's signature is relayed with it
 //! (the clients verify it); a server with the identity directory also checks
 //! it on arrival, so one client with a bad signature is dropped here instead
@@ -15,9 +25,10 @@ use crate::ClientId;
 use crate::config::RoundConfig;
 use crate::graph::NeighbourGraph;
 use crate::identity::{IdentityDirectory, SessionDigest, transcript_hash};
+use crate::keys::{PublicKeys, is_low_order};
 use crate::messages::{Advert, ServerBody};
 
-use super::ClientViolation;
+use super::{AdvertProblem, ClientViolation};
 
 pub(super) fn accept(
     config: &RoundConfig,
@@ -41,8 +52,31 @@ pub(super) fn accept(
             }
         }
     }
+    check_keys(roster, &advert.keys).map_err(ClientViolation::BadAdvert)?;
+    roster.advertised.insert(advert.keys.c_pk, from);
+    roster.advertised.insert(advert.keys.s_pk, from);
     roster.keys[from.index()] = Some(advert.keys);
     roster.advert_signatures[from.index()] = advert.signature;
+    Ok(())
+}
+
+/// The checks on an advert's keys, against each other and against every
+/// key advertised before in the round.
+fn check_keys(roster: &Roster, keys: &PublicKeys) -> Result<(), AdvertProblem> {
+    if keys.c_pk == keys.s_pk {
+        return Err(AdvertProblem::SameKeys);
+    }
+    for (name, key) in [("c_pk", &keys.c_pk), ("s_pk", &keys.s_pk)] {
+        if is_low_order(key) {
+            return Err(AdvertProblem::LowOrder(name));
+        }
+        if let Some(other) = roster.advertised.get(key) {
+            return Err(AdvertProblem::Duplicate {
+                key: name,
+                other: *other,
+            });
+        }
+    }
     Ok(())
 }
 

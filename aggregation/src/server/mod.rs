@@ -21,7 +21,12 @@
 //!
 //! A client that sends a malformed or out-of-place message gets a precise
 //! [`ServerSessionError`] and is dropped from the round; the round goes on for the
-//! others.
+//! others. The same holds for what only a peer can see: an advert with
+//! unusable keys is refused at AdvertiseKeys (`advertise_keys`), and a share
+//! bundle that does not open is proven by its receiver's accusation and its
+//! sender evicted ([`crate::accusation`]); such an eviction of a client other
+//! than the message's sender is reported as [`ServerEvent::Evicted`], so
+//! the driver can tell that client and log who did what.
 
 mod advertise_keys;
 mod consistency_check;
@@ -33,12 +38,14 @@ mod unmasking;
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use crate::accusation::{Accusation, BadBundle};
 use crate::config::{ConfigError, RoundConfig};
 use crate::graph::NeighbourGraph;
 use crate::identity::{IdentityDirectory, SessionDigest};
 use crate::messages::{AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage};
 use crate::{ClientId, Stage};
 
+use masked_input::Verdict;
 use roster::{Progress, Roster};
 pub use unmasking::RoundOutput;
 
@@ -81,6 +88,49 @@ pub struct ServerSession {
     deadline: Option<Instant>,
     /// Clients still expected to send in the current stage.
     pending: u32,
+    /// Who revealed its share key, and how exposed each client's shares are.
+    exposure: Exposure,
+}
+
+/// The shares exposed by accusations: every accuser that revealed its
+/// share-encryption key exposed each share it holds, so it counts as a
+/// colluder for the clients whose holder it is ([`crate::accusation`]).
+#[derive(Debug)]
+struct Exposure {
+    /// For each client, how many of its share holders revealed their key.
+    holders_exposed: Vec<u32>,
+    /// [`crate::params::exposure_margin`], computed at the first reveal
+    /// (`Some(None)`: the threshold affords none).
+    margin: Option<Option<u32>>,
+}
+
+impl Exposure {
+    fn new(n: usize) -> Self {
+        Exposure {
+            holders_exposed: vec![0; n],
+            margin: None,
+        }
+    }
+
+    /// Records that `accuser` revealed its key; returns whether every
+    /// client's exposed holders are still within the margin.
+    fn reveal(&mut self, config: &RoundConfig, graph: &NeighbourGraph, accuser: ClientId) -> bool {
+        // Its neighbours are the clients whose shares it holds.
+        for v in graph.neighbours(accuser.0) {
+            self.holders_exposed[v as usize] += 1;
+        }
+        let margin = *self.margin.get_or_insert_with(|| {
+            crate::params::exposure_margin(
+                config.threat_model,
+                config.num_clients,
+                config.corrupt,
+                config.graph,
+                config.threshold,
+            )
+        });
+        let worst = self.holders_exposed.iter().copied().max().unwrap_or(0);
+        margin.is_some_and(|margin| worst <= margin)
+    }
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -225,6 +275,31 @@ pub enum ServerEvent {
     UnmaskingReady,
     /// The round produced its sum.
     Completed(RoundOutput),
+    /// A client was evicted because of what another client proved about
+    /// it (a share bundle its receiver showed does not open). The sender of
+    /// a bad message learns of its own eviction from
+    /// [`ServerSession::handle_message`]'s error instead; this event is for
+    /// clients that sent nothing wrong in that call.
+    Evicted {
+        /// Who was evicted.
+        client: ClientId,
+        /// What it did.
+        violation: ClientViolation,
+    },
+    /// A client accused neighbours of sealing share bundles for it that do
+    /// not open, and left the round without an input.
+    Accused {
+        /// Who accused.
+        accuser: ClientId,
+        /// The senders it accused (each proven one also gets an
+        /// [`ServerEvent::Evicted`]).
+        accused: Vec<ClientId>,
+        /// Whether the accuser revealed its share key and every accused
+        /// bundle failed under it. An unproven accusation (no key: the
+        /// server may not be trusted with it, see [`crate::accusation`])
+        /// evicts nobody.
+        proven: bool,
+    },
     /// The round ended without a result; nothing was unmasked.
     Aborted {
         /// The stage in which it ended.
@@ -321,6 +396,89 @@ pub enum ClientViolation {
     /// A missing or invalid identity signature (malicious-server model).
     #[error("signature: {0}")]
     Signature(&'static str),
+    /// An advert whose keys the round cannot use.
+    #[error("advert: {0}")]
+    BadAdvert(AdvertProblem),
+    /// Proven by the receiver's accusation: a share bundle this client
+    /// sealed does not hold the receiver's shares.
+    #[error(
+        "sealed a share bundle for {receiver} that fails the receiver's check ({problem}), as {receiver} proved by revealing its share key"
+    )]
+    BadBundle {
+        /// The neighbour it was sealed for.
+        receiver: ClientId,
+        /// What is wrong with it.
+        problem: BadBundle,
+    },
+    /// An accusation whose bundle opens under the revealed key: the accuser
+    /// lied.
+    #[error(
+        "accused {accused} of sealing a bad share bundle, but the bundle opens under the revealed key"
+    )]
+    FalseAccusation {
+        /// The neighbour it accused.
+        accused: ClientId,
+    },
+    /// An accusation that proves nothing: a revealed key that does not
+    /// match the advert, or a sender that sealed nothing for the accuser.
+    #[error("accusation: {0}")]
+    Accusation(String),
+}
+
+impl ClientViolation {
+    /// Every name [`ClientViolation::reason`] returns, so metrics can
+    /// export each series at zero before the first eviction.
+    pub const REASONS: [&'static str; 10] = [
+        "wrong_stage",
+        "duplicate_message",
+        "bad_bundle_list",
+        "bad_masked_input",
+        "bad_unmasking_response",
+        "bad_signature",
+        "invalid_advert",
+        "bad_share_bundle",
+        "false_accusation",
+        "bad_accusation",
+    ];
+
+    /// A short, fixed name for the violation, for metric labels and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ClientViolation::WrongStage { .. } => "wrong_stage",
+            ClientViolation::Duplicate(_) => "duplicate_message",
+            ClientViolation::Bundles(_) => "bad_bundle_list",
+            ClientViolation::MaskedInput(_) => "bad_masked_input",
+            ClientViolation::Response(_) => "bad_unmasking_response",
+            ClientViolation::Signature(_) => "bad_signature",
+            ClientViolation::BadAdvert(_) => "invalid_advert",
+            ClientViolation::BadBundle { .. } => "bad_share_bundle",
+            ClientViolation::FalseAccusation { .. } => "false_accusation",
+            ClientViolation::Accusation(_) => "bad_accusation",
+        }
+    }
+}
+
+/// What is wrong with an advert's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdvertProblem {
+    /// `c_pk` equals `s_pk`: one key would serve both key agreements.
+    #[error("c_pk equals s_pk")]
+    SameKeys,
+    /// A low-order X25519 point (such as the all-zero key): every key
+    /// agreement with it gives a value the server can predict.
+    #[error("{0} is a low-order X25519 point")]
+    LowOrder(&'static str),
+    /// A key another client of the round already advertised: a copied key
+    /// would let its owner open shares sealed for the copier, or mix their
+    /// masks.
+    #[error("{key} duplicates a key that {other} advertised")]
+    Duplicate {
+        /// `"c_pk"` or `"s_pk"`.
+        key: &'static str,
+        /// Who advertised it first.
+        other: ClientId,
+    },
 }
 
 impl ServerSession {
@@ -368,6 +526,7 @@ impl ServerSession {
             deadline: Some(now + config.stage_timeout),
             pending: config.num_clients,
             roster: Roster::new(n),
+            exposure: Exposure::new(n),
             config,
             graph,
             state: State::AdvertiseKeys,
@@ -413,6 +572,9 @@ impl ServerSession {
         message: ClientMessage,
     ) -> Result<(), ServerSessionError> {
         let stage = self.admit(now, from, &message)?;
+        if let ClientBody::Accusation(accusation) = message.body {
+            return self.handle_accusation(now, from, accusation);
+        }
         match self.accept(from, message.body) {
             Ok(()) => {
                 self.roster.advance(from, Progress::after(stage));
@@ -503,6 +665,9 @@ impl ServerSession {
             (State::MaskedInput(state), ClientBody::MaskedInput(packed)) => {
                 state.accept(&self.config, &packed)
             }
+            (_, ClientBody::Accusation(_)) => {
+                unreachable!("handle_message hands accusations to handle_accusation")
+            }
             (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck(signature)) => {
                 consistency_check::accept(
                     &self.config,
@@ -518,6 +683,71 @@ impl ServerSession {
             }
             _ => unreachable!("admit matched the message's stage to the current one"),
         }
+    }
+
+    /// Settles an accusation (the accuser's MaskedInput-stage message): a
+    /// revealed key counts against the exposure margin whatever the
+    /// verdict; then the proven senders, or a lying accuser, are evicted.
+    /// The accuser leaves the round without an input either way.
+    fn handle_accusation(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        accusation: Accusation,
+    ) -> Result<(), ServerSessionError> {
+        let State::MaskedInput(state) = &self.state else {
+            unreachable!("admit placed the accusation in the masked input stage")
+        };
+        let judgement = state.judge(&self.config, &self.graph, &self.roster, from, &accusation);
+        let accused = accusation.accused.clone();
+        // Dropped (and zeroized) here: the server needs the key no longer.
+        drop(accusation);
+        if judgement.exposed && !self.exposure.reveal(&self.config, &self.graph, from) {
+            // Before any eviction: the accuser, still in the round, learns
+            // of the abort with everyone else.
+            let survivors = self.roster.count_active(Progress::Masked);
+            self.abort(Stage::MaskedInput, AbortReason::Accusations, survivors);
+            return Ok(());
+        }
+        match judgement.verdict {
+            Ok(verdict) => {
+                let proven = matches!(verdict, Verdict::Proven(_));
+                if let Verdict::Proven(senders) = verdict {
+                    for (sender, problem) in senders {
+                        self.evict_proven(now, sender, from, problem);
+                    }
+                }
+                self.events.push_back(ServerEvent::Accused {
+                    accuser: from,
+                    accused,
+                    proven,
+                });
+                // Last: this may close the stage.
+                self.evict(now, from);
+                Ok(())
+            }
+            Err(violation) => Err(self.misbehaved(now, from, violation)),
+        }
+    }
+
+    /// Evicts `sender`, proven by `receiver` to have sealed it a bad bundle;
+    /// a sender proven twice (or gone already) is evicted, and reported,
+    /// once.
+    fn evict_proven(
+        &mut self,
+        now: Instant,
+        sender: ClientId,
+        receiver: ClientId,
+        problem: BadBundle,
+    ) {
+        if self.roster.active(sender).is_none() {
+            return;
+        }
+        self.evict(now, sender);
+        self.events.push_back(ServerEvent::Evicted {
+            client: sender,
+            violation: ClientViolation::BadBundle { receiver, problem },
+        });
     }
 
     /// Tells the session that `client` is gone (its connection closed or it

@@ -81,6 +81,9 @@ enum Standing {
 pub(super) struct Roster {
     standing: Vec<Standing>,
     pub(super) keys: Vec<Option<PublicKeys>>,
+    /// Every public key advertised in the round (c_pk and s_pk alike) and
+    /// who advertised it: no key may serve two clients or two purposes.
+    pub(super) advertised: std::collections::HashMap<[u8; 32], ClientId>,
     /// Malicious-server model: each client's advert signature, relayed
     /// with its keys.
     pub(super) advert_signatures: Vec<Option<IdentitySignature>>,
@@ -94,6 +97,7 @@ impl Roster {
         Roster {
             standing: vec![Standing::Active(Progress::Joined); n],
             keys: vec![None; n],
+            advertised: std::collections::HashMap::with_capacity(2 * n),
             advert_signatures: vec![None; n],
             survivor_signatures: vec![None; n],
         }

@@ -29,16 +29,15 @@ impl Server {
     /// Starts the server on `data_dir` with `args` after the listen,
     /// data-dir and insecure-dev flags; returns once it printed its address.
     pub fn start(data_dir: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--insecure-dev",
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        command.args(serve_args(data_dir, args));
+        Server::spawn(command)
+    }
+
+    /// Starts `command`, which runs (or `exec`s) `tessera serve`; returns
+    /// once it printed its address.
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -81,6 +80,31 @@ impl Server {
                 return line;
             }
         }
+    }
+}
+
+/// The arguments of `tessera serve` on 127.0.0.1 with `--insecure-dev`,
+/// then `args`.
+pub fn serve_args(data_dir: &Path, args: &[&str]) -> Vec<std::ffi::OsString> {
+    let mut all: Vec<std::ffi::OsString> = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--insecure-dev",
+        "--data-dir",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    all.push(data_dir.into());
+    all.extend(args.iter().map(Into::into));
+    all
+}
+
+/// Every log line the server printed so far and until it exits.
+impl Server {
+    pub fn rest_of_log(&self) -> Vec<String> {
+        self.log.iter().collect()
     }
 }
 

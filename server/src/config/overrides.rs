@@ -330,7 +330,8 @@ settings! {
     tls_client_ca: Option<PathBuf>, typed,
     |c, v| c.network.tls_client_ca = Some(v);
 
-    /// Bearer tokens file (`NAME sha256:HEX` lines; see `tessera token`).
+    /// Bearer tokens file (`NAME sha256:HEX [expires=UTC-TIME]` lines; see
+    /// `tessera token`); SIGHUP reloads it.
     #[arg(value_name = "FILE")]
     tokens_file: Option<PathBuf>, typed,
     |c, v| c.network.tokens_file = Some(v);
@@ -347,6 +348,25 @@ settings! {
     #[serde(skip)]
     insecure_dev: bool, typed,
     |c, v| c.network.insecure_dev = v;
+
+    /// Most connections open at once; one more is closed at once and
+    /// counted [default: --max-clients plus a quarter, at least 100 more].
+    #[arg(value_name = "N")]
+    max_connections: Option<u32>, typed,
+    |c, v| c.network.max_connections = Some(v);
+
+    /// A TLS handshake not finished within this closes the connection
+    /// [default: 10000].
+    #[arg(value_name = "MS")]
+    tls_handshake_timeout_ms: Option<u64>, typed,
+    |c, v| c.network.tls_handshake_timeout = Duration::from_millis(v);
+
+    /// A connection that has not sent the HTTP/2 preface and its first
+    /// request within this (after the TLS handshake) is closed [default:
+    /// 10000].
+    #[arg(value_name = "MS")]
+    preface_timeout_ms: Option<u64>, typed,
+    |c, v| c.network.preface_timeout = Duration::from_millis(v);
 
     /// Serve Prometheus metrics on this address (/metrics).
     #[arg(value_name = "ADDR")]
@@ -438,7 +458,8 @@ mod tests {
                  `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \
                  `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
-                 `identities_file`, `metrics_listen`, `rounds`"
+                 `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
+                 `preface_timeout_ms`, `metrics_listen`, `rounds`"
             ),
             "{err}"
         );

@@ -1,6 +1,6 @@
 //! The plumbing every part of the store shares: JSON records, the names of
 //! files in the data directory, and removing what an interrupted write
-//! left. Writes go through [`crate::files::write_atomic`].
+//! left. Writes go through the store's [`Disk`], the storage seam.
 
 use std::fs;
 use std::path::Path;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::{StoreError, corrupt, io};
-use crate::files::{parent, sync_dir};
+use crate::files::Disk;
 
 pub(super) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -34,10 +34,9 @@ pub(super) fn entries(dir: &Path) -> Result<Vec<std::path::PathBuf>, StoreError>
 }
 
 /// Removes what an interrupted write left, durably, saying so in the log.
-pub(super) fn remove_leftover(path: &Path, why: &str) -> Result<(), StoreError> {
+pub(super) fn remove_leftover(disk: &Disk, path: &Path, why: &str) -> Result<(), StoreError> {
     warn!(file = %path.display(), "removing {why}");
-    fs::remove_file(path).map_err(io(path))?;
-    Ok(sync_dir(parent(path))?)
+    Ok(disk.remove_durably(path)?)
 }
 
 pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, StoreError> {

@@ -23,7 +23,7 @@ use super::disk::{read_json, to_json};
 use super::integrity::{GENESIS, MacKey, Purpose, StateKey, canonical, hex_tag};
 use super::models::Manifest;
 use super::{MANIFEST, StoreError, corrupt, refused};
-use crate::files::write_atomic;
+use crate::files::Disk;
 
 /// The ledger file's tags (see the module docs).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,9 +153,14 @@ pub(super) fn read(path: &Path) -> Result<(PrivacyLedger, Option<LedgerMacs>, u3
     Ok((ledger, macs, found))
 }
 
-/// Writes `ledger` to `path`, sealed under `key`.
-pub(super) fn write(path: &Path, key: &StateKey, ledger: &PrivacyLedger) -> Result<(), StoreError> {
-    Ok(write_atomic(path, &sealed_bytes(key, ledger))?)
+/// Writes `ledger` to `path` through `disk`, sealed under `key`.
+pub(super) fn write(
+    disk: &Disk,
+    path: &Path,
+    key: &StateKey,
+    ledger: &PrivacyLedger,
+) -> Result<(), StoreError> {
+    Ok(disk.write_atomic(path, &sealed_bytes(key, ledger))?)
 }
 
 /// The charge of `round` as the manifest binds it: the ledger entry's
@@ -268,6 +273,7 @@ pub(super) fn open(path: &Path, key: &StateKey) -> Result<Option<Opened>, StoreE
 /// sealed: never silently, the log says so, and every migrated entry
 /// keeps `migrated_from`.
 pub(super) fn migrate_layout(
+    disk: &Disk,
     path: &Path,
     key: &StateKey,
     ledger: &PrivacyLedger,
@@ -279,7 +285,7 @@ pub(super) fn migrate_layout(
             "migrating the privacy ledger: each entry's adversary is inferred from its mechanism and marked migrated_from"
         );
     }
-    write(path, key, ledger)
+    write(disk, path, key, ledger)
 }
 
 /// Every published version's ε must be what the ledger records for its

@@ -5,7 +5,8 @@
 //!   manifest.json                     {"format": 1, "models": [ModelEntry...]}: the commit point
 //!   models/model-000001.safetensors   one file per published version (F32 tensors,
 //!                                     metadata {"version", "round"})
-//!   momentum.safetensors              FedAvgM velocity of the latest version (optional)
+//!   models/momentum-000002.safetensors  the FedAvgM velocity published with that
+//!                                     version (optional; its SHA-256 in the entry)
 //!   rounds/round-000042.json          one RoundRecord per round ever opened
 //!   ledger.json                       the privacy ledger (DP on), layout version 2
 //!   audit.jsonl                       the audit log: security-relevant events, appended
@@ -23,35 +24,46 @@
 //! generated key), which records the sealing in the ledger and the audit
 //! log. The key's holder can still rewrite history ([`hazmat`]).
 //!
-//! Every file is written to `NAME.tmp` in the same directory, fsynced,
+//! Every write goes through the store's [`Disk`] (the storage seam; tests
+//! inject faults there): `NAME.tmp` in the same directory, fsynced,
 //! renamed over `NAME`, and the directory fsynced: a crash at any instant
 //! leaves either the old or the new file, never a torn one. A round's
 //! privacy charge is written (`Store::charge`) as soon as the server has
 //! seen its sum, before anything that could fail on the way to publishing
 //! it (noise, FedAvg, the model write): a sum the server saw is in the
-//! ledger even if it is never published. A publication
-//! writes the ledger first (privacy spent is never under-recorded), then
-//! the model file, then the momentum, then the manifest, which is what
-//! makes the version visible. safetensors sorts tensors by name, so the
-//! manifest entry keeps the tensors' order in the flat vector.
+//! ledger even if it is never published. A publication writes the ledger
+//! first (privacy spent is never under-recorded), then the model file and
+//! the momentum file of the new version, then the manifest, which is what
+//! makes the version visible. No write before that commit touches a file a
+//! committed version uses, so a crash or a failed write at any step leaves
+//! the previous version whole, momentum included; a failure before the
+//! manifest's rename leaves the store usable (the next publication
+//! rewrites the uncommitted files). safetensors sorts tensors by name, so
+//! the manifest entry keeps the tensors' order in the flat vector.
 //!
-//! On open, leftovers of an interrupted write (`*.tmp`, the model file of
-//! the version after the latest, a momentum file of an unpublished
-//! version) are removed with a warning, a round that was `started` but
-//! never finished becomes `interrupted` (or `completed`, if the crash came
-//! after its model was published but before its record was updated: the
-//! manifest is the truth), and everything else is checked:
-//! manifest format and entries, every model's SHA-256, tensors and
-//! metadata, the ledger (which must record every round that spent
-//! privacy; a version 1 ledger is migrated to version 2, with a warning,
-//! each entry marked `migrated_from`), every round record. Anything wrong is an error naming the
-//! file: the server refuses to run on state it cannot trust rather than
-//! start over. A non-empty directory without a manifest that holds
-//! anything a data directory never does is refused too, so a mistyped
+//! On open, leftovers of an interrupted write (`*.tmp`, the model and
+//! momentum files of the version after the latest) are removed with a
+//! warning, a round that was `started` but never finished becomes
+//! `interrupted` (or `completed`, if the crash came after its model was
+//! published but before its record was updated: the manifest is the
+//! truth), and everything else is checked: manifest format and entries,
+//! every model's and the latest momentum's SHA-256, tensors and metadata,
+//! the ledger (which must record every round that spent privacy; a version
+//! 1 ledger is migrated to version 2, with a warning, each entry marked
+//! `migrated_from`), every round record, and that the records agree with
+//! the manifest. A file a round record refers to is never deleted: a record
+//! that claims a version the manifest does not list (a rolled-back
+//! manifest) stops the server with what to do, rather than letting it
+//! publish a second model under that version. A `momentum.safetensors` of
+//! the earlier layout is moved under its version if it is the latest
+//! version's (logged), and refused otherwise. Anything wrong is an error
+//! naming the file: the server refuses to run on state it cannot trust
+//! rather than start over. A non-empty directory without a manifest that
+//! holds anything a data directory never does is refused too, so a mistyped
 //! path cannot turn someone's home directory into a data directory.
 //!
 //! The module is split by concern: `disk` (file names, JSON records,
-//! leftovers; the atomic write itself is [`crate::files`]), `tensors` (the
+//! leftovers; the atomic write and the storage seam are [`crate::files`]), `tensors` (the
 //! safetensors encoding of models and momentum), `models` (the manifest and
 //! the model files it lists), `rounds` (round records), `ledger` (the
 //! privacy ledger's checks and migration), `recovery` ([`Store::open`]:
@@ -59,18 +71,18 @@
 //! view); this file holds the [`Store`] and its writes.
 
 use std::collections::HashMap;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tessera_dp::ledger::PrivacyLedger;
-use tracing::warn;
 
-use crate::files::{WriteError, write_atomic};
+use crate::files::{Disk, Op, WriteError};
 use crate::model::Model;
 
 mod audit;
+#[cfg(test)]
+mod crash_tests;
 mod disk;
 mod inspect;
 mod integrity;
@@ -87,7 +99,7 @@ mod test_support;
 pub use audit::{AUDIT, AuditEvent, AuditLog, AuditRecord};
 pub use inspect::{Inspection, inspect, read_audit};
 pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
-pub use models::{MANIFEST_FORMAT, ModelEntry};
+pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
 pub use recovery::Migration;
 pub use rounds::{RoundRecord, RoundStatus};
 
@@ -105,7 +117,7 @@ pub mod hazmat {
     use super::disk::to_json;
     use super::models::{read_manifest, seal};
     use super::{LEDGER, MANIFEST, StateKey, StoreError, ledger};
-    use crate::files::write_atomic;
+    use crate::files::{Disk, write_atomic};
 
     /// Replaces the data directory's ledger with `new`, sealed under
     /// `key`, and re-tags the manifest against it: afterwards the
@@ -115,7 +127,7 @@ pub mod hazmat {
         key: &StateKey,
         new: &PrivacyLedger,
     ) -> Result<(), StoreError> {
-        ledger::write(&dir.join(LEDGER), key, new)?;
+        ledger::write(&Disk::real(), &dir.join(LEDGER), key, new)?;
         let path = dir.join(MANIFEST);
         if path.exists() {
             let mut manifest = read_manifest(&path)?;
@@ -127,12 +139,14 @@ pub mod hazmat {
         Ok(())
     }
 }
-use models::{Manifest, model_file};
+use models::{Manifest, model_file, momentum_file};
 use rounds::round_file;
 
 const MANIFEST: &str = "manifest.json";
 const LEDGER: &str = "ledger.json";
-const MOMENTUM: &str = "momentum.safetensors";
+/// The momentum file of the layout before momentum was kept per version;
+/// open migrates it.
+const LEGACY_MOMENTUM: &str = "momentum.safetensors";
 const MODELS: &str = "models";
 const ROUNDS: &str = "rounds";
 
@@ -197,8 +211,20 @@ pub enum StoreError {
         /// What is wrong with the request.
         what: String,
     },
-    /// An earlier publication failed part-way; what is on disk is only
-    /// known after reopening, which reconciles it.
+    /// The data directory's files contradict each other (a manifest
+    /// rolled back, a round record that claims another version, a momentum
+    /// file of another version); `what` names the other file and says what
+    /// to do.
+    #[error("{path}: {what}")]
+    Inconsistent {
+        /// The file found inconsistent.
+        path: PathBuf,
+        /// With what, and what to do.
+        what: String,
+    },
+    /// An earlier publication failed after its manifest was renamed into
+    /// place but before that was durable: whether the version survives a
+    /// power cut is only known after reopening, which reconciles it.
     #[error("an earlier write to {path} failed part-way; reopen the data directory")]
     Poisoned {
         /// The data directory.
@@ -267,6 +293,8 @@ pub struct Store {
     latest: Option<Model>,
     velocity: Option<Vec<f32>>,
     poisoned: bool,
+    /// Every write goes through it (a fault plan in tests).
+    disk: Disk,
     /// What authenticates the records ([`integrity`]).
     seal: Seal,
 }
@@ -408,7 +436,7 @@ impl Store {
         let (bytes, tag) =
             rounds::sealed_bytes(&self.seal.key, &prev, record, &self.model_sha(record));
         let path = self.dir.join(ROUNDS).join(round_file(record.round));
-        write_atomic(&path, &bytes)?;
+        self.disk.write_atomic(&path, &bytes)?;
         self.seal.round_tags[i] = tag;
         Ok(())
     }
@@ -425,7 +453,7 @@ impl Store {
 
     /// Writes the ledger, sealed.
     fn write_ledger(&self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
-        ledger::write(&self.dir.join(LEDGER), &self.seal.key, ledger)
+        ledger::write(&self.disk, &self.dir.join(LEDGER), &self.seal.key, ledger)
     }
 
     /// Writes the ledger with a round's charge, durably, before the round's
@@ -463,8 +491,11 @@ impl Store {
 
     /// Publishes the next version (latest + 1). Checks first, so a bad
     /// request writes nothing; then writes the ledger, the model file, the
-    /// momentum and the manifest, in that order. If a write fails, the
-    /// store refuses further publications until reopened.
+    /// momentum and the manifest, in that order. A write that fails before
+    /// the manifest's rename leaves the store as it was (the next
+    /// publication may succeed once the disk recovers: it rewrites the
+    /// uncommitted files); one that fails after it leaves the store
+    /// refusing publications until reopened.
     pub(crate) fn publish(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if self.poisoned {
             return Err(StoreError::Poisoned {
@@ -472,9 +503,13 @@ impl Store {
             });
         }
         self.check_publication(p)?;
-        let result = self.write_publication(p);
-        self.poisoned = result.is_err();
-        result
+        self.write_publication(p)
+    }
+
+    /// Whether a failed publication left the store unable to publish until
+    /// it is reopened (see [`StoreError::Poisoned`]).
+    pub(crate) fn poisoned(&self) -> bool {
+        self.poisoned
     }
 
     /// Everything [`Store::publish`] refuses, checked before any write.
@@ -518,7 +553,9 @@ impl Store {
     }
 
     /// The writes of a publication, in the order that keeps a crash safe:
-    /// ledger, model file, momentum, manifest (the commit point).
+    /// ledger, model file, momentum, manifest (the commit point). Model and
+    /// momentum go to files of the new version, so no write before the
+    /// commit touches a file the committed versions use.
     fn write_publication(&mut self, p: &Publication<'_>) -> Result<ModelEntry, StoreError> {
         if let Some(ledger) = p.ledger {
             self.write_ledger(ledger)?;
@@ -527,9 +564,13 @@ impl Store {
         let version = self.manifest.models.last().map_or(1, |m| m.version + 1);
         let file = model_file(version);
         let bytes = self.write_model_file(&file, version, p)?;
-        if let Some(v) = p.velocity {
-            self.write_momentum(version, v)?;
-        }
+        let momentum = match p.velocity {
+            Some(v) => Some(self.write_momentum(version, v)?),
+            None => {
+                self.remove_uncommitted(&momentum_file(version))?;
+                None
+            }
+        };
         let entry = ModelEntry {
             version,
             round: p.round,
@@ -541,6 +582,7 @@ impl Store {
             sha256: hex::encode(Sha256::digest(&bytes)),
             tensors: p.model.tensors.clone(),
             published_at_unix_ms: unix_ms(),
+            momentum,
         };
         self.commit_manifest(&entry)?;
         self.seal.audit.record(AuditEvent::Published {
@@ -552,9 +594,6 @@ impl Store {
         });
         self.latest = Some(p.model.clone());
         self.velocity = p.velocity.map(<[f32]>::to_vec);
-        if p.velocity.is_none() {
-            self.remove_stale_momentum();
-        }
         Ok(entry)
     }
 
@@ -572,30 +611,49 @@ impl Store {
             ("round".to_owned(), p.round.to_string()),
         ]);
         let bytes = tensors::encode(&path, &p.model.tensors, &p.model.params, metadata)?;
-        write_atomic(&path, &bytes)?;
+        self.disk.write_atomic(&path, &bytes)?;
         Ok(bytes)
     }
 
-    /// Writes the momentum buffer, tagged with the version it belongs to.
-    fn write_momentum(&self, version: u64, velocity: &[f32]) -> Result<(), StoreError> {
-        let momentum = self.dir.join(MOMENTUM);
+    /// Writes the momentum buffer of `version` to that version's file,
+    /// tagged with the version; returns what the manifest entry records.
+    fn write_momentum(&self, version: u64, velocity: &[f32]) -> Result<StateFile, StoreError> {
+        let file = momentum_file(version);
+        let path = self.dir.join(&file);
         let metadata = HashMap::from([("version".to_owned(), version.to_string())]);
         let spec = tensors::velocity_spec(velocity.len());
-        let encoded = tensors::encode(&momentum, &spec, velocity, metadata)?;
-        write_atomic(&momentum, &encoded)?;
+        let encoded = tensors::encode(&path, &spec, velocity, metadata)?;
+        self.disk.write_atomic(&path, &encoded)?;
+        Ok(StateFile {
+            file,
+            sha256: hex::encode(Sha256::digest(&encoded)),
+        })
+    }
+
+    /// Removes a file of the version being published that an earlier,
+    /// failed publication left (nothing refers to it), so the manifest
+    /// never commits beside a file it does not list.
+    fn remove_uncommitted(&self, file: &str) -> Result<(), StoreError> {
+        let path = self.dir.join(file);
+        if path.exists() {
+            self.disk.remove_durably(&path)?;
+        }
         Ok(())
     }
 
     /// Adds `entry` to the manifest on disk, which makes the version
-    /// visible; on failure the manifest in memory is left as it was.
+    /// visible; on failure the manifest in memory is left as it was. A
+    /// failure after the rename (the directory's fsync) leaves the new
+    /// manifest visible but perhaps not durable: the store is poisoned.
     fn commit_manifest(&mut self, entry: &ModelEntry) -> Result<(), StoreError> {
         self.manifest.models.push(entry.clone());
-        let old_mac = self.manifest.mac.take();
-        self.manifest.mac = Some(self.manifest_seal());
-        let written = write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest));
-        if let Err(e) = written {
+        let old_mac = self.manifest.mac.clone();
+        if let Err(e) = self.write_manifest() {
             self.manifest.models.pop();
             self.manifest.mac = old_mac;
+            if e.op == Op::Fsync && e.path == self.dir {
+                self.poisoned = true;
+            }
             return Err(e.into());
         }
         Ok(())
@@ -608,15 +666,11 @@ impl Store {
         })
     }
 
-    /// Removes an older version's momentum after a publication without
-    /// one; open would drop it anyway, so a failure is only logged.
-    fn remove_stale_momentum(&self) {
-        let momentum = self.dir.join(MOMENTUM);
-        if momentum.exists()
-            && let Err(e) = fs::remove_file(&momentum)
-        {
-            warn!(file = %momentum.display(), "cannot remove stale momentum: {e}");
-        }
+    /// Writes the manifest in memory to disk, re-tagged.
+    fn write_manifest(&mut self) -> Result<(), WriteError> {
+        self.manifest.mac = Some(self.manifest_seal());
+        self.disk
+            .write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest))
     }
 }
 
@@ -692,19 +746,20 @@ mod tests {
         drop(store);
         let mut store = Store::open(dir, &key()).unwrap();
         assert_eq!(store.velocity(), Some(v.clone()));
-        // A momentum file of another version (as a crash between the
-        // momentum and the manifest write leaves) is dropped, not used.
-        let stale = fs::read(dir.join(MOMENTUM)).unwrap();
+        // A publication without velocity has no momentum; the older
+        // version keeps its file (the manifest lists it).
         store.publish(&publication(&m, 2, None)).unwrap();
-        assert!(
-            !dir.join(MOMENTUM).exists(),
-            "no velocity, no momentum file"
-        );
         assert_eq!(store.velocity(), None);
+        assert!(dir.join(momentum_file(2)).exists());
+        assert!(!dir.join(momentum_file(3)).exists());
         drop(store);
-        fs::write(dir.join(MOMENTUM), stale).unwrap();
-        assert_eq!(Store::open(dir, &key()).unwrap().velocity(), None);
-        assert!(!dir.join(MOMENTUM).exists());
+        let store = Store::open(dir, &key()).unwrap();
+        assert_eq!(store.velocity(), None);
+        assert_eq!(
+            store.models()[1].momentum.as_ref().unwrap().file,
+            momentum_file(2)
+        );
+        assert!(store.models()[2].momentum.is_none());
     }
 
     #[test]
@@ -744,8 +799,8 @@ mod tests {
         assert!(!dir.join(LEDGER).exists());
 
         // A write that fails after the ledger: the ledger is on disk
-        // (over-recorded, never under), later publications are refused
-        // until a reopen reconciles the directory.
+        // (over-recorded, never under), the store is as it was, and the
+        // next publication succeeds once the disk recovers.
         let mut ledger = PrivacyLedger::new(8.0, 1e-5).unwrap();
         ledger
             .record(1, gaussian(), Adversary::ModelConsumers)
@@ -756,16 +811,18 @@ mod tests {
             .publish(&publication(&m, 1, Some(&ledger)))
             .unwrap_err();
         assert!(matches!(e, StoreError::Io { .. }), "{e}");
-        assert!(matches!(
-            store.publish(&publication(&m, 2, None)),
-            Err(StoreError::Poisoned { .. })
-        ));
-        drop(store);
+        assert!(!store.poisoned(), "nothing was committed");
+        assert_eq!(store.models().len(), 1);
+        assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");
         fs::remove_file(dir.join(MODELS)).unwrap();
         fs::rename(dir.join("models-away"), dir.join(MODELS)).unwrap();
-        let store = Store::open(dir, &key()).unwrap();
+        drop(store);
+        let mut store = Store::open(dir, &key()).unwrap();
         assert_eq!(store.ledger(), Some(&ledger));
         assert_eq!(store.models().len(), 1);
         assert_eq!(store.next_round_id(), 2, "the ledger's round is not reused");
+        assert_eq!(store.publish(&publication(&m, 2, None)).unwrap().version, 2);
+        // A failure after the manifest's rename is the poisoning kind:
+        // crash_tests plays it through the storage seam.
     }
 }

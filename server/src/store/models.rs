@@ -40,6 +40,21 @@ pub struct ModelEntry {
     pub tensors: Vec<TensorSpec>,
     /// When it was published.
     pub published_at_unix_ms: u64,
+    /// The momentum (FedAvgM velocity) published with this version, if
+    /// the server keeps one. Absent in manifests written before momentum
+    /// was kept per version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<StateFile>,
+}
+
+/// A file of optimizer state published with a version, as its manifest
+/// entry names it: open refuses the file if its SHA-256 differs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StateFile {
+    /// The file, relative to the data directory.
+    pub file: String,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -134,6 +149,11 @@ pub(super) fn model_file(version: u64) -> String {
     format!("{MODELS}/model-{version:06}.safetensors")
 }
 
+/// The momentum file of a version, relative to the data directory.
+pub(super) fn momentum_file(version: u64) -> String {
+    format!("{MODELS}/momentum-{version:06}.safetensors")
+}
+
 /// Reads a manifest, checking its format before its layout, so a newer
 /// format is reported as such rather than as corruption.
 pub(super) fn read_manifest(path: &Path) -> Result<Manifest, StoreError> {
@@ -176,6 +196,15 @@ fn entry_fault(i: usize, e: &ModelEntry, last_round: Option<u64>) -> Option<Stri
         ))
     } else if e.file != model_file(e.version) {
         Some(format!("version {} names file {:?}", e.version, e.file))
+    } else if let Some(m) = e
+        .momentum
+        .as_ref()
+        .filter(|m| m.file != momentum_file(e.version))
+    {
+        Some(format!(
+            "version {} names momentum file {:?}",
+            e.version, m.file
+        ))
     } else if last_round.is_some_and(|r| e.round <= r) {
         Some(format!(
             "version {} has round {}, not after the previous version's",
@@ -197,14 +226,7 @@ fn entry_fault(i: usize, e: &ModelEntry, last_round: Option<u64>) -> Option<Stri
 /// version and round.
 pub(super) fn read_model(dir: &Path, entry: &ModelEntry) -> Result<Model, StoreError> {
     let path = dir.join(&entry.file);
-    let bytes = fs::read(&path).map_err(io(&path))?;
-    let digest = hex::encode(Sha256::digest(&bytes));
-    if digest != entry.sha256 {
-        return Err(corrupt(
-            &path,
-            format!("SHA-256 is {digest}, {MANIFEST} says {}", entry.sha256),
-        ));
-    }
+    let bytes = read_verified(&path, &entry.sha256)?;
     let (params, meta) = tensors::decode(&path, &bytes, &entry.tensors)?;
     for (key, want) in [("version", entry.version), ("round", entry.round)] {
         if meta.get(key) != Some(&want.to_string()) {
@@ -212,4 +234,57 @@ pub(super) fn read_model(dir: &Path, entry: &ModelEntry) -> Result<Model, StoreE
         }
     }
     Model::new(entry.tensors.clone(), params).map_err(|e| corrupt(&path, e.to_string()))
+}
+
+/// Reads a file whose SHA-256 the manifest records, refusing it if the
+/// digest differs (an edit, or a disk that returns other bytes).
+fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>, StoreError> {
+    let bytes = fs::read(path).map_err(io(path))?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != sha256 {
+        return Err(corrupt(
+            path,
+            format!("SHA-256 is {digest}, {MANIFEST} says {sha256}"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads and verifies the momentum published with `entry`, if any: its
+/// SHA-256 against the manifest, its one tensor against the model's
+/// dimension, its metadata against the version, every value finite.
+pub(super) fn read_momentum(
+    dir: &Path,
+    entry: &ModelEntry,
+) -> Result<Option<Vec<f32>>, StoreError> {
+    let Some(state) = &entry.momentum else {
+        return Ok(None);
+    };
+    let path = dir.join(&state.file);
+    let bytes = read_verified(&path, &state.sha256)?;
+    decode_momentum(&path, &bytes, entry).map(Some)
+}
+
+/// The velocity in a momentum file's `bytes`, which must be `entry`'s.
+pub(super) fn decode_momentum(
+    path: &Path,
+    bytes: &[u8],
+    entry: &ModelEntry,
+) -> Result<Vec<f32>, StoreError> {
+    let dim = entry.tensors.iter().map(TensorSpec::len).sum();
+    let (velocity, meta) = tensors::decode(path, bytes, &tensors::velocity_spec(dim))?;
+    let found = meta.get("version").map_or("none", String::as_str);
+    if found != entry.version.to_string() {
+        return Err(StoreError::Inconsistent {
+            path: path.to_owned(),
+            what: format!(
+                "it is the momentum of version {found}, the latest published version is {}: an older server stopped between writing it and publishing that version, and version {}'s momentum is lost. Move the file out of the data directory to continue with zero momentum",
+                entry.version, entry.version
+            ),
+        });
+    }
+    if let Some(i) = velocity.iter().position(|v| !v.is_finite()) {
+        return Err(corrupt(path, format!("value {i} is not finite")));
+    }
+    Ok(velocity)
 }

@@ -10,18 +10,22 @@ use std::path::Path;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tracing::warn;
 
 use super::audit::{AUDIT, AuditEvent, AuditLog};
 use super::disk::{entries, file_name, remove_leftover, to_json, unix_ms};
 use super::integrity::{GENESIS, StateKey};
-use super::models::{self, Manifest, check_manifest, model_file, read_manifest, read_model};
+use super::models::{
+    self, Manifest, check_manifest, decode_momentum, model_file, momentum_file, read_manifest,
+    read_model, read_momentum,
+};
 use super::rounds::{self, record_files, round_file};
 use super::{
-    LEDGER, MANIFEST, MANIFEST_FORMAT, MODELS, MOMENTUM, ROUNDS, RoundRecord, RoundStatus, Seal,
-    Store, StoreError, corrupt, io, ledger, tensors,
+    LEDGER, LEGACY_MOMENTUM, MANIFEST, MANIFEST_FORMAT, MODELS, ModelEntry, ROUNDS, RoundRecord,
+    RoundStatus, Seal, StateFile, Store, StoreError, corrupt, io, ledger,
 };
-use crate::files::{parent, sync_dir, write_atomic};
+use crate::files::Disk;
 
 /// A round record as read: its file, the record, its tag if it has one.
 type Record = (PathBuf, RoundRecord, Option<String>);
@@ -41,7 +45,13 @@ impl Store {
     /// records without MACs is refused ([`StoreError::Unauthenticated`]:
     /// see [`Store::migrate`]).
     pub fn open(dir: &Path, key: &StateKey) -> Result<Store, StoreError> {
-        Ok(Self::open_sealing(dir, key, false)?.0)
+        Store::open_with(dir, key, Disk::real())
+    }
+
+    /// [`Store::open`], with every write of the store going through `disk`
+    /// (tests inject faults there).
+    pub fn open_with(dir: &Path, key: &StateKey, disk: Disk) -> Result<Store, StoreError> {
+        Ok(Self::open_sealing(dir, key, disk, false)?.0)
     }
 
     /// Opens a data directory as [`Store::open`] does, but seals what an
@@ -52,22 +62,32 @@ impl Store {
     /// refused as tampered, never sealed. Returns what was sealed (nothing
     /// for an authenticated or a new directory).
     pub fn migrate(dir: &Path, key: &StateKey) -> Result<(Store, Migration), StoreError> {
-        Self::open_sealing(dir, key, true)
+        Self::migrate_with(dir, key, Disk::real())
+    }
+
+    /// [`Store::migrate`], with every write going through `disk`.
+    pub fn migrate_with(
+        dir: &Path,
+        key: &StateKey,
+        disk: Disk,
+    ) -> Result<(Store, Migration), StoreError> {
+        Self::open_sealing(dir, key, disk, true)
     }
 
     fn open_sealing(
         dir: &Path,
         key: &StateKey,
+        disk: Disk,
         migrate: bool,
     ) -> Result<(Store, Migration), StoreError> {
-        ensure_dir(dir)?;
+        ensure_dir(&disk, dir)?;
         let manifest_path = dir.join(MANIFEST);
         if !manifest_path.exists() {
             refuse_foreign(dir)?;
         }
-        probe_writable(dir)?;
-        create_subdirs(dir)?;
-        remove_half_written(dir)?;
+        probe_writable(&disk, dir)?;
+        create_subdirs(&disk, dir)?;
+        remove_half_written(&disk, dir)?;
         let manifest = load_manifest(&manifest_path)?;
         let (audit, audit_lines) = AuditLog::open(dir, key)?;
         let mut store = Store {
@@ -78,18 +98,22 @@ impl Store {
             latest: None,
             velocity: None,
             poisoned: false,
+            disk,
             seal: Seal {
                 key: key.clone(),
                 round_tags: Vec::new(),
                 audit: Arc::new(audit),
             },
         };
+        let records = store.read_records()?;
+        // Before anything is removed: a record naming a version the
+        // manifest does not list stops the start (a rolled-back manifest).
+        store.check_rounds_against_manifest(&records)?;
         store.load_models()?;
         let opened = ledger::open(&dir.join(LEDGER), key)?;
         let ledger_unsealed = opened.as_ref().is_some_and(|o| o.unsealed);
         store.ledger = opened.map(|o| o.ledger);
         ledger::check_covers(&dir.join(LEDGER), store.ledger.as_ref(), &store.manifest)?;
-        let records = store.read_records()?;
         let unsealed = store.unsealed(ledger_unsealed, &records);
         let sealed_any = store.manifest.mac.is_some()
             || store.ledger.as_ref().is_some_and(|_| !ledger_unsealed)
@@ -124,11 +148,16 @@ impl Store {
             store.verify_manifest()?;
         }
         ledger::check_epsilons(&manifest_path, store.ledger.as_ref(), &store.manifest)?;
-        store.load_momentum()?;
         store.reconcile_rounds(records, !migration.sealed.is_empty())?;
         if !migration.sealed.is_empty() {
             store.seal_found(&migration)?;
         }
+        // After the sealing: the migrated manifest entry is tagged.
+        store.migrate_legacy_momentum()?;
+        store.velocity = match store.manifest.models.last() {
+            Some(latest) => read_momentum(dir, latest)?,
+            None => None,
+        };
         Ok((store, migration))
     }
 
@@ -188,12 +217,13 @@ impl Store {
         );
         if let Some(mut l) = self.ledger.take() {
             l.record_sealing(1, unix_ms() / 1000);
-            ledger::migrate_layout(&self.dir.join(LEDGER), &self.seal.key, &l)?;
+            ledger::migrate_layout(&self.disk, &self.dir.join(LEDGER), &self.seal.key, &l)?;
             self.ledger = Some(l);
         }
         if !self.manifest.models.is_empty() {
             self.manifest.mac = Some(self.manifest_seal());
-            write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest))?;
+            self.disk
+                .write_atomic(&self.dir.join(MANIFEST), &to_json(&self.manifest))?;
         }
         self.seal.audit.append(AuditEvent::Migrated {
             sealed: migration.sealed.clone(),
@@ -201,18 +231,24 @@ impl Store {
     }
 
     /// Reads every published model (each verified; the latest is kept) and
-    /// checks the models directory holds nothing else, removing the file of
-    /// a publication that did not commit.
+    /// checks the models directory holds nothing else, removing the model
+    /// and momentum files of a publication that did not commit (no round
+    /// record claims them: [`Store::check_rounds_against_manifest`] ran).
     fn load_models(&mut self) -> Result<(), StoreError> {
         for entry in &self.manifest.models {
             self.latest = Some(read_model(&self.dir, entry)?);
         }
-        let uncommitted = model_file(self.latest_version() + 1);
+        let next = self.latest_version() + 1;
+        let uncommitted = [model_file(next), momentum_file(next)];
         for path in entries(&self.dir.join(MODELS))? {
             let rel = format!("{MODELS}/{}", file_name(&path));
-            if rel == uncommitted {
-                remove_leftover(&path, "a model file whose publication did not commit")?;
-            } else if !self.manifest.models.iter().any(|m| m.file == rel) {
+            if uncommitted.contains(&rel) {
+                remove_leftover(
+                    &self.disk,
+                    &path,
+                    "a file of a publication that did not commit",
+                )?;
+            } else if !self.manifest.models.iter().any(|m| lists(m, &rel)) {
                 return Err(corrupt(
                     &path,
                     format!("{MANIFEST} does not list it; move it out of the data directory"),
@@ -224,30 +260,6 @@ impl Store {
 
     fn latest_version(&self) -> u64 {
         self.manifest.models.last().map_or(0, |m| m.version)
-    }
-
-    /// Loads the momentum buffer if it belongs to the latest version;
-    /// one of another version (a crash between the momentum and the
-    /// manifest write) is removed.
-    fn load_momentum(&mut self) -> Result<(), StoreError> {
-        let momentum = self.dir.join(MOMENTUM);
-        if !momentum.exists() {
-            return Ok(());
-        }
-        let Some(latest) = &self.latest else {
-            return remove_leftover(&momentum, "momentum saved with another version");
-        };
-        let bytes = fs::read(&momentum).map_err(io(&momentum))?;
-        let spec = tensors::velocity_spec(latest.dim());
-        let (velocity, meta) = tensors::decode(&momentum, &bytes, &spec)?;
-        if meta.get("version") != Some(&self.latest_version().to_string()) {
-            remove_leftover(&momentum, "momentum saved with another version")?;
-        } else if let Some(i) = velocity.iter().position(|v| !v.is_finite()) {
-            return Err(corrupt(&momentum, format!("value {i} is not finite")));
-        } else {
-            self.velocity = Some(velocity);
-        }
-        Ok(())
     }
 
     /// Reads every round record (with its tag, if any) and checks each is
@@ -300,6 +312,101 @@ impl Store {
         Ok(())
     }
 
+    /// Every round record must agree with the manifest: a completed round
+    /// names the version the manifest gives it, an aborted or interrupted
+    /// one has none. A record that claims a version the manifest does not
+    /// list means the manifest was rolled back: deleting that version's
+    /// files and publishing another model under its number would give two
+    /// rounds one version, so the store refuses to start.
+    fn check_rounds_against_manifest(&self, records: &[Record]) -> Result<(), StoreError> {
+        for (_, record, _) in records {
+            if let Some(what) = self.record_fault(record) {
+                return Err(StoreError::Inconsistent {
+                    path: self.dir.join(ROUNDS).join(round_file(record.round)),
+                    what,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// What `record` says that the manifest contradicts, and what to do.
+    fn record_fault(&self, record: &RoundRecord) -> Option<String> {
+        let r = record.round;
+        let published = self.manifest.models.iter().find(|m| m.round == r);
+        let latest = self.latest_version();
+        match (record.outcome, record.model_version, published) {
+            (RoundStatus::Completed, Some(v), _) if v > latest => Some(format!(
+                "it says round {r} published version {v}, but {MANIFEST} lists versions up to {latest}: the manifest was rolled back or replaced. Restore the {MANIFEST} that lists version {v} (from a backup), or move the data directory aside and start a new one; the server will not publish a second version {v}"
+            )),
+            (RoundStatus::Completed, Some(v), Some(m)) if m.version == v => None,
+            (RoundStatus::Completed, Some(v), _) => Some(format!(
+                "it says round {r} published version {v}, but {MANIFEST} gives version {v} to another round: restore the data directory from a backup"
+            )),
+            (RoundStatus::Completed, None, _) => Some(format!(
+                "it says round {r} completed but names no model version: restore it from a backup"
+            )),
+            (RoundStatus::Aborted | RoundStatus::Interrupted, _, Some(m)) => Some(format!(
+                "it says round {r} was {}, but {MANIFEST} lists version {} from it: restore the round record or the manifest from a backup",
+                outcome_name(record.outcome),
+                m.version
+            )),
+            _ => None,
+        }
+    }
+
+    /// Moves a `momentum.safetensors` of the earlier layout under its
+    /// version, with its SHA-256 in the manifest, and says so in the log.
+    /// Only the latest version's momentum is migrated; one of another
+    /// version is refused, never dropped (see
+    /// [`super::models::decode_momentum`]).
+    fn migrate_legacy_momentum(&mut self) -> Result<(), StoreError> {
+        let legacy = self.dir.join(LEGACY_MOMENTUM);
+        if !legacy.exists() {
+            return Ok(());
+        }
+        let Some(latest) = self.manifest.models.last() else {
+            return Err(StoreError::Inconsistent {
+                path: legacy,
+                what: "no version is published that it could belong to; move it out of the data directory".into(),
+            });
+        };
+        let bytes = fs::read(&legacy).map_err(io(&legacy))?;
+        decode_momentum(&legacy, &bytes, latest)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let file = momentum_file(latest.version);
+        match &latest.momentum {
+            // A crash between the manifest write and the removal below.
+            Some(state) if state.sha256 == sha256 => {}
+            Some(state) => {
+                return Err(StoreError::Inconsistent {
+                    path: legacy,
+                    what: format!(
+                        "version {} already has its momentum in {}, with other values; move this file out of the data directory",
+                        latest.version, state.file
+                    ),
+                });
+            }
+            None => {
+                self.disk.write_atomic(&self.dir.join(&file), &bytes)?;
+                let last = self.manifest.models.len() - 1;
+                self.manifest.models[last].momentum = Some(StateFile {
+                    file: file.clone(),
+                    sha256,
+                });
+                self.write_manifest()?;
+            }
+        }
+        self.disk.remove_durably(&legacy)?;
+        warn!(
+            from = %legacy.display(),
+            to = %self.dir.join(&file).display(),
+            version = self.latest_version(),
+            "migrated the momentum to its version's file; its SHA-256 is now in the manifest"
+        );
+        Ok(())
+    }
+
     /// The outcome of a round the server stopped during. The manifest is
     /// the truth: killed between publishing the model and recording the
     /// round, the version is visible, so the round completed.
@@ -321,18 +428,29 @@ impl Store {
     }
 }
 
+/// Whether the manifest entry `m` lists the file `rel`.
+fn lists(m: &ModelEntry, rel: &str) -> bool {
+    m.file == rel || m.momentum.as_ref().is_some_and(|s| s.file == rel)
+}
+
+fn outcome_name(outcome: RoundStatus) -> &'static str {
+    match outcome {
+        RoundStatus::Started => "started",
+        RoundStatus::Completed => "completed",
+        RoundStatus::Aborted => "aborted",
+        RoundStatus::Interrupted => "interrupted",
+    }
+}
+
 /// `dir` must be a directory; a missing one is created.
-fn ensure_dir(dir: &Path) -> Result<(), StoreError> {
+fn ensure_dir(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     match fs::metadata(dir) {
         Ok(m) if !m.is_dir() => Err(StoreError::NotDataDir {
             path: dir.to_owned(),
             what: "it is not a directory".into(),
         }),
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io(dir))?;
-            Ok(sync_dir(parent(dir))?)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(disk.create_dir_all(dir)?),
         Err(e) => Err(io(dir)(e)),
     }
 }
@@ -344,7 +462,17 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
     for path in entries(dir)? {
         let name = file_name(&path);
         let base = name.strip_suffix(".tmp").unwrap_or(&name);
-        if ![MANIFEST, LEDGER, MOMENTUM, MODELS, ROUNDS, PROBE, AUDIT].contains(&base) {
+        if ![
+            MANIFEST,
+            LEDGER,
+            LEGACY_MOMENTUM,
+            MODELS,
+            ROUNDS,
+            PROBE,
+            AUDIT,
+        ]
+        .contains(&base)
+        {
             return Err(StoreError::NotDataDir {
                 path: dir.to_owned(),
                 what: format!(
@@ -363,35 +491,37 @@ const PROBE: &str = "write-probe";
 /// Creates and removes a file in `dir`, so a read-only or otherwise
 /// unwritable data directory stops the server at start instead of at the
 /// first publication, after clients have spent a round on it.
-fn probe_writable(dir: &Path) -> Result<(), StoreError> {
+///
+/// The probe cannot be turned against a file by a planted symlink
+/// ([`Disk::probe`]).
+fn probe_writable(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     let probe = dir.join(format!("{PROBE}.tmp"));
-    fs::File::create(&probe)
-        .and_then(|_| fs::remove_file(&probe))
+    disk.probe(&probe)
         .map_err(|e| StoreError::NotDataDir {
             path: dir.to_owned(),
             what: format!(
-                "the server cannot write in it ({e}); it must be writable for models, the ledger and round records"
+                "the server cannot write in it ({}); it must be writable for models, the ledger and round records",
+                e.source
             ),
         })
 }
 
-fn create_subdirs(dir: &Path) -> Result<(), StoreError> {
+fn create_subdirs(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     for sub in [MODELS, ROUNDS] {
         let p = dir.join(sub);
         if !p.is_dir() {
-            fs::create_dir(&p).map_err(io(&p))?;
-            sync_dir(dir)?;
+            disk.create_dir_all(&p)?;
         }
     }
     Ok(())
 }
 
 /// Removes every `*.tmp` (a write that never reached its rename).
-fn remove_half_written(dir: &Path) -> Result<(), StoreError> {
+fn remove_half_written(disk: &Disk, dir: &Path) -> Result<(), StoreError> {
     for sub in [dir.to_owned(), dir.join(MODELS), dir.join(ROUNDS)] {
         for path in entries(&sub)? {
             if path.extension().is_some_and(|e| e == "tmp") {
-                remove_leftover(&path, "a half-written file")?;
+                remove_leftover(disk, &path, "a half-written file")?;
             }
         }
     }
@@ -603,5 +733,22 @@ mod tests {
         fs::write(fresh.join(format!("{PROBE}.tmp")), b"").unwrap();
         Store::open(&fresh, &key()).unwrap();
         assert!(!fresh.join(format!("{PROBE}.tmp")).exists());
+    }
+
+    /// Someone who can write in the data directory but not elsewhere (the
+    /// state key, the TLS key) plants the probe's name as a symlink to the
+    /// file they want destroyed: opening the store must not truncate it.
+    #[cfg(unix)]
+    #[test]
+    fn a_probe_planted_as_a_symlink_truncates_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        Store::open(&dir, &key()).unwrap();
+        let victim = tmp.path().join("state.key");
+        fs::write(&victim, b"the operator's key").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(format!("{PROBE}.tmp"))).unwrap();
+        Store::open(&dir, &key()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"the operator's key");
+        assert!(fs::symlink_metadata(dir.join(format!("{PROBE}.tmp"))).is_err());
     }
 }

@@ -1,0 +1,623 @@
+//! Admission of network connections: what a connection must do, and how
+//! fast, before the gRPC service spends anything on it.
+//!
+//! A connection costs a file descriptor, a task and buffers before it has
+//! said who it is, so an attacker who only opens sockets must not be able
+//! to hold them. Every accepted connection goes through these steps, each
+//! bounded:
+//!
+//! 1. **Cap.** At most `max_connections` connections are open at once
+//!    (both halves of a TLS connection, handshake included). One over the
+//!    cap is closed at once and counted (`reason="cap"`); a client retries.
+//! 2. **TLS handshake**, on the TLS port: it must finish within
+//!    `tls_handshake_timeout`, or the connection is closed
+//!    (`reason="tls_handshake_timeout"`).
+//! 3. **HTTP/2 preface and first request**: the client must send the
+//!    connection preface and the HEADERS frame of its first request within
+//!    `preface_timeout` (after the handshake on the TLS port). An idle
+//!    socket, a preface dripped one byte a second and a client that only
+//!    answers pings are all closed when it passes
+//!    (`reason="preface_timeout"`). After its first request a connection is
+//!    kept while it answers HTTP/2 keepalive pings (a client waits in the
+//!    lobby on one stream).
+//!
+//! When the server stops, connections get a grace period to close by
+//! themselves (HTTP/2 GOAWAY); those still open after it (a client that
+//! stopped answering) are cut through the `cutoff` signal.
+//!
+//! Accept errors (the process's file-descriptor limit, `EMFILE`, is the one
+//! that matters) never make the loop spin: it waits, doubling the wait from
+//! [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], logs at most once per
+//! [`LOG_EVERY`], and the connections already admitted are served all the
+//! while by their own tasks (`reason="accept_error"`).
+//!
+//! The loop is generic over the stream of accepted connections, so tests
+//! can inject accept errors without exhausting the process's descriptors.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
+use tonic::transport::server::Connected;
+use tracing::{debug, warn};
+
+use crate::metrics;
+
+/// The first wait after an accept error.
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+/// The longest wait between accepts while errors last.
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// At most one warning per this long about refused connections or accept
+/// errors (each warning says how many it stands for).
+pub(crate) const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the admission steps allow; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Most connections open at once.
+    pub(crate) max_connections: usize,
+    /// Longest TLS handshake.
+    pub(crate) tls_handshake_timeout: Duration,
+    /// Longest wait for the HTTP/2 preface and the first request.
+    pub(crate) preface_timeout: Duration,
+}
+
+/// The stream of admitted plain-text connections for tonic.
+pub(crate) type PlainIncoming =
+    ReceiverStream<io::Result<FirstRequest<Slot<tokio::net::TcpStream>>>>;
+/// The stream of admitted TLS connections for tonic.
+pub(crate) type TlsIncoming =
+    ReceiverStream<io::Result<FirstRequest<TlsStream<Slot<tokio::net::TcpStream>>>>>;
+
+/// Admits plain-text connections from `accepted`.
+pub(crate) fn admit_plain<S>(
+    accepted: S,
+    limits: Limits,
+    cutoff: watch::Receiver<bool>,
+) -> PlainIncoming
+where
+    S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
+{
+    admit(accepted, limits, move |conn| {
+        let cutoff = cutoff.clone();
+        async move { Some(FirstRequest::new(conn, limits.preface_timeout, cutoff)) }
+    })
+}
+
+/// Admits TLS connections from `accepted`, each after its handshake.
+pub(crate) fn admit_tls<S>(
+    accepted: S,
+    limits: Limits,
+    acceptor: TlsAcceptor,
+    cutoff: watch::Receiver<bool>,
+) -> TlsIncoming
+where
+    S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
+{
+    admit(accepted, limits, move |conn| {
+        let acceptor = acceptor.clone();
+        let cutoff = cutoff.clone();
+        async move {
+            match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(conn)).await {
+                Ok(Ok(tls)) => Some(FirstRequest::new(tls, limits.preface_timeout, cutoff)),
+                Ok(Err(e)) => {
+                    debug!("TLS handshake failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    metrics::connection_refused("tls_handshake_timeout");
+                    debug!(
+                        "TLS handshake not finished within {:?}: connection closed",
+                        limits.tls_handshake_timeout
+                    );
+                    None
+                }
+            }
+        }
+    })
+}
+
+/// The accept loop: takes connections from `accepted` under the cap, runs
+/// `setup` (the TLS handshake, the deadline) on each in its own task, and
+/// hands the ready ones to tonic through the returned stream. The loop
+/// ends when tonic drops that stream (shutdown) or `accepted` ends.
+fn admit<S, IO, F, Fut, Out>(
+    accepted: S,
+    limits: Limits,
+    setup: F,
+) -> ReceiverStream<io::Result<Out>>
+where
+    S: Stream<Item = io::Result<IO>> + Send + 'static,
+    IO: Send + 'static,
+    F: Fn(Slot<IO>) -> Fut + Send + 'static,
+    Fut: Future<Output = Option<Out>> + Send + 'static,
+    Out: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(64);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::spawn(async move {
+        let mut accepted = std::pin::pin!(accepted);
+        let mut backoff = Backoff::default();
+        let mut cap_log = RateLimited::default();
+        loop {
+            let next = tokio::select! {
+                next = accepted.next() => next,
+                () = tx.closed() => break,
+            };
+            let io = match next {
+                None => break,
+                Some(Ok(io)) => io,
+                Some(Err(e)) => {
+                    metrics::connection_refused("accept_error");
+                    let wait = backoff.failed();
+                    if let Some(more) = backoff.log.tick() {
+                        warn!(
+                            "cannot accept connections ({e}{}); waiting {wait:?} between attempts, \
+                             admitted connections are still served",
+                            suppressed(more)
+                        );
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => continue,
+                        () = tx.closed() => break,
+                    }
+                }
+            };
+            backoff.succeeded();
+            let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+                metrics::connection_refused("cap");
+                if let Some(more) = cap_log.tick() {
+                    warn!(
+                        "connection cap reached: {} connections are open, a new one was closed{} \
+                         (raise --max-connections if honest clients are refused)",
+                        limits.max_connections,
+                        suppressed(more)
+                    );
+                }
+                drop(io);
+                continue;
+            };
+            let conn = Slot::new(io, permit);
+            let tx = tx.clone();
+            let ready = setup(conn);
+            tokio::spawn(async move {
+                if let Some(conn) = ready.await {
+                    // tonic has stopped accepting if this fails; the
+                    // connection closes with it.
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn suppressed(more: u64) -> String {
+    if more == 0 {
+        String::new()
+    } else {
+        format!("; {more} more since the last warning")
+    }
+}
+
+/// A warning that fires at most once per [`LOG_EVERY`].
+#[derive(Debug, Default)]
+struct RateLimited {
+    last: Option<Instant>,
+    /// Events since the last warning.
+    skipped: u64,
+}
+
+impl RateLimited {
+    /// `Some(events skipped since the last warning)` if a warning is due.
+    fn tick(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now < last + LOG_EVERY) {
+            self.skipped += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.skipped))
+    }
+}
+
+/// The wait after consecutive accept errors: doubling from
+/// [`FIRST_BACKOFF`] to [`MAX_BACKOFF`], reset by a successful accept.
+#[derive(Debug, Default)]
+struct Backoff {
+    next: Option<Duration>,
+    log: RateLimited,
+}
+
+impl Backoff {
+    fn failed(&mut self) -> Duration {
+        let wait = self.next.unwrap_or(FIRST_BACKOFF);
+        self.next = Some((wait * 2).min(MAX_BACKOFF));
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.next = None;
+    }
+}
+
+/// A connection holding one of the cap's slots: the slot is given back and
+/// the open-connections gauge lowered when the connection is dropped.
+#[derive(Debug)]
+pub(crate) struct Slot<IO> {
+    io: IO,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<IO> Slot<IO> {
+    fn new(io: IO, permit: OwnedSemaphorePermit) -> Self {
+        metrics::connection_opened();
+        Slot {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
+impl<IO> Drop for Slot<IO> {
+    fn drop(&mut self) {
+        metrics::connection_closed();
+    }
+}
+
+impl<IO: Connected> Connected for Slot<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Slot<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Slot<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The HTTP/2 connection preface every client sends first (RFC 9113,
+/// section 3.4).
+const PREFACE_LEN: usize = 24;
+/// An HTTP/2 frame header: 24-bit length, type, flags, stream id.
+const FRAME_HEADER_LEN: usize = 9;
+/// The frame type that opens a request.
+const HEADERS: u8 = 0x1;
+
+/// Where the reader is in the client's first bytes: the preface, then
+/// frames (skipped) until the first HEADERS frame, which opens a request.
+/// The bytes are not checked here (hyper does that); they are only
+/// counted, so a frame's length is trusted as far as it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    Preface {
+        seen: usize,
+    },
+    Header {
+        buf: [u8; FRAME_HEADER_LEN],
+        have: usize,
+    },
+    Payload {
+        left: usize,
+    },
+    Request,
+}
+
+impl Opening {
+    /// Feeds the bytes the client sent next; true once a request opened.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        while !bytes.is_empty() {
+            match self {
+                Opening::Preface { seen } => {
+                    let take = (PREFACE_LEN - *seen).min(bytes.len());
+                    *seen += take;
+                    bytes = &bytes[take..];
+                    if *seen == PREFACE_LEN {
+                        *self = Opening::Header {
+                            buf: [0; FRAME_HEADER_LEN],
+                            have: 0,
+                        };
+                    }
+                }
+                Opening::Header { buf, have } => {
+                    let take = (FRAME_HEADER_LEN - *have).min(bytes.len());
+                    buf[*have..*have + take].copy_from_slice(&bytes[..take]);
+                    *have += take;
+                    bytes = &bytes[take..];
+                    if *have == FRAME_HEADER_LEN {
+                        if buf[3] == HEADERS {
+                            *self = Opening::Request;
+                        } else {
+                            let left = usize::from(buf[0]) << 16
+                                | usize::from(buf[1]) << 8
+                                | usize::from(buf[2]);
+                            *self = Opening::Payload { left };
+                        }
+                    }
+                }
+                Opening::Payload { left } => {
+                    let take = (*left).min(bytes.len());
+                    *left -= take;
+                    bytes = &bytes[take..];
+                    if *left == 0 {
+                        *self = Opening::Header {
+                            buf: [0; FRAME_HEADER_LEN],
+                            have: 0,
+                        };
+                    }
+                }
+                Opening::Request => return true,
+            }
+        }
+        *self == Opening::Request
+    }
+}
+
+/// A connection that must open its first request before a deadline (see
+/// the module docs): reads fail with `TimedOut` once it passes, and hyper
+/// closes the connection. Reads also fail once the server's cutoff fires.
+pub(crate) struct FirstRequest<IO> {
+    io: IO,
+    /// `None` once the first request opened.
+    watch: Option<(Opening, Pin<Box<Sleep>>)>,
+    expired: bool,
+    cutoff: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl<IO: std::fmt::Debug> std::fmt::Debug for FirstRequest<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirstRequest")
+            .field("io", &self.io)
+            .field("opening", &self.watch.as_ref().map(|(o, _)| o))
+            .field("expired", &self.expired)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO> FirstRequest<IO> {
+    fn new(io: IO, timeout: Duration, mut cutoff: watch::Receiver<bool>) -> Self {
+        FirstRequest {
+            io,
+            watch: Some((
+                Opening::Preface { seen: 0 },
+                Box::pin(tokio::time::sleep(timeout)),
+            )),
+            expired: false,
+            cutoff: Box::pin(async move {
+                // A dropped sender (a server handle dropped without
+                // waiting) cuts nothing: the connection lives on.
+                if cutoff.wait_for(|cut| *cut).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }),
+        }
+    }
+
+    fn timed_out() -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no HTTP/2 request within the preface timeout",
+        )
+    }
+}
+
+impl<IO: Connected> Connected for FirstRequest<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for FirstRequest<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.expired {
+            return Poll::Ready(Err(Self::timed_out()));
+        }
+        if this.cutoff.as_mut().poll(cx).is_ready() {
+            this.expired = true;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server stopped",
+            )));
+        }
+        // The deadline first: a client that drips bytes always has one
+        // ready, and must not outrun it that way.
+        if let Some((_, deadline)) = &mut this.watch
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            this.watch = None;
+            this.expired = true;
+            metrics::connection_refused("preface_timeout");
+            debug!("no HTTP/2 request within the preface timeout: connection closed");
+            return Poll::Ready(Err(Self::timed_out()));
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        if let Some((opening, _)) = &mut this.watch
+            && opening.feed(&buf.filled()[before..])
+        {
+            this.watch = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRequest<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn limits(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            tls_handshake_timeout: Duration::from_secs(5),
+            preface_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The file-descriptor limit: every accept fails at once, as
+    /// `accept(2)` does with `EMFILE` while the queue holds a connection.
+    /// Counts the attempts.
+    fn emfile_forever(
+        attempts: Arc<AtomicUsize>,
+    ) -> impl Stream<Item = io::Result<tokio::net::TcpStream>> {
+        tokio_stream::iter(std::iter::repeat_with(move || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(24))
+        }))
+    }
+
+    /// tonic's loop retried at once (105% CPU); this one waits, doubling
+    /// up to a second: in 1.5 s about ten attempts, not millions.
+    #[tokio::test]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let incoming = admit_plain(
+            emfile_forever(Arc::clone(&attempts)),
+            limits(10),
+            watch::channel(false).1,
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let n = attempts.load(Ordering::Relaxed);
+        // 5 + 10 + ... + 640 ms = 1.275 s: 9 attempts, one more at most.
+        assert!((5..=12).contains(&n), "{n} accept attempts in 1.5 s");
+        drop(incoming);
+    }
+
+    /// While accepts fail, connections already admitted are served (their
+    /// tasks do not wait on the loop), and after the errors a connection is
+    /// admitted again.
+    #[tokio::test]
+    async fn admitted_connections_are_served_through_accept_errors() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let real = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let errors = emfile_forever(Arc::clone(&attempts)).take(6);
+        // One connection first, then the errors, then the listener.
+        let mut first = Some(tokio::net::TcpStream::connect(addr).await.unwrap());
+        let accepted =
+            real.take(1)
+                .chain(errors)
+                .chain(tokio_stream::wrappers::TcpListenerStream::new(
+                    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+                ));
+        let (_cut, cutoff) = watch::channel(false);
+        let mut incoming = admit_plain(accepted, limits(10), cutoff);
+        let mut admitted = incoming.next().await.unwrap().unwrap();
+        // Served during the error storm: bytes flow both ways.
+        let mut client = first.take().unwrap();
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        admitted.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        admitted.write_all(b"pong").await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        assert!(attempts.load(Ordering::Relaxed) < 6, "still backing off");
+    }
+
+    #[test]
+    fn the_opening_ends_at_the_first_headers_frame_however_it_is_split() {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        // SETTINGS with a 6-byte payload, WINDOW_UPDATE (4), then HEADERS.
+        bytes.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        bytes.extend_from_slice(&[0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+        let headers_at = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 1, HEADERS, 4, 0, 0, 0, 1, 0x82]);
+        for chunk in [1, 2, 7, 9, 64] {
+            let mut opening = Opening::Preface { seen: 0 };
+            let mut done_at = None;
+            for (i, part) in bytes.chunks(chunk).enumerate() {
+                if opening.feed(part) {
+                    done_at = Some((i + 1) * chunk);
+                    break;
+                }
+            }
+            let done_at = done_at.expect("the request is seen");
+            // Not before the HEADERS frame's header is complete.
+            assert!(
+                done_at >= headers_at + FRAME_HEADER_LEN,
+                "chunk {chunk}: {done_at}"
+            );
+        }
+        // The preface and SETTINGS alone open no request.
+        let mut opening = Opening::Preface { seen: 0 };
+        assert!(!opening.feed(&bytes[..headers_at]));
+    }
+}

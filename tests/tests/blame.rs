@@ -1,0 +1,152 @@
+//! One bad client over real gRPC: it is evicted, named, and told what it
+//! did; the honest clients finish the round (or, past the threshold's
+//! margin, learn that it aborted and who caused it), and none of them is
+//! blamed or blames the server.
+
+use tessera_aggregation::messages::AbortReason;
+use tessera_client::ClientError;
+use tessera_proto::v1::ErrorKind;
+use tessera_tests::{Fault, ScriptedClient, ServerOptions, TestServer, update};
+use tonic::Code;
+
+const DIM: u32 = 40;
+const HONEST: usize = 5;
+
+/// A round of `HONEST` SDK clients and one scripted client with `fault`;
+/// returns the scripted client's outcome and the honest clients' results.
+async fn round_with(
+    fault: Fault,
+    seed: u64,
+) -> (
+    tessera_tests::ScriptedOutcome,
+    Vec<Result<tessera_client::RoundOutcome, ClientError>>,
+) {
+    let ts = TestServer::start(ServerOptions {
+        dim: DIM,
+        min_clients: HONEST as u32 + 1,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut bad = ScriptedClient::new(update(DIM, seed), seed);
+    bad.fault = fault;
+    let bad = tokio::spawn(bad.run(ts.channel().await));
+    let honest: Vec<_> = (0..HONEST)
+        .map(|i| {
+            let client = ts.client(None);
+            let u = update(DIM, seed + 1 + i as u64);
+            tokio::spawn(async move { client.participate(&u).await })
+        })
+        .collect();
+    let bad = bad.await.unwrap();
+    let mut results = Vec::new();
+    for h in honest {
+        results.push(h.await.unwrap());
+    }
+    ts.server.shutdown().await.unwrap();
+    (bad, results)
+}
+
+/// Nobody honest reports that the server broke the protocol.
+fn nobody_blames_the_server(results: &[Result<tessera_client::RoundOutcome, ClientError>]) {
+    for r in results {
+        assert!(
+            !matches!(r, Err(ClientError::ServerMisbehaved { .. })),
+            "an honest client blamed the server: {r:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_advert_evicts_its_sender_by_name_and_the_others_finish() {
+    let (bad, results) = round_with(Fault::SameKeysAdvert, 10).await;
+    let status = bad.status.expect("the bad client is told");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad.kind, Some(ErrorKind::BadAdvert));
+    assert!(
+        status.message().contains("advert: c_pk equals s_pk"),
+        "{status:?}"
+    );
+    nobody_blames_the_server(&results);
+    for r in results {
+        let outcome = r.expect("honest clients complete");
+        assert_eq!(outcome.survivors, HONEST as u32);
+        assert_eq!(outcome.evicted.len(), 1, "{:?}", outcome.evicted);
+        assert_eq!(outcome.evicted[0].reason, "invalid_advert");
+        assert!(outcome.evicted[0].detail.contains("c_pk equals s_pk"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_bundle_is_proven_its_sender_evicted_and_named_and_the_round_completes() {
+    let (bad, results) = round_with(Fault::GarbleBundles(1), 20).await;
+    let status = bad.status.expect("the bad client is told");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad.kind, Some(ErrorKind::BadShares));
+    assert!(
+        status
+            .message()
+            .contains("sealed a share bundle for client"),
+        "{status:?}"
+    );
+    nobody_blames_the_server(&results);
+    let mut accusers = 0;
+    let mut completed = 0;
+    for r in &results {
+        match r {
+            // The victim names the bad client and sits the round out.
+            Err(ClientError::AccusedNeighbours {
+                accused,
+                revealed_key,
+                ..
+            }) => {
+                accusers += 1;
+                assert_eq!(accused.len(), 1);
+                assert!(*revealed_key, "semi-honest: the key is the proof");
+            }
+            Ok(outcome) => {
+                completed += 1;
+                // The four others, without the victim. The bad client's
+                // input is in only if it reached the sum before the
+                // accusation (then it is unmasked like a dropout's, from
+                // its valid shares); `aggregation/tests/accusations.rs`
+                // plays both orders.
+                assert!(
+                    [HONEST as u32 - 1, HONEST as u32].contains(&outcome.survivors),
+                    "{outcome:?}"
+                );
+                assert_eq!(outcome.evicted.len(), 1, "{:?}", outcome.evicted);
+                assert_eq!(outcome.evicted[0].reason, "bad_share_bundle");
+            }
+            Err(e) => panic!("unexpected error for an honest client: {e}"),
+        }
+    }
+    assert_eq!((accusers, completed), (1, HONEST - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_accusers_abort_the_round_cleanly_and_name_the_cause() {
+    // Garbage for every neighbour: five accusers, more than the threshold
+    // tolerates exposed, so the server aborts before any unmasking.
+    let (bad, results) = round_with(Fault::GarbleBundles(HONEST), 30).await;
+    assert!(
+        bad.status.is_some() || bad.result.is_some(),
+        "the bad client hears the end: {bad:?}"
+    );
+    nobody_blames_the_server(&results);
+    for r in results {
+        match r {
+            Err(ClientError::RoundAborted {
+                reason, evicted, ..
+            }) => {
+                assert_eq!(reason, Some(AbortReason::Accusations));
+                // The accusations proven before the abort name the cause.
+                assert!(
+                    evicted.iter().all(|e| e.reason == "bad_share_bundle"),
+                    "{evicted:?}"
+                );
+                assert!(!evicted.is_empty());
+            }
+            other => panic!("expected the abort, got {other:?}"),
+        }
+    }
+}
