@@ -244,22 +244,22 @@ fn a_legacy_momentum_file_is_migrated_only_if_it_is_the_latest_versions() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     with_one_round(dir);
-    let legacy = dir.join("momentum.safetensors");
-    let versioned = dir.join("models/momentum-000002.safetensors");
-    // Back to the old layout: no momentum in the manifest entry, the file
-    // at the top.
+    // Back to the old layout, as an older build wrote it: no MACs and no
+    // audit log anywhere, no momentum in the manifest entry, the file at
+    // the top.
+    strip_macs(dir);
     let text = fs::read_to_string(dir.join(MANIFEST)).unwrap();
     let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
     let entry = manifest["models"][1].as_object_mut().unwrap();
     assert!(entry.remove("momentum").is_some());
     fs::write(dir.join(MANIFEST), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let legacy = dir.join("momentum.safetensors");
+    let versioned = dir.join("models/momentum-000002.safetensors");
     fs::rename(&versioned, &legacy).unwrap();
-    let old_layout = (
-        fs::read(dir.join(MANIFEST)).unwrap(),
-        fs::read(&legacy).unwrap(),
-    );
+    let old = tempfile::tempdir().unwrap();
+    copy_dir(dir, old.path());
 
-    let store = Store::open(dir, &key()).unwrap();
+    let (store, _) = Store::migrate(dir, &key()).unwrap();
     assert_eq!(store.velocity(), Some(velocity(1, model(0.0).dim())));
     assert!(!legacy.exists() && versioned.exists());
     assert!(store.models()[1].momentum.is_some());
@@ -270,16 +270,16 @@ fn a_legacy_momentum_file_is_migrated_only_if_it_is_the_latest_versions() {
 
     // A legacy file of version 3 (an older server crashed between its
     // momentum and its manifest write): version 2's momentum is lost.
-    fs::remove_file(&versioned).unwrap();
-    fs::write(dir.join(MANIFEST), &old_layout.0).unwrap();
-    let mut other = old_layout.1.clone();
+    let dir = old.path();
+    let legacy = dir.join("momentum.safetensors");
+    let mut other = fs::read(&legacy).unwrap();
     let at = other
         .windows(13)
         .position(|w| w == br#""version":"2""#)
         .expect("the metadata names the version");
     other[at + 11] = b'3';
     fs::write(&legacy, &other).unwrap();
-    let e = err(dir);
+    let e = Store::migrate(dir, &key()).unwrap_err().to_string();
     assert!(
         e.contains("momentum.safetensors")
             && e.contains("version 3")
@@ -287,4 +287,36 @@ fn a_legacy_momentum_file_is_migrated_only_if_it_is_the_latest_versions() {
         "{e}"
     );
     assert!(legacy.exists(), "never silently dropped");
+}
+
+/// Removes every MAC and the audit log: the directory as a build before
+/// the state key wrote it.
+fn strip_macs(dir: &Path) {
+    let mut files = vec![dir.join(MANIFEST), dir.join(LEDGER)];
+    files.extend(
+        fs::read_dir(dir.join(ROUNDS))
+            .unwrap()
+            .map(|e| e.unwrap().path()),
+    );
+    for path in files.into_iter().filter(|p| p.exists()) {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        value.as_object_mut().unwrap().remove("mac");
+        fs::write(&path, serde_json::to_vec(&value).unwrap()).unwrap();
+    }
+    let _ = fs::remove_file(dir.join(AUDIT));
+}
+
+/// Copies a data directory (files and one level of subdirectories).
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            fs::create_dir_all(&target).unwrap();
+            copy_dir(&path, &target);
+        } else {
+            fs::copy(&path, &target).unwrap();
+        }
+    }
 }

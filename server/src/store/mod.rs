@@ -400,18 +400,21 @@ impl Store {
         if record.round == 0 {
             return Err(refused("round 0 is the initial model's, not a round"));
         }
-        let i = match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
-            Ok(i) => i,
+        let (i, inserted) = match self.rounds.binary_search_by_key(&record.round, |r| r.round) {
+            Ok(i) => (i, false),
             Err(i) => {
                 self.rounds.insert(i, record.clone());
                 self.seal.round_tags.insert(i, integrity::GENESIS);
-                i
+                (i, true)
             }
         };
         self.rounds[i] = record.clone();
-        // Later records are chained to this one: re-tag them too (only a
-        // record rewritten after a later round opened needs this).
-        for j in i..self.rounds.len() {
+        // The chain links rounds by number, not by content: rewriting a
+        // record (its outcome) leaves later records valid; only a record
+        // inserted before others (never done by the server) moves their
+        // links.
+        let last = if inserted { self.rounds.len() } else { i + 1 };
+        for j in i..last {
             self.write_record(j)?;
         }
         if record.outcome == RoundStatus::Aborted {
@@ -425,7 +428,8 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the `i`th round record, tagged after the one before it.
+    /// Writes the `i`th round record, tagged after the link of the one
+    /// before it ([`rounds::link`]).
     fn write_record(&mut self, i: usize) -> Result<(), StoreError> {
         let record = &self.rounds[i];
         let prev = if i == 0 {
@@ -433,11 +437,11 @@ impl Store {
         } else {
             self.seal.round_tags[i - 1]
         };
-        let (bytes, tag) =
+        let (bytes, _) =
             rounds::sealed_bytes(&self.seal.key, &prev, record, &self.model_sha(record));
         let path = self.dir.join(ROUNDS).join(round_file(record.round));
         self.disk.write_atomic(&path, &bytes)?;
-        self.seal.round_tags[i] = tag;
+        self.seal.round_tags[i] = rounds::link(&self.seal.key, &prev, record.round);
         Ok(())
     }
 

@@ -282,26 +282,25 @@ impl Store {
     /// left: `completed` if its model was published, `interrupted`
     /// otherwise.
     fn reconcile_rounds(&mut self, records: Vec<Record>, migrate: bool) -> Result<(), StoreError> {
-        for (i, (path, mut record, mac)) in records.into_iter().enumerate() {
-            let prev = if i == 0 {
-                GENESIS
-            } else {
-                self.seal.round_tags[i - 1]
-            };
-            let tag = match (&mac, migrate) {
-                (Some(mac), false) => rounds::verify(
+        let mut prev = GENESIS;
+        for (path, record, mac) in records {
+            if let (Some(mac), false) = (&mac, migrate) {
+                rounds::verify(
                     &path,
                     &self.seal.key,
                     &prev,
                     &record,
                     &self.model_sha(&record),
                     mac,
-                )?,
-                _ => GENESIS,
-            };
-            self.rounds.push(record.clone());
-            self.seal.round_tags.push(tag);
-            if record.outcome == RoundStatus::Started {
+                )?;
+            }
+            prev = rounds::link(&self.seal.key, &prev, record.round);
+            self.rounds.push(record);
+            self.seal.round_tags.push(prev);
+        }
+        for i in 0..self.rounds.len() {
+            if self.rounds[i].outcome == RoundStatus::Started {
+                let mut record = self.rounds[i].clone();
                 self.finish_interrupted(&mut record);
                 self.rounds[i] = record;
                 self.write_record(i)?;

@@ -90,6 +90,18 @@ pub(super) fn sealed_bytes(
     (bytes, tag)
 }
 
+/// The chain link after round `round`, given the link before it. A
+/// record's tag covers its content and the link before it; the link
+/// covers only the sequence of round numbers. So removing a record from
+/// the middle breaks every later tag, while rewriting a record's outcome
+/// (a `started` round finished on the next start) re-tags that record
+/// alone: a crash between rewrites can never leave a chain that no longer
+/// verifies.
+pub(super) fn link(key: &StateKey, prev: &Tag, round: u64) -> Tag {
+    key.subkey(Purpose::Rounds)
+        .tag(prev, &[b"link", &round.to_le_bytes()])
+}
+
 /// Reads a record file: the record and its tag, if it has one.
 pub(super) fn read(path: &Path) -> Result<(RoundRecord, Option<String>), StoreError> {
     let mut value: serde_json::Value = read_json(path)?;
