@@ -295,6 +295,11 @@ impl ServerControl {
                     changed = ?summary.changed,
                     "tokens file reloaded"
                 );
+                let audit = self.shared.store.lock().expect("store lock").audit_log();
+                audit.record(store::AuditEvent::TokensReloaded {
+                    file: tokens.path().display().to_string(),
+                    tokens: summary.clients,
+                });
                 Ok(Some(summary))
             }
             Err(e) => {

@@ -259,6 +259,11 @@ impl RoundDriver {
         &self.identities
     }
 
+    /// The clients evicted so far (what the round's result will list).
+    pub(crate) fn evicted(&self) -> &[v1::Eviction] {
+        &self.evicted
+    }
+
     /// Runs the round to its end.
     pub(crate) async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> RoundEnd {
         loop {

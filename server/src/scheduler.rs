@@ -214,6 +214,7 @@ async fn run_round(
         // otherwise), so the outcome is not lost and rounds go on.
         warn!(parent: &span, "cannot record the round's outcome: {e}");
     }
+    audit_evictions(shared, round_id, &identities, driver.evicted()).await;
     // Identities are free again before the clients hear the end: a client
     // that rejoins at once on its result must not find itself still
     // "in a round" (AlreadyExists).
@@ -560,6 +561,39 @@ async fn audit_joined(shared: &Arc<Shared>, round: u64, participants: &[Particip
     let audit = shared.store.lock().expect("store lock").audit_log();
     let identities = participants.iter().map(|p| p.identity.clone()).collect();
     blocking(move || audit.record(AuditEvent::Joined { round, identities })).await;
+}
+
+/// Records the round's evictions in the audit log: who, why, and what
+/// the server saw. A revealed share key is not stored (it opens the
+/// accuser's received shares).
+async fn audit_evictions(
+    shared: &Arc<Shared>,
+    round: u64,
+    identities: &[String],
+    evicted: &[v1::Eviction],
+) {
+    if evicted.is_empty() {
+        return;
+    }
+    let audit = shared.store.lock().expect("store lock").audit_log();
+    let events: Vec<AuditEvent> = evicted
+        .iter()
+        .map(|e| AuditEvent::Evicted {
+            round,
+            client: identities
+                .get(e.client_id as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("client {}", e.client_id)),
+            reason: e.reason.clone(),
+            proof: Some(e.detail.clone()),
+        })
+        .collect();
+    blocking(move || {
+        for event in events {
+            audit.record(event);
+        }
+    })
+    .await;
 }
 
 async fn write_record(shared: &Arc<Shared>, record: RoundRecord) -> Result<(), ServeError> {

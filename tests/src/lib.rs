@@ -38,6 +38,9 @@ pub struct TestServer {
     pub url: String,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Its state key's file (beside the TLS key, or beside the data
+    /// directory in insecure-dev mode).
+    pub state_key: PathBuf,
     /// The CA certificate clients trust (TLS servers).
     pub ca_pem: Option<Vec<u8>>,
     /// Client tokens, by index (servers with a tokens file).
@@ -158,6 +161,7 @@ impl TestServer {
         let trusted = identities.iter().map(|k| k.verifying_key()).collect();
         (options.tweak)(&mut config);
         let disk = options.faults.map_or_else(Disk::real, Disk::with_faults);
+        let state_key = config.state_key_path();
         let server = tessera_server::start_with_disk(config, disk)
             .await
             .expect("server starts");
@@ -171,12 +175,21 @@ impl TestServer {
             server,
             url,
             data_dir,
+            state_key,
             ca_pem,
             tokens,
             identities,
             trusted,
             _dir: dir,
         }
+    }
+
+    /// The audit log's events (verified under the state key).
+    pub fn audit(&self) -> Vec<tessera_server::store::AuditEvent> {
+        let key = tessera_server::store::StateKey::load(&self.state_key).expect("state key");
+        let (records, _) =
+            tessera_server::store::read_audit(&self.data_dir, Some(&key)).expect("audit log");
+        records.into_iter().map(|r| r.event).collect()
     }
 
     /// An SDK client; `token` indexes [`TestServer::tokens`].

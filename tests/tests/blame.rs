@@ -20,6 +20,7 @@ async fn round_with(
 ) -> (
     tessera_tests::ScriptedOutcome,
     Vec<Result<tessera_client::RoundOutcome, ClientError>>,
+    Vec<tessera_server::store::AuditEvent>,
 ) {
     let ts = TestServer::start(ServerOptions {
         dim: DIM,
@@ -42,8 +43,9 @@ async fn round_with(
     for h in honest {
         results.push(h.await.unwrap());
     }
+    let audit = ts.audit();
     ts.server.shutdown().await.unwrap();
-    (bad, results)
+    (bad, results, audit)
 }
 
 /// Nobody honest reports that the server broke the protocol.
@@ -58,7 +60,7 @@ fn nobody_blames_the_server(results: &[Result<tessera_client::RoundOutcome, Clie
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_advert_evicts_its_sender_by_name_and_the_others_finish() {
-    let (bad, results) = round_with(Fault::SameKeysAdvert, 10).await;
+    let (bad, results, audit) = round_with(Fault::SameKeysAdvert, 10).await;
     let status = bad.status.expect("the bad client is told");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad.kind, Some(ErrorKind::BadAdvert));
@@ -74,11 +76,24 @@ async fn a_bad_advert_evicts_its_sender_by_name_and_the_others_finish() {
         assert_eq!(outcome.evicted[0].reason, "invalid_advert");
         assert!(outcome.evicted[0].detail.contains("c_pk equals s_pk"));
     }
+    // The operator's record names the client and what it did.
+    let evicted: Vec<_> = audit
+        .iter()
+        .filter_map(|e| match e {
+            tessera_server::store::AuditEvent::Evicted { reason, proof, .. } => {
+                Some((reason.as_str(), proof.clone().unwrap_or_default()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evicted.len(), 1, "{audit:?}");
+    assert_eq!(evicted[0].0, "invalid_advert");
+    assert!(evicted[0].1.contains("c_pk equals s_pk"), "{evicted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_bundle_is_proven_its_sender_evicted_and_named_and_the_round_completes() {
-    let (bad, results) = round_with(Fault::GarbleBundles(1), 20).await;
+    let (bad, results, _) = round_with(Fault::GarbleBundles(1), 20).await;
     let status = bad.status.expect("the bad client is told");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad.kind, Some(ErrorKind::BadShares));
@@ -127,7 +142,7 @@ async fn a_garbage_bundle_is_proven_its_sender_evicted_and_named_and_the_round_c
 async fn too_many_accusers_abort_the_round_cleanly_and_name_the_cause() {
     // Garbage for every neighbour: five accusers, more than the threshold
     // tolerates exposed, so the server aborts before any unmasking.
-    let (bad, results) = round_with(Fault::GarbleBundles(HONEST), 30).await;
+    let (bad, results, _) = round_with(Fault::GarbleBundles(HONEST), 30).await;
     assert!(
         bad.status.is_some() || bad.result.is_some(),
         "the bad client hears the end: {bad:?}"

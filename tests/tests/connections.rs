@@ -253,4 +253,13 @@ async fn a_revoked_token_is_refused_after_a_reload_and_an_expired_one_always() {
     assert!(err.contains("line 1"), "{err}");
     client_with(&ts, &tokens[2]).latest_model().await.unwrap();
     assert!(refusal(client_with(&ts, &tokens[0]).latest_model().await).contains("not valid"));
+
+    // The audit log records each reload that took effect (two), not the
+    // broken one.
+    let audit = ts.audit();
+    let reloads = audit
+        .iter()
+        .filter(|e| matches!(e, tessera_server::store::AuditEvent::TokensReloaded { .. }))
+        .count();
+    assert_eq!(reloads, 2, "{audit:?}");
 }
