@@ -119,11 +119,15 @@ pub(crate) const LABEL_ADVERSARY: &str = "adversary";
 pub(crate) const LABEL_DELTA: &str = "delta";
 
 /// Abort reasons a round can end with ([`abort_reason_name`]'s values).
-const ABORT_REASONS: [AbortReason; 3] = [
+const ABORT_REASONS: [AbortReason; 4] = [
     AbortReason::BelowThreshold,
     AbortReason::SharesMissing,
     AbortReason::Misbehaviour,
+    AbortReason::Accusations,
 ];
+/// The abort reason of a round its data directory could not store (the
+/// scheduler's, not the protocol's).
+pub(crate) const STORAGE_ABORT_REASON: &str = "storage";
 /// Reasons a connection is refused (see [`connection_refused`]).
 const CONNECTION_REFUSALS: [&str; 4] = [
     "cap",
@@ -412,7 +416,11 @@ fn preregister() {
     counter!(BYTES_SENT).increment(0);
     gauge!(LOBBY_CLIENTS).increment(0.0);
     gauge!(CONNECTIONS_OPEN).increment(0.0);
-    for reason in ABORT_REASONS.map(abort_reason_name) {
+    for reason in ABORT_REASONS
+        .map(abort_reason_name)
+        .into_iter()
+        .chain([STORAGE_ABORT_REASON])
+    {
         counter!(ROUNDS_ABORTED, LABEL_REASON => reason).increment(0);
     }
     for reason in [AbortReason::SharesMissing, AbortReason::Misbehaviour].map(abort_reason_name) {
@@ -744,6 +752,8 @@ mod tests {
                 "tessera_rounds_aborted_total{reason=\"shares-missing\"}",
                 0.0,
             ),
+            ("tessera_rounds_aborted_total{reason=\"accusations\"}", 0.0),
+            ("tessera_rounds_aborted_total{reason=\"storage\"}", 0.0),
             ("tessera_dropouts_total{stage=\"unmasking\"}", 0.0),
             ("tessera_dropouts_total{stage=\"share-keys\"}", 3.0),
             ("tessera_clients_per_stage{stage=\"share-keys\"}", 2.0),

@@ -432,7 +432,7 @@ fn record_storage_failure(
 /// The round's stage a publication failure is recorded at.
 const PUBLISH_STAGE: &str = "publish";
 /// The abort reason (record and metric) of a round the disk refused.
-const STORAGE_REASON: &str = "storage";
+const STORAGE_REASON: &str = metrics::STORAGE_ABORT_REASON;
 
 /// What a client may hear of a storage error: the operating system's
 /// reason (no space left, read-only file system), never a path.
