@@ -118,7 +118,7 @@ pub(crate) struct JoinArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS, help_heading = "Round policy")]
     max_clients: u32,
     /// The fewest inputs a published sum containing this client's input
-    /// may hold, as the round's survivor floor states it (at least 2).
+    /// may hold, as the round's survivor floor states it (at least 3).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MIN_SURVIVORS, help_heading = "Round policy")]
     min_survivors: u32,
     /// Take part only in rounds with distributed DP (each client

@@ -39,8 +39,10 @@
 //!    that states `corrupt = 0` gains nothing by it.
 //! 6. **survivor-floor**: the fewest inputs a published sum may hold
 //!    (`max(t, min_survivors)` of the round) is at least the policy's
-//!    `min_survivors` (default 2, the protocol's own minimum; raise it to
-//!    insist that your input is summed with more others). What enforces
+//!    `min_survivors` (default and least 3, as `tessera serve`'s
+//!    `--min-aggregate`: from a sum of two inputs each contributor
+//!    recovers the other's; raise it to insist that your input is summed
+//!    with more others). What enforces
 //!    the floor depends on the model: in a malicious-server round every
 //!    client checks the one signed survivor set against it; on an unsigned
 //!    complete graph each client checks the list it is shown, but a server
@@ -108,8 +110,9 @@ pub const DEFAULT_MIN_CLIENTS: u32 = 3;
 /// Default [`Policy::max_clients`]: bounds what a client allocates for the
 /// round's peers.
 pub const DEFAULT_MAX_CLIENTS: u32 = 100_000;
-/// Default [`Policy::min_survivors`]: the protocol's own minimum.
-pub const DEFAULT_MIN_SURVIVORS: u32 = 2;
+/// Default and least [`Policy::min_survivors`]: from a published sum of
+/// two inputs, each contributor recovers the other's.
+pub const DEFAULT_MIN_SURVIVORS: u32 = 3;
 
 /// What rounds a client accepts; see the [module docs](crate::policy) for the rules.
 ///
@@ -136,8 +139,8 @@ pub struct Policy {
     /// the server's numbers. Default 100,000.
     pub max_clients: u32,
     /// The fewest inputs a published sum containing this client's input
-    /// may hold, as the round's survivor floor states it (at least 2).
-    /// Default 2.
+    /// may hold, as the round's survivor floor states it (at least 3).
+    /// Default 3.
     pub min_survivors: u32,
     /// Take part only in rounds with distributed DP (noise added by the
     /// clients, so it holds against the server). Default false.
@@ -298,11 +301,11 @@ impl Policy {
                 ),
             );
         }
-        if self.min_survivors < 2 {
+        if self.min_survivors < DEFAULT_MIN_SURVIVORS {
             return bad(
                 "policy.min_survivors",
                 format!(
-                    "{} is below 2, the least a sum can hide an input in",
+                    "{} is below {DEFAULT_MIN_SURVIVORS}, the least a sum can hide an input in (from a sum of two, each contributor recovers the other's input)",
                     self.min_survivors
                 ),
             );
@@ -481,9 +484,12 @@ mod tests {
     use tessera_dp::encoding::FixedPoint;
     use tessera_dp::mechanism::NoiseKind;
 
+    /// A round as `tessera serve` offers it: its survivor floor is at
+    /// least the minimum aggregate, 3.
     fn round(n: u32, threshold: u32) -> RoundConfig {
         let mut config = RoundConfig::new(1, n, 10);
         config.threshold = threshold;
+        config.min_survivors = config.min_survivors.max(3);
         config
     }
 

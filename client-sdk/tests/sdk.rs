@@ -366,7 +366,8 @@ impl Aggregator for ScriptDouble {
                 ));
             }
             Script::StartWithDp(dp) => {
-                let config = RoundConfig::new(12, 3, join.dim);
+                let mut config = RoundConfig::new(12, 3, join.dim);
+                config.min_survivors = 3;
                 let fp = FixedPoint::new(1.0, 16, 32).unwrap();
                 let start = v1::RoundStart {
                     protocol_version: tessera_proto::PROTOCOL_VERSION,
@@ -383,6 +384,7 @@ impl Aggregator for ScriptDouble {
             }
             Script::StartThen(frames) => {
                 let mut config = RoundConfig::new(12, 3, join.dim);
+                config.min_survivors = 3;
                 config.stage_timeout = Duration::from_millis(50);
                 let fp = FixedPoint::new(1.0, 16, 32).unwrap();
                 let start = v1::RoundStart {
@@ -757,15 +759,15 @@ async fn a_server_that_breaks_the_protocol_is_refused() {
 
 #[tokio::test]
 async fn distributed_dp_calibrated_for_colluders_noise_is_refused() {
-    // Noise for 2 survivors in a round that goes on with 2, of which the
+    // Noise for 3 survivors in a round that goes on with 3, of which the
     // client assumes 1 colludes with the server (1/3 of 3 clients) and
-    // knows its own noise: the server would see a sum carrying one honest
-    // client's noise, half the variance promised. The server states no
-    // colluders; the client counts its own assumption.
+    // knows its own noise: the server would see a sum carrying two honest
+    // clients' noise, two thirds of the variance promised. The server
+    // states no colluders; the client counts its own assumption.
     let dp = v1::DistributedDp {
         noise: "discrete-gaussian".into(),
         target_sigma: 65536.0,
-        min_survivors: 2,
+        min_survivors: 3,
         norm_bound: 70000.0,
     };
     let server = scripted(Script::StartWithDp(dp.clone())).await;
@@ -780,7 +782,7 @@ async fn distributed_dp_calibrated_for_colluders_noise_is_refused() {
     let err = suspicious.participate(&[0.5; 8]).await.unwrap_err();
     assert!(
         matches!(&err, ClientError::ServerMisbehaved { round_id: Some(12), problem }
-            if problem.contains("calibrated for 2 honest survivors") && problem.contains("1 may collude")),
+            if problem.contains("calibrated for 3 honest survivors") && problem.contains("1 may collude")),
         "{err:?}"
     );
 }
@@ -818,13 +820,13 @@ async fn distributed_dp_parameters_the_samplers_cannot_honour_are_refused() {
             },
             "variance",
         ),
-        // Noise for 3 survivors in a round that would go on with 2.
+        // Noise for 4 survivors in a round that would go on with 3.
         (
             v1::DistributedDp {
-                min_survivors: 3,
+                min_survivors: 4,
                 ..good.clone()
             },
-            "calibrated for 3 honest survivors",
+            "calibrated for 4 honest survivors",
         ),
     ] {
         let server = scripted(Script::StartWithDp(dp)).await;
@@ -965,9 +967,12 @@ fn assert_refused(
     );
 }
 
+/// A round as `tessera serve` offers it: its survivor floor is at least
+/// the minimum aggregate, 3.
 fn round_of(n: u32, threshold: u32) -> RoundConfig {
     let mut config = RoundConfig::new(12, n, 8);
     config.threshold = threshold;
+    config.min_survivors = config.min_survivors.max(3);
     config
 }
 
@@ -1116,9 +1121,20 @@ async fn a_threshold_below_the_clients_own_floor_is_refused_whatever_corrupt_the
 
 #[tokio::test]
 async fn a_survivor_floor_below_the_policy_is_refused() {
-    let result = offer(offer_of(round_of(3, 2), None), |b| {
+    // A server (older, or configured around the minimum aggregate) whose
+    // published sum may hold 2 inputs: from it, each contributor would
+    // recover the other's. The default policy refuses it.
+    let mut two = round_of(3, 2);
+    two.min_survivors = 0;
+    let result = offer(offer_of(two.clone(), None), |b| b).await;
+    assert_refused(
+        result,
+        tessera_client::PolicyRule::SurvivorFloor,
+        &["as few as 2 inputs", "at least 3"],
+    );
+    let result = offer(offer_of(round_of(5, 3), None), |b| {
         b.policy(tessera_client::Policy {
-            min_survivors: 3,
+            min_survivors: 4,
             ..tessera_client::Policy::default()
         })
     })
@@ -1126,7 +1142,7 @@ async fn a_survivor_floor_below_the_policy_is_refused() {
     assert_refused(
         result,
         tessera_client::PolicyRule::SurvivorFloor,
-        &["as few as 2 inputs", "at least 3"],
+        &["as few as 3 inputs", "at least 4"],
     );
 }
 
