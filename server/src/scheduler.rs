@@ -162,8 +162,12 @@ async fn run_round(
     // restarted server never reuses it. If it cannot be, the round does
     // not open.
     if let Err(e) = write_record(shared, record.clone()).await {
-        refuse_unrecorded(shared, participants, round_id, &e, shutdown).await;
-        return Ok(training);
+        let gone = !shared.config.data_dir.is_dir();
+        refuse_unrecorded(shared, participants, round_id, &e, gone, shutdown).await;
+        // A full or read-only disk may recover; a data directory that was
+        // removed or unmounted will not: stop, and let the caller report
+        // why (once).
+        return if gone { Err(e) } else { Ok(training) };
     }
     audit_joined(shared, round_id, &participants).await;
     metrics::round_started();
@@ -480,19 +484,23 @@ const STORAGE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The data directory refused the start record of round `round_id`: the
 /// round does not open (no key is derived from an id that is not on disk),
-/// its participants hear why, and the scheduler waits a moment before it
-/// gathers the next round.
+/// its participants hear why, and, unless the scheduler `stops` (it then
+/// returns the error, reported once by its caller), it logs the failure
+/// and waits a moment before it gathers the next round.
 async fn refuse_unrecorded(
     shared: &Shared,
     participants: Vec<Participant>,
     round_id: u64,
     e: &ServeError,
+    stops: bool,
     shutdown: &mut watch::Receiver<bool>,
 ) {
-    error!(
-        round = round_id,
-        "round not opened: cannot record its start: {e}"
-    );
+    if !stops {
+        error!(
+            round = round_id,
+            "round not opened: cannot record its start: {e}"
+        );
+    }
     metrics::round_aborted(STORAGE_REASON);
     let cause = match e {
         ServeError::Store(e) => io_cause(e),
@@ -508,6 +516,9 @@ async fn refuse_unrecorded(
     shared
         .lobby
         .release(participants.iter().map(|p| p.identity.as_str()));
+    if stops {
+        return;
+    }
     tokio::select! {
         () = tokio::time::sleep(STORAGE_BACKOFF) => {}
         _ = shutdown.changed() => {}

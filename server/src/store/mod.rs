@@ -408,14 +408,21 @@ impl Store {
                 (i, true)
             }
         };
+        let previous = self.rounds[i].clone();
         self.rounds[i] = record.clone();
         // The chain links rounds by number, not by content: rewriting a
         // record (its outcome) leaves later records valid; only a record
         // inserted before others (never done by the server) moves their
         // links.
         let last = if inserted { self.rounds.len() } else { i + 1 };
+        let previous = (!inserted).then_some(previous);
         for j in i..last {
-            self.write_record(j)?;
+            if let Err(e) = self.write_record(j) {
+                // Memory keeps what the disk holds: a round whose record
+                // could not be written does not exist (its id is reused).
+                self.forget_unwritten(i, inserted, previous);
+                return Err(e);
+            }
         }
         if record.outcome == RoundStatus::Aborted {
             self.seal.audit.record(AuditEvent::RoundAborted {
@@ -426,6 +433,17 @@ impl Store {
             });
         }
         Ok(())
+    }
+
+    /// Undoes [`Store::record_round`]'s change in memory after its write
+    /// failed.
+    fn forget_unwritten(&mut self, i: usize, inserted: bool, previous: Option<RoundRecord>) {
+        if inserted {
+            self.rounds.remove(i);
+            self.seal.round_tags.remove(i);
+        } else if let Some(previous) = previous {
+            self.rounds[i] = previous;
+        }
     }
 
     /// Writes the `i`th round record, tagged after the link of the one
