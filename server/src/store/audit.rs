@@ -115,6 +115,20 @@ pub enum AuditEvent {
     },
 }
 
+impl AuditEvent {
+    /// The round of an event that the server appends only after that
+    /// round's record is on disk (a round's events, not a publication's:
+    /// the manifest vouches for those).
+    pub(super) fn recorded_round(&self) -> Option<u64> {
+        match self {
+            AuditEvent::Joined { round, .. }
+            | AuditEvent::Evicted { round, .. }
+            | AuditEvent::RoundAborted { round, .. } => Some(*round),
+            _ => None,
+        }
+    }
+}
+
 /// One line of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

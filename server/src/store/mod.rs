@@ -51,7 +51,9 @@
 //! the ledger (which must record every round that spent privacy; a version
 //! 1 ledger is migrated to version 2, with a warning, each entry marked
 //! `migrated_from`), every round record, and that the records agree with
-//! the manifest. A file a round record refers to is never deleted: a record
+//! the manifest and that every round the audit log names has its record
+//! (the last record's removal breaks no chain, and would let its round id
+//! be reused). A file a round record refers to is never deleted: a record
 //! that claims a version the manifest does not list (a rolled-back
 //! manifest) stops the server with what to do, rather than letting it
 //! publish a second model under that version. A `momentum.safetensors` of
