@@ -20,8 +20,8 @@
 //! `integrity`). Open verifies every tag and refuses, naming the file and
 //! the entry, anything edited by someone without the key. A directory an
 //! older build wrote without tags is sealed as found only by
-//! [`Store::migrate`] (`tessera migrate`, or the first start with a newly
-//! generated key), which records the sealing in the ledger and the audit
+//! [`Store::migrate`] (`tessera migrate`: never by a server start, not
+//! even one that generated the key), which records the sealing in the ledger and the audit
 //! log. The key's holder can still rewrite history ([`hazmat`]).
 //!
 //! Every write goes through the store's [`Disk`] (the storage seam; tests
