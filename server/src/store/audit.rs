@@ -82,6 +82,15 @@ pub enum AuditEvent {
         /// Its δ.
         delta: f64,
     },
+    /// A round's privacy was charged: the server saw its sum (before it
+    /// publishes anything from it, so the charge stands if publishing
+    /// fails). The ledger must hold every charge recorded here.
+    Charged {
+        /// The round.
+        round: u64,
+        /// Privacy spent up to and including it.
+        epsilon: f64,
+    },
     /// The privacy terms changed (a ledger change: `budget-change`,
     /// `delta-recompute`).
     TermsChanged {

@@ -471,7 +471,17 @@ impl Store {
     pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
         self.write_ledger(ledger)?;
+        let known = self.ledger.as_ref().map_or(0, |l| l.entries().len());
         self.ledger = Some(ledger.clone());
+        // After the ledger: a crash between the two leaves a charge the
+        // log lacks, never one the ledger lacks. The log's copy is what
+        // catches a ledger rolled back past a charge no publication binds.
+        for entry in &ledger.entries()[known..] {
+            self.seal.audit.append(AuditEvent::Charged {
+                round: entry.round,
+                epsilon: ledger.spent(),
+            })?;
+        }
         Ok(())
     }
 

@@ -114,6 +114,7 @@ impl Store {
         let ledger_unsealed = opened.as_ref().is_some_and(|o| o.unsealed);
         store.ledger = opened.map(|o| o.ledger);
         ledger::check_covers(&dir.join(LEDGER), store.ledger.as_ref(), &store.manifest)?;
+        ledger::check_charges_logged(&dir.join(LEDGER), store.ledger.as_ref(), &audit_lines)?;
         let unsealed = store.unsealed(ledger_unsealed, &records);
         let sealed_any = store.manifest.mac.is_some()
             || store.ledger.as_ref().is_some_and(|_| !ledger_unsealed)

@@ -277,8 +277,9 @@ fn a_deleted_last_round_record_is_refused_not_its_round_id_reused() {
 /// What the cross-check cannot stop, stated by a test: an editor who
 /// removes the last round record *and* the audit log's lines about it
 /// (whole trailing lines: the log has no head tag) rolls the directory
-/// back to an earlier authentic state. Only a copy of the log kept
-/// elsewhere (shipped off the machine) shows that.
+/// back to an earlier authentic state. The same goes for a ledger rolled
+/// back together with the log's `charged` lines. Only a copy of the log
+/// kept elsewhere (shipped off the machine) shows that.
 #[test]
 fn a_rollback_of_the_records_and_the_audit_tail_together_is_not_detectable_here() {
     let tmp = tempfile::tempdir().unwrap();
@@ -295,4 +296,36 @@ fn a_rollback_of_the_records_and_the_audit_tail_together_is_not_detectable_here(
     fs::remove_file(dir.join("rounds/round-000003.json")).unwrap();
     let store = Store::open(dir, &key()).unwrap();
     assert_eq!(store.next_round_id(), 3);
+}
+
+/// Review: a round whose sum the server saw is charged before it is
+/// published; if the publication then fails, only the ledger held the
+/// charge. Replacing ledger.json with its authentic copy from before that
+/// charge (a whole-file rollback) passed every check (the manifest binds
+/// only published rounds' charges) and lowered the epsilon spent. The
+/// audit log records each charge, and the ledger must hold it.
+#[test]
+fn a_ledger_rolled_back_past_an_unpublished_charge_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut ledger = one_charged_round(dir);
+    let before = fs::read(dir.join("ledger.json")).unwrap();
+    let mut store = Store::open(dir, &key()).unwrap();
+    let mut r = started(2);
+    store.record_round(&r).unwrap();
+    ledger
+        .record(2, gaussian(), Adversary::ModelConsumers)
+        .unwrap();
+    store.charge(&ledger).unwrap();
+    r.outcome = RoundStatus::Aborted;
+    r.stage = Some("publish".into());
+    r.reason = Some("storage".into());
+    store.record_round(&r).unwrap();
+    drop(store);
+    fs::write(dir.join("ledger.json"), before).unwrap();
+    let e = err(dir);
+    assert!(
+        e.contains("ledger.json") && e.contains("round 2") && e.contains(AUDIT),
+        "{e}"
+    );
 }
