@@ -1,6 +1,6 @@
 //! `tessera migrate`: seals a data directory an older build wrote without
-//! MACs, offline, as `tessera serve` would on its first start with a new
-//! state key, and says what it did.
+//! MACs, offline (`tessera serve` never does, not even with a state key it
+//! just generated), and says what it did.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,9 +20,9 @@ pub(crate) const LONG_ABOUT: &str = "Opens a `tessera serve` data directory with
     authenticated is verified and left as it is; one with some records authenticated and others not \
     (MACs removed) is refused as tampered. The state key is the one `tessera serve` uses: \
     --state-key, else state.key beside --tls-key, else DIR.state-key beside the data directory; it \
-    is generated (mode 0600) if missing. `tessera serve` does this by itself only on its first start \
-    with a newly generated state key; with an existing key it refuses a directory with unsealed \
-    records and points here.";
+    is generated (mode 0600) if missing. `tessera serve` never does this by itself, not even with a \
+    state key it generated at that start (the key may have been deleted by whoever edited the \
+    directory): it refuses a directory with unsealed records and points here.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera migrate --data-dir /var/lib/tessera --tls-key /etc/tessera/key.pem\n  \
     tessera migrate --data-dir tessera-data --state-key /etc/tessera/state.key";

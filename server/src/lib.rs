@@ -415,26 +415,23 @@ fn load_state_key(config: &ServerConfig) -> Result<(store::StateKey, bool), Serv
     Ok((key, created))
 }
 
-/// Opens the data directory. With a key generated at this start (the
-/// first start of a build that authenticates, on a directory an older
-/// build wrote), records without MACs cannot have been sealed under it:
-/// they are sealed as found, recorded in the ledger and the audit log. An
-/// existing key means the directory was sealed before: anything unsealed
-/// is refused (see `tessera migrate`).
+/// Opens the data directory. A start never seals records that have no
+/// MACs, not even with a key generated at this start: a key that is
+/// missing may have been deleted by whoever stripped and edited the
+/// directory, and sealing would vouch for the edits. Such a directory is
+/// refused ([`store::StoreError::Unauthenticated`]); the operator, who
+/// knows whether the key ever existed, seals it with `tessera migrate`.
 fn open_store(
     dir: &std::path::Path,
     key: &store::StateKey,
     created: bool,
     disk: files::Disk,
 ) -> Result<Store, store::StoreError> {
-    if !created {
-        return Store::open_with(dir, key, disk);
+    let opened = Store::open_with(dir, key, disk);
+    if created && matches!(opened, Err(store::StoreError::Unauthenticated { .. })) {
+        warn!(dir = %dir.display(), "the state key was generated at this start, but the data directory holds records without MACs: if an older build wrote them, run `tessera migrate`; if the key existed before, restore it (the directory may have been edited)");
     }
-    let (store, migration) = Store::migrate_with(dir, key, disk)?;
-    for what in &migration.sealed {
-        warn!(dir = %dir.display(), "sealed as found (written without MACs): {what}");
-    }
-    Ok(store)
+    opened
 }
 
 /// Validates the configuration, opens the data directory, binds the

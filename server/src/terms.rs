@@ -339,9 +339,14 @@ mod tests {
         let v1 = format!(
             r#"{{"version": 1, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
                 {{"round": 1, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},
+                  "epsilon_spent": {spent}}},
+                {{"round": 2, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},
+                  "epsilon_spent": {spent}}},
+                {{"round": 3, "mechanism": {{"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}},
                   "epsilon_spent": {spent}}}]}}"#
         );
-        // Only the key's holder can put such a ledger in place now.
+        // Only the key's holder can put such a ledger in place now (with
+        // every charge the audit log records).
         let v1: PrivacyLedger = serde_json::from_str(&v1).unwrap();
         crate::store::hazmat::rewrite_ledger(tmp.path(), &dir_key(tmp.path()), &v1).unwrap();
         let mut c = config(tmp.path(), 8.0, 1e-3);

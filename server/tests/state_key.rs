@@ -72,3 +72,33 @@ async fn a_directory_sealed_under_another_key_is_refused() {
     );
     assert!(!err.contains(&other));
 }
+
+/// Review: an editor of the data directory who can delete the key file
+/// (not read it) strips every MAC, deletes the audit log and the key; the
+/// next start generated a new key and sealed the edited directory as found
+/// under it. A start never seals: with a key generated now, a directory
+/// holding records is refused, untouched, and `tessera migrate` (run by
+/// the operator, who knows whether the key was lost or never existed)
+/// seals it.
+#[tokio::test]
+async fn a_deleted_key_does_not_make_the_server_seal_an_edited_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = config(tmp.path());
+    run(c.clone()).await.unwrap();
+    let manifest = c.data_dir.join("manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert!(v.as_object_mut().unwrap().remove("mac").is_some());
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+    let _ = std::fs::remove_file(c.data_dir.join("audit.jsonl"));
+    std::fs::remove_file(c.state_key_path()).unwrap();
+    let err = run(c.clone()).await.unwrap_err();
+    assert!(
+        err.contains("tessera migrate") && err.contains("manifest.json"),
+        "{err}"
+    );
+    let after: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert!(after.get("mac").is_none(), "the edited manifest was sealed");
+    assert!(!c.data_dir.join("audit.jsonl").exists());
+}

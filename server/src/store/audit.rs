@@ -82,6 +82,15 @@ pub enum AuditEvent {
         /// Its δ.
         delta: f64,
     },
+    /// A round's privacy was charged: the server saw its sum (before it
+    /// publishes anything from it, so the charge stands if publishing
+    /// fails). The ledger must hold every charge recorded here.
+    Charged {
+        /// The round.
+        round: u64,
+        /// Privacy spent up to and including it.
+        epsilon: f64,
+    },
     /// The privacy terms changed (a ledger change: `budget-change`,
     /// `delta-recompute`).
     TermsChanged {
@@ -113,6 +122,20 @@ pub enum AuditEvent {
         /// How many bytes.
         bytes: u64,
     },
+}
+
+impl AuditEvent {
+    /// The round of an event that the server appends only after that
+    /// round's record is on disk (a round's events, not a publication's:
+    /// the manifest vouches for those).
+    pub(super) fn recorded_round(&self) -> Option<u64> {
+        match self {
+            AuditEvent::Joined { round, .. }
+            | AuditEvent::Evicted { round, .. }
+            | AuditEvent::RoundAborted { round, .. } => Some(*round),
+            _ => None,
+        }
+    }
 }
 
 /// One line of the log.

@@ -26,7 +26,11 @@
 //! history and re-tag it; and replacing a whole file with an older,
 //! authentic copy of itself (a rollback) is caught only where another file
 //! refers to what it lost (the manifest to the ledger's charges, the round
-//! records to the manifest's models, the audit log's chain).
+//! records to the manifest's models, the audit log's `charged` events to
+//! the ledger's charges and its round events to the round records). The
+//! audit log has no head tag (it is appended line by line), so a log cut
+//! back by whole lines, together with the files that refer past the cut,
+//! is an earlier authentic state: keep a copy of the log off the machine.
 
 use std::fmt;
 use std::fs;

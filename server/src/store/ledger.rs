@@ -353,6 +353,32 @@ pub(super) fn check_covers(
     ))
 }
 
+/// Every charge the audit log records must be in the ledger at `path`: a
+/// ledger replaced by an older authentic copy of itself loses the charges
+/// of rounds that published nothing, which no manifest entry binds.
+pub(super) fn check_charges_logged(
+    path: &Path,
+    ledger: Option<&PrivacyLedger>,
+    audit: &[super::AuditRecord],
+) -> Result<(), StoreError> {
+    for line in audit {
+        let super::AuditEvent::Charged { round, .. } = line.event else {
+            continue;
+        };
+        if !ledger.is_some_and(|l| l.entries().iter().any(|e| e.round == round)) {
+            return Err(corrupt(
+                path,
+                format!(
+                    "it does not record round {round}, whose charge {} (line {}) records: the ledger was rolled back or replaced; restore it from a backup",
+                    super::AUDIT,
+                    line.seq
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

@@ -20,8 +20,8 @@
 //! `integrity`). Open verifies every tag and refuses, naming the file and
 //! the entry, anything edited by someone without the key. A directory an
 //! older build wrote without tags is sealed as found only by
-//! [`Store::migrate`] (`tessera migrate`, or the first start with a newly
-//! generated key), which records the sealing in the ledger and the audit
+//! [`Store::migrate`] (`tessera migrate`: never by a server start, not
+//! even one that generated the key), which records the sealing in the ledger and the audit
 //! log. The key's holder can still rewrite history ([`hazmat`]).
 //!
 //! Every write goes through the store's [`Disk`] (the storage seam; tests
@@ -51,7 +51,9 @@
 //! the ledger (which must record every round that spent privacy; a version
 //! 1 ledger is migrated to version 2, with a warning, each entry marked
 //! `migrated_from`), every round record, and that the records agree with
-//! the manifest. A file a round record refers to is never deleted: a record
+//! the manifest and that every round the audit log names has its record
+//! (the last record's removal breaks no chain, and would let its round id
+//! be reused). A file a round record refers to is never deleted: a record
 //! that claims a version the manifest does not list (a rolled-back
 //! manifest) stops the server with what to do, rather than letting it
 //! publish a second model under that version. A `momentum.safetensors` of
@@ -487,7 +489,17 @@ impl Store {
     pub(crate) fn charge(&mut self, ledger: &PrivacyLedger) -> Result<(), StoreError> {
         ledger::check_extends(ledger, self.ledger.as_ref())?;
         self.write_ledger(ledger)?;
+        let known = self.ledger.as_ref().map_or(0, |l| l.entries().len());
         self.ledger = Some(ledger.clone());
+        // After the ledger: a crash between the two leaves a charge the
+        // log lacks, never one the ledger lacks. The log's copy is what
+        // catches a ledger rolled back past a charge no publication binds.
+        for entry in &ledger.entries()[known..] {
+            self.seal.audit.append(AuditEvent::Charged {
+                round: entry.round,
+                epsilon: ledger.spent(),
+            })?;
+        }
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use super::audit::{AUDIT, AuditEvent, AuditLog};
+use super::audit::{AUDIT, AuditEvent, AuditLog, AuditRecord};
 use super::disk::{entries, file_name, remove_leftover, to_json, unix_ms};
 use super::integrity::{GENESIS, StateKey};
 use super::models::{
@@ -114,6 +114,7 @@ impl Store {
         let ledger_unsealed = opened.as_ref().is_some_and(|o| o.unsealed);
         store.ledger = opened.map(|o| o.ledger);
         ledger::check_covers(&dir.join(LEDGER), store.ledger.as_ref(), &store.manifest)?;
+        ledger::check_charges_logged(&dir.join(LEDGER), store.ledger.as_ref(), &audit_lines)?;
         let unsealed = store.unsealed(ledger_unsealed, &records);
         let sealed_any = store.manifest.mac.is_some()
             || store.ledger.as_ref().is_some_and(|_| !ledger_unsealed)
@@ -148,7 +149,7 @@ impl Store {
             store.verify_manifest()?;
         }
         ledger::check_epsilons(&manifest_path, store.ledger.as_ref(), &store.manifest)?;
-        store.reconcile_rounds(records, !migration.sealed.is_empty())?;
+        store.reconcile_rounds(records, &audit_lines, !migration.sealed.is_empty())?;
         if !migration.sealed.is_empty() {
             store.seal_found(&migration)?;
         }
@@ -278,10 +279,16 @@ impl Store {
     }
 
     /// Verifies each record's tag in round order (or, migrating, seals
-    /// it as found), and rewrites a `started` one with what the crash
+    /// it as found), checks that every round the audit log names has its
+    /// record, and rewrites a `started` one with what the crash
     /// left: `completed` if its model was published, `interrupted`
     /// otherwise.
-    fn reconcile_rounds(&mut self, records: Vec<Record>, migrate: bool) -> Result<(), StoreError> {
+    fn reconcile_rounds(
+        &mut self,
+        records: Vec<Record>,
+        audit: &[AuditRecord],
+        migrate: bool,
+    ) -> Result<(), StoreError> {
         let mut prev = GENESIS;
         for (path, record, mac) in records {
             if let (Some(mac), false) = (&mac, migrate) {
@@ -298,6 +305,7 @@ impl Store {
             self.rounds.push(record);
             self.seal.round_tags.push(prev);
         }
+        self.check_audit_rounds_recorded(audit)?;
         for i in 0..self.rounds.len() {
             if self.rounds[i].outcome == RoundStatus::Started {
                 let mut record = self.rounds[i].clone();
@@ -306,6 +314,33 @@ impl Store {
                 self.write_record(i)?;
             } else if migrate {
                 self.write_record(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every round the audit log names must have its record: the record is
+    /// written when the round opens, before any event about it is
+    /// appended. Removing the last record breaks no link (records chain
+    /// forward), and would let the next round reuse its id, which binds
+    /// the round's key derivations.
+    fn check_audit_rounds_recorded(&self, audit: &[AuditRecord]) -> Result<(), StoreError> {
+        for line in audit {
+            let Some(round) = line.event.recorded_round() else {
+                continue;
+            };
+            if self
+                .rounds
+                .binary_search_by_key(&round, |r| r.round)
+                .is_err()
+            {
+                return Err(StoreError::Inconsistent {
+                    path: self.dir.join(ROUNDS).join(round_file(round)),
+                    what: format!(
+                        "it is missing, but {AUDIT} (line {}) names round {round}: a round record was removed. Restore it from a backup; the server will not reuse the round's id",
+                        line.seq
+                    ),
+                });
             }
         }
         Ok(())

@@ -236,3 +236,96 @@ fn a_torn_audit_tail_is_a_crash_and_an_edited_line_is_tampering() {
     assert!(read_audit(dir, None).is_ok());
     assert!(read_audit(dir, Some(&key())).is_err());
 }
+
+/// Three rounds opened and aborted (nothing published, nothing charged):
+/// only the round records and the audit log know their ids.
+fn three_aborted_rounds(dir: &Path) {
+    let mut store = Store::open(dir, &key()).unwrap();
+    store.init_model(&model(0.0)).unwrap();
+    for round in 1..=3 {
+        let mut r = started(round);
+        store.record_round(&r).unwrap();
+        r.outcome = RoundStatus::Aborted;
+        r.stage = Some("share-keys".into());
+        r.reason = Some("accusations".into());
+        store.record_round(&r).unwrap();
+    }
+}
+
+/// Review: the last round record's removal broke no chain (the records
+/// link forward only), so the next start reused its round id, which binds
+/// every key derivation of a round, and the abort vanished from the
+/// records. The audit log names the round, so the start is refused.
+#[test]
+fn a_deleted_last_round_record_is_refused_not_its_round_id_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    three_aborted_rounds(dir);
+    let last = dir.join("rounds/round-000003.json");
+    let saved = fs::read(&last).unwrap();
+    fs::remove_file(&last).unwrap();
+    let e = err(dir);
+    assert!(
+        e.contains("round-000003.json") && e.contains(AUDIT) && e.contains("round 3"),
+        "{e}"
+    );
+    fs::write(&last, saved).unwrap();
+    let store = Store::open(dir, &key()).unwrap();
+    assert_eq!(store.next_round_id(), 4);
+}
+
+/// What the cross-check cannot stop, stated by a test: an editor who
+/// removes the last round record *and* the audit log's lines about it
+/// (whole trailing lines: the log has no head tag) rolls the directory
+/// back to an earlier authentic state. The same goes for a ledger rolled
+/// back together with the log's `charged` lines. Only a copy of the log
+/// kept elsewhere (shipped off the machine) shows that.
+#[test]
+fn a_rollback_of_the_records_and_the_audit_tail_together_is_not_detectable_here() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    three_aborted_rounds(dir);
+    let (lines, _) = read_audit(dir, Some(&key())).unwrap();
+    let keep = lines
+        .iter()
+        .position(|l| matches!(&l.event, AuditEvent::RoundAborted { round: 3, .. }))
+        .unwrap();
+    let text = fs::read_to_string(dir.join(AUDIT)).unwrap();
+    let kept: String = text.split_inclusive('\n').take(keep).collect();
+    fs::write(dir.join(AUDIT), kept).unwrap();
+    fs::remove_file(dir.join("rounds/round-000003.json")).unwrap();
+    let store = Store::open(dir, &key()).unwrap();
+    assert_eq!(store.next_round_id(), 3);
+}
+
+/// Review: a round whose sum the server saw is charged before it is
+/// published; if the publication then fails, only the ledger held the
+/// charge. Replacing ledger.json with its authentic copy from before that
+/// charge (a whole-file rollback) passed every check (the manifest binds
+/// only published rounds' charges) and lowered the epsilon spent. The
+/// audit log records each charge, and the ledger must hold it.
+#[test]
+fn a_ledger_rolled_back_past_an_unpublished_charge_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut ledger = one_charged_round(dir);
+    let before = fs::read(dir.join("ledger.json")).unwrap();
+    let mut store = Store::open(dir, &key()).unwrap();
+    let mut r = started(2);
+    store.record_round(&r).unwrap();
+    ledger
+        .record(2, gaussian(), Adversary::ModelConsumers)
+        .unwrap();
+    store.charge(&ledger).unwrap();
+    r.outcome = RoundStatus::Aborted;
+    r.stage = Some("publish".into());
+    r.reason = Some("storage".into());
+    store.record_round(&r).unwrap();
+    drop(store);
+    fs::write(dir.join("ledger.json"), before).unwrap();
+    let e = err(dir);
+    assert!(
+        e.contains("ledger.json") && e.contains("round 2") && e.contains(AUDIT),
+        "{e}"
+    );
+}
