@@ -60,13 +60,17 @@
 //! t clients would collect t shares of every other client's self-mask seed
 //! and masking key, and unmask every input it holds, with no unmasking
 //! request at all. The margin above is the server's check; a hostile server
-//! does not abort. So a client reveals its key only where the server is
-//! trusted to relay bundles faithfully ([`reveals_share_key`]):
-//! - Semi-honest model: the server follows the protocol, so a bundle that
-//!   does not open is the sender's doing; the accuser reveals, the server
-//!   judges and keeps the margin.
-//! - Semi-malicious and malicious-server models: the server may deviate, so
-//!   the accusation names the senders but carries no key. The accuser still
+//! does not abort. Nor is the margin safe in the semi-honest model: each
+//! accuser decides alone, so the server sees a key before it can check the
+//! margin, and one colluding client that seals garbage for many honest
+//! neighbours makes them hand over more keys than the margin tolerates (a
+//! semi-honest server follows the protocol but keeps what it sees). So
+//! by default no client reveals its key: revealing is an opt-in of the
+//! client session, in semi-honest rounds only ([`reveals_share_key`]), that
+//! exists to test the judging described above; the safe form needs the
+//! server to ask at most margin-many accusers for their keys, a step not
+//! built yet:
+//! - In every model the accusation names the senders but carries no key. The accuser still
 //!   leaves the round without its input (it holds too few shares to help
 //!   unmask, and masking with senders it cannot check would tie its input
 //!   to them), and the round goes on without it; the server records the
@@ -139,9 +143,11 @@ impl PartialEq for Accusation {
 
 impl Eq for Accusation {}
 
-/// Whether a client accusing a sender reveals its share-encryption secret
-/// under `model`: only where the server relays bundles faithfully (the
-/// module documentation says why).
+/// Whether a client that opted in
+/// (`ClientSession::reveal_share_key_when_accusing`, off by default) may
+/// reveal its share-encryption secret under `model`: only in the
+/// semi-honest model (the module documentation says why no client reveals
+/// by default).
 pub fn reveals_share_key(model: ThreatModel) -> bool {
     model == ThreatModel::SemiHonest
 }

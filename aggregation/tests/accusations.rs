@@ -41,6 +41,11 @@ type Relayed = (
 /// [`share_with_garbage`], also returning every advertised `c_pk`.
 fn share_with_garbage_keys(config: RoundConfig, attacker: ClientId, victims: &[u32]) -> Relayed {
     let mut net = Net::new(config, 71);
+    // The server's judging of keyed accusations is under test: every
+    // client opts in to proving (off by default: see `crate::accusation`).
+    for client in &mut net.clients {
+        client.reveal_share_key_when_accusing();
+    }
     net.clients_send();
     let adverts = net.server_outbox();
     let mut c_pk = HashMap::new();
@@ -179,6 +184,7 @@ fn an_evicted_senders_input_already_in_the_sum_is_unmasked_like_a_dropouts() {
 #[test]
 fn a_false_accusation_evicts_the_accuser_not_the_accused() {
     let mut net = Net::new(config(6, 3, 16), 72);
+    net.clients[0].reveal_share_key_when_accusing();
     net.step();
     net.clients_send();
     let mut relay = net.server_outbox();

@@ -277,8 +277,8 @@ fn readdressed_share_bundles_fail_to_open() {
     };
     assert_eq!(accusation.accused, vec![ClientId(1)]);
     assert!(
-        accusation.share_secret.is_some(),
-        "semi-honest: the key is the proof"
+        accusation.share_secret.is_none(),
+        "no client reveals its share key unless it opted in (see accusation.rs)"
     );
 }
 

@@ -539,9 +539,9 @@ impl Round {
                 Err(ClientError::AccusedNeighbours {
                     round_id,
                     accused: self.accused.clone().unwrap_or_default(),
-                    revealed_key: tessera_aggregation::accusation::reveals_share_key(
-                        self.session.config().threat_model,
-                    ),
+                    // The SDK never opts in to proving an accusation with
+                    // its share key (see `tessera_aggregation::accusation`).
+                    revealed_key: false,
                 })
             }
             v1::Outcome::Completed if completed => {

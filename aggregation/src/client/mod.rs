@@ -52,6 +52,10 @@ use crate::{ClientId, Stage};
 struct Context {
     config: RoundConfig,
     id: ClientId,
+    /// Whether an accusation carries this client's `c_sk` (semi-honest
+    /// rounds only): off unless
+    /// [`ClientSession::reveal_share_key_when_accusing`] turned it on.
+    reveal_share_key: bool,
     /// This client's neighbours in the round's graph, ascending.
     neighbours: Vec<ClientId>,
     /// Malicious-server model: this client's signing key and the directory
@@ -99,6 +103,20 @@ impl Context {
 pub struct ClientSession {
     state: State,
     core: Core,
+}
+
+impl ClientSession {
+    /// Lets this client prove an accusation by revealing its round's
+    /// share-encryption secret `c_sk`, in semi-honest rounds only. **Off by
+    /// default, and not safe to turn on in a deployment**: each accuser
+    /// decides alone, so a colluding client that seals garbage for many
+    /// honest neighbours makes them hand the server more keys than the
+    /// threshold's margin tolerates (see [`crate::accusation`]). It exists
+    /// so the server's judging of a keyed accusation can be tested.
+    #[doc(hidden)]
+    pub fn reveal_share_key_when_accusing(&mut self) {
+        self.core.ctx.reveal_share_key = true;
+    }
 }
 
 /// Everything a session holds besides its stage state: what a transition
@@ -431,6 +449,7 @@ impl ClientSession {
         let ctx = Context {
             config,
             id,
+            reveal_share_key: false,
             neighbours,
             identity,
             session,

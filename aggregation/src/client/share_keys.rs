@@ -100,8 +100,8 @@ impl ShareKeys {
         if !accused.is_empty() {
             // Everything else this state holds is dropped (zeroized) here;
             // the revealed key moves into the accusation.
-            let share_secret =
-                reveals_share_key(ctx.config.threat_model).then_some(self.share_secret);
+            let share_secret = (ctx.reveal_share_key && reveals_share_key(ctx.config.threat_model))
+                .then_some(self.share_secret);
             return Ok(Opened::Accuse(Accusation {
                 share_secret,
                 accused,
