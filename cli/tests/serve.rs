@@ -218,6 +218,18 @@ fn a_budget_change_the_ledger_cannot_take_is_refused_at_start() {
          "mechanism": {"kind": "gaussian", "noise_multiplier": 1.0, "sampling_rate": 1.0}, "epsilon_spent": 9.01}
     ]}"#;
     std::fs::write(dir.join("ledger.json"), ledger).unwrap();
+    // A ledger written without MACs (as an older build's) is sealed by
+    // `tessera migrate`; the server never seals one on start.
+    let migrated = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["migrate", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
     let serve = |extra: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_tessera"))
             .args(["serve", "--listen", "127.0.0.1:0", "--insecure-dev"])
