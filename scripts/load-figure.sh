@@ -33,7 +33,7 @@ cargo build --release --locked --bin tessera
 cargo test --locked -p tessera-tests --test load --no-run 2>&1 | tail -1 >&2
 
 work=$(mktemp -d)
-trap 'kill "$server" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'pkill -P "$server" 2>/dev/null; kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 /usr/bin/time -v -o "$work/time.txt" target/release/tessera serve \
     --listen "127.0.0.1:$PORT" --data-dir "$work/data" --dim "$DIM" \
     --min-clients "$CLIENTS" --max-clients "$CLIENTS" --graph auto \
@@ -59,7 +59,7 @@ failed=0
 for p in "${pids[@]}"; do wait "$p" || failed=1; done
 grep -h "^load:" "$work"/part*.log || true
 if [ "$failed" = 1 ]; then
-    tail -20 "$work"/part*.log >&2
+    tail -n 20 "$work"/part*.log >&2
     exit 1
 fi
 
