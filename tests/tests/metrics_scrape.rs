@@ -24,6 +24,7 @@ use serde::Deserialize;
 use tessera_aggregation::Stage;
 use tessera_client::Participation;
 use tessera_server::config::DpMode;
+use tessera_server::files::{Failure, FaultPlan, Op};
 use tessera_tests::{ServerOptions, TestServer, update};
 
 const DIM: u32 = 64;
@@ -364,11 +365,13 @@ fn distributed_dp_with_metrics(config: &mut tessera_server::ServerConfig) {
 /// values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_round() {
+    let disk = FaultPlan::new();
     let ts = TestServer::start(ServerOptions {
         dim: DIM,
         min_clients: CLIENTS,
         stage_timeout: STAGE_TIMEOUT,
         tweak: distributed_dp_with_metrics,
+        faults: Some(disk.clone()),
         ..ServerOptions::default()
     })
     .await;
@@ -448,6 +451,7 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported_after_a_round() {
     );
 
     aborted_round_is_counted(&ts, addr).await;
+    storage_failure_is_counted(&ts, addr, &disk).await;
     ts.server.shutdown().await.expect("clean shutdown");
 }
 
@@ -498,4 +502,38 @@ async fn aborted_round_is_counted(ts: &TestServer, addr: SocketAddr) {
     for (series, want) in expect {
         assert_eq!(value(&body, series), Some(want), "{series} in\n{body}");
     }
+}
+
+/// A third round whose model the disk cannot store (ENOSPC on the model
+/// file, through the storage seam): the write error and the `storage` abort
+/// are both exported, the series the data-directory alert and the abort
+/// panel watch.
+async fn storage_failure_is_counted(ts: &TestServer, addr: SocketAddr, disk: &FaultPlan) {
+    disk.fail_matching(Some(Op::Write), "model-", Failure::StorageFull);
+    let tasks: Vec<_> = (0..u64::from(CLIENTS))
+        .map(|i| {
+            let client = ts.client(None);
+            tokio::spawn(async move { client.participate(&update(DIM, 20 + i)).await })
+        })
+        .collect();
+    for task in tasks {
+        let result = task.await.expect("task");
+        assert!(result.is_err(), "a round that was not stored: {result:?}");
+    }
+    let aborted = "tessera_rounds_aborted_total{reason=\"storage\"}";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let body = scrape(addr);
+        if value(&body, aborted) == Some(1.0) || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    disk.clear();
+    assert_eq!(value(&body, aborted), Some(1.0), "{aborted} in\n{body}");
+    let writes = "tessera_storage_write_errors_total{op=\"write\"}";
+    assert!(
+        value(&body, writes).is_some_and(|n| n >= 1.0),
+        "{writes} in\n{body}"
+    );
 }
