@@ -143,11 +143,38 @@ impl PartialEq for Accusation {
 
 impl Eq for Accusation {}
 
-/// Whether a client that opted in
-/// (`ClientSession::reveal_share_key_when_accusing`, off by default) may
-/// reveal its share-encryption secret under `model`: only in the
-/// semi-honest model (the module documentation says why no client reveals
-/// by default).
+/// An accuser's answer to the server's [`RevealShareKeyRequest`]: its
+/// share-encryption secret `c_sk` for the round, the proof of its
+/// accusation ([`crate::messages::ClientBody::ShareKeyReveal`]).
+///
+/// [`RevealShareKeyRequest`]: crate::messages::ServerBody::RevealShareKeyRequest
+#[derive(Clone)]
+pub struct ShareKeyReveal {
+    /// The accuser's `c_sk`; zeroizing, so no copy outlives its use.
+    pub share_secret: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ShareKeyReveal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShareKeyReveal(..)")
+    }
+}
+
+impl PartialEq for ShareKeyReveal {
+    /// Compares the key in constant time.
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.share_secret.ct_eq(&*other.share_secret))
+    }
+}
+
+impl Eq for ShareKeyReveal {}
+
+/// Whether a client may reveal its share-encryption secret under `model`,
+/// and only when the server asks for it: in the semi-honest model alone.
+/// Where the server may deviate it could corrupt relayed bundles itself to
+/// make honest clients accuse, then ask them all; the module documentation
+/// says why no client reveals there.
 pub fn reveals_share_key(model: ThreatModel) -> bool {
     model == ThreatModel::SemiHonest
 }
