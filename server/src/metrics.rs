@@ -769,6 +769,7 @@ mod tests {
             ("tessera_rounds_aborted_total{reason=\"accusations\"}", 0.0),
             ("tessera_rounds_aborted_total{reason=\"storage\"}", 0.0),
             ("tessera_dropouts_total{stage=\"unmasking\"}", 0.0),
+            ("tessera_dropouts_total{stage=\"reveal-share-keys\"}", 0.0),
             ("tessera_dropouts_total{stage=\"share-keys\"}", 3.0),
             ("tessera_clients_per_stage{stage=\"share-keys\"}", 2.0),
             ("tessera_rejected_messages_total{kind=\"MALFORMED\"}", 0.0),
