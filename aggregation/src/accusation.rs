@@ -10,29 +10,56 @@
 //! round on a bundle that does not open would let one bad client abort the
 //! round for all its neighbours.
 //!
-//! # The accusation step
+//! # The accusation step, and the reveal step that proves it
 //!
 //! A receiver that cannot open a bundle (the AEAD fails, or the plaintext is
 //! not two shares evaluated at the receiver's point) does not refuse the
-//! round. Instead of its masked input it sends an [`Accusation`]: the senders
-//! it accuses and its per-round share-encryption secret `c_sk`. The server
-//! - checks `c_sk` against the `c_pk` the accuser advertised (signed by the
-//!   accuser's identity in the malicious-server model, relayed otherwise);
-//! - re-derives, for each accused sender, the key the receiver opens that
-//!   sender's bundle with (X25519 with the sender's advertised `c_pk`, then
-//!   HKDF over round, sender and receiver: the same key the receiver used,
-//!   so a bundle replayed from another round or re-addressed does not open
-//!   either) and tries to open the bundle it relayed;
-//! - if every accused bundle fails, evicts the senders (proven); if any
-//!   opens into two well-formed shares, the accusation is false and the
-//!   accuser is evicted instead.
+//! round. Instead of its masked input it sends an [`Accusation`] naming the
+//! senders it accuses, with no key. The server checks that it names only
+//! senders whose bundles it relayed to the accuser, and the accuser leaves
+//! the round without its input (it holds too few shares to help unmask, and
+//! masking with senders it cannot check would tie its input to them).
 //!
-//! A proven sender that had not yet sent its masked input is out of the
-//! round: the round completes without its input, its leftover pairwise
-//! masks removed like a dropout's (from the shares its other neighbours
-//! opened). One whose masked input already arrived stays in the sum,
-//! unmasked from the self-mask shares its other neighbours hold, as a
-//! dropout after masking would.
+//! In the semi-honest model the accusation is then proven in two steps:
+//! 1. When the masked input stage closes (every client answered, or its
+//!    deadline passed), and before the server tells anyone who survived or
+//!    asks for any share, it fixes which accusers to ask for their key: in
+//!    ascending client id, an accuser is asked only if the shares it holds,
+//!    exposed together with those of every accuser already asked, keep each
+//!    client within the threshold's exposure margin (below). The choice is
+//!    made from the accusations alone, before any key is seen, so no key can
+//!    change it, and an asked accuser counts as exposed whether or not it
+//!    answers. Each asked accuser gets a
+//!    [`RevealShareKeyRequest`](crate::messages::ServerBody::RevealShareKeyRequest)
+//!    naming the senders it accused.
+//! 2. The accuser answers with its per-round share-encryption secret `c_sk`
+//!    ([`ShareKeyReveal`]) only if the round is semi-honest, it has not
+//!    revealed before in this round, and the request names senders it
+//!    accused (all or some, none other); anything else it refuses, naming
+//!    what was wrong. The server
+//!    - checks `c_sk` against the `c_pk` the accuser advertised (a key that
+//!      does not match is the accuser's violation);
+//!    - re-derives, for each accused sender, the key the receiver opens that
+//!      sender's bundle with (X25519 with the sender's advertised `c_pk`,
+//!      then HKDF over round, sender and receiver: the same key the receiver
+//!      used, so a bundle replayed from another round or re-addressed does
+//!      not open either) and tries to open the bundle it relayed;
+//!    - if every accused bundle fails, evicts the senders (proven); if any
+//!      opens into two well-formed shares, the accusation is false and the
+//!      accuser is evicted instead.
+//!
+//! The reveal step has its own stage deadline; an asked accuser that does
+//! not answer by then, like every accuser the margin left unasked, stays
+//! unproven: nobody is evicted for its accusation. Then the round goes on
+//! to the consistency check or the unmasking requests, with the survivor
+//! floor and the reach of every needed secret checked again.
+//!
+//! A proven sender that had not sent its masked input is out of the round:
+//! the round completes without its input, its leftover pairwise masks
+//! removed like a dropout's (from the shares its other neighbours opened).
+//! One whose masked input already arrived stays in the sum, unmasked from
+//! the self-mask shares its other neighbours hold, as a dropout after
+//! masking would.
 //!
 //! # What the reveal costs, and who pays
 //!
@@ -44,60 +71,65 @@
 //!   if it were a corrupt client colluding with the server. The accuser
 //!   therefore counts as corrupt for the round's threshold margin: the
 //!   threshold was chosen private against `corrupt` colluders (around each
-//!   client: the finder's bound on corrupt neighbours), and the round goes
-//!   on only while, for every client, those colluders plus the accusers
+//!   client: the finder's bound on corrupt neighbours), and the server asks
+//!   only while, for every client, those colluders plus the asked accusers
 //!   among its neighbours stay within what the threshold tolerates
-//!   ([`crate::params::exposure_margin`]). Beyond that the server aborts
-//!   ([`crate::messages::AbortReason::Accusations`]) before anyone is told
-//!   who survived, so before any share is revealed for unmasking. Every
-//!   revealed key counts, false accusations included.
+//!   ([`crate::params::exposure_margin`]). A semi-honest server follows
+//!   the protocol but keeps what it sees; since it never asks beyond the
+//!   margin, what it sees never reaches t shares of an honest client's
+//!   secret.
 //!
-//! # A hostile server: who reveals
+//! # Why each accuser does not reveal at once
 //!
-//! The server relays the bundles, so it can corrupt one itself and make an
-//! honest client reveal `c_sk`; and an accuser holds a share of *both*
-//! secrets of each neighbour. A server that corrupts one bundle for each of
-//! t clients would collect t shares of every other client's self-mask seed
-//! and masking key, and unmask every input it holds, with no unmasking
-//! request at all. The margin above is the server's check; a hostile server
-//! does not abort. Nor is the margin safe in the semi-honest model: each
-//! accuser decides alone, so the server sees a key before it can check the
-//! margin, and one colluding client that seals garbage for many honest
-//! neighbours makes them hand over more keys than the margin tolerates (a
-//! semi-honest server follows the protocol but keeps what it sees). So
-//! by default no client reveals its key: revealing is an opt-in of the
-//! client session, in semi-honest rounds only ([`reveals_share_key`]), that
-//! exists to test the judging described above; the safe form needs the
-//! server to ask at most margin-many accusers for their keys, a step not
-//! built yet:
-//! - In every model the accusation names the senders but carries no key. The accuser still
-//!   leaves the round without its input (it holds too few shares to help
-//!   unmask, and masking with senders it cannot check would tie its input
-//!   to them), and the round goes on without it; the server records the
-//!   accusation as unproven and evicts nobody, since it cannot tell whether
-//!   the sender or a relay lied. The key never leaves the client, so a
-//!   server that corrupts bundles gains no share by it
-//!   (`aggregation/tests/accusations.rs` plays that server). A reveal that
-//!   is safe against such a server would have to wait until a quorum has
-//!   signed one bounded set of accusers (as the survivor set is signed), so
-//!   that no server could collect more reveals than the margin.
+//! The first form of this step had each accuser put its key into its
+//! accusation. Each accuser then decides alone, and the server sees every
+//! key before it can check the margin: one colluding client that seals
+//! garbage for more honest neighbours than the margin makes them all hand
+//! over their keys, and the server, semi-honest or not, holds t shares of
+//! other clients' self-mask seeds and masking keys, enough to unmask their
+//! inputs with no unmasking request at all (`aggregation/tests/accusations.rs`
+//! plays that attack, and shows the two-step reveal stopping it). A client
+//! still reveals at once only if a test turns that on
+//! (`ClientSession::reveal_share_key_when_accusing`, hidden from the docs);
+//! the server judges such a key on arrival and aborts the round
+//! ([`crate::messages::AbortReason::Accusations`]) when it exceeds the
+//! margin, which is too late to undo what it saw.
+//!
+//! # A hostile server: nobody reveals
+//!
+//! Where the server may deviate (the semi-malicious and malicious-server
+//! models) no client reveals its key, and the server asks nobody. The
+//! server relays the bundles, so it can corrupt one itself and make an
+//! honest client accuse; and an accuser holds a share of *both* secrets of
+//! each neighbour. A server that corrupts one bundle for each of t clients
+//! and then asks them all would collect t shares of every other client's
+//! self-mask seed and masking key, and unmask every input it holds; the
+//! margin is the server's own check, and a hostile server would skip it.
+//! There the accusation stays unproven: the server cannot tell whether the
+//! sender or a relay lied, evicts nobody, and the round goes on without
+//! the accuser. The key never leaves the client, so a server that corrupts
+//! bundles gains no share by it (`aggregation/tests/accusations.rs` plays
+//! that server). A reveal that is safe against such a server would have to
+//! wait until a quorum has signed one bounded set of accusers (as the
+//! survivor set is signed), so that no server could collect more reveals
+//! than the margin; that is not built.
 //!
 //! # How much slack a round has
 //!
 //! The margin is what the threshold leaves above the colluders it was chosen
 //! against. The parameter finder picks the smallest private threshold, so a
-//! round on the finder's parameters has little or no slack: in the
-//! semi-honest model at `t = a + 1` a single revealed key aborts the round
-//! (cleanly, before any unmasking), and a deployment that expects hostile
-//! clients should leave room (a threshold above the floor). In the
-//! malicious-server model at the floor `t = ⌊(n + corrupt)/2⌋ + 1` the
+//! round on the finder's parameters may have little or no slack: in the
+//! semi-honest model at `t = a + 1` no accuser can be asked (its accusation
+//! stays unproven, the round goes on), and a deployment that wants garblers
+//! proven and evicted should leave room (a threshold above the floor). In
+//! the malicious-server model at the floor `t = ⌊(n + corrupt)/2⌋ + 1` the
 //! margin is 0 or 1 (by the parity of `n + corrupt`), so reveals could
 //! hardly be afforded there even if they were safe.
 //!
 //! The accusation travels as the accuser's MaskedInput-stage message (its
-//! masked input could not be sent anyway): no extra round trip, and the
-//! server settles it while the stage is open, before it tells anyone who
-//! survived.
+//! masked input could not be sent anyway), and the request and the key as
+//! one extra exchange with the accusers only, between the masked inputs and
+//! the first message that names the survivors.
 
 use zeroize::Zeroizing;
 
@@ -107,8 +139,9 @@ use crate::keys::{KeyError, ShareKey, receiver_open_key};
 use crate::shamir::{SHARE_BYTES, Share};
 
 /// A receiver's claim that bundles sealed for it do not open: the senders
-/// it accuses and, where it may reveal it ([`reveals_share_key`]), its
-/// share-encryption secret for the round as the proof.
+/// it accuses. Clients send it without a key and reveal the key only when
+/// the server asks ([`ShareKeyReveal`]); the key field remains for the old
+/// unasked form, which only tests turn on (see the module documentation).
 #[derive(Clone)]
 pub struct Accusation {
     /// The accuser's `c_sk` for this round, or `None` for an unproven
@@ -143,11 +176,38 @@ impl PartialEq for Accusation {
 
 impl Eq for Accusation {}
 
-/// Whether a client that opted in
-/// (`ClientSession::reveal_share_key_when_accusing`, off by default) may
-/// reveal its share-encryption secret under `model`: only in the
-/// semi-honest model (the module documentation says why no client reveals
-/// by default).
+/// An accuser's answer to the server's [`RevealShareKeyRequest`]: its
+/// share-encryption secret `c_sk` for the round, the proof of its
+/// accusation ([`crate::messages::ClientBody::ShareKeyReveal`]).
+///
+/// [`RevealShareKeyRequest`]: crate::messages::ServerBody::RevealShareKeyRequest
+#[derive(Clone)]
+pub struct ShareKeyReveal {
+    /// The accuser's `c_sk`; zeroizing, so no copy outlives its use.
+    pub share_secret: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ShareKeyReveal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShareKeyReveal(..)")
+    }
+}
+
+impl PartialEq for ShareKeyReveal {
+    /// Compares the key in constant time.
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        bool::from(self.share_secret.ct_eq(&*other.share_secret))
+    }
+}
+
+impl Eq for ShareKeyReveal {}
+
+/// Whether a client may reveal its share-encryption secret under `model`,
+/// and only when the server asks for it: in the semi-honest model alone.
+/// Where the server may deviate it could corrupt relayed bundles itself to
+/// make honest clients accuse, then ask them all; the module documentation
+/// says why no client reveals there.
 pub fn reveals_share_key(model: ThreatModel) -> bool {
     model == ThreatModel::SemiHonest
 }

@@ -19,7 +19,7 @@
 //! (an optional signature is a flag byte, 0 or 1, then 64 bytes).
 
 use crate::ClientId;
-use crate::accusation::Accusation;
+use crate::accusation::{Accusation, ShareKeyReveal};
 use crate::identity::{IdentitySignature, SIGNATURE_BYTES};
 use crate::keys::PublicKeys;
 use crate::shamir::{SHARE_BYTES, Share};
@@ -61,6 +61,15 @@ pub enum ClientBody {
     /// accusation = tag:u8 (=0x06) has_key:u8 (0|1) [c_sk:32] accused:ids
     /// ```
     Accusation(Accusation),
+    /// Stage 2, after the accusation, only when the server asked for it
+    /// ([`ServerBody::RevealShareKeyRequest`]): the accuser's
+    /// share-encryption secret, the proof the server judges its accusation
+    /// with ([`crate::accusation`]).
+    ///
+    /// ```text
+    /// share_key_reveal = tag:u8 (=0x07) c_sk:32
+    /// ```
+    ShareKeyReveal(ShareKeyReveal),
     /// Stage 3, ConsistencyCheck: the client confirms the survivor set it was
     /// sent; in the malicious-server model with its signature over the set.
     ConsistencyCheck(Option<IdentitySignature>),
@@ -74,7 +83,9 @@ impl ClientBody {
         match self {
             ClientBody::AdvertiseKeys(_) => crate::Stage::AdvertiseKeys,
             ClientBody::ShareKeys(_) => crate::Stage::ShareKeys,
-            ClientBody::MaskedInput(_) | ClientBody::Accusation(_) => crate::Stage::MaskedInput,
+            ClientBody::MaskedInput(_)
+            | ClientBody::Accusation(_)
+            | ClientBody::ShareKeyReveal(_) => crate::Stage::MaskedInput,
             ClientBody::ConsistencyCheck(_) => crate::Stage::ConsistencyCheck,
             ClientBody::Unmasking(_) => crate::Stage::Unmasking,
         }
@@ -118,6 +129,19 @@ pub enum ServerBody {
         /// the client signed, ascending by signer (empty otherwise).
         signatures: Vec<(ClientId, IdentitySignature)>,
     },
+    /// After MaskedInput, before anyone learns who survived (semi-honest
+    /// rounds only): asks an accuser for its share-encryption secret, to
+    /// judge its accusation of `senders` ([`crate::accusation`]). Sent to at
+    /// most as many accusers as the threshold's exposure margin affords.
+    ///
+    /// ```text
+    /// reveal_share_key_request = tag:u8 (=0x87) senders:ids
+    /// ```
+    RevealShareKeyRequest {
+        /// The accused senders whose bundles the server will try to open
+        /// with the key: all or some of those the accuser named.
+        senders: Vec<ClientId>,
+    },
     /// The round is over without a result.
     Aborted(AbortReason),
 }
@@ -130,6 +154,7 @@ impl ServerBody {
             ServerBody::SealedShares(_) => "SealedShares",
             ServerBody::ConsistencyCheck { .. } => "ConsistencyCheck",
             ServerBody::UnmaskRequest { .. } => "UnmaskRequest",
+            ServerBody::RevealShareKeyRequest { .. } => "RevealShareKeyRequest",
             ServerBody::Aborted(_) => "Aborted",
         }
     }
@@ -274,11 +299,13 @@ const TAG_MASKED_INPUT: u8 = 0x03;
 const TAG_CONSISTENCY: u8 = 0x04;
 const TAG_UNMASKING: u8 = 0x05;
 const TAG_ACCUSATION: u8 = 0x06;
+const TAG_SHARE_KEY_REVEAL: u8 = 0x07;
 const TAG_NEIGHBOUR_KEYS: u8 = 0x81;
 const TAG_SEALED_SHARES: u8 = 0x82;
 const TAG_CONSISTENCY_CHECK: u8 = 0x84;
 const TAG_UNMASK_REQUEST: u8 = 0x85;
 const TAG_ABORTED: u8 = 0x86;
+const TAG_REVEAL_SHARE_KEY_REQUEST: u8 = 0x87;
 
 impl ClientMessage {
     /// The canonical encoding.
@@ -316,6 +343,10 @@ impl ClientMessage {
                 }
                 w.ids(&accusation.accused);
             }
+            ClientBody::ShareKeyReveal(reveal) => {
+                w.u8(TAG_SHARE_KEY_REVEAL);
+                w.bytes32(&reveal.share_secret);
+            }
             ClientBody::Unmasking(response) => {
                 w.u8(TAG_UNMASKING);
                 w.shares(&response.self_mask_shares);
@@ -346,6 +377,9 @@ impl ClientMessage {
                     }
                 },
                 accused: r.ids("accused")?,
+            }),
+            TAG_SHARE_KEY_REVEAL => ClientBody::ShareKeyReveal(ShareKeyReveal {
+                share_secret: zeroize::Zeroizing::new(r.bytes32()?),
             }),
             TAG_UNMASKING => ClientBody::Unmasking(UnmaskResponse {
                 self_mask_shares: r.shares("self-mask shares")?,
@@ -412,6 +446,10 @@ impl ServerMessage {
                     w.0.extend_from_slice(&signature.0);
                 }
             }
+            ServerBody::RevealShareKeyRequest { senders } => {
+                w.u8(TAG_REVEAL_SHARE_KEY_REQUEST);
+                w.ids(senders);
+            }
             ServerBody::Aborted(reason) => {
                 w.u8(TAG_ABORTED);
                 w.u8(match reason {
@@ -443,6 +481,9 @@ impl ServerMessage {
                 survivors: r.ids("survivors")?,
                 dropped: r.ids("dropped")?,
                 signatures: r.signatures("signatures")?,
+            },
+            TAG_REVEAL_SHARE_KEY_REQUEST => ServerBody::RevealShareKeyRequest {
+                senders: r.ids("senders")?,
             },
             TAG_ABORTED => ServerBody::Aborted(match r.u8()? {
                 1 => AbortReason::BelowThreshold,
@@ -725,6 +766,9 @@ mod tests {
                 share_secret: None,
                 accused: vec![ClientId(3)],
             }),
+            ClientBody::ShareKeyReveal(ShareKeyReveal {
+                share_secret: zeroize::Zeroizing::new([0x24; 32]),
+            }),
             ClientBody::ConsistencyCheck(None),
             ClientBody::ConsistencyCheck(Some(IdentitySignature([8; 64]))),
             ClientBody::Unmasking(UnmaskResponse {
@@ -765,6 +809,9 @@ mod tests {
             }]),
             ServerBody::ConsistencyCheck {
                 survivors: vec![ClientId(0), ClientId(9)],
+            },
+            ServerBody::RevealShareKeyRequest {
+                senders: vec![ClientId(4), ClientId(8)],
             },
             ServerBody::UnmaskRequest {
                 survivors: vec![ClientId(1)],
@@ -940,6 +987,12 @@ mod tests {
                     "SealedShares",
                 ),
                 (request(vec![a, b], Vec::new()), "dropped"),
+                (
+                    ServerBody::RevealShareKeyRequest {
+                        senders: vec![a, b],
+                    },
+                    "senders",
+                ),
                 (
                     request(Vec::new(), vec![(a, signature), (b, signature)]),
                     "signatures",

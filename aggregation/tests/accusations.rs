@@ -1,8 +1,12 @@
 //! Share-bundle accusations ([`tessera_aggregation::accusation`]): a client
 //! that seals garbage for a neighbour is proven wrong and evicted, and the
-//! honest clients finish the round; a false accuser is evicted instead; too
-//! many accusers abort the round before anything is unmasked; and a server
-//! that corrupts relayed bundles where it may deviate gets no share key.
+//! honest clients finish the round; a false accuser is evicted instead; the
+//! server asks at most margin-many accusers for their keys, before anyone
+//! learns who survived, so one garbling client cannot make honest clients
+//! hand over enough keys to unmask an input (the old unasked reveal could,
+//! and the attack is played here); clients answer only a request they may
+//! answer; and a server that corrupts relayed bundles where it may deviate
+//! gets no share key.
 
 mod common;
 
@@ -10,6 +14,7 @@ use std::collections::HashMap;
 
 use common::{Net, config, ids};
 use tessera_aggregation::accusation::{Accusation, BadBundle, open_revealed};
+use tessera_aggregation::keys::PublicKeys;
 use tessera_aggregation::messages::{
     AbortReason, ClientBody, ClientMessage, ServerBody, ServerMessage,
 };
@@ -31,28 +36,41 @@ fn share_with_garbage(
 }
 
 /// A round stopped with its SealedShares relay undelivered, and every
-/// advertised `c_pk` by owner.
+/// advertised key pair by owner.
 type Relayed = (
     Net,
     Vec<(ClientId, ServerMessage)>,
-    HashMap<ClientId, [u8; 32]>,
+    HashMap<ClientId, PublicKeys>,
 );
 
-/// [`share_with_garbage`], also returning every advertised `c_pk`.
+/// [`share_with_garbage`], also returning every advertised key pair; the
+/// clients reveal their keys unasked, the old unsafe form whose handling by
+/// the server these tests check.
 fn share_with_garbage_keys(config: RoundConfig, attacker: ClientId, victims: &[u32]) -> Relayed {
+    share_with_garbage_as(config, attacker, victims, true)
+}
+
+/// [`share_with_garbage_keys`] with clients that reveal their keys unasked
+/// (`unasked`, the old form) or only when the server asks (the default).
+fn share_with_garbage_as(
+    config: RoundConfig,
+    attacker: ClientId,
+    victims: &[u32],
+    unasked: bool,
+) -> Relayed {
     let mut net = Net::new(config, 71);
-    // The server's judging of keyed accusations is under test: every
-    // client opts in to proving (off by default: see `crate::accusation`).
-    for client in &mut net.clients {
-        client.reveal_share_key_when_accusing();
+    if unasked {
+        for client in &mut net.clients {
+            client.reveal_share_key_when_accusing();
+        }
     }
     net.clients_send();
     let adverts = net.server_outbox();
-    let mut c_pk = HashMap::new();
+    let mut keys = HashMap::new();
     for (_, message) in &adverts {
         if let ServerBody::NeighbourKeys(list) = &message.body {
             for (id, advert) in list {
-                c_pk.insert(*id, advert.keys.c_pk);
+                keys.insert(*id, advert.keys);
             }
         }
     }
@@ -76,7 +94,7 @@ fn share_with_garbage_keys(config: RoundConfig, attacker: ClientId, victims: &[u
             .iter()
             .all(|(_, m)| matches!(m.body, ServerBody::SealedShares(_)))
     );
-    (net, relay, c_pk)
+    (net, relay, keys)
 }
 
 /// Sends client `id`'s queued messages (its input submitted if asked
@@ -392,7 +410,7 @@ fn a_revealed_key_opens_only_the_bundle_of_its_round_sender_and_receiver() {
     assert!(
         open_revealed(
             &secret,
-            &keys[&ClientId(1)],
+            &keys[&ClientId(1)].c_pk,
             round,
             ClientId(1),
             ClientId(0),
@@ -408,7 +426,7 @@ fn a_revealed_key_opens_only_the_bundle_of_its_round_sender_and_receiver() {
         assert_eq!(
             open_revealed(
                 &secret,
-                &keys[&sender],
+                &keys[&sender].c_pk,
                 round,
                 sender,
                 receiver,
@@ -418,4 +436,456 @@ fn a_revealed_key_opens_only_the_bundle_of_its_round_sender_and_receiver() {
             BadBundle::Decrypt
         );
     }
+}
+
+// ---- The two-step reveal: the server asks, within the margin ----
+
+/// The server's reveal requests in `out`, as (accuser, senders).
+fn reveal_requests(out: &[(ClientId, ServerMessage)]) -> Vec<(ClientId, Vec<ClientId>)> {
+    out.iter()
+        .filter_map(|(to, m)| match &m.body {
+            ServerBody::RevealShareKeyRequest { senders } => Some((*to, senders.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Hands client `id`'s queued messages to the server, noting every share
+/// key in them as a semi-honest server that keeps what it sees would.
+fn send_keeping_keys(
+    net: &mut Net,
+    id: ClientId,
+    seen: &mut Vec<(ClientId, zeroize::Zeroizing<[u8; 32]>)>,
+) -> Vec<Result<(), ServerSessionError>> {
+    let client = &mut net.clients[id.index()];
+    if client.is_awaiting_input() {
+        client.submit_input(net.inputs[id.index()].clone()).unwrap();
+    }
+    let mut results = Vec::new();
+    while let Some(message) = client.poll_transmit() {
+        let message = ClientMessage::decode(&message.encode()).unwrap();
+        match &message.body {
+            ClientBody::Accusation(Accusation {
+                share_secret: Some(key),
+                ..
+            }) => seen.push((id, key.clone())),
+            ClientBody::ShareKeyReveal(reveal) => seen.push((id, reveal.share_secret.clone())),
+            _ => {}
+        }
+        results.push(net.server.handle_message(net.now, id, message));
+    }
+    results
+}
+
+/// What a server holding the share keys in `keys` makes of `victim`'s
+/// masked input: it opens the bundles the victim sealed for those key
+/// holders (relayed to them in `relay`), rebuilds the victim's self-mask
+/// seed and masking key from the shares inside, and strips every mask.
+/// With fewer than t keys the secrets do not rebuild (`None`), or rebuild
+/// wrong, and so does the result.
+fn unmask_with_keys(
+    config: &RoundConfig,
+    keys: &[(ClientId, zeroize::Zeroizing<[u8; 32]>)],
+    relay: &[(ClientId, ServerMessage)],
+    adverts: &HashMap<ClientId, PublicKeys>,
+    victim: ClientId,
+    masked: Vec<u32>,
+) -> Option<Vec<u32>> {
+    use tessera_aggregation::keys::pairwise_mask_seed;
+    use tessera_aggregation::shamir;
+    let mut masking_key_shares = Vec::new();
+    let mut self_mask_shares = Vec::new();
+    for (holder, key) in keys {
+        let (_, message) = relay.iter().find(|(to, _)| to == holder).unwrap();
+        let ServerBody::SealedShares(bundles) = &message.body else {
+            panic!("expected bundles")
+        };
+        let bundle = bundles.iter().find(|b| b.peer == victim).unwrap();
+        let (masking_key, self_mask) = open_revealed(
+            key,
+            &adverts[&victim].c_pk,
+            config.round_id,
+            victim,
+            *holder,
+            &bundle.ciphertext,
+        )
+        .expect("the victim's bundle opens under its holder's key");
+        masking_key_shares.push(masking_key);
+        self_mask_shares.push(self_mask);
+    }
+    let b = shamir::reconstruct(&self_mask_shares.iter().collect::<Vec<_>>()).ok()?;
+    let s_sk = x25519_dalek::StaticSecret::from(
+        shamir::reconstruct(&masking_key_shares.iter().collect::<Vec<_>>()).ok()?,
+    );
+    let pairwise = (0..config.num_clients)
+        .map(ClientId)
+        .filter(|u| *u != victim)
+        .filter_map(|u| {
+            let seed = pairwise_mask_seed(&s_sk, &adverts[&u].s_pk, config.round_id, victim, u);
+            seed.ok().map(|seed| (u, seed))
+        })
+        .collect();
+    Some(common::strip_masks(config, victim, &b, pairwise, masked))
+}
+
+/// Client `id`'s masked input, handed to the server; returns it unpacked,
+/// as the server holds it.
+fn masked_input_of(net: &mut Net, id: ClientId) -> Vec<u32> {
+    let client = &mut net.clients[id.index()];
+    client.submit_input(net.inputs[id.index()].clone()).unwrap();
+    let message = client.poll_transmit().unwrap();
+    let ClientBody::MaskedInput(packed) = &message.body else {
+        panic!("expected a masked input")
+    };
+    let masked =
+        tessera_aggregation::packing::unpack(packed, net.config.bits, net.config.dim as usize)
+            .unwrap();
+    net.server.handle_message(net.now, id, message).unwrap();
+    masked
+}
+
+#[test]
+fn unasked_reveals_beyond_the_margin_unmask_an_honest_input_and_the_asked_reveal_does_not() {
+    // Eight clients, t = 3: each client's shares may be exposed at 2
+    // holders. Client 5 seals garbage for 0, 1 and 2; client 3 is honest,
+    // and its input is what a semi-honest server that keeps every key it
+    // sees is after.
+    let attacker = ClientId(5);
+    let victim = ClientId(3);
+    let honest_input = |net: &Net| net.inputs[victim.index()].clone();
+    for unasked in [true, false] {
+        let (mut net, relay, adverts) =
+            share_with_garbage_as(config(8, 3, 16), attacker, &[0, 1, 2], unasked);
+        let margin = tessera_aggregation::params::exposure_margin(
+            net.config.threat_model,
+            8,
+            0,
+            net.config.graph,
+            3,
+        );
+        assert_eq!(margin, Some(2));
+        net.deliver(relay.clone());
+        let masked = masked_input_of(&mut net, victim);
+        let mut keys = Vec::new();
+        for id in [0, 1, 2, 4, 5, 6, 7] {
+            send_keeping_keys(&mut net, ClientId(id), &mut keys);
+        }
+        if !unasked {
+            // Two steps: the stage closed, and the server asks only the
+            // accusers the margin affords, lowest id first.
+            let out = net.server_outbox();
+            let requests = reveal_requests(&out);
+            assert_eq!(
+                requests,
+                vec![(ClientId(0), vec![attacker]), (ClientId(1), vec![attacker])]
+            );
+            assert_eq!(requests.len(), out.len(), "nothing else goes out yet");
+            net.deliver(out);
+            for id in [0, 1, 2] {
+                for result in send_keeping_keys(&mut net, ClientId(id), &mut keys) {
+                    result.unwrap();
+                }
+            }
+        }
+        let recovered = unmask_with_keys(&net.config, &keys, &relay, &adverts, victim, masked);
+        if unasked {
+            // Each accuser decided alone: three keys went out, and the
+            // margin check that aborted the round came too late.
+            assert_eq!(keys.len(), 3);
+            assert_eq!(net.server.abort_reason(), Some(AbortReason::Accusations));
+            assert_eq!(
+                recovered,
+                Some(honest_input(&net)),
+                "the attack the old form allows"
+            );
+        } else {
+            assert_eq!(keys.len(), 2, "at most margin-many keys");
+            assert_ne!(
+                recovered,
+                Some(honest_input(&net)),
+                "two shares rebuild nothing"
+            );
+            assert!(events(&mut net).iter().any(|e| matches!(
+                e,
+                ServerEvent::AccusationUnproven {
+                    accuser: ClientId(2),
+                    reason: tessera_aggregation::server::Unproven::Margin,
+                    ..
+                }
+            )));
+            // And the round goes on: the garbler is evicted (its input,
+            // already in the sum, is unmasked like a dropout's).
+            net.kill(&[0, 1, 2, attacker.0]);
+            let out = net.server_outbox();
+            net.deliver(out);
+            let output = net.run(&[]).expect("the round completes");
+            let contributors = ids(&[3, 4, 5, 6, 7]);
+            assert_eq!(output.contributors, contributors);
+            assert_eq!(output.sum, net.plain_sum(&contributors));
+        }
+    }
+}
+
+#[test]
+fn a_default_client_proves_a_garbler_when_asked_and_the_round_completes() {
+    let attacker = ClientId(5);
+    let (mut net, relay, _) = share_with_garbage_as(config(6, 3, 16), attacker, &[0], false);
+    net.deliver(relay);
+    let accusation = accusation_of(&mut net, ClientId(0));
+    assert!(accusation.share_secret.is_none(), "no key goes unasked");
+    let message = ClientMessage {
+        round_id: net.config.round_id,
+        body: ClientBody::Accusation(accusation),
+    };
+    net.server
+        .handle_message(net.now, ClientId(0), message)
+        .unwrap();
+    for id in 1..5 {
+        for result in send(&mut net, ClientId(id)) {
+            result.unwrap();
+        }
+    }
+    // The garbler's input is not sent: it is out before it could be.
+    assert_eq!(net.server.stage(), Some(Stage::MaskedInput));
+    net.kill(&[attacker.0]);
+    let deadline = net.server.poll_timeout().unwrap();
+    net.now = deadline;
+    net.server.handle_timeout(deadline);
+    let out = net.server_outbox();
+    assert_eq!(reveal_requests(&out), vec![(ClientId(0), vec![attacker])]);
+    net.deliver(out);
+    assert_eq!(
+        net.clients[0].poll_event(),
+        Some(ClientEvent::ShareKeyRevealed(vec![attacker]))
+    );
+    for result in send(&mut net, ClientId(0)) {
+        result.unwrap();
+    }
+    let seen = events(&mut net);
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        ServerEvent::Evicted {
+            client,
+            violation: ClientViolation::BadBundle { receiver: ClientId(0), problem: BadBundle::Decrypt },
+        } if *client == attacker
+    )));
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        ServerEvent::Accused { accuser: ClientId(0), proven: true, accused } if *accused == vec![attacker]
+    )));
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        ServerEvent::RevealStepCompleted {
+            asked: 1,
+            answered: 1
+        }
+    )));
+    net.kill(&[0]);
+    let out = net.server_outbox();
+    net.deliver(out);
+    let output = net.run(&[]).expect("the honest clients complete the round");
+    let honest = ids(&[1, 2, 3, 4]);
+    assert_eq!(output.contributors, honest);
+    assert_eq!(output.sum, net.plain_sum(&honest));
+}
+
+/// Client 0 accuses client 3 falsely (handed a corrupted copy of 3's good
+/// bundle), every other client sends its input, and the server's reveal
+/// request to 0 is returned undelivered.
+fn false_accusation_until_request(model: ThreatModel) -> (Net, Vec<(ClientId, ServerMessage)>) {
+    let mut cfg = config(7, 4, 8);
+    cfg.threat_model = model;
+    let mut net = Net::new(cfg, 75);
+    net.step();
+    net.clients_send();
+    let mut relay = net.server_outbox();
+    let (_, message) = relay.iter_mut().find(|(to, _)| to.0 == 0).unwrap();
+    let ServerBody::SealedShares(bundles) = &mut message.body else {
+        panic!("expected bundles")
+    };
+    bundles
+        .iter_mut()
+        .find(|b| b.peer.0 == 3)
+        .unwrap()
+        .ciphertext[0] ^= 1;
+    net.deliver(relay);
+    for id in 0..7 {
+        for result in send(&mut net, ClientId(id)) {
+            result.unwrap();
+        }
+    }
+    let out = net.server_outbox();
+    (net, out)
+}
+
+#[test]
+fn a_false_accusation_proven_by_the_asked_key_evicts_the_accuser() {
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    assert_eq!(reveal_requests(&out), vec![(ClientId(0), ids(&[3]))]);
+    net.deliver(out);
+    let results = send(&mut net, ClientId(0));
+    assert_eq!(
+        results,
+        vec![Err(ServerSessionError::ClientMisbehaved {
+            client: ClientId(0),
+            violation: ClientViolation::FalseAccusation {
+                accused: ClientId(3)
+            },
+        })]
+    );
+    assert!(
+        !events(&mut net)
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Evicted { .. })),
+        "the accused stays"
+    );
+    net.kill(&[0]);
+    let out = net.server_outbox();
+    net.deliver(out);
+    let output = net.run(&[]).expect("the others complete the round");
+    let contributors = ids(&[1, 2, 3, 4, 5, 6]);
+    assert_eq!(output.contributors, contributors);
+    assert_eq!(output.sum, net.plain_sum(&contributors));
+}
+
+#[test]
+fn an_asked_key_that_is_not_the_accusers_is_a_violation() {
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    net.deliver(out);
+    let mut message = net.clients[0].poll_transmit().unwrap();
+    let ClientBody::ShareKeyReveal(reveal) = &mut message.body else {
+        panic!("expected the reveal")
+    };
+    reveal.share_secret = zeroize::Zeroizing::new([7; 32]);
+    let error = net
+        .server
+        .handle_message(net.now, ClientId(0), message)
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            ServerSessionError::ClientMisbehaved {
+                client: ClientId(0),
+                violation: ClientViolation::Accusation(what),
+            } if what.contains("not the one behind the advertised c_pk")
+        ),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_client_refuses_a_request_for_senders_it_did_not_accuse_or_a_second_one() {
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    let round_id = net.config.round_id;
+    let request = |senders| ServerMessage {
+        round_id,
+        body: ServerBody::RevealShareKeyRequest { senders },
+    };
+    // Client 0 accused 3 only: a request naming 2 as well is refused, and
+    // so is one naming nobody, and nothing is queued.
+    assert_eq!(
+        common::violation(net.clients[0].handle_message(net.now, request(ids(&[2, 3])))),
+        tessera_aggregation::client::Violation::RevealForUnaccused(ClientId(2))
+    );
+    assert_eq!(
+        common::violation(net.clients[0].handle_message(net.now, request(Vec::new()))),
+        tessera_aggregation::client::Violation::EmptyRevealRequest
+    );
+    assert!(!net.clients[0].has_transmit());
+    // A client that accused nobody refuses any request.
+    assert!(matches!(
+        common::violation(net.clients[1].handle_message(net.now, request(ids(&[3])))),
+        tessera_aggregation::client::Violation::UnexpectedMessage {
+            message: "RevealShareKeyRequest",
+            ..
+        }
+    ));
+    // The real request is answered once; a second is refused.
+    net.deliver(out);
+    assert!(matches!(
+        net.clients[0].poll_transmit().map(|m| m.body),
+        Some(ClientBody::ShareKeyReveal(_))
+    ));
+    assert_eq!(
+        common::violation(net.clients[0].handle_message(net.now, request(ids(&[3])))),
+        tessera_aggregation::client::Violation::SecondRevealRequest
+    );
+    assert!(!net.clients[0].has_transmit());
+}
+
+#[test]
+fn where_the_server_may_deviate_nobody_is_asked_and_a_request_is_refused() {
+    for model in [ThreatModel::SemiMalicious, ThreatModel::MaliciousServer] {
+        let (mut net, out) = false_accusation_until_request(model);
+        assert!(reveal_requests(&out).is_empty(), "{model}");
+        assert!(events(&mut net).iter().any(|e| matches!(
+            e,
+            ServerEvent::AccusationUnproven {
+                accuser: ClientId(0),
+                reason: tessera_aggregation::server::Unproven::ThreatModel,
+                ..
+            }
+        )));
+        // A server that asks anyway is refused, and gets no key.
+        let request = ServerMessage {
+            round_id: net.config.round_id,
+            body: ServerBody::RevealShareKeyRequest { senders: ids(&[3]) },
+        };
+        assert_eq!(
+            common::violation(net.clients[0].handle_message(net.now, request)),
+            tessera_aggregation::client::Violation::RevealInThreatModel(model)
+        );
+        assert!(!net.clients[0].has_transmit());
+    }
+}
+
+#[test]
+fn no_request_goes_out_once_the_survivors_are_told_and_late_keys_are_refused() {
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    assert_eq!(reveal_requests(&out).len(), out.len());
+    // The asked accuser stays silent: at the step's deadline its
+    // accusation stays unproven, nobody is evicted, and only then are the
+    // survivors asked to unmask.
+    let deadline = net.server.poll_timeout().unwrap();
+    net.now = deadline;
+    net.server.handle_timeout(deadline);
+    let seen = events(&mut net);
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        ServerEvent::AccusationUnproven {
+            accuser: ClientId(0),
+            reason: tessera_aggregation::server::Unproven::NoAnswer,
+            ..
+        }
+    )));
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Evicted { .. }))
+    );
+    let unmask = net.server_outbox();
+    assert!(!unmask.is_empty());
+    assert!(
+        unmask
+            .iter()
+            .all(|(_, m)| matches!(m.body, ServerBody::UnmaskRequest { .. }))
+    );
+    // The key that comes now is refused: the server no longer asks.
+    net.deliver(out);
+    let late = send(&mut net, ClientId(0));
+    assert!(matches!(
+        late.as_slice(),
+        [Err(ServerSessionError::ClientMisbehaved {
+            client: ClientId(0),
+            violation: ClientViolation::Accusation(what),
+        })] if what.contains("did not ask for")
+    ));
+    net.deliver(unmask);
+    net.kill(&[0]);
+    let output = net.run(&[]).expect("the others complete the round");
+    let contributors = ids(&[1, 2, 3, 4, 5, 6]);
+    assert_eq!(output.contributors, contributors);
+    assert_eq!(output.sum, net.plain_sum(&contributors));
+    // Nothing else the server sent in the round was a request.
+    assert!(reveal_requests(&net.server_outbox()).is_empty());
 }

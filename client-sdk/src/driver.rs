@@ -23,8 +23,12 @@
 //! bundle that does not open is not blamed on the server: the session
 //! accuses that neighbour instead and sits the round out, and the call
 //! ends with [`ClientError::AccusedNeighbours`] naming it once the server
-//! has sent the round's result. The result names every client the server
-//! evicted, so an aborted round says who misbehaved.
+//! has sent the round's result. In a semi-honest round the server may ask
+//! for the client's share key to prove the accusation before it tells
+//! anyone who survived; the session answers one such request naming
+//! senders it accused, and refuses any other (as the server breaking the
+//! protocol). The result names every client the server evicted, so an
+//! aborted round says who misbehaved.
 
 use std::time::Instant;
 
@@ -283,6 +287,9 @@ struct Round {
     /// The neighbours this client accused of sealing it bundles that do
     /// not open (its part of the round is then over).
     accused: Option<Vec<u32>>,
+    /// Whether the session revealed its share key at the server's request,
+    /// to prove its accusation.
+    revealed_key: bool,
     /// Why the server aborted the round, once it said so.
     aborted: Option<tessera_aggregation::messages::AbortReason>,
 }
@@ -336,6 +343,7 @@ impl Round {
             stage: None,
             bytes,
             accused: None,
+            revealed_key: false,
             aborted: None,
         })
     }
@@ -432,6 +440,14 @@ impl Round {
                         "share bundles from these neighbours did not open: accusing them; this client's update is not in the round"
                     );
                     self.accused = Some(accused);
+                }
+                ClientEvent::ShareKeyRevealed(senders) => {
+                    let senders: Vec<u32> = senders.iter().map(|c| c.0).collect();
+                    tracing::info!(
+                        ?senders,
+                        "the server asked for this round's share key to judge the accusation of {senders:?}: revealed"
+                    );
+                    self.revealed_key = true;
                 }
                 ClientEvent::TimedOut => {
                     return Err(ClientError::ServerSilent {
@@ -539,9 +555,7 @@ impl Round {
                 Err(ClientError::AccusedNeighbours {
                     round_id,
                     accused: self.accused.clone().unwrap_or_default(),
-                    // The SDK never opts in to proving an accusation with
-                    // its share key (see `tessera_aggregation::accusation`).
-                    revealed_key: false,
+                    revealed_key: self.revealed_key,
                 })
             }
             v1::Outcome::Completed if completed => {

@@ -141,11 +141,12 @@ pub enum ClientError {
         evicted: Vec<Eviction>,
     },
     /// Share bundles these neighbours sealed for this client did not
-    /// open, so it could not take its part: it accused them (revealing its
-    /// share-encryption key for the round as the proof where the threat
-    /// model allows, so the server can evict whoever lied) and sent no
-    /// update. Neither this client's fault nor, as far as it can tell, the
-    /// server's; the round went on without it.
+    /// open, so it could not take its part: it accused them and sent no
+    /// update (and, if a semi-honest server asked for it within the
+    /// threshold's margin, revealed its share-encryption key for the round
+    /// as the proof, so the server could evict whoever lied). Neither this
+    /// client's fault nor, as far as it can tell, the server's; the round
+    /// went on without it.
     #[error(
         "round {round_id}: the share bundles of client(s) {accused:?} did not open for this client; it accused them{} and its update is not in the round",
         if *revealed_key { " with its share key for the round as the proof" } else { "" }
@@ -155,7 +156,8 @@ pub enum ClientError {
         round_id: u64,
         /// The accused neighbours' ids in the round.
         accused: Vec<u32>,
-        /// Whether the accusation carried this client's share key.
+        /// Whether this client revealed its share key, at the server's
+        /// request, to prove the accusation.
         revealed_key: bool,
     },
     /// The server could not store the round's result (its disk is full,

@@ -426,7 +426,7 @@ fn preregister() {
     for reason in [AbortReason::SharesMissing, AbortReason::Misbehaviour].map(abort_reason_name) {
         counter!(RECONSTRUCTION_FAILURES, LABEL_REASON => reason).increment(0);
     }
-    for stage in Stage::ALL.map(Stage::name) {
+    for stage in stage_labels() {
         counter!(DROPOUTS, LABEL_STAGE => stage).increment(0);
     }
     // Every kind the wire protocol can name; the enum is small and closed.
@@ -459,6 +459,20 @@ pub(crate) fn round_completed() {
 /// of series bounded.
 pub(crate) fn round_aborted(reason: &str) {
     counter!(ROUNDS_ABORTED, LABEL_REASON => reason.to_owned()).increment(1);
+}
+
+/// The stage label of the reveal step (semi-honest rounds with
+/// accusations): the accusers the server asked for their share keys, between
+/// the masked input stage and the unmasking requests. Its "survivors" are
+/// the accusers that answered, its "dropouts" those that did not.
+pub(crate) const REVEAL_STEP: &str = "reveal-share-keys";
+
+/// Every stage label: the protocol's stages and the reveal step.
+fn stage_labels() -> impl Iterator<Item = &'static str> {
+    Stage::ALL
+        .map(Stage::name)
+        .into_iter()
+        .chain(std::iter::once(REVEAL_STEP))
 }
 
 /// Records a stage's close: how long it took, how many clients are still in
@@ -504,7 +518,7 @@ pub(crate) fn round_ended(completed: bool, seconds: f64) {
 /// Sets the configured deadline of every stage (one for all stages today),
 /// so a dashboard can draw stage latency against it.
 pub(crate) fn stage_deadlines(deadline: Duration) {
-    for stage in Stage::ALL.map(Stage::name) {
+    for stage in stage_labels() {
         gauge!(STAGE_DEADLINE, LABEL_STAGE => stage).set(deadline.as_secs_f64());
     }
 }
@@ -755,6 +769,7 @@ mod tests {
             ("tessera_rounds_aborted_total{reason=\"accusations\"}", 0.0),
             ("tessera_rounds_aborted_total{reason=\"storage\"}", 0.0),
             ("tessera_dropouts_total{stage=\"unmasking\"}", 0.0),
+            ("tessera_dropouts_total{stage=\"reveal-share-keys\"}", 0.0),
             ("tessera_dropouts_total{stage=\"share-keys\"}", 3.0),
             ("tessera_clients_per_stage{stage=\"share-keys\"}", 2.0),
             ("tessera_rejected_messages_total{kind=\"MALFORMED\"}", 0.0),

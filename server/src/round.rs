@@ -19,6 +19,14 @@
 //! open): the session reports it as [`ServerEvent::Evicted`]. A stream the
 //! client cancelled (it gave up or hung up) is a dropout, not a malformed
 //! message.
+//!
+//! Accusations are logged at each step with the accuser's id: when one
+//! arrives, when the session asks the accuser for its share key (the reveal
+//! step, between the masked inputs and the unmasking requests; its duration
+//! and the accusers asked and silent go to the stage metrics under the
+//! label `reveal-share-keys`), when it stays unproven and why, and when a
+//! key proves it. The key itself never reaches this file's logs: it
+//! travels inside the session's message bytes only.
 
 use std::time::{Duration, Instant};
 
@@ -301,20 +309,31 @@ impl RoundDriver {
                         accuser,
                         accused,
                         proven,
+                    } => self.accused(accuser, &accused, proven),
+                    ServerEvent::RevealRequested { accuser, senders } => {
+                        let senders: Vec<u32> = senders.iter().map(|c| c.0).collect();
+                        info!(
+                            round = self.round_id,
+                            client = accuser.0,
+                            ?senders,
+                            "asking the client for its share key to judge its accusation of {senders:?}"
+                        );
+                    }
+                    ServerEvent::AccusationUnproven {
+                        accuser,
+                        accused,
+                        reason,
                     } => {
                         let accused: Vec<u32> = accused.iter().map(|c| c.0).collect();
-                        warn!(
+                        info!(
                             round = self.round_id,
                             client = accuser.0,
                             ?accused,
-                            proven,
-                            "a client could not open the share bundles of {accused:?} and left the round without its input{}",
-                            if proven {
-                                " (proven with its revealed share key)"
-                            } else {
-                                " (unproven: the threat model keeps the key with the client)"
-                            }
+                            "the client's accusation of {accused:?} stays unproven, nobody is evicted for it: {reason}"
                         );
+                    }
+                    ServerEvent::RevealStepCompleted { asked, answered } => {
+                        self.reveal_step_closed(asked, answered);
                     }
                     ServerEvent::Completed(output) => {
                         self.flush();
@@ -397,6 +416,48 @@ impl RoundDriver {
                 &detail(kind, self.round_id),
             )));
         }
+    }
+
+    /// Logs an accusation: on arrival (unproven so far), or once a share
+    /// key proved it.
+    fn accused(&self, accuser: ClientId, accused: &[ClientId], proven: bool) {
+        let accused: Vec<u32> = accused.iter().map(|c| c.0).collect();
+        if proven {
+            warn!(
+                round = self.round_id,
+                client = accuser.0,
+                ?accused,
+                "the client proved with its share key that the share bundles of {accused:?} do not open"
+            );
+        } else {
+            warn!(
+                round = self.round_id,
+                client = accuser.0,
+                ?accused,
+                "the client could not open the share bundles of {accused:?} and left the round without its input"
+            );
+        }
+    }
+
+    /// The reveal step closed: its duration, the accusers that answered
+    /// and those that did not, under the `reveal-share-keys` stage label.
+    fn reveal_step_closed(&mut self, asked: u32, answered: u32) {
+        let seconds = self.stage_started.elapsed().as_secs_f64();
+        self.stage_started = Instant::now();
+        info!(
+            round = self.round_id,
+            stage = metrics::REVEAL_STEP,
+            asked,
+            answered,
+            seconds,
+            "reveal step closed"
+        );
+        metrics::stage_closed(
+            metrics::REVEAL_STEP,
+            seconds,
+            answered,
+            asked.saturating_sub(answered),
+        );
     }
 
     fn stage_closed(&mut self, stage: Stage, survivors: u32, dropped: u32) {

@@ -24,9 +24,12 @@
 //!
 //! What a client cannot blame on the server it does not refuse: a share
 //! bundle that does not open could be the sender's doing as well as the
-//! server's, so the client accuses the sender instead, revealing its
-//! share-encryption secret to prove it, and leaves the round without its
-//! input ([`crate::accusation`], [`ClientEvent::Accused`]).
+//! server's, so the client accuses the sender instead and leaves the round
+//! without its input ([`crate::accusation`], [`ClientEvent::Accused`]). In
+//! the semi-honest model it reveals its share-encryption secret to prove
+//! the accusation if, and only if, the server asks for it before the
+//! round's survivors are known; it answers one such request, for senders it
+//! accused, and refuses any other ([`ClientEvent::ShareKeyRevealed`]).
 
 mod advertise_keys;
 mod consistency_check;
@@ -52,10 +55,10 @@ use crate::{ClientId, Stage};
 struct Context {
     config: RoundConfig,
     id: ClientId,
-    /// Whether an accusation carries this client's `c_sk` (semi-honest
-    /// rounds only): off unless
+    /// Whether an accusation carries this client's `c_sk` at once, unasked
+    /// (semi-honest rounds only): the unsafe old form, off unless
     /// [`ClientSession::reveal_share_key_when_accusing`] turned it on.
-    reveal_share_key: bool,
+    reveal_unasked: bool,
     /// This client's neighbours in the round's graph, ascending.
     neighbours: Vec<ClientId>,
     /// Malicious-server model: this client's signing key and the directory
@@ -106,16 +109,19 @@ pub struct ClientSession {
 }
 
 impl ClientSession {
-    /// Lets this client prove an accusation by revealing its round's
-    /// share-encryption secret `c_sk`, in semi-honest rounds only. **Off by
-    /// default, and not safe to turn on in a deployment**: each accuser
-    /// decides alone, so a colluding client that seals garbage for many
-    /// honest neighbours makes them hand the server more keys than the
-    /// threshold's margin tolerates (see [`crate::accusation`]). It exists
-    /// so the server's judging of a keyed accusation can be tested.
+    /// Makes this client put its round's share-encryption secret `c_sk`
+    /// into its accusation at once, unasked, in semi-honest rounds: the
+    /// form the protocol had before the server asked. **Never turn it on
+    /// outside a test**: each accuser then decides alone, so a colluding
+    /// client that seals garbage for many honest neighbours makes them hand
+    /// the server more keys than the threshold's margin tolerates, and a
+    /// server that keeps them can unmask an honest input
+    /// (`aggregation/tests/accusations.rs` plays that attack). It exists
+    /// only so that test can show what the two-step reveal prevents, and so
+    /// the server's handling of an unasked key can be tested.
     #[doc(hidden)]
     pub fn reveal_share_key_when_accusing(&mut self) {
-        self.core.ctx.reveal_share_key = true;
+        self.core.ctx.reveal_unasked = true;
     }
 }
 
@@ -148,8 +154,9 @@ enum State {
     ConsistencyCheck(consistency_check::ConsistencyCheck),
     Unmasking(unmasking::Unmasking),
     Finished,
-    /// Sent an accusation instead of the masked input: its part is over.
-    Accused,
+    /// Sent an accusation instead of the masked input: its part is over
+    /// but for answering the server's request for its key, if it comes.
+    Accused(Accuser),
     Aborted(AbortReason),
     TimedOut,
     Refused,
@@ -181,7 +188,7 @@ impl State {
             State::ConsistencyCheck(_) => "consistency-check",
             State::Unmasking(_) => "unmasking",
             State::Finished => "finished",
-            State::Accused => "accused",
+            State::Accused(_) => "accused",
             State::Aborted(_) => "aborted",
             State::TimedOut => "timed-out",
             State::Refused => "refused",
@@ -207,10 +214,15 @@ pub enum ClientEvent {
     /// The server fell silent for longer than twice the stage timeout.
     TimedOut,
     /// Bundles these neighbours sealed for this client did not open; the
-    /// session queued an accusation revealing its share-encryption secret
-    /// for the round, so the server can check and evict whoever lied. The
-    /// client's input is not in this round, and its part is over.
+    /// session queued an accusation naming them. The client's input is not
+    /// in this round. In a semi-honest round the server may still ask for
+    /// the client's share key to judge the accusation
+    /// ([`ClientEvent::ShareKeyRevealed`]).
     Accused(Vec<ClientId>),
+    /// The server asked for this client's share-encryption secret to judge
+    /// its accusation of these senders, and the session queued it (once per
+    /// round, semi-honest rounds only: [`crate::accusation`]).
+    ShareKeyRevealed(Vec<ClientId>),
 }
 
 /// A message or command the client session refused.
@@ -364,6 +376,23 @@ pub enum Violation {
     /// A second unmasking request in one round.
     #[error("a second unmasking request in the same round (only one is ever answered)")]
     SecondUnmaskRequest,
+    /// A request for this client's share key in a round whose threat model
+    /// lets the server deviate: there no client reveals its key, since the
+    /// server could have corrupted the bundles itself ([`crate::accusation`]).
+    #[error(
+        "a request for this client's share key in a {0} round: keys are revealed only in semi-honest rounds"
+    )]
+    RevealInThreatModel(crate::config::ThreatModel),
+    /// A request for this client's share key naming a sender it never
+    /// accused.
+    #[error("a request for this client's share key names {0}, which this client did not accuse")]
+    RevealForUnaccused(ClientId),
+    /// A request for this client's share key that names nobody.
+    #[error("a request for this client's share key names no accused sender")]
+    EmptyRevealRequest,
+    /// A second request for this client's share key in one round.
+    #[error("a second request for this client's share key in the same round (it is revealed once)")]
+    SecondRevealRequest,
 }
 
 impl ClientSession {
@@ -449,7 +478,7 @@ impl ClientSession {
         let ctx = Context {
             config,
             id,
-            reveal_share_key: false,
+            reveal_unasked: false,
             neighbours,
             identity,
             session,
@@ -586,7 +615,7 @@ impl ClientSession {
         if let ServerBody::Aborted(reason) = message.body {
             // A client that already answered still learns that the round
             // produced nothing.
-            if !self.is_closed() || matches!(self.state, State::Finished | State::Accused) {
+            if !self.is_closed() || matches!(self.state, State::Finished | State::Accused(_)) {
                 self.state = State::Aborted(reason);
                 self.core.deadline = None;
                 self.core.events.push_back(ClientEvent::Aborted(reason));
@@ -659,6 +688,9 @@ impl Core {
                     signatures,
                 },
             ) => self.on_unmask_request(state, survivors, dropped, signatures),
+            (State::Accused(accuser), ServerBody::RevealShareKeyRequest { senders }) => {
+                return self.on_reveal_request(accuser, senders);
+            }
             (State::Finished, ServerBody::UnmaskRequest { .. }) => {
                 // The client already revealed shares once; a second request
                 // could ask for the other secret of some neighbour. It is
@@ -667,7 +699,7 @@ impl Core {
             }
             (
                 state @ (State::Finished
-                | State::Accused
+                | State::Accused(_)
                 | State::Aborted(_)
                 | State::TimedOut
                 | State::Refused),
@@ -715,15 +747,19 @@ impl Core {
     ) -> Result<State, Violation> {
         let next = match state.handle_sealed_shares(&self.ctx, bundles)? {
             share_keys::Opened::All(next) => next,
-            share_keys::Opened::Accuse(accusation) => {
+            share_keys::Opened::Accuse(accusation, kept) => {
                 let accused = accusation.accused.clone();
                 self.outbox
                     .push_back(self.ctx.message(ClientBody::Accusation(accusation)));
                 // The input stays with the caller: it is in no round now.
                 self.input = None;
                 self.deadline = None;
-                self.events.push_back(ClientEvent::Accused(accused));
-                return Ok(State::Accused);
+                self.events.push_back(ClientEvent::Accused(accused.clone()));
+                return Ok(State::Accused(Accuser {
+                    accused,
+                    share_secret: kept,
+                    revealed: false,
+                }));
             }
         };
         let next = match self.input.take() {
@@ -763,6 +799,31 @@ impl Core {
         Ok(State::Finished)
     }
 
+    /// Answers the server's request for this client's share key, if the
+    /// request is one it may answer: a semi-honest round, a first request,
+    /// and only senders it accused. A refusal names what was wrong; the
+    /// client stays an accuser (a second request leaves nothing to give).
+    fn on_reveal_request(
+        &mut self,
+        mut accuser: Accuser,
+        senders: Vec<ClientId>,
+    ) -> (State, Result<(), ClientSessionError>) {
+        let checked = accuser.check_request(&self.ctx, &senders);
+        let secret = match checked {
+            Ok(()) => accuser.share_secret.take(),
+            Err(violation) => return (State::Accused(accuser), Err(violation.into())),
+        };
+        accuser.revealed = true;
+        if let Some(share_secret) = secret {
+            let reveal = crate::accusation::ShareKeyReveal { share_secret };
+            self.outbox
+                .push_back(self.ctx.message(ClientBody::ShareKeyReveal(reveal)));
+            self.events
+                .push_back(ClientEvent::ShareKeyRevealed(senders));
+        }
+        (State::Accused(accuser), Ok(()))
+    }
+
     /// Masks and queues the input; returns the state that waits for the
     /// server's next request.
     fn mask(&mut self, state: masked_input::MaskedInput, input: Vec<u32>) -> State {
@@ -777,6 +838,41 @@ impl Core {
 
     fn wait_from(&mut self, now: Instant) {
         self.deadline = Some(now + self.ctx.config.stage_timeout * 2);
+    }
+}
+
+/// A client that accused some senders instead of masking: what it accused,
+/// and the key it may reveal once, if the server asks.
+struct Accuser {
+    /// The senders it accused, ascending.
+    accused: Vec<ClientId>,
+    /// Its `c_sk`, kept for the server's request in a semi-honest round
+    /// (`None` elsewhere, or once revealed).
+    share_secret: Option<zeroize::Zeroizing<[u8; 32]>>,
+    /// Whether it already answered (or the old unasked form revealed).
+    revealed: bool,
+}
+
+impl Accuser {
+    /// Whether a request for the key naming `senders` may be answered.
+    fn check_request(&self, ctx: &Context, senders: &[ClientId]) -> Result<(), Violation> {
+        let model = ctx.config.threat_model;
+        if !crate::accusation::reveals_share_key(model) {
+            return Err(Violation::RevealInThreatModel(model));
+        }
+        if self.revealed || self.share_secret.is_none() {
+            return Err(Violation::SecondRevealRequest);
+        }
+        if !strictly_ascending(senders, |id| *id) {
+            return Err(Violation::Unsorted("RevealShareKeyRequest"));
+        }
+        if senders.is_empty() {
+            return Err(Violation::EmptyRevealRequest);
+        }
+        if let Some(unaccused) = senders.iter().find(|s| !self.accused.contains(s)) {
+            return Err(Violation::RevealForUnaccused(*unaccused));
+        }
+        Ok(())
     }
 }
 

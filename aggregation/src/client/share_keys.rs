@@ -11,10 +11,11 @@
 //! this client's point) is not the server's fault as far as the client can
 //! tell: only the sender and this client can seal or open it. The client
 //! does not refuse the round over it; it accuses the senders instead and
-//! sends no masked input. In the semi-honest model it reveals its
-//! share-encryption secret so the server can check (the secret opens the
-//! bundles it sealed too, so its own secrets are exposed); where the server
-//! may deviate the claim goes without the secret ([`crate::accusation`]).
+//! sends no masked input. The accusation carries no key; in the semi-honest
+//! model the client keeps its share-encryption secret, to reveal it if the
+//! server asks (the secret opens the bundles it sealed too, so its own
+//! secrets are exposed); where the server may deviate the secret is dropped
+//! here and never revealed ([`crate::accusation`]).
 //! Lists the server controls (order, senders, how many) are still checked
 //! and refused as before.
 
@@ -98,14 +99,22 @@ impl ShareKeys {
             partners.push((sender, self.pairwise[pos].1.clone()));
         }
         if !accused.is_empty() {
-            // Everything else this state holds is dropped (zeroized) here;
-            // the revealed key moves into the accusation.
-            let share_secret = (ctx.reveal_share_key && reveals_share_key(ctx.config.threat_model))
-                .then_some(self.share_secret);
-            return Ok(Opened::Accuse(Accusation {
-                share_secret,
-                accused,
-            }));
+            // Everything else this state holds is dropped (zeroized) here.
+            // The key is kept for the server's request where the model lets
+            // a client reveal it, and dropped otherwise.
+            let may_reveal = reveals_share_key(ctx.config.threat_model);
+            let (share_secret, kept) = match (may_reveal, ctx.reveal_unasked) {
+                (false, _) => (None, None),
+                (true, false) => (None, Some(self.share_secret)),
+                (true, true) => (Some(self.share_secret), None),
+            };
+            return Ok(Opened::Accuse(
+                Accusation {
+                    share_secret,
+                    accused,
+                },
+                kept,
+            ));
         }
         Ok(Opened::All(MaskedInput::new(
             self.self_mask_secret,
@@ -119,6 +128,8 @@ impl ShareKeys {
 pub(super) enum Opened {
     /// Every bundle held this client's shares: on to masking.
     All(MaskedInput),
-    /// Some did not: accuse their senders, and take no further part.
-    Accuse(Accusation),
+    /// Some did not: accuse their senders, and take no further part in the
+    /// round but answering the server's request for the key, if it asks
+    /// (the key kept for it, where the threat model allows a reveal).
+    Accuse(Accusation, Option<Zeroizing<[u8; 32]>>),
 }

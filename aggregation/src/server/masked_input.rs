@@ -4,9 +4,11 @@
 //! take part.
 //!
 //! A client that could not open some relayed bundles sends an accusation
-//! instead of its masked input; [`MaskedInput::judge`] re-derives the
-//! accuser's open keys from its revealed share key and tries the relayed
-//! bundles itself ([`crate::accusation`]).
+//! instead of its masked input. The stage keeps the accusations
+//! ([`MaskedInput::record_accusation`]) for the reveal step that follows it
+//! (`reveal`), and [`MaskedInput::judge`] re-derives an accuser's open keys
+//! from its revealed share key and tries the relayed bundles itself
+//! ([`crate::accusation`]).
 
 use super::consistency_check::ConsistencyCheck;
 use super::unmasking::Unmasking;
@@ -45,6 +47,9 @@ pub(super) enum Verdict {
 pub(super) struct MaskedInput {
     bundles: Vec<Option<Vec<SealedBundle>>>,
     sum: Vec<u32>,
+    /// Keyless accusations that a share key may still prove, with the
+    /// senders each accuser named, in arrival order.
+    accusations: Vec<(ClientId, Vec<ClientId>)>,
 }
 
 impl MaskedInput {
@@ -52,6 +57,7 @@ impl MaskedInput {
         MaskedInput {
             bundles,
             sum: vec![0; dim as usize],
+            accusations: Vec::new(),
         }
     }
 
@@ -115,6 +121,18 @@ impl MaskedInput {
                     .map(Verdict::Proven),
             });
         Judgement { exposed, verdict }
+    }
+
+    /// Keeps `from`'s keyless accusation of `accused` for the reveal step.
+    pub(super) fn record_accusation(&mut self, from: ClientId, accused: Vec<ClientId>) {
+        self.accusations.push((from, accused));
+    }
+
+    /// The keyless accusations recorded, ascending by accuser.
+    pub(super) fn take_accusations(&mut self) -> Vec<(ClientId, Vec<ClientId>)> {
+        let mut accusations = std::mem::take(&mut self.accusations);
+        accusations.sort_by_key(|(accuser, _)| *accuser);
+        accusations
     }
 
     /// Checks that the accusation names someone, and only senders whose

@@ -27,10 +27,20 @@
 //! sender evicted ([`crate::accusation`]); such an eviction of a client other
 //! than the message's sender is reported as [`ServerEvent::Evicted`], so
 //! the driver can tell that client and log who did what.
+//!
+//! Accusations are proven in a step of their own (`reveal`), in semi-honest
+//! rounds: when the masked input stage closes, and before any client is
+//! told who survived, the server picks the accusers it may ask for their
+//! share keys within the threshold's exposure margin
+//! ([`ServerEvent::RevealRequested`]), sends each a
+//! [`ServerBody::RevealShareKeyRequest`], and waits for their answers up to
+//! one stage deadline. [`ServerSession::stage`] still reports
+//! [`Stage::MaskedInput`] during that step.
 
 mod advertise_keys;
 mod consistency_check;
 mod masked_input;
+mod reveal;
 mod roster;
 mod share_keys;
 mod unmasking;
@@ -119,7 +129,34 @@ impl Exposure {
         for v in graph.neighbours(accuser.0) {
             self.holders_exposed[v as usize] += 1;
         }
-        let margin = *self.margin.get_or_insert_with(|| {
+        let margin = self.margin(config);
+        let worst = self.holders_exposed.iter().copied().max().unwrap_or(0);
+        margin.is_some_and(|margin| worst <= margin)
+    }
+
+    /// Counts `accuser` as exposed, and returns true, only if that keeps
+    /// every client within the margin: the check made before asking an
+    /// accuser for its key, never after seeing one.
+    fn try_ask(&mut self, config: &RoundConfig, graph: &NeighbourGraph, accuser: ClientId) -> bool {
+        let Some(margin) = self.margin(config) else {
+            return false;
+        };
+        let holds = graph.neighbours(accuser.0);
+        if holds
+            .iter()
+            .any(|&v| self.holders_exposed[v as usize] + 1 > margin)
+        {
+            return false;
+        }
+        for v in holds {
+            self.holders_exposed[v as usize] += 1;
+        }
+        true
+    }
+
+    /// [`crate::params::exposure_margin`] for the round, computed once.
+    fn margin(&mut self, config: &RoundConfig) -> Option<u32> {
+        *self.margin.get_or_insert_with(|| {
             crate::params::exposure_margin(
                 config.threat_model,
                 config.num_clients,
@@ -127,9 +164,7 @@ impl Exposure {
                 config.graph,
                 config.threshold,
             )
-        });
-        let worst = self.holders_exposed.iter().copied().max().unwrap_or(0);
-        margin.is_some_and(|margin| worst <= margin)
+        })
     }
 }
 
@@ -147,6 +182,9 @@ enum State {
     AdvertiseKeys,
     ShareKeys(share_keys::ShareKeys),
     MaskedInput(masked_input::MaskedInput),
+    /// The masked input stage has closed; the accusers asked for their
+    /// share keys have until the deadline to answer.
+    RevealShareKeys(reveal::RevealShareKeys),
     ConsistencyCheck(consistency_check::ConsistencyCheck),
     Unmasking(unmasking::Unmasking),
     UnmaskingReady(unmasking::UnmaskingReady),
@@ -217,6 +255,7 @@ impl State {
             State::AdvertiseKeys => "advertise-keys",
             State::ShareKeys(_) => "share-keys",
             State::MaskedInput(_) => "masked-input",
+            State::RevealShareKeys(_) => "reveal-share-keys",
             State::ConsistencyCheck(_) => "consistency-check",
             State::Unmasking(_) => "unmasking",
             State::UnmaskingReady(_) => "unmasking-ready",
@@ -230,7 +269,8 @@ impl State {
         match self {
             State::AdvertiseKeys => Some(Stage::AdvertiseKeys),
             State::ShareKeys(_) => Some(Stage::ShareKeys),
-            State::MaskedInput(_) => Some(Stage::MaskedInput),
+            // The reveal step closes the masked input stage's business.
+            State::MaskedInput(_) | State::RevealShareKeys(_) => Some(Stage::MaskedInput),
             State::ConsistencyCheck(_) => Some(Stage::ConsistencyCheck),
             State::Unmasking(_) => Some(Stage::Unmasking),
             _ => None,
@@ -252,6 +292,8 @@ struct Broadcast {
 enum BroadcastKind {
     NeighbourKeys,
     SealedShares,
+    /// To the asked accusers, not by progress.
+    RevealRequest,
     ConsistencyCheck,
     UnmaskRequest,
     Aborted(AbortReason),
@@ -287,7 +329,9 @@ pub enum ServerEvent {
         violation: ClientViolation,
     },
     /// A client accused neighbours of sealing share bundles for it that do
-    /// not open, and left the round without an input.
+    /// not open, and left the round without an input (`proven: false`, as
+    /// it arrives without a key); or its accusation was proven by its share
+    /// key (`proven: true`).
     Accused {
         /// Who accused.
         accuser: ClientId,
@@ -295,10 +339,35 @@ pub enum ServerEvent {
         /// [`ServerEvent::Evicted`]).
         accused: Vec<ClientId>,
         /// Whether the accuser revealed its share key and every accused
-        /// bundle failed under it. An unproven accusation (no key: the
-        /// server may not be trusted with it, see [`crate::accusation`])
-        /// evicts nobody.
+        /// bundle failed under it. An accusation that stays unproven
+        /// ([`ServerEvent::AccusationUnproven`]) evicts nobody.
         proven: bool,
+    },
+    /// The masked input stage closed and the server asks this accuser for
+    /// its share key, to judge its accusation of `senders`.
+    RevealRequested {
+        /// Who is asked.
+        accuser: ClientId,
+        /// The senders the request names.
+        senders: Vec<ClientId>,
+    },
+    /// An accusation that will not be proven: the accuser is out of the
+    /// round, and nobody is evicted for it.
+    AccusationUnproven {
+        /// Who accused.
+        accuser: ClientId,
+        /// The senders it accused.
+        accused: Vec<ClientId>,
+        /// Why it stays unproven.
+        reason: Unproven,
+    },
+    /// The reveal step ended (every asked accuser answered or left, or its
+    /// deadline passed); the round goes on to tell the survivors.
+    RevealStepCompleted {
+        /// Accusers asked for their keys.
+        asked: u32,
+        /// Of them, those whose key arrived.
+        answered: u32,
     },
     /// The round ended without a result; nothing was unmasked.
     Aborted {
@@ -309,6 +378,32 @@ pub enum ServerEvent {
         /// Clients that completed the stage.
         survivors: u32,
     },
+}
+
+/// Why an accusation stays unproven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Unproven {
+    /// The round's threat model lets the server deviate, so no client
+    /// reveals its key ([`crate::accusation`]).
+    ThreatModel,
+    /// Asking this accuser too would expose more of some client's share
+    /// holders than the threshold's margin tolerates.
+    Margin,
+    /// Asked, it did not answer before the reveal step's deadline.
+    NoAnswer,
+}
+
+impl std::fmt::Display for Unproven {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unproven::ThreatModel => "the threat model keeps share keys with the clients",
+            Unproven::Margin => {
+                "asking for its share key would expose more shares than the threshold's margin tolerates"
+            }
+            Unproven::NoAnswer => "it did not reveal its share key before the deadline",
+        })
+    }
 }
 
 /// A client message the server refused.
@@ -571,6 +666,9 @@ impl ServerSession {
         from: ClientId,
         message: ClientMessage,
     ) -> Result<(), ServerSessionError> {
+        if let ClientBody::ShareKeyReveal(reveal) = message.body {
+            return self.handle_reveal(now, from, message.round_id, reveal);
+        }
         let stage = self.admit(now, from, &message)?;
         if let ClientBody::Accusation(accusation) = message.body {
             return self.handle_accusation(now, from, accusation);
@@ -619,7 +717,10 @@ impl ServerSession {
         let Some(progress) = self.roster.active(from) else {
             return Err(ServerSessionError::NotInRound { client: from });
         };
-        if stage < current {
+        // During the reveal step the masked input stage is closed to
+        // masked inputs and accusations alike.
+        let closed = stage == current && matches!(self.state, State::RevealShareKeys(_));
+        if stage < current || closed {
             return Err(if progress > Progress::to_enter(stage, &self.config) {
                 self.misbehaved(now, from, ClientViolation::Duplicate(stage))
             } else {
@@ -665,8 +766,8 @@ impl ServerSession {
             (State::MaskedInput(state), ClientBody::MaskedInput(packed)) => {
                 state.accept(&self.config, &packed)
             }
-            (_, ClientBody::Accusation(_)) => {
-                unreachable!("handle_message hands accusations to handle_accusation")
+            (_, ClientBody::Accusation(_) | ClientBody::ShareKeyReveal(_)) => {
+                unreachable!("handle_message hands accusations and reveals on")
             }
             (State::ConsistencyCheck(_), ClientBody::ConsistencyCheck(signature)) => {
                 consistency_check::accept(
@@ -685,8 +786,11 @@ impl ServerSession {
         }
     }
 
-    /// Settles an accusation (the accuser's MaskedInput-stage message): a
-    /// revealed key counts against the exposure margin whatever the
+    /// Takes an accusation (the accuser's MaskedInput-stage message). One
+    /// without a key is checked (it must name senders whose bundles were
+    /// relayed to the accuser) and, in a semi-honest round, kept for the
+    /// reveal step. One with a key (the old unasked form) is judged at
+    /// once: the key counts against the exposure margin whatever the
     /// verdict; then the proven senders, or a lying accuser, are evicted.
     /// The accuser leaves the round without an input either way.
     fn handle_accusation(
@@ -695,10 +799,17 @@ impl ServerSession {
         from: ClientId,
         accusation: Accusation,
     ) -> Result<(), ServerSessionError> {
-        let State::MaskedInput(state) = &self.state else {
+        let State::MaskedInput(state) = &mut self.state else {
             unreachable!("admit placed the accusation in the masked input stage")
         };
         let judgement = state.judge(&self.config, &self.graph, &self.roster, from, &accusation);
+        let keyless = accusation.share_secret.is_none();
+        if keyless
+            && judgement.verdict.is_ok()
+            && crate::accusation::reveals_share_key(self.config.threat_model)
+        {
+            state.record_accusation(from, accusation.accused.clone());
+        }
         let accused = accusation.accused.clone();
         // Dropped (and zeroized) here: the server needs the key no longer.
         drop(accusation);
@@ -719,14 +830,199 @@ impl ServerSession {
                 }
                 self.events.push_back(ServerEvent::Accused {
                     accuser: from,
-                    accused,
+                    accused: accused.clone(),
                     proven,
                 });
+                if keyless && !crate::accusation::reveals_share_key(self.config.threat_model) {
+                    self.events.push_back(ServerEvent::AccusationUnproven {
+                        accuser: from,
+                        accused,
+                        reason: Unproven::ThreatModel,
+                    });
+                }
                 // Last: this may close the stage.
                 self.evict(now, from);
                 Ok(())
             }
             Err(violation) => Err(self.misbehaved(now, from, violation)),
+        }
+    }
+
+    /// Judges an asked accuser's share key: the proven senders are evicted,
+    /// or the accuser, if a bundle opens under its key (a false
+    /// accusation) or the key is not the one it advertised. A key nobody
+    /// asked for, or a second one, is refused.
+    fn handle_reveal(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        round_id: u64,
+        reveal: crate::accusation::ShareKeyReveal,
+    ) -> Result<(), ServerSessionError> {
+        self.admit_reveal(now, from, round_id)?;
+        let State::RevealShareKeys(state) = &mut self.state else {
+            unreachable!("admit_reveal checked the reveal step")
+        };
+        let asked = state.asked_mut(from).expect("admit_reveal found it");
+        asked.answer = reveal::Answer::Answered;
+        let accusation = Accusation {
+            share_secret: Some(reveal.share_secret),
+            accused: asked.senders.clone(),
+        };
+        let judgement =
+            state
+                .masked
+                .judge(&self.config, &self.graph, &self.roster, from, &accusation);
+        drop(accusation);
+        let result = match judgement.verdict {
+            Ok(Verdict::Proven(senders)) => {
+                let accused = senders.iter().map(|(sender, _)| *sender).collect();
+                for (sender, problem) in senders {
+                    self.evict_proven(now, sender, from, problem);
+                }
+                self.events.push_back(ServerEvent::Accused {
+                    accuser: from,
+                    accused,
+                    proven: true,
+                });
+                Ok(())
+            }
+            Ok(Verdict::Unproven) => unreachable!("a reveal carries a key"),
+            Err(violation) => Err(ServerSessionError::ClientMisbehaved {
+                client: from,
+                violation,
+            }),
+        };
+        // Last: this may close the step.
+        self.reveal_settled(now);
+        result
+    }
+
+    /// Checks that `from` may send a share key now: it was asked, in this
+    /// round's reveal step, and has not answered.
+    fn admit_reveal(
+        &mut self,
+        now: Instant,
+        from: ClientId,
+        round_id: u64,
+    ) -> Result<(), ServerSessionError> {
+        if !self.config.contains(from) {
+            return Err(ServerSessionError::UnknownClient {
+                client: from,
+                n: self.config.num_clients,
+            });
+        }
+        if round_id != self.config.round_id {
+            return Err(ServerSessionError::WrongRound {
+                client: from,
+                expected: self.config.round_id,
+                got: round_id,
+            });
+        }
+        let unasked = |what: &str| ClientViolation::Accusation(format!("sent a share key {what}"));
+        let answer = match &mut self.state {
+            State::RevealShareKeys(state) => state.asked_mut(from).map(|a| a.answer),
+            state if state.stage().is_some() => None,
+            state => {
+                return Err(ServerSessionError::RoundOver {
+                    state: state.name(),
+                });
+            }
+        };
+        match answer {
+            Some(reveal::Answer::Waiting) => Ok(()),
+            Some(_) => Err(self.misbehaved(now, from, unasked("a second time"))),
+            None => Err(self.misbehaved(now, from, unasked("the server did not ask for"))),
+        }
+    }
+
+    /// One asked accuser fewer to wait for; the last one closes the step.
+    fn reveal_settled(&mut self, now: Instant) {
+        self.pending -= 1;
+        if self.pending == 0 {
+            self.close_stage(now);
+        }
+    }
+
+    /// Picks, as the masked input stage closes, the accusers to ask for
+    /// their keys (ascending, each only if the margin still affords it)
+    /// and enters the reveal step; returns false, leaving the state as it
+    /// was, when there is nobody to ask.
+    fn start_reveals(&mut self, now: Instant) -> bool {
+        let State::MaskedInput(state) = &mut self.state else {
+            return false;
+        };
+        let mut asked = Vec::new();
+        for (accuser, accused) in state.take_accusations() {
+            if self.exposure.try_ask(&self.config, &self.graph, accuser) {
+                self.events.push_back(ServerEvent::RevealRequested {
+                    accuser,
+                    senders: accused.clone(),
+                });
+                asked.push(reveal::Asked {
+                    accuser,
+                    senders: accused,
+                    answer: reveal::Answer::Waiting,
+                });
+            } else {
+                self.events.push_back(ServerEvent::AccusationUnproven {
+                    accuser,
+                    accused,
+                    reason: Unproven::Margin,
+                });
+            }
+        }
+        if asked.is_empty() {
+            return false;
+        }
+        self.pending = asked.len() as u32;
+        State::step(&mut self.state, |state| match state {
+            State::MaskedInput(masked) => (
+                State::RevealShareKeys(reveal::RevealShareKeys::new(masked, asked)),
+                (),
+            ),
+            other => (other, ()),
+        });
+        self.broadcast = Some(Broadcast {
+            kind: BroadcastKind::RevealRequest,
+            next: 0,
+        });
+        self.deadline = Some(now + self.config.stage_timeout);
+        true
+    }
+
+    /// Ends the reveal step: the accusers that did not answer stay
+    /// unproven, and the masked input stage's business goes on as if it
+    /// had just closed, with whatever the proven evictions left.
+    fn close_reveals(&mut self, now: Instant) {
+        let State::RevealShareKeys(state) = &self.state else {
+            return;
+        };
+        let asked = state.asked.len() as u32;
+        let mut answered = 0;
+        for a in &state.asked {
+            match a.answer {
+                reveal::Answer::Answered => answered += 1,
+                _ => self.events.push_back(ServerEvent::AccusationUnproven {
+                    accuser: a.accuser,
+                    accused: a.senders.clone(),
+                    reason: Unproven::NoAnswer,
+                }),
+            }
+        }
+        self.events
+            .push_back(ServerEvent::RevealStepCompleted { asked, answered });
+        State::step(&mut self.state, |state| match state {
+            State::RevealShareKeys(reveal) => (State::MaskedInput(reveal.masked), ()),
+            other => (other, ()),
+        });
+        let survivors = self.roster.count_active(Progress::Masked);
+        let floor = self.floor(Stage::MaskedInput);
+        let met = ThresholdMet::check(survivors, floor)
+            .and_then(|met| self.check_reach(Stage::MaskedInput).map(|()| met));
+        match met {
+            Ok(met) => self.advance(now, Stage::MaskedInput, met, survivors),
+            Err(reason) => self.abort(Stage::MaskedInput, reason, survivors),
         }
     }
 
@@ -761,9 +1057,18 @@ impl ServerSession {
     /// exactly as if it had dropped out silently. Unknown clients and ended
     /// rounds are ignored.
     pub fn handle_dropout(&mut self, now: Instant, client: ClientId) {
-        if self.config.contains(client) && self.state.stage().is_some() {
-            self.evict(now, client);
+        if !self.config.contains(client) || self.state.stage().is_none() {
+            return;
         }
+        // An asked accuser that leaves will not answer.
+        if let State::RevealShareKeys(state) = &mut self.state
+            && let Some(asked) = state.asked_mut(client)
+            && asked.answer == reveal::Answer::Waiting
+        {
+            asked.answer = reveal::Answer::Gone;
+            return self.reveal_settled(now);
+        }
+        self.evict(now, client);
     }
 
     fn misbehaved(
@@ -777,8 +1082,11 @@ impl ServerSession {
     }
 
     fn evict(&mut self, now: Instant, client: ClientId) {
-        // A client still expected in this stage will not answer now.
+        // A client still expected in this stage will not answer now. (In
+        // the reveal step only the asked accusers are expected, and they
+        // left the roster when they accused.)
         if let Some(progress) = self.roster.evict(client)
+            && !matches!(self.state, State::RevealShareKeys(_))
             && let Some(stage) = self.state.stage()
             && progress == Progress::to_enter(stage, &self.config)
         {
@@ -813,6 +1121,27 @@ impl ServerSession {
     #[must_use = "a polled message is gone from the session: send it"]
     pub fn poll_transmit(&mut self) -> Option<(ClientId, ServerMessage)> {
         let broadcast = self.broadcast.as_mut()?;
+        if let (BroadcastKind::RevealRequest, State::RevealShareKeys(state)) =
+            (broadcast.kind, &self.state)
+        {
+            // To the asked accusers, who left the roster when they accused.
+            let asked = state.asked.get(broadcast.next as usize);
+            broadcast.next += 1;
+            let Some(asked) = asked else {
+                self.broadcast = None;
+                return None;
+            };
+            let body = ServerBody::RevealShareKeyRequest {
+                senders: asked.senders.clone(),
+            };
+            return Some((
+                asked.accuser,
+                ServerMessage {
+                    round_id: self.config.round_id,
+                    body,
+                },
+            ));
+        }
         let n = self.config.num_clients;
         while broadcast.next < n {
             let id = ClientId(broadcast.next);
@@ -877,11 +1206,23 @@ impl ServerSession {
         let Some(stage) = self.state.stage() else {
             return;
         };
+        if matches!(self.state, State::RevealShareKeys(_)) {
+            return self.close_reveals(now);
+        }
         let survivors = self.roster.count_active(Progress::after(stage));
         let met = match self.check_close(stage, survivors) {
             Ok(met) => met,
             Err(reason) => return self.abort(stage, reason, survivors),
         };
+        // Before anyone learns who survived: ask accusers for their keys.
+        if stage == Stage::MaskedInput && self.start_reveals(now) {
+            return;
+        }
+        self.advance(now, stage, met, survivors);
+    }
+
+    /// Moves on from the closed `stage` to the next state.
+    fn advance(&mut self, now: Instant, stage: Stage, met: ThresholdMet, survivors: u32) {
         self.fix_signed_sets(stage);
         let closed = State::step(&mut self.state, |state| {
             match state.close(met, &self.config, &self.graph, &self.roster) {
@@ -902,20 +1243,31 @@ impl ServerSession {
         let entry = Progress::to_enter(stage, &self.config);
         // Clients evicted while expected in this stage count as dropped there.
         let expected = self.roster.count_active(entry) + self.roster.count_evicted_at(entry);
-        // In a signed round every client checks the survivor set against the
-        // signature quorum: below it nobody would reveal a share.
-        let floor = match stage {
-            Stage::MaskedInput | Stage::ConsistencyCheck if self.config.is_signed() => {
-                self.config.signature_quorum()
-            }
-            _ => self.config.survivor_floor(),
-        };
-        let met = ThresholdMet::check(survivors, floor)?;
+        let met = ThresholdMet::check(survivors, self.floor(stage))?;
         self.events.push_back(ServerEvent::StageCompleted {
             stage,
             survivors: met.survivors,
             dropped: expected.saturating_sub(met.survivors),
         });
+        self.check_reach(stage)?;
+        Ok(met)
+    }
+
+    /// The fewest survivors `stage` may close with.
+    fn floor(&self, stage: Stage) -> u32 {
+        // In a signed round every client checks the survivor set against the
+        // signature quorum: below it nobody would reveal a share.
+        match stage {
+            Stage::MaskedInput | Stage::ConsistencyCheck if self.config.is_signed() => {
+                self.config.signature_quorum()
+            }
+            _ => self.config.survivor_floor(),
+        }
+    }
+
+    /// Whether the shares the rest of the round needs are still within
+    /// reach once `stage` closes.
+    fn check_reach(&self, stage: Stage) -> Result<(), AbortReason> {
         // Before anyone is asked for a share, make sure every secret the sum
         // needs can get t of them from the clients that will be asked; in a
         // sparse graph a neighbourhood can fall below t while the round as a
@@ -942,7 +1294,7 @@ impl ServerSession {
         {
             return Err(AbortReason::SharesMissing);
         }
-        Ok(met)
+        Ok(())
     }
 
     /// Malicious-server model: fixes what later signatures bind as the
