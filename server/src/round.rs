@@ -508,6 +508,13 @@ impl RoundDriver {
     fn handle(&mut self, inbound: Inbound) {
         let now = Instant::now();
         match inbound {
+            // A client whose stream the server ended (refused, evicted,
+            // gone) is out of the round: what it still sends is nobody's
+            // business. Judged again, each frame would be logged, counted
+            // and, where the session calls it misbehaviour, recorded as
+            // one more eviction in the round result and the audit log,
+            // which one client could then grow without bound.
+            Inbound::Frame(id, _) if self.senders[id.index()].is_none() => {}
             Inbound::Frame(id, frame) => match frame.frame {
                 Some(client_frame::Frame::Message(bytes)) => {
                     metrics::bytes_received(bytes.len() as u64);

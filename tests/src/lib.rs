@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use tessera_aggregation::ThreatModel;
+use tessera_aggregation::accusation::ShareKeyReveal;
 use tessera_aggregation::identity::{IdentityKey, IdentityPublicKey};
 use tessera_aggregation::messages::{ClientBody, ClientMessage, ServerMessage};
 use tessera_aggregation::packing::packed_len;
@@ -273,6 +274,9 @@ pub enum Fault {
     /// Seals garbage (of the right length) in place of the share bundles
     /// for its first `n` receivers; only they can tell.
     GarbleBundles(usize),
+    /// Sends its masked input, then `n` share keys nobody asked for (the
+    /// first evicts it; the rest come from a client already out).
+    FloodShareKeys(usize),
 }
 
 /// How a scripted client's participation ended.
@@ -446,6 +450,17 @@ impl ScriptedClient {
                                 }
                             }
                             vec![m.encode()]
+                        }
+                        (Fault::FloodShareKeys(n), Stage::MaskedInput) => {
+                            let unasked = ClientMessage {
+                                round_id: cfg.round_id,
+                                body: ClientBody::ShareKeyReveal(ShareKeyReveal {
+                                    share_secret: zeroize::Zeroizing::new([0x42; 32]),
+                                }),
+                            };
+                            std::iter::once(bytes.clone())
+                                .chain(std::iter::repeat_n(unasked.encode(), n))
+                                .collect()
                         }
                         _ => vec![bytes.clone()],
                     };

@@ -260,3 +260,27 @@ async fn a_garbler_is_proven_by_its_asked_victim_and_evicted_and_the_round_sums_
         "{evicted:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_unasked_share_keys_evicts_its_sender_once() {
+    // A client sends its masked input, then share keys nobody asked for,
+    // over and over. The first evicts it; the rest come from a client
+    // already out of the round and are nobody's eviction: the round
+    // result every honest client receives, the audit log and the eviction
+    // metric each name it once (otherwise one client could grow the
+    // result past what a client will decode, and fill the audit log).
+    let (bad, results, audit) = round_with(Fault::FloodShareKeys(200), 50).await;
+    assert_eq!(bad.kind, Some(ErrorKind::BadAccusation), "{bad:?}");
+    nobody_blames_the_server(&results);
+    for r in results {
+        let outcome = r.expect("honest clients complete");
+        assert_eq!(outcome.survivors, HONEST as u32 + 1, "{outcome:?}");
+        assert_eq!(outcome.evicted.len(), 1, "{:?}", outcome.evicted);
+        assert_eq!(outcome.evicted[0].reason, "bad_accusation");
+    }
+    let evictions = audit
+        .iter()
+        .filter(|e| matches!(e, tessera_server::store::AuditEvent::Evicted { .. }))
+        .count();
+    assert_eq!(evictions, 1, "{audit:?}");
+}
