@@ -889,3 +889,246 @@ fn no_request_goes_out_once_the_survivors_are_told_and_late_keys_are_refused() {
     // Nothing else the server sent in the round was a request.
     assert!(reveal_requests(&net.server_outbox()).is_empty());
 }
+
+// ---- What a hostile party can and cannot do with the two-step reveal ----
+
+#[test]
+fn the_asked_keys_a_colluders_key_and_every_unmasking_answer_do_not_unmask_an_honest_input() {
+    // Ten clients, t = 4, one assumed colluder: each client's shares may be
+    // exposed at t - 1 - 1 = 2 holders. The colluder (9) garbles the
+    // bundles of 0, 1 and 2 and hands the semi-honest server everything it
+    // holds (its share key, taken here from its twin); client 6 drops
+    // after sharing. The server keeps every key it is sent and every
+    // unmasking answer, and goes after honest client 3's input: it gets
+    // t = 4 shares of 3's self-mask seed (3 survived: that is the
+    // protocol) but only 2 + 1 = 3 of its masking key, so the pairwise
+    // masks stay on.
+    use tessera_aggregation::shamir;
+    let mut cfg = config(10, 4, 16);
+    cfg.corrupt = 1;
+    assert_eq!(
+        tessera_aggregation::params::exposure_margin(cfg.threat_model, 10, 1, cfg.graph, 4),
+        Some(2)
+    );
+    let colluder = ClientId(9);
+    let victim = ClientId(3);
+    let mut net = Net::new(cfg, 76);
+    net.twin(colluder, 77);
+    net.clients_send();
+    let adverts = net.server_outbox();
+    let mut public = HashMap::new();
+    for (_, message) in &adverts {
+        if let ServerBody::NeighbourKeys(list) = &message.body {
+            for (id, advert) in list {
+                public.insert(*id, advert.keys);
+            }
+        }
+    }
+    net.deliver(adverts);
+    let mut own = net.clients[colluder.index()].poll_transmit().unwrap();
+    let ClientBody::ShareKeys(bundles) = &mut own.body else {
+        panic!("expected the colluder's share bundles")
+    };
+    for bundle in bundles.iter_mut().filter(|b| b.peer.0 <= 2) {
+        bundle.ciphertext.iter_mut().for_each(|b| *b ^= 0x5a);
+    }
+    net.server.handle_message(net.now, colluder, own).unwrap();
+    net.clients_send();
+    let relay = net.server_outbox();
+    // The colluder's key: its twin (same keys, same bundles received)
+    // is made to accuse with the key in the accusation.
+    let mut keys = Vec::new();
+    {
+        let (_, twin) = net.twin.as_mut().unwrap();
+        twin.reveal_share_key_when_accusing();
+        let (_, message) = relay.iter().find(|(to, _)| *to == colluder).unwrap();
+        let mut corrupted = message.clone();
+        if let ServerBody::SealedShares(bundles) = &mut corrupted.body {
+            bundles[0].ciphertext[0] ^= 1;
+        }
+        twin.handle_message(net.now, corrupted).unwrap();
+        let _ = twin.poll_event();
+        let message = twin.poll_transmit().unwrap();
+        let ClientBody::Accusation(accusation) = message.body else {
+            panic!("expected the twin's accusation")
+        };
+        keys.push((colluder, accusation.share_secret.expect("keyed")));
+        net.twin = None;
+    }
+    net.deliver(relay.clone());
+    masked_input_of(&mut net, victim);
+    net.kill(&[6]);
+    for id in [0, 1, 2, 4, 5, 7, 8, 9] {
+        send_keeping_keys(&mut net, ClientId(id), &mut keys);
+    }
+    net.expire_stage(Some(Stage::MaskedInput));
+    let out = net.server_outbox();
+    assert_eq!(
+        reveal_requests(&out),
+        vec![(ClientId(0), vec![colluder]), (ClientId(1), vec![colluder])]
+    );
+    net.deliver(out);
+    for id in [0, 1, 2] {
+        for result in send_keeping_keys(&mut net, ClientId(id), &mut keys) {
+            result.unwrap();
+        }
+    }
+    assert_eq!(keys.len(), 3, "two asked accusers and the colluder");
+    // The unmasking requests and every answer, as the server keeps them.
+    let unmask = net.server_outbox();
+    assert!(
+        unmask
+            .iter()
+            .all(|(_, m)| matches!(m.body, ServerBody::UnmaskRequest { .. }))
+    );
+    net.deliver(unmask);
+    let mut self_mask = Vec::new();
+    let mut masking_key = Vec::new();
+    for id in [3, 4, 5, 7, 8] {
+        let message = net.clients[id].poll_transmit().unwrap();
+        let ClientBody::Unmasking(response) = &message.body else {
+            panic!("expected an unmasking answer")
+        };
+        self_mask.extend(
+            response
+                .self_mask_shares
+                .iter()
+                .filter(|(owner, _)| *owner == victim)
+                .map(|(_, s)| s.clone()),
+        );
+        masking_key.extend(
+            response
+                .masking_key_shares
+                .iter()
+                .filter(|(owner, _)| *owner == victim)
+                .map(|(_, s)| s.clone()),
+        );
+        net.server
+            .handle_message(net.now, ClientId(id as u32), message)
+            .unwrap();
+    }
+    // Every share of the victim's secrets behind the keys it holds.
+    for (holder, key) in &keys {
+        let (_, message) = relay.iter().find(|(to, _)| to == holder).unwrap();
+        let ServerBody::SealedShares(bundles) = &message.body else {
+            panic!("expected bundles")
+        };
+        let bundle = bundles.iter().find(|b| b.peer == victim).unwrap();
+        let (m, s) = open_revealed(
+            key,
+            &public[&victim].c_pk,
+            net.config.round_id,
+            victim,
+            *holder,
+            &bundle.ciphertext,
+        )
+        .unwrap();
+        masking_key.push(m);
+        self_mask.push(s);
+    }
+    let distinct = |shares: &mut Vec<shamir::Share>| {
+        shares.sort_by_key(shamir::Share::x);
+        shares.dedup_by_key(|s| s.x());
+        shares.len()
+    };
+    assert!(distinct(&mut self_mask) >= 4, "the survivor's seed is out");
+    assert!(shamir::reconstruct(&self_mask.iter().collect::<Vec<_>>()).is_ok());
+    // The masking key: t - 1 shares, which rebuild nothing (the check in
+    // the share encoding refuses them, or the key is not the victim's),
+    // so the pairwise masks cannot be taken off the masked input.
+    assert_eq!(distinct(&mut masking_key), 3, "t - 1 masking-key shares");
+    let rebuilt = shamir::reconstruct(&masking_key.iter().collect::<Vec<_>>());
+    if let Ok(s_sk) = rebuilt {
+        let public_key = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(s_sk));
+        assert_ne!(
+            public_key.to_bytes(),
+            public[&victim].s_pk,
+            "three shares rebuild the victim's masking key"
+        );
+    }
+    // The same count of self-mask shares rebuilds nothing either: three is
+    // short of the threshold whichever secret it is.
+    assert!(shamir::reconstruct(&self_mask.iter().take(3).collect::<Vec<_>>()).is_err());
+    // And the round itself completes, the garbler's input unmasked like a
+    // dropout's.
+    let mut output = None;
+    while let Some(event) = net.server.poll_event() {
+        if let ServerEvent::UnmaskingReady = event {
+            output = net.server.unmask().cloned();
+        }
+    }
+    let output = output.expect("the round completes");
+    let contributors = ids(&[3, 4, 5, 7, 8, 9]);
+    assert_eq!(output.contributors, contributors);
+    assert_eq!(output.sum, net.plain_sum(&contributors));
+}
+
+#[test]
+fn colluders_that_accuse_falsely_use_up_the_margin_but_evict_nobody_honest() {
+    // t = 3 of 8: room for two asked accusers. Colluders 0 and 1 claim
+    // honest client 5's bundle does not open; colluder 7 garbles honest
+    // client 2's. Lower ids are asked first, so the colluders take the
+    // margin and 2's true accusation stays unproven (the limit of the
+    // rule, which the README states). What they cannot do: 5 is not
+    // evicted (the keys show its bundle opens, and the liars go), the
+    // round completes, and no one honest is blamed.
+    let garbler = ClientId(7);
+    let (mut net, mut relay, _) = share_with_garbage_as(config(8, 3, 16), garbler, &[2], false);
+    // Each colluder spoils its own copy of 5's bundle, so its session
+    // accuses 5 (without a key, as every client does).
+    for liar in [0, 1] {
+        let (_, message) = relay.iter_mut().find(|(to, _)| to.0 == liar).unwrap();
+        let ServerBody::SealedShares(bundles) = &mut message.body else {
+            panic!("expected bundles")
+        };
+        bundles
+            .iter_mut()
+            .find(|b| b.peer.0 == 5)
+            .unwrap()
+            .ciphertext[0] ^= 1;
+    }
+    net.deliver(relay);
+    for id in 0..8 {
+        for result in send(&mut net, ClientId(id)) {
+            result.unwrap();
+        }
+    }
+    let out = net.server_outbox();
+    assert_eq!(
+        reveal_requests(&out),
+        vec![(ClientId(0), ids(&[5])), (ClientId(1), ids(&[5]))]
+    );
+    assert!(events(&mut net).iter().any(|e| matches!(
+        e,
+        ServerEvent::AccusationUnproven {
+            accuser: ClientId(2),
+            reason: tessera_aggregation::server::Unproven::Margin,
+            ..
+        }
+    )));
+    net.deliver(out);
+    for liar in [0, 1] {
+        assert_eq!(
+            send(&mut net, ClientId(liar)),
+            vec![Err(ServerSessionError::ClientMisbehaved {
+                client: ClientId(liar),
+                violation: ClientViolation::FalseAccusation {
+                    accused: ClientId(5)
+                },
+            })]
+        );
+    }
+    assert!(
+        !events(&mut net)
+            .iter()
+            .any(|e| matches!(e, ServerEvent::Evicted { .. })),
+        "neither 5 nor the garbler is evicted"
+    );
+    net.kill(&[0, 1, 2]);
+    let out = net.server_outbox();
+    net.deliver(out);
+    let output = net.run(&[]).expect("the round completes");
+    let contributors = ids(&[3, 4, 5, 6, 7]);
+    assert_eq!(output.contributors, contributors);
+    assert_eq!(output.sum, net.plain_sum(&contributors));
+}
