@@ -1132,3 +1132,120 @@ fn colluders_that_accuse_falsely_use_up_the_margin_but_evict_nobody_honest() {
     assert_eq!(output.contributors, contributors);
     assert_eq!(output.sum, net.plain_sum(&contributors));
 }
+
+#[test]
+fn stray_and_malformed_keys_in_the_reveal_step_cost_only_their_senders() {
+    // During the reveal step: a key that does not decode, a key for
+    // another round, a key from a survivor nobody asked, and one from a
+    // client that is not in the round. Each is refused; only the unasked
+    // survivor is evicted; the asked accuser's answer still settles the
+    // step and the round completes.
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    assert_eq!(reveal_requests(&out), vec![(ClientId(0), ids(&[3]))]);
+    let round_id = net.config.round_id;
+    let key = |round_id| ClientMessage {
+        round_id,
+        body: ClientBody::ShareKeyReveal(tessera_aggregation::accusation::ShareKeyReveal {
+            share_secret: zeroize::Zeroizing::new([9; 32]),
+        }),
+    };
+    let mut bytes = key(round_id).encode();
+    bytes.truncate(bytes.len() - 1);
+    assert!(ClientMessage::decode(&bytes).is_err());
+    assert!(matches!(
+        net.server
+            .handle_message(net.now, ClientId(0), key(round_id + 1)),
+        Err(ServerSessionError::WrongRound { .. })
+    ));
+    assert!(matches!(
+        net.server
+            .handle_message(net.now, ClientId(42), key(round_id)),
+        Err(ServerSessionError::UnknownClient { .. })
+    ));
+    assert!(matches!(
+        net.server
+            .handle_message(net.now, ClientId(4), key(round_id)),
+        Err(ServerSessionError::ClientMisbehaved {
+            client: ClientId(4),
+            violation: ClientViolation::Accusation(_),
+        })
+    ));
+    assert_eq!(
+        net.server.stage(),
+        Some(Stage::MaskedInput),
+        "still waiting"
+    );
+    // The client also ignores a request from another round.
+    let stale = ServerMessage {
+        round_id: round_id + 1,
+        body: ServerBody::RevealShareKeyRequest { senders: ids(&[3]) },
+    };
+    assert!(matches!(
+        net.clients[0].handle_message(net.now, stale),
+        Err(tessera_aggregation::ClientSessionError::WrongRound { .. })
+    ));
+    assert!(!net.clients[0].has_transmit());
+    net.deliver(out);
+    let results = send(&mut net, ClientId(0));
+    assert!(matches!(
+        results.as_slice(),
+        [Err(ServerSessionError::ClientMisbehaved {
+            violation: ClientViolation::FalseAccusation { .. },
+            ..
+        })]
+    ));
+    net.kill(&[0, 4]);
+    let out = net.server_outbox();
+    net.deliver(out);
+    let output = net.run(&[]).expect("the others complete the round");
+    let contributors = ids(&[1, 2, 3, 4, 5, 6]);
+    assert_eq!(output.contributors, contributors);
+    assert_eq!(output.sum, net.plain_sum(&contributors));
+}
+
+#[test]
+fn a_share_key_never_shows_in_a_message_debug_print_or_a_refusal() {
+    // Whatever carries a key (an asked reveal, the old keyed accusation)
+    // prints without it, and the refusals a key can earn name no key: a
+    // log line or an error built from them holds nothing secret.
+    let secret = [0xab_u8; 32];
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let decimal = format!("{:?}", &secret[..4]);
+    let messages = [
+        ClientBody::ShareKeyReveal(tessera_aggregation::accusation::ShareKeyReveal {
+            share_secret: zeroize::Zeroizing::new(secret),
+        }),
+        ClientBody::Accusation(Accusation {
+            share_secret: Some(zeroize::Zeroizing::new(secret)),
+            accused: ids(&[1]),
+        }),
+    ];
+    for body in messages {
+        let printed = format!("{:?}", ClientMessage { round_id: 1, body });
+        assert!(!printed.contains(&hex), "{printed}");
+        assert!(!printed.contains(&decimal), "{printed}");
+        assert!(!printed.contains("171"), "{printed}");
+    }
+    // The key that does not match, a false accusation, a key unasked:
+    // what the server says names ids and what was wrong, never the key.
+    let (mut net, out) = false_accusation_until_request(ThreatModel::SemiHonest);
+    let stray = ClientMessage {
+        round_id: net.config.round_id,
+        body: ClientBody::ShareKeyReveal(tessera_aggregation::accusation::ShareKeyReveal {
+            share_secret: zeroize::Zeroizing::new(secret),
+        }),
+    };
+    let unasked = net
+        .server
+        .handle_message(net.now, ClientId(4), stray.clone())
+        .unwrap_err();
+    let wrong = net
+        .server
+        .handle_message(net.now, ClientId(0), stray)
+        .unwrap_err();
+    for error in [unasked, wrong] {
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains(&hex) && !text.contains("171"), "{text}");
+    }
+    drop(out);
+}
