@@ -28,7 +28,13 @@ use crate::shamir::{SHARE_BYTES, Share};
 ///
 /// 3: signatures over the session and transcript hashes, and no share of a
 /// client's own secrets in share bundles or unmasking responses.
-pub const WIRE_VERSION: u8 = 3;
+///
+/// 4: accusations carry no key; the server asks for one
+/// (`RevealShareKeyRequest`, `ShareKeyReveal`). Raised so that version-3
+/// clients, which put their share key in the accusation at once, cannot
+/// join: their keys would reach the server before it could bound how many
+/// it sees ([`crate::accusation`]).
+pub const WIRE_VERSION: u8 = 4;
 
 /// A message from a client to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -876,14 +882,36 @@ mod tests {
             },
         };
         let mut expected = vec![
-            3, // version
-            1, 0, 0, 0, 0, 0, 0, 0,    // round id
+            WIRE_VERSION, // version
+            1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,    // round id
             0x85, // tag: UnmaskRequest
-            1, 0, 0, 0, // one survivor
-            2, 0, 0, 0, // client 2
-            0, 0, 0, 0, // no dropped clients
-            1, 0, 0, 0, // one signature
-            2, 0, 0, 0, // by client 2
+            1,
+            0,
+            0,
+            0, // one survivor
+            2,
+            0,
+            0,
+            0, // client 2
+            0,
+            0,
+            0,
+            0, // no dropped clients
+            1,
+            0,
+            0,
+            0, // one signature
+            2,
+            0,
+            0,
+            0, // by client 2
         ];
         expected.extend_from_slice(&[0xcc; 64]);
         assert_eq!(m.encode(), expected);

@@ -21,7 +21,12 @@
 /// survivor sets the transcript hash), no share of a client's own secrets,
 /// the Join proof of possession (JoinChallenge / JoinProof), and central DP
 /// as exact integer noise; the core's wire version 3.
-pub const PROTOCOL_VERSION: u32 = 3;
+///
+/// 4: the two-step share-key reveal for accusations (the server asks the
+/// accusers the threshold's margin affords); the core's wire version 4.
+/// Version-3 clients revealed their key unasked, so they are refused at
+/// Join.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Generated messages and service stubs of package `tessera.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]

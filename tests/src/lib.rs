@@ -253,7 +253,8 @@ pub enum Fault {
     DieBefore(Stage),
     /// Sends random bytes instead of its AdvertiseKeys message.
     Garbage,
-    /// Joins with another protocol version.
+    /// Joins with the previous protocol version, 3, whose clients put
+    /// their share key in an accusation unasked (refused since version 4).
     WrongVersion,
     /// Sends its AdvertiseKeys message with the next round's id.
     WrongRound,
@@ -347,7 +348,7 @@ impl ScriptedClient {
             );
         }
         let version = if self.fault == Fault::WrongVersion {
-            PROTOCOL_VERSION + 98
+            PROTOCOL_VERSION - 1
         } else {
             PROTOCOL_VERSION
         };
