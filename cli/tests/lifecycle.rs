@@ -366,3 +366,61 @@ fn an_initial_model_trains_over_tls_and_model_get_returns_its_names_with_fedavg_
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot reach the server"), "{err}");
 }
+
+/// `join --model-out` replaces the file each round with the model that
+/// round trains from: after two rounds it holds version 2.
+#[test]
+fn join_model_out_is_replaced_each_round() {
+    let dir = scratch_dir("model-out");
+    std::fs::create_dir_all(&dir).unwrap();
+    let initial = dir.join("initial.safetensors");
+    write_file(&initial, &net(0.0));
+    let mut server = Server::start(
+        &dir.join("data"),
+        &[
+            "--initial-model",
+            initial.to_str().unwrap(),
+            "--min-clients",
+            "3",
+            "--rounds",
+            "2",
+        ],
+    );
+    let out = dir.join("global.safetensors");
+    let joins: Vec<Child> = (0..3)
+        .map(|k| {
+            let mut join = Command::new(env!("CARGO_BIN_EXE_tessera"));
+            join.args(["join", "--server", &format!("http://{}", server.addr)])
+                .args(["--random", "23", "--rounds", "2"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if k == 0 {
+                join.arg("--model-out").arg(&out);
+            }
+            join.spawn().unwrap()
+        })
+        .collect();
+    for join in joins {
+        let done = join.wait_with_output().unwrap();
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+    }
+    assert!(server.child.wait().unwrap().success());
+    assert_eq!(metadata(&out)["version"], "2", "the second round's model");
+    let got = read_file(&out);
+    let start = read_file(&initial);
+    assert_eq!(
+        got.iter()
+            .map(|(n, (s, _))| (n, s))
+            .collect::<HashMap<_, _>>(),
+        start
+            .iter()
+            .map(|(n, (s, _))| (n, s))
+            .collect::<HashMap<_, _>>()
+    );
+    assert_ne!(got, start, "round 1's update is in it");
+    assert!(!dir.join("global.safetensors.tmp").exists());
+}

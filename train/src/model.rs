@@ -4,8 +4,11 @@
 //!
 //! Both are burn [`Module`]s, so the SDK's `burn` feature turns them into
 //! the flat parameter vectors secure aggregation sums
-//! ([`tessera_client::burn`]). [`Net`] wraps either, so the training loop
-//! and the demo are written once.
+//! ([`tessera_client::burn`]), with PyTorch's names and layouts (`fc1.weight`
+//! as `[out, in]`; the [`Net`] variant is not part of the name), so a model
+//! the demo trains loads into the equivalent `torch.nn` module (listed in
+//! docs/models.md). [`Net`] wraps either, so the training loop and the demo
+//! are written once.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
