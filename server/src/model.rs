@@ -466,8 +466,21 @@ mod tests {
                 .map(|(name, shape)| TensorSpec { name: name.clone(), shape: shape.clone() })
                 .collect();
             let params: Vec<f32> = given.iter().enumerate().flat_map(|(i, (_, s))| values_of(i, s)).collect();
-            let m = Model::new(tensors, params).unwrap();
+            let m = Model::new(tensors.clone(), params.clone()).unwrap();
             prop_assert!(m.validate().is_ok());
+            // Through a safetensors file (any header order) to the same model.
+            let bytes: Vec<Vec<u8>> = given
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s))| f32s(&values_of(i, s)))
+                .collect();
+            let views: Vec<(&str, TensorView<'_>)> = tensors
+                .iter()
+                .zip(&bytes)
+                .map(|(t, b)| (t.name.as_str(), TensorView::new(Dtype::F32, t.shape.clone(), b).unwrap()))
+                .collect();
+            let file = safetensors::serialize(views, None).unwrap();
+            prop_assert_eq!(&Model::from_safetensors(Path::new("m"), &file).unwrap(), &m);
             let names: Vec<&str> = m.tensors.iter().map(|t| t.name.as_str()).collect();
             let mut sorted = names.clone();
             sorted.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
