@@ -11,11 +11,12 @@ use anyhow::Context;
 use clap::Args;
 use rand::{RngExt, SeedableRng};
 use tessera_client::{
-    Client, ClientError, DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS,
+    ClientError, DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS,
     DEFAULT_MIN_SURVIVORS, Policy, RetryPolicy,
 };
 
 use crate::args::{ThreatArg, parse_rate};
+use crate::connect::ConnectionArgs;
 use crate::usage;
 
 pub(crate) const ABOUT: &str = "Join rounds of a running server as a client";
@@ -29,7 +30,8 @@ pub(crate) const LONG_ABOUT: &str = "Connects to a Tessera server, joins the nex
     rule. Exit code 0 when every round completed, 1 otherwise, 2 for invalid flags.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera join --server http://127.0.0.1:7443 --random 1000 --rounds 3\n  \
-    tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy";
+    tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy\n  \
+    tessera join --server https://agg.example.org:7443 --ca-cert ca.pem --token-file my.token --update grad.npy --model-out global.safetensors";
 
 /// Printed when `--update` is sent in several rounds without
 /// `--require-dp`.
@@ -40,33 +42,8 @@ const RESEND_WARNING: &str = "warning: --rounds sends the same --update in every
 /// Flags of `tessera join`.
 #[derive(Debug, Args)]
 pub(crate) struct JoinArgs {
-    /// Server URL: http://HOST:PORT (insecure-dev servers) or https://HOST:PORT.
-    #[arg(long, value_name = "URL")]
-    server: String,
-    /// Bearer token (prefer --token-file: command lines are visible to other users).
-    #[arg(long, value_name = "T", conflicts_with = "token_file")]
-    token: Option<String>,
-    /// File holding the bearer token.
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
-    /// Allow --token/--token-file over a plain http:// URL to a server on
-    /// this machine (a loopback host: 127.0.0.0/8, ::1, localhost), for a
-    /// local experiment against `tessera serve --insecure-dev`. Without it a
-    /// token is sent over https only.
-    #[arg(long)]
-    insecure_dev: bool,
-    /// CA certificate (PEM) to verify an https server with.
-    #[arg(long, value_name = "FILE")]
-    ca_cert: Option<PathBuf>,
-    /// Client certificate (PEM) for a server that requires mTLS (its --tls-client-ca).
-    #[arg(long, value_name = "FILE", requires = "client_key")]
-    client_cert: Option<PathBuf>,
-    /// Private key (PEM) of --client-cert.
-    #[arg(long, value_name = "FILE", requires = "client_cert")]
-    client_key: Option<PathBuf>,
-    /// Server name to verify in its certificate (default: the URL's host).
-    #[arg(long, value_name = "NAME")]
-    tls_domain: Option<String>,
+    #[command(flatten)]
+    connection: ConnectionArgs,
     /// The update, as a NumPy .npy file.
     #[arg(
         long,
@@ -90,6 +67,12 @@ pub(crate) struct JoinArgs {
     /// Print one JSON object per round.
     #[arg(long)]
     json: bool,
+    /// Before each round, fetch the latest published model (the one this
+    /// round trains from) and write it to PATH as safetensors (float32
+    /// tensors with the server's names and shapes), replacing the file
+    /// atomically each round.
+    #[arg(long, value_name = "PATH")]
+    model_out: Option<PathBuf>,
     /// This client's identity key (from `tessera keygen`), for servers that
     /// run the malicious-server threat model.
     #[arg(long, value_name = "FILE", requires = "trusted_identities")]
@@ -197,16 +180,6 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
     if args.random == Some(0) {
         usage!("--random must be at least 1");
     }
-    let token = match (&args.token, &args.token_file) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Some(path)) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading the token file {}", path.display()))?
-                .trim()
-                .to_owned(),
-        ),
-        (None, None) => None,
-    };
     let fixed_update = match &args.update {
         Some(path) => Some(read_npy(path)?),
         None => None,
@@ -217,33 +190,15 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
         // that, only noise can.
         eprintln!("{RESEND_WARNING}");
     }
-    let mut builder = Client::builder(args.server.clone())
+    let mut builder = args
+        .connection
+        .builder()?
         .round_timeout(Duration::from_secs(args.round_timeout))
         .retry(RetryPolicy {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
         });
-    if let Some(token) = token {
-        builder = builder.token(token);
-    }
-    if args.insecure_dev {
-        builder = builder.insecure_loopback();
-    }
-    if let Some(ca) = &args.ca_cert {
-        let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-        builder = builder.tls_ca_pem(pem);
-    }
-    if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
-        let cert_pem = std::fs::read(cert)
-            .with_context(|| format!("reading the client certificate {}", cert.display()))?;
-        let key_pem = std::fs::read(key)
-            .with_context(|| format!("reading the client key {}", key.display()))?;
-        builder = builder.tls_identity(cert_pem, key_pem);
-    }
-    if let Some(domain) = &args.tls_domain {
-        builder = builder.tls_domain(domain.clone());
-    }
     if let (Some(key_file), Some(list)) = (&args.identity, &args.trusted_identities) {
         let text = zeroize::Zeroizing::new(
             std::fs::read_to_string(key_file)
@@ -287,6 +242,12 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
             (None, Some(d)) => random_update(d, &mut rng),
             (None, None) => unreachable!("clap requires --update or --random"),
         };
+        if let Some(path) = &args.model_out {
+            let model = runtime
+                .block_on(client.latest_model())
+                .with_context(|| format!("fetching the model for round attempt {round}"))?;
+            crate::model::write_safetensors(path, &model)?;
+        }
         match runtime.block_on(client.participate(&update)) {
             Ok(outcome) => {
                 if args.json {

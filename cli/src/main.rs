@@ -8,7 +8,8 @@
 //! parameter finder which neighbour graph and threshold a round of n clients
 //! needs; `privacy` answers the privacy accountant's questions (epsilon,
 //! noise multiplier, rounds); `serve`, `join` and `inspect` run and examine
-//! a real server and clients over gRPC; `migrate` seals a data directory an
+//! a real server and clients over gRPC; `model get` downloads a published
+//! model as safetensors; `migrate` seals a data directory an
 //! older build wrote; `token` and `cert` make credentials.
 //!
 //! Exit codes: 0 on success (an aborted round is a normal outcome of the
@@ -17,11 +18,13 @@
 //! error between honest parties, a completed round whose sum is wrong).
 
 mod args;
+mod connect;
 mod demo;
 mod inspect;
 mod join;
 mod keys;
 mod migrate;
+mod model;
 mod params;
 mod privacy;
 mod report;
@@ -71,8 +74,8 @@ pub(crate) use usage;
         whole rounds in process to measure their cost (`simulate`) and chooses the neighbour \
         graph and Shamir threshold for a round (`params`), and accounts for the differential \
         privacy a training job spends (`privacy`). `serve` runs the aggregation server for real \
-        clients over gRPC, `join` is a command-line client, `inspect` reads a server's data \
-        directory, and `token` / `cert` make the credentials a server needs.",
+        clients over gRPC, `join` is a command-line client, `model get` downloads a published \
+        model, `inspect` reads a server's data directory, and `token` / `cert` make the credentials a server needs.",
     after_help = "Examples:\n  \
         tessera demo                                       # the main job: 20 clients train together, 30 rounds\n  \
         tessera simulate                                   # 100 clients, d = 100,000, 10% drop at masked-input\n  \
@@ -81,6 +84,7 @@ pub(crate) use usage;
         tessera privacy epsilon --noise-multiplier 1.1 --sampling-rate 0.01 --rounds 1000 --delta 1e-5\n  \
         tessera serve --listen 127.0.0.1:0 --data-dir /tmp/t --dim 1000 --min-clients 3 --insecure-dev\n  \
         tessera join --server http://127.0.0.1:PORT --random 1000 --rounds 2\n  \
+        tessera model get --server http://127.0.0.1:PORT --out model.safetensors\n  \
         tessera inspect --data-dir /tmp/t"
 )]
 struct Cli {
@@ -122,6 +126,9 @@ enum Command {
     /// Join rounds as a client.
     #[command(about = join::ABOUT, long_about = join::LONG_ABOUT, after_help = join::EXAMPLES)]
     Join(join::JoinArgs),
+    /// Download published models.
+    #[command(about = model::ABOUT, long_about = model::LONG_ABOUT, after_help = model::EXAMPLES)]
+    Model(model::ModelArgs),
     /// Inspect a server's data directory.
     #[command(about = inspect::ABOUT, long_about = inspect::LONG_ABOUT, after_help = inspect::EXAMPLES)]
     Inspect(inspect::InspectArgs),
@@ -148,6 +155,7 @@ fn main() -> ExitCode {
         Command::Privacy(args) => privacy::run(args),
         Command::Serve(args) => serve::run(*args),
         Command::Join(args) => join::run(args),
+        Command::Model(args) => model::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Migrate(args) => migrate::run(args),
         Command::Token(args) => keys::run_token(args),

@@ -34,6 +34,9 @@ pub(crate) const ABOUT: &str = "Run the aggregation server (gRPC) for real clien
 pub(crate) const LONG_ABOUT: &str = "Runs the Tessera aggregation server: clients dial in over \
     gRPC, wait until --min-clients are there, run one secure aggregation round, and the server \
     publishes the FedAvg-updated global model to --data-dir; then the next round opens. \
+    A new data directory starts from --initial-model (a safetensors file of float32 tensors, \
+    whose names and shapes every published model keeps; the flat update vector is the tensors \
+    in name order, each row-major) or from zeros of --dim. \
     Settings come from --config FILE (TOML, keys as the flags with underscores) and are \
     overridden by flags. TLS and client authentication are required unless --insecure-dev is \
     given, which is refused on a non-loopback address. The first line on stdout is \
@@ -42,6 +45,7 @@ pub(crate) const LONG_ABOUT: &str = "Runs the Tessera aggregation server: client
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera serve --listen 127.0.0.1:0 --data-dir /tmp/t --dim 1000 --min-clients 3 --insecure-dev\n  \
     tessera serve --config server.toml\n  \
+    tessera serve --listen 127.0.0.1:0 --data-dir /tmp/t --initial-model model.safetensors --min-clients 3 --insecure-dev\n  \
     tessera serve --listen 0.0.0.0:7443 --data-dir /var/lib/tessera --dim 10000 \\\n      \
     --tls-cert cert.pem --tls-key key.pem --tokens-file tokens.txt --min-clients 100";
 
@@ -115,6 +119,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // A setting refused once the data directory is open (checked at
             // the stored model's dimension) is a usage error too.
             Err(tessera_server::ServeError::Config(e)) => usage!("{e}"),
+            // So is an --initial-model file the server cannot train.
+            Err(e @ tessera_server::ServeError::InitialModel(_)) => usage!("{e}"),
             Err(e) => return Err(anyhow::Error::new(e).context("starting the server")),
         };
         if insecure {

@@ -2,6 +2,15 @@
 //! downloads them: a client trains from the latest model and sends
 //! `local - global` as its update, so the flat vector it updates must have
 //! the same layout as [`GlobalModel::flatten`].
+//!
+//! # The flat-vector order
+//!
+//! Every Tessera model's flat vector is **its tensors in name order**
+//! (names compared byte by byte, ascending), **each row-major** (C order,
+//! the last index fastest). The server keeps its models in that order and
+//! sends their tensors in it, so [`GlobalModel::flatten`] (the tensors as
+//! received, end to end) is that layout. For a PyTorch `state_dict` or a
+//! dict of NumPy arrays: `concatenate([d[k].ravel() for k in sorted(d)])`.
 
 use tessera_proto::v1;
 
@@ -30,12 +39,14 @@ pub struct GlobalModel {
     pub epsilon: f64,
     /// The delta of `epsilon`.
     pub delta: f64,
-    /// The parameters, in the order of the flat update vector.
+    /// The parameters, in the order of the flat update vector: name order
+    /// (see the module docs), as the server sends them.
     pub tensors: Vec<NamedTensor>,
 }
 
 impl GlobalModel {
-    /// All values in one vector, tensors in order: the layout of the update
+    /// All values in one vector, tensors in the order received (name order:
+    /// see the module docs): the layout of the update
     /// [`Client::participate`](crate::Client::participate) takes.
     ///
     /// ```
@@ -47,11 +58,11 @@ impl GlobalModel {
     ///     epsilon: 0.0,
     ///     delta: 0.0,
     ///     tensors: vec![
-    ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
     ///         NamedTensor { name: "b".into(), shape: vec![1], values: vec![3.0] },
+    ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
     ///     ],
     /// };
-    /// assert_eq!(model.flatten(), [1.0, 2.0, 3.0]);
+    /// assert_eq!(model.flatten(), [3.0, 1.0, 2.0]);
     /// assert_eq!(model.dim(), 3);
     /// ```
     pub fn flatten(&self) -> Vec<f32> {

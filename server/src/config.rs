@@ -197,9 +197,15 @@ pub struct ServerConfig {
     /// The state key file, which authenticates the data directory; `None`
     /// is [`ServerConfig::state_key_path`]'s default.
     pub state_key: Option<PathBuf>,
-    /// Model dimension; required for a new data dir, and must match the
-    /// stored model otherwise.
+    /// Model dimension; required for a new data dir without
+    /// `initial_model`, and must match the stored model (and the initial
+    /// model's file) otherwise.
     pub dim: Option<u32>,
+    /// A safetensors file of float32 tensors to start a new data directory
+    /// from (its names and shapes are the published models'); on a data
+    /// directory that holds models it must be the same model as the
+    /// stored initial one.
+    pub initial_model: Option<PathBuf>,
     /// How rounds are gathered, protected and encoded.
     pub round: RoundRules,
     /// Differential privacy.
@@ -342,6 +348,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("tessera-data"),
             state_key: None,
             dim: None,
+            initial_model: None,
             round: RoundRules::default(),
             dp: DpSettings::default(),
             aggregation: AggregationSettings::default(),

@@ -129,6 +129,9 @@ pub enum ServeError {
     /// `--recompute-delta`), or the budget is already spent.
     #[error("privacy ledger {0}")]
     Privacy(String),
+    /// The initial model file cannot be used.
+    #[error("initial model: {0}")]
+    InitialModel(#[from] model::ModelFileError),
     /// The stored model does not match the configuration.
     #[error("{0}")]
     Model(String),
@@ -434,6 +437,82 @@ fn open_store(
     opened
 }
 
+/// The model the server starts from: the data directory's latest, or, in
+/// a new one, the initial model (`initial`, read from the configuration's
+/// `initial_model`, or zeros of its `dim`), published as version 1. A
+/// dimension or an initial model that disagrees with what is stored is
+/// refused.
+fn starting_model(
+    config: &ServerConfig,
+    store: &mut Store,
+    initial: Option<Model>,
+) -> Result<(ModelEntry, Model), ServeError> {
+    if let (Some(dim), Some(m), Some(file)) = (config.dim, &initial, &config.initial_model)
+        && dim as usize != m.dim()
+    {
+        return Err(config::invalid(
+            "dim",
+            format!(
+                "{dim} disagrees with the initial model {}, which holds {} values: leave dim out (the file sets it)",
+                file.display(),
+                m.dim()
+            ),
+        )
+        .into());
+    }
+    let Some((entry, model)) = store.latest_model() else {
+        let model = match initial {
+            Some(m) => m,
+            None => Model::zeros_flat(config.dim.ok_or_else(|| {
+                ServeError::Model(format!(
+                    "the data directory {} holds no model yet: give the model dimension (dim) or an initial model (initial_model)",
+                    config.data_dir.display()
+                ))
+            })? as usize),
+        };
+        let entry = store.init_model(&model)?;
+        return Ok((entry, model));
+    };
+    if let Some(dim) = config.dim
+        && dim as usize != model.dim()
+    {
+        return Err(ServeError::Model(format!(
+            "the data directory {} holds a model of dimension {}, the configuration asks for {dim}; use another data directory",
+            config.data_dir.display(),
+            model.dim()
+        )));
+    }
+    if let (Some(given), Some(file)) = (initial, &config.initial_model) {
+        check_same_initial(config, store, &given, file)?;
+    }
+    Ok((entry, model))
+}
+
+/// An initial model given for a data directory that already holds models
+/// must be the one it started from (version 1), compared by content: a
+/// restart with the same command line works, another model is refused
+/// rather than silently ignored.
+fn check_same_initial(
+    config: &ServerConfig,
+    store: &Store,
+    given: &Model,
+    file: &std::path::Path,
+) -> Result<(), ServeError> {
+    let (_, stored) = store
+        .model(1)?
+        .expect("a data directory with a latest model has version 1");
+    let (ours, theirs) = (given.content_sha256(), stored.content_sha256());
+    if ours == theirs {
+        return Ok(());
+    }
+    let latest = store.models().last().map_or(1, |m| m.version);
+    Err(ServeError::Model(format!(
+        "the data directory {dir} already holds models (up to version {latest}), started from another initial model than {file} (content SHA-256 {theirs} stored, {ours} in the file). To continue training, start without initial_model (--initial-model); to train from {file}, give a new data directory (--data-dir)",
+        dir = config.data_dir.display(),
+        file = file.display(),
+    )))
+}
+
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
@@ -482,34 +561,19 @@ pub async fn start_with_disk(
 
     let (key, created) = load_state_key(&config)?;
     let data_dir = config.data_dir.clone();
-    let mut store = tokio::task::spawn_blocking(move || open_store(&data_dir, &key, created, disk))
-        .await
-        .expect("store open does not panic")?;
-    let (entry, model) = match store.latest_model() {
-        Some((entry, model)) => {
-            if let Some(dim) = config.dim
-                && dim as usize != model.dim()
-            {
-                return Err(ServeError::Model(format!(
-                    "the data directory {} holds a model of dimension {}, the configuration asks for {dim}; use another data directory",
-                    config.data_dir.display(),
-                    model.dim()
-                )));
-            }
-            (entry, model)
-        }
-        None => {
-            let dim = config.dim.ok_or_else(|| {
-                ServeError::Model(format!(
-                    "the data directory {} holds no model yet: give the model dimension (dim)",
-                    config.data_dir.display()
-                ))
-            })?;
-            let model = Model::zeros_flat(dim as usize);
-            let entry = store.init_model(&model)?;
-            (entry, model)
-        }
-    };
+    let initial_file = config.initial_model.clone();
+    let (mut store, initial) = tokio::task::spawn_blocking(move || {
+        // Read before the data directory is opened (and perhaps created):
+        // a file that cannot be used leaves no empty directory behind.
+        let initial = initial_file
+            .as_deref()
+            .map(Model::from_safetensors_file)
+            .transpose()?;
+        Ok::<_, ServeError>((open_store(&data_dir, &key, created, disk)?, initial))
+    })
+    .await
+    .expect("store open does not panic")?;
+    let (entry, model) = starting_model(&config, &mut store, initial)?;
     // The ring width and the noise depend on the model's dimension: a
     // configuration that does not state it was checked at dimension 1, so
     // check it again at the stored model's, before the server listens (an
@@ -645,4 +709,173 @@ pub async fn start_with_disk(
         serve,
         scheduler,
     })
+}
+
+#[cfg(test)]
+mod starting_model_tests {
+    use std::path::Path;
+
+    use safetensors::tensor::{Dtype, TensorView};
+
+    use super::*;
+    use crate::store::{Publication, StateKey};
+
+    /// A safetensors file at `path` of F32 tensors `(name, shape)`, values
+    /// counting up from `base`, written in the order given.
+    fn write_model(path: &Path, tensors: &[(&str, &[usize])], base: f32) {
+        let mut next = base;
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, shape)| {
+                (0..shape.iter().product::<usize>())
+                    .flat_map(|_| {
+                        next += 1.0;
+                        next.to_le_bytes()
+                    })
+                    .collect()
+            })
+            .collect();
+        let views: Vec<_> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s), b)| (*n, TensorView::new(Dtype::F32, s.to_vec(), b).unwrap()))
+            .collect();
+        std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    fn open(dir: &Path) -> Store {
+        Store::open(dir, &StateKey::from_bytes([3; 32])).unwrap()
+    }
+
+    fn start_from(
+        dir: &Path,
+        file: &Path,
+        dim: Option<u32>,
+    ) -> Result<(ModelEntry, Model), ServeError> {
+        let config = ServerConfig {
+            data_dir: dir.to_owned(),
+            initial_model: Some(file.to_owned()),
+            dim,
+            ..ServerConfig::default()
+        };
+        let initial = Model::from_safetensors_file(file)?;
+        starting_model(&config, &mut open(dir), initial.into())
+    }
+
+    const NET: &[(&str, &[usize])] = &[
+        ("fc2.weight", &[2, 3]),
+        ("fc1.weight", &[3, 4]),
+        ("fc1.bias", &[3]),
+    ];
+
+    #[test]
+    fn a_new_directory_starts_from_the_file_with_its_names_and_shapes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, file) = (tmp.path().join("data"), tmp.path().join("m.safetensors"));
+        write_model(&file, NET, 0.0);
+        let (entry, model) = start_from(&dir, &file, None).unwrap();
+        assert_eq!((entry.version, model.dim()), (1, 6 + 12 + 3));
+        // GetModel answers with the file's names and shapes, in name order.
+        let wire = model_response(&entry, &model);
+        let got: Vec<(&str, &[u64])> = wire
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("fc1.bias", &[3u64][..]),
+                ("fc1.weight", &[3, 4]),
+                ("fc2.weight", &[2, 3])
+            ]
+        );
+        // Values follow their names: fc2.weight was written first (1..=6).
+        assert_eq!(wire.tensors[2].values, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(open(&dir).latest_model().unwrap().1, model);
+    }
+
+    #[test]
+    fn a_dim_other_than_the_files_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, file) = (tmp.path().join("data"), tmp.path().join("m.safetensors"));
+        write_model(&file, NET, 0.0);
+        let e = start_from(&dir, &file, Some(20)).unwrap_err();
+        assert!(matches!(e, ServeError::Config(_)), "{e}");
+        assert!(
+            e.to_string().contains("dim") && e.to_string().contains("21 values"),
+            "{e}"
+        );
+        assert!(open(&dir).latest_model().is_none(), "nothing published");
+        assert!(start_from(&dir, &file, Some(21)).is_ok());
+    }
+
+    /// A restart with the same initial model (even a file of other bytes:
+    /// other metadata) continues from the latest version; another one is
+    /// refused with what to do.
+    #[test]
+    fn a_stored_directory_takes_only_its_own_initial_model() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, file) = (tmp.path().join("data"), tmp.path().join("m.safetensors"));
+        write_model(&file, NET, 0.0);
+        let (_, initial) = start_from(&dir, &file, None).unwrap();
+        let mut next = initial.clone();
+        next.params[0] += 1.0;
+        open(&dir)
+            .publish(&Publication {
+                model: &next,
+                round: 1,
+                survivors: 3,
+                dropped: 0,
+                epsilon: 0.0,
+                delta: 0.0,
+                ledger: None,
+                velocity: None,
+            })
+            .unwrap();
+        let (entry, model) = start_from(&dir, &file, None).unwrap();
+        assert_eq!((entry.version, model), (2, next));
+
+        let other = tmp.path().join("other.safetensors");
+        write_model(&other, NET, 0.5);
+        let e = start_from(&dir, &other, None).unwrap_err().to_string();
+        for what in [
+            "already holds models",
+            "--initial-model",
+            "--data-dir",
+            "other.safetensors",
+        ] {
+            assert!(e.contains(what), "{what}: {e}");
+        }
+        let reordered = tmp.path().join("reordered.safetensors");
+        let bytes = std::fs::read(&file).unwrap();
+        let model = Model::from_safetensors(&file, &bytes).unwrap();
+        let mut offset = 0;
+        let views: Vec<(String, Vec<u8>, Vec<usize>)> = model
+            .tensors
+            .iter()
+            .map(|t| {
+                let v = &model.params[offset..offset + t.len()];
+                offset += t.len();
+                (
+                    t.name.clone(),
+                    v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    t.shape.clone(),
+                )
+            })
+            .collect();
+        let meta = std::collections::HashMap::from([("saved_by".to_owned(), "torch".to_owned())]);
+        let bytes = safetensors::serialize(
+            views.iter().map(|(n, b, s)| {
+                (
+                    n.as_str(),
+                    TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            }),
+            Some(meta),
+        )
+        .unwrap();
+        std::fs::write(&reordered, bytes).unwrap();
+        assert_eq!(start_from(&dir, &reordered, None).unwrap().0.version, 2);
+    }
 }

@@ -18,6 +18,7 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("data_dir", "\"a\"", "\"b\""),
     ("state_key", "\"a.key\"", "\"b.key\""),
     ("dim", "10", "20"),
+    ("initial_model", "\"a.safetensors\"", "\"b.safetensors\""),
     ("min_clients", "4", "5"),
     ("max_clients", "50", "60"),
     ("join_window_ms", "1", "2"),

@@ -4,8 +4,11 @@
 //!
 //! Both are burn [`Module`]s, so the SDK's `burn` feature turns them into
 //! the flat parameter vectors secure aggregation sums
-//! ([`tessera_client::burn`]). [`Net`] wraps either, so the training loop
-//! and the demo are written once.
+//! ([`tessera_client::burn`]), with PyTorch's names and layouts (`fc1.weight`
+//! as `[out, in]`; the [`Net`] variant is not part of the name), so a model
+//! the demo trains loads into the equivalent `torch.nn` module (listed in
+//! docs/models.md). [`Net`] wraps either, so the training loop and the demo
+//! are written once.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -130,7 +133,7 @@ impl Net {
 mod tests {
     use super::*;
     use tessera_client::burn::{dim, flatten, load_flat, tensors};
-    use tessera_client::{ClientError, GlobalModel};
+    use tessera_client::{ClientError, GlobalModel, NamedTensor};
 
     fn kinds() -> [(ModelKind, usize); 3] {
         [
@@ -191,6 +194,112 @@ mod tests {
             let b = via_model.forward(x).into_data();
             assert_eq!(a, b, "{kind}");
         }
+    }
+
+    /// The exported tensors are what `torch.nn` modules of the same
+    /// structure hold in their `state_dict`: names without burn's enum
+    /// variant, `Linear` weights `[out, in]` (so `y = x W^T + b`, computed
+    /// here by hand from the exported values, is burn's forward), and
+    /// convolutions as burn has them (`[out, in, kh, kw]`, PyTorch's too).
+    #[test]
+    fn exported_tensors_have_pytorchs_names_and_layouts() {
+        let device = Device::flex();
+        device.seed(7);
+        let (hidden, side, classes) = (5, 3, 4);
+        let net = Net::new(ModelKind::Mlp { hidden }, side, side, classes, &device);
+        let exported = tensors(&net);
+        let layout: Vec<(&str, &[usize])> = exported
+            .iter()
+            .map(|t| (t.name.as_str(), t.shape.as_slice()))
+            .collect();
+        assert_eq!(
+            layout,
+            [
+                ("fc1.bias", &[hidden][..]),
+                ("fc1.weight", &[hidden, side * side]),
+                ("fc2.bias", &[classes]),
+                ("fc2.weight", &[classes, hidden]),
+            ]
+        );
+        let linear = |w: &NamedTensor, b: &NamedTensor, x: &[f32]| -> Vec<f32> {
+            let (out, inp) = (w.shape[0], w.shape[1]);
+            (0..out)
+                .map(|o| b.values[o] + (0..inp).map(|i| w.values[o * inp + i] * x[i]).sum::<f32>())
+                .collect()
+        };
+        let x: Vec<f32> = (0..side * side).map(|i| i as f32 / 7.0 - 0.5).collect();
+        let h: Vec<f32> = linear(&exported[1], &exported[0], &x)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let by_hand = linear(&exported[3], &exported[2], &h);
+        let input = Tensor::<2>::from_data(TensorData::new(x, [1, side * side]), &device);
+        let burn_out = net
+            .forward(input)
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .unwrap();
+        for (a, b) in by_hand.iter().zip(&burn_out) {
+            assert!((a - b).abs() < 1e-5, "{by_hand:?} vs {burn_out:?}");
+        }
+
+        let cnn = Net::new(ModelKind::Cnn, 8, 8, 10, &device);
+        let layout: Vec<(String, Vec<usize>)> = tensors(&cnn)
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
+        let want: Vec<(String, Vec<usize>)> = [
+            ("conv1.bias", vec![8]),
+            ("conv1.weight", vec![8, 1, 3, 3]),
+            ("conv2.bias", vec![16]),
+            ("conv2.weight", vec![16, 8, 3, 3]),
+            ("fc.bias", vec![10]),
+            ("fc.weight", vec![10, 16 * 4 * 4]),
+        ]
+        .into_iter()
+        .map(|(n, s)| (n.to_owned(), s))
+        .collect();
+        assert_eq!(layout, want);
+    }
+
+    /// A model written in PyTorch's layout (as `tessera model get` saves a
+    /// published one, or as a `state_dict` exported from `torch.nn`) loads
+    /// into the burn module and back out unchanged.
+    #[test]
+    fn a_pytorch_layout_model_loads_and_exports_unchanged() {
+        let device = Device::flex();
+        let net = Net::new(ModelKind::Mlp { hidden: 3 }, 2, 2, 2, &device);
+        // fc1.weight [3, 4] with each value naming its place: out*10 + in.
+        let mut published = tensors(&net);
+        for t in &mut published {
+            let cols = t.shape.get(1).copied().unwrap_or(1);
+            for (k, v) in t.values.iter_mut().enumerate() {
+                *v = ((k / cols) * 10 + k % cols) as f32;
+            }
+        }
+        let model = GlobalModel {
+            version: 1,
+            round: 0,
+            epsilon: 0.0,
+            delta: 0.0,
+            tensors: published.clone(),
+        };
+        let loaded = model.load_into(net).unwrap();
+        assert_eq!(tensors(&loaded), published);
+        // burn holds fc1's weight [in, out]: row i, column o is out*10 + in.
+        let Net::Mlp(mlp) = &loaded else {
+            unreachable!()
+        };
+        let burn_weight = mlp
+            .fc1
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(mlp.fc1.weight.val().dims(), [4, 3]);
+        assert_eq!(burn_weight[3 + 2], 21.0, "in 1, out 2");
     }
 
     #[test]

@@ -217,6 +217,8 @@ fn server_config(
         // Beside the TLS key, among the credentials.
         state_key: None,
         dim: Some(dim as u32),
+        // Written into the data directory by `deploy` already.
+        initial_model: None,
         round: RoundRules {
             min_clients: training.clients as u32,
             max_clients: training.clients as u32,

@@ -169,10 +169,19 @@ settings! {
     state_key: Option<PathBuf>, typed,
     |c, v| c.state_key = Some(v);
 
-    /// Model dimension (required for a new data directory).
+    /// Model dimension (required for a new data directory without
+    /// --initial-model; with it, a D other than the file's is refused).
     #[arg(value_name = "D")]
     dim: Option<u32>, typed,
     |c, v| c.dim = Some(v);
+
+    /// safetensors file of float32 tensors (any names and shapes) to start
+    /// a new data directory from; published models keep its names and
+    /// shapes. On a data directory that already holds models it must be the
+    /// same model as the stored initial one (version 1).
+    #[arg(value_name = "FILE")]
+    initial_model: Option<PathBuf>, typed,
+    |c, v| c.initial_model = Some(v);
 
     /// Clients to wait for before a round opens (at least 3).
     #[arg(value_name = "N")]
@@ -452,7 +461,7 @@ mod tests {
             .to_string();
         assert!(
             err.contains(
-                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `state_key`, `dim`, \
+                "unknown field `insecure_dev`, expected one of `listen`, `data_dir`, `state_key`, `dim`, `initial_model`, \
                  `min_clients`, `max_clients`, `join_window_ms`, `graph`, `threshold`, \
                  `min_survivors`, `min_aggregate`, `dropout_rate`, `corrupt_rate`, `threat_model`, `prg`, \
                  `bits`, `frac_bits`, `clip_norm`, `stage_timeout_ms`, `server_lr`, \

@@ -82,6 +82,18 @@ pub enum AuditEvent {
         /// Its δ.
         delta: f64,
     },
+    /// The server opened a data directory whose latest version an earlier
+    /// build published with its tensors in another order than name order,
+    /// and lays the flat vector out in name order from now on (the
+    /// momentum buffer's values moved with their tensors): clients that
+    /// flattened updates in the stored order must flatten them in name
+    /// order.
+    FlatOrderChanged {
+        /// The latest version.
+        version: u64,
+        /// Its tensors in the order the manifest lists them.
+        stored: Vec<String>,
+    },
     /// A round's privacy was charged: the server saw its sum (before it
     /// publishes anything from it, so the charge stands if publishing
     /// fails). The ledger must hold every charge recorded here.

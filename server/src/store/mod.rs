@@ -38,8 +38,13 @@
 //! committed version uses, so a crash or a failed write at any step leaves
 //! the previous version whole, momentum included; a failure before the
 //! manifest's rename leaves the store usable (the next publication
-//! rewrites the uncommitted files). safetensors sorts tensors by name, so
-//! the manifest entry keeps the tensors' order in the flat vector.
+//! rewrites the uncommitted files). The manifest entry lists the tensors in
+//! the order of the version's flat vector (and of its momentum file's one
+//! tensor): name order ([`crate::model`]). A version an earlier build
+//! published in another order keeps its entry and files as written; open
+//! reads its model by name and puts its momentum into name order, with a
+//! warning and an audit event (`flat-order-changed`), and the next version
+//! is published in name order.
 //!
 //! On open, leftovers of an interrupted write (`*.tmp`, the model and
 //! momentum files of the version after the latest) are removed with a
@@ -717,6 +722,7 @@ mod tests {
 
     use super::test_support::{bits, gaussian, key, model, publication};
     use super::*;
+    use crate::model::TensorSpec;
 
     #[test]
     fn models_ledger_and_tensor_order_survive_a_reopen() {
@@ -757,11 +763,99 @@ mod tests {
         assert!(store.model(9).unwrap().is_none());
         assert_eq!(store.ledger(), Some(&ledger));
         assert_eq!(store.next_round_id(), 4, "after the published rounds");
-        // The file itself is in safetensors' name order; only the manifest
-        // entry keeps z, a, m.
+        // The model was given as z, a, m; the flat vector, the manifest
+        // entry and the file are all in name order.
         let bytes = fs::read(dir.join(model_file(4))).unwrap();
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(meta.offset_keys(), ["a", "m", "z"]);
+        let names: Vec<&str> = store.models()[3]
+            .tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(names, ["a", "m", "z"]);
+    }
+
+    /// `values` (laid out in `from`'s order) laid out in `to`'s, by name.
+    fn relayout(from: &[TensorSpec], values: &[f32], to: &[TensorSpec]) -> Vec<f32> {
+        let mut by_name = HashMap::new();
+        let mut offset = 0;
+        for t in from {
+            by_name.insert(t.name.clone(), &values[offset..offset + t.len()]);
+            offset += t.len();
+        }
+        to.iter().flat_map(|t| by_name[&t.name].to_vec()).collect()
+    }
+
+    /// A data directory whose latest version an earlier build published
+    /// with its tensors in z, a, m order (its momentum file in that order
+    /// too) opens with the model and the momentum in name order, each
+    /// value following its tensor's name; the change is in the audit log,
+    /// once, and the next version is published in name order.
+    #[test]
+    fn a_version_stored_in_another_order_is_read_in_name_order_values_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut store = Store::open(dir, &key()).unwrap();
+        let m = model(0.0);
+        store.init_model(&m).unwrap();
+        let v: Vec<f32> = (0..m.dim()).map(|i| 100.0 + i as f32).collect();
+        store
+            .publish(&Publication {
+                velocity: Some(&v),
+                ..publication(&m, 1, None)
+            })
+            .unwrap();
+        // What the earlier build wrote: the entry lists z, a, m and the
+        // momentum file holds its values in that order.
+        let legacy: Vec<TensorSpec> = ["z", "a", "m"]
+            .iter()
+            .map(|n| m.tensors.iter().find(|t| t.name == *n).unwrap().clone())
+            .collect();
+        let old_velocity = relayout(&m.tensors, &v, &legacy);
+        assert_ne!(old_velocity, v);
+        let state = store.write_momentum(2, &old_velocity).unwrap();
+        let latest = store.manifest.models.last_mut().unwrap();
+        latest.tensors = legacy.clone();
+        latest.momentum = Some(state);
+        store.write_manifest().unwrap();
+        drop(store);
+
+        let flat_order_events = || {
+            read_audit(dir, Some(&key()))
+                .unwrap()
+                .0
+                .into_iter()
+                .filter(|r| matches!(r.event, AuditEvent::FlatOrderChanged { .. }))
+                .map(|r| r.event)
+                .collect::<Vec<_>>()
+        };
+        let mut store = Store::open(dir, &key()).unwrap();
+        let (entry, got) = store.latest_model().unwrap();
+        assert_eq!(entry.tensors, legacy, "the manifest is left as written");
+        assert_eq!(got.tensors, m.tensors, "name order in memory");
+        assert_eq!(bits(&got), bits(&m), "each value under its name");
+        assert_eq!(store.velocity(), Some(v.clone()), "momentum by name too");
+        assert_eq!(
+            flat_order_events(),
+            [AuditEvent::FlatOrderChanged {
+                version: 2,
+                stored: vec!["z".into(), "a".into(), "m".into()],
+            }]
+        );
+        store
+            .publish(&Publication {
+                velocity: Some(&v),
+                ..publication(&m, 2, None)
+            })
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir, &key()).unwrap();
+        assert_eq!(store.models()[2].tensors, m.tensors);
+        assert_eq!(store.velocity(), Some(v));
+        assert_eq!(flat_order_events().len(), 1, "recorded once");
+        // The older version reads in name order as well.
+        assert_eq!(store.model(2).unwrap().unwrap().1, m);
     }
 
     #[test]

@@ -36,7 +36,9 @@ pub struct ModelEntry {
     pub file: String,
     /// SHA-256 of the file, hex.
     pub sha256: String,
-    /// The tensors in flat-vector order (safetensors sorts by name).
+    /// The tensors in the order of this version's flat vector and momentum
+    /// file: name order, except in a version an earlier build published
+    /// (see the module docs of [`crate::store`]).
     pub tensors: Vec<TensorSpec>,
     /// When it was published.
     pub published_at_unix_ms: u64,

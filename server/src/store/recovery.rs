@@ -26,6 +26,7 @@ use super::{
     RoundStatus, Seal, StateFile, Store, StoreError, corrupt, io, ledger,
 };
 use crate::files::Disk;
+use crate::model::{in_name_order, is_name_ordered};
 
 /// A round record as read: its file, the record, its tag if it has one.
 type Record = (PathBuf, RoundRecord, Option<String>);
@@ -159,6 +160,7 @@ impl Store {
             Some(latest) => read_momentum(dir, latest)?,
             None => None,
         };
+        store.adopt_name_order();
         Ok((store, migration))
     }
 
@@ -257,6 +259,37 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A latest version an earlier build published in another tensor
+    /// order than name order: its model is already in name order in memory
+    /// (models are read by name), and its momentum is put in the same
+    /// order here, each value following its tensor's name, so a value
+    /// means what it meant. The files stay as they are (the manifest entry
+    /// says what order each version's momentum file has); the next
+    /// version is published in name order. Logged and recorded in the
+    /// audit log, because clients that flattened in the old order must
+    /// now flatten in name order.
+    fn adopt_name_order(&mut self) {
+        let Some(latest) = self.manifest.models.last() else {
+            return;
+        };
+        if is_name_ordered(&latest.tensors) {
+            return;
+        }
+        if let Some(v) = self.velocity.take() {
+            self.velocity = Some(in_name_order(&latest.tensors, &v).1);
+        }
+        let stored: Vec<String> = latest.tensors.iter().map(|t| t.name.clone()).collect();
+        warn!(
+            version = latest.version,
+            "version {} lists its tensors in the order {stored:?}; this build lays the flat vector out in name order, so updates for the next round must be flattened in name order (the published values are unchanged)",
+            latest.version
+        );
+        self.seal.audit.record(AuditEvent::FlatOrderChanged {
+            version: latest.version,
+            stored,
+        });
     }
 
     fn latest_version(&self) -> u64 {

@@ -1,7 +1,7 @@
 //! Models and momentum as safetensors files: F32 tensors plus string
-//! metadata. safetensors sorts tensors by name, so the caller keeps the
-//! order of the flat vector (the manifest entry's tensor list) and both
-//! directions take it as an argument.
+//! metadata. A file holds tensors by name, so the caller gives the order
+//! of the flat vector (the manifest entry's tensor list: name order, or an
+//! earlier build's order for its versions) in both directions.
 
 use std::collections::HashMap;
 use std::path::Path;
