@@ -45,6 +45,7 @@ use tracing::Instrument;
 
 use crate::ClientInner;
 use crate::error::{ClientError, Eviction, Phase, from_status};
+use crate::progress::{Progress, ProgressSink};
 
 /// What a client learns from a round it took part in.
 #[derive(Clone, Debug, PartialEq)]
@@ -182,6 +183,13 @@ pub(crate) async fn participate(
         .map_err(|status| from_status(&status, &client.url, join_phase))?
         .into_inner();
     let start = wait_for_round_start(client, &tx, &mut inbound, &mut bytes, join_phase).await?;
+    if let Some(config) = &start.config {
+        client.progress.report(Progress::RoundStarted {
+            round_id: config.round_id,
+            client_id: start.client_id,
+            clients: config.num_clients,
+        });
+    }
 
     let round = Round::start(client, &start, update, bytes, rng)?;
     let span = tracing::info_span!(
@@ -245,6 +253,10 @@ async fn wait_for_round_start(
                     min_clients = lobby.min_clients,
                     "waiting in the lobby"
                 );
+                client.progress.report(Progress::Lobby {
+                    waiting: lobby.waiting,
+                    min_clients: lobby.min_clients,
+                });
             }
             Some(server_frame::Frame::RoundStart(start)) => return Ok(start),
             Some(other) => {
@@ -285,6 +297,8 @@ struct Round {
     accused: Option<Vec<u32>>,
     /// Why the server aborted the round, once it said so.
     aborted: Option<tessera_aggregation::messages::AbortReason>,
+    /// Where stage changes are reported to the app.
+    progress: ProgressSink,
 }
 
 /// The server sent something this client cannot accept, in round
@@ -337,6 +351,7 @@ impl Round {
             bytes,
             accused: None,
             aborted: None,
+            progress: client.progress.clone(),
         })
     }
 
@@ -510,6 +525,12 @@ impl Round {
             self.stage = stage;
             tracing::Span::current().record("stage", stage);
             tracing::debug!("stage started");
+            if let Some(stage) = self.session.stage() {
+                self.progress.report(Progress::Stage {
+                    round_id: self.round_id,
+                    stage,
+                });
+            }
         }
     }
 
