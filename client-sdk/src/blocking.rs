@@ -22,10 +22,11 @@
 //! # Ok::<(), tessera_client::ClientError>(())
 //! ```
 //!
-//! Calling it from inside an async runtime would block one of that
-//! runtime's threads for a whole round (or deadlock a single-threaded
-//! one), so it is refused with [`ClientError::InvalidSetting`]: async code
-//! uses [`crate::Client`].
+//! Calling it from a thread of an async runtime would block that thread
+//! for a whole round (and tokio would panic), so it is refused with
+//! [`ClientError::InvalidSetting`]; this includes tokio's `spawn_blocking`
+//! threads, which cannot be told apart: async code uses [`crate::Client`].
+//! Dropping the client anywhere is fine.
 
 use std::future::Future;
 

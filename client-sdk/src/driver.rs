@@ -297,8 +297,10 @@ struct Round {
     accused: Option<Vec<u32>>,
     /// Why the server aborted the round, once it said so.
     aborted: Option<tessera_aggregation::messages::AbortReason>,
-    /// Where stage changes are reported to the app.
+    /// Where stage changes are reported to the app, and the last stage
+    /// reported.
     progress: ProgressSink,
+    reported: Option<Stage>,
 }
 
 /// The server sent something this client cannot accept, in round
@@ -352,6 +354,7 @@ impl Round {
             accused: None,
             aborted: None,
             progress: client.progress.clone(),
+            reported: None,
         })
     }
 
@@ -409,6 +412,15 @@ impl Round {
                     client_id: self.session.id().0,
                     stage,
                     bytes_sent: self.bytes.sent,
+                });
+            }
+            // Reported as the client sends its part: the session can pass
+            // through a stage within one message from the server.
+            if self.reported != Some(stage) {
+                self.reported = Some(stage);
+                self.progress.report(Progress::Stage {
+                    round_id: self.round_id,
+                    stage,
                 });
             }
             let frame = v1::ClientFrame {
@@ -525,12 +537,6 @@ impl Round {
             self.stage = stage;
             tracing::Span::current().record("stage", stage);
             tracing::debug!("stage started");
-            if let Some(stage) = self.session.stage() {
-                self.progress.report(Progress::Stage {
-                    round_id: self.round_id,
-                    stage,
-                });
-            }
         }
     }
 

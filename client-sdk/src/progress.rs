@@ -13,8 +13,9 @@
 //! 2. [`Progress::RoundStarted`] once, when the server opens a round with
 //!    this client in it (before the client's policy has checked the round:
 //!    a refused round ends the call with its error right after);
-//! 3. [`Progress::Stage`] each time the round moves to a stage in which
-//!    this client takes part, in protocol order.
+//! 3. [`Progress::Stage`] once per stage of the protocol this client takes
+//!    its part in, in protocol order, as it sends its message of that stage
+//!    (a client that drops out or is left out reports no further stage).
 //!
 //! The call's result, `Ok` or `Err`, follows the last report. Reports carry
 //! no secret: no key, share, update value or token.
@@ -43,7 +44,7 @@ pub enum Progress {
         /// Clients in the round.
         clients: u32,
     },
-    /// The round reached `stage` (this client's part of it begins).
+    /// The round reached `stage`: this client is sending its part of it.
     Stage {
         /// The round.
         round_id: u64,
