@@ -34,6 +34,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For apps without an async runtime, [`blocking::Client`] makes the same
+//! calls blocking. [`ClientBuilder::on_progress`] reports where a call is
+//! (waiting in the lobby, round started, stage reached; see [`progress`]).
+//! A server whose certificate a public authority signed is reached with
+//! [`ClientBuilder::tls_system_roots`] instead of a CA file. With the
+//! `ndarray` feature, updates and models are named arrays matched by name
+//! and shape (`Client::participate_named`, `GlobalModel::to_arrays`); with
+//! `burn`, burn modules (the `burn` module).
+//!
 //! Every security parameter of a round comes from the server, so the
 //! client holds a [`Policy`] and refuses a round below it before any key
 //! leaves it ([`ClientError::PolicyRefused`] names the rule): the threat

@@ -201,7 +201,9 @@ mod tests {
         let w = arr(&[2, 2], &[0.0; 4]);
         let s = arr(&[], &[0.0]);
         let flat_w = arr(&[4], &[0.0; 4]);
-        let cases: Vec<(Vec<(&str, ArrayViewD<f32>)>, &str)> = vec![
+        /// An update and the text its refusal must contain.
+        type Case<'a> = (Vec<(&'a str, ArrayViewD<'a, f32>)>, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 vec![("b", b.view()), ("w", w.view())],
                 "the update has no tensor 's' (shape [])",
