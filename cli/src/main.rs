@@ -147,7 +147,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => exit_on_parse_error(&error),
+    };
     let result = match cli.command {
         Command::Demo(args) => demo::run(*args),
         Command::Simulate(args) => simulate::run(args),
@@ -178,6 +181,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Prints clap's error (or help) and exits as clap does, adding the
+/// environment variable a bad value came from: clap names only the flag,
+/// which the operator did not type.
+fn exit_on_parse_error(error: &clap::Error) -> ! {
+    let _ = error.print();
+    if let Some(var) = env_source(error) {
+        eprintln!("note: the value came from the environment variable {var}");
+    }
+    std::process::exit(error.exit_code())
+}
+
+/// The environment variable that gave the value `error` refuses, if the
+/// value came from one (the flag is not on the command line, its variable
+/// is set).
+fn env_source(error: &clap::Error) -> Option<String> {
+    use clap::CommandFactory;
+    use clap::error::{ContextKind, ContextValue};
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    // "--min-clients <N>": the flag is the first word.
+    let flag = arg.split_whitespace().next()?;
+    if std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}="))) {
+        return None;
+    }
+    let command = Cli::command();
+    command
+        .get_subcommands()
+        .flat_map(|sub| sub.get_arguments())
+        .filter(|a| a.get_long().is_some_and(|long| format!("--{long}") == flag))
+        .filter_map(|a| a.get_env())
+        .find(|var| std::env::var_os(var).is_some())
+        .map(|var| var.to_string_lossy().into_owned())
 }
 
 /// The error and its causes on one line, `outer: inner: ...`, each said

@@ -37,8 +37,11 @@ pub(crate) const LONG_ABOUT: &str = "Runs the Tessera aggregation server: client
     A new data directory starts from --initial-model (a safetensors file of float32 tensors, \
     whose names and shapes every published model keeps; the flat update vector is the tensors \
     in name order, each row-major) or from zeros of --dim. \
-    Settings come from --config FILE (TOML, keys as the flags with underscores) and are \
-    overridden by flags. TLS and client authentication are required unless --insecure-dev is \
+    Settings come from --config FILE (TOML, keys as the flags with underscores), are \
+    overridden by environment variables (TESSERA_ and the flag's name in capitals with \
+    underscores: --min-clients is TESSERA_MIN_CLIENTS; none for --insecure-dev, \
+    --raise-budget and --recompute-delta, which only a flag can give), and those by flags. \
+    TLS and client authentication are required unless --insecure-dev is \
     given, which is refused on a non-loopback address. The first line on stdout is \
     `listening on ADDR`. SIGHUP reloads the tokens file; SIGTERM or Ctrl-C drains (no new \
     clients, the round in flight finishes, exit 0), a second one stops at once.";
@@ -61,8 +64,14 @@ pub(crate) const EXAMPLES: &str = "Examples:\n  \
     mut_arg("prg", |arg| arg.value_parser(EnumValueParser::<PrgArg>::new().map(Prg::from))),
 )]
 pub(crate) struct ServeArgs {
-    /// TOML configuration file (keys as the flags, with underscores).
-    #[arg(long, value_name = "FILE")]
+    /// TOML configuration file (keys as the flags, with underscores); see
+    /// docs/server.toml.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "TESSERA_CONFIG",
+        hide_env_values = true
+    )]
     config: Option<PathBuf>,
     #[command(flatten)]
     settings: ServerOverrides,

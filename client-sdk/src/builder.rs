@@ -12,6 +12,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 
 use crate::error::{ClientError, source_chain};
+use crate::progress::{Progress, ProgressSink};
 use crate::{Client, ClientInner, Policy};
 
 /// How often to retry when the server cannot be reached.
@@ -108,6 +109,7 @@ pub struct ClientBuilder {
     url: String,
     token: Option<Token>,
     tls_ca_pem: Option<Vec<u8>>,
+    tls_system_roots: bool,
     tls_domain: Option<String>,
     tls_identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
     connect_timeout: Duration,
@@ -119,6 +121,7 @@ pub struct ClientBuilder {
     trusted: Vec<IdentityPublicKey>,
     policy: Policy,
     insecure_loopback: bool,
+    progress: ProgressSink,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -127,6 +130,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("url", &self.url)
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
             .field("tls_ca_pem", &self.tls_ca_pem.as_ref().map(Vec::len))
+            .field("tls_system_roots", &self.tls_system_roots)
             .field("tls_domain", &self.tls_domain)
             .field(
                 "tls_identity",
@@ -144,6 +148,7 @@ impl std::fmt::Debug for ClientBuilder {
             .field("trusted", &self.trusted.len())
             .field("policy", &self.policy)
             .field("insecure_loopback", &self.insecure_loopback)
+            .field("on_progress", &self.progress)
             .finish()
     }
 }
@@ -162,6 +167,7 @@ impl ClientBuilder {
             url,
             token: None,
             tls_ca_pem: None,
+            tls_system_roots: false,
             tls_domain: None,
             tls_identity: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -173,6 +179,7 @@ impl ClientBuilder {
             trusted: Vec::new(),
             policy: Policy::default(),
             insecure_loopback: false,
+            progress: ProgressSink::none(),
         }
     }
 
@@ -257,10 +264,37 @@ impl ClientBuilder {
     }
 
     /// The PEM certificate(s) of the authority that signed the server's
-    /// certificate. Required for `https` URLs: the SDK trusts no system
-    /// root store, only the deployment's own authority.
+    /// certificate. An `https` URL needs this or
+    /// [`ClientBuilder::tls_system_roots`]: by default the SDK trusts no
+    /// system root store, only the deployment's own authority.
     pub fn tls_ca_pem(mut self, pem: Vec<u8>) -> Self {
         self.tls_ca_pem = Some(pem);
+        self
+    }
+
+    /// Also trusts the operating system's certificate store, for a server
+    /// whose certificate a public authority signed, so the app need not
+    /// ship a CA file. Off by default: then only
+    /// [`ClientBuilder::tls_ca_pem`] is trusted, and no authority of the
+    /// system store (a corporate proxy's, say) can stand in for the
+    /// server. With both, either may sign the server's certificate.
+    ///
+    /// The store is read when [`ClientBuilder::build`] runs (on Linux the
+    /// distribution's bundle, or the `SSL_CERT_FILE` / `SSL_CERT_DIR` the
+    /// environment names); a store that holds no certificate fails the
+    /// build with [`ClientError::InvalidTls`].
+    pub fn tls_system_roots(mut self) -> Self {
+        self.tls_system_roots = true;
+        self
+    }
+
+    /// Calls `callback` with each [`Progress`] report of a round (waiting
+    /// in the lobby, round started, stage reached), so an app can show its
+    /// state; see [`crate::progress`]. The callback runs on the task that
+    /// drives the round: it should return quickly (hand the report to the
+    /// app's UI rather than draw it there).
+    pub fn on_progress(mut self, callback: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+        self.progress = ProgressSink::new(callback);
         self
     }
 
@@ -360,6 +394,7 @@ impl ClientBuilder {
                 identity: self.identity,
                 trusted: self.trusted,
                 policy: self.policy,
+                progress: self.progress,
             },
         })
     }
@@ -493,7 +528,11 @@ impl ClientBuilder {
                 .tls_config(tls)
                 .map_err(|e| ClientError::InvalidTls(source_chain(&e)));
         }
-        if self.tls_ca_pem.is_some() || self.tls_domain.is_some() || self.tls_identity.is_some() {
+        if self.tls_ca_pem.is_some()
+            || self.tls_system_roots
+            || self.tls_domain.is_some()
+            || self.tls_identity.is_some()
+        {
             return Err(ClientError::InvalidTls(format!(
                 "TLS settings were given for the plain-text URL '{}'; use https://",
                 self.url
@@ -517,19 +556,22 @@ impl ClientBuilder {
         }
     }
 
-    /// TLS trusting the deployment's CA alone, checked to hold PEM (rustls
-    /// skips text that is not PEM, so a wrong file would otherwise give a
-    /// client that trusts nothing and fails every handshake with a puzzling
-    /// error).
+    /// TLS trusting the deployment's CA (and the system's roots when asked
+    /// for), the CA checked to hold PEM (rustls skips text that is not PEM,
+    /// so a wrong file would otherwise give a client that trusts nothing
+    /// and fails every handshake with a puzzling error).
     fn tls_config(&self, host: &str) -> Result<ClientTlsConfig, ClientError> {
-        let Some(ca) = &self.tls_ca_pem else {
+        if self.tls_ca_pem.is_none() && !self.tls_system_roots {
             return Err(ClientError::InvalidTls(
-                "an https URL needs tls_ca_pem: the SDK trusts only the \
-                 deployment's own certificate authority"
+                "an https URL needs tls_ca_pem (the deployment's certificate authority) \
+                 or tls_system_roots (the operating system's trusted roots, for a server \
+                 with a publicly signed certificate): by default the SDK trusts no one"
                     .into(),
             ));
-        };
-        if !contains(ca, b"-----BEGIN CERTIFICATE-----") {
+        }
+        if let Some(ca) = &self.tls_ca_pem
+            && !contains(ca, b"-----BEGIN CERTIFICATE-----")
+        {
             return Err(ClientError::InvalidTls(
                 "tls_ca_pem holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into(),
             ));
@@ -552,9 +594,14 @@ impl ClientBuilder {
                 .to_owned()
         });
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(ca))
             .domain_name(domain)
             .timeout(self.connect_timeout);
+        if let Some(ca) = &self.tls_ca_pem {
+            tls = tls.ca_certificate(Certificate::from_pem(ca));
+        }
+        if self.tls_system_roots {
+            tls = tls.with_native_roots();
+        }
         if let Some((cert, key)) = &self.tls_identity {
             tls = tls.identity(Identity::from_pem(cert, key.as_slice()));
         }

@@ -49,6 +49,7 @@ use tracing::Instrument;
 
 use crate::ClientInner;
 use crate::error::{ClientError, Eviction, Phase, from_status};
+use crate::progress::{Progress, ProgressSink};
 
 /// What a client learns from a round it took part in.
 #[derive(Clone, Debug, PartialEq)]
@@ -186,6 +187,13 @@ pub(crate) async fn participate(
         .map_err(|status| from_status(&status, &client.url, join_phase))?
         .into_inner();
     let start = wait_for_round_start(client, &tx, &mut inbound, &mut bytes, join_phase).await?;
+    if let Some(config) = &start.config {
+        client.progress.report(Progress::RoundStarted {
+            round_id: config.round_id,
+            client_id: start.client_id,
+            clients: config.num_clients,
+        });
+    }
 
     let round = Round::start(client, &start, update, bytes, rng)?;
     let span = tracing::info_span!(
@@ -249,6 +257,10 @@ async fn wait_for_round_start(
                     min_clients = lobby.min_clients,
                     "waiting in the lobby"
                 );
+                client.progress.report(Progress::Lobby {
+                    waiting: lobby.waiting,
+                    min_clients: lobby.min_clients,
+                });
             }
             Some(server_frame::Frame::RoundStart(start)) => return Ok(start),
             Some(other) => {
@@ -292,6 +304,10 @@ struct Round {
     revealed_key: bool,
     /// Why the server aborted the round, once it said so.
     aborted: Option<tessera_aggregation::messages::AbortReason>,
+    /// Where stage changes are reported to the app, and the last stage
+    /// reported.
+    progress: ProgressSink,
+    reported: Option<Stage>,
 }
 
 /// The server sent something this client cannot accept, in round
@@ -345,6 +361,8 @@ impl Round {
             accused: None,
             revealed_key: false,
             aborted: None,
+            progress: client.progress.clone(),
+            reported: None,
         })
     }
 
@@ -402,6 +420,15 @@ impl Round {
                     client_id: self.session.id().0,
                     stage,
                     bytes_sent: self.bytes.sent,
+                });
+            }
+            // Reported as the client sends its part: the session can pass
+            // through a stage within one message from the server.
+            if self.reported != Some(stage) {
+                self.reported = Some(stage);
+                self.progress.report(Progress::Stage {
+                    round_id: self.round_id,
+                    stage,
                 });
             }
             let frame = v1::ClientFrame {

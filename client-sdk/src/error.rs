@@ -99,8 +99,9 @@ pub enum ClientError {
         /// The update's length.
         got: u64,
     },
-    /// A published model does not fit the local model (feature `burn`):
-    /// another architecture, or a vector of the wrong length.
+    /// A published model does not fit the local model (features `burn`
+    /// and `ndarray`): another architecture, a tensor missing, unknown or
+    /// of the wrong shape, or a vector of the wrong length.
     #[error("the model does not fit: {problem}")]
     ModelMismatch {
         /// Which tensor or length differs.

@@ -34,6 +34,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! For apps without an async runtime, [`blocking::Client`] makes the same
+//! calls blocking. [`ClientBuilder::on_progress`] reports where a call is
+//! (waiting in the lobby, round started, stage reached; see [`progress`]).
+//! A server whose certificate a public authority signed is reached with
+//! [`ClientBuilder::tls_system_roots`] instead of a CA file. With the
+//! `ndarray` feature, updates and models are named arrays matched by name
+//! and shape (`Client::participate_named`, `GlobalModel::to_arrays`); with
+//! `burn`, burn modules (the `burn` module).
+//!
 //! Every security parameter of a round comes from the server, so the
 //! client holds a [`Policy`] and refuses a round below it before any key
 //! leaves it ([`ClientError::PolicyRefused`] names the rule): the threat
@@ -49,13 +58,17 @@
 //! with the round id, client id and stage.
 #![forbid(unsafe_code)]
 
+pub mod blocking;
 mod builder;
 #[cfg(feature = "burn")]
 pub mod burn;
 mod driver;
 mod error;
 mod model;
+#[cfg(feature = "ndarray")]
+pub mod ndarray;
 pub mod policy;
+pub mod progress;
 
 use std::time::Duration;
 
@@ -75,6 +88,7 @@ pub use policy::{
     DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS, DEFAULT_MIN_SURVIVORS,
     Policy, PolicyRule, per_client_noise_multiplier,
 };
+pub use progress::Progress;
 pub use tessera_aggregation::Stage;
 
 use builder::Token;
@@ -106,6 +120,8 @@ struct ClientInner {
     trusted: Vec<tessera_aggregation::identity::IdentityPublicKey>,
     /// The rounds this client accepts, checked before any key is made.
     policy: Policy,
+    /// Where the round's progress is reported to the app.
+    progress: progress::ProgressSink,
 }
 
 impl std::fmt::Debug for Client {
@@ -125,7 +141,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts configuring a client of the server at `url`
     /// (`http://host:port`, or `https://host:port` with
-    /// [`ClientBuilder::tls_ca_pem`]).
+    /// [`ClientBuilder::tls_ca_pem`] or [`ClientBuilder::tls_system_roots`]).
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder::new(url.into())
     }
@@ -163,6 +179,26 @@ impl Client {
             Participation::Completed(outcome) => Ok(outcome),
             Participation::Dropped { .. } => unreachable!("no dropout was asked for"),
         }
+    }
+
+    /// Joins the server's next round with an update given as named arrays
+    /// (feature `ndarray`): matched by name to the latest published
+    /// model's tensors and checked for shape
+    /// ([`GlobalModel::flatten_named`]), then sent as
+    /// [`Client::participate`] sends a flat update.
+    ///
+    /// It downloads the latest model for its names and shapes first (they
+    /// never change once a server publishes its first model); an app that
+    /// holds the model it trained from can save that download with
+    /// `client.participate(&model.flatten_named(update)?)`.
+    #[cfg(feature = "ndarray")]
+    pub async fn participate_named<'a, K: AsRef<str>>(
+        &self,
+        update: impl IntoIterator<Item = (K, crate::ndarray::ArrayViewD<'a, f32>)>,
+    ) -> Result<RoundOutcome, ClientError> {
+        let model = self.latest_model().await?;
+        let flat = model.flatten_named(update)?;
+        self.participate(&flat).await
     }
 
     /// Like [`Client::participate`], but hangs up instead of sending this

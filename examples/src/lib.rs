@@ -7,4 +7,6 @@
 //!   rate and client count, with the in-process simulator.
 //! - `edge_client`: the smallest client an app embeds, against a running
 //!   `tessera serve`.
+//! - `blocking_ndarray`: a client without an async runtime whose model is
+//!   named `ndarray` arrays, showing its progress.
 #![forbid(unsafe_code)]

@@ -1,6 +1,7 @@
-//! The server's configuration: a TOML file, overridden by command-line
-//! flags, checked once at start-up so a bad value is refused before the
-//! server listens.
+//! The server's configuration: a TOML file (docs/server.toml is a commented
+//! example), overridden by `TESSERA_<SETTING>` environment variables and
+//! those by command-line flags, checked once at start-up so a bad value is
+//! refused before the server listens.
 //!
 //! [`ServerConfig`] groups the settings by concern ([`NetworkSettings`],
 //! [`RoundRules`], [`DpSettings`], [`AggregationSettings`]), each group with

@@ -195,6 +195,12 @@ impl TestServer {
 
     /// An SDK client; `token` indexes [`TestServer::tokens`].
     pub fn client(&self, token: Option<usize>) -> tessera_client::Client {
+        self.client_builder(token).build().expect("client builds")
+    }
+
+    /// The builder [`TestServer::client`] finishes, for a test that adds
+    /// settings (a progress callback) or builds a blocking client.
+    pub fn client_builder(&self, token: Option<usize>) -> tessera_client::ClientBuilder {
         let mut builder = tessera_client::Client::builder(self.url.clone())
             .round_timeout(Duration::from_secs(120));
         if let Some(ca) = &self.ca_pem {
@@ -203,7 +209,7 @@ impl TestServer {
         if let Some(i) = token {
             builder = builder.token(self.tokens[i].clone());
         }
-        builder.build().expect("client builds")
+        builder
     }
 
     /// An SDK client with enrolled identity `identity` that trusts the

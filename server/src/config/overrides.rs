@@ -10,9 +10,19 @@
 //! - the one merge, [`ServerOverrides::or`], and [`ServerConfig::apply`],
 //!   which writes what was given over the defaults.
 //!
-//! Layers go lowest first: defaults, then the file, then the command line
-//! (`cli.or(file)`); a further source such as environment variables is one
-//! more `or`. Defaults live with the groups they belong to
+//! - with the `clap` feature, each flag's environment variable,
+//!   `TESSERA_` and the setting's name in capitals (`--min-clients` is
+//!   `TESSERA_MIN_CLIENTS`), for containers and service managers that
+//!   configure by environment. The command-line-only switches (those the
+//!   file skips: `--insecure-dev`, `--raise-budget`, `--recompute-delta`)
+//!   have none, for the file's reason: a variable left in a service unit or
+//!   an image would switch security off, or raise every later budget,
+//!   without the operator saying so at that start.
+//!
+//! Layers go lowest first: defaults, then the file, then the environment
+//! and the command line (`cli.or(file)`: clap fills each flag from its
+//! variable when the flag is not given, so a flag beats its variable and
+//! either beats the file). Defaults live with the groups they belong to
 //! ([`ServerConfig::default`]), and every check in
 //! [`ServerConfig::validate`].
 
@@ -78,6 +88,41 @@ macro_rules! file_value {
     };
 }
 
+/// `TESSERA_` and `key` in capitals, as bytes: a setting's environment
+/// variable, spelled out at compile time (clap takes a `&'static str`).
+const fn env_var_bytes<const N: usize>(key: &str) -> [u8; N] {
+    const PREFIX: &[u8] = b"TESSERA_";
+    let key = key.as_bytes();
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < PREFIX.len() {
+        out[i] = PREFIX[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = key[i - PREFIX.len()].to_ascii_uppercase();
+        i += 1;
+    }
+    out
+}
+
+/// A setting's environment variable: none for a setting the file skips (a
+/// command-line-only switch, see the module docs), else `TESSERA_KEY`.
+macro_rules! env_var {
+    ($key:ident; skip) => {
+        None::<&'static str>
+    };
+    ($key:ident; $($serde:tt)*) => {{
+        const KEY: &str = stringify!($key);
+        const BYTES: [u8; 8 + KEY.len()] = env_var_bytes(KEY);
+        const VAR: &str = match std::str::from_utf8(&BYTES) {
+            Ok(var) => var,
+            Err(_) => panic!("setting names are ASCII"),
+        };
+        Some(VAR)
+    }};
+}
+
 /// The settings table: see the module docs. Each entry is the help text (the
 /// flag's, as `tessera serve --help` prints it), clap's attributes, an
 /// optional serde attribute for the file's key, the setting's name and
@@ -99,7 +144,12 @@ macro_rules! settings {
         pub struct ServerOverrides {
             $(
                 $(#[doc = $doc])*
-                #[cfg_attr(feature = "clap", arg(long, $($arg)*))]
+                #[cfg_attr(feature = "clap", arg(
+                    long,
+                    env = env_var!($key; $($($serde)*)?),
+                    hide_env_values = true,
+                    $($arg)*
+                ))]
                 pub $key: $ty,
             )*
         }
@@ -125,6 +175,13 @@ macro_rules! settings {
         }
 
         impl ServerOverrides {
+            /// Every setting's name (the file's key) and environment
+            /// variable, in the table's order; `None` for the
+            /// command-line-only switches, which have no variable.
+            pub const ENV_VARS: &[(&'static str, Option<&'static str>)] = &[
+                $( (stringify!($key), env_var!($key; $($($serde)*)?)), )*
+            ];
+
             /// Each setting from `self` where given, else from `lower`:
             /// `command_line.or(file)`.
             #[must_use]
@@ -437,6 +494,74 @@ impl ServerOverrides {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_but_the_command_line_only_switches_has_its_variable() {
+        let vars = ServerOverrides::ENV_VARS;
+        assert_eq!(vars[0], ("listen", Some("TESSERA_LISTEN")));
+        assert!(vars.contains(&(
+            "tls_handshake_timeout_ms",
+            Some("TESSERA_TLS_HANDSHAKE_TIMEOUT_MS")
+        )));
+        let without: Vec<&str> = vars
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(without, ["raise_budget", "recompute_delta", "insecure_dev"]);
+        for (key, var) in vars.iter().filter_map(|(k, v)| v.map(|v| (k, v))) {
+            assert_eq!(var, format!("TESSERA_{}", key.to_uppercase()));
+        }
+        // The variables the examples read mean what they did: no setting
+        // takes their names.
+        for taken in [
+            "TESSERA_CA",
+            "TESSERA_TOKEN",
+            "TESSERA_INSECURE_DEV",
+            "TESSERA_SYSTEM_ROOTS",
+        ] {
+            assert!(vars.iter().all(|(_, v)| *v != Some(taken)), "{taken}");
+        }
+    }
+
+    /// docs/server.toml, the operators' example: it loads through the
+    /// real loader and validates, lists every setting of the file exactly
+    /// once (set, or commented out as `#key = value`, grouped by concern),
+    /// and its commented
+    /// values parse too. A new setting without a line there fails here.
+    #[test]
+    fn the_example_server_toml_loads_and_lists_every_setting() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/server.toml");
+        let config = ServerConfig::from_file(&path).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.round.min_clients, 100);
+        assert_eq!(config.dp.mode, DpMode::Distributed);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut listed = Vec::new();
+        let mut uncommented = String::new();
+        for line in text.lines() {
+            let setting = line.strip_prefix('#').unwrap_or(line);
+            let Some((key, _)) = setting.split_once(" = ") else {
+                continue;
+            };
+            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                listed.push(key.to_owned());
+                uncommented.push_str(setting);
+                uncommented.push('\n');
+            }
+        }
+        let mut expected: Vec<&str> = ServerOverrides::ENV_VARS
+            .iter()
+            .filter(|(_, var)| var.is_some())
+            .map(|(key, _)| *key)
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "every setting, once each");
+        let everything = ServerOverrides::from_toml(&uncommented).unwrap();
+        assert_eq!(everything.server_momentum, Some(0.9));
+        assert!(everything.identities_file.is_some());
+    }
 
     #[test]
     fn the_command_line_overrides_the_file_and_the_file_the_defaults() {
