@@ -1,0 +1,52 @@
+//! `tessera._native`: the compiled half of the Python package `tessera`.
+//!
+//! A thin binding: [`client::Client`] wraps the Rust SDK's
+//! `tessera_client::Client`, [`server::Server`] runs
+//! `tessera_server::start` in process, [`privacy`] exposes the accountant.
+//! Each client and server owns its tokio runtime, and every call that
+//! waits on the network releases the GIL (`Python::detach`), so several
+//! Python threads can take part in one round. The Python modules in
+//! `tessera/` hold the public surface: argument checking against the
+//! model's names and shapes, the exception classes, the result types.
+//!
+//! PyO3's macros expand to `unsafe` FFI glue under `#[allow(unsafe_code)]`,
+//! which `forbid` would reject: the crate denies unsafe code (Cargo.toml),
+//! and the modules without those macros ([`errors`], [`settings`]) forbid
+//! it.
+
+mod client;
+mod errors;
+mod privacy;
+mod server;
+mod settings;
+
+use pyo3::prelude::*;
+
+/// The extension module.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<client::Client>()?;
+    m.add_class::<server::Server>()?;
+    m.add_function(wrap_pyfunction!(privacy::epsilon, m)?)?;
+    m.add_function(wrap_pyfunction!(privacy::noise, m)?)?;
+    m.add_function(wrap_pyfunction!(privacy::rounds, m)?)?;
+    m.add_function(wrap_pyfunction!(server::write_safetensors, m)?)?;
+    Ok(())
+}
+
+/// A tokio runtime for one client or server: one worker thread (the
+/// calling Python thread drives `block_on`; the worker runs what the
+/// transport spawns).
+fn runtime(what: &str) -> PyResult<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(format!("tessera-{what}"))
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            errors::raise(
+                "TesseraError",
+                format!("cannot start the {what}'s runtime: {e}"),
+            )
+        })
+}

@@ -1,0 +1,72 @@
+"""Type stubs of the compiled extension ``tessera._native``.
+
+The public API is the Python layer (:mod:`tessera`); this module is its
+Rust half: the SDK client, the in-process server and the accountant.
+"""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+class Client:
+    """The Rust SDK's client (``tessera_client::Client``) with its own
+    tokio runtime; calls release the GIL while they wait."""
+
+    def __init__(
+        self,
+        url: str,
+        token: Optional[str],
+        ca_pem: Optional[bytes],
+        client_cert_pem: Optional[bytes],
+        client_key_pem: Optional[bytes],
+        identity_key: Optional[str],
+        trusted_identities: Optional[str],
+        insecure_loopback: bool,
+        policy: Optional[object],
+        round_timeout: Optional[float],
+    ) -> None: ...
+    @property
+    def url(self) -> str:
+        """The server URL."""
+    def model(
+        self, version: int
+    ) -> Tuple[int, int, float, float, List[Tuple[str, List[int], npt.NDArray[np.float32]]]]:
+        """Downloads model ``version`` (0: the latest): version, round,
+        epsilon, delta and ``(name, shape, flat values)`` per tensor."""
+    def participate(self, update: npt.NDArray[np.float32]) -> Dict[str, object]:
+        """Runs one round with a flat float32 update; the outcome's fields."""
+
+class Server:
+    """``tessera_server::start`` in process, on its own runtime."""
+
+    def __init__(
+        self,
+        config: Optional[str],
+        settings: Dict[str, Union[bool, int, float, str]],
+        insecure_dev: bool,
+        raise_budget: bool,
+        recompute_delta: bool,
+    ) -> None: ...
+    @property
+    def url(self) -> str:
+        """The URL clients dial."""
+    @property
+    def data_dir(self) -> str:
+        """The data directory."""
+    def mint_token(self, name: str, expires_in: Optional[float] = None) -> str:
+        """Makes a token, appends its hash to the tokens file, reloads it."""
+    def stop(self) -> None:
+        """Ends the round in flight and stops; idempotent."""
+
+def write_safetensors(path: str, tensors: Sequence[Tuple[str, npt.NDArray[np.float32]]]) -> None:
+    """Writes named float32 tensors as a safetensors file."""
+
+def epsilon(*, noise_multiplier: float, sampling_rate: float, rounds: int, delta: float) -> Tuple[float, float]:
+    """Epsilon and the optimal Rényi order after ``rounds`` rounds."""
+
+def noise(*, target_epsilon: float, sampling_rate: float, rounds: int, delta: float) -> float:
+    """The smallest noise multiplier within ``target_epsilon``."""
+
+def rounds(*, noise_multiplier: float, sampling_rate: float, target_epsilon: float, delta: float) -> int:
+    """How many rounds fit within ``target_epsilon``."""
