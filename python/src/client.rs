@@ -6,9 +6,10 @@ use std::sync::Arc;
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
+use tessera_aggregation::Stage;
 use tessera_aggregation::ThreatModel;
 use tessera_aggregation::identity::{IdentityKey, parse_allow_list};
-use tessera_client::{Policy, RoundOutcome};
+use tessera_client::{ClientError, Participation, Policy, RoundOutcome};
 
 use crate::errors::{client_error, raise};
 
@@ -191,6 +192,120 @@ impl Client {
             .map_err(client_error)?;
         outcome_dict(py, outcome)
     }
+
+    /// Like `participate`, but hangs up instead of sending this client's
+    /// message of `stage` (a real dropout, for experiments and tests):
+    /// `None` if it dropped, else the outcome.
+    fn participate_or_drop<'py>(
+        &self,
+        py: Python<'py>,
+        update: PyReadonlyArray1<'py, f32>,
+        stage: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let stage: Stage = stage
+            .parse()
+            .map_err(|e: String| raise("InvalidInput", format!("drop_before: {e}")))?;
+        let update = update.as_array().to_vec();
+        let inner = Arc::clone(&self.inner);
+        let participation = py
+            .detach(|| {
+                self.runtime
+                    .block_on(inner.participate_or_drop(&update, stage))
+            })
+            .map_err(client_error)?;
+        match participation {
+            Participation::Completed(outcome) => outcome_dict(py, outcome).map(Some),
+            Participation::Dropped { .. } => Ok(None),
+        }
+    }
+}
+
+/// Raises the exception an SDK error of kind `variant` maps to, with
+/// made-up fields: lets the tests check the mapping of every variant,
+/// including those a real server cannot be made to cause (a server that
+/// breaks the protocol).
+#[pyfunction]
+pub(crate) fn _raise_sdk_error(variant: &str) -> PyResult<()> {
+    let e = match variant {
+        "InvalidUrl" => ClientError::InvalidUrl {
+            url: "x".into(),
+            reason: "no scheme".into(),
+        },
+        "InvalidTls" => ClientError::InvalidTls("bad PEM".into()),
+        "InvalidToken" => ClientError::InvalidToken,
+        "InvalidSetting" => ClientError::InvalidSetting {
+            setting: "retry",
+            problem: "zero attempts".into(),
+        },
+        "OsRandomness" => ClientError::OsRandomness("no entropy".into()),
+        "EmptyUpdate" => ClientError::EmptyUpdate,
+        "NonFiniteUpdate" => ClientError::NonFiniteUpdate { index: 3 },
+        "Unreachable" => ClientError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            attempts: 3,
+            message: "refused".into(),
+        },
+        "ConnectionLost" => ClientError::ConnectionLost {
+            round_id: Some(4),
+            message: "reset".into(),
+        },
+        "AuthRefused" => ClientError::AuthRefused {
+            message: "unknown token".into(),
+        },
+        "VersionMismatch" => ClientError::VersionMismatch { ours: 2, server: 9 },
+        "UpdateLength" => ClientError::UpdateLength {
+            expected: 4,
+            got: 5,
+        },
+        "ModelMismatch" => ClientError::ModelMismatch {
+            problem: "tensor 'w'".into(),
+        },
+        "ServerUnavailable" => ClientError::ServerUnavailable("budget spent".into()),
+        "NoSuchModel" => ClientError::NoSuchModel { version: 9 },
+        "Rejected" => ClientError::Rejected {
+            code: tonic::Code::Internal,
+            kind: Default::default(),
+            message: "no".into(),
+        },
+        "RoundAborted" => ClientError::RoundAborted {
+            round_id: 4,
+            reason: Some(tessera_aggregation::messages::AbortReason::SharesMissing),
+            evicted: Vec::new(),
+        },
+        "AccusedNeighbours" => ClientError::AccusedNeighbours {
+            round_id: 4,
+            accused: vec![1, 2],
+            revealed_key: false,
+        },
+        "RoundNotStored" => ClientError::RoundNotStored {
+            round_id: 4,
+            message: "disk full".into(),
+        },
+        "LeftOut" => ClientError::LeftOut { round_id: 4 },
+        "ServerSilent" => ClientError::ServerSilent {
+            round_id: 4,
+            stage: "share-keys",
+        },
+        "RoundTimeout" => ClientError::RoundTimeout {
+            after: std::time::Duration::from_secs(1),
+        },
+        "PolicyRefused" => ClientError::PolicyRefused {
+            round_id: 4,
+            rule: tessera_client::PolicyRule::MinClients,
+            problem: "3 clients".into(),
+        },
+        "ServerMisbehaved" => ClientError::ServerMisbehaved {
+            round_id: Some(4),
+            problem: "a share for another client".into(),
+        },
+        other => {
+            return Err(raise(
+                "InvalidInput",
+                format!("no SDK error variant {other}"),
+            ));
+        }
+    };
+    Err(client_error(e))
 }
 
 fn outcome_dict(py: Python<'_>, o: RoundOutcome) -> PyResult<Bound<'_, PyDict>> {

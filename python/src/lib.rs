@@ -27,6 +27,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::Client>()?;
     m.add_class::<server::Server>()?;
+    m.add_function(wrap_pyfunction!(client::_raise_sdk_error, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::epsilon, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::noise, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::rounds, m)?)?;

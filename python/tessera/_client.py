@@ -257,9 +257,27 @@ class Client:
             RoundFailed, ConnectionFailed, AuthRefused, ServerRefused,
             ProtocolViolation: as their names say.
         """
-        flat = self._flat(update)
-        raw = self._native.participate(flat)
-        model = self.model(raw["model_version"])
+        return self._outcome(self._native.participate(self._flat(update)))
+
+    def participate_or_drop(
+        self,
+        update: Union[Mapping[str, "np.typing.ArrayLike"], np.ndarray],
+        drop_before: str,
+    ) -> Optional[RoundOutcome]:
+        """Like :meth:`participate`, but hangs up instead of sending this
+        client's message of stage ``drop_before`` (``"advertise-keys"``,
+        ``"share-keys"``, ``"masked-input"``, ``"consistency-check"``,
+        ``"unmasking"``): a real dropout as the server and the other
+        clients see it, for dropout experiments and tests. Returns ``None``
+        when it dropped; the outcome if the round never reached that stage.
+        """
+        raw = self._native.participate_or_drop(self._flat(update), drop_before)
+        return None if raw is None else self._outcome(raw)
+
+    def _outcome(self, raw: Dict[str, object]) -> RoundOutcome:
+        """The outcome, with the model the round published and the epsilon
+        it records."""
+        model = self.model(int(raw["model_version"]))  # type: ignore[call-overload]
         client_noise = raw.pop("client_noise")
         if model.epsilon == 0.0:
             against: Optional[str] = None
@@ -272,7 +290,7 @@ class Client:
             delta=model.delta,
             epsilon_against=against,
             model=model,
-            **raw,
+            **raw,  # type: ignore[arg-type]
         )
 
     def _flat(self, update: Union[Mapping[str, "np.typing.ArrayLike"], np.ndarray]) -> np.ndarray:

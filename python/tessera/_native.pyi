@@ -36,6 +36,11 @@ class Client:
         epsilon, delta and ``(name, shape, flat values)`` per tensor."""
     def participate(self, update: npt.NDArray[np.float32]) -> Dict[str, object]:
         """Runs one round with a flat float32 update; the outcome's fields."""
+    def participate_or_drop(
+        self, update: npt.NDArray[np.float32], stage: str
+    ) -> Optional[Dict[str, object]]:
+        """Like ``participate``, but hangs up before sending ``stage``'s
+        message: ``None`` if it dropped."""
 
 class Server:
     """``tessera_server::start`` in process, on its own runtime."""
@@ -58,6 +63,10 @@ class Server:
         """Makes a token, appends its hash to the tokens file, reloads it."""
     def stop(self) -> None:
         """Ends the round in flight and stops; idempotent."""
+
+def _raise_sdk_error(variant: str) -> None:
+    """Raises the exception the SDK error ``variant`` maps to (a test hook
+    covering variants a real server cannot be made to cause)."""
 
 def write_safetensors(path: str, tensors: Sequence[Tuple[str, npt.NDArray[np.float32]]]) -> None:
     """Writes named float32 tensors as a safetensors file."""
