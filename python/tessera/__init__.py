@@ -16,7 +16,7 @@ The flat order of a model (and of a flat update) is its tensors in name
 order, each row-major.
 """
 
-from tessera import privacy
+from tessera import privacy, state_dict
 from tessera._client import Client, Model, Policy, RoundOutcome
 from tessera._server import Server
 from tessera.errors import (
@@ -39,6 +39,7 @@ __all__ = [
     "RoundOutcome",
     "Server",
     "privacy",
+    "state_dict",
     "TesseraError",
     "InvalidInput",
     "ConnectionFailed",
