@@ -1,18 +1,17 @@
 //! `tessera._native`: the compiled half of the Python package `tessera`.
 //!
-//! A thin binding: [`client::Client`] wraps the Rust SDK's
-//! `tessera_client::Client`, [`server::Server`] runs
-//! `tessera_server::start` in process, [`privacy`] exposes the accountant.
+//! A thin binding: `client::Client` wraps the Rust SDK's
+//! `tessera_client::Client`, `server::Server` runs
+//! `tessera_server::start` in process, `privacy` exposes the accountant.
 //! Each client and server owns its tokio runtime, and every call that
 //! waits on the network releases the GIL (`Python::detach`), so several
 //! Python threads can take part in one round. The Python modules in
 //! `tessera/` hold the public surface: argument checking against the
 //! model's names and shapes, the exception classes, the result types.
 //!
-//! PyO3's macros expand to `unsafe` FFI glue under `#[allow(unsafe_code)]`,
-//! which `forbid` would reject: the crate denies unsafe code (Cargo.toml),
-//! and the modules without those macros ([`errors`], [`settings`]) forbid
-//! it.
+//! No unsafe code: `unsafe_code = "forbid"` holds for this crate as for the
+//! workspace (PyO3's macros need no opt-out).
+#![forbid(unsafe_code)]
 
 mod client;
 mod errors;

@@ -1,6 +1,6 @@
 //! `tessera._native.Server`: `tessera_server::start` in process, on the
 //! server's own runtime, with its settings read through the server's one
-//! settings source (see [`crate::settings`]).
+//! settings source (see `crate::settings`).
 
 use std::path::PathBuf;
 use std::sync::Mutex;

@@ -4,7 +4,6 @@
 //! so the keywords are parsed, checked and documented exactly as the file
 //! and `tessera serve`'s flags are, and unknown ones are refused with the
 //! list of known keys.
-#![forbid(unsafe_code)]
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
