@@ -2,7 +2,9 @@
 //!
 //! A thin binding: `client::Client` wraps the Rust SDK's
 //! `tessera_client::Client`, `server::Server` runs
-//! `tessera_server::start` in process, `privacy` exposes the accountant.
+//! `tessera_server::start` in process, `privacy` exposes the accountant,
+//! `simulate` runs `tessera simulate`'s rounds through the library's
+//! planning the CLI uses.
 //! Each client and server owns its tokio runtime, and every call that
 //! waits on the network releases the GIL (`Python::detach`), so several
 //! Python threads can take part in one round. The Python modules in
@@ -18,6 +20,7 @@ mod errors;
 mod privacy;
 mod server;
 mod settings;
+mod simulate;
 
 use pyo3::prelude::*;
 
@@ -31,6 +34,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(privacy::noise, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::rounds, m)?)?;
     m.add_function(wrap_pyfunction!(server::write_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate::simulate_defaults, m)?)?;
     Ok(())
 }
 

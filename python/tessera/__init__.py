@@ -12,6 +12,9 @@ with differential privacy where configured.
 >>> model = client.latest_model()                                # doctest: +SKIP
 >>> outcome = client.participate({"w": np.ones((2, 3))})         # doctest: +SKIP
 
+``tessera.simulate(...)`` runs whole rounds in process and returns one
+dict per round, the records of ``tessera simulate --json``.
+
 The flat order of a model (and of a flat update) is its tensors in name
 order, each row-major.
 """
@@ -19,6 +22,7 @@ order, each row-major.
 from tessera import privacy, state_dict
 from tessera._client import Client, Model, Policy, RoundOutcome
 from tessera._server import Server
+from tessera._simulate import simulate
 from tessera.errors import (
     AuthRefused,
     ConnectionFailed,
@@ -38,6 +42,7 @@ __all__ = [
     "Policy",
     "RoundOutcome",
     "Server",
+    "simulate",
     "privacy",
     "state_dict",
     "TesseraError",

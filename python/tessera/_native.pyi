@@ -4,7 +4,7 @@ The public API is the Python layer (:mod:`tessera`); this module is its
 Rust half: the SDK client, the in-process server and the accountant.
 """
 
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -79,3 +79,35 @@ def noise(*, target_epsilon: float, sampling_rate: float, rounds: int, delta: fl
 
 def rounds(*, noise_multiplier: float, sampling_rate: float, target_epsilon: float, delta: float) -> int:
     """How many rounds fit within ``target_epsilon``."""
+
+def simulate(
+    *,
+    clients: Optional[int] = None,
+    dim: Optional[int] = None,
+    graph: Optional[str] = None,
+    neighbours: Optional[int] = None,
+    threshold: Optional[int] = None,
+    dropout_rate: Optional[float] = None,
+    corrupt_rate: Optional[float] = None,
+    threat_model: Optional[str] = None,
+    drops: Optional[List[str]] = None,
+    bits: Optional[int] = None,
+    prg: Optional[str] = None,
+    rounds: int = 1,
+    seed: Optional[int] = None,
+    faults: Optional[str] = None,
+    threads: Optional[int] = None,
+    on_warning: Optional[Callable[[str], None]] = None,
+) -> List[str]:
+    """Runs ``rounds`` simulated rounds planned as ``tessera simulate``
+    plans them and returns each round's JSON line, as the command prints it.
+
+    Each keyword is the command's flag of that name (``dropout_rate`` is
+    ``--dropout-rate``; ``drops`` holds ``--drop`` values, ``STAGE=FRACTION``);
+    ``None`` takes the command's default. Integers must already fit their
+    Rust types (``tessera.simulate`` checks). ``on_warning`` is called with
+    each warning the command prints on stderr, before the rounds run.
+    Refusals raise ``InvalidInput`` with the command's message."""
+
+def simulate_defaults() -> Dict[str, object]:
+    """The request ``tessera simulate`` makes with no flags, by keyword."""
