@@ -16,7 +16,7 @@
 //!
 //! The simulator (the `sim` module) is the one part that spawns threads,
 //! passes messages over channels and reads the wall clock (to report how
-//! long a round computed), so it sits behind the `sim` cargo feature, off by
+//! long a round computed) and the process's peak memory, so it sits behind the `sim` cargo feature, off by
 //! default: without it the crate is exactly the state machines and the maths
 //! under them.
 //!

@@ -24,6 +24,10 @@
 //! a round still either verifies or aborts, never produces a wrong sum. In
 //! that mode each stage's messages are buffered (to apply the faults in a
 //! seeded order) rather than streamed.
+//!
+//! [`plan`] is the front end both `tessera simulate` and the Python
+//! package call: flags as data to a [`SimConfig`], and one round to its
+//! record.
 
 use std::collections::BTreeMap;
 use std::sync::mpsc::{SyncSender, sync_channel};
@@ -45,6 +49,8 @@ use crate::messages::{AbortReason, ClientMessage, ServerMessage};
 use crate::packing::value_mask;
 use crate::server::{ServerEvent, ServerSession};
 use crate::{ClientId, Stage};
+
+pub mod plan;
 
 /// What to simulate.
 #[derive(Clone, Debug)]
@@ -227,8 +233,8 @@ pub struct RoundReport {
     pub server_bytes_sent: u64,
     /// The packed masked vector's size, for comparing overheads.
     pub packed_vector_bytes: u64,
-    /// Peak resident memory of the process, filled in by the caller that can
-    /// read it (`None` here: the protocol crate does no IO).
+    /// Peak resident memory of the process: `None` from [`run_round`] (the
+    /// protocol does no IO); [`plan::round_record`] reads it.
     pub peak_rss_bytes: Option<u64>,
     /// What the faulty network did (all zero without [`SimConfig::faults`]).
     pub faults: FaultCounts,

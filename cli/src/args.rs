@@ -5,9 +5,9 @@
 //! and a message that names the flag.
 
 use clap::ValueEnum;
-use tessera_aggregation::Stage;
 use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
+use tessera_aggregation::sim::plan::GraphFamily;
 
 /// `--threat-model`: who the round must stay private against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -45,16 +45,6 @@ pub(crate) enum PrgArg {
     Chacha20,
 }
 
-impl PrgArg {
-    /// The name printed in reports, as typed on the command line.
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            PrgArg::Aes => "aes",
-            PrgArg::Chacha20 => "chacha20",
-        }
-    }
-}
-
 impl From<PrgArg> for Prg {
     fn from(arg: PrgArg) -> Self {
         match arg {
@@ -73,73 +63,22 @@ pub(crate) enum GraphArg {
     Harary,
 }
 
-/// Parses a rate flag (`--dropout-rate`, `--corrupt-rate`): a fraction in
-/// [0, 1), the range the parameter finder accepts.
-pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
-    let value: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number"))?;
-    if (0.0..1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("must be a fraction in [0, 1), got {value}"))
+impl From<GraphArg> for GraphFamily {
+    fn from(arg: GraphArg) -> Self {
+        match arg {
+            GraphArg::Complete => GraphFamily::Complete,
+            GraphArg::Harary => GraphFamily::Harary,
+        }
     }
 }
 
-/// Parses one `--drop STAGE=FRACTION`.
-pub(crate) fn parse_drop(s: &str) -> Result<(Stage, f64), String> {
-    let (stage, fraction) = s
-        .split_once('=')
-        .ok_or_else(|| format!("expected STAGE=FRACTION (e.g. masked-input=0.1), got '{s}'"))?;
-    let stage: Stage = stage.trim().parse()?;
-    let fraction: f64 = fraction
-        .trim()
-        .parse()
-        .map_err(|_| format!("fraction '{fraction}' for {stage} is not a number"))?;
-    if !(0.0..=1.0).contains(&fraction) {
-        return Err(format!(
-            "fraction for {stage} must be in [0, 1], got {fraction}"
-        ));
-    }
-    Ok((stage, fraction))
-}
+/// The parsers of `--drop STAGE=FRACTION` and of the rate flags: the
+/// library's, shared with the Python package so both refuse alike.
+pub(crate) use tessera_aggregation::sim::plan::{parse_drop, parse_rate};
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn drop_parses_every_stage_and_rejects_bad_input() {
-        for stage in Stage::ALL {
-            assert_eq!(
-                parse_drop(&format!("{}=0.25", stage.name())),
-                Ok((stage, 0.25))
-            );
-        }
-        assert_eq!(parse_drop("unmasking=1"), Ok((Stage::Unmasking, 1.0)));
-        assert_eq!(parse_drop("unmasking=0"), Ok((Stage::Unmasking, 0.0)));
-        for bad in [
-            "bogus=0.1",
-            "masked-input",
-            "masked-input=",
-            "masked-input=1.5",
-            "masked-input=-0.1",
-            "masked-input=NaN",
-            "masked-input=x",
-        ] {
-            assert!(parse_drop(bad).is_err(), "{bad} should be rejected");
-        }
-    }
-
-    #[test]
-    fn rate_is_a_fraction_below_one() {
-        assert_eq!(parse_rate("0"), Ok(0.0));
-        assert_eq!(parse_rate("0.05"), Ok(0.05));
-        for bad in ["1", "1.2", "-0.01", "NaN", "inf", "five"] {
-            assert!(parse_rate(bad).is_err(), "{bad} should be rejected");
-        }
-    }
 
     #[test]
     fn prg_names_map_to_the_library() {

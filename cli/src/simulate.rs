@@ -5,11 +5,11 @@
 //! machines ([`tessera_aggregation::sim::run_round`]), checks the unmasked sum
 //! against the plain sum of the accepted inputs, and reports stage times,
 //! traffic and memory. This module turns flags into a
-//! [`SimConfig`] (asking the parameter finder for whatever the user left
-//! out), runs the rounds, and hands each report to the
+//! [`SimulateRequest`] (the library's [`sim::plan`] asks the parameter
+//! finder for whatever the user left out, as it does for the Python
+//! package), runs the rounds, and hands each record to the
 //! [`crate::report`] sinks.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Mutex, PoisonError};
@@ -18,18 +18,17 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tessera_aggregation::Stage;
-use tessera_aggregation::ThreatModel;
-use tessera_aggregation::graph::GraphKind;
-use tessera_aggregation::params::{
-    GraphRequest, ParamSource, ParamsRequest, ResolveError, RoundParams, ThresholdRule,
-    resolve_round_params,
-};
 use tessera_aggregation::sim::Faults;
-use tessera_aggregation::sim::{self, Progress, SimConfig, SimError};
+use tessera_aggregation::sim::plan::{GraphFamily, SimulateRequest};
+use tessera_aggregation::sim::{self, Progress, SimError};
 
+use crate::UsageError;
 use crate::args::{GraphArg, PrgArg, ThreatArg, parse_drop, parse_rate};
 use crate::report::{self, CsvWriter, Summary, Table};
-use crate::{UsageError, usage};
+
+/// The plan of a run: the library's, so the CLI and the Python package
+/// plan alike.
+pub(crate) use tessera_aggregation::sim::plan::Plan;
 
 /// One-line description of the subcommand, for `tessera --help`.
 pub(crate) const ABOUT: &str = "Run secure aggregation rounds in process and report their cost";
@@ -132,26 +131,6 @@ pub(crate) struct SimulateArgs {
     json: bool,
 }
 
-/// The round parameters after defaults are filled in, with where each came
-/// from (printed, so a user knows whether the finder or a flag decided).
-#[derive(Debug)]
-pub(crate) struct Plan {
-    /// The simulator's configuration.
-    pub(crate) sim: SimConfig,
-    /// Neighbours per client.
-    pub(crate) k: u32,
-    /// The stages the round runs, in order.
-    pub(crate) stages: Vec<Stage>,
-    /// Where the graph, k and t came from (a flag or the parameter finder),
-    /// said in the header so nobody mistakes a default for a choice.
-    pub(crate) origin: String,
-    /// A warning for the user, if the flags ask for something likely to
-    /// abort.
-    pub(crate) warning: Option<String>,
-    /// `--prg` as typed, for the header.
-    pub(crate) prg_name: &'static str,
-}
-
 /// Runs `tessera simulate`.
 pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args)?;
@@ -200,10 +179,9 @@ pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
                 bar.set_position(p.done);
             }
         };
-        let result = sim::run_round(&plan.sim, round, &on_progress);
+        let result = sim::plan::round_record(&plan, round, &on_progress);
         bar.finish_and_clear();
-        let mut report = result.map_err(|e| sim_error(e, round))?;
-        report.peak_rss_bytes = report::peak_rss_bytes();
+        let report = result.map_err(|e| sim_error(e, round))?;
 
         if args.json {
             report::write_json_line(&mut out, &report)?;
@@ -234,11 +212,8 @@ pub(crate) fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    if summary.unverified > 0 {
-        anyhow::bail!(
-            "{} completed round(s) produced a sum that differs from the sum of the accepted inputs",
-            summary.unverified
-        );
+    if let Some(message) = sim::plan::unverified_error(&reports) {
+        anyhow::bail!(message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -274,239 +249,41 @@ fn sim_error(error: SimError, round: u32) -> anyhow::Error {
 }
 
 /// Fills in the graph, k and t the user left out and checks the flags that
-/// only make sense together.
+/// only make sense together ([`sim::plan::plan`], shared with the Python
+/// package); a refusal is a usage error.
 pub(crate) fn plan(args: &SimulateArgs) -> anyhow::Result<Plan> {
-    let n = args.clients;
-    let threat_model: ThreatModel = args.threat_model.into();
-    let request = ParamsRequest {
-        clients: n,
-        dropout_rate: args.dropout_rate,
-        corrupt_rate: args.corrupt_rate,
-        threat_model,
-    };
-    let graph = graph_request(args)?;
-    let params = round_params(&request, graph, args.threshold)?;
-    let stages = stages_for(threat_model);
-    let drops = drops_by_stage(&args.drops, &stages)?;
-    let threshold_from_finder = params.threshold_source == ParamSource::Finder;
-    let warning = drop_warning(
-        n,
-        params.threshold,
-        &drops,
-        &stages,
-        threshold_from_finder,
-        args.dropout_rate,
-    );
-    let sim = SimConfig {
-        clients: n,
-        dim: args.dim,
-        graph: params.graph,
-        threshold: params.threshold,
-        bits: args.bits,
-        prg: args.prg.into(),
-        threat_model,
-        // The corrupt count the finder assumed is the one the
-        // malicious-server thresholds are checked against.
-        corrupt: params.corrupt,
-        drops,
-        seed: args.seed,
-        faults: args.faults,
-    };
-    Ok(Plan {
-        sim,
-        k: params.holders(n),
-        stages,
-        origin: origin(&request, graph, &params),
-        warning,
-        prg_name: args.prg.name(),
-    })
+    sim::plan::plan(&args.request()).map_err(|e| anyhow::Error::new(UsageError(e.to_string())))
 }
 
-/// The graph `--graph` and `--neighbours` ask for, once their combination
-/// and k are checked.
-fn graph_request(args: &SimulateArgs) -> anyhow::Result<GraphRequest> {
-    let n = args.clients;
-    Ok(match (args.graph, args.neighbours) {
-        (Some(GraphArg::Complete), Some(_)) => {
-            usage!("--neighbours applies only to --graph harary (the complete graph has k = n - 1)")
-        }
-        (Some(GraphArg::Complete), None) => GraphRequest::Given(GraphKind::Complete),
-        (_, Some(k)) => {
-            if k < 2 || k % 2 == 1 || k >= n {
-                usage!(
-                    "--neighbours {k} must be even, at least 2 and less than --clients {n} \
-                     (use --graph complete for k = n - 1)"
-                );
-            }
-            GraphRequest::Given(GraphKind::Harary { k })
-        }
-        (Some(GraphArg::Harary), None) => GraphRequest::FinderHarary,
-        (None, None) => GraphRequest::Finder,
-    })
-}
-
-/// The graph and threshold ([`resolve_round_params`]): the finder fills in
-/// what the flags left out. An explicit `--threshold` must lie between 2
-/// and the share holders; below the threat model's floor it still runs.
-fn round_params(
-    request: &ParamsRequest,
-    graph: GraphRequest,
-    threshold: Option<u32>,
-) -> anyhow::Result<RoundParams> {
-    let n = request.clients;
-    let params = match resolve_round_params(request, graph, threshold.map(ThresholdRule::Count)) {
-        Ok(params) => params,
-        Err(ResolveError::FinderChoseComplete) => usage!(
-            "--graph harary needs --neighbours K: the parameter finder chose the complete \
-             graph for n = {n} ({})",
-            finder_inputs(request)
-        ),
-        Err(e) if graph == GraphRequest::FinderHarary => {
-            usage!("--graph harary needs --neighbours K: the parameter finder failed: {e}")
-        }
-        Err(e) => usage!(
-            "{e}; pass --graph and --threshold (and --neighbours for harary) to choose \
-             the parameters yourself, or change --dropout-rate / --corrupt-rate"
-        ),
-    };
-    // A client holds no share of its own secrets: its holders are its k
-    // neighbours.
-    let holders = params.holders(n);
-    if let Some(t) = threshold
-        && (t < 2 || t > holders)
-    {
-        let k = holders;
-        usage!(
-            "--threshold {t} must be between 2 and {holders}, the share holders per \
-             client (its {k} neighbours)"
-        );
-    }
-    Ok(params)
-}
-
-/// The finder's inputs, as the header and errors name them.
-fn finder_inputs(request: &ParamsRequest) -> String {
-    format!(
-        "dropout rate {}, corrupt rate {}, {}",
-        request.dropout_rate, request.corrupt_rate, request.threat_model
-    )
-}
-
-/// Where the graph, k and t came from, for the header (so nobody mistakes a
-/// default for a choice), with the finder's inputs if it was asked.
-fn origin(request: &ParamsRequest, graph: GraphRequest, params: &RoundParams) -> String {
-    let graph_origin = match graph {
-        GraphRequest::Given(GraphKind::Complete) => "graph from --graph",
-        GraphRequest::Given(GraphKind::Harary { .. }) => "k from --neighbours",
-        GraphRequest::FinderHarary => "k from the parameter finder",
-        GraphRequest::Finder => "graph and k from the parameter finder",
-    };
-    let mut origin = match (graph, params.threshold_source) {
-        (GraphRequest::Finder, ParamSource::Finder) => {
-            "graph, k and t from the parameter finder".to_owned()
-        }
-        (GraphRequest::FinderHarary, ParamSource::Finder) => {
-            "k and t from the parameter finder".to_owned()
-        }
-        (_, source) => format!("{graph_origin}; {}", threshold_origin(source, params)),
-    };
-    if params.finder.is_some() {
-        origin.push_str(&format!(" [finder inputs: {}]", finder_inputs(request)));
-    }
-    origin
-}
-
-/// Where t came from; for a majority, why the finder's t was not taken.
-fn threshold_origin(source: ParamSource, params: &RoundParams) -> String {
-    match source {
-        ParamSource::Explicit => "t from --threshold".to_owned(),
-        ParamSource::Finder => "t from the parameter finder".to_owned(),
-        ParamSource::Majority | ParamSource::Floor => {
-            let name = match params.graph {
-                GraphKind::Complete => "(n-1)/2+1",
-                GraphKind::Harary { .. } => "K/2+1",
-            };
-            let t = params.threshold;
-            match &params.finder {
-                Some(Ok(p)) => {
-                    let chose = match p.graph {
-                        GraphKind::Complete => "the complete graph".to_owned(),
-                        GraphKind::Harary { k } => format!("harary with k = {k}"),
-                    };
-                    format!("t = {name} = {t} (the parameter finder chose {chose})")
-                }
-                Some(Err(e)) => format!("t = {name} = {t} (the parameter finder failed: {e})"),
-                None => format!("t = {name} = {t}"),
-            }
+impl SimulateArgs {
+    /// The flags as the library's request.
+    fn request(&self) -> SimulateRequest {
+        SimulateRequest {
+            clients: self.clients,
+            dim: self.dim,
+            graph: self.graph.map(GraphFamily::from),
+            neighbours: self.neighbours,
+            threshold: self.threshold,
+            dropout_rate: self.dropout_rate,
+            corrupt_rate: self.corrupt_rate,
+            threat_model: self.threat_model.into(),
+            drops: self.drops.clone(),
+            bits: self.bits,
+            prg: self.prg.into(),
+            seed: self.seed,
+            faults: self.faults,
         }
     }
-}
-
-/// The stages a round runs under this threat model, in order.
-fn stages_for(threat_model: ThreatModel) -> Vec<Stage> {
-    Stage::ALL
-        .into_iter()
-        .filter(|s| *s != Stage::ConsistencyCheck || threat_model.guards_dropout_story())
-        .collect()
-}
-
-/// The `--drop` flags by stage: each for a stage the round runs, at most
-/// once.
-fn drops_by_stage(
-    flags: &[(Stage, f64)],
-    stages: &[Stage],
-) -> anyhow::Result<BTreeMap<Stage, f64>> {
-    let mut drops = BTreeMap::new();
-    for &(stage, fraction) in flags {
-        if !stages.contains(&stage) {
-            usage!(
-                "--drop {stage}=...: the {stage} stage runs only with --threat-model semi-malicious"
-            );
-        }
-        if drops.insert(stage, fraction).is_some() {
-            usage!("--drop given twice for {stage}");
-        }
-    }
-    Ok(drops)
-}
-
-/// A warning when the drops asked for will, or may well, abort every round:
-/// the user probably wants to know before waiting for them.
-fn drop_warning(
-    n: u32,
-    threshold: u32,
-    drops: &BTreeMap<Stage, f64>,
-    stages: &[Stage],
-    threshold_from_finder: bool,
-    dropout_rate: f64,
-) -> Option<String> {
-    // The simulator drops round(fraction * clients still in) at each stage.
-    let mut remaining = n;
-    for stage in stages {
-        let fraction = drops.get(stage).copied().unwrap_or(0.0);
-        remaining -= (fraction * f64::from(remaining)).round() as u32;
-    }
-    if remaining < threshold {
-        return Some(format!(
-            "--drop leaves {remaining} of the {n} clients, fewer than t = {threshold}: \
-             every round will abort"
-        ));
-    }
-    let lost = 1.0 - f64::from(remaining) / f64::from(n);
-    (threshold_from_finder && lost > dropout_rate + 1e-9).then(|| {
-        format!(
-            "--drop removes {:.1}% of the clients over a round, more than the \
-                 --dropout-rate {dropout_rate} that t was chosen for: rounds may abort",
-            lost * 100.0,
-        )
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::Parser;
-    use tessera_aggregation::params::find_params;
+    use std::collections::BTreeMap;
+    use tessera_aggregation::ThreatModel;
+    use tessera_aggregation::graph::GraphKind;
+    use tessera_aggregation::params::{ParamsRequest, find_params};
 
     /// Parses `tessera simulate <flags>` the way the binary does.
     #[derive(Debug, Parser)]
@@ -527,6 +304,39 @@ mod tests {
         let error = plan_for(flags).expect_err("flags should be refused");
         assert!(error.downcast_ref::<UsageError>().is_some(), "{error}");
         error.to_string()
+    }
+
+    #[test]
+    fn the_flags_defaults_are_the_librarys() {
+        let argv = ["simulate"];
+        let wrapper = Wrapper::try_parse_from(argv).expect("no flags parse");
+        assert_eq!(wrapper.args.request(), SimulateRequest::default());
+    }
+
+    #[test]
+    fn every_flag_reaches_the_request() {
+        let flags = "--clients 7 --dim 9 --graph harary --neighbours 4 --threshold 3 \
+                     --dropout-rate 0.2 --corrupt-rate 0.1 --threat-model semi-malicious \
+                     --drop share-keys=0.25 --drop unmasking=0 --bits 16 --prg chacha20 \
+                     --seed 5 --faults loss=0.5";
+        let argv = std::iter::once("simulate").chain(flags.split_whitespace());
+        let request = Wrapper::try_parse_from(argv).unwrap().args.request();
+        let expected = SimulateRequest {
+            clients: 7,
+            dim: 9,
+            graph: Some(GraphFamily::Harary),
+            neighbours: Some(4),
+            threshold: Some(3),
+            dropout_rate: 0.2,
+            corrupt_rate: 0.1,
+            threat_model: ThreatModel::SemiMalicious,
+            drops: vec![(Stage::ShareKeys, 0.25), (Stage::Unmasking, 0.0)],
+            bits: 16,
+            prg: tessera_aggregation::mask::Prg::ChaCha20,
+            seed: 5,
+            faults: Some("loss=0.5".parse().unwrap()),
+        };
+        assert_eq!(request, expected);
     }
 
     #[test]

@@ -76,6 +76,11 @@ pub struct RoundOutcome {
     /// The clients the server evicted from the round for breaking the
     /// protocol (their inputs, if any, are not in the aggregate).
     pub evicted: Vec<Eviction>,
+    /// Whether the round ran distributed DP (every client added noise
+    /// before masking): then the epsilon the published model records holds
+    /// against the server too; otherwise any epsilon comes from noise the
+    /// server added and holds only against the model's consumers.
+    pub client_noise: bool,
 }
 
 /// How a call of [`Client::participate_or_drop`](crate::Client::participate_or_drop)
@@ -292,6 +297,8 @@ struct Round {
     session: ClientSession,
     clipped: bool,
     update_norm: f32,
+    /// Whether the round runs distributed DP ([`RoundOutcome::client_noise`]).
+    client_noise: bool,
     /// The session's latest stage, kept because the session itself has
     /// none once it gave up.
     stage: Option<&'static str>,
@@ -356,6 +363,7 @@ impl Round {
             session,
             clipped: encoded.clipped,
             update_norm: encoded.norm,
+            client_noise: distributed.is_some(),
             stage: None,
             bytes,
             accused: None,
@@ -601,6 +609,7 @@ impl Round {
                     bytes_sent: self.bytes.sent,
                     bytes_received: self.bytes.received,
                     evicted,
+                    client_noise: self.client_noise,
                 })
             }
             v1::Outcome::Completed => {

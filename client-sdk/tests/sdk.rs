@@ -291,6 +291,8 @@ async fn four_clients_complete_a_real_round() {
         assert_eq!(outcome.model_version, 5);
         assert!(!outcome.clipped, "norm {} is under 4", outcome.update_norm);
         assert!(outcome.update_norm > 0.0);
+        // The round offered no distributed DP.
+        assert!(!outcome.client_noise);
         client_ids.push(outcome.client_id);
     }
     client_ids.sort_unstable();

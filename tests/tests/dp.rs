@@ -47,6 +47,8 @@ async fn round(ts: &TestServer, seed: u64, drop: Option<Stage>) -> Vec<Vec<f32>>
         match task.await.unwrap().expect("every client ends as asked") {
             Participation::Completed(outcome) => {
                 assert!(outcome.bytes_sent > u64::from(DIM) * 2, "{outcome:?}");
+                // Each client added its share of the noise before masking.
+                assert!(outcome.client_noise, "{outcome:?}");
                 summed.push(updates[i].clone());
             }
             Participation::Dropped { stage, .. } => assert_eq!(Some(stage), drop),

@@ -14,8 +14,7 @@ use tessera_aggregation::sim::Outcome;
 pub(crate) use chart::{write_demo_chart, write_stage_chart};
 pub(crate) use csv::{CsvWriter, write_demo_csv};
 pub(crate) use terminal::{
-    DEMO_TABLE_HEADER, Summary, Table, demo_table_row, peak_rss_bytes, write_header,
-    write_json_line,
+    DEMO_TABLE_HEADER, Summary, Table, demo_table_row, write_header, write_json_line,
 };
 
 /// The workspace's one atomic write: into `NAME.tmp` beside the file,

@@ -34,25 +34,6 @@ pub(crate) fn demo_table_row(r: &RoundRow) -> String {
     )
 }
 
-/// Peak resident set size of this process so far (`VmHWM` in
-/// /proc/self/status), in bytes; `None` where that file does not exist or
-/// does not parse (non-Linux systems).
-pub(crate) fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_hwm(&status)
-}
-
-/// The `VmHWM:   1234 kB` line of a /proc status file, in bytes.
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let mut fields = line["VmHWM:".len()..].split_whitespace();
-    let value: u64 = fields.next()?.parse().ok()?;
-    match fields.next() {
-        Some("kB") => value.checked_mul(1024),
-        _ => None,
-    }
-}
-
 /// A byte count for people: binary units with one decimal.
 pub(crate) fn format_bytes(bytes: f64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -104,7 +85,7 @@ pub(crate) fn write_header(
         plan.k,
         sim.threshold,
         sim.bits,
-        plan.prg_name,
+        sim.prg.name(),
         sim.threat_model,
         drops,
         rounds,
@@ -259,8 +240,6 @@ pub(crate) struct Summary {
     completed: u32,
     /// Completed rounds whose sum matched the plain sum.
     verified: u32,
-    /// Completed rounds whose sum did not match: a bug.
-    pub(crate) unverified: u32,
     /// Wall time of the completed rounds.
     completed_seconds: f64,
     /// Aborted rounds by stage and reason.
@@ -283,8 +262,6 @@ impl Summary {
                 self.completed_seconds += report.total_seconds;
                 if report.verified {
                     self.verified += 1;
-                } else {
-                    self.unverified += 1;
                 }
             }
             Outcome::Aborted => {
@@ -346,19 +323,6 @@ impl Summary {
 mod tests {
     use super::*;
     use crate::report::sample_report as sample;
-
-    #[test]
-    fn vm_hwm_is_read_in_kib() {
-        let status = "Name:\ttessera\nVmPeak:\t  9999 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1 kB\n";
-        assert_eq!(parse_vm_hwm(status), Some(2048 * 1024));
-        assert_eq!(parse_vm_hwm("VmRSS:\t 1 kB\n"), None);
-        assert_eq!(parse_vm_hwm("VmHWM:\t 12 MB\n"), None);
-        // On Linux the real file has the line, and a running process has
-        // touched at least a page.
-        if cfg!(target_os = "linux") {
-            assert!(peak_rss_bytes().is_some_and(|b| b >= 4096));
-        }
-    }
 
     #[test]
     fn bytes_use_binary_units() {

@@ -1,0 +1,60 @@
+"""A federation in Python only: an in-process server, clients in threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tessera
+from conftest import in_threads
+
+# The fixed-point encoding rounds each value to a multiple of 2^-16
+# (randomized, unbiased): the average of three is within this of exact.
+ATOL = 1e-3
+
+
+def start(**settings):
+    settings.setdefault("min_clients", 3)
+    settings.setdefault("max_clients", 3)
+    settings.setdefault("clip_norm", 100.0)
+    return tessera.Server(insecure_dev=True, **settings)
+
+
+def test_the_published_model_is_the_fedavg_of_the_updates_sent():
+    rng = np.random.default_rng(7)
+    with start(dim=12) as server:
+        clients = [tessera.Client(server.url) for _ in range(3)]
+        start_model = clients[0].latest_model()
+        assert start_model.version == 1 and start_model.dim == 12
+        updates = [rng.normal(size=12).astype(np.float32) for _ in clients]
+        outcomes = in_threads([lambda c=c, u=u: c.participate(u) for c, u in zip(clients, updates)])
+        for o in outcomes:
+            assert isinstance(o, tessera.RoundOutcome), o
+        assert {o.survivors for o in outcomes} == {3}
+        assert len({o.round_id for o in outcomes}) == 1
+        published = clients[1].latest_model()
+        assert published.version == outcomes[0].model_version == start_model.version + 1
+        expected = start_model.flatten() + np.mean(updates, axis=0)
+        np.testing.assert_allclose(published.flatten(), expected, atol=ATOL)
+        # The outcome carries the model the round published.
+        np.testing.assert_array_equal(outcomes[2].model.flatten(), published.flatten())
+        assert outcomes[0].epsilon == 0.0 and outcomes[0].epsilon_against is None
+
+
+def test_a_flat_update_of_the_wrong_length_is_refused_with_both_lengths():
+    with start(dim=4) as server:
+        client = tessera.Client(server.url)
+        # The server's length check comes back as the SDK's UpdateLength.
+        results = in_threads([lambda: client.participate(np.zeros(5, np.float32))])
+        err = results[0]
+        assert isinstance(err, tessera.InvalidInput), err
+        assert "5" in str(err) and "4" in str(err)
+
+
+def test_a_multidimensional_array_is_not_taken_as_a_flat_update():
+    with start(dim=4) as server:
+        client = tessera.Client(server.url)
+        with pytest.raises(tessera.InvalidInput, match="one-dimensional"):
+            client.participate(np.zeros((2, 2), np.float32))
+        with pytest.raises(tessera.InvalidInput, match="NaN or infinite"):
+            client.participate(np.array([0.0, np.nan, 0.0, 0.0], np.float32))
