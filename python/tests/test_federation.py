@@ -58,3 +58,39 @@ def test_a_multidimensional_array_is_not_taken_as_a_flat_update():
             client.participate(np.zeros((2, 2), np.float32))
         with pytest.raises(tessera.InvalidInput, match="NaN or infinite"):
             client.participate(np.array([0.0, np.nan, 0.0, 0.0], np.float32))
+
+
+def test_an_initial_model_of_named_tensors_comes_back_with_its_names_shapes_and_fedavg_values():
+    rng = np.random.default_rng(11)
+    initial = {
+        "fc2.weight": rng.normal(size=(2, 3)).astype(np.float32),
+        "fc1.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "fc1.bias": rng.normal(size=3).astype(np.float32),
+    }
+    with start(initial_model=initial) as server:
+        clients = [tessera.Client(server.url) for _ in range(3)]
+        start_model = clients[0].latest_model()
+        # Names and shapes as given; the flat order is name order.
+        assert list(start_model.tensors) == sorted(initial)
+        for name, array in initial.items():
+            assert start_model.tensors[name].shape == array.shape
+            np.testing.assert_array_equal(start_model.tensors[name], array)
+        updates = [
+            {name: rng.normal(size=a.shape).astype(np.float32) for name, a in initial.items()}
+            for _ in clients
+        ]
+        outcomes = in_threads([lambda c=c, u=u: c.participate(u) for c, u in zip(clients, updates)])
+        assert {o.survivors for o in outcomes} == {3}, outcomes
+        published = clients[2].latest_model()
+        for name, array in initial.items():
+            expected = array + np.mean([u[name] for u in updates], axis=0)
+            assert published.tensors[name].shape == array.shape
+            np.testing.assert_allclose(published.tensors[name], expected, atol=ATOL)
+        # A flat update in the documented order means the same as the dict.
+        flat = np.concatenate([initial[k].ravel() for k in sorted(initial)])
+        np.testing.assert_array_equal(start_model.flatten(), flat)
+
+
+def test_an_initial_model_that_is_not_float32_is_refused_naming_the_tensor():
+    with pytest.raises(tessera.InvalidInput, match="counts"):
+        start(initial_model={"counts": np.zeros(3, np.int64)})

@@ -1,4 +1,5 @@
-"""The quickstart in python/README.md runs as written."""
+"""The Python quickstart runs as written: python/README.md's, which the
+project README repeats word for word."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pathlib
 import re
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+PROJECT_README = README.parent.parent / "README.md"
 
 
 def test_the_readme_quickstart_runs_and_prints_the_averaged_model():
@@ -18,4 +20,10 @@ def test_the_readme_quickstart_runs_and_prints_the_averaged_model():
         exec(compile(blocks[0], str(README), "exec"), {})
     survivors, version, *values = out.getvalue().replace("[", " ").replace("]", " ").split()
     assert (survivors, version) == ("3", "2")
-    assert [round(float(v), 3) for v in values] == [0.1] * 4
+    assert [round(float(v), 3) for v in values] == [0.2] * 2
+
+
+def test_the_project_readme_shows_the_same_quickstart():
+    ours = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    project = re.findall(r"```python\n(.*?)```", PROJECT_README.read_text(), flags=re.S)
+    assert ours[0] in project, "README.md's Python quickstart differs from python/README.md's"
