@@ -159,21 +159,62 @@ pub(crate) fn public_of_bytes(secret: &[u8; 32]) -> [u8; 32] {
 /// them), for which a key agreement yields a value the peer did not
 /// contribute to.
 ///
-/// How: X25519 clamps every scalar to a multiple of the cofactor 8, so
-/// multiplying any point of order 1, 2, 4 or 8 by a clamped scalar gives
-/// the identity, whose u-coordinate encodes as 32 zero bytes; a point of
-/// large order never does. One scalar multiplication by a fixed scalar
-/// therefore recognises every small-order point, in every one of its
-/// encodings (x25519 ignores the top bit and reduces u mod p, so the
-/// non-canonical encodings of the 7 small-order u-coordinates are caught
-/// too), without a table to keep complete.
+/// How: X25519 ignores the top bit of a public key and reads the rest as a
+/// u-coordinate that may exceed p = 2^255 - 19. The points of order 1, 2, 4
+/// and 8 (on the curve and its twist, both of which X25519 accepts) have
+/// the five u-coordinates 0, 1, p - 1 and the two order-8 ones, and only 0
+/// and 1 have a second encoding below 2^255 (p and p + 1): the seven
+/// encodings of [`SMALL_ORDER_ENCODINGS`], libsodium's list. With the top
+/// bit cleared, a key is low-order exactly when it is one of them.
+///
+/// Why a table and not one scalar multiplication by a clamped scalar
+/// (which gives the identity for exactly these points): the server checks
+/// both keys of every advert in the round's driver, one after another, and
+/// the multiplication cost 59 us per key, 1.3 s per round at 10,000
+/// clients (`cargo bench -p tessera-benches --bench adverts`). The tests
+/// keep the multiplication as the oracle the table must agree with.
 pub fn is_low_order(public: &[u8; 32]) -> bool {
-    // Any fixed scalar works: clamping makes it a multiple of 8.
-    let probe = StaticSecret::from([0x5a; 32]);
-    !probe
-        .diffie_hellman(&PublicKey::from(*public))
-        .was_contributory()
+    let mut u = *public;
+    u[31] &= 0x7f;
+    // Public values: no need for a constant-time comparison.
+    SMALL_ORDER_ENCODINGS.contains(&u)
 }
+
+/// The encodings (top bit clear) of the X25519 points of small order:
+/// 0, 1, the two u-coordinates of order 8, p - 1, p and p + 1
+/// (little-endian, as on the wire).
+pub const SMALL_ORDER_ENCODINGS: [[u8; 32]; 7] = [
+    [0; 32],
+    [
+        1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0,
+    ],
+    [
+        0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4,
+        0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49,
+        0xb8, 0x00,
+    ],
+    [
+        0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83, 0xef,
+        0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd, 0xd0, 0x9f,
+        0x11, 0x57,
+    ],
+    [
+        0xec, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xed, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+    [
+        0xee, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0x7f,
+    ],
+];
 
 /// Why a key agreement was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -463,12 +504,55 @@ mod tests {
         small.extend(with_top_bit);
         for key in &small {
             assert!(is_low_order(key), "{}", hex::encode(key));
+            assert!(low_order_by_multiplication(key), "{}", hex::encode(key));
         }
         let mut r = rng(9);
         for _ in 0..64 {
             let keys = ClientKeys::generate(&mut r).public();
             assert!(!is_low_order(&keys.c_pk));
             assert!(!is_low_order(&keys.s_pk));
+        }
+    }
+
+    /// The oracle: a clamped scalar is a multiple of the cofactor 8, so
+    /// multiplying by it sends exactly the small-order points to the
+    /// identity (a non-contributory result).
+    fn low_order_by_multiplication(public: &[u8; 32]) -> bool {
+        let probe = StaticSecret::from([0x5a; 32]);
+        !probe
+            .diffie_hellman(&PublicKey::from(*public))
+            .was_contributory()
+    }
+
+    #[test]
+    fn the_table_agrees_with_the_multiplication_near_every_entry_and_on_random_keys() {
+        let mut r = rng(10);
+        let mut candidates: Vec<[u8; 32]> = Vec::new();
+        for entry in SMALL_ORDER_ENCODINGS {
+            for top in [0u8, 0x80] {
+                // The entry itself and every one-bit change of it.
+                let mut key = entry;
+                key[31] |= top;
+                candidates.push(key);
+                for bit in 0..255 {
+                    let mut near = key;
+                    near[bit / 8] ^= 1 << (bit % 8);
+                    candidates.push(near);
+                }
+            }
+        }
+        for _ in 0..2000 {
+            let mut key = [0u8; 32];
+            rand_core::Rng::fill_bytes(&mut r, &mut key);
+            candidates.push(key);
+        }
+        for key in &candidates {
+            assert_eq!(
+                is_low_order(key),
+                low_order_by_multiplication(key),
+                "{}",
+                hex::encode(key)
+            );
         }
     }
 

@@ -9,9 +9,9 @@
 //! too, but a client that finds a bad key can only refuse the round, which
 //! would let one bad advert cost every neighbour its round): `c_pk` and
 //! `s_pk` must differ, neither may be a low-order point
-//! ([`crate::keys::is_low_order`]: one clamped scalar multiplication gives
-//! the all-zero point exactly for the small-order points, whatever their
-//! encoding), and neither may repeat a key of another client's advert in the
+//! ([`crate::keys::is_low_order`]: one of the seven encodings of the
+//! small-order points, top bit ignored, checked against a scalar
+//! multiplication in the tests), and neither may repeat a key of another client's advert in the
 //! round (the first advert keeps it). A client whose advert fails is dropped
 //! with an error that names the problem; the round goes on.
 //!
