@@ -117,6 +117,27 @@ impl TryFrom<v1::GetModelResponse> for GlobalModel {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Names are the keys of everything built on the model (a dict in
+        // Python, named arrays, a safetensors file) and their order is the
+        // flat order: a repeated name would silently lose a tensor there,
+        // and another order would make `flatten` disagree with the
+        // documented layout apps flatten their updates in.
+        if let Some(t) = tensors.iter().find(|t| t.name.is_empty()) {
+            return Err(bad(format!(
+                "a tensor of shape {:?} has an empty name",
+                t.shape
+            )));
+        }
+        if let Some(w) = tensors.windows(2).find(|w| w[0].name >= w[1].name) {
+            return Err(bad(if w[0].name == w[1].name {
+                format!("tensor '{}' appears twice", w[0].name)
+            } else {
+                format!(
+                    "tensor '{}' comes after '{}': models list their tensors in name order",
+                    w[1].name, w[0].name
+                )
+            }));
+        }
         Ok(GlobalModel {
             version: response.version,
             round: response.round,
@@ -146,6 +167,46 @@ mod tests {
         };
         let err = GlobalModel::try_from(response).unwrap_err();
         assert!(err.to_string().contains("tensor 'w'"), "{err}");
+    }
+
+    fn tensor(name: &str) -> v1::Tensor {
+        v1::Tensor {
+            name: name.into(),
+            shape: vec![1],
+            values: vec![0.0],
+        }
+    }
+
+    fn response(names: &[&str]) -> v1::GetModelResponse {
+        v1::GetModelResponse {
+            version: 1,
+            round: 0,
+            epsilon: 0.0,
+            delta: 0.0,
+            tensors: names.iter().map(|n| tensor(n)).collect(),
+        }
+    }
+
+    /// A server (or anything between) that repeats a name, sends an empty
+    /// one or lists tensors out of name order is refused: a repeated name
+    /// would lose a tensor in every by-name view of the model (a Python
+    /// dict, `to_arrays`, a safetensors file), and another order would make
+    /// `flatten` disagree with the name-order layout apps are told to use.
+    #[test]
+    fn repeated_empty_and_unordered_names_are_refused() {
+        assert!(GlobalModel::try_from(response(&["a", "b", "c"])).is_ok());
+        for (names, needle) in [
+            (&["a", "b", "b"][..], "tensor 'b' appears twice"),
+            (&["a", "", "b"][..], "empty name"),
+            (&["b", "a"][..], "tensor 'a' comes after 'b'"),
+        ] {
+            let err = GlobalModel::try_from(response(names)).unwrap_err();
+            assert!(
+                matches!(err, ClientError::ServerMisbehaved { .. }),
+                "{names:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(needle), "{names:?}: {err}");
+        }
     }
 
     #[test]
