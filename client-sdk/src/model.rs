@@ -12,6 +12,7 @@
 //! received, end to end) is that layout. For a PyTorch `state_dict` or a
 //! dict of NumPy arrays: `concatenate([d[k].ravel() for k in sorted(d)])`.
 
+pub use tessera_dp::ledger::Adversary;
 use tessera_proto::v1;
 
 use crate::error::ClientError;
@@ -39,6 +40,14 @@ pub struct GlobalModel {
     pub epsilon: f64,
     /// The delta of `epsilon`.
     pub delta: f64,
+    /// Whom `epsilon` holds against, as the server's privacy ledger says:
+    /// [`Adversary::Server`] only when every round up to this version ran
+    /// distributed DP (clients added the noise), [`Adversary::ModelConsumers`]
+    /// when any ran central DP (the server saw that round's un-noised sum);
+    /// `None` without DP. This round's mode alone does not say it: a job
+    /// that ran central rounds before going distributed has spent an
+    /// epsilon that holds against the model's consumers only.
+    pub epsilon_against: Option<Adversary>,
     /// The parameters, in the order of the flat update vector: name order
     /// (see the module docs), as the server sends them.
     pub tensors: Vec<NamedTensor>,
@@ -57,6 +66,7 @@ impl GlobalModel {
     ///     round: 2,
     ///     epsilon: 0.0,
     ///     delta: 0.0,
+    ///     epsilon_against: None,
     ///     tensors: vec![
     ///         NamedTensor { name: "b".into(), shape: vec![1], values: vec![3.0] },
     ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
@@ -138,11 +148,22 @@ impl TryFrom<v1::GetModelResponse> for GlobalModel {
                 )
             }));
         }
+        let epsilon_against = match response.epsilon_against.as_str() {
+            "" => None,
+            "server" => Some(Adversary::Server),
+            "model-consumers" => Some(Adversary::ModelConsumers),
+            other => {
+                return Err(bad(format!(
+                    "the model's epsilon holds against {other:?}, which is not an adversary this client knows"
+                )));
+            }
+        };
         Ok(GlobalModel {
             version: response.version,
             round: response.round,
             epsilon: response.epsilon,
             delta: response.delta,
+            epsilon_against,
             tensors,
         })
     }
@@ -164,6 +185,7 @@ mod tests {
                 shape: vec![2, 3],
                 values: vec![0.0; 5],
             }],
+            epsilon_against: String::new(),
         };
         let err = GlobalModel::try_from(response).unwrap_err();
         assert!(err.to_string().contains("tensor 'w'"), "{err}");
@@ -184,6 +206,7 @@ mod tests {
             epsilon: 0.0,
             delta: 0.0,
             tensors: names.iter().map(|n| tensor(n)).collect(),
+            epsilon_against: String::new(),
         }
     }
 
@@ -221,9 +244,17 @@ mod tests {
                 shape: vec![],
                 values: vec![2.0],
             }],
+            epsilon_against: "model-consumers".into(),
         };
-        let model = GlobalModel::try_from(response).unwrap();
+        let model = GlobalModel::try_from(response.clone()).unwrap();
         assert_eq!(model.flatten(), [2.0]);
         assert_eq!(model.epsilon, 1.5);
+        assert_eq!(model.epsilon_against, Some(Adversary::ModelConsumers));
+        let unknown = v1::GetModelResponse {
+            epsilon_against: "nobody".into(),
+            ..response
+        };
+        let err = GlobalModel::try_from(unknown).unwrap_err();
+        assert!(err.to_string().contains("\"nobody\""), "{err}");
     }
 }

@@ -89,6 +89,7 @@ fn test_model() -> v1::GetModelResponse {
         round: 4,
         epsilon: 0.75,
         delta: 1e-6,
+        epsilon_against: String::new(),
         tensors: vec![
             // In name order, as servers send them (the SDK refuses
             // another order).
