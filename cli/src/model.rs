@@ -118,6 +118,10 @@ pub(crate) fn write_safetensors(path: &Path, model: &GlobalModel) -> anyhow::Res
         ("round".to_owned(), model.round.to_string()),
         ("epsilon".to_owned(), model.epsilon.to_string()),
         ("delta".to_owned(), model.delta.to_string()),
+        (
+            "epsilon_against".to_owned(),
+            model.epsilon_against.map_or("", |a| a.name()).to_owned(),
+        ),
     ]);
     let encoded = safetensors::serialize(views, Some(metadata))
         .context("encoding the model as safetensors")?;

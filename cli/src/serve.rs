@@ -96,8 +96,37 @@ impl ServeArgs {
         if let Err(e) = config.validate() {
             usage!("{e}");
         }
+        let from_env = settings_from_environment();
+        if !from_env.is_empty() {
+            // A variable left in an image or a service unit beats the
+            // reviewed configuration file (the tokens file, the threat
+            // model, DP): say which, so the override is in the log.
+            tracing::info!(
+                "settings from the environment (over --config, under flags): {}",
+                from_env.join(", ")
+            );
+        }
         Ok(config)
     }
+}
+
+/// The `TESSERA_*` variables that gave a setting (or `--config`): set, and
+/// their flag not on the command line. Names only: values stay out of the
+/// log, as `--help` hides them.
+fn settings_from_environment() -> Vec<&'static str> {
+    let argv: Vec<String> = std::env::args().collect();
+    let given = |key: &str| {
+        let flag = format!("--{}", key.replace('_', "-"));
+        argv.iter()
+            .any(|a| *a == flag || a.starts_with(&format!("{flag}=")))
+    };
+    std::iter::once(("config", Some("TESSERA_CONFIG")))
+        .chain(ServerOverrides::ENV_VARS.iter().copied())
+        .filter_map(|(key, var)| {
+            let var = var?;
+            (std::env::var_os(var).is_some() && !given(key)).then_some(var)
+        })
+        .collect()
 }
 
 /// Sets up logging to stderr.

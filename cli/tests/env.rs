@@ -142,3 +142,54 @@ fn a_bad_value_from_a_variable_names_the_variable() {
     );
     assert!(!stderr.contains("environment variable"), "{stderr}");
 }
+
+/// A variable left in an image or a service unit overrides the reviewed
+/// configuration file (here the tokens file, which says who may join): the
+/// server names every setting it took from the environment when it
+/// starts, so the swap is in the log, not silent; the values are not
+/// printed, and a setting given by its flag is not listed.
+#[test]
+fn the_settings_taken_from_the_environment_are_named_at_start() {
+    let dir = scratch_dir("env-notice");
+    std::fs::create_dir_all(&dir).unwrap();
+    let reviewed = dir.join("reviewed.tokens");
+    let swapped = dir.join("swapped.tokens");
+    std::fs::write(&reviewed, "").unwrap();
+    std::fs::write(&swapped, "").unwrap();
+    let config = dir.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("dim = 4\ntokens_file = {:?}\n", reviewed.to_str().unwrap()),
+    )
+    .unwrap();
+    let data = dir.join("data");
+    let mut command = serve(
+        &[
+            "--insecure-dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--min-clients",
+            "3",
+        ],
+        &[
+            ("TESSERA_CONFIG", config.to_str().unwrap()),
+            ("TESSERA_DATA_DIR", data.to_str().unwrap()),
+            ("TESSERA_TOKENS_FILE", swapped.to_str().unwrap()),
+            ("TESSERA_MIN_CLIENTS", "4"),
+        ],
+    );
+    command.args(["--log", "info"]);
+    let mut server = Server::spawn(command);
+    let notice = server.wait_line("from the environment");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    for var in ["TESSERA_CONFIG", "TESSERA_DATA_DIR", "TESSERA_TOKENS_FILE"] {
+        assert!(notice.contains(var), "{var}: {notice}");
+    }
+    assert!(
+        !notice.contains("TESSERA_MIN_CLIENTS"),
+        "the flag's: {notice}"
+    );
+    assert!(!notice.contains("swapped"), "no values: {notice}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -347,6 +347,28 @@ fn an_initial_model_trains_over_tls_and_model_get_returns_its_names_with_fedavg_
     assert!(get(&["--version", "1"], &observer).status.success());
     assert_eq!(read_file(&got_file), start);
 
+    // A symlink planted at the output path and at its temporary file (a
+    // shared directory): the model replaces the link, and the file it
+    // pointed to is never written.
+    #[cfg(unix)]
+    {
+        let victim = d.dir.join("victim.txt");
+        std::fs::write(&victim, "not a model").unwrap();
+        std::fs::remove_file(&got_file).unwrap();
+        std::os::unix::fs::symlink(&victim, &got_file).unwrap();
+        let tmp = d.dir.join("got.safetensors.tmp");
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        assert!(get(&["--version", "1"], &observer).status.success());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "not a model");
+        let meta = std::fs::symlink_metadata(&got_file).unwrap();
+        assert!(meta.file_type().is_file(), "the link was replaced");
+        assert!(
+            std::fs::symlink_metadata(&tmp).is_err(),
+            "no temporary left"
+        );
+        assert_eq!(read_file(&got_file), start);
+    }
+
     // No such version; a refused token; an unreachable server.
     let out = get(&["--version", "9"], &observer);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -359,6 +381,10 @@ fn an_initial_model_trains_over_tls_and_model_get_returns_its_names_with_fedavg_
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("refused the client's credentials"), "{err}");
+    assert!(
+        !err.contains("tsr_not-a-token"),
+        "no token in errors: {err}"
+    );
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let out = get(&[], &observer);

@@ -6,7 +6,8 @@
 //! async call ends. It is configured by the same [`ClientBuilder`]
 //! ([`ClientBuilder::build_blocking`]) and returns the same
 //! [`ClientError`]s; progress callbacks
-//! ([`ClientBuilder::on_progress`]) run on the runtime's thread.
+//! ([`ClientBuilder::on_progress`]) run on the thread that made the call
+//! (the round runs there; the runtime's one worker drives the connection).
 //!
 //! ```no_run
 //! use tessera_client::blocking;

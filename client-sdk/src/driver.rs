@@ -77,9 +77,10 @@ pub struct RoundOutcome {
     /// protocol (their inputs, if any, are not in the aggregate).
     pub evicted: Vec<Eviction>,
     /// Whether the round ran distributed DP (every client added noise
-    /// before masking): then the epsilon the published model records holds
-    /// against the server too; otherwise any epsilon comes from noise the
-    /// server added and holds only against the model's consumers.
+    /// before masking). Whom the epsilon the published model records holds
+    /// against is [`GlobalModel::epsilon_against`](crate::GlobalModel::epsilon_against):
+    /// an earlier central round of the same job leaves it holding against
+    /// the model's consumers only, whatever this round ran.
     pub client_noise: bool,
 }
 

@@ -83,7 +83,7 @@ pub use builder::{
 };
 pub use driver::{Participation, RoundOutcome};
 pub use error::{ClientError, Eviction};
-pub use model::{GlobalModel, NamedTensor};
+pub use model::{Adversary, GlobalModel, NamedTensor};
 pub use policy::{
     DEFAULT_ASSUME_CORRUPT, DEFAULT_MAX_CLIENTS, DEFAULT_MIN_CLIENTS, DEFAULT_MIN_SURVIVORS,
     Policy, PolicyRule, per_client_noise_multiplier,

@@ -12,6 +12,7 @@
 //! received, end to end) is that layout. For a PyTorch `state_dict` or a
 //! dict of NumPy arrays: `concatenate([d[k].ravel() for k in sorted(d)])`.
 
+pub use tessera_dp::ledger::Adversary;
 use tessera_proto::v1;
 
 use crate::error::ClientError;
@@ -39,6 +40,14 @@ pub struct GlobalModel {
     pub epsilon: f64,
     /// The delta of `epsilon`.
     pub delta: f64,
+    /// Whom `epsilon` holds against, as the server's privacy ledger says:
+    /// [`Adversary::Server`] only when every round up to this version ran
+    /// distributed DP (clients added the noise), [`Adversary::ModelConsumers`]
+    /// when any ran central DP (the server saw that round's un-noised sum);
+    /// `None` without DP. This round's mode alone does not say it: a job
+    /// that ran central rounds before going distributed has spent an
+    /// epsilon that holds against the model's consumers only.
+    pub epsilon_against: Option<Adversary>,
     /// The parameters, in the order of the flat update vector: name order
     /// (see the module docs), as the server sends them.
     pub tensors: Vec<NamedTensor>,
@@ -57,6 +66,7 @@ impl GlobalModel {
     ///     round: 2,
     ///     epsilon: 0.0,
     ///     delta: 0.0,
+    ///     epsilon_against: None,
     ///     tensors: vec![
     ///         NamedTensor { name: "b".into(), shape: vec![1], values: vec![3.0] },
     ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
@@ -117,11 +127,43 @@ impl TryFrom<v1::GetModelResponse> for GlobalModel {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // Names are the keys of everything built on the model (a dict in
+        // Python, named arrays, a safetensors file) and their order is the
+        // flat order: a repeated name would silently lose a tensor there,
+        // and another order would make `flatten` disagree with the
+        // documented layout apps flatten their updates in.
+        if let Some(t) = tensors.iter().find(|t| t.name.is_empty()) {
+            return Err(bad(format!(
+                "a tensor of shape {:?} has an empty name",
+                t.shape
+            )));
+        }
+        if let Some(w) = tensors.windows(2).find(|w| w[0].name >= w[1].name) {
+            return Err(bad(if w[0].name == w[1].name {
+                format!("tensor '{}' appears twice", w[0].name)
+            } else {
+                format!(
+                    "tensor '{}' comes after '{}': models list their tensors in name order",
+                    w[1].name, w[0].name
+                )
+            }));
+        }
+        let epsilon_against = match response.epsilon_against.as_str() {
+            "" => None,
+            "server" => Some(Adversary::Server),
+            "model-consumers" => Some(Adversary::ModelConsumers),
+            other => {
+                return Err(bad(format!(
+                    "the model's epsilon holds against {other:?}, which is not an adversary this client knows"
+                )));
+            }
+        };
         Ok(GlobalModel {
             version: response.version,
             round: response.round,
             epsilon: response.epsilon,
             delta: response.delta,
+            epsilon_against,
             tensors,
         })
     }
@@ -143,9 +185,51 @@ mod tests {
                 shape: vec![2, 3],
                 values: vec![0.0; 5],
             }],
+            epsilon_against: String::new(),
         };
         let err = GlobalModel::try_from(response).unwrap_err();
         assert!(err.to_string().contains("tensor 'w'"), "{err}");
+    }
+
+    fn tensor(name: &str) -> v1::Tensor {
+        v1::Tensor {
+            name: name.into(),
+            shape: vec![1],
+            values: vec![0.0],
+        }
+    }
+
+    fn response(names: &[&str]) -> v1::GetModelResponse {
+        v1::GetModelResponse {
+            version: 1,
+            round: 0,
+            epsilon: 0.0,
+            delta: 0.0,
+            tensors: names.iter().map(|n| tensor(n)).collect(),
+            epsilon_against: String::new(),
+        }
+    }
+
+    /// A server (or anything between) that repeats a name, sends an empty
+    /// one or lists tensors out of name order is refused: a repeated name
+    /// would lose a tensor in every by-name view of the model (a Python
+    /// dict, `to_arrays`, a safetensors file), and another order would make
+    /// `flatten` disagree with the name-order layout apps are told to use.
+    #[test]
+    fn repeated_empty_and_unordered_names_are_refused() {
+        assert!(GlobalModel::try_from(response(&["a", "b", "c"])).is_ok());
+        for (names, needle) in [
+            (&["a", "b", "b"][..], "tensor 'b' appears twice"),
+            (&["a", "", "b"][..], "empty name"),
+            (&["b", "a"][..], "tensor 'a' comes after 'b'"),
+        ] {
+            let err = GlobalModel::try_from(response(names)).unwrap_err();
+            assert!(
+                matches!(err, ClientError::ServerMisbehaved { .. }),
+                "{names:?}: {err:?}"
+            );
+            assert!(err.to_string().contains(needle), "{names:?}: {err}");
+        }
     }
 
     #[test]
@@ -160,9 +244,17 @@ mod tests {
                 shape: vec![],
                 values: vec![2.0],
             }],
+            epsilon_against: "model-consumers".into(),
         };
-        let model = GlobalModel::try_from(response).unwrap();
+        let model = GlobalModel::try_from(response.clone()).unwrap();
         assert_eq!(model.flatten(), [2.0]);
         assert_eq!(model.epsilon, 1.5);
+        assert_eq!(model.epsilon_against, Some(Adversary::ModelConsumers));
+        let unknown = v1::GetModelResponse {
+            epsilon_against: "nobody".into(),
+            ..response
+        };
+        let err = GlobalModel::try_from(unknown).unwrap_err();
+        assert!(err.to_string().contains("\"nobody\""), "{err}");
     }
 }

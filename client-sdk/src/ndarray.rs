@@ -18,6 +18,7 @@
 //!     round: 2,
 //!     epsilon: 0.0,
 //!     delta: 0.0,
+//!     epsilon_against: None,
 //!     tensors: vec![
 //!         NamedTensor { name: "fc.bias".into(), shape: vec![2], values: vec![0.5, 0.5] },
 //!         NamedTensor { name: "fc.weight".into(), shape: vec![2, 3], values: vec![0.0; 6] },
@@ -142,6 +143,7 @@ mod tests {
             round: 0,
             epsilon: 0.0,
             delta: 0.0,
+            epsilon_against: None,
             tensors: vec![
                 NamedTensor {
                     name: "b".into(),

@@ -19,6 +19,12 @@
 //!
 //! The call's result, `Ok` or `Err`, follows the last report. Reports carry
 //! no secret: no key, share, update value or token.
+//!
+//! The callback runs inside the call, so it should be quick. A callback
+//! that panics ends that call as any panicking Rust callback does: the
+//! panic reaches the caller, the server sees this client drop out (the
+//! round goes on without it if enough clients remain) and the client, its
+//! runtime included, serves the next call.
 
 use std::sync::Arc;
 

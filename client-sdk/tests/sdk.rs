@@ -89,16 +89,19 @@ fn test_model() -> v1::GetModelResponse {
         round: 4,
         epsilon: 0.75,
         delta: 1e-6,
+        epsilon_against: String::new(),
         tensors: vec![
-            v1::Tensor {
-                name: "dense.weight".into(),
-                shape: vec![2, 2],
-                values: vec![1.0, 2.0, 3.0, 4.0],
-            },
+            // In name order, as servers send them (the SDK refuses
+            // another order).
             v1::Tensor {
                 name: "dense.bias".into(),
                 shape: vec![2],
                 values: vec![-1.0, -2.0],
+            },
+            v1::Tensor {
+                name: "dense.weight".into(),
+                shape: vec![2, 2],
+                values: vec![1.0, 2.0, 3.0, 4.0],
             },
         ],
     }
@@ -633,9 +636,9 @@ async fn latest_model_downloads_and_flattens() {
     assert_eq!(model.version, 5);
     assert_eq!(model.round, 4);
     assert_eq!(model.epsilon, 0.75);
-    assert_eq!(model.tensors[0].name, "dense.weight");
-    assert_eq!(model.tensors[0].shape, [2, 2]);
-    assert_eq!(model.flatten(), [1.0, 2.0, 3.0, 4.0, -1.0, -2.0]);
+    assert_eq!(model.tensors[1].name, "dense.weight");
+    assert_eq!(model.tensors[1].shape, [2, 2]);
+    assert_eq!(model.flatten(), [-1.0, -2.0, 1.0, 2.0, 3.0, 4.0]);
     assert_eq!(model.dim(), 6);
     assert_eq!(client.model(5).await.unwrap(), model);
     assert_eq!(

@@ -52,6 +52,7 @@ impl Aggregator for ModelDouble {
             round: 8,
             epsilon: 0.0,
             delta: 0.0,
+            epsilon_against: String::new(),
             tensors: vec![v1::Tensor {
                 name: "w".into(),
                 shape: vec![1],

@@ -154,8 +154,9 @@ impl Client {
     }
 
     /// Downloads model `version` (0: the latest): `(version, round,
-    /// epsilon, delta, [(name, shape, flat float32 values)])` in the flat
-    /// order.
+    /// epsilon, delta, epsilon_against, [(name, shape, flat float32
+    /// values)])` in the flat order; `epsilon_against` is `"server"`,
+    /// `"model-consumers"` or `None`, as the server's ledger says.
     fn model<'py>(&self, py: Python<'py>, version: u64) -> PyResult<Bound<'py, PyAny>> {
         let inner = Arc::clone(&self.inner);
         let model = py
@@ -171,6 +172,7 @@ impl Client {
             model.round,
             model.epsilon,
             model.delta,
+            model.epsilon_against.map(|a| a.name()),
             tensors,
         )
             .into_pyobject(py)?

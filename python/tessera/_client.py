@@ -68,6 +68,11 @@ class Model:
     delta: float
     #: The parameters by name, in the flat order.
     tensors: Dict[str, np.ndarray]
+    #: Against whom ``epsilon`` holds, as the server's privacy ledger says:
+    #: ``"server"`` only when every round up to this version ran
+    #: distributed DP, ``"model-consumers"`` when any ran central DP (the
+    #: server saw that round's un-noised sum), ``None`` without DP.
+    epsilon_against: Optional[str] = None
 
     @property
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
@@ -113,11 +118,12 @@ class RoundOutcome:
     epsilon: float
     #: The delta of ``epsilon``.
     delta: float
-    #: Against whom ``epsilon`` holds: ``"server"`` when the round ran
-    #: distributed DP (every client added noise before masking, so the
-    #: server never saw an un-noised sum), ``"model-consumers"`` when only
-    #: the server added noise (central DP: it holds against those who get
-    #: the published model, not against the server), ``None`` without DP.
+    #: Against whom ``epsilon`` holds, as the server's privacy ledger says:
+    #: ``"server"`` when every round so far ran distributed DP (every client
+    #: added noise before masking, so the server never saw an un-noised
+    #: sum), ``"model-consumers"`` when any round ran central DP (the server
+    #: added that noise: it holds against those who get the published
+    #: model, not against the server), ``None`` without DP.
     epsilon_against: Optional[str]
     #: The model this round published (with ``version == model_version``).
     model: Model = field(repr=False)
@@ -219,13 +225,14 @@ class Client:
 
     def model(self, version: int) -> Model:
         """Downloads published model ``version`` (0: the latest)."""
-        version_, round_, epsilon, delta, tensors = self._native.model(version)
+        version_, round_, epsilon, delta, against, tensors = self._native.model(version)
         model = Model(
             version=version_,
             round=round_,
             epsilon=epsilon,
             delta=delta,
             tensors={name: values.reshape(shape) for name, shape, values in tensors},
+            epsilon_against=against if epsilon > 0.0 else None,
         )
         with self._lock:
             self._layout = [(n, t.shape) for n, t in model.tensors.items()]
@@ -278,17 +285,15 @@ class Client:
         """The outcome, with the model the round published and the epsilon
         it records."""
         model = self.model(int(raw["model_version"]))  # type: ignore[call-overload]
-        client_noise = raw.pop("client_noise")
-        if model.epsilon == 0.0:
-            against: Optional[str] = None
-        elif client_noise:
-            against = "server"
-        else:
-            against = "model-consumers"
+        # Whom the epsilon holds against is the ledger's word over every
+        # round so far, not this round's mode: a job that ran a central
+        # round before going distributed never again holds against the
+        # server.
+        raw.pop("client_noise")
         return RoundOutcome(
             epsilon=model.epsilon,
             delta=model.delta,
-            epsilon_against=against,
+            epsilon_against=model.epsilon_against,
             model=model,
             **raw,  # type: ignore[arg-type]
         )

@@ -31,9 +31,11 @@ class Client:
         """The server URL."""
     def model(
         self, version: int
-    ) -> Tuple[int, int, float, float, List[Tuple[str, List[int], npt.NDArray[np.float32]]]]:
+    ) -> Tuple[int, int, float, float, Optional[str], List[Tuple[str, List[int], npt.NDArray[np.float32]]]]:
         """Downloads model ``version`` (0: the latest): version, round,
-        epsilon, delta and ``(name, shape, flat values)`` per tensor."""
+        epsilon, delta, whom epsilon holds against (``"server"``,
+        ``"model-consumers"`` or ``None``, the server ledger's word) and
+        ``(name, shape, flat values)`` per tensor."""
     def participate(self, update: npt.NDArray[np.float32]) -> Dict[str, object]:
         """Runs one round with a flat float32 update; the outcome's fields."""
     def participate_or_drop(

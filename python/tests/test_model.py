@@ -65,3 +65,25 @@ def test_the_accountant_matches_tessera_privacy():
     assert rounds == 1000
     with pytest.raises(tessera.InvalidInput):
         tessera.privacy.epsilon(noise_multiplier=0.0, sampling_rate=0.01, rounds=1, delta=1e-5)
+
+
+def test_epsilon_against_is_the_ledgers_word_not_this_rounds_mode(tmp_path):
+    # A job that ran a central round (the server saw its un-noised sum)
+    # and then went distributed: every client of the distributed round
+    # added noise, but the epsilon spent so far includes the central
+    # round's, so it holds against the model's consumers only.
+    data = tmp_path / "data"
+    dp = dict(dim=8, noise_multiplier=1.0, epsilon_budget=100.0, clip_norm=1.0, data_dir=data)
+    with server(dp="central", **dp) as s:
+        clients = [tessera.Client(s.url) for _ in range(3)]
+        first = in_threads([lambda c=c: c.participate(np.full(8, 0.1, np.float32)) for c in clients])
+        assert all(r.epsilon_against == "model-consumers" for r in first), first
+    with server(dp="distributed", **dp) as s:
+        clients = [tessera.Client(s.url) for _ in range(3)]
+        second = in_threads([lambda c=c: c.participate(np.full(8, 0.1, np.float32)) for c in clients])
+        for r in second:
+            assert isinstance(r, tessera.RoundOutcome), r
+            assert r.epsilon > first[0].epsilon
+            assert r.epsilon_against == "model-consumers", r
+            assert r.model.epsilon_against == "model-consumers"
+        assert clients[0].model(1).epsilon_against is None, "nothing spent at the initial model"

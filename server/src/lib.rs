@@ -185,7 +185,13 @@ impl Shared {
     }
 
     pub(crate) fn set_latest(&self, entry: &ModelEntry, model: &Model) {
-        *self.latest.write().expect("latest lock") = Some(Arc::new(model_response(entry, model)));
+        let against = self
+            .store
+            .lock()
+            .expect("store lock")
+            .epsilon_against(entry.round);
+        *self.latest.write().expect("latest lock") =
+            Some(Arc::new(model_response(entry, model, against)));
     }
 
     /// Why no more rounds open, if so.
@@ -208,8 +214,13 @@ impl Shared {
     }
 }
 
-/// The wire form of a published model.
-pub(crate) fn model_response(entry: &ModelEntry, model: &Model) -> v1::GetModelResponse {
+/// The wire form of a published model; `against` is whom its epsilon
+/// holds against ([`Store::epsilon_against`](store::Store::epsilon_against)).
+pub(crate) fn model_response(
+    entry: &ModelEntry,
+    model: &Model,
+    against: Option<tessera_dp::ledger::Adversary>,
+) -> v1::GetModelResponse {
     let mut offset = 0;
     let tensors = model
         .tensors
@@ -231,6 +242,7 @@ pub(crate) fn model_response(entry: &ModelEntry, model: &Model) -> v1::GetModelR
         epsilon: entry.epsilon,
         delta: entry.delta,
         tensors,
+        epsilon_against: against.map_or("", |a| a.name()).to_owned(),
     }
 }
 
@@ -776,7 +788,7 @@ mod starting_model_tests {
         let (entry, model) = start_from(&dir, &file, None).unwrap();
         assert_eq!((entry.version, model.dim()), (1, 6 + 12 + 3));
         // GetModel answers with the file's names and shapes, in name order.
-        let wire = model_response(&entry, &model);
+        let wire = model_response(&entry, &model, None);
         let got: Vec<(&str, &[u64])> = wire
             .tensors
             .iter()

@@ -406,6 +406,62 @@ mod tests {
         assert!(matches!(e, ModelFileError::Empty { .. }), "{e}");
     }
 
+    /// A hostile initial model: an 8-byte length and a JSON header as the
+    /// attacker writes them, then `data` bytes.
+    fn raw(header: &str, data: usize) -> Vec<u8> {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        bytes
+    }
+
+    /// Shapes that declare more values than the file holds (an allocation
+    /// bomb), whose product overflows, a header length past the file, a
+    /// repeated name and a tensor that overlaps another are refused as not
+    /// safetensors, before anything the size of a declared shape is
+    /// allocated; none panics.
+    #[test]
+    fn lying_headers_are_refused_without_allocating_what_they_declare() {
+        let huge = 1u64 << 40;
+        let cases = [
+            // 2^40 values declared, 4 bytes present.
+            raw(
+                &format!(r#"{{"w":{{"dtype":"F32","shape":[{huge}],"data_offsets":[0,4]}}}}"#),
+                4,
+            ),
+            raw(
+                &format!(
+                    r#"{{"w":{{"dtype":"F32","shape":[{huge}],"data_offsets":[0,{}]}}}}"#,
+                    huge * 4
+                ),
+                4,
+            ),
+            // The shape's product overflows usize.
+            raw(
+                r#"{"w":{"dtype":"F32","shape":[4611686018427387904,8],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+            // Two tensors of one name.
+            raw(
+                r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+                8,
+            ),
+            // Two names over the same bytes.
+            raw(
+                r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+                4,
+            ),
+        ];
+        for bytes in &cases {
+            let e = Model::from_safetensors(Path::new("m"), bytes).unwrap_err();
+            assert!(matches!(e, ModelFileError::Format { .. }), "{e}");
+        }
+        let mut past_the_end = u64::MAX.to_le_bytes().to_vec();
+        past_the_end.extend_from_slice(b"{}");
+        let e = Model::from_safetensors(Path::new("m"), &past_the_end).unwrap_err();
+        assert!(matches!(e, ModelFileError::Format { .. }), "{e}");
+    }
+
     #[test]
     fn the_content_digest_ignores_the_files_order_and_sees_every_value() {
         let a = file(&[

@@ -375,12 +375,21 @@ impl Aggregator for AggregatorService {
             return Ok(Response::new((*latest).clone()));
         }
         let store = Arc::clone(&self.shared.store);
-        let found =
-            tokio::task::spawn_blocking(move || store.lock().expect("store lock").model(version))
-                .await
-                .map_err(|_| Status::internal("model lookup failed"))?;
+        let found = tokio::task::spawn_blocking(move || {
+            let store = store.lock().expect("store lock");
+            store.model(version).map(|found| {
+                found.map(|(entry, model)| {
+                    let against = store.epsilon_against(entry.round);
+                    (entry, model, against)
+                })
+            })
+        })
+        .await
+        .map_err(|_| Status::internal("model lookup failed"))?;
         match found {
-            Ok(Some((entry, model))) => Ok(Response::new(crate::model_response(&entry, &model))),
+            Ok(Some((entry, model, against))) => Ok(Response::new(crate::model_response(
+                &entry, &model, against,
+            ))),
             Ok(None) => Err(refuse(
                 Code::NotFound,
                 ErrorKind::NoSuchModel,

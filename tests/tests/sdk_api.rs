@@ -175,3 +175,66 @@ async fn a_named_update_that_does_not_fit_is_refused_before_joining() {
     assert!(reports.lock().unwrap().is_empty());
     assert_eq!(client.latest_model().await.unwrap().dim(), 8);
 }
+
+/// A progress callback that panics (an app's display bug) ends only its
+/// own client's call: the panic comes back to the thread that called the
+/// blocking client (as a panic in any Rust callback does), the server sees
+/// that client drop out and the round goes on without it, and the client,
+/// its runtime included, serves the next call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_progress_callback_ends_only_its_own_call() {
+    let dim = 8;
+    let ts = TestServer::start(ServerOptions {
+        dim,
+        min_clients: 4,
+        stage_timeout: std::time::Duration::from_secs(3),
+        ..ServerOptions::default()
+    })
+    .await;
+    let panicky = ts
+        .client_builder(None)
+        .on_progress(|p| {
+            if matches!(p, Progress::RoundStarted { .. }) {
+                panic!("the app's progress bar broke");
+            }
+        })
+        .build_blocking()
+        .unwrap();
+    let doomed = update(dim, 9);
+    let panicked = std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            panicky.participate(&doomed)
+        }));
+        (panicky, result.is_err())
+    });
+    let updates: Vec<Vec<f32>> = (0..3).map(|i| update(dim, 50 + i)).collect();
+    let mut rounds = tokio::task::JoinSet::new();
+    for u in updates.clone() {
+        let client = ts.client_builder(None).build().unwrap();
+        rounds.spawn(async move { client.participate(&u).await });
+    }
+    let outcomes: Vec<RoundOutcome> = rounds
+        .join_all()
+        .await
+        .into_iter()
+        .map(|r| r.expect("the others' round completes"))
+        .collect();
+    assert!(outcomes.iter().all(|o| o.survivors == 3), "{outcomes:?}");
+    let (panicky, did_panic) = tokio::task::spawn_blocking(move || panicked.join().unwrap())
+        .await
+        .unwrap();
+    assert!(did_panic, "the callback's panic reaches its caller");
+    // The client and its runtime still work: it sees the model the others
+    // published, their mean.
+    let version = outcomes[0].model_version;
+    let fetch = std::thread::spawn(move || panicky.latest_model());
+    let model = tokio::task::spawn_blocking(move || fetch.join().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(model.version, version);
+    let expected = mean(&updates);
+    for (got, want) in model.flatten().iter().zip(&expected) {
+        assert!((got - want).abs() <= FIXED_POINT_ERROR, "{got} vs {want}");
+    }
+}

@@ -175,6 +175,7 @@ mod tests {
                 round: 1,
                 epsilon: 0.0,
                 delta: 0.0,
+                epsilon_against: None,
                 tensors: tensors(&trained),
             };
             let names: Vec<&str> = published.tensors.iter().map(|t| t.name.as_str()).collect();
@@ -283,6 +284,7 @@ mod tests {
             round: 0,
             epsilon: 0.0,
             delta: 0.0,
+            epsilon_against: None,
             tensors: published.clone(),
         };
         let loaded = model.load_into(net).unwrap();
@@ -312,6 +314,7 @@ mod tests {
             round: 6,
             epsilon: 0.0,
             delta: 0.0,
+            epsilon_against: None,
             tensors: tensors(&mlp),
         };
         let err = published.load_into(cnn).unwrap_err();

@@ -82,7 +82,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
-use tessera_dp::ledger::PrivacyLedger;
+use tessera_dp::ledger::{Adversary, PrivacyLedger};
 
 use crate::files::{Disk, Op, WriteError};
 use crate::model::Model;
@@ -377,6 +377,16 @@ impl Store {
     /// The privacy ledger, if one was written.
     pub fn ledger(&self) -> Option<&PrivacyLedger> {
         self.ledger.as_ref()
+    }
+
+    /// Whom the epsilon of a version published by `round` holds against:
+    /// the weakest adversary of the ledger's entries up to that round (one
+    /// central round, and the total no longer holds against the server,
+    /// whatever the later rounds ran); `None` when nothing was charged.
+    pub fn epsilon_against(&self, round: u64) -> Option<Adversary> {
+        let entries = self.ledger.as_ref()?.entries();
+        let upto = entries.partition_point(|e| e.round <= round);
+        PrivacyLedger::weakest(&entries[..upto])
     }
 
     /// The momentum buffer persisted with the latest version, if any.
@@ -774,6 +784,40 @@ mod tests {
             .map(|t| t.name.as_str())
             .collect();
         assert_eq!(names, ["a", "m", "z"]);
+    }
+
+    /// Whom a version's epsilon holds against is the weakest adversary of
+    /// the ledger up to its round: one central round and every later
+    /// version holds against the model's consumers only, however many
+    /// distributed rounds follow.
+    #[test]
+    fn a_versions_epsilon_holds_against_the_weakest_adversary_so_far() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut store = Store::open(tmp.path(), &key()).unwrap();
+        store.init_model(&model(0.0)).unwrap();
+        assert_eq!(store.epsilon_against(0), None, "nothing charged");
+        let mut ledger = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        let adversaries = [
+            Adversary::Server,
+            Adversary::ModelConsumers,
+            Adversary::Server,
+        ];
+        for (round, adversary) in (1..).zip(adversaries) {
+            ledger.record(round, gaussian(), adversary).unwrap();
+            store
+                .publish(&publication(&model(round as f32), round, Some(&ledger)))
+                .unwrap();
+        }
+        let against: Vec<_> = (0..4).map(|r| store.epsilon_against(r)).collect();
+        assert_eq!(
+            against,
+            [
+                None,
+                Some(Adversary::Server),
+                Some(Adversary::ModelConsumers),
+                Some(Adversary::ModelConsumers),
+            ]
+        );
     }
 
     /// `values` (laid out in `from`'s order) laid out in `to`'s, by name.

@@ -329,3 +329,39 @@ fn a_ledger_rolled_back_past_an_unpublished_charge_is_refused() {
         "{e}"
     );
 }
+
+/// The name-order migration reads a version in the order its manifest
+/// entry lists the tensors (an earlier build's order). An editor without
+/// the key who relists the latest entry's tensors, to make the migration
+/// move the momentum's values under other names (or record a
+/// flat-order-changed event that never happened), is refused by the
+/// entry's MAC, naming the file and the version, before anything is
+/// reordered or recorded.
+#[test]
+fn a_relisted_tensor_order_is_refused_before_the_migration_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    two_rounds(tmp.path());
+    let path = tmp.path().join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+    let tensors = manifest["models"]
+        .as_array_mut()
+        .unwrap()
+        .last_mut()
+        .unwrap()["tensors"]
+        .as_array_mut()
+        .unwrap();
+    tensors.reverse();
+    fs::write(&path, serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+    let audit_before = fs::read(tmp.path().join(AUDIT)).unwrap();
+    let e = err(tmp.path());
+    assert!(
+        e.contains("manifest.json") && e.contains("version 3"),
+        "{e}"
+    );
+    assert_eq!(
+        fs::read(tmp.path().join(AUDIT)).unwrap(),
+        audit_before,
+        "no flat-order-changed event recorded"
+    );
+}
