@@ -280,10 +280,7 @@ impl SimulateArgs {
 mod tests {
     use super::*;
     use clap::Parser;
-    use std::collections::BTreeMap;
     use tessera_aggregation::ThreatModel;
-    use tessera_aggregation::graph::GraphKind;
-    use tessera_aggregation::params::{ParamsRequest, find_params};
 
     /// Parses `tessera simulate <flags>` the way the binary does.
     #[derive(Debug, Parser)]
@@ -340,67 +337,6 @@ mod tests {
     }
 
     #[test]
-    fn defaults_come_from_the_finder() {
-        let plan = plan_for("").unwrap();
-        let expected = find_params(&ParamsRequest {
-            clients: 100,
-            dropout_rate: 0.1,
-            corrupt_rate: 0.05,
-            threat_model: ThreatModel::SemiHonest,
-        })
-        .unwrap();
-        assert_eq!(plan.sim.graph, expected.graph);
-        assert_eq!(plan.k, expected.k);
-        assert_eq!(plan.sim.threshold, expected.threshold);
-        assert_eq!(plan.sim.drops, BTreeMap::from([(Stage::MaskedInput, 0.1)]));
-        assert_eq!(
-            (plan.sim.dim, plan.sim.bits, plan.sim.seed),
-            (100_000, 32, 42)
-        );
-        assert!(!plan.stages.contains(&Stage::ConsistencyCheck));
-        assert!(plan.warning.is_none());
-    }
-
-    #[test]
-    fn explicit_harary_without_threshold_uses_a_majority_unless_the_finder_agrees() {
-        let finder = find_params(&ParamsRequest {
-            clients: 1000,
-            dropout_rate: 0.1,
-            corrupt_rate: 0.05,
-            threat_model: ThreatModel::SemiHonest,
-        })
-        .unwrap();
-        let GraphKind::Harary { k } = finder.graph else {
-            panic!("n = 1000 should get a Harary graph");
-        };
-        let same = plan_for(&format!("--clients 1000 --neighbours {k}")).unwrap();
-        assert_eq!(same.sim.threshold, finder.threshold);
-        assert!(
-            same.origin
-                .starts_with("k from --neighbours; t from the parameter finder")
-        );
-
-        let other = k + 2;
-        let different = plan_for(&format!("--clients 1000 --neighbours {other}")).unwrap();
-        assert_eq!(different.sim.threshold, other / 2 + 1);
-        assert!(
-            different.origin.contains("t = K/2+1"),
-            "{}",
-            different.origin
-        );
-    }
-
-    #[test]
-    fn complete_graph_without_threshold_takes_a_majority_when_the_finder_prefers_harary() {
-        let plan = plan_for("--clients 1000 --graph complete").unwrap();
-        assert_eq!(plan.sim.graph, GraphKind::Complete);
-        assert_eq!(plan.k, 999);
-        // A majority of the 999 share holders (a client holds none of its
-        // own secrets).
-        assert_eq!(plan.sim.threshold, 500);
-    }
-
-    #[test]
     fn bad_combinations_name_the_flag() {
         assert!(usage_message("--clients 10 --neighbours 3").contains("--neighbours"));
         assert!(usage_message("--clients 10 --neighbours 10").contains("--neighbours"));
@@ -413,16 +349,5 @@ mod tests {
         );
         assert!(usage_message("--drop consistency-check=0.1").contains("semi-malicious"));
         assert!(usage_message("--drop share-keys=0.1 --drop share-keys=0.2").contains("twice"));
-    }
-
-    #[test]
-    fn heavy_drops_warn_when_the_finder_chose_t() {
-        // 100 clients: 20 drop at share-keys, then 8 of the 80 left.
-        let plan = plan_for("--drop share-keys=0.2 --drop masked-input=0.1").unwrap();
-        assert!(plan.warning.unwrap().contains("28.0%"));
-        let explicit = plan_for("--graph complete --threshold 20 --drop share-keys=0.5").unwrap();
-        assert!(explicit.warning.is_none());
-        let doomed = plan_for("--graph complete --threshold 60 --drop share-keys=0.5").unwrap();
-        assert!(doomed.warning.unwrap().contains("leaves 50 of the 100"));
     }
 }
