@@ -18,7 +18,7 @@ use tessera_aggregation::Stage;
 use tessera_dp::mechanism::clip_l2;
 
 use crate::experiment::{Experiment, ExperimentError};
-use crate::local::{self, LocalTraining};
+use crate::local;
 
 /// One round of [`plain_fedavg`].
 #[derive(Clone, Debug, PartialEq)]
@@ -91,18 +91,50 @@ pub fn plain_fedavg(
 /// Accuracy and loss on the held-out split of the model trained centrally
 /// on all training examples for `rounds x local epochs` epochs (the passes
 /// the federated clients made over their data in all), with the same
-/// optimizer, batch size and learning rate.
+/// optimizer, batch size and learning rate: the last row of
+/// [`central_rounds`].
 pub fn central(cfg: &Experiment) -> Result<(f32, f32), ExperimentError> {
+    let rows = central_rounds(cfg, |_| {})?;
+    let last = rows.last().expect("an experiment has at least one round");
+    Ok((last.accuracy, last.loss))
+}
+
+/// The central baseline round by round: one model trained on all the
+/// training examples, `local epochs` passes per round (as many as a
+/// federated client makes over its own data), evaluated on the held-out
+/// split after each round so it plots against the federated runs.
+/// `progress` hears each round as it ends.
+pub fn central_rounds(
+    cfg: &Experiment,
+    mut progress: impl FnMut(&BaselineRound),
+) -> Result<Vec<BaselineRound>, ExperimentError> {
     let (dataset, arch) = cfg.prepare()?;
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
     let train = dataset.train.select(&order);
-    let epochs = cfg.local.epochs * cfg.rounds as usize;
-    let training = LocalTraining {
-        epochs,
-        ..cfg.local
-    };
-    let init = tessera_client::burn::flatten(&arch.init(cfg.seed));
-    let (params, _) = local::train(&arch, &init, &train, &training, cfg.seed);
-    Ok(local::evaluate(&arch, &params, &dataset.test))
+    let mut params = tessera_client::burn::flatten(&arch.init(cfg.seed));
+    let mut rows = Vec::new();
+    for round in 1..=cfg.rounds {
+        let started = Instant::now();
+        // Each round's passes shuffle with their own seed, as a client's do.
+        (params, _) = local::train(
+            &arch,
+            &params,
+            &train,
+            &cfg.local,
+            cfg.client_seed(round, 0),
+        );
+        let (accuracy, loss) = local::evaluate(&arch, &params, &dataset.test);
+        let row = BaselineRound {
+            round,
+            survivors: 1,
+            dropped: 0,
+            accuracy,
+            loss,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
 }

@@ -30,6 +30,18 @@ pub enum DatasetChoice {
     FashionMnist(PathBuf),
 }
 
+/// Which held-out split every model of an experiment is evaluated on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Holdout {
+    /// The dataset's test split: for reporting, never for choosing
+    /// settings.
+    #[default]
+    Test,
+    /// A fifth of the training split, held out from training
+    /// ([`Dataset::with_validation_split`]): for choosing settings.
+    Validation,
+}
+
 /// The machine-learning settings of a federated training job; [`Default`]
 /// is `tessera demo` with no flags.
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +69,8 @@ pub struct Experiment {
     /// Seeds the split, the initial model, local training and dropouts
     /// (never the protocol's keys, masks or noise: those come from the OS).
     pub seed: u64,
+    /// The split models are evaluated on.
+    pub holdout: Holdout,
 }
 
 impl Default for Experiment {
@@ -77,6 +91,7 @@ impl Default for Experiment {
             server_lr: 1.0,
             server_momentum: None,
             seed: 1,
+            holdout: Holdout::Test,
         }
     }
 }
@@ -150,7 +165,10 @@ impl Experiment {
     /// starts from: the dataset and the model architecture for it.
     pub fn prepare(&self) -> Result<(Dataset, Architecture), ExperimentError> {
         self.check()?;
-        let dataset = load_dataset(&self.dataset, self.seed)?;
+        let mut dataset = load_dataset(&self.dataset, self.seed)?;
+        if self.holdout == Holdout::Validation {
+            dataset = dataset.with_validation_split(self.seed);
+        }
         let arch = Architecture {
             kind: self.model,
             height: dataset.height,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use tessera_train::data::{FASHION_MNIST_DIR, Partitioning};
-use tessera_train::experiment::{DatasetChoice, Experiment};
+use tessera_train::experiment::{DatasetChoice, Experiment, Holdout};
 use tessera_train::local::{LocalTraining, Optimizer};
 use tessera_train::model::ModelKind;
 
@@ -47,6 +47,15 @@ enum ModelArg {
 pub(super) enum DatasetArg {
     Digits,
     FashionMnist,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum HoldoutArg {
+    /// The dataset's test split: what the README reports.
+    Test,
+    /// A fifth of the training split, held out from training: for
+    /// choosing settings without looking at the test split.
+    Validation,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -139,12 +148,24 @@ pub(crate) struct DemoArgs {
     /// (the protocol's keys, masks and noise always come from the OS).
     #[arg(long, default_value_t = 1, value_name = "SEED")]
     seed: u64,
+    /// The held-out split every published model is evaluated on: the test
+    /// split, or a validation split carved from the training data (the
+    /// clients then train on the other four fifths) for choosing settings.
+    #[arg(long, value_enum, default_value_t = HoldoutArg::Test, value_name = "SPLIT")]
+    holdout: HoldoutArg,
     /// Output directory.
     #[arg(long, default_value = "tessera-out", value_name = "DIR")]
     out: PathBuf,
     /// Run a baseline instead of the demo (no server).
     #[arg(long, value_enum, value_name = "WHICH")]
     pub(super) baseline: Option<BaselineArg>,
+    /// Measure accuracy against privacy: run the demo at epsilon 1, 2, 4,
+    /// 8 and 16 for each private mechanism, once without DP and once as
+    /// the central baseline, with the other flags as given; writes
+    /// sweep.csv, sweep.svg and runs/NAME/ (each run's files) into --out.
+    /// Takes many demo runs' time.
+    #[arg(long, conflicts_with_all = ["baseline", "dp", "epsilon", "noise_multiplier"])]
+    pub(super) sweep: bool,
     /// Threat model of the rounds; malicious-server gives every client an
     /// enrolled Ed25519 identity (OUT/enrolled.txt) to sign its keys and the
     /// survivor set with.
@@ -202,6 +223,10 @@ impl DemoArgs {
             server_lr: self.server_lr,
             server_momentum: self.server_momentum,
             seed: self.seed,
+            holdout: match self.holdout {
+                HoldoutArg::Test => Holdout::Test,
+                HoldoutArg::Validation => Holdout::Validation,
+            },
         }
     }
 }

@@ -13,16 +13,13 @@ use tessera_train::baseline::{self, BaselineRound};
 use tessera_train::experiment::{Experiment, ExperimentError};
 
 use super::args::{BaselineArg, DatasetArg, DemoArgs};
-use super::{DemoConfig, DemoError, DemoEvent, DemoReport, DpMode, RoundRow, Started};
-use crate::report::{self, DEMO_TABLE_HEADER, demo_table_row};
+use super::{DemoConfig, DemoError, DemoEvent, DemoReport, DpMode, RoundRow, Started, sweep};
+use crate::report::{self, DEMO_TABLE_HEADER, DemoMarks, demo_table_row};
 use crate::usage;
 
 /// Runs `tessera demo`.
 pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let cfg = args.config();
-    if let Some(which) = args.baseline {
-        return run_baseline(&cfg, which);
-    }
     if args.dataset == DatasetArg::FashionMnist && !args.fashion_mnist_dir.is_dir() {
         usage!(
             "{} does not exist: install Debian's dataset-fashion-mnist package \
@@ -30,19 +27,109 @@ pub(crate) fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             args.fashion_mnist_dir.display()
         );
     }
+    if let Some(which) = args.baseline {
+        return run_baseline(&cfg, which);
+    }
+    if args.sweep {
+        return run_sweep(&cfg);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let started = Instant::now();
-    let mut display = Display::new(&cfg);
-    let result = runtime.block_on(super::run_job(&cfg, |event| display.show(event)));
-    display.finish();
-    let report = match result {
-        Ok(report) => report,
-        Err(DemoError::Config(why)) => usage!("{why}"),
-        Err(e) => return Err(anyhow::Error::new(e).context("the demo failed")),
+    let report = demo_job(&runtime, &cfg)?;
+    // The no-DP line of the chart: the same training in process, no
+    // masking, no DP (the `plain-fedavg` baseline).
+    let no_dp = if cfg.dp == DpMode::Off {
+        None
+    } else {
+        Some(no_dp_line(&cfg)?)
     };
-    let (csv, svg) = write_files(&cfg, &report)?;
+    let (csv, svg) = write_files(&cfg, &report, no_dp.as_deref())?;
     print_summary(&report, started, &csv, &svg);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs one demo job with its progress display; a setting out of range is
+/// a usage error.
+fn demo_job(runtime: &tokio::runtime::Runtime, cfg: &DemoConfig) -> anyhow::Result<DemoReport> {
+    let mut display = Display::new(cfg);
+    let result = runtime.block_on(super::run_job(cfg, |event| display.show(event)));
+    display.finish();
+    match result {
+        Ok(report) => Ok(report),
+        Err(DemoError::Config(why)) => usage!("{why}"),
+        Err(e) => Err(anyhow::Error::new(e).context("the demo failed")),
+    }
+}
+
+/// The plain-FedAvg baseline's accuracy per round, for the chart's no-DP
+/// line.
+fn no_dp_line(cfg: &DemoConfig) -> anyhow::Result<Vec<f32>> {
+    let started = Instant::now();
+    let rows = checked(cfg, |training| baseline::plain_fedavg(training, |_| {}))?;
+    println!(
+        "no-DP reference for rounds.svg: plain FedAvg in process, final accuracy {:.4} ({:.1} s)",
+        rows.last().map_or(f32::NAN, |r| r.accuracy),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(rows.iter().map(|r| r.accuracy).collect())
+}
+
+/// Runs `tessera demo --sweep`: the demo over epsilon for each private
+/// mechanism, the no-DP run and the central baseline.
+fn run_sweep(cfg: &DemoConfig) -> anyhow::Result<ExitCode> {
+    if let Err(DemoError::Config(why)) = cfg.check() {
+        usage!("{why}");
+    }
+    super::output::prepare_sweep_out(&cfg.out)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let started = Instant::now();
+    let arms = sweep::Arm::ALL;
+    println!(
+        "sweep: {} runs ({} mechanisms x epsilon {:?}, no DP, central baseline) into {}",
+        sweep::planned_runs(&arms).len(),
+        arms.len(),
+        sweep::EPSILONS,
+        cfg.out.display()
+    );
+    let mut progress = SweepDisplay;
+    let points = sweep::run_sweep(cfg, &arms, &mut progress, |run, no_dp| {
+        let report = demo_job(&runtime, run)?;
+        write_files(run, &report, no_dp)?;
+        Ok(sweep::RunResult {
+            accuracy: report
+                .rows
+                .iter()
+                .rev()
+                .find(|r| r.completed)
+                .map_or(report.initial_accuracy, |r| r.accuracy),
+            epsilon_spent: report.rows.last().map_or(0.0, |r| r.epsilon),
+            per_round: report.rows.iter().map(|r| r.accuracy).collect(),
+        })
+    })?;
+    println!(
+        "sweep done: {} runs in {:.1} s; wrote {}, {}",
+        points.len(),
+        started.elapsed().as_secs_f64(),
+        cfg.out.join("sweep.csv").display(),
+        cfg.out.join("sweep.svg").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sweep's lines between runs (each run prints its own table).
+struct SweepDisplay;
+
+impl sweep::SweepProgress for SweepDisplay {
+    fn starting(&mut self, index: usize, total: usize, label: &str) {
+        println!("\n== sweep run {}/{total}: {label}", index + 1);
+    }
+
+    fn finished(&mut self, point: &sweep::SweepPoint) {
+        println!(
+            "== {}: final accuracy {:.4}, epsilon {:.3} against {} ({:.1} s)",
+            point.arm, point.accuracy, point.epsilon_spent, point.adversary, point.seconds
+        );
+    }
 }
 
 /// A progress bar style with `template`.
@@ -130,6 +217,7 @@ fn opening(cfg: &DemoConfig, started: &Started) -> String {
         threshold,
         min_survivors,
         accuracy,
+        expected_noise_norm,
     } = started;
     let privacy = match cfg.dp {
         DpMode::Off => "no DP".to_owned(),
@@ -164,26 +252,98 @@ fn opening(cfg: &DemoConfig, started: &Started) -> String {
             }
         ));
     }
+    if let Some(warning) = noise_warning(cfg, *noise_multiplier, *dim, *expected_noise_norm) {
+        text.push('\n');
+        text.push_str(&warning);
+    }
     text.push('\n');
     text.push_str(DEMO_TABLE_HEADER);
     text
 }
 
-/// Writes `rounds.csv` and `rounds.svg` into the output directory; returns
-/// their paths.
-fn write_files(cfg: &DemoConfig, report: &DemoReport) -> anyhow::Result<(PathBuf, PathBuf)> {
-    let csv = cfg.out.join("rounds.csv");
-    report::write_demo_csv(&csv, &report.rows)
-        .with_context(|| format!("writing {}", csv.display()))?;
-    let svg = cfg.out.join("rounds.svg");
-    report::write_demo_chart(
-        &svg,
+/// The warning printed before training when the DP noise in the averaged
+/// update is expected to be larger than the clip norm, which bounds every
+/// client's update: the rounds would then mostly apply noise.
+pub(super) fn noise_warning(
+    cfg: &DemoConfig,
+    noise_multiplier: f64,
+    dim: usize,
+    expected_noise_norm: f64,
+) -> Option<String> {
+    let clip = f64::from(cfg.training.clip_norm);
+    (expected_noise_norm > clip).then(|| {
+        format!(
+            "warning: the DP noise in each round's averaged update is expected to have norm \
+             {expected_noise_norm:.3}, larger than the clip norm {clip} that bounds every \
+             client's update ({} clients, {} expected to drop, noise multiplier \
+             {noise_multiplier:.3}, {dim} parameters): the model will mostly learn noise. \
+             More clients, fewer rounds, a smaller model or a larger epsilon lower it.",
+            cfg.training.clients,
+            cfg.training.dropouts_per_round(),
+        )
+    })
+}
+
+/// Writes `rounds.csv` and `rounds.svg` into the output directory, the
+/// chart marking the epsilon budget (DP on) and `no_dp`'s accuracy per
+/// round; returns their paths.
+fn write_files(
+    cfg: &DemoConfig,
+    report: &DemoReport,
+    no_dp: Option<&[f32]>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let marks = DemoMarks {
+        budget: (cfg.dp != DpMode::Off).then_some(cfg.epsilon),
+        no_dp,
+    };
+    write_rows(
+        cfg,
         &report.rows,
         report.initial_accuracy,
+        marks,
         &chart_title(cfg),
     )
-    .map_err(|e| anyhow::anyhow!("writing {}: {e}", svg.display()))?;
+}
+
+/// Writes `rows` as `rounds.csv` and `rounds.svg` into `cfg.out`.
+fn write_rows(
+    cfg: &DemoConfig,
+    rows: &[RoundRow],
+    initial_accuracy: f32,
+    marks: DemoMarks<'_>,
+    title: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let csv = cfg.out.join("rounds.csv");
+    report::write_demo_csv(&csv, rows).with_context(|| format!("writing {}", csv.display()))?;
+    let svg = cfg.out.join("rounds.svg");
+    report::write_demo_chart(&svg, rows, initial_accuracy, marks, title)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", svg.display()))?;
     Ok((csv, svg))
+}
+
+/// Writes a baseline's rounds as the demo's `rounds.csv` and `rounds.svg`
+/// into `cfg.out` (no traffic, no DP).
+pub(super) fn write_baseline_files(
+    cfg: &DemoConfig,
+    rows: &[BaselineRound],
+    what: &str,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let initial = initial_accuracy(cfg)?;
+    let rows: Vec<RoundRow> = rows.iter().map(baseline_row).collect();
+    let title = format!(
+        "{what}: {} clients' data, {} rounds, no DP: accuracy per round",
+        cfg.training.clients,
+        rows.len()
+    );
+    write_rows(cfg, &rows, initial, DemoMarks::default(), &title)
+}
+
+/// Accuracy of the initial model on the held-out split, for round 0 of a
+/// baseline's chart.
+fn initial_accuracy(cfg: &DemoConfig) -> anyhow::Result<f32> {
+    let (dataset, arch) = cfg.training.prepare().map_err(DemoError::from)?;
+    let init = tessera_client::burn::flatten(&arch.init(cfg.training.seed));
+    Ok(tessera_train::local::evaluate(&arch, &init, &dataset.test).0)
 }
 
 /// The title of `rounds.svg`.
@@ -226,6 +386,10 @@ fn print_summary(report: &DemoReport, started: Instant, csv: &Path, svg: &Path) 
 /// Runs `tessera demo --baseline WHICH`: the same training without the
 /// server.
 fn run_baseline(cfg: &DemoConfig, which: BaselineArg) -> anyhow::Result<ExitCode> {
+    if let Err(DemoError::Config(why)) = cfg.check() {
+        usage!("{why}");
+    }
+    super::output::prepare_out(&cfg.out)?;
     let started = Instant::now();
     let training = &cfg.training;
     match which {
@@ -243,14 +407,25 @@ fn run_baseline(cfg: &DemoConfig, which: BaselineArg) -> anyhow::Result<ExitCode
                 rows.len(),
                 started.elapsed().as_secs_f64()
             );
+            let (csv, svg) = write_baseline_files(cfg, &rows, "plain FedAvg baseline")?;
+            println!("wrote {}, {}", csv.display(), svg.display());
         }
         BaselineArg::Central => {
-            let (accuracy, loss) = checked(cfg, baseline::central)?;
             println!(
-                "central baseline: one model on all training data, {} epochs: accuracy {accuracy:.4}, loss {loss:.4} ({:.1} s)",
-                training.local.epochs * training.rounds as usize,
+                "central baseline: one model on all training data, {} epochs per round",
+                training.local.epochs
+            );
+            println!("{DEMO_TABLE_HEADER}");
+            let show = |round: &BaselineRound| println!("{}", demo_table_row(&baseline_row(round)));
+            let rows = checked(cfg, |training| baseline::central_rounds(training, show))?;
+            let last = rows.last().map_or(f32::NAN, |r| r.accuracy);
+            println!(
+                "final accuracy {last:.4} after {} epochs in {:.1} s",
+                training.local.epochs * rows.len(),
                 started.elapsed().as_secs_f64()
             );
+            let (csv, svg) = write_baseline_files(cfg, &rows, "central baseline")?;
+            println!("wrote {}, {}", csv.display(), svg.display());
         }
     }
     Ok(ExitCode::SUCCESS)

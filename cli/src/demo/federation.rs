@@ -47,6 +47,9 @@ pub(super) struct Deployment {
     pub(super) threshold: u32,
     /// The fewest survivors a round goes on with.
     pub(super) min_survivors: u32,
+    /// The clients assumed to collude with the server (distributed DP is
+    /// calibrated for the honest rest).
+    pub(super) corrupt: u32,
 }
 
 /// The credentials [`deploy`] wrote for the server to read.
@@ -122,6 +125,7 @@ pub(super) async fn deploy(
         .graph_for(n)
         .map_err(|e| DemoError::Config(e.to_string()))?;
     let min_survivors = config.survivor_floor(n, threshold);
+    let corrupt = config.corrupt_count(n);
     let server = tessera_server::start(config).await?;
     let url = format!("https://localhost:{}", server.local_addr().port());
     Ok(Deployment {
@@ -133,6 +137,7 @@ pub(super) async fn deploy(
         graph,
         threshold,
         min_survivors,
+        corrupt,
     })
 }
 

@@ -31,6 +31,7 @@ mod command;
 mod federation;
 mod output;
 mod rounds;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +48,7 @@ use tessera_train::experiment::{Experiment, ExperimentError};
 pub(crate) use args::{ABOUT, DemoArgs, EXAMPLES, LONG_ABOUT};
 pub(crate) use command::run;
 pub(crate) use rounds::run_job;
+pub(crate) use sweep::SweepPoint;
 
 /// Everything the demo can vary; [`Default`] is `tessera demo` with no
 /// flags.
@@ -176,6 +178,9 @@ pub(crate) struct Started {
     pub(crate) min_survivors: u32,
     /// Accuracy of the initial model.
     pub(crate) accuracy: f32,
+    /// The expected L2 norm of the DP noise in the averaged update the
+    /// server applies (0 without DP): [`expected_noise_norm`].
+    pub(crate) expected_noise_norm: f64,
 }
 
 /// What happened while the demo ran, for progress displays.
@@ -254,6 +259,38 @@ impl DemoConfig {
         let majority = clients / 2 + 1;
         (clients - self.training.dropouts_per_round()).max(majority) as u32
     }
+}
+
+/// The expected L2 norm of the DP noise in a round's averaged update:
+/// `sqrt(dim)` times the noise std per coordinate of the mean over the
+/// `survivors` clients expected in a round.
+///
+/// Central DP adds std `z C` to the sum. Distributed DP has each client
+/// add variance `(z C)^2 / (min_survivors - corrupt)`, so that the honest
+/// survivors alone reach the target (colluders know their own noise); the
+/// whole sum then carries `survivors` times that. Either way the mean
+/// divides by `survivors`. Rounding and the discrete noise's own
+/// variance are left out: this is for a warning, not an accountant.
+pub(crate) fn expected_noise_norm(
+    dp: DpMode,
+    noise_multiplier: f64,
+    clip_norm: f64,
+    dim: usize,
+    survivors: u32,
+    min_survivors: u32,
+    corrupt: u32,
+) -> f64 {
+    let sigma = noise_multiplier * clip_norm;
+    let survivors = f64::from(survivors.max(1));
+    let sum_std = match dp {
+        DpMode::Off => return 0.0,
+        DpMode::Central => sigma,
+        DpMode::Distributed => {
+            let honest = f64::from(min_survivors.saturating_sub(corrupt).max(1));
+            sigma * (survivors / honest).sqrt()
+        }
+    };
+    sum_std / survivors * (dim as f64).sqrt()
 }
 
 /// The noise multiplier of the job: the configured one, or the one that

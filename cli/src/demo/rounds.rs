@@ -43,11 +43,22 @@ pub(crate) async fn run_job(
     };
     let dim = model.dim();
     let (initial_accuracy, _) = local::evaluate(&arch, &model.params, &job.test);
+    let survivors = (cfg.training.clients - cfg.training.dropouts_per_round()) as u32;
+    let expected_noise_norm = super::expected_noise_norm(
+        cfg.dp,
+        noise_multiplier,
+        f64::from(cfg.training.clip_norm),
+        dim,
+        survivors,
+        deployment.min_survivors,
+        deployment.corrupt,
+    );
     progress(&started(
         &deployment,
         dim,
         noise_multiplier,
         initial_accuracy,
+        expected_noise_norm,
     ));
     let (rows, stopped_early) = job.train(model.params, &mut progress).await?;
     deployment.server.shutdown().await?;
@@ -65,7 +76,13 @@ pub(crate) async fn run_job(
 }
 
 /// The event that opens the job's report.
-fn started(deployment: &Deployment, dim: usize, noise_multiplier: f64, accuracy: f32) -> DemoEvent {
+fn started(
+    deployment: &Deployment,
+    dim: usize,
+    noise_multiplier: f64,
+    accuracy: f32,
+    expected_noise_norm: f64,
+) -> DemoEvent {
     DemoEvent::Started(Started {
         url: deployment.url.clone(),
         dim,
@@ -74,6 +91,7 @@ fn started(deployment: &Deployment, dim: usize, noise_multiplier: f64, accuracy:
         threshold: deployment.threshold,
         min_survivors: deployment.min_survivors,
         accuracy,
+        expected_noise_norm,
     })
 }
 

@@ -204,3 +204,115 @@ fn a_bad_output_directory_is_refused_and_left_alone() {
         "mine"
     );
 }
+
+#[test]
+fn the_noise_warning_fires_for_a_few_clients_and_not_for_many() {
+    // Five clients at epsilon 8 over 30 rounds: the averaged update's
+    // noise dwarfs the clip norm.
+    let few = DemoConfig {
+        training: Experiment {
+            clients: 5,
+            dropout: 0.0,
+            ..Experiment::default()
+        },
+        ..DemoConfig::default()
+    };
+    let z = calibrate(&few).unwrap();
+    let norm = super::expected_noise_norm(DpMode::Distributed, z, 0.5, 2410, 5, 5, 1);
+    // By hand: sigma = z C; the sum of 5 clients carries sigma^2 * 5 / 4;
+    // the mean divides by 5; times sqrt(2410).
+    let by_hand = z * 0.5 * (5.0f64 / 4.0).sqrt() / 5.0 * 2410f64.sqrt();
+    assert!((norm - by_hand).abs() < 1e-9 * by_hand);
+    let warning = super::command::noise_warning(&few, z, 2410, norm).expect("a warning");
+    assert!(
+        warning.contains("larger than the clip norm 0.5"),
+        "{warning}"
+    );
+    assert!(warning.contains(&format!("{norm:.3}")));
+    // Many clients: well under the clip norm, no warning.
+    let many = super::expected_noise_norm(DpMode::Distributed, z, 0.5, 2410, 1000, 1000, 50);
+    assert!(many < 0.5);
+    assert!(super::command::noise_warning(&few, z, 2410, many).is_none());
+    // Without DP there is no noise.
+    assert_eq!(
+        super::expected_noise_norm(DpMode::Off, z, 0.5, 2410, 5, 5, 1),
+        0.0
+    );
+}
+
+#[test]
+fn the_sweep_runs_no_dp_first_then_every_arm_at_every_epsilon() {
+    let runs = super::sweep::planned_runs(&super::sweep::Arm::ALL);
+    assert_eq!(runs[0].0, "no-dp");
+    assert_eq!(runs[1].0, "central");
+    assert_eq!(
+        runs.len(),
+        2 + super::sweep::Arm::ALL.len() * super::sweep::EPSILONS.len()
+    );
+    let mut names: Vec<&str> = runs.iter().map(|r| r.0.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), runs.len(), "every run has its own directory");
+    for arm in super::sweep::Arm::ALL {
+        for eps in super::sweep::EPSILONS {
+            assert!(runs.contains(&(format!("{}-eps{eps}", arm.name()), Some((arm, eps)))));
+        }
+    }
+}
+
+#[test]
+fn a_sweep_writes_its_csv_and_chart_and_hands_the_no_dp_line_to_the_private_runs() {
+    struct Quiet;
+    impl super::sweep::SweepProgress for Quiet {
+        fn starting(&mut self, _: usize, _: usize, _: &str) {}
+        fn finished(&mut self, _: &super::sweep::SweepPoint) {}
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = small(dir.path(), DpMode::Distributed);
+    let mut seen = Vec::new();
+    let points =
+        super::sweep::run_sweep(&base, &super::sweep::Arm::ALL, &mut Quiet, |cfg, no_dp| {
+            seen.push((
+                cfg.dp,
+                cfg.epsilon,
+                cfg.out.clone(),
+                no_dp.map(<[f32]>::to_vec),
+            ));
+            // Accuracy rises with epsilon, as a real run's would; no DP best.
+            let accuracy = if cfg.dp == DpMode::Off {
+                0.9
+            } else {
+                (cfg.epsilon / 20.0) as f32
+            };
+            Ok(super::sweep::RunResult {
+                accuracy,
+                epsilon_spent: if cfg.dp == DpMode::Off {
+                    0.0
+                } else {
+                    cfg.epsilon
+                },
+                per_round: vec![0.5, 0.7, accuracy],
+            })
+        })
+        .unwrap();
+    // No DP first, with no line to draw; every private run gets its curve.
+    assert_eq!(seen[0].0, DpMode::Off);
+    assert!(seen[0].3.is_none());
+    for (dp, _, out, no_dp) in &seen[1..] {
+        assert_eq!(*dp, DpMode::Distributed);
+        assert_eq!(no_dp.as_deref(), Some(&[0.5, 0.7, 0.9][..]));
+        assert!(out.starts_with(dir.path().join("runs")));
+    }
+    let epsilons: Vec<f64> = seen[1..].iter().map(|s| s.1).collect();
+    assert_eq!(epsilons, super::sweep::EPSILONS);
+    // The central baseline really ran and wrote its own files.
+    let central = points.iter().find(|p| p.arm == "central").unwrap();
+    assert!(central.accuracy > 0.0 && central.rounds == 3);
+    assert!(dir.path().join("runs/central/rounds.csv").is_file());
+    assert!(dir.path().join("runs/central/rounds.svg").is_file());
+    let csv = std::fs::read_to_string(dir.path().join("sweep.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + points.len());
+    assert!(csv.contains("dp-fedavg,8,8.0000,server,0.4000,3,"), "{csv}");
+    let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
+    assert!(svg.contains("no DP, federated 0.900"));
+}

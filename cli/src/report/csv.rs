@@ -14,7 +14,42 @@ use tessera_aggregation::Stage;
 use tessera_aggregation::sim::RoundReport;
 
 use super::outcome_name;
-use crate::demo::RoundRow;
+use crate::demo::{RoundRow, SweepPoint};
+
+/// The header of `sweep.csv`: one line per run of `tessera demo --sweep`.
+pub(crate) const SWEEP_CSV_HEADER: &str =
+    "arm,epsilon_target,epsilon_spent,adversary,final_accuracy,rounds,seconds,dir";
+
+/// Writes a sweep's points as CSV to `path`, atomically; the sweep
+/// rewrites it after every run, so an interrupted sweep keeps its
+/// finished runs.
+pub(crate) fn write_sweep_csv(
+    path: &Path,
+    points: &[SweepPoint],
+) -> Result<(), tessera_server::files::WriteError> {
+    super::write_atomic(path, sweep_csv(points).as_bytes())
+}
+
+/// The sweep's CSV text; a run without DP has an empty target epsilon.
+fn sweep_csv(points: &[SweepPoint]) -> String {
+    let mut text = format!("{SWEEP_CSV_HEADER}\n");
+    for p in points {
+        writeln!(
+            text,
+            "{},{},{:.4},{},{:.4},{},{:.1},{}",
+            p.arm,
+            p.epsilon.map_or(String::new(), |e| e.to_string()),
+            p.epsilon_spent,
+            p.adversary,
+            p.accuracy,
+            p.rounds,
+            p.seconds,
+            p.dir.display(),
+        )
+        .expect("writing to a String cannot fail");
+    }
+    text
+}
 
 /// The header of the demo's CSV; the first eight columns are the contract
 /// scripts rely on.
@@ -186,6 +221,29 @@ mod tests {
     use crate::report::sample_report as sample;
     use crate::report::sample_row as row;
     use tessera_aggregation::sim::Outcome;
+
+    #[test]
+    fn sweep_csv_has_one_line_per_run_and_leaves_no_dp_targets_empty() {
+        let point = |arm: &str, epsilon: Option<f64>| SweepPoint {
+            arm: arm.into(),
+            epsilon,
+            epsilon_spent: 7.9,
+            adversary: "server",
+            accuracy: 0.875,
+            rounds: 20,
+            seconds: 61.25,
+            dir: PathBuf::from("runs").join(arm),
+        };
+        let text = sweep_csv(&[point("no-dp", None), point("dp-fedavg", Some(8.0))]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], SWEEP_CSV_HEADER);
+        assert_eq!(lines[1], "no-dp,,7.9000,server,0.8750,20,61.2,runs/no-dp");
+        assert_eq!(
+            lines[2],
+            "dp-fedavg,8,7.9000,server,0.8750,20,61.2,runs/dp-fedavg"
+        );
+        assert_eq!(lines.len(), 3);
+    }
 
     #[test]
     fn demo_csv_has_the_contract_columns_and_one_line_per_round() {

@@ -11,8 +11,8 @@ mod terminal;
 
 use tessera_aggregation::sim::Outcome;
 
-pub(crate) use chart::{write_demo_chart, write_stage_chart};
-pub(crate) use csv::{CsvWriter, write_demo_csv};
+pub(crate) use chart::{DemoMarks, write_demo_chart, write_stage_chart, write_sweep_chart};
+pub(crate) use csv::{CsvWriter, write_demo_csv, write_sweep_csv};
 pub(crate) use terminal::{
     DEMO_TABLE_HEADER, Summary, Table, demo_table_row, write_header, write_json_line,
 };
