@@ -609,7 +609,11 @@ impl PrivacyLedger {
     /// tree-aggregation step that would not continue its tree, answer
     /// `false`.
     pub fn can_spend(&self, next: &Mechanism) -> bool {
-        if next.validate().is_err() || self.check_tree_step(self.last_round() + 1, next).is_err() {
+        if next.validate().is_err()
+            || self
+                .check_tree_step(self.last_round().saturating_add(1), next)
+                .is_err()
+        {
             return false;
         }
         let rdp = self.composed_with(next);
