@@ -7,12 +7,15 @@ use std::process::Command;
 
 /// Each command line before `--help` (a space separates a subcommand's
 /// words; its file is named with a dash).
-const COMMANDS: [&str; 14] = [
+const COMMANDS: [&str; 17] = [
     "",
     "demo",
     "simulate",
     "params",
     "privacy",
+    "privacy epsilon",
+    "privacy noise",
+    "privacy rounds",
     "serve",
     "join",
     "model",

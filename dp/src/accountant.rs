@@ -15,6 +15,12 @@
 //! - Distributed DP: the discrete Gaussian is ρ-zCDP (Canonne, Kamath,
 //!   Steinke 2020), i.e. `rdp(α) = ρ α`; Skellam noise has the RDP bound of
 //!   Agarwal, Kairouz, Liu 2021.
+//! - DP-FTRL (Kairouz et al., ICML 2021): tree aggregation restarted every
+//!   epoch is, per tree, a Gaussian mechanism whose sensitivity is spread
+//!   over the `ceil(log2(S + 1))` released nodes containing a leaf
+//!   ([`rdp_tree_aggregation`]), as `dp-accounting`'s
+//!   `SingleEpochTreeAggregationDpEvent`; checked against
+//!   `dp/tests/data/dp_ftrl_reference.csv`.
 //! - Conversion RDP → (ε, δ): Canonne, Kamath, Steinke 2020 Prop. 12 /
 //!   Balle et al. 2020, with `dp-accounting`'s edge-case rules.
 //!
@@ -92,6 +98,16 @@ pub enum AccountantError {
     /// Zero rounds were asked for: there is nothing to account.
     #[error("number of rounds must be at least 1")]
     ZeroRounds,
+    /// Zero epochs (trees) of DP-FTRL were asked for.
+    #[error("number of epochs must be at least 1")]
+    ZeroEpochs,
+    /// A DP-FTRL tree of zero steps: the tree restarts every
+    /// `steps_per_epoch` steps, which must be at least 1.
+    #[error("steps per epoch must be at least 1")]
+    ZeroSteps,
+    /// `epochs × steps_per_epoch` does not fit in 64 bits.
+    #[error("epochs times steps per epoch is too large (more than 2^64 rounds)")]
+    TooManyRounds,
     /// The target ε was not positive.
     #[error("target epsilon must be > 0, got {0}")]
     TargetEpsilon(f64),
@@ -560,6 +576,17 @@ pub fn noise_multiplier(
         let per_round = per_round_rdp(z, q, DEFAULT_ORDERS);
         compose_and_convert(&per_round, DEFAULT_ORDERS, rounds, delta).0
     };
+    smallest_noise_multiplier(target_epsilon, eps_at)
+}
+
+/// The smallest `z` with `eps_at(z) <= target_epsilon`, for an `eps_at`
+/// that does not increase with `z`: bracket by doubling/halving from
+/// `z = 1`, then bisect to a relative width of 1e-9 and return the upper
+/// end, so the answer always meets the target.
+fn smallest_noise_multiplier(
+    target_epsilon: f64,
+    eps_at: impl Fn(f64) -> f64,
+) -> Result<f64, AccountantError> {
     // Bracket [lo, hi] with eps(lo) > target >= eps(hi).
     let (mut lo, mut hi);
     if eps_at(1.0) <= target_epsilon {
@@ -645,6 +672,234 @@ pub fn max_rounds(z: f64, q: f64, target_epsilon: f64, delta: f64) -> Result<u64
         }
     }
     Ok(lo)
+}
+
+/// Number of tree nodes containing one leaf that tree aggregation has
+/// released after `steps` steps: `ceil(log2(steps + 1))`, i.e. the bit
+/// length of `steps` (0 after 0 steps).
+///
+/// Why: in the binary tree over the steps of one epoch (Kairouz et al.,
+/// ICML 2021, "Practical and Private (Deep) Learning without Sampling or
+/// Shuffling"), a node is released when its last leaf's step has run; the
+/// nodes containing a given leaf are one per level, and a level-`k` node
+/// spans `2^k` steps, so after `r` steps only the levels with `2^k <= r`
+/// can hold a released node: `floor(log2 r) + 1` of them. This is the
+/// depth `dp-accounting` charges for `SingleEpochTreeAggregationDpEvent`.
+///
+/// ```
+/// use tessera_dp::accountant::tree_depth;
+/// let depths: Vec<u64> = (0..=8).map(tree_depth).collect();
+/// assert_eq!(depths, [0, 1, 2, 2, 3, 3, 3, 3, 4]);
+/// ```
+pub fn tree_depth(steps: u64) -> u64 {
+    u64::from(u64::BITS - steps.leading_zeros())
+}
+
+/// RDP at `order` of one tree of `steps` steps of DP-FTRL tree aggregation
+/// with noise multiplier `z` (each node's noise std over the L2
+/// sensitivity), each record in at most one step of the tree:
+/// `order · tree_depth(steps) / (2 z²)`, the Gaussian mechanism whose
+/// sensitivity is spread over the `tree_depth(steps)` released nodes that
+/// contain the record's leaf. This is `dp-accounting` 0.6.0's
+/// `SingleEpochTreeAggregationDpEvent(z, steps)` under
+/// `RdpAccountant(neighboring_relation=REPLACE_SPECIAL)`: replacing one
+/// record by the special (zero) record changes each node containing its
+/// leaf by at most the sensitivity, and nothing else.
+///
+/// ```
+/// use tessera_dp::accountant::rdp_tree_aggregation;
+/// // 15 steps: a leaf lies in 4 released nodes (levels 0..=3).
+/// assert_eq!(rdp_tree_aggregation(2.0, 15, 8.0), 8.0 * 4.0 / 8.0);
+/// ```
+pub fn rdp_tree_aggregation(z: f64, steps: u64, order: f64) -> f64 {
+    order * tree_depth(steps) as f64 / (2.0 * z * z)
+}
+
+/// Released-node count ("depth units") of a DP-FTRL run of `rounds` rounds
+/// whose tree restarts every `steps_per_epoch` steps: every full epoch adds
+/// `tree_depth(steps_per_epoch)`, a partial last epoch of `r` steps adds
+/// `tree_depth(r)` (RDP composes over trees by addition).
+fn tree_units(steps_per_epoch: u64, rounds: u64) -> f64 {
+    let full = rounds / steps_per_epoch;
+    let partial = rounds % steps_per_epoch;
+    full as f64 * tree_depth(steps_per_epoch) as f64 + tree_depth(partial) as f64
+}
+
+/// ε of `units` released nodes per leaf at noise multiplier `z`: the RDP
+/// curve `α · units / (2 z²)` converted over [`DEFAULT_ORDERS`].
+fn tree_units_to_epsilon(units: f64, z: f64, delta: f64) -> (f64, f64) {
+    let rdp: Vec<f64> = DEFAULT_ORDERS
+        .iter()
+        .map(|&a| a * units / (2.0 * z * z))
+        .collect();
+    rdp_to_epsilon(DEFAULT_ORDERS, &rdp, delta)
+}
+
+fn check_steps(steps_per_epoch: u64) -> Result<(), AccountantError> {
+    if steps_per_epoch == 0 {
+        Err(AccountantError::ZeroSteps)
+    } else {
+        Ok(())
+    }
+}
+
+/// ε spent by DP-FTRL with tree aggregation (Kairouz et al., ICML 2021):
+/// `epochs` trees of `steps_per_epoch` steps each, noise multiplier `z`,
+/// each record at most once per tree, at `delta`.
+///
+/// This is `dp-accounting` 0.6.0's `RdpAccountant(orders,
+/// REPLACE_SPECIAL)` composing `SelfComposedDpEvent(
+/// SingleEpochTreeAggregationDpEvent(z, steps_per_epoch), epochs)`; the
+/// orders are [`DEFAULT_ORDERS`], which is exactly the grid the reference
+/// table `dp/tests/data/dp_ftrl_reference.csv` was computed on, and the
+/// test suite matches every row of it. The neighbouring relation is the
+/// ledger's own (zero-out-one = replace-special), so no conversion factor
+/// applies.
+///
+/// ```
+/// use tessera_dp::accountant::tree_epsilon;
+/// // dp_ftrl_reference.csv: z = 1.5, S = 15, E = 10, delta = 1e-5.
+/// let eps = tree_epsilon(1.5, 15, 10, 1e-5)?.epsilon;
+/// assert!((eps - 27.81184688).abs() < 1e-6 * 27.81184688);
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
+/// ```
+pub fn tree_epsilon(
+    z: f64,
+    steps_per_epoch: u64,
+    epochs: u64,
+    delta: f64,
+) -> Result<EpsilonReport, AccountantError> {
+    if epochs == 0 {
+        return Err(AccountantError::ZeroEpochs);
+    }
+    check_steps(steps_per_epoch)?;
+    let rounds = epochs
+        .checked_mul(steps_per_epoch)
+        .ok_or(AccountantError::TooManyRounds)?;
+    tree_epsilon_after_rounds(z, steps_per_epoch, rounds, delta)
+}
+
+/// [`tree_epsilon`] after any number of `rounds` (steps), not only whole
+/// epochs: the last, partial tree of `r` steps costs
+/// `α · tree_depth(r) / (2 z²)`, the nodes it has released so far.
+///
+/// ```
+/// use tessera_dp::accountant::{tree_epsilon, tree_epsilon_after_rounds};
+/// let two_epochs = tree_epsilon(3.0, 15, 2, 1e-5)?.epsilon;
+/// assert_eq!(tree_epsilon_after_rounds(3.0, 15, 30, 1e-5)?.epsilon, two_epochs);
+/// // The third tree's first step costs more ...
+/// assert!(tree_epsilon_after_rounds(3.0, 15, 31, 1e-5)?.epsilon > two_epochs);
+/// // ... but its third step (round 33) is free: after 2 or 3 steps a leaf
+/// // lies in at most 2 released nodes either way.
+/// assert_eq!(
+///     tree_epsilon_after_rounds(3.0, 15, 33, 1e-5)?,
+///     tree_epsilon_after_rounds(3.0, 15, 32, 1e-5)?
+/// );
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
+/// ```
+pub fn tree_epsilon_after_rounds(
+    z: f64,
+    steps_per_epoch: u64,
+    rounds: u64,
+    delta: f64,
+) -> Result<EpsilonReport, AccountantError> {
+    check_z(z)?;
+    check_delta(delta)?;
+    check_steps(steps_per_epoch)?;
+    if rounds == 0 {
+        return Err(AccountantError::ZeroRounds);
+    }
+    let (epsilon, order) = tree_units_to_epsilon(tree_units(steps_per_epoch, rounds), z, delta);
+    Ok(EpsilonReport { epsilon, order })
+}
+
+/// The smallest noise multiplier for which DP-FTRL over `epochs` trees of
+/// `steps_per_epoch` steps stays within `target_epsilon` at `delta`: the
+/// inverse of [`tree_epsilon`], by the same bracketing and bisection as
+/// [`noise_multiplier`] (so `tree_epsilon` at the answer is within the
+/// target, and 1e-9 less noise is not).
+///
+/// ```
+/// use tessera_dp::accountant::{tree_epsilon, tree_noise_multiplier};
+/// let z = tree_noise_multiplier(8.0, 16, 5, 1e-5)?;
+/// assert!(tree_epsilon(z, 16, 5, 1e-5)?.epsilon <= 8.0);
+/// assert!(tree_epsilon(z * 0.999, 16, 5, 1e-5)?.epsilon > 8.0);
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
+/// ```
+pub fn tree_noise_multiplier(
+    target_epsilon: f64,
+    steps_per_epoch: u64,
+    epochs: u64,
+    delta: f64,
+) -> Result<f64, AccountantError> {
+    check_target(target_epsilon)?;
+    check_delta(delta)?;
+    check_steps(steps_per_epoch)?;
+    if epochs == 0 {
+        return Err(AccountantError::ZeroEpochs);
+    }
+    let rounds = epochs
+        .checked_mul(steps_per_epoch)
+        .ok_or(AccountantError::TooManyRounds)?;
+    let units = tree_units(steps_per_epoch, rounds);
+    smallest_noise_multiplier(target_epsilon, |z| tree_units_to_epsilon(units, z, delta).0)
+}
+
+/// The largest number of rounds (steps; the last epoch may be partial) of
+/// DP-FTRL with noise multiplier `z` and a tree restarted every
+/// `steps_per_epoch` steps whose ε at `delta` stays within
+/// `target_epsilon`; 0 if even one round exceeds it. Capped at `2^53`.
+///
+/// Method: ε depends on the rounds only through the released-node count
+/// per leaf (`units`, non-decreasing in the rounds), so the largest count
+/// `U` within budget is found by exponential then binary search, and the
+/// rounds follow in closed form: `U / d` full epochs (`d =
+/// tree_depth(steps_per_epoch)`) and the longest partial tree of depth at
+/// most `U mod d`, `2^(U mod d) − 1` steps. One round more needs `U + 1`.
+///
+/// ```
+/// use tessera_dp::accountant::{tree_epsilon_after_rounds, tree_max_rounds};
+/// let t = tree_max_rounds(2.0, 16, 8.0, 1e-5)?;
+/// assert!(tree_epsilon_after_rounds(2.0, 16, t, 1e-5)?.epsilon <= 8.0);
+/// assert!(tree_epsilon_after_rounds(2.0, 16, t + 1, 1e-5)?.epsilon > 8.0);
+/// # Ok::<(), tessera_dp::accountant::AccountantError>(())
+/// ```
+pub fn tree_max_rounds(
+    z: f64,
+    steps_per_epoch: u64,
+    target_epsilon: f64,
+    delta: f64,
+) -> Result<u64, AccountantError> {
+    check_z(z)?;
+    check_target(target_epsilon)?;
+    check_delta(delta)?;
+    check_steps(steps_per_epoch)?;
+    const CAP: u64 = 1 << 53;
+    let fits = |units: u64| tree_units_to_epsilon(units as f64, z, delta).0 <= target_epsilon;
+    // Invariant: fits(lo) (units 0 always fits: it spends nothing), and
+    // hi == CAP or !fits(hi).
+    let (mut lo, mut hi) = (0u64, 1u64);
+    while fits(hi) {
+        if hi >= CAP {
+            return Ok(CAP);
+        }
+        lo = hi;
+        hi = (hi * 2).min(CAP);
+    }
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let d = tree_depth(steps_per_epoch);
+    // rem < d, and 2^(d-1) <= steps_per_epoch: the partial tree is shorter
+    // than an epoch.
+    let (full, rem) = (lo / d, lo % d);
+    let rounds = u128::from(full) * u128::from(steps_per_epoch) + ((1u128 << rem) - 1);
+    Ok(u64::try_from(rounds).map_or(CAP, |r| r.min(CAP)))
 }
 
 /// Converts a ρ-zCDP guarantee to (ε, δ): `(ε, optimal order)`.
@@ -917,6 +1172,176 @@ mod tests {
         }
         // And q = 1 is the Gaussian, α / (2 z²), for fractional orders too.
         assert_eq!(rdp_subsampled_gaussian(1.0, 2.0, 2.5), 2.5 / 8.0);
+    }
+
+    /// The grid the DP-FTRL reference states in its header is
+    /// [`DEFAULT_ORDERS`] (so the tree accountant and the ledger, which both
+    /// use it, compute on the reference's own grid); a reference recomputed
+    /// on another grid fails here first.
+    #[test]
+    fn the_dp_ftrl_reference_grid_is_the_default_grid() {
+        let path = format!(
+            "{}/tests/data/dp_ftrl_reference.csv",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.contains("# Orders: 1.1..10.9 step 0.1, 11..63, 128, 256, 512, 1024."),
+            "the reference's order grid changed: {path}"
+        );
+        assert!(text.contains("neighboring_relation=REPLACE_SPECIAL"));
+        let stated: Vec<f64> = (1..100)
+            .map(|x| 1.0 + f64::from(x) / 10.0)
+            .chain((11..=63).map(f64::from))
+            .chain([128.0, 256.0, 512.0, 1024.0])
+            .collect();
+        assert_eq!(stated, DEFAULT_ORDERS);
+    }
+
+    #[test]
+    fn tree_epsilon_matches_the_dp_ftrl_reference() {
+        let rows = reference_csv("dp_ftrl_reference.csv");
+        // z in {0.7, 1.5, 3}, S in {3, 15, 64}, E in {1, 10}, two deltas (the
+        // file's 40 lines are these 36 rows, a header and 3 comment lines).
+        assert_eq!(rows.len(), 36);
+        let mut bad = Vec::new();
+        for r in &rows {
+            let (z, s, e, delta, want) = (
+                f(&r[0]),
+                f(&r[1]) as u64,
+                f(&r[2]) as u64,
+                f(&r[3]),
+                f(&r[4]),
+            );
+            let got = tree_epsilon(z, s, e, delta).expect("valid inputs").epsilon;
+            let by_rounds = tree_epsilon_after_rounds(z, s, s * e, delta)
+                .unwrap()
+                .epsilon;
+            let rel = ((got - want) / want).abs();
+            if rel >= 1e-6 || by_rounds != got {
+                bad.push(format!(
+                    "z={z} S={s} E={e} delta={delta}: got {got} ({by_rounds} by rounds), want {want}, rel {rel:e}"
+                ));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} bad rows:\n{}",
+            bad.len(),
+            bad.join("\n")
+        );
+    }
+
+    #[test]
+    fn tree_depth_is_ceil_log2_of_steps_plus_one() {
+        for steps in (0..5000u64).chain([u64::MAX / 2, u64::MAX - 1, u64::MAX]) {
+            // ceil(log2(n + 1)) without floating point: the smallest k with
+            // 2^k >= n + 1, i.e. 2^k > n.
+            let want = (0..=64u32)
+                .find(|&k| k == 64 || (1u64 << k) > steps)
+                .unwrap();
+            assert_eq!(tree_depth(steps), u64::from(want), "steps {steps}");
+        }
+        // The reference's S values.
+        assert_eq!(
+            [3, 15, 64].map(tree_depth),
+            [2, 4, 7],
+            "ceil(log2(S+1)) for S = 3, 15, 64"
+        );
+    }
+
+    #[test]
+    fn a_partial_epoch_costs_the_nodes_its_tree_released() {
+        let (z, s, delta) = (1.5, 15, 1e-5);
+        // 2 full trees and 5 steps of a third: 2·4 + 3 node units.
+        let got = tree_epsilon_after_rounds(z, s, 35, delta).unwrap();
+        let rdp: Vec<f64> = DEFAULT_ORDERS
+            .iter()
+            .map(|a| a * 11.0 / (2.0 * z * z))
+            .collect();
+        let (want, order) = rdp_to_epsilon(DEFAULT_ORDERS, &rdp, delta);
+        assert_eq!((got.epsilon, got.order), (want, order));
+        assert!(got.epsilon > tree_epsilon(z, s, 2, delta).unwrap().epsilon);
+        assert!(got.epsilon < tree_epsilon(z, s, 3, delta).unwrap().epsilon);
+    }
+
+    #[test]
+    fn tree_noise_multiplier_inverts_tree_epsilon() {
+        for r in reference_csv("dp_ftrl_reference.csv").iter().step_by(7) {
+            let (z, s, e, delta, eps) = (
+                f(&r[0]),
+                f(&r[1]) as u64,
+                f(&r[2]) as u64,
+                f(&r[3]),
+                f(&r[4]),
+            );
+            let z2 = tree_noise_multiplier(eps, s, e, delta).unwrap();
+            assert!(((z2 - z) / z).abs() < 1e-6, "z {z} -> eps {eps} -> z {z2}");
+            assert!(tree_epsilon(z2, s, e, delta).unwrap().epsilon <= eps);
+            assert!(
+                tree_epsilon(z2 * (1.0 - 1e-8), s, e, delta)
+                    .unwrap()
+                    .epsilon
+                    > eps
+            );
+        }
+    }
+
+    #[test]
+    fn tree_max_rounds_is_the_largest_count_within_budget() {
+        for &(z, s, target, delta) in &[
+            (1.0, 16, 8.0, 1e-5),
+            (1.5, 15, 20.0, 1e-6),
+            (3.0, 64, 10.0, 1e-5),
+            (0.7, 3, 60.0, 1e-5),
+            (5.0, 1, 4.0, 1e-5),
+            (10.0, 1000, 2.0, 1e-5),
+        ] {
+            let t = tree_max_rounds(z, s, target, delta).unwrap();
+            assert!(t >= 1, "z={z} S={s}: no round fits");
+            let at = |t| tree_epsilon_after_rounds(z, s, t, delta).unwrap().epsilon;
+            assert!(at(t) <= target, "z={z} S={s}: {t} rounds spend {}", at(t));
+            assert!(at(t + 1) > target, "z={z} S={s}: {} rounds fit too", t + 1);
+            // Brute force agrees for the smaller cases.
+            if t < 5000 {
+                let brute = (1..).take_while(|&t| at(t) <= target).last().unwrap();
+                assert_eq!(t, brute, "z={z} S={s}");
+            }
+        }
+        // One round of weak noise already exceeds epsilon = 1.
+        assert_eq!(tree_max_rounds(0.5, 16, 1.0, 1e-5), Ok(0));
+    }
+
+    #[test]
+    fn tree_accountant_refuses_bad_input() {
+        use AccountantError as E;
+        assert_eq!(tree_epsilon(0.0, 3, 1, 1e-5), Err(E::NoiseMultiplier(0.0)));
+        assert_eq!(tree_epsilon(1.0, 0, 1, 1e-5), Err(E::ZeroSteps));
+        assert_eq!(tree_epsilon(1.0, 3, 0, 1e-5), Err(E::ZeroEpochs));
+        assert_eq!(tree_epsilon(1.0, 3, 1, 1.0), Err(E::Delta(1.0)));
+        assert_eq!(tree_epsilon(1.0, u64::MAX, 2, 1e-5), Err(E::TooManyRounds));
+        assert_eq!(
+            tree_epsilon_after_rounds(1.0, 3, 0, 1e-5),
+            Err(E::ZeroRounds)
+        );
+        assert_eq!(
+            tree_noise_multiplier(-1.0, 3, 1, 1e-5),
+            Err(E::TargetEpsilon(-1.0))
+        );
+        assert_eq!(tree_noise_multiplier(1.0, 3, 0, 1e-5), Err(E::ZeroEpochs));
+        assert_eq!(
+            tree_noise_multiplier(1e-9, 64, 1000, 1e-5),
+            Err(E::Unreachable {
+                max_z: 1e6,
+                target_epsilon: 1e-9
+            })
+        );
+        assert_eq!(tree_max_rounds(1.0, 0, 1.0, 1e-5), Err(E::ZeroSteps));
+        assert!(matches!(
+            tree_max_rounds(f64::NAN, 3, 1.0, 1e-5),
+            Err(E::NonFinite { .. })
+        ));
+        assert_eq!(tree_max_rounds(1.0, 3, 1.0, 0.0), Err(E::Delta(0.0)));
     }
 
     #[test]

@@ -19,7 +19,10 @@
 //!   downstream of it, learns about one client.
 //! - `model-consumers`: central DP. The server sees the un-noised sum and
 //!   noises it before publishing: ε bounds what consumers of the published
-//!   model learn, and nothing about what the server learns.
+//!   model learn, and nothing about what the server learns. DP-FTRL's
+//!   tree aggregation ([`Mechanism::TreeAggregation`]) is server-added
+//!   noise too: its entries can only name this adversary (the ledger
+//!   refuses a `server` claim for them, when recording and when loading).
 //!
 //! The cumulative ε after a round ([`LedgerEntry::epsilon_spent`]) holds
 //! against the weakest adversary of the entries so far
@@ -53,10 +56,20 @@
 //!     { "event": "round-charge", "round": 3, "adversary": "model-consumers",
 //!       "neighbouring": "zero-out-one",
 //!       "mechanism": { "kind": "gaussian", "noise_multiplier": 1.1, "sampling_rate": 1.0 },
-//!       "epsilon_spent": 2.5, "migrated_from": 1 }
+//!       "epsilon_spent": 2.5, "migrated_from": 1 },
+//!     { "event": "round-charge", "round": 4, "adversary": "model-consumers",
+//!       "neighbouring": "zero-out-one",
+//!       "mechanism": { "kind": "tree-aggregation", "sigma": 9000.0,
+//!                      "l2_sensitivity": 6000.0, "step": 1 },
+//!       "epsilon_spent": 3.1 }
 //!   ]
 //! }
 //! ```
+//!
+//! The `tree-aggregation` kind (DP-FTRL, one entry per step of its tree)
+//! was added without a new layout version: every ledger written before it
+//! reads unchanged, and a build that predates it refuses a file holding
+//! one (unknown `kind`) rather than misread it, as for `changes` below.
 //!
 //! `event` is the kind of entry: every entry is a `round-charge` (a
 //! published round's release). Changes of the job's terms go in an
@@ -113,6 +126,7 @@ use thiserror::Error;
 
 use super::accountant::{
     DEFAULT_ORDERS, discrete_gaussian_rho, rdp_subsampled_gaussian, rdp_to_epsilon, skellam_rdp,
+    tree_depth,
 };
 
 /// The JSON layout version this code writes (it also reads, and migrates,
@@ -152,7 +166,9 @@ pub enum Neighbouring {
     /// add is accounted exactly: under add/remove-one the removed client's
     /// noise would go too, and the two sums would differ in variance, not
     /// only in mean. Server-added noise (central DP) has the same
-    /// sensitivity under either relation.
+    /// sensitivity under either relation. It is `dp-accounting`'s
+    /// `REPLACE_SPECIAL`, the relation its DP-FTRL tree-aggregation
+    /// accountant (and our reference table for it) uses as is.
     ZeroOutOne,
 }
 
@@ -208,7 +224,8 @@ pub struct LedgerChange {
 
 /// The DP mechanism used in one published round, with the parameters the
 /// accountant needs. Serialised internally tagged by `"kind"`
-/// (`"gaussian"`, `"discrete-gaussian"`, `"skellam"`).
+/// (`"gaussian"`, `"discrete-gaussian"`, `"skellam"`,
+/// `"tree-aggregation"`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Mechanism {
@@ -236,6 +253,38 @@ pub enum Mechanism {
         /// L2 sensitivity of one client's integer vector.
         l2: f64,
     },
+    /// DP-FTRL tree aggregation (Kairouz et al. 2021), one round: the
+    /// server adds noise to the nodes of a binary tree over the rounds of
+    /// an epoch and releases prefix sums built from the completed nodes.
+    /// The round's RDP is `α Δ² (d(step) − d(step − 1)) / (2σ²)` with
+    /// `d(r) = ceil(log2(r + 1))` ([`tree_depth`]): the released nodes that
+    /// contain a leaf number one per level whose span `2^k` is at most the
+    /// steps run, so after `r` steps a leaf lies in at most `d(r)` of them,
+    /// and `d(step) − d(step − 1)` (1 when `step` is a power of two, else
+    /// 0) is what this step adds to that bound. Summed over a tree's steps
+    /// `1..=S` this is exactly `dp-accounting`'s
+    /// `SingleEpochTreeAggregationDpEvent` at noise multiplier `σ/Δ`, so the
+    /// ledger charges the tree as it releases it, never behind it. Sound
+    /// only if each client is in at most one step per tree (the server's
+    /// cohort sampler enforces that) and the ledger holds every step of the
+    /// tree in order with the same `σ` and `Δ`: the ledger refuses a step
+    /// that does not follow its predecessor (a skipped step would release
+    /// nodes it never charged) and a change of `σ` or `Δ` inside a tree
+    /// (the charge assumes every node has the same noise); a new tree
+    /// starts at step 1. The noise is the server's, so the ε holds against
+    /// `model-consumers` only: the ledger refuses a `server` claim.
+    /// Neighbouring: zero-out-one, dp-accounting's `REPLACE_SPECIAL`, the
+    /// relation of the reference accountant itself, so no conversion
+    /// factor applies: replacing one client's update by zero changes each
+    /// node containing its leaf by at most `Δ` and no other node.
+    TreeAggregation {
+        /// Std of each tree node's noise, in the released integer sum.
+        sigma: f64,
+        /// L2 sensitivity of one client's integer contribution (rounding included).
+        l2_sensitivity: f64,
+        /// This round's step within its tree, from 1.
+        step: u64,
+    },
 }
 
 impl Mechanism {
@@ -245,6 +294,17 @@ impl Mechanism {
             Self::Gaussian { .. } => "gaussian",
             Self::DiscreteGaussian { .. } => "discrete-gaussian",
             Self::Skellam { .. } => "skellam",
+            Self::TreeAggregation { .. } => "tree-aggregation",
+        }
+    }
+
+    /// The only adversary this mechanism's ε can hold against, if it is
+    /// fixed by the mechanism: tree aggregation's noise is added by the
+    /// server, which sees the un-noised sums.
+    fn forced_adversary(&self) -> Option<Adversary> {
+        match self {
+            Self::TreeAggregation { .. } => Some(Adversary::ModelConsumers),
+            Self::Gaussian { .. } | Self::DiscreteGaussian { .. } | Self::Skellam { .. } => None,
         }
     }
 
@@ -260,6 +320,14 @@ impl Mechanism {
                 l2_sensitivity,
             } => discrete_gaussian_rho(sigma, l2_sensitivity) * order,
             Self::Skellam { mu, l1, l2 } => skellam_rdp(mu, l1, l2, order),
+            Self::TreeAggregation {
+                sigma,
+                l2_sensitivity,
+                step,
+            } => {
+                let released = tree_depth(step) - tree_depth(step.saturating_sub(1));
+                order * l2_sensitivity * l2_sensitivity * released as f64 / (2.0 * sigma * sigma)
+            }
         }
     }
 
@@ -297,6 +365,21 @@ impl Mechanism {
                 positive("mu", mu)?;
                 positive("l1", l1)?;
                 positive("l2", l2)
+            }
+            Self::TreeAggregation {
+                sigma,
+                l2_sensitivity,
+                step,
+            } => {
+                positive("sigma", sigma)?;
+                positive("l2_sensitivity", l2_sensitivity)?;
+                if step == 0 {
+                    return Err(LedgerError::InvalidMechanism {
+                        name: "step",
+                        value: 0.0,
+                    });
+                }
+                Ok(())
             }
         }
     }
@@ -370,6 +453,33 @@ pub enum LedgerError {
     BadChange {
         /// Its position in `changes`.
         index: usize,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// The entry claimed an adversary its mechanism cannot hold against
+    /// (a tree-aggregation round claiming `server`: the server added the
+    /// noise, so it saw the sums without it).
+    #[error(
+        "round {round}: a {mechanism} round's epsilon holds against {holds} only (the server adds its noise), not against {claimed}"
+    )]
+    WrongAdversary {
+        /// The round.
+        round: u64,
+        /// The mechanism's `kind`.
+        mechanism: &'static str,
+        /// The adversary claimed.
+        claimed: &'static str,
+        /// The only adversary the mechanism's ε holds against.
+        holds: &'static str,
+    },
+    /// A tree-aggregation step that does not continue its tree in the
+    /// ledger (see [`Mechanism::TreeAggregation`]).
+    #[error("round {round}: tree-aggregation step {step}: {problem}")]
+    TreeStep {
+        /// The round.
+        round: u64,
+        /// The step offered.
+        step: u64,
         /// What is wrong.
         problem: &'static str,
     },
@@ -495,9 +605,15 @@ impl PrivacyLedger {
 
     /// Whether one more round of `next` keeps the total within budget: the
     /// question a server asks before starting a round, so a job stops
-    /// before it would pass its budget. Invalid parameters answer `false`.
+    /// before it would pass its budget. Invalid parameters, and a
+    /// tree-aggregation step that would not continue its tree, answer
+    /// `false`.
     pub fn can_spend(&self, next: &Mechanism) -> bool {
-        if next.validate().is_err() {
+        if next.validate().is_err()
+            || self
+                .check_tree_step(self.last_round().saturating_add(1), next)
+                .is_err()
+        {
             return false;
         }
         let rdp = self.composed_with(next);
@@ -619,9 +735,80 @@ impl PrivacyLedger {
         }
     }
 
+    /// A tree-aggregation step must continue its tree: step 1 starts one;
+    /// step `n > 1` must directly follow the same tree's step `n − 1`
+    /// (same σ and Δ) in the ledger. Other mechanisms pass.
+    fn check_tree_step(&self, round: u64, mechanism: &Mechanism) -> Result<(), LedgerError> {
+        let Mechanism::TreeAggregation {
+            sigma,
+            l2_sensitivity,
+            step,
+        } = *mechanism
+        else {
+            return Ok(());
+        };
+        if step <= 1 {
+            return Ok(());
+        }
+        let bad = |problem| LedgerError::TreeStep {
+            round,
+            step,
+            problem,
+        };
+        match self.entries.last().map(|e| e.mechanism) {
+            Some(Mechanism::TreeAggregation {
+                sigma: prev_sigma,
+                l2_sensitivity: prev_l2,
+                step: prev,
+            }) if prev == step - 1 => {
+                if prev_sigma == sigma && prev_l2 == l2_sensitivity {
+                    Ok(())
+                } else {
+                    Err(bad(
+                        "sigma and l2_sensitivity must stay the same within a tree (a change starts a new tree at step 1)",
+                    ))
+                }
+            }
+            _ => Err(bad(
+                "does not follow the same tree's previous step in the ledger (a skipped step would release tree nodes it never charged); a new tree starts at step 1",
+            )),
+        }
+    }
+
+    /// Refuses an entry whose mechanism fixes another adversary.
+    fn check_adversary(
+        round: u64,
+        mechanism: &Mechanism,
+        adversary: Adversary,
+    ) -> Result<(), LedgerError> {
+        match mechanism.forced_adversary() {
+            Some(holds) if holds != adversary => Err(LedgerError::WrongAdversary {
+                round,
+                mechanism: mechanism.name(),
+                claimed: adversary.name(),
+                holds: holds.name(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Everything an entry must satisfy to be appended (when recorded and
+    /// when read back from a file).
+    fn check_entry(
+        &self,
+        round: u64,
+        mechanism: &Mechanism,
+        adversary: Adversary,
+    ) -> Result<(), LedgerError> {
+        mechanism.validate()?;
+        self.check_next_round(round)?;
+        Self::check_adversary(round, mechanism, adversary)?;
+        self.check_tree_step(round, mechanism)
+    }
+
     /// Records a published round's charge and returns its entry (with the
     /// cumulative ε), stating whom this round's ε holds against
-    /// (neighbouring: add or remove one client). The round is recorded even
+    /// (neighbouring: zero-out-one, see [`Neighbouring`]). The round is recorded even
     /// if it passes the budget: the release has happened and the ledger
     /// must say so; use [`can_spend`](Self::can_spend) beforehand to avoid
     /// that.
@@ -631,8 +818,7 @@ impl PrivacyLedger {
         mechanism: Mechanism,
         adversary: Adversary,
     ) -> Result<LedgerEntry, LedgerError> {
-        mechanism.validate()?;
-        self.check_next_round(round)?;
+        self.check_entry(round, &mechanism, adversary)?;
         let rdp = self.composed_with(&mechanism);
         let (epsilon_spent, _) = rdp_to_epsilon(DEFAULT_ORDERS, &rdp, self.delta);
         let entry = LedgerEntry {
@@ -720,6 +906,9 @@ impl EntryJson {
                     Mechanism::Gaussian { .. } => Adversary::ModelConsumers,
                     Mechanism::DiscreteGaussian { .. } | Mechanism::Skellam { .. } => {
                         Adversary::Server
+                    }
+                    Mechanism::TreeAggregation { .. } => {
+                        return Err(bad("a version 1 ledger has no tree-aggregation entries"));
                     }
                 };
                 Ok(LedgerEntry {
@@ -832,8 +1021,7 @@ impl TryFrom<LedgerJson> for PrivacyLedger {
         let mut ledger = PrivacyLedger::new(j.budget_epsilon, j.delta)?;
         for e in j.entries {
             let e = e.into_entry(j.version)?;
-            e.mechanism.validate()?;
-            ledger.check_next_round(e.round)?;
+            ledger.check_entry(e.round, &e.mechanism, e.adversary)?;
             ledger.rdp = ledger.composed_with(&e.mechanism);
             ledger.entries.push(e);
         }
@@ -1497,6 +1685,258 @@ mod tests {
         );
         let err = serde_json::from_str::<PrivacyLedger>(&twice).unwrap_err();
         assert!(err.to_string().contains("sealed once"), "{err}");
+    }
+
+    /// The reference rows of `dp_ftrl_reference.csv`: (z, S, E, delta, ε).
+    fn ftrl_reference() -> Vec<(f64, u64, u64, f64, f64)> {
+        let path = format!(
+            "{}/tests/data/dp_ftrl_reference.csv",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rows: Vec<_> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with("noise_multiplier"))
+            .map(|l| {
+                let v: Vec<f64> = l.split(',').map(|x| x.parse().unwrap()).collect();
+                (v[0], v[1] as u64, v[2] as u64, v[3], v[4])
+            })
+            .collect();
+        assert_eq!(rows.len(), 36, "{path}");
+        rows
+    }
+
+    fn tree(sigma: f64, l2_sensitivity: f64, step: u64) -> Mechanism {
+        Mechanism::TreeAggregation {
+            sigma,
+            l2_sensitivity,
+            step,
+        }
+    }
+
+    /// Records `rounds` tree steps, restarting the tree every `s` steps.
+    fn record_tree(l: &mut PrivacyLedger, from_round: u64, rounds: u64, s: u64, m: (f64, f64)) {
+        for t in 0..rounds {
+            let step = (from_round - 1 + t) % s + 1;
+            l.record(
+                from_round + t,
+                tree(m.0, m.1, step),
+                Adversary::ModelConsumers,
+            )
+            .unwrap();
+        }
+    }
+
+    /// E full epochs of per-step entries compose to dp-accounting's
+    /// SelfComposedDpEvent(SingleEpochTreeAggregationDpEvent(z, S), E), for
+    /// every row of the reference, with σ = z Δ at a Δ that is not 1.
+    #[test]
+    fn a_full_epoch_of_tree_entries_charges_the_reference() {
+        let l2 = 6553.7;
+        for (z, s, e, delta, want) in ftrl_reference() {
+            let mut l = PrivacyLedger::new(1e6, delta).unwrap();
+            record_tree(&mut l, 1, s * e, s, (z * l2, l2));
+            let rel = ((l.spent() - want) / want).abs();
+            assert!(
+                rel < 1e-6,
+                "z={z} S={s} E={e} delta={delta}: ledger {}, reference {want}",
+                l.spent()
+            );
+            assert_eq!(l.holds_against(), Some(Adversary::ModelConsumers));
+        }
+    }
+
+    /// After any number of steps, including a partial last tree, the
+    /// ledger's total is the accountant's tree epsilon after that many
+    /// rounds: it charges the tree as the tree releases nodes.
+    #[test]
+    fn partial_epochs_are_charged_as_the_tree_releases_them() {
+        let (z, s, delta) = (1.5, 15, 1e-5);
+        let mut l = PrivacyLedger::new(1e6, delta).unwrap();
+        let mut spent = Vec::new();
+        for r in 1..=40u64 {
+            let step = (r - 1) % s + 1;
+            let e = l
+                .record(r, tree(z, 1.0, step), Adversary::ModelConsumers)
+                .unwrap();
+            let want = crate::accountant::tree_epsilon_after_rounds(z, s, r, delta)
+                .unwrap()
+                .epsilon;
+            assert!(
+                (e.epsilon_spent - want).abs() <= 1e-12 * want,
+                "round {r}: {} vs {want}",
+                e.epsilon_spent
+            );
+            spent.push(e.epsilon_spent);
+        }
+        // Only steps 1, 2, 4, 8 of each tree complete a new level.
+        let charged: Vec<u64> = (2..=40u64)
+            .filter(|&r| spent[r as usize - 1] > spent[r as usize - 2])
+            .collect();
+        assert_eq!(charged, [2, 4, 8, 16, 17, 19, 23, 31, 32, 34, 38]);
+    }
+
+    /// A restart reads the ledger back from its JSON mid-tree: the totals
+    /// and the RDP curve are kept, the tree continues where it was, and the
+    /// result equals an uninterrupted ledger's.
+    #[test]
+    fn a_reloaded_ledger_keeps_the_tree_totals_and_continues_it() {
+        let m = (4.0 * 17.0, 17.0);
+        let mut whole = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        record_tree(&mut whole, 1, 26, 16, m);
+        let mut first = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        record_tree(&mut first, 1, 21, 16, m);
+        let json = serde_json::to_string(&first).unwrap();
+        assert!(json.contains(r#""kind":"tree-aggregation""#), "{json}");
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["version"], 2);
+        let mech = &value["entries"][20]["mechanism"];
+        assert_eq!(
+            mech.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["kind", "l2_sensitivity", "sigma", "step"]
+        );
+        assert_eq!(mech["step"], 5);
+        let mut reloaded: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(reloaded, first);
+        assert_eq!(reloaded.rdp(), first.rdp());
+        assert_eq!(reloaded.spent(), first.spent());
+        record_tree(&mut reloaded, 22, 5, 16, m);
+        assert_eq!(reloaded.spent(), whole.spent());
+        assert_eq!(reloaded.rdp(), whole.rdp());
+        assert_eq!(
+            serde_json::to_string(&reloaded).unwrap(),
+            serde_json::to_string(&whole).unwrap()
+        );
+    }
+
+    /// A tree-aggregation entry claiming `server` is refused when recorded
+    /// and when read from a file: the server added the noise, so the ε
+    /// says nothing about what the server learnt.
+    #[test]
+    fn a_tree_entry_cannot_claim_to_hold_against_the_server() {
+        let mut l = PrivacyLedger::new(10.0, 1e-5).unwrap();
+        let before = l.clone();
+        let err = l
+            .record(1, tree(3.0, 1.0, 1), Adversary::Server)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            LedgerError::WrongAdversary {
+                round: 1,
+                mechanism: "tree-aggregation",
+                claimed: "server",
+                holds: "model-consumers"
+            }
+        );
+        assert!(
+            err.to_string()
+                .contains("holds against model-consumers only"),
+            "{err}"
+        );
+        assert_eq!(l, before, "a refused record changes nothing");
+        // A file edited to claim `server` for a tree round.
+        l.record(1, tree(3.0, 1.0, 1), Adversary::ModelConsumers)
+            .unwrap();
+        let json = serde_json::to_string(&l).unwrap();
+        let edited = json.replacen(
+            r#""adversary":"model-consumers""#,
+            r#""adversary":"server""#,
+            1,
+        );
+        assert_ne!(edited, json);
+        let err = serde_json::from_str::<PrivacyLedger>(&edited).unwrap_err();
+        assert!(err.to_string().contains("not against server"), "{err}");
+        // The other mechanisms' adversary is the caller's to state.
+        l.record(
+            2,
+            Mechanism::DiscreteGaussian {
+                sigma: 3.0,
+                l2_sensitivity: 1.0,
+            },
+            Adversary::Server,
+        )
+        .unwrap();
+    }
+
+    /// A server that skips charging a tree step (or changes the noise
+    /// inside a tree) would release nodes the ledger never charged: the
+    /// ledger refuses it, when recording, in `can_spend` and on load.
+    #[test]
+    fn a_tree_step_must_continue_its_tree() {
+        let mut l = PrivacyLedger::new(100.0, 1e-5).unwrap();
+        l.record(1, tree(3.0, 1.0, 1), Adversary::ModelConsumers)
+            .unwrap();
+        // Step 3 after step 1 (step 2 uncharged): it would charge 0 while
+        // the released node [1, 2] holds leaf 1 a second time.
+        let before = l.clone();
+        assert!(!l.can_spend(&tree(3.0, 1.0, 3)));
+        let err = l
+            .record(2, tree(3.0, 1.0, 3), Adversary::ModelConsumers)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LedgerError::TreeStep {
+                    round: 2,
+                    step: 3,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("skipped step"), "{err}");
+        // Less noise inside the tree.
+        assert!(!l.can_spend(&tree(2.0, 1.0, 2)));
+        let err = l
+            .record(2, tree(2.0, 1.0, 2), Adversary::ModelConsumers)
+            .unwrap_err();
+        assert!(err.to_string().contains("same within a tree"), "{err}");
+        assert!(
+            l.record(2, tree(3.0, 2.0, 2), Adversary::ModelConsumers)
+                .is_err()
+        );
+        assert_eq!(l, before, "refused records change nothing");
+        // A step after another mechanism's round, or a first entry at step 2.
+        let mut other = sample_ledger();
+        assert!(
+            other
+                .record(6, tree(3.0, 1.0, 2), Adversary::ModelConsumers)
+                .is_err()
+        );
+        assert!(
+            PrivacyLedger::new(10.0, 1e-5)
+                .unwrap()
+                .record(1, tree(3.0, 1.0, 2), Adversary::ModelConsumers)
+                .is_err()
+        );
+        // Step 0 is not a step; step 1 always starts a new tree.
+        assert!(matches!(
+            l.record(2, tree(3.0, 1.0, 0), Adversary::ModelConsumers),
+            Err(LedgerError::InvalidMechanism { name: "step", .. })
+        ));
+        assert!(l.can_spend(&tree(5.0, 1.0, 1)));
+        l.record(2, tree(3.0, 1.0, 2), Adversary::ModelConsumers)
+            .unwrap();
+        l.record(3, tree(5.0, 1.0, 1), Adversary::ModelConsumers)
+            .unwrap();
+        // A file whose steps were edited to skip one is refused on load.
+        let json = serde_json::to_string(&l).unwrap();
+        let edited = json.replacen(r#""step":2"#, r#""step":3"#, 1);
+        assert_ne!(edited, json);
+        let err = serde_json::from_str::<PrivacyLedger>(&edited).unwrap_err();
+        assert!(err.to_string().contains("tree-aggregation step 3"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_ledger_cannot_hold_a_tree_entry() {
+        let v1 = V1.replacen(
+            r#"{ "kind": "skellam", "mu": 400.0, "l1": 30.0, "l2": 1.0 }"#,
+            r#"{ "kind": "tree-aggregation", "sigma": 3.0, "l2_sensitivity": 1.0, "step": 1 }"#,
+            1,
+        );
+        assert_ne!(v1, V1);
+        let err = serde_json::from_str::<PrivacyLedger>(&v1).unwrap_err();
+        assert!(err.to_string().contains("no tree-aggregation"), "{err}");
     }
 
     /// A version 1 file (as written before the schema had adversaries),

@@ -1,7 +1,7 @@
 //! Attacks on the ledger's recorded changes of budget and delta: a
 //! recompute never states a smaller epsilon than the accountant gives at
-//! the new delta for the stored mechanisms (central and distributed,
-//! mixed), and a `changes` list that does not chain, or does not end at
+//! the new delta for the stored mechanisms (central, distributed and
+//! DP-FTRL tree steps, mixed), and a `changes` list that does not chain, or does not end at
 //! the file's terms, is refused on read. (A whole change deleted, with
 //! the chain still closing, is not detectable without authenticating the
 //! file: out of scope until the ledger is MAC'd.)
@@ -9,7 +9,7 @@
 use serde_json::{Value, json};
 use tessera_dp::accountant::{
     DEFAULT_ORDERS, discrete_gaussian_rho, epsilon, rdp_subsampled_gaussian, rdp_to_epsilon,
-    skellam_rdp,
+    skellam_rdp, tree_depth,
 };
 use tessera_dp::ledger::{Adversary, Mechanism, PrivacyLedger};
 
@@ -27,6 +27,15 @@ const SKELLAM: Mechanism = Mechanism::Skellam {
     l2: 12.0,
 };
 
+/// Step `step` of a DP-FTRL tree.
+const fn tree(step: u64) -> Mechanism {
+    Mechanism::TreeAggregation {
+        sigma: 30.0,
+        l2_sensitivity: 12.0,
+        step,
+    }
+}
+
 /// One round's RDP at `order`, straight from the accountant.
 fn rdp(m: &Mechanism, order: f64) -> f64 {
     match *m {
@@ -39,6 +48,16 @@ fn rdp(m: &Mechanism, order: f64) -> f64 {
             l2_sensitivity,
         } => discrete_gaussian_rho(sigma, l2_sensitivity) * order,
         Mechanism::Skellam { mu, l1, l2 } => skellam_rdp(mu, l1, l2, order),
+        // The Gaussian at noise multiplier σ/Δ, once per level the step
+        // completes.
+        Mechanism::TreeAggregation {
+            sigma,
+            l2_sensitivity,
+            step,
+        } => {
+            let levels = tree_depth(step) - tree_depth(step - 1);
+            discrete_gaussian_rho(sigma, l2_sensitivity) * order * levels as f64
+        }
     }
 }
 
@@ -55,7 +74,9 @@ fn ledger_of(mechanisms: &[Mechanism], delta: f64) -> PrivacyLedger {
     let mut l = PrivacyLedger::new(50.0, delta).unwrap();
     for (r, m) in (1..).zip(mechanisms) {
         let adversary = match m {
-            Mechanism::Gaussian { .. } => Adversary::ModelConsumers,
+            Mechanism::Gaussian { .. } | Mechanism::TreeAggregation { .. } => {
+                Adversary::ModelConsumers
+            }
             _ => Adversary::Server,
         };
         l.record(r, *m, adversary).unwrap();
@@ -65,11 +86,20 @@ fn ledger_of(mechanisms: &[Mechanism], delta: f64) -> PrivacyLedger {
 
 #[test]
 fn a_recompute_never_states_less_than_the_accountant_at_the_new_delta() {
-    let runs: [&[Mechanism]; 4] = [
+    let runs: [&[Mechanism]; 5] = [
         &[GAUSSIAN; 5],
         &[DISCRETE, DISCRETE, DISCRETE],
         &[SKELLAM, SKELLAM],
         &[GAUSSIAN, DISCRETE, SKELLAM, GAUSSIAN, DISCRETE, SKELLAM],
+        &[
+            DISCRETE,
+            tree(1),
+            tree(2),
+            tree(3),
+            tree(4),
+            tree(1),
+            GAUSSIAN,
+        ],
     ];
     for mechanisms in runs {
         for (from, to) in [(1e-5, 1e-3), (1e-3, 1e-9), (1e-6, 0.5)] {

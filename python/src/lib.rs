@@ -33,6 +33,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(privacy::epsilon, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::noise, m)?)?;
     m.add_function(wrap_pyfunction!(privacy::rounds, m)?)?;
+    m.add_function(wrap_pyfunction!(privacy::tree_epsilon, m)?)?;
+    m.add_function(wrap_pyfunction!(privacy::tree_noise, m)?)?;
+    m.add_function(wrap_pyfunction!(privacy::tree_rounds, m)?)?;
     m.add_function(wrap_pyfunction!(server::write_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::simulate, m)?)?;
     m.add_function(wrap_pyfunction!(simulate::simulate_defaults, m)?)?;

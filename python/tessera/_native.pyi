@@ -82,6 +82,15 @@ def noise(*, target_epsilon: float, sampling_rate: float, rounds: int, delta: fl
 def rounds(*, noise_multiplier: float, sampling_rate: float, target_epsilon: float, delta: float) -> int:
     """How many rounds fit within ``target_epsilon``."""
 
+def tree_epsilon(*, noise_multiplier: float, steps_per_epoch: int, epochs: int, delta: float) -> Tuple[float, float]:
+    """DP-FTRL: epsilon and the optimal Rényi order after ``epochs`` trees."""
+
+def tree_noise(*, target_epsilon: float, steps_per_epoch: int, epochs: int, delta: float) -> float:
+    """DP-FTRL: the smallest noise multiplier within ``target_epsilon``."""
+
+def tree_rounds(*, noise_multiplier: float, steps_per_epoch: int, target_epsilon: float, delta: float) -> int:
+    """DP-FTRL: how many rounds (the last tree may be partial) fit within ``target_epsilon``."""
+
 def simulate(
     *,
     clients: Optional[int] = None,
