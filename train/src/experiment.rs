@@ -74,22 +74,35 @@ pub struct Experiment {
 }
 
 impl Default for Experiment {
+    /// `tessera demo` with no flags. Chosen on the validation split
+    /// ([`Holdout::Validation`], never the test split) with distributed DP
+    /// at epsilon 8, one run each (final validation accuracy; no-DP plain
+    /// FedAvg in brackets), 2026-12-02:
+    /// - 20 clients, 30 rounds, clip 0.5, no momentum (the old default):
+    ///   0.64-0.77 test accuracy in five runs, against 0.908 without DP;
+    ///   the noise of a 20-client average outweighs the clip norm.
+    /// - 400 clients, 20 rounds, momentum 0.9, clip 1, local lr 0.1: 0.892
+    ///   (0.902); clip 2: 0.812 (0.906); local lr 0.3: **0.909** (0.906);
+    ///   lr 0.3 with 3 local epochs: 0.906 (0.913); 600 clients, 3 epochs:
+    ///   0.909 (0.909), slower.
+    ///
+    /// Many clients shrink the noise of the average as 1/n, server momentum
+    /// averages it over rounds, and a clip of 1 keeps most of each update.
     fn default() -> Self {
         Experiment {
-            clients: 20,
-            rounds: 30,
+            clients: 400,
+            rounds: 20,
             dropout: 0.1,
             model: ModelKind::Mlp { hidden: 32 },
             dataset: DatasetChoice::Digits,
             partitioning: Partitioning::Dirichlet { alpha: 0.5 },
-            local: LocalTraining::default(),
-            // Every update is clipped at this norm, so the clip sets the
-            // step and the noise together; with the demo's DP, 0.5 did
-            // better than 1.0 or 2.0 (hidden 16: final accuracy 0.61-0.69
-            // in three runs at 0.5, 0.32-0.51 at 1.0, 0.40 at 2.0).
-            clip_norm: 0.5,
+            local: LocalTraining {
+                lr: 0.3,
+                ..LocalTraining::default()
+            },
+            clip_norm: 1.0,
             server_lr: 1.0,
-            server_momentum: None,
+            server_momentum: Some(0.9),
             seed: 1,
             holdout: Holdout::Test,
         }

@@ -31,7 +31,7 @@ pub(crate) const LONG_ABOUT: &str = "Starts a Tessera server on 127.0.0.1 (a ran
     plain FedAvg of the updates the survivors sent. --baseline runs the same training without \
     the server: plain FedAvg (no masking, no DP) or one centrally trained model.";
 pub(crate) const EXAMPLES: &str = "Examples:\n  \
-    tessera demo                                  # 20 clients, 30 rounds, 10% dropout, distributed DP at epsilon 8\n  \
+    tessera demo                                  # 400 clients, 20 rounds, 10% dropout, distributed DP at epsilon 8\n  \
     tessera demo --clients 50 --rounds 10 --dropout 0.2 --dp central\n  \
     tessera demo --dp off --iid                   # secure aggregation only\n  \
     tessera demo --baseline plain-fedavg          # the same training, no masking, no DP\n  \
@@ -76,10 +76,10 @@ pub(super) enum BaselineArg {
 #[derive(Debug, Args)]
 pub(crate) struct DemoArgs {
     /// Clients in every round.
-    #[arg(long, default_value_t = 20, value_name = "N")]
+    #[arg(long, default_value_t = 400, value_name = "N")]
     clients: usize,
     /// Rounds of FedAvg (fewer if the privacy budget runs out first).
-    #[arg(long, default_value_t = 30, value_name = "R")]
+    #[arg(long, default_value_t = 20, value_name = "R")]
     rounds: u64,
     /// Fraction of clients that drop out each round, at random stages.
     #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
@@ -130,20 +130,21 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 16, value_name = "B")]
     batch_size: usize,
     /// Local learning rate.
-    #[arg(long, default_value_t = 0.1, value_name = "LR")]
+    #[arg(long, default_value_t = 0.3, value_name = "LR")]
     lr: f64,
     /// Local optimizer.
     #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
     optimizer: OptimizerArg,
     /// L2 clip norm of each client's update.
-    #[arg(long, default_value_t = 0.5, value_name = "C")]
+    #[arg(long, default_value_t = 1.0, value_name = "C")]
     clip_norm: f32,
     /// FedAvg server learning rate.
     #[arg(long, default_value_t = 1.0, value_name = "LR")]
     server_lr: f32,
-    /// FedAvgM server momentum in [0, 1) (default: none).
-    #[arg(long, value_name = "BETA")]
-    server_momentum: Option<f32>,
+    /// FedAvgM server momentum in [0, 1); 0 is plain FedAvg. Momentum
+    /// averages the noisy rounds: chosen on the validation split.
+    #[arg(long, default_value_t = 0.9, value_name = "BETA")]
+    server_momentum: f32,
     /// Seed of the data split, initial model, local training and dropouts
     /// (the protocol's keys, masks and noise always come from the OS).
     #[arg(long, default_value_t = 1, value_name = "SEED")]
@@ -221,12 +222,38 @@ impl DemoArgs {
             },
             clip_norm: self.clip_norm,
             server_lr: self.server_lr,
-            server_momentum: self.server_momentum,
+            server_momentum: (self.server_momentum != 0.0).then_some(self.server_momentum),
             seed: self.seed,
             holdout: match self.holdout {
                 HoldoutArg::Test => Holdout::Test,
                 HoldoutArg::Validation => Holdout::Validation,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `tessera demo`'s flags alone.
+    #[derive(Debug, Parser)]
+    struct Demo {
+        #[command(flatten)]
+        args: DemoArgs,
+    }
+
+    #[test]
+    fn no_flags_is_the_documented_default_job() {
+        let parsed = Demo::try_parse_from(["demo"]).unwrap();
+        assert_eq!(parsed.args.config(), DemoConfig::default());
+    }
+
+    #[test]
+    fn a_zero_momentum_is_plain_fedavg() {
+        let parsed = Demo::try_parse_from(["demo", "--server-momentum", "0"]).unwrap();
+        assert_eq!(parsed.args.config().training.server_momentum, None);
     }
 }
