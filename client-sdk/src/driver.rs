@@ -258,6 +258,8 @@ async fn wait_for_round_start(
                 }
             }
             Some(server_frame::Frame::Lobby(lobby)) => {
+                // Still waiting, says the server: restart the call's clock.
+                crate::deadline::keep_alive();
                 tracing::debug!(
                     waiting = lobby.waiting,
                     min_clients = lobby.min_clients,
