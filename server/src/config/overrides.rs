@@ -415,8 +415,9 @@ settings! {
     insecure_dev: bool, typed,
     |c, v| c.network.insecure_dev = v;
 
-    /// Most connections open at once; one more is closed at once and
-    /// counted [default: --max-clients plus a quarter, at least 100 more].
+    /// Most connections open at once, a client waiting in the lobby holding
+    /// one; one more is closed at once and counted [default: --max-clients
+    /// plus a quarter, at least 100 more].
     #[arg(value_name = "N")]
     max_connections: Option<u32>, typed,
     |c, v| c.network.max_connections = Some(v);
