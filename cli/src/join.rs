@@ -61,7 +61,9 @@ pub(crate) struct JoinArgs {
     /// Seed for --random (default: fresh randomness).
     #[arg(long, value_name = "SEED")]
     seed: Option<u64>,
-    /// Longest wait for one round, lobby included, in seconds.
+    /// Longest wait for one round, lobby included, in seconds; each
+    /// keep-alive the server sends while the client waits in its lobby
+    /// restarts it.
     #[arg(long, default_value_t = 600, value_name = "S")]
     round_timeout: u64,
     /// Print one JSON object per round.

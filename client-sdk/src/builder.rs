@@ -319,8 +319,12 @@ impl ClientBuilder {
         self
     }
 
-    /// How long [`Client::participate`] may take in all: connecting and
-    /// retries, the lobby and the round. Default 10 minutes.
+    /// How long [`Client::participate`] may take: connecting and retries,
+    /// the lobby and the round, with the clock restarted by every
+    /// keep-alive (Lobby frame) the server sends while the client waits in
+    /// its lobby, so a long wait the server keeps alive never times out
+    /// (the server sends one every `lobby_keepalive`, 15 s by default;
+    /// keep this longer). Default 10 minutes.
     pub fn round_timeout(mut self, timeout: Duration) -> Self {
         self.round_timeout = timeout;
         self

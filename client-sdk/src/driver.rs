@@ -190,7 +190,9 @@ pub(crate) async fn participate(
     let mut inbound = grpc
         .participate(request)
         .await
-        .map_err(|status| from_status(&status, &client.url, join_phase))?
+        .map_err(|status| {
+            refused_before_answer(from_status(&status, &client.url, join_phase), &client.url)
+        })?
         .into_inner();
     let start = wait_for_round_start(client, &tx, &mut inbound, &mut bytes, join_phase).await?;
     if let Some(config) = &start.config {
@@ -212,6 +214,28 @@ pub(crate) async fn participate(
         .run(client, tx, inbound, drop_before)
         .instrument(span)
         .await
+}
+
+/// A connection the server closed before answering the Join at all (no
+/// status, no frame) is [`ClientError::Unreachable`], retried as such:
+/// nothing of a round was sent, and this is how a server at its connection
+/// cap refuses one more connection (closed at once, before TLS, so a flood
+/// of connections costs it no handshake), with the clients waiting in its
+/// lobby counted in the cap. The message says so.
+fn refused_before_answer(error: ClientError, url: &str) -> ClientError {
+    match error {
+        ClientError::ConnectionLost {
+            round_id: None,
+            message,
+        } => ClientError::Unreachable {
+            url: url.to_owned(),
+            attempts: 1,
+            message: format!(
+                "the server closed the connection before answering (a server at its connection cap, max_connections, refuses new connections so; they are retried): {message}"
+            ),
+        },
+        other => other,
+    }
 }
 
 /// The `Join` frame: protocol version, update length and, with an identity,
@@ -258,6 +282,8 @@ async fn wait_for_round_start(
                 }
             }
             Some(server_frame::Frame::Lobby(lobby)) => {
+                // Still waiting, says the server: restart the call's clock.
+                crate::deadline::keep_alive();
                 tracing::debug!(
                     waiting = lobby.waiting,
                     min_clients = lobby.min_clients,

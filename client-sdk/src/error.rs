@@ -189,8 +189,12 @@ pub enum ClientError {
         /// The stage the client was waiting in.
         stage: &'static str,
     },
-    /// No round ended within the builder's `round_timeout` (lobby included).
-    #[error("no round ended within {after:?}")]
+    /// No round ended within the builder's `round_timeout` (lobby
+    /// included) of the call's start or of the server's last lobby
+    /// keep-alive.
+    #[error(
+        "no round ended within {after:?} (with no lobby keep-alive from the server in that time)"
+    )]
     RoundTimeout {
         /// The limit that passed.
         after: Duration,

@@ -62,6 +62,7 @@ pub mod blocking;
 mod builder;
 #[cfg(feature = "burn")]
 pub mod burn;
+mod deadline;
 mod driver;
 mod error;
 mod model;
@@ -158,8 +159,11 @@ impl Client {
     /// unbiased); [`RoundOutcome::clipped`] and [`RoundOutcome::update_norm`]
     /// say what clipping did. Connection failures before the round starts
     /// are retried per [`ClientBuilder::retry`]; nothing is retried once a
-    /// round has started. The whole call is bounded by
-    /// [`ClientBuilder::round_timeout`].
+    /// round has started. The call is bounded by
+    /// [`ClientBuilder::round_timeout`], restarted by every keep-alive the
+    /// server sends while the client waits in its lobby: a client the
+    /// server's cohort sampling leaves waiting for several rounds does not
+    /// time out while the server keeps it alive.
     ///
     /// An update the protocol cannot carry is refused before any connection:
     ///
@@ -245,7 +249,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(inner.round_timeout, attempts)
+        deadline::bounded(inner.round_timeout, attempts)
             .await
             .unwrap_or(Err(ClientError::RoundTimeout {
                 after: inner.round_timeout,

@@ -169,7 +169,8 @@ class Client:
             server (a local experiment).
         policy: the rounds this client accepts (default :class:`Policy`).
         round_timeout: seconds a ``participate`` call may take, lobby
-            included (default 600).
+            included, restarted by each keep-alive the server sends while
+            the client waits in its lobby (default 600).
 
     Raises:
         InvalidInput: a bad URL, TLS file, token or policy.

@@ -93,6 +93,11 @@ pub(crate) fn invalid(field: &'static str, problem: impl Into<String>) -> Config
 /// subtracts its own), with one the sum is the input.
 pub const MIN_AGGREGATE_FLOOR: u32 = 3;
 
+/// The default [`RoundRules::lobby_keepalive`]: well inside the idle
+/// timeouts of common proxies and NAT (30 to 60 s and more) and of the
+/// SDK's default round timeout, which each keep-alive restarts.
+pub const DEFAULT_LOBBY_KEEPALIVE: Duration = Duration::from_secs(15);
+
 /// How the neighbour graph of each round is chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum GraphChoice {
@@ -303,6 +308,20 @@ pub struct RoundRules {
     pub clip_norm: f32,
     /// Deadline of every stage.
     pub stage_timeout: Duration,
+    /// Each round's cohort is this many clients sampled uniformly from
+    /// those waiting (all of them while fewer wait); `min_clients <=
+    /// cohort_size <= max_clients`. Not with `cohort_fraction`.
+    pub cohort_size: Option<u32>,
+    /// Each round's cohort is this fraction of the clients waiting, in
+    /// (0, 1], rounded up, raised to `min_clients` and capped at
+    /// `max_clients`, sampled uniformly. Not with `cohort_size`. With
+    /// neither, a round takes every waiting client up to `max_clients`
+    /// (sampled when more wait).
+    pub cohort_fraction: Option<f64>,
+    /// How often a client waiting in the lobby is sent a Lobby frame, so
+    /// that it, and the proxies and NAT between, keep the stream open
+    /// while rounds run without it.
+    pub lobby_keepalive: Duration,
 }
 
 /// Differential privacy: which mechanism, how much noise, and the budget.
@@ -394,6 +413,9 @@ impl Default for RoundRules {
             frac_bits: 16,
             clip_norm: 1.0,
             stage_timeout: Duration::from_secs(30),
+            cohort_size: None,
+            cohort_fraction: None,
+            lobby_keepalive: DEFAULT_LOBBY_KEEPALIVE,
         }
     }
 }
@@ -520,7 +542,64 @@ impl ServerConfig {
         if !(self.round.clip_norm.is_finite() && self.round.clip_norm > 0.0) {
             return Err(invalid("clip_norm", "must be a positive number"));
         }
+        self.validate_cohort()
+    }
+
+    /// The cohort rule and the lobby's keep-alive: one rule at a time, and
+    /// one that fits `min_clients..=max_clients`.
+    fn validate_cohort(&self) -> Result<(), ConfigError> {
+        let r = &self.round;
+        if r.lobby_keepalive.is_zero() {
+            return Err(invalid("lobby_keepalive_ms", "must be positive"));
+        }
+        if let (Some(k), Some(f)) = (r.cohort_size, r.cohort_fraction) {
+            return Err(invalid(
+                "cohort_size",
+                format!(
+                    "cohort_size {k} and cohort_fraction {f} were both given: a cohort is a fixed size or a fraction of the clients waiting, give one"
+                ),
+            ));
+        }
+        if let Some(k) = r.cohort_size {
+            if k < r.min_clients {
+                return Err(invalid(
+                    "cohort_size",
+                    format!(
+                        "{k} is below min_clients {}: no round could open with it; raise cohort_size or lower min_clients",
+                        r.min_clients
+                    ),
+                ));
+            }
+            if k > r.max_clients {
+                return Err(invalid(
+                    "cohort_size",
+                    format!(
+                        "{k} is above max_clients {}, the most clients a round takes; lower cohort_size or raise max_clients",
+                        r.max_clients
+                    ),
+                ));
+            }
+        }
+        if let Some(f) = r.cohort_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(invalid(
+                "cohort_fraction",
+                format!("{f} is not a fraction in (0, 1]"),
+            ));
+        }
         Ok(())
+    }
+
+    /// How many of the waiting clients a round takes
+    /// ([`RoundRules::cohort_size`], [`RoundRules::cohort_fraction`]).
+    pub(crate) fn cohort_rule(&self) -> crate::cohort::CohortRule {
+        use crate::cohort::CohortRule;
+        match (self.round.cohort_size, self.round.cohort_fraction) {
+            (Some(k), _) => CohortRule::Size(k),
+            (None, Some(f)) => CohortRule::Fraction(f),
+            (None, None) => CohortRule::All,
+        }
     }
 
     /// The minimum aggregate size: at least [`MIN_AGGREGATE_FLOOR`], and
@@ -864,6 +943,83 @@ min_clients = 4
         ] {
             let err = c.validate().unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    /// The cohort settings: one rule at a time, within min_clients and
+    /// max_clients, a fraction in (0, 1], a positive keep-alive; each
+    /// refusal names its setting. They come from the file, the flags'
+    /// table, like every other setting.
+    #[test]
+    fn contradictory_cohort_settings_are_refused_naming_them() {
+        use crate::cohort::CohortRule;
+        let c = ServerConfig::from_toml(
+            "min_clients = 3\nmax_clients = 10\ncohort_size = 4\nlobby_keepalive_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(c.cohort_rule(), CohortRule::Size(4));
+        assert_eq!(c.round.lobby_keepalive, Duration::from_millis(250));
+        let c = ServerConfig::from_toml("cohort_fraction = 0.5\n").unwrap();
+        assert_eq!(c.cohort_rule(), CohortRule::Fraction(0.5));
+        assert_eq!(dev().cohort_rule(), CohortRule::All);
+        assert_eq!(dev().round.lobby_keepalive, DEFAULT_LOBBY_KEEPALIVE);
+
+        let with = |size: Option<u32>, fraction: Option<f64>, keepalive_ms: u64| {
+            let mut c = dev();
+            c.round.min_clients = 3;
+            c.round.max_clients = 10;
+            c.round.cohort_size = size;
+            c.round.cohort_fraction = fraction;
+            c.round.lobby_keepalive = Duration::from_millis(keepalive_ms);
+            c.validate().map_err(|e| e.to_string())
+        };
+        for ok in [
+            with(Some(3), None, 1),
+            with(Some(10), None, 1),
+            with(None, Some(1.0), 1),
+            with(None, Some(0.01), 1),
+        ] {
+            ok.unwrap();
+        }
+        for (bad, starts, says) in [
+            (
+                with(Some(4), Some(0.5), 1),
+                "config: cohort_size: ",
+                "cohort_fraction 0.5 were both given",
+            ),
+            (
+                with(Some(2), None, 1),
+                "config: cohort_size: ",
+                "below min_clients 3",
+            ),
+            (
+                with(Some(11), None, 1),
+                "config: cohort_size: ",
+                "above max_clients 10",
+            ),
+            (
+                with(None, Some(0.0), 1),
+                "config: cohort_fraction: ",
+                "not a fraction in (0, 1]",
+            ),
+            (
+                with(None, Some(1.5), 1),
+                "config: cohort_fraction: ",
+                "not a fraction",
+            ),
+            (
+                with(None, Some(f64::NAN), 1),
+                "config: cohort_fraction: ",
+                "not a fraction",
+            ),
+            (
+                with(None, None, 0),
+                "config: lobby_keepalive_ms: ",
+                "must be positive",
+            ),
+        ] {
+            let err = bad.unwrap_err();
+            assert!(err.starts_with(starts) && err.contains(says), "{err}");
         }
     }
 }

@@ -64,6 +64,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{error, info, warn};
 
 pub mod auth;
+mod cohort;
 pub mod config;
 mod fedavg;
 pub mod files;
@@ -708,6 +709,10 @@ pub async fn start_with_disk(
     let scheduler_shared = Arc::clone(&shared);
     // A fatal error is returned by `wait`, whose caller reports it: logging
     // it here too printed it twice.
+    tokio::spawn(scheduler::keep_lobby_alive(
+        Arc::clone(&shared),
+        shutdown_rx.clone(),
+    ));
     let scheduler = tokio::spawn(scheduler::run(scheduler_shared, training, shutdown_rx));
     info!(addr = %local_addr, dim, max_connections = limits.max_connections, "serving");
     Ok(RunningServer {

@@ -7,8 +7,11 @@
 //! bounded:
 //!
 //! 1. **Cap.** At most `max_connections` connections are open at once
-//!    (both halves of a TLS connection, handshake included). One over the
-//!    cap is closed at once and counted (`reason="cap"`); a client retries.
+//!    (both halves of a TLS connection, handshake included), the clients
+//!    waiting in the lobby among them (one each, for as long as they wait).
+//!    One over the cap is closed at once, before any TLS, and counted
+//!    (`reason="cap"`); the SDK reports it as unreachable, naming the cap,
+//!    and retries.
 //! 2. **TLS handshake**, on the TLS port: it must finish within
 //!    `tls_handshake_timeout`, or the connection is closed
 //!    (`reason="tls_handshake_timeout"`).
@@ -178,8 +181,9 @@ where
                 metrics::connection_refused("cap");
                 if let Some(more) = cap_log.tick() {
                     warn!(
-                        "connection cap reached: {} connections are open, a new one was closed{} \
-                         (raise --max-connections if honest clients are refused)",
+                        "connection cap reached: {} connections are open (clients waiting in the \
+                         lobby included), a new one was closed{} (raise --max-connections if honest \
+                         clients are refused)",
                         limits.max_connections,
                         suppressed(more)
                     );

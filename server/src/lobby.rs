@@ -1,14 +1,16 @@
 //! The lobby: clients that joined and wait for the next round.
 //!
-//! A round opens once `min_clients` wait; clients that arrive while a round
-//! runs wait for the next one (one stream per client per round, so nobody is
-//! added to a round that has started). An identity may wait or take part
+//! A round opens once `min_clients` wait, with a cohort sampled uniformly
+//! from those waiting ([`crate::cohort`]); the others, and clients that
+//! arrive while a round runs, wait for a later one (one stream per client
+//! per round, so nobody is added to a round that has started), kept alive
+//! by a Lobby frame every `lobby_keepalive` ([`Lobby::keep_alive`]). An identity may wait or take part
 //! once at a time: a second stream with the same credentials is refused.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use tessera_proto::v1::{ClientFrame, ServerFrame};
+use tessera_proto::v1::{self, ClientFrame, ServerFrame, server_frame};
 use tokio::sync::{Notify, mpsc};
 use tonic::{Status, Streaming};
 
@@ -80,16 +82,54 @@ impl Lobby {
         self.changed.notified().await;
     }
 
-    /// Takes up to `max` connected clients, oldest first, for a round.
-    /// Their identities stay busy until [`Lobby::release`].
-    pub(crate) fn take(&self, max: usize) -> Vec<Participant> {
+    /// Connected clients that `eligible` admits to the next round's cohort.
+    pub(crate) fn eligible(&self, eligible: &dyn Fn(&Participant) -> bool) -> usize {
         self.waiting();
-        let mut inner = self.inner.lock().expect("lobby lock");
-        let n = inner.waiting.len().min(max);
-        inner.waiting.drain(..n).collect()
+        let inner = self.inner.lock().expect("lobby lock");
+        inner.waiting.iter().filter(|p| eligible(p)).count()
     }
 
-    /// Returns clients taken by [`Lobby::take`] when the round could not
+    /// Samples a round's cohort uniformly at random with `rng` from the
+    /// connected clients that `eligible` admits: `size(eligible waiting)`
+    /// of them ([`crate::cohort::sample_from`]). The others, and every
+    /// ineligible client, stay waiting. Returns the cohort and how many
+    /// eligible clients waited. The cohort's identities stay busy until
+    /// [`Lobby::release`].
+    pub(crate) fn sample<R: rand::Rng + ?Sized>(
+        &self,
+        size: impl FnOnce(usize) -> usize,
+        eligible: &dyn Fn(&Participant) -> bool,
+        rng: &mut R,
+    ) -> (Vec<Participant>, usize) {
+        self.waiting();
+        let mut inner = self.inner.lock().expect("lobby lock");
+        crate::cohort::sample_from(&mut inner.waiting, size, eligible, rng)
+    }
+
+    /// Sends every waiting client a Lobby frame (how many wait, and
+    /// `min_clients`): the keep-alive that tells it, the proxies and the NAT
+    /// between, that it is still waiting, so none of them time the stream
+    /// out while rounds run without it. A client whose queue is half full
+    /// is skipped: it has stopped reading, and the room is kept for its
+    /// RoundStart. Returns how many were sent one.
+    pub(crate) fn keep_alive(&self, min_clients: u32) -> usize {
+        let waiting = self.waiting();
+        let inner = self.inner.lock().expect("lobby lock");
+        let frame = ServerFrame {
+            frame: Some(server_frame::Frame::Lobby(v1::Lobby {
+                waiting: waiting as u32,
+                min_clients,
+            })),
+        };
+        inner
+            .waiting
+            .iter()
+            .filter(|p| p.tx.capacity() * 2 > p.tx.max_capacity())
+            .filter(|p| p.tx.try_send(Ok(frame.clone())).is_ok())
+            .count()
+    }
+
+    /// Returns clients taken by [`Lobby::sample`] when the round could not
     /// open after all; their identities are still busy.
     pub(crate) fn put_back(&self, participants: Vec<Participant>) {
         let mut inner = self.inner.lock().expect("lobby lock");

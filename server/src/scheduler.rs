@@ -27,7 +27,7 @@ use crate::metrics;
 use crate::model::Model;
 use crate::round::{RoundDriver, RoundEnd};
 use crate::store::{
-    AuditEvent, ModelEntry, Publication, RoundRecord, RoundStatus, Store, StoreError,
+    AuditEvent, CohortRecord, ModelEntry, Publication, RoundRecord, RoundStatus, Store, StoreError,
 };
 use crate::{ServeError, Shared};
 
@@ -86,10 +86,15 @@ pub(crate) async fn run(
             ));
             return Ok(());
         }
-        let Some(participants) = gather(&shared, &mut shutdown).await else {
+        // Who may be sampled into this round: every waiting client. A
+        // rule that bars some (DP-FTRL's once per tree) goes here; those it
+        // bars stay in the lobby.
+        let eligible = |_: &Participant| true;
+        let Some(cohort) = gather(&shared, &mut shutdown, &mut training.rng, &eligible).await
+        else {
             return Ok(());
         };
-        training = run_round(&shared, training, participants, &mut shutdown).await?;
+        training = run_round(&shared, training, cohort, &mut shutdown).await?;
         rounds_run += 1;
         if *shutdown.borrow() {
             return Ok(());
@@ -97,31 +102,56 @@ pub(crate) async fn run(
     }
 }
 
-/// Waits for `min_clients`, then up to `join_window` more for stragglers,
-/// and takes the round's participants from the lobby.
-async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option<Vec<Participant>> {
+/// A round's participants, sampled from the lobby, and how they were
+/// chosen (for the round record).
+struct Cohort {
+    participants: Vec<Participant>,
+    record: CohortRecord,
+}
+
+/// Waits for `min_clients` eligible clients, then up to `join_window` more
+/// for stragglers (until `max_clients` wait), and samples the round's
+/// cohort from them uniformly with `rng` ([`crate::cohort`]).
+async fn gather(
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+    rng: &mut StdRng,
+    eligible: &(dyn Fn(&Participant) -> bool + Sync),
+) -> Option<Cohort> {
     let config = &shared.config;
-    let min = config.round.min_clients as usize;
-    let max = config.round.max_clients as usize;
+    let min = config.round.min_clients;
+    let max = config.round.max_clients;
+    let rule = config.cohort_rule();
     loop {
         // Draining (or stopped): the round in flight has ended, open none.
         if shared.not_accepting().is_some() {
             return None;
         }
-        let waiting = shared.lobby.waiting();
-        metrics::lobby(waiting as u32);
-        if waiting >= min {
+        metrics::lobby(shared.lobby.waiting() as u32);
+        if shared.lobby.eligible(eligible) >= min as usize {
             let window = tokio::time::Instant::now() + config.round.join_window;
-            while shared.lobby.waiting() < max {
+            while shared.lobby.eligible(eligible) < max as usize {
                 tokio::select! {
                     () = shared.lobby.changed() => {}
                     () = tokio::time::sleep_until(window) => break,
                     _ = shutdown.changed() => return None,
                 }
             }
-            let participants = shared.lobby.take(max);
-            if participants.len() >= min {
-                return Some(participants);
+            let (participants, waiting) =
+                shared
+                    .lobby
+                    .sample(|waiting| rule.size(waiting, min, max), eligible, rng);
+            if participants.len() >= min as usize {
+                info!(%rule, waiting, selected = participants.len(), "cohort sampled");
+                let record = CohortRecord {
+                    rule: rule.to_string(),
+                    waiting: waiting as u32,
+                    selected: participants.len() as u32,
+                };
+                return Some(Cohort {
+                    participants,
+                    record,
+                });
             }
             // Some hung up in the window; wait for more.
             shared.lobby.put_back(participants);
@@ -136,20 +166,37 @@ async fn gather(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> Option
     }
 }
 
+/// Sends the clients waiting in the lobby a keep-alive every
+/// `lobby_keepalive` ([`crate::lobby::Lobby::keep_alive`]) until shutdown.
+pub(crate) async fn keep_lobby_alive(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let every = shared.config.round.lobby_keepalive;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                shared.lobby.keep_alive(shared.config.round.min_clients);
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task does not panic")
 }
 
-/// Opens a round for `participants`, runs it, and publishes or records
+/// Opens a round for the cohort, runs it, and publishes or records
 /// its end; the round is on disk before it opens.
 async fn run_round(
     shared: &Arc<Shared>,
     mut training: Training,
-    participants: Vec<Participant>,
+    cohort: Cohort,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Training, ServeError> {
+    let participants = cohort.participants;
     let n = participants.len() as u32;
     let round_id = shared.store.lock().expect("store lock").next_round_id();
     let started = Instant::now();
@@ -158,6 +205,7 @@ async fn run_round(
     let plan = RoundPlan::new(&shared.config, &mut training, round_id, n)?;
     let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
     let mut record = started_record(round_id, n, threshold, started_at);
+    record.cohort = Some(cohort.record);
     // The round id is on disk before any key is derived from it, so a
     // restarted server never reuses it. If it cannot be, the round does
     // not open.
@@ -340,6 +388,7 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
         model_version: None,
         started_at_unix_ms: started_at,
         seconds: 0.0,
+        cohort: None,
     }
 }
 

@@ -51,6 +51,9 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("preface_timeout_ms", "3000", "4000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
+    ("cohort_size", "6", "8"),
+    ("cohort_fraction", "0.25", "0.5"),
+    ("lobby_keepalive_ms", "1000", "2000"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

@@ -415,8 +415,9 @@ settings! {
     insecure_dev: bool, typed,
     |c, v| c.network.insecure_dev = v;
 
-    /// Most connections open at once; one more is closed at once and
-    /// counted [default: --max-clients plus a quarter, at least 100 more].
+    /// Most connections open at once, a client waiting in the lobby holding
+    /// one; one more is closed at once and counted [default: --max-clients
+    /// plus a quarter, at least 100 more].
     #[arg(value_name = "N")]
     max_connections: Option<u32>, typed,
     |c, v| c.network.max_connections = Some(v);
@@ -443,6 +444,28 @@ settings! {
     #[arg(value_name = "R")]
     rounds: Option<u64>, typed,
     |c, v| c.rounds = Some(v);
+
+    /// Each round's cohort: this many clients sampled uniformly at random
+    /// (server CSPRNG) from those waiting, all of them while fewer wait;
+    /// between --min-clients and --max-clients. Not with --cohort-fraction
+    /// [default: every waiting client up to --max-clients].
+    #[arg(value_name = "K")]
+    cohort_size: Option<u32>, typed,
+    |c, v| c.round.cohort_size = Some(v);
+
+    /// Each round's cohort: this fraction in (0, 1] of the clients waiting,
+    /// rounded up, raised to --min-clients and capped at --max-clients,
+    /// sampled uniformly at random. Not with --cohort-size.
+    #[arg(value_name = "F")]
+    cohort_fraction: Option<f64>, typed,
+    |c, v| c.round.cohort_fraction = Some(v);
+
+    /// How often a client waiting in the lobby is sent a keep-alive (a
+    /// Lobby frame), so that proxies, NAT and the client keep its stream
+    /// open [default: 15000].
+    #[arg(value_name = "MS")]
+    lobby_keepalive_ms: Option<u64>, typed,
+    |c, v| c.round.lobby_keepalive = Duration::from_millis(v);
 }
 
 /// The names of distributed DP's noises, on the command line and in the
@@ -593,7 +616,8 @@ mod tests {
                  `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
                  `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
-                 `preface_timeout_ms`, `metrics_listen`, `rounds`"
+                 `preface_timeout_ms`, `metrics_listen`, `rounds`, `cohort_size`, \
+                 `cohort_fraction`, `lobby_keepalive_ms`"
             ),
             "{err}"
         );

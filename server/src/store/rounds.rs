@@ -54,6 +54,25 @@ pub struct RoundRecord {
     pub started_at_unix_ms: u64,
     /// How long it took.
     pub seconds: f64,
+    /// How the round's clients were chosen from those waiting (absent in
+    /// records written before cohort sampling, and then left out of the
+    /// record, so their tags still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<CohortRecord>,
+}
+
+/// How a round's cohort was chosen: sampled uniformly at random by the
+/// server from the clients waiting in the lobby. The server chose, and
+/// knows, who took part: this is no privacy amplification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CohortRecord {
+    /// The rule: `all` (every waiting client up to `max_clients`),
+    /// `size:K` or `fraction:F`.
+    pub rule: String,
+    /// Clients waiting, and eligible, when the cohort was sampled.
+    pub waiting: u32,
+    /// Clients sampled into the round (its `clients`).
+    pub selected: u32,
 }
 
 /// What is written: the record's fields, then its tag. The tag covers
