@@ -236,6 +236,30 @@ pub enum Mechanism {
         /// L2 sensitivity of one client's integer vector.
         l2: f64,
     },
+    /// DP-FTRL's online tree aggregation (Kairouz, McMahan, Song, Thakkar,
+    /// Thakurta, Xu 2021): the server adds discrete Gaussian noise of scale
+    /// `sigma` to every node of a binary tree over the rounds of one epoch
+    /// and releases each round's prefix sum as a sum of nodes. A client in
+    /// one leaf (at most once per tree) is in `depth(r) = ceil(log2(r+1))`
+    /// of the nodes released by step `r`, so step `step` (1-based in its
+    /// tree) adds `α Δ² (depth(step) - depth(step-1)) / (2σ²)` of RDP: one
+    /// discrete Gaussian's worth at each power of two, nothing between.
+    TreeAggregation {
+        /// Scale of the discrete Gaussian added to every tree node.
+        sigma: f64,
+        /// L2 sensitivity of one client's integer vector.
+        l2_sensitivity: f64,
+        /// The round's step in its tree (1-based; the tree restarts every
+        /// epoch).
+        step: u64,
+    },
+}
+
+/// `ceil(log2(r + 1))`: the number of tree nodes a leaf is in once `r`
+/// steps of an online tree are released (`depth(0) = 0`), the bit length
+/// of `r`.
+fn tree_depth(r: u64) -> u64 {
+    u64::from(u64::BITS - r.leading_zeros())
 }
 
 impl Mechanism {
@@ -245,6 +269,7 @@ impl Mechanism {
             Self::Gaussian { .. } => "gaussian",
             Self::DiscreteGaussian { .. } => "discrete-gaussian",
             Self::Skellam { .. } => "skellam",
+            Self::TreeAggregation { .. } => "tree-aggregation",
         }
     }
 
@@ -260,6 +285,14 @@ impl Mechanism {
                 l2_sensitivity,
             } => discrete_gaussian_rho(sigma, l2_sensitivity) * order,
             Self::Skellam { mu, l1, l2 } => skellam_rdp(mu, l1, l2, order),
+            Self::TreeAggregation {
+                sigma,
+                l2_sensitivity,
+                step,
+            } => {
+                let new_depth = tree_depth(step) - tree_depth(step.saturating_sub(1));
+                discrete_gaussian_rho(sigma, l2_sensitivity) * order * new_depth as f64
+            }
         }
     }
 
@@ -292,6 +325,15 @@ impl Mechanism {
             } => {
                 positive("sigma", sigma)?;
                 positive("l2_sensitivity", l2_sensitivity)
+            }
+            Self::TreeAggregation {
+                sigma,
+                l2_sensitivity,
+                step,
+            } => {
+                positive("sigma", sigma)?;
+                positive("l2_sensitivity", l2_sensitivity)?;
+                positive("step", step as f64)
             }
             Self::Skellam { mu, l1, l2 } => {
                 positive("mu", mu)?;
@@ -721,6 +763,8 @@ impl EntryJson {
                     Mechanism::DiscreteGaussian { .. } | Mechanism::Skellam { .. } => {
                         Adversary::Server
                     }
+                    // Version 1 never held it: a server adds tree noise.
+                    Mechanism::TreeAggregation { .. } => Adversary::ModelConsumers,
                 };
                 Ok(LedgerEntry {
                     event: LedgerEvent::RoundCharge,
@@ -1190,6 +1234,43 @@ mod tests {
         // Reference value (dp_zcdp_discrete_reference.csv: sigma=2, T=10,
         // delta=1e-6, eps_rdp = 8.84687).
         assert!((l.spent() - 8.84687).abs() < 1e-4);
+    }
+
+    /// A tree epoch of 5 steps charges a discrete Gaussian's ρ at steps
+    /// 1, 2 and 4 (depth 1, 2, 3) and nothing at 3 and 5: depth(5) = 3 of
+    /// them in all, as one leaf is in 3 released nodes. Its JSON names the
+    /// kind and reads back.
+    #[test]
+    fn tree_aggregation_charges_one_gaussian_per_new_depth() {
+        let tree = |step| Mechanism::TreeAggregation {
+            sigma: 2.0,
+            l2_sensitivity: 1.0,
+            step,
+        };
+        let gaussian = Mechanism::DiscreteGaussian {
+            sigma: 2.0,
+            l2_sensitivity: 1.0,
+        };
+        let mut l = PrivacyLedger::new(100.0, 1e-6).unwrap();
+        let mut once = PrivacyLedger::new(100.0, 1e-6).unwrap();
+        for step in 1..=5 {
+            l.record(step, tree(step), Adversary::ModelConsumers)
+                .unwrap();
+        }
+        for round in 1..=3 {
+            once.record(round, gaussian, Adversary::ModelConsumers)
+                .unwrap();
+        }
+        assert_eq!(l.rdp(), once.rdp());
+        let spent: Vec<f64> = l.entries().iter().map(|e| e.epsilon_spent).collect();
+        assert!(spent[0] < spent[1] && spent[1] == spent[2] && spent[2] < spent[3]);
+        assert_eq!(spent[3], spent[4]);
+        assert_eq!(tree(1).name(), "tree-aggregation");
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""kind":"tree-aggregation""#), "{json}");
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l);
+        assert!(tree(0).validate().is_err(), "steps are 1-based");
     }
 
     #[test]
