@@ -333,9 +333,16 @@ mod tests {
         }
         let n = values.len() as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
         // 40000 draws: the mean's std is σ/200, the variance's about σ²/141.
-        assert!(mean.abs() < 5.0 * sigma / 200.0, "mean {mean} sigma {sigma}");
+        assert!(
+            mean.abs() < 5.0 * sigma / 200.0,
+            "mean {mean} sigma {sigma}"
+        );
         assert!(
             (var / (sigma * sigma) - 1.0).abs() < 0.04,
             "variance {var} vs sigma^2 {}",

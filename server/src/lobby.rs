@@ -89,6 +89,42 @@ impl Lobby {
         inner.waiting.drain(..n).collect()
     }
 
+    /// Connected clients whose identity is not in `excluded`: those a
+    /// round may take (DP-FTRL excludes who already took part in the
+    /// current tree; they keep waiting).
+    pub(crate) fn waiting_eligible(&self, excluded: &HashSet<String>) -> usize {
+        if excluded.is_empty() {
+            return self.waiting();
+        }
+        self.waiting();
+        let inner = self.inner.lock().expect("lobby lock");
+        inner
+            .waiting
+            .iter()
+            .filter(|p| !excluded.contains(&p.identity))
+            .count()
+    }
+
+    /// [`Lobby::take`] of the clients whose identity is not in `excluded`,
+    /// oldest first; the excluded keep their place in the lobby.
+    pub(crate) fn take_eligible(&self, max: usize, excluded: &HashSet<String>) -> Vec<Participant> {
+        if excluded.is_empty() {
+            return self.take(max);
+        }
+        self.waiting();
+        let mut inner = self.inner.lock().expect("lobby lock");
+        let (mut taken, mut kept) = (Vec::new(), Vec::new());
+        for p in inner.waiting.drain(..) {
+            if taken.len() < max && !excluded.contains(&p.identity) {
+                taken.push(p);
+            } else {
+                kept.push(p);
+            }
+        }
+        inner.waiting = kept;
+        taken
+    }
+
     /// Returns clients taken by [`Lobby::take`] when the round could not
     /// open after all; their identities are still busy.
     pub(crate) fn put_back(&self, participants: Vec<Participant>) {

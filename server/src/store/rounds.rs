@@ -54,6 +54,20 @@ pub struct RoundRecord {
     pub started_at_unix_ms: u64,
     /// How long it took.
     pub seconds: f64,
+    /// `--dp ftrl`: the tree epoch and step this round's sum was released
+    /// as (completed rounds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeStep>,
+}
+
+/// Where a DP-FTRL round's sum sits in the tree: epoch (tree) number and
+/// 1-based step (leaf) in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeStep {
+    /// The tree (epoch) number, from 0.
+    pub epoch: u64,
+    /// The leaf, from 1.
+    pub step: u64,
 }
 
 /// What is written: the record's fields, then its tag. The tag covers
