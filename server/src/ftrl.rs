@@ -597,4 +597,39 @@ mod tests {
         assert_eq!((r.epoch, r.step, r.epoch_start_version), (1, 0, 2));
         assert!(ftrl.excluded(&louder).is_empty());
     }
+
+    /// A version another DP mode published after the tree began is not a
+    /// rollback (the ledger charged it as something else): the store opens
+    /// and the tree, which no longer describes the model, is closed.
+    #[test]
+    fn a_version_published_by_another_mode_closes_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(4, 0.0);
+        let (mut store, model) = new_store(tmp.path());
+        let mut ftrl = Ftrl::open(&cfg, &mut store, &model, 1).unwrap();
+        round(&cfg, &mut store, &mut ftrl, &["a", "b", "c"], &[9; DIM]);
+        let mut ledger = store.ledger().cloned().unwrap();
+        let central = cfg.central_dp(3, DIM as u32).unwrap().mechanism();
+        ledger
+            .record(2, central, Adversary::ModelConsumers)
+            .unwrap();
+        store.charge(&ledger).unwrap();
+        store
+            .publish(&crate::store::Publication {
+                model: &model,
+                round: 2,
+                survivors: 3,
+                dropped: 0,
+                epsilon: ledger.spent(),
+                delta: 1e-5,
+                ledger: Some(&ledger),
+                velocity: None,
+            })
+            .unwrap();
+        drop((store, ftrl));
+        let (store, ftrl) = reopen(tmp.path(), &cfg);
+        let r = store.ftrl().unwrap();
+        assert_eq!((r.epoch, r.step, r.epoch_start_version), (1, 0, 3));
+        assert!(ftrl.excluded(&cfg).is_empty());
+    }
 }

@@ -961,7 +961,7 @@ mod tests {
     /// store's publish wrote it, so both failures left it unrecorded.
     #[test]
     fn a_sum_the_server_saw_is_charged_even_if_publishing_fails() {
-        for dp in [DpMode::Central, DpMode::Distributed] {
+        for dp in [DpMode::Central, DpMode::Distributed, DpMode::Ftrl] {
             for failure in ["fedavg", "store"] {
                 let tmp = tempfile::tempdir().unwrap();
                 let config = ServerConfig {
@@ -989,13 +989,20 @@ mod tests {
                 let store = store_at(tmp.path(), &model, (failure == "store").then_some(9));
                 let (fixed_point, distributed) = config.round_encoding(3, 3, 1).unwrap();
                 assert_eq!(distributed.is_some(), dp == DpMode::Distributed);
+                // DP-FTRL's update overflows the same way (lr times the
+                // noisy prefix), or meets the same refusing store.
+                let ftrl = (dp == DpMode::Ftrl).then(|| {
+                    let mut store = store.lock().unwrap();
+                    let version = store.models().last().unwrap().version;
+                    Ftrl::open(&config, &mut store, &model, version).unwrap()
+                });
                 let mut training = Training {
                     model,
                     version: 1,
                     fedavg: FedAvg::new(config.aggregation.server_lr, None).unwrap(),
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
-                    ftrl: None,
+                    ftrl,
                 };
                 let plan = ReleasePlan {
                     fixed_point,
@@ -1019,7 +1026,7 @@ mod tests {
                 assert_eq!(entry.round, 4, "{dp:?} {failure}");
                 assert!(ledger.spent() > 0.0);
                 let adversary = match dp {
-                    DpMode::Central => Adversary::ModelConsumers,
+                    DpMode::Central | DpMode::Ftrl => Adversary::ModelConsumers,
                     _ => Adversary::Server,
                 };
                 assert_eq!(entry.adversary, adversary);
