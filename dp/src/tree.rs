@@ -85,7 +85,7 @@ impl TreeSeed {
     fn node_key(&self, epoch: u64, node: Node) -> Zeroizing<[u8; 32]> {
         let mut h = Sha256::new();
         h.update(NODE_DOMAIN);
-        h.update(&*self.0);
+        h.update(self.0.as_slice());
         h.update(epoch.to_be_bytes());
         h.update(node.level.to_be_bytes());
         h.update(node.index.to_be_bytes());

@@ -39,6 +39,16 @@ fn rdp(m: &Mechanism, order: f64) -> f64 {
             l2_sensitivity,
         } => discrete_gaussian_rho(sigma, l2_sensitivity) * order,
         Mechanism::Skellam { mu, l1, l2 } => skellam_rdp(mu, l1, l2, order),
+        Mechanism::TreeAggregation {
+            sigma,
+            l2_sensitivity,
+            step,
+        } => {
+            // ceil(log2(r + 1)) nodes hold a leaf once r steps are out.
+            let depth = |r: u64| (r as f64 + 1.0).log2().ceil();
+            let new = depth(step) - depth(step - 1);
+            discrete_gaussian_rho(sigma, l2_sensitivity) * order * new
+        }
     }
 }
 

@@ -409,11 +409,10 @@ mod tests {
                 .collect();
             let who = format!("c{step}");
             let published = round(&cfg, &mut store, &mut ftrl, &[&who], &leaf);
-            let mut noisy = exact.map(|_| 0i64);
-            for i in 0..DIM {
-                exact[i] += leaf[i];
-                noisy[i] = exact[i];
+            for (e, l) in exact.iter_mut().zip(&leaf) {
+                *e += l;
             }
+            let mut noisy = exact;
             for node in nodes(step) {
                 for (v, n) in noisy.iter_mut().zip(tree.node_noise(0, node).unwrap()) {
                     *v += n;
