@@ -51,6 +51,8 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("preface_timeout_ms", "3000", "4000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
+    ("ftrl_epoch_rounds", "8", "32"),
+    ("ftrl_momentum", "0.5", "0.9"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {
