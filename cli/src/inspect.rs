@@ -77,6 +77,10 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             (_, _, Some(v)) => format!("published v{v}"),
             _ => String::new(),
         };
+        let note = match r.tree {
+            Some(t) => format!("{note} (dp-ftrl tree {} step {})", t.epoch, t.step),
+            None => note,
+        };
         println!(
             "  {:>5}  {:<11}  {:>7}  {:>9}  {:>9}  {:>7.2}  {}",
             r.round,

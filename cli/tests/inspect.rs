@@ -107,6 +107,35 @@ fn inspect_of_a_distributed_only_ledger_says_it_holds_against_the_server() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A DP-FTRL round's record says where its sum sits in the tree, and
+/// inspect shows it beside the round and its tree-aggregation charge.
+#[test]
+fn inspect_shows_a_dp_ftrl_rounds_tree_epoch_and_step() {
+    let dir = scratch_dir("ftrl");
+    std::fs::create_dir_all(dir.join("rounds")).unwrap();
+    let record = r#"{"round": 7, "outcome": "completed", "clients": 3, "survivors": 3, "dropped": 0,
+        "threshold": 2, "stage": null, "reason": null, "model_version": 5, "started_at_unix_ms": 0,
+        "seconds": 0.5, "tree": {"epoch": 1, "step": 3}}"#;
+    std::fs::write(dir.join("rounds/round-000007.json"), record).unwrap();
+    let ledger = r#"{"version": 2, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
+        {"event": "round-charge", "round": 7, "adversary": "model-consumers", "neighbouring": "zero-out-one",
+         "mechanism": {"kind": "tree-aggregation", "sigma": 4.0, "l2_sensitivity": 1.0, "step": 3}, "epsilon_spent": 1.0}
+    ]}"#;
+    std::fs::write(dir.join("ledger.json"), ledger).unwrap();
+    let text = inspect(&dir, &[]);
+    let round = text
+        .lines()
+        .find(|l| l.contains("published v5"))
+        .unwrap_or_else(|| panic!("no round line:\n{text}"));
+    assert!(round.contains("dp-ftrl tree 1 step 3"), "{round}");
+    let charge = entry_line(&text, 7);
+    assert!(
+        charge.contains("tree-aggregation") && charge.contains("model-consumers"),
+        "{charge}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Changes of the ledger's terms (a budget change, a delta recompute) are
 /// listed after the entries, which keep their lines.
 #[test]

@@ -1380,6 +1380,43 @@ mod tests {
         assert!((l.spent() - 8.84687).abs() < 1e-4);
     }
 
+    /// A tree epoch of 5 steps charges a discrete Gaussian's ρ at steps
+    /// 1, 2 and 4 (depth 1, 2, 3) and nothing at 3 and 5: depth(5) = 3 of
+    /// them in all, as one leaf is in 3 released nodes. Its JSON names the
+    /// kind and reads back.
+    #[test]
+    fn tree_aggregation_charges_one_gaussian_per_new_depth() {
+        let tree = |step| Mechanism::TreeAggregation {
+            sigma: 2.0,
+            l2_sensitivity: 1.0,
+            step,
+        };
+        let gaussian = Mechanism::DiscreteGaussian {
+            sigma: 2.0,
+            l2_sensitivity: 1.0,
+        };
+        let mut l = PrivacyLedger::new(100.0, 1e-6).unwrap();
+        let mut once = PrivacyLedger::new(100.0, 1e-6).unwrap();
+        for step in 1..=5 {
+            l.record(step, tree(step), Adversary::ModelConsumers)
+                .unwrap();
+        }
+        for round in 1..=3 {
+            once.record(round, gaussian, Adversary::ModelConsumers)
+                .unwrap();
+        }
+        assert_eq!(l.rdp(), once.rdp());
+        let spent: Vec<f64> = l.entries().iter().map(|e| e.epsilon_spent).collect();
+        assert!(spent[0] < spent[1] && spent[1] == spent[2] && spent[2] < spent[3]);
+        assert_eq!(spent[3], spent[4]);
+        assert_eq!(tree(1).name(), "tree-aggregation");
+        let json = serde_json::to_string(&l).unwrap();
+        assert!(json.contains(r#""kind":"tree-aggregation""#), "{json}");
+        let back: PrivacyLedger = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, l);
+        assert!(tree(0).validate().is_err(), "steps are 1-based");
+    }
+
     #[test]
     fn can_spend_stops_before_the_budget() {
         let m = Mechanism::Gaussian {

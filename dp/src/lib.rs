@@ -30,7 +30,9 @@
 //! - [`mechanism`]: central and distributed noise, and the ring width that
 //!   leaves room for it;
 //! - [`accountant`]: RDP / zCDP accounting, from noise to `(epsilon, delta)`;
-//! - [`ledger`]: the persistent record of what each training job has spent.
+//! - [`ledger`]: the persistent record of what each training job has spent;
+//! - [`tree`]: DP-FTRL's online tree aggregation, with node noise that a
+//!   restart never redraws.
 //!
 //! The secure aggregation protocol (`tessera-aggregation`) never calls this
 //! crate: it adds ring elements and does not care what they mean. The server,
@@ -46,5 +48,6 @@ pub mod ledger;
 pub mod mechanism;
 pub mod rotation;
 pub mod sampler;
+pub mod tree;
 
 pub use encoding::{Decoded, Encoded, EncodingError, FixedPoint, choose_bits};

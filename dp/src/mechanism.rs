@@ -249,8 +249,9 @@ impl CentralDp {
     }
 
     /// `σ²` as the exact sampler takes it, rounded up to a multiple of
-    /// `2^-20` so the noise never falls short of what is charged.
-    fn sampler_parameter(&self) -> Result<Rational, DpError> {
+    /// `2^-20` so the noise never falls short of what is charged (the tree
+    /// of [`crate::tree`] draws its node noise with it too).
+    pub(crate) fn sampler_parameter(&self) -> Result<Rational, DpError> {
         let variance = self.sigma() * self.sigma();
         match Rational::from_f64_ceil(variance, MAX_GAUSSIAN_DEN) {
             Some(r) if r.num != 0 && r.num / r.den < MAX_GAUSSIAN_SIGMA_SQ => Ok(r),

@@ -159,6 +159,15 @@ pub enum DpMode {
     /// sensitivity; the server never sees an un-noised sum. Accounted per
     /// round in the ledger, for the honest contributors.
     Distributed,
+    /// DP-FTRL (Kairouz et al. 2021): the server adds tree-structured
+    /// exact discrete Gaussian noise (`z (C 2^f + sqrt(dim))` per tree
+    /// node) to the prefix sums of each epoch's decoded round sums and sets
+    /// the model to `θ_epoch + η S_t / n` (the FTRL update, optional
+    /// momentum); the tree restarts every `ftrl_epoch_rounds` rounds and
+    /// each identity takes part at most once per tree. Like central DP its
+    /// epsilon holds against the model's consumers, not the server, and it
+    /// needs stable identities (refused with `insecure_dev`).
+    Ftrl,
 }
 
 impl FromStr for DpMode {
@@ -168,15 +177,18 @@ impl FromStr for DpMode {
             "off" => Ok(DpMode::Off),
             "central" => Ok(DpMode::Central),
             "distributed" => Ok(DpMode::Distributed),
+            "ftrl" => Ok(DpMode::Ftrl),
             _ => Err(format!(
-                "'{s}' is not a DP mode: expected off, central or distributed"
+                "'{s}' is not a DP mode: expected off, central, distributed or ftrl"
             )),
         }
     }
 }
 
 /// `--dp` values: the names [`DpMode::from_str`] takes, without help of
-/// their own (a `--help` lists them in one line).
+/// their own (a `--help` lists them in one line). `tessera serve` parses
+/// `--dp` with [`DpMode::from_str`] (ftrl included); this list is the
+/// demo's, which does not run DP-FTRL, so [`DpMode::Ftrl`] is not in it.
 #[cfg(feature = "clap")]
 impl clap::ValueEnum for DpMode {
     fn value_variants<'a>() -> &'a [Self] {
@@ -188,6 +200,7 @@ impl clap::ValueEnum for DpMode {
             DpMode::Off => "off",
             DpMode::Central => "central",
             DpMode::Distributed => "distributed",
+            DpMode::Ftrl => return None,
         }))
     }
 }
@@ -350,6 +363,12 @@ pub struct DpSettings {
     /// recomputed at the new delta from the stored mechanisms, and the
     /// recompute is recorded in the ledger.
     pub recompute_delta: bool,
+    /// DP-FTRL: rounds (completed releases) per tree; the tree, and the
+    /// once-per-tree rule for identities, restart after this many.
+    pub ftrl_epoch_rounds: u64,
+    /// DP-FTRL: momentum `γ` in `[0, 1)` on the noisy per-round steps
+    /// (DP-FTRLM); 0 is plain DP-FTRL, `θ_t = θ_epoch + η S_t / n`.
+    pub ftrl_momentum: f64,
 }
 
 /// The aggregation strategy: FedAvg(M) over each round's average update.
@@ -430,6 +449,8 @@ impl Default for DpSettings {
             delta: 1e-5,
             raise_budget: false,
             recompute_delta: false,
+            ftrl_epoch_rounds: 16,
+            ftrl_momentum: 0.0,
         }
     }
 }
@@ -659,6 +680,35 @@ impl ServerConfig {
             // The noise must be drawable (and, distributed, have honest
             // survivors to carry it) before the server listens.
             self.planned_mechanism(self.dim.unwrap_or(1))?;
+        }
+        self.validate_ftrl()
+    }
+
+    /// DP-FTRL's settings, and what it cannot be combined with.
+    fn validate_ftrl(&self) -> Result<(), ConfigError> {
+        if self.dp.mode != DpMode::Ftrl {
+            return Ok(());
+        }
+        if self.network.insecure_dev {
+            return Err(invalid(
+                "dp",
+                "ftrl needs each client at most once per tree, enforced by identity, and --insecure-dev has no stable identity: give tokens_file (or tls_client_ca) with TLS, or use --dp central",
+            ));
+        }
+        if self.aggregation.server_momentum.is_some() {
+            return Err(invalid(
+                "server_momentum",
+                "--dp ftrl has its own server update: use ftrl_momentum instead of server_momentum",
+            ));
+        }
+        if self.dp.ftrl_epoch_rounds == 0 {
+            return Err(invalid("ftrl_epoch_rounds", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.dp.ftrl_momentum) {
+            return Err(invalid(
+                "ftrl_momentum",
+                format!("{} is not in [0, 1)", self.dp.ftrl_momentum),
+            ));
         }
         Ok(())
     }
@@ -1021,5 +1071,47 @@ min_clients = 4
             let err = bad.unwrap_err();
             assert!(err.starts_with(starts) && err.contains(says), "{err}");
         }
+    }
+
+    /// `--dp ftrl` loads from the file's keys, runs with tokens and TLS,
+    /// and is refused with clear words under --insecure-dev (no stable
+    /// identity to hold anyone to once per tree), with FedAvgM's momentum,
+    /// and with an empty epoch or a momentum outside [0, 1).
+    #[test]
+    fn ftrl_needs_identities_and_its_own_update() {
+        let secure = |text: &str| {
+            let mut c = ServerConfig::from_toml(&format!(
+                "dim = 10\ndp = \"ftrl\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\ntokens_file = \"t.txt\"\n{text}"
+            ))
+            .unwrap();
+            c.network.listen = "127.0.0.1:0".parse().unwrap();
+            c
+        };
+        let c = secure("ftrl_epoch_rounds = 5\nftrl_momentum = 0.9\n");
+        assert_eq!(c.dp.mode, DpMode::Ftrl);
+        assert_eq!((c.dp.ftrl_epoch_rounds, c.dp.ftrl_momentum), (5, 0.9));
+        c.validate().unwrap();
+        assert_eq!(ServerConfig::default().dp.ftrl_epoch_rounds, 16);
+
+        let mut dev_ftrl = dev();
+        dev_ftrl.dp.mode = DpMode::Ftrl;
+        let err = dev_ftrl.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--insecure-dev has no stable identity") && err.contains("tokens_file"),
+            "{err}"
+        );
+        for (text, field) in [
+            ("server_momentum = 0.9\n", "use ftrl_momentum instead"),
+            (
+                "ftrl_epoch_rounds = 0\n",
+                "ftrl_epoch_rounds: must be at least 1",
+            ),
+            ("ftrl_momentum = 1.0\n", "ftrl_momentum: 1 is not in [0, 1)"),
+        ] {
+            let err = secure(text).validate().unwrap_err().to_string();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let err = "dp-ftrl".parse::<DpMode>().unwrap_err();
+        assert!(err.contains("off, central, distributed or ftrl"), "{err}");
     }
 }

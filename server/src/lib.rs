@@ -68,6 +68,7 @@ mod cohort;
 pub mod config;
 mod fedavg;
 pub mod files;
+mod ftrl;
 mod listener;
 mod lobby;
 mod metrics;
@@ -611,7 +612,17 @@ pub async fn start_with_disk(
         fedavg.set_velocity(velocity);
     }
     let dim = model.dim() as u32;
+    let ftrl = match config.dp.mode {
+        config::DpMode::Ftrl => Some(ftrl::Ftrl::open(
+            &config,
+            &mut store,
+            &model,
+            entry.version,
+        )?),
+        _ => None,
+    };
     let training = scheduler::Training {
+        ftrl,
         version: entry.version,
         model,
         fedavg,

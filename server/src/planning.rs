@@ -149,6 +149,16 @@ impl ServerConfig {
         Ok(match self.dp.mode {
             DpMode::Off => None,
             DpMode::Central => Some(self.central_dp(self.round.min_clients, dim)?.mechanism()),
+            // A tree's first step (one node's worth), checked at start-up;
+            // the scheduler asks the tree for the step it is at.
+            DpMode::Ftrl => {
+                let central = self.central_dp(self.round.min_clients, dim)?;
+                Some(Mechanism::TreeAggregation {
+                    sigma: central.sigma(),
+                    l2_sensitivity: central.l2_sensitivity(),
+                    step: 1,
+                })
+            }
             DpMode::Distributed => {
                 let n = self.round.min_clients;
                 let (_, threshold) = self.graph_for(n)?;

@@ -22,6 +22,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
 use crate::fedavg::FedAvg;
+use crate::ftrl::Ftrl;
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::model::Model;
@@ -43,6 +44,8 @@ pub(crate) struct Training {
     pub(crate) fedavg: FedAvg,
     pub(crate) ledger: Option<PrivacyLedger>,
     pub(crate) rng: StdRng,
+    /// `--dp ftrl`: the tree and the once-per-tree rule.
+    pub(crate) ftrl: Option<Ftrl>,
 }
 
 fn unix_ms() -> u64 {
@@ -68,9 +71,13 @@ pub(crate) async fn run(
             shared.stop_accepting("the server has run its configured number of rounds");
             return Ok(());
         }
-        let planned = config
-            .planned_mechanism(training.model.dim() as u32)
-            .map_err(ServeError::Config)?;
+        let planned = match &training.ftrl {
+            // The tree charges by step: the next one's cost.
+            Some(ftrl) => Some(ftrl.planned(config)),
+            None => config
+                .planned_mechanism(training.model.dim() as u32)
+                .map_err(ServeError::Config)?,
+        };
         if let (Some(ledger), Some(planned)) = (&training.ledger, &planned)
             && !ledger.can_spend(planned)
         {
@@ -86,10 +93,15 @@ pub(crate) async fn run(
             ));
             return Ok(());
         }
-        // Who may be sampled into this round: every waiting client. A
-        // rule that bars some (DP-FTRL's once per tree) goes here; those it
-        // bars stay in the lobby.
-        let eligible = |_: &Participant| true;
+        // Who may be sampled into this round: every waiting client but, in
+        // DP-FTRL, those already in the current tree (they stay in the
+        // lobby until the next tree).
+        let excluded = training
+            .ftrl
+            .as_ref()
+            .map(|f| f.excluded(config))
+            .unwrap_or_default();
+        let eligible = |p: &Participant| !excluded.contains(&p.identity);
         let Some(cohort) = gather(&shared, &mut shutdown, &mut training.rng, &eligible).await
         else {
             return Ok(());
@@ -206,10 +218,15 @@ async fn run_round(
     let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
     let mut record = started_record(round_id, n, threshold, started_at);
     record.cohort = Some(cohort.record);
-    // The round id is on disk before any key is derived from it, so a
-    // restarted server never reuses it. If it cannot be, the round does
-    // not open.
-    if let Err(e) = write_record(shared, record.clone()).await {
+    // DP-FTRL: who takes part is on disk before the round starts, so a
+    // crash cannot forget a participation. The round id is on disk before
+    // any key is derived from it, so a restarted server never reuses it. If
+    // either cannot be written, the round does not open.
+    let recorded = match record_ftrl_participants(shared, &mut training, &participants).await {
+        Ok(()) => write_record(shared, record.clone()).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
         let gone = !shared.config.data_dir.is_dir();
         refuse_unrecorded(shared, participants, round_id, &e, gone, shutdown).await;
         // A full or read-only disk may recover; a data directory that was
@@ -245,7 +262,10 @@ async fn run_round(
             stage,
             reason,
             survivors,
-        } => Told::Result(record_abort(&mut record, stage, reason, survivors, &span)),
+        } => {
+            give_back_ftrl(shared, &mut training, &identities, &span).await;
+            Told::Result(record_abort(&mut record, stage, reason, survivors, &span))
+        }
         RoundEnd::Shutdown => {
             // The record stays `started`; the next start marks it
             // interrupted. Clients hear that the server is going away.
@@ -389,6 +409,7 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
         started_at_unix_ms: started_at,
         seconds: 0.0,
         cohort: None,
+        tree: None,
     }
 }
 
@@ -430,6 +451,7 @@ async fn complete(
         }
     };
     record.outcome = RoundStatus::Completed;
+    record.tree = training.ftrl.as_ref().map(Ftrl::position);
     record.survivors = contributors;
     record.dropped = n - contributors;
     record.model_version = Some(published);
@@ -717,6 +739,9 @@ fn release(
     output: RoundOutput,
     plan: &ReleasePlan,
 ) -> Result<ModelEntry, ServeError> {
+    if training.ftrl.is_some() {
+        return release_ftrl(config, training, store, output, plan);
+    }
     let contributors = output.contributors.len() as u32;
     let dim = output.sum.len();
     let central = central_dp(config, plan, dim)?;
@@ -737,6 +762,87 @@ fn release(
     let entry = publish_model(config, training, store, plan, contributors, epsilon)?;
     training.version = entry.version;
     Ok(entry)
+}
+
+/// DP-FTRL's release: charges the tree step (durably, first), adds the
+/// sum as the tree's next leaf, writes the tree's state (so a node once
+/// released is never released over another sum), then publishes the FTRL
+/// model.
+fn release_ftrl(
+    config: &ServerConfig,
+    training: &mut Training,
+    store: &Mutex<Store>,
+    output: RoundOutput,
+    plan: &ReleasePlan,
+) -> Result<ModelEntry, ServeError> {
+    let contributors = output.contributors.len() as u32;
+    let ftrl = training.ftrl.as_ref().expect("an ftrl release");
+    let mechanism = ftrl.mechanism();
+    let epsilon = charge(config, training, store, plan, Some(mechanism))?;
+    let ftrl = training.ftrl.as_mut().expect("an ftrl release");
+    let released = ftrl.release(config, &plan.fixed_point, &output.sum, plan.round_id)?;
+    store
+        .lock()
+        .expect("store lock")
+        .write_ftrl(&released.record)
+        .map_err(ServeError::Store)?;
+    ftrl.commit_release(released.record);
+    training.model = released.model;
+    let entry = publish_model(config, training, store, plan, contributors, epsilon)?;
+    training.version = entry.version;
+    Ok(entry)
+}
+
+/// DP-FTRL: records the round's identities in the tree's durable state
+/// (restarting the tree first if it is full) before the round starts.
+async fn record_ftrl_participants(
+    shared: &Arc<Shared>,
+    training: &mut Training,
+    participants: &[Participant],
+) -> Result<(), ServeError> {
+    let Some(ftrl) = &training.ftrl else {
+        return Ok(());
+    };
+    let identities: Vec<String> = participants.iter().map(|p| p.identity.clone()).collect();
+    let record = ftrl.begin_round(&shared.config, &identities, training.version);
+    let store = Arc::clone(&shared.store);
+    let written = record.clone();
+    blocking(move || store.lock().expect("store lock").write_ftrl(&written))
+        .await
+        .map_err(ServeError::Store)?;
+    let model = training.model.clone();
+    if let Some(ftrl) = &mut training.ftrl {
+        ftrl.commit_start(record, &model);
+    }
+    Ok(())
+}
+
+/// DP-FTRL: a round that aborted before its release gives its identities
+/// back to the tree (nothing of theirs entered it). If that cannot be
+/// written they stay excluded for the epoch, which is safe.
+async fn give_back_ftrl(
+    shared: &Arc<Shared>,
+    training: &mut Training,
+    identities: &[String],
+    span: &tracing::Span,
+) {
+    let Some(ftrl) = &training.ftrl else {
+        return;
+    };
+    let record = ftrl.give_back(identities);
+    let store = Arc::clone(&shared.store);
+    let written = record.clone();
+    match blocking(move || store.lock().expect("store lock").write_ftrl(&written)).await {
+        Ok(()) => {
+            let model = training.model.clone();
+            if let Some(ftrl) = &mut training.ftrl {
+                ftrl.commit_start(record, &model);
+            }
+        }
+        Err(e) => {
+            warn!(parent: span, "cannot give the aborted round's clients back to the DP-FTRL tree (they wait for the next tree): {e}")
+        }
+    }
 }
 
 /// A failure of the release that is neither the store's nor the
@@ -803,7 +909,8 @@ fn charge(
     let mut epsilon = 0.0;
     if let Some(mechanism) = mechanism {
         let adversary = match config.dp.mode {
-            DpMode::Central => Adversary::ModelConsumers,
+            // Server-added noise (central, tree): the server saw the sum.
+            DpMode::Central | DpMode::Ftrl => Adversary::ModelConsumers,
             _ => Adversary::Server,
         };
         let ledger = training.ledger.as_mut().expect("DP keeps a ledger");
@@ -898,7 +1005,7 @@ mod tests {
     /// store's publish wrote it, so both failures left it unrecorded.
     #[test]
     fn a_sum_the_server_saw_is_charged_even_if_publishing_fails() {
-        for dp in [DpMode::Central, DpMode::Distributed] {
+        for dp in [DpMode::Central, DpMode::Distributed, DpMode::Ftrl] {
             for failure in ["fedavg", "store"] {
                 let tmp = tempfile::tempdir().unwrap();
                 let config = ServerConfig {
@@ -926,12 +1033,20 @@ mod tests {
                 let store = store_at(tmp.path(), &model, (failure == "store").then_some(9));
                 let (fixed_point, distributed) = config.round_encoding(3, 3, 1).unwrap();
                 assert_eq!(distributed.is_some(), dp == DpMode::Distributed);
+                // DP-FTRL's update overflows the same way (lr times the
+                // noisy prefix), or meets the same refusing store.
+                let ftrl = (dp == DpMode::Ftrl).then(|| {
+                    let mut store = store.lock().unwrap();
+                    let version = store.models().last().unwrap().version;
+                    Ftrl::open(&config, &mut store, &model, version).unwrap()
+                });
                 let mut training = Training {
                     model,
                     version: 1,
                     fedavg: FedAvg::new(config.aggregation.server_lr, None).unwrap(),
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
+                    ftrl,
                 };
                 let plan = ReleasePlan {
                     fixed_point,
@@ -955,7 +1070,7 @@ mod tests {
                 assert_eq!(entry.round, 4, "{dp:?} {failure}");
                 assert!(ledger.spent() > 0.0);
                 let adversary = match dp {
-                    DpMode::Central => Adversary::ModelConsumers,
+                    DpMode::Central | DpMode::Ftrl => Adversary::ModelConsumers,
                     _ => Adversary::Server,
                 };
                 assert_eq!(entry.adversary, adversary);

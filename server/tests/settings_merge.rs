@@ -54,6 +54,8 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("cohort_size", "6", "8"),
     ("cohort_fraction", "0.25", "0.5"),
     ("lobby_keepalive_ms", "1000", "2000"),
+    ("ftrl_epoch_rounds", "8", "32"),
+    ("ftrl_momentum", "0.5", "0.9"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

@@ -229,6 +229,8 @@ fn opening(cfg: &DemoConfig, started: &Started) -> String {
             "distributed DP (discrete Gaussian), noise multiplier {noise_multiplier:.3} for epsilon {} at delta {}",
             cfg.epsilon, cfg.delta
         ),
+        // The demo's --dp does not offer ftrl (see DpMode's ValueEnum).
+        DpMode::Ftrl => format!("DP-FTRL, noise multiplier {noise_multiplier:.3}"),
     };
     let graph = match graph {
         GraphKind::Complete => "complete graph".to_owned(),
@@ -356,6 +358,7 @@ fn chart_title(cfg: &DemoConfig) -> String {
             DpMode::Off => "no DP".to_owned(),
             DpMode::Central => format!("central DP eps {}", cfg.epsilon),
             DpMode::Distributed => format!("distributed DP eps {}", cfg.epsilon),
+            DpMode::Ftrl => format!("DP-FTRL eps {}", cfg.epsilon),
         }
     )
 }

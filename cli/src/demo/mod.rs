@@ -284,7 +284,9 @@ pub(crate) fn expected_noise_norm(
     let survivors = f64::from(survivors.max(1));
     let sum_std = match dp {
         DpMode::Off => return 0.0,
-        DpMode::Central => sigma,
+        // DP-FTRL: one tree node's noise, a lower bound (a round's step
+        // differs from the last by the noise of a few nodes).
+        DpMode::Central | DpMode::Ftrl => sigma,
         DpMode::Distributed => {
             let honest = f64::from(min_survivors.saturating_sub(corrupt).max(1));
             sigma * (survivors / honest).sqrt()

@@ -334,9 +334,11 @@ settings! {
     server_momentum: Option<f32>, typed,
     |c, v| c.aggregation.server_momentum = Some(v);
 
-    /// Differential privacy: off, central (the server adds Gaussian noise)
-    /// or distributed (clients add integer noise; the server never sees an
-    /// un-noised sum).
+    /// Differential privacy: off, central (the server adds Gaussian noise),
+    /// distributed (clients add integer noise; the server never sees an
+    /// un-noised sum) or ftrl (DP-FTRL: the server adds tree noise to each
+    /// epoch's prefix sums; each identity at most once per tree; needs
+    /// tokens or mTLS).
     #[arg(value_name = "MODE", value_parser = DpMode::from_str)]
     dp: Option<DpMode>, parsed DpMode::from_str,
     |c, v| c.dp.mode = v;
@@ -466,6 +468,19 @@ settings! {
     #[arg(value_name = "MS")]
     lobby_keepalive_ms: Option<u64>, typed,
     |c, v| c.round.lobby_keepalive = Duration::from_millis(v);
+
+    /// --dp ftrl: completed rounds per tree (epoch); the tree noise and the
+    /// once-per-tree rule for identities restart after this many [default:
+    /// 16].
+    #[arg(value_name = "S")]
+    ftrl_epoch_rounds: Option<u64>, typed,
+    |c, v| c.dp.ftrl_epoch_rounds = v;
+
+    /// --dp ftrl: momentum in [0, 1) on the noisy per-round steps
+    /// (DP-FTRLM) [default: 0, plain DP-FTRL].
+    #[arg(value_name = "GAMMA")]
+    ftrl_momentum: Option<f64>, typed,
+    |c, v| c.dp.ftrl_momentum = v;
 }
 
 /// The names of distributed DP's noises, on the command line and in the
@@ -617,7 +632,8 @@ mod tests {
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
                  `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
                  `preface_timeout_ms`, `metrics_listen`, `rounds`, `cohort_size`, \
-                 `cohort_fraction`, `lobby_keepalive_ms`"
+                 `cohort_fraction`, `lobby_keepalive_ms`, `ftrl_epoch_rounds`, \
+                 `ftrl_momentum`"
             ),
             "{err}"
         );

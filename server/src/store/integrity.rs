@@ -199,6 +199,10 @@ pub(crate) enum Purpose {
     Rounds,
     /// `audit.jsonl`.
     Audit,
+    /// `ftrl.json`, DP-FTRL's state.
+    Ftrl,
+    /// DP-FTRL's tree seed (not a MAC key: the seed is derived with it).
+    FtrlSeed,
 }
 
 impl Purpose {
@@ -208,6 +212,8 @@ impl Purpose {
             Purpose::Manifest => "manifest",
             Purpose::Rounds => "round records",
             Purpose::Audit => "audit log",
+            Purpose::Ftrl => "dp-ftrl state",
+            Purpose::FtrlSeed => "dp-ftrl tree seed",
         }
     }
 }

@@ -91,6 +91,7 @@ mod audit;
 #[cfg(test)]
 mod crash_tests;
 mod disk;
+mod ftrl;
 mod inspect;
 mod integrity;
 mod ledger;
@@ -104,11 +105,13 @@ mod tensors;
 mod test_support;
 
 pub use audit::{AUDIT, AuditEvent, AuditLog, AuditRecord};
+pub use ftrl::FtrlRecord;
+pub(crate) use ftrl::fresh_salt;
 pub use inspect::{Inspection, inspect, read_audit};
 pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
 pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
 pub use recovery::Migration;
-pub use rounds::{CohortRecord, RoundRecord, RoundStatus};
+pub use rounds::{CohortRecord, RoundRecord, RoundStatus, TreeStep};
 
 use disk::{to_json, unix_ms};
 
@@ -304,6 +307,8 @@ pub struct Store {
     disk: Disk,
     /// What authenticates the records ([`integrity`]).
     seal: Seal,
+    /// DP-FTRL's state (`ftrl.json`), if any.
+    ftrl: Option<FtrlRecord>,
 }
 
 /// The store's authentication state: the key, the round records' tags

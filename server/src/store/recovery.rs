@@ -105,6 +105,7 @@ impl Store {
                 round_tags: Vec::new(),
                 audit: Arc::new(audit),
             },
+            ftrl: None,
         };
         let records = store.read_records()?;
         // Before anything is removed: a record naming a version the
@@ -161,6 +162,7 @@ impl Store {
             None => None,
         };
         store.adopt_name_order();
+        store.ftrl = super::ftrl::open(dir, key, &store.manifest, store.ledger.as_ref())?;
         Ok((store, migration))
     }
 
@@ -537,6 +539,7 @@ fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
             ROUNDS,
             PROBE,
             AUDIT,
+            super::ftrl::FTRL,
         ]
         .contains(&base)
         {

@@ -59,6 +59,10 @@ pub struct RoundRecord {
     /// record, so their tags still verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cohort: Option<CohortRecord>,
+    /// `--dp ftrl`: the tree epoch and step this round's sum was released
+    /// as (completed rounds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree: Option<TreeStep>,
 }
 
 /// How a round's cohort was chosen: sampled uniformly at random by the
@@ -73,6 +77,16 @@ pub struct CohortRecord {
     pub waiting: u32,
     /// Clients sampled into the round (its `clients`).
     pub selected: u32,
+}
+
+/// Where a DP-FTRL round's sum sits in the tree: epoch (tree) number and
+/// 1-based step (leaf) in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeStep {
+    /// The tree (epoch) number, from 0.
+    pub epoch: u64,
+    /// The leaf, from 1.
+    pub step: u64,
 }
 
 /// What is written: the record's fields, then its tag. The tag covers

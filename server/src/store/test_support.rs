@@ -111,5 +111,6 @@ pub(super) fn started(round: u64) -> RoundRecord {
         started_at_unix_ms: 0,
         seconds: 0.0,
         cohort: None,
+        tree: None,
     }
 }
