@@ -48,7 +48,9 @@ pub use tessera_aggregation::params::ThresholdRule;
 use tessera_dp::encoding::MAX_FRAC_BITS;
 use tessera_dp::mechanism::NoiseKind;
 
+mod aggregation;
 mod overrides;
+pub use aggregation::{DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_TAU, Strategy, StrategyRecord};
 pub use overrides::ServerOverrides;
 
 /// A configuration the server cannot run with.
@@ -333,13 +335,27 @@ pub struct DpSettings {
     pub recompute_delta: bool,
 }
 
-/// The aggregation strategy: FedAvg(M) over each round's average update.
+/// The aggregation strategy: the server optimizer (FedAvg, FedAvgM, FedAdam,
+/// FedYogi, FedAdagrad) over each round's average update, and FedProx's mu.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AggregationSettings {
     /// FedAvg server learning rate.
     pub server_lr: f32,
     /// FedAvgM server momentum, if any.
     pub server_momentum: Option<f32>,
+    /// The server optimizer; `None` is FedAvgM with a momentum, else FedAvg
+    /// ([`AggregationSettings::effective_strategy`]).
+    pub strategy: Option<Strategy>,
+    /// The adaptive optimizers' first-moment decay; `None` is the paper's.
+    pub server_beta1: Option<f32>,
+    /// FedAdam's and FedYogi's second-moment decay; `None` is the paper's.
+    pub server_beta2: Option<f32>,
+    /// The adaptive optimizers' adaptivity tau; `None` is the default.
+    pub server_tau: Option<f32>,
+    /// FedProx (Li et al. 2020): the weight mu of `(mu/2) ||w - w_global||^2`
+    /// that clients add to their local loss, sent to them with the model and
+    /// in each RoundStart; 0 is plain local training.
+    pub proximal_mu: f64,
 }
 
 impl Default for ServerConfig {
@@ -417,6 +433,11 @@ impl Default for AggregationSettings {
         AggregationSettings {
             server_lr: 1.0,
             server_momentum: None,
+            strategy: None,
+            server_beta1: None,
+            server_beta2: None,
+            server_tau: None,
+            proximal_mu: 0.0,
         }
     }
 }
@@ -559,7 +580,7 @@ impl ServerConfig {
         {
             return Err(invalid("server_momentum", format!("{m} is not in [0, 1)")));
         }
-        Ok(())
+        self.aggregation.validate_strategy()
     }
 
     /// The DP parameters, and that the noise can be planned.

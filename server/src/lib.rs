@@ -76,13 +76,14 @@ mod round;
 mod scheduler;
 mod service;
 pub mod store;
+mod strategy;
 mod terms;
 pub mod tls;
 
 pub use config::ServerConfig;
 pub use metrics::MetricsError;
 
-use crate::fedavg::FedAvg;
+use crate::strategy::ServerOptimizer;
 use crate::model::Model;
 use crate::store::{ModelEntry, Store};
 
@@ -525,6 +526,25 @@ fn check_same_initial(
     )))
 }
 
+/// The configured server optimizer, with the state the store persisted
+/// with the latest version (FedAvgM's velocity, or the adaptive moments).
+fn server_optimizer(
+    settings: &config::AggregationSettings,
+    store: &Store,
+) -> Result<ServerOptimizer, ServeError> {
+    let mut optimizer =
+        ServerOptimizer::new(settings).map_err(|e| ServeError::Model(e.to_string()))?;
+    let strategy = settings.effective_strategy();
+    if strategy.is_adaptive() && settings.server_lr >= 1.0 {
+        tracing::warn!(
+            server_lr = settings.server_lr,
+            "{strategy} moves each weight by about server_lr per round; Reddi et al. use 0.01 to 0.1"
+        );
+    }
+    optimizer.restore(store.velocity(), store.optimizer_state().cloned());
+    Ok(optimizer)
+}
+
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
@@ -599,16 +619,7 @@ pub async fn start_with_disk(
         .validate()?;
     }
     let ledger = terms::ledger_at_start(&config.dp, &mut store)?;
-    let mut fedavg = FedAvg::new(
-        config.aggregation.server_lr,
-        config.aggregation.server_momentum,
-    )
-    .map_err(|e| ServeError::Model(e.to_string()))?;
-    if config.aggregation.server_momentum.is_some()
-        && let Some(velocity) = store.velocity()
-    {
-        fedavg.set_velocity(velocity);
-    }
+    let fedavg = server_optimizer(&config.aggregation, &store)?;
     let dim = model.dim() as u32;
     let training = scheduler::Training {
         version: entry.version,
@@ -843,6 +854,7 @@ mod starting_model_tests {
                 delta: 0.0,
                 ledger: None,
                 velocity: None,
+                optimizer: None,
             })
             .unwrap();
         let (entry, model) = start_from(&dir, &file, None).unwrap();

@@ -21,7 +21,7 @@ use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
-use crate::fedavg::FedAvg;
+use crate::strategy::ServerOptimizer;
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::model::Model;
@@ -40,7 +40,8 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) struct Training {
     pub(crate) model: Model,
     pub(crate) version: u64,
-    pub(crate) fedavg: FedAvg,
+    /// The server optimizer (FedAvg, FedAvgM or adaptive) and its state.
+    pub(crate) fedavg: ServerOptimizer,
     pub(crate) ledger: Option<PrivacyLedger>,
     pub(crate) rng: StdRng,
 }
@@ -158,6 +159,7 @@ async fn run_round(
     let plan = RoundPlan::new(&shared.config, &mut training, round_id, n)?;
     let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
     let mut record = started_record(round_id, n, threshold, started_at);
+    record.strategy = Some(shared.config.aggregation.record());
     // The round id is on disk before any key is derived from it, so a
     // restarted server never reuses it. If it cannot be, the round does
     // not open.
@@ -340,6 +342,7 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
         model_version: None,
         started_at_unix_ms: started_at,
         seconds: 0.0,
+        strategy: None,
     }
 }
 
@@ -796,6 +799,7 @@ fn publish_model(
             },
             ledger: training.ledger.as_ref(),
             velocity: training.fedavg.velocity(),
+            optimizer: training.fedavg.state(),
         })
         .map_err(ServeError::Store)
 }
@@ -826,6 +830,7 @@ mod tests {
                     delta: 0.0,
                     ledger: None,
                     velocity: None,
+                    optimizer: None,
                 })
                 .unwrap();
         }
@@ -880,7 +885,9 @@ mod tests {
                 let mut training = Training {
                     model,
                     version: 1,
-                    fedavg: FedAvg::new(config.aggregation.server_lr, None).unwrap(),
+                    fedavg: crate::fedavg::FedAvg::new(config.aggregation.server_lr, None)
+                        .unwrap()
+                        .into(),
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
                 };

@@ -51,6 +51,11 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("preface_timeout_ms", "3000", "4000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
+    ("strategy", "\"fedadam\"", "\"fedyogi\""),
+    ("server_beta1", "0.8", "0.85"),
+    ("server_beta2", "0.9", "0.999"),
+    ("server_tau", "0.01", "0.0001"),
+    ("proximal_mu", "0.01", "0.1"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

@@ -54,6 +54,10 @@ pub struct RoundRecord {
     pub started_at_unix_ms: u64,
     /// How long it took.
     pub seconds: f64,
+    /// The server strategy and its hyper-parameters (and FedProx's mu) the
+    /// round ran with; absent in records written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::config::StrategyRecord>,
 }
 
 /// What is written: the record's fields, then its tag. The tag covers

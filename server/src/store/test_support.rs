@@ -38,6 +38,7 @@ pub(super) fn publication<'a>(
         delta: ledger.map_or(0.0, PrivacyLedger::delta),
         ledger,
         velocity: None,
+        optimizer: None,
     }
 }
 
@@ -110,5 +111,6 @@ pub(super) fn started(round: u64) -> RoundRecord {
         model_version: None,
         started_at_unix_ms: 0,
         seconds: 0.0,
+        strategy: None,
     }
 }
