@@ -191,8 +191,9 @@ impl Shared {
             .lock()
             .expect("store lock")
             .epsilon_against(entry.round);
-        *self.latest.write().expect("latest lock") =
-            Some(Arc::new(model_response(entry, model, against)));
+        let mut response = model_response(entry, model, against);
+        response.proximal_mu = self.config.aggregation.proximal_mu;
+        *self.latest.write().expect("latest lock") = Some(Arc::new(response));
     }
 
     /// Why no more rounds open, if so.
@@ -244,6 +245,8 @@ pub(crate) fn model_response(
         delta: entry.delta,
         tensors,
         epsilon_against: against.map_or("", |a| a.name()).to_owned(),
+        // The caller's: the running server's setting, not the version's.
+        proximal_mu: 0.0,
     }
 }
 

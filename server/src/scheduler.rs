@@ -177,7 +177,11 @@ async fn run_round(
     info!(parent: &span, bits, "round opened");
 
     let release_plan = plan.release_plan(&shared.config, round_id, n);
-    let mut driver = plan.open_driver(training.version, participants)?;
+    let mut driver = plan.open_driver(
+        training.version,
+        participants,
+        shared.config.aggregation.proximal_mu,
+    )?;
     let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
     let identities = driver.identities().to_vec();
     let told = match end {
@@ -309,11 +313,13 @@ impl RoundPlan {
         }
     }
 
-    /// Opens the round with its participants.
+    /// Opens the round with its participants; `proximal_mu` is FedProx's,
+    /// told to each in its RoundStart.
     fn open_driver(
         self,
         model_version: u64,
         participants: Vec<Participant>,
+        proximal_mu: f64,
     ) -> Result<RoundDriver, ServeError> {
         match RoundDriver::open(
             self.config,
@@ -321,6 +327,7 @@ impl RoundPlan {
             self.distributed.as_ref().map(v1::DistributedDp::from),
             model_version,
             participants,
+            proximal_mu,
         ) {
             Ok(driver) => Ok(driver),
             Err(e) => Err(ServeError::Round(e.to_string())),

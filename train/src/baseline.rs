@@ -98,8 +98,11 @@ pub fn central(cfg: &Experiment) -> Result<(f32, f32), ExperimentError> {
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
     let train = dataset.train.select(&order);
     let epochs = cfg.local.epochs * cfg.rounds as usize;
+    // One training run from the initial model: no global model to stay
+    // near, so no FedProx term.
     let training = LocalTraining {
         epochs,
+        proximal_mu: 0.0,
         ..cfg.local
     };
     let init = tessera_client::burn::flatten(&arch.init(cfg.seed));
