@@ -339,7 +339,7 @@ pub struct DpSettings {
 /// FedYogi, FedAdagrad) over each round's average update, and FedProx's mu.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AggregationSettings {
-    /// FedAvg server learning rate.
+    /// Server learning rate, of every strategy.
     pub server_lr: f32,
     /// FedAvgM server momentum, if any.
     pub server_momentum: Option<f32>,

@@ -83,9 +83,9 @@ pub mod tls;
 pub use config::ServerConfig;
 pub use metrics::MetricsError;
 
-use crate::strategy::ServerOptimizer;
 use crate::model::Model;
 use crate::store::{ModelEntry, Store};
+use crate::strategy::ServerOptimizer;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,6 @@ use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
-use crate::strategy::ServerOptimizer;
 use crate::lobby::Participant;
 use crate::metrics;
 use crate::model::Model;
@@ -29,6 +28,7 @@ use crate::round::{RoundDriver, RoundEnd};
 use crate::store::{
     AuditEvent, ModelEntry, Publication, RoundRecord, RoundStatus, Store, StoreError,
 };
+use crate::strategy::ServerOptimizer;
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.

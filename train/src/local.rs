@@ -14,8 +14,8 @@
 //! ([`tessera_client::GlobalModel::proximal_mu`]); give it to
 //! [`LocalTraining::proximal_mu`].
 
-use burn::nn::loss::CrossEntropyLossConfig;
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
 use rand::SeedableRng;

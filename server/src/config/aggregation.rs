@@ -230,7 +230,10 @@ impl AggregationSettings {
                 ));
             }
         }
-        for (field, v) in [("server_beta1", self.beta1()), ("server_beta2", self.beta2())] {
+        for (field, v) in [
+            ("server_beta1", self.beta1()),
+            ("server_beta2", self.beta2()),
+        ] {
             if !(0.0..1.0).contains(&v) {
                 return Err(invalid(field, format!("{v} is not in [0, 1)")));
             }
@@ -269,13 +272,21 @@ mod tests {
     #[test]
     fn each_bad_strategy_setting_is_refused_by_name() {
         for (text, field, says) in [
-            ("strategy = \"fedavgm\"", "strategy", "needs server_momentum"),
+            (
+                "strategy = \"fedavgm\"",
+                "strategy",
+                "needs server_momentum",
+            ),
             (
                 "strategy = \"fedadam\"\nserver_momentum = 0.9",
                 "server_momentum",
                 "the strategy is fedadam",
             ),
-            ("server_beta1 = 0.9", "server_beta1", "strategy fedavg does not use it"),
+            (
+                "server_beta1 = 0.9",
+                "server_beta1",
+                "strategy fedavg does not use it",
+            ),
             (
                 "server_momentum = 0.5\nserver_tau = 0.01",
                 "server_tau",
@@ -286,10 +297,26 @@ mod tests {
                 "server_beta2",
                 "strategy fedadagrad does not use it",
             ),
-            ("strategy = \"fedadam\"\nserver_beta1 = 1.0", "server_beta1", "not in [0, 1)"),
-            ("strategy = \"fedyogi\"\nserver_beta2 = -0.5", "server_beta2", "not in [0, 1)"),
-            ("strategy = \"fedadam\"\nserver_tau = 0.0", "server_tau", "not a positive"),
-            ("strategy = \"fedadam\"\nserver_tau = nan", "server_tau", "not a positive"),
+            (
+                "strategy = \"fedadam\"\nserver_beta1 = 1.0",
+                "server_beta1",
+                "not in [0, 1)",
+            ),
+            (
+                "strategy = \"fedyogi\"\nserver_beta2 = -0.5",
+                "server_beta2",
+                "not in [0, 1)",
+            ),
+            (
+                "strategy = \"fedadam\"\nserver_tau = 0.0",
+                "server_tau",
+                "not a positive",
+            ),
+            (
+                "strategy = \"fedadam\"\nserver_tau = nan",
+                "server_tau",
+                "not a positive",
+            ),
             ("proximal_mu = -0.1", "proximal_mu", "not a non-negative"),
             ("proximal_mu = inf", "proximal_mu", "not a non-negative"),
         ] {
@@ -314,7 +341,8 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.aggregation.effective_strategy(), Strategy::FedAvgM);
         assert_eq!(dev().aggregation.effective_strategy(), Strategy::FedAvg);
-        let c = with("strategy = \"fedyogi\"\nserver_lr = 0.05\nserver_tau = 0.01\nproximal_mu = 0.1");
+        let c =
+            with("strategy = \"fedyogi\"\nserver_lr = 0.05\nserver_tau = 0.01\nproximal_mu = 0.1");
         c.validate().unwrap();
         let record = c.aggregation.record();
         assert_eq!(
@@ -334,6 +362,9 @@ mod tests {
             "fedyogi server_lr=0.05 beta1=0.9 beta2=0.99 tau=0.01 proximal_mu=0.1"
         );
         let adagrad = with("strategy = \"fedadagrad\"").aggregation.record();
-        assert_eq!((adagrad.server_beta1, adagrad.server_beta2), (Some(0.9), None));
+        assert_eq!(
+            (adagrad.server_beta1, adagrad.server_beta2),
+            (Some(0.9), None)
+        );
     }
 }

@@ -324,7 +324,8 @@ settings! {
     stage_timeout_ms: Option<u64>, typed,
     |c, v| c.round.stage_timeout = Duration::from_millis(v);
 
-    /// FedAvg server learning rate.
+    /// Server learning rate: 1 applies FedAvg's mean update as is; the
+    /// adaptive strategies want 0.01 to 0.1 (see --strategy).
     #[arg(value_name = "LR")]
     server_lr: Option<f32>, typed,
     |c, v| c.aggregation.server_lr = v;

@@ -194,7 +194,10 @@ mod tests {
         store.publish(&publication(&model(2.0), 2, None)).unwrap();
         assert_eq!(store.optimizer_state(), None);
         drop(store);
-        assert_eq!(Store::open(tmp.path(), &key()).unwrap().optimizer_state(), None);
+        assert_eq!(
+            Store::open(tmp.path(), &key()).unwrap().optimizer_state(),
+            None
+        );
     }
 
     /// A server that stops after each round and restarts from the store
@@ -208,7 +211,11 @@ mod tests {
             ..AggregationSettings::default()
         };
         let updates: Vec<Vec<f32>> = (0..3)
-            .map(|r| (0..12).map(|i| ((r * 12 + i) as f32 * 0.37).sin()).collect())
+            .map(|r| {
+                (0..12)
+                    .map(|i| ((r * 12 + i) as f32 * 0.37).sin())
+                    .collect()
+            })
             .collect();
         let mut straight = ServerOptimizer::new(&settings).unwrap();
         let mut straight_model = model(0.0);
