@@ -1330,3 +1330,26 @@ async fn dp_parameters_that_make_no_noise_are_refused() {
         );
     }
 }
+
+/// A server (or anything between) that sends a negative or non-finite
+/// FedProx mu is refused before the client sends anything: a negative mu
+/// would push the client's training away from the global model.
+#[tokio::test]
+async fn a_negative_or_non_finite_proximal_mu_is_refused_before_the_advert() {
+    for mu in [-0.1, f64::NAN, f64::INFINITY] {
+        let mut start = offer_of(round_of(3, 2), None);
+        start.proximal_mu = mu;
+        let (err, messages) = offer(start, |b| b).await;
+        assert!(
+            matches!(&err, ClientError::ServerMisbehaved { round_id: Some(12), problem } if problem.contains("proximal_mu")),
+            "{mu}: {err:?}"
+        );
+        assert_eq!(messages, 0, "{mu}: the client sent its advert");
+    }
+    // The control: mu 0.5 is a normal round.
+    let mut start = offer_of(round_of(3, 2), None);
+    start.proximal_mu = 0.5;
+    let (err, messages) = offer(start, |b| b).await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
+}
