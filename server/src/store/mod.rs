@@ -34,9 +34,10 @@
 //! seen its sum, before anything that could fail on the way to publishing
 //! it (noise, FedAvg, the model write): a sum the server saw is in the
 //! ledger even if it is never published. A publication writes the ledger
-//! first (privacy spent is never under-recorded), then the model file and
-//! the momentum file of the new version, then the manifest, which is what
-//! makes the version visible. No write before that commit touches a file a
+//! first (privacy spent is never under-recorded), then the model file, the
+//! momentum file and the optimizer file (FedAdam/FedYogi/FedAdagrad's m
+//! and v) of the new version, then the manifest, which is what makes the
+//! version visible. No write before that commit touches a file a
 //! committed version uses, so a crash or a failed write at any step leaves
 //! the previous version whole, momentum included; a failure before the
 //! manifest's rename leaves the store usable (the next publication
