@@ -92,11 +92,38 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             note
         );
     }
+    print_strategies(&state.rounds);
     match &state.ledger {
         Some(ledger) => print_ledger(ledger),
         None => println!("privacy ledger: none (DP off)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server strategy the rounds ran with: one line per run of rounds
+/// with the same strategy and hyper-parameters (records written before
+/// strategies were recorded have none).
+fn print_strategies(rounds: &[store::RoundRecord]) {
+    let mut runs: Vec<(u64, u64, &tessera_server::config::StrategyRecord)> = Vec::new();
+    for r in rounds {
+        let Some(s) = &r.strategy else { continue };
+        match runs.last_mut() {
+            Some((_, last, prev)) if *prev == s => *last = r.round,
+            _ => runs.push((r.round, r.round, s)),
+        }
+    }
+    if runs.is_empty() {
+        return;
+    }
+    println!("strategy:");
+    for (first, last, s) in runs {
+        let span = if first == last {
+            format!("round {first}")
+        } else {
+            format!("rounds {first}-{last}")
+        };
+        println!("  {span}: {s}");
+    }
 }
 
 /// What an adversary name means, for the ledger's summary line.

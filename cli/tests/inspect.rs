@@ -269,3 +269,46 @@ fn migrate_seals_a_legacy_directory_and_inspect_audit_verifies_the_record() {
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// A round record as a server writes it (without its MAC: inspect reads,
+/// it does not verify), with `strategy` as given.
+fn record(round: u64, strategy: &str) -> String {
+    format!(
+        r#"{{"round": {round}, "outcome": "completed", "clients": 5, "survivors": 5, "dropped": 0, "threshold": 3, "stage": null, "reason": null, "model_version": {}, "started_at_unix_ms": 0, "seconds": 0.5{strategy}}}"#,
+        round + 1
+    )
+}
+
+#[test]
+fn inspect_shows_the_strategy_each_run_of_rounds_ran_with() {
+    let dir = scratch_dir("strategy");
+    let rounds = dir.join("rounds");
+    std::fs::create_dir_all(&rounds).unwrap();
+    let adam = r#", "strategy": {"strategy": "fedadam", "server_lr": 0.05, "server_beta1": 0.9, "server_beta2": 0.99, "server_tau": 0.001, "proximal_mu": 0.1}"#;
+    let avgm = r#", "strategy": {"strategy": "fedavgm", "server_lr": 1.0, "server_momentum": 0.9, "proximal_mu": 0.0}"#;
+    // Round 1 predates recorded strategies.
+    for (round, strategy) in [(1, ""), (2, adam), (3, adam), (4, avgm)] {
+        std::fs::write(
+            rounds.join(format!("round-{round:06}.json")),
+            record(round, strategy),
+        )
+        .unwrap();
+    }
+    let text = inspect(&dir, &[]);
+    let shown: Vec<&str> = text
+        .lines()
+        .skip_while(|l| *l != "strategy:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            "  rounds 2-3: fedadam server_lr=0.05 beta1=0.9 beta2=0.99 tau=0.001 proximal_mu=0.1",
+            "  round 4: fedavgm server_lr=1 momentum=0.9 proximal_mu=0",
+        ],
+        "{text}"
+    );
+    let json = inspect(&dir, &["--json"]);
+    assert!(json.contains("\"strategy\": \"fedadam\""), "{json}");
+}

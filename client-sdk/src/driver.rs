@@ -82,6 +82,11 @@ pub struct RoundOutcome {
     /// an earlier central round of the same job leaves it holding against
     /// the model's consumers only, whatever this round ran.
     pub client_noise: bool,
+    /// FedProx's mu this round ran with, from its RoundStart (0: off); the
+    /// same as [`GlobalModel::proximal_mu`](crate::GlobalModel::proximal_mu)
+    /// unless the server was restarted with another between the fetch
+    /// and the round.
+    pub proximal_mu: f64,
 }
 
 /// How a call of [`Client::participate_or_drop`](crate::Client::participate_or_drop)
@@ -342,6 +347,8 @@ struct Round {
     /// reported.
     progress: ProgressSink,
     reported: Option<Stage>,
+    /// FedProx's mu from RoundStart ([`RoundOutcome::proximal_mu`]).
+    proximal_mu: f64,
 }
 
 /// The server sent something this client cannot accept, in round
@@ -369,6 +376,15 @@ impl Round {
             .policy
             .check_dp(distributed.as_ref())
             .map_err(|v| v.in_round(config.round_id))?;
+        if !(start.proximal_mu.is_finite() && start.proximal_mu >= 0.0) {
+            return Err(bad(
+                round_id,
+                format!(
+                    "RoundStart's proximal_mu is {}, not a non-negative number",
+                    start.proximal_mu
+                ),
+            ));
+        }
         let encoded = encode_update(update, fixed_point, distributed.as_ref(), round_id, rng)?;
         let mut session = new_session(client, start, &config, rng)?;
         session
@@ -398,6 +414,7 @@ impl Round {
             aborted: None,
             progress: client.progress.clone(),
             reported: None,
+            proximal_mu: start.proximal_mu,
         })
     }
 
@@ -637,6 +654,7 @@ impl Round {
                     bytes_received: self.bytes.received,
                     evicted,
                     client_noise: self.client_noise,
+                    proximal_mu: self.proximal_mu,
                 })
             }
             v1::Outcome::Completed => {

@@ -48,6 +48,12 @@ pub struct GlobalModel {
     /// that ran central rounds before going distributed has spent an
     /// epsilon that holds against the model's consumers only.
     pub epsilon_against: Option<Adversary>,
+    /// FedProx's mu the server runs with (0: off): train with
+    /// `(mu/2) ||w - w_global||^2` added to the local loss, `w_global`
+    /// this model, so the update the round averages is the one the server
+    /// asked for (each round's start repeats it:
+    /// [`RoundOutcome::proximal_mu`](crate::RoundOutcome::proximal_mu)).
+    pub proximal_mu: f64,
     /// The parameters, in the order of the flat update vector: name order
     /// (see the module docs), as the server sends them.
     pub tensors: Vec<NamedTensor>,
@@ -67,6 +73,7 @@ impl GlobalModel {
     ///     epsilon: 0.0,
     ///     delta: 0.0,
     ///     epsilon_against: None,
+    ///     proximal_mu: 0.0,
     ///     tensors: vec![
     ///         NamedTensor { name: "b".into(), shape: vec![1], values: vec![3.0] },
     ///         NamedTensor { name: "w".into(), shape: vec![2], values: vec![1.0, 2.0] },
@@ -158,12 +165,19 @@ impl TryFrom<v1::GetModelResponse> for GlobalModel {
                 )));
             }
         };
+        let proximal_mu = response.proximal_mu;
+        if !(proximal_mu.is_finite() && proximal_mu >= 0.0) {
+            return Err(bad(format!(
+                "its proximal_mu is {proximal_mu}, not a non-negative number"
+            )));
+        }
         Ok(GlobalModel {
             version: response.version,
             round: response.round,
             epsilon: response.epsilon,
             delta: response.delta,
             epsilon_against,
+            proximal_mu,
             tensors,
         })
     }
@@ -186,6 +200,7 @@ mod tests {
                 values: vec![0.0; 5],
             }],
             epsilon_against: String::new(),
+            proximal_mu: 0.0,
         };
         let err = GlobalModel::try_from(response).unwrap_err();
         assert!(err.to_string().contains("tensor 'w'"), "{err}");
@@ -207,6 +222,7 @@ mod tests {
             delta: 0.0,
             tensors: names.iter().map(|n| tensor(n)).collect(),
             epsilon_against: String::new(),
+            proximal_mu: 0.0,
         }
     }
 
@@ -245,10 +261,20 @@ mod tests {
                 values: vec![2.0],
             }],
             epsilon_against: "model-consumers".into(),
+            proximal_mu: 0.25,
         };
         let model = GlobalModel::try_from(response.clone()).unwrap();
         assert_eq!(model.flatten(), [2.0]);
         assert_eq!(model.epsilon, 1.5);
+        assert_eq!(model.proximal_mu, 0.25);
+        for mu in [-0.5, f64::NAN, f64::INFINITY] {
+            let bad_mu = v1::GetModelResponse {
+                proximal_mu: mu,
+                ..response.clone()
+            };
+            let err = GlobalModel::try_from(bad_mu).unwrap_err();
+            assert!(err.to_string().contains("proximal_mu"), "{err}");
+        }
         assert_eq!(model.epsilon_against, Some(Adversary::ModelConsumers));
         let unknown = v1::GetModelResponse {
             epsilon_against: "nobody".into(),

@@ -19,6 +19,7 @@
 //!     epsilon: 0.0,
 //!     delta: 0.0,
 //!     epsilon_against: None,
+//!     proximal_mu: 0.0,
 //!     tensors: vec![
 //!         NamedTensor { name: "fc.bias".into(), shape: vec![2], values: vec![0.5, 0.5] },
 //!         NamedTensor { name: "fc.weight".into(), shape: vec![2, 3], values: vec![0.0; 6] },
@@ -144,6 +145,7 @@ mod tests {
             epsilon: 0.0,
             delta: 0.0,
             epsilon_against: None,
+            proximal_mu: 0.0,
             tensors: vec![
                 NamedTensor {
                     name: "b".into(),

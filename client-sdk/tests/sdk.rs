@@ -90,6 +90,7 @@ fn test_model() -> v1::GetModelResponse {
         epsilon: 0.75,
         delta: 1e-6,
         epsilon_against: String::new(),
+        proximal_mu: 0.0,
         tensors: vec![
             // In name order, as servers send them (the SDK refuses
             // another order).
@@ -199,6 +200,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
             model_version: 4,
             distributed_dp: None,
             identities: Vec::new(),
+            proximal_mu: 0.0,
         };
         c.out
             .send(frame(server_frame::Frame::RoundStart(start)))
@@ -382,6 +384,7 @@ impl Aggregator for ScriptDouble {
                     model_version: 1,
                     distributed_dp: Some(dp.clone()),
                     identities: Vec::new(),
+                    proximal_mu: 0.0,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -400,6 +403,7 @@ impl Aggregator for ScriptDouble {
                     model_version: 1,
                     distributed_dp: None,
                     identities: Vec::new(),
+                    proximal_mu: 0.0,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -913,6 +917,7 @@ fn offer_of(mut config: RoundConfig, dp: Option<v1::DistributedDp>) -> v1::Round
         model_version: 1,
         distributed_dp: dp,
         identities: Vec::new(),
+        proximal_mu: 0.0,
     }
 }
 
@@ -1199,6 +1204,7 @@ fn lying_start(
         model_version: 1,
         distributed_dp: dp,
         identities: Vec::new(),
+        proximal_mu: 0.0,
     }
 }
 
@@ -1323,4 +1329,27 @@ async fn dp_parameters_that_make_no_noise_are_refused() {
             needle,
         );
     }
+}
+
+/// A server (or anything between) that sends a negative or non-finite
+/// FedProx mu is refused before the client sends anything: a negative mu
+/// would push the client's training away from the global model.
+#[tokio::test]
+async fn a_negative_or_non_finite_proximal_mu_is_refused_before_the_advert() {
+    for mu in [-0.1, f64::NAN, f64::INFINITY] {
+        let mut start = offer_of(round_of(3, 2), None);
+        start.proximal_mu = mu;
+        let (err, messages) = offer(start, |b| b).await;
+        assert!(
+            matches!(&err, ClientError::ServerMisbehaved { round_id: Some(12), problem } if problem.contains("proximal_mu")),
+            "{mu}: {err:?}"
+        );
+        assert_eq!(messages, 0, "{mu}: the client sent its advert");
+    }
+    // The control: mu 0.5 is a normal round.
+    let mut start = offer_of(round_of(3, 2), None);
+    start.proximal_mu = 0.5;
+    let (err, messages) = offer(start, |b| b).await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
 }

@@ -53,6 +53,7 @@ impl Aggregator for ModelDouble {
             epsilon: 0.0,
             delta: 0.0,
             epsilon_against: String::new(),
+            proximal_mu: 0.0,
             tensors: vec![v1::Tensor {
                 name: "w".into(),
                 shape: vec![1],

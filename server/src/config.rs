@@ -48,7 +48,9 @@ pub use tessera_aggregation::params::ThresholdRule;
 use tessera_dp::encoding::MAX_FRAC_BITS;
 use tessera_dp::mechanism::NoiseKind;
 
+mod aggregation;
 mod overrides;
+pub use aggregation::{DEFAULT_BETA1, DEFAULT_BETA2, DEFAULT_TAU, Strategy, StrategyRecord};
 pub use overrides::ServerOverrides;
 
 /// A configuration the server cannot run with.
@@ -371,13 +373,27 @@ pub struct DpSettings {
     pub ftrl_momentum: f64,
 }
 
-/// The aggregation strategy: FedAvg(M) over each round's average update.
+/// The aggregation strategy: the server optimizer (FedAvg, FedAvgM, FedAdam,
+/// FedYogi, FedAdagrad) over each round's average update, and FedProx's mu.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AggregationSettings {
-    /// FedAvg server learning rate.
+    /// Server learning rate, of every strategy.
     pub server_lr: f32,
     /// FedAvgM server momentum, if any.
     pub server_momentum: Option<f32>,
+    /// The server optimizer; `None` is FedAvgM with a momentum, else FedAvg
+    /// ([`AggregationSettings::effective_strategy`]).
+    pub strategy: Option<Strategy>,
+    /// The adaptive optimizers' first-moment decay; `None` is the paper's.
+    pub server_beta1: Option<f32>,
+    /// FedAdam's and FedYogi's second-moment decay; `None` is the paper's.
+    pub server_beta2: Option<f32>,
+    /// The adaptive optimizers' adaptivity tau; `None` is the default.
+    pub server_tau: Option<f32>,
+    /// FedProx (Li et al. 2020): the weight mu of `(mu/2) ||w - w_global||^2`
+    /// that clients add to their local loss, sent to them with the model and
+    /// in each RoundStart; 0 is plain local training.
+    pub proximal_mu: f64,
 }
 
 impl Default for ServerConfig {
@@ -460,6 +476,11 @@ impl Default for AggregationSettings {
         AggregationSettings {
             server_lr: 1.0,
             server_momentum: None,
+            strategy: None,
+            server_beta1: None,
+            server_beta2: None,
+            server_tau: None,
+            proximal_mu: 0.0,
         }
     }
 }
@@ -659,7 +680,7 @@ impl ServerConfig {
         {
             return Err(invalid("server_momentum", format!("{m} is not in [0, 1)")));
         }
-        Ok(())
+        self.aggregation.validate_strategy()
     }
 
     /// The DP parameters, and that the noise can be planned.
@@ -699,6 +720,16 @@ impl ServerConfig {
             return Err(invalid(
                 "server_momentum",
                 "--dp ftrl has its own server update: use ftrl_momentum instead of server_momentum",
+            ));
+        }
+        if let Some(strategy) = self.aggregation.strategy
+            && strategy != Strategy::FedAvg
+        {
+            return Err(invalid(
+                "strategy",
+                format!(
+                    "--dp ftrl has its own server update (the tree's noisy prefix sums, with ftrl_momentum); {strategy} cannot be combined with it"
+                ),
             ));
         }
         if self.dp.ftrl_epoch_rounds == 0 {
@@ -1102,6 +1133,10 @@ min_clients = 4
         );
         for (text, field) in [
             ("server_momentum = 0.9\n", "use ftrl_momentum instead"),
+            (
+                "strategy = \"fedadam\"\n",
+                "fedadam cannot be combined with it",
+            ),
             (
                 "ftrl_epoch_rounds = 0\n",
                 "ftrl_epoch_rounds: must be at least 1",

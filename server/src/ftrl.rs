@@ -384,6 +384,7 @@ mod tests {
                 delta: 1e-5,
                 ledger: Some(&ledger),
                 velocity: None,
+                optimizer: None,
             })
             .unwrap();
         released.model
@@ -623,6 +624,7 @@ mod tests {
                 delta: 1e-5,
                 ledger: Some(&ledger),
                 velocity: None,
+                optimizer: None,
             })
             .unwrap();
         drop((store, ftrl));

@@ -78,15 +78,16 @@ mod round;
 mod scheduler;
 mod service;
 pub mod store;
+mod strategy;
 mod terms;
 pub mod tls;
 
 pub use config::ServerConfig;
 pub use metrics::MetricsError;
 
-use crate::fedavg::FedAvg;
 use crate::model::Model;
 use crate::store::{ModelEntry, Store};
+use crate::strategy::ServerOptimizer;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -192,8 +193,9 @@ impl Shared {
             .lock()
             .expect("store lock")
             .epsilon_against(entry.round);
-        *self.latest.write().expect("latest lock") =
-            Some(Arc::new(model_response(entry, model, against)));
+        let mut response = model_response(entry, model, against);
+        response.proximal_mu = self.config.aggregation.proximal_mu;
+        *self.latest.write().expect("latest lock") = Some(Arc::new(response));
     }
 
     /// Why no more rounds open, if so.
@@ -245,6 +247,8 @@ pub(crate) fn model_response(
         delta: entry.delta,
         tensors,
         epsilon_against: against.map_or("", |a| a.name()).to_owned(),
+        // The caller's: the running server's setting, not the version's.
+        proximal_mu: 0.0,
     }
 }
 
@@ -527,6 +531,25 @@ fn check_same_initial(
     )))
 }
 
+/// The configured server optimizer, with the state the store persisted
+/// with the latest version (FedAvgM's velocity, or the adaptive moments).
+fn server_optimizer(
+    settings: &config::AggregationSettings,
+    store: &Store,
+) -> Result<ServerOptimizer, ServeError> {
+    let mut optimizer =
+        ServerOptimizer::new(settings).map_err(|e| ServeError::Model(e.to_string()))?;
+    let strategy = settings.effective_strategy();
+    if strategy.is_adaptive() && settings.server_lr >= 1.0 {
+        tracing::warn!(
+            server_lr = settings.server_lr,
+            "{strategy} moves each weight by about server_lr per round; Reddi et al. use 0.01 to 0.1"
+        );
+    }
+    optimizer.restore(store.velocity(), store.optimizer_state().cloned());
+    Ok(optimizer)
+}
+
 /// Validates the configuration, opens the data directory, binds the
 /// listener and starts serving. Must be called inside a tokio runtime.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, ServeError> {
@@ -601,16 +624,7 @@ pub async fn start_with_disk(
         .validate()?;
     }
     let ledger = terms::ledger_at_start(&config.dp, &mut store)?;
-    let mut fedavg = FedAvg::new(
-        config.aggregation.server_lr,
-        config.aggregation.server_momentum,
-    )
-    .map_err(|e| ServeError::Model(e.to_string()))?;
-    if config.aggregation.server_momentum.is_some()
-        && let Some(velocity) = store.velocity()
-    {
-        fedavg.set_velocity(velocity);
-    }
+    let fedavg = server_optimizer(&config.aggregation, &store)?;
     let dim = model.dim() as u32;
     let ftrl = match config.dp.mode {
         config::DpMode::Ftrl => Some(ftrl::Ftrl::open(
@@ -859,6 +873,7 @@ mod starting_model_tests {
                 delta: 0.0,
                 ledger: None,
                 velocity: None,
+                optimizer: None,
             })
             .unwrap();
         let (entry, model) = start_from(&dir, &file, None).unwrap();

@@ -156,14 +156,15 @@ pub(crate) fn stream_error_status(status: &Status, round_id: u64) -> Status {
 }
 
 impl RoundDriver {
-    /// Opens the round: sends every participant its RoundStart and starts
-    /// one reader task per stream.
+    /// Opens the round: sends every participant its RoundStart (with
+    /// FedProx's `proximal_mu`) and starts one reader task per stream.
     pub(crate) fn open(
         config: RoundConfig,
         fixed_point: v1::FixedPoint,
         distributed_dp: Option<v1::DistributedDp>,
         model_version: u64,
         participants: Vec<Participant>,
+        proximal_mu: f64,
     ) -> Result<RoundDriver, ServerSessionError> {
         let now = Instant::now();
         // Every client binds the encoding it is told into its session hash;
@@ -210,6 +211,7 @@ impl RoundDriver {
                     model_version,
                     distributed_dp: distributed_dp.clone(),
                     identities: wire_identities.clone(),
+                    proximal_mu,
                 })),
             };
             let sent = p.tx.try_send(Ok(start)).is_ok();

@@ -21,7 +21,6 @@ use tonic::Code;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::config::{DpMode, ServerConfig};
-use crate::fedavg::FedAvg;
 use crate::ftrl::Ftrl;
 use crate::lobby::Participant;
 use crate::metrics;
@@ -30,6 +29,7 @@ use crate::round::{RoundDriver, RoundEnd};
 use crate::store::{
     AuditEvent, CohortRecord, ModelEntry, Publication, RoundRecord, RoundStatus, Store, StoreError,
 };
+use crate::strategy::ServerOptimizer;
 use crate::{ServeError, Shared};
 
 /// How long finished clients' streams get to close on their own.
@@ -41,7 +41,8 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 pub(crate) struct Training {
     pub(crate) model: Model,
     pub(crate) version: u64,
-    pub(crate) fedavg: FedAvg,
+    /// The server optimizer (FedAvg, FedAvgM or adaptive) and its state.
+    pub(crate) fedavg: ServerOptimizer,
     pub(crate) ledger: Option<PrivacyLedger>,
     pub(crate) rng: StdRng,
     /// `--dp ftrl`: the tree and the once-per-tree rule.
@@ -218,6 +219,7 @@ async fn run_round(
     let (threshold, graph, bits) = (plan.config.threshold, plan.config.graph, plan.config.bits);
     let mut record = started_record(round_id, n, threshold, started_at);
     record.cohort = Some(cohort.record);
+    record.strategy = Some(shared.config.aggregation.record());
     // DP-FTRL: who takes part is on disk before the round starts, so a
     // crash cannot forget a participation. The round id is on disk before
     // any key is derived from it, so a restarted server never reuses it. If
@@ -240,7 +242,11 @@ async fn run_round(
     info!(parent: &span, bits, "round opened");
 
     let release_plan = plan.release_plan(&shared.config, round_id, n);
-    let mut driver = plan.open_driver(training.version, participants)?;
+    let mut driver = plan.open_driver(
+        training.version,
+        participants,
+        shared.config.aggregation.proximal_mu,
+    )?;
     let end = driver.run(shutdown.clone()).instrument(span.clone()).await;
     let identities = driver.identities().to_vec();
     let told = match end {
@@ -375,11 +381,13 @@ impl RoundPlan {
         }
     }
 
-    /// Opens the round with its participants.
+    /// Opens the round with its participants; `proximal_mu` is FedProx's,
+    /// told to each in its RoundStart.
     fn open_driver(
         self,
         model_version: u64,
         participants: Vec<Participant>,
+        proximal_mu: f64,
     ) -> Result<RoundDriver, ServeError> {
         match RoundDriver::open(
             self.config,
@@ -387,6 +395,7 @@ impl RoundPlan {
             self.distributed.as_ref().map(v1::DistributedDp::from),
             model_version,
             participants,
+            proximal_mu,
         ) {
             Ok(driver) => Ok(driver),
             Err(e) => Err(ServeError::Round(e.to_string())),
@@ -410,6 +419,7 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
         seconds: 0.0,
         cohort: None,
         tree: None,
+        strategy: None,
     }
 }
 
@@ -952,6 +962,7 @@ fn publish_model(
             },
             ledger: training.ledger.as_ref(),
             velocity: training.fedavg.velocity(),
+            optimizer: training.fedavg.state(),
         })
         .map_err(ServeError::Store)
 }
@@ -982,6 +993,7 @@ mod tests {
                     delta: 0.0,
                     ledger: None,
                     velocity: None,
+                    optimizer: None,
                 })
                 .unwrap();
         }
@@ -1043,7 +1055,9 @@ mod tests {
                 let mut training = Training {
                     model,
                     version: 1,
-                    fedavg: FedAvg::new(config.aggregation.server_lr, None).unwrap(),
+                    fedavg: crate::fedavg::FedAvg::new(config.aggregation.server_lr, None)
+                        .unwrap()
+                        .into(),
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
                     ftrl,

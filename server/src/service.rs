@@ -387,9 +387,11 @@ impl Aggregator for AggregatorService {
         .await
         .map_err(|_| Status::internal("model lookup failed"))?;
         match found {
-            Ok(Some((entry, model, against))) => Ok(Response::new(crate::model_response(
-                &entry, &model, against,
-            ))),
+            Ok(Some((entry, model, against))) => {
+                let mut response = crate::model_response(&entry, &model, against);
+                response.proximal_mu = self.shared.config.aggregation.proximal_mu;
+                Ok(Response::new(response))
+            }
             Ok(None) => Err(refuse(
                 Code::NotFound,
                 ErrorKind::NoSuchModel,

@@ -56,6 +56,11 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("lobby_keepalive_ms", "1000", "2000"),
     ("ftrl_epoch_rounds", "8", "32"),
     ("ftrl_momentum", "0.5", "0.9"),
+    ("strategy", "\"fedadam\"", "\"fedyogi\""),
+    ("server_beta1", "0.8", "0.85"),
+    ("server_beta2", "0.9", "0.999"),
+    ("server_tau", "0.01", "0.0001"),
+    ("proximal_mu", "0.01", "0.1"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

@@ -109,7 +109,9 @@ async fn clients_not_sampled_keep_waiting_with_keep_alives_and_take_part_later()
     for entry in ledger.entries() {
         let unamplified = match entry.mechanism {
             Mechanism::Gaussian { sampling_rate, .. } => sampling_rate == 1.0,
-            Mechanism::DiscreteGaussian { .. } | Mechanism::Skellam { .. } => true,
+            Mechanism::DiscreteGaussian { .. }
+            | Mechanism::Skellam { .. }
+            | Mechanism::TreeAggregation { .. } => true,
         };
         assert!(unamplified, "{entry:?}");
     }

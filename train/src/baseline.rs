@@ -18,7 +18,7 @@ use tessera_aggregation::Stage;
 use tessera_dp::mechanism::clip_l2;
 
 use crate::experiment::{Experiment, ExperimentError};
-use crate::local;
+use crate::local::{self, LocalTraining};
 
 /// One round of [`plain_fedavg`].
 #[derive(Clone, Debug, PartialEq)]
@@ -113,17 +113,17 @@ pub fn central_rounds(
     order.shuffle(&mut StdRng::seed_from_u64(cfg.seed));
     let train = dataset.train.select(&order);
     let mut params = tessera_client::burn::flatten(&arch.init(cfg.seed));
+    // One model trained from the initial one: no global model to stay
+    // near, so no FedProx term.
+    let local = LocalTraining {
+        proximal_mu: 0.0,
+        ..cfg.local
+    };
     let mut rows = Vec::new();
     for round in 1..=cfg.rounds {
         let started = Instant::now();
         // Each round's passes shuffle with their own seed, as a client's do.
-        (params, _) = local::train(
-            &arch,
-            &params,
-            &train,
-            &cfg.local,
-            cfg.client_seed(round, 0),
-        );
+        (params, _) = local::train(&arch, &params, &train, &local, cfg.client_seed(round, 0));
         let (accuracy, loss) = local::evaluate(&arch, &params, &dataset.test);
         let row = BaselineRound {
             round,

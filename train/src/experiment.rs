@@ -166,6 +166,12 @@ impl Experiment {
         if !(self.local.lr.is_finite() && self.local.lr > 0.0) {
             return config_error(format!("--lr {} must be positive", self.local.lr));
         }
+        let mu = self.local.proximal_mu;
+        if !(mu.is_finite() && mu >= 0.0) {
+            return config_error(format!(
+                "proximal_mu {mu} must be a non-negative number (0 turns FedProx off)"
+            ));
+        }
         Ok(())
     }
 
@@ -289,6 +295,17 @@ mod tests {
                 ..base.clone()
             })
             .contains("--lr -1")
+        );
+        let local = LocalTraining {
+            proximal_mu: -0.1,
+            ..base.local
+        };
+        assert!(
+            refused(Experiment {
+                local,
+                ..base.clone()
+            })
+            .contains("proximal_mu -0.1")
         );
         assert!(base.check().is_ok());
     }

@@ -5,7 +5,16 @@
 //! current global parameters, runs a few epochs of minibatch training on
 //! its own examples, and reports `local - global`. The optimizer state
 //! starts fresh each round (it is local to the client and never sent).
+//!
+//! FedProx (Li et al., MLSys 2020) adds `(mu/2) ||w - w_global||^2` to the
+//! local loss: the gradient `mu (w - w_global)` pulls each client back
+//! toward the model it started from, which keeps clients whose data differ
+//! from drifting apart over many local steps. The server sets mu
+//! (`proximal_mu`) and sends it with the model
+//! ([`tessera_client::GlobalModel::proximal_mu`]); give it to
+//! [`LocalTraining::proximal_mu`].
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::prelude::*;
@@ -36,6 +45,9 @@ pub struct LocalTraining {
     pub lr: f64,
     /// Which optimizer.
     pub optimizer: Optimizer,
+    /// FedProx's mu: `(mu/2) ||w - w_global||^2` is added to the loss
+    /// (0: plain FedAvg training, bit for bit).
+    pub proximal_mu: f64,
 }
 
 impl Default for LocalTraining {
@@ -49,6 +61,7 @@ impl Default for LocalTraining {
             batch_size: 16,
             lr: 0.1,
             optimizer: Optimizer::Sgd,
+            proximal_mu: 0.0,
         }
     }
 }
@@ -103,9 +116,40 @@ fn batch(examples: &Examples, indices: &[usize], device: &Device) -> (Tensor<2>,
     )
 }
 
+/// Every float parameter of a module as a vector, in the order the module
+/// visits them (the same for two modules of one architecture).
+#[derive(Default)]
+struct Flat(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Flat {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        let n = tensor.shape().num_elements();
+        self.0.push(tensor.reshape([n]));
+    }
+}
+
+fn flat<M: Module>(module: &M) -> Vec<Tensor<1>> {
+    let mut visitor = Flat::default();
+    module.visit(&mut visitor);
+    visitor.0
+}
+
+/// FedProx's term `(mu/2) ||w - w_global||^2` of `model`, differentiable
+/// in its parameters; `global` is [`flat`] of the global model, detached.
+fn proximal_term(model: &Net, global: &[Tensor<1>], mu: f64) -> Tensor<1> {
+    flat(model)
+        .into_iter()
+        .zip(global)
+        .map(|(w, g)| (w - g.clone()).powi_scalar(2).sum())
+        .reduce(|a, b| a + b)
+        .expect("a model has parameters")
+        .mul_scalar(mu / 2.0)
+}
+
 /// Trains from `global` on `examples` and returns the new local
-/// parameters and the mean training loss of the last epoch. Seeded: the
-/// same inputs give the same result.
+/// parameters and the mean training loss (cross-entropy, without FedProx's
+/// term) of the last epoch. Seeded: the same inputs give the same result.
 pub fn train(
     arch: &Architecture,
     global: &[f32],
@@ -115,6 +159,11 @@ pub fn train(
 ) -> (Vec<f32>, f32) {
     let device = Device::flex().autodiff();
     let mut model = arch.load(global, &device);
+    let anchor: Vec<Tensor<1>> = if cfg.proximal_mu > 0.0 {
+        flat(&model).into_iter().map(Tensor::detach).collect()
+    } else {
+        Vec::new()
+    };
     let mut optim = match cfg.optimizer {
         Optimizer::Sgd => SgdConfig::new().init(),
         Optimizer::Adam => AdamConfig::new().init(),
@@ -128,8 +177,11 @@ pub fn train(
         let (mut sum, mut steps) = (0.0f64, 0usize);
         for chunk in order.chunks(cfg.batch_size.max(1)) {
             let (x, y) = batch(examples, chunk, &device);
-            let loss = loss_fn.forward(model.forward(x), y);
+            let mut loss = loss_fn.forward(model.forward(x), y);
             sum += f64::from(loss.clone().into_scalar::<f32>());
+            if cfg.proximal_mu > 0.0 {
+                loss = loss + proximal_term(&model, &anchor, cfg.proximal_mu);
+            }
             steps += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(cfg.lr, model, grads);
@@ -170,4 +222,92 @@ pub fn evaluate(arch: &Architecture, params: &[f32], examples: &Examples) -> (f3
     }
     let n = examples.len().max(1) as f64;
     ((correct as f64 / n) as f32, (loss_sum / n) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::digits;
+
+    fn setup() -> (Architecture, Examples, Vec<f32>) {
+        let data = digits(7);
+        let arch = Architecture {
+            kind: ModelKind::Mlp { hidden: 16 },
+            height: data.height,
+            width: data.width,
+            classes: data.classes,
+        };
+        let examples = data.train.select(&(0..120).collect::<Vec<_>>());
+        let global = tessera_client::burn::flatten(&arch.init(3));
+        (arch, examples, global)
+    }
+
+    /// The L2 norm: of an update, the local model's distance from the
+    /// global one.
+    fn norm(v: &[f32]) -> f64 {
+        v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
+    }
+
+    /// The training loop as it was before FedProx, kept here as the
+    /// reference `proximal_mu = 0` must reproduce bit for bit.
+    fn without_fedprox(
+        arch: &Architecture,
+        global: &[f32],
+        examples: &Examples,
+        cfg: &LocalTraining,
+        seed: u64,
+    ) -> Vec<f32> {
+        let device = Device::flex().autodiff();
+        let mut model = arch.load(global, &device);
+        let mut optim = SgdConfig::new().init();
+        let loss_fn = CrossEntropyLossConfig::new().init(&device);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..examples.len()).collect();
+        for _ in 0..cfg.epochs {
+            order.shuffle(&mut rng);
+            for chunk in order.chunks(cfg.batch_size.max(1)) {
+                let (x, y) = batch(examples, chunk, &device);
+                let loss = loss_fn.forward(model.forward(x), y);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(cfg.lr, model, grads);
+            }
+        }
+        tessera_client::burn::flatten(&model.valid())
+    }
+
+    #[test]
+    fn without_fedprox_training_is_what_it_was() {
+        let (arch, examples, global) = setup();
+        let cfg = LocalTraining {
+            epochs: 2,
+            ..LocalTraining::default()
+        };
+        assert_eq!(cfg.proximal_mu, 0.0, "off by default");
+        let (trained, _) = train(&arch, &global, &examples, &cfg, 11);
+        let reference = without_fedprox(&arch, &global, &examples, &cfg, 11);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&trained), bits(&reference));
+        assert_ne!(trained, global, "it trained");
+    }
+
+    /// FedProx's term pulls the local model toward the global one: on the
+    /// same data and seed, the larger mu, the shorter the update.
+    #[test]
+    fn fedprox_keeps_the_local_model_nearer_the_global_one() {
+        let (arch, examples, global) = setup();
+        let run = |mu: f64| {
+            let cfg = LocalTraining {
+                epochs: 3,
+                proximal_mu: mu,
+                ..LocalTraining::default()
+            };
+            norm(&update(&arch, &global, &examples, &cfg, 11))
+        };
+        let (plain, weak, strong) = (run(0.0), run(0.1), run(2.0));
+        assert!(
+            plain > weak && weak > strong,
+            "distances from the global model: mu 0 {plain}, mu 0.1 {weak}, mu 2 {strong}"
+        );
+        assert!(strong < 0.8 * plain, "mu 2 {strong} vs mu 0 {plain}");
+    }
 }

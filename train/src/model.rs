@@ -176,6 +176,7 @@ mod tests {
                 epsilon: 0.0,
                 delta: 0.0,
                 epsilon_against: None,
+                proximal_mu: 0.0,
                 tensors: tensors(&trained),
             };
             let names: Vec<&str> = published.tensors.iter().map(|t| t.name.as_str()).collect();
@@ -285,6 +286,7 @@ mod tests {
             epsilon: 0.0,
             delta: 0.0,
             epsilon_against: None,
+            proximal_mu: 0.0,
             tensors: published.clone(),
         };
         let loaded = model.load_into(net).unwrap();
@@ -315,6 +317,7 @@ mod tests {
             epsilon: 0.0,
             delta: 0.0,
             epsilon_against: None,
+            proximal_mu: 0.0,
             tensors: tensors(&mlp),
         };
         let err = published.load_into(cnn).unwrap_err();

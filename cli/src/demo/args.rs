@@ -219,6 +219,7 @@ impl DemoArgs {
                     OptimizerArg::Sgd => Optimizer::Sgd,
                     OptimizerArg::Adam => Optimizer::Adam,
                 },
+                ..LocalTraining::default()
             },
             clip_norm: self.clip_norm,
             server_lr: self.server_lr,

@@ -240,6 +240,7 @@ fn server_config(
         aggregation: AggregationSettings {
             server_lr: training.server_lr,
             server_momentum: training.server_momentum,
+            ..AggregationSettings::default()
         },
         dp: DpSettings {
             mode: cfg.dp,

@@ -36,7 +36,7 @@ use tessera_aggregation::ThreatModel;
 use tessera_aggregation::mask::Prg;
 use tessera_dp::mechanism::NoiseKind;
 
-use super::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};
+use super::{ConfigError, DpMode, GraphChoice, ServerConfig, Strategy, ThresholdRule, invalid};
 
 /// A setting's value in one layer: given, or left to the layers below.
 trait Layer: Sized {
@@ -324,7 +324,8 @@ settings! {
     stage_timeout_ms: Option<u64>, typed,
     |c, v| c.round.stage_timeout = Duration::from_millis(v);
 
-    /// FedAvg server learning rate.
+    /// Server learning rate: 1 applies FedAvg's mean update as is; the
+    /// adaptive strategies want 0.01 to 0.1 (see --strategy).
     #[arg(value_name = "LR")]
     server_lr: Option<f32>, typed,
     |c, v| c.aggregation.server_lr = v;
@@ -481,6 +482,40 @@ settings! {
     #[arg(value_name = "GAMMA")]
     ftrl_momentum: Option<f64>, typed,
     |c, v| c.dp.ftrl_momentum = v;
+
+    /// Server optimizer: fedavg, fedavgm (needs --server-momentum), or the
+    /// adaptive fedadam, fedyogi, fedadagrad (Reddi et al. 2021; give
+    /// --server-lr 0.01 to 0.1) [default: fedavgm with --server-momentum,
+    /// else fedavg].
+    #[arg(value_name = "STRATEGY", value_parser = Strategy::from_str)]
+    strategy: Option<Strategy>, parsed Strategy::from_str,
+    |c, v| c.aggregation.strategy = Some(v);
+
+    /// First-moment decay of fedadam, fedyogi and fedadagrad, in [0, 1)
+    /// [default: 0.9].
+    #[arg(value_name = "BETA")]
+    server_beta1: Option<f32>, typed,
+    |c, v| c.aggregation.server_beta1 = Some(v);
+
+    /// Second-moment decay of fedadam and fedyogi, in [0, 1) [default:
+    /// 0.99].
+    #[arg(value_name = "BETA")]
+    server_beta2: Option<f32>, typed,
+    |c, v| c.aggregation.server_beta2 = Some(v);
+
+    /// Adaptivity of fedadam, fedyogi and fedadagrad: the step is
+    /// server_lr * m / (sqrt(v) + tau); smaller adapts more [default:
+    /// 0.001].
+    #[arg(value_name = "TAU")]
+    server_tau: Option<f32>, typed,
+    |c, v| c.aggregation.server_tau = Some(v);
+
+    /// FedProx weight mu: clients add (mu/2) ||w - w_global||^2 to their
+    /// local loss (sent with the model and in each round's start); 0 turns
+    /// it off [default: 0].
+    #[arg(value_name = "MU")]
+    proximal_mu: Option<f64>, typed,
+    |c, v| c.aggregation.proximal_mu = v;
 }
 
 /// The names of distributed DP's noises, on the command line and in the
@@ -582,7 +617,10 @@ mod tests {
             let Some((key, _)) = setting.split_once(" = ") else {
                 continue;
             };
-            if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            if key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 listed.push(key.to_owned());
                 uncommented.push_str(setting);
                 uncommented.push('\n');

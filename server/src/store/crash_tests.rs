@@ -23,6 +23,7 @@ fn run_round(store: &mut Store, round: u64) -> Result<ModelEntry, StoreError> {
     store.record_round(&started(round))?;
     let entry = store.publish(&Publication {
         velocity: Some(&v),
+        optimizer: None,
         ..publication(&m, round, None)
     })?;
     let mut record = started(round);
@@ -52,6 +53,7 @@ fn publication_ops(with_velocity: bool) -> u64 {
     store
         .publish(&Publication {
             velocity: with_velocity.then_some(v.as_slice()),
+            optimizer: None,
             ..publication(&m, 2, None)
         })
         .unwrap();
@@ -83,6 +85,7 @@ fn a_crash_at_every_step_of_a_publication_keeps_a_version_and_its_momentum() {
         let v = velocity(2, m.dim());
         let crashed = store.publish(&Publication {
             velocity: Some(&v),
+            optimizer: None,
             ..publication(&m, 2, None)
         });
         assert!(crashed.is_err(), "step {step} of {steps}");

@@ -7,6 +7,8 @@
 //!                                     metadata {"version", "round"})
 //!   models/momentum-000002.safetensors  the FedAvgM velocity published with that
 //!                                     version (optional; its SHA-256 in the entry)
+//!   models/optimizer-000002.safetensors the adaptive optimizer's moments m and v
+//!                                     (FedAdam/FedYogi/FedAdagrad; optional, the same)
 //!   rounds/round-000042.json          one RoundRecord per round ever opened
 //!   ledger.json                       the privacy ledger (DP on), layout version 2
 //!   audit.jsonl                       the audit log: security-relevant events, appended
@@ -32,9 +34,10 @@
 //! seen its sum, before anything that could fail on the way to publishing
 //! it (noise, FedAvg, the model write): a sum the server saw is in the
 //! ledger even if it is never published. A publication writes the ledger
-//! first (privacy spent is never under-recorded), then the model file and
-//! the momentum file of the new version, then the manifest, which is what
-//! makes the version visible. No write before that commit touches a file a
+//! first (privacy spent is never under-recorded), then the model file, the
+//! momentum file and the optimizer file (FedAdam/FedYogi/FedAdagrad's m
+//! and v) of the new version, then the manifest, which is what makes the
+//! version visible. No write before that commit touches a file a
 //! committed version uses, so a crash or a failed write at any step leaves
 //! the previous version whole, momentum included; a failure before the
 //! manifest's rename leaves the store usable (the next publication
@@ -96,6 +99,7 @@ mod inspect;
 mod integrity;
 mod ledger;
 mod models;
+mod optimizer;
 mod recovery;
 mod rounds;
 #[cfg(test)]
@@ -110,6 +114,7 @@ pub(crate) use ftrl::fresh_salt;
 pub use inspect::{Inspection, inspect, read_audit};
 pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
 pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
+pub use optimizer::OptimizerState;
 pub use recovery::Migration;
 pub use rounds::{CohortRecord, RoundRecord, RoundStatus, TreeStep};
 
@@ -290,6 +295,8 @@ pub(crate) struct Publication<'a> {
     pub(crate) ledger: Option<&'a PrivacyLedger>,
     /// The momentum buffer after this round, if any; `model.dim()` long.
     pub(crate) velocity: Option<&'a [f32]>,
+    /// The adaptive optimizer's state after this round, if any.
+    pub(crate) optimizer: Option<&'a OptimizerState>,
 }
 
 /// The open data directory. Not shared between processes: one server owns
@@ -302,6 +309,7 @@ pub struct Store {
     ledger: Option<PrivacyLedger>,
     latest: Option<Model>,
     velocity: Option<Vec<f32>>,
+    optimizer: Option<OptimizerState>,
     poisoned: bool,
     /// Every write goes through it (a fault plan in tests).
     disk: Disk,
@@ -399,6 +407,12 @@ impl Store {
         self.velocity.clone()
     }
 
+    /// The adaptive optimizer's state persisted with the latest version,
+    /// if any.
+    pub fn optimizer_state(&self) -> Option<&OptimizerState> {
+        self.optimizer.as_ref()
+    }
+
     /// Publishes the initial model (version 1, round 0).
     pub fn init_model(&mut self, model: &Model) -> Result<ModelEntry, StoreError> {
         if !self.manifest.models.is_empty() {
@@ -413,6 +427,7 @@ impl Store {
             delta: 0.0,
             ledger: None,
             velocity: None,
+            optimizer: None,
         })
     }
 
@@ -583,6 +598,9 @@ impl Store {
                 return Err(refused("the velocity is not finite"));
             }
         }
+        if let Some(what) = p.optimizer.and_then(|o| o.fault(p.model.dim())) {
+            return Err(refused(what));
+        }
         if let Some(last) = self.manifest.models.last()
             && p.round <= last.round
         {
@@ -625,6 +643,13 @@ impl Store {
                 None
             }
         };
+        let optimizer = match p.optimizer {
+            Some(state) => Some(self.write_optimizer(version, state)?),
+            None => {
+                self.remove_uncommitted(&optimizer::optimizer_file(version))?;
+                None
+            }
+        };
         let entry = ModelEntry {
             version,
             round: p.round,
@@ -637,6 +662,7 @@ impl Store {
             tensors: p.model.tensors.clone(),
             published_at_unix_ms: unix_ms(),
             momentum,
+            optimizer,
         };
         self.commit_manifest(&entry)?;
         self.seal.audit.record(AuditEvent::Published {
@@ -648,6 +674,7 @@ impl Store {
         });
         self.latest = Some(p.model.clone());
         self.velocity = p.velocity.map(<[f32]>::to_vec);
+        self.optimizer = p.optimizer.cloned();
         Ok(entry)
     }
 
@@ -677,6 +704,23 @@ impl Store {
         let metadata = HashMap::from([("version".to_owned(), version.to_string())]);
         let spec = tensors::velocity_spec(velocity.len());
         let encoded = tensors::encode(&path, &spec, velocity, metadata)?;
+        self.disk.write_atomic(&path, &encoded)?;
+        Ok(StateFile {
+            file,
+            sha256: hex::encode(Sha256::digest(&encoded)),
+        })
+    }
+
+    /// Writes the adaptive optimizer's state of `version` to that version's
+    /// file; returns what the manifest entry records.
+    fn write_optimizer(
+        &self,
+        version: u64,
+        state: &OptimizerState,
+    ) -> Result<StateFile, StoreError> {
+        let file = optimizer::optimizer_file(version);
+        let path = self.dir.join(&file);
+        let encoded = optimizer::encode(&path, version, state)?;
         self.disk.write_atomic(&path, &encoded)?;
         Ok(StateFile {
             file,
@@ -852,6 +896,7 @@ mod tests {
         store
             .publish(&Publication {
                 velocity: Some(&v),
+                optimizer: None,
                 ..publication(&m, 1, None)
             })
             .unwrap();
@@ -895,6 +940,7 @@ mod tests {
         store
             .publish(&Publication {
                 velocity: Some(&v),
+                optimizer: None,
                 ..publication(&m, 2, None)
             })
             .unwrap();
@@ -917,6 +963,7 @@ mod tests {
         let v = vec![0.5f32; m.dim()];
         let with_velocity = |round| Publication {
             velocity: Some(&v),
+            optimizer: None,
             ..publication(&m, round, None)
         };
         store.publish(&with_velocity(1)).unwrap();
@@ -952,6 +999,7 @@ mod tests {
         let bad = [
             Publication {
                 velocity: Some(&short),
+                optimizer: None,
                 ..publication(&m, 1, None)
             },
             publication(&m, 0, None),

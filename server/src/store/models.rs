@@ -47,6 +47,10 @@ pub struct ModelEntry {
     /// was kept per version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub momentum: Option<StateFile>,
+    /// The adaptive optimizer's state (FedAdam, FedYogi, FedAdagrad)
+    /// published with this version, if the server keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer: Option<StateFile>,
 }
 
 /// A file of optimizer state published with a version, as its manifest
@@ -207,6 +211,15 @@ fn entry_fault(i: usize, e: &ModelEntry, last_round: Option<u64>) -> Option<Stri
             "version {} names momentum file {:?}",
             e.version, m.file
         ))
+    } else if let Some(o) = e
+        .optimizer
+        .as_ref()
+        .filter(|o| o.file != super::optimizer::optimizer_file(e.version))
+    {
+        Some(format!(
+            "version {} names optimizer file {:?}",
+            e.version, o.file
+        ))
     } else if last_round.is_some_and(|r| e.round <= r) {
         Some(format!(
             "version {} has round {}, not after the previous version's",
@@ -240,7 +253,7 @@ pub(super) fn read_model(dir: &Path, entry: &ModelEntry) -> Result<Model, StoreE
 
 /// Reads a file whose SHA-256 the manifest records, refusing it if the
 /// digest differs (an edit, or a disk that returns other bytes).
-fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>, StoreError> {
+pub(super) fn read_verified(path: &Path, sha256: &str) -> Result<Vec<u8>, StoreError> {
     let bytes = fs::read(path).map_err(io(path))?;
     let digest = hex::encode(Sha256::digest(&bytes));
     if digest != sha256 {

@@ -20,6 +20,7 @@ use super::models::{
     self, Manifest, check_manifest, decode_momentum, model_file, momentum_file, read_manifest,
     read_model, read_momentum,
 };
+use super::optimizer;
 use super::rounds::{self, record_files, round_file};
 use super::{
     LEDGER, LEGACY_MOMENTUM, MANIFEST, MANIFEST_FORMAT, MODELS, ModelEntry, ROUNDS, RoundRecord,
@@ -98,6 +99,7 @@ impl Store {
             ledger: None,
             latest: None,
             velocity: None,
+            optimizer: None,
             poisoned: false,
             disk,
             seal: Seal {
@@ -159,6 +161,10 @@ impl Store {
         store.migrate_legacy_momentum()?;
         store.velocity = match store.manifest.models.last() {
             Some(latest) => read_momentum(dir, latest)?,
+            None => None,
+        };
+        store.optimizer = match store.manifest.models.last() {
+            Some(latest) => optimizer::read(dir, latest)?,
             None => None,
         };
         store.adopt_name_order();
@@ -244,7 +250,11 @@ impl Store {
             self.latest = Some(read_model(&self.dir, entry)?);
         }
         let next = self.latest_version() + 1;
-        let uncommitted = [model_file(next), momentum_file(next)];
+        let uncommitted = [
+            model_file(next),
+            momentum_file(next),
+            optimizer::optimizer_file(next),
+        ];
         for path in entries(&self.dir.join(MODELS))? {
             let rel = format!("{MODELS}/{}", file_name(&path));
             if uncommitted.contains(&rel) {
@@ -281,6 +291,9 @@ impl Store {
         }
         if let Some(v) = self.velocity.take() {
             self.velocity = Some(in_name_order(&latest.tensors, &v).1);
+        }
+        if let Some(state) = self.optimizer.take() {
+            self.optimizer = Some(optimizer::in_name_order(&latest.tensors, state));
         }
         let stored: Vec<String> = latest.tensors.iter().map(|t| t.name.clone()).collect();
         warn!(
@@ -499,7 +512,9 @@ impl Store {
 
 /// Whether the manifest entry `m` lists the file `rel`.
 fn lists(m: &ModelEntry, rel: &str) -> bool {
-    m.file == rel || m.momentum.as_ref().is_some_and(|s| s.file == rel)
+    m.file == rel
+        || m.momentum.as_ref().is_some_and(|s| s.file == rel)
+        || m.optimizer.as_ref().is_some_and(|s| s.file == rel)
 }
 
 fn outcome_name(outcome: RoundStatus) -> &'static str {

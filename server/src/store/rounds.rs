@@ -63,6 +63,10 @@ pub struct RoundRecord {
     /// as (completed rounds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tree: Option<TreeStep>,
+    /// The server strategy and its hyper-parameters (and FedProx's mu) the
+    /// round ran with; absent in records written before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<crate::config::StrategyRecord>,
 }
 
 /// How a round's cohort was chosen: sampled uniformly at random by the

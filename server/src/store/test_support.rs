@@ -38,6 +38,7 @@ pub(super) fn publication<'a>(
         delta: ledger.map_or(0.0, PrivacyLedger::delta),
         ledger,
         velocity: None,
+        optimizer: None,
     }
 }
 
@@ -112,5 +113,6 @@ pub(super) fn started(round: u64) -> RoundRecord {
         seconds: 0.0,
         cohort: None,
         tree: None,
+        strategy: None,
     }
 }
