@@ -189,12 +189,16 @@ impl FromStr for DpMode {
 
 /// `--dp` values: the names [`DpMode::from_str`] takes, without help of
 /// their own (a `--help` lists them in one line). `tessera serve` parses
-/// `--dp` with [`DpMode::from_str`] (ftrl included); this list is the
-/// demo's, which does not run DP-FTRL, so [`DpMode::Ftrl`] is not in it.
+/// `--dp` with [`DpMode::from_str`]; this list is the demo's.
 #[cfg(feature = "clap")]
 impl clap::ValueEnum for DpMode {
     fn value_variants<'a>() -> &'a [Self] {
-        &[DpMode::Off, DpMode::Central, DpMode::Distributed]
+        &[
+            DpMode::Off,
+            DpMode::Central,
+            DpMode::Distributed,
+            DpMode::Ftrl,
+        ]
     }
 
     fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
@@ -202,7 +206,7 @@ impl clap::ValueEnum for DpMode {
             DpMode::Off => "off",
             DpMode::Central => "central",
             DpMode::Distributed => "distributed",
-            DpMode::Ftrl => return None,
+            DpMode::Ftrl => "ftrl",
         }))
     }
 }

@@ -85,9 +85,18 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
     dropout: f64,
     /// Differential privacy: distributed (clients add discrete Gaussian
-    /// noise), central (the server adds Gaussian noise) or off.
+    /// noise; holds against the server), central (the server adds exact
+    /// discrete Gaussian noise) or ftrl (DP-FTRL: the server adds
+    /// tree-structured noise to the prefix sums; clients take part once
+    /// per tree of --ftrl-epoch-rounds rounds) — both against the model's
+    /// consumers only — or off.
     #[arg(long, value_enum, default_value_t = DpMode::Distributed)]
     dp: DpMode,
+    /// --dp ftrl: rounds per tree (epoch); the clients are dealt into this
+    /// many cohorts per epoch, one per round, so each takes part once per
+    /// tree.
+    #[arg(long, default_value_t = 4, value_name = "S")]
+    ftrl_epoch_rounds: u64,
     /// Target epsilon after --rounds rounds.
     #[arg(long, default_value_t = 8.0, value_name = "EPS")]
     epsilon: f64,
@@ -185,6 +194,7 @@ impl DemoArgs {
             noise_multiplier: self.noise_multiplier,
             out: self.out.clone(),
             threat_model: self.threat_model.into(),
+            ftrl_epoch_rounds: self.ftrl_epoch_rounds,
         }
     }
 

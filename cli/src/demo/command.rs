@@ -165,7 +165,7 @@ impl<'a> Display<'a> {
         rounds_bar.set_style(bar_style(
             "rounds  [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}",
         ));
-        let clients_bar = multi.add(ProgressBar::new(cfg.training.clients as u64));
+        let clients_bar = multi.add(ProgressBar::new(cfg.cohort_size() as u64));
         clients_bar.set_style(bar_style("clients [{bar:30}] {pos}/{len} {msg}"));
         Display {
             cfg,
@@ -229,17 +229,25 @@ fn opening(cfg: &DemoConfig, started: &Started) -> String {
             "distributed DP (discrete Gaussian), noise multiplier {noise_multiplier:.3} for epsilon {} at delta {}",
             cfg.epsilon, cfg.delta
         ),
-        // The demo's --dp does not offer ftrl (see DpMode's ValueEnum).
-        DpMode::Ftrl => format!("DP-FTRL, noise multiplier {noise_multiplier:.3}"),
+        DpMode::Ftrl => format!(
+            "DP-FTRL (tree noise added by the server; holds against model consumers, not the server), \
+             noise multiplier {noise_multiplier:.3} for epsilon {} at delta {}; {} clients per round, \
+             each once per tree of {} rounds",
+            cfg.epsilon,
+            cfg.delta,
+            cfg.cohort_size(),
+            cfg.ftrl_epoch_rounds
+        ),
     };
     let graph = match graph {
         GraphKind::Complete => "complete graph".to_owned(),
         GraphKind::Harary { k } => format!("SecAgg+ Harary graph, {k} neighbours"),
     };
     let clients = cfg.training.clients;
+    let cohort = cfg.cohort_size();
     let mut text = format!(
         "server at {url} (TLS, {clients} tokens); model {} with {dim} parameters\n\
-         masking: {graph}, Shamir threshold {threshold}, rounds need {min_survivors} of {clients} survivors\n\
+         masking: {graph}, Shamir threshold {threshold}, rounds need {min_survivors} of {cohort} survivors\n\
          {privacy}; initial accuracy {accuracy:.4}",
         cfg.training.model,
     );
@@ -280,8 +288,8 @@ pub(super) fn noise_warning(
              client's update ({} clients, {} expected to drop, noise multiplier \
              {noise_multiplier:.3}, {dim} parameters): the model will mostly learn noise. \
              More clients, fewer rounds, a smaller model or a larger epsilon lower it.",
-            cfg.training.clients,
-            cfg.training.dropouts_per_round(),
+            cfg.cohort_size(),
+            cfg.dropouts_per_round(),
         )
     })
 }

@@ -120,7 +120,7 @@ pub(super) async fn deploy(
     Store::open(&data_dir, &key)
         .and_then(|mut store| store.init_model(model))
         .map_err(|e| out_err(&data_dir, e))?;
-    let n = cfg.training.clients as u32;
+    let n = cfg.cohort_size() as u32;
     let (graph, threshold) = config
         .graph_for(n)
         .map_err(|e| DemoError::Config(e.to_string()))?;
@@ -225,8 +225,8 @@ fn server_config(
         // Written into the data directory by `deploy` already.
         initial_model: None,
         round: RoundRules {
-            min_clients: training.clients as u32,
-            max_clients: training.clients as u32,
+            min_clients: cfg.cohort_size() as u32,
+            max_clients: cfg.cohort_size() as u32,
             join_window: Duration::ZERO,
             // SecAgg+: the finder's sparse graph and per-neighbourhood
             // threshold, for the planned dropout rate.
@@ -239,7 +239,9 @@ fn server_config(
         },
         aggregation: AggregationSettings {
             server_lr: training.server_lr,
-            server_momentum: training.server_momentum,
+            // DP-FTRL has its own update; the demo's momentum becomes its
+            // ftrl_momentum (DP-FTRLM) below.
+            server_momentum: training.server_momentum.filter(|_| cfg.dp != DpMode::Ftrl),
             ..AggregationSettings::default()
         },
         dp: DpSettings {
@@ -251,6 +253,8 @@ fn server_config(
             },
             epsilon_budget: cfg.epsilon,
             delta: cfg.delta,
+            ftrl_epoch_rounds: cfg.ftrl_epoch_rounds,
+            ftrl_momentum: f64::from(training.server_momentum.unwrap_or(0.0)),
             ..DpSettings::default()
         },
         rounds: Some(training.rounds),

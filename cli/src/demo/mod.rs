@@ -72,6 +72,10 @@ pub(crate) struct DemoConfig {
     /// clients then sign their keys and the survivor set with enrolled
     /// identities (`enrolled.txt` in `out`).
     pub(crate) threat_model: ThreatModel,
+    /// `--dp ftrl`: rounds per tree (epoch). Each client takes part once
+    /// per epoch: the clients are dealt into this many cohorts, a seeded
+    /// deal per epoch, one cohort per round.
+    pub(crate) ftrl_epoch_rounds: u64,
 }
 
 impl Default for DemoConfig {
@@ -84,6 +88,7 @@ impl Default for DemoConfig {
             noise_multiplier: None,
             out: PathBuf::from("tessera-out"),
             threat_model: ThreatModel::SemiHonest,
+            ftrl_epoch_rounds: 4,
         }
     }
 }
@@ -234,6 +239,12 @@ impl DemoConfig {
 
     /// Checks epsilon (with DP on) and delta.
     fn check_privacy(&self) -> Result<(), DemoError> {
+        if self.dp == DpMode::Ftrl && (self.ftrl_epoch_rounds == 0 || self.cohort_size() < 3) {
+            return Err(DemoError::Config(format!(
+                "--dp ftrl deals --clients {} into --ftrl-epoch-rounds {} cohorts, one per round: each needs at least 3 clients",
+                self.training.clients, self.ftrl_epoch_rounds
+            )));
+        }
         if self.dp != DpMode::Off && !(self.epsilon.is_finite() && self.epsilon > 0.0) {
             return Err(DemoError::Config(format!(
                 "--epsilon {} must be positive",
@@ -249,15 +260,69 @@ impl DemoConfig {
         Ok(())
     }
 
+    /// Clients in each round: all of them, or with `--dp ftrl` one cohort
+    /// of the epoch's deal ([`DemoConfig::cohort_of`]).
+    pub(crate) fn cohort_size(&self) -> usize {
+        match self.dp {
+            DpMode::Ftrl => self.training.clients / self.ftrl_epoch_rounds.max(1) as usize,
+            _ => self.training.clients,
+        }
+    }
+
+    /// Which clients take part in `round` (from 1): every client, or with
+    /// `--dp ftrl` the cohort the epoch's seeded deal gives this round, so
+    /// that each client is in at most one round per tree (the server
+    /// enforces it by token; the demo does not rely on that).
+    pub(crate) fn cohort_of(&self, round: u64) -> Vec<usize> {
+        let n = self.training.clients;
+        if self.dp != DpMode::Ftrl {
+            return (0..n).collect();
+        }
+        let s = self.ftrl_epoch_rounds.max(1);
+        let (epoch, slot) = ((round - 1) / s, ((round - 1) % s) as usize);
+        let mut deal: Vec<usize> = (0..n).collect();
+        use rand::SeedableRng;
+        use rand::seq::SliceRandom;
+        deal.shuffle(&mut rand::rngs::StdRng::seed_from_u64(
+            self.training.seed ^ (epoch << 40) ^ 0x6674_726c,
+        ));
+        let k = self.cohort_size();
+        let mut cohort = deal[slot * k..(slot + 1) * k].to_vec();
+        cohort.sort_unstable();
+        cohort
+    }
+
     /// The fewest survivors a round goes on with: every client that does
     /// not drop, so a round with the planned dropouts completes while
     /// distributed DP is calibrated for as many survivors as there will
     /// be; never below a majority of the clients. (The SecAgg+ graph's own
     /// Shamir threshold is per neighbourhood and much lower.)
     pub(crate) fn min_survivors(&self) -> u32 {
-        let clients = self.training.clients;
+        let clients = self.cohort_size();
         let majority = clients / 2 + 1;
-        (clients - self.training.dropouts_per_round()).max(majority) as u32
+        (clients - self.dropouts_per_round()).max(majority) as u32
+    }
+
+    /// Which of `round`'s cohort drop out, and before which stage, indexed
+    /// by client: the experiment's seeded plan over the cohort.
+    pub(crate) fn dropout_plan(&self, round: u64) -> Vec<Option<tessera_aggregation::Stage>> {
+        let cohort = self.cohort_of(round);
+        let over_cohort = tessera_train::experiment::Experiment {
+            clients: cohort.len(),
+            ..self.training.clone()
+        }
+        .dropout_plan(round);
+        let mut plan = vec![None; self.training.clients];
+        for (slot, &c) in cohort.iter().enumerate() {
+            plan[c] = over_cohort[slot];
+        }
+        plan
+    }
+
+    /// Clients that drop out of each round: the dropout fraction of the
+    /// round's cohort.
+    pub(crate) fn dropouts_per_round(&self) -> usize {
+        (self.training.dropout * self.cohort_size() as f64).round() as usize
     }
 }
 
@@ -312,6 +377,14 @@ pub(crate) fn calibrate(cfg: &DemoConfig) -> Result<f64, DemoError> {
             )))
         };
     }
-    accountant::noise_multiplier(cfg.epsilon, 1.0, cfg.training.rounds, cfg.delta)
-        .map_err(|e| DemoError::Config(format!("cannot reach epsilon {}: {e}", cfg.epsilon)))
+    let z = if cfg.dp == DpMode::Ftrl {
+        // Trees of S rounds, the last one possibly partial: the noise that
+        // spends the budget over the rounds as the ledger charges them.
+        let s = cfg.ftrl_epoch_rounds;
+        let epochs = cfg.training.rounds.div_ceil(s);
+        accountant::tree_noise_multiplier(cfg.epsilon, s, epochs, cfg.delta)
+    } else {
+        accountant::noise_multiplier(cfg.epsilon, 1.0, cfg.training.rounds, cfg.delta)
+    };
+    z.map_err(|e| DemoError::Config(format!("cannot reach epsilon {}: {e}", cfg.epsilon)))
 }

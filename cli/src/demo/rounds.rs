@@ -43,7 +43,7 @@ pub(crate) async fn run_job(
     };
     let dim = model.dim();
     let (initial_accuracy, _) = local::evaluate(&arch, &model.params, &job.test);
-    let survivors = (cfg.training.clients - cfg.training.dropouts_per_round()) as u32;
+    let survivors = (cfg.cohort_size() - cfg.dropouts_per_round()) as u32;
     let expected_noise_norm = super::expected_noise_norm(
         cfg.dp,
         noise_multiplier,
@@ -226,7 +226,7 @@ impl Job<'_> {
         progress: &mut impl FnMut(&DemoEvent),
     ) -> Result<RoundEnd, DemoError> {
         let started = Instant::now();
-        let drop_before = self.cfg.training.dropout_plan(round);
+        let drop_before = self.cfg.dropout_plan(round);
         let results = self
             .run_clients(round, &global.params, &drop_before, progress)
             .await?;
@@ -277,7 +277,8 @@ impl Job<'_> {
     ) -> Result<Vec<Option<ClientRound>>, DemoError> {
         let global = Arc::new(global.to_vec());
         let mut tasks = JoinSet::new();
-        for (c, client) in self.clients.iter().enumerate() {
+        for c in self.cfg.cohort_of(round) {
+            let client = &self.clients[c];
             let fut = client_round(
                 Arc::clone(client),
                 self.arch,
