@@ -199,6 +199,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
             model_version: 4,
             distributed_dp: None,
             identities: Vec::new(),
+            extras: None,
         };
         c.out
             .send(frame(server_frame::Frame::RoundStart(start)))
@@ -382,6 +383,7 @@ impl Aggregator for ScriptDouble {
                     model_version: 1,
                     distributed_dp: Some(dp.clone()),
                     identities: Vec::new(),
+                    extras: None,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -400,6 +402,7 @@ impl Aggregator for ScriptDouble {
                     model_version: 1,
                     distributed_dp: None,
                     identities: Vec::new(),
+                    extras: None,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -913,6 +916,7 @@ fn offer_of(mut config: RoundConfig, dp: Option<v1::DistributedDp>) -> v1::Round
         model_version: 1,
         distributed_dp: dp,
         identities: Vec::new(),
+        extras: None,
     }
 }
 
@@ -1199,6 +1203,7 @@ fn lying_start(
         model_version: 1,
         distributed_dp: dp,
         identities: Vec::new(),
+        extras: None,
     }
 }
 

@@ -303,6 +303,62 @@ pub struct RoundRules {
     pub clip_norm: f32,
     /// Deadline of every stage.
     pub stage_timeout: Duration,
+    /// What the secure sum carries beside the update: example-count
+    /// weights, federated evaluation counts, adaptive clipping's bits.
+    pub extras: ExtrasSettings,
+}
+
+/// The extra coordinates a round's secure sum carries after the model's
+/// (see [`tessera_dp::extras`]): all off by default. Each one that is on
+/// widens the round's sensitivity from `C` to `Δ = C sqrt(1 + m κ²)` (`m`
+/// the blocks on, `κ` = [`ExtrasSettings::scale`]); under DP it is noised
+/// with the update and charged in the same ledger entry, with `Δ`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtrasSettings {
+    /// Weighted averaging: the model moves by `Σ w_i u_i / Σ w_i` with
+    /// `w_i = min(n_i, max_examples) / max_examples`, in place of the plain
+    /// mean. Under DP the denominator is the noisy `Σ w_i`, floored at 1.
+    pub weighting: bool,
+    /// `N`: the example count that earns a full weight of 1 (more counts
+    /// as `N`, so one client's weight, and the sensitivity, stay bounded).
+    pub max_examples: u32,
+    /// Federated evaluation: every client reports (correct, total,
+    /// loss_sum) of the round's base model on its held-out examples; the
+    /// round record shows the federated accuracy and loss.
+    pub federated_eval: bool,
+    /// `T`: the most evaluation examples one client's counts stand for.
+    pub eval_max_examples: u32,
+    /// `L`: the most one example's loss counts for.
+    pub eval_max_loss: f32,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm follows the
+    /// target quantile of the update norms, from the clients' noisy
+    /// clipped-indicator bits; starts at `clip_norm`.
+    pub adaptive_clip: bool,
+    /// `γ`: the fraction of updates the clip norm aims to leave unclipped.
+    pub clip_target_quantile: f64,
+    /// `η`: the geometric step of the clip norm per round.
+    pub clip_lr: f64,
+    /// `κ`: each block of extras has L2 norm at most `κ C`. Larger means
+    /// less noise on the extras' sums (`z Δ / (2 κ C)` units) and a larger
+    /// `Δ`, i.e. more noise on the model.
+    pub scale: f32,
+}
+
+impl Default for ExtrasSettings {
+    fn default() -> Self {
+        ExtrasSettings {
+            weighting: false,
+            max_examples: 1000,
+            federated_eval: false,
+            eval_max_examples: 1000,
+            eval_max_loss: 10.0,
+            adaptive_clip: false,
+            // Andrew et al.'s defaults.
+            clip_target_quantile: 0.5,
+            clip_lr: 0.2,
+            scale: 0.25,
+        }
+    }
 }
 
 /// Differential privacy: which mechanism, how much noise, and the budget.
@@ -394,6 +450,7 @@ impl Default for RoundRules {
             frac_bits: 16,
             clip_norm: 1.0,
             stage_timeout: Duration::from_secs(30),
+            extras: ExtrasSettings::default(),
         }
     }
 }
@@ -474,6 +531,7 @@ impl ServerConfig {
             return Err(invalid("stage_timeout_ms", "must be positive"));
         }
         self.validate_aggregation()?;
+        self.validate_extras()?;
         self.validate_dp()?;
         self.validate_network()
     }
@@ -547,6 +605,49 @@ impl ServerConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The extras' bounds and adaptive clipping's parameters.
+    fn validate_extras(&self) -> Result<(), ConfigError> {
+        let e = &self.round.extras;
+        if !(e.scale.is_finite() && e.scale > 0.0 && e.scale <= 16.0) {
+            return Err(invalid("extras_scale", format!("{} is not in (0, 16]", e.scale)));
+        }
+        if e.max_examples == 0 {
+            return Err(invalid("max_examples", "must be at least 1"));
+        }
+        if e.eval_max_examples == 0 {
+            return Err(invalid("eval_max_examples", "must be at least 1"));
+        }
+        if !(e.eval_max_loss.is_finite() && e.eval_max_loss > 0.0) {
+            return Err(invalid("eval_max_loss", "must be a positive number"));
+        }
+        if !(e.clip_target_quantile > 0.0 && e.clip_target_quantile < 1.0) {
+            return Err(invalid(
+                "clip_target_quantile",
+                format!("{} is not a fraction in (0, 1)", e.clip_target_quantile),
+            ));
+        }
+        if !(e.clip_lr.is_finite() && e.clip_lr > 0.0 && e.clip_lr <= 1.0) {
+            return Err(invalid("clip_lr", format!("{} is not in (0, 1]", e.clip_lr)));
+        }
+        Ok(())
+    }
+
+    /// The extras a round with update clip norm `clip_norm` carries, or
+    /// `None` when none is on (the round then sums the update alone).
+    pub fn extras_layout(&self, clip_norm: f32) -> Option<tessera_dp::extras::ExtrasLayout> {
+        let e = &self.round.extras;
+        let layout = tessera_dp::extras::ExtrasLayout {
+            weighting: e.weighting.then_some(e.max_examples),
+            evaluation: e.federated_eval.then_some(tessera_dp::extras::EvalBounds {
+                max_examples: e.eval_max_examples,
+                max_loss: e.eval_max_loss,
+            }),
+            clip_indicator: e.adaptive_clip,
+            ..tessera_dp::extras::ExtrasLayout::new(clip_norm, e.scale)
+        };
+        (!layout.is_empty()).then_some(layout)
     }
 
     /// The FedAvg(M) step.

@@ -65,6 +65,7 @@ use tracing::{error, info, warn};
 
 pub mod auth;
 pub mod config;
+mod extras;
 mod fedavg;
 pub mod files;
 mod listener;
@@ -610,6 +611,7 @@ pub async fn start_with_disk(
         fedavg.set_velocity(velocity);
     }
     let dim = model.dim() as u32;
+    let extras = extras::ExtrasState::at_start(&config, &store);
     let training = scheduler::Training {
         version: entry.version,
         model,
@@ -617,6 +619,7 @@ pub async fn start_with_disk(
         ledger,
         rng: StdRng::try_from_rng(&mut rand::rngs::SysRng)
             .map_err(|e| ServeError::Round(format!("OS randomness unavailable: {e}")))?,
+        extras,
     };
 
     let listener = bind(config.network.listen, config.round.max_clients).map_err(|source| {

@@ -108,7 +108,7 @@ pub use inspect::{Inspection, inspect, read_audit};
 pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
 pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
 pub use recovery::Migration;
-pub use rounds::{RoundRecord, RoundStatus};
+pub use rounds::{ExtrasRecord, FederatedEval, RoundRecord, RoundStatus};
 
 use disk::{to_json, unix_ms};
 

@@ -110,5 +110,6 @@ pub(super) fn started(round: u64) -> RoundRecord {
         model_version: None,
         started_at_unix_ms: 0,
         seconds: 0.0,
+        extras: None,
     }
 }
