@@ -41,17 +41,28 @@
 //!
 //! # What the server can and cannot enforce
 //!
-//! The bounds above are applied by the client ([`ExtrasLayout::client_vector`]).
-//! A client that skips them (a weight above 1, a count of a million) is
-//! still held to `Δ` as a whole: the joint vector is clipped to `Δ` by the
-//! encoding (and, with distributed DP, conditional rounding bounds the
-//! integer vector's norm). So no client can move the sum by more than `Δ`
-//! in L2, which is all DP needs: the privacy guarantee holds against any
-//! client behaviour. What no server can check is that a client's numbers
-//! are *true*: a client may still claim weight 1 with one example, or all
-//! its evaluation examples correct, within those bounds; it can shift a
-//! decoded weight sum by at most `Δ / (2 s)` units. Secure aggregation
-//! hides each input, so range proofs would be needed to do better.
+//! The bounds above are applied by the client ([`ExtrasLayout::client_vector`]);
+//! the server sees only the sum. What holds whatever a client does:
+//! - a client that skips the bounds but uses the round's encoding (a weight
+//!   of 1e6, a count of a million) is held to `Δ` as a whole: the encoding
+//!   clips the joint vector to `Δ` (with distributed DP, conditional
+//!   rounding bounds the integer vector too). Its weight is then at most
+//!   `(Δ / (κ C) + 1) / 2` and at least `(1 - Δ / (κ C)) / 2` (about 2.56
+//!   and -1.56 at `κ = 0.25` with one block): a lie, but a bounded one;
+//! - the DP guarantee of the honest clients holds against any client
+//!   behaviour: it rests on the honest clients' own clipping and noise;
+//! - the server keeps the weighted mean's denominator within `[1, n]`
+//!   (`n` contributors, which it knows exactly), so a negative weight
+//!   cannot drive it to 0 and blow the step up, nor a huge one shrink the
+//!   step to nothing. The clip-indicator fraction is clamped to `[0, 1]`
+//!   ([`next_clip_norm`]), so one round moves `C` by a bounded factor.
+//!
+//! What no server can check: that a client's numbers are *true* (weight 1
+//! with one example, every evaluation example correct, within the bounds),
+//! or, from a client that writes ring elements directly and skips the
+//! encoding altogether, anything about its input: secure aggregation hides
+//! each input, for the update's coordinates as for the extras'. Bounding
+//! that needs zero-knowledge range proofs, which Tessera does not have.
 //!
 //! ```
 //! use tessera_dp::extras::{ClientExtras, ExtrasLayout};

@@ -317,10 +317,13 @@ pub struct RoundRules {
 pub struct ExtrasSettings {
     /// Weighted averaging: the model moves by `Σ w_i u_i / Σ w_i` with
     /// `w_i = min(n_i, max_examples) / max_examples`, in place of the plain
-    /// mean. Under DP the denominator is the noisy `Σ w_i`, floored at 1.
+    /// mean. The denominator is kept within `[1, n]` (under DP it is
+    /// noisy); see the server's `extras` module.
     pub weighting: bool,
     /// `N`: the example count that earns a full weight of 1 (more counts
     /// as `N`, so one client's weight, and the sensitivity, stay bounded).
+    /// Choose it near a typical client's count: a round whose weights sum
+    /// below 1 is shrunk by the denominator's floor.
     pub max_examples: u32,
     /// Federated evaluation: every client reports (correct, total,
     /// loss_sum) of the round's base model on its held-out examples; the

@@ -10,12 +10,16 @@
 //!
 //! After it: the decoded sum is split into the model's part and the
 //! extras' sums ([`finish`]):
-//! - weighted averaging: the model moves by `Σ w_i u_i / Σ w_i`. Without
-//!   DP `Σ w_i` is exact (a round whose weights sum to 0 moves nothing).
-//!   Under DP it is noisy (std `z Δ / (2 κ C)` weights): it is floored at 1
-//!   so noise can never blow the step up by more than the plain sum of
-//!   weighted updates, at the cost of shrinking rounds whose true `Σ w_i`
-//!   is below 1 (fewer than `max_examples` examples in the whole round);
+//! - weighted averaging: the model moves by `Σ w_i u_i / Σ w_i`, the
+//!   denominator kept within `[1, n]` ([`weight_denominator`]). Without
+//!   DP `Σ w_i` is exact up to fixed-point rounding. Under DP it is noisy
+//!   (std `z Δ / (2 κ C)` weights, a fraction `2 z / (n w̄)` of it for mean
+//!   weight `w̄` when `κ` is small): the floor of 1 keeps noise from blowing
+//!   the step up beyond the plain sum of weighted updates, at the cost of
+//!   shrinking rounds whose true `Σ w_i` is below 1 (fewer than
+//!   `max_examples` examples in the whole round). With few clients the
+//!   noisy denominator adds a multiplicative error on the step; raise
+//!   `extras_scale`, or leave weighting off under DP;
 //! - federated evaluation of the round's base model: accuracy
 //!   `Σ correct / Σ total` and loss `Σ loss / Σ total`, in the round record
 //!   (noisy under DP, with the noise's std in examples);
@@ -31,7 +35,7 @@ use tessera_dp::encoding::{Decoded, FixedPoint};
 use tessera_dp::extras::{ExtrasLayout, next_clip_norm};
 use tessera_dp::mechanism::DistributedEncoding;
 
-use crate::config::{ConfigError, DpMode, ServerConfig};
+use crate::config::{ConfigError, ServerConfig};
 use crate::store::{ExtrasRecord, FederatedEval, Store};
 
 /// How far adaptive clipping may take the clip norm from its initial
@@ -106,6 +110,24 @@ pub(crate) fn plan_encoding(
     }
 }
 
+/// The denominator of the weighted mean: the decoded `Σ w` kept within
+/// `[1, n]`. `n` is the most honest weights (each in `[0, 1]`) sum to; the
+/// floor of 1 is what stops a small denominator from amplifying the step:
+/// noise under DP, or a client that sends a negative weight (even within
+/// `Δ`, it can cancel about `(Δ / (κ C) - 1) / 2` of the others' weights).
+/// With the floor the step is at most the plain sum of the weighted
+/// updates. Honest rounds whose weights sum below 1 (fewer than
+/// `max_examples` examples in all) are shrunk by it: choose `max_examples`
+/// near a typical client's count, not above the whole round's.
+pub(crate) fn weight_denominator(weight: f64, n: u32) -> f64 {
+    let ceiling = f64::from(n).max(1.0);
+    if weight.is_nan() {
+        ceiling
+    } else {
+        weight.clamp(1.0, ceiling)
+    }
+}
+
 /// What a completed round's decoded sum says: the mean update of the
 /// model's `dim` coordinates (weighted if the round weights) and the
 /// extras' record; also sets the next clip norm in `state`.
@@ -122,7 +144,6 @@ pub(crate) fn finish(
     let dim = decoded.sum.len() - layout.len();
     let n = decoded.contributors;
     let sums = layout.decode(&decoded.sum[dim..], n);
-    let noisy = config.dp.mode != DpMode::Off;
     let model = Decoded {
         sum: decoded.sum[..dim].to_vec(),
         contributors: n,
@@ -138,9 +159,9 @@ pub(crate) fn finish(
     let mean = match sums.weight {
         None => model.mean(),
         Some(weight) => {
-            let denominator = if noisy { weight.max(1.0) } else { weight };
+            let denominator = weight_denominator(weight, n);
             record.weight_sum = Some(denominator);
-            if denominator > 0.0 {
+            if n > 0 {
                 model
                     .sum
                     .iter()
@@ -178,4 +199,54 @@ pub(crate) fn finish(
     }
     state.last = Some(record);
     mean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_weight_denominator_stays_within_what_honest_weights_sum_to() {
+        // In range: as decoded.
+        assert_eq!(weight_denominator(2.5, 4), 2.5);
+        // A client that wrote a huge or negative weight, or noise near
+        // zero: clamped to n, or to 1.
+        assert_eq!(weight_denominator(1e9, 4), 4.0);
+        assert_eq!(weight_denominator(-1e9, 4), 1.0);
+        assert_eq!(weight_denominator(0.2, 4), 1.0);
+        assert_eq!(weight_denominator(f64::NAN, 4), 4.0);
+    }
+
+    #[test]
+    fn adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() {
+        use crate::config::ServerConfig;
+        use tessera_dp::extras::ExtrasLayout;
+        let mut config = ServerConfig::default();
+        config.round.extras.adaptive_clip = true;
+        let layout = config.extras_layout(1.0).unwrap();
+        assert_eq!(
+            layout,
+            ExtrasLayout {
+                clip_indicator: true,
+                ..ExtrasLayout::new(1.0, 0.25)
+            }
+        );
+        // 4 contributors, model dimension 1; all 4 unclipped (x = 1
+        // centred is +s each), so C shrinks by exp(-0.2 (1 - 0.5)).
+        let s = 0.25f32;
+        let decoded = Decoded {
+            sum: vec![0.0, 4.0 * s],
+            contributors: 4,
+        };
+        let mut state = ExtrasState {
+            clip_norm: 1.0,
+            last: None,
+        };
+        finish(&config, &layout, &decoded, 0.0, 3, &mut state);
+        let expected = (-0.1f64).exp() as f32;
+        assert!((state.clip_norm - expected).abs() < 1e-6, "{}", state.clip_norm);
+        let record = state.last.unwrap();
+        assert_eq!(record.next_clip_norm, Some(state.clip_norm));
+        assert!((record.unclipped_fraction.unwrap() - 1.0).abs() < 1e-6);
+    }
 }
