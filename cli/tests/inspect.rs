@@ -240,3 +240,36 @@ fn migrate_seals_a_legacy_directory_and_inspect_audit_verifies_the_record() {
     );
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+#[test]
+fn inspect_shows_the_federated_metric_and_adaptive_clipping_of_a_round() {
+    let dir = scratch_dir("extras");
+    std::fs::create_dir_all(dir.join("rounds")).unwrap();
+    // A completed round with extras, as the server records it (inspect
+    // reads records without verifying their MACs).
+    let record = r#"{"round": 3, "outcome": "completed", "clients": 8, "survivors": 8,
+        "dropped": 0, "threshold": 5, "stage": null, "reason": null, "model_version": 4,
+        "started_at_unix_ms": 0, "seconds": 1.5,
+        "extras": {"clip_norm": 0.5, "next_clip_norm": 0.55, "unclipped_fraction": 0.25,
+            "weight_sum": 3.2, "noise_std": 0.001,
+            "federated": {"model_version": 3, "accuracy": 0.8125, "loss": 0.42,
+                "examples": 160.0, "examples_noise_std": 12.5}}}"#;
+    std::fs::write(dir.join("rounds/round-000003.json"), record).unwrap();
+    let text = inspect(&dir, &[]);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with('3'))
+        .unwrap_or_else(|| panic!("no line for round 3:\n{text}"));
+    for part in [
+        "federated accuracy 0.8125 loss 0.4200 of v3 on 160 examples",
+        "(noisy: std 12.5 examples)",
+        "weight sum 3.200",
+        "clip norm 0.5000 -> 0.5500 (25% unclipped)",
+        "extras noisy under DP",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    let json = inspect(&dir, &["--json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["rounds"][0]["extras"]["federated"]["accuracy"], 0.8125);
+}

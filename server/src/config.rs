@@ -833,6 +833,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn extras_settings_come_from_the_file_and_bad_ones_are_refused_by_name() {
+        let c = ServerConfig::from_toml(
+            "dim = 5\nweighting = true\nmax_examples = 64\nfederated_eval = true\nadaptive_clip = true\nclip_target_quantile = 0.7\nclip_lr = 0.1\nextras_scale = 0.5\n",
+        )
+        .unwrap();
+        let e = &c.round.extras;
+        assert!(e.weighting && e.federated_eval && e.adaptive_clip);
+        assert_eq!((e.max_examples, e.clip_target_quantile, e.clip_lr), (64, 0.7, 0.1));
+        let layout = c.extras_layout(2.0).unwrap();
+        assert_eq!((layout.len(), layout.blocks()), (5, 3));
+        // Δ = 2 sqrt(1 + 3 / 4) and 5 more coordinates to sum.
+        let (delta, summed) = c.summed(2.0, 5);
+        assert!((delta - 2.0 * 1.75f32.sqrt()).abs() < 1e-4);
+        assert_eq!(summed, 10);
+        assert_eq!(ServerConfig::default().extras_layout(1.0), None);
+        for (toml, key) in [
+            ("clip_target_quantile = 1.5", "clip_target_quantile"),
+            ("clip_lr = 0.0", "clip_lr"),
+            ("extras_scale = -1.0", "extras_scale"),
+            ("max_examples = 0", "max_examples"),
+            ("eval_max_loss = 0.0", "eval_max_loss"),
+        ] {
+            let mut c = ServerConfig::from_toml(toml).unwrap();
+            c.network.insecure_dev = true;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+    }
+
+    #[test]
     fn secure_by_default_and_insecure_only_on_loopback() {
         let c = ServerConfig {
             dim: Some(10),

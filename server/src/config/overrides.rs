@@ -319,67 +319,6 @@ settings! {
     clip_norm: Option<f32>, typed,
     |c, v| c.round.clip_norm = v;
 
-    /// Weight each update by its client's example count (clipped at
-    /// --max-examples) inside the secure sum; under DP the count is noised
-    /// and charged with the update.
-    #[arg()]
-    #[serde(default)]
-    weighting: bool, typed,
-    |c, v| c.round.extras.weighting = v;
-
-    /// The example count that earns a client the full weight of 1 with
-    /// --weighting (more counts as this) [default: 1000].
-    #[arg(value_name = "N")]
-    max_examples: Option<u32>, typed,
-    |c, v| c.round.extras.max_examples = v;
-
-    /// Federated evaluation: clients report (correct, total, loss sum) of
-    /// the round's base model on their held-out examples inside the secure
-    /// sum (noised and charged under DP); round records show the result.
-    #[arg()]
-    #[serde(default)]
-    federated_eval: bool, typed,
-    |c, v| c.round.extras.federated_eval = v;
-
-    /// The most evaluation examples one client's counts stand for
-    /// [default: 1000].
-    #[arg(value_name = "T")]
-    eval_max_examples: Option<u32>, typed,
-    |c, v| c.round.extras.eval_max_examples = v;
-
-    /// The most one evaluation example's loss counts for [default: 10].
-    #[arg(value_name = "L")]
-    eval_max_loss: Option<f32>, typed,
-    |c, v| c.round.extras.eval_max_loss = v;
-
-    /// Adaptive clipping (Andrew et al. 2021): the clip norm, from
-    /// --clip-norm, follows --clip-target-quantile of the update norms,
-    /// estimated from clients' clipped-indicator bits in the secure sum
-    /// (noised by the clients and charged under DP).
-    #[arg()]
-    #[serde(default)]
-    adaptive_clip: bool, typed,
-    |c, v| c.round.extras.adaptive_clip = v;
-
-    /// Fraction of updates adaptive clipping aims to leave unclipped
-    /// [default: 0.5].
-    #[arg(value_name = "GAMMA")]
-    clip_target_quantile: Option<f64>, typed,
-    |c, v| c.round.extras.clip_target_quantile = v;
-
-    /// Adaptive clipping's geometric step per round [default: 0.2].
-    #[arg(value_name = "ETA")]
-    clip_lr: Option<f64>, typed,
-    |c, v| c.round.extras.clip_lr = v;
-
-    /// Each block of extras (weight, evaluation, clip bit) has L2 norm at
-    /// most this times the clip norm: larger means less noise on their sums
-    /// and more on the model (sensitivity sqrt(1 + blocks x scale^2) x clip
-    /// norm) [default: 0.25].
-    #[arg(value_name = "KAPPA")]
-    extras_scale: Option<f32>, typed,
-    |c, v| c.round.extras.scale = v;
-
     /// Deadline of each stage, in milliseconds.
     #[arg(value_name = "MS")]
     stage_timeout_ms: Option<u64>, typed,
@@ -504,6 +443,67 @@ settings! {
     #[arg(value_name = "R")]
     rounds: Option<u64>, typed,
     |c, v| c.rounds = Some(v);
+
+    /// Weight each update by its client's example count (clipped at
+    /// --max-examples) inside the secure sum; under DP the count is noised
+    /// and charged with the update.
+    #[arg()]
+    #[serde(default)]
+    weighting: bool, typed,
+    |c, v| c.round.extras.weighting = v;
+
+    /// The example count that earns a client the full weight of 1 with
+    /// --weighting (more counts as this) [default: 1000].
+    #[arg(value_name = "N")]
+    max_examples: Option<u32>, typed,
+    |c, v| c.round.extras.max_examples = v;
+
+    /// Federated evaluation: clients report (correct, total, loss sum) of
+    /// the round's base model on their held-out examples inside the secure
+    /// sum (noised and charged under DP); round records show the result.
+    #[arg()]
+    #[serde(default)]
+    federated_eval: bool, typed,
+    |c, v| c.round.extras.federated_eval = v;
+
+    /// The most evaluation examples one client's counts stand for
+    /// [default: 1000].
+    #[arg(value_name = "T")]
+    eval_max_examples: Option<u32>, typed,
+    |c, v| c.round.extras.eval_max_examples = v;
+
+    /// The most one evaluation example's loss counts for [default: 10].
+    #[arg(value_name = "L")]
+    eval_max_loss: Option<f32>, typed,
+    |c, v| c.round.extras.eval_max_loss = v;
+
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm, from
+    /// --clip-norm, follows --clip-target-quantile of the update norms,
+    /// estimated from clients' clipped-indicator bits in the secure sum
+    /// (noised by the clients and charged under DP).
+    #[arg()]
+    #[serde(default)]
+    adaptive_clip: bool, typed,
+    |c, v| c.round.extras.adaptive_clip = v;
+
+    /// Fraction of updates adaptive clipping aims to leave unclipped
+    /// [default: 0.5].
+    #[arg(value_name = "GAMMA")]
+    clip_target_quantile: Option<f64>, typed,
+    |c, v| c.round.extras.clip_target_quantile = v;
+
+    /// Adaptive clipping's geometric step per round [default: 0.2].
+    #[arg(value_name = "ETA")]
+    clip_lr: Option<f64>, typed,
+    |c, v| c.round.extras.clip_lr = v;
+
+    /// Each block of extras (weight, evaluation, clip bit) has L2 norm at
+    /// most this times the clip norm: larger means less noise on their sums
+    /// and more on the model (sensitivity sqrt(1 + blocks x scale^2) x clip
+    /// norm) [default: 0.25].
+    #[arg(value_name = "KAPPA")]
+    extras_scale: Option<f32>, typed,
+    |c, v| c.round.extras.scale = v;
 }
 
 /// The names of distributed DP's noises, on the command line and in the
@@ -654,7 +654,9 @@ mod tests {
                  `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
                  `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
-                 `preface_timeout_ms`, `metrics_listen`, `rounds`"
+                 `preface_timeout_ms`, `metrics_listen`, `rounds`, `weighting`, \
+                 `max_examples`, `federated_eval`, `eval_max_examples`, `eval_max_loss`, \
+                 `adaptive_clip`, `clip_target_quantile`, `clip_lr`, `extras_scale`"
             ),
             "{err}"
         );
