@@ -116,7 +116,10 @@ fn extras_note(e: &store::ExtrasRecord) -> String {
             f.examples
         ));
         if e.noise_std > 0.0 {
-            note.push_str(&format!(" (noisy: std {:.1} examples)", f.examples_noise_std));
+            note.push_str(&format!(
+                " (noisy: std {:.1} examples)",
+                f.examples_noise_std
+            ));
         }
     }
     if let Some(w) = e.weight_sum {

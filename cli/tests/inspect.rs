@@ -271,5 +271,8 @@ fn inspect_shows_the_federated_metric_and_adaptive_clipping_of_a_round() {
     }
     let json = inspect(&dir, &["--json"]);
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(value["rounds"][0]["extras"]["federated"]["accuracy"], 0.8125);
+    assert_eq!(
+        value["rounds"][0]["extras"]["federated"]["accuracy"],
+        0.8125
+    );
 }

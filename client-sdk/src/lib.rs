@@ -82,7 +82,6 @@ pub use builder::{
     RetryPolicy,
 };
 pub use driver::{Contribution, Participation, RoundOutcome};
-pub use tessera_dp::extras::Evaluation;
 pub use error::{ClientError, Eviction};
 pub use model::{Adversary, GlobalModel, NamedTensor};
 pub use policy::{
@@ -91,6 +90,7 @@ pub use policy::{
 };
 pub use progress::Progress;
 pub use tessera_aggregation::Stage;
+pub use tessera_dp::extras::Evaluation;
 
 use builder::Token;
 use error::{Phase, from_status};

@@ -332,7 +332,10 @@ impl ExtrasLayout {
             values.push(centred(loss / (t_max * f64::from(bounds.max_loss)), s));
         }
         if self.clip_indicator {
-            values.push(centred(if clipped { 0.0 } else { 1.0 }, self.block_scale(1)));
+            values.push(centred(
+                if clipped { 0.0 } else { 1.0 },
+                self.block_scale(1),
+            ));
         }
         Ok(ClientVector {
             values,
@@ -442,7 +445,11 @@ mod tests {
         // sqrt(4 + 3 * 0.25 * 4) = sqrt(7).
         assert!((delta - 7f64.sqrt()).abs() < 1e-5, "{delta}");
         for (update, n, e) in [
-            (vec![30.0f32, 40.0], u64::MAX, (u64::MAX, u64::MAX, f64::MAX)),
+            (
+                vec![30.0f32, 40.0],
+                u64::MAX,
+                (u64::MAX, u64::MAX, f64::MAX),
+            ),
             (vec![0.0, 0.0], 0, (0, 0, 0.0)),
             (vec![1.0, 0.0], 7, (3, 5, -4.0)),
             (vec![1.0, 1.0], 100, (10, 5, f64::NAN)),

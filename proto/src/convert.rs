@@ -363,7 +363,13 @@ mod tests {
             with
         );
         assert_eq!(ExtrasLayout::try_from(&extras).unwrap(), layout);
-        assert!(ExtrasLayout::try_from(&v1::RoundExtras { scale: -1.0, ..extras }).is_err());
+        assert!(
+            ExtrasLayout::try_from(&v1::RoundExtras {
+                scale: -1.0,
+                ..extras
+            })
+            .is_err()
+        );
     }
 
     #[test]

@@ -614,7 +614,10 @@ impl ServerConfig {
     fn validate_extras(&self) -> Result<(), ConfigError> {
         let e = &self.round.extras;
         if !(e.scale.is_finite() && e.scale > 0.0 && e.scale <= 16.0) {
-            return Err(invalid("extras_scale", format!("{} is not in (0, 16]", e.scale)));
+            return Err(invalid(
+                "extras_scale",
+                format!("{} is not in (0, 16]", e.scale),
+            ));
         }
         if e.max_examples == 0 {
             return Err(invalid("max_examples", "must be at least 1"));
@@ -632,7 +635,10 @@ impl ServerConfig {
             ));
         }
         if !(e.clip_lr.is_finite() && e.clip_lr > 0.0 && e.clip_lr <= 1.0) {
-            return Err(invalid("clip_lr", format!("{} is not in (0, 1]", e.clip_lr)));
+            return Err(invalid(
+                "clip_lr",
+                format!("{} is not in (0, 1]", e.clip_lr),
+            ));
         }
         Ok(())
     }
@@ -840,7 +846,10 @@ pub(crate) mod tests {
         .unwrap();
         let e = &c.round.extras;
         assert!(e.weighting && e.federated_eval && e.adaptive_clip);
-        assert_eq!((e.max_examples, e.clip_target_quantile, e.clip_lr), (64, 0.7, 0.1));
+        assert_eq!(
+            (e.max_examples, e.clip_target_quantile, e.clip_lr),
+            (64, 0.7, 0.1)
+        );
         let layout = c.extras_layout(2.0).unwrap();
         assert_eq!((layout.len(), layout.blocks()), (5, 3));
         // Δ = 2 sqrt(1 + 3 / 4) and 5 more coordinates to sum.

@@ -244,7 +244,11 @@ mod tests {
         };
         finish(&config, &layout, &decoded, 0.0, 3, &mut state);
         let expected = (-0.1f64).exp() as f32;
-        assert!((state.clip_norm - expected).abs() < 1e-6, "{}", state.clip_norm);
+        assert!(
+            (state.clip_norm - expected).abs() < 1e-6,
+            "{}",
+            state.clip_norm
+        );
         let record = state.last.unwrap();
         assert_eq!(record.next_clip_norm, Some(state.clip_norm));
         assert!((record.unclipped_fraction.unwrap() - 1.0).abs() < 1e-6);

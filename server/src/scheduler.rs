@@ -280,14 +280,9 @@ impl RoundPlan {
         let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
         let min_survivors = config.survivor_floor(n, threshold);
         let dim = training.model.dim() as u32;
-        let (clip_norm, fixed_point, distributed) = crate::extras::plan_encoding(
-            config,
-            training.extras.clip_norm,
-            n,
-            min_survivors,
-            dim,
-        )
-        .map_err(ServeError::Config)?;
+        let (clip_norm, fixed_point, distributed) =
+            crate::extras::plan_encoding(config, training.extras.clip_norm, n, min_survivors, dim)
+                .map_err(ServeError::Config)?;
         training.extras.clip_norm = clip_norm;
         let extras = config.extras_layout(clip_norm);
         let (_, summed) = config.summed(clip_norm, dim);

@@ -194,7 +194,9 @@ impl TestServer {
         config.state_key = Some(self.state_key.clone());
         config.network.insecure_dev = true;
         config.network.listen = "127.0.0.1:0".parse().expect("addr");
-        let server = tessera_server::start(config).await.expect("server restarts");
+        let server = tessera_server::start(config)
+            .await
+            .expect("server restarts");
         TestServer {
             url: format!("http://127.0.0.1:{}", server.local_addr().port()),
             server,

@@ -30,7 +30,10 @@ fn weighted_and_evaluated(config: &mut ServerConfig) {
 
 /// Runs one round of `contributions` (update, examples, evaluation) with
 /// the real SDK; every client completes.
-async fn round(ts: &TestServer, contributions: &[(Vec<f32>, u64, Evaluation)]) -> Vec<RoundOutcome> {
+async fn round(
+    ts: &TestServer,
+    contributions: &[(Vec<f32>, u64, Evaluation)],
+) -> Vec<RoundOutcome> {
     let tasks: Vec<_> = contributions
         .iter()
         .cloned()
@@ -67,7 +70,10 @@ fn last_extras(ts: &TestServer) -> ExtrasRecord {
         .rev()
         .find(|r| r.outcome == RoundStatus::Completed)
         .expect("a completed round");
-    record.extras.clone().expect("the round recorded its extras")
+    record
+        .extras
+        .clone()
+        .expect("the round recorded its extras")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +143,10 @@ async fn weighted_mean_and_federated_accuracy_are_the_plain_ratios_without_dp() 
     assert_eq!(fed.model_version, before.version);
     let (correct, total, loss) = (7.0 + 20.0 + 30.0 + 50.0, 10.0 + 25.0 + 40.0 + 50.0, 40.5);
     assert!((fed.examples - total).abs() < 1e-2, "{fed:?}");
-    assert!((fed.accuracy.unwrap() - correct / total).abs() < 1e-3, "{fed:?}");
+    assert!(
+        (fed.accuracy.unwrap() - correct / total).abs() < 1e-3,
+        "{fed:?}"
+    );
     // Loss sums are capped at L = 10 per example: 20 <= 500, so kept.
     assert!((fed.loss.unwrap() - loss / total).abs() < 1e-3, "{fed:?}");
     ts.server.shutdown().await.unwrap();
@@ -330,7 +339,10 @@ async fn adaptive_clipping_moves_the_clip_norm_and_it_survives_a_restart() {
     adaptive(&mut config);
     let restarted = ts.restart(config).await;
     let after = clipped_rounds(&restarted, 1, 50).await;
-    assert!((after[0] - next).abs() < 1e-6, "resumed at {after:?}, expected {next}");
+    assert!(
+        (after[0] - next).abs() < 1e-6,
+        "resumed at {after:?}, expected {next}"
+    );
     restarted.server.shutdown().await.unwrap();
 }
 
@@ -394,8 +406,7 @@ async fn a_client_that_lies_in_its_extras_moves_the_mean_only_as_far_as_the_boun
     // lie dilutes the step (by at most what Δ allows), it cannot blow it up.
     let after = ts.client(None).latest_model().await.unwrap().flatten();
     for j in 0..DIM as usize {
-        let expected: f64 =
-            honest.iter().map(|u| 0.5 * f64::from(u[j])).sum::<f64>() / weight_sum;
+        let expected: f64 = honest.iter().map(|u| 0.5 * f64::from(u[j])).sum::<f64>() / weight_sum;
         let step = f64::from(after[j]) - f64::from(before[j]);
         assert!((step - expected).abs() < 2e-4, "{j}: {step} vs {expected}");
     }

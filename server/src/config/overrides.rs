@@ -314,7 +314,8 @@ settings! {
     frac_bits: Option<u8>, typed,
     |c, v| c.round.frac_bits = v;
 
-    /// L2 norm clients clip their updates to.
+    /// L2 norm clients clip their updates to (with --adaptive-clip, the
+    /// first round's; later rounds follow the update norms).
     #[arg(value_name = "C")]
     clip_norm: Option<f32>, typed,
     |c, v| c.round.clip_norm = v;
