@@ -217,6 +217,60 @@ mod tests {
         assert_eq!(weight_denominator(f64::NAN, 4), 4.0);
     }
 
+    /// Andrew et al.'s experiment through the server's whole rule: 50
+    /// clients a round whose update norms are uniform on [0, 10] build
+    /// their vectors (`client_vector`), the sum gets Gaussian noise whose
+    /// std on the indicator count is cohort / 20 = 2.5 (what the clients'
+    /// noise would add), and [`finish`] decodes it and moves `C`. From
+    /// C = 0.1 the clip norm settles near the median norm, 5.
+    #[test]
+    fn the_quantile_estimate_converges_through_the_servers_rule() {
+        use rand::{RngExt, SeedableRng};
+        use tessera_dp::extras::ClientExtras;
+        let mut config = crate::config::ServerConfig::default();
+        config.round.extras.adaptive_clip = true;
+        config.round.clip_norm = 0.1;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut gaussian = move |rng: &mut rand::rngs::StdRng| {
+            let (u, v): (f64, f64) = (rng.random(), rng.random());
+            (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let mut state = ExtrasState {
+            clip_norm: 0.1,
+            last: None,
+        };
+        let mut late = Vec::new();
+        for round in 0..300 {
+            let layout = config.extras_layout(state.clip_norm).unwrap();
+            // σ on a coordinate is 2 s x 2.5 on the count.
+            let sigma = 2.0 * 0.25 * f64::from(state.clip_norm) * 2.5;
+            let mut sum = vec![0f64; 3];
+            for _ in 0..50 {
+                let norm = rng.random_range(0.0..10.0f32);
+                let update = [norm, 0.0];
+                let v = layout
+                    .client_vector(&update, &ClientExtras::default())
+                    .unwrap();
+                for (s, x) in sum.iter_mut().zip(&v.values) {
+                    *s += f64::from(*x);
+                }
+            }
+            let decoded = Decoded {
+                sum: sum
+                    .iter()
+                    .map(|&s| (s + sigma * gaussian(&mut rng)) as f32)
+                    .collect(),
+                contributors: 50,
+            };
+            finish(&config, &layout, &decoded, sigma, round, &mut state);
+            if round >= 200 {
+                late.push(f64::from(state.clip_norm));
+            }
+        }
+        let mean = late.iter().sum::<f64>() / late.len() as f64;
+        assert!((mean - 5.0).abs() < 0.6, "mean clip norm {mean}");
+    }
+
     #[test]
     fn adaptive_clipping_moves_the_clip_norm_towards_the_target_quantile() {
         use crate::config::ServerConfig;

@@ -51,6 +51,15 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("preface_timeout_ms", "3000", "4000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
+    ("weighting", "true", "false"),
+    ("max_examples", "50", "60"),
+    ("federated_eval", "true", "false"),
+    ("eval_max_examples", "70", "80"),
+    ("eval_max_loss", "5.0", "6.0"),
+    ("adaptive_clip", "true", "false"),
+    ("clip_target_quantile", "0.6", "0.7"),
+    ("clip_lr", "0.3", "0.4"),
+    ("extras_scale", "0.5", "0.75"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

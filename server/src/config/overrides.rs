@@ -447,10 +447,10 @@ settings! {
 
     /// Weight each update by its client's example count (clipped at
     /// --max-examples) inside the secure sum; under DP the count is noised
-    /// and charged with the update.
-    #[arg()]
-    #[serde(default)]
-    weighting: bool, typed,
+    /// and charged with the update [default: false; --weighting is
+    /// --weighting=true].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    weighting: Option<bool>, typed,
     |c, v| c.round.extras.weighting = v;
 
     /// The example count that earns a client the full weight of 1 with
@@ -461,10 +461,10 @@ settings! {
 
     /// Federated evaluation: clients report (correct, total, loss sum) of
     /// the round's base model on their held-out examples inside the secure
-    /// sum (noised and charged under DP); round records show the result.
-    #[arg()]
-    #[serde(default)]
-    federated_eval: bool, typed,
+    /// sum (noised and charged under DP); round records show the result
+    /// [default: false].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    federated_eval: Option<bool>, typed,
     |c, v| c.round.extras.federated_eval = v;
 
     /// The most evaluation examples one client's counts stand for
@@ -481,10 +481,9 @@ settings! {
     /// Adaptive clipping (Andrew et al. 2021): the clip norm, from
     /// --clip-norm, follows --clip-target-quantile of the update norms,
     /// estimated from clients' clipped-indicator bits in the secure sum
-    /// (noised by the clients and charged under DP).
-    #[arg()]
-    #[serde(default)]
-    adaptive_clip: bool, typed,
+    /// (noised by the clients and charged under DP) [default: false].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    adaptive_clip: Option<bool>, typed,
     |c, v| c.round.extras.adaptive_clip = v;
 
     /// Fraction of updates adaptive clipping aims to leave unclipped
