@@ -476,7 +476,7 @@ mod tests {
             (vec![0.5, 0.5], 500, (40, 60, 1000.0)),
             (vec![0.0, 1.0], 0, (2, 1, 0.5)),
         ];
-        let mut sum = vec![0f64; 7];
+        let mut sum = [0f64; 7];
         for (u, n, e) in &clients {
             let v = layout
                 .client_vector(

@@ -231,7 +231,7 @@ mod tests {
         config.round.extras.adaptive_clip = true;
         config.round.clip_norm = 0.1;
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let mut gaussian = move |rng: &mut rand::rngs::StdRng| {
+        let gaussian = move |rng: &mut rand::rngs::StdRng| {
             let (u, v): (f64, f64) = (rng.random(), rng.random());
             (-2.0 * (1.0 - u).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
         };
@@ -244,7 +244,7 @@ mod tests {
             let layout = config.extras_layout(state.clip_norm).unwrap();
             // σ on a coordinate is 2 s x 2.5 on the count.
             let sigma = 2.0 * 0.25 * f64::from(state.clip_norm) * 2.5;
-            let mut sum = vec![0f64; 3];
+            let mut sum = [0f64; 3];
             for _ in 0..50 {
                 let norm = rng.random_range(0.0..10.0f32);
                 let update = [norm, 0.0];

@@ -214,7 +214,7 @@ impl RoundDriver {
                     model_version,
                     distributed_dp: distributed_dp.clone(),
                     identities: wire_identities.clone(),
-                    extras: extras.clone(),
+                    extras,
                 })),
             };
             let sent = p.tx.try_send(Ok(start)).is_ok();

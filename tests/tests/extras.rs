@@ -223,7 +223,7 @@ async fn under_distributed_dp_the_extras_are_noised_and_charged_with_the_joint_b
         )
         .unwrap();
         let stored = tessera_server::store::inspect(ts.data_dir()).unwrap();
-        let entry = stored.ledger.unwrap().entries().last().unwrap().clone();
+        let entry = *stored.ledger.unwrap().entries().last().unwrap();
         match entry.mechanism {
             Mechanism::DiscreteGaussian {
                 sigma,
