@@ -13,7 +13,10 @@ use tessera_server::store;
 pub(crate) const ABOUT: &str = "Show the models, rounds and privacy ledger in a data directory";
 pub(crate) const LONG_ABOUT: &str = "Reads a `tessera serve` data directory without changing it \
     and prints its published models (version, round, survivors, epsilon), its round records \
-    (outcome, survivors, where and why aborted rounds stopped) and the privacy ledger: each \
+    (outcome, survivors, where and why aborted rounds stopped, and what the round's extras \
+    said: federated accuracy and loss of the round's base model, the weight sum of weighted \
+    averaging, adaptive clipping's clip norm and its next value; marked noisy under DP, with \
+    the noise's standard deviation) and the privacy ledger: each \
     round's charge, its mechanism, and against whom each epsilon holds (server: distributed DP, \
     the noise was in the sum before the server saw it; model-consumers: central DP, the server \
     saw the un-noised sum). Entries migrated from an older ledger layout are marked; recorded changes of the \
@@ -72,15 +75,18 @@ pub(crate) fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     println!("  round  outcome      clients  survivors  threshold  seconds  note");
     for r in &state.rounds {
         let outcome = serde_json::to_value(r.outcome)?;
-        let note = match (&r.stage, &r.reason, r.model_version) {
+        let mut note = match (&r.stage, &r.reason, r.model_version) {
             (Some(stage), Some(reason), _) => format!("{reason} at {stage}"),
             (_, _, Some(v)) => format!("published v{v}"),
             _ => String::new(),
         };
-        let note = match r.tree {
+        note = match r.tree {
             Some(t) => format!("{note} (dp-ftrl tree {} step {})", t.epoch, t.step),
             None => note,
         };
+        if let Some(extras) = &r.extras {
+            note.push_str(&extras_note(extras));
+        }
         println!(
             "  {:>5}  {:<11}  {:>7}  {:>9}  {:>9}  {:>7.2}  {}",
             r.round,
@@ -124,6 +130,46 @@ fn print_strategies(rounds: &[store::RoundRecord]) {
         };
         println!("  {span}: {s}");
     }
+}
+
+/// A completed round's extras, for its note: federated evaluation, the
+/// weighted mean's denominator, adaptive clipping; `(noisy: std ...)` when
+/// DP noise is in them.
+fn extras_note(e: &store::ExtrasRecord) -> String {
+    let mut note = String::new();
+    if let Some(f) = &e.federated {
+        let figure = |x: Option<f64>| x.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.4}"));
+        note.push_str(&format!(
+            "; federated accuracy {} loss {} of v{} on {:.0} examples",
+            figure(f.accuracy),
+            figure(f.loss),
+            f.model_version,
+            f.examples
+        ));
+        if e.noise_std > 0.0 {
+            note.push_str(&format!(
+                " (noisy: std {:.1} examples)",
+                f.examples_noise_std
+            ));
+        }
+    }
+    if let Some(w) = e.weight_sum {
+        note.push_str(&format!("; weight sum {w:.3}"));
+    }
+    note.push_str(&format!("; clip norm {:.4}", e.clip_norm));
+    if let (Some(next), Some(fraction)) = (e.next_clip_norm, e.unclipped_fraction) {
+        note.push_str(&format!(
+            " -> {next:.4} ({:.0}% unclipped)",
+            100.0 * fraction
+        ));
+    }
+    if e.noise_std > 0.0 {
+        note.push_str(&format!(
+            "; extras noisy under DP (std {:.3e} per coordinate)",
+            e.noise_std
+        ));
+    }
+    note
 }
 
 /// What an adversary name means, for the ledger's summary line.

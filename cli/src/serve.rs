@@ -255,3 +255,37 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod extras_flag_tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    /// The extras' switches: bare to switch on, `=false` to switch off
+    /// what a file switched on (the command line wins over the file).
+    #[test]
+    fn extras_switches_parse_bare_and_with_a_value() {
+        let w = Wrapper::try_parse_from([
+            "serve",
+            "--adaptive-clip",
+            "--weighting=false",
+            "--federated-eval=true",
+            "--clip-target-quantile",
+            "0.7",
+        ])
+        .expect("flags parse");
+        let s = &w.args.settings;
+        assert_eq!(s.adaptive_clip, Some(true));
+        assert_eq!(s.weighting, Some(false));
+        assert_eq!(s.federated_eval, Some(true));
+        assert_eq!(s.clip_target_quantile, Some(0.7));
+        assert!(Wrapper::try_parse_from(["serve", "--adaptive-clip=maybe"]).is_err());
+    }
+}

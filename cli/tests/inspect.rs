@@ -115,11 +115,11 @@ fn inspect_shows_a_dp_ftrl_rounds_tree_epoch_and_step() {
     std::fs::create_dir_all(dir.join("rounds")).unwrap();
     let record = r#"{"round": 7, "outcome": "completed", "clients": 3, "survivors": 3, "dropped": 0,
         "threshold": 2, "stage": null, "reason": null, "model_version": 5, "started_at_unix_ms": 0,
-        "seconds": 0.5, "tree": {"epoch": 1, "step": 3}}"#;
+        "seconds": 0.5, "tree": {"epoch": 1, "step": 1}}"#;
     std::fs::write(dir.join("rounds/round-000007.json"), record).unwrap();
     let ledger = r#"{"version": 2, "budget_epsilon": 8.0, "delta": 1e-5, "entries": [
         {"event": "round-charge", "round": 7, "adversary": "model-consumers", "neighbouring": "zero-out-one",
-         "mechanism": {"kind": "tree-aggregation", "sigma": 4.0, "l2_sensitivity": 1.0, "step": 3}, "epsilon_spent": 1.0}
+         "mechanism": {"kind": "tree-aggregation", "sigma": 4.0, "l2_sensitivity": 1.0, "step": 1}, "epsilon_spent": 1.0}
     ]}"#;
     std::fs::write(dir.join("ledger.json"), ledger).unwrap();
     let text = inspect(&dir, &[]);
@@ -127,7 +127,9 @@ fn inspect_shows_a_dp_ftrl_rounds_tree_epoch_and_step() {
         .lines()
         .find(|l| l.contains("published v5"))
         .unwrap_or_else(|| panic!("no round line:\n{text}"));
-    assert!(round.contains("dp-ftrl tree 1 step 3"), "{round}");
+    // The ledger refuses a tree step that does not follow its tree's
+    // previous one, so the lone entry is a tree's first step.
+    assert!(round.contains("dp-ftrl tree 1 step 1"), "{round}");
     let charge = entry_line(&text, 7);
     assert!(
         charge.contains("tree-aggregation") && charge.contains("model-consumers"),
@@ -311,4 +313,40 @@ fn inspect_shows_the_strategy_each_run_of_rounds_ran_with() {
     );
     let json = inspect(&dir, &["--json"]);
     assert!(json.contains("\"strategy\": \"fedadam\""), "{json}");
+}
+
+#[test]
+fn inspect_shows_the_federated_metric_and_adaptive_clipping_of_a_round() {
+    let dir = scratch_dir("extras");
+    std::fs::create_dir_all(dir.join("rounds")).unwrap();
+    // A completed round with extras, as the server records it (inspect
+    // reads records without verifying their MACs).
+    let record = r#"{"round": 3, "outcome": "completed", "clients": 8, "survivors": 8,
+        "dropped": 0, "threshold": 5, "stage": null, "reason": null, "model_version": 4,
+        "started_at_unix_ms": 0, "seconds": 1.5,
+        "extras": {"clip_norm": 0.5, "next_clip_norm": 0.55, "unclipped_fraction": 0.25,
+            "weight_sum": 3.2, "noise_std": 0.001,
+            "federated": {"model_version": 3, "accuracy": 0.8125, "loss": 0.42,
+                "examples": 160.0, "examples_noise_std": 12.5}}}"#;
+    std::fs::write(dir.join("rounds/round-000003.json"), record).unwrap();
+    let text = inspect(&dir, &[]);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with('3'))
+        .unwrap_or_else(|| panic!("no line for round 3:\n{text}"));
+    for part in [
+        "federated accuracy 0.8125 loss 0.4200 of v3 on 160 examples",
+        "(noisy: std 12.5 examples)",
+        "weight sum 3.200",
+        "clip norm 0.5000 -> 0.5500 (25% unclipped)",
+        "extras noisy under DP",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    let json = inspect(&dir, &["--json"]);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        value["rounds"][0]["extras"]["federated"]["accuracy"],
+        0.8125
+    );
 }

@@ -86,6 +86,23 @@ impl Client {
         self.block_on(self.inner.participate(update))
     }
 
+    /// [`crate::Client::contribute`], blocking.
+    pub fn contribute(
+        &self,
+        contribution: crate::Contribution<'_>,
+    ) -> Result<RoundOutcome, ClientError> {
+        self.block_on(self.inner.contribute(contribution))
+    }
+
+    /// [`crate::Client::contribute_or_drop`], blocking.
+    pub fn contribute_or_drop(
+        &self,
+        contribution: crate::Contribution<'_>,
+        drop_before: Stage,
+    ) -> Result<Participation, ClientError> {
+        self.block_on(self.inner.contribute_or_drop(contribution, drop_before))
+    }
+
     /// [`crate::Client::participate_or_drop`], blocking.
     pub fn participate_or_drop(
         &self,

@@ -40,6 +40,7 @@ use tessera_aggregation::{
 };
 use tessera_dp::encoding::Encoded;
 use tessera_dp::encoding::FixedPoint;
+use tessera_dp::extras::{ExtrasError, ExtrasLayout};
 use tessera_dp::mechanism::DistributedEncoding;
 use tessera_proto::v1::{self, client_frame, server_frame};
 use tokio::sync::mpsc;
@@ -87,6 +88,67 @@ pub struct RoundOutcome {
     /// unless the server was restarted with another between the fetch
     /// and the round.
     pub proximal_mu: f64,
+    /// The L2 norm the round clipped updates to (with adaptive clipping it
+    /// changes from round to round).
+    pub clip_norm: f32,
+}
+
+/// What a client contributes to a round: its update and, for the rounds
+/// that ask for them, the example count that weights it and its federated
+/// evaluation of the model version it trained from. Both travel inside the
+/// secure sum (see `tessera_dp::extras`), noised with the update under
+/// distributed DP; a round that does not ask for one ignores it.
+///
+/// ```
+/// use tessera_client::{Contribution, Evaluation};
+///
+/// let update = [0.1f32, -0.2];
+/// let c = Contribution::new(&update)
+///     .num_examples(120)
+///     .evaluation(Evaluation { correct: 40, total: 50, loss_sum: 12.5 });
+/// assert_eq!(c.update(), &update);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Contribution<'a> {
+    update: &'a [f32],
+    extras: tessera_dp::extras::ClientExtras,
+}
+
+impl<'a> Contribution<'a> {
+    /// An update with nothing else.
+    pub fn new(update: &'a [f32]) -> Self {
+        Contribution {
+            update,
+            extras: tessera_dp::extras::ClientExtras::default(),
+        }
+    }
+
+    /// The number of examples the update was trained on: required by a
+    /// server that weights by example count (`--weighting`), which counts
+    /// at most its public `max_examples`.
+    #[must_use]
+    pub fn num_examples(mut self, n: u64) -> Self {
+        self.extras.num_examples = Some(n);
+        self
+    }
+
+    /// This client's evaluation, on its own held-out examples, of the model
+    /// version it trained from (`--federated-eval`); a round that asks for
+    /// evaluation counts a client without one as zero examples.
+    #[must_use]
+    pub fn evaluation(mut self, evaluation: tessera_dp::extras::Evaluation) -> Self {
+        self.extras.evaluation = Some(evaluation);
+        self
+    }
+
+    /// The update.
+    pub fn update(&self) -> &'a [f32] {
+        self.update
+    }
+
+    pub(crate) fn extras(&self) -> &tessera_dp::extras::ClientExtras {
+        &self.extras
+    }
 }
 
 /// How a call of [`Client::participate_or_drop`](crate::Client::participate_or_drop)
@@ -173,10 +235,11 @@ fn join_proof(
 pub(crate) async fn participate(
     client: &ClientInner,
     mut grpc: v1::aggregator_client::AggregatorClient<Channel>,
-    update: &[f32],
+    contribution: &Contribution<'_>,
     drop_before: Option<Stage>,
     rng: &mut StdRng,
 ) -> Result<Participation, ClientError> {
+    let update = contribution.update();
     let update_len = update.len();
     let join_phase = Phase::Join { update_len };
     let dim = u32::try_from(update_len).map_err(|_| ClientError::UpdateLength {
@@ -208,7 +271,7 @@ pub(crate) async fn participate(
         });
     }
 
-    let round = Round::start(client, &start, update, bytes, rng)?;
+    let round = Round::start(client, &start, contribution, bytes, rng)?;
     let span = tracing::info_span!(
         "round",
         round_id = round.round_id,
@@ -331,6 +394,8 @@ struct Round {
     update_norm: f32,
     /// Whether the round runs distributed DP ([`RoundOutcome::client_noise`]).
     client_noise: bool,
+    /// The update's clip norm ([`RoundOutcome::clip_norm`]).
+    clip_norm: f32,
     /// The session's latest stage, kept because the session itself has
     /// none once it gave up.
     stage: Option<&'static str>,
@@ -363,11 +428,13 @@ impl Round {
     fn start(
         client: &ClientInner,
         start: &v1::RoundStart,
-        update: &[f32],
+        contribution: &Contribution<'_>,
         bytes: Bytes,
         rng: &mut StdRng,
     ) -> Result<Round, ClientError> {
-        let config = round_config(client, start, update)?;
+        let update = contribution.update();
+        let extras = extras_layout(start)?;
+        let config = round_config(client, start, update, extras.as_ref())?;
         let round_id = Some(config.round_id);
         let fixed_point = fixed_point(start, &config)?;
         let distributed = distributed_encoding(client, start, &config, fixed_point)?;
@@ -385,7 +452,23 @@ impl Round {
                 ),
             ));
         }
-        let encoded = encode_update(update, fixed_point, distributed.as_ref(), round_id, rng)?;
+        let (encoded, clip_norm) = match &extras {
+            None => (
+                encode_update(update, fixed_point, distributed.as_ref(), round_id, rng)?,
+                fixed_point.clip_norm,
+            ),
+            Some(layout) => (
+                encode_with_extras(
+                    layout,
+                    contribution,
+                    fixed_point,
+                    distributed.as_ref(),
+                    round_id,
+                    rng,
+                )?,
+                layout.clip_norm,
+            ),
+        };
         let mut session = new_session(client, start, &config, rng)?;
         session
             .submit_input(encoded.values)
@@ -407,6 +490,7 @@ impl Round {
             clipped: encoded.clipped,
             update_norm: encoded.norm,
             client_noise: distributed.is_some(),
+            clip_norm,
             stage: None,
             bytes,
             accused: None,
@@ -655,6 +739,7 @@ impl Round {
                     evicted,
                     client_noise: self.client_noise,
                     proximal_mu: self.proximal_mu,
+                    clip_norm: self.clip_norm,
                 })
             }
             v1::Outcome::Completed => {
@@ -686,6 +771,7 @@ fn round_config(
     client: &ClientInner,
     start: &v1::RoundStart,
     update: &[f32],
+    extras: Option<&ExtrasLayout>,
 ) -> Result<RoundConfig, ClientError> {
     if start.protocol_version != tessera_proto::PROTOCOL_VERSION {
         return Err(ClientError::VersionMismatch {
@@ -698,9 +784,11 @@ fn round_config(
         .as_ref()
         .ok_or_else(|| bad(None, "RoundStart without a round configuration".into()))?;
     let round_id = Some(wire_config.round_id);
-    if wire_config.dim as usize != update.len() {
+    // With extras the round sums the update and then the extras.
+    let extra = extras.map_or(0, ExtrasLayout::len);
+    if wire_config.dim as usize != update.len() + extra {
         return Err(ClientError::UpdateLength {
-            expected: u64::from(wire_config.dim),
+            expected: u64::from(wire_config.dim).saturating_sub(extra as u64),
             got: update.len() as u64,
         });
     }
@@ -720,9 +808,10 @@ fn round_config(
     // Bind the encoding this client was told (fixed point, DP noise)
     // into the session: in signed rounds, peers told another encoding
     // compute another session hash, and their adverts do not verify.
-    config.encoding_digest = tessera_proto::convert::encoding_digest(
+    config.encoding_digest = tessera_proto::convert::encoding_digest_with_extras(
         start.fixed_point.as_ref(),
         start.distributed_dp.as_ref(),
+        start.extras.as_ref(),
     );
     Ok(config)
 }
@@ -811,6 +900,57 @@ fn encode_update(
             .encode(update, rng)
             .map_err(|e| bad(round_id, format!("cannot encode the update: {e}"))),
     }
+}
+
+/// The round's extras, if it carries any, checked.
+fn extras_layout(start: &v1::RoundStart) -> Result<Option<ExtrasLayout>, ClientError> {
+    let round_id = start.config.as_ref().map(|c| c.round_id);
+    start
+        .extras
+        .as_ref()
+        .map(ExtrasLayout::try_from)
+        .transpose()
+        .map_err(|e| bad(round_id, e.to_string()))
+}
+
+/// The vector `[w clip(u) ; extras]` of a round with extras
+/// (`tessera_dp::extras`), encoded like an update, with the noise of
+/// distributed DP. The round's fixed point bounds the whole vector: its
+/// clip norm must be at least the layout's `Δ` (a smaller one would clip
+/// the extras into the update and the weights would lie).
+fn encode_with_extras(
+    layout: &ExtrasLayout,
+    contribution: &Contribution<'_>,
+    fixed_point: FixedPoint,
+    distributed: Option<&DistributedEncoding>,
+    round_id: Option<u64>,
+    rng: &mut StdRng,
+) -> Result<Encoded, ClientError> {
+    let delta = layout.joint_bound();
+    if fixed_point.clip_norm < delta * (1.0 - 1e-5) {
+        return Err(bad(
+            round_id,
+            format!(
+                "the round's fixed-point clip norm {} is below the bound {delta} of its update and extras",
+                fixed_point.clip_norm
+            ),
+        ));
+    }
+    let vector = layout
+        .client_vector(contribution.update(), contribution.extras())
+        .map_err(|e| match e {
+            ExtrasError::MissingExampleCount => ClientError::InvalidSetting {
+                setting: "num_examples",
+                problem: format!(
+                    "{e} (Contribution::num_examples; in Python participate(update, num_examples=N))"
+                ),
+            },
+            e => bad(round_id, format!("cannot encode the update: {e}")),
+        })?;
+    let mut encoded = encode_update(&vector.values, fixed_point, distributed, round_id, rng)?;
+    encoded.clipped = vector.clipped;
+    encoded.norm = vector.norm;
+    Ok(encoded)
 }
 
 /// A fresh session for the round: with this client's identity and the

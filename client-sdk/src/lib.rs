@@ -82,7 +82,7 @@ pub use builder::{
     ClientBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_ROUND_TIMEOUT,
     RetryPolicy,
 };
-pub use driver::{Participation, RoundOutcome};
+pub use driver::{Contribution, Participation, RoundOutcome};
 pub use error::{ClientError, Eviction};
 pub use model::{Adversary, GlobalModel, NamedTensor};
 pub use policy::{
@@ -91,6 +91,7 @@ pub use policy::{
 };
 pub use progress::Progress;
 pub use tessera_aggregation::Stage;
+pub use tessera_dp::extras::Evaluation;
 
 use builder::Token;
 use error::{Phase, from_status};
@@ -179,7 +180,20 @@ impl Client {
     /// # }
     /// ```
     pub async fn participate(&self, update: &[f32]) -> Result<RoundOutcome, ClientError> {
-        match self.run_round(update, None).await? {
+        self.contribute(Contribution::new(update)).await
+    }
+
+    /// [`Client::participate`] with what the server may ask for beside the
+    /// update: the example count that weights it and the client's
+    /// federated evaluation ([`Contribution`]). A server that weights
+    /// refuses nothing, but this client cannot take part in its rounds
+    /// without a count ([`ClientError::InvalidSetting`] naming
+    /// `num_examples`).
+    pub async fn contribute(
+        &self,
+        contribution: Contribution<'_>,
+    ) -> Result<RoundOutcome, ClientError> {
+        match self.run_round(&contribution, None).await? {
             Participation::Completed(outcome) => Ok(outcome),
             Participation::Dropped { .. } => unreachable!("no dropout was asked for"),
         }
@@ -218,14 +232,25 @@ impl Client {
         update: &[f32],
         drop_before: Stage,
     ) -> Result<Participation, ClientError> {
-        self.run_round(update, Some(drop_before)).await
+        self.run_round(&Contribution::new(update), Some(drop_before))
+            .await
+    }
+
+    /// [`Client::participate_or_drop`] with a [`Contribution`].
+    pub async fn contribute_or_drop(
+        &self,
+        contribution: Contribution<'_>,
+        drop_before: Stage,
+    ) -> Result<Participation, ClientError> {
+        self.run_round(&contribution, Some(drop_before)).await
     }
 
     async fn run_round(
         &self,
-        update: &[f32],
+        contribution: &Contribution<'_>,
         drop_before: Option<Stage>,
     ) -> Result<Participation, ClientError> {
+        let update = contribution.update();
         if update.is_empty() {
             return Err(ClientError::EmptyUpdate);
         }
@@ -239,7 +264,7 @@ impl Client {
             loop {
                 let result = match inner.connect().await {
                     Ok(grpc) => {
-                        driver::participate(inner, grpc, update, drop_before, &mut rng).await
+                        driver::participate(inner, grpc, contribution, drop_before, &mut rng).await
                     }
                     Err(e) => Err(e),
                 };

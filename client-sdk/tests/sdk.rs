@@ -201,6 +201,7 @@ async fn run_round(mut joins: mpsc::Receiver<Joined>, n: u32) -> (Vec<f32>, u32)
             distributed_dp: None,
             identities: Vec::new(),
             proximal_mu: 0.0,
+            extras: None,
         };
         c.out
             .send(frame(server_frame::Frame::RoundStart(start)))
@@ -385,6 +386,7 @@ impl Aggregator for ScriptDouble {
                     distributed_dp: Some(dp.clone()),
                     identities: Vec::new(),
                     proximal_mu: 0.0,
+                    extras: None,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -404,6 +406,7 @@ impl Aggregator for ScriptDouble {
                     distributed_dp: None,
                     identities: Vec::new(),
                     proximal_mu: 0.0,
+                    extras: None,
                 };
                 out.send(frame(server_frame::Frame::RoundStart(start)))
                     .await
@@ -918,6 +921,7 @@ fn offer_of(mut config: RoundConfig, dp: Option<v1::DistributedDp>) -> v1::Round
         distributed_dp: dp,
         identities: Vec::new(),
         proximal_mu: 0.0,
+        extras: None,
     }
 }
 
@@ -1205,6 +1209,7 @@ fn lying_start(
         distributed_dp: dp,
         identities: Vec::new(),
         proximal_mu: 0.0,
+        extras: None,
     }
 }
 

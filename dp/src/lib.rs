@@ -29,6 +29,9 @@
 //! - [`sampler`]: exact discrete Gaussian and Skellam samplers;
 //! - [`mechanism`]: central and distributed noise, and the ring width that
 //!   leaves room for it;
+//! - [`extras`]: what rides in the secure sum beside the update (example
+//!   weights, federated evaluation counts, adaptive clipping's indicator
+//!   bits), bounded so the whole vector has one public sensitivity;
 //! - [`accountant`]: RDP / zCDP accounting, from noise to `(epsilon, delta)`;
 //! - [`ledger`]: the persistent record of what each training job has spent;
 //! - [`tree`]: DP-FTRL's online tree aggregation, with node noise that a
@@ -44,6 +47,7 @@
 
 pub mod accountant;
 pub mod encoding;
+pub mod extras;
 pub mod ledger;
 pub mod mechanism;
 pub mod rotation;

@@ -12,6 +12,7 @@ use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::{IdentitySignature, JOIN_CHALLENGE_BYTES, SIGNATURE_BYTES};
 use tessera_aggregation::messages::AbortReason;
 use tessera_dp::encoding::FixedPoint;
+use tessera_dp::extras::{EvalBounds, ExtrasLayout};
 use tessera_dp::mechanism::{DistributedDp, DistributedEncoding, NoiseKind};
 
 use crate::v1;
@@ -133,6 +134,41 @@ impl From<&DistributedEncoding> for v1::DistributedDp {
             min_survivors: e.dp.min_survivors,
             norm_bound: e.norm_bound,
         }
+    }
+}
+
+impl From<&ExtrasLayout> for v1::RoundExtras {
+    fn from(l: &ExtrasLayout) -> Self {
+        v1::RoundExtras {
+            clip_norm: l.clip_norm,
+            scale: l.scale,
+            max_examples: l.weighting.unwrap_or(0),
+            eval_max_examples: l.evaluation.map_or(0, |e| e.max_examples),
+            eval_max_loss: l.evaluation.map_or(0.0, |e| e.max_loss),
+            clip_indicator: l.clip_indicator,
+        }
+    }
+}
+
+impl TryFrom<&v1::RoundExtras> for ExtrasLayout {
+    type Error = ConvertError;
+
+    /// Reads a round's extras, checked (a zero bound means "not carried").
+    fn try_from(e: &v1::RoundExtras) -> Result<Self, ConvertError> {
+        let layout = ExtrasLayout {
+            clip_norm: e.clip_norm,
+            scale: e.scale,
+            weighting: (e.max_examples > 0).then_some(e.max_examples),
+            evaluation: (e.eval_max_examples > 0).then_some(EvalBounds {
+                max_examples: e.eval_max_examples,
+                max_loss: e.eval_max_loss,
+            }),
+            clip_indicator: e.clip_indicator,
+        };
+        layout
+            .validate()
+            .map_err(|err| field("extras", err.to_string()))?;
+        Ok(layout)
     }
 }
 
@@ -273,10 +309,68 @@ pub fn encoding_digest(
     h.finalize().into()
 }
 
+/// [`encoding_digest`] with the round's extras bound in as well, so peers
+/// told other extras (another clip norm, other bounds) compute another
+/// session hash; without extras it is [`encoding_digest`] itself, so
+/// rounds without extras keep their hash.
+pub fn encoding_digest_with_extras(
+    fixed_point: Option<&v1::FixedPoint>,
+    distributed_dp: Option<&v1::DistributedDp>,
+    extras: Option<&v1::RoundExtras>,
+) -> [u8; 32] {
+    use prost::Message;
+    use sha2::{Digest, Sha256};
+    let base = encoding_digest(fixed_point, distributed_dp);
+    let Some(extras) = extras else {
+        return base;
+    };
+    let bytes = extras.encode_to_vec();
+    let mut h = Sha256::new();
+    h.update(b"tessera/v3/round-encoding-extras");
+    h.update(base);
+    h.update((bytes.len() as u64).to_le_bytes());
+    h.update(&bytes);
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[test]
+    fn the_extras_change_the_encoding_digest_and_their_absence_does_not() {
+        let fp = v1::FixedPoint {
+            clip_norm: 1.0,
+            frac_bits: 16,
+            bits: 24,
+        };
+        let base = encoding_digest(Some(&fp), None);
+        assert_eq!(encoding_digest_with_extras(Some(&fp), None, None), base);
+        let layout = ExtrasLayout {
+            weighting: Some(10),
+            ..ExtrasLayout::new(1.0, 0.25)
+        };
+        let extras = v1::RoundExtras::from(&layout);
+        let with = encoding_digest_with_extras(Some(&fp), None, Some(&extras));
+        assert_ne!(with, base);
+        let other = v1::RoundExtras {
+            clip_norm: 0.5,
+            ..extras
+        };
+        assert_ne!(
+            encoding_digest_with_extras(Some(&fp), None, Some(&other)),
+            with
+        );
+        assert_eq!(ExtrasLayout::try_from(&extras).unwrap(), layout);
+        assert!(
+            ExtrasLayout::try_from(&v1::RoundExtras {
+                scale: -1.0,
+                ..extras
+            })
+            .is_err()
+        );
+    }
 
     #[test]
     fn the_encoding_digest_changes_with_every_stated_parameter() {

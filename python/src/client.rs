@@ -9,7 +9,7 @@ use pyo3::types::{PyDict, PyList};
 use tessera_aggregation::Stage;
 use tessera_aggregation::ThreatModel;
 use tessera_aggregation::identity::{IdentityKey, parse_allow_list};
-use tessera_client::{ClientError, Participation, Policy, RoundOutcome};
+use tessera_client::{ClientError, Contribution, Evaluation, Participation, Policy, RoundOutcome};
 
 use crate::errors::{client_error, raise};
 
@@ -179,18 +179,26 @@ impl Client {
             .into_any())
     }
 
-    /// Runs one round with a flat float32 update; the outcome as a dict.
+    /// Runs one round with a flat float32 update and, for a server that
+    /// asks for them, the example count that weights it and the client's
+    /// evaluation `(correct, total, loss_sum)`; the outcome as a dict.
+    #[pyo3(signature = (update, num_examples=None, evaluation=None))]
     fn participate<'py>(
         &self,
         py: Python<'py>,
         update: PyReadonlyArray1<'py, f32>,
+        num_examples: Option<u64>,
+        evaluation: Option<(u64, u64, f64)>,
     ) -> PyResult<Bound<'py, PyDict>> {
         // A copy: the array stays writable by other Python threads while
         // the GIL is released.
         let update = update.as_array().to_vec();
         let inner = Arc::clone(&self.inner);
         let outcome = py
-            .detach(|| self.runtime.block_on(inner.participate(&update)))
+            .detach(|| {
+                let contribution = contribution(&update, num_examples, evaluation);
+                self.runtime.block_on(inner.contribute(contribution))
+            })
             .map_err(client_error)?;
         outcome_dict(py, outcome)
     }
@@ -198,11 +206,14 @@ impl Client {
     /// Like `participate`, but hangs up instead of sending this client's
     /// message of `stage` (a real dropout, for experiments and tests):
     /// `None` if it dropped, else the outcome.
+    #[pyo3(signature = (update, stage, num_examples=None, evaluation=None))]
     fn participate_or_drop<'py>(
         &self,
         py: Python<'py>,
         update: PyReadonlyArray1<'py, f32>,
         stage: &str,
+        num_examples: Option<u64>,
+        evaluation: Option<(u64, u64, f64)>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
         let stage: Stage = stage
             .parse()
@@ -211,8 +222,9 @@ impl Client {
         let inner = Arc::clone(&self.inner);
         let participation = py
             .detach(|| {
+                let contribution = contribution(&update, num_examples, evaluation);
                 self.runtime
-                    .block_on(inner.participate_or_drop(&update, stage))
+                    .block_on(inner.contribute_or_drop(contribution, stage))
             })
             .map_err(client_error)?;
         match participation {
@@ -310,6 +322,26 @@ pub(crate) fn _raise_sdk_error(variant: &str) -> PyResult<()> {
     Err(client_error(e))
 }
 
+/// The SDK's contribution from the binding's arguments.
+fn contribution(
+    update: &[f32],
+    num_examples: Option<u64>,
+    evaluation: Option<(u64, u64, f64)>,
+) -> Contribution<'_> {
+    let mut c = Contribution::new(update);
+    if let Some(n) = num_examples {
+        c = c.num_examples(n);
+    }
+    if let Some((correct, total, loss_sum)) = evaluation {
+        c = c.evaluation(Evaluation {
+            correct,
+            total,
+            loss_sum,
+        });
+    }
+    c
+}
+
 fn outcome_dict(py: Python<'_>, o: RoundOutcome) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("round_id", o.round_id)?;
@@ -327,5 +359,6 @@ fn outcome_dict(py: Python<'_>, o: RoundOutcome) -> PyResult<Bound<'_, PyDict>> 
         .collect();
     d.set_item("evicted", evicted)?;
     d.set_item("client_noise", o.client_noise)?;
+    d.set_item("clip_norm", o.clip_norm)?;
     Ok(d)
 }

@@ -20,7 +20,7 @@ order, each row-major.
 """
 
 from tessera import privacy, state_dict
-from tessera._client import Client, Model, Policy, RoundOutcome
+from tessera._client import Client, Evaluation, Model, Policy, RoundOutcome
 from tessera._server import Server
 from tessera._simulate import simulate
 from tessera.errors import (
@@ -38,6 +38,7 @@ from tessera.errors import (
 
 __all__ = [
     "Client",
+    "Evaluation",
     "Model",
     "Policy",
     "RoundOutcome",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -91,6 +91,20 @@ class Model:
         return np.concatenate([t.reshape(-1) for t in self.tensors.values()])
 
 
+class Evaluation(NamedTuple):
+    """A client's evaluation, on its own held-out examples, of the model
+    version it trained from: what ``participate(..., evaluation=...)`` sends
+    to a server that runs federated evaluation (``federated_eval``). A
+    plain ``(correct, total, loss_sum)`` tuple does as well."""
+
+    #: Examples classified correctly.
+    correct: int
+    #: Examples evaluated.
+    total: int
+    #: The sum (not the mean) of the per-example losses.
+    loss_sum: float
+
+
 @dataclass(frozen=True)
 class RoundOutcome:
     """What a client learns from a round it took part in."""
@@ -113,6 +127,9 @@ class RoundOutcome:
     bytes_received: int
     #: ``(client_id, reason, detail)`` of clients the server evicted.
     evicted: List[Tuple[int, str, str]]
+    #: The L2 norm the round clipped updates to (it changes from round to
+    #: round under the server's adaptive clipping).
+    clip_norm: float
     #: Epsilon spent so far, as the published model records it (0 without
     #: DP), at ``delta``.
     epsilon: float
@@ -240,7 +257,10 @@ class Client:
         return model
 
     def participate(
-        self, update: Union[Mapping[str, "np.typing.ArrayLike"], np.ndarray]
+        self,
+        update: Union[Mapping[str, "np.typing.ArrayLike"], np.ndarray],
+        num_examples: Optional[int] = None,
+        evaluation: Optional[Tuple[int, int, float]] = None,
     ) -> RoundOutcome:
         """Joins the server's next round with ``update`` and runs it to the
         end through secure aggregation (with the round's DP noise where
@@ -257,20 +277,37 @@ class Client:
         The update is clipped to the round's L2 norm bound by the SDK
         (``outcome.clipped`` says whether it was).
 
+        ``num_examples``: the number of examples the update was trained on,
+        required by a server that weights updates by example count
+        (``weighting``; it counts at most its public ``max_examples``).
+        ``evaluation``: ``(correct, total, loss_sum)`` (or an
+        :class:`Evaluation`) of the model version this client trained from,
+        on its own held-out examples, for a server that runs federated
+        evaluation (``federated_eval``). Both travel inside the secure sum,
+        with the update's DP noise; a server that does not ask for one
+        ignores it.
+
         Raises:
             InvalidInput: a missing, extra or misshapen tensor, a wrong
-                length, a NaN or infinity (nothing is sent).
+                length, a NaN or infinity (nothing is sent); no
+                ``num_examples`` for a server that weights; a negative count.
             PolicyRefused: the round breaks the client's policy.
             RoundAborted: the server aborted the round (``.reason``).
             RoundFailed, ConnectionFailed, AuthRefused, ServerRefused,
             ProtocolViolation: as their names say.
         """
-        return self._outcome(self._native.participate(self._flat(update)))
+        return self._outcome(
+            self._native.participate(
+                self._flat(update), *_extras(num_examples, evaluation)
+            )
+        )
 
     def participate_or_drop(
         self,
         update: Union[Mapping[str, "np.typing.ArrayLike"], np.ndarray],
         drop_before: str,
+        num_examples: Optional[int] = None,
+        evaluation: Optional[Tuple[int, int, float]] = None,
     ) -> Optional[RoundOutcome]:
         """Like :meth:`participate`, but hangs up instead of sending this
         client's message of stage ``drop_before`` (``"advertise-keys"``,
@@ -279,7 +316,9 @@ class Client:
         clients see it, for dropout experiments and tests. Returns ``None``
         when it dropped; the outcome if the round never reached that stage.
         """
-        raw = self._native.participate_or_drop(self._flat(update), drop_before)
+        raw = self._native.participate_or_drop(
+            self._flat(update), drop_before, *_extras(num_examples, evaluation)
+        )
         return None if raw is None else self._outcome(raw)
 
     def _outcome(self, raw: Dict[str, object]) -> RoundOutcome:
@@ -317,6 +356,26 @@ class Client:
                 "(give a dict of named tensors, or flatten in the model's order)"
             )
         return _as_float32(array, "the flat update")
+
+
+def _extras(
+    num_examples: Optional[int], evaluation: Optional[Tuple[int, int, float]]
+) -> Tuple[Optional[int], Optional[Tuple[int, int, float]]]:
+    """``num_examples`` and ``evaluation`` checked for the native call."""
+    if num_examples is not None and (isinstance(num_examples, bool) or int(num_examples) < 0):
+        raise InvalidInput(f"num_examples must be a count (0 or more), got {num_examples!r}")
+    if evaluation is None:
+        return (None if num_examples is None else int(num_examples)), None
+    try:
+        correct, total, loss_sum = evaluation
+        checked = (int(correct), int(total), float(loss_sum))
+    except (TypeError, ValueError) as e:
+        raise InvalidInput(
+            f"evaluation is (correct, total, loss_sum), got {evaluation!r}: {e}"
+        ) from None
+    if checked[0] < 0 or checked[1] < 0:
+        raise InvalidInput(f"evaluation counts must be 0 or more, got {evaluation!r}")
+    return (None if num_examples is None else int(num_examples)), checked
 
 
 def _as_float32(array: np.ndarray, what: str) -> np.ndarray:

@@ -36,10 +36,21 @@ class Client:
         epsilon, delta, whom epsilon holds against (``"server"``,
         ``"model-consumers"`` or ``None``, the server ledger's word) and
         ``(name, shape, flat values)`` per tensor."""
-    def participate(self, update: npt.NDArray[np.float32]) -> Dict[str, object]:
-        """Runs one round with a flat float32 update; the outcome's fields."""
+    def participate(
+        self,
+        update: npt.NDArray[np.float32],
+        num_examples: Optional[int] = None,
+        evaluation: Optional[Tuple[int, int, float]] = None,
+    ) -> Dict[str, object]:
+        """Runs one round with a flat float32 update (and, for a server
+        that asks, its example count and evaluation); the outcome's
+        fields."""
     def participate_or_drop(
-        self, update: npt.NDArray[np.float32], stage: str
+        self,
+        update: npt.NDArray[np.float32],
+        stage: str,
+        num_examples: Optional[int] = None,
+        evaluation: Optional[Tuple[int, int, float]] = None,
     ) -> Optional[Dict[str, object]]:
         """Like ``participate``, but hangs up before sending ``stage``'s
         message: ``None`` if it dropped."""

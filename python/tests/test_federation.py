@@ -94,3 +94,41 @@ def test_an_initial_model_of_named_tensors_comes_back_with_its_names_shapes_and_
 def test_an_initial_model_that_is_not_float32_is_refused_naming_the_tensor():
     with pytest.raises(tessera.InvalidInput, match="counts"):
         start(initial_model={"counts": np.zeros(3, np.int64)})
+
+
+def test_updates_are_weighted_by_their_clipped_example_counts_inside_the_secure_sum():
+    rng = np.random.default_rng(5)
+    # max_examples 100: the third client's 400 examples count as 100.
+    with start(dim=6, weighting=True, max_examples=100, federated_eval=True) as server:
+        clients = [tessera.Client(server.url) for _ in range(3)]
+        start_model = clients[0].latest_model()
+        updates = [rng.normal(size=6).astype(np.float32) for _ in clients]
+        counts = [10, 50, 400]
+        evaluations = [(3, 4, 1.5), tessera.Evaluation(5, 10, 2.0), (0, 0, 0.0)]
+        outcomes = in_threads(
+            [
+                lambda c=c, u=u, n=n, e=e: c.participate(u, num_examples=n, evaluation=e)
+                for c, u, n, e in zip(clients, updates, counts, evaluations)
+            ]
+        )
+        for o in outcomes:
+            assert isinstance(o, tessera.RoundOutcome), o
+            assert o.clip_norm == 100.0
+        weights = np.array([0.1, 0.5, 1.0])
+        expected = start_model.flatten() + (weights[:, None] * np.array(updates)).sum(0) / weights.sum()
+        np.testing.assert_allclose(outcomes[0].model.flatten(), expected, atol=ATOL)
+        plain = start_model.flatten() + np.mean(updates, axis=0)
+        assert np.abs(plain - expected).max() > 10 * ATOL
+
+
+def test_a_weighting_server_refuses_a_client_without_its_example_count_by_name():
+    with start(dim=3, weighting=True) as server:
+        clients = [tessera.Client(server.url) for _ in range(3)]
+        results = in_threads([lambda c=c: c.participate(np.zeros(3, np.float32)) for c in clients])
+        for err in results:
+            assert isinstance(err, tessera.InvalidInput), err
+            assert "num_examples" in str(err)
+        with pytest.raises(tessera.InvalidInput, match="num_examples"):
+            clients[0].participate(np.zeros(3, np.float32), num_examples=-1)
+        with pytest.raises(tessera.InvalidInput, match="evaluation"):
+            clients[0].participate(np.zeros(3, np.float32), evaluation=(1, 2))

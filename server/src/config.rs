@@ -341,6 +341,65 @@ pub struct RoundRules {
     /// that it, and the proxies and NAT between, keep the stream open
     /// while rounds run without it.
     pub lobby_keepalive: Duration,
+    /// What the secure sum carries beside the update: example-count
+    /// weights, federated evaluation counts, adaptive clipping's bits.
+    pub extras: ExtrasSettings,
+}
+
+/// The extra coordinates a round's secure sum carries after the model's
+/// (see [`tessera_dp::extras`]): all off by default. Each one that is on
+/// widens the round's sensitivity from `C` to `Δ = C sqrt(1 + m κ²)` (`m`
+/// the blocks on, `κ` = [`ExtrasSettings::scale`]); under DP it is noised
+/// with the update and charged in the same ledger entry, with `Δ`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExtrasSettings {
+    /// Weighted averaging: the model moves by `Σ w_i u_i / Σ w_i` with
+    /// `w_i = min(n_i, max_examples) / max_examples`, in place of the plain
+    /// mean. The denominator is kept within `[1, n]` (under DP it is
+    /// noisy); see the server's `extras` module.
+    pub weighting: bool,
+    /// `N`: the example count that earns a full weight of 1 (more counts
+    /// as `N`, so one client's weight, and the sensitivity, stay bounded).
+    /// Choose it near a typical client's count: a round whose weights sum
+    /// below 1 is shrunk by the denominator's floor.
+    pub max_examples: u32,
+    /// Federated evaluation: every client reports (correct, total,
+    /// loss_sum) of the round's base model on its held-out examples; the
+    /// round record shows the federated accuracy and loss.
+    pub federated_eval: bool,
+    /// `T`: the most evaluation examples one client's counts stand for.
+    pub eval_max_examples: u32,
+    /// `L`: the most one example's loss counts for.
+    pub eval_max_loss: f32,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm follows the
+    /// target quantile of the update norms, from the clients' noisy
+    /// clipped-indicator bits; starts at `clip_norm`.
+    pub adaptive_clip: bool,
+    /// `γ`: the fraction of updates the clip norm aims to leave unclipped.
+    pub clip_target_quantile: f64,
+    /// `η`: the geometric step of the clip norm per round.
+    pub clip_lr: f64,
+    /// `κ`: each block of extras has L2 norm at most `κ C`. Larger means
+    /// less noise on the extras' sums (`z Δ / (2 κ C)` units) and a larger
+    /// `Δ`, i.e. more noise on the model.
+    pub scale: f32,
+}
+
+impl Default for ExtrasSettings {
+    fn default() -> Self {
+        ExtrasSettings {
+            weighting: false,
+            max_examples: 1000,
+            federated_eval: false,
+            eval_max_examples: 1000,
+            eval_max_loss: 10.0,
+            adaptive_clip: false,
+            // Andrew et al.'s defaults.
+            clip_target_quantile: 0.5,
+            clip_lr: 0.2,
+            scale: 0.25,
+        }
+    }
 }
 
 /// Differential privacy: which mechanism, how much noise, and the budget.
@@ -455,6 +514,7 @@ impl Default for RoundRules {
             cohort_size: None,
             cohort_fraction: None,
             lobby_keepalive: DEFAULT_LOBBY_KEEPALIVE,
+            extras: ExtrasSettings::default(),
         }
     }
 }
@@ -542,6 +602,7 @@ impl ServerConfig {
             return Err(invalid("stage_timeout_ms", "must be positive"));
         }
         self.validate_aggregation()?;
+        self.validate_extras()?;
         self.validate_dp()?;
         self.validate_network()
     }
@@ -674,6 +735,55 @@ impl ServerConfig {
         Ok(())
     }
 
+    /// The extras' bounds and adaptive clipping's parameters.
+    fn validate_extras(&self) -> Result<(), ConfigError> {
+        let e = &self.round.extras;
+        if !(e.scale.is_finite() && e.scale > 0.0 && e.scale <= 16.0) {
+            return Err(invalid(
+                "extras_scale",
+                format!("{} is not in (0, 16]", e.scale),
+            ));
+        }
+        if e.max_examples == 0 {
+            return Err(invalid("max_examples", "must be at least 1"));
+        }
+        if e.eval_max_examples == 0 {
+            return Err(invalid("eval_max_examples", "must be at least 1"));
+        }
+        if !(e.eval_max_loss.is_finite() && e.eval_max_loss > 0.0) {
+            return Err(invalid("eval_max_loss", "must be a positive number"));
+        }
+        if !(e.clip_target_quantile > 0.0 && e.clip_target_quantile < 1.0) {
+            return Err(invalid(
+                "clip_target_quantile",
+                format!("{} is not a fraction in (0, 1)", e.clip_target_quantile),
+            ));
+        }
+        if !(e.clip_lr.is_finite() && e.clip_lr > 0.0 && e.clip_lr <= 1.0) {
+            return Err(invalid(
+                "clip_lr",
+                format!("{} is not in (0, 1]", e.clip_lr),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The extras a round with update clip norm `clip_norm` carries, or
+    /// `None` when none is on (the round then sums the update alone).
+    pub fn extras_layout(&self, clip_norm: f32) -> Option<tessera_dp::extras::ExtrasLayout> {
+        let e = &self.round.extras;
+        let layout = tessera_dp::extras::ExtrasLayout {
+            weighting: e.weighting.then_some(e.max_examples),
+            evaluation: e.federated_eval.then_some(tessera_dp::extras::EvalBounds {
+                max_examples: e.eval_max_examples,
+                max_loss: e.eval_max_loss,
+            }),
+            clip_indicator: e.adaptive_clip,
+            ..tessera_dp::extras::ExtrasLayout::new(clip_norm, e.scale)
+        };
+        (!layout.is_empty()).then_some(layout)
+    }
+
     /// The FedAvg(M) step.
     fn validate_aggregation(&self) -> Result<(), ConfigError> {
         if !(self.aggregation.server_lr.is_finite() && self.aggregation.server_lr > 0.0) {
@@ -734,6 +844,13 @@ impl ServerConfig {
                 format!(
                     "--dp ftrl has its own server update (the tree's noisy prefix sums, with ftrl_momentum); {strategy} cannot be combined with it"
                 ),
+            ));
+        }
+        let extras = &self.round.extras;
+        if extras.weighting || extras.federated_eval || extras.adaptive_clip {
+            return Err(invalid(
+                "dp",
+                "ftrl does not carry extras yet (weighting, federated_eval, adaptive_clip): its tree holds the model's coordinates only",
             ));
         }
         if self.dp.ftrl_epoch_rounds == 0 {
@@ -890,6 +1007,39 @@ pub(crate) mod tests {
         let mut c = dev();
         c.network.identities_file = Some("enrolled.txt".into());
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn extras_settings_come_from_the_file_and_bad_ones_are_refused_by_name() {
+        let c = ServerConfig::from_toml(
+            "dim = 5\nweighting = true\nmax_examples = 64\nfederated_eval = true\nadaptive_clip = true\nclip_target_quantile = 0.7\nclip_lr = 0.1\nextras_scale = 0.5\n",
+        )
+        .unwrap();
+        let e = &c.round.extras;
+        assert!(e.weighting && e.federated_eval && e.adaptive_clip);
+        assert_eq!(
+            (e.max_examples, e.clip_target_quantile, e.clip_lr),
+            (64, 0.7, 0.1)
+        );
+        let layout = c.extras_layout(2.0).unwrap();
+        assert_eq!((layout.len(), layout.blocks()), (5, 3));
+        // Δ = 2 sqrt(1 + 3 / 4) and 5 more coordinates to sum.
+        let (delta, summed) = c.summed(2.0, 5);
+        assert!((delta - 2.0 * 1.75f32.sqrt()).abs() < 1e-4);
+        assert_eq!(summed, 10);
+        assert_eq!(ServerConfig::default().extras_layout(1.0), None);
+        for (toml, key) in [
+            ("clip_target_quantile = 1.5", "clip_target_quantile"),
+            ("clip_lr = 0.0", "clip_lr"),
+            ("extras_scale = -1.0", "extras_scale"),
+            ("max_examples = 0", "max_examples"),
+            ("eval_max_loss = 0.0", "eval_max_loss"),
+        ] {
+            let mut c = ServerConfig::from_toml(toml).unwrap();
+            c.network.insecure_dev = true;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

@@ -66,6 +66,7 @@ use tracing::{error, info, warn};
 pub mod auth;
 mod cohort;
 pub mod config;
+mod extras;
 mod fedavg;
 pub mod files;
 mod ftrl;
@@ -635,6 +636,7 @@ pub async fn start_with_disk(
         )?),
         _ => None,
     };
+    let extras = extras::ExtrasState::at_start(&config, &store);
     let training = scheduler::Training {
         ftrl,
         version: entry.version,
@@ -643,6 +645,7 @@ pub async fn start_with_disk(
         ledger,
         rng: StdRng::try_from_rng(&mut rand::rngs::SysRng)
             .map_err(|e| ServeError::Round(format!("OS randomness unavailable: {e}")))?,
+        extras,
     };
 
     let listener = bind(config.network.listen, config.round.max_clients).map_err(|source| {

@@ -43,12 +43,38 @@ impl ServerConfig {
         min_survivors: u32,
         dim: u32,
     ) -> Result<(FixedPoint, Option<DistributedEncoding>), ConfigError> {
+        self.round_encoding_at(self.round.clip_norm, clients, min_survivors, dim)
+    }
+
+    /// The vector a round sums when the update is clipped to `clip_norm`
+    /// and the model has `dim` coordinates: its L2 bound (the fixed point's
+    /// clip norm) and its length. Without extras, `(clip_norm, dim)`; with
+    /// them, `Δ = C sqrt(1 + m κ²)` and `dim + k` (see
+    /// [`tessera_dp::extras`]), so the ring, the noise and the ledger's
+    /// sensitivity all cover the extras.
+    pub(crate) fn summed(&self, clip_norm: f32, dim: u32) -> (f32, u32) {
+        match self.extras_layout(clip_norm) {
+            None => (clip_norm, dim),
+            Some(layout) => (layout.joint_bound(), dim + layout.len() as u32),
+        }
+    }
+
+    /// [`Self::round_encoding`] for an update clip norm other than the
+    /// configured one (adaptive clipping's); `dim` is the model's.
+    pub(crate) fn round_encoding_at(
+        &self,
+        clip_norm: f32,
+        clients: u32,
+        min_survivors: u32,
+        dim: u32,
+    ) -> Result<(FixedPoint, Option<DistributedEncoding>), ConfigError> {
+        let (clip_norm, dim) = self.summed(clip_norm, dim);
         let fixed = |bits: u8| {
-            FixedPoint::new(self.round.clip_norm, self.round.frac_bits, bits)
+            FixedPoint::new(clip_norm, self.round.frac_bits, bits)
                 .map_err(|e| invalid("bits", e.to_string()))
         };
         if self.dp.mode != DpMode::Distributed {
-            let needed = encoding::choose_bits(clients, self.round.clip_norm, self.round.frac_bits)
+            let needed = encoding::choose_bits(clients, clip_norm, self.round.frac_bits)
                 .map_err(|e| invalid("bits", e.to_string()))?;
             let bits = match self.round.bits {
                 // An explicit ring narrower than the worst-case sum would
@@ -57,8 +83,8 @@ impl ServerConfig {
                     return Err(invalid(
                         "bits",
                         format!(
-                            "{b} bits let the sum of {clients} clients' updates (clip_norm {}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
-                            self.round.clip_norm, self.round.frac_bits
+                            "{b} bits let the sum of {clients} clients' updates (clip_norm {clip_norm}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
+                            self.round.frac_bits
                         ),
                     ));
                 }
@@ -164,8 +190,9 @@ impl ServerConfig {
                 let (_, threshold) = self.graph_for(n)?;
                 let floor = self.survivor_floor(n, threshold);
                 let (_, encoding) = self.round_encoding(n, floor, dim)?;
+                let (_, summed) = self.summed(self.round.clip_norm, dim);
                 encoding
-                    .map(|e| e.mechanism(floor, self.corrupt_count(n), dim as usize))
+                    .map(|e| e.mechanism(floor, self.corrupt_count(n), summed as usize))
                     .transpose()
                     .map_err(|e| invalid("noise_multiplier", e.to_string()))?
             }
@@ -178,6 +205,7 @@ impl ServerConfig {
     /// sampler.
     pub(crate) fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
         let (fixed_point, _) = self.round_encoding(clients, clients, dim)?;
+        let (_, dim) = self.summed(self.round.clip_norm, dim);
         CentralDp::new(fixed_point, self.dp.noise_multiplier, dim as usize).map_err(|e| {
             invalid(
                 "noise_multiplier",

@@ -165,13 +165,17 @@ impl RoundDriver {
         model_version: u64,
         participants: Vec<Participant>,
         proximal_mu: f64,
+        extras: Option<v1::RoundExtras>,
     ) -> Result<RoundDriver, ServerSessionError> {
         let now = Instant::now();
         // Every client binds the encoding it is told into its session hash;
         // the server's session must bind the same one to verify adverts.
         let mut config = config;
-        config.encoding_digest =
-            tessera_proto::convert::encoding_digest(Some(&fixed_point), distributed_dp.as_ref());
+        config.encoding_digest = tessera_proto::convert::encoding_digest_with_extras(
+            Some(&fixed_point),
+            distributed_dp.as_ref(),
+            extras.as_ref(),
+        );
         // Malicious-server model: slot i holds participant i's enrolled
         // identity; the server checks signatures with it and every client
         // gets the list to check against the allow-list it trusts.
@@ -212,6 +216,7 @@ impl RoundDriver {
                     distributed_dp: distributed_dp.clone(),
                     identities: wire_identities.clone(),
                     proximal_mu,
+                    extras,
                 })),
             };
             let sent = p.tx.try_send(Ok(start)).is_ok();

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use tessera_aggregation::RoundConfig;
 use tessera_aggregation::server::RoundOutput;
 use tessera_dp::encoding::FixedPoint;
+use tessera_dp::extras::ExtrasLayout;
 use tessera_dp::ledger::{Adversary, PrivacyLedger};
 use tessera_dp::mechanism::{CentralDp, DistributedEncoding};
 use tessera_proto::convert::abort_reason_name;
@@ -47,6 +48,8 @@ pub(crate) struct Training {
     pub(crate) rng: StdRng,
     /// `--dp ftrl`: the tree and the once-per-tree rule.
     pub(crate) ftrl: Option<Ftrl>,
+    /// The extras' clip norm and last decoded figures.
+    pub(crate) extras: crate::extras::ExtrasState,
 }
 
 fn unix_ms() -> u64 {
@@ -335,6 +338,8 @@ struct RoundPlan {
     fixed_point: FixedPoint,
     /// Distributed DP's encoding, if on.
     distributed: Option<DistributedEncoding>,
+    /// The extras the sum carries after the model's coordinates, if any.
+    extras: Option<ExtrasLayout>,
 }
 
 impl RoundPlan {
@@ -349,11 +354,14 @@ impl RoundPlan {
         let (graph, threshold) = config.graph_for(n).map_err(ServeError::Config)?;
         let min_survivors = config.survivor_floor(n, threshold);
         let dim = training.model.dim() as u32;
-        let (fixed_point, distributed) = config
-            .round_encoding(n, min_survivors, dim)
-            .map_err(ServeError::Config)?;
+        let (clip_norm, fixed_point, distributed) =
+            crate::extras::plan_encoding(config, training.extras.clip_norm, n, min_survivors, dim)
+                .map_err(ServeError::Config)?;
+        training.extras.clip_norm = clip_norm;
+        let extras = config.extras_layout(clip_norm);
+        let (_, summed) = config.summed(clip_norm, dim);
         let bits = fixed_point.bits;
-        let mut round_config = RoundConfig::new(round_id, n, dim);
+        let mut round_config = RoundConfig::new(round_id, n, summed);
         round_config.threshold = threshold;
         round_config.min_survivors = min_survivors;
         round_config.graph = graph;
@@ -367,6 +375,7 @@ impl RoundPlan {
             config: round_config,
             fixed_point,
             distributed,
+            extras,
         })
     }
 
@@ -378,6 +387,7 @@ impl RoundPlan {
             corrupt: config.corrupt_count(n),
             round_id,
             clients: n,
+            extras: self.extras,
         }
     }
 
@@ -396,6 +406,7 @@ impl RoundPlan {
             model_version,
             participants,
             proximal_mu,
+            self.extras.as_ref().map(v1::RoundExtras::from),
         ) {
             Ok(driver) => Ok(driver),
             Err(e) => Err(ServeError::Round(e.to_string())),
@@ -420,6 +431,7 @@ fn started_record(round_id: u64, n: u32, threshold: u32, started_at: u64) -> Rou
         cohort: None,
         tree: None,
         strategy: None,
+        extras: None,
     }
 }
 
@@ -442,7 +454,7 @@ async fn complete(
 ) -> (Training, Told) {
     let (round_id, n) = (plan.round_id, plan.clients);
     let contributors = output.contributors.len() as u32;
-    let (training, published) = publish(shared, training, output, plan).await;
+    let (mut training, published) = publish(shared, training, output, plan).await;
     let published = match published {
         Ok(version) => version,
         Err(ServeError::Store(e)) => {
@@ -465,6 +477,7 @@ async fn complete(
     record.survivors = contributors;
     record.dropped = n - contributors;
     record.model_version = Some(published);
+    record.extras = training.extras.last.take();
     metrics::round_completed();
     info!(parent: span, survivors = contributors, version = published, seconds = started.elapsed().as_secs_f64(), "round completed, model published");
     let result = v1::RoundResult {
@@ -708,6 +721,8 @@ pub(crate) struct ReleasePlan {
     pub(crate) round_id: u64,
     /// Clients invited.
     pub(crate) clients: u32,
+    /// The extras after the model's coordinates, if any.
+    pub(crate) extras: Option<ExtrasLayout>,
 }
 
 /// Runs [`release`] on the blocking pool and shows the new model. On
@@ -764,7 +779,21 @@ fn release(
             .map_err(|e| round_error(&e))?,
         None => plan.fixed_point.decode_sum(&output.sum, contributors),
     };
-    let mean = decoded.mean();
+    let mean = match &plan.extras {
+        None => decoded.mean(),
+        Some(layout) => {
+            let noise_std = coordinate_noise_std(plan, central.as_ref(), contributors);
+            let base = training.version;
+            crate::extras::finish(
+                config,
+                layout,
+                &decoded,
+                noise_std,
+                base,
+                &mut training.extras,
+            )
+        }
+    };
     training
         .fedavg
         .apply(&mut training.model, &mean)
@@ -852,6 +881,18 @@ async fn give_back_ftrl(
         Err(e) => {
             warn!(parent: span, "cannot give the aborted round's clients back to the DP-FTRL tree (they wait for the next tree): {e}")
         }
+    }
+}
+
+/// The standard deviation of the DP noise on one coordinate of a decoded
+/// sum of `contributors` inputs, in real units (0 without DP): all the
+/// noise in it, the colluders' shares included.
+fn coordinate_noise_std(plan: &ReleasePlan, central: Option<&CentralDp>, contributors: u32) -> f64 {
+    let step = f64::from(1u32 << plan.fixed_point.frac_bits);
+    match (central, &plan.distributed) {
+        (Some(central), _) => central.sigma() / step,
+        (None, Some(encoding)) => encoding.dp.actual_sigma(contributors) / step,
+        (None, None) => 0.0,
     }
 }
 
@@ -1061,6 +1102,10 @@ mod tests {
                     ledger: Some(PrivacyLedger::new(100.0, 1e-5).unwrap()),
                     rng: StdRng::seed_from_u64(1),
                     ftrl,
+                    extras: crate::extras::ExtrasState {
+                        clip_norm: config.round.clip_norm,
+                        last: None,
+                    },
                 };
                 let plan = ReleasePlan {
                     fixed_point,
@@ -1068,6 +1113,7 @@ mod tests {
                     corrupt: 0,
                     round_id: 4,
                     clients: 3,
+                    extras: None,
                 };
                 let err = release(&config, &mut training, &store, output(&fixed_point), &plan)
                     .unwrap_err();

@@ -61,6 +61,15 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("server_beta2", "0.9", "0.999"),
     ("server_tau", "0.01", "0.0001"),
     ("proximal_mu", "0.01", "0.1"),
+    ("weighting", "true", "false"),
+    ("max_examples", "50", "60"),
+    ("federated_eval", "true", "false"),
+    ("eval_max_examples", "70", "80"),
+    ("eval_max_loss", "5.0", "6.0"),
+    ("adaptive_clip", "true", "false"),
+    ("clip_target_quantile", "0.6", "0.7"),
+    ("clip_lr", "0.3", "0.4"),
+    ("extras_scale", "0.5", "0.75"),
 ];
 
 fn overrides(text: &str) -> ServerOverrides {

@@ -185,6 +185,31 @@ impl TestServer {
         }
     }
 
+    /// Stops the server and starts `config` on the same data directory and
+    /// state key (insecure-dev servers only), as an operator's restart.
+    pub async fn restart(self, mut config: ServerConfig) -> TestServer {
+        assert!(self.ca_pem.is_none(), "restart is for insecure-dev servers");
+        self.server.shutdown().await.expect("server stops");
+        config.data_dir = self.data_dir.clone();
+        config.state_key = Some(self.state_key.clone());
+        config.network.insecure_dev = true;
+        config.network.listen = "127.0.0.1:0".parse().expect("addr");
+        let server = tessera_server::start(config)
+            .await
+            .expect("server restarts");
+        TestServer {
+            url: format!("http://127.0.0.1:{}", server.local_addr().port()),
+            server,
+            data_dir: self.data_dir,
+            state_key: self.state_key,
+            ca_pem: None,
+            tokens: self.tokens,
+            identities: self.identities,
+            trusted: self.trusted,
+            _dir: self._dir,
+        }
+    }
+
     /// The audit log's events (verified under the state key).
     pub fn audit(&self) -> Vec<tessera_server::store::AuditEvent> {
         let key = tessera_server::store::StateKey::load(&self.state_key).expect("state key");
@@ -311,6 +336,10 @@ pub struct ScriptedClient {
     pub seed: u64,
     /// Told when the server has accepted the Join (the first frame back).
     pub joined: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The whole vector to encode in the round's fixed point instead of
+    /// `update` (whose length the Join names): for rounds with extras, a
+    /// client that writes its own extras, bypassing the SDK's bounds.
+    pub raw_vector: Option<Vec<f32>>,
 }
 
 fn stage_of(body: &ClientBody) -> Stage {
@@ -338,6 +367,7 @@ impl ScriptedClient {
             update,
             seed,
             joined: None,
+            raw_vector: None,
         }
     }
 
@@ -524,7 +554,8 @@ impl ScriptedClient {
                         &mut rng,
                     )
                     .expect("session");
-                    let encoded = fp.encode(&self.update, &mut rng).expect("encode");
+                    let vector = self.raw_vector.as_deref().unwrap_or(&self.update);
+                    let encoded = fp.encode(vector, &mut rng).expect("encode");
                     s.submit_input(encoded.values).expect("input");
                     session = Some(s);
                     config = Some(cfg);

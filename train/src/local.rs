@@ -207,6 +207,24 @@ pub fn update(
 /// Accuracy and mean cross-entropy of the model with `params` on
 /// `examples`: the server-side evaluation of a published model.
 pub fn evaluate(arch: &Architecture, params: &[f32], examples: &Examples) -> (f32, f32) {
+    let counts = evaluation_counts(arch, params, examples);
+    let n = counts.total.max(1) as f64;
+    (
+        (counts.correct as f64 / n) as f32,
+        (counts.loss_sum / n) as f32,
+    )
+}
+
+/// The counts a client reports for federated evaluation (`tessera serve
+/// --federated-eval`): correct answers, examples and the summed
+/// cross-entropy of the model with `params` on the client's own held-out
+/// `examples` ([`held_out`]). Send them with the update
+/// (`Contribution::evaluation`); the server sums them securely.
+pub fn evaluation_counts(
+    arch: &Architecture,
+    params: &[f32],
+    examples: &Examples,
+) -> tessera_client::Evaluation {
     let device = Device::flex();
     let model = arch.load(params, &device);
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -220,8 +238,51 @@ pub fn evaluate(arch: &Architecture, params: &[f32], examples: &Examples) -> (f3
         let predicted = logits.argmax(1).squeeze_dim::<1>(1);
         correct += predicted.equal(y).int().sum().into_scalar::<i64>();
     }
-    let n = examples.len().max(1) as f64;
-    ((correct as f64 / n) as f32, (loss_sum / n) as f32)
+    tessera_client::Evaluation {
+        correct: correct.max(0) as u64,
+        total: examples.len() as u64,
+        loss_sum,
+    }
+}
+
+/// A client's examples split into the ones it trains on and a held-out
+/// `fraction` it evaluates the global model on (the last ones: partitions
+/// are already shuffled), at least one of each when there are two or more.
+pub fn held_out(examples: &Examples, fraction: f64) -> (Examples, Examples) {
+    let n = examples.len();
+    let mut k = (fraction.clamp(0.0, 1.0) * n as f64).round() as usize;
+    if n >= 2 {
+        k = k.clamp(1, n - 1);
+    }
+    let order: Vec<usize> = (0..n).collect();
+    let (train, eval) = order.split_at(n - k.min(n));
+    (examples.select(train), examples.select(eval))
+}
+
+#[cfg(test)]
+mod evaluation_tests {
+    use super::*;
+    use crate::model::ModelKind;
+
+    #[test]
+    fn evaluation_counts_are_what_evaluate_averages() {
+        let data = crate::data::digits(3);
+        let (train, eval) = held_out(&data.test.select(&(0..50).collect::<Vec<_>>()), 0.2);
+        assert_eq!((train.len(), eval.len()), (40, 10));
+        let arch = Architecture {
+            kind: ModelKind::Mlp { hidden: 8 },
+            height: 8,
+            width: 8,
+            classes: 10,
+        };
+        let params = tessera_client::burn::flatten(&arch.init(5));
+        let counts = evaluation_counts(&arch, &params, &eval);
+        assert_eq!(counts.total, 10);
+        assert!(counts.correct <= 10 && counts.loss_sum > 0.0);
+        let (accuracy, loss) = evaluate(&arch, &params, &eval);
+        assert!((f64::from(accuracy) - counts.correct as f64 / 10.0).abs() < 1e-6);
+        assert!((f64::from(loss) - counts.loss_sum / 10.0).abs() < 1e-5);
+    }
 }
 
 #[cfg(test)]

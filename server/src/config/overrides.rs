@@ -314,7 +314,8 @@ settings! {
     frac_bits: Option<u8>, typed,
     |c, v| c.round.frac_bits = v;
 
-    /// L2 norm clients clip their updates to.
+    /// L2 norm clients clip their updates to (with --adaptive-clip, the
+    /// first round's; later rounds follow the update norms).
     #[arg(value_name = "C")]
     clip_norm: Option<f32>, typed,
     |c, v| c.round.clip_norm = v;
@@ -516,6 +517,66 @@ settings! {
     #[arg(value_name = "MU")]
     proximal_mu: Option<f64>, typed,
     |c, v| c.aggregation.proximal_mu = v;
+
+    /// Weight each update by its client's example count (clipped at
+    /// --max-examples) inside the secure sum; under DP the count is noised
+    /// and charged with the update [default: false; --weighting is
+    /// --weighting=true].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    weighting: Option<bool>, typed,
+    |c, v| c.round.extras.weighting = v;
+
+    /// The example count that earns a client the full weight of 1 with
+    /// --weighting (more counts as this) [default: 1000].
+    #[arg(value_name = "N")]
+    max_examples: Option<u32>, typed,
+    |c, v| c.round.extras.max_examples = v;
+
+    /// Federated evaluation: clients report (correct, total, loss sum) of
+    /// the round's base model on their held-out examples inside the secure
+    /// sum (noised and charged under DP); round records show the result
+    /// [default: false].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    federated_eval: Option<bool>, typed,
+    |c, v| c.round.extras.federated_eval = v;
+
+    /// The most evaluation examples one client's counts stand for
+    /// [default: 1000].
+    #[arg(value_name = "T")]
+    eval_max_examples: Option<u32>, typed,
+    |c, v| c.round.extras.eval_max_examples = v;
+
+    /// The most one evaluation example's loss counts for [default: 10].
+    #[arg(value_name = "L")]
+    eval_max_loss: Option<f32>, typed,
+    |c, v| c.round.extras.eval_max_loss = v;
+
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm, from
+    /// --clip-norm, follows --clip-target-quantile of the update norms,
+    /// estimated from clients' clipped-indicator bits in the secure sum
+    /// (noised by the clients and charged under DP) [default: false].
+    #[arg(value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    adaptive_clip: Option<bool>, typed,
+    |c, v| c.round.extras.adaptive_clip = v;
+
+    /// Fraction of updates adaptive clipping aims to leave unclipped
+    /// [default: 0.5].
+    #[arg(value_name = "GAMMA")]
+    clip_target_quantile: Option<f64>, typed,
+    |c, v| c.round.extras.clip_target_quantile = v;
+
+    /// Adaptive clipping's geometric step per round [default: 0.2].
+    #[arg(value_name = "ETA")]
+    clip_lr: Option<f64>, typed,
+    |c, v| c.round.extras.clip_lr = v;
+
+    /// Each block of extras (weight, evaluation, clip bit) has L2 norm at
+    /// most this times the clip norm: larger means less noise on their sums
+    /// and more on the model (sensitivity sqrt(1 + blocks x scale^2) x clip
+    /// norm) [default: 0.25].
+    #[arg(value_name = "KAPPA")]
+    extras_scale: Option<f32>, typed,
+    |c, v| c.round.extras.scale = v;
 }
 
 /// The names of distributed DP's noises, on the command line and in the
@@ -671,7 +732,10 @@ mod tests {
                  `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
                  `preface_timeout_ms`, `metrics_listen`, `rounds`, `cohort_size`, \
                  `cohort_fraction`, `lobby_keepalive_ms`, `ftrl_epoch_rounds`, \
-                 `ftrl_momentum`"
+                 `ftrl_momentum`, `strategy`, `server_beta1`, `server_beta2`, `server_tau`, \
+                 `proximal_mu`, `weighting`, `max_examples`, `federated_eval`, \
+                 `eval_max_examples`, `eval_max_loss`, `adaptive_clip`, `clip_target_quantile`, \
+                 `clip_lr`, `extras_scale`"
             ),
             "{err}"
         );

@@ -116,7 +116,7 @@ pub use integrity::{STATE_KEY_FILE, StateKey, StateKeyError};
 pub use models::{MANIFEST_FORMAT, ModelEntry, StateFile};
 pub use optimizer::OptimizerState;
 pub use recovery::Migration;
-pub use rounds::{CohortRecord, RoundRecord, RoundStatus, TreeStep};
+pub use rounds::{CohortRecord, ExtrasRecord, FederatedEval, RoundRecord, RoundStatus, TreeStep};
 
 use disk::{to_json, unix_ms};
 

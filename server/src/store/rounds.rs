@@ -67,6 +67,12 @@ pub struct RoundRecord {
     /// round ran with; absent in records written before they were kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<crate::config::StrategyRecord>,
+    /// What the round's extras said (weights, federated evaluation,
+    /// adaptive clipping), for completed rounds that carried any. Absent
+    /// from the file otherwise, so records without extras keep their
+    /// bytes, and their MACs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extras: Option<ExtrasRecord>,
 }
 
 /// How a round's cohort was chosen: sampled uniformly at random by the
@@ -91,6 +97,50 @@ pub struct TreeStep {
     pub epoch: u64,
     /// The leaf, from 1.
     pub step: u64,
+}
+
+/// The decoded extras of a completed round (see `tessera_dp::extras`):
+/// noisy under DP, exact up to fixed-point rounding without.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtrasRecord {
+    /// The L2 norm updates were clipped to in this round.
+    pub clip_norm: f32,
+    /// Adaptive clipping: the clip norm of the next round. The latest one
+    /// recorded is where a restarted server resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_clip_norm: Option<f32>,
+    /// Adaptive clipping: the fraction of contributors whose update norm
+    /// was at most `clip_norm` before clipping (noisy under DP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclipped_fraction: Option<f64>,
+    /// Weighted averaging: the sum of the contributors' weights the mean
+    /// was divided by (noisy under DP, floored at 1 then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_sum: Option<f64>,
+    /// Federated evaluation of the round's base model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated: Option<FederatedEval>,
+    /// Whether the figures above carry DP noise, and its standard
+    /// deviation on one coordinate of the sum (real units).
+    pub noise_std: f64,
+}
+
+/// A federated evaluation: the round's clients' counts, summed securely.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FederatedEval {
+    /// The model version evaluated: the round's base version, which every
+    /// client fetched and trained from.
+    pub model_version: u64,
+    /// `Σ correct / Σ total`, clamped to [0, 1]; absent when `Σ total` is
+    /// below one example (no client evaluated, or noise).
+    pub accuracy: Option<f64>,
+    /// `Σ loss_sum / Σ total`, likewise.
+    pub loss: Option<f64>,
+    /// `Σ total`, the examples evaluated (noisy under DP).
+    pub examples: f64,
+    /// The noise standard deviation on `Σ total` and `Σ correct`, in
+    /// examples (0 without DP).
+    pub examples_noise_std: f64,
 }
 
 /// What is written: the record's fields, then its tag. The tag covers

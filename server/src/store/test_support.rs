@@ -114,5 +114,6 @@ pub(super) fn started(round: u64) -> RoundRecord {
         cohort: None,
         tree: None,
         strategy: None,
+        extras: None,
     }
 }
