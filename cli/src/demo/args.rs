@@ -92,6 +92,12 @@ pub(crate) struct DemoArgs {
     /// consumers only — or off.
     #[arg(long, value_enum, default_value_t = DpMode::Distributed)]
     dp: DpMode,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm starts at
+    /// --clip-norm and follows the median update norm, estimated from the
+    /// clients' clipped-indicator bits inside the secure sum (noised by the
+    /// clients under distributed DP, and charged).
+    #[arg(long)]
+    adaptive_clip: bool,
     /// --dp ftrl: rounds per tree (epoch); the clients are dealt into this
     /// many cohorts per epoch, one per round, so each takes part once per
     /// tree.
@@ -195,6 +201,7 @@ impl DemoArgs {
             out: self.out.clone(),
             threat_model: self.threat_model.into(),
             ftrl_epoch_rounds: self.ftrl_epoch_rounds,
+            adaptive_clip: self.adaptive_clip,
         }
     }
 

@@ -18,8 +18,8 @@ use tessera_aggregation::graph::GraphKind;
 use tessera_aggregation::identity::IdentityKey;
 use tessera_client::Client;
 use tessera_server::config::{
-    AggregationSettings, DpMode, DpSettings, GraphChoice, NetworkSettings, RoundRules,
-    ThresholdRule,
+    AggregationSettings, DpMode, DpSettings, ExtrasSettings, GraphChoice, NetworkSettings,
+    RoundRules, ThresholdRule,
 };
 use tessera_server::model::{Model, TensorSpec};
 use tessera_server::store::Store;
@@ -235,6 +235,10 @@ fn server_config(
             min_survivors: Some(ThresholdRule::Count(cfg.min_survivors())),
             clip_norm: training.clip_norm,
             threat_model: cfg.threat_model,
+            extras: ExtrasSettings {
+                adaptive_clip: cfg.adaptive_clip,
+                ..ExtrasSettings::default()
+            },
             ..RoundRules::default()
         },
         aggregation: AggregationSettings {

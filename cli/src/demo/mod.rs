@@ -76,6 +76,11 @@ pub(crate) struct DemoConfig {
     /// per epoch: the clients are dealt into this many cohorts, a seeded
     /// deal per epoch, one cohort per round.
     pub(crate) ftrl_epoch_rounds: u64,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm starts at the
+    /// training's `clip_norm` and follows the median update norm, from
+    /// clients' clipped-indicator bits summed (and, under distributed DP,
+    /// noised by the clients) inside the secure sum.
+    pub(crate) adaptive_clip: bool,
 }
 
 impl Default for DemoConfig {
@@ -89,6 +94,7 @@ impl Default for DemoConfig {
             out: PathBuf::from("tessera-out"),
             threat_model: ThreatModel::SemiHonest,
             ftrl_epoch_rounds: 4,
+            adaptive_clip: false,
         }
     }
 }
@@ -239,6 +245,11 @@ impl DemoConfig {
 
     /// Checks epsilon (with DP on) and delta.
     fn check_privacy(&self) -> Result<(), DemoError> {
+        if self.dp == DpMode::Ftrl && self.adaptive_clip {
+            return Err(DemoError::Config(
+                "--adaptive-clip is not available with --dp ftrl yet (its tree holds the model's coordinates only)".into(),
+            ));
+        }
         if self.dp == DpMode::Ftrl && (self.ftrl_epoch_rounds == 0 || self.cohort_size() < 3) {
             return Err(DemoError::Config(format!(
                 "--dp ftrl deals --clients {} into --ftrl-epoch-rounds {} cohorts, one per round: each needs at least 3 clients",

@@ -245,8 +245,10 @@ impl Job<'_> {
         let completed = published.round == round;
         let next = published.flatten();
         let tally = Tally::of(&results);
-        let max_error_vs_plain = (self.cfg.dp == DpMode::Off && completed)
-            .then(|| self.plain_fedavg_error(global, &next, &tally.updates));
+        // Adaptive clipping moves the clip norm the check would use.
+        let max_error_vs_plain =
+            (self.cfg.dp == DpMode::Off && !self.cfg.adaptive_clip && completed)
+                .then(|| self.plain_fedavg_error(global, &next, &tally.updates));
         let (accuracy, loss) = local::evaluate(&self.arch, &next, &self.test);
         let row = RoundRow {
             round,

@@ -32,36 +32,51 @@ pub(crate) enum Arm {
     /// Distributed DP-FedAvg with the demo's fixed clip norm: clients add
     /// discrete Gaussian noise; holds against the server.
     DpFedAvg,
+    /// The same with adaptive clipping (Andrew et al. 2021): the clip norm
+    /// follows the median update norm, from clients' noisy indicator bits;
+    /// holds against the server.
+    DpFedAvgAdaptive,
+    /// DP-FTRL (Kairouz et al. 2021): the server adds tree noise to the
+    /// prefix sums, clients take part once per tree; holds against the
+    /// model's consumers only.
+    DpFtrl,
 }
 
 impl Arm {
     /// Every arm, in the order the CSV and the chart list them.
-    pub(crate) const ALL: [Arm; 1] = [Arm::DpFedAvg];
+    pub(crate) const ALL: [Arm; 3] = [Arm::DpFedAvg, Arm::DpFedAvgAdaptive, Arm::DpFtrl];
 
     /// Its name in the CSV, the chart and the run directories.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Arm::DpFedAvg => "dp-fedavg",
+            Arm::DpFedAvgAdaptive => "dp-fedavg-adaptive-clip",
+            Arm::DpFtrl => "dp-ftrl",
         }
     }
 
     /// Against whom its epsilon holds, as the ledger names it.
     pub(crate) fn adversary(self) -> &'static str {
         match self {
-            Arm::DpFedAvg => "server",
+            Arm::DpFedAvg | Arm::DpFedAvgAdaptive => "server",
+            Arm::DpFtrl => "model-consumers",
         }
     }
 
     /// The run of this arm at `epsilon`, from the demo's settings `base`.
     pub(crate) fn config(self, base: &DemoConfig, epsilon: f64, out: PathBuf) -> DemoConfig {
-        match self {
-            Arm::DpFedAvg => DemoConfig {
-                dp: DpMode::Distributed,
-                epsilon,
-                noise_multiplier: None,
-                out,
-                ..base.clone()
-            },
+        let (dp, adaptive_clip) = match self {
+            Arm::DpFedAvg => (DpMode::Distributed, false),
+            Arm::DpFedAvgAdaptive => (DpMode::Distributed, true),
+            Arm::DpFtrl => (DpMode::Ftrl, false),
+        };
+        DemoConfig {
+            dp,
+            adaptive_clip,
+            epsilon,
+            noise_multiplier: None,
+            out,
+            ..base.clone()
         }
     }
 }
@@ -156,6 +171,7 @@ pub(crate) fn run_sweep(
             ("no-dp", None) => {
                 let cfg = DemoConfig {
                     dp: DpMode::Off,
+                    adaptive_clip: false,
                     out,
                     ..base.clone()
                 };

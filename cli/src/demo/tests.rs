@@ -299,12 +299,19 @@ fn a_sweep_writes_its_csv_and_chart_and_hands_the_no_dp_line_to_the_private_runs
     assert_eq!(seen[0].0, DpMode::Off);
     assert!(seen[0].3.is_none());
     for (dp, _, out, no_dp) in &seen[1..] {
-        assert_eq!(*dp, DpMode::Distributed);
+        assert!(matches!(dp, DpMode::Distributed | DpMode::Ftrl), "{dp:?}");
         assert_eq!(no_dp.as_deref(), Some(&[0.5, 0.7, 0.9][..]));
         assert!(out.starts_with(dir.path().join("runs")));
     }
     let epsilons: Vec<f64> = seen[1..].iter().map(|s| s.1).collect();
-    assert_eq!(epsilons, super::sweep::EPSILONS);
+    let expected: Vec<f64> = super::sweep::Arm::ALL
+        .iter()
+        .flat_map(|_| super::sweep::EPSILONS)
+        .collect();
+    assert_eq!(epsilons, expected);
+    // DP-FTRL's epsilon holds against the model's consumers only.
+    let ftrl = points.iter().find(|p| p.arm == "dp-ftrl").unwrap();
+    assert_eq!(ftrl.adversary, "model-consumers");
     // The central baseline really ran and wrote its own files.
     let central = points.iter().find(|p| p.arm == "central").unwrap();
     assert!(central.accuracy > 0.0 && central.rounds == 3);
@@ -315,4 +322,90 @@ fn a_sweep_writes_its_csv_and_chart_and_hands_the_no_dp_line_to_the_private_runs
     assert!(csv.contains("dp-fedavg,8,8.0000,server,0.4000,3,"), "{csv}");
     let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
     assert!(svg.contains("no DP, federated 0.900"));
+}
+
+#[test]
+fn dp_ftrl_deals_each_client_into_one_cohort_per_epoch() {
+    let cfg = DemoConfig {
+        training: Experiment {
+            clients: 12,
+            rounds: 6,
+            dropout: 0.25,
+            ..Experiment::default()
+        },
+        dp: DpMode::Ftrl,
+        ftrl_epoch_rounds: 3,
+        ..DemoConfig::default()
+    };
+    assert_eq!(cfg.cohort_size(), 4);
+    for epoch in 0..2u64 {
+        let mut seen: Vec<usize> = (1..=3)
+            .flat_map(|slot| cfg.cohort_of(epoch * 3 + slot))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..12).collect::<Vec<_>>(), "epoch {epoch}");
+    }
+    assert_ne!(cfg.cohort_of(1), cfg.cohort_of(4), "a new deal each epoch");
+    // Dropouts come from the round's cohort only: one of its four.
+    let plan = cfg.dropout_plan(2);
+    let cohort = cfg.cohort_of(2);
+    assert_eq!(plan.iter().filter(|d| d.is_some()).count(), 1);
+    assert!(
+        plan.iter()
+            .enumerate()
+            .all(|(c, d)| d.is_none() || cohort.contains(&c))
+    );
+    // Too few clients per cohort is refused, naming the flags.
+    let tiny = DemoConfig {
+        training: Experiment {
+            clients: 8,
+            ..cfg.training.clone()
+        },
+        ..cfg.clone()
+    };
+    let err = tiny.check().unwrap_err().to_string();
+    assert!(err.contains("--ftrl-epoch-rounds 3"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_ftrl_runs_over_the_real_service_charging_tree_steps_to_model_consumers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        training: Experiment {
+            clients: 9,
+            rounds: 4,
+            dropout: 0.0,
+            ..Experiment::default()
+        },
+        dp: DpMode::Ftrl,
+        ftrl_epoch_rounds: 3,
+        out: dir.path().to_owned(),
+        ..DemoConfig::default()
+    };
+    let report = run_job(&cfg, |_| {}).await.unwrap();
+    assert_eq!(report.rows.len(), 4);
+    assert!(report.rows.iter().all(|r| r.completed && r.survivors == 3));
+    let stored = tessera_server::store::inspect(&report.data_dir).unwrap();
+    let ledger = stored.ledger.expect("DP keeps a ledger");
+    let steps: Vec<u64> = ledger
+        .entries()
+        .iter()
+        .map(|e| match e.mechanism {
+            tessera_dp::ledger::Mechanism::TreeAggregation { step, .. } => step,
+            other => panic!("not a tree step: {other:?}"),
+        })
+        .collect();
+    // Two trees of three rounds: the fourth round starts the second.
+    assert_eq!(steps, [1, 2, 3, 1]);
+    assert!(
+        ledger
+            .entries()
+            .iter()
+            .all(|e| e.adversary == tessera_dp::ledger::Adversary::ModelConsumers)
+    );
+    let last = report.rows.last().unwrap();
+    assert!(
+        last.epsilon > 0.0 && last.epsilon <= cfg.epsilon,
+        "{last:?}"
+    );
 }
