@@ -31,44 +31,44 @@ pub(crate) const EPSILONS: [f64; 5] = [1.0, 2.0, 4.0, 8.0, 16.0];
 pub(crate) enum Arm {
     /// Distributed DP-FedAvg with the demo's fixed clip norm: clients add
     /// discrete Gaussian noise; holds against the server.
-    DpFedAvg,
+    FedAvg,
     /// The same with adaptive clipping (Andrew et al. 2021): the clip norm
     /// follows the median update norm, from clients' noisy indicator bits;
     /// holds against the server.
-    DpFedAvgAdaptive,
+    FedAvgAdaptiveClip,
     /// DP-FTRL (Kairouz et al. 2021): the server adds tree noise to the
     /// prefix sums, clients take part once per tree; holds against the
     /// model's consumers only.
-    DpFtrl,
+    Ftrl,
 }
 
 impl Arm {
     /// Every arm, in the order the CSV and the chart list them.
-    pub(crate) const ALL: [Arm; 3] = [Arm::DpFedAvg, Arm::DpFedAvgAdaptive, Arm::DpFtrl];
+    pub(crate) const ALL: [Arm; 3] = [Arm::FedAvg, Arm::FedAvgAdaptiveClip, Arm::Ftrl];
 
     /// Its name in the CSV, the chart and the run directories.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Arm::DpFedAvg => "dp-fedavg",
-            Arm::DpFedAvgAdaptive => "dp-fedavg-adaptive-clip",
-            Arm::DpFtrl => "dp-ftrl",
+            Arm::FedAvg => "dp-fedavg",
+            Arm::FedAvgAdaptiveClip => "dp-fedavg-adaptive-clip",
+            Arm::Ftrl => "dp-ftrl",
         }
     }
 
     /// Against whom its epsilon holds, as the ledger names it.
     pub(crate) fn adversary(self) -> &'static str {
         match self {
-            Arm::DpFedAvg | Arm::DpFedAvgAdaptive => "server",
-            Arm::DpFtrl => "model-consumers",
+            Arm::FedAvg | Arm::FedAvgAdaptiveClip => "server",
+            Arm::Ftrl => "model-consumers",
         }
     }
 
     /// The run of this arm at `epsilon`, from the demo's settings `base`.
     pub(crate) fn config(self, base: &DemoConfig, epsilon: f64, out: PathBuf) -> DemoConfig {
         let (dp, adaptive_clip) = match self {
-            Arm::DpFedAvg => (DpMode::Distributed, false),
-            Arm::DpFedAvgAdaptive => (DpMode::Distributed, true),
-            Arm::DpFtrl => (DpMode::Ftrl, false),
+            Arm::FedAvg => (DpMode::Distributed, false),
+            Arm::FedAvgAdaptiveClip => (DpMode::Distributed, true),
+            Arm::Ftrl => (DpMode::Ftrl, false),
         };
         DemoConfig {
             dp,

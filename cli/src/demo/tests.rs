@@ -207,7 +207,7 @@ fn a_bad_output_directory_is_refused_and_left_alone() {
 
 #[test]
 fn the_noise_warning_fires_for_a_few_clients_and_not_for_many() {
-    // Five clients at epsilon 8 over 30 rounds: the averaged update's
+    // Five clients at epsilon 8 over 20 rounds: the averaged update's
     // noise dwarfs the clip norm.
     let few = DemoConfig {
         training: Experiment {
@@ -218,20 +218,21 @@ fn the_noise_warning_fires_for_a_few_clients_and_not_for_many() {
         ..DemoConfig::default()
     };
     let z = calibrate(&few).unwrap();
-    let norm = super::expected_noise_norm(DpMode::Distributed, z, 0.5, 2410, 5, 5, 1);
+    let clip = f64::from(few.training.clip_norm);
+    let norm = super::expected_noise_norm(DpMode::Distributed, z, clip, 2410, 5, 5, 1);
     // By hand: sigma = z C; the sum of 5 clients carries sigma^2 * 5 / 4;
     // the mean divides by 5; times sqrt(2410).
-    let by_hand = z * 0.5 * (5.0f64 / 4.0).sqrt() / 5.0 * 2410f64.sqrt();
+    let by_hand = z * clip * (5.0f64 / 4.0).sqrt() / 5.0 * 2410f64.sqrt();
     assert!((norm - by_hand).abs() < 1e-9 * by_hand);
     let warning = super::command::noise_warning(&few, z, 2410, norm).expect("a warning");
     assert!(
-        warning.contains("larger than the clip norm 0.5"),
+        warning.contains(&format!("larger than the clip norm {clip}")),
         "{warning}"
     );
     assert!(warning.contains(&format!("{norm:.3}")));
     // Many clients: well under the clip norm, no warning.
-    let many = super::expected_noise_norm(DpMode::Distributed, z, 0.5, 2410, 1000, 1000, 50);
-    assert!(many < 0.5);
+    let many = super::expected_noise_norm(DpMode::Distributed, z, clip, 2410, 1000, 1000, 50);
+    assert!(many < clip);
     assert!(super::command::noise_warning(&few, z, 2410, many).is_none());
     // Without DP there is no noise.
     assert_eq!(
