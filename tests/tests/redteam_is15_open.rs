@@ -1,0 +1,174 @@
+//! Red team, issue 15: attacks on DP-FTRL's durable state that SUCCEED on
+//! the code as merged. Each test asserts the safe behaviour, so each fails
+//! until the coordinator fixes the code (see the red-team report).
+//!
+//! The common root: a tree step can be *charged* in the ledger without
+//! `ftrl.json` recording it as released (the charge is written first, the
+//! tree's state second, the model third). Nothing reconciles the two:
+//! - in a running server, a charge whose tree state is not written leaves
+//!   the ledger one step ahead of the tree, every later step "does not
+//!   follow" its tree, `can_spend` answers false, and the server stops for
+//!   good saying the privacy budget is spent;
+//! - in the data directory, a release whose model was never published is
+//!   invisible to `ftrl.json`'s rollback check (it looks only at published
+//!   versions), so the copy from before that release is accepted again,
+//!   against README's "an edited or rolled-back copy is refused". Its step
+//!   would be released a second time with the same (durable) node noise
+//!   over a different sum, revealing the difference of the two sums to
+//!   whoever kept the first copy; today only the ledger's step-continuity
+//!   check stands in the way (the server then stops, as above), and
+//!   rolling the ledger back with it is refused by the store.
+
+use std::time::Duration;
+
+use tessera_client::{ClientError, RoundOutcome};
+use tessera_server::config::DpMode;
+use tessera_server::files::{Failure, FaultPlan, Op};
+use tessera_server::store::{StateKey, Store};
+use tessera_tests::{ServerOptions, TestServer, update};
+use tokio::task::JoinHandle;
+
+const DIM: u32 = 20;
+
+fn ftrl(config: &mut tessera_server::ServerConfig) {
+    config.dp.mode = DpMode::Ftrl;
+    config.dp.noise_multiplier = 0.5;
+    config.dp.epsilon_budget = 1000.0;
+    // One tree for the whole test: every round is a step of tree 0.
+    config.dp.ftrl_epoch_rounds = 8;
+}
+
+fn options(plan: &FaultPlan) -> ServerOptions {
+    ServerOptions {
+        dim: DIM,
+        min_clients: 3,
+        tls_tokens: Some(12),
+        stage_timeout: Duration::from_secs(20),
+        tweak: ftrl,
+        faults: Some(plan.clone()),
+        ..ServerOptions::default()
+    }
+}
+
+/// Clients `ids` (token indices) join and send their updates.
+fn join(ts: &TestServer, ids: &[usize]) -> Vec<JoinHandle<Result<RoundOutcome, ClientError>>> {
+    ids.iter()
+        .map(|&i| {
+            let client = ts.client(Some(i));
+            let u = update(DIM, i as u64);
+            tokio::spawn(async move { client.participate(&u).await })
+        })
+        .collect()
+}
+
+async fn results(
+    tasks: Vec<JoinHandle<Result<RoundOutcome, ClientError>>>,
+) -> Vec<Result<RoundOutcome, ClientError>> {
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("the round ends within a minute")
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// How many writes of `ftrl.json` the disk has seen.
+fn ftrl_writes(plan: &FaultPlan) -> usize {
+    plan.log()
+        .iter()
+        .filter(|(op, path)| *op == Op::Write && path.to_string_lossy().contains("ftrl.json"))
+        .count()
+}
+
+/// Round 2's charge is durable but the tree's state after the release
+/// cannot be written (a full disk for one write, or a crash there). The
+/// disk recovers; the next round must run as the tree's next step (or a
+/// new tree). On the merged code the ledger is one step ahead of the tree
+/// forever: the server refuses every round as "budget spent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_ftrl_a_charged_step_whose_tree_state_was_not_written_stops_the_server_for_good() {
+    let plan = FaultPlan::new();
+    let ts = TestServer::start(options(&plan)).await;
+    for r in results(join(&ts, &[0, 1, 2])).await {
+        assert_eq!(r.expect("round 1 completes").round_id, 1);
+    }
+
+    // Round 2: once its participants are on disk (the first ftrl.json
+    // write of the round), the next ftrl.json write (the release) fails.
+    let before = ftrl_writes(&plan);
+    let round2 = join(&ts, &[3, 4, 5]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while ftrl_writes(&plan) == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "round 2 never began"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    plan.fail_matching(Some(Op::Write), "ftrl.json", Failure::StorageFull);
+    for r in results(round2).await {
+        assert!(r.is_err(), "round 2 cannot be stored: {r:?}");
+    }
+    plan.clear();
+
+    // The disk has recovered: round 3 must run.
+    for r in results(join(&ts, &[6, 7, 8])).await {
+        let outcome = r.expect(
+            "after the disk recovers the DP-FTRL server goes on (a charged, unreleased step must close the tree, not stop the server as if the budget were spent)",
+        );
+        assert!(outcome.round_id >= 3);
+    }
+    ts.server.shutdown().await.unwrap();
+}
+
+/// A copy of a file of the data directory, to put back later.
+fn keep(ts: &TestServer, name: &str) -> Vec<u8> {
+    std::fs::read(ts.data_dir().join(name)).unwrap()
+}
+
+/// Round 2 is charged and released into `ftrl.json` (step 2), but its
+/// model cannot be published. Someone with the data directory kept the
+/// `ftrl.json` of step 1 (and its ledger) and puts it back. The store must
+/// refuse the rollback, as README promises ("an edited or rolled-back copy
+/// is refused"): accepting it means releasing step 2's nodes again, with
+/// the same noise, over another sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_ftrl_rolling_back_ftrl_json_past_an_unpublished_release_is_accepted() {
+    let plan = FaultPlan::new();
+    let ts = TestServer::start(options(&plan)).await;
+    for r in results(join(&ts, &[0, 1, 2])).await {
+        assert_eq!(r.expect("round 1 completes").round_id, 1);
+    }
+    let old_ftrl = keep(&ts, "ftrl.json");
+    let old_ledger = keep(&ts, "ledger.json");
+
+    // Round 2: released into the tree, not published.
+    plan.fail_matching(Some(Op::Write), "model-000003", Failure::StorageFull);
+    for r in results(join(&ts, &[3, 4, 5])).await {
+        assert!(r.is_err(), "round 2's model cannot be stored: {r:?}");
+    }
+    plan.clear();
+    let released: serde_json::Value =
+        serde_json::from_slice(&keep(&ts, "ftrl.json")).expect("ftrl.json is JSON");
+    assert_eq!(released["step"], 2, "round 2 was released into the tree");
+    let (dir, key_path) = (ts.data_dir.clone(), ts.state_key.clone());
+    ts.server.shutdown().await.unwrap();
+    let key = StateKey::load(&key_path).unwrap();
+    Store::open(&dir, &key).expect("the current data directory opens");
+
+    // The rollback of ftrl.json alone, then with the ledger of the same
+    // moment (which also lifts the ledger's step check, the only thing
+    // that would stop the server from releasing step 2 again).
+    std::fs::write(dir.join("ftrl.json"), &old_ftrl).unwrap();
+    let alone = Store::open(&dir, &key).is_err();
+    std::fs::write(dir.join("ledger.json"), &old_ledger).unwrap();
+    let with_ledger = Store::open(&dir, &key).is_err();
+    assert!(
+        alone && with_ledger,
+        "an ftrl.json from before the release of step 2 must be refused: refused alone {alone}, with the ledger of that moment {with_ledger}"
+    );
+}
