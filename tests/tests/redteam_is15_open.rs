@@ -172,3 +172,52 @@ async fn attack_ftrl_rolling_back_ftrl_json_past_an_unpublished_release_is_accep
         "an ftrl.json from before the release of step 2 must be refused: refused alone {alone}, with the ledger of that moment {with_ledger}"
     );
 }
+
+/// Cohort + DP-FTRL: clients that already took part in the current tree
+/// are ineligible until the next one, but they wait in the lobby with
+/// keep-alives, and every waiting client holds a slot of the connection
+/// cap. Clients that took part (colluders, or honest SDK clients that
+/// simply come back) fill the cap; the eligible clients the tree needs
+/// are closed at the cap, and the tree never takes another step. Safe
+/// behaviour: the eligible clients get in (an ineligible client is told to
+/// come back for the next tree, or does not count against the slots
+/// eligible clients need).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_ftrl_clients_waiting_out_their_tree_fill_the_connection_cap_and_stall_it() {
+    let ts = TestServer::start(ServerOptions {
+        dim: DIM,
+        min_clients: 3,
+        tls_tokens: Some(9),
+        tweak: |config| {
+            ftrl(config);
+            // Room for the round's three clients and one more.
+            config.network.max_connections = Some(4);
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    for r in results(join(&ts, &[0, 1, 2])).await {
+        assert_eq!(r.expect("round 1 completes").round_id, 1);
+    }
+    // The three come straight back: ineligible for the rest of the tree.
+    let back = join(&ts, &[0, 1, 2]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Three eligible clients arrive for step 2.
+    let fresh = join(&ts, &[3, 4, 5]);
+    let step2 = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut out = Vec::new();
+        for t in fresh {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("the eligible clients take tree step 2 within 20 s (the waiting ineligible clients must not hold the slots they need)");
+    for r in step2 {
+        assert_eq!(r.expect("step 2 completes").round_id, 2);
+    }
+    for t in back {
+        t.abort();
+    }
+    ts.server.shutdown().await.unwrap();
+}
