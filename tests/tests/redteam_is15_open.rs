@@ -2,7 +2,7 @@
 //! the code as merged. Each test asserts the safe behaviour, so each fails
 //! until the coordinator fixes the code (see the red-team report).
 //!
-//! The common root: a tree step can be *charged* in the ledger without
+//! 1. Durable state (the first two tests). The common root: a tree step can be *charged* in the ledger without
 //! `ftrl.json` recording it as released (the charge is written first, the
 //! tree's state second, the model third). Nothing reconciles the two:
 //! - in a running server, a charge whose tree state is not written leaves
@@ -18,6 +18,13 @@
 //!   whoever kept the first copy; today only the ledger's step-continuity
 //!   check stands in the way (the server then stops, as above), and
 //!   rolling the ledger back with it is refused by the store.
+//!
+//! 2. Cohort + DP-FTRL: clients waiting out their tree hold the connection
+//!    cap's slots and stall the tree.
+//!
+//! 3. Decoding before noising: colluding clients near the ring's wrap point
+//!    amplify one honest update far past the sensitivity the server's
+//!    noise covers (DP-FTRL, and central DP which shares the decoding).
 
 use std::time::Duration;
 
@@ -220,4 +227,59 @@ async fn attack_ftrl_clients_waiting_out_their_tree_fill_the_connection_cap_and_
         t.abort();
     }
     ts.server.shutdown().await.unwrap();
+}
+
+/// DP-FTRL (and central DP, which it inherits the decoding from): the
+/// server decodes the exact ring sum to signed integers *before* it adds
+/// its noise (`tessera_dp::tree::decode_signed`, then `TreeNoise::add_leaf`;
+/// `CentralDp::release` likewise). Masking hides each input, so colluding
+/// clients can send raw ring values (README: "a client that writes raw
+/// ring values is unbounded") and put a coordinate of the sum just below
+/// the wrap point. One honest client's clipped update then decides whether
+/// the sum wraps: the released prefix sum moves by about 2^bits, not by
+/// the sensitivity Δ the noise and the ledger are calibrated for, and the
+/// consumer reads that client's sign from the published model. Safe
+/// behaviour: one client's update moves the release by at most Δ whatever
+/// the others send (add the noise in the ring, mod 2^bits, and decode
+/// after: decoding is then post-processing).
+#[test]
+fn attack_ftrl_colluders_near_the_ring_boundary_amplify_one_honest_update_past_the_sensitivity() {
+    use tessera_dp::encoding::FixedPoint;
+    use tessera_dp::mechanism::CentralDp;
+    use tessera_dp::tree::{TreeNoise, TreeSeed, TreeState, decode_signed};
+
+    let dim = 4;
+    let fp = FixedPoint::new(1.0, 8, 32).unwrap();
+    let central = CentralDp::new(fp, 1.0, dim).unwrap();
+    let delta = central.l2_sensitivity();
+    let tree = TreeNoise::new(TreeSeed::from_bytes([7; 32]), central);
+    // The honest client's update: 1.0 on coordinate 0, within C = 1
+    // (2^8 in units of 2^-8).
+    let honest = [256u32, 0, 0, 0];
+    // The colluders' raw ring values sum to just below 2^31 there.
+    let colluders = [(1u32 << 31) - 1, 0, 0, 0];
+    let with: Vec<u32> = colluders
+        .iter()
+        .zip(honest)
+        .map(|(c, h)| c.wrapping_add(h) & fp.value_mask())
+        .collect();
+    // Zero-out-one: the same round without the honest client.
+    let without = colluders.to_vec();
+    // The same tree (the same node noise) over the two neighbouring sums.
+    let start = TreeState::new(0, dim);
+    let a = tree.add_leaf(&start, &decode_signed(&fp, &with)).unwrap();
+    let b = tree
+        .add_leaf(&start, &decode_signed(&fp, &without))
+        .unwrap();
+    let moved = a
+        .noisy_prefix
+        .iter()
+        .zip(&b.noisy_prefix)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(
+        moved <= delta,
+        "one honest client moved the released prefix sum by {moved:.0} (units of 2^-8), the noise covers Δ = {delta:.0}"
+    );
 }
