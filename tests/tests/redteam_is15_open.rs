@@ -25,6 +25,9 @@
 //! 3. Decoding before noising: colluding clients near the ring's wrap point
 //!    amplify one honest update far past the sensitivity the server's
 //!    noise covers (DP-FTRL, and central DP which shares the decoding).
+//!
+//! 4. Once per tree under mutual TLS: a renewed client certificate is a new
+//!    identity, so the same client takes part twice in one tree.
 
 use std::time::Duration;
 
@@ -282,4 +285,85 @@ fn attack_ftrl_colluders_near_the_ring_boundary_amplify_one_honest_update_past_t
         moved <= delta,
         "one honest client moved the released prefix sum by {moved:.0} (units of 2^-8), the noise covers Δ = {delta:.0}"
     );
+}
+
+/// Where the mTLS test's client CA is written (a `tweak` is a plain `fn`).
+static CLIENT_CA: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Once-per-tree under mutual TLS: the server names an mTLS client by the
+/// digest of its leaf certificate, so the same client with a renewed
+/// certificate (same CA, same subject: routine rotation, or a second
+/// certificate its CA is willing to issue) is a new identity and takes
+/// part twice in one tree, which the tree's accounting does not cover.
+/// Safe behaviour: the identity is what the CA vouches for (the subject),
+/// so the renewed certificate waits for the next tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attack_ftrl_a_renewed_client_certificate_takes_part_twice_in_one_tree() {
+    let ca = tessera_server::tls::CertificateAuthority::new("redteam client CA").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("client-ca.pem");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    CLIENT_CA.set(ca_path).unwrap();
+    let ts = TestServer::start(ServerOptions {
+        dim: DIM,
+        min_clients: 3,
+        tls_tokens: Some(0),
+        tweak: |config| {
+            ftrl(config);
+            config.network.tokens_file = None;
+            config.network.tls_client_ca = CLIENT_CA.get().cloned();
+        },
+        ..ServerOptions::default()
+    })
+    .await;
+    let client_of = |issued: &tessera_server::tls::SelfSigned| {
+        ts.client_builder(None)
+            .tls_identity(
+                issued.cert_pem.clone().into_bytes(),
+                issued.key_pem.as_bytes().to_vec(),
+            )
+            .build()
+            .unwrap()
+    };
+    let with_cert = |name: &str| client_of(&ca.issue_client(name).unwrap());
+    let run = |client: tessera_client::Client, seed: u64| {
+        let u = update(DIM, seed);
+        tokio::spawn(async move { client.participate(&u).await })
+    };
+    // Tree 0, step 1: alice, bob, carol.
+    let alice_cert = ca.issue_client("alice").unwrap();
+    let first = vec![
+        run(client_of(&alice_cert), 0),
+        run(with_cert("bob"), 1),
+        run(with_cert("carol"), 2),
+    ];
+    for r in results(first).await {
+        assert_eq!(r.expect("round 1 completes").round_id, 1);
+    }
+    // Step 2 of the same tree. Control: alice with the same certificate
+    // and two new clients: alice is held back, no round opens.
+    let alice_same = run(client_of(&alice_cert), 10);
+    let others = vec![run(with_cert("dave"), 20), run(with_cert("erin"), 21)];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !alice_same.is_finished() && others.iter().all(|t| !t.is_finished()),
+        "control: the same certificate waits for the next tree"
+    );
+    alice_same.abort();
+    // The attack: alice with a renewed certificate for the same subject.
+    let alice_renewed = run(with_cert("alice"), 11);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if alice_renewed.is_finished() {
+        let outcome = alice_renewed.await.unwrap();
+        assert!(
+            outcome.is_err(),
+            "alice took part again in tree 0 with a renewed certificate: {outcome:?}"
+        );
+    } else {
+        alice_renewed.abort();
+    }
+    for t in others {
+        t.abort();
+    }
+    ts.server.shutdown().await.unwrap();
 }
