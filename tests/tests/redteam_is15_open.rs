@@ -1,23 +1,25 @@
-//! Red team, issue 15: attacks on DP-FTRL's durable state that SUCCEED on
-//! the code as merged. Each test asserts the safe behaviour, so each fails
+//! Red team, issue 15: attacks on DP-FTRL and cohorts that SUCCEED on the
+//! code as merged. Each test asserts the safe behaviour, so each fails
 //! until the coordinator fixes the code (see the red-team report).
 //!
-//! 1. Durable state (the first two tests). The common root: a tree step can be *charged* in the ledger without
-//! `ftrl.json` recording it as released (the charge is written first, the
-//! tree's state second, the model third). Nothing reconciles the two:
-//! - in a running server, a charge whose tree state is not written leaves
-//!   the ledger one step ahead of the tree, every later step "does not
-//!   follow" its tree, `can_spend` answers false, and the server stops for
-//!   good saying the privacy budget is spent;
-//! - in the data directory, a release whose model was never published is
-//!   invisible to `ftrl.json`'s rollback check (it looks only at published
-//!   versions), so the copy from before that release is accepted again,
-//!   against README's "an edited or rolled-back copy is refused". Its step
-//!   would be released a second time with the same (durable) node noise
-//!   over a different sum, revealing the difference of the two sums to
-//!   whoever kept the first copy; today only the ledger's step-continuity
-//!   check stands in the way (the server then stops, as above), and
-//!   rolling the ledger back with it is refused by the store.
+//! 1. Durable state (the first two tests). The common root: a tree step
+//!    can be *charged* in the ledger without `ftrl.json` recording it as
+//!    released (the charge is written first, the tree's state second, the
+//!    model third), and nothing reconciles the two.
+//!    - In a running server, a charge whose tree state is not written
+//!      leaves the ledger one step ahead of the tree: every later step
+//!      "does not follow" its tree, `can_spend` answers false, and the
+//!      server stops for good saying the privacy budget is spent.
+//!    - In the data directory, a release whose model was never published
+//!      is invisible to `ftrl.json`'s rollback check (it looks only at
+//!      published versions), so the copy from before that release is
+//!      accepted again, against README's "an edited or rolled-back copy is
+//!      refused". Its step would be released a second time with the same
+//!      (durable) node noise over a different sum, revealing the
+//!      difference of the two sums to whoever kept the first copy; today
+//!      only the ledger's step-continuity check stands in the way (the
+//!      server then stops, as above), and rolling the ledger back with it
+//!      is refused by the store.
 //!
 //! 2. Cohort + DP-FTRL: clients waiting out their tree hold the connection
 //!    cap's slots and stall the tree.
