@@ -1409,8 +1409,10 @@ async fn redteam_extras_cannot_widen_the_sensitivity_past_the_clients_noise_poli
     // κ = 16 makes Δ = sqrt(257) = 16.03: the server widens the fixed
     // point to match but keeps the old norm bound, which conditional
     // rounding could not honour: refused.
-    let (err, messages) =
-        offer(offer_with_extras(16.0, 16.04, Some(dp_params())), |b| b.require_dp(0.6)).await;
+    let (err, messages) = offer(offer_with_extras(16.0, 16.04, Some(dp_params())), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
     assert!(
         matches!(&err, ClientError::ServerMisbehaved { problem, .. } if problem.contains("norm_bound")),
         "{err:?}"
@@ -1420,8 +1422,10 @@ async fn redteam_extras_cannot_widen_the_sensitivity_past_the_clients_noise_poli
     // multiplier, and the client's policy sees it.
     let mut wide = dp_params();
     wide.norm_bound = 1.1e6;
-    let (err, messages) =
-        offer(offer_with_extras(16.0, 16.04, Some(wide)), |b| b.require_dp(0.6)).await;
+    let (err, messages) = offer(offer_with_extras(16.0, 16.04, Some(wide)), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
     assert!(
         matches!(&err, ClientError::PolicyRefused { rule, .. } if *rule == tessera_client::PolicyRule::MinNoiseMultiplier),
         "{err:?}"
