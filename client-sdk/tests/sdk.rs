@@ -877,8 +877,12 @@ impl Aggregator for OfferDouble {
         let mut inbound = request.into_inner();
         let join = first_join(&mut inbound).await?;
         let mut start = self.start.clone();
+        // A round with extras sums the update and then the extras.
+        let extras = start.extras.as_ref().map_or(0, |e| {
+            tessera_dp::extras::ExtrasLayout::try_from(e).map_or(0, |l| l.len() as u32)
+        });
         if let Some(config) = &mut start.config {
-            config.dim = join.dim;
+            config.dim = join.dim + extras;
         }
         let (out, rx) = mpsc::channel(8);
         out.send(frame(server_frame::Frame::RoundStart(start)))
@@ -1357,4 +1361,74 @@ async fn a_negative_or_non_finite_proximal_mu_is_refused_before_the_advert() {
     let (err, messages) = offer(start, |b| b).await;
     assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
     assert_eq!(messages, 1);
+}
+
+/// Red team (issue 15): a round whose sum carries extras (here adaptive
+/// clipping's indicator bit) with the fixed-point clip norm `fp_clip` and
+/// distributed DP `dp`.
+fn offer_with_extras(scale: f32, fp_clip: f32, dp: Option<v1::DistributedDp>) -> v1::RoundStart {
+    let mut start = offer_of(round_of(3, 2), dp);
+    start.extras = Some(v1::RoundExtras {
+        clip_norm: 1.0,
+        scale,
+        clip_indicator: true,
+        ..Default::default()
+    });
+    start.fixed_point = Some((&FixedPoint::new(fp_clip, 16, 32).unwrap()).into());
+    start
+}
+
+#[tokio::test]
+async fn redteam_extras_whose_bound_exceeds_the_fixed_point_clip_norm_are_refused() {
+    // A lying server asks for the indicator bit (Δ = sqrt(1 + 0.25²) C =
+    // 1.0308) but keeps the fixed point (and so the noise and the
+    // ledger's sensitivity) at C = 1: the extras would leave the sum
+    // under-noised. The client refuses before sending anything.
+    let (err, messages) = offer(offer_with_extras(0.25, 1.0, None), |b| b).await;
+    assert!(
+        matches!(&err, ClientError::ServerMisbehaved { problem, .. } if problem.contains("below the bound")),
+        "{err:?}"
+    );
+    assert_eq!(messages, 0, "no advert before the refusal");
+    // Control: at Δ the same round is accepted.
+    let (err, messages) = offer(offer_with_extras(0.25, 1.031, None), |b| b).await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
+}
+
+#[tokio::test]
+async fn redteam_extras_cannot_widen_the_sensitivity_past_the_clients_noise_policy() {
+    // Control: Δ = 1.0308 <= 1.031; norm bound 70000 >= 1.031 · 2^16; per
+    // client z = 46341 / 70000 = 0.662 >= 0.6.
+    let (err, messages) = offer(offer_with_extras(0.25, 1.031, Some(dp_params())), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
+    assert!(matches!(err, ClientError::ServerSilent { .. }), "{err:?}");
+    assert_eq!(messages, 1);
+    // κ = 16 makes Δ = sqrt(257) = 16.03: the server widens the fixed
+    // point to match but keeps the old norm bound, which conditional
+    // rounding could not honour: refused.
+    let (err, messages) = offer(offer_with_extras(16.0, 16.04, Some(dp_params())), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
+    assert!(
+        matches!(&err, ClientError::ServerMisbehaved { problem, .. } if problem.contains("norm_bound")),
+        "{err:?}"
+    );
+    assert_eq!(messages, 0);
+    // With a norm bound that covers Δ, the same noise is a far smaller
+    // multiplier, and the client's policy sees it.
+    let mut wide = dp_params();
+    wide.norm_bound = 1.1e6;
+    let (err, messages) = offer(offer_with_extras(16.0, 16.04, Some(wide)), |b| {
+        b.require_dp(0.6)
+    })
+    .await;
+    assert!(
+        matches!(&err, ClientError::PolicyRefused { rule, .. } if *rule == tessera_client::PolicyRule::MinNoiseMultiplier),
+        "{err:?}"
+    );
+    assert_eq!(messages, 0);
 }

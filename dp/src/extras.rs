@@ -49,8 +49,15 @@
 //!   rounding bounds the integer vector too). Its weight is then at most
 //!   `(Δ / (κ C) + 1) / 2` and at least `(1 - Δ / (κ C)) / 2` (about 2.56
 //!   and -1.56 at `κ = 0.25` with one block): a lie, but a bounded one;
-//! - the DP guarantee of the honest clients holds against any client
-//!   behaviour: it rests on the honest clients' own clipping and noise;
+//! - with distributed DP, the guarantee of the honest clients holds against
+//!   any client behaviour: it rests on the honest clients' own clipping and
+//!   noise, added inside the ring. Not so where the server adds the noise
+//!   (central DP, DP-FTRL): it decodes the ring sum to signed integers
+//!   first, and colluding clients that write raw ring values next to the
+//!   wrap point can make one honest update move the decoded sum by the
+//!   ring's width, far past the sensitivity the noise covers (an open
+//!   red-team finding, 2026-12-02; the fix is to add the noise in the ring
+//!   and decode after);
 //! - the server keeps the weighted mean's denominator within `[1, n]`
 //!   (`n` contributors, which it knows exactly), so a negative weight
 //!   cannot drive it to 0 and blow the step up, nor a huge one shrink the
