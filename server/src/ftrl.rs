@@ -51,6 +51,10 @@ pub(crate) struct Ftrl {
     tree: TreeNoise,
     epoch_start: Model,
     used: HashSet<String>,
+    /// A step was charged but its release could not be made durable: the
+    /// ledger is then a step ahead of this tree, so the tree is over and
+    /// the next round starts a new one ([`Ftrl::close`]).
+    closed: bool,
 }
 
 /// What a released round changes, written durably before the model is
@@ -91,11 +95,27 @@ impl Ftrl {
                 .iter()
                 .any(|m| m.version > r.epoch_start_version && !r.rounds.contains(&m.round))
         };
+        // The ledger's last charge is a tree step this tree never recorded
+        // as released (the release failed, or the server stopped, after
+        // the charge; or an older copy of the file was put back): that
+        // step's nodes may have been computed over a sum, so the tree is
+        // over and a new one starts, never the same step again.
+        let charged_without = |r: &FtrlRecord| {
+            store
+                .ledger()
+                .and_then(|l| l.entries().last())
+                .is_some_and(|e| {
+                    matches!(e.mechanism, Mechanism::TreeAggregation { .. })
+                        && e.round > r.rounds.last().copied().unwrap_or(0)
+                        && !r.rounds.contains(&e.round)
+                })
+        };
         let record = match store.ftrl().cloned() {
             Some(r)
                 if (r.sigma, r.l2_sensitivity) == params
                     && r.noisy_prefix.len() == dim
-                    && !moved_without(&r) =>
+                    && !moved_without(&r)
+                    && !charged_without(&r) =>
             {
                 r
             }
@@ -130,12 +150,21 @@ impl Ftrl {
             record,
             tree,
             epoch_start,
+            closed: false,
         })
     }
 
     /// Whether the epoch's tree is full: the next round starts a new one.
     fn epoch_over(&self, config: &ServerConfig) -> bool {
-        self.record.step >= config.dp.ftrl_epoch_rounds
+        self.closed || self.record.step >= config.dp.ftrl_epoch_rounds
+    }
+
+    /// Ends the tree after a step was charged whose release could not be
+    /// made durable: the ledger is a step ahead of the tree, and the step
+    /// must never be released again over another sum, so the next round
+    /// starts a new tree (whose step 1 the ledger accepts).
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
     }
 
     /// The identities the next round may not take: those already in this
@@ -193,6 +222,7 @@ impl Ftrl {
     pub(crate) fn commit_start(&mut self, record: FtrlRecord, model: &Model) {
         if record.epoch != self.record.epoch {
             self.epoch_start = model.clone();
+            self.closed = false;
         }
         self.used = record.participants.iter().cloned().collect();
         self.record = record;
@@ -528,6 +558,47 @@ mod tests {
             "the tree restarts from the model then"
         );
         assert_eq!(ftrl.epoch_start.params, end_of_tree.params);
+    }
+
+    /// A step charged to the ledger whose release never reached
+    /// `ftrl.json` (the server stopped, or the write failed, between the
+    /// two): on restart the tree is closed and a new one starts at step 1,
+    /// which the ledger accepts; the charged step is never released again
+    /// and the server does not stop as if its budget were spent (red team,
+    /// issue 15).
+    #[test]
+    fn a_charged_but_unreleased_step_closes_the_tree_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(4, 0.0);
+        let (mut store, model) = new_store(dir.path());
+        let mut ftrl = Ftrl::open(&config, &mut store, &model, 1).unwrap();
+        round(&config, &mut store, &mut ftrl, &["a", "b", "c"], &[1; DIM]);
+        // Round 2 starts and is charged as step 2; the server stops there.
+        let (entry, model) = store.latest_model().unwrap();
+        let started = ftrl.begin_round(&config, &ids(&["d", "e", "f"]), entry.version);
+        store.write_ftrl(&started).unwrap();
+        ftrl.commit_start(started, &model);
+        let round2 = store.next_round_id();
+        let mut ledger = store.ledger().cloned().unwrap();
+        ledger
+            .record(round2, ftrl.mechanism(), Adversary::ModelConsumers)
+            .unwrap();
+        store.charge(&ledger).unwrap();
+        drop((store, ftrl));
+
+        let (mut store, mut ftrl) = reopen(dir.path(), &config);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 0 });
+        assert!(
+            ftrl.excluded(&config).is_empty(),
+            "a new tree: all eligible"
+        );
+        let ledger = store.ledger().cloned().unwrap();
+        assert!(
+            ledger.can_spend(&ftrl.planned(&config)),
+            "the server goes on"
+        );
+        round(&config, &mut store, &mut ftrl, &["a", "d", "g"], &[2; DIM]);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 1 });
     }
 
     /// An aborted round gives its identities back; the rest stay.

@@ -819,12 +819,26 @@ fn release_ftrl(
     let mechanism = ftrl.mechanism();
     let epsilon = charge(config, training, store, plan, Some(mechanism))?;
     let ftrl = training.ftrl.as_mut().expect("an ftrl release");
-    let released = ftrl.release(config, &plan.fixed_point, &output.sum, plan.round_id)?;
-    store
-        .lock()
-        .expect("store lock")
-        .write_ftrl(&released.record)
-        .map_err(ServeError::Store)?;
+    let released = ftrl
+        .release(config, &plan.fixed_point, &output.sum, plan.round_id)
+        .and_then(|released| {
+            store
+                .lock()
+                .expect("store lock")
+                .write_ftrl(&released.record)
+                .map_err(ServeError::Store)?;
+            Ok(released)
+        });
+    let released = match released {
+        Ok(released) => released,
+        Err(e) => {
+            // Charged but not durably released: the ledger is a step
+            // ahead of the tree, so the tree ends here and the next round
+            // starts a new one (a restart does the same from the ledger).
+            ftrl.close();
+            return Err(e);
+        }
+    };
     ftrl.commit_release(released.record);
     training.model = released.model;
     let entry = publish_model(config, training, store, plan, contributors, epsilon)?;
