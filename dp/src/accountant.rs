@@ -652,16 +652,26 @@ pub fn max_rounds(z: f64, q: f64, target_epsilon: f64, delta: f64) -> Result<u64
     if !fits(1) {
         return Ok(0);
     }
-    const CAP: u64 = 1 << 53;
-    // Invariant: fits(lo), and hi == CAP or !fits(hi).
-    let mut lo = 1u64;
-    let mut hi = 2u64;
+    Ok(largest_fitting(1, fits))
+}
+
+/// Where the searches for "the most rounds within budget" stop: `2^53`,
+/// the last integer `f64` holds exactly.
+const SEARCH_CAP: u64 = 1 << 53;
+
+/// The largest `n` in `[lo, SEARCH_CAP]` with `fits(n)`, for a `fits`
+/// that holds at `lo` and, once false, stays false: an exponential search
+/// for an upper bound, then a binary search below it.
+fn largest_fitting(lo: u64, fits: impl Fn(u64) -> bool) -> u64 {
+    // Invariant: fits(lo), and hi == SEARCH_CAP or !fits(hi).
+    let mut lo = lo;
+    let mut hi = (lo * 2).max(1);
     while fits(hi) {
-        if hi >= CAP {
-            return Ok(CAP);
+        if hi >= SEARCH_CAP {
+            return SEARCH_CAP;
         }
         lo = hi;
-        hi = (hi * 2).min(CAP);
+        hi = (hi * 2).min(SEARCH_CAP);
     }
     while hi - lo > 1 {
         let mid = lo + (hi - lo) / 2;
@@ -671,7 +681,7 @@ pub fn max_rounds(z: f64, q: f64, target_epsilon: f64, delta: f64) -> Result<u64
             hi = mid;
         }
     }
-    Ok(lo)
+    lo
 }
 
 /// Number of tree nodes containing one leaf that tree aggregation has
@@ -874,32 +884,15 @@ pub fn tree_max_rounds(
     check_target(target_epsilon)?;
     check_delta(delta)?;
     check_steps(steps_per_epoch)?;
-    const CAP: u64 = 1 << 53;
     let fits = |units: u64| tree_units_to_epsilon(units as f64, z, delta).0 <= target_epsilon;
-    // Invariant: fits(lo) (units 0 always fits: it spends nothing), and
-    // hi == CAP or !fits(hi).
-    let (mut lo, mut hi) = (0u64, 1u64);
-    while fits(hi) {
-        if hi >= CAP {
-            return Ok(CAP);
-        }
-        lo = hi;
-        hi = (hi * 2).min(CAP);
-    }
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        if fits(mid) {
-            lo = mid;
-        } else {
-            hi = mid;
-        }
-    }
+    // Units 0 always fit: they spend nothing.
+    let lo = largest_fitting(0, fits);
     let d = tree_depth(steps_per_epoch);
     // rem < d, and 2^(d-1) <= steps_per_epoch: the partial tree is shorter
     // than an epoch.
     let (full, rem) = (lo / d, lo % d);
     let rounds = u128::from(full) * u128::from(steps_per_epoch) + ((1u128 << rem) - 1);
-    Ok(u64::try_from(rounds).map_or(CAP, |r| r.min(CAP)))
+    Ok(u64::try_from(rounds).map_or(SEARCH_CAP, |r| r.min(SEARCH_CAP)))
 }
 
 /// Converts a ρ-zCDP guarantee to (ε, δ): `(ε, optimal order)`.
