@@ -377,6 +377,24 @@ mod tests {
         names.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Publishes `model` from `round` with the ledger so far, as the
+    /// scheduler does for a round of 3 survivors.
+    fn publish(store: &mut Store, model: &Model, round: u64, ledger: &PrivacyLedger) {
+        store
+            .publish(&crate::store::Publication {
+                model,
+                round,
+                survivors: 3,
+                dropped: 0,
+                epsilon: ledger.spent(),
+                delta: 1e-5,
+                ledger: Some(ledger),
+                velocity: None,
+                optimizer: None,
+            })
+            .unwrap();
+    }
+
     /// Starts a round for `who`, releases `leaf` and publishes the model,
     /// as the scheduler does.
     fn round(
@@ -404,19 +422,7 @@ mod tests {
         let released = ftrl.release(config, &fp, &ring(&fp, leaf), round).unwrap();
         store.write_ftrl(&released.record).unwrap();
         ftrl.commit_release(released.record);
-        store
-            .publish(&crate::store::Publication {
-                model: &released.model,
-                round,
-                survivors: 3,
-                dropped: 0,
-                epsilon: ledger.spent(),
-                delta: 1e-5,
-                ledger: Some(&ledger),
-                velocity: None,
-                optimizer: None,
-            })
-            .unwrap();
+        publish(store, &released.model, round, &ledger);
         released.model
     }
 
@@ -685,19 +691,7 @@ mod tests {
             .record(2, central, Adversary::ModelConsumers)
             .unwrap();
         store.charge(&ledger).unwrap();
-        store
-            .publish(&crate::store::Publication {
-                model: &model,
-                round: 2,
-                survivors: 3,
-                dropped: 0,
-                epsilon: ledger.spent(),
-                delta: 1e-5,
-                ledger: Some(&ledger),
-                velocity: None,
-                optimizer: None,
-            })
-            .unwrap();
+        publish(&mut store, &model, 2, &ledger);
         drop((store, ftrl));
         let (store, ftrl) = reopen(tmp.path(), &cfg);
         let r = store.ftrl().unwrap();
