@@ -250,7 +250,7 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("fetching the model for round attempt {round}"))?;
             crate::model::write_safetensors(path, &model)?;
         }
-        match runtime.block_on(client.participate(&update)) {
+        match participate_when_eligible(&runtime, &client, &update, round, args.json) {
             Ok(outcome) => {
                 if args.json {
                     println!(
@@ -303,4 +303,41 @@ pub(crate) fn run(args: JoinArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Joins a round, waiting out a DP-FTRL tree this client already took part
+/// in: the server turns it away until the tree ends (each client takes
+/// part at most once per tree), which is not a failure, so the attempt is
+/// retried every few seconds without counting against `--rounds`.
+fn participate_when_eligible(
+    runtime: &tokio::runtime::Runtime,
+    client: &tessera_client::Client,
+    update: &[f32],
+    attempt: u32,
+    json: bool,
+) -> Result<tessera_client::RoundOutcome, ClientError> {
+    let mut wait = Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        match runtime.block_on(client.participate(update)) {
+            Err(ClientError::NotEligible { rounds_left, .. }) => {
+                if !told {
+                    told = true;
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"attempt": attempt, "outcome": "waiting", "reason": "already in the current DP-FTRL tree", "rounds_left": rounds_left})
+                        );
+                    } else {
+                        println!(
+                            "attempt {attempt}: waiting: this client already took part in the current DP-FTRL tree (at most {rounds_left} rounds left)"
+                        );
+                    }
+                }
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
 }

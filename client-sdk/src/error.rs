@@ -9,7 +9,8 @@
 //! Errors are grouped by whose fault they are, as in rustls: the caller's
 //! input or configuration (`InvalidUrl`, `InvalidTls`, `EmptyUpdate`, ...),
 //! the network (`Unreachable`, `ConnectionLost`), a server that refused the
-//! client (`AuthRefused`, `VersionMismatch`, `UpdateLength`, `Rejected`), a
+//! client (`AuthRefused`, `VersionMismatch`, `UpdateLength`, `NotEligible`,
+//! `Rejected`), a
 //! round that ended without a result (`RoundAborted`, `RoundNotStored`,
 //! `ServerSilent`, `RoundTimeout`), a server that broke the protocol (`ServerMisbehaved`)
 //! and a round the client's own policy refused (`PolicyRefused`).
@@ -110,6 +111,18 @@ pub enum ClientError {
     /// The server runs no more rounds (privacy budget spent, shutting down).
     #[error("the server is not running rounds: {0}")]
     ServerUnavailable(String),
+    /// DP-FTRL: this client already took part in the server's current
+    /// tree, and each client takes part at most once per tree. Not a
+    /// failure of the client: join again after the tree ends, within
+    /// `rounds_left` rounds (sooner if a round aborts or the tree closes
+    /// early).
+    #[error("not eligible yet: {message}")]
+    NotEligible {
+        /// The server's message.
+        message: String,
+        /// The most rounds the tree has left.
+        rounds_left: u64,
+    },
     /// The requested model version was never published.
     #[error("the server has no model version {version}")]
     NoSuchModel {
@@ -325,6 +338,10 @@ pub(crate) fn from_status(status: &tonic::Status, url: &str, phase: Phase) -> Cl
             ClientError::NoSuchModel { version }
         }
         (v1::ErrorKind::Unavailable, _) => ClientError::ServerUnavailable(message),
+        (v1::ErrorKind::NotEligible, _) => ClientError::NotEligible {
+            message,
+            rounds_left: detail.expected,
+        },
         (v1::ErrorKind::StorageFailed, _) => ClientError::RoundNotStored {
             round_id: round_id.unwrap_or(detail.round_id),
             message,
@@ -450,6 +467,18 @@ mod tests {
             ),
             ClientError::ServerUnavailable(_)
         ));
+        // DP-FTRL's once-per-tree refusal says how long the tree has left.
+        assert_eq!(
+            from_status(
+                &status(tonic::Code::Unavailable, v1::ErrorKind::NotEligible),
+                url,
+                BEFORE
+            ),
+            ClientError::NotEligible {
+                message: "refused".into(),
+                rounds_left: 100
+            }
+        );
         assert!(matches!(
             from_status(&tonic::Status::unauthenticated("no"), url, BEFORE),
             ClientError::AuthRefused { .. }

@@ -51,13 +51,12 @@
 //!   and -1.56 at `κ = 0.25` with one block): a lie, but a bounded one;
 //! - with distributed DP, the guarantee of the honest clients holds against
 //!   any client behaviour: it rests on the honest clients' own clipping and
-//!   noise, added inside the ring. Not so where the server adds the noise
-//!   (central DP, DP-FTRL): it decodes the ring sum to signed integers
-//!   first, and colluding clients that write raw ring values next to the
-//!   wrap point can make one honest update move the decoded sum by the
-//!   ring's width, far past the sensitivity the noise covers (an open
-//!   red-team finding, 2026-12-02; the fix is to add the noise in the ring
-//!   and decode after);
+//!   noise, added inside the ring. Where the server adds the noise (central
+//!   DP, DP-FTRL) it too adds it inside the ring and decodes after, so
+//!   colluding clients that write raw ring values next to the wrap point
+//!   cannot make one honest update move the release past the sensitivity
+//!   the noise covers (a red-team finding of 2026-12-02, fixed; see
+//!   [`crate::mechanism::CentralDp`]);
 //! - the server keeps the weighted mean's denominator within `[1, n]`
 //!   (`n` contributors, which it knows exactly), so a negative weight
 //!   cannot drive it to 0 and blow the step up, nor a huge one shrink the

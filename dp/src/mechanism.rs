@@ -5,11 +5,13 @@
 //! Where each step runs:
 //! 1. Every client clips its update to L2 norm `C` ([`clip_l2`]): the
 //!    sensitivity of the sum to one client is then `C`.
-//! 2. Central DP ([`CentralDp`]): the server decodes the unmasked sum to
-//!    signed integers (units of `2^-f`), adds exact discrete Gaussian noise
-//!    of scale `z Δ` to every coordinate, outside the ring `Z_{2^bits}` (so
-//!    the ring width is unaffected), and only then scales to `f32` and
-//!    publishes. `Δ = C 2^f + sqrt(d)` includes randomized rounding. Integer
+//! 2. Central DP ([`CentralDp`]): the server adds exact discrete Gaussian
+//!    noise of scale `z Δ` to every coordinate of the unmasked sum *inside*
+//!    the ring `Z_{2^bits}`, and only then decodes it to signed integers
+//!    (units of `2^-f`), scales to `f32` and publishes; the ring is sized
+//!    for the noised sum ([`choose_bits_with_noise`]). Noising before
+//!    decoding is what keeps the guarantee when clients collude (see the
+//!    type). `Δ = C 2^f + sqrt(d)` includes randomized rounding. Integer
 //!    noise on an integer sum leaves no floating-point trace to attack
 //!    (Mironov 2012 showed a float Gaussian's low-order bits can reveal the
 //!    un-noised value). It holds against consumers of the published model
@@ -153,13 +155,27 @@ const SCALING_SLACK: f64 = 1.0 + 1.0 / (1u64 << 40) as f64;
 /// Central DP (DP-FedAvg, McMahan et al. 2018) with exact integer noise:
 /// what the server adds to a round's unmasked sum before it publishes.
 ///
-/// The sum is decoded from `Z_{2^bits}` to signed integers in units of
-/// `2^-f` first, and discrete Gaussian noise `N_Z(0, σ²)` (the exact
-/// sampler of Canonne, Kamath, Steinke 2020) is added to those integers, in
-/// `i64`, outside the ring: the ring only has to hold the un-noised sum, so
-/// the `bits` floor of [`crate::encoding::choose_bits`] is unaffected. Only
-/// then is the noised integer scaled by `2^-f` into `f32`, a deterministic
-/// function of it (post-processing).
+/// Discrete Gaussian noise `N_Z(0, σ²)` (the exact sampler of Canonne,
+/// Kamath, Steinke 2020) is added to every coordinate of the sum *in the
+/// ring* `Z_{2^bits}`; only the noised ring element is decoded to a signed
+/// integer in units of `2^-f` and scaled by `2^-f` into `f32`, both
+/// deterministic functions of it (post-processing).
+///
+/// **Why noise before decoding.** Decoding (reading `bits`-bit two's
+/// complement) is not Lipschitz: next to the wrap point `2^(bits-1)`, an
+/// input of `+1` moves the decoded value by `-2^bits + 1`. Clients that
+/// collude with a model consumer can write raw ring values (secure
+/// aggregation hides every input, bounds included) that park the sum right
+/// below the wrap point, so one honest update of norm `C` would move a
+/// decode-then-noise release by the ring's width and the noise would hide
+/// nothing. In the ring, the released element is `(s + q + Z) mod 2^bits`
+/// against `(s + Z) mod 2^bits` without the honest client, whatever the
+/// colluders' `s`: the reduction of the integer Gaussian mechanism on
+/// `s + q` and `s` (which differ by `q`, `||q|| <= Δ`), so the guarantee
+/// holds and decoding is post-processing. The cost: the ring must hold the
+/// noised sum, not only the sum, or honest rounds wrap; the server sizes
+/// it with [`choose_bits_with_noise`] (wrap probability at most `1e-6` a
+/// round).
 ///
 /// **Sensitivity.** A client's encoded vector `q` is its clipped update
 /// `x` (`||x|| <= C`) scaled by `2^f` and randomized-rounded coordinate by
@@ -259,10 +275,11 @@ impl CentralDp {
         }
     }
 
-    /// Decodes the unmasked `sum` (mod `2^bits`) of `contributors` inputs
-    /// to signed integers, adds one exact discrete Gaussian sample to every
-    /// coordinate and scales by `2^-f`: the noised sum the server publishes
-    /// (through FedAvg). The un-noised values never leave this function.
+    /// Adds one exact discrete Gaussian sample to every coordinate of the
+    /// unmasked `sum` of `contributors` inputs *in the ring* (mod
+    /// `2^bits`), then decodes the noised elements to signed integers and
+    /// scales by `2^-f`: the noised sum the server publishes (through
+    /// FedAvg). The un-noised values never leave this function.
     pub fn release<R: CryptoRng + ?Sized>(
         &self,
         sum: &[u32],
@@ -271,22 +288,44 @@ impl CentralDp {
     ) -> Result<Decoded, DpError> {
         let sigma_sq = self.sampler_parameter()?;
         let fp = &self.fixed_point;
-        let bits = u32::from(fp.bits);
-        let half = 1i64 << (bits - 1);
-        let modulus = 1i64 << bits;
-        let mask = fp.value_mask();
         // A power of two, so the scaling of an integer below 2^24 is exact.
         let step = 1.0 / f64::from(1u32 << fp.frac_bits);
         let sum = sum
             .iter()
             .map(|&w| {
-                let w = i64::from(w & mask);
-                let signed = if w >= half { w - modulus } else { w };
-                let noised = signed.saturating_add(sample_discrete_gaussian(rng, sigma_sq));
-                (noised as f64 * step) as f32
+                let noise = sample_discrete_gaussian(rng, sigma_sq);
+                (add_in_ring_and_decode(fp, w, noise) as f64 * step) as f32
             })
             .collect();
         Ok(Decoded { sum, contributors })
+    }
+}
+
+/// `(w + noise) mod 2^bits` read as `bits`-bit two's complement: the
+/// server's noise added to ring element `w` *before* decoding, so the
+/// decoded value is a function of the noised ring element only (see
+/// [`CentralDp`] for why the order matters).
+///
+/// ```
+/// use tessera_dp::encoding::FixedPoint;
+/// use tessera_dp::mechanism::add_in_ring_and_decode;
+/// let fp = FixedPoint::new(1.0, 0, 8)?;
+/// assert_eq!(add_in_ring_and_decode(&fp, 255, 0), -1);
+/// // Noise that crosses the wrap point wraps with the ring.
+/// assert_eq!(add_in_ring_and_decode(&fp, 127, 1), -128);
+/// assert_eq!(add_in_ring_and_decode(&fp, 0, -3), -3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn add_in_ring_and_decode(fixed_point: &FixedPoint, w: u32, noise: i64) -> i64 {
+    let bits = u32::from(fixed_point.bits);
+    // Two's complement addition mod 2^64 is addition mod 2^bits after the
+    // mask, for any `noise`.
+    let noised = u64::from(w).wrapping_add(noise as u64) & u64::from(fixed_point.value_mask());
+    let half = 1u64 << (bits - 1);
+    if noised >= half {
+        noised as i64 - (1i64 << bits)
+    } else {
+        noised as i64
     }
 }
 
@@ -852,6 +891,34 @@ mod tests {
         assert!(mean.abs() < 5.0 * (want / n).sqrt(), "{mean}");
         // Some coordinate moved: the noise is not zero.
         assert!(noise.iter().any(|&e| e != 0.0));
+    }
+
+    /// The red team's attack on central DP (issue 15, finding 4): colluders
+    /// park the ring sum right below the wrap point `2^31`, and a model
+    /// consumer reads the honest client's presence (`+1.0`, norm `C`) off
+    /// the sign of the release. Noised in the ring, the sign tells no more
+    /// than the Gaussian mechanism allows (total variation
+    /// `2 Φ(1 / (2z)) - 1 = 0.197` at `z = 2`); decoding first, it told
+    /// everything (advantage 1).
+    #[test]
+    fn central_release_next_to_the_wrap_point_hides_one_honest_update() {
+        let fp = FixedPoint::new(1.0, 8, 32).unwrap();
+        let dp = CentralDp::new(fp, 2.0, 1).unwrap();
+        let colluders = (1u32 << 31) - 1;
+        let trials = 3000;
+        let mut rng = rng(5);
+        let mut negative = |sum: u32| {
+            (0..trials)
+                .filter(|_| dp.release(&[sum], 2, &mut rng).unwrap().sum[0] < 0.0)
+                .count() as f64
+                / f64::from(trials)
+        };
+        let advantage = negative(colluders.wrapping_add(256)) - negative(colluders);
+        assert!(
+            advantage < 0.197 + 0.07,
+            "the release's sign gives the honest client away: advantage {advantage:.3}"
+        );
+        assert!(advantage > 0.1, "advantage {advantage:.3}");
     }
 
     /// The sensitivity covers randomized rounding: `C 2^f + sqrt(d)`, not

@@ -18,7 +18,8 @@
 //! **Noise.** Every node's noise is exact discrete Gaussian on the integer
 //! domain, as central DP's ([`CentralDp`]): scale `σ = z Δ` with
 //! `Δ = C 2^f + sqrt(d)` (randomized rounding included), `σ²` rounded up
-//! for the sampler, added to signed integers outside the ring.
+//! for the sampler, and added *inside the ring* before anything is decoded
+//! (see "Noise before decoding" below).
 //!
 //! **Durable noise.** A node's noise is a pure function of a secret
 //! [`TreeSeed`], the epoch and the node: its sampler runs on a ChaCha20
@@ -34,6 +35,22 @@
 //! with `N(t)` the noise of `t`'s nodes, recomputed from the seed. So the
 //! state a server keeps between rounds ([`TreeState`]) is what it already
 //! released, never the exact sums.
+//!
+//! **Noise before decoding.** A leaf is a ring element (the round's
+//! unmasked sum mod `2^bits`), and colluding clients can write any ring
+//! value into it, for example one that parks a coordinate right below the
+//! wrap point so that one honest update would flip its decoded sign.
+//! Decoding the leaf first and noising after would then move the release by
+//! the ring's width, far past `Δ`. So the increment
+//! `leaf_t + N(t) - N(t-1)` is formed in the ring and only then decoded:
+//! the released `S_t mod 2^bits` is the tree mechanism run on integer
+//! representatives of the leaves (the one with the honest client is the
+//! other plus its `q`, `||q|| <= Δ`) reduced mod `2^bits`, and everything
+//! else (the decoded increment, `S_t` in `i64`, the model) is
+//! post-processing of it and of the earlier releases. The price is that
+//! the ring must hold one round's sum plus the noise of up to
+//! [`max_increment_nodes`] nodes, or an honest round wraps; the server
+//! sizes it so ([`crate::mechanism::choose_bits_with_noise`]).
 
 use chacha20::ChaCha20Rng;
 use rand_core::{CryptoRng, SeedableRng};
@@ -42,7 +59,7 @@ use zeroize::Zeroizing;
 
 use crate::encoding::FixedPoint;
 use crate::ledger::Mechanism;
-use crate::mechanism::{CentralDp, DpError};
+use crate::mechanism::{CentralDp, DpError, add_in_ring_and_decode};
 use crate::sampler::sample_discrete_gaussian;
 
 /// The domain separator of a node's noise key: a key for one use is never
@@ -123,19 +140,25 @@ pub fn nodes(step: u64) -> Vec<Node> {
         .collect()
 }
 
-/// Decodes a ring sum (mod `2^bits`) to signed integers in units of `2^-f`,
-/// as central DP does before it adds noise.
-pub fn decode_signed(fixed_point: &FixedPoint, sum: &[u32]) -> Vec<i64> {
-    let bits = u32::from(fixed_point.bits);
-    let half = 1i64 << (bits - 1);
-    let modulus = 1i64 << bits;
-    let mask = fixed_point.value_mask();
-    sum.iter()
-        .map(|&w| {
-            let w = i64::from(w & mask);
-            if w >= half { w - modulus } else { w }
-        })
-        .collect()
+/// The most nodes whose noise one step's increment `N(t) - N(t-1)` draws
+/// on, over the steps `1..=steps` of a tree: `floor(log2 steps) + 1`.
+///
+/// Step `t` with `j` trailing zero bits releases one node at level `j`
+/// that `t - 1` did not, and `t - 1` released the `j` nodes of levels
+/// `0..j` that `t` drops; every higher node is shared. So the increment
+/// carries `j + 1` independent node draws, most (`floor(log2 steps) + 1`)
+/// at the largest power of two within `steps`. The ring a tree's round is
+/// summed in must hold that much noise on top of the round's sum.
+///
+/// ```
+/// use tessera_dp::tree::max_increment_nodes;
+/// // Step 4 releases the level-2 node and drops step 3's two nodes.
+/// assert_eq!(max_increment_nodes(4), 3);
+/// assert_eq!(max_increment_nodes(7), 3);
+/// assert_eq!(max_increment_nodes(1), 1);
+/// ```
+pub fn max_increment_nodes(steps: u64) -> u32 {
+    u64::BITS - steps.max(1).leading_zeros()
 }
 
 /// Where an epoch's tree stands: its epoch, the steps released so far and
@@ -216,11 +239,20 @@ impl TreeNoise {
         Ok(total)
     }
 
-    /// Adds the next round's integer sum `leaf` to the tree: returns the
-    /// state after step `state.step + 1`, whose `noisy_prefix` is the exact
-    /// prefix sum plus that step's nodes' noise. `state` is not changed, so
-    /// a caller that fails to keep the new state durably keeps the old one.
-    pub fn add_leaf(&self, state: &TreeState, leaf: &[i64]) -> Result<TreeState, DpError> {
+    /// Adds the next round's unmasked sum `leaf` (ring elements of `ring`,
+    /// the round's fixed point) to the tree: returns the state after step
+    /// `state.step + 1`, whose `noisy_prefix` is the exact prefix sum plus
+    /// that step's nodes' noise. The increment's noise is added in the ring
+    /// and decoded after (see the module), so the prefix is exact only
+    /// while no increment wraps, which the ring's width makes unlikely.
+    /// `state` is not changed, so a caller that fails to keep the new state
+    /// durably keeps the old one.
+    pub fn add_leaf(
+        &self,
+        state: &TreeState,
+        ring: &FixedPoint,
+        leaf: &[u32],
+    ) -> Result<TreeState, DpError> {
         let dim = self.central.dim;
         if leaf.len() != dim || state.noisy_prefix.len() != dim {
             return Err(DpError::InvalidParameter {
@@ -233,9 +265,8 @@ impl TreeNoise {
         let after = self.prefix_noise(state.epoch, step)?;
         let noisy_prefix = (0..dim)
             .map(|i| {
-                state.noisy_prefix[i]
-                    .saturating_add(leaf[i])
-                    .saturating_add(after[i].saturating_sub(before[i]))
+                let noise = after[i].saturating_sub(before[i]);
+                state.noisy_prefix[i].saturating_add(add_in_ring_and_decode(ring, leaf[i], noise))
             })
             .collect();
         Ok(TreeState {
@@ -250,12 +281,21 @@ impl TreeNoise {
 mod tests {
     use super::*;
 
+    /// The ring the tests' leaves are summed in.
+    fn fp() -> FixedPoint {
+        FixedPoint::new(1.0, 4, 24).unwrap()
+    }
+
     fn noise(z: f64, dim: usize, seed: u8) -> TreeNoise {
-        let fp = FixedPoint::new(1.0, 4, 24).unwrap();
         TreeNoise::new(
             TreeSeed::from_bytes([seed; 32]),
-            CentralDp::new(fp, z, dim).unwrap(),
+            CentralDp::new(fp(), z, dim).unwrap(),
         )
+    }
+
+    /// Signed integers as ring elements of `fp`.
+    fn ring(fp: &FixedPoint, values: &[i64]) -> Vec<u32> {
+        values.iter().map(|&v| v as u32 & fp.value_mask()).collect()
     }
 
     #[test]
@@ -282,7 +322,7 @@ mod tests {
         let mut exact = vec![0i64; dim];
         for step in 1..=13u64 {
             let leaf: Vec<i64> = (0..dim as i64).map(|i| i * 100 - step as i64 * 7).collect();
-            state = tree.add_leaf(&state, &leaf).unwrap();
+            state = tree.add_leaf(&state, &fp(), &ring(&fp(), &leaf)).unwrap();
             assert_eq!(state.step, step);
             for (e, l) in exact.iter_mut().zip(&leaf) {
                 *e += l;
@@ -312,12 +352,11 @@ mod tests {
         assert_ne!(a.node_noise(4, Node { level: 3, index: 1 }).unwrap(), n);
         assert_ne!(noise(2.0, 64, 10).node_noise(4, node).unwrap(), n);
         // A tree restarted from a released state continues identically.
-        let leaf = vec![5i64; 64];
-        let s2 = a
-            .add_leaf(&a.add_leaf(&TreeState::new(4, 64), &leaf).unwrap(), &leaf)
-            .unwrap();
-        let resumed = again.add_leaf(&s2.clone(), &leaf).unwrap();
-        assert_eq!(resumed, a.add_leaf(&s2, &leaf).unwrap());
+        let (fp, leaf) = (fp(), vec![5u32; 64]);
+        let s1 = a.add_leaf(&TreeState::new(4, 64), &fp, &leaf).unwrap();
+        let s2 = a.add_leaf(&s1, &fp, &leaf).unwrap();
+        let resumed = again.add_leaf(&s2.clone(), &fp, &leaf).unwrap();
+        assert_eq!(resumed, a.add_leaf(&s2, &fp, &leaf).unwrap());
     }
 
     /// Many node draws have mean 0 and variance σ² (the exact sampler's,
@@ -351,11 +390,12 @@ mod tests {
     }
 
     #[test]
-    fn decode_signed_reads_twos_complement_and_leaves_mismatch_refused() {
-        let fp = FixedPoint::new(1.0, 4, 8).unwrap();
-        assert_eq!(decode_signed(&fp, &[1, 255, 128, 127]), [1, -1, -128, 127]);
+    fn leaves_of_the_wrong_length_are_refused() {
         let tree = noise(1.0, 3, 1);
-        assert!(tree.add_leaf(&TreeState::new(0, 3), &[1, 2]).is_err());
+        assert!(
+            tree.add_leaf(&TreeState::new(0, 3), &fp(), &[1, 2])
+                .is_err()
+        );
         assert_eq!(
             tree.mechanism(3),
             Mechanism::TreeAggregation {
@@ -364,5 +404,62 @@ mod tests {
                 step: 3
             }
         );
+    }
+
+    /// The increment of step `t` draws on exactly the nodes in which
+    /// `nodes(t)` and `nodes(t - 1)` differ, and [`max_increment_nodes`]
+    /// is their most over a tree's steps (what the ring is sized for).
+    #[test]
+    fn an_increment_draws_on_at_most_max_increment_nodes_nodes() {
+        let mut most = 0;
+        for step in 1..=300u64 {
+            let now = nodes(step);
+            let before = nodes(step - 1);
+            let changed = now.iter().filter(|n| !before.contains(n)).count()
+                + before.iter().filter(|n| !now.contains(n)).count();
+            assert_eq!(changed as u32, step.trailing_zeros() + 1, "step {step}");
+            most = most.max(changed as u32);
+            assert_eq!(most, max_increment_nodes(step), "steps 1..={step}");
+        }
+    }
+
+    /// The red team's attack (issue 15, finding 4), as a distinguisher:
+    /// colluders park coordinate 0 of the round's ring sum right below the
+    /// wrap point `2^31`, and a model consumer guesses whether the honest
+    /// client (`+1.0`, norm `C`) took part from the sign of the released
+    /// increment. Decoding before noising made the guess certain (the
+    /// honest update flipped the decoded sum from `+2^31` to `-2^31`);
+    /// with the noise added in the ring, the guess is no better than the
+    /// Gaussian mechanism allows: its advantage is at most the total
+    /// variation between `N(0, σ²)` and `N(Δ, σ²)`,
+    /// `2 Φ(Δ / (2σ)) - 1 = 2 Φ(1 / (2z)) = 0.197` at `z = 2`.
+    #[test]
+    fn colluders_at_the_wrap_point_learn_no_more_than_the_noise_allows() {
+        let fp = FixedPoint::new(1.0, 8, 32).unwrap();
+        let tree = TreeNoise::new(
+            TreeSeed::from_bytes([7; 32]),
+            CentralDp::new(fp, 2.0, 1).unwrap(),
+        );
+        let colluders = (1u32 << 31) - 1;
+        let honest = 256u32;
+        let trials = 3000u64;
+        let negative = |leaf: u32| {
+            // A fresh tree per trial (epoch), so every trial draws anew.
+            (0..trials)
+                .filter(|&epoch| {
+                    let start = TreeState::new(epoch, 1);
+                    tree.add_leaf(&start, &fp, &[leaf]).unwrap().noisy_prefix[0] < 0
+                })
+                .count() as f64
+                / trials as f64
+        };
+        let advantage = negative(colluders.wrapping_add(honest)) - negative(colluders);
+        // 3000 trials a side: the estimate's std is about 0.013.
+        assert!(
+            advantage < 0.197 + 0.07,
+            "the sign of the release tells whether the honest client took part: advantage {advantage:.3}, the noise allows 0.197"
+        );
+        // The test has power: the honest client does move the release.
+        assert!(advantage > 0.1, "advantage {advantage:.3}");
     }
 }

@@ -275,6 +275,10 @@ pub(crate) fn _raise_sdk_error(variant: &str) -> PyResult<()> {
             problem: "tensor 'w'".into(),
         },
         "ServerUnavailable" => ClientError::ServerUnavailable("budget spent".into()),
+        "NotEligible" => ClientError::NotEligible {
+            message: "alice already took part in the current DP-FTRL tree".into(),
+            rounds_left: 3,
+        },
         "NoSuchModel" => ClientError::NoSuchModel { version: 9 },
         "Rejected" => ClientError::Rejected {
             code: tonic::Code::Internal,

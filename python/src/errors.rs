@@ -73,6 +73,10 @@ pub(crate) fn client_error(error: ClientError) -> PyErr {
         ClientError::ServerMisbehaved { round_id, .. } => {
             ("ProtocolViolation", vec![("round_id", Attr::Int(round_id))])
         }
+        ClientError::NotEligible { rounds_left, .. } => (
+            "NotEligible",
+            vec![("rounds_left", Attr::Int(Some(rounds_left)))],
+        ),
         ClientError::ServerUnavailable(_)
         | ClientError::NoSuchModel { .. }
         | ClientError::Rejected { .. } => ("ServerRefused", Vec::new()),

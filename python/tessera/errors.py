@@ -22,6 +22,7 @@ __all__ = [
     "ConnectionFailed",
     "AuthRefused",
     "ServerRefused",
+    "NotEligible",
     "ProtocolViolation",
     "PolicyRefused",
     "RoundFailed",
@@ -59,6 +60,15 @@ class ServerRefused(TesseraError):
     """The server refused the request: it runs no more rounds (privacy
     budget spent, shutting down), has no such model version, or refused
     for another stated reason."""
+
+
+class NotEligible(ServerRefused):
+    """DP-FTRL: this client already took part in the server's current
+    tree, and each client takes part at most once per tree. Join again
+    after the tree ends: within ``rounds_left`` rounds (sooner if a round
+    aborts or the tree closes early)."""
+
+    rounds_left: Optional[int] = None
 
 
 class AuthRefused(ServerRefused):

@@ -26,6 +26,7 @@ SDK_ERRORS = {
     "UpdateLength": tessera.InvalidInput,
     "ModelMismatch": tessera.InvalidInput,
     "ServerUnavailable": tessera.ServerRefused,
+    "NotEligible": tessera.NotEligible,
     "NoSuchModel": tessera.ServerRefused,
     "Rejected": tessera.ServerRefused,
     "RoundAborted": tessera.RoundAborted,
@@ -55,6 +56,10 @@ def test_the_mapped_exceptions_carry_their_fields():
     with pytest.raises(tessera.PolicyRefused) as info:
         _native._raise_sdk_error("PolicyRefused")
     assert info.value.rule == "min-clients"
+    with pytest.raises(tessera.NotEligible, match="DP-FTRL tree") as info:
+        _native._raise_sdk_error("NotEligible")
+    assert info.value.rounds_left == 3
+    assert isinstance(info.value, tessera.ServerRefused)
     with pytest.raises(tessera.ProtocolViolation, match="another client"):
         _native._raise_sdk_error("ServerMisbehaved")
     # Python's own hierarchy still catches them.

@@ -35,7 +35,7 @@ use std::collections::HashSet;
 
 use tessera_dp::encoding::FixedPoint;
 use tessera_dp::ledger::Mechanism;
-use tessera_dp::tree::{TreeNoise, TreeState, decode_signed};
+use tessera_dp::tree::{TreeNoise, TreeState};
 use tracing::warn;
 
 use crate::ServeError;
@@ -69,6 +69,15 @@ pub(crate) struct Released {
 
 fn round_error(e: &dyn std::fmt::Display) -> ServeError {
     ServeError::Round(e.to_string())
+}
+
+/// Whether `identity` is an mTLS name of the old scheme: `cert:` and the
+/// first 8 bytes of the certificate's SHA-256 in hex. New names
+/// ([`crate::tls::client_identity`]) hold a `=` or a `:` after the prefix.
+fn is_certificate_digest_name(identity: &str) -> bool {
+    identity
+        .strip_prefix("cert:")
+        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Ftrl {
@@ -110,19 +119,26 @@ impl Ftrl {
                         && !r.rounds.contains(&e.round)
                 })
         };
+        // Before 2026-12-02 an mTLS client was named by its certificate's
+        // digest (`cert:` and 16 hex digits), now by its subject: the same
+        // client would not be recognised as having taken part, so a tree
+        // recorded under the old names ends.
+        let old_names =
+            |r: &FtrlRecord| r.participants.iter().any(|p| is_certificate_digest_name(p));
         let record = match store.ftrl().cloned() {
             Some(r)
                 if (r.sigma, r.l2_sensitivity) == params
                     && r.noisy_prefix.len() == dim
                     && !moved_without(&r)
-                    && !charged_without(&r) =>
+                    && !charged_without(&r)
+                    && !old_names(&r) =>
             {
                 r
             }
             Some(r) => {
                 warn!(
                     epoch = r.epoch,
-                    "the DP-FTRL tree's noise parameters changed (noise_multiplier, clip_norm, frac_bits or the model's dimension), or another DP mode published since: its epoch is closed and tree {} starts from version {version}",
+                    "the DP-FTRL tree's noise parameters changed (noise_multiplier, clip_norm, frac_bits or the model's dimension), another DP mode published since, or its participants were named by an older scheme: its epoch is closed and tree {} starts from version {version}",
                     r.epoch + 1
                 );
                 let next = FtrlRecord::new_epoch(r.salt, r.epoch + 1, version, params, dim);
@@ -157,6 +173,16 @@ impl Ftrl {
     /// Whether the epoch's tree is full: the next round starts a new one.
     fn epoch_over(&self, config: &ServerConfig) -> bool {
         self.closed || self.record.step >= config.dp.ftrl_epoch_rounds
+    }
+
+    /// The most rounds the current tree has left (0 once it is over: the
+    /// next round starts a new one).
+    pub(crate) fn rounds_left(&self, config: &ServerConfig) -> u64 {
+        if self.epoch_over(config) {
+            0
+        } else {
+            config.dp.ftrl_epoch_rounds - self.record.step
+        }
     }
 
     /// Ends the tree after a step was charged whose release could not be
@@ -252,7 +278,6 @@ impl Ftrl {
         sum: &[u32],
         round: u64,
     ) -> Result<Released, ServeError> {
-        let leaf = decode_signed(fixed_point, sum);
         let before = TreeState {
             epoch: self.record.epoch,
             step: self.record.step,
@@ -260,11 +285,11 @@ impl Ftrl {
         };
         let after = self
             .tree
-            .add_leaf(&before, &leaf)
+            .add_leaf(&before, fixed_point, sum)
             .map_err(|e| round_error(&e))?;
         let gamma = config.dp.ftrl_momentum;
         let mut record = self.record.clone();
-        for i in 0..leaf.len() {
+        for i in 0..sum.len() {
             let step = (after.noisy_prefix[i] - before.noisy_prefix[i]) as f64;
             record.velocity[i] = gamma * record.velocity[i] + step;
             record.moved[i] += record.velocity[i];
@@ -605,6 +630,37 @@ mod tests {
         );
         round(&config, &mut store, &mut ftrl, &["a", "d", "g"], &[2; DIM]);
         assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 1 });
+    }
+
+    /// A tree whose participants were recorded under the old mTLS names
+    /// (the certificate's digest) ends on restart: under the new names
+    /// (the subject) the same clients would not be recognised and could
+    /// take part twice in it.
+    #[test]
+    fn a_tree_recorded_under_certificate_digest_names_ends_on_restart() {
+        assert!(is_certificate_digest_name("cert:0123456789abcdef"));
+        assert!(!is_certificate_digest_name("cert:CN=0123456789abcdef"));
+        assert!(!is_certificate_digest_name("cert:DNS:0123456789abcdef"));
+        assert!(!is_certificate_digest_name("alice"));
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(4, 0.0);
+        let (mut store, model) = new_store(dir.path());
+        let mut ftrl = Ftrl::open(&config, &mut store, &model, 1).unwrap();
+        let who = ["cert:CN=alice", "cert:0123456789abcdef", "carol"];
+        round(&config, &mut store, &mut ftrl, &who, &[1; DIM]);
+        drop((store, ftrl));
+        let (_store, ftrl) = reopen(dir.path(), &config);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 0 });
+        assert!(ftrl.excluded(&config).is_empty());
+        // Under the new names only, the tree goes on.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, model) = new_store(dir.path());
+        let mut ftrl = Ftrl::open(&config, &mut store, &model, 1).unwrap();
+        let who = ["cert:CN=alice", "cert:CN=bob", "carol"];
+        round(&config, &mut store, &mut ftrl, &who, &[1; DIM]);
+        drop((store, ftrl));
+        let (_store, ftrl) = reopen(dir.path(), &config);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 0, step: 1 });
     }
 
     /// An aborted round gives its identities back; the rest stay.

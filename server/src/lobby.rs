@@ -20,7 +20,7 @@ pub(crate) type FrameSender = mpsc::Sender<Result<ServerFrame, Status>>;
 /// A client waiting for a round.
 #[derive(Debug)]
 pub(crate) struct Participant {
-    /// Who authenticated (token name, certificate digest, or an anonymous
+    /// Who authenticated (token name, certificate subject, or an anonymous
     /// name in insecure-dev mode). Never a secret.
     pub(crate) identity: String,
     /// Frames to the client.
@@ -38,6 +38,37 @@ struct Inner {
     waiting: Vec<Participant>,
     /// Identities waiting or in the running round.
     busy: HashSet<String>,
+    /// DP-FTRL: identities that took part in the current tree, refused
+    /// until it ends ([`Lobby::set_ineligible`]).
+    ineligible: HashSet<String>,
+    /// The most rounds the current tree has left, told to those refused.
+    tree_rounds_left: u64,
+}
+
+/// Why [`Lobby::join`] refused a client.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum JoinRefused {
+    /// The identity is already waiting or in a round.
+    Busy(String),
+    /// DP-FTRL: the identity took part in the current tree, which has at
+    /// most this many rounds left.
+    NotEligible { identity: String, rounds_left: u64 },
+}
+
+/// The status a client gets when it took part in the current DP-FTRL tree.
+pub(crate) fn not_eligible_status(identity: &str, rounds_left: u64) -> Status {
+    tessera_proto::status_with_detail(
+        tonic::Code::Unavailable,
+        format!(
+            "{identity} already took part in the current DP-FTRL tree, and each client takes part at most once per tree: come back when it ends (in at most {rounds_left} rounds)"
+        ),
+        &v1::ErrorDetail {
+            kind: v1::ErrorKind::NotEligible as i32,
+            server_protocol_version: tessera_proto::PROTOCOL_VERSION,
+            round_id: 0,
+            expected: rounds_left,
+        },
+    )
 }
 
 /// The shared lobby.
@@ -48,12 +79,18 @@ pub(crate) struct Lobby {
 }
 
 impl Lobby {
-    /// Adds a client and returns how many wait; `Err` with the identity if
-    /// it is already waiting or in a round.
-    pub(crate) fn join(&self, participant: Participant) -> Result<usize, String> {
+    /// Adds a client and returns how many wait; refused if it is already
+    /// waiting or in a round, or (DP-FTRL) took part in the current tree.
+    pub(crate) fn join(&self, participant: Participant) -> Result<usize, JoinRefused> {
         let mut inner = self.inner.lock().expect("lobby lock");
+        if inner.ineligible.contains(&participant.identity) {
+            return Err(JoinRefused::NotEligible {
+                identity: participant.identity,
+                rounds_left: inner.tree_rounds_left,
+            });
+        }
         if !inner.busy.insert(participant.identity.clone()) {
-            return Err(participant.identity);
+            return Err(JoinRefused::Busy(participant.identity));
         }
         inner.waiting.push(participant);
         let waiting = inner.waiting.len();
@@ -66,7 +103,7 @@ impl Lobby {
     /// Clients still connected, after forgetting those that hung up.
     pub(crate) fn waiting(&self) -> usize {
         let mut inner = self.inner.lock().expect("lobby lock");
-        let Inner { waiting, busy } = &mut *inner;
+        let Inner { waiting, busy, .. } = &mut *inner;
         waiting.retain(|p| {
             let open = !p.tx.is_closed();
             if !open {
@@ -144,6 +181,34 @@ impl Lobby {
         for id in identities {
             inner.busy.remove(id);
         }
+    }
+
+    /// DP-FTRL: the identities that took part in the current tree, which
+    /// has at most `rounds_left` rounds left. They are refused at join
+    /// from now on, and those waiting are sent away, with
+    /// [`not_eligible_status`]: a client that cannot be sampled before
+    /// the tree ends must not hold a slot of the connection cap that the
+    /// clients the tree needs are waiting for (red-team finding,
+    /// 2026-12-02). An empty set (a new tree, or no DP-FTRL) admits all.
+    pub(crate) fn set_ineligible(&self, identities: HashSet<String>, rounds_left: u64) {
+        let mut inner = self.inner.lock().expect("lobby lock");
+        let Inner {
+            waiting,
+            busy,
+            ineligible,
+            tree_rounds_left,
+        } = &mut *inner;
+        waiting.retain(|p| {
+            if !identities.contains(&p.identity) {
+                return true;
+            }
+            let _ =
+                p.tx.try_send(Err(not_eligible_status(&p.identity, rounds_left)));
+            busy.remove(&p.identity);
+            false
+        });
+        *ineligible = identities;
+        *tree_rounds_left = rounds_left;
     }
 
     /// Refuses every waiting client with `status` (shutdown, budget spent).

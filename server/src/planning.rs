@@ -16,6 +16,7 @@ use tessera_dp::ledger::Mechanism;
 use tessera_dp::mechanism::{
     CentralDp, DistributedEncoding, DpError, choose_bits_with_noise, wrap_probability,
 };
+use tessera_dp::tree::max_increment_nodes;
 
 use crate::config::{ConfigError, DpMode, GraphChoice, ServerConfig, ThresholdRule, invalid};
 
@@ -33,10 +34,14 @@ impl ServerConfig {
     /// Without DP the ring is at least [`encoding::choose_bits`]' (no wrap at
     /// all): an explicit `bits` below it is refused with the smallest safe
     /// value.
-    /// With distributed DP the noise is unbounded, so the ring is the
-    /// smallest whose chance that any coordinate of the sum wraps is at
-    /// most [`WRAP_PROBABILITY`]; an explicit `bits` that misses that bound
-    /// is refused.
+    /// With DP the noise is unbounded, so the ring is the smallest whose
+    /// chance that any coordinate of the noised sum wraps is at most
+    /// [`WRAP_PROBABILITY`]; an explicit `bits` that misses that bound is
+    /// refused. That holds for central DP and DP-FTRL too, whose server
+    /// noise is added inside the ring before decoding (one draw of `z Δ`
+    /// for central DP, up to [`max_increment_nodes`] tree nodes' for a
+    /// DP-FTRL step), so colluding clients cannot use the wrap point to
+    /// amplify an honest update past the noise.
     pub(crate) fn round_encoding(
         &self,
         clients: u32,
@@ -73,72 +78,93 @@ impl ServerConfig {
             FixedPoint::new(clip_norm, self.round.frac_bits, bits)
                 .map_err(|e| invalid("bits", e.to_string()))
         };
-        if self.dp.mode != DpMode::Distributed {
-            let needed = encoding::choose_bits(clients, clip_norm, self.round.frac_bits)
-                .map_err(|e| invalid("bits", e.to_string()))?;
-            let bits = match self.round.bits {
-                // An explicit ring narrower than the worst-case sum would
-                // wrap silently and publish a wrong model.
-                Some(b) if b < needed => {
-                    return Err(invalid(
-                        "bits",
-                        format!(
-                            "{b} bits let the sum of {clients} clients' updates (clip_norm {clip_norm}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
-                            self.round.frac_bits
-                        ),
-                    ));
-                }
-                Some(b) => b,
-                None => needed,
-            };
-            return Ok((fixed(bits)?, None));
-        }
         // The norm bound depends on C, f and dim only, so a provisional
         // 32-bit format gives the noise, and the noise the ring.
-        let dp_error = |e: tessera_dp::mechanism::DpError| match e {
-            DpError::NoHonestSurvivors { .. } => invalid(
-                "min_survivors",
-                format!(
-                    "{e} (a SecAgg+ graph's threshold is per neighbourhood: set min_survivors, e.g. \"0.5\", above corrupt_rate {})",
-                    self.round.corrupt_rate
-                ),
-            ),
-            e => invalid("noise_multiplier", e.to_string()),
+        let (norm_bound, sigma_all, distributed) = match self.dp.mode {
+            DpMode::Off => {
+                let needed = encoding::choose_bits(clients, clip_norm, self.round.frac_bits)
+                    .map_err(|e| invalid("bits", e.to_string()))?;
+                let bits = match self.round.bits {
+                    // An explicit ring narrower than the worst-case sum would
+                    // wrap silently and publish a wrong model.
+                    Some(b) if b < needed => {
+                        return Err(invalid(
+                            "bits",
+                            format!(
+                                "{b} bits let the sum of {clients} clients' updates (clip_norm {clip_norm}, frac_bits {}) wrap; the smallest safe value is {needed} (or leave bits unset to choose it)",
+                                self.round.frac_bits
+                            ),
+                        ));
+                    }
+                    Some(b) => b,
+                    None => needed,
+                };
+                return Ok((fixed(bits)?, None));
+            }
+            // The server adds its noise inside the ring (see `CentralDp`),
+            // so the ring holds the sum, every coordinate of each input
+            // below `C 2^f + 1` (rounding), plus the noise: one draw for
+            // central DP, a tree step's increment for DP-FTRL.
+            DpMode::Central | DpMode::Ftrl => {
+                let central = self.central_noise(fixed(32)?, dim)?;
+                let draws = match self.dp.mode {
+                    DpMode::Ftrl => max_increment_nodes(self.dp.ftrl_epoch_rounds),
+                    _ => 1,
+                };
+                let scaled_clip =
+                    f64::from(clip_norm) * f64::from(1u32 << self.round.frac_bits) + 1.0;
+                (scaled_clip, central.sigma() * f64::from(draws).sqrt(), None)
+            }
+            DpMode::Distributed => {
+                let dp_error = |e: tessera_dp::mechanism::DpError| match e {
+                    DpError::NoHonestSurvivors { .. } => invalid(
+                        "min_survivors",
+                        format!(
+                            "{e} (a SecAgg+ graph's threshold is per neighbourhood: set min_survivors, e.g. \"0.5\", above corrupt_rate {})",
+                            self.round.corrupt_rate
+                        ),
+                    ),
+                    e => invalid("noise_multiplier", e.to_string()),
+                };
+                // Calibrated for the honest survivors: the corrupt clients the
+                // threat model allows know their own noise and subtract it.
+                let provisional = DistributedEncoding::calibrate(
+                    fixed(32)?,
+                    self.dp.noise,
+                    self.dp.noise_multiplier,
+                    min_survivors,
+                    self.corrupt_count(clients),
+                    dim as usize,
+                )
+                .map_err(dp_error)?;
+                (
+                    provisional.norm_bound,
+                    provisional.dp.actual_sigma(clients),
+                    Some(provisional),
+                )
+            }
         };
-        // Calibrated for the honest survivors: the corrupt clients the
-        // threat model allows know their own noise and subtract it.
-        let provisional = DistributedEncoding::calibrate(
-            fixed(32)?,
-            self.dp.noise,
-            self.dp.noise_multiplier,
-            min_survivors,
-            self.corrupt_count(clients),
-            dim as usize,
-        )
-        .map_err(dp_error)?;
-        let sigma_all = provisional.dp.actual_sigma(clients);
-        let bits = match self.round.bits {
-            None => choose_bits_with_noise(
+        let smallest = || {
+            choose_bits_with_noise(
                 clients,
-                provisional.norm_bound,
+                norm_bound,
                 sigma_all,
                 dim as usize,
                 WRAP_PROBABILITY / f64::from(dim),
             )
-            .map_err(|e| invalid("bits", e.to_string()))?,
+        };
+        let bits = match self.round.bits {
+            None => smallest().map_err(|e| {
+                invalid(
+                    "bits",
+                    format!("{e} (lower frac_bits, noise_multiplier or the clients per round)"),
+                )
+            })?,
             Some(b) => {
-                let p =
-                    wrap_probability(clients, provisional.norm_bound, sigma_all, dim as usize, b)
-                        .map_err(|e| invalid("bits", e.to_string()))?;
+                let p = wrap_probability(clients, norm_bound, sigma_all, dim as usize, b)
+                    .map_err(|e| invalid("bits", e.to_string()))?;
                 if p > WRAP_PROBABILITY {
-                    let needed = choose_bits_with_noise(
-                        clients,
-                        provisional.norm_bound,
-                        sigma_all,
-                        dim as usize,
-                        WRAP_PROBABILITY / f64::from(dim),
-                    )
-                    .map_or_else(
+                    let needed = smallest().map_or_else(
                         |e| e.to_string(),
                         |n| format!("the smallest safe value is {n}"),
                     );
@@ -155,7 +181,7 @@ impl ServerConfig {
         let fixed_point = fixed(bits)?;
         Ok((
             fixed_point,
-            Some(DistributedEncoding {
+            distributed.map(|provisional| DistributedEncoding {
                 fixed_point,
                 ..provisional
             }),
@@ -206,6 +232,12 @@ impl ServerConfig {
     pub(crate) fn central_dp(&self, clients: u32, dim: u32) -> Result<CentralDp, ConfigError> {
         let (fixed_point, _) = self.round_encoding(clients, clients, dim)?;
         let (_, dim) = self.summed(self.round.clip_norm, dim);
+        self.central_noise(fixed_point, dim)
+    }
+
+    /// The server's noise on a sum of `dim` values (extras included) in
+    /// `fixed_point`: central DP's, and every DP-FTRL tree node's.
+    fn central_noise(&self, fixed_point: FixedPoint, dim: u32) -> Result<CentralDp, ConfigError> {
         CentralDp::new(fixed_point, self.dp.noise_multiplier, dim as usize).map_err(|e| {
             invalid(
                 "noise_multiplier",
@@ -335,10 +367,57 @@ mod tests {
         );
         c.round.bits = Some(19);
         c.validate().unwrap();
-        // Central DP adds its noise after decoding, so the same floor holds.
-        c.dp.mode = DpMode::Central;
-        c.round.bits = Some(18);
-        assert!(c.validate().is_err());
+        // Central DP and DP-FTRL add their noise in the ring, so the ring
+        // must hold the noise too: 19 bits no longer do.
+        for mode in [DpMode::Central, DpMode::Ftrl] {
+            c.dp.mode = mode;
+            c.dp.noise_multiplier = 1.0;
+            c.round.bits = Some(19);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("wrap with probability"), "{mode:?}: {err}");
+        }
+    }
+
+    /// The ring of a central or DP-FTRL round holds the sum plus the
+    /// noise's tail: `n (C 2^f + 1) + x <= 2^(bits-1) - 1`, with `x` the
+    /// Bernstein tail of one draw of `z Δ` (central) or of
+    /// `max_increment_nodes(S)` of them (a DP-FTRL step), at probability
+    /// `1e-6 / d`.
+    #[test]
+    fn central_and_ftrl_rings_hold_the_noise_they_add() {
+        let mut c = dev();
+        c.round.clip_norm = 1.0;
+        c.round.frac_bits = 8;
+        c.dp.noise_multiplier = 20.0;
+        c.dp.ftrl_epoch_rounds = 16;
+        let (n, dim) = (10u32, 1000u32);
+        let sum = f64::from(n) * 257.0;
+        let sigma = 20.0 * (256.0 * (1.0 + 1.0 / (1u64 << 40) as f64) + f64::from(dim).sqrt());
+        let limit = |bits: u8| ((1u64 << (bits - 1)) - 1) as f64;
+        let tail = |sigma: f64| {
+            let l = (2.0 / (1e-6 / f64::from(dim))).ln();
+            l / 3.0 + (l * l / 9.0 + 2.0 * l * sigma * sigma).sqrt()
+        };
+        for (mode, draws) in [(DpMode::Central, 1.0f64), (DpMode::Ftrl, 5.0)] {
+            c.dp.mode = mode;
+            let (fp, _) = c.round_encoding(n, n, dim).unwrap();
+            let need = sum + tail(sigma * draws.sqrt());
+            assert!(
+                need <= limit(fp.bits),
+                "{mode:?}: {need} in {} bits",
+                fp.bits
+            );
+            assert!(
+                need > limit(fp.bits - 1),
+                "{mode:?}: {} bits is not the smallest",
+                fp.bits
+            );
+            // Well above what the sum alone needs.
+            assert!(
+                fp.bits > encoding::choose_bits(n, 1.0, 8).unwrap() + 2,
+                "{mode:?}"
+            );
+        }
     }
 
     #[test]

@@ -98,13 +98,13 @@ pub(crate) async fn run(
             return Ok(());
         }
         // Who may be sampled into this round: every waiting client but, in
-        // DP-FTRL, those already in the current tree (they stay in the
-        // lobby until the next tree).
+        // DP-FTRL, those already in the current tree.
         let excluded = training
             .ftrl
             .as_ref()
             .map(|f| f.excluded(config))
             .unwrap_or_default();
+        sync_ftrl_lobby(&shared, &training);
         let eligible = |p: &Participant| !excluded.contains(&p.identity);
         let Some(cohort) = gather(&shared, &mut shutdown, &mut training.rng, &eligible).await
         else {
@@ -746,6 +746,9 @@ async fn publish(
     match released {
         Ok(entry) => {
             shared.set_latest(&entry, &training.model);
+            // Before the round's clients hear the result: one that comes
+            // straight back sees the tree as this release left it.
+            sync_ftrl_lobby(shared, &training);
             (training, Ok(entry.version))
         }
         Err(e) => {
@@ -773,7 +776,8 @@ fn release(
     let mechanism = spent_mechanism(config, plan, central.as_ref(), contributors, dim)?;
     let epsilon = charge(config, training, store, plan, mechanism)?;
     let decoded = match &central {
-        // Exact integer noise on the decoded integer sum, outside the ring.
+        // Exact integer noise added in the ring, decoded after (colluders
+        // at the wrap point cannot amplify an honest update).
         Some(central) => central
             .release(&output.sum, contributors, &mut training.rng)
             .map_err(|e| round_error(&e))?,
@@ -867,7 +871,22 @@ async fn record_ftrl_participants(
     if let Some(ftrl) = &mut training.ftrl {
         ftrl.commit_start(record, &model);
     }
+    sync_ftrl_lobby(shared, training);
     Ok(())
+}
+
+/// DP-FTRL: tells the lobby who took part in the current tree, whenever
+/// that changes. They are turned away at the door and sent away from the
+/// lobby ([`crate::lobby::Lobby::set_ineligible`]): a client the tree
+/// cannot take must not hold a connection slot the clients it needs are
+/// waiting for.
+fn sync_ftrl_lobby(shared: &Shared, training: &Training) {
+    if let Some(ftrl) = &training.ftrl {
+        shared.lobby.set_ineligible(
+            ftrl.excluded(&shared.config),
+            ftrl.rounds_left(&shared.config),
+        );
+    }
 }
 
 /// DP-FTRL: a round that aborted before its release gives its identities
@@ -891,6 +910,7 @@ async fn give_back_ftrl(
             if let Some(ftrl) = &mut training.ftrl {
                 ftrl.commit_start(record, &model);
             }
+            sync_ftrl_lobby(shared, training);
         }
         Err(e) => {
             warn!(parent: span, "cannot give the aborted round's clients back to the DP-FTRL tree (they wait for the next tree): {e}")

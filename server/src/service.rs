@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::TryRng as _;
-use sha2::{Digest, Sha256};
 use tessera_aggregation::identity::{IdentityPublicKey, JOIN_CHALLENGE_BYTES};
 use tessera_proto::v1::aggregator_server::Aggregator;
 use tessera_proto::v1::{self, ClientFrame, ErrorKind, client_frame, server_frame};
@@ -30,7 +29,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::Shared;
-use crate::lobby::{FrameSender, Participant};
+use crate::lobby::{FrameSender, JoinRefused, Participant, not_eligible_status};
 use crate::metrics;
 use crate::round::stream_error_status;
 
@@ -56,7 +55,7 @@ impl AggregatorService {
         }
     }
 
-    /// Who is calling: a token's name, a client certificate's digest, or an
+    /// Who is calling: a token's name, a client certificate's subject, or an
     /// anonymous name in insecure-dev mode. Refused before the client can
     /// join anything.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
@@ -78,16 +77,15 @@ impl AggregatorService {
                 .map_err(|e| refuse(&e.to_string()));
         }
         if self.shared.config.network.tls_client_ca.is_some() {
-            // The TLS layer already checked the chain; the leaf's digest
-            // names the client.
+            // The TLS layer already checked the chain; the leaf's subject
+            // names the client (a renewed certificate is the same client).
             let certs = request
                 .peer_certs()
                 .ok_or_else(|| refuse("a client certificate is required"))?;
             let leaf = certs
                 .first()
                 .ok_or_else(|| refuse("a client certificate is required"))?;
-            let digest = Sha256::digest(leaf.as_ref());
-            return Ok(format!("cert:{}", hex::encode(&digest[..8])));
+            return crate::tls::client_identity(leaf.as_ref()).map_err(|e| refuse(&e.to_string()));
         }
         // insecure-dev: every stream is its own anonymous client.
         Ok(format!(
@@ -131,13 +129,23 @@ fn admit(
         inbound,
         identity_key,
     };
-    let waiting = shared.lobby.join(participant).map_err(|identity| {
-        refuse(
-            Code::AlreadyExists,
-            ErrorKind::DuplicateClient,
-            format!("{identity} is already waiting or in a round"),
-        )
-    })?;
+    let waiting = shared
+        .lobby
+        .join(participant)
+        .map_err(|refused| match refused {
+            JoinRefused::Busy(identity) => refuse(
+                Code::AlreadyExists,
+                ErrorKind::DuplicateClient,
+                format!("{identity} is already waiting or in a round"),
+            ),
+            JoinRefused::NotEligible {
+                identity,
+                rounds_left,
+            } => {
+                metrics::message_rejected(ErrorKind::NotEligible.as_str_name());
+                not_eligible_status(&identity, rounds_left)
+            }
+        })?;
     info!(client = %name, waiting, "joined the lobby");
     let _ = tx.try_send(Ok(v1::ServerFrame {
         frame: Some(server_frame::Frame::Lobby(v1::Lobby {

@@ -90,6 +90,10 @@ pub enum TlsError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A client certificate that passed the chain check cannot name a
+    /// client ([`client_identity`]).
+    #[error("unusable client certificate: {0}")]
+    ClientCertificate(String),
 }
 
 /// Where the server's TLS material lives, as an operator configures it.
@@ -423,6 +427,89 @@ impl CertificateAuthority {
             key_pem: Zeroizing::new(key.serialize_pem()),
         })
     }
+}
+
+/// The most characters of a certificate subject used as a client's name
+/// as is; a longer subject is named by its digest (logs and the DP-FTRL
+/// participant list stay small).
+const MAX_SUBJECT_NAME: usize = 200;
+
+/// The name a mutual-TLS client goes by: `cert:` and the subject of its
+/// leaf certificate (RFC 4514, e.g. `cert:CN=alice`), or, for a
+/// certificate with an empty subject, its subject alternative names (URI,
+/// DNS, e-mail: a SPIFFE ID, say). The TLS layer has already checked the
+/// chain against the client CA, so this is what the CA vouches for.
+///
+/// Why the subject and not the certificate's digest: the once-per-tree
+/// rule of DP-FTRL (and every per-client limit) counts clients, and a
+/// client that renews its certificate (routine rotation, or a second one
+/// its CA issues) is still the same client. Named by digest it would be a
+/// new one and take part twice in one tree (red-team finding of
+/// 2026-12-02). The flip side: two certificates with the same subject are
+/// one client, so a CA must not issue one subject to two clients.
+///
+/// Non-printable characters are replaced by `?`, and a subject longer
+/// than 200 characters is named `cert-sha256:` and the first 16 bytes of
+/// the SHA-256 of its DER encoding. Refused: a certificate that does not
+/// parse, or that names no one.
+///
+/// ```
+/// use tessera_server::tls::{CertificateAuthority, client_identity};
+/// use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+/// let ca = CertificateAuthority::new("clients")?;
+/// let der = |pem: &str| CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+/// let first = ca.issue_client("alice")?;
+/// let renewed = ca.issue_client("alice")?;
+/// assert_eq!(client_identity(&der(&first.cert_pem))?, "cert:CN=alice");
+/// assert_eq!(client_identity(&der(&renewed.cert_pem))?, "cert:CN=alice");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn client_identity(leaf: &[u8]) -> Result<String, TlsError> {
+    use sha2::{Digest as _, Sha256};
+    use x509_parser::extensions::GeneralName;
+
+    let unusable = |why: &str| TlsError::ClientCertificate(why.to_owned());
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|_| unusable("the client certificate does not parse as X.509"))?;
+    let subject = cert.subject();
+    let mut name = if subject.iter().next().is_some() {
+        subject
+            .to_string_with_registry(x509_parser::objects::oid_registry())
+            .map_err(|_| unusable("the client certificate's subject does not parse"))?
+    } else {
+        let alternatives = cert.subject_alternative_name().map_err(|_| {
+            unusable("the client certificate's subject alternative names do not parse")
+        })?;
+        let names: Vec<String> = alternatives
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::URI(v) => Some(format!("URI:{v}")),
+                        GeneralName::DNSName(v) => Some(format!("DNS:{v}")),
+                        GeneralName::RFC822Name(v) => Some(format!("email:{v}")),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() {
+            return Err(unusable(
+                "the client certificate names no one: its subject is empty and it has no URI, DNS or e-mail subject alternative name",
+            ));
+        }
+        names.join(",")
+    };
+    if name.chars().count() > MAX_SUBJECT_NAME {
+        let digest = Sha256::digest(subject.as_raw());
+        return Ok(format!("cert-sha256:{}", hex::encode(&digest[..16])));
+    }
+    name = name
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    Ok(format!("cert:{name}"))
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! rounds each. The server adds tree noise to each tree's prefix sums,
 //! charges every round as a tree step against the model's consumers, and
 //! holds every identity to one round per tree: a client that comes back in
-//! the same tree waits in the lobby and takes part in the next.
+//! the same tree is turned away (`NOT_ELIGIBLE`, with the rounds the tree
+//! has left) and takes part in the next.
 
 use std::time::Duration;
 
-use tessera_client::RoundOutcome;
+use tessera_client::{ClientError, RoundOutcome};
 use tessera_dp::ledger::{Adversary, Mechanism};
 use tessera_server::config::DpMode;
 use tessera_server::store::{AuditEvent, TreeStep};
@@ -72,25 +73,32 @@ async fn dp_ftrl_trains_over_two_trees_and_holds_each_identity_to_one_round_per_
         [1, 1, 1]
     );
 
-    // Client 0 comes back in the same tree with 3 and 4: it may not take
-    // part again, so with two eligible clients no round opens...
-    let again = join(&ts, 0);
+    // Client 0 comes back in the same tree: it may not take part again,
+    // and is told so at once, with the one round the tree has left.
+    let refused = ts
+        .client(Some(0))
+        .participate(&update(DIM, 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ClientError::NotEligible { rounds_left: 1, .. }),
+        "{refused:?}"
+    );
+    // With two eligible clients no round opens...
     let (three, four) = (join(&ts, 3), join(&ts, 4));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(!again.is_finished() && !three.is_finished());
+    assert!(!three.is_finished());
     assert!(joined(&ts, 2).is_empty(), "no round 2 without 3 eligible");
-    // ... until a third eligible client comes; client 0 keeps waiting.
+    // ... until a third eligible client comes.
     let five = join(&ts, 5);
     assert_eq!(rounds_of(vec![three, four, five]).await, [2, 2, 2]);
-    assert!(!again.is_finished(), "the repeat participant waits");
     let mut two = joined(&ts, 2);
     two.sort();
     assert_eq!(two, ["client-3", "client-4", "client-5"]);
 
     // Tree 1 starts: client 0 is eligible again and takes round 3.
-    let rest = rounds_of(vec![join(&ts, 6), join(&ts, 7)]).await;
-    assert_eq!(rest, [3, 3]);
-    assert_eq!(again.await.unwrap().round_id, 3);
+    let rest = rounds_of(vec![join(&ts, 0), join(&ts, 6), join(&ts, 7)]).await;
+    assert_eq!(rest, [3, 3, 3]);
     assert!(joined(&ts, 3).contains(&"client-0".to_owned()));
     // Tree 1, step 2: 1, 2 and 8, who all sat out tree 1's first step.
     assert_eq!(
