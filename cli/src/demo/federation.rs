@@ -228,6 +228,12 @@ fn server_config(
             min_clients: cfg.cohort_size() as u32,
             max_clients: cfg.cohort_size() as u32,
             join_window: Duration::ZERO,
+            // Every client's noise and masking run on this machine's cores
+            // within one stage: give large runs (Fashion-MNIST at 1,000
+            // clients is 25 million noised values a round) time for it. A
+            // simulated dropout closes its stream, so it costs no wait.
+            stage_timeout: Duration::from_secs(30)
+                + Duration::from_micros(4 * cfg.cohort_size() as u64 * dim as u64),
             // SecAgg+: the finder's sparse graph and per-neighbourhood
             // threshold, for the planned dropout rate.
             graph: GraphChoice::Auto,
