@@ -1,9 +1,10 @@
 //! DP-FTRL in the server (`--dp ftrl`; Kairouz, McMahan, Song, Thakkar,
 //! Thakurta, Xu, ICML 2021): the server update and the once-per-tree rule.
 //!
-//! Each completed round's unmasked sum is decoded to integers and added as
-//! the next leaf of the epoch's tree ([`tessera_dp::tree`]); the tree
-//! releases the noisy prefix sum `S_t`, and the model becomes
+//! Each completed round's unmasked sum (ring elements) is added as the next
+//! leaf of the epoch's tree ([`tessera_dp::tree`]), its noise added in the
+//! ring before anything is decoded; the tree releases the noisy prefix sum
+//! `S_t`, and the model becomes
 //!
 //! ```text
 //! v_t = γ v_{t-1} + (S_t - S_{t-1})          (γ = ftrl_momentum; 0: v_t = S_t - S_{t-1})
@@ -20,10 +21,10 @@
 //!
 //! **Once per tree.** The tree's guarantee holds for a client in at most
 //! one leaf per tree. The server enforces it by authenticated identity
-//! (token name, certificate or enrolled identity): the identities of every
-//! round of the epoch are written to the store before the round starts, and
-//! a client that already took part waits in the lobby until the tree
-//! restarts. A round that aborts before its sum is released gives its
+//! (token name, certificate subject or enrolled identity): the identities
+//! of every round of the epoch are written to the store before the round
+//! starts, and a client that already took part is turned away
+//! (`NOT_ELIGIBLE`) until the tree restarts. A round that aborts before its sum is released gives its
 //! identities back (nothing of theirs entered the tree); a crash keeps
 //! them (the server cannot tell what was released).
 //!

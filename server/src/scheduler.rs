@@ -753,6 +753,8 @@ async fn publish(
         }
         Err(e) => {
             (training.model, training.fedavg) = before;
+            // A failed DP-FTRL release may have closed the tree.
+            sync_ftrl_lobby(shared, &training);
             (training, Err(e))
         }
     }

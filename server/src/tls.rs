@@ -435,10 +435,12 @@ impl CertificateAuthority {
 const MAX_SUBJECT_NAME: usize = 200;
 
 /// The name a mutual-TLS client goes by: `cert:` and the subject of its
-/// leaf certificate (RFC 4514, e.g. `cert:CN=alice`), or, for a
-/// certificate with an empty subject, its subject alternative names (URI,
-/// DNS, e-mail: a SPIFFE ID, say). The TLS layer has already checked the
-/// chain against the client CA, so this is what the CA vouches for.
+/// leaf certificate (`cert:CN=alice`; several attributes in the
+/// certificate's order, `cert:C=US,O=Acme,CN=alice`), or, for a
+/// certificate with an empty subject, its URI, DNS and e-mail subject
+/// alternative names (`cert:URI:spiffe://example.org/w1`). The TLS layer
+/// has already checked the chain against the client CA, so this is what
+/// the CA vouches for.
 ///
 /// Why the subject and not the certificate's digest: the once-per-tree
 /// rule of DP-FTRL (and every per-client limit) counts clients, and a
@@ -446,12 +448,19 @@ const MAX_SUBJECT_NAME: usize = 200;
 /// its CA issues) is still the same client. Named by digest it would be a
 /// new one and take part twice in one tree (red-team finding of
 /// 2026-12-02). The flip side: two certificates with the same subject are
-/// one client, so a CA must not issue one subject to two clients.
+/// one client, so the CA must fix each client's *whole* subject (or, with
+/// empty subjects, its whole list of alternative names), not let the
+/// client choose any part of it.
 ///
-/// Non-printable characters are replaced by `?`, and a subject longer
-/// than 200 characters is named `cert-sha256:` and the first 16 bytes of
-/// the SHA-256 of its DER encoding. Refused: a certificate that does not
-/// parse, or that names no one.
+/// The rendering is injective, so two different subjects never share a
+/// name: RDNs are joined by `,`, the attributes of a multi-valued RDN by
+/// `+`, and in every value the characters `, + " \ < > ; =`, a leading `#`
+/// or space, a trailing space and every control or non-ASCII byte are
+/// escaped as in RFC 4514 (`\,`, `\0a`). A value that is not a string is
+/// written `#TAG:HEX`. The same text in two string types (PrintableString,
+/// UTF8String) is the same name. A name longer than 200 characters is
+/// `cert-sha256:` and the first 16 bytes of the SHA-256 of that rendering.
+/// Refused: a certificate that does not parse, or that names no one.
 ///
 /// ```
 /// use tessera_server::tls::{CertificateAuthority, client_identity};
@@ -462,6 +471,8 @@ const MAX_SUBJECT_NAME: usize = 200;
 /// let renewed = ca.issue_client("alice")?;
 /// assert_eq!(client_identity(&der(&first.cert_pem))?, "cert:CN=alice");
 /// assert_eq!(client_identity(&der(&renewed.cert_pem))?, "cert:CN=alice");
+/// let tricky = ca.issue_client("alice,O=Acme")?;
+/// assert_eq!(client_identity(&der(&tricky.cert_pem))?, "cert:CN=alice\\,O\\=Acme");
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn client_identity(leaf: &[u8]) -> Result<String, TlsError> {
@@ -471,12 +482,31 @@ pub fn client_identity(leaf: &[u8]) -> Result<String, TlsError> {
     let unusable = |why: &str| TlsError::ClientCertificate(why.to_owned());
     let (_, cert) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|_| unusable("the client certificate does not parse as X.509"))?;
-    let subject = cert.subject();
-    let mut name = if subject.iter().next().is_some() {
-        subject
-            .to_string_with_registry(x509_parser::objects::oid_registry())
-            .map_err(|_| unusable("the client certificate's subject does not parse"))?
-    } else {
+    let registry = x509_parser::objects::oid_registry();
+    let rdns: Vec<String> = cert
+        .subject()
+        .iter()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let oid = attr.attr_type();
+                    let kind = x509_parser::objects::oid2abbrev(oid, registry)
+                        .map_or_else(|_| oid.to_id_string(), str::to_owned);
+                    let value = match attr.as_str() {
+                        Ok(text) => escape_name_value(text),
+                        Err(_) => format!(
+                            "#{}:{}",
+                            attr.attr_value().tag().0,
+                            hex::encode(attr.as_slice())
+                        ),
+                    };
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    let name = if rdns.is_empty() {
         let alternatives = cert.subject_alternative_name().map_err(|_| {
             unusable("the client certificate's subject alternative names do not parse")
         })?;
@@ -486,9 +516,11 @@ pub fn client_identity(leaf: &[u8]) -> Result<String, TlsError> {
                     .general_names
                     .iter()
                     .filter_map(|n| match n {
-                        GeneralName::URI(v) => Some(format!("URI:{v}")),
-                        GeneralName::DNSName(v) => Some(format!("DNS:{v}")),
-                        GeneralName::RFC822Name(v) => Some(format!("email:{v}")),
+                        GeneralName::URI(v) => Some(format!("URI:{}", escape_name_value(v))),
+                        GeneralName::DNSName(v) => Some(format!("DNS:{}", escape_name_value(v))),
+                        GeneralName::RFC822Name(v) => {
+                            Some(format!("email:{}", escape_name_value(v)))
+                        }
                         _ => None,
                     })
                     .collect()
@@ -500,16 +532,35 @@ pub fn client_identity(leaf: &[u8]) -> Result<String, TlsError> {
             ));
         }
         names.join(",")
+    } else {
+        rdns.join(",")
     };
-    if name.chars().count() > MAX_SUBJECT_NAME {
-        let digest = Sha256::digest(subject.as_raw());
+    if name.len() > MAX_SUBJECT_NAME {
+        let digest = Sha256::digest(name.as_bytes());
         return Ok(format!("cert-sha256:{}", hex::encode(&digest[..16])));
     }
-    name = name
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
     Ok(format!("cert:{name}"))
+}
+
+/// A name's value with RFC 4514's special characters, a leading `#` or
+/// space, a trailing space and every control or non-ASCII byte escaped,
+/// so the joined name reads back one way only (and prints safely in logs).
+fn escape_name_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.len().saturating_sub(1);
+    for (i, b) in value.bytes().enumerate() {
+        match b {
+            b',' | b'+' | b'"' | b'\\' | b'<' | b'>' | b';' | b'=' => {
+                out.push('\\');
+                out.push(b as char);
+            }
+            b'#' if i == 0 => out.push_str("\\#"),
+            b' ' if i == 0 || i == last => out.push_str("\\ "),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:02x}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -529,6 +580,75 @@ mod tests {
 
     fn localhost() -> Vec<String> {
         vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+    }
+
+    /// The mTLS name of a certificate the test CA issues from `params`.
+    fn name_of(ca: &CertificateAuthority, params: CertificateParams) -> Result<String, TlsError> {
+        let issued = ca
+            .issue(params, ExtendedKeyUsagePurpose::ClientAuth)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        client_identity(&der)
+    }
+
+    fn subject(parts: &[(DnType, &str)]) -> CertificateParams {
+        let mut params = CertificateParams::new(Vec::new()).unwrap();
+        for (kind, value) in parts {
+            params.distinguished_name.push(kind.clone(), *value);
+        }
+        params
+    }
+
+    /// Different subjects never share a name (the red team's collisions:
+    /// a value holding the separators, a control byte against `?`, long
+    /// SAN-only certificates), and the same subject always has one.
+    #[test]
+    fn client_names_are_injective_in_the_subject() {
+        let ca = CertificateAuthority::new("clients").unwrap();
+        let one_rdn = name_of(&ca, subject(&[(DnType::CommonName, "alice, O=Acme")])).unwrap();
+        let two_rdns = name_of(
+            &ca,
+            subject(&[
+                (DnType::CommonName, "alice"),
+                (DnType::OrganizationName, "Acme"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(two_rdns, "cert:CN=alice,O=Acme");
+        assert_ne!(one_rdn, two_rdns);
+        let control = name_of(&ca, subject(&[(DnType::CommonName, "a\u{1}")])).unwrap();
+        let question = name_of(&ca, subject(&[(DnType::CommonName, "a?")])).unwrap();
+        assert_eq!(control, "cert:CN=a\\01");
+        assert_ne!(control, question);
+        // Renewal: the same subject, a new key and serial, the same name.
+        assert_eq!(
+            name_of(&ca, subject(&[(DnType::CommonName, "alice, O=Acme")])).unwrap(),
+            one_rdn
+        );
+        // SAN-only certificates are named by their SANs, typed; long ones
+        // by the digest of that name, so two long ones differ.
+        let san = |uris: &[String]| {
+            let mut params = CertificateParams::new(Vec::new()).unwrap();
+            params.distinguished_name = rcgen::DistinguishedName::new();
+            params.subject_alt_names = uris
+                .iter()
+                .map(|u| rcgen::SanType::URI(u.as_str().try_into().unwrap()))
+                .collect();
+            name_of(&ca, params)
+        };
+        assert_eq!(
+            san(&["spiffe://td/w1".to_owned()]).unwrap(),
+            "cert:URI:spiffe://td/w1"
+        );
+        let long = |tag: &str| san(&[format!("spiffe://td/{tag}/{}", "x".repeat(250))]).unwrap();
+        let (a, b) = (long("a"), long("b"));
+        assert!(a.starts_with("cert-sha256:"), "{a}");
+        assert_ne!(a, b, "two long SAN-only certificates are two clients");
+        // No subject and no usable SAN: refused, saying why.
+        let mut nameless = CertificateParams::new(Vec::new()).unwrap();
+        nameless.distinguished_name = rcgen::DistinguishedName::new();
+        let err = name_of(&ca, nameless).unwrap_err();
+        assert!(err.to_string().contains("names no one"), "{err}");
     }
 
     #[test]
