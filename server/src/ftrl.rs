@@ -56,6 +56,8 @@ pub(crate) struct Ftrl {
     /// ledger is then a step ahead of this tree, so the tree is over and
     /// the next round starts a new one ([`Ftrl::close`]).
     closed: bool,
+    /// How this server names its clients ([`identity_scheme`]).
+    scheme: &'static str,
 }
 
 /// What a released round changes, written durably before the model is
@@ -79,6 +81,25 @@ fn is_certificate_digest_name(identity: &str) -> bool {
     identity
         .strip_prefix("cert:")
         .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// How a server with `config` names the clients it admits, as the
+/// service does: by enrolled name in malicious-server rounds, else by
+/// token name, else by certificate subject (mTLS, named so since
+/// 2026-12-02). A tree's once-per-tree rule compares names, so names
+/// from two schemes cannot be compared: the same client could be `alice`
+/// by token and `cert:CN=alice` by certificate.
+fn identity_scheme(config: &ServerConfig) -> &'static str {
+    let network = &config.network;
+    if network.identities_file.is_some() {
+        "enrolled"
+    } else if network.tokens_file.is_some() {
+        "tokens"
+    } else if network.tls_client_ca.is_some() {
+        "mtls-subject"
+    } else {
+        "insecure-dev"
+    }
 }
 
 impl Ftrl {
@@ -123,9 +144,14 @@ impl Ftrl {
         // Before 2026-12-02 an mTLS client was named by its certificate's
         // digest (`cert:` and 16 hex digits), now by its subject: the same
         // client would not be recognised as having taken part, so a tree
-        // recorded under the old names ends.
-        let old_names =
-            |r: &FtrlRecord| r.participants.iter().any(|p| is_certificate_digest_name(p));
+        // recorded under the old names ends. So does a tree recorded under
+        // another identity scheme than this server's (or under none: files
+        // from before the scheme was recorded).
+        let scheme = identity_scheme(config);
+        let old_names = |r: &FtrlRecord| {
+            r.identity_scheme.as_deref() != Some(scheme)
+                || r.participants.iter().any(|p| is_certificate_digest_name(p))
+        };
         let record = match store.ftrl().cloned() {
             Some(r)
                 if (r.sigma, r.l2_sensitivity) == params
@@ -139,15 +165,17 @@ impl Ftrl {
             Some(r) => {
                 warn!(
                     epoch = r.epoch,
-                    "the DP-FTRL tree's noise parameters changed (noise_multiplier, clip_norm, frac_bits or the model's dimension), another DP mode published since, or its participants were named by an older scheme: its epoch is closed and tree {} starts from version {version}",
+                    recorded_scheme = r.identity_scheme.as_deref().unwrap_or("unrecorded"),
+                    scheme,
+                    "the DP-FTRL tree's noise parameters changed (noise_multiplier, clip_norm, frac_bits or the model's dimension), another DP mode published since, or its participants were named under another identity scheme (tokens, mTLS subjects, enrolled identities): its epoch is closed and tree {} starts from version {version}",
                     r.epoch + 1
                 );
-                let next = FtrlRecord::new_epoch(r.salt, r.epoch + 1, version, params, dim);
+                let next = FtrlRecord::new_epoch(r.salt, r.epoch + 1, version, params, dim, scheme);
                 store.write_ftrl(&next)?;
                 next
             }
             None => {
-                let first = FtrlRecord::new_epoch(fresh_salt(), 0, version, params, dim);
+                let first = FtrlRecord::new_epoch(fresh_salt(), 0, version, params, dim, scheme);
                 store.write_ftrl(&first)?;
                 first
             }
@@ -168,6 +196,7 @@ impl Ftrl {
             tree,
             epoch_start,
             closed: false,
+            scheme,
         })
     }
 
@@ -235,6 +264,7 @@ impl Ftrl {
                 version,
                 (self.record.sigma, self.record.l2_sensitivity),
                 self.record.noisy_prefix.len(),
+                self.scheme,
             )
         } else {
             self.record.clone()
@@ -662,6 +692,64 @@ mod tests {
         drop((store, ftrl));
         let (_store, ftrl) = reopen(dir.path(), &config);
         assert_eq!(ftrl.position(), TreeStep { epoch: 0, step: 1 });
+    }
+
+    /// A tree whose participants were named under one identity scheme
+    /// ends when the server restarts under another: `alice` by token and
+    /// `cert:CN=alice` by certificate may be one client, who would
+    /// otherwise take part twice in the tree. A file from before the
+    /// scheme was recorded (no `identity_scheme`) still verifies, and its
+    /// tree ends too.
+    #[test]
+    fn a_tree_recorded_under_another_identity_scheme_ends_on_restart() {
+        let mut by_token = config(4, 0.0);
+        by_token.network.tokens_file = Some("tokens.txt".into());
+        let mut by_certificate = config(4, 0.0);
+        by_certificate.network.tls_client_ca = Some("ca.pem".into());
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, model) = new_store(dir.path());
+        let mut ftrl = Ftrl::open(&by_token, &mut store, &model, 1).unwrap();
+        round(
+            &by_token,
+            &mut store,
+            &mut ftrl,
+            &["alice", "bob"],
+            &[1; DIM],
+        );
+        assert_eq!(
+            store.ftrl().unwrap().identity_scheme.as_deref(),
+            Some("tokens")
+        );
+        drop((store, ftrl));
+        // The same scheme: the tree goes on, alice is still excluded.
+        let (store, ftrl) = reopen(dir.path(), &by_token);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 0, step: 1 });
+        assert!(ftrl.excluded(&by_token).contains("alice"));
+        drop((store, ftrl));
+        // Another scheme: a new tree, recorded under the new scheme.
+        let (store, ftrl) = reopen(dir.path(), &by_certificate);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 0 });
+        assert!(ftrl.excluded(&by_certificate).is_empty());
+        assert_eq!(
+            store.ftrl().unwrap().identity_scheme.as_deref(),
+            Some("mtls-subject")
+        );
+        drop((store, ftrl));
+
+        // A file written before the scheme was recorded.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, model) = new_store(dir.path());
+        let mut ftrl = Ftrl::open(&by_token, &mut store, &model, 1).unwrap();
+        round(&by_token, &mut store, &mut ftrl, &["alice"], &[1; DIM]);
+        let mut unrecorded = store.ftrl().unwrap().clone();
+        unrecorded.identity_scheme = None;
+        store.write_ftrl(&unrecorded).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("ftrl.json")).unwrap();
+        assert!(!text.contains("identity_scheme"), "{text}");
+        drop((store, ftrl));
+        let (_store, ftrl) = reopen(dir.path(), &by_token);
+        assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 0 });
+        assert!(ftrl.excluded(&by_token).is_empty());
     }
 
     /// An aborted round gives its identities back; the rest stay.

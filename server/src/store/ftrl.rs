@@ -70,6 +70,14 @@ pub struct FtrlRecord {
     pub moved: Vec<f64>,
     /// Identities that took part in a round of this epoch.
     pub participants: Vec<String>,
+    /// How the server named those identities (`crate::ftrl` checks it
+    /// against the configuration on open): a tree recorded under one
+    /// scheme ends when the server restarts under another, whose names
+    /// could give the same client a second, unrecorded name. Absent in
+    /// files written before 2026-12-02 (and then left out of the
+    /// serialisation, so their tags still verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_scheme: Option<String>,
 }
 
 /// What is written: the record's fields, then its tag.
@@ -82,13 +90,15 @@ struct SealedFtrl {
 
 impl FtrlRecord {
     /// The start of epoch `epoch` from model version `version`, for noise
-    /// `sigma` against sensitivity `l2_sensitivity` and `dim` values.
+    /// `sigma` against sensitivity `l2_sensitivity` and `dim` values, its
+    /// participants named under `identity_scheme`.
     pub fn new_epoch(
         salt: String,
         epoch: u64,
         version: u64,
         (sigma, l2_sensitivity): (f64, f64),
         dim: usize,
+        identity_scheme: &str,
     ) -> FtrlRecord {
         FtrlRecord {
             format: FTRL_FORMAT,
@@ -103,6 +113,7 @@ impl FtrlRecord {
             velocity: vec![0.0; dim],
             moved: vec![0.0; dim],
             participants: Vec::new(),
+            identity_scheme: Some(identity_scheme.to_owned()),
         }
     }
 }
