@@ -466,6 +466,7 @@ fn baseline_row(round: &BaselineRound) -> RoundRow {
         round: round.round,
         survivors: round.survivors,
         dropped: round.dropped,
+        lost: 0,
         completed: true,
         accuracy: round.accuracy,
         loss: round.loss,

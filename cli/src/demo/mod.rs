@@ -150,6 +150,10 @@ pub(crate) struct RoundRow {
     /// Unmasking had its masked input in already, so it counts among the
     /// survivors too.
     pub(crate) dropped: u32,
+    /// Clients the plan kept in whose connection broke (or whose server
+    /// went silent) during the round: real dropouts, which the server
+    /// handled as such. Counted in `dropped` too.
+    pub(crate) lost: u32,
     /// Whether the server published a model.
     pub(crate) completed: bool,
     /// Accuracy of the global model after the round on the held-out split.

@@ -140,6 +140,11 @@ enum ClientRound {
     },
     /// It dropped before its masked input was in.
     Dropped,
+    /// Its connection broke, or the server went silent, during the round
+    /// though the plan kept it in: a real dropout, which the server
+    /// handles as any other (whether its masked input was in is not
+    /// known here).
+    Lost,
     /// The server refused to run the round (budget spent, round limit).
     Refused(String),
 }
@@ -245,15 +250,21 @@ impl Job<'_> {
         let completed = published.round == round;
         let next = published.flatten();
         let tally = Tally::of(&results);
-        // Adaptive clipping moves the clip norm the check would use.
+        let lost = results
+            .iter()
+            .filter(|r| matches!(r, Some(ClientRound::Lost)))
+            .count() as u32;
+        // Adaptive clipping moves the clip norm the check would use; a
+        // lost client's update may or may not be in the sum.
         let max_error_vs_plain =
-            (self.cfg.dp == DpMode::Off && !self.cfg.adaptive_clip && completed)
+            (self.cfg.dp == DpMode::Off && !self.cfg.adaptive_clip && completed && lost == 0)
                 .then(|| self.plain_fedavg_error(global, &next, &tally.updates));
         let (accuracy, loss) = local::evaluate(&self.arch, &next, &self.test);
         let row = RoundRow {
             round,
             survivors: if completed { tally.survivors } else { 0 },
-            dropped: drop_before.iter().filter(|d| d.is_some()).count() as u32,
+            dropped: drop_before.iter().filter(|d| d.is_some()).count() as u32 + lost,
+            lost,
             completed,
             accuracy,
             loss,
@@ -347,6 +358,15 @@ async fn client_round(
             .map(Participation::Completed),
         Some(stage) => client.participate_or_drop(&update, stage).await,
     };
+    client_outcome(update, result)
+}
+
+/// What `result`, the SDK's answer to a client that sent `update`, means
+/// for the demo's round.
+fn client_outcome(
+    update: Vec<f32>,
+    result: Result<Participation, ClientError>,
+) -> Result<ClientRound, ClientError> {
     match result {
         Ok(Participation::Completed(o)) => Ok(ClientRound::Counted {
             update,
@@ -363,6 +383,15 @@ async fn client_round(
         }),
         Ok(Participation::Dropped { .. }) => Ok(ClientRound::Dropped),
         Err(ClientError::ServerUnavailable(why)) => Ok(ClientRound::Refused(why)),
+        // A connection that breaks mid-round (on a loaded machine, a
+        // client starved past the server's keepalive timeout) is a
+        // dropout like any other: the round goes on without it, and so
+        // does the demo. Any other error is a bug the demo must show.
+        Err(
+            ClientError::ConnectionLost { .. }
+            | ClientError::ServerSilent { .. }
+            | ClientError::LeftOut { .. },
+        ) => Ok(ClientRound::Lost),
         Err(e) => Err(e),
     }
 }
@@ -399,4 +428,49 @@ fn plain_fedavg_error(
             (f64::from(*x) - expected).abs() as f32
         })
         .fold(0.0, f32::max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client whose connection breaks mid-round is a dropout the round
+    /// survives, named in the row; an error that means a bug (a server
+    /// breaking the protocol, credentials refused) still fails the demo.
+    #[test]
+    fn a_broken_connection_is_a_dropout_and_other_errors_fail_the_demo() {
+        let lost = [
+            ClientError::ConnectionLost {
+                round_id: Some(4),
+                message: "h2 protocol error: stream closed because of a broken pipe".into(),
+            },
+            ClientError::ServerSilent {
+                round_id: 4,
+                stage: "masked-input",
+            },
+            ClientError::LeftOut { round_id: 4 },
+        ];
+        for error in lost {
+            assert!(matches!(
+                client_outcome(vec![0.5], Err(error)),
+                Ok(ClientRound::Lost)
+            ));
+        }
+        let fatal = [
+            ClientError::ServerMisbehaved {
+                round_id: Some(4),
+                problem: "a share for a client that is not a neighbour".into(),
+            },
+            ClientError::AuthRefused {
+                message: "unknown token".into(),
+            },
+        ];
+        for error in fatal {
+            assert!(client_outcome(vec![0.5], Err(error)).is_err());
+        }
+        let mut row = crate::report::sample_row(4);
+        row.lost = 2;
+        let line = crate::report::demo_table_row(&row);
+        assert!(line.contains("18/2 (2 lost)"), "{line}");
+    }
 }

@@ -53,7 +53,7 @@ fn sweep_csv(points: &[SweepPoint]) -> String {
 
 /// The header of the demo's CSV; the first eight columns are the contract
 /// scripts rely on.
-pub(crate) const DEMO_CSV_HEADER: &str = "round,survivors,dropped,accuracy,loss,epsilon,seconds,bytes_per_client,bytes_received,completed,max_error_vs_plain";
+pub(crate) const DEMO_CSV_HEADER: &str = "round,survivors,dropped,accuracy,loss,epsilon,seconds,bytes_per_client,bytes_received,completed,max_error_vs_plain,lost";
 
 /// Writes the demo's `rows` as CSV to `path` (atomically: a reader never
 /// sees half a file).
@@ -70,7 +70,7 @@ fn demo_csv(rows: &[RoundRow]) -> String {
     for r in rows {
         writeln!(
             text,
-            "{},{},{},{:.4},{:.4},{:.4},{:.3},{},{},{},{}",
+            "{},{},{},{:.4},{:.4},{:.4},{:.3},{},{},{},{},{}",
             r.round,
             r.survivors,
             r.dropped,
@@ -83,6 +83,7 @@ fn demo_csv(rows: &[RoundRow]) -> String {
             r.completed,
             r.max_error_vs_plain
                 .map_or(String::new(), |e| format!("{e:.3e}")),
+            r.lost,
         )
         .expect("writing to a String cannot fail");
     }
@@ -260,7 +261,7 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[2],
-            "2,18,2,0.5200,1.2500,0.5000,0.500,12345,67890,true,1.500e-5"
+            "2,18,2,0.5200,1.2500,0.5000,0.500,12345,67890,true,1.500e-5,0"
         );
         assert!(!dir.path().join("rounds.csv.tmp").exists());
     }

@@ -75,6 +75,7 @@ mod samples {
             round,
             survivors: 18,
             dropped: 2,
+            lost: 0,
             completed: true,
             accuracy: 0.5 + round as f32 / 100.0,
             loss: 1.25,

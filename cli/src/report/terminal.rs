@@ -25,6 +25,12 @@ pub(crate) fn demo_table_row(r: &RoundRow) -> String {
     } else {
         format!("aborted/{}", r.dropped)
     };
+    // Unplanned dropouts are named: the plan did not ask for them.
+    let who = if r.lost > 0 {
+        format!("{who} ({} lost)", r.lost)
+    } else {
+        who
+    };
     let check = r
         .max_error_vs_plain
         .map_or("-".to_owned(), |e| format!("{e:.1e}"));
