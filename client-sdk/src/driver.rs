@@ -271,7 +271,7 @@ pub(crate) async fn participate(
         });
     }
 
-    let round = Round::start(client, &start, contribution, bytes, rng)?;
+    let round = cpu_bound(|| Round::start(client, &start, contribution, bytes, rng))?;
     let span = tracing::info_span!(
         "round",
         round_id = round.round_id,
@@ -670,7 +670,7 @@ impl Round {
         let round_id = Some(self.round_id);
         let message = ServerMessage::decode(bytes)
             .map_err(|e| bad(round_id, format!("malformed protocol message: {e}")))?;
-        match self.session.handle_message(Instant::now(), message) {
+        match cpu_bound(|| self.session.handle_message(Instant::now(), message)) {
             Ok(()) => self.note_stage(),
             Err(ClientSessionError::ServerMisbehaved(violation)) => {
                 return Err(bad(round_id, violation.to_string()));
@@ -1003,6 +1003,22 @@ fn new_session(
         }
     }
     .map_err(|e| bad(round_id, e.to_string()))
+}
+
+/// Runs `work` (encoding with DP noise, key agreement, expanding the
+/// masks: up to a second of CPU for a large model) where it cannot hold up
+/// the runtime's other tasks. On a multi-threaded tokio runtime the worker
+/// thread hands its queue to another first (`block_in_place`), so the
+/// app's connections (their HTTP/2 keepalive pings included) and the
+/// app's other tasks keep running meanwhile; without this, many clients
+/// in one process starve their own connections until the server's
+/// keepalive timeout closes them. A current-thread runtime has no other
+/// thread to hand over to, so there `work` runs in place.
+fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
