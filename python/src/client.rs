@@ -155,8 +155,10 @@ impl Client {
 
     /// Downloads model `version` (0: the latest): `(version, round,
     /// epsilon, delta, epsilon_against, [(name, shape, flat float32
-    /// values)])` in the flat order; `epsilon_against` is `"server"`,
-    /// `"model-consumers"` or `None`, as the server's ledger says.
+    /// values)], proximal_mu)`, the tensors in the flat order;
+    /// `epsilon_against` is `"server"`, `"model-consumers"` or `None`, as
+    /// the server's ledger says; `proximal_mu` is the FedProx mu the server
+    /// runs with (0: off).
     fn model<'py>(&self, py: Python<'py>, version: u64) -> PyResult<Bound<'py, PyAny>> {
         let inner = Arc::clone(&self.inner);
         let model = py
@@ -174,6 +176,7 @@ impl Client {
             model.delta,
             model.epsilon_against.map(|a| a.name()),
             tensors,
+            model.proximal_mu,
         )
             .into_pyobject(py)?
             .into_any())
@@ -364,5 +367,6 @@ fn outcome_dict(py: Python<'_>, o: RoundOutcome) -> PyResult<Bound<'_, PyDict>> 
     d.set_item("evicted", evicted)?;
     d.set_item("client_noise", o.client_noise)?;
     d.set_item("clip_norm", o.clip_norm)?;
+    d.set_item("proximal_mu", o.proximal_mu)?;
     Ok(d)
 }

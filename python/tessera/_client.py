@@ -73,6 +73,12 @@ class Model:
     #: distributed DP, ``"model-consumers"`` when any ran central DP (the
     #: server saw that round's un-noised sum), ``None`` without DP.
     epsilon_against: Optional[str] = None
+    #: FedProx's mu the server runs with (its ``proximal_mu`` setting): train
+    #: locally with ``(mu / 2) * ||w - w_global||**2`` added to the loss,
+    #: ``w_global`` this model's tensors (summed over every tensor), so the
+    #: update the round averages is the one the server asked for. 0 means
+    #: plain FedAvg: add nothing.
+    proximal_mu: float = 0.0
 
     @property
     def shapes(self) -> Dict[str, Tuple[int, ...]]:
@@ -144,6 +150,13 @@ class RoundOutcome:
     epsilon_against: Optional[str]
     #: The model this round published (with ``version == model_version``).
     model: Model = field(repr=False)
+    #: FedProx's mu this round ran with, from its start message: local
+    #: training adds ``(mu / 2) * ||w - w_global||**2`` to the loss,
+    #: ``w_global`` the model trained from; 0 means plain FedAvg. The same
+    #: as :attr:`Model.proximal_mu` unless the server was restarted with
+    #: another mu between the model's download and the round (then train the
+    #: next update with this one).
+    proximal_mu: float = 0.0
 
 
 def _read(value: Optional[PathOrPem], what: str) -> Optional[bytes]:
@@ -243,7 +256,8 @@ class Client:
 
     def model(self, version: int) -> Model:
         """Downloads published model ``version`` (0: the latest)."""
-        version_, round_, epsilon, delta, against, tensors = self._native.model(version)
+        raw = self._native.model(version)
+        version_, round_, epsilon, delta, against, tensors, proximal_mu = raw
         model = Model(
             version=version_,
             round=round_,
@@ -251,6 +265,7 @@ class Client:
             delta=delta,
             tensors={name: values.reshape(shape) for name, shape, values in tensors},
             epsilon_against=against if epsilon > 0.0 else None,
+            proximal_mu=proximal_mu,
         )
         with self._lock:
             self._layout = [(n, t.shape) for n, t in model.tensors.items()]

@@ -31,11 +31,14 @@ class Client:
         """The server URL."""
     def model(
         self, version: int
-    ) -> Tuple[int, int, float, float, Optional[str], List[Tuple[str, List[int], npt.NDArray[np.float32]]]]:
+    ) -> Tuple[
+        int, int, float, float, Optional[str], List[Tuple[str, List[int], npt.NDArray[np.float32]]], float
+    ]:
         """Downloads model ``version`` (0: the latest): version, round,
         epsilon, delta, whom epsilon holds against (``"server"``,
-        ``"model-consumers"`` or ``None``, the server ledger's word) and
-        ``(name, shape, flat values)`` per tensor."""
+        ``"model-consumers"`` or ``None``, the server ledger's word),
+        ``(name, shape, flat values)`` per tensor, and the FedProx mu the
+        server runs with (0: off)."""
     def participate(
         self,
         update: npt.NDArray[np.float32],
@@ -44,7 +47,7 @@ class Client:
     ) -> Dict[str, object]:
         """Runs one round with a flat float32 update (and, for a server
         that asks, its example count and evaluation); the outcome's
-        fields."""
+        fields (``proximal_mu`` among them: the round's FedProx mu)."""
     def participate_or_drop(
         self,
         update: npt.NDArray[np.float32],
