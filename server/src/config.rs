@@ -274,6 +274,13 @@ pub struct NetworkSettings {
     /// (after the TLS handshake); a connection that sends none in time is
     /// closed.
     pub preface_timeout: Duration,
+    /// Longest time a connection may go without a live request (a response
+    /// under way, such as a client waiting in the lobby) after its first
+    /// one; then it is closed, so that a party holding its connection open
+    /// with keepalive pings alone cannot keep a slot under the cap. A
+    /// connection whose request was refused closes sooner, two seconds
+    /// after the refusal.
+    pub idle_timeout: Duration,
 }
 
 /// How rounds are gathered, which protocol parameters they run with, and
@@ -489,6 +496,7 @@ impl Default for NetworkSettings {
             max_connections: None,
             tls_handshake_timeout: Duration::from_secs(10),
             preface_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -895,6 +903,7 @@ impl ServerConfig {
                 self.network.tls_handshake_timeout,
             ),
             ("preface_timeout_ms", self.network.preface_timeout),
+            ("idle_timeout_ms", self.network.idle_timeout),
         ] {
             if timeout.is_zero() {
                 return Err(invalid(field, "must be positive"));
@@ -985,6 +994,31 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("dimm"), "{err}");
         let err = ServerConfig::from_toml("graph = \"harary:3\"\n").unwrap_err();
         assert!(err.to_string().contains("even"), "{err}");
+    }
+
+    /// The connection deadlines come from the file (and the flags) and
+    /// must be positive: a zero idle timeout would close a connection
+    /// before its first response.
+    #[test]
+    fn connection_timeouts_come_from_the_file_and_zero_is_refused() {
+        let c = ServerConfig::from_toml(
+            "idle_timeout_ms = 1500
+",
+        )
+        .unwrap();
+        assert_eq!(c.network.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(dev().network.idle_timeout, Duration::from_secs(60));
+        for key in [
+            "tls_handshake_timeout_ms",
+            "preface_timeout_ms",
+            "idle_timeout_ms",
+        ] {
+            let mut c = ServerConfig::from_toml(&format!("{key} = 0\n")).unwrap();
+            c.dim = Some(10);
+            c.network.insecure_dev = true;
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains("positive"), "{err}");
+        }
     }
 
     #[test]

@@ -674,6 +674,7 @@ pub async fn start_with_disk(
         max_connections: config.max_connections() as usize,
         tls_handshake_timeout: config.network.tls_handshake_timeout,
         preface_timeout: config.network.preface_timeout,
+        idle_timeout: config.network.idle_timeout,
     };
     let shared = Arc::new(Shared {
         dim,
@@ -695,12 +696,18 @@ pub async fn start_with_disk(
     health_reporter
         .set_serving::<AggregatorServer<service::AggregatorService>>()
         .await;
-    // A connection that has sent a request is kept while it answers
-    // keepalive pings (a client waits in the lobby on one stream); one
-    // that stops answering is closed after the timeout.
+    // A connection with a live request (a client waiting in the lobby on
+    // one stream) is kept while it answers keepalive pings; one that stops
+    // answering is closed after the keepalive timeout. One with nothing
+    // live, or whose request was refused, is closed by the listener
+    // (module `listener`, step 4), which learns what is live from the
+    // tracking layer: the connections it admits are registered in
+    // `connections`, where the layer finds each request's connection.
+    let connections = listener::Connections::new();
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .layer(listener::TrackLayer::new(Arc::clone(&connections)))
         .add_service(health_service)
         .add_service(service);
     let mut stop = shutdown_rx.clone();
@@ -716,6 +723,7 @@ pub async fn start_with_disk(
                 limits,
                 tokio_rustls::TlsAcceptor::from(tls),
                 cutoff_rx,
+                connections,
             );
             tokio::spawn(async move {
                 router
@@ -725,7 +733,7 @@ pub async fn start_with_disk(
             })
         }
         None => {
-            let incoming = listener::admit_plain(accepted, limits, cutoff_rx);
+            let incoming = listener::admit_plain(accepted, limits, cutoff_rx, connections);
             tokio::spawn(async move {
                 router
                     .serve_with_incoming_shutdown(incoming, stopped)

@@ -1,10 +1,12 @@
 //! Admission of network connections: what a connection must do, and how
-//! fast, before the gRPC service spends anything on it.
+//! fast, before the gRPC service spends anything on it, and to keep its
+//! slot afterwards.
 //!
 //! A connection costs a file descriptor, a task and buffers before it has
-//! said who it is, so an attacker who only opens sockets must not be able
-//! to hold them. Every accepted connection goes through these steps, each
-//! bounded:
+//! said who it is, and a slot under the cap for as long as it is open, so
+//! an attacker who only opens sockets, or who is refused and stays, must
+//! not be able to hold them. Every accepted connection goes through these
+//! steps, each bounded:
 //!
 //! 1. **Cap.** At most `max_connections` connections are open at once
 //!    (both halves of a TLS connection, handshake included), the clients
@@ -20,9 +22,22 @@
 //!    `preface_timeout` (after the handshake on the TLS port). An idle
 //!    socket, a preface dripped one byte a second and a client that only
 //!    answers pings are all closed when it passes
-//!    (`reason="preface_timeout"`). After its first request a connection is
-//!    kept while it answers HTTP/2 keepalive pings (a client waits in the
-//!    lobby on one stream).
+//!    (`reason="preface_timeout"`).
+//! 4. **Something live, and nothing refused.** After its first request a
+//!    connection is kept only while it has a live request: the response to
+//!    an Aggregator call (Participate, GetModel) that started OK, until
+//!    hyper drops its body (a client waiting in the lobby is live for as
+//!    long as it waits). With nothing live for `idle_timeout` it is closed
+//!    (`reason="idle_timeout"`): answering keepalive pings, sending requests
+//!    whose body never comes, or watching the health service do not keep
+//!    it. A connection whose request was refused (any non-OK gRPC status:
+//!    a bad token, `NOT_ELIGIBLE`, an unknown method) is closed
+//!    [`activity::REFUSED_LINGER`] after the refusal once nothing is live
+//!    (`reason="refused"`), however often it is refused again: a party
+//!    without credentials must make a new TCP and TLS handshake to hold a
+//!    slot for two more seconds. The SDK opens a connection per call, so
+//!    neither rule costs an honest client anything. [`activity`] says how
+//!    the service side tells the connection what is live.
 //!
 //! When the server stops, connections get a grace period to close by
 //! themselves (HTTP/2 GOAWAY); those still open after it (a client that
@@ -56,6 +71,11 @@ use tracing::{debug, warn};
 
 use crate::metrics;
 
+use self::activity::{Activity, Deadline, Registration};
+pub(crate) use self::activity::{Connections, TrackLayer};
+
+pub(crate) mod activity;
+
 /// The first wait after an accept error.
 pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 /// The longest wait between accepts while errors last.
@@ -73,36 +93,42 @@ pub(crate) struct Limits {
     pub(crate) tls_handshake_timeout: Duration,
     /// Longest wait for the HTTP/2 preface and the first request.
     pub(crate) preface_timeout: Duration,
+    /// Longest time with nothing live after the first request.
+    pub(crate) idle_timeout: Duration,
 }
 
 /// The stream of admitted plain-text connections for tonic.
-pub(crate) type PlainIncoming =
-    ReceiverStream<io::Result<FirstRequest<Slot<tokio::net::TcpStream>>>>;
+pub(crate) type PlainIncoming = ReceiverStream<io::Result<Admitted<Slot<tokio::net::TcpStream>>>>;
 /// The stream of admitted TLS connections for tonic.
 pub(crate) type TlsIncoming =
-    ReceiverStream<io::Result<FirstRequest<TlsStream<Slot<tokio::net::TcpStream>>>>>;
+    ReceiverStream<io::Result<Admitted<TlsStream<Slot<tokio::net::TcpStream>>>>>;
 
-/// Admits plain-text connections from `accepted`.
+/// Admits plain-text connections from `accepted`, registering each in
+/// `connections` (for the [`TrackLayer`] in the same server's router).
 pub(crate) fn admit_plain<S>(
     accepted: S,
     limits: Limits,
     cutoff: watch::Receiver<bool>,
+    connections: Arc<Connections>,
 ) -> PlainIncoming
 where
     S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
 {
     admit(accepted, limits, move |conn| {
         let cutoff = cutoff.clone();
-        async move { Some(FirstRequest::new(conn, limits.preface_timeout, cutoff)) }
+        let tracked = track(&connections, &conn);
+        async move { Some(Admitted::new(conn, limits, cutoff, tracked)) }
     })
 }
 
-/// Admits TLS connections from `accepted`, each after its handshake.
+/// Admits TLS connections from `accepted`, each after its handshake,
+/// registering each in `connections`.
 pub(crate) fn admit_tls<S>(
     accepted: S,
     limits: Limits,
     acceptor: TlsAcceptor,
     cutoff: watch::Receiver<bool>,
+    connections: Arc<Connections>,
 ) -> TlsIncoming
 where
     S: Stream<Item = io::Result<tokio::net::TcpStream>> + Send + 'static,
@@ -110,9 +136,10 @@ where
     admit(accepted, limits, move |conn| {
         let acceptor = acceptor.clone();
         let cutoff = cutoff.clone();
+        let tracked = track(&connections, &conn);
         async move {
             match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(conn)).await {
-                Ok(Ok(tls)) => Some(FirstRequest::new(tls, limits.preface_timeout, cutoff)),
+                Ok(Ok(tls)) => Some(Admitted::new(tls, limits, cutoff, tracked)),
                 Ok(Err(e)) => {
                     debug!("TLS handshake failed: {e}");
                     None
@@ -128,6 +155,23 @@ where
             }
         }
     })
+}
+
+/// A new connection's [`Activity`], registered under the addresses tonic
+/// will put in its requests' `ConnectInfo` (the same calls on the same
+/// socket), so the service side can report to it. A connection whose peer
+/// address cannot be read (it is already gone) is not registered: its
+/// requests cannot be reported, and its idle deadline runs regardless.
+fn track(
+    connections: &Arc<Connections>,
+    conn: &Slot<tokio::net::TcpStream>,
+) -> (Arc<Activity>, Option<Registration>) {
+    let activity = Activity::new();
+    let registration = conn.io.peer_addr().ok().map(|peer| {
+        let key = (conn.io.local_addr().ok(), peer);
+        connections.register(key, &activity)
+    });
+    (activity, registration)
 }
 
 /// The accept loop: takes connections from `accepted` under the cap, runs
@@ -399,36 +443,104 @@ impl Opening {
     }
 }
 
-/// A connection that must open its first request before a deadline (see
-/// the module docs): reads fail with `TimedOut` once it passes, and hyper
-/// closes the connection. Reads also fail once the server's cutoff fires.
-pub(crate) struct FirstRequest<IO> {
+/// Why an admitted connection was closed: every read fails after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Closed {
+    /// No first request within `preface_timeout`.
+    Preface,
+    /// Nothing live for `idle_timeout`.
+    Idle,
+    /// A refusal, [`activity::REFUSED_LINGER`] ago, and nothing live.
+    Refused,
+    /// The server's cutoff after its shutdown grace period.
+    Cutoff,
+}
+
+impl Closed {
+    /// The `reason` label it is counted under (`None`: not counted, the
+    /// server is stopping).
+    fn reason(self) -> Option<&'static str> {
+        match self {
+            Closed::Preface => Some("preface_timeout"),
+            Closed::Idle => Some("idle_timeout"),
+            Closed::Refused => Some("refused"),
+            Closed::Cutoff => None,
+        }
+    }
+
+    /// The error hyper's reads get, which makes it drop the connection.
+    fn error(self) -> io::Error {
+        match self {
+            Closed::Preface => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP/2 request within the preface timeout",
+            ),
+            Closed::Idle => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no live request within the idle timeout",
+            ),
+            Closed::Refused => io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection's request was refused",
+            ),
+            Closed::Cutoff => {
+                io::Error::new(io::ErrorKind::ConnectionAborted, "the server stopped")
+            }
+        }
+    }
+}
+
+/// An admitted connection under the deadlines of steps 3 and 4 (see the
+/// module docs): reads fail once one passes, and hyper then closes the
+/// connection. Reads also fail once the server's cutoff fires. Reads are
+/// where a deadline can act: hyper polls them whenever the connection's
+/// task runs, and the deadline's timer wakes that task.
+pub(crate) struct Admitted<IO> {
     io: IO,
-    /// `None` once the first request opened.
-    watch: Option<(Opening, Pin<Box<Sleep>>)>,
-    expired: bool,
+    /// Where the client is in its opening; `None` once its first request
+    /// opened.
+    opening: Option<Opening>,
+    /// The preface deadline while `opening` is `Some`, then the idle or
+    /// refusal deadline [`Activity::deadline`] gives.
+    deadline: Pin<Box<Sleep>>,
+    /// The instant `deadline` is set to.
+    armed: Instant,
+    idle_timeout: Duration,
+    /// What the service side reports about this connection's requests.
+    activity: Arc<Activity>,
+    /// Its entry in the shared map, removed when the connection drops.
+    _registration: Option<Registration>,
+    closed: Option<Closed>,
     cutoff: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
-impl<IO: std::fmt::Debug> std::fmt::Debug for FirstRequest<IO> {
+impl<IO: std::fmt::Debug> std::fmt::Debug for Admitted<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FirstRequest")
+        f.debug_struct("Admitted")
             .field("io", &self.io)
-            .field("opening", &self.watch.as_ref().map(|(o, _)| o))
-            .field("expired", &self.expired)
+            .field("opening", &self.opening)
+            .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
 }
 
-impl<IO> FirstRequest<IO> {
-    fn new(io: IO, timeout: Duration, mut cutoff: watch::Receiver<bool>) -> Self {
-        FirstRequest {
+impl<IO> Admitted<IO> {
+    fn new(
+        io: IO,
+        limits: Limits,
+        mut cutoff: watch::Receiver<bool>,
+        (activity, registration): (Arc<Activity>, Option<Registration>),
+    ) -> Self {
+        let armed = Instant::now() + limits.preface_timeout;
+        Admitted {
             io,
-            watch: Some((
-                Opening::Preface { seen: 0 },
-                Box::pin(tokio::time::sleep(timeout)),
-            )),
-            expired: false,
+            opening: Some(Opening::Preface { seen: 0 }),
+            deadline: Box::pin(tokio::time::sleep_until(armed)),
+            armed,
+            idle_timeout: limits.idle_timeout,
+            activity,
+            _registration: registration,
+            closed: None,
             cutoff: Box::pin(async move {
                 // A dropped sender (a server handle dropped without
                 // waiting) cuts nothing: the connection lives on.
@@ -439,61 +551,75 @@ impl<IO> FirstRequest<IO> {
         }
     }
 
-    fn timed_out() -> io::Error {
-        io::Error::new(
-            io::ErrorKind::TimedOut,
-            "no HTTP/2 request within the preface timeout",
-        )
+    /// The deadline that applies now, armed; `None` while a request is
+    /// live.
+    fn due(&mut self, cx: &Context<'_>) -> Option<Closed> {
+        if self.opening.is_some() {
+            return Some(Closed::Preface);
+        }
+        let (at, why) = self.activity.deadline(self.idle_timeout, cx.waker())?;
+        if at != self.armed {
+            self.deadline.as_mut().reset(at);
+            self.armed = at;
+        }
+        Some(match why {
+            Deadline::Idle => Closed::Idle,
+            Deadline::Refused => Closed::Refused,
+        })
+    }
+
+    /// Closes the connection for `why`: this read and every later one
+    /// fail.
+    fn close(&mut self, why: Closed) -> Poll<io::Result<()>> {
+        self.closed = Some(why);
+        if let Some(reason) = why.reason() {
+            metrics::connection_refused(reason);
+            debug!("connection closed ({reason})");
+        }
+        Poll::Ready(Err(why.error()))
     }
 }
 
-impl<IO: Connected> Connected for FirstRequest<IO> {
+impl<IO: Connected> Connected for Admitted<IO> {
     type ConnectInfo = IO::ConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for FirstRequest<IO> {
+impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.expired {
-            return Poll::Ready(Err(Self::timed_out()));
+        if let Some(why) = this.closed {
+            return Poll::Ready(Err(why.error()));
         }
         if this.cutoff.as_mut().poll(cx).is_ready() {
-            this.expired = true;
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the server stopped",
-            )));
+            return this.close(Closed::Cutoff);
         }
         // The deadline first: a client that drips bytes always has one
         // ready, and must not outrun it that way.
-        if let Some((_, deadline)) = &mut this.watch
-            && deadline.as_mut().poll(cx).is_ready()
+        if let Some(why) = this.due(cx)
+            && this.deadline.as_mut().poll(cx).is_ready()
         {
-            this.watch = None;
-            this.expired = true;
-            metrics::connection_refused("preface_timeout");
-            debug!("no HTTP/2 request within the preface timeout: connection closed");
-            return Poll::Ready(Err(Self::timed_out()));
+            return this.close(why);
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if let Some((opening, _)) = &mut this.watch
+        if let Some(opening) = &mut this.opening
             && opening.feed(&buf.filled()[before..])
         {
-            this.watch = None;
+            this.opening = None;
+            this.activity.opened();
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRequest<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -523,6 +649,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for FirstRequest<IO> {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
+    use tokio::task::JoinHandle;
+
     use super::*;
 
     fn limits(max_connections: usize) -> Limits {
@@ -530,6 +659,7 @@ mod tests {
             max_connections,
             tls_handshake_timeout: Duration::from_secs(5),
             preface_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
         }
     }
 
@@ -554,6 +684,7 @@ mod tests {
             emfile_forever(Arc::clone(&attempts)),
             limits(10),
             watch::channel(false).1,
+            Connections::new(),
         );
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let n = attempts.load(Ordering::Relaxed);
@@ -581,11 +712,10 @@ mod tests {
                     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
                 ));
         let (_cut, cutoff) = watch::channel(false);
-        let mut incoming = admit_plain(accepted, limits(10), cutoff);
+        let mut incoming = admit_plain(accepted, limits(10), cutoff, Connections::new());
         let mut admitted = incoming.next().await.unwrap().unwrap();
         // Served during the error storm: bytes flow both ways.
         let mut client = first.take().unwrap();
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         client.write_all(b"ping").await.unwrap();
         let mut buf = [0u8; 4];
         admitted.read_exact(&mut buf).await.unwrap();
@@ -623,5 +753,138 @@ mod tests {
         // The preface and SETTINGS alone open no request.
         let mut opening = Opening::Preface { seen: 0 };
         assert!(!opening.feed(&bytes[..headers_at]));
+    }
+
+    /// The client's opening: the preface, then a request's HEADERS frame.
+    fn opening() -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&[0, 0, 1, HEADERS, 4, 0, 0, 0, 1, 0x82]);
+        bytes
+    }
+
+    /// A connection over an in-memory pipe that has just opened its first
+    /// request (nothing tracked reports to it but the test), the client's
+    /// end (kept open and silent: the attacker answers nothing but pings),
+    /// and the connection's activity, as the service side sees it.
+    async fn opened(
+        idle_timeout: Duration,
+    ) -> (Admitted<DuplexStream>, DuplexStream, Arc<Activity>) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let activity = Activity::new();
+        let limits = Limits {
+            idle_timeout,
+            ..limits(10)
+        };
+        let mut conn = Admitted::new(
+            server,
+            limits,
+            watch::channel(false).1,
+            (Arc::clone(&activity), None),
+        );
+        client.write_all(&opening()).await.unwrap();
+        let mut buf = vec![0; opening().len()];
+        conn.read_exact(&mut buf).await.unwrap();
+        assert!(conn.opening.is_none());
+        (conn, client, activity)
+    }
+
+    /// Reads the connection as hyper does, until a read fails: when (on
+    /// tokio's clock) and how.
+    fn closing(mut conn: Admitted<DuplexStream>) -> JoinHandle<(Instant, io::Error)> {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                match conn.read(&mut buf).await {
+                    Ok(0) => panic!("the client hung up"),
+                    Ok(_) => {}
+                    Err(e) => return (Instant::now(), e),
+                }
+            }
+        })
+    }
+
+    /// Waits (at most an hour of paused time) for the connection to close.
+    async fn closed(reader: JoinHandle<(Instant, io::Error)>) -> (Instant, io::Error) {
+        tokio::time::timeout(Duration::from_secs(3600), reader)
+            .await
+            .expect("the connection was never closed")
+            .unwrap()
+    }
+
+    /// `took` is `expected`, up to the timer's millisecond rounding.
+    fn about(took: Duration, expected: Duration) {
+        assert!(
+            took >= expected && took < expected + Duration::from_millis(10),
+            "{took:?}, expected {expected:?}"
+        );
+    }
+
+    /// The passive holder: one request, then only keepalive pings (which
+    /// are no request). It is closed `idle_timeout` after its request.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_with_nothing_live_is_closed_after_the_idle_timeout() {
+        let idle = Duration::from_secs(60);
+        let (conn, _client, _activity) = opened(idle).await;
+        let start = Instant::now();
+        let (at, e) = closed(closing(conn)).await;
+        about(at - start, idle);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// A client waiting in the lobby for ten idle timeouts keeps its
+    /// connection; the idle clock starts when its stream ends (the reader,
+    /// blocked all the while, is woken to arm it).
+    #[tokio::test(start_paused = true)]
+    async fn a_live_request_holds_the_connection_past_the_idle_timeout() {
+        let idle = Duration::from_secs(60);
+        let (conn, _client, activity) = opened(idle).await;
+        let mut lobby = activity.answer(true, None);
+        let reader = closing(conn);
+        tokio::time::sleep(idle * 10).await;
+        assert!(!reader.is_finished(), "closed while a request was live");
+        lobby.ended_with(activity::Outcome::Ok);
+        drop(lobby);
+        let ended = Instant::now();
+        let (at, e) = closed(reader).await;
+        about(at - ended, idle);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// The refused client that keeps its connection and sends its refused
+    /// Participate again every 300 ms: closed REFUSED_LINGER after the
+    /// first refusal, long before the idle timeout, the later refusals
+    /// extending nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_is_closed_after_the_linger_however_often_it_is_refused() {
+        let idle = Duration::from_secs(60);
+        let (conn, _client, activity) = opened(idle).await;
+        let reader = closing(conn);
+        let first = Instant::now();
+        while !reader.is_finished() {
+            drop(activity.answer(true, Some(activity::Outcome::Refused)));
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let (at, e) = closed(reader).await;
+        about(at - first, activity::REFUSED_LINGER);
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
+    }
+
+    /// A refusal on a connection with another request live waits for it;
+    /// if that one ends refused too, the connection closes at once (the
+    /// linger has passed).
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_waits_for_the_connections_live_request() {
+        let idle = Duration::from_secs(60);
+        let (conn, _client, activity) = opened(idle).await;
+        let mut lobby = activity.answer(true, None);
+        let reader = closing(conn);
+        drop(activity.answer(true, Some(activity::Outcome::Refused)));
+        tokio::time::sleep(activity::REFUSED_LINGER * 10).await;
+        assert!(!reader.is_finished(), "closed while a request was live");
+        lobby.ended_with(activity::Outcome::Refused);
+        drop(lobby);
+        let ended = Instant::now();
+        let (at, _) = closed(reader).await;
+        about(at - ended, Duration::ZERO);
     }
 }

@@ -129,10 +129,12 @@ const ABORT_REASONS: [AbortReason; 4] = [
 /// scheduler's, not the protocol's).
 pub(crate) const STORAGE_ABORT_REASON: &str = "storage";
 /// Reasons a connection is refused (see [`connection_refused`]).
-const CONNECTION_REFUSALS: [&str; 4] = [
+const CONNECTION_REFUSALS: [&str; 6] = [
     "cap",
     "tls_handshake_timeout",
     "preface_timeout",
+    "idle_timeout",
+    "refused",
     "accept_error",
 ];
 /// Storage operations that can fail (see [`storage_write_failed`]).
@@ -383,7 +385,7 @@ fn describe() {
     );
     describe_counter!(
         CONNECTIONS_REFUSED,
-        "Connections closed or refused before serving a request, by reason. Is the server turning clients away, and why?"
+        "Connections refused, closed before serving a request, or closed holding a slot with nothing under way (idle or refused), by reason. Is the server turning clients away, and why?"
     );
     describe_counter!(
         STORAGE_WRITE_ERRORS,
@@ -591,9 +593,10 @@ pub(crate) fn connection_closed() {
     gauge!(CONNECTIONS_OPEN).decrement(1.0);
 }
 
-/// Records a connection refused or closed before serving a request. `reason`
-/// comes from a small fixed set ("cap", "tls_handshake_timeout",
-/// "preface_timeout", "accept_error").
+/// Records a connection refused, closed before serving a request, or closed
+/// for holding a slot without a live request. `reason` comes from a small
+/// fixed set ("cap", "tls_handshake_timeout", "preface_timeout",
+/// "idle_timeout", "refused", "accept_error").
 pub(crate) fn connection_refused(reason: &'static str) {
     counter!(CONNECTIONS_REFUSED, LABEL_REASON => reason).increment(1);
 }

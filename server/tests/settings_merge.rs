@@ -49,6 +49,7 @@ const SETTINGS: &[(&str, &str, &str)] = &[
     ("max_connections", "500", "600"),
     ("tls_handshake_timeout_ms", "1000", "2000"),
     ("preface_timeout_ms", "3000", "4000"),
+    ("idle_timeout_ms", "30000", "90000"),
     ("metrics_listen", "\"127.0.0.1:9000\"", "\"127.0.0.1:9001\""),
     ("rounds", "3", "4"),
     ("cohort_size", "6", "8"),

@@ -439,6 +439,14 @@ settings! {
     preface_timeout_ms: Option<u64>, typed,
     |c, v| c.network.preface_timeout = Duration::from_millis(v);
 
+    /// A connection with no live request (a response under way, such as a
+    /// client waiting in the lobby) for this long after its first request
+    /// is closed; one whose request was refused, 2 s after the refusal
+    /// [default: 60000].
+    #[arg(value_name = "MS")]
+    idle_timeout_ms: Option<u64>, typed,
+    |c, v| c.network.idle_timeout = Duration::from_millis(v);
+
     /// Serve Prometheus metrics on this address (/metrics).
     #[arg(value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>, typed,
@@ -730,7 +738,7 @@ mod tests {
                  `server_momentum`, `dp`, `dp_noise`, `noise_multiplier`, `epsilon_budget`, \
                  `delta`, `tls_cert`, `tls_key`, `tls_client_ca`, `tokens_file`, \
                  `identities_file`, `max_connections`, `tls_handshake_timeout_ms`, \
-                 `preface_timeout_ms`, `metrics_listen`, `rounds`, `cohort_size`, \
+                 `preface_timeout_ms`, `idle_timeout_ms`, `metrics_listen`, `rounds`, `cohort_size`, \
                  `cohort_fraction`, `lobby_keepalive_ms`, `ftrl_epoch_rounds`, \
                  `ftrl_momentum`, `strategy`, `server_beta1`, `server_beta2`, `server_tau`, \
                  `proximal_mu`, `weighting`, `max_examples`, `federated_eval`, \
