@@ -23,21 +23,36 @@
 //!    socket, a preface dripped one byte a second and a client that only
 //!    answers pings are all closed when it passes
 //!    (`reason="preface_timeout"`).
-//! 4. **Something live, and nothing refused.** After its first request a
-//!    connection is kept only while it has a live request: the response to
-//!    an Aggregator call (Participate, GetModel) that started OK, until
-//!    hyper drops its body (a client waiting in the lobby is live for as
-//!    long as it waits). With nothing live for `idle_timeout` it is closed
-//!    (`reason="idle_timeout"`): answering keepalive pings, sending requests
-//!    whose body never comes, or watching the health service do not keep
-//!    it. A connection whose request was refused (any non-OK gRPC status:
-//!    a bad token, `NOT_ELIGIBLE`, an unknown method) is closed
-//!    [`activity::REFUSED_LINGER`] after the refusal once nothing is live
-//!    (`reason="refused"`), however often it is refused again: a party
-//!    without credentials must make a new TCP and TLS handshake to hold a
-//!    slot for two more seconds. The SDK opens a connection per call, so
-//!    neither rule costs an honest client anything. [`activity`] says how
-//!    the service side tells the connection what is live.
+//! 4. **Something live, credentials, and nothing refused.** After its
+//!    first request a connection is kept only while it is live: while it
+//!    carries a client the service admitted to the lobby or a round (after
+//!    authentication, and in the malicious-server model after the
+//!    identity proof verified), for as long as that client waits or takes
+//!    part. Nothing else is live: not a response's OK headers (a challenged
+//!    Join gets them before its proof), not a GetModel body the client
+//!    never reads, not keepalive pings, requests whose body never comes or
+//!    a health `Watch`. With nothing live:
+//!    - until it has shown credentials (a client admitted, or an OK
+//!      GetModel answer) it is closed `preface_timeout` after its first
+//!      request opened (`reason="no_credit"`): a party without credentials
+//!      holds a slot for at most about two preface timeouts (plus a TLS
+//!      handshake timeout) per TCP and TLS handshake, whatever it sends;
+//!    - after that, `idle_timeout` after its last live client ended or its
+//!      last OK GetModel answer (`reason="idle_timeout"`): a download has
+//!      `idle_timeout` to complete;
+//!    - a connection whose request was refused (any non-OK gRPC status: a
+//!      bad token, `NOT_ELIGIBLE`, an unknown method) is closed
+//!      [`activity::REFUSED_LINGER`] after the refusal (`reason="refused"`),
+//!      however often it is refused again.
+//!
+//!    And each principal (token or certificate name) is counted on at most
+//!    [`activity::MAX_CONNECTIONS_PER_CLIENT`] open connections; a request
+//!    over that is refused `RESOURCE_EXHAUSTED`, so its connection closes
+//!    after the linger. One token therefore holds at most that many slots
+//!    for as long as it likes (re-fetching the model every idle timeout),
+//!    and no more. The SDK opens a connection per call, so none of these
+//!    rules costs an honest client anything. [`activity`] says how the
+//!    service tells the connection what is live.
 //!
 //! When the server stops, connections get a grace period to close by
 //! themselves (HTTP/2 GOAWAY); those still open after it (a client that
@@ -72,7 +87,7 @@ use tracing::{debug, warn};
 use crate::metrics;
 
 use self::activity::{Activity, Deadline, Registration};
-pub(crate) use self::activity::{Connections, TrackLayer};
+pub(crate) use self::activity::{Connections, LiveGuard, LiveSlot, TrackLayer};
 
 pub(crate) mod activity;
 
@@ -93,7 +108,8 @@ pub(crate) struct Limits {
     pub(crate) tls_handshake_timeout: Duration,
     /// Longest wait for the HTTP/2 preface and the first request.
     pub(crate) preface_timeout: Duration,
-    /// Longest time with nothing live after the first request.
+    /// Longest time with nothing live after credit (and the first
+    /// request); before credit, `preface_timeout` is.
     pub(crate) idle_timeout: Duration,
 }
 
@@ -448,6 +464,8 @@ impl Opening {
 enum Closed {
     /// No first request within `preface_timeout`.
     Preface,
+    /// No credit within `preface_timeout` of the first request.
+    Uncredited,
     /// Nothing live for `idle_timeout`.
     Idle,
     /// A refusal, [`activity::REFUSED_LINGER`] ago, and nothing live.
@@ -462,6 +480,7 @@ impl Closed {
     fn reason(self) -> Option<&'static str> {
         match self {
             Closed::Preface => Some("preface_timeout"),
+            Closed::Uncredited => Some("no_credit"),
             Closed::Idle => Some("idle_timeout"),
             Closed::Refused => Some("refused"),
             Closed::Cutoff => None,
@@ -474,6 +493,10 @@ impl Closed {
             Closed::Preface => io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no HTTP/2 request within the preface timeout",
+            ),
+            Closed::Uncredited => io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no credentials shown within the preface timeout of the first request",
             ),
             Closed::Idle => io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -500,12 +523,13 @@ pub(crate) struct Admitted<IO> {
     /// Where the client is in its opening; `None` once its first request
     /// opened.
     opening: Option<Opening>,
-    /// The preface deadline while `opening` is `Some`, then the idle or
-    /// refusal deadline [`Activity::deadline`] gives.
+    /// The preface deadline while `opening` is `Some`, then the no-credit,
+    /// idle or refusal deadline [`Activity::deadline`] gives.
     deadline: Pin<Box<Sleep>>,
     /// The instant `deadline` is set to.
     armed: Instant,
     idle_timeout: Duration,
+    preface_timeout: Duration,
     /// What the service side reports about this connection's requests.
     activity: Arc<Activity>,
     /// Its entry in the shared map, removed when the connection drops.
@@ -538,6 +562,7 @@ impl<IO> Admitted<IO> {
             deadline: Box::pin(tokio::time::sleep_until(armed)),
             armed,
             idle_timeout: limits.idle_timeout,
+            preface_timeout: limits.preface_timeout,
             activity,
             _registration: registration,
             closed: None,
@@ -557,12 +582,15 @@ impl<IO> Admitted<IO> {
         if self.opening.is_some() {
             return Some(Closed::Preface);
         }
-        let (at, why) = self.activity.deadline(self.idle_timeout, cx.waker())?;
+        let (at, why) =
+            self.activity
+                .deadline(self.idle_timeout, self.preface_timeout, cx.waker())?;
         if at != self.armed {
             self.deadline.as_mut().reset(at);
             self.armed = at;
         }
         Some(match why {
+            Deadline::Uncredited => Closed::Uncredited,
             Deadline::Idle => Closed::Idle,
             Deadline::Refused => Closed::Refused,
         })
@@ -819,30 +847,51 @@ mod tests {
         );
     }
 
-    /// The passive holder: one request, then only keepalive pings (which
-    /// are no request). It is closed `idle_timeout` after its request.
+    /// A handle on the connection's requests, as the service gets one.
+    fn slot(activity: &Arc<Activity>) -> activity::LiveSlot {
+        activity::LiveSlot::new(activity, &Connections::new())
+    }
+
+    /// The passive holder without credentials: one request (whose body
+    /// never comes, so nothing answers it), then only keepalive pings. It
+    /// is closed `preface_timeout` after its request, not `idle_timeout`.
     #[tokio::test(start_paused = true)]
-    async fn a_connection_with_nothing_live_is_closed_after_the_idle_timeout() {
+    async fn a_connection_without_credit_is_closed_a_preface_timeout_after_its_request() {
         let idle = Duration::from_secs(60);
         let (conn, _client, _activity) = opened(idle).await;
         let start = Instant::now();
         let (at, e) = closed(closing(conn)).await;
+        about(at - start, limits(10).preface_timeout);
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+    }
+
+    /// The passive holder with credentials: an OK GetModel (its body never
+    /// read, say), then only keepalive pings. It is closed `idle_timeout`
+    /// after the answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_credited_connection_with_nothing_live_is_closed_after_the_idle_timeout() {
+        let idle = Duration::from_secs(60);
+        let (conn, _client, activity) = opened(idle).await;
+        let reader = closing(conn);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        slot(&activity).fetched();
+        let start = Instant::now();
+        let (at, e) = closed(reader).await;
         about(at - start, idle);
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
     }
 
     /// A client waiting in the lobby for ten idle timeouts keeps its
-    /// connection; the idle clock starts when its stream ends (the reader,
+    /// connection; the idle clock starts when it leaves (the reader,
     /// blocked all the while, is woken to arm it).
     #[tokio::test(start_paused = true)]
     async fn a_live_request_holds_the_connection_past_the_idle_timeout() {
         let idle = Duration::from_secs(60);
         let (conn, _client, activity) = opened(idle).await;
-        let mut lobby = activity.answer(true, None);
+        let lobby = slot(&activity).go_live().unwrap();
         let reader = closing(conn);
         tokio::time::sleep(idle * 10).await;
         assert!(!reader.is_finished(), "closed while a request was live");
-        lobby.ended_with(activity::Outcome::Ok);
         drop(lobby);
         let ended = Instant::now();
         let (at, e) = closed(reader).await;
@@ -876,12 +925,11 @@ mod tests {
     async fn a_refusal_waits_for_the_connections_live_request() {
         let idle = Duration::from_secs(60);
         let (conn, _client, activity) = opened(idle).await;
-        let mut lobby = activity.answer(true, None);
+        let lobby = slot(&activity).go_live().unwrap();
         let reader = closing(conn);
         drop(activity.answer(true, Some(activity::Outcome::Refused)));
         tokio::time::sleep(activity::REFUSED_LINGER * 10).await;
         assert!(!reader.is_finished(), "closed while a request was live");
-        lobby.ended_with(activity::Outcome::Refused);
         drop(lobby);
         let ended = Instant::now();
         let (at, _) = closed(reader).await;

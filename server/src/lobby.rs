@@ -31,6 +31,10 @@ pub(crate) struct Participant {
     /// with (its name is then `identity`, so one identity is in one round
     /// at most once).
     pub(crate) identity_key: Option<tessera_aggregation::identity::IdentityPublicKey>,
+    /// Keeps the client's connection live (see `listener::activity`) while
+    /// it waits here and then takes part in its round; `None` if the
+    /// request has no tracked connection.
+    pub(crate) live: Option<crate::listener::LiveGuard>,
 }
 
 #[derive(Debug, Default)]

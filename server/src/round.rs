@@ -85,6 +85,9 @@ pub(crate) struct RoundDriver {
     /// The clients evicted for breaking the protocol, told to everyone in
     /// the RoundResult.
     evicted: Vec<v1::Eviction>,
+    /// The clients' connections are live (see `listener::activity`) until
+    /// the round ends (or each client's stream does).
+    _live: Vec<crate::listener::LiveGuard>,
 }
 
 /// The gRPC status for a message the session refused, and the kind it
@@ -203,6 +206,7 @@ impl RoundDriver {
         let mut readers = JoinSet::new();
         let mut senders = Vec::with_capacity(participants.len());
         let mut identities = Vec::with_capacity(participants.len());
+        let mut live = Vec::with_capacity(participants.len());
         let wire_config = v1::RoundConfig::from(&config);
         for (i, p) in participants.into_iter().enumerate() {
             let id = ClientId(i as u32);
@@ -222,6 +226,7 @@ impl RoundDriver {
             let sent = p.tx.try_send(Ok(start)).is_ok();
             senders.push(sent.then_some(p.tx));
             identities.push(p.identity);
+            live.extend(p.live);
             let tx = in_tx.clone();
             let mut stream = p.inbound;
             readers.spawn(async move {
@@ -252,6 +257,7 @@ impl RoundDriver {
             stage_started: now,
             stages: Vec::new(),
             evicted: Vec::new(),
+            _live: live,
         };
         // Clients whose stream closed before the round opened are dropouts
         // from the first instant.

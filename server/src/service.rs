@@ -29,6 +29,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::Shared;
+use crate::listener::LiveSlot;
+use crate::listener::activity::MAX_CONNECTIONS_PER_CLIENT;
 use crate::lobby::{FrameSender, JoinRefused, Participant, not_eligible_status};
 use crate::metrics;
 use crate::round::stream_error_status;
@@ -57,8 +59,37 @@ impl AggregatorService {
 
     /// Who is calling: a token's name, a client certificate's subject, or an
     /// anonymous name in insecure-dev mode. Refused before the client can
-    /// join anything.
+    /// join anything, and refused `RESOURCE_EXHAUSTED` if the principal (a
+    /// token's or certificate's name) already has
+    /// [`MAX_CONNECTIONS_PER_CLIENT`] other open connections (see
+    /// `listener::activity`).
     fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let principal = self.principal(request)?;
+        if let Some(name) = &principal
+            && let Some(slot) = request.extensions().get::<LiveSlot>()
+            && let Err(open) = slot.claim(name)
+        {
+            return Err(refuse(
+                Code::ResourceExhausted,
+                ErrorKind::Unavailable,
+                format!(
+                    "{name} already has {open} connections open to this server, the most one \
+                     client may have ({MAX_CONNECTIONS_PER_CLIENT}); close one first"
+                ),
+            ));
+        }
+        Ok(principal.unwrap_or_else(|| {
+            format!(
+                "anonymous-{}",
+                self.anonymous.fetch_add(1, Ordering::Relaxed)
+            )
+        }))
+    }
+
+    /// The authenticated principal, `None` in insecure-dev mode (no
+    /// credentials: every stream is its own anonymous client, counted
+    /// nowhere).
+    fn principal<T>(&self, request: &Request<T>) -> Result<Option<String>, Status> {
         let refuse = |why: &str| {
             metrics::message_rejected("UNAUTHENTICATED");
             status_with_detail(
@@ -73,7 +104,7 @@ impl AggregatorService {
             return tokens
                 .current()
                 .check(token, std::time::SystemTime::now())
-                .map(|name| name.to_string())
+                .map(|name| Some(name.to_string()))
                 .map_err(|e| refuse(&e.to_string()));
         }
         if self.shared.config.network.tls_client_ca.is_some() {
@@ -85,13 +116,11 @@ impl AggregatorService {
             let leaf = certs
                 .first()
                 .ok_or_else(|| refuse("a client certificate is required"))?;
-            return crate::tls::client_identity(leaf.as_ref()).map_err(|e| refuse(&e.to_string()));
+            return crate::tls::client_identity(leaf.as_ref())
+                .map(Some)
+                .map_err(|e| refuse(&e.to_string()));
         }
-        // insecure-dev: every stream is its own anonymous client.
-        Ok(format!(
-            "anonymous-{}",
-            self.anonymous.fetch_add(1, Ordering::Relaxed)
-        ))
+        Ok(None)
     }
 }
 
@@ -110,13 +139,17 @@ fn refuse(code: Code, kind: ErrorKind, message: String) -> Status {
 }
 
 /// Puts a client in the lobby under `name` and tells it how many wait;
-/// refuses a name that is already waiting or in a round.
+/// refuses a name that is already waiting or in a round. The client's
+/// connection is live (kept open past the idle timeout) from here for as
+/// long as it waits and then takes part, through its request's `slot`:
+/// the only place a connection goes live.
 fn admit(
     shared: &crate::Shared,
     name: String,
     identity_key: Option<IdentityPublicKey>,
     inbound: Streaming<ClientFrame>,
     tx: FrameSender,
+    slot: Option<&LiveSlot>,
 ) -> Result<(), Status> {
     // Checked again here: a proof may arrive after the server stopped
     // accepting clients (and closed the lobby).
@@ -128,6 +161,8 @@ fn admit(
         tx: tx.clone(),
         inbound,
         identity_key,
+        // Dropped with the participant if the lobby refuses it.
+        live: slot.and_then(LiveSlot::go_live),
     };
     let waiting = shared
         .lobby
@@ -254,6 +289,7 @@ impl Aggregator for AggregatorService {
         request: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<Self::ParticipateStream>, Status> {
         let identity = self.authenticate(&request)?;
+        let slot = request.extensions().get::<LiveSlot>().cloned();
         let mut inbound = request.into_inner();
         let join = match tokio::time::timeout(JOIN_TIMEOUT, inbound.message()).await {
             Err(_) => {
@@ -316,7 +352,7 @@ impl Aggregator for AggregatorService {
         // it has proved it holds the identity's key.
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let Some(enrolled) = &self.shared.enrolled else {
-            admit(&self.shared, identity, None, inbound, tx)?;
+            admit(&self.shared, identity, None, inbound, tx, slot.as_ref())?;
             return Ok(Response::new(ReceiverStream::new(rx)));
         };
         let key = <&[u8; 32]>::try_from(join.identity_key.as_slice())
@@ -359,8 +395,18 @@ impl Aggregator for AggregatorService {
                 Ok(Err(status)) => Err(stream_error_status(&status, 0)),
                 Ok(Ok(frame)) => pending.check(frame),
             };
-            let admitted =
-                proved.and_then(|()| admit(&shared, name.clone(), Some(key), inbound, tx.clone()));
+            // Only now, the proof verified, may the connection go live: the
+            // OK response that carried the challenge counts for nothing.
+            let admitted = proved.and_then(|()| {
+                admit(
+                    &shared,
+                    name.clone(),
+                    Some(key),
+                    inbound,
+                    tx.clone(),
+                    slot.as_ref(),
+                )
+            });
             if let Err(status) = admitted {
                 // The stream ends with the refusal. The client never was in
                 // the lobby, so nothing is held in the identity's name.
@@ -376,11 +422,21 @@ impl Aggregator for AggregatorService {
         request: Request<v1::GetModelRequest>,
     ) -> Result<Response<v1::GetModelResponse>, Status> {
         self.authenticate(&request)?;
+        // An OK answer credits the connection and restarts its idle clock
+        // once (the download has the idle timeout to complete); it never
+        // makes the connection live.
+        let slot = request.extensions().get::<LiveSlot>().cloned();
+        let fetched = |response| {
+            if let Some(slot) = &slot {
+                slot.fetched();
+            }
+            Ok(Response::new(response))
+        };
         let version = request.into_inner().version;
         if let Some(latest) = self.shared.latest()
             && (version == 0 || version == latest.version)
         {
-            return Ok(Response::new((*latest).clone()));
+            return fetched((*latest).clone());
         }
         let store = Arc::clone(&self.shared.store);
         let found = tokio::task::spawn_blocking(move || {
@@ -398,7 +454,7 @@ impl Aggregator for AggregatorService {
             Ok(Some((entry, model, against))) => {
                 let mut response = crate::model_response(&entry, &model, against);
                 response.proximal_mu = self.shared.config.aggregation.proximal_mu;
-                Ok(Response::new(response))
+                fetched(response)
             }
             Ok(None) => Err(refuse(
                 Code::NotFound,

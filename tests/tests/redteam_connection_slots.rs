@@ -16,8 +16,11 @@
 //! relay, so the test sees the moment the server closes the attacker's
 //! connection, and the channel cannot quietly reconnect. The server now
 //! closes a connection `REFUSED_LINGER` (2 s) after a refusal however often
-//! the refusal is repeated, and one with no live request (a response under
-//! way) for `idle_timeout`; a client waiting in the lobby is live.
+//! the refusal is repeated, one that never showed credentials (no client
+//! admitted, no OK GetModel) `preface_timeout` after its first request, and
+//! one with no live client (one the service admitted to the lobby or a
+//! round) for `idle_timeout`; a client waiting in the lobby is live. One
+//! token holds at most four connections (`MAX_CONNECTIONS_PER_CLIENT`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -101,6 +104,14 @@ fn tls_cap_short_idle(config: &mut ServerConfig) {
 
 fn short_idle(config: &mut ServerConfig) {
     config.network.idle_timeout = IDLE;
+}
+
+/// [`short_idle`], and a preface timeout as short: a connection that never
+/// shows credentials is closed a preface timeout after its first request
+/// (since the session review), not an idle timeout.
+fn short_idle_and_preface(config: &mut ServerConfig) {
+    config.network.idle_timeout = IDLE;
+    config.network.preface_timeout = IDLE;
 }
 
 /// A Participate with a token the server does not know: refused
@@ -258,14 +269,15 @@ async fn clients_waiting_in_the_lobby_keep_their_connections_past_the_idle_timeo
 }
 
 /// A health `Watch` stream is open to anyone and never ends; it does not
-/// keep a connection (only Aggregator calls, which need credentials,
-/// count). Closed about `idle_timeout` after it started.
+/// keep a connection (only a client the service admitted does), nor
+/// credit it. Closed about `preface_timeout` after it started (set to the
+/// idle timeout here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redteam_a_health_watch_does_not_hold_a_connection() {
     let ts = TestServer::start(ServerOptions {
         min_clients: 3,
         tls_tokens: Some(3),
-        tweak: short_idle,
+        tweak: short_idle_and_preface,
         ..ServerOptions::default()
     })
     .await;
@@ -320,14 +332,15 @@ fn unfinished_get_model() -> Vec<u8> {
 
 /// A request that reaches the service but never gets an answer (its body
 /// never comes) is not live: nothing before a response counts, as nothing
-/// before the handler is authenticated. The connection is closed about
-/// `idle_timeout` after its request, where counting the request from its
-/// arrival would have let it hold the slot for ever.
+/// before the handler is authenticated. The connection, never credited,
+/// is closed about `preface_timeout` after its request (set to the idle
+/// timeout here), where counting the request from its arrival would have
+/// let it hold the slot for ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redteam_a_request_whose_body_never_comes_does_not_hold_a_connection() {
     let ts = TestServer::start(ServerOptions {
         min_clients: 3,
-        tweak: short_idle,
+        tweak: short_idle_and_preface,
         ..ServerOptions::default()
     })
     .await;
@@ -343,4 +356,89 @@ async fn redteam_a_request_whose_body_never_comes_does_not_hold_a_connection() {
     let took = sent.elapsed();
     assert!(closed.is_ok(), "the unfinished request held its connection");
     assert!(took >= IDLE / 2, "closed after {took:?}");
+}
+
+fn cap10(config: &mut ServerConfig) {
+    config.network.max_connections = Some(10);
+}
+
+/// A GetModel with `token` on `channel`.
+async fn get_model(channel: &Channel, token: &str) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(v1::GetModelRequest { version: 0 });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    AggregatorClient::new(channel.clone())
+        .get_model(request)
+        .await
+        .map(|_| ())
+}
+
+/// One token may hold at most four connections (each credited by an OK
+/// GetModel, so each would otherwise be kept for the idle timeout, and
+/// kept for ever by a model fetch every idle timeout): a fifth request
+/// with it on a fifth connection is refused `RESOURCE_EXHAUSTED`, and that
+/// connection closes after the refusal linger. Another token is not
+/// affected, and once one of the four closes the token may open another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_holds_at_most_four_connections() {
+    let ts = TestServer::start(ServerOptions {
+        min_clients: 3,
+        tls_tokens: Some(3),
+        tweak: cap10,
+        ..ServerOptions::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let (port, closed) = relay(ts.server.local_addr()).await;
+        let channel = channel_via(&ts, port).await;
+        get_model(&channel, &ts.tokens[0])
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e:?}"));
+        held.push((closed, channel));
+    }
+    let (port, mut closed) = relay(ts.server.local_addr()).await;
+    let fifth = channel_via(&ts, port).await;
+    let refused = get_model(&fifth, &ts.tokens[0])
+        .await
+        .expect_err("a fifth connection of one token");
+    let at = Instant::now();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("connections"), "{refused:?}");
+    closed_after(&mut closed, at, LINGER + SLACK)
+        .await
+        .expect("the refused connection is closed after the linger");
+    // The four are still open, and another token is served.
+    assert!(held.iter().all(|(closed, _)| !closed.is_finished()));
+    let (port, _other_closed) = relay(ts.server.local_addr()).await;
+    let other = channel_via(&ts, port).await;
+    get_model(&other, &ts.tokens[1])
+        .await
+        .expect("another token is not affected");
+    // One of the four goes away: the token may open another connection.
+    let (closed, channel) = held.remove(0);
+    drop(channel);
+    tokio::time::timeout(SLACK, closed)
+        .await
+        .expect("the dropped channel's connection closes")
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (port, _closed) = relay(ts.server.local_addr()).await;
+        let channel = channel_via(&ts, port).await;
+        match get_model(&channel, &ts.tokens[0]).await {
+            Ok(()) => break,
+            // The server may not have seen the close yet.
+            Err(e) if started.elapsed() < SLACK => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("a slot freed by a closed connection: {e:?}"),
+        }
+    }
 }

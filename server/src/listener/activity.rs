@@ -1,36 +1,52 @@
 //! What the service side sees of a connection's requests, for the
-//! listener's idle and refusal deadlines (step 4 of the parent module's
-//! docs).
+//! listener's deadlines (step 4 of the parent module's docs).
 //!
 //! The deadlines live in the connection's IO wrapper ([`super::Admitted`]),
 //! the only place that can close a connection tonic serves: tonic runs
 //! hyper's per-connection task itself and offers no per-connection shutdown
 //! hook (only `max_connection_age`, the same for every connection, which
-//! would cut clients waiting in the lobby). But only the service side knows
-//! whether a request is under way, and tonic gives a request no handle on
-//! its connection, only the connection's `ConnectInfo` (local and peer
-//! address) in its extensions, inserted outside the layers added with
-//! `Server::builder().layer(..)`. So each admitted connection registers its
-//! [`Activity`] under those addresses in [`Connections`], and [`TrackLayer`]
-//! finds it there for each request and reports to it:
+//! would cut clients waiting in the lobby). But only the service knows
+//! whether a request carries a client it admitted, and tonic gives a
+//! request no handle on its connection, only the connection's
+//! `ConnectInfo` (local and peer address) in its extensions, inserted
+//! outside the layers added with `Server::builder().layer(..)`. So each
+//! admitted connection registers its [`Activity`] under those addresses in
+//! [`Connections`], and [`TrackLayer`] finds it there for each request and
+//! hands the service a [`LiveSlot`] in the request's extensions (tonic
+//! copies them into `tonic::Request::extensions`):
 //!
-//! - a response to a `tessera.v1.Aggregator` request that starts with OK
-//!   headers is **live** until hyper drops its body (a client waiting in the
-//!   lobby for minutes is live all that time; a GetModel until its body has
-//!   been sent). Nothing before the response counts: until its handler
-//!   answers, a request has not been authenticated, and a request whose
-//!   body never comes (a unary call's HEADERS frame alone) never reaches
-//!   its handler. Requests to other services (gRPC health, unknown paths)
-//!   answer anyone, so they never count either: a health `Watch` stream
-//!   would otherwise hold a connection for ever without a token.
+//! - **Live** only when the service says so: a client it admitted to the
+//!   lobby (after authentication, and in the malicious-server model after
+//!   its identity proof verified) holds a [`LiveGuard`], which the client's
+//!   lobby entry and then its round keep. The connection is live while one
+//!   of its requests holds a guard; the guard ends when the lobby or the
+//!   round drops the client, or when hyper drops the response body (the
+//!   client reset its stream, or the stream ended), whichever comes first.
+//!   Nothing else is live: not a response's OK headers (a challenged Join
+//!   gets them before any proof), not a GetModel body however long it
+//!   waits for the client's flow-control window, not a health `Watch`.
+//! - **Credit**: a connection that has had a client admitted, or an OK
+//!   GetModel answer, has shown credentials; until then it is closed
+//!   `preface_timeout` after its first request opened, instead of
+//!   `idle_timeout`. An OK GetModel answer also restarts the idle clock
+//!   (once, when its handler answers: a download has `idle_timeout` to
+//!   complete), and makes nothing live.
+//! - **Principals**: each principal (a token's or certificate's name, not
+//!   the anonymous names of insecure-dev mode) is counted on the open
+//!   connections it authenticated on; a request that would make it more
+//!   than [`MAX_CONNECTIONS_PER_CLIENT`] is refused (`RESOURCE_EXHAUSTED`)
+//!   and its connection then closes after the refusal linger. So one token
+//!   holds at most that many slots, whatever it does.
 //! - a response that ends with a non-OK `grpc-status` (in the headers of a
 //!   trailers-only response or in the trailers), or whose body fails, is a
-//!   **refusal**, on any path. Only an OK Aggregator response lifts it.
+//!   **refusal**, on any path. Only an OK Aggregator response (its
+//!   trailers) lifts it.
 //!
-//! A connection with nothing live is closed `idle_timeout` after its last
-//! live response ended (or its first request opened), and
-//! [`REFUSED_LINGER`] after its first refusal not lifted since, whichever is
-//! first.
+//! A connection with nothing live is closed `preface_timeout` after its
+//! first request opened if it has no credit, `idle_timeout` after its last
+//! live client ended (or its last OK GetModel answer, or its first
+//! request) if it has, and [`REFUSED_LINGER`] after its first refusal not
+//! lifted since, whichever is first.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,10 +69,20 @@ use tower_layer::Layer;
 /// connection without flushing them, so the client would see a reset
 /// instead of its refusal (and the SDK would report the server unreachable
 /// instead of, say, `NOT_ELIGIBLE`). Fixed from the first refusal: a
-/// client that keeps sending refused requests does not extend it, so
-/// holding a slot without credentials costs a TCP and TLS handshake every
-/// two seconds.
+/// client that keeps sending refused requests does not extend it. (A party
+/// without credentials that is never refused, because it never sends a
+/// request's message, is closed by the no-credit deadline instead:
+/// `preface_timeout` after its first request.)
 pub(crate) const REFUSED_LINGER: Duration = Duration::from_secs(2);
+
+/// Most open connections one principal (a token's or a client
+/// certificate's name) may have authenticated on at once. An honest client
+/// needs one for its round (the SDK opens a connection per call) and one
+/// for a model fetch, with room for a few concurrent calls of one app;
+/// anything more holds cap slots other clients need. A request over it is
+/// refused `RESOURCE_EXHAUSTED`, and its connection closes after the
+/// refusal linger.
+pub(crate) const MAX_CONNECTIONS_PER_CLIENT: usize = 4;
 
 /// The header and trailer that carry a gRPC call's status.
 const GRPC_STATUS: &str = "grpc-status";
@@ -68,10 +94,12 @@ type Key = (Option<SocketAddr>, SocketAddr);
 
 /// The open connections' [`Activity`], by address, shared by the listener
 /// (which registers each admitted connection) and [`TrackLayer`] (which
-/// looks a request's connection up).
+/// looks a request's connection up); and how many open connections each
+/// principal authenticated on.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
     by_addr: Mutex<HashMap<Key, Arc<Activity>>>,
+    principals: Mutex<HashMap<String, usize>>,
 }
 
 impl Connections {
@@ -109,10 +137,17 @@ impl Connections {
     pub(crate) fn len(&self) -> usize {
         lock(&self.by_addr).len()
     }
+
+    /// How many open connections `principal` is counted on (tests).
+    #[cfg(test)]
+    pub(crate) fn connections_of(&self, principal: &str) -> usize {
+        lock(&self.principals).get(principal).copied().unwrap_or(0)
+    }
 }
 
 /// A connection's entry in [`Connections`]; dropping it removes the entry
-/// (unless a newer connection from the same addresses took it over).
+/// (unless a newer connection from the same addresses took it over) and
+/// the connection's count under each principal it authenticated.
 #[derive(Debug)]
 pub(crate) struct Registration {
     connections: Arc<Connections>,
@@ -122,12 +157,28 @@ pub(crate) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut map = lock(&self.connections.by_addr);
-        if map
-            .get(&self.key)
-            .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
         {
-            map.remove(&self.key);
+            let mut map = lock(&self.connections.by_addr);
+            if map
+                .get(&self.key)
+                .is_some_and(|a| Arc::ptr_eq(a, &self.activity))
+            {
+                map.remove(&self.key);
+            }
+        }
+        let principals = {
+            let mut state = lock(&self.activity.state);
+            state.closed = true;
+            std::mem::take(&mut state.principals)
+        };
+        let mut counts = lock(&self.connections.principals);
+        for principal in principals {
+            if let Some(n) = counts.get_mut(&principal) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&principal);
+                }
+            }
         }
     }
 }
@@ -135,6 +186,8 @@ impl Drop for Registration {
 /// Why a connection's deadline closes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Deadline {
+    /// No credit, `preface_timeout` after the first request.
+    Uncredited,
     /// Nothing live for `idle_timeout`.
     Idle,
     /// A refusal, [`REFUSED_LINGER`] ago.
@@ -149,7 +202,8 @@ pub(crate) enum Outcome {
     /// Any other status, or a body that failed.
     Refused,
     /// No status seen: the body was dropped before its trailers (the client
-    /// reset the stream, or the connection closed).
+    /// reset the stream, the connection closed, or a trailers-less OK
+    /// response still waits for its window).
     Unfinished,
 }
 
@@ -175,33 +229,46 @@ pub(crate) struct Activity {
 
 #[derive(Debug)]
 struct State {
-    /// Live responses (see the module docs).
+    /// Live clients (see the module docs).
     live: usize,
-    /// When `live` last fell to zero, or the first request opened.
+    /// Whether the connection has shown credentials: a client admitted,
+    /// or an OK GetModel answer.
+    credited: bool,
+    /// When `live` last fell to zero, the last OK GetModel answer, or the
+    /// first request opened.
     idle_since: Instant,
     /// The first refusal since the last OK Aggregator response.
     refused_since: Option<Instant>,
+    /// The principals counted on this connection in
+    /// [`Connections::principals`].
+    principals: Vec<String>,
+    /// The connection has closed (its registration dropped): no principal
+    /// is counted on it any more.
+    closed: bool,
     /// The connection's reader, woken when a deadline may have moved
-    /// closer (a live response ended, a refusal), so that it arms it.
+    /// closer (a live client ended, a refusal), so that it arms it.
     reader: Option<Waker>,
 }
 
 impl Activity {
-    /// A connection admitted now, nothing live.
+    /// A connection admitted now, nothing live, no credit.
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(Activity {
             state: Mutex::new(State {
                 live: 0,
+                credited: false,
                 idle_since: Instant::now(),
                 refused_since: None,
+                principals: Vec::new(),
+                closed: false,
                 reader: None,
             }),
         })
     }
 
-    /// The connection's first request opened: its idle clock starts now
-    /// (not at accept, so the preface phase, which has its own deadline,
-    /// does not use up the idle time).
+    /// The connection's first request opened: its deadline's clock starts
+    /// now (not at accept, so the preface phase, which has its own
+    /// deadline, does not use up its time).
     pub(crate) fn opened(&self) {
         let mut state = lock(&self.state);
         if state.live == 0 {
@@ -210,11 +277,12 @@ impl Activity {
     }
 
     /// When the connection must close if nothing goes live first, and why;
-    /// `None` while a response is live. Keeps `reader` to wake when this
-    /// may change.
+    /// `None` while a client is live. Keeps `reader` to wake when this may
+    /// change.
     pub(crate) fn deadline(
         &self,
         idle_timeout: Duration,
+        preface_timeout: Duration,
         reader: &Waker,
     ) -> Option<(Instant, Deadline)> {
         let mut state = lock(&self.state);
@@ -224,70 +292,209 @@ impl Activity {
         if state.live > 0 {
             return None;
         }
-        let idle = (state.idle_since + idle_timeout, Deadline::Idle);
+        let quiet = if state.credited {
+            (state.idle_since + idle_timeout, Deadline::Idle)
+        } else {
+            (state.idle_since + preface_timeout, Deadline::Uncredited)
+        };
         Some(match state.refused_since {
-            Some(at) if at + REFUSED_LINGER <= idle.0 => (at + REFUSED_LINGER, Deadline::Refused),
-            _ => idle,
+            Some(at) if at + REFUSED_LINGER <= quiet.0 => (at + REFUSED_LINGER, Deadline::Refused),
+            _ => quiet,
         })
     }
 
     /// A response started on this connection: `counts` if it answers a
     /// `tessera.v1.Aggregator` request, `status` if its headers carry the
     /// call's status (a trailers-only response: the call has ended). The
-    /// returned value reports the response's end when dropped.
+    /// returned value reports the response's outcome when dropped. A
+    /// response is never live by itself: only a [`LiveGuard`] is.
     pub(crate) fn answer(self: &Arc<Self>, counts: bool, status: Option<Outcome>) -> Answer {
-        let live = counts && status.is_none();
-        if live {
-            lock(&self.state).live += 1;
-        }
         Answer {
             activity: Arc::clone(self),
             counts,
-            live,
             outcome: status.unwrap_or(Outcome::Unfinished),
+            slot: None,
         }
     }
 
     /// A response ended (see [`Answer`]).
-    fn ended(&self, counts: bool, live: bool, outcome: Outcome) {
+    fn ended(&self, counts: bool, outcome: Outcome) {
         let now = Instant::now();
         let mut state = lock(&self.state);
-        if live {
-            state.live -= 1;
-        }
         match outcome {
             Outcome::Refused => {
                 state.refused_since.get_or_insert(now);
+                if state.live == 0
+                    && let Some(reader) = &state.reader
+                {
+                    reader.wake_by_ref();
+                }
             }
             Outcome::Ok if counts => state.refused_since = None,
             Outcome::Ok | Outcome::Unfinished => {}
         }
-        if counts && (live || outcome == Outcome::Ok) && state.live == 0 {
-            state.idle_since = now;
-        }
-        if state.live == 0
-            && let Some(reader) = &state.reader
-        {
-            reader.wake_by_ref();
+    }
+
+    /// A client was admitted on this connection.
+    fn went_live(&self) {
+        let mut state = lock(&self.state);
+        state.live += 1;
+        state.credited = true;
+    }
+
+    /// A client admitted on this connection left the lobby or its round,
+    /// or its stream ended.
+    fn live_ended(&self) {
+        let mut state = lock(&self.state);
+        state.live -= 1;
+        if state.live == 0 {
+            state.idle_since = Instant::now();
+            if let Some(reader) = &state.reader {
+                reader.wake_by_ref();
+            }
         }
     }
 
-    /// Live responses (tests).
+    /// A GetModel was answered OK: credit, and the idle clock restarts
+    /// (the deadline only moves later, so the reader need not be woken).
+    fn fetched(&self) {
+        let mut state = lock(&self.state);
+        state.credited = true;
+        if state.live == 0 {
+            state.idle_since = Instant::now();
+        }
+    }
+
+    /// Counts `principal` on this connection, unless it is counted already
+    /// or the connection has closed; refuses it (with how many connections
+    /// it has) if it already has [`MAX_CONNECTIONS_PER_CLIENT`] others.
+    fn claim(&self, connections: &Connections, principal: &str) -> Result<(), usize> {
+        let mut state = lock(&self.state);
+        if state.closed || state.principals.iter().any(|p| p == principal) {
+            return Ok(());
+        }
+        let mut counts = lock(&connections.principals);
+        let n = counts.entry(principal.to_owned()).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_CLIENT {
+            return Err(*n);
+        }
+        *n += 1;
+        state.principals.push(principal.to_owned());
+        Ok(())
+    }
+
+    /// Live clients (tests).
     #[cfg(test)]
     pub(crate) fn live(&self) -> usize {
         lock(&self.state).live
     }
 }
 
-/// One response's part in its connection's [`Activity`]: live (if it
-/// counts) from its start until dropped, and its outcome reported when
-/// dropped.
+/// One request's handle on its connection, which [`TrackLayer`] puts in
+/// the request's extensions for the service: to count the principal it
+/// authenticated as ([`LiveSlot::claim`]), to make the connection live
+/// while a client it admitted stays ([`LiveSlot::go_live`]), and to credit
+/// an OK GetModel ([`LiveSlot::fetched`]).
+#[derive(Clone, Debug)]
+pub(crate) struct LiveSlot(Arc<SlotInner>);
+
+#[derive(Debug)]
+struct SlotInner {
+    activity: Arc<Activity>,
+    connections: Arc<Connections>,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Nothing admitted yet.
+    Pending,
+    /// A client admitted: the connection counts it live.
+    Live,
+    /// The request is over (its response body dropped, its guard dropped,
+    /// or its response never started): it can never go live again.
+    Ended,
+}
+
+impl LiveSlot {
+    /// A request's handle on the connection whose activity is `activity`.
+    pub(crate) fn new(activity: &Arc<Activity>, connections: &Arc<Connections>) -> Self {
+        LiveSlot(Arc::new(SlotInner {
+            activity: Arc::clone(activity),
+            connections: Arc::clone(connections),
+            state: Mutex::new(SlotState::Pending),
+        }))
+    }
+
+    /// The request's client was admitted (to the lobby): the connection is
+    /// live until the returned guard is dropped or the request's response
+    /// body is, whichever comes first. `None` if the request is already
+    /// over (the client reset its stream before its proof verified), or
+    /// went live before.
+    pub(crate) fn go_live(&self) -> Option<LiveGuard> {
+        let mut state = lock(&self.0.state);
+        if *state != SlotState::Pending {
+            return None;
+        }
+        *state = SlotState::Live;
+        self.0.activity.went_live();
+        Some(LiveGuard(self.clone()))
+    }
+
+    /// The request is over: no longer live, and never again.
+    fn end(&self) {
+        let mut state = lock(&self.0.state);
+        if *state == SlotState::Live {
+            self.0.activity.live_ended();
+        }
+        *state = SlotState::Ended;
+    }
+
+    /// A GetModel on this request was answered OK (see
+    /// [`Activity::fetched`]).
+    pub(crate) fn fetched(&self) {
+        self.0.activity.fetched();
+    }
+
+    /// The request authenticated as `principal`: counts it on this
+    /// connection; `Err(n)` if it already has `n` =
+    /// [`MAX_CONNECTIONS_PER_CLIENT`] other open connections.
+    pub(crate) fn claim(&self, principal: &str) -> Result<(), usize> {
+        self.0.activity.claim(&self.0.connections, principal)
+    }
+}
+
+/// A client admitted on a connection: the connection is live while this
+/// lives (and the request's response body does). Held by the client's
+/// lobby entry, then by its round.
+#[derive(Debug)]
+pub(crate) struct LiveGuard(LiveSlot);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Ends a request's [`LiveSlot`] when dropped: with its response body, or
+/// with the request's future if no response was made.
+#[derive(Debug)]
+struct SlotEnd(LiveSlot);
+
+impl Drop for SlotEnd {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// One response's part in its connection's [`Activity`]: its outcome
+/// reported, and its request's [`LiveSlot`] ended, when dropped.
 #[derive(Debug)]
 pub(crate) struct Answer {
     activity: Arc<Activity>,
     counts: bool,
-    live: bool,
     outcome: Outcome,
+    slot: Option<SlotEnd>,
 }
 
 impl Answer {
@@ -299,22 +506,26 @@ impl Answer {
 
 impl Drop for Answer {
     fn drop(&mut self) {
-        self.activity.ended(self.counts, self.live, self.outcome);
+        // The slot first: a live client whose stream ended is no longer
+        // live when the outcome wakes the reader.
+        drop(self.slot.take());
+        self.activity.ended(self.counts, self.outcome);
     }
 }
 
 /// Whether a request's path is one of the Aggregator service's methods
 /// (`/tessera.v1.Aggregator/Participate`, `.../GetModel`): the only
-/// requests that need a client's credentials, so the only ones that keep a
-/// connection open.
+/// requests that need a client's credentials, so the only ones whose OK
+/// answer lifts a refusal.
 fn counts(path: &str) -> bool {
     path.strip_prefix('/')
         .and_then(|p| p.strip_prefix(SERVICE_NAME))
         .is_some_and(|method| method.starts_with('/'))
 }
 
-/// The tower layer (added with `Server::builder().layer`) that reports
-/// each request's response to its connection's [`Activity`].
+/// The tower layer (added with `Server::builder().layer`) that hands each
+/// request a [`LiveSlot`] and reports its response to its connection's
+/// [`Activity`].
 #[derive(Clone, Debug)]
 pub(crate) struct TrackLayer {
     connections: Arc<Connections>,
@@ -359,17 +570,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
         // A connection that is not registered (its peer address was
-        // unknown at accept) is not tracked; its reader's idle deadline
-        // runs regardless.
+        // unknown at accept) is not tracked: its requests get no slot, so
+        // none goes live, and its reader's no-credit deadline runs
+        // regardless.
         let activity = self.connections.find(request.extensions());
+        let slot = activity.as_ref().map(|activity| {
+            let slot = LiveSlot::new(activity, &self.connections);
+            request.extensions_mut().insert(slot.clone());
+            SlotEnd(slot)
+        });
         let counts = counts(request.uri().path());
         let response = self.inner.call(request);
         Box::pin(async move {
+            // Dropped before the response (the client reset the stream):
+            // `slot` ends with this future.
             let response = response.await?;
-            let answer =
-                activity.map(|activity| activity.answer(counts, Outcome::of(response.headers())));
+            let answer = activity.map(|activity| {
+                let mut answer = activity.answer(counts, Outcome::of(response.headers()));
+                answer.slot = slot;
+                answer
+            });
             Ok(response.map(|body| Tracked { body, answer }))
         })
     }
@@ -458,8 +680,12 @@ mod tests {
 
     /// A service that answers every request with the response its
     /// function makes (as tonic's router would).
+    /// It keeps the last request's [`LiveSlot`] in `seen`.
     #[derive(Clone)]
-    struct Answers(fn() -> http::Response<Script>);
+    struct Answers {
+        respond: fn() -> http::Response<Script>,
+        seen: Arc<Mutex<Option<LiveSlot>>>,
+    }
 
     impl Service<http::Request<()>> for Answers {
         type Response = http::Response<Script>;
@@ -468,8 +694,9 @@ mod tests {
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
             Poll::Ready(Ok(()))
         }
-        fn call(&mut self, _: http::Request<()>) -> Self::Future {
-            std::future::ready(Ok((self.0)()))
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            *lock(&self.seen) = request.extensions().get::<LiveSlot>().cloned();
+            std::future::ready(Ok((self.respond)()))
         }
     }
 
@@ -513,8 +740,23 @@ mod tests {
         respond: fn() -> http::Response<Script>,
         path: &str,
     ) -> http::Response<Tracked<Script>> {
-        let mut track = TrackLayer::new(Arc::clone(connections)).layer(Answers(respond));
-        track.call(request(path)).await.unwrap()
+        call_slot(connections, respond, path).await.0
+    }
+
+    /// [`call`], and the [`LiveSlot`] the service was handed.
+    async fn call_slot(
+        connections: &Arc<Connections>,
+        respond: fn() -> http::Response<Script>,
+        path: &str,
+    ) -> (http::Response<Tracked<Script>>, LiveSlot) {
+        let seen = Arc::new(Mutex::new(None));
+        let mut track = TrackLayer::new(Arc::clone(connections)).layer(Answers {
+            respond,
+            seen: Arc::clone(&seen),
+        });
+        let response = track.call(request(path)).await.unwrap();
+        let slot = lock(&seen).take().expect("a tracked request has a slot");
+        (response, slot)
     }
 
     /// Drains a body as hyper would, then drops it.
@@ -543,40 +785,156 @@ mod tests {
         Waker::noop().clone()
     }
 
+    const IDLE: Duration = Duration::from_secs(60);
+    const PREFACE: Duration = Duration::from_secs(10);
+
+    fn deadline(activity: &Activity) -> Option<(Instant, Deadline)> {
+        activity.deadline(IDLE, PREFACE, &waker())
+    }
+
+    /// OK headers on an Aggregator stream (a challenged Join gets them
+    /// before its proof) make nothing live and give no credit: only the
+    /// service's `go_live` does, until the guard is dropped.
     #[tokio::test(start_paused = true)]
-    async fn an_aggregator_stream_is_live_until_its_body_is_dropped_and_its_trailers_count() {
+    async fn a_response_is_never_live_by_itself_only_an_admitted_client_is() {
         let (connections, activity, _registration) = registered();
         let start = Instant::now();
-        let response = call(
+        let (response, slot) = call_slot(
             &connections,
             || streamed("0"),
             "/tessera.v1.Aggregator/Participate",
         )
         .await;
+        assert_eq!(activity.live(), 0);
+        assert_eq!(
+            deadline(&activity),
+            Some((start + PREFACE, Deadline::Uncredited))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let guard = slot.go_live().expect("the request is under way");
+        assert!(slot.go_live().is_none(), "live once");
         assert_eq!(activity.live(), 1);
-        assert_eq!(activity.deadline(Duration::from_secs(60), &waker()), None);
+        assert_eq!(deadline(&activity), None);
         tokio::time::advance(Duration::from_secs(600)).await;
+        // The client left the lobby (or its round ended) while hyper still
+        // holds the body: the connection is no longer live.
+        drop(guard);
+        assert_eq!(activity.live(), 0);
+        let left = Instant::now();
+        assert_eq!(deadline(&activity), Some((left + IDLE, Deadline::Idle)));
+        // Its body's end changes nothing more.
         send(response).await;
         assert_eq!(activity.live(), 0);
-        // The idle clock restarted when the stream ended.
+        assert_eq!(deadline(&activity), Some((left + IDLE, Deadline::Idle)));
+    }
+
+    /// A live client whose stream ends (hyper drops the body: the client
+    /// reset it) is no longer live, though the lobby still holds its guard.
+    #[tokio::test(start_paused = true)]
+    async fn a_live_client_ends_with_its_response_body_or_its_guard_whichever_is_first() {
+        let (connections, activity, _registration) = registered();
+        let (response, slot) = call_slot(
+            &connections,
+            || streamed("0"),
+            "/tessera.v1.Aggregator/Participate",
+        )
+        .await;
+        let guard = slot.go_live().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(response);
+        assert_eq!(activity.live(), 0);
+        let ended = Instant::now();
+        assert_eq!(deadline(&activity), Some((ended + IDLE, Deadline::Idle)));
+        drop(guard);
+        assert_eq!(activity.live(), 0);
+    }
+
+    /// A request whose response never started (the client reset it while
+    /// the handler ran), or whose body was dropped, never goes live: a
+    /// proof verified after the client left admits nothing live.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_ended_never_goes_live() {
+        let (connections, activity, _registration) = registered();
+        let seen = Arc::new(Mutex::new(None));
+        let mut track = TrackLayer::new(Arc::clone(&connections)).layer(Answers {
+            respond: || streamed("0"),
+            seen: Arc::clone(&seen),
+        });
+        let future = track.call(request("/tessera.v1.Aggregator/Participate"));
+        drop(future);
+        let slot = lock(&seen).take().unwrap();
+        assert!(slot.go_live().is_none());
+        let (response, slot) = call_slot(
+            &connections,
+            || streamed("0"),
+            "/tessera.v1.Aggregator/Participate",
+        )
+        .await;
+        drop(response);
+        assert!(slot.go_live().is_none());
+        assert_eq!(activity.live(), 0);
+    }
+
+    /// An OK GetModel answer credits the connection and restarts its idle
+    /// clock once; its body, never read, keeps nothing live.
+    #[tokio::test(start_paused = true)]
+    async fn an_ok_model_answer_credits_the_connection_once_and_its_body_holds_nothing() {
+        let (connections, activity, _registration) = registered();
+        let start = Instant::now();
         assert_eq!(
-            activity.deadline(Duration::from_secs(60), &waker()),
-            Some((start + Duration::from_secs(660), Deadline::Idle))
+            deadline(&activity),
+            Some((start + PREFACE, Deadline::Uncredited))
+        );
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let (unread, slot) = call_slot(
+            &connections,
+            || streamed("0"),
+            "/tessera.v1.Aggregator/GetModel",
+        )
+        .await;
+        slot.fetched();
+        let fetched = Instant::now();
+        assert_eq!(activity.live(), 0);
+        assert_eq!(deadline(&activity), Some((fetched + IDLE, Deadline::Idle)));
+        tokio::time::advance(IDLE * 2).await;
+        assert_eq!(deadline(&activity), Some((fetched + IDLE, Deadline::Idle)));
+        drop(unread);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_closes_after_the_linger_unless_something_is_live() {
+        let (connections, activity, _registration) = registered();
+        let start = Instant::now();
+        send(
+            call(
+                &connections,
+                refused_outright,
+                "/tessera.v1.Aggregator/Participate",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            deadline(&activity),
+            Some((start + REFUSED_LINGER, Deadline::Refused))
         );
 
-        // A stream that ends with a refusal in its trailers.
-        let response = call(
+        // A refusal in the trailers of a stream whose client was live:
+        // nothing is live once it ends, and the linger runs from the end.
+        let (response, slot) = call_slot(
             &connections,
             || streamed("9"),
             "/tessera.v1.Aggregator/Participate",
         )
         .await;
+        let guard = slot.go_live().unwrap();
+        assert_eq!(deadline(&activity), None);
         tokio::time::advance(Duration::from_secs(1)).await;
         send(response).await;
-        let refused_at = start + Duration::from_secs(601);
+        drop(guard);
         assert_eq!(
-            activity.deadline(Duration::from_secs(60), &waker()),
-            Some((refused_at + REFUSED_LINGER, Deadline::Refused))
+            deadline(&activity),
+            Some((start + REFUSED_LINGER, Deadline::Refused))
         );
     }
 
@@ -584,7 +942,6 @@ mod tests {
     async fn a_refusal_is_not_extended_by_more_refusals_and_only_an_ok_answer_lifts_it() {
         let (connections, activity, _registration) = registered();
         let start = Instant::now();
-        let idle = Duration::from_secs(60);
         for _ in 0..5 {
             send(
                 call(
@@ -598,7 +955,7 @@ mod tests {
             tokio::time::advance(Duration::from_millis(300)).await;
         }
         assert_eq!(
-            activity.deadline(idle, &waker()),
+            deadline(&activity),
             Some((start + REFUSED_LINGER, Deadline::Refused))
         );
         // An OK health check, or an unknown path, lifts nothing.
@@ -621,31 +978,27 @@ mod tests {
         )
         .await;
         assert_eq!(
-            activity.deadline(idle, &waker()),
+            deadline(&activity),
             Some((start + REFUSED_LINGER, Deadline::Refused))
         );
-        // An OK Aggregator answer (a client with credentials) does.
-        let ok_at = Instant::now();
-        send(
-            call(
-                &connections,
-                || streamed("0"),
-                "/tessera.v1.Aggregator/GetModel",
-            )
-            .await,
+        // An OK Aggregator answer (a client with credentials) does; the
+        // service's credit restarts the idle clock.
+        let (response, slot) = call_slot(
+            &connections,
+            || streamed("0"),
+            "/tessera.v1.Aggregator/GetModel",
         )
         .await;
-        assert_eq!(
-            activity.deadline(idle, &waker()),
-            Some((ok_at + idle, Deadline::Idle))
-        );
+        slot.fetched();
+        let ok_at = Instant::now();
+        send(response).await;
+        assert_eq!(deadline(&activity), Some((ok_at + IDLE, Deadline::Idle)));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn other_services_never_hold_a_connection_nor_restart_its_idle_clock() {
+    async fn other_services_never_hold_a_connection_nor_credit_it() {
         let (connections, activity, _registration) = registered();
         let start = Instant::now();
-        let idle = Duration::from_secs(60);
         // A health Watch stream: OK headers and a body that goes on.
         let watch = call(
             &connections,
@@ -654,7 +1007,7 @@ mod tests {
         )
         .await;
         assert_eq!(activity.live(), 0);
-        tokio::time::advance(Duration::from_secs(30)).await;
+        tokio::time::advance(Duration::from_secs(5)).await;
         send(
             call(
                 &connections,
@@ -665,20 +1018,19 @@ mod tests {
         )
         .await;
         assert_eq!(
-            activity.deadline(idle, &waker()),
-            Some((start + idle, Deadline::Idle))
+            deadline(&activity),
+            Some((start + PREFACE, Deadline::Uncredited))
         );
         drop(watch);
         assert_eq!(
-            activity.deadline(idle, &waker()),
-            Some((start + idle, Deadline::Idle))
+            deadline(&activity),
+            Some((start + PREFACE, Deadline::Uncredited))
         );
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_reset_stream_ends_its_liveness_without_a_verdict() {
         let (connections, activity, _registration) = registered();
-        let idle = Duration::from_secs(60);
         send(
             call(
                 &connections,
@@ -688,18 +1040,19 @@ mod tests {
             .await,
         )
         .await;
-        let refused = activity.deadline(idle, &waker()).unwrap();
+        let refused = deadline(&activity).unwrap();
         assert_eq!(refused.1, Deadline::Refused);
         // A live stream dropped before its trailers: neither OK nor refused.
-        let response = call(
+        let (response, slot) = call_slot(
             &connections,
             || streamed("0"),
             "/tessera.v1.Aggregator/Participate",
         )
         .await;
-        assert_eq!(activity.deadline(idle, &waker()), None);
+        let _guard = slot.go_live().unwrap();
+        assert_eq!(deadline(&activity), None);
         drop(response);
-        assert_eq!(activity.deadline(idle, &waker()), Some(refused));
+        assert_eq!(deadline(&activity), Some(refused));
     }
 
     /// A body that fails mid-stream (hyper resets the stream) ends the
@@ -711,9 +1064,54 @@ mod tests {
         let failing = || http::Response::new(Script([Ok(Frame::data(&b"m"[..])), Err(())].into()));
         send(call(&connections, failing, "/tessera.v1.Aggregator/GetModel").await).await;
         assert_eq!(
-            activity.deadline(Duration::from_secs(60), &waker()),
+            deadline(&activity),
             Some((start + REFUSED_LINGER, Deadline::Refused))
         );
+    }
+
+    /// One principal is counted once per open connection it authenticated
+    /// on, at most MAX_CONNECTIONS_PER_CLIENT of them; a closed connection
+    /// gives its count back.
+    #[test]
+    fn a_principal_holds_at_most_max_connections_per_client() {
+        let connections = Connections::new();
+        let mut open: Vec<_> = (0..=MAX_CONNECTIONS_PER_CLIENT)
+            .map(|i| {
+                let activity = Activity::new();
+                let peer: SocketAddr = format!("10.0.0.{}:5000", i + 10).parse().unwrap();
+                let registration = connections.register((None, peer), &activity);
+                (LiveSlot::new(&activity, &connections), registration)
+            })
+            .collect();
+        for (slot, _) in &open[..MAX_CONNECTIONS_PER_CLIENT] {
+            slot.claim("alice").unwrap();
+            // Again on the same connection: counted once.
+            slot.claim("alice").unwrap();
+        }
+        let (extra, _) = &open[MAX_CONNECTIONS_PER_CLIENT];
+        assert_eq!(extra.claim("alice"), Err(MAX_CONNECTIONS_PER_CLIENT));
+        extra.claim("bob").unwrap();
+        assert_eq!(
+            connections.connections_of("alice"),
+            MAX_CONNECTIONS_PER_CLIENT
+        );
+        // One of alice's connections closes: the extra one may take its
+        // place.
+        let (closed_slot, registration) = open.remove(0);
+        drop(registration);
+        assert_eq!(
+            connections.connections_of("alice"),
+            MAX_CONNECTIONS_PER_CLIENT - 1
+        );
+        let (extra, _) = open.last().unwrap();
+        extra.claim("alice").unwrap();
+        // A request still running on the closed connection is counted
+        // nowhere.
+        closed_slot.claim("carol").unwrap();
+        assert_eq!(connections.connections_of("carol"), 0);
+        drop(open);
+        assert_eq!(connections.connections_of("alice"), 0);
+        assert_eq!(connections.connections_of("bob"), 0);
     }
 
     #[test]
