@@ -33,6 +33,7 @@
 use std::time::Instant;
 
 use prost::Message as _;
+use rand::SeedableRng as _;
 use rand::rngs::StdRng;
 use tessera_aggregation::identity::{ClientIdentity, IdentityDirectory, IdentityPublicKey};
 use tessera_aggregation::{
@@ -271,7 +272,7 @@ pub(crate) async fn participate(
         });
     }
 
-    let round = cpu_bound(|| Round::start(client, &start, contribution, bytes, rng))?;
+    let round = Round::start(client, &start, contribution, bytes, rng).await?;
     let span = tracing::info_span!(
         "round",
         round_id = round.round_id,
@@ -425,7 +426,7 @@ fn bad(round_id: Option<u64>, problem: String) -> ClientError {
 impl Round {
     /// Checks the round's parameters, encodes the update and starts the
     /// session with it.
-    fn start(
+    async fn start(
         client: &ClientInner,
         start: &v1::RoundStart,
         contribution: &Contribution<'_>,
@@ -452,23 +453,37 @@ impl Round {
                 ),
             ));
         }
-        let (encoded, clip_norm) = match &extras {
-            None => (
-                encode_update(update, fixed_point, distributed.as_ref(), round_id, rng)?,
-                fixed_point.clip_norm,
-            ),
-            Some(layout) => (
-                encode_with_extras(
-                    layout,
-                    contribution,
+        let clip_norm = extras.map_or(fixed_point.clip_norm, |layout| layout.clip_norm);
+        // The encoding draws the client's DP noise, one discrete Gaussian a
+        // value: the round's heaviest CPU work, off the async workers (see
+        // `off_the_runtime`), with its own generator forked from the round's.
+        let owned_update = update.to_vec();
+        let client_extras = *contribution.extras();
+        let mut encoding_rng = StdRng::from_rng(&mut *rng);
+        let encoded = off_the_runtime(move || {
+            let contribution = Contribution {
+                update: &owned_update,
+                extras: client_extras,
+            };
+            match extras {
+                None => encode_update(
+                    contribution.update(),
                     fixed_point,
                     distributed.as_ref(),
                     round_id,
-                    rng,
-                )?,
-                layout.clip_norm,
-            ),
-        };
+                    &mut encoding_rng,
+                ),
+                Some(layout) => encode_with_extras(
+                    &layout,
+                    &contribution,
+                    fixed_point,
+                    distributed.as_ref(),
+                    round_id,
+                    &mut encoding_rng,
+                ),
+            }
+        })
+        .await??;
         let mut session = new_session(client, start, &config, rng)?;
         session
             .submit_input(encoded.values)
@@ -670,7 +685,7 @@ impl Round {
         let round_id = Some(self.round_id);
         let message = ServerMessage::decode(bytes)
             .map_err(|e| bad(round_id, format!("malformed protocol message: {e}")))?;
-        match cpu_bound(|| self.session.handle_message(Instant::now(), message)) {
+        match self.session.handle_message(Instant::now(), message) {
             Ok(()) => self.note_stage(),
             Err(ClientSessionError::ServerMisbehaved(violation)) => {
                 return Err(bad(round_id, violation.to_string()));
@@ -1005,19 +1020,25 @@ fn new_session(
     .map_err(|e| bad(round_id, e.to_string()))
 }
 
-/// Runs `work` (encoding with DP noise, key agreement, expanding the
-/// masks: up to a second of CPU for a large model) where it cannot hold up
-/// the runtime's other tasks. On a multi-threaded tokio runtime the worker
-/// thread hands its queue to another first (`block_in_place`), so the
-/// app's connections (their HTTP/2 keepalive pings included) and the
-/// app's other tasks keep running meanwhile; without this, many clients
-/// in one process starve their own connections until the server's
-/// keepalive timeout closes them. A current-thread runtime has no other
-/// thread to hand over to, so there `work` runs in place.
-fn cpu_bound<T>(work: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
-        _ => work(),
+/// Runs `work` (the update's encoding with its DP noise: up to a second
+/// of CPU for a large model) on tokio's blocking pool, so it cannot hold
+/// up the runtime's other tasks: the app's connections (their HTTP/2
+/// keepalive pings included) keep running meanwhile. Run inline, 1,000
+/// demo clients in one process starved their own connections past the
+/// server's keepalive timeout. `spawn_blocking` rather than
+/// `block_in_place`, which panics on a thread of a current-thread runtime
+/// (or a `LocalSet`) that has a multi-threaded runtime's handle entered, a
+/// case the SDK cannot detect beforehand.
+async fn off_the_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ClientError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ClientError::ConnectionLost {
+            round_id: None,
+            message: "the async runtime shut down during the round".into(),
+        }),
     }
 }
 
