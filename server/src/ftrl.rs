@@ -74,15 +74,6 @@ fn round_error(e: &dyn std::fmt::Display) -> ServeError {
     ServeError::Round(e.to_string())
 }
 
-/// Whether `identity` is an mTLS name of the old scheme: `cert:` and the
-/// first 8 bytes of the certificate's SHA-256 in hex. New names
-/// ([`crate::tls::client_identity`]) hold a `=` or a `:` after the prefix.
-fn is_certificate_digest_name(identity: &str) -> bool {
-    identity
-        .strip_prefix("cert:")
-        .is_some_and(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
 /// How a server with `config` names the clients it admits, as the
 /// service does: by enrolled name in malicious-server rounds, else by
 /// token name, else by certificate subject (mTLS, named so since
@@ -141,17 +132,14 @@ impl Ftrl {
                         && !r.rounds.contains(&e.round)
                 })
         };
-        // Before 2026-12-02 an mTLS client was named by its certificate's
-        // digest (`cert:` and 16 hex digits), now by its subject: the same
-        // client would not be recognised as having taken part, so a tree
-        // recorded under the old names ends. So does a tree recorded under
-        // another identity scheme than this server's (or under none: files
-        // from before the scheme was recorded).
+        // A tree recorded under another identity scheme than this
+        // server's ends: its names cannot be compared with this server's.
+        // So does one recorded under none: files from before 2026-12-02,
+        // which include every tree whose mTLS clients were named by their
+        // certificate's digest (`cert:` and 16 hex digits) rather than
+        // their subject, under which a renewed certificate was a new client.
         let scheme = identity_scheme(config);
-        let old_names = |r: &FtrlRecord| {
-            r.identity_scheme.as_deref() != Some(scheme)
-                || r.participants.iter().any(|p| is_certificate_digest_name(p))
-        };
+        let old_names = |r: &FtrlRecord| r.identity_scheme.as_deref() != Some(scheme);
         let record = match store.ftrl().cloned() {
             Some(r)
                 if (r.sigma, r.l2_sensitivity) == params
@@ -663,35 +651,40 @@ mod tests {
         assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 1 });
     }
 
-    /// A tree whose participants were recorded under the old mTLS names
-    /// (the certificate's digest) ends on restart: under the new names
-    /// (the subject) the same clients would not be recognised and could
-    /// take part twice in it.
+    /// A tree whose mTLS participants were recorded under the old names
+    /// (the certificate's digest, in a file from before the scheme was
+    /// recorded) ends on restart: under the new names (the subject) the
+    /// same clients would not be recognised and could take part twice in
+    /// it. Under a recorded scheme a name that merely looks like an old
+    /// digest (a token so named) does not end the tree on every restart.
     #[test]
     fn a_tree_recorded_under_certificate_digest_names_ends_on_restart() {
-        assert!(is_certificate_digest_name("cert:0123456789abcdef"));
-        assert!(!is_certificate_digest_name("cert:CN=0123456789abcdef"));
-        assert!(!is_certificate_digest_name("cert:DNS:0123456789abcdef"));
-        assert!(!is_certificate_digest_name("alice"));
+        let mut by_certificate = config(4, 0.0);
+        by_certificate.network.tls_client_ca = Some("ca.pem".into());
         let dir = tempfile::tempdir().unwrap();
-        let config = config(4, 0.0);
         let (mut store, model) = new_store(dir.path());
-        let mut ftrl = Ftrl::open(&config, &mut store, &model, 1).unwrap();
-        let who = ["cert:CN=alice", "cert:0123456789abcdef", "carol"];
-        round(&config, &mut store, &mut ftrl, &who, &[1; DIM]);
+        let mut ftrl = Ftrl::open(&by_certificate, &mut store, &model, 1).unwrap();
+        let who = ["cert:0123456789abcdef", "cert:fedcba9876543210"];
+        round(&by_certificate, &mut store, &mut ftrl, &who, &[1; DIM]);
+        let mut old = store.ftrl().unwrap().clone();
+        old.identity_scheme = None;
+        store.write_ftrl(&old).unwrap();
         drop((store, ftrl));
-        let (_store, ftrl) = reopen(dir.path(), &config);
+        let (_store, ftrl) = reopen(dir.path(), &by_certificate);
         assert_eq!(ftrl.position(), TreeStep { epoch: 1, step: 0 });
-        assert!(ftrl.excluded(&config).is_empty());
-        // Under the new names only, the tree goes on.
+        assert!(ftrl.excluded(&by_certificate).is_empty());
+        // A token named like an old digest, under a recorded scheme.
+        let mut by_token = config(4, 0.0);
+        by_token.network.tokens_file = Some("tokens.txt".into());
         let dir = tempfile::tempdir().unwrap();
         let (mut store, model) = new_store(dir.path());
-        let mut ftrl = Ftrl::open(&config, &mut store, &model, 1).unwrap();
-        let who = ["cert:CN=alice", "cert:CN=bob", "carol"];
-        round(&config, &mut store, &mut ftrl, &who, &[1; DIM]);
+        let mut ftrl = Ftrl::open(&by_token, &mut store, &model, 1).unwrap();
+        let who = ["cert:0123456789abcdef", "carol"];
+        round(&by_token, &mut store, &mut ftrl, &who, &[1; DIM]);
         drop((store, ftrl));
-        let (_store, ftrl) = reopen(dir.path(), &config);
+        let (_store, ftrl) = reopen(dir.path(), &by_token);
         assert_eq!(ftrl.position(), TreeStep { epoch: 0, step: 1 });
+        assert!(ftrl.excluded(&by_token).contains("cert:0123456789abcdef"));
     }
 
     /// A tree whose participants were named under one identity scheme
