@@ -596,3 +596,40 @@ pub fn mean(updates: &[Vec<f32>]) -> Vec<f32> {
         .map(|i| (updates.iter().map(|u| f64::from(u[i])).sum::<f64>() / n) as f32)
         .collect()
 }
+
+/// A one-connection TCP relay in front of `server`, for tests that must see
+/// the moment the server closes a connection: a client dials the returned
+/// port; the returned task ends, with the time, when the server closes the
+/// relayed connection (its side of the copy ends), and the relay then closes
+/// the client's side too. It takes no other connection, so a tonic channel
+/// cannot quietly reconnect behind the test's back.
+pub async fn relay(server: std::net::SocketAddr) -> (u16, tokio::task::JoinHandle<Instant>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let closed = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        drop(listener);
+        let upstream = tokio::net::TcpStream::connect(server).await.unwrap();
+        let (mut from_client, mut to_client) = client.into_split();
+        let (mut from_server, mut to_server) = upstream.into_split();
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+        });
+        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+        Instant::now()
+    });
+    (port, closed)
+}
+
+/// A TLS endpoint for `ts` (started with TLS) through the [`relay`] on
+/// `port`, trusting the test server's certificate.
+pub fn endpoint_via(ts: &TestServer, port: u16) -> Endpoint {
+    Endpoint::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls::client_tls_config(
+            ts.ca_pem.as_ref().expect("a TLS test server"),
+            "localhost",
+            None,
+        ))
+        .unwrap()
+}

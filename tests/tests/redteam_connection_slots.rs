@@ -22,17 +22,16 @@
 //! round) for `idle_timeout`; a client waiting in the lobby is live. One
 //! token holds at most four connections (`MAX_CONNECTIONS_PER_CLIENT`).
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tessera_client::RetryPolicy;
 use tessera_proto::v1::{self, aggregator_client::AggregatorClient};
-use tessera_server::{ServerConfig, tls};
-use tessera_tests::{ScriptedClient, ServerOptions, TestServer, update};
+use tessera_server::ServerConfig;
+use tessera_tests::{ScriptedClient, ServerOptions, TestServer, endpoint_via, relay, update};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The server's linger after a refusal (`listener::activity::REFUSED_LINGER`).
 const LINGER: Duration = Duration::from_secs(2);
@@ -42,39 +41,9 @@ const IDLE: Duration = Duration::from_millis(1000);
 /// Scheduling slack on a loaded two-core machine.
 const SLACK: Duration = Duration::from_secs(3);
 
-/// A one-connection TCP relay in front of `server`: the attacker's channel
-/// dials it. The returned task ends when the server closes the relayed
-/// connection (its side of the copy ends), with the time it did; the relay
-/// then closes the attacker's side too, and takes no other connection, so
-/// the channel cannot reconnect behind the test's back.
-async fn relay(server: SocketAddr) -> (u16, JoinHandle<Instant>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let closed = tokio::spawn(async move {
-        let (client, _) = listener.accept().await.unwrap();
-        drop(listener);
-        let upstream = TcpStream::connect(server).await.unwrap();
-        let (mut from_client, mut to_client) = client.into_split();
-        let (mut from_server, mut to_server) = upstream.into_split();
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
-        });
-        let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
-        Instant::now()
-    });
-    (port, closed)
-}
-
 /// A TLS channel to the server through the relay on `port`, connected.
 async fn channel_via(ts: &TestServer, port: u16) -> Channel {
-    Endpoint::from_shared(format!("https://localhost:{port}"))
-        .unwrap()
-        .tls_config(tls::client_tls_config(
-            ts.ca_pem.as_ref().unwrap(),
-            "localhost",
-            None,
-        ))
-        .unwrap()
+    endpoint_via(ts, port)
         .connect()
         .await
         .expect("connect through the relay")
