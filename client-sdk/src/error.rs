@@ -337,6 +337,19 @@ pub(crate) fn from_status(status: &tonic::Status, url: &str, phase: Phase) -> Cl
         (v1::ErrorKind::NoSuchModel, Phase::Model { version }) => {
             ClientError::NoSuchModel { version }
         }
+        // The server's limit on one client's open connections (four per
+        // token or certificate): not the server refusing rounds but, like
+        // its connection cap, a wait-and-retry (an earlier connection of
+        // this client has not closed yet, or an app's calls overlap).
+        (v1::ErrorKind::Unavailable, _) if status.code() == tonic::Code::ResourceExhausted => {
+            ClientError::Unreachable {
+                url: url.to_owned(),
+                attempts: 1,
+                message: format!(
+                    "the server refused one more connection with this client's credentials (retried): {message}"
+                ),
+            }
+        }
         (v1::ErrorKind::Unavailable, _) => ClientError::ServerUnavailable(message),
         (v1::ErrorKind::NotEligible, _) => ClientError::NotEligible {
             message,
@@ -466,6 +479,15 @@ mod tests {
                 BEFORE
             ),
             ClientError::ServerUnavailable(_)
+        ));
+        // One client's connection limit is retried, like the cap.
+        assert!(matches!(
+            from_status(
+                &status(tonic::Code::ResourceExhausted, v1::ErrorKind::Unavailable),
+                url,
+                BEFORE
+            ),
+            ClientError::Unreachable { .. }
         ));
         // DP-FTRL's once-per-tree refusal says how long the tree has left.
         assert_eq!(

@@ -596,15 +596,39 @@ impl<IO> Admitted<IO> {
         })
     }
 
-    /// Closes the connection for `why`: this read and every later one
-    /// fail.
-    fn close(&mut self, why: Closed) -> Poll<io::Result<()>> {
+    /// Closes the connection for `why`: this call and every later read or
+    /// write fail.
+    fn close(&mut self, why: Closed) -> io::Error {
         self.closed = Some(why);
         if let Some(reason) = why.reason() {
             metrics::connection_refused(reason);
             debug!("connection closed ({reason})");
         }
-        Poll::Ready(Err(why.error()))
+        why.error()
+    }
+
+    /// Whether the connection may go on: an error once it was closed, the
+    /// server's cutoff fired or its deadline passed. Checked on reads and
+    /// on writes alike: a client that floods PINGs and never reads fills
+    /// the socket, and h2 then reads nothing until its PONGs are written,
+    /// so a deadline checked on reads alone would never fire (red-team
+    /// review of f4d296b). The deadline's timer wakes the connection's
+    /// task, which polls the write it is blocked in, and that fails here.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(why) = self.closed {
+            return Err(why.error());
+        }
+        if self.cutoff.as_mut().poll(cx).is_ready() {
+            return Err(self.close(Closed::Cutoff));
+        }
+        // The deadline first: a client that drips bytes always has one
+        // ready, and must not outrun it that way.
+        if let Some(why) = self.due(cx)
+            && self.deadline.as_mut().poll(cx).is_ready()
+        {
+            return Err(self.close(why));
+        }
+        Ok(())
     }
 }
 
@@ -622,19 +646,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Admitted<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if let Some(why) = this.closed {
-            return Poll::Ready(Err(why.error()));
-        }
-        if this.cutoff.as_mut().poll(cx).is_ready() {
-            return this.close(Closed::Cutoff);
-        }
-        // The deadline first: a client that drips bytes always has one
-        // ready, and must not outrun it that way.
-        if let Some(why) = this.due(cx)
-            && this.deadline.as_mut().poll(cx).is_ready()
-        {
-            return this.close(why);
-        }
+        this.check(cx)?;
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
         if let Some(opening) = &mut this.opening
@@ -653,9 +665,11 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.check(cx)?;
         Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -666,6 +680,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check(cx)?;
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

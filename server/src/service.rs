@@ -377,6 +377,14 @@ impl Aggregator for AggregatorService {
         // reads only once this handler has returned it: a task waits for
         // the proof and then admits or refuses.
         let pending = JoinChallenge::new(identity, key)?;
+        // The token (or certificate) authenticated and the identity is
+        // enrolled: the connection has shown credentials, so the no-credit
+        // deadline (a preface timeout) must not cut a proof that comes
+        // within its own, longer deadline (the stage timeout). The idle
+        // timeout and the per-principal cap still bound the connection.
+        if let Some(slot) = &slot {
+            slot.credit();
+        }
         let _ = tx.try_send(Ok(pending.frame()));
         let shared = Arc::clone(&self.shared);
         let name = entry.name.clone();

@@ -456,6 +456,14 @@ impl LiveSlot {
         self.0.activity.fetched();
     }
 
+    /// The request showed credentials that a later step checks further
+    /// (an enrolled identity's challenge, awaiting its proof): the
+    /// connection is credited and its idle clock restarts, as after an OK
+    /// GetModel ([`Activity::fetched`]).
+    pub(crate) fn credit(&self) {
+        self.0.activity.fetched();
+    }
+
     /// The request authenticated as `principal`: counts it on this
     /// connection; `Err(n)` if it already has `n` =
     /// [`MAX_CONNECTIONS_PER_CLIENT`] other open connections.
