@@ -341,7 +341,9 @@ pub(crate) fn from_status(status: &tonic::Status, url: &str, phase: Phase) -> Cl
         // token or certificate): not the server refusing rounds but, like
         // its connection cap, a wait-and-retry (an earlier connection of
         // this client has not closed yet, or an app's calls overlap).
-        (v1::ErrorKind::Unavailable, _) if status.code() == tonic::Code::ResourceExhausted => {
+        (v1::ErrorKind::Unavailable, Phase::Join { .. } | Phase::Model { .. })
+            if status.code() == tonic::Code::ResourceExhausted =>
+        {
             ClientError::Unreachable {
                 url: url.to_owned(),
                 attempts: 1,

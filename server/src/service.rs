@@ -378,12 +378,12 @@ impl Aggregator for AggregatorService {
         // the proof and then admits or refuses.
         let pending = JoinChallenge::new(identity, key)?;
         // The token (or certificate) authenticated and the identity is
-        // enrolled: the connection has shown credentials, so the no-credit
-        // deadline (a preface timeout) must not cut a proof that comes
-        // within its own, longer deadline (the stage timeout). The idle
-        // timeout and the per-principal cap still bound the connection.
+        // enrolled: the connection has shown credentials, so neither the
+        // no-credit deadline (a preface timeout) nor a shorter idle timeout
+        // may cut a proof that comes within its own deadline (the stage
+        // timeout). The per-principal cap still bounds the connections.
         if let Some(slot) = &slot {
-            slot.credit();
+            slot.credit_until(tokio::time::Instant::now() + self.shared.config.round.stage_timeout);
         }
         let _ = tx.try_send(Ok(pending.frame()));
         let shared = Arc::clone(&self.shared);

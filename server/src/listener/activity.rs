@@ -237,8 +237,13 @@ struct State {
     /// When `live` last fell to zero, the last OK GetModel answer, or the
     /// first request opened.
     idle_since: Instant,
-    /// The first refusal since the last OK Aggregator response.
+    /// The first refusal since the last OK Aggregator response (moved to
+    /// when the last live client ended, if later: see
+    /// [`Activity::live_ended`]).
     refused_since: Option<Instant>,
+    /// An identity proof is awaited on this connection until then (see
+    /// [`LiveSlot::credit_until`]): the idle deadline is no earlier.
+    proof_until: Option<Instant>,
     /// The principals counted on this connection in
     /// [`Connections::principals`].
     principals: Vec<String>,
@@ -259,6 +264,7 @@ impl Activity {
                 credited: false,
                 idle_since: Instant::now(),
                 refused_since: None,
+                proof_until: None,
                 principals: Vec::new(),
                 closed: false,
                 reader: None,
@@ -293,7 +299,11 @@ impl Activity {
             return None;
         }
         let quiet = if state.credited {
-            (state.idle_since + idle_timeout, Deadline::Idle)
+            let idle = state.idle_since + idle_timeout;
+            (
+                state.proof_until.map_or(idle, |at| at.max(idle)),
+                Deadline::Idle,
+            )
         } else {
             (state.idle_since + preface_timeout, Deadline::Uncredited)
         };
@@ -348,7 +358,16 @@ impl Activity {
         let mut state = lock(&self.state);
         state.live -= 1;
         if state.live == 0 {
-            state.idle_since = Instant::now();
+            let now = Instant::now();
+            state.idle_since = now;
+            // A refusal earlier on the connection (say a GetModel of an
+            // unknown version) must not cut the last client's final
+            // frames (its result, or the server's shutdown status): the
+            // linger counts from when the connection went quiet (red-team
+            // review of 1b25ae4).
+            if let Some(since) = &mut state.refused_since {
+                *since = now;
+            }
             if let Some(reader) = &state.reader {
                 reader.wake_by_ref();
             }
@@ -362,6 +381,16 @@ impl Activity {
         state.credited = true;
         if state.live == 0 {
             state.idle_since = Instant::now();
+        }
+    }
+
+    /// An identity proof is awaited until `until`: credit, and the idle
+    /// deadline is no earlier than `until`.
+    fn awaiting_proof(&self, until: Instant) {
+        let mut state = lock(&self.state);
+        state.credited = true;
+        if state.proof_until.is_none_or(|at| at < until) {
+            state.proof_until = Some(until);
         }
     }
 
@@ -456,12 +485,14 @@ impl LiveSlot {
         self.0.activity.fetched();
     }
 
-    /// The request showed credentials that a later step checks further
-    /// (an enrolled identity's challenge, awaiting its proof): the
-    /// connection is credited and its idle clock restarts, as after an OK
-    /// GetModel ([`Activity::fetched`]).
-    pub(crate) fn credit(&self) {
-        self.0.activity.fetched();
+    /// The request authenticated and named an enrolled identity, whose
+    /// proof may take until `until` (the stage deadline): the connection is
+    /// credited and not closed as idle before then, whatever the idle
+    /// timeout (a refusal on it still closes it after the linger). A token
+    /// holder gains nothing an OK GetModel would not give it, and holds at
+    /// most [`MAX_CONNECTIONS_PER_CLIENT`] connections.
+    pub(crate) fn credit_until(&self, until: Instant) {
+        self.0.activity.awaiting_proof(until);
     }
 
     /// The request authenticated as `principal`: counts it on this
@@ -928,7 +959,9 @@ mod tests {
         );
 
         // A refusal in the trailers of a stream whose client was live:
-        // nothing is live once it ends, and the linger runs from the end.
+        // nothing is live once it ends, and the linger runs from there
+        // (the last client's final frames get the linger too), not from
+        // the connection's first refusal.
         let (response, slot) = call_slot(
             &connections,
             || streamed("9"),
@@ -940,9 +973,11 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         send(response).await;
         drop(guard);
+        let ended = Instant::now();
+        assert!(ended > start);
         assert_eq!(
             deadline(&activity),
-            Some((start + REFUSED_LINGER, Deadline::Refused))
+            Some((ended + REFUSED_LINGER, Deadline::Refused))
         );
     }
 
