@@ -379,6 +379,9 @@ impl Activity {
     fn fetched(&self) {
         let mut state = lock(&self.state);
         state.credited = true;
+        // Lifted when the answer starts, not when its body ends, so an
+        // earlier refusal's linger cannot cut the download.
+        state.refused_since = None;
         if state.live == 0 {
             state.idle_since = Instant::now();
         }
@@ -389,6 +392,12 @@ impl Activity {
     fn awaiting_proof(&self, until: Instant) {
         let mut state = lock(&self.state);
         state.credited = true;
+        // An earlier refusal on the connection still closes it after its
+        // linger: lifting it here would let one token keep a connection
+        // with challenges it never proves, each refused at the stage
+        // deadline (tests/tests/redteam_session_review.rs). So a client
+        // that reuses one connection after a refusal has the rest of the
+        // linger for a proof; the SDK opens a connection per call.
         if state.proof_until.is_none_or(|at| at < until) {
             state.proof_until = Some(until);
         }
