@@ -633,3 +633,76 @@ pub fn endpoint_via(ts: &TestServer, port: u16) -> Endpoint {
         ))
         .unwrap()
 }
+
+/// A raw GetModel of `version` with the bearer `token` on `channel` (a
+/// channel the test keeps, unlike the SDK's connection per call).
+pub async fn get_model_with(
+    channel: &Channel,
+    token: &str,
+    version: u64,
+) -> Result<(), tonic::Status> {
+    let mut request = tonic::Request::new(v1::GetModelRequest { version });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    AggregatorClient::new(channel.clone())
+        .get_model(request)
+        .await
+        .map(|_| ())
+}
+
+/// What the server sent after an identity proof (or the wait for it timing
+/// out): see [`join_and_prove_after`].
+pub type AfterProof =
+    Result<Result<Option<v1::ServerFrame>, tonic::Status>, tokio::time::error::Elapsed>;
+
+/// Client 0 of `ts` (a malicious-server test server with tokens and
+/// identities) joins over `channel` with its token and enrolled identity,
+/// waits `delay` after the server's challenge (a slow prover: a hardware
+/// key, a user prompt), sends its proof, and returns what the server sends
+/// next within `wait` (the lobby, if the connection survived).
+pub async fn join_and_prove_after(
+    ts: &TestServer,
+    channel: Channel,
+    dim: u32,
+    delay: Duration,
+    wait: Duration,
+) -> AfterProof {
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(v1::ClientFrame {
+        frame: Some(client_frame::Frame::Join(v1::Join {
+            protocol_version: PROTOCOL_VERSION,
+            dim,
+            identity_key: ts.trusted[0].to_bytes().to_vec(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", ts.tokens[0]).parse().unwrap(),
+    );
+    let mut inbound = AggregatorClient::new(channel)
+        .participate(request)
+        .await
+        .expect("the challenged Join is answered")
+        .into_inner();
+    let challenge = match inbound.message().await.expect("a frame").expect("a frame") {
+        v1::ServerFrame {
+            frame: Some(server_frame::Frame::JoinChallenge(c)),
+        } => c,
+        other => panic!("expected a challenge: {other:?}"),
+    };
+    tokio::time::sleep(delay).await;
+    let bytes = challenge.challenge.as_slice().try_into().unwrap();
+    let proof = ts.identities[0].sign_join(bytes, &challenge.principal);
+    let _ = tx
+        .send(v1::ClientFrame {
+            frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
+                signature: proof.0.to_vec(),
+            })),
+        })
+        .await;
+    tokio::time::timeout(wait, inbound.message()).await
+}

@@ -13,9 +13,10 @@ use std::time::Duration;
 use tessera_proto::PROTOCOL_VERSION;
 use tessera_proto::v1::{self, aggregator_client::AggregatorClient, client_frame, server_frame};
 use tessera_server::ServerConfig;
-use tessera_tests::{ServerOptions, TestServer, endpoint_via, relay};
+use tessera_tests::{
+    ServerOptions, TestServer, endpoint_via, get_model_with, join_and_prove_after, relay,
+};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 /// The preface (and so no-credit) timeout the tests run the server with.
 const PREFACE: Duration = Duration::from_millis(1000);
@@ -60,44 +61,8 @@ async fn redteam_an_identity_proof_within_the_stage_deadline_is_cut_by_the_idle_
     .await;
     let (port, _closed) = relay(ts.server.local_addr()).await;
     let channel = endpoint_via(&ts, port).connect().await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(v1::ClientFrame {
-        frame: Some(client_frame::Frame::Join(v1::Join {
-            protocol_version: PROTOCOL_VERSION,
-            dim,
-            identity_key: ts.trusted[0].to_bytes().to_vec(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", ts.tokens[0]).parse().unwrap(),
-    );
-    let mut inbound = AggregatorClient::new(channel)
-        .participate(request)
-        .await
-        .expect("the challenged Join is answered")
-        .into_inner();
-    let challenge = match inbound.message().await.expect("a frame").expect("a frame") {
-        v1::ServerFrame {
-            frame: Some(server_frame::Frame::JoinChallenge(c)),
-        } => c,
-        other => panic!("expected a challenge: {other:?}"),
-    };
     // 2.5 s: well inside the 10 s stage deadline the proof is given.
-    tokio::time::sleep(PREFACE * 5 / 2).await;
-    let bytes = challenge.challenge.as_slice().try_into().unwrap();
-    let proof = ts.identities[0].sign_join(bytes, &challenge.principal);
-    let _ = tx
-        .send(v1::ClientFrame {
-            frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
-                signature: proof.0.to_vec(),
-            })),
-        })
-        .await;
-    let next = tokio::time::timeout(SLACK, inbound.message()).await;
+    let next = join_and_prove_after(&ts, channel, dim, PREFACE * 5 / 2, SLACK).await;
     assert!(
         matches!(
             next,
@@ -110,18 +75,6 @@ async fn redteam_an_identity_proof_within_the_stage_deadline_is_cut_by_the_idle_
          timeout {PREFACE:?})",
         PREFACE * 5 / 2,
     );
-}
-
-/// A GetModel with `token` on `channel`.
-async fn get_model(channel: &Channel, token: &str, version: u64) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(v1::GetModelRequest { version });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    AggregatorClient::new(channel.clone())
-        .get_model(request)
-        .await
-        .map(|_| ())
 }
 
 /// LOW (honest non-SDK client cut; made deterministic by the write-side
@@ -159,7 +112,9 @@ async fn redteam_a_lobby_client_on_a_connection_once_refused_gets_a_reset_instea
     let (port, closed) = relay(ts.server.local_addr()).await;
     let channel = endpoint_via(&ts, port).connect().await.unwrap();
     // One refused call: a model version not published (yet).
-    let refused = get_model(&channel, &ts.tokens[0], 999).await.unwrap_err();
+    let refused = get_model_with(&channel, &ts.tokens[0], 999)
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::NotFound, "{refused:?}");
     // Then a Join on the same connection, admitted to the lobby.
     let (tx, rx) = tokio::sync::mpsc::channel(4);

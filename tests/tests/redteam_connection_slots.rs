@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 use tessera_client::RetryPolicy;
 use tessera_proto::v1::{self, aggregator_client::AggregatorClient};
 use tessera_server::ServerConfig;
-use tessera_tests::{ScriptedClient, ServerOptions, TestServer, endpoint_via, relay, update};
+use tessera_tests::{
+    ScriptedClient, ServerOptions, TestServer, endpoint_via, get_model_with, relay, update,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
@@ -331,18 +333,6 @@ fn cap10(config: &mut ServerConfig) {
     config.network.max_connections = Some(10);
 }
 
-/// A GetModel with `token` on `channel`.
-async fn get_model(channel: &Channel, token: &str) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(v1::GetModelRequest { version: 0 });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    AggregatorClient::new(channel.clone())
-        .get_model(request)
-        .await
-        .map(|_| ())
-}
-
 /// One token may hold at most four connections (each credited by an OK
 /// GetModel, so each would otherwise be kept for the idle timeout, and
 /// kept for ever by a model fetch every idle timeout): a fifth request
@@ -362,14 +352,14 @@ async fn one_token_holds_at_most_four_connections() {
     for i in 0..4 {
         let (port, closed) = relay(ts.server.local_addr()).await;
         let channel = channel_via(&ts, port).await;
-        get_model(&channel, &ts.tokens[0])
+        get_model_with(&channel, &ts.tokens[0], 0)
             .await
             .unwrap_or_else(|e| panic!("connection {i}: {e:?}"));
         held.push((closed, channel));
     }
     let (port, mut closed) = relay(ts.server.local_addr()).await;
     let fifth = channel_via(&ts, port).await;
-    let refused = get_model(&fifth, &ts.tokens[0])
+    let refused = get_model_with(&fifth, &ts.tokens[0], 0)
         .await
         .expect_err("a fifth connection of one token");
     let at = Instant::now();
@@ -386,7 +376,7 @@ async fn one_token_holds_at_most_four_connections() {
     assert!(held.iter().all(|(closed, _)| !closed.is_finished()));
     let (port, _other_closed) = relay(ts.server.local_addr()).await;
     let other = channel_via(&ts, port).await;
-    get_model(&other, &ts.tokens[1])
+    get_model_with(&other, &ts.tokens[1], 0)
         .await
         .expect("another token is not affected");
     // One of the four goes away: the token may open another connection.
@@ -400,7 +390,7 @@ async fn one_token_holds_at_most_four_connections() {
     loop {
         let (port, _closed) = relay(ts.server.local_addr()).await;
         let channel = channel_via(&ts, port).await;
-        match get_model(&channel, &ts.tokens[0]).await {
+        match get_model_with(&channel, &ts.tokens[0], 0).await {
             Ok(()) => break,
             // The server may not have seen the close yet.
             Err(e) if started.elapsed() < SLACK => {

@@ -11,12 +11,13 @@
 use std::time::{Duration, Instant};
 
 use tessera_client::{ClientError, RetryPolicy};
-use tessera_proto::v1::{self, aggregator_client::AggregatorClient};
+use tessera_proto::v1;
 use tessera_server::ServerConfig;
-use tessera_tests::{ServerOptions, TestServer, endpoint_via, relay};
+use tessera_tests::{
+    ServerOptions, TestServer, endpoint_via, get_model_with, join_and_prove_after, relay,
+};
 use tokio::io::AsyncWriteExt as _;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 /// The preface (and so no-credit) timeout the tests run the server with.
 const PREFACE: Duration = Duration::from_millis(1000);
@@ -156,9 +157,7 @@ fn enrolled_short_preface(config: &mut ServerConfig) {
 /// `min(stage_timeout, preface_timeout)` and document it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redteam_an_identity_proof_within_its_deadline_is_cut_by_the_no_credit_deadline() {
-    use tessera_proto::PROTOCOL_VERSION;
-    use tessera_proto::v1::{client_frame, server_frame};
-    use tokio_stream::wrappers::ReceiverStream;
+    use tessera_proto::v1::server_frame;
 
     let dim = 10;
     let ts = TestServer::start(ServerOptions {
@@ -174,44 +173,8 @@ async fn redteam_an_identity_proof_within_its_deadline_is_cut_by_the_no_credit_d
     .await;
     let (port, _closed) = relay(ts.server.local_addr()).await;
     let channel = endpoint_via(&ts, port).connect().await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(v1::ClientFrame {
-        frame: Some(client_frame::Frame::Join(v1::Join {
-            protocol_version: PROTOCOL_VERSION,
-            dim,
-            identity_key: ts.trusted[0].to_bytes().to_vec(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", ts.tokens[0]).parse().unwrap(),
-    );
-    let mut inbound = AggregatorClient::new(channel)
-        .participate(request)
-        .await
-        .expect("the challenged Join is answered")
-        .into_inner();
-    let challenge = match inbound.message().await.expect("a frame").expect("a frame") {
-        v1::ServerFrame {
-            frame: Some(server_frame::Frame::JoinChallenge(c)),
-        } => c,
-        other => panic!("expected a challenge: {other:?}"),
-    };
     // The proof takes 2.5 preface timeouts: well inside its 10 s deadline.
-    tokio::time::sleep(PREFACE * 5 / 2).await;
-    let bytes = challenge.challenge.as_slice().try_into().unwrap();
-    let proof = ts.identities[0].sign_join(bytes, &challenge.principal);
-    let _ = tx
-        .send(v1::ClientFrame {
-            frame: Some(client_frame::Frame::JoinProof(v1::JoinProof {
-                signature: proof.0.to_vec(),
-            })),
-        })
-        .await;
-    let next = tokio::time::timeout(SLACK, inbound.message()).await;
+    let next = join_and_prove_after(&ts, channel, dim, PREFACE * 5 / 2, SLACK).await;
     assert!(
         matches!(
             next,
@@ -228,18 +191,6 @@ async fn redteam_an_identity_proof_within_its_deadline_is_cut_by_the_no_credit_d
 
 fn cap10(config: &mut ServerConfig) {
     config.network.max_connections = Some(10);
-}
-
-/// A GetModel with `token` on `channel`.
-async fn get_model(channel: &Channel, token: &str) -> Result<(), tonic::Status> {
-    let mut request = tonic::Request::new(v1::GetModelRequest { version: 0 });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    AggregatorClient::new(channel.clone())
-        .get_model(request)
-        .await
-        .map(|_| ())
 }
 
 /// LOW (honest client misled). The per-principal refusal is
@@ -266,7 +217,7 @@ async fn redteam_the_sdk_reports_the_per_token_connection_limit_as_the_server_no
     let mut held = Vec::new();
     for _ in 0..4 {
         let channel = ts.channel().await;
-        get_model(&channel, &ts.tokens[0]).await.unwrap();
+        get_model_with(&channel, &ts.tokens[0], 0).await.unwrap();
         held.push(channel);
     }
     let err = ts
