@@ -706,3 +706,33 @@ pub async fn join_and_prove_after(
         .await;
     tokio::time::timeout(wait, inbound.message()).await
 }
+
+/// The opening of a gRPC call written by hand, for attacks below tonic: the
+/// HTTP/2 preface, empty SETTINGS, and the HEADERS frame of a call to
+/// `path` (stream 1, without END_STREAM, no credentials). The request
+/// message (its DATA frame) never follows, so the server's handler is
+/// never called.
+pub fn unanswered_call(path: &str) -> Vec<u8> {
+    // HPACK "literal without indexing, new name" (RFC 7541, section
+    // 6.2.2), short names and values only.
+    fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    block.push(0x04); // :path, a literal with the static table's name
+    block.push(path.len() as u8);
+    block.extend_from_slice(path.as_bytes());
+    literal(&mut block, "content-type", "application/grpc");
+    literal(&mut block, "te", "trailers");
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    let len = block.len();
+    // HEADERS, END_HEADERS, stream 1.
+    bytes.extend_from_slice(&[0, 0, len as u8, 0x1, 0x4, 0, 0, 0, 1]);
+    bytes.extend_from_slice(&block);
+    bytes
+}

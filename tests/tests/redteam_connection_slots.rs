@@ -28,7 +28,8 @@ use tessera_client::RetryPolicy;
 use tessera_proto::v1::{self, aggregator_client::AggregatorClient};
 use tessera_server::ServerConfig;
 use tessera_tests::{
-    ScriptedClient, ServerOptions, TestServer, endpoint_via, get_model_with, relay, update,
+    ScriptedClient, ServerOptions, TestServer, endpoint_via, get_model_with, relay,
+    unanswered_call, update,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -270,37 +271,6 @@ async fn redteam_a_health_watch_does_not_hold_a_connection() {
     assert!(took >= IDLE / 2, "closed after {took:?}");
 }
 
-/// HPACK for a header field as a "literal without indexing, new name"
-/// (RFC 7541, section 6.2.2), short names and values only.
-fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
-    block.push(0x00);
-    block.push(name.len() as u8);
-    block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
-    block.extend_from_slice(value.as_bytes());
-}
-
-/// The opening of a unary GetModel written by hand: the preface, empty
-/// SETTINGS, and the call's HEADERS frame without END_STREAM. The request
-/// message (the DATA frame) never follows, so tonic never calls the
-/// handler, which would check the credentials.
-fn unfinished_get_model() -> Vec<u8> {
-    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-    let path = "/tessera.v1.Aggregator/GetModel";
-    block.push(0x04); // :path, a literal with the static table's name
-    block.push(path.len() as u8);
-    block.extend_from_slice(path.as_bytes());
-    literal(&mut block, "content-type", "application/grpc");
-    literal(&mut block, "te", "trailers");
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-    let len = block.len();
-    // HEADERS, END_HEADERS, stream 1.
-    bytes.extend_from_slice(&[0, 0, len as u8, 0x1, 0x4, 0, 0, 0, 1]);
-    bytes.extend_from_slice(&block);
-    bytes
-}
-
 /// A request that reaches the service but never gets an answer (its body
 /// never comes) is not live: nothing before a response counts, as nothing
 /// before the handler is authenticated. The connection, never credited,
@@ -316,7 +286,10 @@ async fn redteam_a_request_whose_body_never_comes_does_not_hold_a_connection() {
     })
     .await;
     let mut attacker = TcpStream::connect(ts.server.local_addr()).await.unwrap();
-    attacker.write_all(&unfinished_get_model()).await.unwrap();
+    attacker
+        .write_all(&unanswered_call("/tessera.v1.Aggregator/GetModel"))
+        .await
+        .unwrap();
     let sent = Instant::now();
     let mut buf = [0u8; 1024];
     let closed = tokio::time::timeout(IDLE + SLACK, async {

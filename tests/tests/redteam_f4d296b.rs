@@ -15,6 +15,7 @@ use tessera_proto::v1;
 use tessera_server::ServerConfig;
 use tessera_tests::{
     ServerOptions, TestServer, endpoint_via, get_model_with, join_and_prove_after, relay,
+    unanswered_call,
 };
 use tokio::io::AsyncWriteExt as _;
 use tokio::task::JoinHandle;
@@ -30,35 +31,6 @@ fn cap3_short_preface(config: &mut ServerConfig) {
     config.network.idle_timeout = PREFACE;
 }
 
-/// HPACK for a header field as a "literal without indexing, new name"
-/// (RFC 7541, section 6.2.2), short names and values only.
-fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
-    block.push(0x00);
-    block.push(name.len() as u8);
-    block.extend_from_slice(name.as_bytes());
-    block.push(value.len() as u8);
-    block.extend_from_slice(value.as_bytes());
-}
-
-/// The preface, empty SETTINGS, and the HEADERS of a health Check (no
-/// credentials needed, none given) whose message never comes.
-fn opening_with_a_request() -> Vec<u8> {
-    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-    let path = "/grpc.health.v1.Health/Check";
-    block.push(0x04); // :path, a literal with the static table's name
-    block.push(path.len() as u8);
-    block.extend_from_slice(path.as_bytes());
-    literal(&mut block, "content-type", "application/grpc");
-    literal(&mut block, "te", "trailers");
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
-    let len = block.len();
-    // HEADERS, END_HEADERS, stream 1.
-    bytes.extend_from_slice(&[0, 0, len as u8, 0x1, 0x4, 0, 0, 0, 1]);
-    bytes.extend_from_slice(&block);
-    bytes
-}
-
 /// A party without credentials opens a plain connection with a tiny
 /// receive buffer, sends one request's HEADERS, then PING frames without
 /// end and never reads. The server's PONGs fill the socket; h2 then stops
@@ -69,7 +41,10 @@ async fn ping_flooder(server: std::net::SocketAddr) -> JoinHandle<Instant> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(2048).unwrap();
     let mut stream = socket.connect(server).await.unwrap();
-    stream.write_all(&opening_with_a_request()).await.unwrap();
+    stream
+        .write_all(&unanswered_call("/grpc.health.v1.Health/Check"))
+        .await
+        .unwrap();
     let ping: [u8; 17] = [0, 0, 8, 0x6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
     let chunk = ping.repeat(256);
     tokio::spawn(async move {
