@@ -6,7 +6,7 @@
 #   bash scripts/load-figure.sh                 # 5,000 clients, d = 100,000
 #   CLIENTS=1000 DIM=10000 PARTS=1 bash scripts/load-figure.sh
 #
-# The clients are the load test (tests/tests/load.rs) split over PARTS
+# The clients are the load test (tests/tests/end_to_end/load.rs) split over PARTS
 # processes. Reported: the round time (first join to last result, per part),
 # the server's CPU seconds and peak RSS (GNU time), and the server's own
 # per-stage times from its Prometheus endpoint (where the time goes).

@@ -395,7 +395,7 @@ impl Activity {
         // An earlier refusal on the connection still closes it after its
         // linger: lifting it here would let one token keep a connection
         // with challenges it never proves, each refused at the stage
-        // deadline (tests/tests/redteam_session_review.rs). So a client
+        // deadline (tests/tests/end_to_end/redteam_session_review.rs). So a client
         // that reuses one connection after a refusal has the rest of the
         // linger for a proof; the SDK opens a connection per call.
         if state.proof_until.is_none_or(|at| at < until) {
