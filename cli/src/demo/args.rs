@@ -9,6 +9,8 @@ use tessera_train::experiment::{DatasetChoice, Experiment, Holdout};
 use tessera_train::local::{LocalTraining, Optimizer};
 use tessera_train::model::ModelKind;
 
+use tessera_server::config::Strategy;
+
 use super::{DemoConfig, DpMode};
 use crate::args::ThreatArg;
 
@@ -35,6 +37,7 @@ pub(crate) const EXAMPLES: &str = "Examples:\n  \
     tessera demo --clients 50 --rounds 10 --dropout 0.2 --dp central\n  \
     tessera demo --dp off --iid                   # secure aggregation only\n  \
     tessera demo --baseline plain-fedavg          # the same training, no masking, no DP\n  \
+    tessera demo --strategy fedadam --server-lr 0.01 --weighting --federated-eval\n  \
     tessera demo --dataset fashion-mnist --clients 50 --rounds 50   # needs Debian's dataset-fashion-mnist";
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -157,9 +160,32 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 1.0, value_name = "LR")]
     server_lr: f32,
     /// FedAvgM server momentum in [0, 1); 0 is plain FedAvg. Momentum
-    /// averages the noisy rounds: chosen on the validation split.
+    /// averages the noisy rounds: chosen on the validation split. Used by
+    /// FedAvgM (and DP-FTRL's momentum) only.
     #[arg(long, default_value_t = 0.9, value_name = "BETA")]
     server_momentum: f32,
+    /// Server optimizer (default: fedavgm with --server-momentum above 0,
+    /// else fedavg). fedadam, fedyogi and fedadagrad (Reddi et al. 2021)
+    /// take steps of about --server-lr per coordinate: give them a small
+    /// one, e.g. --server-lr 0.01. Not with --dp ftrl.
+    #[arg(long, value_enum, value_name = "STRATEGY")]
+    strategy: Option<Strategy>,
+    /// FedProx: clients add (mu/2) ||w - w_global||^2 to their local loss;
+    /// the server sends mu with the model. 0 is plain local training.
+    #[arg(long, default_value_t = 0.0, value_name = "MU")]
+    proximal_mu: f64,
+    /// Weighted averaging by example count: each client sends its number
+    /// of training examples inside the secure sum (noised and charged under
+    /// DP); a client's weight is min(n, N) / N with N the median client's
+    /// count. Not with --dp ftrl.
+    #[arg(long)]
+    weighting: bool,
+    /// Federated evaluation: each client keeps a fifth of its examples out
+    /// of training, evaluates each round's base model on them and sends the
+    /// counts through the secure sum (noised and charged under DP); the
+    /// table and rounds.csv show the federated accuracy. Not with --dp ftrl.
+    #[arg(long)]
+    federated_eval: bool,
     /// Seed of the data split, initial model, local training and dropouts
     /// (the protocol's keys, masks and noise always come from the OS).
     #[arg(long, default_value_t = 1, value_name = "SEED")]
@@ -173,14 +199,21 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value = "tessera-out", value_name = "DIR")]
     out: PathBuf,
     /// Run a baseline instead of the demo (no server).
-    #[arg(long, value_enum, value_name = "WHICH")]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "WHICH",
+        conflicts_with_all = ["strategy", "weighting", "federated_eval"]
+    )]
     pub(super) baseline: Option<BaselineArg>,
     /// Measure accuracy against privacy: run the demo at epsilon 1, 2, 4,
     /// 8 and 16 for each private mechanism, once without DP and once as
     /// the central baseline, with the other flags as given; writes
     /// sweep.csv, sweep.svg and runs/NAME/ (each run's files) into --out.
     /// Takes many demo runs' time.
-    #[arg(long, conflicts_with_all = ["baseline", "dp", "epsilon", "noise_multiplier"])]
+    #[arg(long, conflicts_with_all = [
+        "baseline", "dp", "epsilon", "noise_multiplier", "strategy", "weighting", "federated_eval"
+    ])]
     pub(super) sweep: bool,
     /// Threat model of the rounds; malicious-server gives every client an
     /// enrolled Ed25519 identity (OUT/enrolled.txt) to sign its keys and the
@@ -202,6 +235,9 @@ impl DemoArgs {
             threat_model: self.threat_model.into(),
             ftrl_epoch_rounds: self.ftrl_epoch_rounds,
             adaptive_clip: self.adaptive_clip,
+            strategy: self.strategy,
+            weighting: self.weighting,
+            federated_eval: self.federated_eval,
         }
     }
 
@@ -236,7 +272,7 @@ impl DemoArgs {
                     OptimizerArg::Sgd => Optimizer::Sgd,
                     OptimizerArg::Adam => Optimizer::Adam,
                 },
-                ..LocalTraining::default()
+                proximal_mu: self.proximal_mu,
             },
             clip_norm: self.clip_norm,
             server_lr: self.server_lr,
@@ -267,6 +303,29 @@ mod tests {
     fn no_flags_is_the_documented_default_job() {
         let parsed = Demo::try_parse_from(["demo"]).unwrap();
         assert_eq!(parsed.args.config(), DemoConfig::default());
+    }
+
+    #[test]
+    fn strategy_weighting_and_evaluation_reach_the_job_and_not_the_baselines() {
+        let parsed = Demo::try_parse_from([
+            "demo",
+            "--strategy",
+            "fedyogi",
+            "--weighting",
+            "--federated-eval",
+            "--proximal-mu",
+            "0.01",
+        ])
+        .unwrap();
+        let cfg = parsed.args.config();
+        assert_eq!(cfg.strategy, Some(Strategy::FedYogi));
+        assert!(cfg.weighting && cfg.federated_eval);
+        assert_eq!(cfg.training.local.proximal_mu, 0.01);
+        // A baseline or a sweep would silently drop them: refused instead.
+        for flag in ["--weighting", "--federated-eval"] {
+            assert!(Demo::try_parse_from(["demo", "--baseline", "central", flag]).is_err());
+            assert!(Demo::try_parse_from(["demo", "--sweep", flag]).is_err());
+        }
     }
 
     #[test]

@@ -475,5 +475,6 @@ fn baseline_row(round: &BaselineRound) -> RoundRow {
         bytes_per_client: 0,
         bytes_received: 0,
         max_error_vs_plain: None,
+        federated_accuracy: None,
     }
 }

@@ -19,7 +19,7 @@ use tessera_aggregation::identity::IdentityKey;
 use tessera_client::Client;
 use tessera_server::config::{
     AggregationSettings, DpMode, DpSettings, ExtrasSettings, GraphChoice, NetworkSettings,
-    RoundRules, ThresholdRule,
+    RoundRules, Strategy, ThresholdRule,
 };
 use tessera_server::model::{Model, TensorSpec};
 use tessera_server::store::Store;
@@ -102,6 +102,7 @@ pub(super) async fn deploy(
     cfg: &DemoConfig,
     model: &Model,
     noise_multiplier: f64,
+    counts: ExampleBounds,
 ) -> Result<Deployment, DemoError> {
     let data_dir = cfg.out.join("data");
     let credentials = write_credentials(cfg)?;
@@ -109,6 +110,7 @@ pub(super) async fn deploy(
         cfg,
         model.dim(),
         noise_multiplier,
+        counts,
         data_dir.clone(),
         &credentials,
     );
@@ -199,12 +201,23 @@ fn enrol_identities(
     Ok(identities)
 }
 
+/// The public bounds on what one client's example counts stand for.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ExampleBounds {
+    /// `N`: the training examples that earn a full weight.
+    pub(super) max_examples: u32,
+    /// `T`: the most evaluation examples one client's counts stand for.
+    pub(super) eval_max_examples: u32,
+}
+
 /// The server's settings: every client in every round, the SecAgg+ graph
-/// the finder picks for the planned dropout, the demo's DP and FedAvg.
+/// the finder picks for the planned dropout, the demo's DP, strategy and
+/// extras, with the public bounds on the clients' example counts.
 fn server_config(
     cfg: &DemoConfig,
     dim: usize,
     noise_multiplier: f64,
+    counts: ExampleBounds,
     data_dir: PathBuf,
     credentials: &Credentials,
 ) -> ServerConfig {
@@ -243,6 +256,10 @@ fn server_config(
             threat_model: cfg.threat_model,
             extras: ExtrasSettings {
                 adaptive_clip: cfg.adaptive_clip,
+                weighting: cfg.weighting,
+                max_examples: counts.max_examples,
+                federated_eval: cfg.federated_eval,
+                eval_max_examples: counts.eval_max_examples,
                 ..ExtrasSettings::default()
             },
             ..RoundRules::default()
@@ -251,7 +268,12 @@ fn server_config(
             server_lr: training.server_lr,
             // DP-FTRL has its own update; the demo's momentum becomes its
             // ftrl_momentum (DP-FTRLM) below.
-            server_momentum: training.server_momentum.filter(|_| cfg.dp != DpMode::Ftrl),
+            // The momentum is FedAvgM's alone.
+            server_momentum: training.server_momentum.filter(|_| {
+                cfg.dp != DpMode::Ftrl && cfg.effective_strategy() == Strategy::FedAvgM
+            }),
+            strategy: cfg.strategy,
+            proximal_mu: training.local.proximal_mu,
             ..AggregationSettings::default()
         },
         dp: DpSettings {

@@ -41,7 +41,7 @@ use tessera_aggregation::ThreatModel;
 use tessera_aggregation::graph::GraphKind;
 use tessera_client::ClientError;
 use tessera_dp::accountant;
-use tessera_server::config::DpMode;
+use tessera_server::config::{DpMode, Strategy};
 use tessera_train::data;
 use tessera_train::experiment::{Experiment, ExperimentError};
 
@@ -81,6 +81,17 @@ pub(crate) struct DemoConfig {
     /// clients' clipped-indicator bits summed (and, under distributed DP,
     /// noised by the clients) inside the secure sum.
     pub(crate) adaptive_clip: bool,
+    /// The server optimizer; `None` is FedAvgM with the training's
+    /// `server_momentum`, or FedAvg without one.
+    pub(crate) strategy: Option<Strategy>,
+    /// Weighted averaging by example count: each client sends its number
+    /// of training examples with its update, inside the secure sum (noised
+    /// and charged under DP).
+    pub(crate) weighting: bool,
+    /// Federated evaluation: each client keeps a fifth of its examples out
+    /// of training, evaluates each round's base model on them and sends the
+    /// counts through the secure sum (noised and charged under DP).
+    pub(crate) federated_eval: bool,
 }
 
 impl Default for DemoConfig {
@@ -95,6 +106,9 @@ impl Default for DemoConfig {
             threat_model: ThreatModel::SemiHonest,
             ftrl_epoch_rounds: 4,
             adaptive_clip: false,
+            strategy: None,
+            weighting: false,
+            federated_eval: false,
         }
     }
 }
@@ -172,8 +186,16 @@ pub(crate) struct RoundRow {
     /// With DP off: the largest difference, over all parameters, between
     /// the published model and `global + server_lr * mean(clipped
     /// updates of the survivors)` computed in plain `f64` (with server
-    /// momentum beta, plus beta times the previous round's step).
+    /// momentum beta, plus beta times the previous round's step; with
+    /// weighting, the weighted mean). Not checked for the adaptive
+    /// strategies, whose step divides by moments the demo does not track
+    /// (`tests/tests/end_to_end/strategies.rs` checks FedAdam's step by hand).
     pub(crate) max_error_vs_plain: Option<f32>,
+    /// With federated evaluation: the accuracy of the round's base model
+    /// on the counted clients' own held-out examples, as the server's
+    /// round record has it (from noisy counts under DP); `None` when off
+    /// or when the noisy count of examples fell below one.
+    pub(crate) federated_accuracy: Option<f64>,
 }
 
 /// The federation as the job starts, for the opening lines of a display.
@@ -247,12 +269,18 @@ impl DemoConfig {
         Ok(())
     }
 
-    /// Checks epsilon (with DP on) and delta.
+    /// Checks the server optimizer, then epsilon (with DP on) and delta.
     fn check_privacy(&self) -> Result<(), DemoError> {
-        if self.dp == DpMode::Ftrl && self.adaptive_clip {
-            return Err(DemoError::Config(
-                "--adaptive-clip is not available with --dp ftrl yet (its tree holds the model's coordinates only)".into(),
-            ));
+        self.check_strategy()?;
+        let extras = [
+            (self.adaptive_clip, "--adaptive-clip"),
+            (self.weighting, "--weighting"),
+            (self.federated_eval, "--federated-eval"),
+        ];
+        if let Some((_, flag)) = extras.iter().find(|(on, _)| *on && self.dp == DpMode::Ftrl) {
+            return Err(DemoError::Config(format!(
+                "{flag} is not available with --dp ftrl yet (its tree holds the model's coordinates only)"
+            )));
         }
         if self.dp == DpMode::Ftrl && (self.ftrl_epoch_rounds == 0 || self.cohort_size() < 3) {
             return Err(DemoError::Config(format!(
@@ -273,6 +301,37 @@ impl DemoConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Checks that the strategy and the momentum agree, and that DP-FTRL,
+    /// which has its own server update, is not given another.
+    fn check_strategy(&self) -> Result<(), DemoError> {
+        let mu = self.training.local.proximal_mu;
+        if !(mu.is_finite() && mu >= 0.0) {
+            return Err(DemoError::Config(format!(
+                "--proximal-mu {mu} must be 0 or more"
+            )));
+        }
+        let momentum = self.training.server_momentum;
+        match self.strategy {
+            Some(s) if self.dp == DpMode::Ftrl => Err(DemoError::Config(format!(
+                "--strategy {s} cannot be combined with --dp ftrl: DP-FTRL is its own server update (its momentum is --server-momentum)"
+            ))),
+            Some(Strategy::FedAvgM) if momentum.is_none() => Err(DemoError::Config(
+                "--strategy fedavgm needs a --server-momentum above 0".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server optimizer that runs: the chosen one, else FedAvgM with a
+    /// momentum, else FedAvg (DP-FTRL's own update aside).
+    pub(crate) fn effective_strategy(&self) -> Strategy {
+        match (self.strategy, self.training.server_momentum) {
+            (Some(s), _) => s,
+            (None, Some(_)) => Strategy::FedAvgM,
+            (None, None) => Strategy::FedAvg,
+        }
     }
 
     /// Clients in each round: all of them, or with `--dp ftrl` one cohort

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tessera_aggregation::Stage;
-use tessera_client::{Client, ClientError, Participation};
+use tessera_client::{Client, ClientError, Contribution, Participation};
 use tessera_dp::mechanism::clip_l2;
 use tessera_train::data::Examples;
 use tessera_train::local::{self, Architecture, LocalTraining};
@@ -30,15 +30,46 @@ pub(crate) async fn run_job(
     let model = federation::initial_model(&arch, cfg.training.seed)?;
     prepare_out(&cfg.out)?;
     let noise_multiplier = calibrate(cfg)?;
-    let deployment = federation::deploy(cfg, &model, noise_multiplier).await?;
+    // With federated evaluation each client keeps a fifth of its examples
+    // out of training to evaluate the global model on.
+    let (partitions, eval_sets): (Vec<_>, Vec<_>) = shares
+        .iter()
+        .map(|idx| {
+            let examples = dataset.train.select(idx);
+            let (train, eval) = if cfg.federated_eval {
+                local::held_out(&examples, 0.2)
+            } else {
+                (
+                    examples,
+                    Examples {
+                        pixels: Vec::new(),
+                        labels: Vec::new(),
+                    },
+                )
+            };
+            (Arc::new(train), Arc::new(eval))
+        })
+        .unzip();
+    // The server clips each client's counts at `T` examples (a bound on one
+    // client's part, for the sensitivity), which would bias the accuracy of
+    // a client with more; so each evaluates on at most `T` of its own, the
+    // median client's count, keeping `T` (and the noise under DP) small.
+    let eval_max_examples = typical_count(&eval_sets);
+    let eval_sets: Vec<_> = eval_sets
+        .into_iter()
+        .map(|eval| Arc::new(at_most(&eval, eval_max_examples)))
+        .collect();
+    let counts = federation::ExampleBounds {
+        max_examples: typical_count(&partitions),
+        eval_max_examples,
+    };
+    let deployment = federation::deploy(cfg, &model, noise_multiplier, counts).await?;
     let job = Job {
         cfg,
         arch,
         clients: deployment.connect_clients()?,
-        partitions: shares
-            .iter()
-            .map(|idx| Arc::new(dataset.train.select(idx)))
-            .collect(),
+        partitions,
+        eval_sets,
         test: dataset.test,
     };
     let dim = model.dim();
@@ -105,6 +136,9 @@ struct Job<'a> {
     clients: Vec<Arc<Client>>,
     /// Each client's training examples.
     partitions: Vec<Arc<Examples>>,
+    /// Each client's own held-out examples (empty without federated
+    /// evaluation).
+    eval_sets: Vec<Arc<Examples>>,
     /// The held-out split every published model is evaluated on.
     test: Examples,
 }
@@ -135,6 +169,7 @@ enum ClientRound {
     /// after its masked input was in).
     Counted {
         update: Vec<f32>,
+        num_examples: u64,
         bytes: Option<(u64, u64)>,
         survivors: Option<u32>,
     },
@@ -151,8 +186,8 @@ enum ClientRound {
 
 /// The counted clients of a round, summed up for its row.
 struct Tally<'a> {
-    /// Their updates, unclipped.
-    updates: Vec<&'a Vec<f32>>,
+    /// Their updates, unclipped, with the example counts they sent.
+    updates: Vec<(&'a Vec<f32>, u64)>,
     /// Survivors as the server announced them (0 if no client heard).
     survivors: u32,
     /// Mean bytes sent by the clients that completed.
@@ -170,11 +205,12 @@ impl Tally<'_> {
         for result in results.iter().flatten() {
             if let ClientRound::Counted {
                 update,
+                num_examples,
                 bytes,
                 survivors: announced,
             } = result
             {
-                updates.push(update);
+                updates.push((update, *num_examples));
                 survivors = survivors.or(*announced);
                 if let Some((s, r)) = bytes {
                     (sent, received, completed) = (sent + s, received + r, completed + 1);
@@ -254,11 +290,21 @@ impl Job<'_> {
             .iter()
             .filter(|r| matches!(r, Some(ClientRound::Lost)))
             .count() as u32;
-        // Adaptive clipping moves the clip norm the check would use; a
+        // Adaptive clipping moves the clip norm the check would use, and
+        // the adaptive strategies divide by moments it does not track; a
         // lost client's update may or may not be in the sum.
+        let checkable = self.cfg.dp == DpMode::Off
+            && !self.cfg.adaptive_clip
+            && !self.cfg.effective_strategy().is_adaptive()
+            && completed
+            && lost == 0;
         let max_error_vs_plain =
-            (self.cfg.dp == DpMode::Off && !self.cfg.adaptive_clip && completed && lost == 0)
-                .then(|| self.plain_fedavg_error(global, &next, &tally.updates));
+            checkable.then(|| self.plain_fedavg_error(global, &next, &tally.updates));
+        let federated_accuracy = if self.cfg.federated_eval && completed {
+            federated_accuracy(&self.cfg.out.join("data"), round)?
+        } else {
+            None
+        };
         let (accuracy, loss) = local::evaluate(&self.arch, &next, &self.test);
         let row = RoundRow {
             round,
@@ -273,6 +319,7 @@ impl Job<'_> {
             bytes_per_client: tally.bytes_per_client,
             bytes_received: tally.bytes_received,
             max_error_vs_plain,
+            federated_accuracy,
         };
         global.advance(next, completed);
         Ok(RoundEnd::Ran(row))
@@ -297,6 +344,13 @@ impl Job<'_> {
                 self.arch,
                 Arc::clone(&global),
                 Arc::clone(&self.partitions[c]),
+                Extras {
+                    weighting: self.cfg.weighting,
+                    evaluate_on: self
+                        .cfg
+                        .federated_eval
+                        .then(|| Arc::clone(&self.eval_sets[c])),
+                },
                 self.cfg.training.local,
                 self.cfg.training.client_seed(round, c),
                 drop_before[c],
@@ -321,14 +375,31 @@ impl Job<'_> {
     }
 
     /// The plain-FedAvg check of one round with this job's clip, server
-    /// learning rate and momentum.
-    fn plain_fedavg_error(&self, global: &GlobalModel, next: &[f32], updates: &[&Vec<f32>]) -> f32 {
+    /// learning rate, momentum and weighting.
+    fn plain_fedavg_error(
+        &self,
+        global: &GlobalModel,
+        next: &[f32],
+        updates: &[(&Vec<f32>, u64)],
+    ) -> f32 {
         let training = &self.cfg.training;
+        let max_examples = typical_count(&self.partitions);
+        let weighted: Vec<(&Vec<f32>, f64)> = updates
+            .iter()
+            .map(|&(u, n)| {
+                let w = if self.cfg.weighting {
+                    n.min(u64::from(max_examples)) as f64 / f64::from(max_examples)
+                } else {
+                    1.0
+                };
+                (u, w)
+            })
+            .collect();
         plain_fedavg_error(
             &global.params,
             &global.last_step,
             next,
-            updates,
+            &weighted,
             training.clip_norm,
             training.server_lr,
             training.server_momentum.unwrap_or(0.0),
@@ -336,40 +407,99 @@ impl Job<'_> {
     }
 }
 
+/// The example count that earns a full weight: the median client's
+/// number of training examples (at least 1), so a typical client weighs
+/// about 1 and the weights' sum stays well above the server's floor of 1.
+pub(super) fn typical_count(partitions: &[Arc<Examples>]) -> u32 {
+    let mut counts: Vec<usize> = partitions.iter().map(|p| p.len()).collect();
+    counts.sort_unstable();
+    let median = counts.get(counts.len() / 2).copied().unwrap_or(1);
+    u32::try_from(median.max(1)).unwrap_or(u32::MAX)
+}
+
+/// The first `limit` of `examples` (a client's partition is shuffled
+/// already, so they are a uniform sample of it).
+pub(super) fn at_most(examples: &Examples, limit: u32) -> Examples {
+    let n = examples.len().min(limit as usize);
+    examples.select(&(0..n).collect::<Vec<_>>())
+}
+
+/// The federated accuracy the server recorded for `round`, read back from
+/// its data directory (`tessera inspect` shows the same record).
+fn federated_accuracy(data_dir: &std::path::Path, round: u64) -> Result<Option<f64>, DemoError> {
+    let state = tessera_server::store::inspect(data_dir).map_err(|e| DemoError::Output {
+        path: data_dir.to_owned(),
+        problem: e.to_string(),
+    })?;
+    Ok(state
+        .rounds
+        .iter()
+        .find(|r| r.round == round)
+        .and_then(|r| r.extras.as_ref())
+        .and_then(|e| e.federated.as_ref())
+        .and_then(|f| f.accuracy))
+}
+
+/// What a client sends besides its update.
+struct Extras {
+    /// Its number of training examples, for weighted averaging.
+    weighting: bool,
+    /// Its own held-out examples, to evaluate the global model on.
+    evaluate_on: Option<Arc<Examples>>,
+}
+
 /// One client's part of a round: train from `global`, then take part with
 /// `local - global`, or hang up before `drop_before`.
+#[allow(clippy::too_many_arguments)] // one client's round, spelled out
 async fn client_round(
     client: Arc<Client>,
     arch: Architecture,
     global: Arc<Vec<f32>>,
     examples: Arc<Examples>,
+    extras: Extras,
     local: LocalTraining,
     seed: u64,
     drop_before: Option<Stage>,
 ) -> Result<ClientRound, ClientError> {
-    let update =
-        tokio::task::spawn_blocking(move || local::update(&arch, &global, &examples, &local, seed))
-            .await
-            .expect("local training does not panic");
+    let num_examples = examples.len() as u64;
+    let (update, evaluation) = tokio::task::spawn_blocking(move || {
+        // The base model is evaluated before training moves away from it.
+        let evaluation = extras
+            .evaluate_on
+            .map(|eval| local::evaluation_counts(&arch, &global, &eval));
+        let update = local::update(&arch, &global, &examples, &local, seed);
+        (update, evaluation)
+    })
+    .await
+    .expect("local training does not panic");
+    let mut contribution = Contribution::new(&update);
+    if extras.weighting {
+        contribution = contribution.num_examples(num_examples);
+    }
+    if let Some(evaluation) = evaluation {
+        contribution = contribution.evaluation(evaluation);
+    }
     let result = match drop_before {
         None => client
-            .participate(&update)
+            .contribute(contribution)
             .await
             .map(Participation::Completed),
-        Some(stage) => client.participate_or_drop(&update, stage).await,
+        Some(stage) => client.contribute_or_drop(contribution, stage).await,
     };
-    client_outcome(update, result)
+    client_outcome(update, num_examples, result)
 }
 
 /// What `result`, the SDK's answer to a client that sent `update`, means
 /// for the demo's round.
 fn client_outcome(
     update: Vec<f32>,
+    num_examples: u64,
     result: Result<Participation, ClientError>,
 ) -> Result<ClientRound, ClientError> {
     match result {
         Ok(Participation::Completed(o)) => Ok(ClientRound::Counted {
             update,
+            num_examples,
             bytes: Some((o.bytes_sent, o.bytes_received)),
             survivors: Some(o.survivors),
         }),
@@ -378,6 +508,7 @@ fn client_outcome(
             ..
         }) => Ok(ClientRound::Counted {
             update,
+            num_examples,
             bytes: None,
             survivors: None,
         }),
@@ -398,25 +529,29 @@ fn client_outcome(
 
 /// `max_i |next_i - (global_i + beta last_step_i + lr mean_i(clip(u)))|`,
 /// the plain-FedAvg check of one round (FedAvgM: the step is `lr v` with
-/// `v = beta v_prev + mean`, and `lr v_prev` is the last step taken).
+/// `v = beta v_prev + mean`, and `lr v_prev` is the last step taken). The
+/// mean is weighted, `Σ w_i clip(u_i) / Σ w_i` with the denominator kept
+/// within `[1, n]` as the server keeps it; weights of 1 give the plain mean.
 fn plain_fedavg_error(
     global: &[f32],
     last_step: &[f32],
     next: &[f32],
-    updates: &[&Vec<f32>],
+    updates: &[(&Vec<f32>, f64)],
     clip_norm: f32,
     server_lr: f32,
     beta: f32,
 ) -> f32 {
     let mut mean = vec![0f64; global.len()];
-    for u in updates {
-        let mut clipped = (*u).clone();
+    let mut weight_sum = 0f64;
+    for &(u, w) in updates {
+        let mut clipped = u.clone();
         clip_l2(&mut clipped, clip_norm);
         for (m, v) in mean.iter_mut().zip(&clipped) {
-            *m += f64::from(*v);
+            *m += w * f64::from(*v);
         }
+        weight_sum += w;
     }
-    let n = updates.len().max(1) as f64;
+    let n = weight_sum.clamp(1.0, updates.len().max(1) as f64);
     global
         .iter()
         .zip(last_step)
@@ -452,7 +587,7 @@ mod tests {
         ];
         for error in lost {
             assert!(matches!(
-                client_outcome(vec![0.5], Err(error)),
+                client_outcome(vec![0.5], 1, Err(error)),
                 Ok(ClientRound::Lost)
             ));
         }
@@ -466,7 +601,7 @@ mod tests {
             },
         ];
         for error in fatal {
-            assert!(client_outcome(vec![0.5], Err(error)).is_err());
+            assert!(client_outcome(vec![0.5], 1, Err(error)).is_err());
         }
         let mut row = crate::report::sample_row(4);
         row.lost = 2;

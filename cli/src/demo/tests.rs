@@ -410,3 +410,176 @@ async fn dp_ftrl_runs_over_the_real_service_charging_tree_steps_to_model_consume
         "{last:?}"
     );
 }
+
+/// The most a weighted round's step may differ from the plain weighted
+/// FedAvg, with weights summing to `d >= 1` (the server's floor): each of
+/// the `n` clients rounds `w clip(u)` to a multiple of 2^-16 (numerator
+/// error at most `n 2^-16`), and its weight's extra coordinate
+/// `(2w - 1) κ C` too, which moves the denominator by at most
+/// `n 2^-16 / (2 κ C)` and the mean by that times `|mean| / d <= C / d`:
+/// together at most `(1 + 1 / (2κ)) n 2^-16 / d`, plus f32 rounding.
+fn weighted_fixed_point_error(clients: usize) -> f32 {
+    let kappa = tessera_server::config::ExtrasSettings::default().scale;
+    (1.0 + 1.0 / (2.0 * kappa)) * clients as f32 / 65536.0 + 1e-6
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_weighting_the_secure_model_is_the_plain_weighted_fedavg() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        weighting: true,
+        ..small_without_dp(dir.path(), 10.0, None)
+    };
+    // Dirichlet(0.5) over five clients: their example counts, and so their
+    // weights, differ (else the weighted mean would be the plain one and
+    // this would test nothing).
+    let (dataset, _) = cfg.training.prepare().unwrap();
+    let mut counts: Vec<usize> = cfg
+        .training
+        .client_shares(&dataset)
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    counts.sort_unstable();
+    assert!(counts[0] * 4 < counts[2] * 3, "{counts:?}");
+    let report = run_job(&cfg, |_| {}).await.unwrap();
+    for row in &report.rows {
+        assert!(row.completed, "{row:?}");
+        let error = row.max_error_vs_plain.expect("checked with DP off");
+        assert!(
+            error <= weighted_fixed_point_error(5),
+            "round {}: {error}",
+            row.round
+        );
+    }
+    let stored = tessera_server::store::inspect(&report.data_dir).unwrap();
+    let weight_sum = stored.rounds[0]
+        .extras
+        .as_ref()
+        .and_then(|e| e.weight_sum)
+        .expect("a weighted round records its weight sum");
+    assert!(weight_sum > 1.0 && weight_sum < 5.0, "{weight_sum}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_evaluation_reports_the_base_models_accuracy_on_the_clients_own_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = small_without_dp(dir.path(), 10.0, None);
+    let cfg = DemoConfig {
+        federated_eval: true,
+        training: Experiment {
+            dropout: 0.0,
+            ..base.training.clone()
+        },
+        ..base
+    };
+    let report = run_job(&cfg, |_| {}).await.unwrap();
+    // Round 1's base model is the initial one: every client's counts on
+    // its own held-out fifth, summed in the clear, are what the secure sum
+    // must give (each count is rounded within 2^-16 of its encoding's
+    // scale, far below one example).
+    let (dataset, arch) = cfg.training.prepare().unwrap();
+    let initial = super::federation::initial_model(&arch, cfg.training.seed).unwrap();
+    // Each client evaluates at most the median client's count.
+    let eval_sets: Vec<_> = cfg
+        .training
+        .client_shares(&dataset)
+        .unwrap()
+        .iter()
+        .map(|share| {
+            let (_, eval) = tessera_train::local::held_out(&dataset.train.select(share), 0.2);
+            std::sync::Arc::new(eval)
+        })
+        .collect();
+    let limit = super::rounds::typical_count(&eval_sets);
+    let (mut correct, mut total) = (0u64, 0u64);
+    for eval in &eval_sets {
+        let eval = super::rounds::at_most(eval, limit);
+        let counts = tessera_train::local::evaluation_counts(&arch, &initial.params, &eval);
+        correct += counts.correct;
+        total += counts.total;
+    }
+    let expected = correct as f64 / total as f64;
+    let first = report.rows[0].federated_accuracy.expect("evaluated");
+    assert!((first - expected).abs() < 1e-3, "{first} vs {expected}");
+    // Later rounds evaluate the trained models: well above the initial
+    // guess, like the test split's accuracy.
+    let last = report.rows.last().unwrap();
+    assert!(
+        last.federated_accuracy.unwrap() > expected + 0.2,
+        "{:?} from {expected}",
+        last.federated_accuracy
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fedadam_runs_over_the_service_and_its_rounds_record_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = DemoConfig {
+        strategy: Some(tessera_server::config::Strategy::FedAdam),
+        training: Experiment {
+            server_lr: 0.01,
+            ..small_without_dp(dir.path(), 10.0, None).training
+        },
+        ..small_without_dp(dir.path(), 10.0, None)
+    };
+    let report = run_job(&cfg, |_| {}).await.unwrap();
+    assert_eq!(report.rows.len(), 3);
+    for row in &report.rows {
+        assert!(row.completed, "{row:?}");
+        // Adam's step divides by moments the demo does not track.
+        assert_eq!(row.max_error_vs_plain, None);
+    }
+    let last = report.rows.last().unwrap().accuracy;
+    assert!(last > report.initial_accuracy + 0.2, "{last}");
+    let stored = tessera_server::store::inspect(&report.data_dir).unwrap();
+    for round in &stored.rounds {
+        let strategy = round.strategy.as_ref().expect("recorded");
+        assert_eq!(strategy.strategy, tessera_server::config::Strategy::FedAdam);
+        assert_eq!(strategy.server_lr, 0.01);
+        assert_eq!(strategy.server_momentum, None);
+    }
+}
+
+#[test]
+fn dp_ftrl_refuses_another_server_update_and_extras_it_cannot_carry() {
+    use tessera_server::config::Strategy;
+    let ftrl = DemoConfig {
+        dp: DpMode::Ftrl,
+        training: Experiment {
+            clients: 40,
+            ..Experiment::default()
+        },
+        ..DemoConfig::default()
+    };
+    assert!(ftrl.check().is_ok());
+    let refused = [
+        DemoConfig {
+            strategy: Some(Strategy::FedAdam),
+            ..ftrl.clone()
+        },
+        DemoConfig {
+            weighting: true,
+            ..ftrl.clone()
+        },
+        DemoConfig {
+            federated_eval: true,
+            ..ftrl.clone()
+        },
+    ];
+    for cfg in refused {
+        let err = cfg.check().unwrap_err().to_string();
+        assert!(err.contains("--dp ftrl"), "{err}");
+    }
+    let no_momentum = DemoConfig {
+        strategy: Some(Strategy::FedAvgM),
+        training: Experiment {
+            server_momentum: None,
+            ..Experiment::default()
+        },
+        ..DemoConfig::default()
+    };
+    let err = no_momentum.check().unwrap_err().to_string();
+    assert!(err.contains("--server-momentum"), "{err}");
+}

@@ -53,7 +53,7 @@ fn sweep_csv(points: &[SweepPoint]) -> String {
 
 /// The header of the demo's CSV; the first eight columns are the contract
 /// scripts rely on.
-pub(crate) const DEMO_CSV_HEADER: &str = "round,survivors,dropped,accuracy,loss,epsilon,seconds,bytes_per_client,bytes_received,completed,max_error_vs_plain,lost";
+pub(crate) const DEMO_CSV_HEADER: &str = "round,survivors,dropped,accuracy,loss,epsilon,seconds,bytes_per_client,bytes_received,completed,max_error_vs_plain,lost,federated_accuracy";
 
 /// Writes the demo's `rows` as CSV to `path` (atomically: a reader never
 /// sees half a file).
@@ -70,7 +70,7 @@ fn demo_csv(rows: &[RoundRow]) -> String {
     for r in rows {
         writeln!(
             text,
-            "{},{},{},{:.4},{:.4},{:.4},{:.3},{},{},{},{},{}",
+            "{},{},{},{:.4},{:.4},{:.4},{:.3},{},{},{},{},{},{}",
             r.round,
             r.survivors,
             r.dropped,
@@ -84,6 +84,8 @@ fn demo_csv(rows: &[RoundRow]) -> String {
             r.max_error_vs_plain
                 .map_or(String::new(), |e| format!("{e:.3e}")),
             r.lost,
+            r.federated_accuracy
+                .map_or(String::new(), |a| format!("{a:.4}")),
         )
         .expect("writing to a String cannot fail");
     }
@@ -250,7 +252,9 @@ mod tests {
     fn demo_csv_has_the_contract_columns_and_one_line_per_round() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rounds.csv");
-        write_demo_csv(&path, &[row(1), row(2)]).unwrap();
+        let mut evaluated = row(2);
+        evaluated.federated_accuracy = Some(0.8125);
+        write_demo_csv(&path, &[row(1), evaluated]).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
@@ -261,8 +265,10 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[2],
-            "2,18,2,0.5200,1.2500,0.5000,0.500,12345,67890,true,1.500e-5,0"
+            "2,18,2,0.5200,1.2500,0.5000,0.500,12345,67890,true,1.500e-5,0,0.8125"
         );
+        // Without federated evaluation the column is empty.
+        assert!(lines[1].ends_with(",0,"), "{}", lines[1]);
         assert!(!dir.path().join("rounds.csv.tmp").exists());
     }
 

@@ -84,6 +84,7 @@ mod samples {
             bytes_per_client: 12_345,
             bytes_received: 67_890,
             max_error_vs_plain: Some(1.5e-5),
+            federated_accuracy: None,
         }
     }
 }

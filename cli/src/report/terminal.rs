@@ -34,8 +34,13 @@ pub(crate) fn demo_table_row(r: &RoundRow) -> String {
     let check = r
         .max_error_vs_plain
         .map_or("-".to_owned(), |e| format!("{e:.1e}"));
+    // Only rounds with federated evaluation carry the column, so the
+    // default table stays as the README shows it.
+    let federated = r
+        .federated_accuracy
+        .map_or(String::new(), |a| format!("  federated {a:.4}"));
     format!(
-        "{:>5}  {:>17}  {:>8.4}  {:>6.3}  {:>7.3}  {:>7.2}  {:>12}  {check}",
+        "{:>5}  {:>17}  {:>8.4}  {:>6.3}  {:>7.3}  {:>7.2}  {:>12}  {check}{federated}",
         r.round, who, r.accuracy, r.loss, r.epsilon, r.seconds, r.bytes_per_client
     )
 }
