@@ -68,6 +68,7 @@ pub(crate) async fn run_job(
         cfg,
         arch,
         clients: deployment.connect_clients()?,
+        max_examples: counts.max_examples,
         partitions,
         eval_sets,
         test: dataset.test,
@@ -136,6 +137,8 @@ struct Job<'a> {
     clients: Vec<Arc<Client>>,
     /// Each client's training examples.
     partitions: Vec<Arc<Examples>>,
+    /// `N`, the training examples that earn a full weight.
+    max_examples: u32,
     /// Each client's own held-out examples (empty without federated
     /// evaluation).
     eval_sets: Vec<Arc<Examples>>,
@@ -383,7 +386,7 @@ impl Job<'_> {
         updates: &[(&Vec<f32>, u64)],
     ) -> f32 {
         let training = &self.cfg.training;
-        let max_examples = typical_count(&self.partitions);
+        let max_examples = self.max_examples;
         let weighted: Vec<(&Vec<f32>, f64)> = updates
             .iter()
             .map(|&(u, n)| {
