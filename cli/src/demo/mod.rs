@@ -324,14 +324,16 @@ impl DemoConfig {
         }
     }
 
-    /// The server optimizer that runs: the chosen one, else FedAvgM with a
-    /// momentum, else FedAvg (DP-FTRL's own update aside).
+    /// The server optimizer that runs (DP-FTRL's own update aside), by the
+    /// server's own rule: the chosen one, else FedAvgM with a momentum,
+    /// else FedAvg.
     pub(crate) fn effective_strategy(&self) -> Strategy {
-        match (self.strategy, self.training.server_momentum) {
-            (Some(s), _) => s,
-            (None, Some(_)) => Strategy::FedAvgM,
-            (None, None) => Strategy::FedAvg,
+        tessera_server::config::AggregationSettings {
+            strategy: self.strategy,
+            server_momentum: self.training.server_momentum,
+            ..Default::default()
         }
+        .effective_strategy()
     }
 
     /// Clients in each round: all of them, or with `--dp ftrl` one cohort
